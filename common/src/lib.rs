@@ -1,0 +1,16 @@
+//! What crosses Estuary's service boundaries: the signed-URL token format that other programs
+//! mint, the TLS set-up (one crypto provider for the process), and the metrics and logging
+//! set-up every service shares. Nothing here does network IO of its own.
+
+pub mod logging;
+pub mod metrics;
+pub mod tls;
+pub mod token;
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

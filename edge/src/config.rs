@@ -1,0 +1,587 @@
+//! The edge's configuration file (TOML). Every field is documented here; unknown keys are
+//! errors so that a typo in a generated config fails loudly instead of being ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the key at fault and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The dotted path of the key, for example `listen.https`.
+    pub key: String,
+    /// Why the value is refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole edge configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Who this node is.
+    pub node: NodeConfig,
+    /// Where it listens.
+    pub listen: ListenConfig,
+    /// The certificate for the HTTPS and HTTP/3 listeners (required when `listen.https` is set).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The pre-positioned content.
+    pub store: StoreConfig,
+    /// Signed-URL checks.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// `Cache-Control` sent to players, per kind of content.
+    #[serde(default)]
+    pub cache_control: CacheControlConfig,
+    /// Cross-origin access for browser players.
+    #[serde(default)]
+    pub cors: CorsConfig,
+    /// Protective limits against slow, hostile or simply too many clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Shutdown behaviour.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[node]`: the node's identity, used in logs and metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A name unique in the deployment, for example `edge-1`.
+    pub id: String,
+    /// The site (point of presence) the node belongs to, for example `lab`.
+    pub site: String,
+}
+
+/// `[listen]`: addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP/1.1 (and HTTP/2 with prior knowledge). Serves content, and `/metrics`,
+    /// `/healthz` and `/readyz` unless `admin` is set.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// HTTPS: TCP for HTTP/1.1 and HTTP/2 by ALPN, and UDP on the same port for HTTP/3.
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+    /// A separate address for `/metrics`, `/healthz` and `/readyz` only. It keeps answering
+    /// while the node drains, so that `readyz` can be watched turning 503.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// Whether to serve HTTP/3 on the UDP port of `https` (default true).
+    #[serde(default = "default_true")]
+    pub http3: bool,
+}
+
+/// `[tls]`: PEM files; SIGHUP reads them again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, end entity first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[store]`: pre-positioned content, served as files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The folder whose files are served. No request can read outside it; symbolic links
+    /// that lead out of it are refused. Files must be replaced by rename, never rewritten in
+    /// place (they are memory-mapped).
+    pub root: PathBuf,
+    /// How many open files (memory maps) to keep at once.
+    #[serde(default = "default_open_files")]
+    pub open_files: u64,
+    /// How long an open file is trusted before its metadata is checked again.
+    #[serde(default = "default_revalidate", with = "humantime_serde")]
+    pub revalidate: Duration,
+}
+
+/// `[auth]`: which paths need a token, and the keys tokens are checked with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Path prefixes that need a valid token, for example `["/v/"]`.
+    #[serde(default)]
+    pub protected: Vec<String>,
+    /// Key id to hex-encoded secret (at least 16 bytes). Several keys may be valid at once.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+/// `[cache_control]`: the `Cache-Control` header per kind of content.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheControlConfig {
+    /// Playlists and manifests (`.m3u8`, `.mpd`): short, they may change.
+    #[serde(default = "default_cc_manifest")]
+    pub manifest: String,
+    /// Media segments and init segments: long and immutable.
+    #[serde(default = "default_cc_segment")]
+    pub segment: String,
+    /// Everything else (subtitles, images, JSON).
+    #[serde(default = "default_cc_other")]
+    pub other: String,
+}
+
+impl Default for CacheControlConfig {
+    fn default() -> Self {
+        Self {
+            manifest: default_cc_manifest(),
+            segment: default_cc_segment(),
+            other: default_cc_other(),
+        }
+    }
+}
+
+/// `[cors]`: cross-origin access for browser players.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed origins: `["*"]` for any, or exact origins like `https://player.example`.
+    /// An empty list turns CORS headers off.
+    #[serde(default = "default_cors_origins")]
+    pub allow_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allow_origins: default_cors_origins(),
+            max_age: default_cors_max_age(),
+        }
+    }
+}
+
+/// `[limits]`: protective limits. The defaults suit a node with tens of thousands of players.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// How long a client may take to send a request head (against slowloris).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a TLS handshake may take.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most open client connections (TCP and QUIC together); further clients wait in the
+    /// listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most concurrent streams per HTTP/2 or HTTP/3 connection.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 Rapid Reset (CVE-2023-44487) defence: most streams a client may open and reset
+    /// before the server has answered them; past it the connection gets GOAWAY.
+    #[serde(default = "default_max_pending_resets")]
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 (MadeYouReset, CVE-2025-8671) defence: most streams the server resets because
+    /// of client errors before it closes the connection.
+    #[serde(default = "default_max_local_error_resets")]
+    pub h2_max_local_error_reset_streams: usize,
+    /// How long an idle HTTP/3 connection is kept.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+            handshake_timeout: default_handshake_timeout(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_streams(),
+            h2_max_pending_reset_streams: default_max_pending_resets(),
+            h2_max_local_error_reset_streams: default_max_local_error_resets(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// `[log]`: the access log (operational logs are JSON on standard error).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Where the JSON access log goes: `"stdout"`, `"off"`, or a file path (appended to).
+    #[serde(default = "default_access_log")]
+    pub access: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            access: default_access_log(),
+        }
+    }
+}
+
+/// `[shutdown]`: draining on SIGTERM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM before the node exits.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_open_files() -> u64 {
+    10_000
+}
+fn default_revalidate() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_cc_manifest() -> String {
+    "public, max-age=2".into()
+}
+fn default_cc_segment() -> String {
+    "public, max-age=31536000, immutable".into()
+}
+fn default_cc_other() -> String {
+    "public, max-age=300".into()
+}
+fn default_cors_origins() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    50_000
+}
+fn default_max_streams() -> u32 {
+    100
+}
+fn default_max_pending_resets() -> usize {
+    20
+}
+fn default_max_local_error_resets() -> usize {
+    1024
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_access_log() -> String {
+    "stdout".into()
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl EdgeConfig {
+    /// Parses a config text; errors name the key at fault. Relative file paths are resolved
+    /// against `base_dir` (the config file's folder).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::deserialize_text(text)?;
+        config.resolve_paths(base_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Deserializes a config text without resolving paths or validating values.
+    pub fn deserialize_text(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = inner.message().to_owned();
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
+            let at = inner
+                .span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default();
+            ConfigError::new(key, format!("{reason}{at}"))
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.store.root);
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        if !matches!(self.log.access.as_str(), "stdout" | "off") {
+            let mut p = PathBuf::from(&self.log.access);
+            resolve(&mut p);
+            self.log.access = p.to_string_lossy().into_owned();
+        }
+    }
+
+    /// Checks everything that can be checked before start: addresses, files, keys, limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        if !name_ok(&self.node.id) {
+            return Err(ConfigError::new(
+                "node.id",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !name_ok(&self.node.site) {
+            return Err(ConfigError::new(
+                "node.site",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let l = &self.listen;
+        if l.http.is_none() && l.https.is_none() {
+            return Err(ConfigError::new(
+                "listen",
+                "set at least one of `http` or `https`",
+            ));
+        }
+        let addrs = [
+            ("listen.http", l.http),
+            ("listen.https", l.https),
+            ("listen.admin", l.admin),
+        ];
+        for (i, (name_a, a)) in addrs.iter().enumerate() {
+            for (name_b, b) in &addrs[i + 1..] {
+                if a.is_some() && a == b {
+                    return Err(ConfigError::new(
+                        *name_b,
+                        format!("the same address as {name_a}"),
+                    ));
+                }
+            }
+        }
+        if l.https.is_some() {
+            let Some(tls) = &self.tls else {
+                return Err(ConfigError::new(
+                    "tls",
+                    "listen.https is set, so [tls] with `cert` and `key` is required",
+                ));
+            };
+            estuary_common::tls::load_certified_key(&tls.cert, &tls.key).map_err(|e| {
+                let key = match e {
+                    estuary_common::tls::TlsError::Key { .. } => "tls.key",
+                    _ => "tls.cert",
+                };
+                ConfigError::new(key, e.to_string())
+            })?;
+        }
+        match std::fs::metadata(&self.store.root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ConfigError::new("store.root", "is not a folder")),
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "store.root",
+                    format!("cannot open {}: {e}", self.store.root.display()),
+                ));
+            }
+        }
+        if self.store.open_files == 0 {
+            return Err(ConfigError::new("store.open_files", "must be at least 1"));
+        }
+        for (i, prefix) in self.auth.protected.iter().enumerate() {
+            if !prefix.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("auth.protected[{i}]"),
+                    "a path prefix must start with '/'",
+                ));
+            }
+        }
+        if !self.auth.protected.is_empty() && self.auth.keys.is_empty() {
+            return Err(ConfigError::new(
+                "auth.keys",
+                "auth.protected lists paths, so at least one key is needed to check tokens",
+            ));
+        }
+        self.key_set()?;
+        for (name, value) in [
+            ("cache_control.manifest", &self.cache_control.manifest),
+            ("cache_control.segment", &self.cache_control.segment),
+            ("cache_control.other", &self.cache_control.other),
+        ] {
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(ConfigError::new(name, "is not a valid header value"));
+            }
+        }
+        for (i, origin) in self.cors.allow_origins.iter().enumerate() {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(ConfigError::new(
+                    format!("cors.allow_origins[{i}]"),
+                    "must be \"*\" or an origin like \"https://player.example\" (no path)",
+                ));
+            }
+        }
+        let lim = &self.limits;
+        if lim.max_header_bytes < 8192 {
+            return Err(ConfigError::new(
+                "limits.max_header_bytes",
+                "must be at least 8192",
+            ));
+        }
+        if lim.max_headers == 0 {
+            return Err(ConfigError::new("limits.max_headers", "must be at least 1"));
+        }
+        if lim.max_connections == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if lim.max_concurrent_streams == 0 {
+            return Err(ConfigError::new(
+                "limits.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        for (name, d) in [
+            ("limits.header_read_timeout", lim.header_read_timeout),
+            ("limits.handshake_timeout", lim.handshake_timeout),
+            ("limits.idle_timeout", lim.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(name, "must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The token keys, decoded.
+    pub fn key_set(&self) -> Result<estuary_common::token::KeySet, ConfigError> {
+        estuary_common::token::KeySet::from_hex(
+            self.auth.keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|(kid, e)| ConfigError::new(format!("auth.keys.{kid}"), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> PathBuf {
+        std::env::temp_dir()
+    }
+
+    const MINIMAL: &str = r#"
+[node]
+id = "edge-1"
+site = "lab"
+[listen]
+http = "127.0.0.1:8080"
+[store]
+root = "."
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = EdgeConfig::parse(MINIMAL, &base()).expect("parses");
+        assert_eq!(c.limits.max_concurrent_streams, 100);
+        assert_eq!(c.cors.allow_origins, vec!["*".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = MINIMAL.replace("http =", "htps =");
+        let e = EdgeConfig::parse(&text, &base()).expect_err("must fail");
+        assert_eq!(e.key, "listen.htps");
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let text = format!("{MINIMAL}[limits]\nheader_read_timeout = \"soon\"\n");
+        let e = EdgeConfig::parse(&text, &base()).expect_err("must fail");
+        assert_eq!(e.key, "limits.header_read_timeout");
+
+        let text = format!("{MINIMAL}[auth]\nprotected = [\"/v/\"]\n[auth.keys]\nk1 = \"zz\"\n");
+        let e = EdgeConfig::parse(&text, &base()).expect_err("must fail");
+        assert_eq!(e.key, "auth.keys.k1");
+
+        let text = MINIMAL.replace("root = \".\"", "root = \"/no/such/folder\"");
+        let e = EdgeConfig::parse(&text, &base()).expect_err("must fail");
+        assert_eq!(e.key, "store.root");
+
+        let text = MINIMAL.replace("http = ", "https = ");
+        let e = EdgeConfig::parse(&text, &base()).expect_err("must fail");
+        assert_eq!(e.key, "tls");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../docs/edge.example.toml");
+        let c = EdgeConfig::deserialize_text(text).expect("example parses");
+        assert_eq!(c.auth.protected, vec!["/v/".to_string()]);
+        assert!(c.listen.https.is_some());
+    }
+}

@@ -1,0 +1,797 @@
+//! Request handling, protocol-agnostic: HTTP/1.1, HTTP/2 and HTTP/3 all come here with the
+//! request head and leave with a response whose body is one `Bytes`.
+//!
+//! A request goes through named phases, in order:
+//! 1. **parse**: method, path-form token, path normalization (400 on a hostile path);
+//! 2. **authorize**: the token check for protected prefixes (403 with a counted reason);
+//! 3. **lookup**: the pre-positioned store (404);
+//! 4. **respond**: conditionals (304), ranges (206/416), headers (type, caching, CORS);
+//! 5. **log**: metrics and the access log, when the body has been handed over ([`Finish`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use estuary_common::token::{self, KeySet, Rejection};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Uri};
+
+use crate::access_log::{AccessEntry, AccessLog};
+use crate::config::EdgeConfig;
+use crate::content_type::{self, Kind};
+use crate::metrics::{Metrics, Protocol};
+use crate::path;
+use crate::store::{FileEntry, Lookup, Store};
+
+/// Most ranges accepted in one `Range` header; more is refused with 416.
+const MAX_RANGES: usize = 16;
+
+/// Which endpoints a listener offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Content only (the HTTPS listener, or the plain one when an admin address is set).
+    Content,
+    /// Content plus `/metrics`, `/healthz`, `/readyz` (the plain listener without admin).
+    ContentAndAdmin,
+    /// `/metrics`, `/healthz`, `/readyz` only (the admin listener).
+    Admin,
+}
+
+/// The request head, as every protocol front end sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub client: SocketAddr,
+    pub protocol: Protocol,
+    /// Whether the request came over TLS or QUIC (for `Alt-Svc`).
+    pub secure: bool,
+    pub endpoints: Endpoints,
+}
+
+/// What counts and logs requests: shared by the handler and every [`Finish`].
+#[derive(Debug)]
+pub struct Observer {
+    pub metrics: Metrics,
+    pub access_log: AccessLog,
+}
+
+/// The edge's request handler and its state.
+pub struct Edge {
+    store: Arc<Store>,
+    keys: KeySet,
+    protected: Vec<String>,
+    cache_control: [HeaderValue; 3],
+    cors_origins: Vec<HeaderValue>,
+    cors_any: bool,
+    cors_max_age: HeaderValue,
+    alt_svc: Option<HeaderValue>,
+    observer: Arc<Observer>,
+    ready: AtomicBool,
+    /// The clock, injected so that tests can move time.
+    clock: fn() -> u64,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge").field("store", &self.store).finish()
+    }
+}
+
+static SERVER: HeaderValue = HeaderValue::from_static("estuary");
+static ACCEPT_RANGES: HeaderValue = HeaderValue::from_static("bytes");
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+static TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+static ALLOW: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+static EXPOSE: HeaderValue =
+    HeaderValue::from_static("Content-Length, Content-Range, ETag, Last-Modified, Age, Date");
+static ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
+    "Range, If-None-Match, If-Modified-Since, If-Range, CMCD-Request, CMCD-Object, CMCD-Status, CMCD-Session",
+);
+static VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
+
+impl Edge {
+    /// Builds the handler from a validated config.
+    pub fn new(
+        config: &EdgeConfig,
+        store: Arc<Store>,
+        observer: Arc<Observer>,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("no-cache"));
+        let alt_svc = match (config.listen.https, config.listen.http3) {
+            (Some(addr), true) => {
+                HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port())).ok()
+            }
+            _ => None,
+        };
+        Ok(Self {
+            store,
+            keys: config.key_set()?,
+            protected: config.auth.protected.clone(),
+            cache_control: [
+                hv(&config.cache_control.manifest),
+                hv(&config.cache_control.segment),
+                hv(&config.cache_control.other),
+            ],
+            cors_any: config.cors.allow_origins.iter().any(|o| o == "*"),
+            cors_origins: config
+                .cors
+                .allow_origins
+                .iter()
+                .filter(|o| *o != "*")
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+            cors_max_age: HeaderValue::from(config.cors.max_age.as_secs()),
+            alt_svc,
+            observer,
+            ready: AtomicBool::new(false),
+            clock: estuary_common::unix_now,
+        })
+    }
+
+    /// Replaces the clock (for tests).
+    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The metrics and access log.
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
+
+    /// Marks the node ready (listeners bound) or not (draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Incoming<'_>) -> (Response<Bytes>, Finish) {
+        let mut finish = Finish::new(&self.observer, &req);
+        let response = self.route(&req, &mut finish).await;
+        finish.status = response.status().as_u16();
+        finish.body_len = response.body().len() as u64;
+        (response, finish)
+    }
+
+    async fn route(&self, req: &Incoming<'_>, finish: &mut Finish) -> Response<Bytes> {
+        if req.endpoints != Endpoints::Content
+            && let Some(response) = self.admin(req)
+        {
+            finish.path = req.uri.path().to_owned();
+            return response;
+        }
+        if req.endpoints == Endpoints::Admin {
+            return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+        }
+
+        // Phase 1: parse.
+        if *req.method == Method::OPTIONS {
+            return self.options(req);
+        }
+        if *req.method != Method::GET && *req.method != Method::HEAD {
+            let mut r = self.error(req, StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut().insert(header::ALLOW, ALLOW.clone());
+            return r;
+        }
+        let (path_token, raw_path) = split_path_token(req.uri.path());
+        let path = match path::normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                self.observer.metrics.bad_paths.inc();
+                finish.reason = Some("bad_path");
+                tracing::debug!(error = %e, "A request path was refused.");
+                return self.error(req, StatusCode::BAD_REQUEST, "bad path\n");
+            }
+        };
+        finish.path = path.clone();
+
+        // Phase 2: authorize.
+        if self.protected.iter().any(|p| path.starts_with(p.as_str())) {
+            let verdict = match path_token {
+                Some(segment) => token::decode_path_segment(segment)
+                    .and_then(|t| self.verify(&t, &path, req.client)),
+                None => match find_token(req) {
+                    Some(t) => self.verify(&t, &path, req.client),
+                    None => Err(Rejection::Missing),
+                },
+            };
+            if let Err(reason) = verdict {
+                self.observer.metrics.token_rejected(reason);
+                finish.reason = Some(reason.as_str());
+                tracing::info!(reason = reason.as_str(), path = %path, client = %req.client, "A token was refused.");
+                return self.error(req, StatusCode::FORBIDDEN, "forbidden\n");
+            }
+        }
+
+        // Phase 3: lookup.
+        let entry = match self.store.lookup(&path).await {
+            Ok(Lookup::Found(entry)) => {
+                self.observer.metrics.store_hits.inc();
+                entry
+            }
+            Ok(Lookup::NotFound) => {
+                self.observer.metrics.store_misses.inc();
+                return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+            }
+            Ok(Lookup::Outside) => {
+                self.observer.metrics.store_refused_outside_root.inc();
+                finish.reason = Some("outside_root");
+                tracing::warn!(path = %path, "A symbolic link leads out of the store root; refused.");
+                return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path, "The store could not open a file.");
+                return self.error(req, StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+            }
+        };
+
+        // Phase 4: respond.
+        self.respond(req, &path, &entry)
+    }
+
+    fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {
+        token::verify(
+            token_text,
+            &self.keys,
+            token::Request {
+                path,
+                client: client.ip(),
+                now: (self.clock)(),
+            },
+        )
+    }
+
+    fn admin(&self, req: &Incoming<'_>) -> Option<Response<Bytes>> {
+        let (status, content_type, body) = match req.uri.path() {
+            "/metrics" => (
+                StatusCode::OK,
+                estuary_common::metrics::CONTENT_TYPE,
+                Bytes::from(estuary_common::metrics::encode(
+                    &self.observer.metrics.registry,
+                )),
+            ),
+            "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
+            "/readyz" if self.ready.load(Ordering::SeqCst) => {
+                (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
+            }
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                Bytes::from_static(b"not ready\n"),
+            ),
+            _ => return None,
+        };
+        let mut r = Response::new(if *req.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body.clone()
+        });
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(header::CACHE_CONTROL, NO_STORE.clone());
+        h.insert(header::SERVER, SERVER.clone());
+        Some(r)
+    }
+
+    fn options(&self, req: &Incoming<'_>) -> Response<Bytes> {
+        let mut r = Response::new(Bytes::new());
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        let h = r.headers_mut();
+        h.insert(header::ALLOW, ALLOW.clone());
+        h.insert(header::SERVER, SERVER.clone());
+        let preflight = req
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if self.cors(req, h) && preflight {
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW.clone());
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS.clone());
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, self.cors_max_age.clone());
+        }
+        r
+    }
+
+    /// Adds CORS headers for the request's `Origin`; returns whether the origin is allowed.
+    fn cors(&self, req: &Incoming<'_>, h: &mut HeaderMap) -> bool {
+        if self.cors_any {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE.clone());
+            return true;
+        }
+        if self.cors_origins.is_empty() {
+            return false;
+        }
+        h.append(header::VARY, VARY_ORIGIN.clone());
+        match req.headers.get(header::ORIGIN) {
+            Some(origin) if self.cors_origins.iter().any(|o| o == origin) => {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+                h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn error(&self, req: &Incoming<'_>, status: StatusCode, text: &'static str) -> Response<Bytes> {
+        let body = Bytes::from_static(text.as_bytes());
+        let mut r = Response::new(if *req.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body.clone()
+        });
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(header::CACHE_CONTROL, NO_STORE.clone());
+        h.insert(header::SERVER, SERVER.clone());
+        self.cors(req, h);
+        r
+    }
+
+    fn respond(&self, req: &Incoming<'_>, path: &str, entry: &FileEntry) -> Response<Bytes> {
+        let (content_type, kind) = content_type::classify(path);
+        let mut headers = HeaderMap::with_capacity(12);
+        headers.insert(header::ETAG, entry.etag.clone());
+        headers.insert(header::LAST_MODIFIED, entry.last_modified.clone());
+        let cc = match kind {
+            Kind::Manifest => &self.cache_control[0],
+            Kind::Segment => &self.cache_control[1],
+            Kind::Other => &self.cache_control[2],
+        };
+        headers.insert(header::CACHE_CONTROL, cc.clone());
+        headers.insert(header::SERVER, SERVER.clone());
+        if req.secure
+            && req.protocol != Protocol::H3
+            && let Some(alt) = &self.alt_svc
+        {
+            headers.insert(header::ALT_SVC, alt.clone());
+        }
+        self.cors(req, &mut headers);
+
+        if let Some(status) = precondition(req.headers, entry) {
+            let mut r = Response::new(Bytes::new());
+            *r.status_mut() = status;
+            if status == StatusCode::PRECONDITION_FAILED {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            }
+            *r.headers_mut() = headers;
+            return r;
+        }
+
+        headers.insert(header::CONTENT_TYPE, content_type);
+        headers.insert(header::ACCEPT_RANGES, ACCEPT_RANGES.clone());
+        let len = entry.len();
+        let (status, body) = match select_range(req.headers, entry) {
+            RangeChoice::Full => (StatusCode::OK, entry.body.clone()),
+            RangeChoice::Unsatisfiable => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{len}")),
+                );
+                headers.insert(header::CONTENT_TYPE, TEXT_PLAIN.clone());
+                (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Bytes::from_static(b"range not satisfiable\n"),
+                )
+            }
+            RangeChoice::Part(start, end) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes {start}-{end}/{len}")),
+                );
+                // The range was validated against the length, so the slice is in bounds.
+                let (s, e) = (start as usize, end as usize + 1);
+                (StatusCode::PARTIAL_CONTENT, entry.body.slice(s..e))
+            }
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let body = if *req.method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = status;
+        *r.headers_mut() = headers;
+        r
+    }
+}
+
+fn header_value(s: String) -> HeaderValue {
+    // Only called with digits, spaces, '-', '/' and '*': always a valid header value.
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Splits a path-form token off the raw path: `/t/<token>/rest` gives `(Some(token), "/rest")`.
+fn split_path_token(raw: &str) -> (Option<&str>, &str) {
+    let Some(rest) = raw.strip_prefix(token::PATH_PREFIX) else {
+        return (None, raw);
+    };
+    match rest.find('/') {
+        Some(i) => (Some(&rest[..i]), &rest[i..]),
+        None => (Some(rest), "/"),
+    }
+}
+
+/// The token from the query (`token=`) or else the cookie (`estuary_token=`), percent-decoded.
+fn find_token(req: &Incoming<'_>) -> Option<String> {
+    let decode = |v: &str| {
+        percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .ok()
+            .map(|s| s.into_owned())
+    };
+    if let Some(query) = req.uri.query() {
+        for pair in query.split('&') {
+            if let Some(v) = pair
+                .strip_prefix(token::QUERY_PARAM)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                return decode(v);
+            }
+        }
+    }
+    for cookies in req.headers.get_all(header::COOKIE) {
+        let Ok(cookies) = cookies.to_str() else {
+            continue;
+        };
+        for c in cookies.split(';') {
+            if let Some(v) = c
+                .trim()
+                .strip_prefix(token::COOKIE_NAME)
+                .and_then(|r| r.strip_prefix('='))
+            {
+                return decode(v.trim_matches('"'));
+            }
+        }
+    }
+    None
+}
+
+/// Evaluates conditional headers (RFC 9110 §13.2.2): `If-Match` and `If-Unmodified-Since`
+/// give 412, `If-None-Match` and (without it) `If-Modified-Since` give 304.
+fn precondition(h: &HeaderMap, entry: &FileEntry) -> Option<StatusCode> {
+    let etag = entry.etag.as_bytes();
+    if let Some(im) = h.get(header::IF_MATCH) {
+        if !etag_list_matches(im.as_bytes(), etag, false) {
+            return Some(StatusCode::PRECONDITION_FAILED);
+        }
+    } else if let Some(ius) = http_date(h, header::IF_UNMODIFIED_SINCE)
+        && whole_seconds(entry.modified) > ius
+    {
+        return Some(StatusCode::PRECONDITION_FAILED);
+    }
+    if let Some(inm) = h.get(header::IF_NONE_MATCH) {
+        if etag_list_matches(inm.as_bytes(), etag, true) {
+            return Some(StatusCode::NOT_MODIFIED);
+        }
+    } else if let Some(ims) = http_date(h, header::IF_MODIFIED_SINCE)
+        && whole_seconds(entry.modified) <= ims
+    {
+        return Some(StatusCode::NOT_MODIFIED);
+    }
+    None
+}
+
+fn http_date(h: &HeaderMap, name: HeaderName) -> Option<SystemTime> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+}
+
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+/// Whether an entity-tag list (`"a", W/"b"` or `*`) matches `etag`; `weak` allows `W/` tags.
+fn etag_list_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
+    let Ok(list) = std::str::from_utf8(list) else {
+        return false;
+    };
+    let Ok(etag) = std::str::from_utf8(etag) else {
+        return false;
+    };
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        match t.strip_prefix("W/") {
+            Some(opaque) => weak && opaque == etag,
+            None => t == etag,
+        }
+    })
+}
+
+enum RangeChoice {
+    Full,
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Chooses what part of the file to send. One range gives 206; several ranges are answered
+/// with the whole file (200), which RFC 9110 §14.2 allows and which keeps a many-range request
+/// from costing more than the file; a malformed header is ignored; an unsatisfiable one, or
+/// more than [`MAX_RANGES`], gives 416. `If-Range` that does not match also gives the whole file.
+fn select_range(h: &HeaderMap, entry: &FileEntry) -> RangeChoice {
+    use http_range_header::RangeUnsatisfiableError as E;
+    let Some(range) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeChoice::Full;
+    };
+    if let Some(if_range) = h.get(header::IF_RANGE) {
+        let matches = if if_range.as_bytes().starts_with(b"\"") {
+            if_range.as_bytes() == entry.etag.as_bytes()
+        } else {
+            if_range
+                .to_str()
+                .ok()
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+                .is_some_and(|d| d == whole_seconds(entry.modified))
+        };
+        if !matches {
+            return RangeChoice::Full;
+        }
+    }
+    let max = std::num::NonZeroUsize::new(MAX_RANGES).unwrap_or(std::num::NonZeroUsize::MIN);
+    let parsed = match http_range_header::parse_range_header_with_max_ranges(range, max) {
+        Ok(p) => p,
+        Err(E::Rejected(_)) | Err(E::Unsatisfiable) => return RangeChoice::Unsatisfiable,
+        Err(_) => return RangeChoice::Full,
+    };
+    match parsed.validate(entry.len()) {
+        Ok(ranges) if ranges.len() == 1 => {
+            let r = &ranges[0];
+            RangeChoice::Part(*r.start(), *r.end())
+        }
+        Ok(_) => RangeChoice::Full,
+        Err(E::Invalid(_)) => RangeChoice::Full,
+        Err(_) => RangeChoice::Unsatisfiable,
+    }
+}
+
+/// Records a request's metrics and access-log line when dropped: after the body has been
+/// handed to the connection, or when the client went away first.
+pub struct Finish {
+    observer: Arc<Observer>,
+    started: Instant,
+    time: SystemTime,
+    protocol: Protocol,
+    status: u16,
+    body_len: u64,
+    /// Set when the whole body has been handed to the connection.
+    pub complete: bool,
+    reason: Option<&'static str>,
+    path: String,
+    /// Request details kept only when the access log is on.
+    details: Option<Box<Details>>,
+}
+
+struct Details {
+    client: SocketAddr,
+    method: String,
+    user_agent: Option<String>,
+    cmcd: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Finish {
+    fn new(observer: &Arc<Observer>, req: &Incoming<'_>) -> Self {
+        let details = observer.access_log.enabled().then(|| {
+            let mut cmcd = serde_json::Map::new();
+            if let Some(q) = req.uri.query() {
+                for pair in q.split('&') {
+                    if let Some(v) = pair.strip_prefix("CMCD=")
+                        && let Ok(v) = percent_encoding::percent_decode_str(v).decode_utf8()
+                    {
+                        crate::cmcd::parse_into(&v, &mut cmcd);
+                    }
+                }
+            }
+            for name in crate::cmcd::HEADERS {
+                if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
+                    crate::cmcd::parse_into(v, &mut cmcd);
+                }
+            }
+            Box::new(Details {
+                client: req.client,
+                method: req.method.as_str().to_owned(),
+                user_agent: req
+                    .headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.chars().take(512).collect()),
+                cmcd,
+            })
+        });
+        Self {
+            observer: Arc::clone(observer),
+            started: Instant::now(),
+            time: SystemTime::now(),
+            protocol: req.protocol,
+            status: 0,
+            body_len: 0,
+            complete: false,
+            reason: None,
+            path: String::new(),
+            details,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let sent = if self.complete { self.body_len } else { 0 };
+        self.observer
+            .metrics
+            .observe_response(self.protocol, self.status, sent, seconds);
+        if let Some(d) = self.details.take() {
+            self.observer.access_log.log(AccessEntry {
+                time: crate::access_log::rfc3339(self.time),
+                client: d.client.ip().to_string(),
+                method: d.method,
+                path: std::mem::take(&mut self.path),
+                status: self.status,
+                bytes: sent,
+                duration: seconds,
+                protocol: self.protocol.as_str(),
+                user_agent: d.user_agent,
+                reason: self.reason,
+                complete: self.complete,
+                cmcd: d.cmcd,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_tokens_split_off() {
+        assert_eq!(
+            split_path_token("/t/abc/v/x.m4s"),
+            (Some("abc"), "/v/x.m4s")
+        );
+        assert_eq!(split_path_token("/t/abc"), (Some("abc"), "/"));
+        assert_eq!(split_path_token("/v/t/abc"), (None, "/v/t/abc"));
+    }
+
+    #[test]
+    fn etag_lists() {
+        assert!(etag_list_matches(b"\"a\", \"b\"", b"\"b\"", false));
+        assert!(etag_list_matches(b"W/\"b\"", b"\"b\"", true));
+        assert!(!etag_list_matches(b"W/\"b\"", b"\"b\"", false));
+        assert!(etag_list_matches(b"*", b"\"b\"", false));
+        assert!(!etag_list_matches(b"\"c\"", b"\"b\"", true));
+    }
+
+    fn entry(len: usize) -> FileEntry {
+        FileEntry {
+            body: Bytes::from(vec![7u8; len]),
+            etag: HeaderValue::from_static("\"e\""),
+            last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:10 GMT"),
+            modified: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10),
+        }
+    }
+
+    fn range(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn ranges() {
+        let e = entry(100);
+        assert!(matches!(
+            select_range(&range("bytes=0-9"), &e),
+            RangeChoice::Part(0, 9)
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=-10"), &e),
+            RangeChoice::Part(90, 99)
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=90-"), &e),
+            RangeChoice::Part(90, 99)
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=50-500"), &e),
+            RangeChoice::Part(50, 99)
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=100-"), &e),
+            RangeChoice::Unsatisfiable
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=0-1,5-6"), &e),
+            RangeChoice::Full
+        ));
+        assert!(matches!(
+            select_range(&range("items=0-1"), &e),
+            RangeChoice::Full
+        ));
+        assert!(matches!(
+            select_range(&range("bytes=5-1"), &e),
+            RangeChoice::Full
+        ));
+        let many = format!("bytes={}", vec!["0-0"; 1000].join(","));
+        assert!(matches!(
+            select_range(&range(&many), &e),
+            RangeChoice::Unsatisfiable
+        ));
+        let mut h = range("bytes=0-9");
+        h.insert(header::IF_RANGE, HeaderValue::from_static("\"other\""));
+        assert!(matches!(select_range(&h, &e), RangeChoice::Full));
+        h.insert(header::IF_RANGE, HeaderValue::from_static("\"e\""));
+        assert!(matches!(select_range(&h, &e), RangeChoice::Part(0, 9)));
+    }
+
+    #[test]
+    fn conditionals() {
+        let e = entry(1);
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"e\""));
+        assert_eq!(precondition(&h, &e), Some(StatusCode::NOT_MODIFIED));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:10 GMT"),
+        );
+        assert_eq!(precondition(&h, &e), Some(StatusCode::NOT_MODIFIED));
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:09 GMT"),
+        );
+        assert_eq!(precondition(&h, &e), None);
+        // If-None-Match wins over If-Modified-Since.
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:10 GMT"),
+        );
+        assert_eq!(precondition(&h, &e), None);
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"x\""));
+        assert_eq!(precondition(&h, &e), Some(StatusCode::PRECONDITION_FAILED));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn range_selection_never_panics_and_stays_in_bounds(v in "\\PC{0,60}", len in 0usize..300) {
+            let Ok(hv) = HeaderValue::from_str(&v) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, hv);
+            if let RangeChoice::Part(s, e) = select_range(&h, &entry(len)) {
+                proptest::prop_assert!(s <= e && (e as usize) < len);
+            }
+        }
+
+        #[test]
+        fn byte_ranges_are_in_bounds(a in 0u64..400, b in 0u64..400, len in 1usize..300) {
+            let mut h = HeaderMap::new();
+            h.insert(header::RANGE, HeaderValue::from_str(&format!("bytes={a}-{b}")).expect("hv"));
+            match select_range(&h, &entry(len)) {
+                RangeChoice::Part(s, e) => {
+                    proptest::prop_assert_eq!(s, a);
+                    proptest::prop_assert_eq!(e, b.min(len as u64 - 1));
+                }
+                RangeChoice::Unsatisfiable => proptest::prop_assert!(a >= len as u64),
+                RangeChoice::Full => proptest::prop_assert!(a > b),
+            }
+        }
+    }
+}

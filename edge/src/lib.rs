@@ -1,0 +1,19 @@
+//! The Estuary edge node: serves pre-positioned HLS/DASH content over HTTP/1.1, HTTP/2 and
+//! HTTP/3 with signed URLs, metrics and an access log.
+//!
+//! [`handler`] holds the protocol-agnostic request logic (phases: parse, authorize, lookup,
+//! respond, log); [`server`] is the network shell around it; [`path`], [`content_type`] and
+//! [`cmcd`] are pure helpers; [`store`] serves files from memory maps.
+
+pub mod access_log;
+pub mod cmcd;
+pub mod config;
+pub mod content_type;
+pub mod handler;
+pub mod metrics;
+pub mod path;
+pub mod server;
+pub mod store;
+
+pub use config::EdgeConfig;
+pub use server::run;

@@ -1,0 +1,276 @@
+//! The edge's metrics. Every series is registered up front with a bounded label set, and the
+//! hot path only touches pre-resolved handles.
+
+use estuary_common::token::Rejection;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// The protocol a request arrived over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    H1,
+    H2,
+    H3,
+}
+
+impl Protocol {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::H1 => "h1",
+            Protocol::H2 => "h2",
+            Protocol::H3 => "h3",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    const ALL: [Protocol; 3] = [Protocol::H1, Protocol::H2, Protocol::H3];
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Handles to every edge metric.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: Vec<[IntCounter; 5]>,
+    response_bytes: Vec<IntCounter>,
+    duration: Vec<Histogram>,
+    open_connections: Vec<IntGauge>,
+    token_rejections: Vec<IntCounter>,
+    pub store_hits: IntCounter,
+    pub store_misses: IntCounter,
+    pub store_refused_outside_root: IntCounter,
+    pub bad_paths: IntCounter,
+    pub tls_reloads_ok: IntCounter,
+    pub tls_reloads_failed: IntCounter,
+    pub access_log_dropped: IntCounter,
+    pub draining: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Registration only fails on duplicate or malformed names, which are fixed in this file; a
+/// failure is a programming error caught by the first test that builds [`Metrics`].
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry, labelled with the node's id and site.
+    pub fn new(node_id: &str, site: &str) -> Self {
+        let labels = [
+            ("node".to_owned(), node_id.to_owned()),
+            ("site".to_owned(), site.to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let registry = must(Registry::new_custom(None, Some(labels)));
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+
+        let requests_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_requests_total",
+                "Requests answered, by protocol and status class.",
+            ),
+            &["protocol", "status_class"],
+        ));
+        let bytes_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_response_body_bytes_total",
+                "Response body bytes sent, by protocol.",
+            ),
+            &["protocol"],
+        ));
+        let duration_vec = must(prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "estuary_edge_request_duration_seconds",
+                "Time from a request's head to the last byte of its response handed to the connection, by protocol.",
+            )
+            .buckets(estuary_common::metrics::DURATION_BUCKETS.to_vec()),
+            &["protocol"],
+        ));
+        let conns_vec = must(IntGaugeVec::new(
+            Opts::new(
+                "estuary_edge_open_connections",
+                "Open client connections, by protocol.",
+            ),
+            &["protocol"],
+        ));
+        let rejections_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_token_rejections_total",
+                "Requests refused with 403 for their token, by reason.",
+            ),
+            &["reason"],
+        ));
+        let store_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_store_lookups_total",
+                "Lookups in the pre-positioned store, by result.",
+            ),
+            &["result"],
+        ));
+        let reload_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_tls_reloads_total",
+                "Certificate reloads on SIGHUP, by result.",
+            ),
+            &["result"],
+        ));
+        let bad_paths = must(IntCounter::new(
+            "estuary_edge_bad_paths_total",
+            "Requests refused with 400 for a malformed or hostile path.",
+        ));
+        let access_log_dropped = must(IntCounter::new(
+            "estuary_edge_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind.",
+        ));
+        let draining = must(IntGauge::new(
+            "estuary_edge_draining",
+            "1 while the node drains after SIGTERM, else 0.",
+        ));
+
+        let requests = Protocol::ALL
+            .iter()
+            .map(|p| STATUS_CLASSES.map(|c| requests_vec.with_label_values(&[p.as_str(), c])))
+            .collect();
+        let response_bytes = Protocol::ALL
+            .iter()
+            .map(|p| bytes_vec.with_label_values(&[p.as_str()]))
+            .collect();
+        let duration = Protocol::ALL
+            .iter()
+            .map(|p| duration_vec.with_label_values(&[p.as_str()]))
+            .collect();
+        let open_connections = Protocol::ALL
+            .iter()
+            .map(|p| conns_vec.with_label_values(&[p.as_str()]))
+            .collect();
+        let token_rejections = Rejection::ALL
+            .iter()
+            .map(|r| rejections_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        let store_hits = store_vec.with_label_values(&["hit"]);
+        let store_misses = store_vec.with_label_values(&["miss"]);
+        let store_refused_outside_root = store_vec.with_label_values(&["outside_root"]);
+        let tls_reloads_ok = reload_vec.with_label_values(&["ok"]);
+        let tls_reloads_failed = reload_vec.with_label_values(&["failed"]);
+
+        reg(Box::new(requests_vec));
+        reg(Box::new(bytes_vec));
+        reg(Box::new(duration_vec));
+        reg(Box::new(conns_vec));
+        reg(Box::new(rejections_vec));
+        reg(Box::new(store_vec));
+        reg(Box::new(reload_vec));
+        reg(Box::new(bad_paths.clone()));
+        reg(Box::new(access_log_dropped.clone()));
+        reg(Box::new(draining.clone()));
+
+        Self {
+            registry,
+            requests,
+            response_bytes,
+            duration,
+            open_connections,
+            token_rejections,
+            store_hits,
+            store_misses,
+            store_refused_outside_root,
+            bad_paths,
+            tls_reloads_ok,
+            tls_reloads_failed,
+            access_log_dropped,
+            draining,
+        }
+    }
+
+    /// Counts one finished response.
+    pub fn observe_response(&self, protocol: Protocol, status: u16, body_bytes: u64, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let p = protocol.index();
+        self.requests[p][class].inc();
+        self.response_bytes[p].inc_by(body_bytes);
+        self.duration[p].observe(seconds);
+    }
+
+    /// Counts one token rejection.
+    pub fn token_rejected(&self, reason: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
+            self.token_rejections[i].inc();
+        }
+    }
+
+    /// Marks a connection open until the returned guard is dropped.
+    pub fn connection_opened(&self, protocol: Protocol) -> ConnectionGuard {
+        let gauge = self.open_connections[protocol.index()].clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+}
+
+/// Decrements the open-connections gauge when the connection ends.
+#[derive(Debug)]
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_present_from_the_start() {
+        let m = Metrics::new("edge-1", "lab");
+        m.observe_response(Protocol::H3, 206, 10, 0.001);
+        m.token_rejected(Rejection::Expired);
+        let text = estuary_common::metrics::encode(&m.registry);
+        let value = |name: &str, labels: &[&str]| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let h3_2xx = [
+            "protocol=\"h3\"",
+            "status_class=\"2xx\"",
+            "node=\"edge-1\"",
+            "site=\"lab\"",
+        ];
+        assert_eq!(
+            value("estuary_edge_requests_total", &h3_2xx).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                "estuary_edge_token_rejections_total",
+                &["reason=\"bad_hmac\""]
+            )
+            .as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            value(
+                "estuary_edge_token_rejections_total",
+                &["reason=\"expired\""]
+            )
+            .as_deref(),
+            Some("1")
+        );
+    }
+}

@@ -1,0 +1,548 @@
+//! The network shell around [`Edge`]: TCP listeners (HTTP/1.1 and HTTP/2, plain or TLS), the
+//! QUIC endpoint (HTTP/3), connection limits, certificate reload and draining.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{EdgeConfig, LimitsConfig};
+use crate::handler::{Edge, Endpoints, Finish, Incoming};
+use crate::metrics::Protocol;
+
+/// A response body that is one `Bytes`, and that records the request (through [`Finish`])
+/// once the body has been handed to the connection or the connection has gone away.
+pub struct LoggedBody {
+    data: Option<Bytes>,
+    finish: Option<Finish>,
+}
+
+impl LoggedBody {
+    fn new(data: Bytes, mut finish: Finish) -> Self {
+        if data.is_empty() {
+            finish.complete = true;
+            return Self {
+                data: None,
+                finish: Some(finish),
+            };
+        }
+        Self {
+            data: Some(data),
+            finish: Some(finish),
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.data.take() {
+            Some(data) => {
+                if let Some(f) = self.finish.as_mut() {
+                    f.complete = true;
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Binds a TCP listener with a deep backlog and address reuse.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_read_timeout);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .max_send_buf_size(1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// What every listener task shares.
+struct Shared {
+    edge: Arc<Edge>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: LimitsConfig,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+/// Accepts TCP connections until `stop` turns true. Admin listeners ignore `stop` and run until
+/// the process exits.
+async fn accept_tcp(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    endpoints: Endpoints,
+    mut stop: watch::Receiver<bool>,
+) {
+    let drains = endpoints != Endpoints::Admin;
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&shared.connections).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stopped(&mut stop), if drains => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors or a transient network error: back off briefly
+                    // rather than spin.
+                    tracing::warn!(error = %e, "Accepting a TCP connection failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop), if drains => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared2 = Arc::clone(&shared);
+        let tls = tls.clone();
+        let conn_stop = stop.clone();
+        let task = async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    let _guard = shared2
+                        .edge
+                        .observer()
+                        .metrics
+                        .connection_opened(Protocol::H1);
+                    serve_io(
+                        &shared2,
+                        TokioIo::new(stream),
+                        peer,
+                        false,
+                        endpoints,
+                        conn_stop,
+                    )
+                    .await;
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        shared2.limits.handshake_timeout,
+                        acceptor.accept(stream),
+                    );
+                    let tls_stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, client = %peer, "A TLS handshake failed.");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "A TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::H2,
+                        _ => Protocol::H1,
+                    };
+                    let _guard = shared2.edge.observer().metrics.connection_opened(protocol);
+                    serve_io(
+                        &shared2,
+                        TokioIo::new(tls_stream),
+                        peer,
+                        true,
+                        endpoints,
+                        conn_stop,
+                    )
+                    .await;
+                }
+            }
+        };
+        if drains {
+            shared.tracker.spawn(task);
+        } else {
+            tokio::spawn(task);
+        }
+    }
+}
+
+async fn serve_io<I>(
+    shared: &Arc<Shared>,
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    secure: bool,
+    endpoints: Endpoints,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let edge = Arc::clone(&shared.edge);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let edge = Arc::clone(&edge);
+        async move {
+            let protocol = if req.version() == http::Version::HTTP_2 {
+                Protocol::H2
+            } else {
+                Protocol::H1
+            };
+            let (parts, _body) = req.into_parts();
+            let (response, finish) = edge
+                .handle(Incoming {
+                    method: &parts.method,
+                    uri: &parts.uri,
+                    headers: &parts.headers,
+                    client: peer,
+                    protocol,
+                    secure,
+                    endpoints,
+                })
+                .await;
+            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish)))
+        }
+    });
+    let conn = shared.builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    // Admin connections never drain: they answer /readyz until the process exits.
+    let drains = endpoints != Endpoints::Admin;
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut stop), if drains => {
+            // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
+    }
+}
+
+/// Serves HTTP/3 on a QUIC endpoint until `stop` turns true.
+async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch::Receiver<bool>) {
+    let mut stop_accepting = stop.clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+            _ = stopped(&mut stop_accepting) => return,
+        };
+        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let shared2 = Arc::clone(&shared);
+        let stop = stop.clone();
+        shared.tracker.spawn(async move {
+            let _permit = permit;
+            let peer = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, client = %peer, "A QUIC handshake failed.");
+                    return;
+                }
+            };
+            let _guard = shared2
+                .edge
+                .observer()
+                .metrics
+                .connection_opened(Protocol::H3);
+            serve_h3(shared2, connection, peer, stop).await;
+        });
+    }
+}
+
+async fn serve_h3(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(shared.limits.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, client = %peer, "An HTTP/3 connection failed to start.");
+            return;
+        }
+    };
+    let requests = TaskTracker::new();
+    loop {
+        let resolver = tokio::select! {
+            r = h3.accept() => r,
+            _ = stopped(&mut stop) => {
+                // Draining: GOAWAY, then let the requests already accepted finish.
+                let _ = h3.shutdown(0).await;
+                break;
+            }
+        };
+        let resolver = match resolver {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, client = %peer, "An HTTP/3 connection ended.");
+                break;
+            }
+        };
+        let edge = Arc::clone(&shared.edge);
+        requests.spawn(async move {
+            let (req, mut stream) = match resolver.resolve_request().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, client = %peer, "An HTTP/3 request could not be read.");
+                    return;
+                }
+            };
+            let (response, mut finish) = edge
+                .handle(Incoming {
+                    method: req.method(),
+                    uri: req.uri(),
+                    headers: req.headers(),
+                    client: peer,
+                    protocol: Protocol::H3,
+                    secure: true,
+                    endpoints: Endpoints::Content,
+                })
+                .await;
+            let (parts, body) = response.into_parts();
+            if stream
+                .send_response(http::Response::from_parts(parts, ()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            // Hand the body over in pieces so that one large segment does not sit whole in
+            // QUIC's send buffer ahead of other streams.
+            const PIECE: usize = 256 * 1024;
+            let mut offset = 0;
+            while offset < body.len() {
+                let end = (offset + PIECE).min(body.len());
+                if stream.send_data(body.slice(offset..end)).await.is_err() {
+                    return;
+                }
+                offset = end;
+            }
+            if stream.finish().await.is_ok() {
+                finish.complete = true;
+            }
+        });
+    }
+    requests.close();
+    requests.wait().await;
+}
+
+fn quic_endpoint(
+    addr: SocketAddr,
+    resolver: Arc<estuary_common::tls::ReloadableCert>,
+    limits: &LimitsConfig,
+) -> anyhow::Result<quinn::Endpoint> {
+    let tls = estuary_common::tls::server_config(resolver, &[b"h3"], true)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .max_idle_timeout(Some(quinn::IdleTimeout::try_from(limits.idle_timeout)?))
+        .stream_receive_window(quinn::VarInt::from_u32(1024 * 1024))
+        .receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024);
+    server.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(server, addr)?)
+}
+
+/// Runs an edge until SIGTERM or SIGINT, then drains. SIGHUP reloads the certificate.
+pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "Raised the open-file limit."),
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
+    }
+    let metrics = crate::metrics::Metrics::new(&config.node.id, &config.node.site);
+    let dropped = metrics.access_log_dropped.clone();
+    let access_log = match config.log.access.as_str() {
+        "off" => crate::access_log::AccessLog::off(dropped),
+        target => crate::access_log::AccessLog::start(target, dropped)
+            .map_err(|e| anyhow::anyhow!("log.access {target}: {e}"))?,
+    };
+    let observer = Arc::new(crate::handler::Observer {
+        metrics,
+        access_log,
+    });
+    let store = Arc::new(crate::store::Store::open(
+        &config.store.root,
+        config.store.open_files,
+        config.store.revalidate,
+    )?);
+    let edge = Arc::new(Edge::new(&config, store, Arc::clone(&observer))?);
+    let shared = Arc::new(Shared {
+        edge: Arc::clone(&edge),
+        builder: http_builder(&config.limits),
+        limits: config.limits.clone(),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        tracker: TaskTracker::new(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let content_and_admin = if config.listen.admin.is_some() {
+        Endpoints::Content
+    } else {
+        Endpoints::ContentAndAdmin
+    };
+    if let Some(addr) = config.listen.http {
+        let l = bind_tcp(addr).map_err(|e| anyhow::anyhow!("listen.http {addr}: {e}"))?;
+        tracing::info!(address = %addr, "Serving plain HTTP.");
+        tokio::spawn(accept_tcp(
+            Arc::clone(&shared),
+            l,
+            None,
+            content_and_admin,
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(addr) = config.listen.admin {
+        let l = bind_tcp(addr).map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?;
+        tracing::info!(address = %addr, "Serving the admin endpoints.");
+        // Admin connections are not tracked, so they never hold up the drain.
+        tokio::spawn(accept_tcp(
+            Arc::clone(&shared),
+            l,
+            None,
+            Endpoints::Admin,
+            stop_rx.clone(),
+        ));
+    }
+    let mut cert = None;
+    let mut endpoint = None;
+    if let (Some(addr), Some(tls)) = (config.listen.https, &config.tls) {
+        let resolver = estuary_common::tls::ReloadableCert::load(&tls.cert, &tls.key)?;
+        let server_tls = estuary_common::tls::server_config(
+            Arc::clone(&resolver) as Arc<dyn rustls::server::ResolvesServerCert>,
+            &[b"h2", b"http/1.1"],
+            false,
+        )?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+        let l = bind_tcp(addr).map_err(|e| anyhow::anyhow!("listen.https {addr}: {e}"))?;
+        tracing::info!(address = %addr, "Serving HTTPS (HTTP/1.1 and HTTP/2).");
+        tokio::spawn(accept_tcp(
+            Arc::clone(&shared),
+            l,
+            Some(acceptor),
+            Endpoints::Content,
+            stop_rx.clone(),
+        ));
+        if config.listen.http3 {
+            let ep = quic_endpoint(addr, Arc::clone(&resolver), &config.limits)
+                .map_err(|e| anyhow::anyhow!("listen.https {addr} (UDP): {e}"))?;
+            tracing::info!(address = %addr, "Serving HTTP/3.");
+            tokio::spawn(accept_quic(
+                Arc::clone(&shared),
+                ep.clone(),
+                stop_rx.clone(),
+            ));
+            endpoint = Some(ep);
+        }
+        cert = Some(resolver);
+    }
+    edge.set_ready(true);
+    tracing::info!(node = %config.node.id, site = %config.node.site, root = %config.store.root.display(), "The edge is ready.");
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match &cert {
+                Some(c) => match c.reload() {
+                    Ok(()) => {
+                        observer.metrics.tls_reloads_ok.inc();
+                        tracing::info!("The certificate was reloaded.");
+                    }
+                    Err(e) => {
+                        observer.metrics.tls_reloads_failed.inc();
+                        tracing::error!(error = %e, "The certificate could not be reloaded; the previous one stays in use.");
+                    }
+                },
+                None => tracing::info!("SIGHUP: no certificate to reload."),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!(timeout = ?config.shutdown.drain_timeout, "Draining: no new connections; in-flight requests may finish.");
+    edge.set_ready(false);
+    observer.metrics.draining.set(1);
+    let _ = stop_tx.send(true);
+    if let Some(ep) = &endpoint {
+        ep.set_server_config(None);
+    }
+    shared.tracker.close();
+    let drained = tokio::time::timeout(config.shutdown.drain_timeout, shared.tracker.wait()).await;
+    match drained {
+        Ok(()) => tracing::info!("Drained; exiting."),
+        Err(_) => tracing::warn!(
+            open = shared.tracker.len(),
+            "The drain deadline passed; closing the remaining connections."
+        ),
+    }
+    if let Some(ep) = endpoint {
+        ep.close(quinn::VarInt::from_u32(0), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    }
+    Ok(())
+}

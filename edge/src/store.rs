@@ -1,0 +1,223 @@
+//! The pre-positioned store: files under one root folder, served from memory maps that are
+//! kept open in a bounded cache (like nginx's `open_file_cache`) and checked again after a
+//! configured interval.
+//!
+//! Invariant: no lookup returns a file outside the root. Paths arrive normalized (no `.`/`..`
+//! segments), are resolved with every symbolic link followed, and the result must still lie
+//! under the canonical root; the final open refuses a symbolic link.
+//!
+//! Invariant: files under the root are replaced by rename, never rewritten in place. A file
+//! truncated in place while mapped would fault the process.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+/// Files up to this size are paged in when they are opened, so that serving them never waits
+/// on the disk inside an async task.
+const POPULATE_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// One open file: its bytes and the validators derived from its metadata.
+#[derive(Debug)]
+pub struct FileEntry {
+    /// The whole content (a memory map, shared by every response that sends it).
+    pub body: Bytes,
+    /// The strong entity tag: size and modification time in nanoseconds.
+    pub etag: HeaderValue,
+    /// The `Last-Modified` header value.
+    pub last_modified: HeaderValue,
+    /// The modification time, to answer `If-Modified-Since`.
+    pub modified: SystemTime,
+}
+
+impl FileEntry {
+    /// The content length.
+    pub fn len(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A regular file under the root.
+    Found(Arc<FileEntry>),
+    /// No such file (or a folder, or something that is not a regular file).
+    NotFound,
+    /// The path resolves outside the root through a symbolic link: refused.
+    Outside,
+}
+
+/// The pre-positioned content under one root folder.
+pub struct Store {
+    root: PathBuf,
+    files: moka::sync::Cache<String, Arc<FileEntry>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `root`, which must be a folder.
+    pub fn open(root: &Path, open_files: u64, revalidate: Duration) -> io::Result<Self> {
+        let root = std::fs::canonicalize(root)?;
+        if !root.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a folder"));
+        }
+        let files = moka::sync::Cache::builder()
+            .max_capacity(open_files)
+            .time_to_live(revalidate)
+            .build();
+        Ok(Self { root, files })
+    }
+
+    /// The canonical root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Looks up a normalized path (starting with '/'). Opening a file that is not cached yet
+    /// runs on the blocking pool.
+    pub async fn lookup(self: &Arc<Self>, path: &str) -> io::Result<Lookup> {
+        if let Some(entry) = self.files.get(path) {
+            return Ok(Lookup::Found(entry));
+        }
+        let this = Arc::clone(self);
+        let owned = path.to_owned();
+        let found = tokio::task::spawn_blocking(move || this.open_file(&owned))
+            .await
+            .map_err(io::Error::other)??;
+        if let Lookup::Found(entry) = &found {
+            self.files.insert(path.to_owned(), Arc::clone(entry));
+        }
+        Ok(found)
+    }
+
+    /// Forgets a cached file so that the next lookup opens it again.
+    pub fn invalidate(&self, path: &str) {
+        self.files.invalidate(path);
+    }
+
+    fn open_file(&self, path: &str) -> io::Result<Lookup> {
+        let relative = path.trim_start_matches('/');
+        if relative.is_empty() || path.ends_with('/') {
+            return Ok(Lookup::NotFound);
+        }
+        let joined = self.root.join(relative);
+        let canonical = match std::fs::canonicalize(&joined) {
+            Ok(p) => p,
+            Err(e) if is_absent(&e) => return Ok(Lookup::NotFound),
+            Err(e) => return Err(e),
+        };
+        if !canonical.starts_with(&self.root) {
+            return Ok(Lookup::Outside);
+        }
+        let file = match File::options()
+            .read(true)
+            .custom_flags(O_NOFOLLOW | O_NONBLOCK)
+            .open(&canonical)
+        {
+            Ok(f) => f,
+            Err(e) if is_absent(&e) => return Ok(Lookup::NotFound),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(Lookup::NotFound);
+        }
+        let len = meta.len();
+        let body = if len == 0 {
+            Bytes::new()
+        } else {
+            let mut options = memmap2::MmapOptions::new();
+            if len <= POPULATE_LIMIT {
+                options.populate();
+            }
+            // SAFETY: the map is read-only and the store's invariant is that files under the
+            // root are replaced by rename, never modified in place, so the mapped bytes stay
+            // valid and unchanged for the life of the map.
+            #[allow(unsafe_code)]
+            let map = unsafe { options.map(&file)? };
+            Bytes::from_owner(map)
+        };
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let mtime_ns = (meta.mtime() as i128) * 1_000_000_000 + meta.mtime_nsec() as i128;
+        let etag = format!("\"{len:x}-{mtime_ns:x}\"");
+        Ok(Lookup::Found(Arc::new(FileEntry {
+            body,
+            // Both values are built from hex digits and an HTTP date: always valid.
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            modified,
+        })))
+    }
+}
+
+// Linux open(2) flags; std does not name them and libc is not worth a dependency for two.
+const O_NOFOLLOW: i32 = 0o400_000;
+const O_NONBLOCK: i32 = 0o4_000;
+
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::InvalidFilename
+    ) || e.raw_os_error() == Some(40) // ELOOP: a symbolic link where none may be.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("estuary-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    #[tokio::test]
+    async fn finds_files_and_refuses_links_out_of_root() {
+        let base = tempdir("links");
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("v")).expect("mkdir");
+        std::fs::write(root.join("v/a.m4s"), b"hello").expect("write");
+        std::fs::write(base.join("secret"), b"secret").expect("write");
+        std::os::unix::fs::symlink(base.join("secret"), root.join("v/out")).expect("link");
+        std::os::unix::fs::symlink(root.join("v/a.m4s"), root.join("v/in")).expect("link");
+        std::os::unix::fs::symlink(&base, root.join("up")).expect("link");
+        let store = Arc::new(Store::open(&root, 10, Duration::from_secs(5)).expect("open"));
+        match store.lookup("/v/a.m4s").await.expect("lookup") {
+            Lookup::Found(f) => assert_eq!(&f.body[..], b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.lookup("/v/in").await, Ok(Lookup::Found(_))));
+        assert!(matches!(store.lookup("/v/out").await, Ok(Lookup::Outside)));
+        assert!(matches!(
+            store.lookup("/up/secret").await,
+            Ok(Lookup::Outside)
+        ));
+        assert!(matches!(store.lookup("/v").await, Ok(Lookup::NotFound)));
+        assert!(matches!(store.lookup("/v/").await, Ok(Lookup::NotFound)));
+        assert!(matches!(store.lookup("/nope").await, Ok(Lookup::NotFound)));
+        assert!(matches!(
+            store.lookup("/v/a.m4s/x").await,
+            Ok(Lookup::NotFound)
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
