@@ -1,0 +1,370 @@
+//! Shared harness for the black-box tests: starts the real `estuary` binary on loopback with a
+//! fresh content folder and certificate, and offers real clients (curl, a Rust HTTP/1.1 and
+//! HTTP/2 client, the in-tree HTTP/3 client).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const KEY2_HEX: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00112233445566778899aabbccddeeff";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh folder under the target dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let dir = base.join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command and fails loudly if it cannot be started (a missing tool is a failure,
+/// never a skip).
+pub fn run(cmd: &mut Command) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e} (run scripts/test.sh to install the test tools)"))
+}
+
+/// Writes a self-signed EC certificate for localhost and 127.0.0.1 with the openssl CLI.
+pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    let out = run(Command::new("openssl").args([
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-days", "30", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "extendedKeyUsage=serverAuth",
+    ]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A site: a content folder with a few files, a certificate and an edge config.
+pub struct Site {
+    pub dir: TempDir,
+    pub content: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    /// Extra TOML appended to the config (sections after the defaults).
+    pub extra: String,
+    pub protected: Vec<String>,
+}
+
+impl Site {
+    pub fn new(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let content = dir.path().join("content");
+        std::fs::create_dir_all(content.join("v/abc/720p")).expect("mkdir");
+        std::fs::create_dir_all(content.join("pub")).expect("mkdir");
+        std::fs::write(content.join("v/abc/master.m3u8"), MASTER).expect("write");
+        std::fs::write(content.join("v/abc/720p/index.m3u8"), MEDIA).expect("write");
+        std::fs::write(content.join("v/abc/720p/seg_000.m4s"), pattern(700_000)).expect("write");
+        std::fs::write(content.join("v/abc/720p/init.mp4"), pattern(900)).expect("write");
+        std::fs::write(content.join("v/other.m4s"), pattern(10)).expect("write");
+        std::fs::write(content.join("pub/big.mp4"), pattern(8_000_000)).expect("write");
+        std::fs::write(content.join("pub/hello.txt"), b"hello\n").expect("write");
+        std::fs::write(dir.path().join("secret.txt"), b"TOP-SECRET-OUTSIDE-ROOT\n").expect("write");
+        let (cert, key) = make_cert(dir.path(), "cert");
+        let https_port = free_port();
+        Self {
+            content,
+            cert,
+            key,
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            https: SocketAddr::from(([127, 0, 0, 1], https_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            extra: String::new(),
+            protected: vec!["/v/".into()],
+            dir,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("edge.toml")
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let protected: Vec<String> = self.protected.iter().map(|p| format!("\"{p}\"")).collect();
+        let text = format!(
+            r#"[node]
+id = "edge-test"
+site = "lab"
+[listen]
+http = "{http}"
+https = "{https}"
+admin = "{admin}"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[store]
+root = "{root}"
+revalidate = "1s"
+[auth]
+protected = [{protected}]
+[auth.keys]
+k1 = "{KEY_HEX}"
+k2 = "{KEY2_HEX}"
+{extra}"#,
+            http = self.http,
+            https = self.https,
+            admin = self.admin,
+            cert = self.cert.display(),
+            key = self.key.display(),
+            root = self.content.display(),
+            protected = protected.join(", "),
+            extra = self.extra,
+        );
+        let path = self.config_path();
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts the edge and waits until /readyz answers 200.
+    pub fn start(&self) -> EdgeProcess {
+        let config = self.write_config();
+        let stdout = std::fs::File::create(self.dir.path().join("access.log")).expect("log");
+        let stderr = std::fs::File::create(self.dir.path().join("edge.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .arg("edge")
+            .arg("--config")
+            .arg(&config)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start estuary");
+        let mut p = EdgeProcess {
+            child: Some(child),
+            admin: self.admin,
+            log_dir: self.dir.path().to_owned(),
+        };
+        p.wait_ready();
+        p
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn surl(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{}", self.https.port(), path)
+    }
+
+    /// A token for `acl` signed by the CLI (an independent path through the code).
+    pub fn sign(&self, acl: &str, extra: &[&str]) -> String {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .args(["token", "sign", "--key-id", "k1", "--key", KEY_HEX, "--acl", acl])
+            .args(extra));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned()
+    }
+}
+
+/// A running edge; killed on drop.
+pub struct EdgeProcess {
+    pub child: Option<Child>,
+    pub admin: SocketAddr,
+    pub log_dir: PathBuf,
+}
+
+impl EdgeProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("estuary exited early ({status}): {}", self.log());
+            }
+            if let Ok((200, _)) = http_get_raw(self.admin, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("estuary did not become ready: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_dir.join("edge.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.log_dir.join("access.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let out = run(Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()));
+        assert!(out.status.success());
+    }
+
+    /// Waits for the process to exit and returns whether it exited with status 0.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("estuary did not exit: {}", self.log());
+    }
+
+    /// The value of one metric series whose line contains every `labels` fragment.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, text) = http_get_raw(self.admin, "/metrics").expect("metrics");
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in:\n{text}"))
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw TCP socket: (status, body as text).
+pub fn http_get_raw(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = raw_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Sends raw bytes and reads until the server closes: (status, head, body).
+pub fn raw_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of head")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, head, buf[split + 4..].to_vec()))
+}
+
+/// curl with the given arguments; returns (stdout bytes, stderr text, success).
+pub fn curl(args: &[&str]) -> (Vec<u8>, String, bool) {
+    let out = run(Command::new("curl").args(["-s", "--max-time", "30"]).args(args));
+    (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+}
+
+/// curl printing only the status code and selected response headers (`-D -`).
+pub fn curl_head(args: &[&str]) -> (u16, String) {
+    let (out, err, _) = curl(&[&["-o", "/dev/null", "-D", "-"], args].concat());
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status from curl {args:?}: {err}"));
+    (status, text.to_ascii_lowercase())
+}
+
+/// The bytes of a test file generated by [`Site::new`].
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+pub const MASTER: &str = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720\n720p/index.m3u8\n";
+pub const MEDIA: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4.0,\nseg_000.m4s\n#EXT-X-ENDLIST\n";
+
+/// A Rust HTTP/1.1 or HTTP/2 client over TLS (rustls + hyper) that trusts `ca`.
+pub async fn rust_get(
+    addr: SocketAddr,
+    ca: &Path,
+    h2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(http::Response<()>, bytes::Bytes)> {
+    use http_body_util::BodyExt;
+    let roots = estuary_common::tls::read_certs(ca)?;
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let tls = estuary_common::tls::client_config_trusting(&roots, alpn)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = connector.connect(name, tcp).await?;
+    let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let mut builder = http::Request::get(format!("https://localhost:{}{path}", addr.port()));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let req = builder.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = if h2 {
+        if negotiated.as_deref() != Some(b"h2") {
+            bail!("the server did not negotiate h2");
+        }
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    };
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((http::Response::from_parts(parts, ()), body))
+}
