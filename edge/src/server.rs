@@ -131,13 +131,6 @@ async fn accept_tcp(
 ) {
     let drains = endpoints != Endpoints::Admin;
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&shared.connections).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stopped(&mut stop), if drains => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -150,6 +143,19 @@ async fn accept_tcp(
                 }
             },
             _ = stopped(&mut stop), if drains => return,
+        };
+        // At the cap, this connection waits for a slot and the listener accepts nothing more,
+        // so further clients wait in the kernel's backlog. Admin connections are not counted.
+        let permit = if drains {
+            tokio::select! {
+                p = Arc::clone(&shared.connections).acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                _ = stopped(&mut stop) => return,
+            }
+        } else {
+            None
         };
         let _ = stream.set_nodelay(true);
         let shared2 = Arc::clone(&shared);

@@ -1,0 +1,300 @@
+//! Starting, watching and stopping the servers under test: `estuary edge` and nginx.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::httpget::Http1Conn;
+use crate::procfs;
+
+/// Which server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Edge,
+    Nginx,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Edge => "edge",
+            Kind::Nginx => "nginx",
+        }
+    }
+
+    pub fn plain_port(self) -> u16 {
+        match self {
+            Kind::Edge => 18080,
+            Kind::Nginx => 28080,
+        }
+    }
+
+    pub fn tls_port(self) -> u16 {
+        match self {
+            Kind::Edge => 18443,
+            Kind::Nginx => 28443,
+        }
+    }
+
+    pub fn plain_addr(self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.plain_port()))
+    }
+
+    pub fn tls_addr(self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tls_port()))
+    }
+
+    /// Every TCP port the server listens on.
+    fn ports(self) -> &'static [u16] {
+        match self {
+            Kind::Edge => &[18080, 18443, 18081],
+            Kind::Nginx => &[28080, 28443],
+        }
+    }
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub work: PathBuf,
+    pub estuary_bin: PathBuf,
+    pub nginx_bin: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub edge_config: PathBuf,
+    pub as_root: bool,
+}
+
+/// A running server; stopped when dropped.
+pub struct Server {
+    pub kind: Kind,
+    child: Child,
+    /// Whether it runs on CPU 0 only, with one worker.
+    pub pinned: bool,
+}
+
+/// Fails early when something already listens on a port the bench needs (a server left over
+/// from an interrupted run, or another program).
+pub fn check_ports_free(kind: Kind) -> anyhow::Result<()> {
+    for port in kind.ports() {
+        if TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            bail!(
+                "127.0.0.1:{port} is in use; the bench needs it for {} (a server left over from an earlier run?)",
+                kind.label()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Starts a server and waits until it answers. Pinned: the server runs on CPU 0 only with
+    /// one worker (nginx `worker_processes 1`, the edge `TOKIO_WORKER_THREADS=1`).
+    pub fn start(kind: Kind, setup: &Setup, pinned: bool) -> anyhow::Result<Self> {
+        check_ports_free(kind)?;
+        let logs = setup.work.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = |name: &str| -> anyhow::Result<File> {
+            let p = logs.join(name);
+            File::create(&p).with_context(|| format!("creating {}", p.display()))
+        };
+        let mut cmd = if pinned {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]);
+            c
+        } else {
+            // `env` runs the program directly; this keeps both branches one Command.
+            Command::new("env")
+        };
+        match kind {
+            Kind::Edge => {
+                cmd.arg(&setup.estuary_bin)
+                    .arg("edge")
+                    .arg("--config")
+                    .arg(&setup.edge_config);
+                if pinned {
+                    cmd.env("TOKIO_WORKER_THREADS", "1");
+                } else {
+                    cmd.env_remove("TOKIO_WORKER_THREADS");
+                }
+            }
+            Kind::Nginx => {
+                let workers = if pinned { "1" } else { "auto" };
+                let conf = crate::content::nginx_config(
+                    &setup.work,
+                    &setup.cert,
+                    &setup.key,
+                    workers,
+                    setup.as_root,
+                )?;
+                let prefix = setup.work.join("nginx");
+                cmd.arg(&setup.nginx_bin)
+                    .arg("-p")
+                    .arg(&prefix)
+                    .arg("-e")
+                    .arg(prefix.join("logs/error.log"))
+                    .arg("-c")
+                    .arg(&conf);
+            }
+        }
+        let label = format!("{}{}", kind.label(), if pinned { "-pinned" } else { "" });
+        cmd.stdin(Stdio::null())
+            .stdout(log(&format!("{label}.stdout"))?)
+            .stderr(log(&format!("{label}.stderr"))?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", kind.label()))?;
+        let mut server = Self {
+            kind,
+            child,
+            pinned,
+        };
+        server.wait_ready(Duration::from_secs(20))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}); see the logs in the work folder",
+                    self.kind.label()
+                );
+            }
+            let ready = match self.kind {
+                Kind::Edge => {
+                    Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], 18081)))
+                        .and_then(|mut c| c.get("/readyz"))
+                        .is_ok_and(|(status, _)| status == 200)
+                        && accepts(self.kind.tls_addr())
+                }
+                Kind::Nginx => {
+                    Http1Conn::connect(self.kind.plain_addr())
+                        .and_then(|mut c| c.get("/"))
+                        .is_ok()
+                        && accepts(self.kind.tls_addr())
+                }
+            };
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not become ready within {within:?}", self.kind.label());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's processes: the edge is one; nginx is its master and workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let main = self.child.id();
+        let mut pids = vec![main];
+        if self.kind == Kind::Nginx {
+            pids.extend(procfs::children(main));
+        }
+        pids
+    }
+
+    /// CPU time of all server processes so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| procfs::cpu_ticks(p).ok())
+            .sum()
+    }
+
+    /// Resident memory summed over the server processes.
+    pub fn rss(&self) -> procfs::Rss {
+        self.pids()
+            .into_iter()
+            .filter_map(|p| procfs::rss(p).ok())
+            .fold(procfs::Rss::default(), |a, b| a + b)
+    }
+
+    /// Threads of the main process (to confirm the edge's worker count).
+    pub fn threads(&self) -> usize {
+        procfs::threads(self.child.id())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within ten seconds.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return self.wait_ports_released();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{} did not exit within 10 s of SIGTERM; killing it",
+            self.kind.label()
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.wait_ports_released()
+    }
+
+    fn wait_ports_released(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while check_ports_free(self.kind).is_err() {
+            if Instant::now() > deadline {
+                return check_ports_free(self.kind);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+/// Whether something accepts TCP connections at an address.
+fn accepts(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Finds a program on PATH (or in /usr/sbin, where Debian puts nginx).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Whether the bench runs as root (then nginx runs its workers as root too, which can read
+/// the work folder wherever it is).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
