@@ -1,0 +1,371 @@
+//! The markdown report: one line per figure with the edge's value, nginx's value and their
+//! ratio, and the section of BENCHMARKS.md that holds it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::load::Measurement;
+use crate::procfs::{Machine, Rss};
+
+/// A measured row, or why it could not be measured.
+pub type Outcome = Result<Measurement, String>;
+
+/// One test on one content set, run against both servers (or the edge alone).
+#[derive(Debug)]
+pub struct Row {
+    /// The protocol and tool, e.g. "HTTP/1.1 TLS (wrk)".
+    pub test: String,
+    /// What was fetched, e.g. "2 MB segments".
+    pub content: String,
+    pub edge: Outcome,
+    /// `None` when nginx cannot take part (HTTP/3).
+    pub nginx: Option<Outcome>,
+    /// Whether the issue's target (edge at least 1.0x nginx in requests/s) applies.
+    pub target: bool,
+    /// Which figures to show.
+    pub figures: &'static [Figure],
+}
+
+/// The figures a row can show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    RequestsPerSecond,
+    MegabytesPerSecond,
+    P50,
+    P99,
+    CpuPerGb,
+}
+
+impl Figure {
+    fn label(self) -> &'static str {
+        match self {
+            Figure::RequestsPerSecond => "requests/s",
+            Figure::MegabytesPerSecond => "MB/s",
+            Figure::P50 => "p50 latency ms (lower is better)",
+            Figure::P99 => "p99 latency ms (lower is better)",
+            Figure::CpuPerGb => "server CPU s per GB (lower is better)",
+        }
+    }
+
+    fn value(self, m: &Measurement) -> Option<f64> {
+        match self {
+            Figure::RequestsPerSecond => Some(m.requests_per_second()),
+            Figure::MegabytesPerSecond => Some(m.bytes_per_second() / 1e6),
+            Figure::P50 => m.p50_ms,
+            Figure::P99 => m.p99_ms,
+            Figure::CpuPerGb => m.cpu_seconds_per_gb(),
+        }
+    }
+
+    fn format(self, v: f64) -> String {
+        match self {
+            Figure::RequestsPerSecond | Figure::MegabytesPerSecond => group_thousands(v),
+            Figure::P50 | Figure::P99 => format!("{v:.2}"),
+            Figure::CpuPerGb => format!("{v:.3}"),
+        }
+    }
+}
+
+pub const THROUGHPUT: &[Figure] = &[
+    Figure::RequestsPerSecond,
+    Figure::MegabytesPerSecond,
+    Figure::P50,
+    Figure::P99,
+    Figure::CpuPerGb,
+];
+pub const PINNED: &[Figure] = &[
+    Figure::RequestsPerSecond,
+    Figure::P50,
+    Figure::P99,
+    Figure::CpuPerGb,
+];
+
+/// Memory with idle keep-alive connections open.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleMemory {
+    pub connections: usize,
+    pub before: Rss,
+    pub after: Rss,
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct Report {
+    pub machine: Machine,
+    pub date: String,
+    pub command: String,
+    pub versions: Vec<(String, String)>,
+    pub rows: Vec<Row>,
+    pub idle_edge: Option<Result<IdleMemory, String>>,
+    pub idle_nginx: Option<Result<IdleMemory, String>>,
+    pub notes: Vec<String>,
+}
+
+/// 1234567.8 -> "1,234,568"; values under 100 keep one decimal.
+fn group_thousands(v: f64) -> String {
+    if v.abs() < 100.0 {
+        return format!("{v:.1}");
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn cell(o: Option<&Outcome>, f: Figure) -> (String, Option<f64>) {
+    match o {
+        None => ("n/a".to_owned(), None),
+        Some(Err(_)) => ("failed".to_owned(), None),
+        Some(Ok(m)) => match f.value(m) {
+            Some(v) => (f.format(v), Some(v)),
+            None => ("-".to_owned(), None),
+        },
+    }
+}
+
+impl Report {
+    /// Rows where the target applies, with whether it is met (`None`: not measured).
+    pub fn target_results(&self) -> Vec<(String, Option<bool>, Option<f64>)> {
+        self.rows
+            .iter()
+            .filter(|r| r.target)
+            .map(|r| {
+                let e = r.edge.as_ref().ok().map(|m| m.requests_per_second());
+                let n = match &r.nginx {
+                    Some(Ok(m)) => Some(m.requests_per_second()),
+                    _ => None,
+                };
+                let ratio = e.zip(n).map(|(e, n)| e / n);
+                (
+                    format!("{}, {}", r.test, r.content),
+                    ratio.map(|x| x >= 1.0),
+                    ratio,
+                )
+            })
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let _ = writeln!(s, "### Estuary edge vs nginx: hot hits\n");
+        let _ = writeln!(s, "- Date: {}", self.date);
+        let _ = writeln!(
+            s,
+            "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
+            m.cpus, m.cpu_model, m.memory_gib, m.kernel
+        );
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "- Software: {}", versions.join("; "));
+        let _ = writeln!(s, "- Command: `{}`\n", self.command);
+
+        let targets = self.target_results();
+        let met = targets.iter().filter(|t| t.1 == Some(true)).count();
+        let _ = writeln!(
+            s,
+            "**Target** (edge at least 1.0x nginx requests/s on every TLS row and on pinned playlists): \
+             met on {met} of {} rows{}.\n",
+            targets.len(),
+            if met == targets.len() { "" } else { "; NOT met overall" }
+        );
+        for (name, ok, ratio) in &targets {
+            let verdict = match ok {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "not measured",
+            };
+            let ratio = ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+            let _ = writeln!(s, "- {name}: {ratio} ({verdict})");
+        }
+        s.push('\n');
+
+        let _ = writeln!(
+            s,
+            "| Test | Content | Figure | Estuary edge | nginx | edge/nginx |"
+        );
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|");
+        for row in &self.rows {
+            for f in row.figures {
+                let (e, ev) = cell(Some(&row.edge), *f);
+                let (n, nv) = cell(row.nginx.as_ref(), *f);
+                let ratio = match (ev, nv) {
+                    (Some(e), Some(n)) if n > 0.0 => format!("{:.2}x", e / n),
+                    _ => "-".to_owned(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {e} | {n} | {ratio} |",
+                    row.test,
+                    row.content,
+                    f.label()
+                );
+            }
+        }
+        if let (Some(e), Some(n)) = (&self.idle_edge, &self.idle_nginx) {
+            const MIB: f64 = 1024.0 * 1024.0;
+            let figures: [(&str, fn(&IdleMemory) -> f64); 4] = [
+                ("VmRSS before, MiB", |i| i.before.total as f64 / MIB),
+                ("VmRSS with the connections open, MiB", |i| {
+                    i.after.total as f64 / MIB
+                }),
+                ("RssAnon with the connections open, MiB", |i| {
+                    i.after.anon as f64 / MIB
+                }),
+                ("VmRSS added per connection, KiB", |i| {
+                    (i.after.total as f64 - i.before.total as f64)
+                        / i.connections.max(1) as f64
+                        / 1024.0
+                }),
+            ];
+            let count = e.as_ref().or(n.as_ref()).map_or(0, |i| i.connections);
+            for (label, get) in figures {
+                let value = |r: &Result<IdleMemory, String>| r.as_ref().ok().map(get);
+                let (ev, nv) = (value(e), value(n));
+                let show = |v: Option<f64>| v.map_or_else(|| "failed".to_owned(), |v| format!("{v:.1}"));
+                let ratio = match (ev, nv) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                    _ => "-".to_owned(),
+                };
+                let _ = writeln!(
+                    s,
+                    "| {count} idle keep-alive connections (plain HTTP/1.1) | memory | {label} (lower is better) | {} | {} | {ratio} |",
+                    show(ev),
+                    show(nv)
+                );
+            }
+        }
+        s.push('\n');
+        for row in &self.rows {
+            for (who, o) in [("edge", Some(&row.edge)), ("nginx", row.nginx.as_ref())] {
+                match o {
+                    Some(Err(e)) => {
+                        let _ = writeln!(s, "- {}, {} ({who}) failed: {e}", row.test, row.content);
+                    }
+                    Some(Ok(m)) if m.errors > 0 => {
+                        let _ = writeln!(
+                            s,
+                            "- {}, {} ({who}): {} failed requests (not counted above)",
+                            row.test, row.content, m.errors
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (who, idle) in [("edge", &self.idle_edge), ("nginx", &self.idle_nginx)] {
+            if let Some(Err(e)) = idle {
+                let _ = writeln!(s, "- Idle connections ({who}) failed: {e}");
+            }
+            if let Some(Ok(i)) = idle {
+                let _ = writeln!(
+                    s,
+                    "- Idle connections ({who}): VmRSS {} -> {} MiB (RssAnon {} -> {}, RssFile {} -> {}).",
+                    mib(i.before.total),
+                    mib(i.after.total),
+                    mib(i.before.anon),
+                    mib(i.after.anon),
+                    mib(i.before.file),
+                    mib(i.after.file)
+                );
+            }
+        }
+        for note in &self.notes {
+            let _ = writeln!(s, "- {note}");
+        }
+        s
+    }
+}
+
+const BEGIN: &str = "<!-- estuary-bench edge-vs-nginx: begin (generated; the bench replaces this part) -->";
+const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
+
+/// Puts `section` between the bench's markers in the markdown file at `path`, keeping what is
+/// written around them; creates the file if needed.
+pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n\n".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    let block = format!("{BEGIN}\n{}\n{END}", section.trim_end());
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{block}{}", &old[..b], &old[e + END.len()..])
+        }
+        _ => format!("{}\n{block}\n", old.trim_end()),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// The current time in UTC as "YYYY-MM-DD HH:MM UTC".
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(group_thousands(1_234_567.8), "1,234,568");
+        assert_eq!(group_thousands(999.0), "999");
+        assert_eq!(group_thousands(12.34), "12.3");
+    }
+
+    #[test]
+    fn replaces_only_its_own_section() {
+        let dir = std::env::temp_dir().join(format!("estuary-bench-md-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("B.md");
+        let _ = std::fs::remove_file(&p);
+        write_section(&p, "first").expect("write");
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.starts_with("# Benchmarks\n") && text.contains("\nfirst\n"));
+        std::fs::write(&p, format!("intro\n{text}\nnotes by hand\n")).expect("write");
+        write_section(&p, "second").expect("write");
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.contains("intro\n") && text.contains("notes by hand\n"));
+        assert!(text.contains("\nsecond\n") && !text.contains("first"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn utc_dates_have_the_right_shape() {
+        let d = utc_now();
+        assert_eq!(d.len(), "2025-01-01 00:00 UTC".len());
+        assert!(d.starts_with("20"));
+    }
+}

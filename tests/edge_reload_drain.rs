@@ -1,0 +1,178 @@
+//! Operations: SIGHUP swaps the certificate under load without a failed request or a dropped
+//! connection (a bad certificate is refused and the old one kept); SIGTERM drains: /readyz
+//! turns 503, new connections are refused, in-flight downloads finish, the process exits 0.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_reload_under_load() {
+    let site = Site::new("reload");
+    let edge = site.start();
+    let (cert2, key2) = make_cert(site.dir.path(), "cert2");
+    // Clients trust both certificates, so a request fails only if the server fails it.
+    let both = site.dir.path().join("both.pem");
+    let mut pem = std::fs::read(&site.cert).expect("cert");
+    pem.extend(std::fs::read(&cert2).expect("cert2"));
+    std::fs::write(&both, pem).expect("write");
+    let only_new = cert2.clone();
+
+    // A long-lived HTTP/2 connection opened before the reload must keep working after it.
+    let long_lived = {
+        let roots = estuary_common::tls::read_certs(&site.cert).expect("roots");
+        let tls = estuary_common::tls::client_config_trusting(&roots, &[b"h2"]).expect("tls");
+        let tcp = tokio::net::TcpStream::connect(site.https).await.expect("tcp");
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(rustls::pki_types::ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("tls");
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2");
+        tokio::spawn(conn);
+        send
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, both) = (stop.clone(), ok.clone(), failed.clone(), both.clone());
+        let addr = site.https;
+        workers.push(tokio::spawn(async move {
+            let mut h2 = false;
+            while !stop.load(Ordering::SeqCst) {
+                h2 = !h2;
+                // A new connection (and handshake) for every request.
+                match rust_get(addr, &both, h2, "/pub/hello.txt", &[]).await {
+                    Ok((r, body)) if r.status() == 200 && &body[..] == b"hello\n" => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Replace the files the way an operator (or certbot) does, then SIGHUP.
+    std::fs::rename(&cert2, &site.cert).expect("rename cert");
+    std::fs::rename(&key2, &site.key).expect("rename key");
+    edge.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the reload");
+    assert!(ok.load(Ordering::SeqCst) > 20, "too few requests to mean anything");
+    assert_eq!(edge.metric("estuary_edge_tls_reloads_total", &["result=\"ok\""]), 1.0);
+
+    // New connections now get the new certificate (TCP and QUIC) ...
+    let only_new_path = site.dir.path().join("only-new.pem");
+    std::fs::copy(&site.cert, &only_new_path).expect("copy");
+    let _ = only_new;
+    let (r, _) = rust_get(site.https, &only_new_path, true, "/pub/hello.txt", &[]).await.expect("new cert");
+    assert_eq!(r.status(), 200);
+    let mut h3 = estuary_bench::h3client::H3Client::connect(site.https, "localhost", &only_new_path)
+        .await
+        .expect("h3 with the new certificate");
+    assert_eq!(h3.get("/pub/hello.txt").await.expect("h3").status, 200);
+    h3.close().await;
+    // ... and the connection from before the reload is still served.
+    let mut send = long_lived;
+    let req = http::Request::get(format!("https://localhost:{}/pub/hello.txt", site.https.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    assert_eq!(send.send_request(req).await.expect("old connection").status(), 200);
+
+    // A broken certificate is refused; the good one stays in use.
+    std::fs::write(&site.cert, b"-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
+        .expect("write");
+    edge.signal("HUP");
+    let mut failed_reloads = 0.0;
+    for _ in 0..100 {
+        failed_reloads = edge.metric("estuary_edge_tls_reloads_total", &["result=\"failed\""]);
+        if failed_reloads >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed_reloads, 1.0);
+    let (r, _) = rust_get(site.https, &only_new_path, false, "/pub/hello.txt", &[]).await.expect("kept cert");
+    assert_eq!(r.status(), 200);
+    assert!(edge.log().contains("could not be reloaded"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut site = Site::new("drain");
+    site.extra = "[shutdown]\ndrain_timeout = \"30s\"\n".into();
+    // Large enough that loopback socket buffers (several MB) cannot hold the whole response,
+    // so the server is still writing when SIGTERM arrives.
+    let want = pattern(48_000_000);
+    std::fs::write(site.content.join("pub/huge.mp4"), &want).expect("write");
+    let mut edge = site.start();
+    // A slow client: 48 MB at 12 MB/s takes about 4 s.
+    let out_file = site.dir.path().join("download.bin");
+    let mut download = Command::new("curl")
+        .args(["-s", "--limit-rate", "12M", "-o"])
+        .arg(&out_file)
+        .arg(site.url("/pub/huge.mp4"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(600));
+    edge.signal("TERM");
+    // readyz turns 503 on the admin listener while the download goes on.
+    let mut saw_503 = false;
+    for _ in 0..100 {
+        if let Ok((503, _)) = http_get_raw(site.admin, "/readyz") {
+            saw_503 = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(saw_503, "readyz never turned 503: {}", edge.log());
+    // New connections to the content listeners are refused.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(http_get_raw(site.http, "/pub/hello.txt").is_err(), "accepted a new connection while draining");
+    assert_eq!(edge.metric("estuary_edge_draining", &[]), 1.0);
+    // The in-flight download completes, byte for byte.
+    let status = download.wait().expect("curl");
+    assert!(status.success());
+    assert!(std::fs::read(&out_file).expect("download") == want, "the download is not byte-exact");
+    assert!(edge.wait_exit(Duration::from_secs(30)), "exit status not 0: {}", edge.log());
+    assert!(edge.log().contains("Drained; exiting."));
+}
+
+#[test]
+fn the_drain_deadline_cuts_very_slow_clients() {
+    let mut site = Site::new("drain-deadline");
+    site.extra = "[shutdown]\ndrain_timeout = \"1s\"\n".into();
+    let mut edge = site.start();
+    std::fs::write(site.content.join("pub/huge.mp4"), pattern(48_000_000)).expect("write");
+    // 48 MB at 50 kB/s would take minutes.
+    let mut download = Command::new("curl")
+        .args(["-s", "--limit-rate", "50K", "-o", "/dev/null"])
+        .arg(site.url("/pub/huge.mp4"))
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(Duration::from_millis(500));
+    edge.signal("TERM");
+    assert!(edge.wait_exit(Duration::from_secs(20)));
+    assert!(edge.log().contains("drain deadline passed"));
+    let _ = download.kill();
+    let _ = download.wait();
+}
