@@ -1,0 +1,103 @@
+//! The command line: --help, --version, check-config naming the bad key, token sign.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn estuary(args: &[&str]) -> (bool, String, String) {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary")).args(args));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_and_version() {
+    let (ok, out, _) = estuary(&["--help"]);
+    assert!(ok);
+    for sub in ["edge", "check-config", "token"] {
+        assert!(out.contains(sub), "{out}");
+    }
+    let (ok, out, _) = estuary(&["edge", "--help"]);
+    assert!(ok);
+    assert!(out.contains("SIGHUP") && out.contains("--config"), "{out}");
+    let (ok, out, _) = estuary(&["--version"]);
+    assert!(ok);
+    assert!(out.starts_with("estuary 0."), "{out}");
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let site = Site::new("check-config");
+    let good = site.write_config();
+    let (ok, out, err) = estuary(&["check-config", &good.to_string_lossy()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("valid edge config"));
+
+    let text = std::fs::read_to_string(&good).expect("read");
+    let cases = [
+        (text.replace("revalidate = \"1s\"", "revalidate = \"1s\"\nopen_filez = 3"), "store.open_filez", "unknown field"),
+        (text.replace("http = \"", "http = \"not-an-address").replace("not-an-address127", "x127"), "listen.http", "invalid"),
+        (format!("{text}[limits]\nmax_connections = 0\n"), "limits.max_connections", "at least 1"),
+        (format!("{text}[limits]\nheader_read_timeout = \"forever\"\n"), "limits.header_read_timeout", ""),
+        (text.replace(KEY2_HEX, "abcd"), "auth.keys.k2", "16 bytes"),
+        (text.replace(KEY2_HEX, "not hex at all"), "auth.keys.k2", "hex"),
+        (text.replace(&site.cert.display().to_string(), "/no/such/cert.pem"), "tls.cert", "/no/such/cert.pem"),
+        (text.replace(&site.content.display().to_string(), "/no/such/root"), "store.root", "/no/such/root"),
+        (text.replace("protected = [\"/v/\"]", "protected = [\"v/\"]"), "auth.protected[0]", "start with '/'"),
+        (format!("{text}[cors]\nallow_origins = [\"https://x.example/path/\"]\n"), "cors.allow_origins[0]", "origin"),
+        (text.replace("[node]", "[nodes]"), "nodes", "unknown field"),
+    ];
+    for (i, (bad, key, why)) in cases.iter().enumerate() {
+        let path = site.dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, bad).expect("write");
+        let (ok, _, err) = estuary(&["check-config", &path.to_string_lossy()]);
+        assert!(!ok, "case {i} ({key}) passed");
+        assert!(err.contains(key), "case {i}: expected key {key} in: {err}");
+        assert!(err.contains(why), "case {i}: expected '{why}' in: {err}");
+        // The edge itself refuses to start on the same file, with the same message.
+        let (ok, _, err2) = estuary(&["edge", "--config", &path.to_string_lossy()]);
+        assert!(!ok);
+        assert!(err2.contains(key), "edge start, case {i}: {err2}");
+    }
+    let path = site.dir.path().join("not-toml.toml");
+    std::fs::write(&path, "this is = = not toml").expect("write");
+    let (ok, _, err) = estuary(&["check-config", &path.to_string_lossy()]);
+    assert!(!ok && err.contains("not valid TOML"), "{err}");
+    let (ok, _, err) = estuary(&["check-config", "/no/such/file.toml"]);
+    assert!(!ok && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn the_documented_example_is_valid_once_its_files_exist() {
+    let dir = TempDir::new("example");
+    let (cert, key) = make_cert(dir.path(), "cert");
+    std::fs::create_dir_all(dir.path().join("content")).expect("mkdir");
+    let text = include_str!("../docs/edge.example.toml")
+        .replace("/srv/estuary/content", &dir.path().join("content").to_string_lossy())
+        .replace("\"cert.pem\"", &format!("\"{}\"", cert.display()))
+        .replace("\"key.pem\"", &format!("\"{}\"", key.display()));
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, text).expect("write");
+    let (ok, _, err) = estuary(&["check-config", &path.to_string_lossy()]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn token_sign_refuses_bad_input() {
+    for args in [
+        vec!["--key-id", "k1", "--key", "zz", "--acl", "/v/*"],
+        vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "v/*"],
+        vec!["--key-id", "k~1", "--key", KEY_HEX, "--acl", "/v/*"],
+        vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "/v/*", "--ip", "999.1.1.1"],
+        vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "/v/*", "--path", "no-slash"],
+    ] {
+        let (ok, _, err) = estuary(&[&["token", "sign"], &args[..]].concat());
+        assert!(!ok, "{args:?}");
+        assert!(err.starts_with("estuary: --"), "{args:?}: {err}");
+    }
+}
