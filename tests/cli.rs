@@ -40,16 +40,53 @@ fn check_config_names_the_bad_key() {
 
     let text = std::fs::read_to_string(&good).expect("read");
     let cases = [
-        (text.replace("revalidate = \"1s\"", "revalidate = \"1s\"\nopen_filez = 3"), "store.open_filez", "unknown field"),
-        (text.replace("http = \"", "http = \"not-an-address").replace("not-an-address127", "x127"), "listen.http", "invalid"),
-        (format!("{text}[limits]\nmax_connections = 0\n"), "limits.max_connections", "at least 1"),
-        (format!("{text}[limits]\nheader_read_timeout = \"forever\"\n"), "limits.header_read_timeout", ""),
+        (
+            text.replace("revalidate = \"1s\"", "revalidate = \"1s\"\nopen_filez = 3"),
+            "store.open_filez",
+            "unknown field",
+        ),
+        (
+            text.replace("http = \"", "http = \"not-an-address")
+                .replace("not-an-address127", "x127"),
+            "listen.http",
+            "invalid",
+        ),
+        (
+            format!("{text}[limits]\nmax_connections = 0\n"),
+            "limits.max_connections",
+            "at least 1",
+        ),
+        (
+            format!("{text}[limits]\nheader_read_timeout = \"forever\"\n"),
+            "limits.header_read_timeout",
+            "",
+        ),
         (text.replace(KEY2_HEX, "abcd"), "auth.keys.k2", "16 bytes"),
-        (text.replace(KEY2_HEX, "not hex at all"), "auth.keys.k2", "hex"),
-        (text.replace(&site.cert.display().to_string(), "/no/such/cert.pem"), "tls.cert", "/no/such/cert.pem"),
-        (text.replace(&site.content.display().to_string(), "/no/such/root"), "store.root", "/no/such/root"),
-        (text.replace("protected = [\"/v/\"]", "protected = [\"v/\"]"), "auth.protected[0]", "start with '/'"),
-        (format!("{text}[cors]\nallow_origins = [\"https://x.example/path/\"]\n"), "cors.allow_origins[0]", "origin"),
+        (
+            text.replace(KEY2_HEX, "not hex at all"),
+            "auth.keys.k2",
+            "hex",
+        ),
+        (
+            text.replace(&site.cert.display().to_string(), "/no/such/cert.pem"),
+            "tls.cert",
+            "/no/such/cert.pem",
+        ),
+        (
+            text.replace(&site.content.display().to_string(), "/no/such/root"),
+            "store.root",
+            "/no/such/root",
+        ),
+        (
+            text.replace("protected = [\"/v/\"]", "protected = [\"v/\"]"),
+            "auth.protected[0]",
+            "start with '/'",
+        ),
+        (
+            format!("{text}[cors]\nallow_origins = [\"https://x.example/path/\"]\n"),
+            "cors.allow_origins[0]",
+            "origin",
+        ),
         (text.replace("[node]", "[nodes]"), "nodes", "unknown field"),
     ];
     for (i, (bad, key, why)) in cases.iter().enumerate() {
@@ -78,7 +115,10 @@ fn the_documented_example_is_valid_once_its_files_exist() {
     let (cert, key) = make_cert(dir.path(), "cert");
     std::fs::create_dir_all(dir.path().join("content")).expect("mkdir");
     let text = include_str!("../docs/edge.example.toml")
-        .replace("/srv/estuary/content", &dir.path().join("content").to_string_lossy())
+        .replace(
+            "/srv/estuary/content",
+            &dir.path().join("content").to_string_lossy(),
+        )
         .replace("\"cert.pem\"", &format!("\"{}\"", cert.display()))
         .replace("\"key.pem\"", &format!("\"{}\"", key.display()));
     let path = dir.path().join("edge.toml");
@@ -93,8 +133,19 @@ fn token_sign_refuses_bad_input() {
         vec!["--key-id", "k1", "--key", "zz", "--acl", "/v/*"],
         vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "v/*"],
         vec!["--key-id", "k~1", "--key", KEY_HEX, "--acl", "/v/*"],
-        vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "/v/*", "--ip", "999.1.1.1"],
-        vec!["--key-id", "k1", "--key", KEY_HEX, "--acl", "/v/*", "--path", "no-slash"],
+        vec![
+            "--key-id",
+            "k1",
+            "--key",
+            KEY_HEX,
+            "--acl",
+            "/v/*",
+            "--ip",
+            "999.1.1.1",
+        ],
+        vec![
+            "--key-id", "k1", "--key", KEY_HEX, "--acl", "/v/*", "--path", "no-slash",
+        ],
     ] {
         let (ok, _, err) = estuary(&[&["token", "sign"], &args[..]].concat());
         assert!(!ok, "{args:?}");

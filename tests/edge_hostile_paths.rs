@@ -43,10 +43,16 @@ fn setup() -> Site {
     let site = Site::new("hostile");
     // Symbolic links that lead out of the root must be refused; one that stays inside works.
     std::os::unix::fs::symlink(site.dir.path(), site.content.join("link-out")).expect("link");
-    std::os::unix::fs::symlink(site.dir.path().join("secret.txt"), site.content.join("pub/escape"))
-        .expect("link");
-    std::os::unix::fs::symlink(site.content.join("pub/hello.txt"), site.content.join("pub/alias.txt"))
-        .expect("link");
+    std::os::unix::fs::symlink(
+        site.dir.path().join("secret.txt"),
+        site.content.join("pub/escape"),
+    )
+    .expect("link");
+    std::os::unix::fs::symlink(
+        site.content.join("pub/hello.txt"),
+        site.content.join("pub/alias.txt"),
+    )
+    .expect("link");
     site
 }
 
@@ -63,18 +69,32 @@ fn hostile_paths_never_leave_the_root() {
         .unwrap_or_else(|e| panic!("{path}: {e}"));
         let body = String::from_utf8_lossy(&body);
         assert!(!body.contains(SECRET), "{path} leaked the secret");
-        assert!(!head.to_ascii_lowercase().contains("x-injected"), "{path}: header injection");
+        assert!(
+            !head.to_ascii_lowercase().contains("x-injected"),
+            "{path}: header injection"
+        );
         // hyper refuses some targets (raw backslashes) itself with 400 before the handler.
-        assert!(allowed.contains(&status), "{path}: status {status}, allowed {allowed:?}");
+        assert!(
+            allowed.contains(&status),
+            "{path}: status {status}, allowed {allowed:?}"
+        );
 
         let (body, _, _) = curl(&["--path-as-is", &site.url(path)]);
-        assert!(!String::from_utf8_lossy(&body).contains(SECRET), "{path} leaked via curl");
+        assert!(
+            !String::from_utf8_lossy(&body).contains(SECRET),
+            "{path} leaked via curl"
+        );
     }
     // A link inside the root is followed.
     let (s, _) = curl_head(&[&site.url("/pub/alias.txt")]);
     assert_eq!(s, 200);
     assert!(edge.metric("estuary_edge_bad_paths_total", &[]) >= 15.0);
-    assert!(edge.metric("estuary_edge_store_lookups_total", &["result=\"outside_root\""]) >= 2.0);
+    assert!(
+        edge.metric(
+            "estuary_edge_store_lookups_total",
+            &["result=\"outside_root\""]
+        ) >= 2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +108,10 @@ async fn hostile_paths_over_http3() {
         // Targets that are not valid URIs cannot even be sent; the rest must not leak.
         let Ok(r) = h3.get(path).await else { continue };
         assert!(r.status == 400 || r.status == 404, "{path}: {}", r.status);
-        assert!(!String::from_utf8_lossy(&r.body).contains(SECRET), "{path} leaked over h3");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains(SECRET),
+            "{path} leaked over h3"
+        );
     }
     h3.close().await;
 }

@@ -16,10 +16,18 @@ fn mime_types_and_cache_control() {
     let mut site = Site::new("mime");
     site.protected.clear();
     let files = [
-        ("a.m3u8", "application/vnd.apple.mpegurl", "public, max-age=2"),
+        (
+            "a.m3u8",
+            "application/vnd.apple.mpegurl",
+            "public, max-age=2",
+        ),
         ("a.mpd", "application/dash+xml", "public, max-age=2"),
         ("a.m4s", "video/mp4", "public, max-age=31536000, immutable"),
-        ("init.mp4", "video/mp4", "public, max-age=31536000, immutable"),
+        (
+            "init.mp4",
+            "video/mp4",
+            "public, max-age=31536000, immutable",
+        ),
         ("a.ts", "video/mp2t", "public, max-age=31536000, immutable"),
         ("a.m4a", "audio/mp4", "public, max-age=31536000, immutable"),
         ("a.aac", "audio/aac", "public, max-age=31536000, immutable"),
@@ -52,8 +60,13 @@ fn validators_ranges_and_head() {
     let (status, head) = curl_head(&[&url]);
     assert_eq!(status, 200);
     let etag = header(&head, "etag").expect("etag").to_owned();
-    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "strong etag: {etag}");
-    let last_modified = header(&head, "last-modified").expect("last-modified").to_owned();
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong etag: {etag}"
+    );
+    let last_modified = header(&head, "last-modified")
+        .expect("last-modified")
+        .to_owned();
     assert_eq!(header(&head, "accept-ranges"), Some("bytes"));
     assert_eq!(header(&head, "content-length"), Some("8000000"));
 
@@ -66,7 +79,11 @@ fn validators_ranges_and_head() {
     assert_eq!(s, 200);
     let (s, _) = curl_head(&["-H", &format!("If-Modified-Since: {last_modified}"), &url]);
     assert_eq!(s, 304);
-    let (s, _) = curl_head(&["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT", &url]);
+    let (s, _) = curl_head(&[
+        "-H",
+        "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT",
+        &url,
+    ]);
     assert_eq!(s, 200);
     let (s, _) = curl_head(&["-H", "If-Match: \"nope\"", &url]);
     assert_eq!(s, 412);
@@ -76,7 +93,10 @@ fn validators_ranges_and_head() {
     assert_eq!(body, &want[1000..2000]);
     let (s, head) = curl_head(&["-r", "1000-1999", &url]);
     assert_eq!(s, 206);
-    assert_eq!(header(&head, "content-range"), Some("bytes 1000-1999/8000000"));
+    assert_eq!(
+        header(&head, "content-range"),
+        Some("bytes 1000-1999/8000000")
+    );
     assert_eq!(header(&head, "content-length"), Some("1000"));
     let (body, _, _) = curl(&["-r", "-10", &url]);
     assert_eq!(body, &want[want.len() - 10..]);
@@ -111,7 +131,10 @@ fn validators_ranges_and_head() {
     )
     .expect("raw head");
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("content-length: 8000000"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 8000000")
+    );
     assert!(body.is_empty(), "HEAD sent {} body bytes", body.len());
 
     // Methods.
@@ -134,7 +157,10 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     // curl reuses the connection for URLs on the same host and says so on stderr with -v.
     let (_, err, ok) = curl(&["-v", &url, &url, &url]);
     assert!(ok);
-    assert!(err.contains("Re-using existing connection") || err.contains("Reusing existing connection"), "{err}");
+    assert!(
+        err.contains("Re-using existing connection") || err.contains("Reusing existing connection"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,22 +172,40 @@ fn cors_for_browser_players() {
 
     // Preflight for a range request from an allowed origin.
     let (s, head) = curl_head(&[
-        "-X", "OPTIONS",
-        "-H", "Origin: https://player.example",
-        "-H", "Access-Control-Request-Method: GET",
-        "-H", "Access-Control-Request-Headers: range",
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://player.example",
+        "-H",
+        "Access-Control-Request-Method: GET",
+        "-H",
+        "Access-Control-Request-Headers: range",
         &url,
     ]);
     assert_eq!(s, 204);
-    assert_eq!(header(&head, "access-control-allow-origin"), Some("https://player.example"));
-    assert!(header(&head, "access-control-allow-methods").expect("methods").contains("GET"));
-    assert!(header(&head, "access-control-allow-headers").expect("headers").contains("Range"));
+    assert_eq!(
+        header(&head, "access-control-allow-origin"),
+        Some("https://player.example")
+    );
+    assert!(
+        header(&head, "access-control-allow-methods")
+            .expect("methods")
+            .contains("GET")
+    );
+    assert!(
+        header(&head, "access-control-allow-headers")
+            .expect("headers")
+            .contains("Range")
+    );
     assert_eq!(header(&head, "access-control-max-age"), Some("600"));
 
     // A simple request from the allowed origin sees the range headers exposed.
     let (s, head) = curl_head(&["-H", "Origin: https://player.example", "-r", "0-1", &url]);
     assert_eq!(s, 206);
-    assert_eq!(header(&head, "access-control-allow-origin"), Some("https://player.example"));
+    assert_eq!(
+        header(&head, "access-control-allow-origin"),
+        Some("https://player.example")
+    );
     let exposed = header(&head, "access-control-expose-headers").expect("expose");
     assert!(exposed.contains("Content-Length") && exposed.contains("Content-Range"));
     assert!(header(&head, "vary").expect("vary").contains("Origin"));
@@ -176,10 +220,18 @@ fn cors_for_browser_players() {
 fn cors_any_origin_is_the_default() {
     let site = Site::new("cors-any");
     let _edge = site.start();
-    let (_, head) = curl_head(&["-H", "Origin: https://anyone.example", &site.url("/pub/hello.txt")]);
+    let (_, head) = curl_head(&[
+        "-H",
+        "Origin: https://anyone.example",
+        &site.url("/pub/hello.txt"),
+    ]);
     assert_eq!(header(&head, "access-control-allow-origin"), Some("*"));
     // Errors carry CORS headers too, so a player can read the status.
-    let (s, head) = curl_head(&["-H", "Origin: https://anyone.example", &site.url("/v/abc/master.m3u8")]);
+    let (s, head) = curl_head(&[
+        "-H",
+        "Origin: https://anyone.example",
+        &site.url("/v/abc/master.m3u8"),
+    ]);
     assert_eq!(s, 403);
     assert_eq!(header(&head, "access-control-allow-origin"), Some("*"));
     assert_eq!(header(&head, "cache-control"), Some("no-store"));

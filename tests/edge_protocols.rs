@@ -25,9 +25,15 @@ async fn one_file_over_every_protocol() {
     }
     let (_, head) = curl_head(&["--http2", "--cacert", &cacert, &site.surl("/pub/hello.txt")]);
     assert!(head.starts_with("http/2 200"), "{head}");
-    assert!(head.contains(&format!("alt-svc: h3=\":{}\"; ma=86400", site.https.port())), "{head}");
+    assert!(
+        head.contains(&format!("alt-svc: h3=\":{}\"; ma=86400", site.https.port())),
+        "{head}"
+    );
     let (_, head) = curl_head(&[&site.url("/pub/hello.txt")]);
-    assert!(!head.contains("alt-svc"), "plain HTTP must not advertise h3: {head}");
+    assert!(
+        !head.contains("alt-svc"),
+        "plain HTTP must not advertise h3: {head}"
+    );
 
     // The Rust client, HTTP/1.1 and HTTP/2 over TLS.
     for h2 in [false, true] {
@@ -35,7 +41,11 @@ async fn one_file_over_every_protocol() {
             .await
             .expect("rust client");
         assert_eq!(resp.status(), 200);
-        let want_version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let want_version = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         assert_eq!(resp.version(), want_version);
         assert_eq!(&body[..], &want[..]);
     }
@@ -50,7 +60,11 @@ async fn one_file_over_every_protocol() {
     assert_eq!(&r.body[..], &want[..]);
     assert!(r.headers.get("alt-svc").is_none());
     let r = h3
-        .request(http::Method::GET, "/pub/big.mp4", &[("range", "bytes=100-199")])
+        .request(
+            http::Method::GET,
+            "/pub/big.mp4",
+            &[("range", "bytes=100-199")],
+        )
         .await
         .expect("h3 range");
     assert_eq!(r.status, 206);
@@ -83,10 +97,16 @@ async fn one_file_over_every_protocol() {
 
     // Every protocol was counted.
     for p in ["h1", "h2", "h3"] {
-        let n = edge.metric("estuary_edge_requests_total", &[&format!("protocol=\"{p}\""), "status_class=\"2xx\""]);
+        let n = edge.metric(
+            "estuary_edge_requests_total",
+            &[&format!("protocol=\"{p}\""), "status_class=\"2xx\""],
+        );
         assert!(n >= 1.0, "{p}: {n}");
     }
-    let bytes = edge.metric("estuary_edge_response_body_bytes_total", &["protocol=\"h3\""]);
+    let bytes = edge.metric(
+        "estuary_edge_response_body_bytes_total",
+        &["protocol=\"h3\""],
+    );
     assert!(bytes >= 8_000_100.0, "h3 bytes {bytes}");
 
     // The access log has one JSON line per request, without tokens.
@@ -95,6 +115,14 @@ async fn one_file_over_every_protocol() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
         .collect();
-    assert!(lines.iter().any(|l| l["protocol"] == "h3" && l["status"] == 206 && l["bytes"] == 100));
-    assert!(lines.iter().all(|l| l["time"].is_string() && l["client"] == "127.0.0.1" && l["duration"].is_number()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["protocol"] == "h3" && l["status"] == 206 && l["bytes"] == 100)
+    );
+    assert!(
+        lines.iter().all(|l| l["time"].is_string()
+            && l["client"] == "127.0.0.1"
+            && l["duration"].is_number())
+    );
 }

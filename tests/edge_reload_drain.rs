@@ -27,9 +27,14 @@ async fn certificate_reload_under_load() {
     let long_lived = {
         let roots = estuary_common::tls::read_certs(&site.cert).expect("roots");
         let tls = estuary_common::tls::client_config_trusting(&roots, &[b"h2"]).expect("tls");
-        let tcp = tokio::net::TcpStream::connect(site.https).await.expect("tcp");
+        let tcp = tokio::net::TcpStream::connect(site.https)
+            .await
+            .expect("tcp");
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(rustls::pki_types::ServerName::try_from("localhost").expect("name"), tcp)
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                tcp,
+            )
             .await
             .expect("tls");
         let (send, conn) = hyper::client::conn::http2::handshake(
@@ -75,31 +80,56 @@ async fn certificate_reload_under_load() {
     for w in workers {
         w.await.expect("worker");
     }
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the reload");
-    assert!(ok.load(Ordering::SeqCst) > 20, "too few requests to mean anything");
-    assert_eq!(edge.metric("estuary_edge_tls_reloads_total", &["result=\"ok\""]), 1.0);
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the reload"
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "too few requests to mean anything"
+    );
+    assert_eq!(
+        edge.metric("estuary_edge_tls_reloads_total", &["result=\"ok\""]),
+        1.0
+    );
 
     // New connections now get the new certificate (TCP and QUIC) ...
     let only_new_path = site.dir.path().join("only-new.pem");
     std::fs::copy(&site.cert, &only_new_path).expect("copy");
     let _ = only_new;
-    let (r, _) = rust_get(site.https, &only_new_path, true, "/pub/hello.txt", &[]).await.expect("new cert");
-    assert_eq!(r.status(), 200);
-    let mut h3 = estuary_bench::h3client::H3Client::connect(site.https, "localhost", &only_new_path)
+    let (r, _) = rust_get(site.https, &only_new_path, true, "/pub/hello.txt", &[])
         .await
-        .expect("h3 with the new certificate");
+        .expect("new cert");
+    assert_eq!(r.status(), 200);
+    let mut h3 =
+        estuary_bench::h3client::H3Client::connect(site.https, "localhost", &only_new_path)
+            .await
+            .expect("h3 with the new certificate");
     assert_eq!(h3.get("/pub/hello.txt").await.expect("h3").status, 200);
     h3.close().await;
     // ... and the connection from before the reload is still served.
     let mut send = long_lived;
-    let req = http::Request::get(format!("https://localhost:{}/pub/hello.txt", site.https.port()))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("req");
-    assert_eq!(send.send_request(req).await.expect("old connection").status(), 200);
+    let req = http::Request::get(format!(
+        "https://localhost:{}/pub/hello.txt",
+        site.https.port()
+    ))
+    .body(http_body_util::Empty::<bytes::Bytes>::new())
+    .expect("req");
+    assert_eq!(
+        send.send_request(req)
+            .await
+            .expect("old connection")
+            .status(),
+        200
+    );
 
     // A broken certificate is refused; the good one stays in use.
-    std::fs::write(&site.cert, b"-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n")
-        .expect("write");
+    std::fs::write(
+        &site.cert,
+        b"-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
     edge.signal("HUP");
     let mut failed_reloads = 0.0;
     for _ in 0..100 {
@@ -110,7 +140,9 @@ async fn certificate_reload_under_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(failed_reloads, 1.0);
-    let (r, _) = rust_get(site.https, &only_new_path, false, "/pub/hello.txt", &[]).await.expect("kept cert");
+    let (r, _) = rust_get(site.https, &only_new_path, false, "/pub/hello.txt", &[])
+        .await
+        .expect("kept cert");
     assert_eq!(r.status(), 200);
     assert!(edge.log().contains("could not be reloaded"));
 }
@@ -147,13 +179,23 @@ fn sigterm_drains_in_flight_requests() {
     assert!(saw_503, "readyz never turned 503: {}", edge.log());
     // New connections to the content listeners are refused.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(http_get_raw(site.http, "/pub/hello.txt").is_err(), "accepted a new connection while draining");
+    assert!(
+        http_get_raw(site.http, "/pub/hello.txt").is_err(),
+        "accepted a new connection while draining"
+    );
     assert_eq!(edge.metric("estuary_edge_draining", &[]), 1.0);
     // The in-flight download completes, byte for byte.
     let status = download.wait().expect("curl");
     assert!(status.success());
-    assert!(std::fs::read(&out_file).expect("download") == want, "the download is not byte-exact");
-    assert!(edge.wait_exit(Duration::from_secs(30)), "exit status not 0: {}", edge.log());
+    assert!(
+        std::fs::read(&out_file).expect("download") == want,
+        "the download is not byte-exact"
+    );
+    assert!(
+        edge.wait_exit(Duration::from_secs(30)),
+        "exit status not 0: {}",
+        edge.log()
+    );
     assert!(edge.log().contains("Drained; exiting."));
 }
 

@@ -343,7 +343,12 @@ impl EdgeConfig {
             };
             let at = inner
                 .span()
-                .map(|s| format!(" (at byte {})", s.start))
+                .map(|s| {
+                    let before = &text.as_bytes()[..s.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+                    format!(" (line {line}, column {column})")
+                })
                 .unwrap_or_default();
             ConfigError::new(key, format!("{reason}{at}"))
         })

@@ -161,7 +161,8 @@ impl Edge {
         if req.endpoints != Endpoints::Content
             && let Some(response) = self.admin(req)
         {
-            finish.path = req.uri.path().to_owned();
+            // Probes and scrapes are neither counted as requests nor access-logged.
+            finish.record = false;
             return response;
         }
         if req.endpoints == Endpoints::Admin {
@@ -572,6 +573,8 @@ pub struct Finish {
     body_len: u64,
     /// Set when the whole body has been handed to the connection.
     pub complete: bool,
+    /// Whether to count and log this request at all (not for admin endpoints).
+    record: bool,
     reason: Option<&'static str>,
     path: String,
     /// Request details kept only when the access log is on.
@@ -622,6 +625,7 @@ impl Finish {
             status: 0,
             body_len: 0,
             complete: false,
+            record: true,
             reason: None,
             path: String::new(),
             details,
@@ -631,6 +635,9 @@ impl Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
+        if !self.record {
+            return;
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         let sent = if self.complete { self.body_len } else { 0 };
         self.observer

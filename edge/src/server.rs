@@ -165,11 +165,14 @@ async fn accept_tcp(
             let _permit = permit;
             match tls {
                 None => {
-                    let _guard = shared2
-                        .edge
-                        .observer()
-                        .metrics
-                        .connection_opened(Protocol::H1);
+                    // Admin connections (scrapes, probes) are not client connections.
+                    let _guard = drains.then(|| {
+                        shared2
+                            .edge
+                            .observer()
+                            .metrics
+                            .connection_opened(Protocol::H1)
+                    });
                     serve_io(
                         &shared2,
                         TokioIo::new(stream),

@@ -44,22 +44,44 @@ impl Drop for TempDir {
 /// never a skip).
 pub fn run(cmd: &mut Command) -> Output {
     let desc = format!("{cmd:?}");
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {desc}: {e} (run scripts/test.sh to install the test tools)"))
+    cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {desc}: {e} (run scripts/test.sh to install the test tools)")
+    })
 }
 
 /// Writes a self-signed EC certificate for localhost and 127.0.0.1 with the openssl CLI.
 pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}-key.pem"));
-    let out = run(Command::new("openssl").args([
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-days", "30", "-subj", "/CN=localhost",
-        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        "-addext", "basicConstraints=critical,CA:FALSE",
-        "-addext", "extendedKeyUsage=serverAuth",
-    ]).arg("-keyout").arg(&key).arg("-out").arg(&cert));
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -191,10 +213,20 @@ k2 = "{KEY2_HEX}"
     /// A token for `acl` signed by the CLI (an independent path through the code).
     pub fn sign(&self, acl: &str, extra: &[&str]) -> String {
         let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
-            .args(["token", "sign", "--key-id", "k1", "--key", KEY_HEX, "--acl", acl])
+            .args([
+                "token", "sign", "--key-id", "k1", "--key", KEY_HEX, "--acl", acl,
+            ])
             .args(extra));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_owned()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
@@ -235,7 +267,9 @@ impl EdgeProcess {
     }
 
     pub fn signal(&self, sig: &str) {
-        let out = run(Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()));
+        let out = run(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string()));
         assert!(out.status.success());
     }
 
@@ -276,7 +310,10 @@ impl Drop for EdgeProcess {
 
 /// A minimal HTTP/1.1 GET over a raw TCP socket: (status, body as text).
 pub fn http_get_raw(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let (status, _, body) = raw_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"))?;
+    let (status, _, body) = raw_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+    )?;
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -303,8 +340,14 @@ pub fn raw_request(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, Stri
 
 /// curl with the given arguments; returns (stdout bytes, stderr text, success).
 pub fn curl(args: &[&str]) -> (Vec<u8>, String, bool) {
-    let out = run(Command::new("curl").args(["-s", "--max-time", "30"]).args(args));
-    (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+    let out = run(Command::new("curl")
+        .args(["-s", "--max-time", "30"])
+        .args(args));
+    (
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
 }
 
 /// curl printing only the status code and selected response headers (`-D -`).
@@ -334,7 +377,8 @@ pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-pub const MASTER: &str = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720\n720p/index.m3u8\n";
+pub const MASTER: &str =
+    "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=3000000,RESOLUTION=1280x720\n720p/index.m3u8\n";
 pub const MEDIA: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4.0,\nseg_000.m4s\n#EXT-X-ENDLIST\n";
 
 /// A Rust HTTP/1.1 or HTTP/2 client over TLS (rustls + hyper) that trusts `ca`.

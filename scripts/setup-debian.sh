@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what Estuary's demo and tests need on Debian 12. Safe to run again.
+# Usage: scripts/setup-debian.sh [demo|test]
+set -euo pipefail
+what="${1:-test}"
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have curl || need_apt+=(curl)
+have openssl || need_apt+=(openssl)
+have ffmpeg || need_apt+=(ffmpeg)
+have ffprobe || need_apt+=(ffmpeg)
+have python3 || need_apt+=(python3 python3-pip)
+have gcc || need_apt+=(build-essential)
+have pkg-config || need_apt+=(pkg-config)
+have git || need_apt+=(git)
+if [ "$what" = "demo" ]; then
+  have npm || need_apt+=(npm)
+fi
+if [ "$what" = "test" ]; then
+  python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} from Debian" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: installing Rust with Debian's rustup" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get install -y -qq rustup >/dev/null 2>&1 || $SUDO apt-get install -y -qq cargo >/dev/null
+    have rustup && rustup default stable >/dev/null
+  fi
+fi
+
+if [ "$what" = "test" ]; then
+  # Python test clients (HTTP/2 frame scripts).
+  if ! python3 -c 'import h2' 2>/dev/null; then
+    echo "setup: installing the Python h2 package" >&2
+    python3 -m pip install -q h2 2>/dev/null || python3 -m pip install -q --break-system-packages h2
+  fi
+fi
