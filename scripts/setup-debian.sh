@@ -18,6 +18,7 @@ if [ "$what" = "demo" ]; then
   have npm || need_apt+=(npm)
 fi
 if [ "$what" = "test" ]; then
+  have systemd-analyze || need_apt+=(systemd)
   python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -59,6 +59,8 @@ async fn one_file_over_every_protocol() {
     assert_eq!(r.headers["content-type"], "video/mp4");
     assert_eq!(&r.body[..], &want[..]);
     assert!(r.headers.get("alt-svc").is_none());
+    assert!(r.headers.get("date").is_some(), "h3 responses carry Date");
+    assert!(r.headers.get("etag").is_some());
     let r = h3
         .request(
             http::Method::GET,

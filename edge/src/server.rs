@@ -367,7 +367,13 @@ async fn serve_h3(
                     endpoints: Endpoints::Content,
                 })
                 .await;
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
+            // hyper adds Date to HTTP/1.1 and HTTP/2 responses; h3 leaves it to us.
+            if let Ok(date) = http::HeaderValue::from_str(&httpdate::fmt_http_date(
+                std::time::SystemTime::now(),
+            )) {
+                parts.headers.insert(http::header::DATE, date);
+            }
             if stream
                 .send_response(http::Response::from_parts(parts, ()))
                 .await
