@@ -39,6 +39,30 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The provider for servers: the same algorithms, with the AES-128-GCM suites preferred over
+/// AES-256-GCM (TLS 1.3 and 1.2), then ChaCha20-Poly1305.
+pub fn server_provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| {
+        let name = format!("{:?}", s.suite());
+        let tls13 = if matches!(s, rustls::SupportedCipherSuite::Tls13(_)) {
+            0
+        } else {
+            10
+        };
+        tls13
+            + if name.contains("AES_128_GCM") {
+                0
+            } else if name.contains("AES_256_GCM") {
+                1
+            } else {
+                2
+            }
+    };
+    provider.cipher_suites.sort_by_key(rank);
+    Arc::new(provider)
+}
+
 /// Installs the provider as the process default (for libraries that call `ServerConfig::builder`).
 /// Calling it twice is harmless.
 pub fn install_default_provider() {
@@ -119,11 +143,14 @@ pub fn server_config(
     } else {
         rustls::DEFAULT_VERSIONS
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // The server's order decides: AES-128-GCM costs about a third less CPU per byte than
+    // AES-256-GCM with the same hardware support, and a video edge is bound by encryption.
+    config.ignore_client_order = true;
     Ok(config)
 }
 
@@ -155,4 +182,20 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .map_err(map)?
         .collect::<Result<_, _>>()
         .map_err(map)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn servers_prefer_aes_128_gcm() {
+        let p = super::server_provider();
+        let names: Vec<String> = p
+            .cipher_suites
+            .iter()
+            .map(|s| format!("{:?}", s.suite()))
+            .collect();
+        assert_eq!(names[0], "TLS13_AES_128_GCM_SHA256", "{names:?}");
+        assert_eq!(names[1], "TLS13_AES_256_GCM_SHA384", "{names:?}");
+        assert_eq!(names.len(), super::provider().cipher_suites.len());
+    }
 }

@@ -58,6 +58,109 @@ pub struct EdgeConfig {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The pull-through cache for what is not pre-positioned (needs `[upstream]`).
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Where misses are filled from. Without it, what is not in the store is a 404.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// Operator access to the admin listener (purge).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[cache]`: the RAM and NVMe tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// RAM tier size, with units ("2GiB").
+    #[serde(default = "default_ram")]
+    pub ram: bytesize::ByteSize,
+    /// NVMe tier folder; it survives restarts. Without it the cache is RAM only.
+    #[serde(default)]
+    pub disk_dir: Option<PathBuf>,
+    /// NVMe tier size.
+    #[serde(default = "default_disk")]
+    pub disk: bytesize::ByteSize,
+    /// Larger objects are relayed to the client but not cached.
+    #[serde(default = "default_max_object")]
+    pub max_object: bytesize::ByteSize,
+    /// Lifetimes that override upstream's `Cache-Control`, per kind of content.
+    #[serde(default)]
+    pub ttl: TtlConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ram: default_ram(),
+            disk_dir: None,
+            disk: default_disk(),
+            max_object: default_max_object(),
+            ttl: TtlConfig::default(),
+        }
+    }
+}
+
+/// `[cache.ttl]`: lifetimes; unset kinds follow upstream's headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlConfig {
+    #[serde(default, with = "humantime_serde")]
+    pub manifest: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub segment: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub other: Option<Duration>,
+    /// How long an upstream 404 is remembered.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative: Duration,
+    /// How long past its lifetime an object is still served when every upstream fails, unless
+    /// upstream's `stale-if-error` says otherwise.
+    #[serde(default = "default_stale_if_error", with = "humantime_serde")]
+    pub stale_if_error: Duration,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        Self {
+            manifest: None,
+            segment: None,
+            other: None,
+            negative: default_negative_ttl(),
+            stale_if_error: default_stale_if_error(),
+        }
+    }
+}
+
+/// `[upstream]`: fill sources, tried in order: parents, then origins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Origin base URLs (`http://host:port`); any HTTP/1.1 server works.
+    pub origin: Vec<String>,
+    /// Parent-tier base URLs, tried before the origins.
+    #[serde(default)]
+    pub parents: Vec<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for a response head, and between two pieces of a body.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Consecutive failures after which a source is skipped for `breaker_cool_down`.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    #[serde(default = "default_breaker_cool_down", with = "humantime_serde")]
+    pub breaker_cool_down: Duration,
+}
+
+/// `[admin]`: operator tokens for the admin listener's purge endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Operator name to bearer token (at least 16 characters).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, String>,
 }
 
 /// `[node]`: the node's identity, used in logs and metrics.
@@ -261,6 +364,33 @@ impl Default for ShutdownConfig {
     }
 }
 
+fn default_ram() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(256)
+}
+fn default_disk() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(1)
+}
+fn default_max_object() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(64)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_stale_if_error() -> Duration {
+    Duration::from_secs(86_400)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_breaker_threshold() -> u32 {
+    3
+}
+fn default_breaker_cool_down() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_true() -> bool {
     true
 }
@@ -370,6 +500,9 @@ impl EdgeConfig {
             }
         };
         resolve(&mut self.store.root);
+        if let Some(dir) = &mut self.cache.disk_dir {
+            resolve(dir);
+        }
         if let Some(tls) = &mut self.tls {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
@@ -484,6 +617,66 @@ impl EdgeConfig {
                 return Err(ConfigError::new(
                     format!("cors.allow_origins[{i}]"),
                     "must be \"*\" or an origin like \"https://player.example\" (no path)",
+                ));
+            }
+        }
+        if let Some(up) = &self.upstream {
+            if up.origin.is_empty() {
+                return Err(ConfigError::new(
+                    "upstream.origin",
+                    "list at least one origin",
+                ));
+            }
+            for (name, list) in [
+                ("upstream.origin", &up.origin),
+                ("upstream.parents", &up.parents),
+            ] {
+                for (i, url) in list.iter().enumerate() {
+                    let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                        u.scheme_str() == Some("http")
+                            && u.host().is_some()
+                            && u.path() == "/"
+                            && !url.ends_with('/')
+                    });
+                    if !ok {
+                        return Err(ConfigError::new(
+                            format!("{name}[{i}]"),
+                            "must be a base URL like \"http://10.0.0.1:9000\" (http, no path)",
+                        ));
+                    }
+                }
+            }
+            for (name, d) in [
+                ("upstream.connect_timeout", up.connect_timeout),
+                ("upstream.read_timeout", up.read_timeout),
+            ] {
+                if d.is_zero() {
+                    return Err(ConfigError::new(name, "must be longer than zero"));
+                }
+            }
+        }
+        if self.cache.ram.as_u64() < 1024 * 1024 {
+            return Err(ConfigError::new("cache.ram", "must be at least 1MiB"));
+        }
+        if self.cache.max_object.as_u64() < 64 * 1024 || self.cache.max_object.as_u64() > 1 << 30 {
+            return Err(ConfigError::new(
+                "cache.max_object",
+                "must be between 64KiB and 1GiB",
+            ));
+        }
+        if self.cache.disk_dir.is_some()
+            && self.cache.disk.as_u64() < 4 * self.cache.max_object.as_u64()
+        {
+            return Err(ConfigError::new(
+                "cache.disk",
+                "must hold at least four objects of cache.max_object",
+            ));
+        }
+        for (name, token) in &self.admin.tokens {
+            if token.len() < 16 {
+                return Err(ConfigError::new(
+                    format!("admin.tokens.{name}"),
+                    "must be at least 16 characters",
                 ));
             }
         }

@@ -18,8 +18,16 @@ pub enum Kind {
 pub fn classify(path: &str) -> (HeaderValue, Kind) {
     let name = path.rsplit('/').next().unwrap_or(path);
     let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
-    let ext = ext.to_ascii_lowercase();
-    let known = match ext.as_str() {
+    // Extensions are short; lower-case into a stack buffer rather than allocate.
+    let mut buf = [0u8; 16];
+    let ext = if ext.len() <= buf.len() {
+        buf[..ext.len()].copy_from_slice(ext.as_bytes());
+        buf[..ext.len()].make_ascii_lowercase();
+        std::str::from_utf8(&buf[..ext.len()]).unwrap_or("")
+    } else {
+        ""
+    };
+    let known = match ext {
         "m3u8" | "m3u" => Some(("application/vnd.apple.mpegurl", Kind::Manifest)),
         "mpd" => Some(("application/dash+xml", Kind::Manifest)),
         "m4s" | "mp4" | "m4v" | "cmfv" => Some(("video/mp4", Kind::Segment)),
@@ -37,7 +45,7 @@ pub fn classify(path: &str) -> (HeaderValue, Kind) {
     if let Some((mime, kind)) = known {
         return (HeaderValue::from_static(mime), kind);
     }
-    let guessed = mime_guess::from_ext(&ext)
+    let guessed = mime_guess::from_ext(ext)
         .first_raw()
         .unwrap_or("application/octet-stream");
     (HeaderValue::from_static(guessed), Kind::Other)

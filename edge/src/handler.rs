@@ -19,14 +19,31 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::access_log::{AccessEntry, AccessLog};
+use crate::cache::{CachedObject, Tier};
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
+use crate::fill::{FillError, FillReader, Filler};
 use crate::metrics::{Metrics, Protocol};
 use crate::path;
 use crate::store::{FileEntry, Lookup, Store};
 
 /// Most ranges accepted in one `Range` header; more is refused with 416.
 const MAX_RANGES: usize = 16;
+
+/// A response body: whole bytes (files, cached objects, errors) or a fill in progress that
+/// streams as upstream delivers.
+#[derive(Debug)]
+pub enum Body {
+    Full(Bytes),
+    Fill(FillReader),
+}
+
+/// What routing produced.
+#[derive(Debug)]
+enum Routed {
+    Full(Response<Bytes>),
+    Stream(Response<Body>),
+}
 
 /// Which endpoints a listener offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +76,21 @@ pub struct Observer {
     pub access_log: AccessLog,
 }
 
+impl crate::fill::FillObserver for Observer {
+    fn fill_started(&self, source_kind: &'static str) {
+        self.metrics.fill_started(source_kind);
+    }
+    fn fill_finished(&self, source_kind: &'static str, ok: bool, seconds: f64, bytes: u64) {
+        self.metrics.fill_finished(source_kind, ok, seconds, bytes);
+    }
+    fn integrity_failure(&self) {
+        self.metrics.integrity_failure();
+    }
+    fn coalesced(&self) {
+        self.metrics.coalesced();
+    }
+}
+
 /// The edge's request handler and its state.
 pub struct Edge {
     store: Arc<Store>,
@@ -70,6 +102,12 @@ pub struct Edge {
     cors_max_age: HeaderValue,
     alt_svc: Option<HeaderValue>,
     observer: Arc<Observer>,
+    /// The pull-through cache and its filler, when `[upstream]` is configured.
+    filler: Option<Arc<Filler>>,
+    stale_if_error: u64,
+    admin_tokens: Vec<String>,
+    /// Prefix purges: objects stored at or before the time under the prefix count as absent.
+    prefix_purges: std::sync::Mutex<Vec<(String, u64)>>,
     ready: AtomicBool,
     /// The clock, injected so that tests can move time.
     clock: fn() -> u64,
@@ -127,9 +165,19 @@ impl Edge {
             cors_max_age: HeaderValue::from(config.cors.max_age.as_secs()),
             alt_svc,
             observer,
+            filler: None,
+            stale_if_error: config.cache.ttl.stale_if_error.as_secs(),
+            admin_tokens: config.admin.tokens.values().cloned().collect(),
+            prefix_purges: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             clock: estuary_common::unix_now,
         })
+    }
+
+    /// Adds the pull-through cache.
+    pub fn with_filler(mut self, filler: Arc<Filler>) -> Self {
+        self.filler = Some(filler);
+        self
     }
 
     /// Replaces the clock (for tests).
@@ -149,34 +197,52 @@ impl Edge {
     }
 
     /// Answers one request.
-    pub async fn handle(&self, req: Incoming<'_>) -> (Response<Bytes>, Finish) {
+    pub async fn handle(&self, req: Incoming<'_>) -> (Response<Body>, Finish) {
         let mut finish = Finish::new(&self.observer, &req);
-        let response = self.route(&req, &mut finish).await;
+        let response = match self.route(&req, &mut finish).await {
+            Routed::Full(r) => r.map(Body::Full),
+            Routed::Stream(r) => r,
+        };
         finish.status = response.status().as_u16();
-        finish.body_len = response.body().len() as u64;
+        finish.body_len = match response.body() {
+            Body::Full(b) => b.len() as u64,
+            Body::Fill(_) => 0,
+        };
         (response, finish)
     }
 
-    async fn route(&self, req: &Incoming<'_>, finish: &mut Finish) -> Response<Bytes> {
+    async fn route(&self, req: &Incoming<'_>, finish: &mut Finish) -> Routed {
+        match self.route_full(req, finish).await {
+            Ok(r) => Routed::Full(r),
+            Err(r) => r,
+        }
+    }
+
+    /// Routes a request; `Err` carries a response that is not a plain full body.
+    async fn route_full(
+        &self,
+        req: &Incoming<'_>,
+        finish: &mut Finish,
+    ) -> Result<Response<Bytes>, Routed> {
         if req.endpoints != Endpoints::Content
             && let Some(response) = self.admin(req)
         {
             // Probes and scrapes are neither counted as requests nor access-logged.
             finish.record = false;
-            return response;
+            return Ok(response);
         }
         if req.endpoints == Endpoints::Admin {
-            return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+            return Ok(self.error(req, StatusCode::NOT_FOUND, "not found\n"));
         }
 
         // Phase 1: parse.
         if *req.method == Method::OPTIONS {
-            return self.options(req);
+            return Ok(self.options(req));
         }
         if *req.method != Method::GET && *req.method != Method::HEAD {
             let mut r = self.error(req, StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut().insert(header::ALLOW, ALLOW.clone());
-            return r;
+            return Ok(r);
         }
         let (path_token, raw_path) = split_path_token(req.uri.path());
         let path = match path::normalize(raw_path) {
@@ -185,10 +251,12 @@ impl Edge {
                 self.observer.metrics.bad_paths.inc();
                 finish.reason = Some("bad_path");
                 tracing::debug!(error = %e, "A request path was refused.");
-                return self.error(req, StatusCode::BAD_REQUEST, "bad path\n");
+                return Ok(self.error(req, StatusCode::BAD_REQUEST, "bad path\n"));
             }
         };
-        finish.path = path.clone();
+        if finish.details.is_some() {
+            finish.path = path.clone();
+        }
 
         // Phase 2: authorize.
         if self.protected.iter().any(|p| path.starts_with(p.as_str())) {
@@ -204,7 +272,7 @@ impl Edge {
                 self.observer.metrics.token_rejected(reason);
                 finish.reason = Some(reason.as_str());
                 tracing::info!(reason = reason.as_str(), path = %path, client = %req.client, "A token was refused.");
-                return self.error(req, StatusCode::FORBIDDEN, "forbidden\n");
+                return Ok(self.error(req, StatusCode::FORBIDDEN, "forbidden\n"));
             }
         }
 
@@ -216,22 +284,191 @@ impl Edge {
             }
             Ok(Lookup::NotFound) => {
                 self.observer.metrics.store_misses.inc();
-                return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+                if let Some(filler) = &self.filler {
+                    return Err(self.serve_cached(req, &path, filler).await);
+                }
+                return Ok(self.error(req, StatusCode::NOT_FOUND, "not found\n"));
             }
             Ok(Lookup::Outside) => {
                 self.observer.metrics.store_refused_outside_root.inc();
                 finish.reason = Some("outside_root");
                 tracing::warn!(path = %path, "A symbolic link leads out of the store root; refused.");
-                return self.error(req, StatusCode::NOT_FOUND, "not found\n");
+                return Ok(self.error(req, StatusCode::NOT_FOUND, "not found\n"));
             }
             Err(e) => {
                 tracing::error!(error = %e, path = %path, "The store could not open a file.");
-                return self.error(req, StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                return Ok(self.error(req, StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"));
             }
         };
 
         // Phase 4: respond.
-        self.respond(req, &path, &entry)
+        Ok(self.respond(req, &path, &entry))
+    }
+
+    /// Serves a path that is not pre-positioned: from the cache when fresh, else through a
+    /// (coalesced) fill, else stale when every upstream fails.
+    async fn serve_cached(&self, req: &Incoming<'_>, path: &str, filler: &Arc<Filler>) -> Routed {
+        let m = &self.observer.metrics;
+        let now = (self.clock)();
+        let cached = filler
+            .cache()
+            .get(path)
+            .await
+            .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
+        if let Some((obj, tier)) = &cached {
+            if obj.is_fresh(now) {
+                match tier {
+                    Tier::Ram => m.cache_hits_ram.inc(),
+                    Tier::Disk => m.cache_hits_disk.inc(),
+                }
+                return Routed::Full(self.respond_object(req, path, obj, now, "HIT"));
+            }
+            if obj.status == 200 && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
+            {
+                // Stale while revalidate: answer now, refresh in the background.
+                filler.join(path, Some(Arc::clone(obj)));
+                m.stale_serves.inc();
+                return Routed::Full(self.respond_object(req, path, obj, now, "STALE"));
+            }
+        }
+        m.cache_misses.inc();
+        let stale = cached.map(|(o, _)| o);
+        let fill = filler.join(path, stale.clone());
+        let outcome = match fill.head().await {
+            Ok(head)
+                if head.status == StatusCode::OK
+                    && *req.method == Method::GET
+                    && !req.headers.contains_key(header::RANGE)
+                    && !req.headers.contains_key(header::IF_NONE_MATCH) =>
+            {
+                return Routed::Stream(self.stream_fill(req, path, &head, fill.reader()));
+            }
+            Ok(head) => fill.finished().await.map(|body| (head, body)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((head, body)) => {
+                let obj = CachedObject {
+                    status: head.status.as_u16(),
+                    content_type: String::new(),
+                    upstream_etag: text_of(head.upstream_etag.as_ref()),
+                    last_modified: text_of(head.last_modified.as_ref()),
+                    stored_at: now,
+                    fresh_until: now,
+                    stale_while_revalidate: 0,
+                    stale_if_error: 0,
+                    sha256: sha256(&body),
+                    body,
+                };
+                Routed::Full(self.respond_object(req, path, &obj, now, "MISS"))
+            }
+            Err(e) => {
+                if let Some(obj) = stale.filter(|o| {
+                    o.status == 200
+                        && now
+                            < o.fresh_until
+                                .saturating_add(o.stale_if_error.max(self.stale_if_error))
+                }) {
+                    m.stale_serves.inc();
+                    let mut r = self.respond_object(req, path, &obj, now, "STALE");
+                    r.headers_mut().insert(
+                        header::WARNING,
+                        HeaderValue::from_static("111 estuary \"Revalidation Failed\""),
+                    );
+                    return Routed::Full(r);
+                }
+                let (status, text) = match e {
+                    FillError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                    _ => (StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
+                };
+                Routed::Full(self.error(req, status, text))
+            }
+        }
+    }
+
+    /// Answers from a cached (or just filled) object, with the file rules: conditionals,
+    /// ranges, HEAD.
+    fn respond_object(
+        &self,
+        req: &Incoming<'_>,
+        path: &str,
+        obj: &CachedObject,
+        now: u64,
+        cache_status: &'static str,
+    ) -> Response<Bytes> {
+        if obj.status != 200 {
+            let status = StatusCode::from_u16(obj.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut r = self.error(req, status, "not found\n");
+            r.headers_mut()
+                .insert("x-cache", HeaderValue::from_static(cache_status));
+            return r;
+        }
+        let modified = httpdate::parse_http_date(&obj.last_modified)
+            .unwrap_or(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(obj.stored_at));
+        let etag = if obj.upstream_etag.starts_with('"') {
+            obj.upstream_etag.clone()
+        } else {
+            format!("\"{}\"", hex_prefix(&obj.sha256))
+        };
+        let entry = FileEntry {
+            body: obj.body.clone(),
+            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            modified,
+        };
+        let mut r = self.respond(req, path, &entry);
+        let h = r.headers_mut();
+        h.insert(header::AGE, HeaderValue::from(obj.age(now)));
+        h.insert("x-cache", HeaderValue::from_static(cache_status));
+        r
+    }
+
+    /// A response that streams a fill to the client as it arrives.
+    fn stream_fill(
+        &self,
+        req: &Incoming<'_>,
+        path: &str,
+        head: &crate::fill::Head,
+        reader: FillReader,
+    ) -> Response<Body> {
+        let (content_type, kind) = content_type::classify(path);
+        let mut r = Response::new(Body::Fill(reader));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, content_type);
+        h.insert(header::CACHE_CONTROL, self.cache_control_for(kind).clone());
+        h.insert(header::SERVER, SERVER.clone());
+        h.insert(header::ACCEPT_RANGES, ACCEPT_RANGES.clone());
+        h.insert("x-cache", HeaderValue::from_static("MISS"));
+        if let Some(len) = head.content_length {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        if let Some(etag) = head
+            .upstream_etag
+            .as_ref()
+            .filter(|e| e.as_bytes().starts_with(b"\""))
+        {
+            h.insert(header::ETAG, etag.clone());
+        }
+        if let Some(lm) = &head.last_modified {
+            h.insert(header::LAST_MODIFIED, lm.clone());
+        }
+        if req.secure
+            && req.protocol != Protocol::H3
+            && let Some(alt) = &self.alt_svc
+        {
+            h.insert(header::ALT_SVC, alt.clone());
+        }
+        self.cors(req, h);
+        r
+    }
+
+    fn cache_control_for(&self, kind: Kind) -> &HeaderValue {
+        match kind {
+            Kind::Manifest => &self.cache_control[0],
+            Kind::Segment => &self.cache_control[1],
+            Kind::Other => &self.cache_control[2],
+        }
     }
 
     fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {
@@ -246,7 +483,72 @@ impl Edge {
         )
     }
 
+    /// `DELETE /cache/<path>` removes one cached object; `DELETE /cache/<prefix>*` every
+    /// object under the prefix. Needs `Authorization: Bearer <admin token>`.
+    fn purge(&self, req: &Incoming<'_>) -> Response<Bytes> {
+        let presented = req
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let authorized = self.admin_tokens.iter().fold(false, |ok, t| {
+            ok | bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.as_bytes(),
+                presented.as_bytes(),
+            ))
+        });
+        if !authorized {
+            return self.error(req, StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        let raw = req.uri.path().strip_prefix("/cache").unwrap_or("/");
+        let (raw, prefix) = match raw.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (raw, false),
+        };
+        let Ok(path) = path::normalize(raw) else {
+            return self.error(req, StatusCode::BAD_REQUEST, "bad path\n");
+        };
+        let Some(filler) = &self.filler else {
+            return self.error(req, StatusCode::NOT_FOUND, "no cache\n");
+        };
+        if prefix {
+            if let Ok(mut p) = self.prefix_purges.lock() {
+                p.retain(|(old, _)| !old.starts_with(&path));
+                p.push((path.clone(), (self.clock)()));
+            }
+        } else {
+            filler.cache().remove(&path);
+        }
+        tracing::info!(path = %path, prefix, "Purged from the cache.");
+        let body =
+            Bytes::from(serde_json::json!({"purged": path, "prefix": prefix}).to_string() + "\n");
+        let mut r = Response::new(body.clone());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        r
+    }
+
+    fn purged_by_prefix(&self, path: &str, stored_at: u64) -> bool {
+        self.prefix_purges
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .any(|(prefix, at)| path.starts_with(prefix.as_str()) && stored_at <= *at)
+            })
+            .unwrap_or(false)
+    }
+
     fn admin(&self, req: &Incoming<'_>) -> Option<Response<Bytes>> {
+        if req.uri.path().starts_with("/cache/")
+            && (*req.method == Method::DELETE || req.method.as_str() == "PURGE")
+        {
+            return Some(self.purge(req));
+        }
         let (status, content_type, body) = match req.uri.path() {
             "/metrics" => (
                 StatusCode::OK,
@@ -298,6 +600,8 @@ impl Edge {
     }
 
     /// Adds CORS headers for the request's `Origin`; returns whether the origin is allowed.
+    /// With `"*"` the headers go on every response, Origin or not, so that a response cached
+    /// downstream for a request without Origin still works for a browser player later.
     fn cors(&self, req: &Incoming<'_>, h: &mut HeaderMap) -> bool {
         if self.cors_any {
             h.insert(
@@ -310,6 +614,7 @@ impl Edge {
         if self.cors_origins.is_empty() {
             return false;
         }
+        // The answer depends on Origin whether or not this request sent one.
         h.append(header::VARY, VARY_ORIGIN.clone());
         match req.headers.get(header::ORIGIN) {
             Some(origin) if self.cors_origins.iter().any(|o| o == origin) => {
@@ -343,12 +648,7 @@ impl Edge {
         let mut headers = HeaderMap::with_capacity(12);
         headers.insert(header::ETAG, entry.etag.clone());
         headers.insert(header::LAST_MODIFIED, entry.last_modified.clone());
-        let cc = match kind {
-            Kind::Manifest => &self.cache_control[0],
-            Kind::Segment => &self.cache_control[1],
-            Kind::Other => &self.cache_control[2],
-        };
-        headers.insert(header::CACHE_CONTROL, cc.clone());
+        headers.insert(header::CACHE_CONTROL, self.cache_control_for(kind).clone());
         headers.insert(header::SERVER, SERVER.clone());
         if req.secure
             && req.protocol != Protocol::H3
@@ -405,6 +705,19 @@ impl Edge {
         *r.headers_mut() = headers;
         r
     }
+}
+
+fn text_of(v: Option<&HeaderValue>) -> String {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+fn sha256(body: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(body).into()
+}
+
+fn hex_prefix(digest: &[u8; 32]) -> String {
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn header_value(s: String) -> HeaderValue {
@@ -573,6 +886,8 @@ pub struct Finish {
     body_len: u64,
     /// Set when the whole body has been handed to the connection.
     pub complete: bool,
+    /// Body bytes handed over, when the front end counted them (streamed bodies).
+    pub sent: Option<u64>,
     /// Whether to count and log this request at all (not for admin endpoints).
     record: bool,
     reason: Option<&'static str>,
@@ -625,6 +940,7 @@ impl Finish {
             status: 0,
             body_len: 0,
             complete: false,
+            sent: None,
             record: true,
             reason: None,
             path: String::new(),
@@ -639,7 +955,11 @@ impl Drop for Finish {
             return;
         }
         let seconds = self.started.elapsed().as_secs_f64();
-        let sent = if self.complete { self.body_len } else { 0 };
+        let sent = match self.sent {
+            Some(n) => n,
+            None if self.complete => self.body_len,
+            None => 0,
+        };
         self.observer
             .metrics
             .observe_response(self.protocol, self.status, sent, seconds);

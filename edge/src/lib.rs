@@ -6,9 +6,14 @@
 //! [`cmcd`] are pure helpers; [`store`] serves files from memory maps.
 
 pub mod access_log;
+pub mod breaker;
+pub mod cache;
 pub mod cmcd;
 pub mod config;
 pub mod content_type;
+pub mod digest;
+pub mod fill;
+pub mod freshness;
 pub mod handler;
 pub mod metrics;
 pub mod path;

@@ -49,6 +49,15 @@ pub struct Metrics {
     pub tls_reloads_failed: IntCounter,
     pub access_log_dropped: IntCounter,
     pub draining: IntGauge,
+    pub cache_hits_ram: IntCounter,
+    pub cache_hits_disk: IntCounter,
+    pub cache_misses: IntCounter,
+    pub stale_serves: IntCounter,
+    fills: IntCounterVec,
+    fill_duration: prometheus::HistogramVec,
+    pub fill_coalesced: IntCounter,
+    pub upstream_bytes: IntCounter,
+    pub integrity_failures: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +147,57 @@ impl Metrics {
             "1 while the node drains after SIGTERM, else 0.",
         ));
 
+        let cache_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_cache_lookups_total",
+                "Lookups in the pull-through cache, by result: hit_ram, hit_disk, miss, stale (served past its lifetime).",
+            ),
+            &["result"],
+        ));
+        let fills = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_fills_total",
+                "Fetches from upstream, by source kind and result.",
+            ),
+            &["source", "result"],
+        ));
+        let fill_duration = must(prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "estuary_edge_fill_duration_seconds",
+                "Time to fetch one object from upstream, by source kind.",
+            )
+            .buckets(estuary_common::metrics::DURATION_BUCKETS.to_vec()),
+            &["source"],
+        ));
+        let fill_coalesced = must(IntCounter::new(
+            "estuary_edge_fill_coalesced_total",
+            "Requests that joined a fill already in flight instead of fetching again.",
+        ));
+        let upstream_bytes = must(IntCounter::new(
+            "estuary_edge_upstream_body_bytes_total",
+            "Body bytes fetched from upstream (compare with response bytes for offload).",
+        ));
+        let integrity_failures = must(IntCounter::new(
+            "estuary_edge_integrity_failures_total",
+            "Fills refused because the body did not match Content-Digest/Repr-Digest.",
+        ));
+        for source in ["parent", "origin"] {
+            for result in ["ok", "failed"] {
+                fills.with_label_values(&[source, result]);
+            }
+            fill_duration.with_label_values(&[source]);
+        }
+        let cache_hits_ram = cache_vec.with_label_values(&["hit_ram"]);
+        let cache_hits_disk = cache_vec.with_label_values(&["hit_disk"]);
+        let cache_misses = cache_vec.with_label_values(&["miss"]);
+        let stale_serves = cache_vec.with_label_values(&["stale"]);
+        reg(Box::new(cache_vec));
+        reg(Box::new(fills.clone()));
+        reg(Box::new(fill_duration.clone()));
+        reg(Box::new(fill_coalesced.clone()));
+        reg(Box::new(upstream_bytes.clone()));
+        reg(Box::new(integrity_failures.clone()));
+
         let requests = Protocol::ALL
             .iter()
             .map(|p| STATUS_CLASSES.map(|c| requests_vec.with_label_values(&[p.as_str(), c])))
@@ -190,6 +250,15 @@ impl Metrics {
             tls_reloads_failed,
             access_log_dropped,
             draining,
+            cache_hits_ram,
+            cache_hits_disk,
+            cache_misses,
+            stale_serves,
+            fills,
+            fill_duration,
+            fill_coalesced,
+            upstream_bytes,
+            integrity_failures,
         }
     }
 
@@ -214,6 +283,27 @@ impl Metrics {
         let gauge = self.open_connections[protocol.index()].clone();
         gauge.inc();
         ConnectionGuard(gauge)
+    }
+}
+
+impl crate::fill::FillObserver for Metrics {
+    fn fill_started(&self, _source_kind: &'static str) {}
+
+    fn fill_finished(&self, source_kind: &'static str, ok: bool, seconds: f64, bytes: u64) {
+        let result = if ok { "ok" } else { "failed" };
+        self.fills.with_label_values(&[source_kind, result]).inc();
+        self.fill_duration
+            .with_label_values(&[source_kind])
+            .observe(seconds);
+        self.upstream_bytes.inc_by(bytes);
+    }
+
+    fn integrity_failure(&self) {
+        self.integrity_failures.inc();
+    }
+
+    fn coalesced(&self) {
+        self.fill_coalesced.inc();
     }
 }
 

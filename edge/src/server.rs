@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
@@ -17,57 +17,120 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
-use crate::handler::{Edge, Endpoints, Finish, Incoming};
+use crate::fill::{FillError, FillReader};
+use crate::handler::{Body, Edge, Endpoints, Finish, Incoming};
 use crate::metrics::Protocol;
 
-/// A response body that is one `Bytes`, and that records the request (through [`Finish`])
-/// once the body has been handed to the connection or the connection has gone away.
+type ChunkFuture =
+    Pin<Box<dyn Future<Output = (FillReader, Option<Result<Bytes, FillError>>)> + Send>>;
+
+enum Source {
+    Full(Option<Bytes>),
+    Fill(Option<FillReader>, Option<ChunkFuture>),
+}
+
+/// A response body that records the request (through [`Finish`]) once it has been handed to
+/// the connection or the connection has gone away. A fill streams chunk by chunk; a failed
+/// fill ends the body with an error, which cuts the response short rather than completing it.
 pub struct LoggedBody {
-    data: Option<Bytes>,
+    source: Source,
     finish: Option<Finish>,
+    sent: u64,
 }
 
 impl LoggedBody {
-    fn new(data: Bytes, mut finish: Finish) -> Self {
-        if data.is_empty() {
-            finish.complete = true;
-            return Self {
-                data: None,
-                finish: Some(finish),
-            };
-        }
+    fn new(body: Body, mut finish: Finish) -> Self {
+        let source = match body {
+            Body::Full(data) if data.is_empty() => {
+                finish.complete = true;
+                Source::Full(None)
+            }
+            Body::Full(data) => Source::Full(Some(data)),
+            Body::Fill(reader) => Source::Fill(Some(reader), None),
+        };
         Self {
-            data: Some(data),
+            source,
             finish: Some(finish),
+            sent: 0,
+        }
+    }
+
+    fn done(&mut self, complete: bool) {
+        if let Some(f) = self.finish.as_mut() {
+            f.complete = complete;
+            f.sent = Some(self.sent);
         }
     }
 }
 
-impl Body for LoggedBody {
+impl HttpBody for LoggedBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = FillError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.data.take() {
-            Some(data) => {
-                if let Some(f) = self.finish.as_mut() {
-                    f.complete = true;
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FillError>>> {
+        let this = &mut *self;
+        match &mut this.source {
+            Source::Full(data) => match data.take() {
+                Some(data) => {
+                    this.sent += data.len() as u64;
+                    this.done(true);
+                    Poll::Ready(Some(Ok(Frame::data(data))))
                 }
-                Poll::Ready(Some(Ok(Frame::data(data))))
+                None => Poll::Ready(None),
+            },
+            Source::Fill(reader, pending) => {
+                if pending.is_none() {
+                    let Some(mut r) = reader.take() else {
+                        return Poll::Ready(None);
+                    };
+                    *pending = Some(Box::pin(async move {
+                        let next = r.next().await;
+                        (r, next)
+                    }));
+                }
+                let Some(fut) = pending.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match fut.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready((r, next)) => {
+                        *pending = None;
+                        match next {
+                            Some(Ok(chunk)) => {
+                                *reader = Some(r);
+                                this.sent += chunk.len() as u64;
+                                Poll::Ready(Some(Ok(Frame::data(chunk))))
+                            }
+                            Some(Err(e)) => {
+                                this.done(false);
+                                Poll::Ready(Some(Err(e)))
+                            }
+                            None => {
+                                this.done(true);
+                                Poll::Ready(None)
+                            }
+                        }
+                    }
+                }
             }
-            None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        match &self.source {
+            Source::Full(data) => data.is_none(),
+            Source::Fill(reader, pending) => reader.is_none() && pending.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        match &self.source {
+            Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Source::Fill(..) => SizeHint::default(),
+        }
     }
 }
 
@@ -381,17 +444,41 @@ async fn serve_h3(
             {
                 return;
             }
-            // Hand the body over in pieces so that one large segment does not sit whole in
-            // QUIC's send buffer ahead of other streams.
-            const PIECE: usize = 256 * 1024;
-            let mut offset = 0;
-            while offset < body.len() {
-                let end = (offset + PIECE).min(body.len());
-                if stream.send_data(body.slice(offset..end)).await.is_err() {
-                    return;
+            let mut sent = 0u64;
+            match body {
+                Body::Full(body) => {
+                    // Hand the body over in pieces so that one large segment does not sit
+                    // whole in QUIC's send buffer ahead of other streams.
+                    const PIECE: usize = 256 * 1024;
+                    let mut offset = 0;
+                    while offset < body.len() {
+                        let end = (offset + PIECE).min(body.len());
+                        if stream.send_data(body.slice(offset..end)).await.is_err() {
+                            finish.sent = Some(sent);
+                            return;
+                        }
+                        sent += (end - offset) as u64;
+                        offset = end;
+                    }
                 }
-                offset = end;
+                Body::Fill(mut reader) => {
+                    while let Some(chunk) = reader.next().await {
+                        let Ok(chunk) = chunk else {
+                            // A failed fill: cut the response short, never complete it.
+                            stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                            finish.sent = Some(sent);
+                            return;
+                        };
+                        let n = chunk.len() as u64;
+                        if stream.send_data(chunk).await.is_err() {
+                            finish.sent = Some(sent);
+                            return;
+                        }
+                        sent += n;
+                    }
+                }
             }
+            finish.sent = Some(sent);
             if stream.finish().await.is_ok() {
                 finish.complete = true;
             }
@@ -443,7 +530,44 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         config.store.open_files,
         config.store.revalidate,
     )?);
-    let edge = Arc::new(Edge::new(&config, store, Arc::clone(&observer))?);
+    let mut edge = Edge::new(&config, store, Arc::clone(&observer))?;
+    let mut cache = None;
+    if let Some(up) = &config.upstream {
+        let max_object = config.cache.max_object.as_u64();
+        let opened = crate::cache::Cache::open(&crate::cache::TierConfig {
+            ram_bytes: config.cache.ram.as_u64() as usize,
+            disk_dir: config.cache.disk_dir.as_deref(),
+            disk_bytes: config.cache.disk.as_u64() as usize,
+            // A block holds one object with its head; leave room for the head.
+            max_object_bytes: max_object as usize + 64 * 1024,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cache: {e}"))?;
+        let ttl = &config.cache.ttl;
+        let filler = crate::fill::Filler::new(
+            crate::fill::FillConfig {
+                parents: up.parents.clone(),
+                origins: up.origin.clone(),
+                connect_timeout: up.connect_timeout,
+                read_timeout: up.read_timeout,
+                breaker_threshold: up.breaker_threshold,
+                breaker_cool_down: up.breaker_cool_down,
+                overrides: crate::freshness::Overrides {
+                    manifest: ttl.manifest,
+                    segment: ttl.segment,
+                    other: ttl.other,
+                    negative: ttl.negative,
+                },
+                max_object_bytes: max_object,
+                node_id: config.node.id.clone(),
+            },
+            opened.clone(),
+            Arc::clone(&observer) as Arc<dyn crate::fill::FillObserver>,
+        );
+        edge = edge.with_filler(filler);
+        cache = Some(opened);
+    }
+    let edge = Arc::new(edge);
     let shared = Arc::new(Shared {
         edge: Arc::clone(&edge),
         builder: http_builder(&config.limits),
@@ -558,6 +682,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     if let Some(ep) = endpoint {
         ep.close(quinn::VarInt::from_u32(0), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    }
+    if let Some(cache) = cache {
+        cache.close().await;
     }
     Ok(())
 }

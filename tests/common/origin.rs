@@ -1,0 +1,235 @@
+//! A small, real HTTP/1.1 origin for the cache tests (hyper on loopback): serves objects from a
+//! table, counts requests per path, can pace bodies to a byte rate, send a wrong
+//! `Content-Digest`, and be stopped like a dead upstream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+
+/// One object the origin serves.
+#[derive(Clone)]
+pub struct Object {
+    pub body: Bytes,
+    pub cache_control: &'static str,
+    /// Send a `Content-Digest` that does not match the body.
+    pub wrong_digest: bool,
+    /// Bytes per second (0: as fast as possible).
+    pub rate: u64,
+}
+
+impl Object {
+    pub fn new(body: Vec<u8>) -> Self {
+        Self {
+            body: Bytes::from(body),
+            cache_control: "public, max-age=3600",
+            wrong_digest: false,
+            rate: 0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    pub objects: HashMap<String, Object>,
+    pub hits: HashMap<String, usize>,
+    /// When the origin finished sending each path's body the last time.
+    pub finished_at: HashMap<String, Instant>,
+}
+
+/// A running origin; stops when dropped or on [`Origin::stop`].
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Origin {
+    pub async fn start() -> Self {
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("addr"),
+            Arc::new(Mutex::new(State::default())),
+        )
+        .await
+    }
+
+    /// Starts on a given address (to bring an origin back where it was).
+    pub async fn start_on(addr: SocketAddr, state: Arc<Mutex<State>>) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind origin");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let st = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let st = Arc::clone(&st);
+                        conns.spawn(async move {
+                            let svc = hyper::service::service_fn(move |req| serve(Arc::clone(&st), req));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                }
+            }
+            // Dropping the set aborts open connections: a dead origin.
+            conns.abort_all();
+        });
+        Self {
+            addr,
+            state,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn put(&self, path: &str, object: Object) {
+        self.state
+            .lock()
+            .expect("lock")
+            .objects
+            .insert(path.to_owned(), object);
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .expect("lock")
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn finished_at(&self, path: &str) -> Option<Instant> {
+        self.state
+            .lock()
+            .expect("lock")
+            .finished_at
+            .get(path)
+            .copied()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn serve(
+    state: Arc<Mutex<State>>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<OriginBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let object = {
+        let mut s = state.lock().expect("lock");
+        *s.hits.entry(path.clone()).or_default() += 1;
+        s.objects.get(&path).cloned()
+    };
+    let Some(object) = object else {
+        let mut r =
+            hyper::Response::new(http_body_util::Full::new(Bytes::from_static(b"no\n")).boxed());
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        return Ok(r);
+    };
+    let mut digest: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&object.body).into()
+    };
+    if object.wrong_digest {
+        digest[0] ^= 0xff;
+    }
+    let len = object.body.len();
+    let body: OriginBody = if object.rate == 0 {
+        let st = Arc::clone(&state);
+        let p = path.clone();
+        st.lock()
+            .expect("lock")
+            .finished_at
+            .insert(p, Instant::now());
+        http_body_util::Full::new(object.body.clone()).boxed()
+    } else {
+        // Paced: 16 KiB pieces at the object's rate.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let body = object.body.clone();
+        let rate = object.rate;
+        tokio::spawn(async move {
+            let piece = 16 * 1024;
+            let pause = Duration::from_secs_f64(piece as f64 / rate as f64);
+            let mut offset = 0;
+            while offset < body.len() {
+                let end = (offset + piece).min(body.len());
+                if tx
+                    .send(Ok(Frame::data(body.slice(offset..end))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                offset = end;
+                if offset >= body.len() {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            state
+                .lock()
+                .expect("lock")
+                .finished_at
+                .insert(path, Instant::now());
+        });
+        Paced(rx).boxed()
+    };
+    let r = hyper::Response::builder()
+        .header("content-length", len)
+        .header("content-type", "video/mp4")
+        .header("cache-control", object.cache_control)
+        .header(
+            "content-digest",
+            format!(
+                "sha-256=:{}:",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            ),
+        )
+        .body(body)
+        .expect("response");
+    Ok(r)
+}
+
+/// A body fed piece by piece from a channel.
+pub struct Paced(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>);
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx)
+    }
+}

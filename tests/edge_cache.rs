@@ -1,0 +1,337 @@
+//! The pull-through cache against a real HTTP/1.1 origin on loopback: one upstream fetch for
+//! many concurrent clients, read-while-fill, integrity, stale-if-error and 502 on a dead
+//! origin, the disk tier across restarts and kill -9, negative caching, purge.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::origin::{Object, Origin};
+use common::*;
+
+fn cached_site(name: &str, origins: &[String], extra: &str) -> Site {
+    let mut site = Site::new(name);
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
+    site.extra = format!(
+        "[cache]\nram = \"64MiB\"\ndisk_dir = \"{}\"\ndisk = \"256MiB\"\nmax_object = \"16MiB\"\n[upstream]\norigin = [{}]\nconnect_timeout = \"1s\"\nread_timeout = \"3s\"\n[admin.tokens]\nops = \"0123456789abcdef-operator\"\n{extra}",
+        site.dir.path().join("cache").display(),
+        list.join(", ")
+    );
+    site.protected.clear();
+    site
+}
+
+/// GET over plain HTTP/1.1 with the Rust client: (status, headers, body).
+async fn get(site: &Site, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(site.http)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", "edge")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    let resp = send
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("response head for {path}: {e}"));
+    let (parts, body) = resp.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => bytes::Bytes::from_static(b"<cut>"),
+    };
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_clients_make_one_upstream_fetch() {
+    let origin = Origin::start().await;
+    let body = pattern(2_000_000);
+    // 10 MiB/s: the fill takes about 200 ms, so the requests overlap it.
+    origin.put(
+        "/v/cold/seg.m4s",
+        Object {
+            rate: 10 * 1024 * 1024,
+            ..Object::new(body.clone())
+        },
+    );
+    let site = cached_site("coalesce", &[origin.url()], "");
+    let edge = site.start();
+    let site = Arc::new(site);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let site = Arc::clone(&site);
+        tasks.push(tokio::spawn(
+            async move { get(&site, "/v/cold/seg.m4s").await },
+        ));
+    }
+    for t in tasks {
+        let (status, _, got) = t.await.expect("task");
+        assert_eq!(status, 200);
+        assert!(
+            got == body,
+            "a body was not byte-exact ({} bytes)",
+            got.len()
+        );
+    }
+    assert_eq!(origin.hits("/v/cold/seg.m4s"), 1, "upstream fetches");
+    assert!(edge.metric("estuary_edge_fill_coalesced_total", &[]) >= 1.0);
+    // Now it is a RAM hit.
+    let (status, headers, got) = get(&site, "/v/cold/seg.m4s").await;
+    assert_eq!((status, got == body), (200, true));
+    assert_eq!(headers["x-cache"], "HIT");
+    assert_eq!(origin.hits("/v/cold/seg.m4s"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_get_bytes_before_the_fill_completes() {
+    let origin = Origin::start().await;
+    let body = pattern(3_000_000);
+    // 2 MiB/s: about 1.5 s for the whole object.
+    origin.put(
+        "/v/slow/seg.m4s",
+        Object {
+            rate: 2 * 1024 * 1024,
+            ..Object::new(body.clone())
+        },
+    );
+    let site = cached_site("read-while-fill", &[origin.url()], "");
+    let _edge = site.start();
+    let leader = {
+        let addr = site.http;
+        tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            use tokio::io::AsyncWriteExt;
+            s.write_all(b"GET /v/slow/seg.m4s HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = Vec::new();
+            use tokio::io::AsyncReadExt;
+            s.read_to_end(&mut buf).await.expect("read");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A follower: note when its first body bytes arrive.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(site.http)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v/slow/seg.m4s HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    let mut first_body_at = None;
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if first_body_at.is_none()
+            && let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() > p + 4
+        {
+            first_body_at = Some(Instant::now());
+        }
+    }
+    leader.await.expect("leader");
+    for _ in 0..50 {
+        if origin.finished_at("/v/slow/seg.m4s").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first_body_at.expect("the follower got a body");
+    let finished = origin
+        .finished_at("/v/slow/seg.m4s")
+        .expect("origin finished");
+    assert!(first < finished, "the follower waited for the whole fill");
+    let split = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    assert!(got[split..] == body[..], "follower body not byte-exact");
+    assert_eq!(origin.hits("/v/slow/seg.m4s"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_digest_is_never_served() {
+    let bad = Origin::start().await;
+    let good = Origin::start().await;
+    let body = pattern(10_000);
+    bad.put(
+        "/v/x/small.m4s",
+        Object {
+            wrong_digest: true,
+            ..Object::new(body.clone())
+        },
+    );
+    good.put("/v/x/small.m4s", Object::new(body.clone()));
+    let big = pattern(4_000_000);
+    bad.put(
+        "/v/x/big.m4s",
+        Object {
+            wrong_digest: true,
+            rate: 20 * 1024 * 1024,
+            ..Object::new(big.clone())
+        },
+    );
+    let site = cached_site("digest", &[bad.url(), good.url()], "");
+    let edge = site.start();
+    // A small object fails its check before anything reached the client: the next origin
+    // serves it.
+    let (status, _, got) = get(&site, "/v/x/small.m4s").await;
+    assert_eq!(status, 200);
+    assert!(got == body);
+    assert_eq!(
+        (bad.hits("/v/x/small.m4s"), good.hits("/v/x/small.m4s")),
+        (1, 1)
+    );
+    // A large one streams, and is cut short instead of completed.
+    let (status, headers, got) = get(&site, "/v/x/big.m4s").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"], "4000000");
+    assert!(got != big, "a body with a wrong digest was delivered whole");
+    assert!(edge.metric("estuary_edge_integrity_failures_total", &[]) >= 2.0);
+    // Nothing bad was cached: asking again goes upstream again.
+    let before = bad.hits("/v/x/big.m4s");
+    let _ = get(&site, "/v/x/big.m4s").await;
+    assert!(bad.hits("/v/x/big.m4s") > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_origin_stale_if_error_502_and_the_disk_tier_across_restarts() {
+    let mut origin = Origin::start().await;
+    let a = pattern(500_000);
+    origin.put("/v/t/a.m4s", Object::new(a.clone()));
+    origin.put(
+        "/v/t/index.m3u8",
+        Object {
+            cache_control: "max-age=1",
+            ..Object::new(b"#EXTM3U\n".to_vec())
+        },
+    );
+    let site = cached_site("dead-origin", &[origin.url()], "");
+    let mut edge = site.start();
+    assert_eq!(get(&site, "/v/t/a.m4s").await.0, 200);
+    assert_eq!(get(&site, "/v/t/index.m3u8").await.0, 200);
+    // Negative caching: a 404 is remembered briefly.
+    assert_eq!(get(&site, "/v/t/missing.m4s").await.0, 404);
+    assert_eq!(get(&site, "/v/t/missing.m4s").await.0, 404);
+    assert_eq!(origin.hits("/v/t/missing.m4s"), 1);
+
+    origin.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Cached objects are still served; the expired playlist comes stale with a warning.
+    let (status, _, got) = get(&site, "/v/t/a.m4s").await;
+    assert_eq!((status, got == a), (200, true));
+    let (status, headers, _) = get(&site, "/v/t/index.m3u8").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("warning").is_some(), "{headers:?}");
+    // Uncached objects fail fast with 502.
+    let t0 = Instant::now();
+    let (status, _, _) = get(&site, "/v/t/never.m4s").await;
+    assert_eq!(status, 502);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "a dead origin should cost little"
+    );
+
+    // Restart the edge with the origin still down: the disk tier answers.
+    edge.signal("TERM");
+    assert!(edge.wait_exit(Duration::from_secs(30)));
+    let _edge = site.start();
+    let (status, headers, got) = get(&site, "/v/t/a.m4s").await;
+    assert_eq!(status, 200, "{headers:?}");
+    assert!(got == a, "disk tier body not byte-exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_fill_leaves_nothing_corrupt() {
+    let origin = Origin::start().await;
+    let body = pattern(6_000_000);
+    origin.put(
+        "/v/k/seg.m4s",
+        Object {
+            rate: 3 * 1024 * 1024,
+            ..Object::new(body.clone())
+        },
+    );
+    let site = cached_site("kill9", &[origin.url()], "");
+    let mut edge = site.start();
+    let addr = site.http;
+    let reader = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /v/k/seg.m4s HTTP/1.1\r\nHost: e\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    if let Some(c) = edge.child.as_mut() {
+        c.kill().expect("kill -9");
+        let _ = c.wait();
+    }
+    edge.child = None;
+    let _ = reader.await;
+    origin.put("/v/k/seg.m4s", Object::new(body.clone()));
+    let _edge = site.start();
+    let (status, _, got) = get(&site, "/v/k/seg.m4s").await;
+    assert_eq!(status, 200);
+    assert!(got == body, "served a corrupt object after kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_path_and_prefix() {
+    let origin = Origin::start().await;
+    for p in ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s"] {
+        origin.put(p, Object::new(pattern(1000)));
+    }
+    let site = cached_site("purge", &[origin.url()], "");
+    let _edge = site.start();
+    for p in ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s"] {
+        assert_eq!(get(&site, p).await.0, 200);
+    }
+    let purge = |path: &str, token: &str| {
+        let (out, _, ok) = curl(&[
+            "-X",
+            "DELETE",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{}/cache{path}", site.admin),
+        ]);
+        assert!(ok);
+        String::from_utf8_lossy(&out)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(purge("/v/p/a.m4s", "wrong-token-wrong-token"), "403");
+    assert_eq!(purge("/v/p/a.m4s", "0123456789abcdef-operator"), "200");
+    assert_eq!(get(&site, "/v/p/a.m4s").await.0, 200);
+    assert_eq!(origin.hits("/v/p/a.m4s"), 2);
+    assert_eq!(get(&site, "/v/p/b.m4s").await.0, 200);
+    assert_eq!(
+        origin.hits("/v/p/b.m4s"),
+        1,
+        "an exact purge touched another object"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(purge("/v/p/*", "0123456789abcdef-operator"), "200");
+    assert_eq!(get(&site, "/v/p/b.m4s").await.0, 200);
+    assert_eq!(origin.hits("/v/p/b.m4s"), 2);
+    assert_eq!(get(&site, "/v/q/c.m4s").await.0, 200);
+    assert_eq!(
+        origin.hits("/v/q/c.m4s"),
+        1,
+        "a prefix purge reached outside its prefix"
+    );
+}
