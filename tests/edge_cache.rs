@@ -335,3 +335,43 @@ async fn purge_by_path_and_prefix() {
         "a prefix purge reached outside its prefix"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_fill_each_object_from_the_origin_once() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..12).map(|i| format!("/v/peer/seg_{i:03}.m4s")).collect();
+    for p in &paths {
+        origin.put(p, Object::new(pattern(50_000)));
+    }
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = format!("peers = [\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]");
+    let mut sites = Vec::new();
+    for (name, port) in [("peer-a", port_a), ("peer-b", port_b)] {
+        let mut site = cached_site(name, &[origin.url()], "");
+        site.http = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        site.protected = vec!["/v/".into()];
+        site.extra = site.extra.replace(
+            "[upstream]\n",
+            &format!("[upstream]\n{peers}\nself_url = \"http://127.0.0.1:{port}\"\n"),
+        );
+        sites.push(site);
+    }
+    let _a = sites[0].start();
+    let _b = sites[1].start();
+    let token = sites[0].sign("/v/peer/*", &[]);
+    let q = estuary_common::token::query_pair(&token);
+    for p in &paths {
+        for site in &sites {
+            let (status, _, body) = get(site, &format!("{p}?{q}")).await;
+            assert_eq!(status, 200, "{p}");
+            assert!(body == pattern(50_000));
+        }
+    }
+    for p in &paths {
+        assert_eq!(
+            origin.hits(p),
+            1,
+            "{p} was fetched from the origin more than once"
+        );
+    }
+}

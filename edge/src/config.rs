@@ -142,6 +142,13 @@ pub struct UpstreamConfig {
     /// Parent-tier base URLs, tried before the origins.
     #[serde(default)]
     pub parents: Vec<String>,
+    /// Same-site edges, this one included (base URLs of their plain listeners). Each object is
+    /// owned by one peer (rendezvous hashing); the others fill it from the owner first.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// This node's own entry in `peers` (required when `peers` is set).
+    #[serde(default)]
+    pub self_url: Option<String>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Longest wait for a response head, and between two pieces of a body.

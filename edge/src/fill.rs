@@ -168,8 +168,16 @@ pub trait FillObserver: Send + Sync {
 }
 
 /// Settings of the filler.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FillConfig {
+    /// Same-site edges (base URLs, this node included); each object is owned by one of them
+    /// by rendezvous hashing, and the others fill it from the owner.
+    pub peers: Vec<String>,
+    /// This node's own entry in `peers`.
+    pub self_url: Option<String>,
+    /// Signs the token a peer fill carries, when the paths are protected: the owner checks it
+    /// like any other request.
+    pub peer_token: Option<Arc<dyn Fn(&str) -> String + Send + Sync>>,
     pub parents: Vec<String>,
     pub origins: Vec<String>,
     pub connect_timeout: Duration,
@@ -188,6 +196,8 @@ pub struct FillConfig {
 pub struct Filler {
     config: FillConfig,
     sources: Vec<Source>,
+    peers: Vec<Source>,
+    ring: hrw_hash::HrwNodes<String>,
     client: Client<HttpConnector, http_body_util::Empty<Bytes>>,
     in_flight: Mutex<HashMap<String, Arc<Fill>>>,
     cache: Cache,
@@ -233,9 +243,21 @@ impl Filler {
                 breaker: breaker(),
             })
             .collect();
+        let peers: Vec<Source> = config
+            .peers
+            .iter()
+            .map(|base| Source {
+                base: base.trim_end_matches('/').to_owned(),
+                kind: "peer",
+                breaker: breaker(),
+            })
+            .collect();
+        let ring = hrw_hash::HrwNodes::new(peers.iter().map(|p| p.base.clone()));
         Arc::new(Self {
             config,
             sources,
+            peers,
+            ring,
             client,
             in_flight: Mutex::new(HashMap::new()),
             cache,
@@ -250,7 +272,14 @@ impl Filler {
 
     /// Joins the fill for `key`, starting it if none runs. `stale` is the expired copy, if
     /// any, for a conditional request upstream.
-    pub fn join(self: &Arc<Self>, key: &str, stale: Option<Arc<CachedObject>>) -> Arc<Fill> {
+    /// `via_peer` marks a fill asked for by another edge: it never goes back to a peer, so
+    /// peers cannot fill from each other in a loop.
+    pub fn join(
+        self: &Arc<Self>,
+        key: &str,
+        stale: Option<Arc<CachedObject>>,
+        via_peer: bool,
+    ) -> Arc<Fill> {
         let Ok(mut map) = self.in_flight.lock() else {
             return Fill::new();
         };
@@ -267,7 +296,7 @@ impl Filler {
         // The fill runs on its own task: it completes (and is cached) even if every client
         // that asked for it goes away.
         tokio::spawn(async move {
-            this.run(&key, &f, stale).await;
+            this.run(&key, &f, stale, via_peer).await;
             if let Ok(mut map) = this.in_flight.lock() {
                 map.remove(&key);
             }
@@ -275,12 +304,33 @@ impl Filler {
         fill
     }
 
-    async fn run(&self, key: &str, fill: &Arc<Fill>, stale: Option<Arc<CachedObject>>) {
+    /// The peer that owns `key`, unless it is this node.
+    fn owner(&self, key: &str) -> Option<&Source> {
+        let owner = self.ring.sorted(&key).next()?;
+        let own = self
+            .config
+            .self_url
+            .as_deref()
+            .map(|s| s.trim_end_matches('/'));
+        if Some(owner.as_str()) == own {
+            return None;
+        }
+        self.peers.iter().find(|p| &p.base == owner)
+    }
+
+    async fn run(
+        &self,
+        key: &str,
+        fill: &Arc<Fill>,
+        stale: Option<Arc<CachedObject>>,
+        via_peer: bool,
+    ) {
         let mut last_error = FillError::Unavailable;
         let now = Instant::now();
-        let allowed: Vec<&Source> = self
-            .sources
-            .iter()
+        let owner = if via_peer { None } else { self.owner(key) };
+        let allowed: Vec<&Source> = owner
+            .into_iter()
+            .chain(self.sources.iter())
             .filter(|s| s.breaker.lock().map(|mut b| b.allow(now)).unwrap_or(true))
             .collect();
         for source in allowed {
@@ -330,7 +380,15 @@ impl Filler {
         fill: &Arc<Fill>,
         stale: Option<&CachedObject>,
     ) -> Result<u64, (FillError, bool)> {
-        let uri = format!("{}{}", source.base, key);
+        let uri = match (&self.config.peer_token, source.kind) {
+            (Some(sign), "peer") => format!(
+                "{}{}?{}",
+                source.base,
+                key,
+                estuary_common::token::query_pair(&sign(key))
+            ),
+            _ => format!("{}{}", source.base, key),
+        };
         let mut request = http::Request::get(&uri)
             .header(header::ACCEPT_ENCODING, "identity")
             .header(FILL_HEADER, self.config.node_id.as_str());
@@ -381,7 +439,14 @@ impl Filler {
             self.cache.insert(key.to_owned(), refreshed);
             return Ok(len);
         }
-        if status.is_server_error() || !(status == StatusCode::OK || status.is_client_error()) {
+        let answer = if source.kind == "peer" {
+            // A peer answers with the object or a 404; anything else (a refused token, an
+            // overloaded peer) means: ask the next source.
+            status == StatusCode::OK || status == StatusCode::NOT_FOUND
+        } else {
+            status == StatusCode::OK || status.is_client_error()
+        };
+        if !answer {
             return Err((FillError::Unavailable, false));
         }
         let content_length = parts

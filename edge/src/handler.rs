@@ -326,14 +326,15 @@ impl Edge {
             if obj.status == 200 && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
             {
                 // Stale while revalidate: answer now, refresh in the background.
-                filler.join(path, Some(Arc::clone(obj)));
+                filler.join(path, Some(Arc::clone(obj)), false);
                 m.stale_serves.inc();
                 return Routed::Full(self.respond_object(req, path, obj, now, "STALE"));
             }
         }
         m.cache_misses.inc();
         let stale = cached.map(|(o, _)| o);
-        let fill = filler.join(path, stale.clone());
+        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let fill = filler.join(path, stale.clone(), via_peer);
         let outcome = match fill.head().await {
             Ok(head)
                 if head.status == StatusCode::OK

@@ -181,7 +181,7 @@ impl Metrics {
             "estuary_edge_integrity_failures_total",
             "Fills refused because the body did not match Content-Digest/Repr-Digest.",
         ));
-        for source in ["parent", "origin"] {
+        for source in ["peer", "parent", "origin"] {
             for result in ["ok", "failed"] {
                 fills.with_label_values(&[source, result]);
             }

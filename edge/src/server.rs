@@ -508,6 +508,30 @@ fn quic_endpoint(
     Ok(quinn::Endpoint::server(server, addr)?)
 }
 
+/// Peer fills of protected paths carry a one-minute token for the exact path, signed with
+/// the first configured key, which every edge of a site shares.
+fn peer_token_signer(
+    config: &EdgeConfig,
+) -> anyhow::Result<Option<Arc<dyn Fn(&str) -> String + Send + Sync>>> {
+    let Some((kid, hex)) = config.auth.keys.iter().next() else {
+        return Ok(None);
+    };
+    let secret = estuary_common::token::decode_secret(hex)?;
+    let kid = kid.clone();
+    Ok(Some(Arc::new(move |path: &str| {
+        estuary_common::token::sign(
+            &estuary_common::token::Claims {
+                kid: kid.clone(),
+                acl: path.to_owned(),
+                exp: estuary_common::unix_now() + 60,
+                st: None,
+                ip: None,
+            },
+            &secret,
+        )
+    })))
+}
+
 /// Runs an edge until SIGTERM or SIGINT, then drains. SIGHUP reloads the certificate.
 pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -546,6 +570,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         let ttl = &config.cache.ttl;
         let filler = crate::fill::Filler::new(
             crate::fill::FillConfig {
+                peers: up.peers.clone(),
+                self_url: up.self_url.clone(),
+                peer_token: peer_token_signer(&config)?,
                 parents: up.parents.clone(),
                 origins: up.origin.clone(),
                 connect_timeout: up.connect_timeout,
