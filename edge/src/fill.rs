@@ -167,6 +167,9 @@ pub trait FillObserver: Send + Sync {
     fn coalesced(&self);
 }
 
+/// Mints the token for a peer fill of one path.
+pub type PeerTokenSigner = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
 /// Settings of the filler.
 #[derive(Clone)]
 pub struct FillConfig {
@@ -177,7 +180,7 @@ pub struct FillConfig {
     pub self_url: Option<String>,
     /// Signs the token a peer fill carries, when the paths are protected: the owner checks it
     /// like any other request.
-    pub peer_token: Option<Arc<dyn Fn(&str) -> String + Send + Sync>>,
+    pub peer_token: Option<PeerTokenSigner>,
     pub parents: Vec<String>,
     pub origins: Vec<String>,
     pub connect_timeout: Duration,

@@ -510,9 +510,7 @@ fn quic_endpoint(
 
 /// Peer fills of protected paths carry a one-minute token for the exact path, signed with
 /// the first configured key, which every edge of a site shares.
-fn peer_token_signer(
-    config: &EdgeConfig,
-) -> anyhow::Result<Option<Arc<dyn Fn(&str) -> String + Send + Sync>>> {
+fn peer_token_signer(config: &EdgeConfig) -> anyhow::Result<Option<crate::fill::PeerTokenSigner>> {
     let Some((kid, hex)) = config.auth.keys.iter().next() else {
         return Ok(None);
     };
