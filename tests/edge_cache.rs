@@ -375,3 +375,57 @@ async fn two_peers_fill_each_object_from_the_origin_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_into_an_object_being_filled_is_answered_from_arriving_bytes() {
+    let origin = Origin::start().await;
+    let body = pattern(3_000_000);
+    origin.put(
+        "/v/r/seg.m4s",
+        Object {
+            rate: 2 * 1024 * 1024,
+            ..Object::new(body.clone())
+        },
+    );
+    let site = cached_site("range-fill", &[origin.url()], "");
+    let _edge = site.start();
+    let (status, headers, got) = {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(site.http)
+            .await
+            .expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get("/v/r/seg.m4s")
+            .header("host", "edge")
+            .header("range", "bytes=100000-199999")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("req");
+        let resp = send.send_request(req).await.expect("head");
+        let (parts, b) = resp.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            b.collect().await.expect("body").to_bytes(),
+        )
+    };
+    // The range was answered before the origin had sent the whole object.
+    assert!(
+        origin.finished_at("/v/r/seg.m4s").is_none(),
+        "the range waited for the whole fill"
+    );
+    assert_eq!(status, 206);
+    assert_eq!(headers["content-range"], "bytes 100000-199999/3000000");
+    assert!(got[..] == body[100_000..200_000]);
+    // The fill still completes and is cached; the next range is a hit.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let (status, headers, _) = get(&site, "/v/r/seg.m4s").await;
+    assert_eq!(
+        (status, &headers["x-cache"]),
+        (200, &http::HeaderValue::from_static("HIT"))
+    );
+    assert_eq!(origin.hits("/v/r/seg.m4s"), 1);
+}

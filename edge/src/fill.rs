@@ -117,6 +117,8 @@ impl Fill {
             fill: Arc::clone(self),
             next_chunk: 0,
             rx: self.version.subscribe(),
+            skip: 0,
+            remaining: None,
         }
     }
 }
@@ -127,11 +129,47 @@ pub struct FillReader {
     fill: Arc<Fill>,
     next_chunk: usize,
     rx: watch::Receiver<u64>,
+    /// Bytes still to skip before the range starts.
+    skip: u64,
+    /// Bytes still to deliver, when reading a range.
+    remaining: Option<u64>,
 }
 
 impl FillReader {
-    /// The next chunk, `None` at the end, or the fill's error.
+    /// Reads only bytes `start..=end` of the body, each as soon as it has arrived.
+    pub fn range(mut self, start: u64, end: u64) -> Self {
+        self.skip = start;
+        self.remaining = Some(end.saturating_sub(start) + 1);
+        self
+    }
+
+    /// The next piece of the body (or of the range), `None` at the end, or the fill's error.
     pub async fn next(&mut self) -> Option<Result<Bytes, FillError>> {
+        loop {
+            if self.remaining == Some(0) {
+                return None;
+            }
+            let mut chunk = match self.next_chunk_whole().await? {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            if self.skip > 0 {
+                let n = self.skip.min(chunk.len() as u64);
+                self.skip -= n;
+                chunk = chunk.slice(n as usize..);
+            }
+            if let Some(rem) = self.remaining.as_mut() {
+                let n = (*rem).min(chunk.len() as u64);
+                chunk = chunk.slice(..n as usize);
+                *rem -= n;
+            }
+            if !chunk.is_empty() {
+                return Some(Ok(chunk));
+            }
+        }
+    }
+
+    async fn next_chunk_whole(&mut self) -> Option<Result<Bytes, FillError>> {
         loop {
             if let Ok(s) = self.fill.shared.lock() {
                 if let Some(c) = s.chunks.get(self.next_chunk) {

@@ -342,7 +342,39 @@ impl Edge {
                     && !req.headers.contains_key(header::RANGE)
                     && !req.headers.contains_key(header::IF_NONE_MATCH) =>
             {
-                return Routed::Stream(self.stream_fill(req, path, &head, fill.reader()));
+                return Routed::Stream(self.stream_fill(req, path, &head, fill.reader(), None));
+            }
+            Ok(head)
+                if head.status == StatusCode::OK
+                    && *req.method == Method::GET
+                    && !req.headers.contains_key(header::IF_RANGE)
+                    && !req.headers.contains_key(header::IF_NONE_MATCH)
+                    && head.content_length.is_some() =>
+            {
+                // A range into an object being filled: each byte goes out as it arrives.
+                let len = head.content_length.unwrap_or(0);
+                match select_range_of_len(req.headers, len) {
+                    RangeChoice::Part(start, end) => {
+                        let reader = fill.reader().range(start, end);
+                        return Routed::Stream(self.stream_fill(
+                            req,
+                            path,
+                            &head,
+                            reader,
+                            Some((start, end)),
+                        ));
+                    }
+                    RangeChoice::Full => {
+                        return Routed::Stream(self.stream_fill(
+                            req,
+                            path,
+                            &head,
+                            fill.reader(),
+                            None,
+                        ));
+                    }
+                    RangeChoice::Unsatisfiable => fill.finished().await.map(|body| (head, body)),
+                }
             }
             Ok(head) => fill.finished().await.map(|body| (head, body)),
             Err(e) => Err(e),
@@ -432,6 +464,7 @@ impl Edge {
         path: &str,
         head: &crate::fill::Head,
         reader: FillReader,
+        range: Option<(u64, u64)>,
     ) -> Response<Body> {
         let (content_type, kind) = content_type::classify(path);
         let mut r = Response::new(Body::Fill(reader));
@@ -441,9 +474,23 @@ impl Edge {
         h.insert(header::SERVER, SERVER.clone());
         h.insert(header::ACCEPT_RANGES, ACCEPT_RANGES.clone());
         h.insert("x-cache", HeaderValue::from_static("MISS"));
-        if let Some(len) = head.content_length {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        match (range, head.content_length) {
+            (Some((start, end)), Some(len)) => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = r.headers_mut();
+                h.insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes {start}-{end}/{len}")),
+                );
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            }
+            (_, Some(len)) => {
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+            _ => {}
         }
+        let h = r.headers_mut();
         if let Some(etag) = head
             .upstream_etag
             .as_ref()
@@ -841,10 +888,6 @@ enum RangeChoice {
 /// from costing more than the file; a malformed header is ignored; an unsatisfiable one, or
 /// more than [`MAX_RANGES`], gives 416. `If-Range` that does not match also gives the whole file.
 fn select_range(h: &HeaderMap, entry: &FileEntry) -> RangeChoice {
-    use http_range_header::RangeUnsatisfiableError as E;
-    let Some(range) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return RangeChoice::Full;
-    };
     if let Some(if_range) = h.get(header::IF_RANGE) {
         let matches = if if_range.as_bytes().starts_with(b"\"") {
             if_range.as_bytes() == entry.etag.as_bytes()
@@ -859,13 +902,22 @@ fn select_range(h: &HeaderMap, entry: &FileEntry) -> RangeChoice {
             return RangeChoice::Full;
         }
     }
+    select_range_of_len(h, entry.len())
+}
+
+/// The range rules of [`select_range`] for a body of `len` bytes, without `If-Range`.
+fn select_range_of_len(h: &HeaderMap, len: u64) -> RangeChoice {
+    use http_range_header::RangeUnsatisfiableError as E;
+    let Some(range) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return RangeChoice::Full;
+    };
     let max = std::num::NonZeroUsize::new(MAX_RANGES).unwrap_or(std::num::NonZeroUsize::MIN);
     let parsed = match http_range_header::parse_range_header_with_max_ranges(range, max) {
         Ok(p) => p,
         Err(E::Rejected(_)) | Err(E::Unsatisfiable) => return RangeChoice::Unsatisfiable,
         Err(_) => return RangeChoice::Full,
     };
-    match parsed.validate(entry.len()) {
+    match parsed.validate(len) {
         Ok(ranges) if ranges.len() == 1 => {
             let r = &ranges[0];
             RangeChoice::Part(*r.start(), *r.end())
