@@ -205,28 +205,45 @@ pub fn generate(work: &Path) -> anyhow::Result<Content> {
 }
 
 /// Creates a self-signed EC P-256 certificate for `localhost` and 127.0.0.1 with the openssl
-/// command line tool, unless one is there already.
+/// command line tool, unless one is there already. It is marked as an end-entity (not a CA)
+/// server certificate, which rustls-webpki insists on when the HTTP/3 client trusts it.
 pub fn certificate(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert = work.join("cert.pem");
     let key = work.join("key.pem");
-    if cert.exists() && key.exists() {
+    let config = work.join("openssl-leaf.cnf");
+    const LEAF_CONFIG: &str = "[req]\n\
+        distinguished_name = dn\n\
+        x509_extensions = leaf\n\
+        prompt = no\n\
+        [dn]\n\
+        CN = localhost\n\
+        [leaf]\n\
+        basicConstraints = critical, CA:FALSE\n\
+        keyUsage = critical, digitalSignature\n\
+        extendedKeyUsage = serverAuth\n\
+        subjectAltName = DNS:localhost, IP:127.0.0.1\n";
+    if cert.exists() && key.exists() && fs::read_to_string(&config).is_ok_and(|c| c == LEAF_CONFIG)
+    {
         return Ok((cert, key));
     }
-    let status = Command::new("openssl")
+    fs::write(&config, LEAF_CONFIG)?;
+    let output = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec"])
         .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
-        .args(["-nodes", "-days", "365", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-nodes", "-days", "365", "-config"])
+        .arg(&config)
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
         .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
+        .output()
         .context("running openssl (apt-get install openssl)")?;
-    if !status.success() {
-        bail!("openssl req failed ({status})");
+    if !output.status.success() {
+        bail!(
+            "openssl req failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok((cert, key))
 }
@@ -333,7 +350,10 @@ mod tests {
         assert_eq!(media.matches("#EXTINF:").count(), N_SEGMENTS);
         assert!(media.contains("\nseg_00200.m4s\n"));
         let master = master_playlist();
-        assert_eq!(master.matches("#EXT-X-STREAM-INF").count(), RENDITIONS.len());
+        assert_eq!(
+            master.matches("#EXT-X-STREAM-INF").count(),
+            RENDITIONS.len()
+        );
         assert!(master.contains("\n540p/index.m3u8\n"));
     }
 

@@ -93,8 +93,8 @@ impl H3Client {
 
     /// GET `path_and_query`, counting body bytes without keeping them (for load).
     pub async fn get_discard(&mut self, path_and_query: &str) -> anyhow::Result<(u16, u64)> {
-        let request = http::Request::get(format!("https://{}{}", self.authority, path_and_query))
-            .body(())?;
+        let request =
+            http::Request::get(format!("https://{}{}", self.authority, path_and_query)).body(())?;
         let mut stream = self.send.send_request(request).await?;
         stream.finish().await?;
         let response = stream.recv_response().await?;
@@ -114,6 +114,7 @@ impl H3Client {
     /// Closes the connection.
     pub async fn close(self) {
         self.endpoint.close(quinn::VarInt::from_u32(0), b"done");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
     }
 }

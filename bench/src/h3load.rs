@@ -95,6 +95,8 @@ async fn run_async(
         p99_ms: percentile(&total.latencies_us, 99.0).map(|us| us as f64 / 1e3),
         errors: total.errors,
         server_cpu_seconds: None,
+        unattributed_cpu: None,
+        runs_requests_per_second: Vec::new(),
     })
 }
 

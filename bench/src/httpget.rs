@@ -24,7 +24,8 @@ impl Http1Conn {
 
     /// GET `path`, reading and discarding the body: the status and the body length.
     pub fn get(&mut self, path: &str) -> anyhow::Result<(u16, u64)> {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: estuary-bench\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: estuary-bench\r\n\r\n");
         self.reader.get_mut().write_all(request.as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
@@ -64,9 +65,9 @@ impl Http1Conn {
 fn parse_status_line(line: &str) -> anyhow::Result<u16> {
     let mut parts = line.split_whitespace();
     match (parts.next(), parts.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
-            code.parse().with_context(|| format!("status line {line:?}"))
-        }
+        (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code
+            .parse()
+            .with_context(|| format!("status line {line:?}")),
         _ => bail!("not an HTTP/1.x status line: {line:?}"),
     }
 }
@@ -78,7 +79,10 @@ mod tests {
     #[test]
     fn status_lines() {
         assert_eq!(parse_status_line("HTTP/1.1 200 OK\r\n").ok(), Some(200));
-        assert_eq!(parse_status_line("HTTP/1.0 404 Not Found\r\n").ok(), Some(404));
+        assert_eq!(
+            parse_status_line("HTTP/1.0 404 Not Found\r\n").ok(),
+            Some(404)
+        );
         assert!(parse_status_line("SSH-2.0-OpenSSH\r\n").is_err());
         assert!(parse_status_line("").is_err());
     }

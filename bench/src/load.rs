@@ -24,6 +24,12 @@ pub struct Measurement {
     pub errors: u64,
     /// Server CPU (user + system) used during the run, in seconds.
     pub server_cpu_seconds: Option<f64>,
+    /// The share of the machine's CPU time during the run that went neither to the server nor
+    /// to the bench and its load tool (other programs, and kernel work not charged to any
+    /// process): a sign that the run was disturbed.
+    pub unattributed_cpu: Option<f64>,
+    /// Requests/s of every run this figure is the median of.
+    pub runs_requests_per_second: Vec<f64>,
 }
 
 impl Measurement {
@@ -33,6 +39,17 @@ impl Measurement {
 
     pub fn bytes_per_second(&self) -> f64 {
         self.bytes as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Half the range of requests/s over the runs, relative to this (median) run.
+    pub fn spread(&self) -> Option<f64> {
+        let runs = &self.runs_requests_per_second;
+        if runs.len() < 2 {
+            return None;
+        }
+        let max = runs.iter().copied().fold(f64::MIN, f64::max);
+        let min = runs.iter().copied().fold(f64::MAX, f64::min);
+        Some((max - min) / 2.0 / self.requests_per_second().max(1e-9))
     }
 
     /// Server CPU seconds per 10^9 bytes served.
@@ -111,10 +128,12 @@ pub fn run_wrk(
     duration: Duration,
     log: &Path,
 ) -> anyhow::Result<Measurement> {
+    // wrk takes whole seconds.
+    let seconds = duration.as_secs_f64().ceil().max(1.0) as u64;
     let output = command(wrk, shape.cpu)
         .arg(format!("-t{}", shape.threads))
         .arg(format!("-c{}", shape.connections))
-        .arg(format!("-d{}ms", duration.as_millis()))
+        .arg(format!("-d{seconds}s"))
         .arg("--timeout")
         .arg("10s")
         .arg("--latency")
@@ -128,9 +147,19 @@ pub fn run_wrk(
     let stderr = String::from_utf8_lossy(&output.stderr);
     std::fs::write(log, format!("{stdout}\n--- stderr ---\n{stderr}"))?;
     if !output.status.success() {
-        bail!("wrk failed ({}): {}", output.status, stderr.trim());
+        bail!(
+            "wrk failed ({}): {}",
+            output.status,
+            first_line_of(&stderr)
+                .or(first_line_of(&stdout))
+                .unwrap_or("")
+        );
     }
     parse_wrk(&stdout)
+}
+
+fn first_line_of(text: &str) -> Option<&str> {
+    text.lines().map(str::trim).find(|l| !l.is_empty())
 }
 
 /// Reads the `BENCH ...` line the script's `done` prints.
@@ -158,6 +187,8 @@ pub fn parse_wrk(stdout: &str) -> anyhow::Result<Measurement> {
         p99_ms: Some(value("p99_us")? / 1e3),
         errors: errors as u64,
         server_cpu_seconds: None,
+        unattributed_cpu: None,
+        runs_requests_per_second: Vec::new(),
     })
 }
 
@@ -175,7 +206,10 @@ pub fn run_h2load(
     let output = command(h2load, shape.cpu)
         .arg(format!("--clients={}", shape.connections))
         .arg(format!("--threads={}", shape.threads))
-        .arg(format!("--max-concurrent-streams={}", shape.streams_per_connection))
+        .arg(format!(
+            "--max-concurrent-streams={}",
+            shape.streams_per_connection
+        ))
         .arg(format!("--duration={seconds}"))
         .arg(format!("--log-file={}", request_log.display()))
         .arg("--input-file")
@@ -187,7 +221,13 @@ pub fn run_h2load(
     let stderr = String::from_utf8_lossy(&output.stderr);
     std::fs::write(log, format!("{stdout}\n--- stderr ---\n{stderr}"))?;
     if !output.status.success() {
-        bail!("h2load failed ({}): {}", output.status, stderr.trim());
+        bail!(
+            "h2load failed ({}): {}",
+            output.status,
+            first_line_of(&stderr)
+                .or(first_line_of(&stdout))
+                .unwrap_or("")
+        );
     }
     let mut m = parse_h2load(&stdout)?;
     let (p50, p99) = h2load_percentiles(request_log)?;
@@ -259,7 +299,20 @@ pub fn parse_h2load(stdout: &str) -> anyhow::Result<Measurement> {
             + status_count("4xx")
             + status_count("5xx"),
         server_cpu_seconds: None,
+        unattributed_cpu: None,
+        runs_requests_per_second: Vec::new(),
     })
+}
+
+/// The TLS version and cipher suite h2load reports, e.g. "TLSv1.3 TLS_AES_128_GCM_SHA256".
+pub fn h2load_tls(stdout: &str) -> Option<String> {
+    let field = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+    };
+    Some(format!("{} {}", field("TLS Protocol:")?, field("Cipher:")?))
 }
 
 /// "10.00s", "850.12ms", "12us", "1m02s": h2load's duration formats.
@@ -349,6 +402,13 @@ traffic: 12.34GB (13254678901) total, 1.23MB (1234567) headers (space savings 95
         assert!((m.seconds - 10.0).abs() < 1e-9);
         assert_eq!(m.errors, 10);
         assert!(parse_h2load(&out.replace("h2\n", "http/1.1\n")).is_err());
+        let tls =
+            "TLS Protocol: TLSv1.3\nCipher: TLS_AES_128_GCM_SHA256\nApplication protocol: h2\n";
+        assert_eq!(
+            h2load_tls(tls).as_deref(),
+            Some("TLSv1.3 TLS_AES_128_GCM_SHA256")
+        );
+        assert_eq!(h2load_tls(out), None);
     }
 
     #[test]

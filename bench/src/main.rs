@@ -1,1 +1,893 @@
-fn main() {}
+//! `estuary-bench`: end-to-end comparisons of Estuary with peer servers on one machine.
+//!
+//! `estuary-bench edge-vs-nginx` serves one generated HLS title from `estuary edge` and from
+//! nginx, one server at a time, measures hot hits with wrk, h2load and an HTTP/3 client, and
+//! reports every figure as an edge/nginx ratio from the same run.
+
+mod content;
+mod h3load;
+mod httpget;
+mod idle;
+mod load;
+mod procfs;
+mod report;
+mod servers;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::content::{Content, RENDITIONS};
+use crate::httpget::Http1Conn;
+use crate::load::{LoadShape, Measurement};
+use crate::report::{IdleMemory, Outcome, Report, Row};
+use crate::servers::{Kind, Server, Setup};
+
+/// Estuary's benchmarks against peer servers on the same machine.
+#[derive(Parser, Debug)]
+#[command(name = "estuary-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Hot hits on the same files: `estuary edge` against nginx over HTTP/1.1 (plain and TLS)
+    /// and HTTP/2, pinned playlist requests, HTTP/3 (edge only) and idle connection memory.
+    EdgeVsNginx(EdgeVsNginxArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EdgeVsNginxArgs {
+    /// How long each measured run lasts.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Short runs (3 s) for a quick look; the figures are noisier.
+    #[arg(long)]
+    quick: bool,
+    /// Work folder for the content, configs, certificate and logs.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Put the report into this markdown file (between the bench's markers).
+    #[arg(long)]
+    write_md: Option<PathBuf>,
+    /// The estuary binary (default: `estuary` next to this program).
+    #[arg(long)]
+    estuary: Option<PathBuf>,
+    /// Concurrent connections for wrk (h2load uses a quarter of them with 4 streams each).
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Idle keep-alive connections for the memory test.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// QUIC connections of the HTTP/3 load.
+    #[arg(long, default_value_t = 4)]
+    h3_connections: usize,
+    /// Requests in flight on each QUIC connection.
+    #[arg(long, default_value_t = 8)]
+    h3_streams: usize,
+    /// Measure each row this many times and keep the median run (by requests/s); default 3,
+    /// or 1 with --quick.
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Run only these tests (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Test>,
+}
+
+/// The tests, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Test {
+    /// HTTP/1.1 without TLS (wrk).
+    Plain,
+    /// HTTP/1.1 over TLS (wrk).
+    Tls,
+    /// HTTP/2 over TLS (h2load).
+    H2,
+    /// Playlists with the server on CPU 0 and wrk on CPU 1.
+    Pinned,
+    /// HTTP/3, edge only.
+    H3,
+    /// Memory with idle keep-alive connections.
+    Idle,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        BenchCommand::EdgeVsNginx(args) => edge_vs_nginx(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("estuary-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The programs the bench runs.
+struct Tools {
+    wrk: PathBuf,
+    h2load: PathBuf,
+}
+
+/// A set of files one row fetches, with the load tools' inputs for it.
+struct ContentSet {
+    label: String,
+    /// A short name for file names: the rendition or "playlists".
+    slug: String,
+    paths: Vec<String>,
+    wrk_script: PathBuf,
+}
+
+/// What every test needs.
+struct Bench {
+    args: EdgeVsNginxArgs,
+    duration: Duration,
+    /// Runs per figure; the median is kept.
+    repeat: usize,
+    warmup: Duration,
+    setup: Setup,
+    tools: Tools,
+    content: Content,
+    sets: Vec<ContentSet>,
+    /// Notes for the report, gathered along the way.
+    notes: std::cell::RefCell<Vec<String>>,
+}
+
+/// A run in which more than this share of the machine's CPU went to neither the server nor the
+/// load tool is considered disturbed and repeated.
+const DISTURBED_SHARE: f64 = 0.06;
+
+/// Waits (up to two minutes) until the machine is nearly idle, so that a run does not start
+/// while other programs (a build, a test suite) hold the CPUs.
+fn wait_for_quiet_machine() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut warned = false;
+    while std::time::Instant::now() < deadline {
+        let Ok((b0, t0)) = procfs::machine_jiffies() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let Ok((b1, t1)) = procfs::machine_jiffies() else {
+            return;
+        };
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        if busy < 0.1 {
+            return;
+        }
+        if !warned {
+            eprintln!(
+                "    the machine is {:.0}% busy with other work; waiting for it to calm down",
+                busy * 100.0
+            );
+            warned = true;
+        }
+    }
+}
+
+fn require(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    servers::find_program(name)
+        .with_context(|| format!("{name} is not installed (apt-get install {package})"))
+}
+
+fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
+    let command = std::iter::once("target/release/estuary-bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let duration = if args.quick {
+        Duration::from_secs(3)
+    } else {
+        args.duration
+    };
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    if duration < Duration::from_secs(1) {
+        bail!("--duration must be at least 1s");
+    }
+    let tools = Tools {
+        wrk: require("wrk", "wrk")?,
+        h2load: require("h2load", "nghttp2-client")?,
+    };
+    let nginx_bin = require("nginx", "nginx")?;
+    require("openssl", "openssl")?;
+    require("taskset", "util-linux")?;
+    let estuary_bin = match &args.estuary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no parent folder")?
+            .join("estuary"),
+    };
+    if !estuary_bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release` or pass --estuary",
+            estuary_bin.display()
+        );
+    }
+
+    let needed_fds = args.idle_connections as u64 + 4096;
+    let nofile = idle::raise_nofile_limit(needed_fds)?;
+    if nofile < needed_fds {
+        bail!(
+            "the open-file limit is {nofile}, and {} idle connections need about {needed_fds}",
+            args.idle_connections
+        );
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let work = std::fs::canonicalize(&args.out)?;
+    eprintln!("Generating the content under {} ...", work.display());
+    let content = content::generate(&work)?;
+    let (cert, key) = content::certificate(&work)?;
+    let edge_config = content::edge_config(&work)?;
+    let sets = content_sets(&work, &content)?;
+    let setup = Setup {
+        work: work.clone(),
+        estuary_bin,
+        nginx_bin,
+        cert,
+        key,
+        edge_config,
+        as_root: servers::running_as_root(),
+    };
+    for kind in [Kind::Edge, Kind::Nginx] {
+        servers::check_ports_free(kind)?;
+    }
+
+    let bench = Bench {
+        warmup: Duration::from_secs(1).min(duration / 3),
+        duration,
+        repeat,
+        setup,
+        tools,
+        content,
+        sets,
+        notes: Default::default(),
+        args,
+    };
+    bench.note_background_load()?;
+
+    let only = bench.args.only.clone();
+    let run = |t: Test| only.is_empty() || only.contains(&t);
+    let mut rows = Vec::new();
+    if run(Test::Plain) {
+        rows.extend(bench.wrk_rows(false)?);
+    }
+    if run(Test::Tls) {
+        rows.extend(bench.wrk_rows(true)?);
+    }
+    if run(Test::H2) {
+        rows.extend(bench.h2_rows()?);
+    }
+    if run(Test::Pinned) {
+        rows.extend(bench.pinned_rows()?);
+    }
+    if run(Test::H3) {
+        rows.extend(bench.h3_rows()?);
+    }
+    let (idle_edge, idle_nginx) = if run(Test::Idle) {
+        (
+            Some(bench.idle_memory(Kind::Edge)),
+            Some(bench.idle_memory(Kind::Nginx)),
+        )
+    } else {
+        (None, None)
+    };
+
+    bench.describe_shapes();
+    let report = Report {
+        machine: procfs::machine(),
+        date: report::utc_now(),
+        command,
+        versions: versions(&bench),
+        rows,
+        idle_edge,
+        idle_nginx,
+        notes: bench.notes.take(),
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let Some(path) = &bench.args.write_md {
+        report::write_section(path, &markdown)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("Wrote the report into {}.", path.display());
+    }
+    Ok(())
+}
+
+/// The segment sets (one per rendition) and the playlists, with a wrk script for each.
+fn content_sets(work: &Path, content: &Content) -> anyhow::Result<Vec<ContentSet>> {
+    let scripts = work.join("scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let mut sets = Vec::new();
+    let mut add = |label: String, slug: &str, paths: Vec<String>| -> anyhow::Result<()> {
+        let wrk_script = scripts.join(format!("{slug}.lua"));
+        std::fs::write(&wrk_script, load::wrk_script(&paths))?;
+        sets.push(ContentSet {
+            label,
+            slug: slug.to_owned(),
+            paths,
+            wrk_script,
+        });
+        Ok(())
+    };
+    for (r, segments) in RENDITIONS.iter().zip(&content.segments) {
+        let label = match r.segment_bytes {
+            b if b >= 1_000_000 => format!("{} MB segments", b / 1_000_000),
+            b => format!("{} KB segments", b / 1_000),
+        };
+        add(label, r.name, segments.clone())?;
+    }
+    let playlists = content.playlists();
+    let media_len = content.file_len(&content.media_playlists[0])?;
+    let master_len = content.file_len(&content.master)?;
+    add(
+        format!(
+            "playlists ({}x {:.1} KB media + {:.1} KB master)",
+            content.media_playlists.len(),
+            media_len as f64 / 1e3,
+            master_len as f64 / 1e3
+        ),
+        "playlists",
+        playlists,
+    )?;
+    Ok(sets)
+}
+
+impl Bench {
+    /// Adds a note for the report (once, however often it is made).
+    fn note(&self, note: String) {
+        let mut notes = self.notes.borrow_mut();
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+
+    fn logs(&self) -> PathBuf {
+        self.setup.work.join("logs")
+    }
+
+    fn playlist_set(&self) -> &ContentSet {
+        // content_sets puts the playlists last.
+        &self.sets[self.sets.len() - 1]
+    }
+
+    /// Records how busy the machine is before the bench starts: other work on the two cores
+    /// would distort the figures.
+    fn note_background_load(&self) -> anyhow::Result<()> {
+        let (b0, t0) = procfs::machine_jiffies()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let (b1, t1) = procfs::machine_jiffies()?;
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
+        if busy > 10.0 {
+            eprintln!(
+                "warning: the machine was {busy:.0}% busy before the bench started; figures will be noisy"
+            );
+        }
+        self.note(format!(
+            "The machine was {busy:.0}% busy (all CPUs) in the second before the bench started."
+        ));
+        Ok(())
+    }
+
+    /// Starts a server and fetches every file once over plain HTTP/1.1, checking the status
+    /// and length of each: the warm-up that makes every later request a hot hit.
+    fn start(&self, kind: Kind, pinned: bool) -> anyhow::Result<Server> {
+        eprintln!(
+            "Starting {}{} ...",
+            kind.label(),
+            if pinned { " (pinned to CPU 0)" } else { "" }
+        );
+        let server = Server::start(kind, &self.setup, pinned)?;
+        let mut conn = Http1Conn::connect(kind.plain_addr())?;
+        for path in self.content.all_paths() {
+            let (status, len) = conn
+                .get(&path)
+                .with_context(|| format!("warming {} with {path}", kind.label()))?;
+            let expected = self.content.file_len(&path)?;
+            if status != 200 || len != expected {
+                bail!(
+                    "{} answered GET {path} with {status} and {len} bytes (expected 200 and {expected})",
+                    kind.label()
+                );
+            }
+        }
+        Ok(server)
+    }
+
+    /// Runs `load` against `server` once: a short warm-up run (discarded), then the measured
+    /// run with the server's CPU time and the machine's read around it. A run during which
+    /// other programs took a noticeable share of the CPU is repeated (up to ten times).
+    fn measure_once(
+        &self,
+        server: &Server,
+        load: impl Fn(Duration) -> anyhow::Result<Measurement>,
+    ) -> anyhow::Result<Measurement> {
+        let mut retries = 0;
+        loop {
+            wait_for_quiet_machine();
+            load(self.warmup)?;
+            let m = self.measured_run(server, &load)?;
+            let other = m.unattributed_cpu.unwrap_or(0.0);
+            if other > DISTURBED_SHARE && retries < 10 {
+                retries += 1;
+                eprintln!(
+                    "    {:.0}% of the CPU went elsewhere during that run; running it again",
+                    other * 100.0
+                );
+                continue;
+            }
+            eprintln!(
+                "    {:.0} req/s, {:.1} MB/s, server CPU {:.2} s, unattributed CPU {:.0}%",
+                m.requests_per_second(),
+                m.bytes_per_second() / 1e6,
+                m.server_cpu_seconds.unwrap_or(0.0),
+                other * 100.0
+            );
+            return Ok(m);
+        }
+    }
+
+    /// Runs `n_rows` rows against each server in `kinds`, `self.repeat` times. Every
+    /// repetition starts each server afresh (one at a time, alternating which goes first, so
+    /// that a slow drift of the machine does not favour either), runs every row once, and stops
+    /// it. Returns, per row, the median outcome for each server (by requests/s).
+    fn run_group(
+        &self,
+        kinds: &[Kind],
+        pinned: bool,
+        n_rows: usize,
+        run: impl Fn(&Server, usize, Duration) -> anyhow::Result<Measurement>,
+    ) -> anyhow::Result<Vec<Vec<Outcome>>> {
+        let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); kinds.len()]; n_rows];
+        for rep in 0..self.repeat {
+            let mut order: Vec<usize> = (0..kinds.len()).collect();
+            if rep % 2 == 1 {
+                order.reverse();
+            }
+            for k in order {
+                let server = self.start(kinds[k], pinned)?;
+                for (row, row_runs) in runs.iter_mut().enumerate() {
+                    let outcome = self
+                        .measure_once(&server, |d| run(&server, row, d))
+                        .map_err(|e| format!("{e:#}"));
+                    if let Err(e) = &outcome {
+                        eprintln!("    failed: {e}");
+                    }
+                    row_runs[k].push(outcome);
+                }
+                server.stop()?;
+            }
+        }
+        Ok(runs
+            .into_iter()
+            .map(|per_kind| per_kind.into_iter().map(median).collect())
+            .collect())
+    }
+
+    fn measured_run(
+        &self,
+        server: &Server,
+        load: &impl Fn(Duration) -> anyhow::Result<Measurement>,
+    ) -> anyhow::Result<Measurement> {
+        let ticks_per_second = procfs::clock_ticks_per_second();
+        let (busy0, total0) = procfs::machine_jiffies()?;
+        let server0 = server.cpu_ticks();
+        let own0 = procfs::own_and_reaped_children_ticks()?;
+        let mut m = load(self.duration)?;
+        let server1 = server.cpu_ticks();
+        let own1 = procfs::own_and_reaped_children_ticks()?;
+        let (busy1, total1) = procfs::machine_jiffies()?;
+        let server_ticks = server1.saturating_sub(server0);
+        let ours = server_ticks + own1.saturating_sub(own0);
+        let other = (busy1 - busy0).saturating_sub(ours);
+        m.server_cpu_seconds = Some(server_ticks as f64 / ticks_per_second);
+        m.unattributed_cpu = Some(other as f64 / (total1 - total0).max(1) as f64);
+        Ok(m)
+    }
+
+    fn wrk_shape(&self) -> LoadShape {
+        LoadShape {
+            connections: self.args.connections,
+            threads: 2,
+            streams_per_connection: 1,
+            cpu: None,
+        }
+    }
+
+    fn h2_shape(&self) -> LoadShape {
+        LoadShape {
+            connections: (self.args.connections / 4).max(2),
+            threads: 2,
+            streams_per_connection: 4,
+            cpu: None,
+        }
+    }
+
+    fn pinned_shape(&self) -> LoadShape {
+        LoadShape {
+            connections: self.args.connections,
+            threads: 1,
+            streams_per_connection: 1,
+            cpu: Some(1),
+        }
+    }
+
+    /// wrk over HTTP/1.1, plain or TLS: every content set against the edge and nginx.
+    fn wrk_rows(&self, tls: bool) -> anyhow::Result<Vec<Row>> {
+        let test = if tls {
+            "HTTP/1.1 TLS (wrk)"
+        } else {
+            "HTTP/1.1 plain (wrk)"
+        };
+        let scheme = if tls { "tls" } else { "plain" };
+        let shape = self.wrk_shape();
+        let results = self.run_group(
+            &[Kind::Edge, Kind::Nginx],
+            false,
+            self.sets.len(),
+            |server, row, duration| {
+                let kind = server.kind;
+                let set = &self.sets[row];
+                let base = if tls {
+                    format!("https://127.0.0.1:{}", kind.tls_port())
+                } else {
+                    format!("http://127.0.0.1:{}", kind.plain_port())
+                };
+                if tls && row == 0 {
+                    let negotiated = servers::negotiated_tls(kind.tls_addr())
+                        .unwrap_or_else(|e| format!("unknown ({e:#})"));
+                    self.note(format!(
+                        "TLS as wrk negotiates it (OpenSSL's default order, AES-256-GCM first; checked with openssl s_client): {} {negotiated}.",
+                        kind.label()
+                    ));
+                }
+                eprintln!("  {test}: {} from {}", set.label, kind.label());
+                let log = self.logs().join(format!(
+                    "wrk-{scheme}-{}-{}.txt",
+                    set.slug,
+                    kind.label()
+                ));
+                load::run_wrk(&self.tools.wrk, &shape, &base, &set.wrk_script, duration, &log)
+            },
+        )?;
+        Ok(self.rows_from(test, tls, results, report::THROUGHPUT))
+    }
+
+    fn rows_from(
+        &self,
+        test: &str,
+        target: bool,
+        results: Vec<Vec<Outcome>>,
+        figures: &'static [report::Figure],
+    ) -> Vec<Row> {
+        self.sets
+            .iter()
+            .zip(results)
+            .map(|(set, per_kind)| {
+                let mut per_kind = per_kind.into_iter();
+                Row {
+                    test: test.to_owned(),
+                    content: set.label.clone(),
+                    edge: per_kind.next().unwrap_or(Err("not run".to_owned())),
+                    nginx: per_kind.next(),
+                    target,
+                    figures,
+                }
+            })
+            .collect()
+    }
+
+    /// h2load over TLS (HTTP/2 by ALPN).
+    fn h2_rows(&self) -> anyhow::Result<Vec<Row>> {
+        let test = "HTTP/2 TLS (h2load)";
+        let shape = self.h2_shape();
+        let results = self.run_group(
+            &[Kind::Edge, Kind::Nginx],
+            false,
+            self.sets.len(),
+            |server, row, duration| {
+                let kind = server.kind;
+                let set = &self.sets[row];
+                eprintln!("  {test}: {} from {}", set.label, kind.label());
+                let base = format!("https://127.0.0.1:{}", kind.tls_port());
+                let name = format!("h2load-{}-{}", set.slug, kind.label());
+                let uris = load::write_uri_file(
+                    &self.logs().join(format!("{name}.uris")),
+                    &base,
+                    &set.paths,
+                )?;
+                let log = self.logs().join(format!("{name}.txt"));
+                let request_log = self.logs().join(format!("{name}.requests.tsv"));
+                let m = load::run_h2load(
+                    &self.tools.h2load,
+                    &shape,
+                    &uris,
+                    duration,
+                    &log,
+                    &request_log,
+                );
+                // The per-request log is large and only needed for the percentiles.
+                let _ = std::fs::remove_file(&request_log);
+                if row == 0 {
+                    let tls = std::fs::read_to_string(&log)
+                        .ok()
+                        .and_then(|out| load::h2load_tls(&out))
+                        .unwrap_or_else(|| "unknown".to_owned());
+                    self.note(format!(
+                        "TLS as h2load negotiated it (its own cipher order, AES-128-GCM first): {} {tls}.",
+                        kind.label()
+                    ));
+                }
+                m
+            },
+        )?;
+        Ok(self.rows_from(test, true, results, report::THROUGHPUT))
+    }
+
+    /// Playlists with the server on CPU 0 (one worker) and wrk on CPU 1, plain and TLS.
+    fn pinned_rows(&self) -> anyhow::Result<Vec<Row>> {
+        let set = self.playlist_set();
+        let shape = self.pinned_shape();
+        let edge_threads = std::cell::Cell::new(0);
+        let results = self.run_group(
+            &[Kind::Edge, Kind::Nginx],
+            true,
+            2,
+            |server, row, duration| {
+                let kind = server.kind;
+                let tls = row == 1;
+                let base = if tls {
+                    format!("https://127.0.0.1:{}", kind.tls_port())
+                } else {
+                    format!("http://127.0.0.1:{}", kind.plain_port())
+                };
+                eprintln!(
+                    "  pinned playlists {} from {}",
+                    if tls { "TLS" } else { "plain" },
+                    kind.label()
+                );
+                let log = self.logs().join(format!(
+                    "wrk-pinned-{}-{}.txt",
+                    if tls { "tls" } else { "plain" },
+                    kind.label()
+                ));
+                let m = load::run_wrk(
+                    &self.tools.wrk,
+                    &shape,
+                    &base,
+                    &set.wrk_script,
+                    duration,
+                    &log,
+                );
+                if kind == Kind::Edge {
+                    edge_threads.set(edge_threads.get().max(server.threads()));
+                }
+                m
+            },
+        )?;
+        self.note(format!(
+            "Pinned rows: the server on CPU 0 (nginx `worker_processes 1`; the edge with \
+             TOKIO_WORKER_THREADS=1, {} threads in all while serving), wrk -t1 -c{} on CPU 1.",
+            edge_threads.get(),
+            self.args.connections
+        ));
+        Ok(results
+            .into_iter()
+            .zip(["HTTP/1.1 plain, pinned (wrk)", "HTTP/1.1 TLS, pinned (wrk)"])
+            .map(|(per_kind, test)| {
+                let mut per_kind = per_kind.into_iter();
+                Row {
+                    test: test.to_owned(),
+                    content: set.label.clone(),
+                    edge: per_kind.next().unwrap_or(Err("not run".to_owned())),
+                    nginx: per_kind.next(),
+                    target: true,
+                    figures: report::PINNED,
+                }
+            })
+            .collect())
+    }
+
+    /// HTTP/3 against the edge alone (nginx 1.22 has none): the 600 KB rendition and the
+    /// playlists.
+    fn h3_rows(&self) -> anyhow::Result<Vec<Row>> {
+        let shape = h3load::H3Shape {
+            connections: self.args.h3_connections,
+            streams_per_connection: self.args.h3_streams,
+        };
+        let sets: Vec<&ContentSet> = self
+            .sets
+            .iter()
+            .filter(|s| s.slug == "540p" || s.slug == "playlists")
+            .collect();
+        let results = self.run_group(&[Kind::Edge], false, sets.len(), |_, row, duration| {
+            eprintln!("  HTTP/3: {} from edge", sets[row].label);
+            h3load::run(
+                Kind::Edge.tls_addr(),
+                &self.setup.cert,
+                &sets[row].paths,
+                shape,
+                duration,
+            )
+        })?;
+        self.note(format!(
+            "HTTP/3 rows: the bench's own client (quinn + h3, {} connections x {} requests in \
+             flight) runs inside the bench process on the same two CPUs as the edge.",
+            shape.connections, shape.streams_per_connection
+        ));
+        Ok(sets
+            .iter()
+            .zip(results)
+            .map(|(set, per_kind)| Row {
+                test: format!(
+                    "HTTP/3 (bench h3 client, {}x{})",
+                    shape.connections, shape.streams_per_connection
+                ),
+                content: set.label.clone(),
+                edge: per_kind
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Err("not run".to_owned())),
+                nginx: None,
+                target: false,
+                figures: report::THROUGHPUT,
+            })
+            .collect())
+    }
+
+    /// A freshly started server (one playlist fetched, no segments mapped), then
+    /// `idle_connections` keep-alive connections that each made one small request.
+    fn idle_memory(&self, kind: Kind) -> Result<IdleMemory, String> {
+        let run = || -> anyhow::Result<IdleMemory> {
+            eprintln!(
+                "Idle connections: {} to {} ...",
+                self.args.idle_connections,
+                kind.label()
+            );
+            let server = Server::start(kind, &self.setup, false)?;
+            let path = &self.content.master;
+            let mut first = Http1Conn::connect(kind.plain_addr())?;
+            first.get(path)?;
+            drop(first);
+            std::thread::sleep(Duration::from_millis(500));
+            let before = server.rss();
+            let connections = idle::open(kind.plain_addr(), path, self.args.idle_connections)?;
+            std::thread::sleep(Duration::from_secs(2));
+            let after = server.rss();
+            drop(connections);
+            server.stop()?;
+            Ok(IdleMemory {
+                connections: self.args.idle_connections,
+                before,
+                after,
+            })
+        };
+        run().map_err(|e| format!("{e:#}"))
+    }
+
+    fn describe_shapes(&self) {
+        let w = self.wrk_shape();
+        let h = self.h2_shape();
+        self.note(format!(
+            "Each figure is the median of {} run(s) of {:?}, each after a {:?} warm-up run. The servers ran \
+             one at a time: each repetition started each server afresh (alternating which went first), \
+             warmed it by fetching every file once, ran every row of the test, and stopped it. wrk: -t{} -c{}; h2load: -t{} -c{} -m{}. \
+             Latency percentiles are per request as the load tool saw it; MB/s counts the \
+             response bytes the client read (heads included for wrk and h2load, bodies only for \
+             HTTP/3). CPU is user+system time of all server processes (nginx master and workers) \
+             during the measured run.",
+            self.repeat,
+            self.duration,
+            self.warmup,
+            w.threads,
+            w.connections,
+            h.threads,
+            h.connections,
+            h.streams_per_connection
+        ));
+    }
+}
+
+/// The median run by requests/s, remembering every run's requests/s; the first error if any
+/// run failed.
+fn median(runs: Vec<Outcome>) -> Outcome {
+    let mut kept = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    if kept.is_empty() {
+        return Err("not run".to_owned());
+    }
+    let all: Vec<f64> = kept.iter().map(Measurement::requests_per_second).collect();
+    kept.sort_by(|a, b| a.requests_per_second().total_cmp(&b.requests_per_second()));
+    let mut m = kept.swap_remove(kept.len() / 2);
+    m.runs_requests_per_second = all;
+    Ok(m)
+}
+
+/// Versions of everything that took part, as the programs report them.
+fn versions(bench: &Bench) -> Vec<(String, String)> {
+    let first_line = |program: &Path, args: &[&str]| -> String {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                text.lines().next().unwrap_or("").trim().to_owned()
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
+    let git = Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    vec![
+        ("estuary".to_owned(), format!("commit {git}")),
+        (
+            "nginx".to_owned(),
+            first_line(&bench.setup.nginx_bin, &["-v"])
+                .trim_start_matches("nginx version: nginx/")
+                .to_owned(),
+        ),
+        (
+            "wrk".to_owned(),
+            first_line(&bench.tools.wrk, &["-v"])
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("unknown")
+                .to_owned(),
+        ),
+        (
+            "h2load".to_owned(),
+            first_line(&bench.tools.h2load, &["--version"])
+                .trim_start_matches("h2load nghttp2/")
+                .to_owned(),
+        ),
+        (
+            "OpenSSL".to_owned(),
+            first_line(Path::new("openssl"), &["version"])
+                .trim_start_matches("OpenSSL ")
+                .split(" (")
+                .next()
+                .unwrap_or("unknown")
+                .to_owned(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "edge-vs-nginx",
+            "--duration",
+            "5s",
+            "--only",
+            "plain,h3",
+            "--write-md",
+            "BENCHMARKS.md",
+        ])
+        .expect("parse");
+        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        assert_eq!(args.duration, Duration::from_secs(5));
+        assert_eq!(args.only, vec![Test::Plain, Test::H3]);
+        assert_eq!(args.out, PathBuf::from("bench-out"));
+    }
+}

@@ -44,6 +44,21 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// CPU time of this process plus that of its children that have exited and been waited for
+/// (the load tools, once they are done), in clock ticks.
+pub fn own_and_reaped_children_ticks() -> anyhow::Result<u64> {
+    let fields = stat_fields(std::process::id())?;
+    // utime, stime, cutime, cstime: fields 14 to 17.
+    (11..=14)
+        .map(|i| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("/proc/self/stat is too short")?
+                .parse::<u64>()?)
+        })
+        .sum()
+}
+
 /// The direct children of `parent` (for nginx: its workers).
 pub fn children(parent: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -157,6 +172,7 @@ mod tests {
     fn reads_its_own_process() {
         let me = std::process::id();
         assert!(cpu_ticks(me).is_ok());
+        assert!(own_and_reaped_children_ticks().is_ok());
         let r = rss(me).expect("rss");
         assert!(r.total > 0 && r.anon > 0);
         assert!(threads(me) >= 1);

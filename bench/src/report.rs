@@ -7,6 +7,9 @@ use std::path::Path;
 use crate::load::Measurement;
 use crate::procfs::{Machine, Rss};
 
+/// Above this share of unattributed CPU time a figure gets a note.
+const DISTURBED_NOTE: f64 = 0.06;
+
 /// A measured row, or why it could not be measured.
 pub type Outcome = Result<Measurement, String>;
 
@@ -39,7 +42,7 @@ pub enum Figure {
 impl Figure {
     fn label(self) -> &'static str {
         match self {
-            Figure::RequestsPerSecond => "requests/s",
+            Figure::RequestsPerSecond => "requests/s (± half the range over the runs)",
             Figure::MegabytesPerSecond => "MB/s",
             Figure::P50 => "p50 latency ms (lower is better)",
             Figure::P99 => "p99 latency ms (lower is better)",
@@ -88,6 +91,9 @@ pub struct IdleMemory {
     pub after: Rss,
 }
 
+/// A figure computed from [`IdleMemory`].
+type IdleFigure = fn(&IdleMemory) -> f64;
+
 /// Everything one run produced.
 #[derive(Debug)]
 pub struct Report {
@@ -126,7 +132,13 @@ fn cell(o: Option<&Outcome>, f: Figure) -> (String, Option<f64>) {
         None => ("n/a".to_owned(), None),
         Some(Err(_)) => ("failed".to_owned(), None),
         Some(Ok(m)) => match f.value(m) {
-            Some(v) => (f.format(v), Some(v)),
+            Some(v) => {
+                let mut text = f.format(v);
+                if let (Figure::RequestsPerSecond, Some(spread)) = (f, m.spread()) {
+                    let _ = write!(text, " ±{:.0}%", spread * 100.0);
+                }
+                (text, Some(v))
+            }
             None => ("-".to_owned(), None),
         },
     }
@@ -173,13 +185,23 @@ impl Report {
         let _ = writeln!(s, "- Command: `{}`\n", self.command);
 
         let targets = self.target_results();
+        if targets.is_empty() {
+            let _ = writeln!(
+                s,
+                "**Target** (edge at least 1.0x nginx requests/s on every TLS row and on pinned playlists): not measured in this run.\n"
+            );
+        }
         let met = targets.iter().filter(|t| t.1 == Some(true)).count();
         let _ = writeln!(
             s,
             "**Target** (edge at least 1.0x nginx requests/s on every TLS row and on pinned playlists): \
              met on {met} of {} rows{}.\n",
             targets.len(),
-            if met == targets.len() { "" } else { "; NOT met overall" }
+            if met == targets.len() {
+                ""
+            } else {
+                "; NOT met overall"
+            }
         );
         for (name, ok, ratio) in &targets {
             let verdict = match ok {
@@ -216,7 +238,7 @@ impl Report {
         }
         if let (Some(e), Some(n)) = (&self.idle_edge, &self.idle_nginx) {
             const MIB: f64 = 1024.0 * 1024.0;
-            let figures: [(&str, fn(&IdleMemory) -> f64); 4] = [
+            let figures: [(&str, IdleFigure); 4] = [
                 ("VmRSS before, MiB", |i| i.before.total as f64 / MIB),
                 ("VmRSS with the connections open, MiB", |i| {
                     i.after.total as f64 / MIB
@@ -234,7 +256,8 @@ impl Report {
             for (label, get) in figures {
                 let value = |r: &Result<IdleMemory, String>| r.as_ref().ok().map(get);
                 let (ev, nv) = (value(e), value(n));
-                let show = |v: Option<f64>| v.map_or_else(|| "failed".to_owned(), |v| format!("{v:.1}"));
+                let show =
+                    |v: Option<f64>| v.map_or_else(|| "failed".to_owned(), |v| format!("{v:.1}"));
                 let ratio = match (ev, nv) {
                     (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                     _ => "-".to_owned(),
@@ -254,14 +277,25 @@ impl Report {
                     Some(Err(e)) => {
                         let _ = writeln!(s, "- {}, {} ({who}) failed: {e}", row.test, row.content);
                     }
-                    Some(Ok(m)) if m.errors > 0 => {
-                        let _ = writeln!(
-                            s,
-                            "- {}, {} ({who}): {} failed requests (not counted above)",
-                            row.test, row.content, m.errors
-                        );
+                    Some(Ok(m)) => {
+                        if m.errors > 0 {
+                            let _ = writeln!(
+                                s,
+                                "- {}, {} ({who}): {} failed requests (not counted above)",
+                                row.test, row.content, m.errors
+                            );
+                        }
+                        if let Some(other) = m.unattributed_cpu.filter(|o| *o > DISTURBED_NOTE) {
+                            let _ = writeln!(
+                                s,
+                                "- {}, {} ({who}): {:.0}% of the machine's CPU time went to neither the server nor the load tool during the run (other programs or unattributed kernel work): treat this figure with care",
+                                row.test,
+                                row.content,
+                                other * 100.0
+                            );
+                        }
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         }
@@ -289,7 +323,8 @@ impl Report {
     }
 }
 
-const BEGIN: &str = "<!-- estuary-bench edge-vs-nginx: begin (generated; the bench replaces this part) -->";
+const BEGIN: &str =
+    "<!-- estuary-bench edge-vs-nginx: begin (generated; the bench replaces this part) -->";
 const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
 
 /// Puts `section` between the bench's markers in the markdown file at `path`, keeping what is

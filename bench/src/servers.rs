@@ -73,8 +73,6 @@ pub struct Setup {
 pub struct Server {
     pub kind: Kind,
     child: Child,
-    /// Whether it runs on CPU 0 only, with one worker.
-    pub pinned: bool,
 }
 
 /// Fails early when something already listens on a port the bench needs (a server left over
@@ -102,20 +100,20 @@ impl Server {
             let p = logs.join(name);
             File::create(&p).with_context(|| format!("creating {}", p.display()))
         };
+        let program = match kind {
+            Kind::Edge => &setup.estuary_bin,
+            Kind::Nginx => &setup.nginx_bin,
+        };
         let mut cmd = if pinned {
             let mut c = Command::new("taskset");
-            c.args(["-c", "0"]);
+            c.args(["-c", "0"]).arg(program);
             c
         } else {
-            // `env` runs the program directly; this keeps both branches one Command.
-            Command::new("env")
+            Command::new(program)
         };
         match kind {
             Kind::Edge => {
-                cmd.arg(&setup.estuary_bin)
-                    .arg("edge")
-                    .arg("--config")
-                    .arg(&setup.edge_config);
+                cmd.arg("edge").arg("--config").arg(&setup.edge_config);
                 if pinned {
                     cmd.env("TOKIO_WORKER_THREADS", "1");
                 } else {
@@ -132,8 +130,7 @@ impl Server {
                     setup.as_root,
                 )?;
                 let prefix = setup.work.join("nginx");
-                cmd.arg(&setup.nginx_bin)
-                    .arg("-p")
+                cmd.arg("-p")
                     .arg(&prefix)
                     .arg("-e")
                     .arg(prefix.join("logs/error.log"))
@@ -148,11 +145,7 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", kind.label()))?;
-        let mut server = Self {
-            kind,
-            child,
-            pinned,
-        };
+        let mut server = Self { kind, child };
         server.wait_ready(Duration::from_secs(20))?;
         Ok(server)
     }
@@ -184,7 +177,10 @@ impl Server {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{} did not become ready within {within:?}", self.kind.label());
+                bail!(
+                    "{} did not become ready within {within:?}",
+                    self.kind.label()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -272,6 +268,23 @@ impl Drop for Server {
 /// Whether something accepts TCP connections at an address.
 fn accepts(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The TLS version and cipher suite an OpenSSL client (with its default preferences, as wrk
+/// and h2load have) ends up with, e.g. "TLSv1.3 TLS_AES_128_GCM_SHA256".
+pub fn negotiated_tls(addr: SocketAddr) -> anyhow::Result<String> {
+    let output = Command::new("openssl")
+        .args(["s_client", "-servername", "localhost", "-connect"])
+        .arg(addr.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl s_client")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"
+    text.lines()
+        .find_map(|l| l.strip_prefix("New, "))
+        .map(|rest| rest.replace(", Cipher is ", " "))
+        .with_context(|| format!("no cipher in openssl s_client's output for {addr}"))
 }
 
 /// Finds a program on PATH (or in /usr/sbin, where Debian puts nginx).
