@@ -252,15 +252,17 @@ pub fn certificate(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 /// `access = "off"` (nginx logs nothing either), a long idle keep-alive (for the idle
 /// connection test) and a high connection limit.
 pub fn edge_config(work: &Path) -> anyhow::Result<PathBuf> {
-    let text = r#"# Written by estuary-bench; relative paths are relative to this file.
+    let ports = crate::servers::EDGE_PORTS;
+    let text = format!(
+        r#"# Written by estuary-bench; relative paths are relative to this file.
 [node]
 id = "bench-edge"
 site = "bench"
 
 [listen]
-http = "127.0.0.1:18080"
-https = "127.0.0.1:18443"
-admin = "127.0.0.1:18081"
+http = "127.0.0.1:{plain}"
+https = "127.0.0.1:{tls}"
+admin = "127.0.0.1:{admin}"
 
 [tls]
 cert = "cert.pem"
@@ -275,7 +277,11 @@ access = "off"
 [limits]
 header_read_timeout = "300s"
 max_connections = 100000
-"#;
+"#,
+        plain = ports.plain,
+        tls = ports.tls,
+        admin = ports.admin.unwrap_or(18081),
+    );
     let path = work.join("edge.toml");
     fs::write(&path, text)?;
     Ok(path)
@@ -289,6 +295,7 @@ pub fn nginx_config(
     key: &Path,
     workers: &str,
     as_root: bool,
+    ports: crate::servers::Ports,
 ) -> anyhow::Result<PathBuf> {
     let dir = work.join("nginx");
     fs::create_dir_all(dir.join("logs"))?;
@@ -298,7 +305,6 @@ pub fn nginx_config(
         r#"# Written by estuary-bench from peers/nginx-origin.conf.
 {user}worker_processes {workers};
 worker_rlimit_nofile 65536;
-daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
 events {{ worker_connections 20000; multi_accept on; }}
@@ -314,10 +320,10 @@ http {{
     expires 1h;
     root {root};
 
-    server {{ listen 127.0.0.1:28080 reuseport backlog=4096; location / {{ }} }}
+    server {{ listen 127.0.0.1:{plain} reuseport backlog=4096; location / {{ }} }}
 
     server {{
-        listen 127.0.0.1:28443 ssl http2 reuseport backlog=4096;
+        listen 127.0.0.1:{tls} ssl http2 reuseport backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
@@ -332,6 +338,8 @@ http {{
         root = root.display(),
         cert = cert.display(),
         key = key.display(),
+        plain = ports.plain,
+        tls = ports.tls,
     );
     let path = dir.join(format!("nginx-{workers}.conf"));
     fs::write(&path, text)?;

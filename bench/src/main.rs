@@ -74,6 +74,10 @@ struct EdgeVsNginxArgs {
     /// or 1 with --quick.
     #[arg(long)]
     repeat: Option<usize>,
+    /// nginx's plain and TLS ports (the edge's are fixed by its bench config:
+    /// 18080, 18443 and admin 18081).
+    #[arg(long, value_name = "PLAIN,TLS", default_value = "28080,28443", value_parser = parse_nginx_ports)]
+    nginx_ports: servers::Ports,
     /// Run only these tests (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Test>,
@@ -171,6 +175,19 @@ fn wait_for_quiet_machine() {
     }
 }
 
+/// "28080,28443" -> nginx's plain and TLS ports.
+fn parse_nginx_ports(text: &str) -> Result<servers::Ports, String> {
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    match text.split_once(',') {
+        Some((plain, tls)) => Ok(servers::Ports {
+            plain: parse(plain)?,
+            tls: parse(tls)?,
+            admin: None,
+        }),
+        None => Err("expected two ports: PLAIN,TLS".to_owned()),
+    }
+}
+
 fn require(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     servers::find_program(name)
         .with_context(|| format!("{name} is not installed (apt-get install {package})"))
@@ -236,9 +253,10 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         key,
         edge_config,
         as_root: servers::running_as_root(),
+        nginx_ports: args.nginx_ports,
     };
     for kind in [Kind::Edge, Kind::Nginx] {
-        servers::check_ports_free(kind)?;
+        servers::check_ports_free(kind, setup.ports(kind))?;
     }
 
     let bench = Bench {
@@ -386,7 +404,7 @@ impl Bench {
             if pinned { " (pinned to CPU 0)" } else { "" }
         );
         let server = Server::start(kind, &self.setup, pinned)?;
-        let mut conn = Http1Conn::connect(kind.plain_addr())?;
+        let mut conn = Http1Conn::connect(server.ports.plain_addr())?;
         for path in self.content.all_paths() {
             let (status, len) = conn
                 .get(&path)
@@ -444,6 +462,7 @@ impl Bench {
         kinds: &[Kind],
         pinned: bool,
         n_rows: usize,
+        label: impl Fn(usize) -> String,
         run: impl Fn(&Server, usize, Duration) -> anyhow::Result<Measurement>,
     ) -> anyhow::Result<Vec<Vec<Outcome>>> {
         let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); kinds.len()]; n_rows];
@@ -455,6 +474,13 @@ impl Bench {
             for k in order {
                 let server = self.start(kinds[k], pinned)?;
                 for (row, row_runs) in runs.iter_mut().enumerate() {
+                    eprintln!(
+                        "  {} from {} (run {} of {})",
+                        label(row),
+                        kinds[k].label(),
+                        rep + 1,
+                        self.repeat
+                    );
                     let outcome = self
                         .measure_once(&server, |d| run(&server, row, d))
                         .map_err(|e| format!("{e:#}"));
@@ -533,23 +559,23 @@ impl Bench {
             &[Kind::Edge, Kind::Nginx],
             false,
             self.sets.len(),
+            |row| format!("{test}: {}", self.sets[row].label),
             |server, row, duration| {
                 let kind = server.kind;
                 let set = &self.sets[row];
                 let base = if tls {
-                    format!("https://127.0.0.1:{}", kind.tls_port())
+                    format!("https://127.0.0.1:{}", server.ports.tls)
                 } else {
-                    format!("http://127.0.0.1:{}", kind.plain_port())
+                    format!("http://127.0.0.1:{}", server.ports.plain)
                 };
                 if tls && row == 0 {
-                    let negotiated = servers::negotiated_tls(kind.tls_addr())
+                    let negotiated = servers::negotiated_tls(server.ports.tls_addr())
                         .unwrap_or_else(|e| format!("unknown ({e:#})"));
                     self.note(format!(
                         "TLS as wrk negotiates it (OpenSSL's default order, AES-256-GCM first; checked with openssl s_client): {} {negotiated}.",
                         kind.label()
                     ));
                 }
-                eprintln!("  {test}: {} from {}", set.label, kind.label());
                 let log = self.logs().join(format!(
                     "wrk-{scheme}-{}-{}.txt",
                     set.slug,
@@ -593,11 +619,11 @@ impl Bench {
             &[Kind::Edge, Kind::Nginx],
             false,
             self.sets.len(),
+            |row| format!("{test}: {}", self.sets[row].label),
             |server, row, duration| {
                 let kind = server.kind;
                 let set = &self.sets[row];
-                eprintln!("  {test}: {} from {}", set.label, kind.label());
-                let base = format!("https://127.0.0.1:{}", kind.tls_port());
+                let base = format!("https://127.0.0.1:{}", server.ports.tls);
                 let name = format!("h2load-{}-{}", set.slug, kind.label());
                 let uris = load::write_uri_file(
                     &self.logs().join(format!("{name}.uris")),
@@ -641,19 +667,20 @@ impl Bench {
             &[Kind::Edge, Kind::Nginx],
             true,
             2,
+            |row| {
+                format!(
+                    "pinned playlists, {}",
+                    if row == 1 { "TLS" } else { "plain" }
+                )
+            },
             |server, row, duration| {
                 let kind = server.kind;
                 let tls = row == 1;
                 let base = if tls {
-                    format!("https://127.0.0.1:{}", kind.tls_port())
+                    format!("https://127.0.0.1:{}", server.ports.tls)
                 } else {
-                    format!("http://127.0.0.1:{}", kind.plain_port())
+                    format!("http://127.0.0.1:{}", server.ports.plain)
                 };
-                eprintln!(
-                    "  pinned playlists {} from {}",
-                    if tls { "TLS" } else { "plain" },
-                    kind.label()
-                );
                 let log = self.logs().join(format!(
                     "wrk-pinned-{}-{}.txt",
                     if tls { "tls" } else { "plain" },
@@ -708,16 +735,21 @@ impl Bench {
             .iter()
             .filter(|s| s.slug == "540p" || s.slug == "playlists")
             .collect();
-        let results = self.run_group(&[Kind::Edge], false, sets.len(), |_, row, duration| {
-            eprintln!("  HTTP/3: {} from edge", sets[row].label);
-            h3load::run(
-                Kind::Edge.tls_addr(),
-                &self.setup.cert,
-                &sets[row].paths,
-                shape,
-                duration,
-            )
-        })?;
+        let results = self.run_group(
+            &[Kind::Edge],
+            false,
+            sets.len(),
+            |row| format!("HTTP/3: {}", sets[row].label),
+            |_, row, duration| {
+                h3load::run(
+                    servers::EDGE_PORTS.tls_addr(),
+                    &self.setup.cert,
+                    &sets[row].paths,
+                    shape,
+                    duration,
+                )
+            },
+        )?;
         self.note(format!(
             "HTTP/3 rows: the bench's own client (quinn + h3, {} connections x {} requests in \
              flight) runs inside the bench process on the same two CPUs as the edge.",
@@ -754,12 +786,13 @@ impl Bench {
             );
             let server = Server::start(kind, &self.setup, false)?;
             let path = &self.content.master;
-            let mut first = Http1Conn::connect(kind.plain_addr())?;
+            let mut first = Http1Conn::connect(server.ports.plain_addr())?;
             first.get(path)?;
             drop(first);
             std::thread::sleep(Duration::from_millis(500));
             let before = server.rss();
-            let connections = idle::open(kind.plain_addr(), path, self.args.idle_connections)?;
+            let connections =
+                idle::open(server.ports.plain_addr(), path, self.args.idle_connections)?;
             std::thread::sleep(Duration::from_secs(2));
             let after = server.rss();
             drop(connections);
@@ -889,5 +922,25 @@ mod tests {
         assert_eq!(args.duration, Duration::from_secs(5));
         assert_eq!(args.only, vec![Test::Plain, Test::H3]);
         assert_eq!(args.out, PathBuf::from("bench-out"));
+        assert_eq!(
+            (args.nginx_ports.plain, args.nginx_ports.tls),
+            (28080, 28443)
+        );
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "edge-vs-nginx",
+            "--nginx-ports",
+            "38080,38443",
+        ])
+        .expect("parse");
+        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        assert_eq!(
+            (args.nginx_ports.plain, args.nginx_ports.tls),
+            (38080, 38443)
+        );
+        assert!(
+            Cli::try_parse_from(["estuary-bench", "edge-vs-nginx", "--nginx-ports", "38080"])
+                .is_err()
+        );
     }
 }

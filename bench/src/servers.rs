@@ -25,35 +25,35 @@ impl Kind {
             Kind::Nginx => "nginx",
         }
     }
+}
 
-    pub fn plain_port(self) -> u16 {
-        match self {
-            Kind::Edge => 18080,
-            Kind::Nginx => 28080,
-        }
+/// The TCP ports a server listens on (HTTP/3 shares the TLS port number over UDP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub plain: u16,
+    pub tls: u16,
+    /// The edge's admin port (readiness).
+    pub admin: Option<u16>,
+}
+
+/// The edge's ports, as its bench config sets them.
+pub const EDGE_PORTS: Ports = Ports {
+    plain: 18080,
+    tls: 18443,
+    admin: Some(18081),
+};
+
+impl Ports {
+    pub fn plain_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.plain))
     }
 
-    pub fn tls_port(self) -> u16 {
-        match self {
-            Kind::Edge => 18443,
-            Kind::Nginx => 28443,
-        }
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tls))
     }
 
-    pub fn plain_addr(self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.plain_port()))
-    }
-
-    pub fn tls_addr(self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.tls_port()))
-    }
-
-    /// Every TCP port the server listens on.
-    fn ports(self) -> &'static [u16] {
-        match self {
-            Kind::Edge => &[18080, 18443, 18081],
-            Kind::Nginx => &[28080, 28443],
-        }
+    fn all(&self) -> impl Iterator<Item = u16> {
+        [self.plain, self.tls].into_iter().chain(self.admin)
     }
 }
 
@@ -67,19 +67,30 @@ pub struct Setup {
     pub key: PathBuf,
     pub edge_config: PathBuf,
     pub as_root: bool,
+    pub nginx_ports: Ports,
+}
+
+impl Setup {
+    pub fn ports(&self, kind: Kind) -> Ports {
+        match kind {
+            Kind::Edge => EDGE_PORTS,
+            Kind::Nginx => self.nginx_ports,
+        }
+    }
 }
 
 /// A running server; stopped when dropped.
 pub struct Server {
     pub kind: Kind,
+    pub ports: Ports,
     child: Child,
 }
 
 /// Fails early when something already listens on a port the bench needs (a server left over
 /// from an interrupted run, or another program).
-pub fn check_ports_free(kind: Kind) -> anyhow::Result<()> {
-    for port in kind.ports() {
-        if TcpListener::bind(("127.0.0.1", *port)).is_err() {
+pub fn check_ports_free(kind: Kind, ports: Ports) -> anyhow::Result<()> {
+    for port in ports.all() {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!(
                 "127.0.0.1:{port} is in use; the bench needs it for {} (a server left over from an earlier run?)",
                 kind.label()
@@ -93,7 +104,8 @@ impl Server {
     /// Starts a server and waits until it answers. Pinned: the server runs on CPU 0 only with
     /// one worker (nginx `worker_processes 1`, the edge `TOKIO_WORKER_THREADS=1`).
     pub fn start(kind: Kind, setup: &Setup, pinned: bool) -> anyhow::Result<Self> {
-        check_ports_free(kind)?;
+        let ports = setup.ports(kind);
+        check_ports_free(kind, ports)?;
         let logs = setup.work.join("logs");
         std::fs::create_dir_all(&logs)?;
         let log = |name: &str| -> anyhow::Result<File> {
@@ -128,9 +140,14 @@ impl Server {
                     &setup.key,
                     workers,
                     setup.as_root,
+                    ports,
                 )?;
                 let prefix = setup.work.join("nginx");
-                cmd.arg("-p")
+                // In the foreground, so that the bench is its parent and can stop it; the config
+                // file itself does not say so, and works as a normal daemon config elsewhere.
+                cmd.arg("-g")
+                    .arg("daemon off;")
+                    .arg("-p")
                     .arg(&prefix)
                     .arg("-e")
                     .arg(prefix.join("logs/error.log"))
@@ -145,7 +162,7 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", kind.label()))?;
-        let mut server = Self { kind, child };
+        let mut server = Self { kind, ports, child };
         server.wait_ready(Duration::from_secs(20))?;
         Ok(server)
     }
@@ -159,20 +176,16 @@ impl Server {
                     self.kind.label()
                 );
             }
-            let ready = match self.kind {
-                Kind::Edge => {
-                    Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], 18081)))
-                        .and_then(|mut c| c.get("/readyz"))
-                        .is_ok_and(|(status, _)| status == 200)
-                        && accepts(self.kind.tls_addr())
-                }
-                Kind::Nginx => {
-                    Http1Conn::connect(self.kind.plain_addr())
-                        .and_then(|mut c| c.get("/"))
-                        .is_ok()
-                        && accepts(self.kind.tls_addr())
-                }
-            };
+            let ready = match self.ports.admin {
+                // The edge: its readiness endpoint says when it serves.
+                Some(admin) => Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], admin)))
+                    .and_then(|mut c| c.get("/readyz"))
+                    .is_ok_and(|(status, _)| status == 200),
+                // nginx: any answer on the plain port.
+                None => Http1Conn::connect(self.ports.plain_addr())
+                    .and_then(|mut c| c.get("/"))
+                    .is_ok(),
+            } && accepts(self.ports.tls_addr());
             if ready {
                 return Ok(());
             }
@@ -249,9 +262,9 @@ impl Server {
 
     fn wait_ports_released(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while check_ports_free(self.kind).is_err() {
+        while check_ports_free(self.kind, self.ports).is_err() {
             if Instant::now() > deadline {
-                return check_ports_free(self.kind);
+                return check_ports_free(self.kind, self.ports);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
