@@ -93,17 +93,12 @@ impl H3Client {
 
     /// GET `path_and_query`, counting body bytes without keeping them (for load).
     pub async fn get_discard(&mut self, path_and_query: &str) -> anyhow::Result<(u16, u64)> {
-        let request =
-            http::Request::get(format!("https://{}{}", self.authority, path_and_query)).body(())?;
-        let mut stream = self.send.send_request(request).await?;
-        stream.finish().await?;
-        let response = stream.recv_response().await?;
-        let mut n = 0u64;
-        while let Some(mut chunk) = stream.recv_data().await? {
-            n += chunk.remaining() as u64;
-            chunk.advance(chunk.remaining());
-        }
-        Ok((response.status().as_u16(), n))
+        get_discard_with(&mut self.send, &self.authority, path_and_query).await
+    }
+
+    /// The `host:port` requests are sent to.
+    pub fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// A handle to open more requests concurrently on the same connection.
@@ -117,4 +112,23 @@ impl H3Client {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;
     }
+}
+
+/// GET `path_and_query` on any request handle of a connection (see [`H3Client::sender`]),
+/// counting body bytes without keeping them: (status, body bytes).
+pub async fn get_discard_with(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    authority: &str,
+    path_and_query: &str,
+) -> anyhow::Result<(u16, u64)> {
+    let request = http::Request::get(format!("https://{authority}{path_and_query}")).body(())?;
+    let mut stream = send.send_request(request).await?;
+    stream.finish().await?;
+    let response = stream.recv_response().await?;
+    let mut n = 0u64;
+    while let Some(mut chunk) = stream.recv_data().await? {
+        n += chunk.remaining() as u64;
+        chunk.advance(chunk.remaining());
+    }
+    Ok((response.status().as_u16(), n))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use estuary_bench::h3client::H3Client;
 
 use crate::load::{Measurement, percentile};
@@ -115,16 +115,9 @@ async fn stream_loop(
         let path = &paths[i % paths.len()];
         i += 1;
         let t0 = Instant::now();
-        let request = http::Request::get(format!("https://{authority}{path}")).body(())?;
-        let mut stream = sender.send_request(request).await?;
-        stream.finish().await?;
-        let response = stream.recv_response().await?;
-        let mut n = 0u64;
-        while let Some(mut chunk) = stream.recv_data().await? {
-            n += chunk.remaining() as u64;
-            chunk.advance(chunk.remaining());
-        }
-        if response.status().is_success() {
+        let (status, n) =
+            estuary_bench::h3client::get_discard_with(&mut sender, &authority, path).await?;
+        if (200..300).contains(&status) {
             tally.requests += 1;
             tally.bytes += n;
             tally.latencies_us.push(t0.elapsed().as_micros() as u64);
