@@ -10,42 +10,9 @@ use std::time::{Duration, Instant};
 use common::origin::{Object, Origin};
 use common::*;
 
-fn cached_site(name: &str, origins: &[String], extra: &str) -> Site {
-    let mut site = Site::new(name);
-    let list: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
-    site.extra = format!(
-        "[cache]\nram = \"64MiB\"\ndisk_dir = \"{}\"\ndisk = \"256MiB\"\nmax_object = \"16MiB\"\n[upstream]\norigin = [{}]\nconnect_timeout = \"1s\"\nread_timeout = \"3s\"\n[admin.tokens]\nops = \"0123456789abcdef-operator\"\n{extra}",
-        site.dir.path().join("cache").display(),
-        list.join(", ")
-    );
-    site.protected.clear();
-    site
-}
-
 /// GET over plain HTTP/1.1 with the Rust client: (status, headers, body).
 async fn get(site: &Site, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(site.http)
-        .await
-        .expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header("host", "edge")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("req");
-    let resp = send
-        .send_request(req)
-        .await
-        .unwrap_or_else(|e| panic!("response head for {path}: {e}"));
-    let (parts, body) = resp.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => bytes::Bytes::from_static(b"<cut>"),
-    };
-    (parts.status.as_u16(), parts.headers, body)
+    plain_get(site, path, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,12 +256,13 @@ async fn kill_9_during_a_fill_leaves_nothing_corrupt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_by_path_and_prefix() {
     let origin = Origin::start().await;
-    for p in ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s"] {
+    let all = ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s", "/v/p/d.m4s"];
+    for p in all {
         origin.put(p, Object::new(pattern(1000)));
     }
     let site = cached_site("purge", &[origin.url()], "");
-    let _edge = site.start();
-    for p in ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s"] {
+    let mut edge = site.start();
+    for p in all {
         assert_eq!(get(&site, p).await.0, 200);
     }
     let purge = |path: &str, token: &str| {
@@ -333,6 +301,19 @@ async fn purge_by_path_and_prefix() {
         origin.hits("/v/q/c.m4s"),
         1,
         "a prefix purge reached outside its prefix"
+    );
+    // A prefix purge survives a restart: the disk tier's copy of an object under it is not
+    // served again.
+    edge.signal("TERM");
+    assert!(edge.wait_exit(Duration::from_secs(30)));
+    let _edge = site.start();
+    assert_eq!(get(&site, "/v/q/c.m4s").await.0, 200);
+    assert_eq!(origin.hits("/v/q/c.m4s"), 1, "the disk tier lost an object");
+    assert_eq!(get(&site, "/v/p/d.m4s").await.0, 200);
+    assert_eq!(
+        origin.hits("/v/p/d.m4s"),
+        2,
+        "a prefix purge was forgotten across a restart"
     );
 }
 

@@ -1,7 +1,8 @@
 //! What crosses Estuary's service boundaries: the signed-URL token format that other programs
-//! mint, the TLS set-up (one crypto provider for the process), and the metrics and logging
+//! mint, the `asset.json` integrity manifest of packaged assets, the TLS set-up (one crypto provider for the process), and the metrics and logging
 //! set-up every service shares. Nothing here does network IO of its own.
 
+pub mod asset;
 pub mod logging;
 pub mod metrics;
 pub mod tls;

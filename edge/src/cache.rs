@@ -10,12 +10,40 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use foyer::{
-    BlockEngineConfig, Code, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+    BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
+    HybridCacheBuilder, HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+    Statistics, StorageFilter, StorageFilterCondition, StorageFilterResult,
 };
 
 /// Format version of [`CachedObject`] on disk; objects of another version are dropped.
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// How a cached entry relates to the object it stores.
+///
+/// Objects larger than the slice size are kept as a `Meta` entry under the object's path
+/// (lengths, validators, freshness) and one `Slice` entry per fixed-size piece, so that a
+/// range request fills and keeps only the pieces it touches (nginx's slice module does the
+/// same). A slice belongs to one generation of its object: a new version or a purge starts a
+/// new generation, and slices of an older one are never served with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Slicing {
+    /// The entry's body is the whole object.
+    #[default]
+    Whole,
+    /// The object is kept in slices; the entry has no body.
+    Meta {
+        total: u64,
+        slice_size: u64,
+        generation: u64,
+    },
+    /// Slice `index` (bytes `index * slice_size ..`) of one generation of an object.
+    Slice { index: u64, generation: u64 },
+}
+
+/// The cache key of slice `index` of `path` (paths never contain NUL: the edge refuses it).
+pub fn slice_key(path: &str, index: u64) -> String {
+    format!("{path}\0{index}")
+}
 
 /// One cached response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +66,8 @@ pub struct CachedObject {
     pub stale_if_error: u64,
     /// sha-256 of the body, computed by the edge while filling.
     pub sha256: [u8; 32],
+    /// Whole object, slice index, or the index of a sliced one.
+    pub slicing: Slicing,
     pub body: Bytes,
 }
 
@@ -85,6 +115,19 @@ impl Code for CachedObject {
                 w.write_all(&v.to_le_bytes())?;
             }
             w.write_all(&self.sha256)?;
+            let (tag, a, b, c) = match self.slicing {
+                Slicing::Whole => (0u8, 0, 0, 0),
+                Slicing::Meta {
+                    total,
+                    slice_size,
+                    generation,
+                } => (1, total, slice_size, generation),
+                Slicing::Slice { index, generation } => (2, index, 0, generation),
+            };
+            w.write_all(&[tag])?;
+            for v in [a, b, c] {
+                w.write_all(&v.to_le_bytes())?;
+            }
             w.write_all(&(self.body.len() as u64).to_le_bytes())?;
             w.write_all(&self.body)
         })
@@ -113,6 +156,27 @@ impl Code for CachedObject {
             let stale_if_error = get_u64(&mut r)?;
             let mut sha256 = [0u8; 32];
             r.read_exact(&mut sha256)?;
+            let mut tag = [0u8; 1];
+            r.read_exact(&mut tag)?;
+            let (a, b, c) = (get_u64(&mut r)?, get_u64(&mut r)?, get_u64(&mut r)?);
+            let slicing = match tag[0] {
+                0 => Slicing::Whole,
+                1 if b > 0 => Slicing::Meta {
+                    total: a,
+                    slice_size: b,
+                    generation: c,
+                },
+                2 => Slicing::Slice {
+                    index: a,
+                    generation: c,
+                },
+                _ => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unknown slicing",
+                    ));
+                }
+            };
             let len = get_u64(&mut r)?;
             if len > 1 << 34 {
                 return Err(std::io::Error::new(
@@ -132,6 +196,7 @@ impl Code for CachedObject {
                 stale_while_revalidate,
                 stale_if_error,
                 sha256,
+                slicing,
                 body: Bytes::from(body),
             })
         };
@@ -146,6 +211,7 @@ impl Code for CachedObject {
             + self.last_modified.len()
             + 32
             + 32
+            + 25
             + 8
             + self.body.len()
     }
@@ -171,6 +237,87 @@ pub struct TierConfig<'a> {
     pub disk_bytes: usize,
     /// The largest object the disk tier takes (the foyer block size).
     pub max_object_bytes: usize,
+    /// An object is written to disk on its `disk_min_fills`-th fill within the doorkeeper's
+    /// memory (1: on every fill). One-hit wonders then stay in RAM and never cost a disk
+    /// write, as with nginx's `proxy_cache_min_uses` or second-hit caching.
+    pub disk_min_fills: u32,
+}
+
+/// What the cache reports (kept by the edge's metrics).
+pub trait CacheObserver: Send + Sync + 'static {
+    /// An object left the RAM tier to make room.
+    fn ram_evicted(&self, bytes: u64);
+    /// The disk tier's admission filter took or refused an object.
+    fn disk_admission(&self, admitted: bool);
+}
+
+/// Counts RAM evictions.
+struct EvictionListener(Arc<dyn CacheObserver>);
+
+impl EventListener for EvictionListener {
+    type Key = String;
+    type Value = CachedObject;
+
+    fn on_leave(&self, reason: Event, _key: &String, value: &CachedObject) {
+        if reason == Event::Evict {
+            self.0.ram_evicted(value.body.len() as u64);
+        }
+    }
+}
+
+/// The disk tier's admission filter: remembers how often each key was filled (by foyer's hash
+/// of the key, in a bounded moka cache) and admits an object to disk from its
+/// `min_fills`-th fill on.
+#[derive(Clone)]
+struct Doorkeeper {
+    fills: moka::sync::Cache<u64, u32>,
+    min_fills: u32,
+    observer: Arc<dyn CacheObserver>,
+}
+
+impl std::fmt::Debug for Doorkeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorkeeper")
+            .field("min_fills", &self.min_fills)
+            .finish()
+    }
+}
+
+impl Doorkeeper {
+    fn new(keys: u64, min_fills: u32, observer: Arc<dyn CacheObserver>) -> Self {
+        Self {
+            fills: moka::sync::Cache::builder()
+                .max_capacity(keys)
+                .time_to_idle(std::time::Duration::from_secs(24 * 3600))
+                .build(),
+            min_fills,
+            observer,
+        }
+    }
+
+    fn note_fill(&self, hash: u64) {
+        if self.min_fills > 1 {
+            self.fills
+                .entry(hash)
+                .and_upsert_with(|old| old.map_or(1, |e| e.into_value().saturating_add(1)));
+        }
+    }
+
+    fn admits(&self, hash: u64) -> bool {
+        self.min_fills <= 1 || self.fills.get(&hash).unwrap_or(0) >= self.min_fills
+    }
+}
+
+impl StorageFilterCondition for Doorkeeper {
+    fn filter(&self, _: &Arc<Statistics>, hash: u64, _: usize) -> StorageFilterResult {
+        let admitted = self.admits(hash);
+        self.observer.disk_admission(admitted);
+        if admitted {
+            StorageFilterResult::Admit
+        } else {
+            StorageFilterResult::Reject
+        }
+    }
 }
 
 /// Which tier served a hit.
@@ -184,6 +331,7 @@ pub enum Tier {
 #[derive(Clone)]
 pub struct Cache {
     inner: HybridCache<String, CachedObject>,
+    doorkeeper: Doorkeeper,
 }
 
 impl std::fmt::Debug for Cache {
@@ -194,11 +342,18 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     /// Opens (and recovers) the cache.
-    pub async fn open(tiers: &TierConfig<'_>) -> anyhow::Result<Self> {
+    pub async fn open(
+        tiers: &TierConfig<'_>,
+        observer: Arc<dyn CacheObserver>,
+    ) -> anyhow::Result<Self> {
+        // Remember about two keys per object the disk could hold at 512 KiB an object.
+        let keys = (tiers.disk_bytes as u64 / (256 * 1024)).clamp(16 * 1024, 1 << 20);
+        let doorkeeper = Doorkeeper::new(keys, tiers.disk_min_fills, Arc::clone(&observer));
         let builder = HybridCacheBuilder::new()
             .with_name("estuary-edge")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
+            .with_event_listener(Arc::new(EvictionListener(observer)))
             .memory(tiers.ram_bytes.max(1))
             .with_shards(8)
             .with_eviction_config(S3FifoConfig::default())
@@ -219,7 +374,10 @@ impl Cache {
                             .with_block_size(tiers.max_object_bytes)
                             // Purges and refreshes overwrite keys: a tombstone log keeps a
                             // removed object from coming back after a restart.
-                            .with_tombstone_log(true),
+                            .with_tombstone_log(true)
+                            .with_admission_filter(
+                                StorageFilter::new().with_condition(doorkeeper.clone()),
+                            ),
                     )
                     // Never panic on a damaged disk tier: skip what does not verify.
                     .with_recover_mode(RecoverMode::Quiet)
@@ -228,7 +386,13 @@ impl Cache {
             }
             _ => builder.build().await?,
         };
-        Ok(Self { inner })
+        Ok(Self { inner, doorkeeper })
+    }
+
+    /// Records that `key` is being filled from upstream (for the disk admission filter).
+    pub fn note_fill(&self, key: &str) {
+        self.doorkeeper
+            .note_fill(self.inner.memory().hash(&key.to_owned()));
     }
 
     /// Looks an object up in RAM, then on disk; says which tier answered.
@@ -254,6 +418,11 @@ impl Cache {
         self.inner.insert(key, object);
     }
 
+    /// Whether either tier may hold `key` (no IO; the disk answer may be a false positive).
+    pub fn contains(&self, key: &str) -> bool {
+        self.inner.contains(key)
+    }
+
     /// Removes one object from both tiers.
     pub fn remove(&self, key: &str) {
         self.inner.remove(&key.to_owned());
@@ -271,6 +440,12 @@ impl Cache {
 mod tests {
     use super::*;
 
+    struct Quiet;
+    impl CacheObserver for Quiet {
+        fn ram_evicted(&self, _: u64) {}
+        fn disk_admission(&self, _: bool) {}
+    }
+
     fn object() -> CachedObject {
         CachedObject {
             status: 200,
@@ -282,6 +457,10 @@ mod tests {
             stale_while_revalidate: 5,
             stale_if_error: 600,
             sha256: [7; 32],
+            slicing: Slicing::Slice {
+                index: 3,
+                generation: 99,
+            },
             body: Bytes::from_static(b"hello world"),
         }
     }
@@ -309,19 +488,31 @@ mod tests {
             disk_dir: Some(&dir),
             disk_bytes: 64 << 20,
             max_object_bytes: 4 << 20,
+            disk_min_fills: 2,
         };
         {
-            let cache = Cache::open(&tiers).await.expect("open");
+            let cache = Cache::open(&tiers, Arc::new(Quiet)).await.expect("open");
+            // Filled twice: admitted to disk; filled once: kept in RAM only.
+            cache.note_fill("/a");
+            cache.note_fill("/a");
+            cache.note_fill("/gone");
+            cache.note_fill("/gone");
             cache.insert("/a".into(), object());
             cache.insert("/gone".into(), object());
             cache.remove("/gone");
+            cache.note_fill("/once");
+            cache.insert("/once".into(), object());
             cache.close().await;
         }
-        let cache = Cache::open(&tiers).await.expect("reopen");
+        let cache = Cache::open(&tiers, Arc::new(Quiet)).await.expect("reopen");
         let (got, tier) = cache.get("/a").await.expect("recovered");
         assert_eq!(*got, object());
         assert_eq!(tier, Tier::Disk);
         assert!(cache.get("/gone").await.is_none());
+        assert!(
+            cache.get("/once").await.is_none(),
+            "a one-hit wonder is kept off the disk"
+        );
         cache.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

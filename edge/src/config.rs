@@ -82,9 +82,18 @@ pub struct CacheConfig {
     /// NVMe tier size.
     #[serde(default = "default_disk")]
     pub disk: bytesize::ByteSize,
-    /// Larger objects are relayed to the client but not cached.
+    /// Largest object kept whole. Larger ones are kept in slices when upstream answers range
+    /// requests, else relayed to the client but not cached.
     #[serde(default = "default_max_object")]
     pub max_object: bytesize::ByteSize,
+    /// Objects larger than this are filled and kept in slices of this size, so that a range
+    /// request fetches only the slices it touches. "0" turns slicing off.
+    #[serde(default = "default_slice")]
+    pub slice: bytesize::ByteSize,
+    /// An object goes to the disk tier on its Nth fill (1: on every fill). The default, 2,
+    /// keeps one-hit wonders in RAM and off the disk.
+    #[serde(default = "default_disk_min_fills")]
+    pub disk_min_fills: u32,
     /// Lifetimes that override upstream's `Cache-Control`, per kind of content.
     #[serde(default)]
     pub ttl: TtlConfig,
@@ -97,6 +106,8 @@ impl Default for CacheConfig {
             disk_dir: None,
             disk: default_disk(),
             max_object: default_max_object(),
+            slice: default_slice(),
+            disk_min_fills: default_disk_min_fills(),
             ttl: TtlConfig::default(),
         }
     }
@@ -379,6 +390,12 @@ fn default_disk() -> bytesize::ByteSize {
 }
 fn default_max_object() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(64)
+}
+fn default_slice() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(4)
+}
+fn default_disk_min_fills() -> u32 {
+    2
 }
 fn default_negative_ttl() -> Duration {
     Duration::from_secs(10)
@@ -669,6 +686,19 @@ impl EdgeConfig {
             return Err(ConfigError::new(
                 "cache.max_object",
                 "must be between 64KiB and 1GiB",
+            ));
+        }
+        let slice = self.cache.slice.as_u64();
+        if slice != 0 && (slice < 64 * 1024 || slice > self.cache.max_object.as_u64()) {
+            return Err(ConfigError::new(
+                "cache.slice",
+                "must be 0 (no slicing) or between 64KiB and cache.max_object",
+            ));
+        }
+        if !(1..=100).contains(&self.cache.disk_min_fills) {
+            return Err(ConfigError::new(
+                "cache.disk_min_fills",
+                "must be between 1 and 100",
             ));
         }
         if self.cache.disk_dir.is_some()

@@ -24,9 +24,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::breaker::Breaker;
-use crate::cache::{Cache, CachedObject};
+use crate::cache::{Cache, CachedObject, Slicing, slice_key};
 use crate::content_type;
 use crate::freshness::{self, Overrides};
+use crate::slice::{self, ContentRange};
 
 /// Why a fill failed; decides between 502 and 504 when nothing stale can be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,15 +41,37 @@ pub enum FillError {
     Integrity,
     #[error("upstream cut the body short")]
     Truncated,
+    #[error("the object changed upstream while it was read in slices")]
+    Changed,
 }
 
 /// The response head of a fill, as published to waiting clients.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// 200 (or 404...) for a whole object; 200 with `meta` for a sliced one; 416 when the
+    /// slice asked for starts past the end (`content_length` is then the object's length).
     pub status: StatusCode,
+    /// The whole object's length.
     pub content_length: Option<u64>,
     pub upstream_etag: Option<HeaderValue>,
     pub last_modified: Option<HeaderValue>,
+    /// For a sliced object: its index entry (layout, validators, freshness).
+    pub meta: Option<Arc<CachedObject>>,
+    /// For a sliced object: which slice this fill's body is, if it carries one.
+    pub slice: Option<u64>,
+}
+
+/// What a fill asks upstream for.
+#[derive(Debug, Clone)]
+enum Want {
+    /// The object at a path, its slice `first_slice` when it turns out to be sliced.
+    /// `stale` is the expired copy (or index), for a conditional request.
+    Object {
+        first_slice: u64,
+        stale: Option<Arc<CachedObject>>,
+    },
+    /// One slice of an object whose index is known.
+    Slice { index: u64, meta: Arc<CachedObject> },
 }
 
 #[derive(Debug, Default)]
@@ -189,6 +212,24 @@ impl FillReader {
     }
 }
 
+/// A response body that arrives while it is filled: one fill's body (or a range of it), or a
+/// range of a sliced object read slice by slice.
+#[derive(Debug)]
+pub enum BodyStream {
+    Fill(FillReader),
+    Sliced(Box<crate::slice::SlicedReader>),
+}
+
+impl BodyStream {
+    /// The next piece, `None` at the end, or the error of a failed fill.
+    pub async fn next(&mut self) -> Option<Result<Bytes, FillError>> {
+        match self {
+            BodyStream::Fill(r) => r.next().await,
+            BodyStream::Sliced(r) => r.next().await,
+        }
+    }
+}
+
 /// An upstream source.
 #[derive(Debug)]
 struct Source {
@@ -229,6 +270,8 @@ pub struct FillConfig {
     pub overrides: Overrides,
     /// Objects larger than this are relayed but not cached.
     pub max_object_bytes: u64,
+    /// Objects larger than this are filled and kept in slices of this size (0: never).
+    pub slice_bytes: u64,
     /// Sent upstream so that peers and parents do not fill from each other in loops.
     pub node_id: String,
 }
@@ -311,33 +354,89 @@ impl Filler {
         &self.cache
     }
 
-    /// Joins the fill for `key`, starting it if none runs. `stale` is the expired copy, if
-    /// any, for a conditional request upstream.
-    /// `via_peer` marks a fill asked for by another edge: it never goes back to a peer, so
-    /// peers cannot fill from each other in a loop.
+    /// The slice size of large objects (0: slicing is off).
+    pub fn slice_bytes(&self) -> u64 {
+        self.config.slice_bytes
+    }
+
+    /// Joins the fill of the object at `path`, starting it if none runs. `stale` is the
+    /// expired copy (or index of a sliced object), if any, for a conditional request
+    /// upstream. `first_slice` is the slice the client's range starts in, asked for first in
+    /// case the object turns out to be sliced (0 for whole requests). `via_peer` marks a fill
+    /// asked for by another edge: it never goes back to a peer, so peers cannot fill from
+    /// each other in a loop.
     pub fn join(
         self: &Arc<Self>,
-        key: &str,
+        path: &str,
         stale: Option<Arc<CachedObject>>,
         via_peer: bool,
+        first_slice: u64,
     ) -> Arc<Fill> {
+        let first_slice = if self.config.slice_bytes == 0 {
+            0
+        } else {
+            first_slice
+        };
+        let key = if first_slice == 0 {
+            path.to_owned()
+        } else {
+            format!("{path}\0probe{first_slice}")
+        };
+        self.start(key, path, Want::Object { first_slice, stale }, via_peer)
+    }
+
+    /// Joins the fill of slice `index` of the sliced object `meta` indexes.
+    pub fn join_slice(
+        self: &Arc<Self>,
+        path: &str,
+        index: u64,
+        meta: &Arc<CachedObject>,
+        via_peer: bool,
+    ) -> Arc<Fill> {
+        let want = Want::Slice {
+            index,
+            meta: Arc::clone(meta),
+        };
+        self.start(slice_key(path, index), path, want, via_peer)
+    }
+
+    /// [`Filler::join_slice`], unless the cache may already hold that slice.
+    pub fn join_slice_if_missing(
+        self: &Arc<Self>,
+        path: &str,
+        index: u64,
+        meta: &Arc<CachedObject>,
+        via_peer: bool,
+    ) -> Option<Arc<Fill>> {
+        if self.cache.contains(&slice_key(path, index)) {
+            return None;
+        }
+        Some(self.join_slice(path, index, meta, via_peer))
+    }
+
+    fn start(self: &Arc<Self>, key: String, path: &str, want: Want, via_peer: bool) -> Arc<Fill> {
         let Ok(mut map) = self.in_flight.lock() else {
             return Fill::new();
         };
-        if let Some(fill) = map.get(key) {
+        if let Some(fill) = map.get(&key) {
             self.observer.coalesced();
             return Arc::clone(fill);
         }
         let fill = Fill::new();
-        map.insert(key.to_owned(), Arc::clone(&fill));
+        map.insert(key.clone(), Arc::clone(&fill));
         drop(map);
+        if let Want::Slice { index, .. } = &want {
+            self.cache.note_fill(&slice_key(path, *index));
+        } else {
+            self.cache.note_fill(path);
+        }
         let this = Arc::clone(self);
-        let key = key.to_owned();
+        let path = path.to_owned();
         let f = Arc::clone(&fill);
         // The fill runs on its own task: it completes (and is cached) even if every client
         // that asked for it goes away.
         tokio::spawn(async move {
-            this.run(&key, &f, stale, via_peer).await;
+            this.run(&path, &f, want, via_peer).await;
             if let Ok(mut map) = this.in_flight.lock() {
                 map.remove(&key);
             }
@@ -359,13 +458,7 @@ impl Filler {
         self.peers.iter().find(|p| &p.base == owner)
     }
 
-    async fn run(
-        &self,
-        key: &str,
-        fill: &Arc<Fill>,
-        stale: Option<Arc<CachedObject>>,
-        via_peer: bool,
-    ) {
+    async fn run(&self, key: &str, fill: &Arc<Fill>, want: Want, via_peer: bool) {
         let mut last_error = FillError::Unavailable;
         let now = Instant::now();
         let owner = if via_peer { None } else { self.owner(key) };
@@ -377,7 +470,7 @@ impl Filler {
         for source in allowed {
             let started = Instant::now();
             self.observer.fill_started(source.kind);
-            match self.fetch(source, key, fill, stale.as_deref()).await {
+            match self.fetch(source, key, fill, &want).await {
                 Ok(bytes) => {
                     if let Ok(mut b) = source.breaker.lock() {
                         b.success();
@@ -388,6 +481,17 @@ impl Filler {
                         started.elapsed().as_secs_f64(),
                         bytes,
                     );
+                    return;
+                }
+                Err((FillError::Changed, _)) => {
+                    // Not the source's fault, and no other source can help this reader.
+                    self.observer.fill_finished(
+                        source.kind,
+                        false,
+                        started.elapsed().as_secs_f64(),
+                        0,
+                    );
+                    fill.update(|s| s.outcome = Some(Err(FillError::Changed)));
                     return;
                 }
                 Err((error, published)) => {
@@ -419,7 +523,7 @@ impl Filler {
         source: &Source,
         key: &str,
         fill: &Arc<Fill>,
-        stale: Option<&CachedObject>,
+        want: &Want,
     ) -> Result<u64, (FillError, bool)> {
         let uri = match (&self.config.peer_token, source.kind) {
             (Some(sign), "peer") => format!(
@@ -433,8 +537,32 @@ impl Filler {
         let mut request = http::Request::get(&uri)
             .header(header::ACCEPT_ENCODING, "identity")
             .header(FILL_HEADER, self.config.node_id.as_str());
+        let stale = match want {
+            Want::Object { stale, .. } => stale.as_deref(),
+            Want::Slice { .. } => None,
+        };
         if let Some(old) = stale.filter(|o| o.status == 200 && !o.upstream_etag.is_empty()) {
             request = request.header(header::IF_NONE_MATCH, old.upstream_etag.as_str());
+        }
+        match want {
+            Want::Object { first_slice, .. } if self.config.slice_bytes > 0 => {
+                let range = slice::slice_request(*first_slice, self.config.slice_bytes);
+                request = request.header(header::RANGE, range);
+            }
+            Want::Slice { index, meta } => {
+                let Slicing::Meta { slice_size, .. } = meta.slicing else {
+                    return Err((FillError::Unavailable, false));
+                };
+                request = request.header(header::RANGE, slice::slice_request(*index, slice_size));
+                // If the object changed upstream, the answer is the new whole object (200),
+                // never a slice of it to be mixed with slices of the old one.
+                if meta.upstream_etag.starts_with('"') {
+                    request = request.header(header::IF_RANGE, meta.upstream_etag.as_str());
+                } else if !meta.last_modified.is_empty() {
+                    request = request.header(header::IF_RANGE, meta.last_modified.as_str());
+                }
+            }
+            Want::Object { .. } => {}
         }
         let request = request
             .body(http_body_util::Empty::<Bytes>::new())
@@ -450,73 +578,316 @@ impl Filler {
             Err(_) => return Err((FillError::Timeout, false)),
         };
         let status = response.status();
-        let (parts, mut body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let now = SystemTime::now();
         let unix_now = estuary_common::unix_now();
         let kind = content_type::classify(key).1;
+        let lifetime = |status: StatusCode| {
+            freshness::lifetime(status, &parts.headers, kind, &self.config.overrides, now)
+        };
 
         if status == StatusCode::NOT_MODIFIED
             && let Some(old) = stale
         {
-            // Revalidated: the stored body is still right; only its lifetime is new.
+            // Revalidated: the stored body (or slices) is still right; only its lifetime is
+            // new.
             let mut refreshed = old.clone();
-            let ttl = freshness::lifetime(
-                StatusCode::OK,
-                &parts.headers,
-                kind,
-                &self.config.overrides,
-                now,
-            )
-            .unwrap_or(Duration::ZERO);
+            let ttl = lifetime(StatusCode::OK).unwrap_or(Duration::ZERO);
             refreshed.stored_at = unix_now;
             refreshed.fresh_until = unix_now + ttl.as_secs();
             let len = refreshed.body.len() as u64;
             let chunk = refreshed.body.clone();
+            let mut head = head_of(&refreshed);
+            let sliced = matches!(refreshed.slicing, Slicing::Meta { .. });
+            let refreshed = Arc::new(refreshed);
+            if sliced {
+                head.meta = Some(Arc::clone(&refreshed));
+            }
+            // Cached before the fill ends, so a client that saw the end finds it.
+            self.cache
+                .insert(key.to_owned(), Arc::unwrap_or_clone(refreshed));
             fill.update(|s| {
-                s.head = Some(Arc::new(head_of(&refreshed)));
-                s.chunks.push(chunk);
+                s.head = Some(Arc::new(head));
+                if !sliced {
+                    s.chunks.push(chunk);
+                }
                 s.outcome = Some(Ok(()));
             });
-            self.cache.insert(key.to_owned(), refreshed);
             return Ok(len);
         }
-        let answer = if source.kind == "peer" {
-            // A peer answers with the object or a 404; anything else (a refused token, an
-            // overloaded peer) means: ask the next source.
-            status == StatusCode::OK || status == StatusCode::NOT_FOUND
-        } else {
-            status == StatusCode::OK || status.is_client_error()
-        };
-        if !answer {
-            return Err((FillError::Unavailable, false));
-        }
+
+        let content_range = parts
+            .headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(slice::parse_content_range);
+        let text =
+            |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let upstream_etag = parts.headers.get(header::ETAG).cloned();
+        let last_modified = parts.headers.get(header::LAST_MODIFIED).cloned();
         let content_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let expected_digest = ["content-digest", "repr-digest"]
-            .iter()
-            .find_map(|n| parts.headers.get(*n))
+        let shape = match want {
+            Want::Slice { index, meta } => {
+                let Slicing::Meta {
+                    total, slice_size, ..
+                } = meta.slicing
+                else {
+                    return Err((FillError::Unavailable, false));
+                };
+                let same_version = upstream_etag.as_ref().is_none_or(|e| {
+                    !meta.upstream_etag.starts_with('"')
+                        || e.as_bytes() == meta.upstream_etag.as_bytes()
+                });
+                match (status, content_range) {
+                    (StatusCode::PARTIAL_CONTENT, Some(cr))
+                        if same_version
+                            && matches!(cr, ContentRange::Bytes { complete, .. } if complete == total)
+                            && slice::answers_slice(cr, *index, slice_size) =>
+                    {
+                        Shape::Slice {
+                            index: *index,
+                            meta: Arc::clone(meta),
+                            new_meta: false,
+                        }
+                    }
+                    (s, _) if s.is_server_error() => return Err((FillError::Unavailable, false)),
+                    _ => {
+                        // The object changed or went away upstream: forget its index, so the
+                        // next request learns the new one.
+                        tracing::info!(key, %status, "A sliced object changed upstream; its index is dropped.");
+                        self.cache.remove(key);
+                        return Err((FillError::Changed, false));
+                    }
+                }
+            }
+            Want::Object { first_slice, .. } => match (status, content_range) {
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    Some(ContentRange::Bytes {
+                        first: 0,
+                        last,
+                        complete,
+                    }),
+                ) if last + 1 == complete && *first_slice == 0 => Shape::Whole {
+                    status: StatusCode::OK,
+                    length: Some(complete),
+                    partial: false,
+                },
+                (StatusCode::PARTIAL_CONTENT, Some(cr))
+                    if slice::answers_slice(cr, *first_slice, self.config.slice_bytes) =>
+                {
+                    let ContentRange::Bytes { complete, .. } = cr else {
+                        return Err((FillError::Unavailable, false));
+                    };
+                    let d = freshness::directives(&parts.headers);
+                    let ttl = lifetime(StatusCode::OK);
+                    let meta = CachedObject {
+                        status: 200,
+                        content_type: text(parts.headers.get(header::CONTENT_TYPE)),
+                        upstream_etag: text(upstream_etag.as_ref()),
+                        last_modified: text(last_modified.as_ref()),
+                        stored_at: unix_now,
+                        // Not cacheable: used for this request only (0 = never stored).
+                        fresh_until: ttl.map_or(0, |t| unix_now + t.as_secs()),
+                        stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
+                        stale_if_error: d.stale_if_error.unwrap_or(0),
+                        sha256: [0; 32],
+                        slicing: Slicing::Meta {
+                            total: complete,
+                            slice_size: self.config.slice_bytes,
+                            generation: new_generation(),
+                        },
+                        body: Bytes::new(),
+                    };
+                    Shape::Slice {
+                        index: *first_slice,
+                        meta: Arc::new(meta),
+                        new_meta: true,
+                    }
+                }
+                (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    Some(ContentRange::Unsatisfied { complete }),
+                ) => {
+                    if complete == 0 {
+                        // An empty object: no byte range exists.
+                        Shape::Whole {
+                            status: StatusCode::OK,
+                            length: Some(0),
+                            partial: true,
+                        }
+                    } else {
+                        let head = Head {
+                            status,
+                            content_length: Some(complete),
+                            upstream_etag,
+                            last_modified,
+                            meta: None,
+                            slice: None,
+                        };
+                        fill.update(|s| {
+                            s.head = Some(Arc::new(head));
+                            s.outcome = Some(Ok(()));
+                        });
+                        return Ok(0);
+                    }
+                }
+                (StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE, _) => {
+                    return Err((FillError::Unavailable, false));
+                }
+                // A peer answers with the object or a 404; anything else (a refused token, an
+                // overloaded peer) means: ask the next source.
+                (StatusCode::OK | StatusCode::NOT_FOUND, _) => Shape::Whole {
+                    status,
+                    length: content_length,
+                    partial: false,
+                },
+                (s, _) if s.is_client_error() && source.kind != "peer" => Shape::Whole {
+                    status,
+                    length: content_length,
+                    partial: false,
+                },
+                _ => return Err((FillError::Unavailable, false)),
+            },
+        };
+        // The integrity field that covers this body: Content-Digest always; Repr-Digest only
+        // when the body is the whole representation.
+        let whole = matches!(shape, Shape::Whole { .. });
+        let expected_digest = parts
+            .headers
+            .get("content-digest")
+            .or_else(|| whole.then(|| parts.headers.get("repr-digest")).flatten())
             .and_then(|v| v.to_str().ok())
             .and_then(crate::digest::sha256_of_field);
-        let head = Arc::new(Head {
-            status,
-            content_length,
-            upstream_etag: parts.headers.get(header::ETAG).cloned(),
-            last_modified: parts.headers.get(header::LAST_MODIFIED).cloned(),
-        });
+        let (head, expected_len) = match &shape {
+            Shape::Whole {
+                status,
+                length,
+                partial,
+            } => (
+                Head {
+                    status: *status,
+                    content_length: *length,
+                    upstream_etag: upstream_etag.clone(),
+                    last_modified: last_modified.clone(),
+                    meta: None,
+                    slice: None,
+                },
+                // The body of a 416 for an empty object is an error text, not the object.
+                if *partial { Some(0) } else { *length },
+            ),
+            Shape::Slice { index, meta, .. } => {
+                let Slicing::Meta {
+                    total, slice_size, ..
+                } = meta.slicing
+                else {
+                    return Err((FillError::Unavailable, false));
+                };
+                let (start, end) = slice::slice_bounds(*index, slice_size, total);
+                (
+                    Head {
+                        status: StatusCode::OK,
+                        content_length: Some(total),
+                        upstream_etag: upstream_etag.clone(),
+                        last_modified: last_modified.clone(),
+                        meta: Some(Arc::clone(meta)),
+                        slice: Some(*index),
+                    },
+                    Some(end - start),
+                )
+            }
+        };
+        let head = Arc::new(head);
+        let skip_body = matches!(shape, Shape::Whole { partial: true, .. });
+        let (received, sha256, mut all, held) = self
+            .receive(body, fill, &head, expected_len, expected_digest, skip_body)
+            .await?;
+        all.extend(held.iter().cloned());
 
+        match shape {
+            Shape::Whole { status, .. } => {
+                if received <= self.config.max_object_bytes
+                    && let Some(ttl) = lifetime(status)
+                {
+                    let d = freshness::directives(&parts.headers);
+                    self.cache.insert(
+                        key.to_owned(),
+                        CachedObject {
+                            status: status.as_u16(),
+                            content_type: text(parts.headers.get(header::CONTENT_TYPE)),
+                            upstream_etag: text(upstream_etag.as_ref()),
+                            last_modified: text(last_modified.as_ref()),
+                            stored_at: unix_now,
+                            fresh_until: unix_now + ttl.as_secs(),
+                            stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
+                            stale_if_error: d.stale_if_error.unwrap_or(0),
+                            sha256,
+                            slicing: Slicing::Whole,
+                            body: concat(&all, received),
+                        },
+                    );
+                }
+            }
+            Shape::Slice {
+                index,
+                meta,
+                new_meta,
+            } if meta.fresh_until > 0 => {
+                let Slicing::Meta { generation, .. } = meta.slicing else {
+                    return Ok(received);
+                };
+                let slice_key = slice_key(key, index);
+                let mut slice = CachedObject::clone(&meta);
+                slice.sha256 = sha256;
+                slice.slicing = Slicing::Slice { index, generation };
+                slice.body = concat(&all, received);
+                if new_meta {
+                    self.cache.note_fill(&slice_key);
+                    self.cache
+                        .insert(key.to_owned(), Arc::unwrap_or_clone(meta));
+                }
+                self.cache.insert(slice_key, slice);
+            }
+            Shape::Slice { .. } => {}
+        }
+        // Verified and cached: publish the rest and end the fill.
+        fill.update(|s| {
+            s.head.get_or_insert(Arc::clone(&head));
+            s.chunks.extend(held);
+            s.outcome = Some(Ok(()));
+        });
+        Ok(received)
+    }
+
+    /// Receives a body, publishing it to the fill's readers as the module's invariant allows,
+    /// and checks its length and digest. Returns its length, sha-256, the pieces published
+    /// and the pieces held back (published by the caller once the object is cached).
+    async fn receive(
+        &self,
+        mut body: hyper::body::Incoming,
+        fill: &Arc<Fill>,
+        head: &Arc<Head>,
+        expected_len: Option<u64>,
+        expected_digest: Option<[u8; 32]>,
+        skip_body: bool,
+    ) -> Result<(u64, [u8; 32], Vec<Bytes>, Vec<Bytes>), (FillError, bool)> {
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
         let mut held: Vec<Bytes> = Vec::new();
         let mut published = false;
+        let mut all: Vec<Bytes> = Vec::new();
         let keep = |chunks: &mut Vec<Bytes>, all: &mut Vec<Bytes>, c: Bytes| {
             all.push(c.clone());
             chunks.push(c);
         };
-        let mut all: Vec<Bytes> = Vec::new();
         loop {
+            if skip_body {
+                break;
+            }
             let frame = match tokio::time::timeout(self.config.read_timeout, body.frame()).await {
                 Ok(Some(Ok(f))) => f,
                 Ok(None) => break,
@@ -530,7 +901,7 @@ impl Filler {
                 continue;
             }
             received += data.len() as u64;
-            if content_length.is_some_and(|n| received > n) {
+            if expected_len.is_some_and(|n| received > n) {
                 return Err((FillError::Truncated, published));
             }
             hasher.update(&data);
@@ -542,7 +913,7 @@ impl Filler {
                 let last = held.pop();
                 let ready = std::mem::take(&mut held);
                 held.extend(last);
-                let h = Arc::clone(&head);
+                let h = Arc::clone(head);
                 fill.update(|s| {
                     s.head.get_or_insert(h);
                     for c in ready {
@@ -552,53 +923,63 @@ impl Filler {
                 published = true;
             }
         }
-        if content_length.is_some_and(|n| received != n) {
+        if expected_len.is_some_and(|n| received != n) {
             return Err((FillError::Truncated, published));
         }
         let sha256: [u8; 32] = hasher.finalize().into();
         if let Some(expected) = expected_digest
             && expected != sha256
+            && !skip_body
         {
             self.observer.integrity_failure();
             return Err((FillError::Integrity, published));
         }
-        // Verified: publish the rest and end the fill.
-        fill.update(|s| {
-            s.head.get_or_insert(Arc::clone(&head));
-            for c in held.drain(..) {
-                keep(&mut s.chunks, &mut all, c);
-            }
-            s.outcome = Some(Ok(()));
-        });
-        if received <= self.config.max_object_bytes
-            && let Some(ttl) =
-                freshness::lifetime(status, &parts.headers, kind, &self.config.overrides, now)
-        {
-            let d = freshness::directives(&parts.headers);
-            let text =
-                |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            let mut body = Vec::with_capacity(received as usize);
-            for c in &all {
-                body.extend_from_slice(c);
-            }
-            self.cache.insert(
-                key.to_owned(),
-                CachedObject {
-                    status: status.as_u16(),
-                    content_type: text(parts.headers.get(header::CONTENT_TYPE)),
-                    upstream_etag: text(parts.headers.get(header::ETAG)),
-                    last_modified: text(parts.headers.get(header::LAST_MODIFIED)),
-                    stored_at: unix_now,
-                    fresh_until: unix_now + ttl.as_secs(),
-                    stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
-                    stale_if_error: d.stale_if_error.unwrap_or(0),
-                    sha256,
-                    body: Bytes::from(body),
-                },
-            );
-        }
-        Ok(received)
+        Ok((received, sha256, all, held))
     }
+}
+
+/// How an upstream answer is kept.
+enum Shape {
+    /// The whole object (or a remembered 404). `partial`: the answer was a 416 for an empty
+    /// object, whose body is not the object's.
+    Whole {
+        status: StatusCode,
+        length: Option<u64>,
+        partial: bool,
+    },
+    /// One slice of a sliced object; `new_meta` when this answer is the first to describe it.
+    Slice {
+        index: u64,
+        meta: Arc<CachedObject>,
+        new_meta: bool,
+    },
+}
+
+fn concat(pieces: &[Bytes], len: u64) -> Bytes {
+    if let [one] = pieces {
+        return one.clone();
+    }
+    let mut body = Vec::with_capacity(len as usize);
+    for c in pieces {
+        body.extend_from_slice(c);
+    }
+    Bytes::from(body)
+}
+
+/// A fresh generation for a newly described sliced object (random, so that slices left over
+/// from before a purge or a restart never match it).
+fn new_generation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.finish()
 }
 
 fn head_of(o: &CachedObject) -> Head {
@@ -607,10 +988,16 @@ fn head_of(o: &CachedObject) -> Head {
             .then(|| HeaderValue::from_str(s).ok())
             .flatten()
     };
+    let content_length = match o.slicing {
+        Slicing::Meta { total, .. } => total,
+        _ => o.body.len() as u64,
+    };
     Head {
         status: StatusCode::from_u16(o.status).unwrap_or(StatusCode::OK),
-        content_length: Some(o.body.len() as u64),
+        content_length: Some(content_length),
         upstream_etag: hv(&o.upstream_etag),
         last_modified: hv(&o.last_modified),
+        meta: None,
+        slice: None,
     }
 }

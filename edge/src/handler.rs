@@ -19,10 +19,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::access_log::{AccessEntry, AccessLog};
-use crate::cache::{CachedObject, Tier};
+use crate::cache::{CachedObject, Slicing, Tier};
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
-use crate::fill::{FillError, FillReader, Filler};
+use crate::fill::{BodyStream, FillError, Filler};
 use crate::metrics::{Metrics, Protocol};
 use crate::path;
 use crate::store::{FileEntry, Lookup, Store};
@@ -35,7 +35,7 @@ const MAX_RANGES: usize = 16;
 #[derive(Debug)]
 pub enum Body {
     Full(Bytes),
-    Fill(FillReader),
+    Fill(BodyStream),
 }
 
 /// What routing produced.
@@ -91,6 +91,20 @@ impl crate::fill::FillObserver for Observer {
     }
 }
 
+impl crate::cache::CacheObserver for Observer {
+    fn ram_evicted(&self, bytes: u64) {
+        self.metrics.ram_evictions.inc();
+        self.metrics.ram_evicted_bytes.inc_by(bytes);
+    }
+    fn disk_admission(&self, admitted: bool) {
+        if admitted {
+            self.metrics.disk_admitted.inc();
+        } else {
+            self.metrics.disk_rejected.inc();
+        }
+    }
+}
+
 /// The edge's request handler and its state.
 pub struct Edge {
     store: Arc<Store>,
@@ -108,6 +122,8 @@ pub struct Edge {
     admin_tokens: Vec<String>,
     /// Prefix purges: objects stored at or before the time under the prefix count as absent.
     prefix_purges: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Where prefix purges are kept across restarts (next to the disk tier), if anywhere.
+    purge_log: Option<std::path::PathBuf>,
     ready: AtomicBool,
     /// The clock, injected so that tests can move time.
     clock: fn() -> u64,
@@ -169,6 +185,7 @@ impl Edge {
             stale_if_error: config.cache.ttl.stale_if_error.as_secs(),
             admin_tokens: config.admin.tokens.values().cloned().collect(),
             prefix_purges: std::sync::Mutex::new(Vec::new()),
+            purge_log: None,
             ready: AtomicBool::new(false),
             clock: estuary_common::unix_now,
         })
@@ -178,6 +195,37 @@ impl Edge {
     pub fn with_filler(mut self, filler: Arc<Filler>) -> Self {
         self.filler = Some(filler);
         self
+    }
+
+    /// Keeps prefix purges in `file` (a JSON list, replaced atomically), loading the ones
+    /// made before a restart: objects on the disk tier stay purged. A file that cannot be read
+    /// is an error, not an empty list, so that purged content never comes back silently.
+    pub fn with_purge_log(mut self, file: std::path::PathBuf) -> anyhow::Result<Self> {
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let list: Vec<(String, u64)> = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!("{}: not a list of prefix purges: {e}", file.display())
+                })?;
+                self.prefix_purges = std::sync::Mutex::new(list);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
+        }
+        self.purge_log = Some(file);
+        Ok(self)
+    }
+
+    /// Writes the prefix purges to the purge log: a temporary file, fsync, rename.
+    fn save_prefix_purges(&self, list: &[(String, u64)]) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let Some(file) = &self.purge_log else {
+            return Ok(());
+        };
+        let tmp = file.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(list).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
     }
 
     /// Replaces the clock (for tests).
@@ -315,34 +363,59 @@ impl Edge {
             .get(path)
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
+        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
         if let Some((obj, tier)) = &cached {
+            let sliced = matches!(obj.slicing, Slicing::Meta { .. });
             if obj.is_fresh(now) {
                 match tier {
                     Tier::Ram => m.cache_hits_ram.inc(),
                     Tier::Disk => m.cache_hits_disk.inc(),
+                }
+                if sliced {
+                    return self.serve_sliced(req, path, filler, obj, None, now, "HIT");
                 }
                 return Routed::Full(self.respond_object(req, path, obj, now, "HIT"));
             }
             if obj.status == 200 && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
             {
                 // Stale while revalidate: answer now, refresh in the background.
-                filler.join(path, Some(Arc::clone(obj)), false);
+                filler.join(path, Some(Arc::clone(obj)), false, 0);
                 m.stale_serves.inc();
+                if sliced {
+                    return self.serve_sliced(req, path, filler, obj, None, now, "STALE");
+                }
                 return Routed::Full(self.respond_object(req, path, obj, now, "STALE"));
             }
         }
         m.cache_misses.inc();
         let stale = cached.map(|(o, _)| o);
-        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
-        let fill = filler.join(path, stale.clone(), via_peer);
+        let first_slice = crate::slice::first_slice_of(
+            req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+            filler.slice_bytes(),
+        );
+        let fill = filler.join(path, stale.clone(), via_peer, first_slice);
         let outcome = match fill.head().await {
+            Ok(ref head) if let Some(meta) = &head.meta => {
+                let hint = head.slice.map(|k| (k, Arc::clone(&fill)));
+                return self.serve_sliced(req, path, filler, meta, hint, now, "MISS");
+            }
+            Ok(head) if head.status == StatusCode::RANGE_NOT_SATISFIABLE => {
+                let mut r = self.error(req, head.status, "range not satisfiable\n");
+                let total = head.content_length.unwrap_or(0);
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{total}")),
+                );
+                return Routed::Full(r);
+            }
             Ok(head)
                 if head.status == StatusCode::OK
                     && *req.method == Method::GET
                     && !req.headers.contains_key(header::RANGE)
                     && !req.headers.contains_key(header::IF_NONE_MATCH) =>
             {
-                return Routed::Stream(self.stream_fill(req, path, &head, fill.reader(), None));
+                let body = BodyStream::Fill(fill.reader());
+                return Routed::Stream(self.stream_fill(req, path, &head, body, None, "MISS"));
             }
             Ok(head)
                 if head.status == StatusCode::OK
@@ -355,23 +428,21 @@ impl Edge {
                 let len = head.content_length.unwrap_or(0);
                 match select_range_of_len(req.headers, len) {
                     RangeChoice::Part(start, end) => {
-                        let reader = fill.reader().range(start, end);
+                        let body = BodyStream::Fill(fill.reader().range(start, end));
                         return Routed::Stream(self.stream_fill(
                             req,
                             path,
                             &head,
-                            reader,
+                            body,
                             Some((start, end)),
+                            "MISS",
                         ));
                     }
                     RangeChoice::Full => {
-                        return Routed::Stream(self.stream_fill(
-                            req,
-                            path,
-                            &head,
-                            fill.reader(),
-                            None,
-                        ));
+                        let body = BodyStream::Fill(fill.reader());
+                        return Routed::Stream(
+                            self.stream_fill(req, path, &head, body, None, "MISS"),
+                        );
                     }
                     RangeChoice::Unsatisfiable => fill.finished().await.map(|body| (head, body)),
                 }
@@ -391,6 +462,7 @@ impl Edge {
                     stale_while_revalidate: 0,
                     stale_if_error: 0,
                     sha256: sha256(&body),
+                    slicing: Slicing::Whole,
                     body,
                 };
                 Routed::Full(self.respond_object(req, path, &obj, now, "MISS"))
@@ -457,23 +529,125 @@ impl Edge {
         r
     }
 
+    /// Serves a sliced object (`meta` is its index): conditionals and HEAD from the index,
+    /// the body (or the range asked for) slice by slice. `fill` is a fill already publishing
+    /// one of its slices.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_sliced(
+        &self,
+        req: &Incoming<'_>,
+        path: &str,
+        filler: &Arc<Filler>,
+        meta: &Arc<CachedObject>,
+        fill: Option<(u64, Arc<crate::fill::Fill>)>,
+        now: u64,
+        cache_status: &'static str,
+    ) -> Routed {
+        let Slicing::Meta { total, .. } = meta.slicing else {
+            return Routed::Full(self.error(
+                req,
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable\n",
+            ));
+        };
+        let modified = httpdate::parse_http_date(&meta.last_modified)
+            .unwrap_or(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(meta.stored_at));
+        let hv = |s: &str| {
+            (!s.is_empty())
+                .then(|| HeaderValue::from_str(s).ok())
+                .flatten()
+        };
+        let entry = FileEntry {
+            body: Bytes::new(),
+            etag: hv(&meta.upstream_etag)
+                .filter(|e| e.as_bytes().starts_with(b"\""))
+                .unwrap_or(HeaderValue::from_static("\"0\"")),
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+            modified,
+        };
+        if precondition(req.headers, &entry).is_some() || *req.method == Method::HEAD {
+            // Answered from the index alone: reuse the whole-file rules on an empty body,
+            // then restore the object's length.
+            let mut r = self.respond(req, path, &entry);
+            let whole = r.status() == StatusCode::OK;
+            let h = r.headers_mut();
+            if whole {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            }
+            h.insert(header::AGE, HeaderValue::from(meta.age(now)));
+            h.insert("x-cache", HeaderValue::from_static(cache_status));
+            return Routed::Full(r);
+        }
+        let head = crate::fill::Head {
+            status: StatusCode::OK,
+            content_length: Some(total),
+            upstream_etag: Some(entry.etag.clone()),
+            last_modified: Some(entry.last_modified.clone()),
+            meta: None,
+            slice: None,
+        };
+        let range = if if_range_matches(req.headers, &entry) {
+            select_range_of_len(req.headers, total)
+        } else {
+            RangeChoice::Full
+        };
+        let (first, last, part) = match range {
+            RangeChoice::Full => (0, total.saturating_sub(1), None),
+            RangeChoice::Part(a, b) => (a, b, Some((a, b))),
+            RangeChoice::Unsatisfiable => {
+                let mut r = self.error(
+                    req,
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range not satisfiable\n",
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(format!("bytes */{total}")),
+                );
+                return Routed::Full(r);
+            }
+        };
+        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let Some(reader) = crate::slice::SlicedReader::new(
+            Arc::clone(filler),
+            path,
+            Arc::clone(meta),
+            (first, last),
+            fill,
+            via_peer,
+        ) else {
+            return Routed::Full(self.error(
+                req,
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable\n",
+            ));
+        };
+        let body = BodyStream::Sliced(Box::new(reader));
+        let mut r = self.stream_fill(req, path, &head, body, part, cache_status);
+        r.headers_mut()
+            .insert(header::AGE, HeaderValue::from(meta.age(now)));
+        Routed::Stream(r)
+    }
+
     /// A response that streams a fill to the client as it arrives.
     fn stream_fill(
         &self,
         req: &Incoming<'_>,
         path: &str,
         head: &crate::fill::Head,
-        reader: FillReader,
+        body: BodyStream,
         range: Option<(u64, u64)>,
+        cache_status: &'static str,
     ) -> Response<Body> {
         let (content_type, kind) = content_type::classify(path);
-        let mut r = Response::new(Body::Fill(reader));
+        let mut r = Response::new(Body::Fill(body));
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, content_type);
         h.insert(header::CACHE_CONTROL, self.cache_control_for(kind).clone());
         h.insert(header::SERVER, SERVER.clone());
         h.insert(header::ACCEPT_RANGES, ACCEPT_RANGES.clone());
-        h.insert("x-cache", HeaderValue::from_static("MISS"));
+        h.insert("x-cache", HeaderValue::from_static(cache_status));
         match (range, head.content_length) {
             (Some((start, end)), Some(len)) => {
                 *r.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -561,9 +735,20 @@ impl Edge {
             return self.error(req, StatusCode::NOT_FOUND, "no cache\n");
         };
         if prefix {
-            if let Ok(mut p) = self.prefix_purges.lock() {
+            // The purge log is a few lines written rarely, by an operator: written in place
+            // rather than on the blocking pool, under the lock so that writes stay ordered.
+            let saved = self.prefix_purges.lock().map(|mut p| {
                 p.retain(|(old, _)| !old.starts_with(&path));
                 p.push((path.clone(), (self.clock)()));
+                self.save_prefix_purges(&p)
+            });
+            if let Ok(Err(e)) | Err(e) = saved.map_err(|_| std::io::Error::other("poisoned")) {
+                tracing::error!(error = %e, "The prefix purge could not be saved; it holds until a restart.");
+                return self.error(
+                    req,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "purge applied but not saved\n",
+                );
             }
         } else {
             filler.cache().remove(&path);
@@ -888,21 +1073,26 @@ enum RangeChoice {
 /// from costing more than the file; a malformed header is ignored; an unsatisfiable one, or
 /// more than [`MAX_RANGES`], gives 416. `If-Range` that does not match also gives the whole file.
 fn select_range(h: &HeaderMap, entry: &FileEntry) -> RangeChoice {
-    if let Some(if_range) = h.get(header::IF_RANGE) {
-        let matches = if if_range.as_bytes().starts_with(b"\"") {
-            if_range.as_bytes() == entry.etag.as_bytes()
-        } else {
-            if_range
-                .to_str()
-                .ok()
-                .and_then(|v| httpdate::parse_http_date(v).ok())
-                .is_some_and(|d| d == whole_seconds(entry.modified))
-        };
-        if !matches {
-            return RangeChoice::Full;
-        }
+    if !if_range_matches(h, entry) {
+        return RangeChoice::Full;
     }
     select_range_of_len(h, entry.len())
+}
+
+/// Whether `If-Range` is absent or names this entity (by strong tag or exact date).
+fn if_range_matches(h: &HeaderMap, entry: &FileEntry) -> bool {
+    let Some(if_range) = h.get(header::IF_RANGE) else {
+        return true;
+    };
+    if if_range.as_bytes().starts_with(b"\"") {
+        if_range.as_bytes() == entry.etag.as_bytes()
+    } else {
+        if_range
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|d| d == whole_seconds(entry.modified))
+    }
 }
 
 /// The range rules of [`select_range`] for a body of `len` bytes, without `If-Range`.

@@ -18,6 +18,7 @@ pub mod handler;
 pub mod metrics;
 pub mod path;
 pub mod server;
+pub mod slice;
 pub mod store;
 
 pub use config::EdgeConfig;

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub fill_coalesced: IntCounter,
     pub upstream_bytes: IntCounter,
     pub integrity_failures: IntCounter,
+    pub ram_evictions: IntCounter,
+    pub ram_evicted_bytes: IntCounter,
+    pub disk_admitted: IntCounter,
+    pub disk_rejected: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +185,26 @@ impl Metrics {
             "estuary_edge_integrity_failures_total",
             "Fills refused because the body did not match Content-Digest/Repr-Digest.",
         ));
+        let evictions = must(IntCounter::new(
+            "estuary_edge_cache_ram_evictions_total",
+            "Objects evicted from the RAM tier to make room (S3-FIFO).",
+        ));
+        let evicted_bytes = must(IntCounter::new(
+            "estuary_edge_cache_ram_evicted_bytes_total",
+            "Body bytes of the objects evicted from the RAM tier.",
+        ));
+        let admission_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_edge_cache_disk_admissions_total",
+                "Objects offered to the disk tier, by the admission filter's verdict (rejected: filled fewer than cache.disk_min_fills times).",
+            ),
+            &["result"],
+        ));
+        let disk_admitted = admission_vec.with_label_values(&["admitted"]);
+        let disk_rejected = admission_vec.with_label_values(&["rejected"]);
+        reg(Box::new(evictions.clone()));
+        reg(Box::new(evicted_bytes.clone()));
+        reg(Box::new(admission_vec));
         for source in ["peer", "parent", "origin"] {
             for result in ["ok", "failed"] {
                 fills.with_label_values(&[source, result]);
@@ -259,6 +283,10 @@ impl Metrics {
             fill_coalesced,
             upstream_bytes,
             integrity_failures,
+            ram_evictions: evictions,
+            ram_evicted_bytes: evicted_bytes,
+            disk_admitted,
+            disk_rejected,
         }
     }
 

@@ -17,16 +17,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
-use crate::fill::{FillError, FillReader};
+use crate::fill::{BodyStream, FillError};
 use crate::handler::{Body, Edge, Endpoints, Finish, Incoming};
 use crate::metrics::Protocol;
 
 type ChunkFuture =
-    Pin<Box<dyn Future<Output = (FillReader, Option<Result<Bytes, FillError>>)> + Send>>;
+    Pin<Box<dyn Future<Output = (BodyStream, Option<Result<Bytes, FillError>>)> + Send>>;
 
 enum Source {
     Full(Option<Bytes>),
-    Fill(Option<FillReader>, Option<ChunkFuture>),
+    Fill(Option<BodyStream>, Option<ChunkFuture>),
 }
 
 /// A response body that records the request (through [`Finish`]) once it has been handed to
@@ -556,13 +556,17 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let mut cache = None;
     if let Some(up) = &config.upstream {
         let max_object = config.cache.max_object.as_u64();
-        let opened = crate::cache::Cache::open(&crate::cache::TierConfig {
-            ram_bytes: config.cache.ram.as_u64() as usize,
-            disk_dir: config.cache.disk_dir.as_deref(),
-            disk_bytes: config.cache.disk.as_u64() as usize,
-            // A block holds one object with its head; leave room for the head.
-            max_object_bytes: max_object as usize + 64 * 1024,
-        })
+        let opened = crate::cache::Cache::open(
+            &crate::cache::TierConfig {
+                ram_bytes: config.cache.ram.as_u64() as usize,
+                disk_dir: config.cache.disk_dir.as_deref(),
+                disk_bytes: config.cache.disk.as_u64() as usize,
+                // A block holds one object with its head; leave room for the head.
+                max_object_bytes: max_object as usize + 64 * 1024,
+                disk_min_fills: config.cache.disk_min_fills,
+            },
+            Arc::clone(&observer) as Arc<dyn crate::cache::CacheObserver>,
+        )
         .await
         .map_err(|e| anyhow::anyhow!("cache: {e}"))?;
         let ttl = &config.cache.ttl;
@@ -584,12 +588,16 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
                     negative: ttl.negative,
                 },
                 max_object_bytes: max_object,
+                slice_bytes: config.cache.slice.as_u64(),
                 node_id: config.node.id.clone(),
             },
             opened.clone(),
             Arc::clone(&observer) as Arc<dyn crate::fill::FillObserver>,
         );
         edge = edge.with_filler(filler);
+        if let Some(dir) = &config.cache.disk_dir {
+            edge = edge.with_purge_log(dir.join("prefix-purges.json"))?;
+        }
         cache = Some(opened);
     }
     let edge = Arc::new(edge);

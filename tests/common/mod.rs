@@ -423,3 +423,57 @@ pub async fn rust_get(
     let body = body.collect().await?.to_bytes();
     Ok((http::Response::from_parts(parts, ()), body))
 }
+
+/// A site whose edge fills what is not pre-positioned from `origins` through a RAM and disk
+/// cache; `extra` is appended to its config.
+pub fn cached_site(name: &str, origins: &[String], extra: &str) -> Site {
+    let cache = "ram = \"64MiB\"\ndisk = \"256MiB\"\nmax_object = \"16MiB\"\ndisk_min_fills = 1";
+    cached_site_with(name, origins, cache, extra)
+}
+
+/// [`cached_site`] with the keys of its `[cache]` table (besides `disk_dir`) given.
+pub fn cached_site_with(name: &str, origins: &[String], cache: &str, extra: &str) -> Site {
+    let mut site = Site::new(name);
+    let list: Vec<String> = origins.iter().map(|o| format!("\"{o}\"")).collect();
+    site.extra = format!(
+        "[cache]\ndisk_dir = \"{}\"\n{cache}\n[upstream]\norigin = [{}]\nconnect_timeout = \"1s\"\nread_timeout = \"3s\"\n[admin.tokens]\nops = \"0123456789abcdef-operator\"\n{extra}",
+        site.dir.path().join("cache").display(),
+        list.join(", ")
+    );
+    site.protected.clear();
+    site
+}
+
+/// GET over plain HTTP/1.1 with the Rust client and extra request headers: (status, headers,
+/// body); a body the server cut short reads as `<cut>`.
+pub async fn plain_get(
+    site: &Site,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, bytes::Bytes) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(site.http)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", "edge");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("req");
+    let resp = send
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("response head for {path}: {e}"));
+    let (parts, body) = resp.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => bytes::Bytes::from_static(b"<cut>"),
+    };
+    (parts.status.as_u16(), parts.headers, body)
+}

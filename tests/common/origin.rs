@@ -1,5 +1,6 @@
 //! A small, real HTTP/1.1 origin for the cache tests (hyper on loopback): serves objects from a
-//! table, counts requests per path, can pace bodies to a byte rate, send a wrong
+//! table (with a strong ETag and single byte ranges, honouring `If-Range`), counts requests
+//! per path and remembers their `Range` headers, can pace bodies to a byte rate, send a wrong
 //! `Content-Digest`, and be stopped like a dead upstream.
 
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ pub struct Object {
     pub wrong_digest: bool,
     /// Bytes per second (0: as fast as possible).
     pub rate: u64,
+    /// Answer single `Range` requests with 206 (as nginx and S3 do); else always 200.
+    pub ranges: bool,
 }
 
 impl Object {
@@ -31,6 +34,7 @@ impl Object {
             cache_control: "public, max-age=3600",
             wrong_digest: false,
             rate: 0,
+            ranges: true,
         }
     }
 }
@@ -38,7 +42,10 @@ impl Object {
 #[derive(Default)]
 pub struct State {
     pub objects: HashMap<String, Object>,
+    pub etags: HashMap<String, String>,
     pub hits: HashMap<String, usize>,
+    /// Each request's path and `Range` header, in order.
+    pub requests: Vec<(String, Option<String>)>,
     /// When the origin finished sending each path's body the last time.
     pub finished_at: HashMap<String, Instant>,
 }
@@ -99,11 +106,22 @@ impl Origin {
     }
 
     pub fn put(&self, path: &str, object: Object) {
-        self.state
-            .lock()
-            .expect("lock")
-            .objects
-            .insert(path.to_owned(), object);
+        // The strong ETag is computed once here: hashing a large object on every range request
+        // would stall the origin (tests run unoptimized).
+        let digest: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&object.body).into()
+        };
+        let etag = format!(
+            "\"{}\"",
+            digest[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let mut s = self.state.lock().expect("lock");
+        s.etags.insert(path.to_owned(), etag);
+        s.objects.insert(path.to_owned(), object);
     }
 
     pub fn hits(&self, path: &str) -> usize {
@@ -114,6 +132,18 @@ impl Origin {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The `Range` headers of the requests for `path`, in order (`None`: a whole request).
+    pub fn ranges(&self, path: &str) -> Vec<Option<String>> {
+        self.state
+            .lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     pub fn finished_at(&self, path: &str) -> Option<Instant> {
@@ -145,16 +175,57 @@ async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<OriginBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    let object = {
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (object, etag) = {
         let mut s = state.lock().expect("lock");
         *s.hits.entry(path.clone()).or_default() += 1;
-        s.objects.get(&path).cloned()
+        s.requests.push((path.clone(), range.clone()));
+        (
+            s.objects.get(&path).cloned(),
+            s.etags.get(&path).cloned().unwrap_or_default(),
+        )
     };
     let Some(object) = object else {
         let mut r =
             hyper::Response::new(http_body_util::Full::new(Bytes::from_static(b"no\n")).boxed());
         *r.status_mut() = hyper::StatusCode::NOT_FOUND;
         return Ok(r);
+    };
+    let if_range_ok = req
+        .headers()
+        .get("if-range")
+        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    // A single `bytes=a-b` range, clipped to the object; anything else gets the whole object.
+    let total = object.body.len() as u64;
+    let part = range
+        .as_deref()
+        .filter(|_| object.ranges && if_range_ok)
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    if let Some((first, _)) = part
+        && first >= total
+    {
+        let mut r = hyper::Response::new(http_body_util::Full::new(Bytes::new()).boxed());
+        *r.status_mut() = hyper::StatusCode::RANGE_NOT_SATISFIABLE;
+        r.headers_mut().insert(
+            "content-range",
+            format!("bytes */{total}").parse().expect("header"),
+        );
+        return Ok(r);
+    }
+    let (object, content_range) = match part {
+        Some((first, last)) => {
+            let last = last.min(total - 1);
+            let mut o = object.clone();
+            o.body = object.body.slice(first as usize..=last as usize);
+            (o, Some(format!("bytes {first}-{last}/{total}")))
+        }
+        None => (object, None),
     };
     let mut digest: [u8; 32] = {
         use sha2::Digest as _;
@@ -204,7 +275,12 @@ async fn serve(
         });
         Paced(rx).boxed()
     };
-    let r = hyper::Response::builder()
+    let mut r = hyper::Response::builder();
+    if let Some(cr) = content_range {
+        r = r.status(206).header("content-range", cr);
+    }
+    let r = r
+        .header("etag", etag)
         .header("content-length", len)
         .header("content-type", "video/mp4")
         .header("cache-control", object.cache_control)
