@@ -40,9 +40,15 @@ if ! have cargo; then
 fi
 
 if [ "$what" = "test" ]; then
-  # Python test clients (HTTP/2 frame scripts).
-  if ! python3 -c 'import h2' 2>/dev/null; then
-    echo "setup: installing the Python h2 package" >&2
-    python3 -m pip install -q h2 2>/dev/null || python3 -m pip install -q --break-system-packages h2
+  # Python test clients: HTTP/2 frame scripts (h2), a TUS client (tuspy), an S3-compatible
+  # server (moto).
+  py_need=()
+  python3 -c 'import h2' 2>/dev/null || py_need+=(h2)
+  python3 -c 'import tusclient' 2>/dev/null || py_need+=(tuspy)
+  python3 -c 'import moto.server' 2>/dev/null || py_need+=("moto[server]")
+  if [ "${#py_need[@]}" -gt 0 ]; then
+    echo "setup: installing Python packages ${py_need[*]}" >&2
+    python3 -m pip install -q "${py_need[@]}" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "${py_need[@]}"
   fi
 fi

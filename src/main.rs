@@ -28,6 +28,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the origin: TUS uploads at /uploads/, packaging jobs, assets served at /v/<asset>/.
+    ///
+    /// Completed uploads are packaged by `estuary package` in a child process, one job per
+    /// worker; the queue is durable (SQLite in [state] dir), so a job interrupted by a stop or
+    /// a crash runs again at the next start. Signals: SIGTERM or SIGINT drain requests up to
+    /// [shutdown] drain_timeout and stop the job in progress.
+    Origin {
+        /// The origin's TOML config (see docs/origin.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a service config; exits non-zero naming the bad key and why.
     CheckConfig {
         /// The config file.
@@ -95,6 +106,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(estuary_edge::run(config))
         }
+        Command::Origin { config } => {
+            estuary_common::logging::init_json();
+            estuary_common::tls::install_default_provider();
+            let config = estuary_origin::OriginConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("origin")
+                .build()?;
+            runtime.block_on(estuary_origin::run(config))
+        }
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
     }
@@ -113,8 +135,14 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         println!("{}: a valid edge config", file.display());
         return Ok(());
     }
+    if table.contains_key("storage") {
+        estuary_origin::OriginConfig::load(file)
+            .map_err(|e| anyhow::anyhow!("{} (origin config): {e}", file.display()))?;
+        println!("{}: a valid origin config", file.display());
+        return Ok(());
+    }
     anyhow::bail!(
-        "{}: cannot tell which service this config is for (an edge config has a [store] table)",
+        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table)",
         file.display()
     )
 }

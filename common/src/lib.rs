@@ -3,6 +3,7 @@
 //! set-up every service shares. Nothing here does network IO of its own.
 
 pub mod asset;
+pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod tls;

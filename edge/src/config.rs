@@ -8,24 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// A configuration problem, naming the key at fault and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct ConfigError {
-    /// The dotted path of the key, for example `listen.https`.
-    pub key: String,
-    /// Why the value is refused.
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
+pub use estuary_common::config::ConfigError;
 
 /// The whole edge configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -485,34 +468,12 @@ impl EdgeConfig {
 
     /// Deserializes a config text without resolving paths or validating values.
     pub fn deserialize_text(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let reason = inner.message().to_owned();
-            let key = if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            };
-            let at = inner
-                .span()
-                .map(|s| {
-                    let before = &text.as_bytes()[..s.start.min(text.len())];
-                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-                    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
-                    format!(" (line {line}, column {column})")
-                })
-                .unwrap_or_default();
-            ConfigError::new(key, format!("{reason}{at}"))
-        })
+        estuary_common::config::from_toml(text)
     }
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("(file)", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = estuary_common::config::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base)
     }

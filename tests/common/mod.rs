@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod origin;
+pub mod origin_site;
 
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const KEY2_HEX: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00112233445566778899aabbccddeeff";
@@ -199,6 +200,7 @@ k2 = "{KEY2_HEX}"
             child: Some(child),
             admin: self.admin,
             log_dir: self.dir.path().to_owned(),
+            log_file: self.dir.path().join("edge.log"),
         };
         p.wait_ready();
         p
@@ -232,11 +234,45 @@ k2 = "{KEY2_HEX}"
     }
 }
 
-/// A running edge; killed on drop.
+/// A running service (edge, origin); killed on drop.
 pub struct EdgeProcess {
     pub child: Option<Child>,
     pub admin: SocketAddr,
     pub log_dir: PathBuf,
+    /// Its standard error (the JSON log).
+    pub log_file: PathBuf,
+}
+
+/// Starts `estuary <service> --config <config>` with its log in `log_dir/<service>.log` and
+/// waits until `admin` answers `/readyz` with 200.
+pub fn start_service(
+    service: &str,
+    config: &Path,
+    admin: SocketAddr,
+    log_dir: &Path,
+) -> EdgeProcess {
+    let log_file = log_dir.join(format!("{service}.log"));
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg(service)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start estuary");
+    let mut p = EdgeProcess {
+        child: Some(child),
+        admin,
+        log_dir: log_dir.to_owned(),
+        log_file,
+    };
+    p.wait_ready();
+    p
 }
 
 impl EdgeProcess {
@@ -261,7 +297,7 @@ impl EdgeProcess {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_dir.join("edge.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     pub fn access_log(&self) -> String {
@@ -476,4 +512,44 @@ pub async fn plain_get(
         Err(_) => bytes::Bytes::from_static(b"<cut>"),
     };
     (parts.status.as_u16(), parts.headers, body)
+}
+
+/// `curl -sS -D - URL` with extra arguments: (status, lower-case headers, body).
+pub fn fetch(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let dir = std::env::temp_dir();
+    let head_file = dir.join(format!(
+        "origin-head-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let mut args = vec![
+        "-sS",
+        "-D",
+        head_file.to_str().expect("path"),
+        "--path-as-is",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let (body, err, ok) = curl(&args);
+    assert!(ok, "curl {url}: {err}");
+    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&head_file);
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }

@@ -1,0 +1,544 @@
+//! The origin's HTTP face and its shared state: assets under `/v/`, uploads under `/uploads/`,
+//! the asset API under `/v1/assets/`, and the operator endpoints.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, options};
+use bytes::Bytes;
+use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
+use futures_util::StreamExt;
+
+use crate::config::OriginConfig;
+use crate::db::Db;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Everything the handlers and the job workers share.
+pub struct App {
+    pub config: OriginConfig,
+    pub db: Db,
+    pub storage: Storage,
+    pub uploads_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub metrics: Metrics,
+    /// Published manifests (and their bytes) by asset id.
+    manifests: moka::sync::Cache<String, Arc<(AssetManifest, Bytes)>>,
+    /// Wakes a job worker when a job is queued.
+    pub jobs_wake: tokio::sync::Notify,
+    pub ready: AtomicBool,
+    /// Uploads with a `PATCH` in progress.
+    patching: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+/// Held while a `PATCH` writes an upload; releases it on drop.
+pub struct UploadLock<'a> {
+    app: &'a App,
+    id: String,
+}
+
+impl Drop for UploadLock<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.app.patching.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
+
+impl App {
+    pub fn new(config: OriginConfig, db: Db, storage: Storage, metrics: Metrics) -> Self {
+        let uploads_dir = config.state.dir.join("uploads");
+        let work_dir = config.state.dir.join("work");
+        Self {
+            config,
+            db,
+            storage,
+            uploads_dir,
+            work_dir,
+            metrics,
+            manifests: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+            jobs_wake: tokio::sync::Notify::new(),
+            ready: AtomicBool::new(false),
+            patching: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Checks `Authorization: Bearer <token>` against the upload tokens (constant time).
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(presented) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            let mut r = (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"estuary-origin\""),
+            );
+            return Err(r);
+        };
+        let ok = self
+            .config
+            .auth
+            .upload_tokens
+            .values()
+            .fold(false, |ok, t| {
+                ok | bool::from(subtle::ConstantTimeEq::ct_eq(
+                    t.as_bytes(),
+                    presented.as_bytes(),
+                ))
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err((StatusCode::FORBIDDEN, "forbidden\n").into_response())
+        }
+    }
+
+    /// A 500 for an internal failure; the cause goes to the log, not to the client.
+    pub fn internal(&self, e: impl std::fmt::Display) -> Response {
+        tracing::error!(error = %e, "An internal error answered a request with 500.");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+    }
+
+    /// Takes the write lock of one upload, or `None` when a `PATCH` already holds it.
+    pub fn lock_upload(&self, id: &str) -> Option<UploadLock<'_>> {
+        let mut set = self.patching.lock().ok()?;
+        set.insert(id.to_owned()).then(|| UploadLock {
+            app: self,
+            id: id.to_owned(),
+        })
+    }
+
+    /// Forgets the cached manifest of an asset (after it is published or removed).
+    pub fn forget_manifest(&self, asset: &str) {
+        self.manifests.invalidate(asset);
+    }
+
+    /// The published manifest of an asset, if it is published.
+    async fn manifest(&self, asset: &str) -> Result<Option<Arc<(AssetManifest, Bytes)>>, Response> {
+        if let Some(m) = self.manifests.get(asset) {
+            return Ok(Some(m));
+        }
+        let bytes = match self
+            .storage
+            .get_bytes(&format!("v/{asset}/{MANIFEST_FILE}"))
+            .await
+        {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(self.internal(e)),
+        };
+        let manifest: AssetManifest = match serde_json::from_slice(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(self.internal(format!("v/{asset}/{MANIFEST_FILE}: {e}")));
+            }
+        };
+        let entry = Arc::new((manifest, bytes));
+        self.manifests.insert(asset.to_owned(), Arc::clone(&entry));
+        Ok(Some(entry))
+    }
+}
+
+/// The router of the main listener; with `admin` the operator endpoints too.
+pub fn router(app: Arc<App>, admin: bool) -> Router {
+    let mut r = Router::new()
+        .route(
+            "/uploads",
+            options(crate::tus::options).post(crate::tus::create),
+        )
+        .route(
+            "/uploads/",
+            options(crate::tus::options).post(crate::tus::create),
+        )
+        .route(
+            "/uploads/{id}",
+            axum::routing::head(crate::tus::head)
+                .patch(crate::tus::patch)
+                .delete(crate::tus::delete),
+        )
+        .route("/v1/assets/{id}", get(asset_status).delete(asset_delete))
+        .route("/v/{*rest}", get(serve_asset).options(cors_preflight));
+    if admin {
+        r = r.merge(admin_router());
+    }
+    r.with_state(app)
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Ok(counts) = app.db.count_by_state().await {
+        app.metrics.set_asset_counts(&counts);
+    }
+    let body = estuary_common::metrics::encode(&app.metrics.registry);
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if !app.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !app.db.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    }
+    if !app.storage.ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut r = (status, format!("{value}\n")).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `GET /v1/assets/<id>`: queued, packaging (with progress), ready (with manifest paths) or
+/// failed (with the reason).
+async fn asset_status(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = app.authorize(&headers) {
+        return r;
+    }
+    if !crate::tus::valid_asset_id(&id) {
+        return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
+    }
+    match app.db.asset(&id).await {
+        Ok(Some(a)) => {
+            let mut v = serde_json::to_value(&a).unwrap_or_default();
+            if a.state == "ready"
+                && let Some(obj) = v.as_object_mut()
+            {
+                obj.insert(
+                    "manifests".into(),
+                    serde_json::json!({
+                        "hls": format!("/v/{id}/master.m3u8"),
+                        "dash": format!("/v/{id}/manifest.mpd"),
+                        "asset_json": format!("/v/{id}/{MANIFEST_FILE}"),
+                    }),
+                );
+            }
+            json(StatusCode::OK, &v)
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+        Err(e) => app.internal(e),
+    }
+}
+
+/// `DELETE /v1/assets/<id>`: unpublishes a ready or failed asset and forgets it.
+async fn asset_delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = app.authorize(&headers) {
+        return r;
+    }
+    if !crate::tus::valid_asset_id(&id) {
+        return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
+    }
+    match app.db.asset(&id).await {
+        Ok(Some(a)) if a.state == "ready" || a.state == "failed" => {}
+        Ok(Some(a)) => {
+            return (
+                StatusCode::CONFLICT,
+                format!(
+                    "the asset is {}; wait until it is ready or failed\n",
+                    a.state
+                ),
+            )
+                .into_response();
+        }
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+        Err(e) => return app.internal(e),
+    }
+    if let Err(e) = app.storage.remove_asset(&id).await {
+        return app.internal(e);
+    }
+    app.forget_manifest(&id);
+    if let Err(e) = app.db.delete_asset(&id).await {
+        return app.internal(e);
+    }
+    tracing::info!(asset = %id, "An asset was removed.");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A path segment under an asset: `A-Z a-z 0-9 . - _`, not starting with a dot.
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Splits `<asset>/<file path>` and refuses anything else.
+pub fn split_asset_path(rest: &str) -> Option<(&str, &str)> {
+    let (asset, file) = rest.split_once('/')?;
+    (crate::tus::valid_asset_id(asset) && file.len() <= 512 && file.split('/').all(valid_segment))
+        .then_some((asset, file))
+}
+
+fn content_type(file: &str) -> &'static str {
+    match file.rsplit('.').next().unwrap_or("") {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "mpd" => "application/dash+xml",
+        "m4s" | "mp4" => "video/mp4",
+        "m4a" => "audio/mp4",
+        "json" => "application/json",
+        "vtt" => "text/vtt",
+        _ => "application/octet-stream",
+    }
+}
+
+fn cors(h: &mut HeaderMap) {
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(
+            "Content-Length, Content-Range, ETag, Content-Digest, Repr-Digest",
+        ),
+    );
+}
+
+async fn cors_preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    cors(h);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Range, If-None-Match, If-Range"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(86_400));
+    r
+}
+
+fn digest_field(hex_sha256: &str) -> Option<HeaderValue> {
+    let bytes = estuary_common::asset::decode_sha256(hex_sha256)?;
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    HeaderValue::from_str(&format!("sha-256=:{b64}:")).ok()
+}
+
+/// `GET`/`HEAD /v/<asset>/<file>`: a file of a published asset, with a strong ETag from its
+/// sha-256, single byte ranges, and RFC 9530 digests: `Content-Digest` on whole responses,
+/// `Repr-Digest` (the whole file's) on every response.
+async fn serve_asset(
+    State(app): State<Arc<App>>,
+    uri: axum::http::Uri,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    // The raw path, not the router's decoded one: asset paths never need percent-encoding,
+    // and a decoded `%2f` must not become a separator.
+    let rest = uri.path().strip_prefix("/v/").unwrap_or("");
+    let response = serve_asset_inner(&app, rest, &method, &headers).await;
+    app.metrics.count_request(response.status());
+    response
+}
+
+async fn serve_asset_inner(
+    app: &App,
+    rest: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
+    let Some((asset, file)) = split_asset_path(rest) else {
+        return not_found();
+    };
+    let published = match app.manifest(asset).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_found(),
+        Err(r) => return r,
+    };
+    let (manifest, manifest_bytes) = &*published;
+    let (size, sha256_hex) = if file == MANIFEST_FILE {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(manifest_bytes);
+        (manifest_bytes.len() as u64, hex::encode(digest))
+    } else {
+        match manifest.file(file) {
+            Some(f) => (f.size, f.sha256.clone()),
+            None => return not_found(),
+        }
+    };
+    let etag = format!("\"{}\"", &sha256_hex[..sha256_hex.len().min(32)]);
+    let mut h = HeaderMap::new();
+    cors(&mut h);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(if file.ends_with(".m4s") || file.ends_with(".mp4") {
+            "public, max-age=31536000, immutable"
+        } else {
+            "public, max-age=60"
+        }),
+    );
+    let repr = digest_field(&sha256_hex);
+    if let Some(v) = &repr {
+        h.insert("repr-digest", v.clone());
+    }
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && inm.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        })
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        *r.headers_mut() = h;
+        return r;
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(file)),
+    );
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok)
+        .map(|v| http_range_header::parse_range_header(v).map(|p| p.validate(size)));
+    let (status, span) = match range {
+        None => (StatusCode::OK, None),
+        Some(Ok(Ok(ranges))) if ranges.len() == 1 => {
+            let (a, b) = (*ranges[0].start(), *ranges[0].end());
+            (StatusCode::PARTIAL_CONTENT, Some((a, b)))
+        }
+        // Several ranges: the whole file (RFC 9110 allows ignoring Range).
+        Some(Ok(Ok(_))) => (StatusCode::OK, None),
+        Some(Ok(Err(_))) | Some(Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable)) => {
+            let mut r =
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n").into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        // A malformed Range header is ignored.
+        Some(Err(_)) => (StatusCode::OK, None),
+    };
+    let length = match span {
+        Some((a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            b - a + 1
+        }
+        None => {
+            if let Some(v) = repr {
+                h.insert("content-digest", v);
+            }
+            size
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    let body = if *method == Method::HEAD || length == 0 {
+        Body::empty()
+    } else if file == MANIFEST_FILE {
+        let (a, b) = span.unwrap_or((0, size.saturating_sub(1)));
+        Body::from(manifest_bytes.slice(a as usize..=b as usize))
+    } else {
+        let rel = format!("v/{asset}/{file}");
+        let got = app
+            .storage
+            .get(&rel, Some(span.map_or(0..size, |(a, b)| a..b + 1)))
+            .await;
+        match got {
+            Ok(Some(result)) => {
+                let bytes = app.metrics.response_bytes.clone();
+                Body::from_stream(result.into_stream().map(move |r| {
+                    if let Ok(b) = &r {
+                        bytes.inc_by(b.len() as u64);
+                    }
+                    r.map_err(std::io::Error::other)
+                }))
+            }
+            Ok(None) => {
+                return app.internal(format!("{rel} is listed in its asset.json but missing"));
+            }
+            Err(e) => return app.internal(e),
+        }
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_paths() {
+        assert_eq!(
+            split_asset_path("abc/720p/seg_00001.m4s"),
+            Some(("abc", "720p/seg_00001.m4s"))
+        );
+        for bad in [
+            "abc",
+            "abc/",
+            "abc/../x",
+            "abc/.hidden",
+            "../abc/x",
+            "abc//x",
+            "a%2f/x",
+            "abc/x\\y",
+        ] {
+            assert_eq!(split_asset_path(bad), None, "{bad}");
+        }
+    }
+}

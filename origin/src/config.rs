@@ -1,0 +1,454 @@
+//! The origin's configuration file (TOML). Unknown keys are errors, so that a typo in a
+//! generated config fails loudly instead of being ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use estuary_common::config::ConfigError;
+
+/// The whole origin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Who this node is (metrics labels, logs).
+    #[serde(default)]
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    /// Where packaged assets are kept and served from.
+    pub storage: StorageConfig,
+    /// The origin's own state: the SQLite database, uploads in progress, packaging work.
+    #[serde(default)]
+    pub state: StateConfig,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub uploads: UploadsConfig,
+    #[serde(default)]
+    pub packaging: PackagingConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default = "default_node_id")]
+    pub id: String,
+    #[serde(default = "default_site")]
+    pub site: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: default_node_id(),
+            site: default_site(),
+        }
+    }
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP/1.1: assets under `/v/`, uploads under `/uploads/`, the API under `/v1/`,
+    /// and `/metrics`, `/healthz`, `/readyz` unless `admin` is set.
+    pub http: SocketAddr,
+    /// A separate address for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// `[storage]`: exactly one of `root` (a local folder) or `url` (an S3-compatible bucket).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A local folder; assets live under `<root>/v/<asset>/`.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// `s3://bucket` or `s3://bucket/prefix`; assets live under `<prefix>/v/<asset>/`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Settings of the S3-compatible service (with `url`).
+    #[serde(default)]
+    pub s3: S3Config,
+}
+
+/// `[storage.s3]`. Credentials may also come from the usual `AWS_*` environment variables.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The service's URL, for S3-compatible servers (MinIO, Ceph, moto): `http://host:port`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (labs and tests).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Holds `origin.db` (SQLite: uploads and the job queue), `uploads/` (bytes received) and
+    /// `work/` (packaging output before it is published). Must be a local filesystem.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens allowed to upload and manage assets, by name (the name is logged, never
+    /// the token). At least 16 characters each.
+    pub upload_tokens: BTreeMap<String, String>,
+}
+
+/// `[uploads]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// The largest upload accepted (`Tus-Max-Size`).
+    #[serde(default = "default_max_size")]
+    pub max_size: bytesize::ByteSize,
+    /// Uploads not completed within this time are removed.
+    #[serde(default = "default_upload_expiry", with = "humantime_serde")]
+    pub expire_after: Duration,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            max_size: default_max_size(),
+            expire_after: default_upload_expiry(),
+        }
+    }
+}
+
+/// `[packaging]`: how completed uploads become assets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagingConfig {
+    /// Rendition names of the ladder (see `estuary package --help`).
+    #[serde(default = "default_ladder")]
+    pub ladder: Vec<String>,
+    #[serde(default = "default_segment_seconds")]
+    pub segment_seconds: u32,
+    /// The x264 preset.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Jobs packaged at once (each already uses every core).
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    /// A job that runs longer is stopped and fails.
+    #[serde(default = "default_job_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Times a job is started before it counts as failed (a job whose origin died under it
+    /// runs again).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// The `estuary` program that packages (default: this program).
+    #[serde(default)]
+    pub program: Option<PathBuf>,
+}
+
+impl Default for PackagingConfig {
+    fn default() -> Self {
+        Self {
+            ladder: default_ladder(),
+            segment_seconds: default_segment_seconds(),
+            preset: default_preset(),
+            workers: default_workers(),
+            timeout: default_job_timeout(),
+            max_attempts: default_attempts(),
+            program: None,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    "origin-1".into()
+}
+fn default_site() -> String {
+    "origin".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/estuary/origin")
+}
+fn default_max_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(50)
+}
+fn default_upload_expiry() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_ladder() -> Vec<String> {
+    ["1080p", "720p", "480p", "360p", "240p"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_segment_seconds() -> u32 {
+    4
+}
+fn default_preset() -> String {
+    "veryfast".into()
+}
+fn default_workers() -> u32 {
+    1
+}
+fn default_job_timeout() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The rendition names `estuary package` knows.
+pub const RENDITIONS: [&str; 5] = ["1080p", "720p", "480p", "360p", "240p"];
+
+/// The x264 presets.
+const PRESETS: [&str; 10] = [
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
+
+impl OriginConfig {
+    /// Parses a config text; errors name the key at fault. Relative paths are resolved against
+    /// `base_dir` (the config file's folder).
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = estuary_common::config::from_toml(text)?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        if let Some(root) = &mut config.storage.root {
+            resolve(root);
+        }
+        resolve(&mut config.state.dir);
+        if let Some(p) = &mut config.packaging.program {
+            resolve(p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = estuary_common::config::read(path)?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Checks what can be checked before start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use estuary_common::config::name_ok;
+        if !name_ok(&self.node.id) {
+            return Err(ConfigError::new(
+                "node.id",
+                "must be 1-64 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if !name_ok(&self.node.site) {
+            return Err(ConfigError::new(
+                "node.site",
+                "must be 1-64 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        match (&self.storage.root, &self.storage.url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "storage",
+                    "set either root (a local folder) or url (s3://bucket), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "storage",
+                    "set root (a local folder) or url (s3://bucket)",
+                ));
+            }
+            (None, Some(u)) => {
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| ConfigError::new("storage.url", format!("not a URL: {e}")))?;
+                if parsed.scheme() != "s3" || parsed.host_str().unwrap_or("").is_empty() {
+                    return Err(ConfigError::new(
+                        "storage.url",
+                        "must be s3://bucket or s3://bucket/prefix",
+                    ));
+                }
+                if let Some(e) = &self.storage.s3.endpoint {
+                    let ep = url::Url::parse(e).map_err(|e| {
+                        ConfigError::new("storage.s3.endpoint", format!("not a URL: {e}"))
+                    })?;
+                    if ep.scheme() == "http" && !self.storage.s3.allow_http {
+                        return Err(ConfigError::new(
+                            "storage.s3.endpoint",
+                            "is plain http: set storage.s3.allow_http = true to allow it",
+                        ));
+                    }
+                }
+            }
+            (Some(_), None) => {}
+        }
+        if self.auth.upload_tokens.is_empty() {
+            return Err(ConfigError::new(
+                "auth.upload_tokens",
+                "needs at least one token",
+            ));
+        }
+        for (name, token) in &self.auth.upload_tokens {
+            if token.len() < 16 {
+                return Err(ConfigError::new(
+                    format!("auth.upload_tokens.{name}"),
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if self.uploads.max_size.as_u64() == 0 {
+            return Err(ConfigError::new("uploads.max_size", "must be above 0"));
+        }
+        let p = &self.packaging;
+        if p.ladder.is_empty() {
+            return Err(ConfigError::new("packaging.ladder", "needs a rendition"));
+        }
+        for name in &p.ladder {
+            if !RENDITIONS.contains(&name.as_str()) {
+                return Err(ConfigError::new(
+                    "packaging.ladder",
+                    format!(
+                        "unknown rendition {name:?} (known: {})",
+                        RENDITIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if !(1..=30).contains(&p.segment_seconds) {
+            return Err(ConfigError::new(
+                "packaging.segment_seconds",
+                "must be between 1 and 30",
+            ));
+        }
+        if !PRESETS.contains(&p.preset.as_str()) {
+            return Err(ConfigError::new(
+                "packaging.preset",
+                format!("not an x264 preset (one of {})", PRESETS.join(", ")),
+            ));
+        }
+        if !(1..=16).contains(&p.workers) {
+            return Err(ConfigError::new(
+                "packaging.workers",
+                "must be between 1 and 16",
+            ));
+        }
+        if p.max_attempts == 0 {
+            return Err(ConfigError::new(
+                "packaging.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        if p.timeout.is_zero() {
+            return Err(ConfigError::new("packaging.timeout", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+http = "127.0.0.1:9000"
+[storage]
+root = "/srv/estuary/origin"
+[auth.upload_tokens]
+ops = "0123456789abcdef0123"
+"#;
+
+    #[test]
+    fn the_minimal_config_parses_and_mistakes_name_their_key() {
+        let c = OriginConfig::parse(GOOD, Path::new("/etc")).expect("good");
+        assert_eq!(c.packaging.ladder.len(), 5);
+        let bad = |text: &str, key: &str| {
+            let e = OriginConfig::parse(text, Path::new("/etc")).expect_err(text);
+            assert!(e.key.starts_with(key), "{e} (wanted {key})");
+        };
+        bad(&GOOD.replace("[storage]", "[storag]"), "storag");
+        bad(
+            &GOOD.replace("0123456789abcdef0123", "short"),
+            "auth.upload_tokens.ops",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nladder = [\"4k\"]\n"),
+            "packaging.ladder",
+        );
+        bad(
+            &GOOD.replace("root = \"/srv/estuary/origin\"", "url = \"http://x\""),
+            "storage.url",
+        );
+        bad(
+            &GOOD.replace(
+                "root = \"/srv/estuary/origin\"",
+                "url = \"s3://b\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:1\"",
+            ),
+            "storage.s3.endpoint",
+        );
+        bad(
+            &format!("{GOOD}[uploads]\nmax_size = \"lots\"\n"),
+            "uploads.max_size",
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../docs/origin.example.toml");
+        OriginConfig::parse(text, Path::new("/etc")).expect("docs/origin.example.toml");
+    }
+}

@@ -1,0 +1,467 @@
+//! The origin's durable state in SQLite (WAL, `synchronous=FULL`): uploads in progress with
+//! their acknowledged offsets, and assets with their packaging state, which is the job queue.
+//! A job whose origin died under it is found in state `packaging` at the next start and queued
+//! again (up to a number of attempts).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+/// Errors of the state database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database task failed")]
+    Task,
+    #[error("the asset {0:?} exists and is {1}")]
+    AssetExists(String, String),
+}
+
+/// An upload as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub asset: String,
+    pub filename: String,
+    pub length: u64,
+    /// Bytes received, written and synced to disk (what `HEAD` reports).
+    pub offset: u64,
+    /// The `Upload-Metadata` header as received.
+    pub metadata: String,
+    pub created_at: u64,
+    pub complete: bool,
+}
+
+/// An asset's packaging state, as `GET /v1/assets/<id>` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Asset {
+    pub id: String,
+    /// `uploading`, `queued`, `packaging`, `ready` or `failed`.
+    pub state: String,
+    /// Fraction of the packaging done (0..1), while packaging.
+    pub progress: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<f64>,
+    pub updated_at: u64,
+    #[serde(skip)]
+    pub source: Option<String>,
+}
+
+/// A packaging job taken from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub asset: String,
+    /// The uploaded file.
+    pub source: String,
+    pub attempt: u32,
+}
+
+/// The database handle; cheap to clone. Every call runs on the blocking pool.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Db")
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS uploads (
+    id TEXT PRIMARY KEY,
+    asset TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    length INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS assets (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    source TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS assets_state ON assets(state, updated_at);
+";
+
+fn now() -> u64 {
+    estuary_common::unix_now()
+}
+
+impl Db {
+    /// Opens (creating) the database file.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().map_err(|_| DbError::Task)?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|_| DbError::Task)?
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        self.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+
+    /// Records a new upload and its asset (state `uploading`). An asset id that is taken by
+    /// an asset that did not fail is refused.
+    pub async fn create_upload(&self, upload: Upload) -> Result<(), DbError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM assets WHERE id = ?1",
+                    [&upload.asset],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(state) = existing
+                && state != "failed"
+            {
+                return Err(DbError::AssetExists(upload.asset, state));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO assets (id, state, progress, error, attempts, duration, source, updated_at)
+                 VALUES (?1, 'uploading', 0, NULL, 0, NULL, NULL, ?2)",
+                params![upload.asset, now()],
+            )?;
+            tx.execute(
+                "INSERT INTO uploads (id, asset, filename, length, offset, metadata, created_at, complete)
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, 0)",
+                params![
+                    upload.id,
+                    upload.asset,
+                    upload.filename,
+                    upload.length,
+                    upload.metadata,
+                    upload.created_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>, DbError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT id, asset, filename, length, offset, metadata, created_at, complete
+                 FROM uploads WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Upload {
+                        id: r.get(0)?,
+                        asset: r.get(1)?,
+                        filename: r.get(2)?,
+                        length: r.get(3)?,
+                        offset: r.get(4)?,
+                        metadata: r.get(5)?,
+                        created_at: r.get(6)?,
+                        complete: r.get::<_, i64>(7)? != 0,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Records bytes received and synced.
+    pub async fn set_offset(&self, id: &str, offset: u64) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE uploads SET offset = ?2 WHERE id = ?1",
+                params![id, offset],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks an upload complete and queues its asset's packaging, in one transaction.
+    pub async fn complete_upload(&self, id: &str, source: &str) -> Result<(), DbError> {
+        let (id, source) = (id.to_owned(), source.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE uploads SET complete = 1, offset = length WHERE id = ?1",
+                [&id],
+            )?;
+            tx.execute(
+                "UPDATE assets SET state = 'queued', source = ?2, updated_at = ?3
+                 WHERE id = (SELECT asset FROM uploads WHERE id = ?1)",
+                params![id, source, now()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets an upload (TUS termination or expiry); its asset goes too while still
+    /// `uploading`.
+    pub async fn delete_upload(&self, id: &str) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM assets WHERE state = 'uploading'
+                 AND id = (SELECT asset FROM uploads WHERE id = ?1)",
+                [&id],
+            )?;
+            tx.execute("DELETE FROM uploads WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Uploads created before `before` (unix seconds) and not complete.
+    pub async fn stale_uploads(&self, before: u64) -> Result<Vec<String>, DbError> {
+        self.with(move |c| {
+            let mut st =
+                c.prepare("SELECT id FROM uploads WHERE complete = 0 AND created_at < ?1")?;
+            let ids = st
+                .query_map([before], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    pub async fn asset(&self, id: &str) -> Result<Option<Asset>, DbError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT id, state, progress, error, attempts, duration, updated_at, source
+                 FROM assets WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(Asset {
+                        id: r.get(0)?,
+                        state: r.get(1)?,
+                        progress: r.get(2)?,
+                        error: r.get(3)?,
+                        attempts: r.get(4)?,
+                        duration_seconds: r.get(5)?,
+                        updated_at: r.get(6)?,
+                        source: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Jobs interrupted by a stop or a crash (still `packaging`) go back to the queue, or
+    /// fail once they have used their attempts. Returns how many were queued again.
+    pub async fn requeue_interrupted(&self, max_attempts: u32) -> Result<usize, DbError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE assets SET state = 'failed', updated_at = ?2,
+                 error = 'packaging was interrupted ' || attempts || ' times'
+                 WHERE state = 'packaging' AND attempts >= ?1",
+                params![max_attempts, now()],
+            )?;
+            let n = tx.execute(
+                "UPDATE assets SET state = 'queued', progress = 0, updated_at = ?1
+                 WHERE state = 'packaging'",
+                [now()],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Takes the oldest queued job, marking it `packaging`.
+    pub async fn claim_job(&self) -> Result<Option<Job>, DbError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let job = tx
+                .query_row(
+                    "SELECT id, source, attempts FROM assets WHERE state = 'queued'
+                     ORDER BY updated_at, id LIMIT 1",
+                    [],
+                    |r| {
+                        Ok(Job {
+                            asset: r.get(0)?,
+                            source: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                            attempt: r.get::<_, u32>(2)? + 1,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(j) = &job {
+                tx.execute(
+                    "UPDATE assets SET state = 'packaging', progress = 0, attempts = ?2,
+                     updated_at = ?3 WHERE id = ?1",
+                    params![j.asset, j.attempt, now()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(job)
+        })
+        .await
+    }
+
+    pub async fn set_progress(&self, asset: &str, progress: f64) -> Result<(), DbError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE assets SET progress = ?2 WHERE id = ?1 AND state = 'packaging'",
+                params![asset, progress.clamp(0.0, 1.0)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends a job: `ready` with the asset's duration, or `failed` with the reason.
+    pub async fn finish_job(
+        &self,
+        asset: &str,
+        outcome: Result<f64, String>,
+    ) -> Result<(), DbError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            match outcome {
+                Ok(duration) => c.execute(
+                    "UPDATE assets SET state = 'ready', progress = 1, error = NULL, duration = ?2,
+                     updated_at = ?3 WHERE id = ?1",
+                    params![asset, duration, now()],
+                )?,
+                Err(reason) => c.execute(
+                    "UPDATE assets SET state = 'failed', error = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![asset, reason, now()],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets an asset (after it was unpublished).
+    pub async fn delete_asset(&self, id: &str) -> Result<(), DbError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM uploads WHERE asset = ?1", [&id])?;
+            tx.execute("DELETE FROM assets WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts assets by state (for metrics).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, u64)>, DbError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT state, COUNT(*) FROM assets GROUP BY state")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<(String, u64)>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(id: &str, asset: &str) -> Upload {
+        Upload {
+            id: id.into(),
+            asset: asset.into(),
+            filename: "in.mp4".into(),
+            length: 10,
+            offset: 0,
+            metadata: String::new(),
+            created_at: 1,
+            complete: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_survives_a_reopen_and_requeues_interrupted_jobs() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-db-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("origin.db");
+        {
+            let db = Db::open(&file).expect("open");
+            db.create_upload(upload("u1", "a1")).await.expect("create");
+            assert!(matches!(
+                db.create_upload(upload("u2", "a1")).await,
+                Err(DbError::AssetExists(..))
+            ));
+            db.set_offset("u1", 4).await.expect("offset");
+            assert_eq!(
+                db.upload("u1").await.expect("get").map(|u| u.offset),
+                Some(4)
+            );
+            db.complete_upload("u1", "/x/u1").await.expect("complete");
+            let job = db.claim_job().await.expect("claim").expect("a job");
+            assert_eq!((job.asset.as_str(), job.attempt), ("a1", 1));
+            assert_eq!(db.claim_job().await.expect("claim"), None);
+        }
+        // The origin died while packaging: the job is queued again at the next start.
+        let db = Db::open(&file).expect("reopen");
+        assert_eq!(db.requeue_interrupted(3).await.expect("requeue"), 1);
+        let job = db.claim_job().await.expect("claim").expect("again");
+        assert_eq!(job.attempt, 2);
+        db.finish_job("a1", Ok(8.0)).await.expect("finish");
+        let a = db.asset("a1").await.expect("asset").expect("exists");
+        assert_eq!((a.state.as_str(), a.duration_seconds), ("ready", Some(8.0)));
+        // Out of attempts: failed, not queued forever.
+        db.create_upload(upload("u3", "a3")).await.expect("create");
+        db.complete_upload("u3", "/x/u3").await.expect("complete");
+        for _ in 0..2 {
+            db.claim_job().await.expect("claim");
+            db.requeue_interrupted(2).await.expect("requeue");
+        }
+        let a = db.asset("a3").await.expect("asset").expect("exists");
+        assert_eq!(a.state, "failed", "{a:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

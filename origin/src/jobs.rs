@@ -1,0 +1,224 @@
+//! Packaging workers: take queued jobs from the database and run `estuary package` on each as
+//! a child process (so that a crash inside FFmpeg never takes the origin down), follow its
+//! progress, check its `asset.json`, publish the result to the asset store, and record the
+//! outcome. A job interrupted by a stop or a crash is queued again at the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::db::Job;
+
+/// Runs one worker until `stop` turns true.
+pub async fn worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let job = match app.db.claim_job().await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "The job queue cannot be read.");
+                None
+            }
+        };
+        let Some(job) = job else {
+            tokio::select! {
+                _ = app.jobs_wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        };
+        tracing::info!(asset = %job.asset, attempt = job.attempt, "Packaging starts.");
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = run(&app, &job) => Some(r),
+            // Stopping: the child is killed when `run` is dropped; the job stays in state
+            // `packaging` and is queued again at the next start.
+            _ = stop.changed() => None,
+        };
+        let Some(outcome) = outcome else {
+            tracing::info!(asset = %job.asset, "Packaging was interrupted by the stop.");
+            return;
+        };
+        let work = work_dir(&app, &job);
+        match outcome {
+            Ok(duration) => {
+                app.metrics.jobs_ok.inc();
+                app.metrics
+                    .job_duration
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(asset = %job.asset, seconds = started.elapsed().as_secs_f64(), "The asset is ready.");
+                if let Err(e) = app.db.finish_job(&job.asset, Ok(duration)).await {
+                    tracing::error!(error = %e, asset = %job.asset, "The job's end could not be recorded.");
+                }
+                let _ = std::fs::remove_file(&job.source);
+            }
+            Err(reason) => {
+                app.metrics.jobs_failed.inc();
+                tracing::warn!(asset = %job.asset, reason = %reason, "Packaging failed.");
+                if let Err(e) = app.storage.remove_asset(&job.asset).await {
+                    tracing::error!(error = %e, asset = %job.asset, "A failed asset's objects could not be removed.");
+                }
+                app.forget_manifest(&job.asset);
+                if let Err(e) = app.db.finish_job(&job.asset, Err(reason)).await {
+                    tracing::error!(error = %e, asset = %job.asset, "The job's end could not be recorded.");
+                }
+                let _ = std::fs::remove_file(&job.source);
+            }
+        }
+        let _ = std::fs::remove_dir_all(work);
+    }
+}
+
+fn work_dir(app: &App, job: &Job) -> PathBuf {
+    app.work_dir.join(format!("{}-{}", job.asset, job.attempt))
+}
+
+/// One line of `estuary package --progress` output.
+#[derive(Debug, serde::Deserialize)]
+struct Event {
+    event: String,
+    #[serde(default)]
+    fraction: Option<f64>,
+    #[serde(default)]
+    duration_seconds: Option<f64>,
+}
+
+/// Packages and publishes one job; the asset's duration, or why it failed.
+async fn run(app: &Arc<App>, job: &Job) -> Result<f64, String> {
+    if !Path::new(&job.source).is_file() {
+        return Err("the uploaded file is gone".into());
+    }
+    let work = work_dir(app, job);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("work folder: {e}"))?;
+    let out = work.join(&job.asset);
+    let p = &app.config.packaging;
+    let program = match &p.program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?,
+    };
+    let mut child = Command::new(program)
+        .arg("package")
+        .arg(&job.source)
+        .arg("--out")
+        .arg(&out)
+        .args(["--asset-id", &job.asset])
+        .args(["--ladder", &p.ladder.join(",")])
+        .args(["--segment-seconds", &p.segment_seconds.to_string()])
+        .args(["--preset", &p.preset])
+        .arg("--progress")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the packager: {e}"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let progress = async {
+        let mut duration = None;
+        let Some(stdout) = stdout else {
+            return duration;
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let mut last = -1.0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = serde_json::from_str::<Event>(&line) else {
+                continue;
+            };
+            match (event.event.as_str(), event.fraction) {
+                ("progress", Some(f)) if f - last >= 0.01 => {
+                    last = f;
+                    let _ = app.db.set_progress(&job.asset, f).await;
+                }
+                ("done", _) => duration = event.duration_seconds,
+                _ => {}
+            }
+        }
+        duration
+    };
+    let errors = async {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            text = String::from_utf8_lossy(&buf).into_owned();
+        }
+        text
+    };
+    let waited = tokio::time::timeout(p.timeout, async {
+        let (duration, errors, status) = tokio::join!(progress, errors, child.wait());
+        (duration, errors, status)
+    })
+    .await;
+    let Ok((duration, errors, status)) = waited else {
+        return Err(format!(
+            "packaging took longer than {} s",
+            p.timeout.as_secs()
+        ));
+    };
+    let status = status.map_err(|e| format!("the packager: {e}"))?;
+    if !status.success() {
+        let reason = errors
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("the packager failed without a message")
+            .chars()
+            .take(500)
+            .collect::<String>();
+        return Err(reason);
+    }
+    let manifest = check_output(&out, &job.asset).await?;
+    app.storage
+        .publish(&job.asset, &out)
+        .await
+        .map_err(|e| format!("publishing: {e}"))?;
+    app.forget_manifest(&job.asset);
+    Ok(duration.unwrap_or(manifest.duration_seconds))
+}
+
+/// Reads the packaged asset's manifest and checks it against the files: names, sizes, the
+/// Merkle root. A packager bug must not publish an asset that edges would refuse.
+async fn check_output(dir: &Path, asset: &str) -> Result<AssetManifest, String> {
+    let text = tokio::fs::read(dir.join(MANIFEST_FILE))
+        .await
+        .map_err(|e| format!("the packager wrote no {MANIFEST_FILE}: {e}"))?;
+    let manifest: AssetManifest =
+        serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST_FILE}: {e}"))?;
+    if manifest.asset != asset {
+        return Err(format!("{MANIFEST_FILE} names asset {:?}", manifest.asset));
+    }
+    if manifest.computed_merkle_root().as_deref() != Some(manifest.merkle_root.as_str()) {
+        return Err(format!(
+            "{MANIFEST_FILE}: the Merkle root does not match its files"
+        ));
+    }
+    for f in &manifest.files {
+        if crate::app::split_asset_path(&format!("{asset}/{}", f.path)).is_none() {
+            return Err(format!("{MANIFEST_FILE}: bad file name {:?}", f.path));
+        }
+        let meta = tokio::fs::metadata(dir.join(&f.path))
+            .await
+            .map_err(|e| format!("{}: {e}", f.path))?;
+        if meta.len() != f.size {
+            return Err(format!(
+                "{}: {} bytes, {MANIFEST_FILE} says {}",
+                f.path,
+                meta.len(),
+                f.size
+            ));
+        }
+    }
+    Ok(manifest)
+}

@@ -1,0 +1,144 @@
+//! Estuary's origin: the source of truth that edges fill from. Receives uploads with TUS 1.0,
+//! keeps a durable job queue in SQLite, packages each upload with `estuary package` in a child
+//! process, publishes the asset to an object store (a local folder or an S3-compatible
+//! bucket), and serves `/v/<asset>/...` with strong ETags, byte ranges and RFC 9530 digests.
+
+// Handlers pass ready-made error responses up with `?`-style early returns; a response is
+// built once per request, so its size in a `Result` costs nothing that matters.
+#![allow(clippy::result_large_err)]
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod jobs;
+pub mod metrics;
+pub mod storage;
+pub mod tus;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub use config::OriginConfig;
+
+/// Runs the origin until SIGTERM or SIGINT, then drains.
+pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
+    let state = config.state.dir.clone();
+    let uploads = state.join("uploads");
+    let work = state.join("work");
+    for dir in [&state, &uploads] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("state.dir: cannot create {}: {e}", dir.display()))?;
+    }
+    // Work of a previous run is unfinished by definition: its jobs are queued again.
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)
+        .map_err(|e| anyhow::anyhow!("state.dir: cannot create {}: {e}", work.display()))?;
+    let db =
+        db::Db::open(&state.join("origin.db")).map_err(|e| anyhow::anyhow!("state.dir: {e}"))?;
+    let requeued = db
+        .requeue_interrupted(config.packaging.max_attempts)
+        .await?;
+    if requeued > 0 {
+        tracing::info!(
+            jobs = requeued,
+            "Packaging jobs interrupted by the last stop are queued again."
+        );
+    }
+    let storage =
+        storage::Storage::open(&config.storage).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+    let metrics = metrics::Metrics::new(&config.node.id, &config.node.site);
+    let listen = config.listen.clone();
+    let drain = config.shutdown.drain_timeout;
+    let workers = config.packaging.workers;
+    let expiry = config.uploads.expire_after;
+    let app = Arc::new(app::App::new(config, db, storage, metrics));
+
+    let main_listener = tokio::net::TcpListener::bind(listen.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.http {}: {e}", listen.http))?;
+    let admin_listener = match listen.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        tasks.spawn(jobs::worker(Arc::clone(&app), stop_rx.clone()));
+    }
+    tasks.spawn(expire_uploads(Arc::clone(&app), expiry, stop_rx.clone()));
+
+    let router = app::router(Arc::clone(&app), admin_listener.is_none());
+    let mut stopped = stop_rx.clone();
+    let main = axum::serve(main_listener, router).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let main = tokio::spawn(async move { main.await });
+    if let Some(l) = admin_listener {
+        let r = app::admin_router().with_state(Arc::clone(&app));
+        // The admin listener answers (readyz 503) until the process exits.
+        tokio::spawn(async move { axum::serve(l, r).await });
+    }
+    app.ready.store(true, Ordering::SeqCst);
+    tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");
+
+    wait_for_signal().await;
+    tracing::info!(
+        "Stopping: draining requests; a job in progress will run again at the next start."
+    );
+    app.ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(drain, main).await.is_err() {
+        tracing::warn!("Requests still running at the drain deadline were cut.");
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Removes uploads that were not completed within `expire_after`.
+async fn expire_uploads(
+    app: Arc<app::App>,
+    expire_after: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let before = estuary_common::unix_now().saturating_sub(expire_after.as_secs());
+        if let Ok(ids) = app.db.stale_uploads(before).await {
+            for id in ids {
+                if app.db.delete_upload(&id).await.is_ok() {
+                    let _ = std::fs::remove_file(app.uploads_dir.join(format!("{id}.bin")));
+                    tracing::info!(upload = %id, "An unfinished upload expired and was removed.");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

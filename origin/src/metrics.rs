@@ -1,0 +1,140 @@
+//! The origin's metrics, registered up front with bounded label sets.
+
+use axum::http::StatusCode;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Asset states, the label values of `estuary_origin_assets`.
+const STATES: [&str; 5] = ["uploading", "queued", "packaging", "ready", "failed"];
+
+/// Handles to every origin metric.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: [IntCounter; 5],
+    pub response_bytes: IntCounter,
+    pub upload_bytes: IntCounter,
+    pub uploads_completed: IntCounter,
+    pub jobs_ok: IntCounter,
+    pub jobs_failed: IntCounter,
+    pub job_duration: Histogram,
+    assets: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Registration fails only on malformed or duplicate names, which are fixed in this file; the
+/// first test that builds [`Metrics`] catches it.
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
+}
+
+impl Metrics {
+    pub fn new(node: &str, site: &str) -> Self {
+        let labels = [
+            ("node".to_owned(), node.to_owned()),
+            ("site".to_owned(), site.to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let registry = must(Registry::new_custom(None, Some(labels)));
+        let requests_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_origin_asset_requests_total",
+                "Requests for asset files under /v/, by status class.",
+            ),
+            &["status_class"],
+        ));
+        let requests =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| requests_vec.with_label_values(&[c]));
+        let response_bytes = must(IntCounter::new(
+            "estuary_origin_response_body_bytes_total",
+            "Asset body bytes sent.",
+        ));
+        let upload_bytes = must(IntCounter::new(
+            "estuary_origin_upload_bytes_total",
+            "Upload bytes received and written (TUS PATCH bodies).",
+        ));
+        let uploads_completed = must(IntCounter::new(
+            "estuary_origin_uploads_completed_total",
+            "Uploads received in full (each queues a packaging job).",
+        ));
+        let jobs_vec = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_origin_packaging_jobs_total",
+                "Packaging jobs ended, by result.",
+            ),
+            &["result"],
+        ));
+        let jobs_ok = jobs_vec.with_label_values(&["ready"]);
+        let jobs_failed = jobs_vec.with_label_values(&["failed"]);
+        let job_duration = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "estuary_origin_packaging_duration_seconds",
+                "Time from a job's start to its asset being published.",
+            )
+            .buckets(vec![1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0]),
+        ));
+        let assets = must(IntGaugeVec::new(
+            Opts::new("estuary_origin_assets", "Assets known, by state."),
+            &["state"],
+        ));
+        for s in STATES {
+            assets.with_label_values(&[s]);
+        }
+        for c in [
+            Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
+            Box::new(response_bytes.clone()),
+            Box::new(upload_bytes.clone()),
+            Box::new(uploads_completed.clone()),
+            Box::new(jobs_vec),
+            Box::new(job_duration.clone()),
+            Box::new(assets.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Self {
+            registry,
+            requests,
+            response_bytes,
+            upload_bytes,
+            uploads_completed,
+            jobs_ok,
+            jobs_failed,
+            job_duration,
+            assets,
+        }
+    }
+
+    /// Counts one asset response.
+    pub fn count_request(&self, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].inc();
+    }
+
+    /// Sets the asset gauges from the database's counts.
+    pub fn set_asset_counts(&self, counts: &[(String, u64)]) {
+        for s in STATES {
+            let n = counts
+                .iter()
+                .find(|(state, _)| state == s)
+                .map_or(0, |(_, n)| *n);
+            self.assets.with_label_values(&[s]).set(n as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metrics_register() {
+        let m = super::Metrics::new("o", "s");
+        m.count_request(axum::http::StatusCode::OK);
+        let text = estuary_common::metrics::encode(&m.registry);
+        assert!(text.contains("estuary_origin_asset_requests_total"));
+    }
+}

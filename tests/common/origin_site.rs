@@ -1,0 +1,201 @@
+//! An origin for the black-box tests: its config, folders and the real `estuary origin`
+//! process, plus hand-made assets and test clips.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use estuary_common::asset::{AssetManifest, FileDigest, MANIFEST_VERSION, merkle_root};
+
+use super::{EdgeProcess, TempDir, free_port, pattern, run, start_service};
+
+pub const UPLOAD_TOKEN: &str = "test-upload-token-0123456789";
+
+/// An origin's folders and config.
+pub struct OriginSite {
+    pub dir: TempDir,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// The `[storage]` table's body (default: a local root in the site folder).
+    pub storage: String,
+    /// Extra TOML appended to the config.
+    pub extra: String,
+}
+
+impl OriginSite {
+    pub fn new(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let storage = format!("root = \"{}\"", dir.path().join("storage").display());
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            storage,
+            extra: String::new(),
+            dir,
+        }
+    }
+
+    /// The local storage root (with the default `[storage]`).
+    pub fn storage_root(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let text = format!(
+            "[node]\nid = \"origin-test\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n{}",
+            self.http,
+            self.admin,
+            self.storage,
+            self.state_dir().display(),
+            self.extra
+        );
+        let path = self.dir.path().join("origin.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts the origin and waits until it is ready.
+    pub fn start(&self) -> EdgeProcess {
+        let config = self.write_config();
+        start_service("origin", &config, self.admin, self.dir.path())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `GET /v1/assets/<id>` as JSON (`null` for a 404).
+    pub fn asset_status(&self, asset: &str) -> serde_json::Value {
+        let (out, _, ok) = super::curl(&[
+            "-sS",
+            "-H",
+            &format!("Authorization: Bearer {UPLOAD_TOKEN}"),
+            &self.url(&format!("/v1/assets/{asset}")),
+        ]);
+        assert!(ok, "curl failed");
+        serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Polls the asset's state until it is `ready` or `failed` (or the time is up).
+    pub fn wait_for_asset(&self, asset: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.asset_status(asset);
+            let state = v["state"].as_str().unwrap_or("");
+            if state == "ready" || state == "failed" || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The files of a small hand-made asset (what packaging would publish), without `asset.json`.
+pub fn fake_asset_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "master.m3u8".into(),
+            b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,RESOLUTION=640x360\n360p/index.m3u8\n"
+                .to_vec(),
+        ),
+        (
+            "360p/index.m3u8".into(),
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.0,\nseg_00001.m4s\n#EXTINF:2.0,\nseg_00002.m4s\n#EXT-X-ENDLIST\n".to_vec(),
+        ),
+        ("360p/init.mp4".into(), pattern(900)),
+        ("360p/seg_00001.m4s".into(), pattern(300_000)),
+        ("360p/seg_00002.m4s".into(), pattern(250_001)),
+    ]
+}
+
+/// The manifest of [`fake_asset_files`].
+pub fn fake_manifest(asset: &str) -> AssetManifest {
+    let mut files: Vec<FileDigest> = fake_asset_files()
+        .into_iter()
+        .map(|(path, data)| FileDigest {
+            path,
+            size: data.len() as u64,
+            sha256: hex_sha256(&data),
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let leaves: Vec<[u8; 32]> = files
+        .iter()
+        .filter(|f| f.path.ends_with(".m4s"))
+        .filter_map(|f| estuary_common::asset::decode_sha256(&f.sha256))
+        .collect();
+    AssetManifest {
+        version: MANIFEST_VERSION,
+        asset: asset.into(),
+        duration_seconds: 4.0,
+        segment_seconds: 2.0,
+        video: vec![],
+        audio: vec![],
+        merkle_root: hex::encode(merkle_root(&leaves)),
+        files,
+    }
+}
+
+/// Writes the hand-made asset under `root/v/<asset>/`, `asset.json` last.
+pub fn write_fake_asset(root: &Path, asset: &str) -> AssetManifest {
+    let dir = root.join("v").join(asset);
+    for (path, data) in fake_asset_files() {
+        let file = dir.join(&path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, data).expect("write");
+    }
+    let manifest = fake_manifest(asset);
+    std::fs::write(
+        dir.join("asset.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write");
+    manifest
+}
+
+/// Makes a short test clip with the ffmpeg CLI: `seconds` of testsrc2 at `size` with a sine
+/// tone, H.264 + AAC in MP4.
+pub fn make_clip(dir: &Path, name: &str, seconds: u32, size: &str) -> PathBuf {
+    let out = dir.join(name);
+    let o = run(Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}:rate=25:duration={seconds}"),
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency=440:sample_rate=48000:duration={seconds}"),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-shortest",
+        ])
+        .arg(&out));
+    assert!(
+        o.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
