@@ -19,6 +19,8 @@ if [ "$what" = "demo" ]; then
 fi
 if [ "$what" = "test" ]; then
   have systemd-analyze || need_apt+=(systemd)
+  have chromium || need_apt+=(chromium)
+  have npm || need_apt+=(npm)
   python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -50,5 +52,11 @@ if [ "$what" = "test" ]; then
     echo "setup: installing Python packages ${py_need[*]}" >&2
     python3 -m pip install -q "${py_need[@]}" 2>/dev/null \
       || python3 -m pip install -q --break-system-packages "${py_need[@]}"
+  fi
+  # Browser players: hls.js and dash.js driven in Debian's Chromium by playwright-core.
+  clients="$(dirname "$0")/../tests/clients"
+  if [ ! -d "$clients/node_modules/playwright-core" ] || [ ! -d "$clients/node_modules/dashjs" ]; then
+    echo "setup: installing the browser test clients from npm" >&2
+    npm ci --prefix "$clients" --no-audit --no-fund --silent
   fi
 fi

@@ -553,3 +553,25 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// Plays `url` for `seconds` of media time in headless Chromium with hls.js (`kind` "hls") or
+/// dash.js ("dash"), through tests/clients/play.mjs; returns its report and fails the test on
+/// a player error or when playback does not get that far.
+pub fn play_in_chromium(kind: &str, url: &str, seconds: u32) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/play.mjs");
+    let out = run(Command::new("node").args([script, kind, url, &seconds.to_string()]));
+    let report: serde_json::Value = serde_json::from_slice(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .as_bytes(),
+    )
+    .unwrap_or(serde_json::Value::Null);
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "{kind} playback of {url} failed: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    report
+}
