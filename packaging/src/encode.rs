@@ -204,7 +204,18 @@ pub(crate) fn video_worker(
         }
     };
 
+    // The end of the last frame, so the fps filter keeps it (closing at its start drops it).
+    let mut last_pts: Option<i64> = None;
+    let mut last_delta = 1i64;
     for frame in frames.iter() {
+        if let Some(pts) = frame.pts() {
+            if let Some(prev) = last_pts
+                && pts > prev
+            {
+                last_delta = pts - prev;
+            }
+            last_pts = Some(last_pts.map_or(pts, |p| p.max(pts)));
+        }
         if graph.is_none() {
             graph = Some(video_graph(&rendition, &job, &frame).map_err(PackageError::media(stage("filter graph")))?);
         }
@@ -221,7 +232,11 @@ pub(crate) fn video_worker(
     // then ignores this result).
     if let Some(g) = graph.as_mut() {
         if let Some(mut src) = g.get("in") {
-            src.source().flush().map_err(PackageError::media(stage("filter end")))?;
+            let end = match last_pts {
+                Some(p) => src.source().close(p.saturating_add(last_delta)),
+                None => src.source().flush(),
+            };
+            end.map_err(PackageError::media(stage("filter end")))?;
         }
         encode_filtered(g, &mut encoder, &mut seg, &mut drain_encoder)?;
     }
