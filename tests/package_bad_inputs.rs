@@ -10,8 +10,19 @@ use common::*;
 
 fn video_only(path: &Path, size: &str, seconds: &str) {
     ffmpeg(&[
-        "-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=30"), "-t", seconds,
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", path.to_str().expect("path"),
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size={size}:rate=30"),
+        "-t",
+        seconds,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        path.to_str().expect("path"),
     ]);
 }
 
@@ -47,25 +58,50 @@ fn truncated_files_fail_cleanly() {
 
     // moov first (faststart): the index promises 6 s, the data stops at 60 %.
     let fast = dir.path().join("fast.mp4");
-    ffmpeg(&["-i", clip.to_str().expect("p"), "-c", "copy", "-movflags", "+faststart", fast.to_str().expect("p")]);
+    ffmpeg(&[
+        "-i",
+        clip.to_str().expect("p"),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        fast.to_str().expect("p"),
+    ]);
     let bytes = std::fs::read(&fast).expect("read");
     let cut = dir.path().join("cut.mp4");
     std::fs::write(&cut, &bytes[..bytes.len() * 6 / 10]).expect("write");
     let err = assert_failed_cleanly(&package(&cut, &out, &["--ladder", "240p"]), &out);
-    assert!(err.contains("truncated") || err.contains("damaged"), "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("damaged"),
+        "{err}"
+    );
 }
 
 #[test]
 fn audio_only_makes_an_audio_only_asset() {
     let dir = TempDir::new("package-audio-only");
     let input = dir.path().join("tone.m4a");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "5", "-c:a", "aac", input.to_str().expect("p")]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "5",
+        "-c:a",
+        "aac",
+        input.to_str().expect("p"),
+    ]);
     let out = dir.path().join("a");
     package_ok(&input, &out);
     let m = manifest(&out);
     assert!(m.video.is_empty());
     assert_eq!(m.audio.len(), 1);
-    assert!((m.duration_seconds - 5.0).abs() < 0.1, "{}", m.duration_seconds);
+    assert!(
+        (m.duration_seconds - 5.0).abs() < 0.1,
+        "{}",
+        m.duration_seconds
+    );
     assert_eq!(m.computed_merkle_root(), Some(m.merkle_root.clone()));
     let summary = check_manifests(&out);
     let variants = summary["variants"].as_array().expect("variants");
@@ -90,7 +126,10 @@ fn video_only_has_no_audio_group() {
     assert_eq!(m.video.len(), 2);
     assert!(!out.join("audio").exists());
     let master = std::fs::read_to_string(out.join("master.m3u8")).expect("master");
-    assert!(!master.contains("EXT-X-MEDIA") && !master.contains("AUDIO="), "{master}");
+    assert!(
+        !master.contains("EXT-X-MEDIA") && !master.contains("AUDIO="),
+        "{master}"
+    );
     let summary = check_manifests(&out);
     assert_eq!(summary["variants"][0]["codecs"], m.video[0].codecs);
     assert!(summary["audio"].as_array().expect("audio").is_empty());
@@ -101,8 +140,19 @@ fn odd_dimensions_come_out_even() {
     let dir = TempDir::new("package-odd");
     let input = dir.path().join("odd.mkv");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=641x361:rate=25", "-t", "3",
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", input.to_str().expect("p"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=641x361:rate=25",
+        "-t",
+        "3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv444p",
+        input.to_str().expect("p"),
     ]);
     let out = dir.path().join("a");
     package_ok(&input, &out);
@@ -113,7 +163,10 @@ fn odd_dimensions_come_out_even() {
     for v in &m.video {
         let file = concat_rendition(&out, &v.name, dir.path());
         let (codec, w, h, frames) = probe_stream(&file);
-        assert_eq!((codec.as_str(), w, h, frames), ("h264", v.width, v.height, 75));
+        assert_eq!(
+            (codec.as_str(), w, h, frames),
+            ("h264", v.width, v.height, 75)
+        );
     }
 }
 
@@ -123,7 +176,15 @@ fn rotated_clips_come_out_upright() {
     let plain = dir.path().join("plain.mp4");
     video_only(&plain, "640x360", "3");
     let rotated = dir.path().join("rotated.mp4");
-    ffmpeg(&["-i", plain.to_str().expect("p"), "-c", "copy", "-metadata:s:v", "rotate=90", rotated.to_str().expect("p")]);
+    ffmpeg(&[
+        "-i",
+        plain.to_str().expect("p"),
+        "-c",
+        "copy",
+        "-metadata:s:v",
+        "rotate=90",
+        rotated.to_str().expect("p"),
+    ]);
     let out = dir.path().join("a");
     package_ok(&rotated, &out);
     let m = manifest(&out);
@@ -140,29 +201,71 @@ fn variable_frame_rate_is_made_constant() {
     let input = dir.path().join("vfr.mkv");
     // Frames at irregular times: 30 fps with every third frame dropped and jittered stamps.
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", "4",
-        "-vf", "select='not(eq(mod(n\\,3)\\,2))',setpts='PTS+0.013*sin(N)/TB'",
-        "-vsync", "vfr", "-c:v", "libx264", "-preset", "ultrafast", input.to_str().expect("p"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-t",
+        "4",
+        "-vf",
+        "select='not(eq(mod(n\\,3)\\,2))',setpts='PTS+0.013*sin(N)/TB'",
+        "-vsync",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        input.to_str().expect("p"),
     ]);
     let out = dir.path().join("a");
     package_ok(&input, &out);
     let m = manifest(&out);
     let rate = m.video[0].frame_rate;
-    assert!(rate > 0.0 && rate.fract() == 0.0 || (rate - 29.97).abs() < 0.01, "{rate}");
+    assert!(
+        rate > 0.0 && rate.fract() == 0.0 || (rate - 29.97).abs() < 0.01,
+        "{rate}"
+    );
     let file = concat_rendition(&out, &m.video[0].name, dir.path());
     let out_probe = run(std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "packet=duration", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=duration",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&file));
-    let durations: std::collections::BTreeSet<String> =
-        String::from_utf8_lossy(&out_probe.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(durations.len(), 1, "constant frame duration expected: {durations:?}");
+    let durations: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out_probe.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        durations.len(),
+        1,
+        "constant frame duration expected: {durations:?}"
+    );
 }
 
 #[test]
 fn huge_dimensions_are_refused() {
     let dir = TempDir::new("package-huge");
     let input = dir.path().join("huge.mkv");
-    ffmpeg(&["-f", "lavfi", "-i", "color=c=black:s=16000x16000:d=1:r=1", "-frames:v", "1", "-c:v", "mjpeg", "-pix_fmt", "yuvj420p", input.to_str().expect("p")]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:s=16000x16000:d=1:r=1",
+        "-frames:v",
+        "1",
+        "-c:v",
+        "mjpeg",
+        "-pix_fmt",
+        "yuvj420p",
+        input.to_str().expect("p"),
+    ]);
     let out = dir.path().join("a");
     let err = assert_failed_cleanly(&package(&input, &out, &[]), &out);
     assert!(err.contains("16000x16000") && err.contains("8K"), "{err}");
@@ -173,8 +276,26 @@ fn corrupt_frames_in_the_middle_still_make_a_correct_asset() {
     let dir = TempDir::new("package-corrupt");
     let input = dir.path().join("clip.ts");
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine=sample_rate=48000",
-        "-t", "6", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30", "-c:a", "aac", "-shortest", input.to_str().expect("p"),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=sample_rate=48000",
+        "-t",
+        "6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-c:a",
+        "aac",
+        "-shortest",
+        input.to_str().expect("p"),
     ]);
     // Overwrite a stretch in the middle with garbage (keeping the 188-byte TS packet grid's
     // sync bytes so the demuxer resyncs, as with a damaged broadcast capture).
@@ -187,7 +308,18 @@ fn corrupt_frames_in_the_middle_still_make_a_correct_asset() {
     }
     std::fs::write(&input, bytes).expect("write");
     let out = dir.path().join("a");
-    let o = package(&input, &out, &["--ladder", "240p", "--segment-seconds", "2", "--preset", "ultrafast"]);
+    let o = package(
+        &input,
+        &out,
+        &[
+            "--ladder",
+            "240p",
+            "--segment-seconds",
+            "2",
+            "--preset",
+            "ultrafast",
+        ],
+    );
     if o.status.success() {
         let m = manifest(&out);
         assert_eq!(m.computed_merkle_root(), Some(m.merkle_root.clone()));

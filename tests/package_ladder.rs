@@ -20,7 +20,17 @@ fn packages_a_clip_into_an_aligned_ladder() {
     let o = package(
         &input,
         &out,
-        &["--ladder", "360p,240p", "--segment-seconds", "2", "--preset", "ultrafast", "--progress", "--asset-id", "abc"],
+        &[
+            "--ladder",
+            "360p,240p",
+            "--segment-seconds",
+            "2",
+            "--preset",
+            "ultrafast",
+            "--progress",
+            "--asset-id",
+            "abc",
+        ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_no_partial(&out);
@@ -36,12 +46,29 @@ fn packages_a_clip_into_an_aligned_ladder() {
     assert_eq!(done["asset"], "abc");
     let duration = done["duration_seconds"].as_f64().expect("duration");
     assert!((duration - 8.0).abs() < 0.05, "{duration}");
-    let fractions: Vec<f64> = progress.iter().map(|p| p["fraction"].as_f64().expect("fraction")).collect();
+    let fractions: Vec<f64> = progress
+        .iter()
+        .map(|p| p["fraction"].as_f64().expect("fraction"))
+        .collect();
     assert!(!fractions.is_empty() && progress.iter().all(|p| p["event"] == "progress"));
-    assert!(fractions.windows(2).all(|w| w[0] <= w[1]) && fractions.iter().all(|f| (0.0..=1.0).contains(f)));
+    assert!(
+        fractions.windows(2).all(|w| w[0] <= w[1])
+            && fractions.iter().all(|f| (0.0..=1.0).contains(f))
+    );
 
     // Layout.
-    for f in ["master.m3u8", "manifest.mpd", "asset.json", "360p/init.mp4", "360p/index.m3u8", "360p/seg_00001.m4s", "240p/seg_00004.m4s", "audio/init.mp4", "audio/seg_00001.m4s", "audio/index.m3u8"] {
+    for f in [
+        "master.m3u8",
+        "manifest.mpd",
+        "asset.json",
+        "360p/init.mp4",
+        "360p/index.m3u8",
+        "360p/seg_00001.m4s",
+        "240p/seg_00004.m4s",
+        "audio/init.mp4",
+        "audio/seg_00001.m4s",
+        "audio/index.m3u8",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     assert!(!out.join("360p/seg_00005.m4s").exists());
@@ -75,7 +102,11 @@ fn packages_a_clip_into_an_aligned_ladder() {
             let (_, _, _, frames) = probe_stream(&seg);
             assert_eq!(frames, 60, "{name} segment {n}");
             let keys = keyframe_times(&seg);
-            assert_eq!(keys.first().copied(), Some(f64::from(n - 1) * 2.0), "{name} segment {n}: {keys:?}");
+            assert_eq!(
+                keys.first().copied(),
+                Some(f64::from(n - 1) * 2.0),
+                "{name} segment {n}: {keys:?}"
+            );
         }
     }
 
@@ -86,7 +117,11 @@ fn packages_a_clip_into_an_aligned_ladder() {
     assert!((m.duration_seconds - 8.0).abs() < 0.05);
     let mut on_disk = Vec::new();
     for entry in walk(&out) {
-        let rel = entry.strip_prefix(&out).expect("rel").to_string_lossy().into_owned();
+        let rel = entry
+            .strip_prefix(&out)
+            .expect("rel")
+            .to_string_lossy()
+            .into_owned();
         if rel != "asset.json" {
             on_disk.push(rel);
         }
@@ -97,15 +132,41 @@ fn packages_a_clip_into_an_aligned_ladder() {
     for f in &m.files {
         let bytes = std::fs::read(out.join(&f.path)).expect("file");
         assert_eq!(f.size, bytes.len() as u64, "{}", f.path);
-        assert_eq!(f.sha256, hex::encode(sha2::Sha256::digest(&bytes)), "{}", f.path);
+        assert_eq!(
+            f.sha256,
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            "{}",
+            f.path
+        );
     }
     assert_eq!(m.computed_merkle_root(), Some(m.merkle_root.clone()));
-    let names: Vec<(&str, u32, u32, u32)> = m.video.iter().map(|v| (v.name.as_str(), v.width, v.height, v.segments)).collect();
+    let names: Vec<(&str, u32, u32, u32)> = m
+        .video
+        .iter()
+        .map(|v| (v.name.as_str(), v.width, v.height, v.segments))
+        .collect();
     assert_eq!(names, vec![("360p", 640, 360, 4), ("240p", 426, 240, 4)]);
-    assert!(m.video.iter().all(|v| v.codecs.starts_with("avc1.") && v.codecs.len() == 11 && v.frame_rate == 30.0), "{:?}", m.video);
-    assert!(m.video.iter().all(|v| v.bandwidth >= v.average_bandwidth && v.average_bandwidth > 0));
+    assert!(
+        m.video
+            .iter()
+            .all(|v| v.codecs.starts_with("avc1.") && v.codecs.len() == 11 && v.frame_rate == 30.0),
+        "{:?}",
+        m.video
+    );
+    assert!(
+        m.video
+            .iter()
+            .all(|v| v.bandwidth >= v.average_bandwidth && v.average_bandwidth > 0)
+    );
     assert_eq!(m.audio.len(), 1);
-    assert_eq!((m.audio[0].codecs.as_str(), m.audio[0].channels, m.audio[0].sample_rate), ("mp4a.40.2", 2, 48000));
+    assert_eq!(
+        (
+            m.audio[0].codecs.as_str(),
+            m.audio[0].channels,
+            m.audio[0].sample_rate
+        ),
+        ("mp4a.40.2", 2, 48000)
+    );
 
     // Independent parsers accept the manifests, and they agree with asset.json.
     let summary = check_manifests(&out);

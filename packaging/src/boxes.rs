@@ -17,13 +17,17 @@ pub fn top_level_boxes(data: &[u8]) -> Result<Vec<BoxRange>, PackageError> {
     let mut pos = 0usize;
     while pos < data.len() {
         let bad = |why: &str| PackageError::Internal(format!("mp4 box at byte {pos}: {why}"));
-        let header = data.get(pos..pos + 8).ok_or_else(|| bad("truncated header"))?;
+        let header = data
+            .get(pos..pos + 8)
+            .ok_or_else(|| bad("truncated header"))?;
         let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         let kind = [header[4], header[5], header[6], header[7]];
         let size = match size32 {
             0 => data.len() - pos,
             1 => {
-                let large = data.get(pos + 8..pos + 16).ok_or_else(|| bad("truncated large size"))?;
+                let large = data
+                    .get(pos + 8..pos + 16)
+                    .ok_or_else(|| bad("truncated large size"))?;
                 let mut b = [0u8; 8];
                 b.copy_from_slice(large);
                 usize::try_from(u64::from_be_bytes(b)).map_err(|_| bad("size too large"))?
@@ -34,8 +38,15 @@ pub fn top_level_boxes(data: &[u8]) -> Result<Vec<BoxRange>, PackageError> {
         if size < min {
             return Err(bad("size smaller than its header"));
         }
-        let end = pos.checked_add(size).filter(|e| *e <= data.len()).ok_or_else(|| bad("runs past the end"))?;
-        out.push(BoxRange { kind, start: pos, end });
+        let end = pos
+            .checked_add(size)
+            .filter(|e| *e <= data.len())
+            .ok_or_else(|| bad("runs past the end"))?;
+        out.push(BoxRange {
+            kind,
+            start: pos,
+            end,
+        });
         pos = end;
     }
     Ok(out)
@@ -59,8 +70,15 @@ pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
     let first = boxes.iter().position(|b| is_fragment_box(&b.kind));
     let header_end = first.map(|i| boxes[i].start).unwrap_or(data.len());
     let header = &boxes[..first.unwrap_or(boxes.len())];
+    if header.iter().any(|b| &b.kind == b"mdat") {
+        return Err(PackageError::Internal(
+            "media data before the first fragment (not a fragmented mp4)".into(),
+        ));
+    }
     if !header.iter().any(|b| &b.kind == b"ftyp") || !header.iter().any(|b| &b.kind == b"moov") {
-        return Err(PackageError::Internal("fragmented mp4 without ftyp and moov before its fragments".into()));
+        return Err(PackageError::Internal(
+            "fragmented mp4 without ftyp and moov before its fragments".into(),
+        ));
     }
     let mut fragments = Vec::new();
     let mut start: Option<usize> = None;
@@ -81,7 +99,9 @@ pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
             }
             kind if is_fragment_box(kind) => {
                 if seen_moof && kind == b"moof" {
-                    return Err(PackageError::Internal("two moof boxes without an mdat".into()));
+                    return Err(PackageError::Internal(
+                        "two moof boxes without an mdat".into(),
+                    ));
                 }
                 start.get_or_insert(b.start);
                 seen_moof |= kind == b"moof";
@@ -95,9 +115,14 @@ pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
         }
     }
     if start.is_some() {
-        return Err(PackageError::Internal("the last fragment has no mdat".into()));
+        return Err(PackageError::Internal(
+            "the last fragment has no mdat".into(),
+        ));
     }
-    Ok(Split { init: &data[..header_end], fragments })
+    Ok(Split {
+        init: &data[..header_end],
+        fragments,
+    })
 }
 
 fn is_fragment_box(kind: &[u8; 4]) -> bool {
@@ -121,7 +146,9 @@ pub fn tfdt(fragment: &[u8]) -> Option<u64> {
     let version = *fragment.get(at + 4)?;
     let body = fragment.get(at + 8..)?;
     match version {
-        0 => Some(u64::from(u32::from_be_bytes(body.get(..4)?.try_into().ok()?))),
+        0 => Some(u64::from(u32::from_be_bytes(
+            body.get(..4)?.try_into().ok()?,
+        ))),
         1 => Some(u64::from_be_bytes(body.get(..8)?.try_into().ok()?)),
         _ => None,
     }
@@ -159,7 +186,12 @@ mod tests {
         file.extend(mp4_box(b"moov", b"....avcC\x01\x64\x00\x1f..."));
         let init_len = file.len();
         let f1 = [mp4_box(b"moof", b"1"), mp4_box(b"mdat", b"one")].concat();
-        let f2 = [mp4_box(b"styp", b"msdh"), mp4_box(b"moof", b"2"), mp4_box(b"mdat", b"two")].concat();
+        let f2 = [
+            mp4_box(b"styp", b"msdh"),
+            mp4_box(b"moof", b"2"),
+            mp4_box(b"mdat", b"two"),
+        ]
+        .concat();
         file.extend(&f1);
         file.extend(&f2);
         file.extend(mp4_box(b"mfra", b"index"));
@@ -170,7 +202,10 @@ mod tests {
         assert_eq!(top_level_boxes(&styp()).expect("styp").len(), 1);
         let traf = mp4_box(b"traf", &mp4_box(b"tfdt", &[0, 0, 0, 0, 0, 0, 0x30, 0x39]));
         assert_eq!(tfdt(&mp4_box(b"moof", &traf)), Some(12345));
-        let traf = mp4_box(b"traf", &mp4_box(b"tfdt", &[1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]));
+        let traf = mp4_box(
+            b"traf",
+            &mp4_box(b"tfdt", &[1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+        );
         assert_eq!(tfdt(&mp4_box(b"moof", &traf)), Some(1 << 32));
     }
 

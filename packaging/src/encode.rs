@@ -46,7 +46,8 @@ pub(crate) struct VideoJob {
 }
 
 fn is_again(e: &ffmpeg_next::Error) -> bool {
-    matches!(e, ffmpeg_next::Error::Other { errno } if *errno == EAGAIN) || matches!(e, ffmpeg_next::Error::Eof)
+    matches!(e, ffmpeg_next::Error::Other { errno } if *errno == EAGAIN)
+        || matches!(e, ffmpeg_next::Error::Eof)
 }
 
 /// Tracks segment boundaries on encoded packets and cuts fragments there.
@@ -65,7 +66,11 @@ impl Segmenter {
     /// Writes a packet, cutting the fragment before it when it opens a new segment.
     fn push(&mut self, mut packet: Packet, encoder_tb: Rational) -> Result<(), PackageError> {
         let pts = packet.pts().or(packet.dts()).unwrap_or(0);
-        let idx = segment_index(pts, (encoder_tb.numerator(), encoder_tb.denominator()), self.segment_seconds);
+        let idx = segment_index(
+            pts,
+            (encoder_tb.numerator(), encoder_tb.denominator()),
+            self.segment_seconds,
+        );
         let opens = match self.current {
             None => true,
             Some(c) => idx > c && (!self.need_key || packet.is_key()),
@@ -82,8 +87,10 @@ impl Segmenter {
         };
         self.muxer.write(&mut packet)?;
         let mux_pts = packet.pts().or(packet.dts()).unwrap_or(0);
-        let mux_duration = duration * i64::from(self.time_base.denominator()) * i64::from(encoder_tb.numerator())
-            / (i64::from(encoder_tb.denominator()).max(1) * i64::from(self.time_base.numerator()).max(1));
+        let mux_duration =
+            duration * i64::from(self.time_base.denominator()) * i64::from(encoder_tb.numerator())
+                / (i64::from(encoder_tb.denominator()).max(1)
+                    * i64::from(self.time_base.numerator()).max(1));
         if opens {
             self.current = Some(idx);
             self.starts.push(mux_pts);
@@ -99,7 +106,12 @@ impl Segmenter {
     fn finish(self) -> Result<EncodedTrack, PackageError> {
         let time_base = self.time_base;
         let file = self.muxer.finish()?;
-        Ok(EncodedTrack { file, time_base, segment_starts: self.starts, end: self.end })
+        Ok(EncodedTrack {
+            file,
+            time_base,
+            segment_starts: self.starts,
+            end: self.end,
+        })
     }
 }
 
@@ -140,7 +152,9 @@ pub(crate) fn video_worker(
             rendition.bitrate * 2 / 1000
         ),
     );
-    let mut encoder = enc.open_as_with(codec, opts).map_err(PackageError::media(stage("open libx264")))?;
+    let mut encoder = enc
+        .open_as_with(codec, opts)
+        .map_err(PackageError::media(stage("open libx264")))?;
     let enc_tb = time_base;
 
     let muxer = FragmentMuxer::new(&file, codec, codec::Parameters::from(&encoder), enc_tb)?;
@@ -160,7 +174,9 @@ pub(crate) fn video_worker(
     let mut last_segment: Option<i64> = None;
     let mut frames_out = 0u64;
 
-    let mut drain_encoder = |encoder: &mut ffmpeg_next::encoder::Video, seg: &mut Segmenter| -> Result<(), PackageError> {
+    let mut drain_encoder = |encoder: &mut ffmpeg_next::encoder::Video,
+                             seg: &mut Segmenter|
+     -> Result<(), PackageError> {
         loop {
             match encoder.receive_packet(&mut packet) {
                 Ok(()) => {
@@ -176,16 +192,25 @@ pub(crate) fn video_worker(
     let mut encode_filtered = |graph: &mut filter::Graph,
                                encoder: &mut ffmpeg_next::encoder::Video,
                                seg: &mut Segmenter,
-                               drain: &mut dyn FnMut(&mut ffmpeg_next::encoder::Video, &mut Segmenter) -> Result<(), PackageError>|
+                               drain: &mut dyn FnMut(
+        &mut ffmpeg_next::encoder::Video,
+        &mut Segmenter,
+    ) -> Result<(), PackageError>|
      -> Result<(), PackageError> {
         let Some(mut sink) = graph.get("out") else {
-            return Err(PackageError::Internal("filter graph without its sink".into()));
+            return Err(PackageError::Internal(
+                "filter graph without its sink".into(),
+            ));
         };
         loop {
             match sink.sink().frame(&mut filtered) {
                 Ok(()) => {
                     let pts = filtered.pts().unwrap_or(0);
-                    let idx = segment_index(pts, (enc_tb.numerator(), enc_tb.denominator()), job.segment_seconds);
+                    let idx = segment_index(
+                        pts,
+                        (enc_tb.numerator(), enc_tb.denominator()),
+                        job.segment_seconds,
+                    );
                     // A key frame exactly at every segment boundary, and nowhere else forced.
                     let kind = if last_segment.is_none_or(|l| idx > l) {
                         last_segment = Some(idx);
@@ -194,7 +219,9 @@ pub(crate) fn video_worker(
                         picture::Type::None
                     };
                     filtered.set_kind(kind);
-                    encoder.send_frame(&filtered).map_err(PackageError::media(stage("encode")))?;
+                    encoder
+                        .send_frame(&filtered)
+                        .map_err(PackageError::media(stage("encode")))?;
                     frames_out += 1;
                     drain(encoder, seg)?;
                 }
@@ -217,14 +244,21 @@ pub(crate) fn video_worker(
             last_pts = Some(last_pts.map_or(pts, |p| p.max(pts)));
         }
         if graph.is_none() {
-            graph = Some(video_graph(&rendition, &job, &frame).map_err(PackageError::media(stage("filter graph")))?);
+            graph = Some(
+                video_graph(&rendition, &job, &frame)
+                    .map_err(PackageError::media(stage("filter graph")))?,
+            );
         }
         let Some(g) = graph.as_mut() else { continue };
         {
             let Some(mut src) = g.get("in") else {
-                return Err(PackageError::Internal("filter graph without its source".into()));
+                return Err(PackageError::Internal(
+                    "filter graph without its source".into(),
+                ));
             };
-            src.source().add(&frame).map_err(PackageError::media(stage("filter input")))?;
+            src.source()
+                .add(&frame)
+                .map_err(PackageError::media(stage("filter input")))?;
         }
         encode_filtered(g, &mut encoder, &mut seg, &mut drain_encoder)?;
     }
@@ -240,18 +274,30 @@ pub(crate) fn video_worker(
         }
         encode_filtered(g, &mut encoder, &mut seg, &mut drain_encoder)?;
     }
-    encoder.send_eof().map_err(PackageError::media(stage("encoder end")))?;
+    encoder
+        .send_eof()
+        .map_err(PackageError::media(stage("encoder end")))?;
     drain_encoder(&mut encoder, &mut seg)?;
     if frames_out == 0 {
-        return Err(PackageError::Damaged("no video frame could be decoded".into()));
+        return Err(PackageError::Damaged(
+            "no video frame could be decoded".into(),
+        ));
     }
     seg.finish()
 }
 
 /// buffer -> orientation -> fps -> scale -> yuv420p -> buffersink, sized from the first frame.
-fn video_graph(rendition: &Rendition, job: &VideoJob, first: &frame::Video) -> Result<filter::Graph, ffmpeg_next::Error> {
+fn video_graph(
+    rendition: &Rendition,
+    job: &VideoJob,
+    first: &frame::Video,
+) -> Result<filter::Graph, ffmpeg_next::Error> {
     let mut graph = filter::Graph::new();
-    let pix = first.format().descriptor().map(|d| d.name()).unwrap_or("yuv420p");
+    let pix = first
+        .format()
+        .descriptor()
+        .map(|d| d.name())
+        .unwrap_or("yuv420p");
     let sar = first.aspect_ratio();
     let (sar_num, sar_den) = if sar.numerator() > 0 && sar.denominator() > 0 {
         (sar.numerator(), sar.denominator())
@@ -298,7 +344,9 @@ pub(crate) fn audio_worker(
     enc.set_bit_rate(AUDIO_BITRATE);
     enc.set_time_base(time_base);
     enc.set_flags(codec::Flags::GLOBAL_HEADER);
-    let mut encoder = enc.open_as(codec).map_err(PackageError::media("open the aac encoder"))?;
+    let mut encoder = enc
+        .open_as(codec)
+        .map_err(PackageError::media("open the aac encoder"))?;
     let frame_size = encoder.frame_size().max(1);
 
     let muxer = FragmentMuxer::new(&file, codec, codec::Parameters::from(&encoder), time_base)?;
@@ -316,7 +364,9 @@ pub(crate) fn audio_worker(
     let mut packet = Packet::empty();
     let mut samples = 0u64;
 
-    let mut drain_encoder = |encoder: &mut ffmpeg_next::encoder::Audio, seg: &mut Segmenter| -> Result<(), PackageError> {
+    let mut drain_encoder = |encoder: &mut ffmpeg_next::encoder::Audio,
+                             seg: &mut Segmenter|
+     -> Result<(), PackageError> {
         loop {
             match encoder.receive_packet(&mut packet) {
                 Ok(()) => {
@@ -331,16 +381,23 @@ pub(crate) fn audio_worker(
     let mut encode_filtered = |graph: &mut filter::Graph,
                                encoder: &mut ffmpeg_next::encoder::Audio,
                                seg: &mut Segmenter,
-                               drain: &mut dyn FnMut(&mut ffmpeg_next::encoder::Audio, &mut Segmenter) -> Result<(), PackageError>|
+                               drain: &mut dyn FnMut(
+        &mut ffmpeg_next::encoder::Audio,
+        &mut Segmenter,
+    ) -> Result<(), PackageError>|
      -> Result<(), PackageError> {
         let Some(mut sink) = graph.get("out") else {
-            return Err(PackageError::Internal("filter graph without its sink".into()));
+            return Err(PackageError::Internal(
+                "filter graph without its sink".into(),
+            ));
         };
         loop {
             match sink.sink().frame(&mut filtered) {
                 Ok(()) => {
                     samples += filtered.samples() as u64;
-                    encoder.send_frame(&filtered).map_err(PackageError::media("encode audio"))?;
+                    encoder
+                        .send_frame(&filtered)
+                        .map_err(PackageError::media("encode audio"))?;
                     drain(encoder, seg)?;
                 }
                 Err(e) if is_again(&e) => return Ok(()),
@@ -351,24 +408,35 @@ pub(crate) fn audio_worker(
 
     for frame in frames.iter() {
         if graph.is_none() {
-            graph = Some(audio_graph(&frame, source_tb, frame_size).map_err(PackageError::media("audio filter graph"))?);
+            graph = Some(
+                audio_graph(&frame, source_tb, frame_size)
+                    .map_err(PackageError::media("audio filter graph"))?,
+            );
         }
         let Some(g) = graph.as_mut() else { continue };
         {
             let Some(mut src) = g.get("in") else {
-                return Err(PackageError::Internal("filter graph without its source".into()));
+                return Err(PackageError::Internal(
+                    "filter graph without its source".into(),
+                ));
             };
-            src.source().add(&frame).map_err(PackageError::media("audio filter input"))?;
+            src.source()
+                .add(&frame)
+                .map_err(PackageError::media("audio filter input"))?;
         }
         encode_filtered(g, &mut encoder, &mut seg, &mut drain_encoder)?;
     }
     if let Some(g) = graph.as_mut() {
         if let Some(mut src) = g.get("in") {
-            src.source().flush().map_err(PackageError::media("audio filter end"))?;
+            src.source()
+                .flush()
+                .map_err(PackageError::media("audio filter end"))?;
         }
         encode_filtered(g, &mut encoder, &mut seg, &mut drain_encoder)?;
     }
-    encoder.send_eof().map_err(PackageError::media("audio encoder end"))?;
+    encoder
+        .send_eof()
+        .map_err(PackageError::media("audio encoder end"))?;
     drain_encoder(&mut encoder, &mut seg)?;
     if samples == 0 {
         return Err(PackageError::Damaged("no audio could be decoded".into()));
@@ -378,7 +446,11 @@ pub(crate) fn audio_worker(
 
 /// abuffer -> aresample (48 kHz, timestamps kept, silence before a late start) -> aformat
 /// (fltp stereo) -> abuffersink in frames of the encoder's size.
-fn audio_graph(first: &frame::Audio, source_tb: Rational, frame_size: u32) -> Result<filter::Graph, ffmpeg_next::Error> {
+fn audio_graph(
+    first: &frame::Audio,
+    source_tb: Rational,
+    frame_size: u32,
+) -> Result<filter::Graph, ffmpeg_next::Error> {
     let mut graph = filter::Graph::new();
     let layout = if first.channel_layout().bits() != 0 {
         first.channel_layout()

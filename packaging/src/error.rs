@@ -50,7 +50,10 @@ impl PackageError {
         move |source| PackageError::Media { stage, source }
     }
 
-    pub(crate) fn io(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.to_owned();
         move |source| PackageError::Io { what, path, source }
     }

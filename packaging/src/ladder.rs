@@ -86,35 +86,54 @@ pub fn parse_ladder(text: &str) -> Result<Vec<Rung>, PackageError> {
                 })?,
         };
         if rungs.iter().any(|r: &Rung| r.short_side == short_side) {
-            return Err(PackageError::Usage(format!("--ladder: {name} appears twice")));
+            return Err(PackageError::Usage(format!(
+                "--ladder: {name} appears twice"
+            )));
         }
-        rungs.push(Rung { short_side, bitrate });
+        rungs.push(Rung {
+            short_side,
+            bitrate,
+        });
     }
-    rungs.sort_by(|a, b| b.short_side.cmp(&a.short_side));
+    rungs.sort_by_key(|r| std::cmp::Reverse(r.short_side));
     Ok(rungs)
 }
 
 /// Rounds to the nearest even number, at least 2.
 fn round_even(x: f64) -> u32 {
     let n = ((x / 2.0).round() * 2.0).max(2.0);
-    if n > f64::from(u32::MAX) { u32::MAX - 1 } else { n as u32 }
+    if n > f64::from(u32::MAX) {
+        u32::MAX - 1
+    } else {
+        n as u32
+    }
 }
 
 /// Chooses the renditions for a source whose displayed size (after rotation and pixel aspect)
 /// is `width` x `height`. Highest first; never larger than the source on either side.
 pub fn select(rungs: &[Rung], width: u32, height: u32) -> Result<Vec<Rendition>, PackageError> {
     if width < 2 || height < 2 {
-        return Err(PackageError::Unsupported(format!("video of {width}x{height} is too small")));
+        return Err(PackageError::Unsupported(format!(
+            "video of {width}x{height} is too small"
+        )));
     }
     let landscape = width >= height;
-    let (src_short, src_long) = if landscape { (height, width) } else { (width, height) };
+    let (src_short, src_long) = if landscape {
+        (height, width)
+    } else {
+        (width, height)
+    };
     let even_short = src_short & !1;
     let even_long = src_long & !1;
     let size = |short: u32| -> (u32, u32) {
         let long = round_even(f64::from(short) * f64::from(src_long) / f64::from(src_short))
             .min(even_long)
             .max(2);
-        if landscape { (long, short) } else { (short, long) }
+        if landscape {
+            (long, short)
+        } else {
+            (short, long)
+        }
     };
     let mut out: Vec<Rendition> = Vec::new();
     let mut dropped_bitrate = None;
@@ -125,7 +144,12 @@ pub fn select(rungs: &[Rung], width: u32, height: u32) -> Result<Vec<Rendition>,
             continue;
         }
         let (w, h) = size(rung.short_side);
-        out.push(Rendition { name: format!("{}p", rung.short_side), width: w, height: h, bitrate: rung.bitrate });
+        out.push(Rendition {
+            name: format!("{}p", rung.short_side),
+            width: w,
+            height: h,
+            bitrate: rung.bitrate,
+        });
     }
     if let Some(above) = dropped_bitrate
         && !out.iter().any(|r| r.name == format!("{even_short}p"))
@@ -136,15 +160,26 @@ pub fn select(rungs: &[Rung], width: u32, height: u32) -> Result<Vec<Rendition>,
         let (w, h) = size(even_short);
         let bitrate = match out.first() {
             Some(below) => {
-                let ratio = f64::from(w) * f64::from(h) / (f64::from(below.width) * f64::from(below.height));
+                let ratio = f64::from(w) * f64::from(h)
+                    / (f64::from(below.width) * f64::from(below.height));
                 ((below.bitrate as f64 * ratio) as u64).clamp(below.bitrate, above)
             }
             None => above,
         };
-        out.insert(0, Rendition { name: format!("{even_short}p"), width: w, height: h, bitrate });
+        out.insert(
+            0,
+            Rendition {
+                name: format!("{even_short}p"),
+                width: w,
+                height: h,
+                bitrate,
+            },
+        );
     }
     if out.is_empty() {
-        return Err(PackageError::Usage("--ladder: no rendition fits this source".into()));
+        return Err(PackageError::Usage(
+            "--ladder: no rendition fits this source".into(),
+        ));
     }
     Ok(out)
 }
@@ -167,7 +202,10 @@ mod tests {
     #[test]
     fn default_ladder_on_1080p() {
         let r = select(&parse_ladder(DEFAULT_LADDER).expect("ladder"), 1920, 1080).expect("select");
-        let got: Vec<_> = r.iter().map(|r| (r.name.as_str(), r.width, r.height, r.bitrate)).collect();
+        let got: Vec<_> = r
+            .iter()
+            .map(|r| (r.name.as_str(), r.width, r.height, r.bitrate))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -184,9 +222,15 @@ mod tests {
     fn small_and_odd_sources_are_not_upscaled() {
         let ladder = parse_ladder(DEFAULT_LADDER).expect("ladder");
         let r = select(&ladder, 641, 361).expect("select");
-        assert_eq!((r[0].name.as_str(), r[0].width, r[0].height), ("360p", 640, 360));
+        assert_eq!(
+            (r[0].name.as_str(), r[0].width, r[0].height),
+            ("360p", 640, 360)
+        );
         let r = select(&ladder, 1000, 600).expect("select");
-        assert_eq!((r[0].name.as_str(), r[0].width, r[0].height), ("600p", 1000, 600));
+        assert_eq!(
+            (r[0].name.as_str(), r[0].width, r[0].height),
+            ("600p", 1000, 600)
+        );
         assert!(r[0].bitrate >= 1_200_000 && r[0].bitrate <= 3_000_000);
         assert_eq!(r[1].name, "480p");
         let r = select(&ladder, 160, 90).expect("select");
@@ -202,8 +246,24 @@ mod tests {
 
     #[test]
     fn ladder_parsing() {
-        assert_eq!(parse_ladder("240p,720p@2500k").expect("ok")[0], Rung { short_side: 720, bitrate: 2_500_000 });
-        for bad in ["", "720", "720p,720p", "999p", "720p@", "720p@1", "abc", "1p", "99999p"] {
+        assert_eq!(
+            parse_ladder("240p,720p@2500k").expect("ok")[0],
+            Rung {
+                short_side: 720,
+                bitrate: 2_500_000
+            }
+        );
+        for bad in [
+            "",
+            "720",
+            "720p,720p",
+            "999p",
+            "720p@",
+            "720p@1",
+            "abc",
+            "1p",
+            "99999p",
+        ] {
             assert!(parse_ladder(bad).is_err(), "{bad}");
         }
         assert!(check_source_size(16000, 16000).is_err());

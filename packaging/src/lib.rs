@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use estuary_common::asset::{AssetManifest, AudioRendition, MANIFEST_FILE, MANIFEST_VERSION, VideoRendition};
+use estuary_common::asset::{
+    AssetManifest, AudioRendition, MANIFEST_FILE, MANIFEST_VERSION, VideoRendition,
+};
 use ffmpeg_next::{Rational, codec, format, frame, media};
 
-pub use error::PackageError;
 use encode::{AUDIO_CHANNELS, AUDIO_RATE, EncodedTrack, VideoJob};
+pub use error::PackageError;
 use manifests::{Segment, Track, TrackKind};
 use publish::Staging;
 
@@ -57,8 +59,20 @@ pub struct PackageReport {
 }
 
 const X264_PRESETS: &[&str] = &[
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo",
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
 ];
+
+/// A rendition's encoding thread.
+type Worker = JoinHandle<Result<EncodedTrack, PackageError>>;
 
 /// A source stream's decoder and where its frames go.
 struct Input<D> {
@@ -71,22 +85,45 @@ struct Input<D> {
 
 /// Packages `opts.input` into `opts.out`. `progress` is called now and then with the
 /// fraction of the source decoded (0..1). On error nothing is left at `opts.out`.
-pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<PackageReport, PackageError> {
+pub fn package(
+    opts: &PackageOptions,
+    progress: &mut dyn FnMut(f64),
+) -> Result<PackageReport, PackageError> {
     let rungs = ladder::parse_ladder(&opts.ladder)?;
     if !(1..=30).contains(&opts.segment_seconds) {
-        return Err(PackageError::Usage("--segment-seconds: between 1 and 30".into()));
+        return Err(PackageError::Usage(
+            "--segment-seconds: between 1 and 30".into(),
+        ));
     }
     if !X264_PRESETS.contains(&opts.preset.as_str()) {
-        return Err(PackageError::Usage(format!("--preset: one of {}", X264_PRESETS.join(", "))));
+        return Err(PackageError::Usage(format!(
+            "--preset: one of {}",
+            X264_PRESETS.join(", ")
+        )));
     }
     let asset = match &opts.asset_id {
         Some(id) => id.clone(),
-        None => opts.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        None => opts
+            .out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
-    if asset.is_empty() || asset.len() > 200 || asset.contains(['/', '\\']) || asset.chars().any(char::is_control) || asset == "." || asset == ".." {
-        return Err(PackageError::Usage(format!("--asset-id: {asset:?} is not a valid asset id")));
+    if asset.is_empty()
+        || asset.len() > 200
+        || asset.contains(['/', '\\'])
+        || asset.chars().any(char::is_control)
+        || asset == "."
+        || asset == ".."
+    {
+        return Err(PackageError::Usage(format!(
+            "--asset-id: {asset:?} is not a valid asset id"
+        )));
     }
-    let input_err = |reason: String| PackageError::Input { path: opts.input.clone(), reason };
+    let input_err = |reason: String| PackageError::Input {
+        path: opts.input.clone(),
+        reason,
+    };
     let meta = std::fs::metadata(&opts.input).map_err(|e| input_err(e.to_string()))?;
     if !meta.is_file() {
         return Err(input_err("not a regular file".into()));
@@ -98,22 +135,30 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
     ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Fatal);
 
     let staging = Staging::create(&opts.out)?;
-    let mut ictx = format::input(&opts.input).map_err(|e| input_err(format!("not a media file FFmpeg can read ({e})")))?;
+    let mut ictx = format::input(&opts.input)
+        .map_err(|e| input_err(format!("not a media file FFmpeg can read ({e})")))?;
 
     // Pick the streams: the best video stream that is not a cover picture, the best audio.
     let video_stream = ictx
         .streams()
         .filter(|s| s.parameters().medium() == media::Type::Video)
-        .filter(|s| !s.disposition().contains(format::stream::Disposition::ATTACHED_PIC))
+        .filter(|s| {
+            !s.disposition()
+                .contains(format::stream::Disposition::ATTACHED_PIC)
+        })
         .max_by_key(|s| {
             let p = s.parameters();
             // SAFETY-free: width/height come from the codec parameters.
-            decoder_size(&p).map(|(w, h)| u64::from(w) * u64::from(h)).unwrap_or(0)
+            decoder_size(&p)
+                .map(|(w, h)| u64::from(w) * u64::from(h))
+                .unwrap_or(0)
         })
         .map(|s| s.index());
     let audio_stream = ictx.streams().best(media::Type::Audio).map(|s| s.index());
     if video_stream.is_none() && audio_stream.is_none() {
-        return Err(PackageError::Unsupported("the input has neither video nor audio".into()));
+        return Err(PackageError::Unsupported(
+            "the input has neither video nor audio".into(),
+        ));
     }
 
     // The common start: every track starts at 0 = the earliest stream start.
@@ -124,7 +169,11 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         .filter(|s| s.start_time() != ffmpeg_next::ffi::AV_NOPTS_VALUE)
         .map(|s| s.start_time() as f64 * f64::from(s.time_base()))
         .fold(f64::INFINITY, f64::min);
-    let start_seconds = if start_seconds.is_finite() { start_seconds } else { 0.0 };
+    let start_seconds = if start_seconds.is_finite() {
+        start_seconds
+    } else {
+        0.0
+    };
     let offset_in = |tb: Rational| -> i64 {
         if tb.numerator() <= 0 {
             return 0;
@@ -133,23 +182,37 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
     };
     let declared_seconds = {
         let d = ictx.duration();
-        if d > 0 { d as f64 / f64::from(ffmpeg_next::ffi::AV_TIME_BASE) } else { 0.0 }
+        if d > 0 {
+            d as f64 / f64::from(ffmpeg_next::ffi::AV_TIME_BASE)
+        } else {
+            0.0
+        }
     };
 
     let mut video: Option<Input<ffmpeg_next::decoder::Video>> = None;
     let mut plan = Vec::new();
     let mut job = None;
     if let Some(idx) = video_stream {
-        let stream = ictx.stream(idx).ok_or_else(|| PackageError::Internal("video stream vanished".into()))?;
+        let stream = ictx
+            .stream(idx)
+            .ok_or_else(|| PackageError::Internal("video stream vanished".into()))?;
         let mut ctx = codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| PackageError::Unsupported(format!("video stream: {e}")))?;
-        ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Frame, count: 2, ..Default::default() });
+        ctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Frame,
+            count: 2,
+            ..Default::default()
+        });
         let mut decoder = ctx.decoder();
         decoder.set_packet_time_base(stream.time_base());
-        let decoder = decoder.video().map_err(|e| PackageError::Unsupported(format!("cannot decode the video stream: {e}")))?;
+        let decoder = decoder.video().map_err(|e| {
+            PackageError::Unsupported(format!("cannot decode the video stream: {e}"))
+        })?;
         let (w, h) = (decoder.width(), decoder.height());
         if w == 0 || h == 0 {
-            return Err(PackageError::Damaged("the video stream has no picture size".into()));
+            return Err(PackageError::Damaged(
+                "the video stream has no picture size".into(),
+            ));
         }
         ladder::check_source_size(w, h)?;
         let matrix = stream
@@ -163,11 +226,18 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         } else {
             w
         };
-        let (dw, dh) = if orientation.swaps { (h, display_w) } else { (display_w, h) };
+        let (dw, dh) = if orientation.swaps {
+            (h, display_w)
+        } else {
+            (display_w, h)
+        };
         plan = ladder::select(&rungs, dw, dh)?;
         let avg = stream.avg_frame_rate();
         let guess = stream.rate();
-        let frame_rate = timing::output_frame_rate((avg.numerator(), avg.denominator()), (guess.numerator(), guess.denominator()));
+        let frame_rate = timing::output_frame_rate(
+            (avg.numerator(), avg.denominator()),
+            (guess.numerator(), guess.denominator()),
+        );
         job = Some(VideoJob {
             orientation: orientation.filters,
             frame_rate,
@@ -175,11 +245,18 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
             preset: opts.preset.clone(),
             source_tb: stream.time_base(),
         });
-        video = Some(Input { index: idx, decoder, offset: offset_in(stream.time_base()), time_base: stream.time_base() });
+        video = Some(Input {
+            index: idx,
+            decoder,
+            offset: offset_in(stream.time_base()),
+            time_base: stream.time_base(),
+        });
     }
     let mut audio: Option<Input<ffmpeg_next::decoder::Audio>> = None;
     if let Some(idx) = audio_stream {
-        let stream = ictx.stream(idx).ok_or_else(|| PackageError::Internal("audio stream vanished".into()))?;
+        let stream = ictx
+            .stream(idx)
+            .ok_or_else(|| PackageError::Internal("audio stream vanished".into()))?;
         let opened = codec::context::Context::from_parameters(stream.parameters()).and_then(|c| {
             let mut d = c.decoder();
             d.set_packet_time_base(stream.time_base());
@@ -187,17 +264,28 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         });
         match opened {
             Ok(decoder) => {
-                audio = Some(Input { index: idx, decoder, offset: offset_in(stream.time_base()), time_base: stream.time_base() })
+                audio = Some(Input {
+                    index: idx,
+                    decoder,
+                    offset: offset_in(stream.time_base()),
+                    time_base: stream.time_base(),
+                })
             }
             Err(e) if video.is_some() => {
-                eprintln!("estuary package: warning: the audio stream cannot be decoded ({e}); packaging video only");
+                eprintln!(
+                    "estuary package: warning: the audio stream cannot be decoded ({e}); packaging video only"
+                );
             }
-            Err(e) => return Err(PackageError::Unsupported(format!("cannot decode the audio stream: {e}"))),
+            Err(e) => {
+                return Err(PackageError::Unsupported(format!(
+                    "cannot decode the audio stream: {e}"
+                )));
+            }
         }
     }
 
     // Start the workers: one per video rendition, one for audio.
-    let mut video_workers: Vec<(ladder::Rendition, SyncSender<frame::Video>, JoinHandle<Result<EncodedTrack, PackageError>>)> = Vec::new();
+    let mut video_workers: Vec<(ladder::Rendition, SyncSender<frame::Video>, Worker)> = Vec::new();
     if let Some(job) = &job {
         for rendition in &plan {
             let dir = staging.dir.join(&rendition.name);
@@ -211,7 +299,7 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
             video_workers.push((rendition.clone(), tx, handle));
         }
     }
-    let mut audio_worker: Option<(SyncSender<frame::Audio>, JoinHandle<Result<EncodedTrack, PackageError>>)> = None;
+    let mut audio_worker: Option<(SyncSender<frame::Audio>, Worker)> = None;
     if let Some(a) = &audio {
         let dir = staging.dir.join("audio");
         std::fs::create_dir(&dir).map_err(PackageError::io("create", &dir))?;
@@ -249,7 +337,11 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         }
         let stream = packet.stream();
         if let Some(v) = video.as_mut().filter(|v| eof || v.index == stream) {
-            let sent = if eof { v.decoder.send_eof() } else { v.decoder.send_packet(&packet) };
+            let sent = if eof {
+                v.decoder.send_eof()
+            } else {
+                v.decoder.send_packet(&packet)
+            };
             if sent.is_err() && !eof {
                 skipped += 1;
             }
@@ -260,7 +352,9 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
                 };
                 let (fw, fh) = (vframe.width(), vframe.height());
                 if ladder::check_source_size(fw, fh).is_err() || fw == 0 || fh == 0 {
-                    return Err(PackageError::Damaged(format!("a video frame of {fw}x{fh} in the middle of the stream")));
+                    return Err(PackageError::Damaged(format!(
+                        "a video frame of {fw}x{fh} in the middle of the stream"
+                    )));
                 }
                 let pts = ts - v.offset;
                 vframe.set_pts(Some(pts));
@@ -274,7 +368,11 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
             }
         }
         if let Some(a) = audio.as_mut().filter(|a| eof || a.index == stream) {
-            let sent = if eof { a.decoder.send_eof() } else { a.decoder.send_packet(&packet) };
+            let sent = if eof {
+                a.decoder.send_eof()
+            } else {
+                a.decoder.send_packet(&packet)
+            };
             if sent.is_err() && !eof {
                 skipped += 1;
             }
@@ -285,7 +383,8 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
                 };
                 let pts = ts - a.offset;
                 aframe.set_pts(Some(pts));
-                let end = pts as f64 * f64::from(a.time_base) + aframe.samples() as f64 / f64::from(aframe.rate().max(1));
+                let end = pts as f64 * f64::from(a.time_base)
+                    + aframe.samples() as f64 / f64::from(aframe.rate().max(1));
                 decoded_end = decoded_end.max(end);
                 if let Some((tx, _)) = &audio_worker
                     && tx.send(aframe.clone()).is_err()
@@ -314,7 +413,10 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
                 first_error.get_or_insert(e);
             }
             Err(_) => {
-                first_error.get_or_insert(PackageError::Internal(format!("the {} worker panicked", rendition.name)));
+                first_error.get_or_insert(PackageError::Internal(format!(
+                    "the {} worker panicked",
+                    rendition.name
+                )));
             }
         }
     }
@@ -327,12 +429,15 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
                 first_error.get_or_insert(e);
             }
             Err(_) => {
-                first_error.get_or_insert(PackageError::Internal("the audio worker panicked".into()));
+                first_error
+                    .get_or_insert(PackageError::Internal("the audio worker panicked".into()));
             }
         }
     }
     if let Some(e) = read_error {
-        return Err(PackageError::Damaged(format!("reading the input failed after {decoded_end:.1} s: {e}")));
+        return Err(PackageError::Damaged(format!(
+            "reading the input failed after {decoded_end:.1} s: {e}"
+        )));
     }
     if let Some(e) = first_error {
         return Err(e);
@@ -350,7 +455,11 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         let (n, d) = job.as_ref().map(|j| j.frame_rate).unwrap_or((25, 1));
         videos.push(Track {
             name: rendition.name.clone(),
-            kind: TrackKind::Video { width: rendition.width, height: rendition.height, frame_rate: (n, d) },
+            kind: TrackKind::Video {
+                width: rendition.width,
+                height: rendition.height,
+                frame_rate: (n, d),
+            },
             codecs,
             timescale: timescale(encoded.time_base)?,
             segments,
@@ -361,7 +470,10 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
             let (codecs, segments) = cut_track(&staging.dir.join("audio"), encoded, false)?;
             Some(Track {
                 name: "audio".into(),
-                kind: TrackKind::Audio { sample_rate: AUDIO_RATE, channels: AUDIO_CHANNELS },
+                kind: TrackKind::Audio {
+                    sample_rate: AUDIO_RATE,
+                    channels: AUDIO_CHANNELS,
+                },
                 codecs,
                 timescale: timescale(encoded.time_base)?,
                 segments,
@@ -380,12 +492,24 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
 
     // Manifests.
     for t in videos.iter().chain(audio.iter()) {
-        publish::write_new(&staging.dir.join(&t.name).join("index.m3u8"), manifests::media_playlist(t).as_bytes())?;
+        publish::write_new(
+            &staging.dir.join(&t.name).join("index.m3u8"),
+            manifests::media_playlist(t).as_bytes(),
+        )?;
     }
-    publish::write_new(&staging.dir.join("master.m3u8"), manifests::master_playlist(&videos, audio.as_ref()).as_bytes())?;
+    publish::write_new(
+        &staging.dir.join("master.m3u8"),
+        manifests::master_playlist(&videos, audio.as_ref()).as_bytes(),
+    )?;
     publish::write_new(
         &staging.dir.join("manifest.mpd"),
-        manifests::mpd(&videos, audio.as_ref(), duration_seconds, f64::from(opts.segment_seconds)).as_bytes(),
+        manifests::mpd(
+            &videos,
+            audio.as_ref(),
+            duration_seconds,
+            f64::from(opts.segment_seconds),
+        )
+        .as_bytes(),
     )?;
 
     let files = publish::digest_files(&staging.dir, MANIFEST_FILE)?;
@@ -433,11 +557,18 @@ pub fn package(opts: &PackageOptions, progress: &mut dyn FnMut(f64)) -> Result<P
         files,
         merkle_root,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PackageError::Internal(format!("asset.json: {e}")))?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| PackageError::Internal(format!("asset.json: {e}")))?;
     publish::write_new(&staging.dir.join(MANIFEST_FILE), &json)?;
     let dir = staging.publish()?;
     progress(1.0);
-    Ok(PackageReport { asset, dir, duration_seconds, skipped_packets: skipped, manifest })
+    Ok(PackageReport {
+        asset,
+        dir,
+        duration_seconds,
+        skipped_packets: skipped,
+        manifest,
+    })
 }
 
 fn decoder_size(p: &codec::Parameters) -> Option<(u32, u32)> {
@@ -448,14 +579,20 @@ fn decoder_size(p: &codec::Parameters) -> Option<(u32, u32)> {
 
 fn timescale(tb: Rational) -> Result<u32, PackageError> {
     if tb.numerator() != 1 || tb.denominator() <= 0 {
-        return Err(PackageError::Internal(format!("unexpected mp4 time base {tb}")));
+        return Err(PackageError::Internal(format!(
+            "unexpected mp4 time base {tb}"
+        )));
     }
     u32::try_from(tb.denominator()).map_err(|_| PackageError::Internal("mp4 time base".into()))
 }
 
 /// Cuts a worker's fragmented MP4 into `init.mp4` and `seg_NNNNN.m4s` in `dir` and removes
 /// it. Returns the codec string and the segments.
-fn cut_track(dir: &Path, encoded: &EncodedTrack, is_video: bool) -> Result<(String, Vec<Segment>), PackageError> {
+fn cut_track(
+    dir: &Path,
+    encoded: &EncodedTrack,
+    is_video: bool,
+) -> Result<(String, Vec<Segment>), PackageError> {
     let data = std::fs::read(&encoded.file).map_err(PackageError::io("read", &encoded.file))?;
     let split = boxes::split_fragmented(&data)?;
     if split.fragments.len() != encoded.segment_starts.len() {
@@ -477,14 +614,16 @@ fn cut_track(dir: &Path, encoded: &EncodedTrack, is_video: bool) -> Result<(Stri
     // starts at 0 (the AAC encoder's priming makes audio start at -1024 samples).
     let mut starts = Vec::with_capacity(split.fragments.len());
     for fragment in &split.fragments {
-        let t = boxes::tfdt(fragment).ok_or_else(|| PackageError::Internal("a fragment without tfdt".into()))?;
+        let t = boxes::tfdt(fragment)
+            .ok_or_else(|| PackageError::Internal("a fragment without tfdt".into()))?;
         let t = i64::try_from(t).map_err(|_| PackageError::Internal("tfdt out of range".into()))?;
         if starts.last().is_some_and(|&prev| t <= prev) {
             return Err(PackageError::Internal("fragment times go backwards".into()));
         }
         starts.push(t);
     }
-    let shift = starts.first().copied().unwrap_or(0) - encoded.segment_starts.first().copied().unwrap_or(0);
+    let shift =
+        starts.first().copied().unwrap_or(0) - encoded.segment_starts.first().copied().unwrap_or(0);
     let end = encoded.end + shift;
     // A last audio fragment of a few samples (encoder padding) joins the one before it: a
     // media segment may hold more than one fragment.
@@ -508,7 +647,11 @@ fn cut_track(dir: &Path, encoded: &EncodedTrack, is_video: bool) -> Result<(Stri
             bytes.extend_from_slice(fragment.strip_prefix(&styp[..]).unwrap_or(fragment));
         }
         publish::write_new(&dir.join(manifests::segment_name(n + 1)), &bytes)?;
-        segments.push(Segment { start, duration: (stop - start).max(1), size: bytes.len() as u64 });
+        segments.push(Segment {
+            start,
+            duration: (stop - start).max(1),
+            size: bytes.len() as u64,
+        });
     }
     drop(split);
     std::fs::remove_file(&encoded.file).map_err(PackageError::io("remove", &encoded.file))?;

@@ -24,8 +24,15 @@ pub struct Segment {
 /// What kind of track.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TrackKind {
-    Video { width: u32, height: u32, frame_rate: (i32, i32) },
-    Audio { sample_rate: u32, channels: u32 },
+    Video {
+        width: u32,
+        height: u32,
+        frame_rate: (i32, i32),
+    },
+    Audio {
+        sample_rate: u32,
+        channels: u32,
+    },
 }
 
 /// One packaged rendition: its folder name, codec and segments.
@@ -58,7 +65,8 @@ impl Track {
     /// Peak bits per second over any segment (a last segment shorter than half a second is
     /// left out: its few bytes over a tiny duration would overstate the peak).
     pub fn peak_bandwidth(&self) -> u64 {
-        let rate = |s: &Segment| (s.size as f64 * 8.0 / self.segment_seconds(s).max(1e-3)).ceil() as u64;
+        let rate =
+            |s: &Segment| (s.size as f64 * 8.0 / self.segment_seconds(s).max(1e-3)).ceil() as u64;
         let n = self.segments.len();
         self.segments
             .iter()
@@ -77,7 +85,9 @@ impl Track {
 
     pub fn frame_rate(&self) -> Option<f64> {
         match self.kind {
-            TrackKind::Video { frame_rate: (n, d), .. } if d > 0 => Some(f64::from(n) / f64::from(d)),
+            TrackKind::Video {
+                frame_rate: (n, d), ..
+            } if d > 0 => Some(f64::from(n) / f64::from(d)),
             _ => None,
         }
     }
@@ -106,7 +116,10 @@ pub fn media_playlist(track: &Track) -> String {
         .map(|(i, s)| MediaSegment {
             uri: segment_name(i + 1),
             duration: track.segment_seconds(s) as f32,
-            map: (i == 0).then(|| m3u8_rs::Map { uri: "init.mp4".into(), ..Default::default() }),
+            map: (i == 0).then(|| m3u8_rs::Map {
+                uri: "init.mp4".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .collect();
@@ -126,7 +139,11 @@ pub fn media_playlist(track: &Track) -> String {
 /// The master playlist: one variant per video track (each with the audio group when there is
 /// audio), or a single audio-only variant when there is no video.
 pub fn master_playlist(video: &[Track], audio: Option<&Track>) -> String {
-    let mut master = MasterPlaylist { version: Some(7), independent_segments: true, ..Default::default() };
+    let mut master = MasterPlaylist {
+        version: Some(7),
+        independent_segments: true,
+        ..Default::default()
+    };
     if let Some(a) = audio {
         let channels = match a.kind {
             TrackKind::Audio { channels, .. } => channels,
@@ -162,7 +179,10 @@ pub fn master_playlist(video: &[Track], audio: Option<&Track>) -> String {
             bandwidth: peak,
             average_bandwidth: Some(average),
             codecs: Some(codecs),
-            resolution: Some(Resolution { width: u64::from(width), height: u64::from(height) }),
+            resolution: Some(Resolution {
+                width: u64::from(width),
+                height: u64::from(height),
+            }),
             frame_rate: v.frame_rate().map(|f| (f * 1000.0).round() / 1000.0),
             audio: audio.map(|_| AUDIO_GROUP.to_owned()),
             ..Default::default()
@@ -189,7 +209,10 @@ fn iso_duration(seconds: f64) -> String {
 
 /// Escapes text for an XML attribute value.
 fn xml_attr(s: &str) -> String {
-    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// `<SegmentTemplate>` with a `<SegmentTimeline>` over the track's segments (runs of equal
@@ -214,9 +237,17 @@ fn segment_template(out: &mut String, t: &Track) {
             repeat += 1;
         }
         if repeat > 0 {
-            let _ = writeln!(out, r#"            <S t="{}" d="{}" r="{repeat}"/>"#, s.start, s.duration);
+            let _ = writeln!(
+                out,
+                r#"            <S t="{}" d="{}" r="{repeat}"/>"#,
+                s.start, s.duration
+            );
         } else {
-            let _ = writeln!(out, r#"            <S t="{}" d="{}"/>"#, s.start, s.duration);
+            let _ = writeln!(
+                out,
+                r#"            <S t="{}" d="{}"/>"#,
+                s.start, s.duration
+            );
         }
         i += 1 + repeat;
     }
@@ -224,7 +255,12 @@ fn segment_template(out: &mut String, t: &Track) {
 }
 
 /// A static DASH MPD (live profile: SegmentTemplate) over the same CMAF segments.
-pub fn mpd(video: &[Track], audio: Option<&Track>, duration_seconds: f64, segment_seconds: f64) -> String {
+pub fn mpd(
+    video: &[Track],
+    audio: Option<&Track>,
+    duration_seconds: f64,
+    segment_seconds: f64,
+) -> String {
     let mut out = String::new();
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -246,7 +282,14 @@ pub fn mpd(video: &[Track], audio: Option<&Track>, duration_seconds: f64, segmen
         );
         set_id += 1;
         for t in video {
-            let TrackKind::Video { width, height, frame_rate: (n, d) } = t.kind else { continue };
+            let TrackKind::Video {
+                width,
+                height,
+                frame_rate: (n, d),
+            } = t.kind
+            else {
+                continue;
+            };
             let _ = writeln!(
                 out,
                 r#"      <Representation id="{}" codecs="{}" bandwidth="{}" width="{width}" height="{height}" frameRate="{n}/{d}" sar="1:1">"#,
@@ -261,7 +304,10 @@ pub fn mpd(video: &[Track], audio: Option<&Track>, duration_seconds: f64, segmen
     }
     if let Some(t) = audio {
         let (rate, channels) = match t.kind {
-            TrackKind::Audio { sample_rate, channels } => (sample_rate, channels),
+            TrackKind::Audio {
+                sample_rate,
+                channels,
+            } => (sample_rate, channels),
             TrackKind::Video { .. } => (48_000, 2),
         };
         let _ = writeln!(
@@ -293,13 +339,29 @@ mod tests {
     fn video(name: &str, w: u32, h: u32) -> Track {
         Track {
             name: name.into(),
-            kind: TrackKind::Video { width: w, height: h, frame_rate: (30, 1) },
+            kind: TrackKind::Video {
+                width: w,
+                height: h,
+                frame_rate: (30, 1),
+            },
             codecs: "avc1.64001f".into(),
             timescale: 15360,
             segments: vec![
-                Segment { start: 0, duration: 30720, size: 250_000 },
-                Segment { start: 30720, duration: 30720, size: 500_000 },
-                Segment { start: 61440, duration: 15360, size: 100_000 },
+                Segment {
+                    start: 0,
+                    duration: 30720,
+                    size: 250_000,
+                },
+                Segment {
+                    start: 30720,
+                    duration: 30720,
+                    size: 500_000,
+                },
+                Segment {
+                    start: 61440,
+                    duration: 15360,
+                    size: 100_000,
+                },
             ],
         }
     }
@@ -307,13 +369,28 @@ mod tests {
     fn audio() -> Track {
         Track {
             name: "audio".into(),
-            kind: TrackKind::Audio { sample_rate: 48000, channels: 2 },
+            kind: TrackKind::Audio {
+                sample_rate: 48000,
+                channels: 2,
+            },
             codecs: "mp4a.40.2".into(),
             timescale: 48000,
             segments: vec![
-                Segment { start: 0, duration: 96256, size: 32_000 },
-                Segment { start: 96256, duration: 95232, size: 32_000 },
-                Segment { start: 191488, duration: 48512, size: 16_000 },
+                Segment {
+                    start: 0,
+                    duration: 96256,
+                    size: 32_000,
+                },
+                Segment {
+                    start: 96256,
+                    duration: 95232,
+                    size: 32_000,
+                },
+                Segment {
+                    start: 191488,
+                    duration: 48512,
+                    size: 16_000,
+                },
             ],
         }
     }
@@ -338,7 +415,10 @@ mod tests {
         assert_eq!(var.codecs.as_deref(), Some("avc1.64001f,mp4a.40.2"));
         assert_eq!(var.audio.as_deref(), Some(AUDIO_GROUP));
         assert_eq!(var.frame_rate, Some(30.0));
-        assert_eq!(parsed.alternatives[0].uri.as_deref(), Some("audio/index.m3u8"));
+        assert_eq!(
+            parsed.alternatives[0].uri.as_deref(),
+            Some("audio/index.m3u8")
+        );
         assert!(master.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
 
         let media = media_playlist(&v);
@@ -346,7 +426,10 @@ mod tests {
         assert_eq!(parsed.target_duration, 2);
         assert!(parsed.end_list);
         assert_eq!(parsed.segments.len(), 3);
-        assert_eq!(parsed.segments[0].map.as_ref().map(|m| m.uri.as_str()), Some("init.mp4"));
+        assert_eq!(
+            parsed.segments[0].map.as_ref().map(|m| m.uri.as_str()),
+            Some("init.mp4")
+        );
         assert_eq!(parsed.segments[2].uri, "seg_00003.m4s");
 
         let audio_only = master_playlist(&[], Some(&a));

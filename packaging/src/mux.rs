@@ -25,20 +25,30 @@ impl FragmentMuxer {
         parameters: codec::Parameters,
         encoder_tb: Rational,
     ) -> Result<Self, PackageError> {
-        let mut octx = format::output_as(path, "mp4").map_err(PackageError::media("open the mp4 muxer"))?;
+        let mut octx =
+            format::output_as(path, "mp4").map_err(PackageError::media("open the mp4 muxer"))?;
         {
-            let mut stream = octx.add_stream(codec).map_err(PackageError::media("add the mp4 stream"))?;
+            let mut stream = octx
+                .add_stream(codec)
+                .map_err(PackageError::media("add the mp4 stream"))?;
             stream.set_parameters(parameters);
             stream.set_time_base(encoder_tb);
         }
         let mut opts = Dictionary::new();
         opts.set("movflags", "+frag_custom+empty_moov+default_base_moof+cmaf");
-        octx.write_header_with(opts).map_err(PackageError::media("write the mp4 header"))?;
+        octx.write_header_with(opts)
+            .map_err(PackageError::media("write the mp4 header"))?;
         let stream_tb = octx
             .stream(0)
             .map(|s| s.time_base())
             .ok_or_else(|| PackageError::Internal("the mp4 muxer lost its stream".into()))?;
-        Ok(Self { octx, encoder_tb, stream_tb, path: path.to_owned(), pending: 0 })
+        Ok(Self {
+            octx,
+            encoder_tb,
+            stream_tb,
+            path: path.to_owned(),
+            pending: 0,
+        })
     }
 
     /// The track's timescale (units per second of the MP4 timestamps).
@@ -51,7 +61,9 @@ impl FragmentMuxer {
         packet.set_stream(0);
         packet.rescale_ts(self.encoder_tb, self.stream_tb);
         packet.set_position(-1);
-        packet.write(&mut self.octx).map_err(PackageError::media("mux a packet"))?;
+        packet
+            .write(&mut self.octx)
+            .map_err(PackageError::media("mux a packet"))?;
         self.pending += 1;
         Ok(())
     }
@@ -69,7 +81,9 @@ impl FragmentMuxer {
     /// Cuts the last fragment and closes the file.
     pub fn finish(mut self) -> Result<PathBuf, PackageError> {
         self.cut()?;
-        self.octx.write_trailer().map_err(PackageError::media("finish the mp4 file"))?;
+        self.octx
+            .write_trailer()
+            .map_err(PackageError::media("finish the mp4 file"))?;
         Ok(self.path)
     }
 }
@@ -82,11 +96,18 @@ fn flush_fragment(octx: &mut format::context::Output) -> Result<(), ffmpeg_next:
     // SAFETY: `octx` is a live output context whose header has been written; a NULL packet is
     // the documented way to flush a muxer that has AVFMT_ALLOW_FLUSH (mp4 does).
     let ret = unsafe { ffmpeg_next::ffi::av_write_frame(octx.as_mut_ptr(), std::ptr::null_mut()) };
-    if ret < 0 { Err(ffmpeg_next::Error::from(ret)) } else { Ok(()) }
+    if ret < 0 {
+        Err(ffmpeg_next::Error::from(ret))
+    } else {
+        Ok(())
+    }
 }
 
 /// Finds an encoder by name, or says it is missing from the installed FFmpeg.
 pub(crate) fn find_encoder(name: &str) -> Result<ffmpeg_next::Codec, PackageError> {
-    encoder::find_by_name(name)
-        .ok_or_else(|| PackageError::Missing(format!("the {name} encoder (install Debian's libavcodec with {name})")))
+    encoder::find_by_name(name).ok_or_else(|| {
+        PackageError::Missing(format!(
+            "the {name} encoder (install Debian's libavcodec with {name})"
+        ))
+    })
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use estuary_common::asset::{FileDigest, merkle_root, decode_sha256};
+use estuary_common::asset::{FileDigest, decode_sha256, merkle_root};
 use sha2::{Digest, Sha256};
 
 use crate::error::PackageError;
@@ -28,19 +28,28 @@ impl Staging {
             .file_name()
             .and_then(|n| n.to_str())
             .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-            .ok_or_else(|| PackageError::Usage(format!("--out {}: needs a folder name", target.display())))?;
+            .ok_or_else(|| {
+                PackageError::Usage(format!("--out {}: needs a folder name", target.display()))
+            })?;
         let parent = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
         if !parent.is_dir() {
-            return Err(PackageError::Usage(format!("--out: parent folder {} does not exist", parent.display())));
+            return Err(PackageError::Usage(format!(
+                "--out: parent folder {} does not exist",
+                parent.display()
+            )));
         }
         let dir = parent.join(format!("{name}.partial-{}", std::process::id()));
         // A leftover from a crashed job with the same pid is ours to replace.
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).map_err(PackageError::io("create", &dir))?;
-        Ok(Self { dir, target: target.to_owned(), published: false })
+        Ok(Self {
+            dir,
+            target: target.to_owned(),
+            published: false,
+        })
     }
 
     /// fsyncs every file and folder, renames the folder to its final name and fsyncs the parent.
@@ -49,10 +58,15 @@ impl Staging {
         if self.target.symlink_metadata().is_ok() {
             return Err(PackageError::OutputExists(self.target.clone()));
         }
-        fs::rename(&self.dir, &self.target).map_err(PackageError::io("rename into place", &self.target))?;
+        fs::rename(&self.dir, &self.target)
+            .map_err(PackageError::io("rename into place", &self.target))?;
         self.published = true;
         if let Some(parent) = self.target.parent() {
-            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
             if let Ok(d) = fs::File::open(parent) {
                 let _ = d.sync_all();
             }
@@ -73,13 +87,21 @@ fn sync_tree(dir: &Path) -> Result<(), PackageError> {
     for entry in fs::read_dir(dir).map_err(PackageError::io("list", dir))? {
         let entry = entry.map_err(PackageError::io("list", dir))?;
         let path = entry.path();
-        if entry.file_type().map_err(PackageError::io("stat", &path))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(PackageError::io("stat", &path))?
+            .is_dir()
+        {
             sync_tree(&path)?;
         } else {
-            fs::File::open(&path).and_then(|f| f.sync_all()).map_err(PackageError::io("fsync", &path))?;
+            fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(PackageError::io("fsync", &path))?;
         }
     }
-    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(PackageError::io("fsync", dir))
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(PackageError::io("fsync", dir))
 }
 
 /// Writes a new file (never replacing one).
@@ -106,7 +128,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileDigest>) -> Result<(), Packag
     for entry in fs::read_dir(dir).map_err(PackageError::io("list", dir))? {
         let entry = entry.map_err(PackageError::io("list", dir))?;
         let path = entry.path();
-        if entry.file_type().map_err(PackageError::io("stat", &path))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(PackageError::io("stat", &path))?
+            .is_dir()
+        {
             walk(root, &path, out)?;
             continue;
         }
@@ -114,7 +140,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileDigest>) -> Result<(), Packag
         let rel = path
             .strip_prefix(root)
             .map_err(|_| PackageError::Internal(format!("{} outside the asset", path.display())))?;
-        let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        let rel: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
         out.push(FileDigest {
             path: rel.join("/"),
             size: bytes.len() as u64,

@@ -48,7 +48,15 @@ pub fn orientation(matrix: Option<[i32; 9]>) -> Orientation {
     let theta = rotation_degrees(&m);
     let near = |a: f64| (theta - a).abs() < 1.0;
     let (filters, swaps) = if near(90.0) {
-        (if m[3] > 0 { "transpose=cclock_flip," } else { "transpose=clock," }.to_owned(), true)
+        (
+            if m[3] > 0 {
+                "transpose=cclock_flip,"
+            } else {
+                "transpose=clock,"
+            }
+            .to_owned(),
+            true,
+        )
     } else if near(180.0) {
         let mut f = String::new();
         if m[0] < 0 {
@@ -59,9 +67,24 @@ pub fn orientation(matrix: Option<[i32; 9]>) -> Orientation {
         }
         (f, false)
     } else if near(270.0) {
-        (if m[3] < 0 { "transpose=clock_flip," } else { "transpose=cclock," }.to_owned(), true)
+        (
+            if m[3] < 0 {
+                "transpose=clock_flip,"
+            } else {
+                "transpose=cclock,"
+            }
+            .to_owned(),
+            true,
+        )
     } else if theta.abs() < 1.0 || near(360.0) {
-        (if m[4] < 0 { "vflip,".to_owned() } else { String::new() }, false)
+        (
+            if m[4] < 0 {
+                "vflip,".to_owned()
+            } else {
+                String::new()
+            },
+            false,
+        )
     } else {
         (String::new(), false)
     };
@@ -84,11 +107,29 @@ mod tests {
     fn quarter_turns() {
         // `-metadata:s:v rotate=90` stores a matrix of -90 degrees (clockwise display).
         let o = orientation(Some(matrix(-90.0)));
-        assert_eq!(o, Orientation { filters: "transpose=clock,".into(), swaps: true });
+        assert_eq!(
+            o,
+            Orientation {
+                filters: "transpose=clock,".into(),
+                swaps: true
+            }
+        );
         let o = orientation(Some(matrix(90.0)));
-        assert_eq!(o, Orientation { filters: "transpose=cclock,".into(), swaps: true });
+        assert_eq!(
+            o,
+            Orientation {
+                filters: "transpose=cclock,".into(),
+                swaps: true
+            }
+        );
         let o = orientation(Some(matrix(180.0)));
-        assert_eq!(o, Orientation { filters: "hflip,vflip,".into(), swaps: false });
+        assert_eq!(
+            o,
+            Orientation {
+                filters: "hflip,vflip,".into(),
+                swaps: false
+            }
+        );
         assert_eq!(orientation(Some(matrix(0.0))), Orientation::default());
         assert_eq!(orientation(None), Orientation::default());
         assert_eq!(orientation(Some([0; 9])), Orientation::default());

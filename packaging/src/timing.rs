@@ -21,11 +21,22 @@ pub const MAX_FRAME_RATE: i32 = 60;
 /// guessed base rate is `guess` (each `(num, den)`, possibly 0/0 when unknown).
 pub fn output_frame_rate(avg: (i32, i32), guess: (i32, i32)) -> (i32, i32) {
     let as_f64 = |(n, d): (i32, i32)| (n > 0 && d > 0).then(|| f64::from(n) / f64::from(d));
-    let Some(rate) = as_f64(avg).filter(|r| (1.0..=1000.0).contains(r)).or_else(|| {
-        as_f64(guess).filter(|r| (1.0..=1000.0).contains(r))
-    }) else {
+    let Some(rate) = as_f64(avg)
+        .filter(|r| (1.0..=1000.0).contains(r))
+        .or_else(|| as_f64(guess).filter(|r| (1.0..=1000.0).contains(r)))
+    else {
         return (25, 1);
     };
+    // The container's base rate, when it is a standard one close to the average, is the
+    // better estimate (an average over a clip whose last frame is short is a little off).
+    if let Some(g) = as_f64(guess)
+        && let Some(&(n, d)) = STANDARD_RATES
+            .iter()
+            .find(|&&(n, d)| (f64::from(n) / f64::from(d) - g).abs() < 1e-6)
+        && (rate - g).abs() / g < 0.01
+    {
+        return (n, d);
+    }
     if rate >= f64::from(MAX_FRAME_RATE) {
         return (MAX_FRAME_RATE, 1);
     }

@@ -8,18 +8,40 @@ use super::run;
 
 /// Runs the ffmpeg CLI (quiet, overwrite) and fails the test if it fails.
 pub fn ffmpeg(args: &[&str]) {
-    let out = run(Command::new("ffmpeg").args(["-v", "error", "-y", "-nostdin"]).args(args));
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-nostdin"])
+        .args(args));
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// An H.264 + AAC test clip: `testsrc2` with a sine tone.
 pub fn av_clip(path: &Path, size: &str, seconds: u32) {
     let t = seconds.to_string();
     ffmpeg(&[
-        "-f", "lavfi", "-i", &format!("testsrc2=size={size}:rate=30"),
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-        "-t", &t, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-shortest", path.to_str().expect("utf-8 path"),
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size={size}:rate=30"),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        &t,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        path.to_str().expect("utf-8 path"),
     ]);
 }
 
@@ -35,8 +57,23 @@ pub fn package(input: &Path, out: &Path, extra: &[&str]) -> Output {
 
 /// `package` with the small test ladder, asserting success.
 pub fn package_ok(input: &Path, out: &Path) -> Output {
-    let o = package(input, out, &["--ladder", "360p,240p", "--segment-seconds", "2", "--preset", "ultrafast"]);
-    assert!(o.status.success(), "estuary package failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = package(
+        input,
+        out,
+        &[
+            "--ladder",
+            "360p,240p",
+            "--segment-seconds",
+            "2",
+            "--preset",
+            "ultrafast",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "estuary package failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     o
 }
 
@@ -53,10 +90,21 @@ pub fn assert_failed_cleanly(o: &Output, out: &Path) -> String {
 /// Asserts that no `NAME.partial-*` staging folder is left next to `out`.
 pub fn assert_no_partial(out: &Path) {
     let parent = out.parent().expect("parent");
-    let name = out.file_name().expect("name").to_string_lossy().into_owned();
+    let name = out
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     for entry in std::fs::read_dir(parent).expect("list") {
-        let entry = entry.expect("entry").file_name().to_string_lossy().into_owned();
-        assert!(!entry.starts_with(&format!("{name}.partial")), "staging folder left behind: {entry}");
+        let entry = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            !entry.starts_with(&format!("{name}.partial")),
+            "staging folder left behind: {entry}"
+        );
     }
 }
 
@@ -80,28 +128,55 @@ pub fn concat_rendition(asset: &Path, name: &str, into: &Path) -> PathBuf {
 
 /// ffprobe's view of the first stream of a file: (codec, width, height, frames decoded).
 pub fn probe_stream(path: &Path) -> (String, u32, u32, u64) {
-    let out = run(Command::new("ffprobe").args([
-        "-v", "error", "-count_frames", "-show_entries",
-        "stream=codec_name,width,height,nb_read_frames", "-of", "json",
-    ]).arg(path));
-    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+        ])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
     let s = &v["streams"][0];
     (
         s["codec_name"].as_str().unwrap_or("").to_owned(),
         s["width"].as_u64().unwrap_or(0) as u32,
         s["height"].as_u64().unwrap_or(0) as u32,
-        s["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0),
+        s["nb_read_frames"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
     )
 }
 
 /// The presentation times (seconds) of the key frames of the video in `path`.
 pub fn keyframe_times(path: &Path) -> Vec<f64> {
-    let out = run(Command::new("ffprobe").args([
-        "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time,key_frame",
-        "-of", "csv=p=0",
-    ]).arg(path));
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=pts_time,key_frame",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path));
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
