@@ -143,6 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             preset,
             progress,
         } => {
+            // SIGTERM/SIGINT cancel the job so that it removes its staging folder.
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, cancel.clone())?;
+            }
             let opts = estuary_packaging::PackageOptions {
                 input,
                 out,
@@ -150,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 segment_seconds,
                 asset_id,
                 preset,
+                cancel: Some(cancel),
             };
             package(&opts, progress)
         }

@@ -333,3 +333,32 @@ fn corrupt_frames_in_the_middle_still_make_a_correct_asset() {
         assert_failed_cleanly(&o, &out);
     }
 }
+
+#[test]
+fn sigterm_cancels_and_cleans_up() {
+    use std::io::BufRead;
+    let dir = TempDir::new("package-sigterm");
+    let input = dir.path().join("long.mp4");
+    av_clip(&input, "640x360", 30);
+    let out = dir.path().join("a");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("package")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--ladder", "360p,240p", "--preset", "medium", "--progress"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start estuary package");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // Wait until the job is under way (staging folder written, workers encoding).
+    let first = lines.next().expect("a progress line").expect("read");
+    assert!(first.contains("progress"), "{first}");
+    let kill = run(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    assert!(kill.status.success());
+    let o = child.wait_with_output().expect("wait");
+    let err = assert_failed_cleanly(&o, &out);
+    assert!(err.contains("cancelled"), "{err}");
+}

@@ -34,6 +34,9 @@ pub enum PackageError {
     /// The muxer's output did not have the shape packaging relies on.
     #[error("internal: {0}")]
     Internal(String),
+    /// The job was stopped (SIGTERM or SIGINT) before it finished.
+    #[error("cancelled")]
+    Cancelled,
     /// Writing the asset failed.
     #[error("{what} {path}: {source}")]
     Io {

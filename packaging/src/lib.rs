@@ -45,6 +45,8 @@ pub struct PackageOptions {
     pub asset_id: Option<String>,
     /// The x264 preset.
     pub preset: String,
+    /// Set from outside (a signal handler) to abandon the job; it then fails and cleans up.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a finished job reports.
@@ -322,7 +324,17 @@ pub fn package(
     let mut packet = ffmpeg_next::Packet::empty();
     let mut read_error = None;
     let mut eof = false;
+    let cancelled = || {
+        opts.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    };
     while !eof && !worker_gone {
+        if cancelled() {
+            // Dropping the senders and the staging folder on return stops the workers and
+            // removes everything written so far.
+            return Err(PackageError::Cancelled);
+        }
         match packet.read(&mut ictx) {
             Ok(()) => {}
             Err(ffmpeg_next::Error::Eof) => eof = true,
@@ -433,6 +445,9 @@ pub fn package(
                     .get_or_insert(PackageError::Internal("the audio worker panicked".into()));
             }
         }
+    }
+    if cancelled() {
+        return Err(PackageError::Cancelled);
     }
     if let Some(e) = read_error {
         return Err(PackageError::Damaged(format!(
