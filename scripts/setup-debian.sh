@@ -14,6 +14,12 @@ have python3 || need_apt+=(python3 python3-pip)
 have gcc || need_apt+=(build-essential)
 have pkg-config || need_apt+=(pkg-config)
 have git || need_apt+=(git)
+# FFmpeg's libraries and headers for the packaging crate (ffmpeg-next builds against Debian's
+# FFmpeg 5.1; bindgen needs libclang).
+for pc in libavcodec libavformat libavutil libavfilter libavdevice libswscale libswresample; do
+  pkg-config --exists "$pc" 2>/dev/null || need_apt+=("${pc}-dev")
+done
+[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ] || need_apt+=(clang libclang-dev)
 if [ "$what" = "demo" ]; then
   have npm || need_apt+=(npm)
 fi
@@ -59,4 +65,11 @@ if [ "$what" = "test" ]; then
     echo "setup: installing the browser test clients from npm" >&2
     npm ci --prefix "$clients" --no-audit --no-fund --silent
   fi
+  # HLS and DASH manifest parsers for the packaging tests.
+  for mod in m3u8 mpegdash; do
+    if ! python3 -c "import $mod" 2>/dev/null; then
+      echo "setup: installing the Python $mod package" >&2
+      python3 -m pip install -q "$mod" 2>/dev/null || python3 -m pip install -q --break-system-packages "$mod"
+    fi
+  done
 fi

@@ -44,6 +44,43 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Package one media file into an HLS + DASH asset (CMAF, H.264 + AAC) with asset.json.
+    ///
+    /// Decodes INPUT once and encodes every rendition of the ladder in parallel (libx264, closed
+    /// GOPs, a key frame at every segment boundary in every rendition; one 48 kHz stereo AAC
+    /// rendition). The asset is built in a sibling folder `DIR.partial-<pid>` and renamed to DIR
+    /// only when complete; on any error nothing is left at DIR, the error is printed on stderr
+    /// and the exit code is 1.
+    ///
+    /// Layout: DIR/master.m3u8, DIR/manifest.mpd, DIR/asset.json and one folder per rendition
+    /// (720p/, ..., audio/) with init.mp4, seg_00001.m4s, ... and index.m3u8.
+    ///
+    /// Default ladder (each capped at the source, never upscaled; a rung is its short side):
+    /// 1080p 5 Mb/s, 720p 3 Mb/s, 480p 1.2 Mb/s, 360p 800 kb/s, 240p 400 kb/s. Also known:
+    /// 2160p 14 Mb/s, 1440p 8 Mb/s, 144p 200 kb/s; any rung may name its bitrate: 720p@2500k.
+    Package {
+        /// The source file (any container and codecs FFmpeg decodes).
+        input: PathBuf,
+        /// The asset folder to create; must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated rungs, highest first or in any order.
+        #[arg(long, default_value = estuary_packaging::ladder::DEFAULT_LADDER)]
+        ladder: String,
+        /// Segment length in whole seconds (1-30).
+        #[arg(long, default_value_t = 4)]
+        segment_seconds: u32,
+        /// The asset id written into asset.json (default: DIR's file name).
+        #[arg(long)]
+        asset_id: Option<String>,
+        /// The x264 preset (ultrafast ... veryslow).
+        #[arg(long, default_value = "veryfast")]
+        preset: String,
+        /// Print JSON lines on stdout: {"event":"progress","fraction":F} now and then, and
+        /// {"event":"done","asset":ID,"duration_seconds":S} at the end.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Mint and inspect signed-URL tokens.
     Token {
         #[command(subcommand)]
@@ -119,7 +156,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
+        Command::Package {
+            input,
+            out,
+            ladder,
+            segment_seconds,
+            asset_id,
+            preset,
+            progress,
+        } => {
+            // SIGTERM/SIGINT cancel the job so that it removes its staging folder.
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, cancel.clone())?;
+            }
+            let opts = estuary_packaging::PackageOptions {
+                input,
+                out,
+                ladder,
+                segment_seconds,
+                asset_id,
+                preset,
+                cancel: Some(cancel),
+            };
+            package(&opts, progress)
+        }
     }
+}
+
+/// Runs a packaging job; with `progress`, reports as JSON lines on stdout.
+fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut report = |fraction: f64| {
+        if progress {
+            let fraction = serde_json::json!((fraction * 1000.0).round() / 1000.0);
+            let line = format!(r#"{{"event":"progress","fraction":{fraction}}}"#);
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    };
+    let done = estuary_packaging::package(opts, &mut report)?;
+    if done.skipped_packets > 0 {
+        eprintln!(
+            "estuary package: warning: skipped {} undecodable packets",
+            done.skipped_packets
+        );
+    }
+    if progress {
+        // Field order as documented: the event name first.
+        let asset = serde_json::json!(done.asset);
+        let duration = serde_json::json!(done.duration_seconds);
+        println!(r#"{{"event":"done","asset":{asset},"duration_seconds":{duration}}}"#);
+    }
+    Ok(())
 }
 
 /// Tells which service a config is for by its tables, then validates it with that service.

@@ -19,7 +19,7 @@ fn estuary(args: &[&str]) -> (bool, String, String) {
 fn help_and_version() {
     let (ok, out, _) = estuary(&["--help"]);
     assert!(ok);
-    for sub in ["edge", "check-config", "token"] {
+    for sub in ["edge", "check-config", "token", "package"] {
         assert!(out.contains(sub), "{out}");
     }
     let (ok, out, _) = estuary(&["edge", "--help"]);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod media;
 pub mod origin;
 pub mod origin_site;
 
