@@ -170,6 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(signal, cancel.clone())?;
             }
+            if progress {
+                // Run by an origin: stop if the origin dies without stopping the job.
+                estuary_packaging::cancel_when_orphaned(cancel.clone())?;
+            }
             let opts = estuary_packaging::PackageOptions {
                 input,
                 out,

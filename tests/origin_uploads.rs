@@ -321,9 +321,22 @@ fn kill_9_during_packaging_runs_the_job_again_to_a_ready_asset() {
     }
     origin.signal("KILL");
     origin.wait_exit(Duration::from_secs(10));
-    // Nothing of the interrupted job is visible.
-    let (status, _, _) = fetch(&site.url("/v/killed/master.m3u8"), &[]);
-    assert!(status == 000 || status == 404);
+    // The packager it was running notices and stops rather than running on as an orphan.
+    let work = site.state_dir().join("work");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run(Command::new("pgrep").args(["-f", work.to_str().expect("path")]));
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an orphaned packager still runs: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // After the restart nothing of the interrupted job is visible, and the job runs again.
     let origin = site.start();
     let (status, _, _) = fetch(&site.url("/v/killed/master.m3u8"), &[]);
     assert_eq!(status, 404, "a half-made asset is visible");

@@ -672,3 +672,24 @@ fn cut_track(
     std::fs::remove_file(&encoded.file).map_err(PackageError::io("remove", &encoded.file))?;
     Ok((codecs, segments))
 }
+
+/// Sets `cancel` if this process's parent goes away (the parent pid changes): a packaging job
+/// run by an origin that was killed outright stops and removes its staging folder instead of
+/// running on as an orphan. Polls twice a second on a small thread.
+pub fn cancel_when_orphaned(
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                if std::os::unix::process::parent_id() != parent {
+                    cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+        })
+        .map(drop)
+}

@@ -533,8 +533,14 @@ pub fn fetch(url: &str, extra: &[&str]) -> (u16, Vec<(String, String)>, Vec<u8>)
     args.push(url);
     let (body, err, ok) = curl(&args);
     assert!(ok, "curl {url}: {err}");
-    let head = std::fs::read_to_string(&head_file).unwrap_or_default();
+    let dump = std::fs::read_to_string(&head_file).unwrap_or_default();
     let _ = std::fs::remove_file(&head_file);
+    // The last response head (after any `100 Continue`).
+    let head = dump
+        .split("\r\n\r\n")
+        .filter(|b| b.starts_with("HTTP/"))
+        .last()
+        .unwrap_or("");
     let mut lines = head.lines();
     let status = lines
         .next()
