@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use common::origin_site::*;
 use common::*;
@@ -135,46 +132,10 @@ fn an_edge_fills_from_the_origin_and_verifies_its_digests() {
     );
 }
 
-/// moto's S3 server on loopback, stopped on drop.
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto (pip install 'moto[server]'; scripts/test.sh installs it)");
-    let moto = Moto(child, port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return moto;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("moto did not start on port {port}");
-}
-
 #[test]
 fn assets_are_served_from_an_s3_compatible_bucket() {
     let moto = start_moto();
-    let s3 = format!("http://127.0.0.1:{}", moto.1);
+    let s3 = moto.url();
     let put = |path: &str, data: &[u8]| {
         let file =
             std::env::temp_dir().join(format!("moto-put-{}-{}", std::process::id(), free_port()));
@@ -195,7 +156,7 @@ fn assets_are_served_from_an_s3_compatible_bucket() {
         let _ = std::fs::remove_file(&file);
         assert!(ok, "PUT {path}: {err}");
     };
-    put("/assets", b"");
+    moto.create_bucket("assets");
     for (path, data) in fake_asset_files() {
         put(&format!("/assets/lab/v/clip3/{path}"), &data);
     }
@@ -204,9 +165,7 @@ fn assets_are_served_from_an_s3_compatible_bucket() {
         &serde_json::to_vec(&fake_manifest("clip3")).expect("json"),
     );
     let mut site = OriginSite::new("origin-s3");
-    site.storage = format!(
-        "url = \"s3://assets/lab\"\n[storage.s3]\nendpoint = \"{s3}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true"
-    );
+    site.storage = moto.storage_config("assets", "lab");
     let _origin = site.start();
     check_published_asset(&site.url(""), "clip3");
 }

@@ -372,3 +372,34 @@ fn an_upload_that_is_not_a_video_fails_cleanly() {
         .collect();
     assert!(work.is_empty(), "work left: {work:?}");
 }
+
+#[test]
+fn an_upload_is_packaged_into_an_s3_compatible_bucket_and_served_from_it() {
+    let moto = start_moto();
+    moto.create_bucket("media");
+    let mut site = OriginSite::new("origin-s3-publish");
+    site.storage = moto.storage_config("media", "prod");
+    let clip = make_clip(site.dir.path(), "clip.mp4", 6, "320x240");
+    let origin = site.start();
+    upload_whole(&site, &clip, "ins3");
+    let v = site.wait_for_asset("ins3", Duration::from_secs(240));
+    assert_eq!(v["state"], "ready", "{v}: {}", origin.log());
+    // The objects are in the bucket (listed by boto3), every file of asset.json and itself.
+    let (status, _, body) = fetch(&site.url("/v/ins3/asset.json"), &[]);
+    assert_eq!(status, 200);
+    let m: estuary_common::asset::AssetManifest = serde_json::from_slice(&body).expect("json");
+    let keys = moto.list("media", "prod/v/ins3/");
+    assert_eq!(keys.len(), m.files.len() + 1, "{keys:?}");
+    assert!(keys.contains(&"prod/v/ins3/asset.json".to_owned()));
+    let (video, audio, _) = probe(&site.url("/v/ins3/master.m3u8"));
+    assert!(video >= 1 && audio >= 1);
+    // Removing the asset removes its objects.
+    let (status, _, _) = fetch(
+        &site.url("/v1/assets/ins3"),
+        &["-X", "DELETE", "-H", &auth()],
+    );
+    assert_eq!(status, 204);
+    assert_eq!(moto.list("media", "prod/v/ins3/"), Vec::<String>::new());
+    let (status, _, _) = fetch(&site.url("/v/ins3/master.m3u8"), &[]);
+    assert_eq!(status, 404);
+}

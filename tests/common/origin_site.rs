@@ -199,3 +199,74 @@ pub fn make_clip(dir: &Path, name: &str, seconds: u32, size: &str) -> PathBuf {
     );
     out
 }
+
+/// moto's S3 server on loopback, stopped on drop.
+pub struct Moto(pub std::process::Child, pub u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_moto() -> Moto {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start moto (pip install 'moto[server]'; scripts/test.sh installs it)");
+    let moto = Moto(child, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return moto;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto did not start on port {port}");
+}
+
+impl Moto {
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+
+    /// Creates a bucket (moto takes unsigned requests).
+    pub fn create_bucket(&self, bucket: &str) {
+        let (_, err, ok) = super::curl(&["-sS", "-f", "-X", "PUT", &format!("{}/{bucket}", self.url())]);
+        assert!(ok, "create bucket {bucket}: {err}");
+    }
+
+    /// The keys under `bucket/prefix`, listed with boto3 (an independent S3 client).
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nfor o in s3.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}').get('Contents', []): print(o['Key'])",
+            self.url()
+        );
+        let out = super::run(Command::new("python3").args(["-c", &script]));
+        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The `[storage]` table body for an origin that keeps its assets in `bucket/prefix`.
+    pub fn storage_config(&self, bucket: &str, prefix: &str) -> String {
+        format!(
+            "url = \"s3://{bucket}/{prefix}\"\n[storage.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\nallow_http = true",
+            self.url()
+        )
+    }
+}
