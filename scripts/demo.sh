@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The demo command: builds Estuary, makes a self-signed certificate and a short sample HLS
-# stream, starts an edge on it, and prints signed URLs that play, plus the metrics URL.
-# Stop it with Ctrl-C (the edge drains and exits).
+# The demo command: builds Estuary, makes a self-signed certificate and a 30-second sample
+# clip, starts an origin, uploads the clip to it over TUS and waits for its packaging (HLS +
+# DASH ladder), starts an edge that fills from the origin, and prints signed URLs that play,
+# plus the metrics URLs. Stop it with Ctrl-C (both drain and exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh demo
@@ -11,7 +12,9 @@ site="${ESTUARY_DEMO_DIR:-$PWD/demo-site}"
 http_port="${ESTUARY_DEMO_HTTP_PORT:-8080}"
 https_port="${ESTUARY_DEMO_HTTPS_PORT:-8443}"
 admin_port="${ESTUARY_DEMO_ADMIN_PORT:-9901}"
-mkdir -p "$site/content/v/demo"
+origin_port="${ESTUARY_DEMO_ORIGIN_PORT:-9000}"
+origin_admin_port="${ESTUARY_DEMO_ORIGIN_ADMIN_PORT:-9001}"
+mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
 cargo build --release --locked --bin estuary
@@ -25,20 +28,74 @@ if [ ! -f "$site/cert.pem" ]; then
     -keyout "$site/key.pem" -out "$site/cert.pem" 2>/dev/null
 fi
 
-if [ ! -f "$site/content/v/demo/master.m3u8" ]; then
-  echo "== making a 30-second sample HLS stream (two renditions, CMAF segments) with ffmpeg"
-  out="$site/content/v/demo"
+if [ ! -f "$site/source.mp4" ]; then
+  echo "== making a 30-second 720p sample clip with ffmpeg (the upload)"
   ffmpeg -hide_banner -loglevel error -y \
-    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 30 \
-    -filter_complex "[0:v]split=2[a][b];[b]scale=640:360[b360]" \
-    -map "[a]" -map "[b360]" -map 1:a -map 1:a \
-    -c:v libx264 -preset veryfast -g 60 -keyint_min 60 -sc_threshold 0 \
-    -b:v:0 2500k -b:v:1 700k -c:a aac -b:a 128k \
-    -f hls -hls_time 4 -hls_playlist_type vod -hls_segment_type fmp4 \
-    -hls_segment_filename "$out/%v/seg_%03d.m4s" -hls_fmp4_init_filename init.mp4 \
-    -master_pl_name master.m3u8 -var_stream_map "v:0,a:0,name:720p v:1,a:1,name:360p" \
-    "$out/%v/index.m3u8"
+    -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+    -t 30 -c:v libx264 -preset veryfast -crf 20 -pix_fmt yuv420p -c:a aac -b:a 128k "$site/source.mp4"
 fi
+
+upload_token_file="$site/upload.token"
+[ -f "$upload_token_file" ] || openssl rand -hex 24 > "$upload_token_file"
+upload_token="$(cat "$upload_token_file")"
+cat > "$site/origin.toml" <<TOML
+[node]
+id = "demo-origin"
+site = "demo"
+[listen]
+http = "127.0.0.1:$origin_port"
+admin = "127.0.0.1:$origin_admin_port"
+[storage]
+root = "origin/storage"
+[state]
+dir = "origin/state"
+[auth.upload_tokens]
+demo = "$upload_token"
+[packaging]
+ladder = ["720p", "480p", "360p"]
+segment_seconds = 4
+TOML
+"$bin" check-config "$site/origin.toml"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+echo "== starting the origin on 127.0.0.1:$origin_port (log: $site/origin.log)"
+(cd "$site" && exec "$bin" origin --config origin.toml) 2>>"$site/origin.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$origin_admin_port/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+auth=(-H "Authorization: Bearer $upload_token")
+state=$(curl -sS "${auth[@]}" "http://127.0.0.1:$origin_port/v1/assets/demo" | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
+if [ "$state" != "ready" ] && [ "$state" != "queued" ] && [ "$state" != "packaging" ]; then
+  echo "== uploading the clip to the origin over TUS (asset id: demo)"
+  size=$(stat -c %s "$site/source.mp4")
+  meta="filename $(printf source.mp4 | base64 -w0),asset $(printf demo | base64 -w0)"
+  location=$(curl -sS -D - -o /dev/null -X POST "${auth[@]}" -H "Tus-Resumable: 1.0.0" \
+    -H "Upload-Length: $size" -H "Upload-Metadata: $meta" "http://127.0.0.1:$origin_port/uploads/" \
+    | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  curl -fsS -X PATCH "${auth[@]}" -H "Tus-Resumable: 1.0.0" -H "Upload-Offset: 0" \
+    -H "Content-Type: application/offset+octet-stream" --data-binary "@$site/source.mp4" "$location"
+fi
+echo "== packaging (decode once, H.264 ladder 720p/480p/360p + AAC, CMAF for HLS and DASH)"
+while :; do
+  status=$(curl -sS "${auth[@]}" "http://127.0.0.1:$origin_port/v1/assets/demo")
+  case "$status" in
+    *'"state":"ready"'*) break ;;
+    *'"state":"failed"'*) echo "packaging failed: $status" >&2; exit 1 ;;
+  esac
+  now="$(echo "$status" | sed -n 's/.*"state":"\([a-z]*\)".*"progress":\([0-9.]*\).*/\1 \2/p;s/.*"progress":\([0-9.]*\).*"state":"\([a-z]*\)".*/\2 \1/p' | head -1)"
+  if [ "$now" != "${last:-}" ]; then echo "   $now"; last="$now"; fi
+  sleep 1
+done
+echo "   ready: http://127.0.0.1:$origin_port/v/demo/master.m3u8 (and manifest.mpd, asset.json)"
 
 player="$site/content/player"
 if [ ! -f "$player/hls.min.js" ]; then
@@ -72,22 +129,34 @@ root = "content"
 protected = ["/v/"]
 [auth.keys]
 demo = "$key"
+[cors]
+allow_origins = ["*"]
+[cache]
+ram = "512MiB"
+disk_dir = "cache"
+disk = "2GiB"
+[upstream]
+origin = ["http://127.0.0.1:$origin_port"]
 [log]
 access = "access.log"
 TOML
 "$bin" check-config "$site/edge.toml"
 
-sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path /v/demo/master.m3u8 --base "$1"; }
-plain=$(sign "http://127.0.0.1:$http_port")
-tls=$(sign "https://localhost:$https_port")
+sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path "$2" --base "$1"; }
+plain=$(sign "http://127.0.0.1:$http_port" /v/demo/master.m3u8)
+tls=$(sign "https://localhost:$https_port" /v/demo/master.m3u8)
+dash=$(sign "http://127.0.0.1:$http_port" /v/demo/manifest.mpd)
 cat <<MSG
 
-Estuary demo edge: $site
-  Content:  $site/content (pre-positioned; /v/ needs a signed URL)
-  Logs:     $site/access.log (one JSON line per request); operational logs below
+Estuary demo site: $site
+  Origin:   http://127.0.0.1:$origin_port  (asset "demo" packaged from source.mp4; log: origin.log)
+            status: curl -H 'Authorization: Bearer $upload_token' http://127.0.0.1:$origin_port/v1/assets/demo
+  Edge:     fills /v/ from the origin into RAM + disk (cache/); /v/ needs a signed URL
+  Logs:     $site/access.log (one JSON line per request); the edge's operational log below
 
-Signed URLs for the sample stream (valid 24 h):
+Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)
+  DASH, plain HTTP:       $(echo "$dash" | sed -n 3p)
   path form, HTTPS/h2/h3: $(echo "$tls" | sed -n 3p)
   query form, HTTPS:      $(echo "$tls" | sed -n 2p)
                           (opens the playlist only: relative segment URLs do not inherit a query)
@@ -99,10 +168,12 @@ Play it:
   (The certificate is self-signed: browsers ask you to accept it at https://localhost:$https_port/ first.)
 
 Operate it:
-  metrics:  http://127.0.0.1:$admin_port/metrics
+  metrics:  http://127.0.0.1:$admin_port/metrics  (origin: http://127.0.0.1:$origin_admin_port/metrics)
   health:   http://127.0.0.1:$admin_port/healthz   ready: http://127.0.0.1:$admin_port/readyz
   reload the certificate: kill -HUP <pid>; drain and stop: Ctrl-C or kill -TERM <pid>
 
 MSG
 cd "$site"
-exec "$bin" edge --config edge.toml
+"$bin" edge --config edge.toml &
+pids+=($!)
+wait "${pids[-1]}"
