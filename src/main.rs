@@ -39,6 +39,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the control plane: the registry of sites and nodes, their health, the state feed.
+    ///
+    /// Nodes with a [control_plane] table in their config register and send heartbeats; the
+    /// health monitor polls every node's /readyz and marks it down after [health] down_after
+    /// failed checks, up after up_after good ones. GET /v1/state serves the versioned
+    /// snapshot (ETag, long-poll with ?wait=SECONDS) that steering consumes.
+    ControlPlane {
+        /// The control plane's TOML config (see docs/control-plane.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List the nodes the control plane knows, with their health and load.
+    Nodes {
+        /// The control plane's base URL.
+        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+        control_plane: String,
+        /// An operator token.
+        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the JSON the API returns instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a service config; exits non-zero naming the bad key and why.
     CheckConfig {
         /// The config file.
@@ -154,6 +177,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(estuary_origin::run(config))
         }
+        Command::ControlPlane { config } => {
+            estuary_common::logging::init_json();
+            estuary_common::tls::install_default_provider();
+            let config = estuary_control_plane::ControlPlaneConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("control-plane")
+                .build()?;
+            runtime.block_on(estuary_control_plane::run(config))
+        }
+        Command::Nodes {
+            control_plane,
+            token,
+            json,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = runtime.block_on(estuary_control_plane::cli::nodes(
+                &control_plane,
+                &token,
+                json,
+            ))?;
+            print!("{text}");
+            Ok(())
+        }
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
         Command::Package {
@@ -229,6 +279,12 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         println!("{}: a valid edge config", file.display());
         return Ok(());
     }
+    if table.contains_key("database") {
+        estuary_control_plane::ControlPlaneConfig::load(file)
+            .map_err(|e| anyhow::anyhow!("{} (control-plane config): {e}", file.display()))?;
+        println!("{}: a valid control-plane config", file.display());
+        return Ok(());
+    }
     if table.contains_key("storage") {
         estuary_origin::OriginConfig::load(file)
             .map_err(|e| anyhow::anyhow!("{} (origin config): {e}", file.display()))?;
@@ -236,7 +292,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     anyhow::bail!(
-        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table)",
+        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table)",
         file.display()
     )
 }

@@ -13,6 +13,7 @@ fn render(template: &str) -> String {
         .replace("{{ estuary_store_root }}", "/srv/estuary/content")
         .replace("{{ estuary_origin_state_dir }}", "/var/lib/estuary/origin")
         .replace("{{ estuary_origin_storage_root }}", "/srv/estuary/origin")
+        .replace("{{ estuary_cp_state_dir }}", "/var/lib/estuary/control-plane")
         .replace("/usr/local/bin/estuary", env!("CARGO_BIN_EXE_estuary"))
 }
 
@@ -64,5 +65,13 @@ fn origin_unit_verifies() {
     verify(
         "estuary-origin.service",
         include_str!("../ansible/roles/origin/templates/estuary-origin.service.j2"),
+    );
+}
+
+#[test]
+fn control_plane_unit_verifies() {
+    verify(
+        "estuary-control-plane.service",
+        include_str!("../ansible/roles/control-plane/templates/estuary-control-plane.service.j2"),
     );
 }

@@ -4,6 +4,7 @@
 
 pub mod asset;
 pub mod config;
+pub mod cp;
 pub mod logging;
 pub mod metrics;
 pub mod tls;

@@ -50,6 +50,9 @@ pub struct EdgeConfig {
     /// Operator access to the admin listener (purge).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Registration and heartbeats; without it the edge runs standalone.
+    #[serde(default)]
+    pub control_plane: Option<estuary_common::cp::ClientConfig>,
 }
 
 /// `[cache]`: the RAM and NVMe tiers.
@@ -501,6 +504,9 @@ impl EdgeConfig {
 
     /// Checks everything that can be checked before start: addresses, files, keys, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
+        }
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64

@@ -239,6 +239,11 @@ impl Edge {
         &self.observer
     }
 
+    /// Whether the node is ready (what `/readyz` says).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
     /// Marks the node ready (listeners bound) or not (draining).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);

@@ -290,6 +290,18 @@ impl Metrics {
         }
     }
 
+    /// Totals for heartbeats: requests answered, response body bytes, open connections.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let requests = self.requests.iter().flatten().map(IntCounter::get).sum();
+        let bytes = self.response_bytes.iter().map(IntCounter::get).sum();
+        let connections = self
+            .open_connections
+            .iter()
+            .map(|g| g.get().max(0) as u64)
+            .sum();
+        (requests, bytes, connections)
+    }
+
     /// Counts one finished response.
     pub fn observe_response(&self, protocol: Protocol, status: u16, body_bytes: u64, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;

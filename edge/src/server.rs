@@ -672,6 +672,13 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     }
     edge.set_ready(true);
     tracing::info!(node = %config.node.id, site = %config.node.site, root = %config.store.root.display(), "The edge is ready.");
+    if let Some(cp) = config.control_plane.clone() {
+        tokio::spawn(estuary_common::cp::heartbeat_loop(
+            cp.clone(),
+            heartbeat_maker(&config, &cp, Arc::clone(&edge), Arc::clone(&observer)),
+            stop_rx.clone(),
+        ));
+    }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -720,4 +727,76 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         cache.close().await;
     }
     Ok(())
+}
+
+/// Builds the edge's heartbeats: identity, advertised addresses, readiness, and request and
+/// byte rates since the previous beat.
+fn heartbeat_maker(
+    config: &EdgeConfig,
+    cp: &estuary_common::cp::ClientConfig,
+    edge: Arc<Edge>,
+    observer: Arc<crate::handler::Observer>,
+) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
+    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
+    let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
+    let addresses = Addresses {
+        http: cp
+            .advertise
+            .http
+            .clone()
+            .or(url("http", config.listen.http)),
+        https: cp
+            .advertise
+            .https
+            .clone()
+            .or(url("https", config.listen.https)),
+        admin: cp
+            .advertise
+            .admin
+            .clone()
+            .or(url("http", config.listen.admin.or(config.listen.http))),
+    };
+    let node = config.node.id.clone();
+    let site = config.node.site.clone();
+    let capacity = Capacity {
+        gbps: cp.capacity_gbps,
+        disk_bytes: config
+            .cache
+            .disk_dir
+            .as_ref()
+            .map_or(0, |_| config.cache.disk.as_u64()),
+    };
+    let mut last = (std::time::Instant::now(), 0u64, 0u64);
+    move || {
+        let (requests, bytes, connections) = observer.metrics.totals();
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let load = Load {
+            bytes_per_second: bytes.saturating_sub(last.2) as f64 / secs,
+            requests_per_second: requests.saturating_sub(last.1) as f64 / secs,
+            connections,
+            cpu: 0.0,
+        };
+        last = (now, requests, bytes);
+        let hits = observer.metrics.cache_hits_ram.get() + observer.metrics.cache_hits_disk.get();
+        let lookups = hits + observer.metrics.cache_misses.get();
+        Heartbeat {
+            node: node.clone(),
+            site: site.clone(),
+            role: Role::Edge,
+            addresses: addresses.clone(),
+            capacity: capacity.clone(),
+            ready: edge.is_ready(),
+            load,
+            usage: Usage {
+                disk_used_bytes: 0,
+                cache_hit_ratio: if lookups == 0 {
+                    0.0
+                } else {
+                    hits as f64 / lookups as f64
+                },
+            },
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
 }

@@ -30,6 +30,9 @@ pub struct OriginConfig {
     pub packaging: PackagingConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Registration and heartbeats; without it the origin runs standalone.
+    #[serde(default)]
+    pub control_plane: Option<estuary_common::cp::ClientConfig>,
 }
 
 /// `[node]`.
@@ -288,6 +291,9 @@ impl OriginConfig {
     /// Checks what can be checked before start.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use estuary_common::config::name_ok;
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
+        }
         if !name_ok(&self.node.id) {
             return Err(ConfigError::new(
                 "node.id",

@@ -85,6 +85,14 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     }
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");
+    if let Some(cp) = app.config.control_plane.clone() {
+        let beat = heartbeat_maker(&app, &cp);
+        tasks.spawn(estuary_common::cp::heartbeat_loop(
+            cp,
+            beat,
+            stop_rx.clone(),
+        ));
+    }
 
     wait_for_signal().await;
     tracing::info!(
@@ -140,5 +148,42 @@ async fn expire_uploads(
             _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Builds the origin's heartbeats.
+fn heartbeat_maker(
+    app: &Arc<app::App>,
+    cp: &estuary_common::cp::ClientConfig,
+) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
+    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
+    let listen = &app.config.listen;
+    let addresses = Addresses {
+        http: cp
+            .advertise
+            .http
+            .clone()
+            .or(Some(format!("http://{}", listen.http))),
+        https: cp.advertise.https.clone(),
+        admin: cp.advertise.admin.clone().or(Some(format!(
+            "http://{}",
+            listen.admin.unwrap_or(listen.http)
+        ))),
+    };
+    let app = Arc::clone(app);
+    let capacity = Capacity {
+        gbps: cp.capacity_gbps,
+        disk_bytes: 0,
+    };
+    move || Heartbeat {
+        node: app.config.node.id.clone(),
+        site: app.config.node.site.clone(),
+        role: Role::Origin,
+        addresses: addresses.clone(),
+        capacity: capacity.clone(),
+        ready: app.ready.load(Ordering::SeqCst),
+        load: Load::default(),
+        usage: Usage::default(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }

@@ -244,7 +244,13 @@ impl Moto {
 
     /// Creates a bucket (moto takes unsigned requests).
     pub fn create_bucket(&self, bucket: &str) {
-        let (_, err, ok) = super::curl(&["-sS", "-f", "-X", "PUT", &format!("{}/{bucket}", self.url())]);
+        let (_, err, ok) = super::curl(&[
+            "-sS",
+            "-f",
+            "-X",
+            "PUT",
+            &format!("{}/{bucket}", self.url()),
+        ]);
         assert!(ok, "create bucket {bucket}: {err}");
     }
 
@@ -255,7 +261,11 @@ impl Moto {
             self.url()
         );
         let out = super::run(Command::new("python3").args(["-c", &script]));
-        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)

@@ -1,0 +1,331 @@
+//! The control plane's wire types: what nodes send in their heartbeats, and the versioned
+//! state snapshot the control plane serves to steering and operators. Every service that
+//! talks to the control plane uses these, so they live here and only here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Edge,
+    Origin,
+    Steering,
+    ChatRelay,
+    Sfu,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Edge => "edge",
+            Role::Origin => "origin",
+            Role::Steering => "steering",
+            Role::ChatRelay => "chat-relay",
+            Role::Sfu => "sfu",
+        }
+    }
+}
+
+/// Where a node can be reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    /// Base URL for plain HTTP, for example `http://10.0.0.5:80`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Base URL for HTTPS (and HTTP/3 on the same port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<String>,
+    /// Base URL of `/metrics`, `/healthz` and `/readyz`, polled by the health monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+}
+
+/// What a node can carry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Network capacity in Gb/s.
+    #[serde(default)]
+    pub gbps: f64,
+    /// Disk for content and cache, in bytes.
+    #[serde(default)]
+    pub disk_bytes: u64,
+}
+
+/// Load at the time of a heartbeat (rates over the last interval).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    #[serde(default)]
+    pub bytes_per_second: f64,
+    #[serde(default)]
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub connections: u64,
+    /// Share of all cores used by the process, 0..1.
+    #[serde(default)]
+    pub cpu: f64,
+}
+
+/// Cache and disk use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    #[serde(default)]
+    pub disk_used_bytes: u64,
+    #[serde(default)]
+    pub cache_hit_ratio: f64,
+}
+
+/// A node's heartbeat: who it is, how it is, and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node: String,
+    pub site: String,
+    pub role: Role,
+    #[serde(default)]
+    pub addresses: Addresses,
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// The node's own view of its readiness (its `/readyz`).
+    pub ready: bool,
+    #[serde(default)]
+    pub load: Load,
+    #[serde(default)]
+    pub usage: Usage,
+    /// Software version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The control plane's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The state version after this heartbeat.
+    pub state_version: u64,
+    /// Seconds until the next heartbeat is expected.
+    pub interval_seconds: u64,
+}
+
+/// A site: a group of nodes in one place.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub name: String,
+    /// Latitude and longitude, for "nearest site" choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<[f64; 2]>,
+    /// Client networks (CIDRs) this site serves first.
+    #[serde(default)]
+    pub coverage: Vec<String>,
+}
+
+/// One node as the state snapshot shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub id: String,
+    pub site: String,
+    pub role: Role,
+    pub addresses: Addresses,
+    pub capacity: Capacity,
+    /// The control plane's verdict: the node answers its health checks and heartbeats.
+    pub up: bool,
+    /// Why it is down, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_reason: Option<String>,
+    /// Unix seconds of the last heartbeat.
+    pub last_heartbeat: u64,
+    pub load: Load,
+    pub usage: Usage,
+    pub version: String,
+}
+
+/// The versioned snapshot served at `GET /v1/state`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateSnapshot {
+    /// Grows by one with every change anybody would act on (a node up or down, a node or site
+    /// added or changed). Load figures alone do not bump it.
+    pub version: u64,
+    /// Unix seconds when the snapshot was made.
+    pub generated_at: u64,
+    pub sites: BTreeMap<String, Site>,
+    pub nodes: BTreeMap<String, NodeState>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_round_trip_and_refuse_unknown_keys() {
+        let hb = Heartbeat {
+            node: "edge-1".into(),
+            site: "lab".into(),
+            role: Role::Edge,
+            addresses: Addresses {
+                http: Some("http://127.0.0.1:8080".into()),
+                ..Addresses::default()
+            },
+            capacity: Capacity::default(),
+            ready: true,
+            load: Load::default(),
+            usage: Usage::default(),
+            version: "0.1.0".into(),
+        };
+        let text = serde_json::to_string(&hb).expect("json");
+        assert!(text.contains("\"role\":\"edge\""));
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
+        let extra = text.replacen('{', "{\"x\":1,", 1);
+        assert!(serde_json::from_str::<Heartbeat>(&extra).is_err());
+    }
+}
+
+/// `[control_plane]` in a node's config: where to register and send heartbeats. Without it a
+/// node runs standalone.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The control plane's base URL, for example `http://10.0.0.2:7000`.
+    pub url: String,
+    /// This node's site token (one of the control plane's `[auth.node_tokens]`).
+    pub token: String,
+    /// Time between two heartbeats.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    /// The addresses other nodes, steering and the health monitor use to reach this node
+    /// (default: the listen addresses, which is right only when they are not wildcards).
+    #[serde(default)]
+    pub advertise: Addresses,
+    /// Network capacity in Gb/s, for placement and steering weights.
+    #[serde(default = "default_gbps")]
+    pub capacity_gbps: f64,
+}
+
+fn default_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+fn default_gbps() -> f64 {
+    10.0
+}
+
+impl ClientConfig {
+    /// Checks the URL, token and interval; `Err` names the key (under `control_plane.`).
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "control_plane.url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.token.len() < 16 {
+            return Err(ConfigError::new(
+                "control_plane.token",
+                "must be at least 16 characters",
+            ));
+        }
+        if self.interval < std::time::Duration::from_secs(1)
+            || self.interval > std::time::Duration::from_secs(300)
+        {
+            return Err(ConfigError::new(
+                "control_plane.interval",
+                "must be between 1s and 5min",
+            ));
+        }
+        if !(self.capacity_gbps > 0.0 && self.capacity_gbps < 10_000.0) {
+            return Err(ConfigError::new(
+                "control_plane.capacity_gbps",
+                "must be above 0 and below 10000",
+            ));
+        }
+        for (key, v) in [
+            ("http", &self.advertise.http),
+            ("https", &self.advertise.https),
+            ("admin", &self.advertise.admin),
+        ] {
+            if let Some(v) = v
+                && !(v.starts_with("http://") || v.starts_with("https://"))
+            {
+                return Err(ConfigError::new(
+                    format!("control_plane.advertise.{key}"),
+                    "must be an http:// or https:// base URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends heartbeats to the control plane every `interval` until `stop` turns true. `make`
+/// builds each heartbeat (it is called once per beat, so its figures are current). A control
+/// plane that cannot be reached costs a log line, never the node's service: the node keeps
+/// serving on what it has.
+pub async fn heartbeat_loop(
+    config: ClientConfig,
+    mut make: impl FnMut() -> Heartbeat + Send + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use http_body_util::BodyExt;
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let url = format!("{}/v1/heartbeat", config.url.trim_end_matches('/'));
+    let mut failures: u64 = 0;
+    loop {
+        let beat = make();
+        let body = serde_json::to_vec(&beat).unwrap_or_default();
+        let request = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", config.token),
+            )
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)));
+        let outcome = match request {
+            Ok(r) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(r))
+                    .await
+                {
+                    Ok(Ok(resp)) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                        Ok(())
+                    }
+                    Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(url = %config.url, "The control plane is reachable again.");
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                // The first failure and then one in twenty: a long outage does not flood the log.
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(url = %config.url, error = %e, failures,
+                        "A heartbeat to the control plane failed; serving goes on with what this node has.");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.interval) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The operator CLI's client side (`estuary nodes`, ...): calls the API with an operator token
+//! and formats what it returns.
+
+use estuary_common::cp::NodeState;
+use http_body_util::BodyExt;
+
+/// `GET <base><path>` with a bearer token; the body on 2xx, else an error with the status and
+/// the server's message.
+pub async fn get(base: &str, token: &str, path: &str) -> anyhow::Result<bytes::Bytes> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let request = http::Request::get(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
+}
+
+/// The node list as a table for people.
+pub fn nodes_table(nodes: &[NodeState], now: u64) -> String {
+    let mut out = format!(
+        "{:<20} {:<12} {:<10} {:<5} {:>9} {:>10} {:>8}  {}\n",
+        "NODE", "SITE", "ROLE", "UP", "REQ/S", "MB/S", "BEAT", "WHY DOWN"
+    );
+    for n in nodes {
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<10} {:<5} {:>9.1} {:>10.2} {:>7}s  {}\n",
+            n.id,
+            n.site,
+            n.role.as_str(),
+            if n.up { "yes" } else { "no" },
+            n.load.requests_per_second,
+            n.load.bytes_per_second / 1e6,
+            now.saturating_sub(n.last_heartbeat),
+            n.down_reason.as_deref().unwrap_or("")
+        ));
+    }
+    out
+}
+
+/// `estuary nodes`: prints the registered nodes (or their JSON).
+pub async fn nodes(base: &str, token: &str, json: bool) -> anyhow::Result<String> {
+    let body = get(base, token, "/v1/nodes").await?;
+    if json {
+        return Ok(String::from_utf8_lossy(&body).into_owned());
+    }
+    let nodes: Vec<NodeState> = serde_json::from_slice(&body)?;
+    Ok(nodes_table(&nodes, estuary_common::unix_now()))
+}

@@ -1,0 +1,84 @@
+//! Estuary's control plane: the registry of sites and nodes, their health (heartbeats plus a
+//! Traffic Monitor-style poll of every node's `/readyz`, with hysteresis), the versioned state
+//! feed steering consumes, and an audit log of operator actions. SQLite keeps what must
+//! survive a restart.
+
+// Handlers return ready-made error responses; see the origin crate for the same choice.
+#![allow(clippy::result_large_err)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod monitor;
+pub mod registry;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::ControlPlaneConfig;
+
+/// Runs the control plane until SIGTERM or SIGINT.
+pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
+    let path = config
+        .database
+        .sqlite_path()
+        .ok_or_else(|| anyhow::anyhow!("database.url: not a sqlite:// URL"))?;
+    let store = store::Store::open(&path).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let (sites, nodes) = store.load().await?;
+    tracing::info!(
+        sites = sites.len(),
+        nodes = nodes.len(),
+        "The registry was loaded; every node is checked again."
+    );
+    let h = &config.health;
+    let registry = registry::Registry::new(sites, nodes, h.down_after, h.up_after);
+    let listen = config.listen.http;
+    let drain = config.shutdown.drain_timeout;
+    let app = Arc::new(app::App {
+        config,
+        registry,
+        store,
+        metrics: app::Metrics::new(),
+        ready: AtomicBool::new(false),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let monitor = tokio::spawn(monitor::run(Arc::clone(&app), stop_rx.clone()));
+    let mut stopped = stop_rx.clone();
+    let server =
+        axum::serve(listener, app::router(Arc::clone(&app))).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(async move { server.await });
+    app.ready.store(true, Ordering::SeqCst);
+    tracing::info!(http = %listen, "The control plane is serving.");
+    wait_for_signal().await;
+    tracing::info!("Stopping.");
+    app.ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(drain, server).await;
+    let _ = monitor.await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The live registry: sites, nodes with their last heartbeat, and each node's health verdict,
+//! behind one lock, with the state version that steering and operators long-poll on. No IO:
+//! the API and the monitor feed it, the store persists what must survive a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use estuary_common::cp::{Heartbeat, NodeState, Site, StateSnapshot};
+use tokio::sync::watch;
+
+use crate::health::{Change, Tracker};
+
+struct NodeEntry {
+    heartbeat: Heartbeat,
+    last_heartbeat: u64,
+    tracker: Tracker,
+    down_reason: Option<String>,
+}
+
+struct Inner {
+    version: u64,
+    sites: BTreeMap<String, Site>,
+    nodes: BTreeMap<String, NodeEntry>,
+}
+
+/// A node to check, as the monitor needs it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    pub admin: Option<String>,
+    pub last_heartbeat: u64,
+    pub ready: bool,
+}
+
+/// What a heartbeat changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A node never seen before (or since it was removed).
+    New,
+    /// Its site, role, addresses or capacity changed.
+    Changed,
+    /// Only its figures moved.
+    Same,
+}
+
+/// The registry.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+    down_after: u32,
+    up_after: u32,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registry")
+    }
+}
+
+impl Registry {
+    /// A registry holding what the store kept; every node starts down until it is checked.
+    pub fn new(
+        sites: Vec<Site>,
+        nodes: Vec<(Heartbeat, u64)>,
+        down_after: u32,
+        up_after: u32,
+    ) -> Self {
+        let inner = Inner {
+            version: 1,
+            sites: sites.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|(hb, at)| {
+                    (
+                        hb.node.clone(),
+                        NodeEntry {
+                            heartbeat: hb,
+                            last_heartbeat: at,
+                            tracker: Tracker::new(down_after, up_after),
+                            down_reason: Some("not checked yet".into()),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        Self {
+            inner: Mutex::new(inner),
+            version: watch::channel(1).0,
+            down_after,
+            up_after,
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Option<T> {
+        self.inner.lock().ok().map(|mut g| f(&mut g))
+    }
+
+    fn bump(&self, inner: &mut Inner) -> u64 {
+        inner.version += 1;
+        let v = inner.version;
+        self.version.send_replace(v);
+        v
+    }
+
+    /// The current state version.
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    /// Wakes when the version changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    /// Adds or replaces a site; `true` when it changed anything.
+    pub fn upsert_site(&self, site: Site) -> bool {
+        self.with(|inner| {
+            if inner.sites.get(&site.name) == Some(&site) {
+                return false;
+            }
+            inner.sites.insert(site.name.clone(), site);
+            self.bump(inner);
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    pub fn has_site(&self, name: &str) -> bool {
+        self.with(|inner| inner.sites.contains_key(name))
+            .unwrap_or(false)
+    }
+
+    /// Records a heartbeat at `now` (unix seconds).
+    pub fn heartbeat(&self, hb: Heartbeat, now: u64) -> (u64, Seen) {
+        let (down_after, up_after) = (self.down_after, self.up_after);
+        self.with(|inner| {
+            let seen = match inner.nodes.get_mut(&hb.node) {
+                Some(entry) => {
+                    let old = &entry.heartbeat;
+                    let changed = old.site != hb.site
+                        || old.role != hb.role
+                        || old.addresses != hb.addresses
+                        || old.capacity != hb.capacity;
+                    entry.heartbeat = hb;
+                    entry.last_heartbeat = now;
+                    if changed { Seen::Changed } else { Seen::Same }
+                }
+                None => {
+                    inner.nodes.insert(
+                        hb.node.clone(),
+                        NodeEntry {
+                            heartbeat: hb,
+                            last_heartbeat: now,
+                            tracker: Tracker::new(down_after, up_after),
+                            down_reason: Some("not checked yet".into()),
+                        },
+                    );
+                    Seen::New
+                }
+            };
+            let v = if seen == Seen::Same {
+                inner.version
+            } else {
+                self.bump(inner)
+            };
+            (v, seen)
+        })
+        .unwrap_or((0, Seen::Same))
+    }
+
+    /// Forgets a node; `true` if it was known.
+    pub fn remove_node(&self, id: &str) -> bool {
+        self.with(|inner| {
+            let known = inner.nodes.remove(id).is_some();
+            if known {
+                self.bump(inner);
+            }
+            known
+        })
+        .unwrap_or(false)
+    }
+
+    /// The nodes to check now.
+    pub fn targets(&self) -> Vec<Target> {
+        self.with(|inner| {
+            inner
+                .nodes
+                .values()
+                .map(|e| Target {
+                    id: e.heartbeat.node.clone(),
+                    admin: e.heartbeat.addresses.admin.clone(),
+                    last_heartbeat: e.last_heartbeat,
+                    ready: e.heartbeat.ready,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Feeds one check result; a change of verdict bumps the version and is returned.
+    pub fn observe(&self, id: &str, result: Result<(), String>) -> Option<Change> {
+        self.with(|inner| {
+            let entry = inner.nodes.get_mut(id)?;
+            let change = entry.tracker.observe(result.is_ok());
+            match (&result, change) {
+                (Err(why), Some(Change::Down)) => entry.down_reason = Some(why.clone()),
+                (_, Some(Change::Up)) => entry.down_reason = None,
+                _ => {}
+            }
+            if change.is_some() {
+                self.bump(inner);
+            }
+            change
+        })
+        .flatten()
+    }
+
+    /// The snapshot served at `/v1/state`.
+    pub fn snapshot(&self, now: u64) -> StateSnapshot {
+        self.with(|inner| StateSnapshot {
+            version: inner.version,
+            generated_at: now,
+            sites: inner.sites.clone(),
+            nodes: inner
+                .nodes
+                .values()
+                .map(|e| {
+                    let hb = &e.heartbeat;
+                    (
+                        hb.node.clone(),
+                        NodeState {
+                            id: hb.node.clone(),
+                            site: hb.site.clone(),
+                            role: hb.role,
+                            addresses: hb.addresses.clone(),
+                            capacity: hb.capacity.clone(),
+                            up: e.tracker.is_up(),
+                            down_reason: (!e.tracker.is_up())
+                                .then(|| e.down_reason.clone())
+                                .flatten(),
+                            last_heartbeat: e.last_heartbeat,
+                            load: hb.load.clone(),
+                            usage: hb.usage.clone(),
+                            version: hb.version.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary_common::cp::Role;
+
+    fn beat(node: &str, admin: &str) -> Heartbeat {
+        Heartbeat {
+            node: node.into(),
+            site: "lab".into(),
+            role: Role::Edge,
+            addresses: estuary_common::cp::Addresses {
+                admin: Some(admin.into()),
+                ..Default::default()
+            },
+            capacity: Default::default(),
+            ready: true,
+            load: Default::default(),
+            usage: Default::default(),
+            version: "1".into(),
+        }
+    }
+
+    #[test]
+    fn versions_move_on_changes_that_matter_only() {
+        let r = Registry::new(vec![], vec![], 2, 1);
+        let v0 = r.version();
+        let (v1, seen) = r.heartbeat(beat("e1", "http://a"), 10);
+        assert_eq!((seen, v1 > v0), (Seen::New, true));
+        let mut figures = beat("e1", "http://a");
+        figures.load.connections = 99;
+        assert_eq!(r.heartbeat(figures, 11), (v1, Seen::Same));
+        let (v2, seen) = r.heartbeat(beat("e1", "http://b"), 12);
+        assert_eq!((seen, v2 > v1), (Seen::Changed, true));
+        assert!(!r.snapshot(12).nodes["e1"].up);
+        assert_eq!(r.observe("e1", Ok(())), Some(Change::Up));
+        assert!(r.version() > v2);
+        assert!(r.snapshot(12).nodes["e1"].up);
+        assert_eq!(r.observe("e1", Err("refused".into())), None);
+        assert_eq!(r.observe("e1", Err("refused".into())), Some(Change::Down));
+        let s = r.snapshot(13);
+        assert_eq!(s.nodes["e1"].down_reason.as_deref(), Some("refused"));
+        assert!(r.upsert_site(Site {
+            name: "lab".into(),
+            ..Default::default()
+        }));
+        assert!(!r.upsert_site(Site {
+            name: "lab".into(),
+            ..Default::default()
+        }));
+        assert!(r.remove_node("e1"));
+        assert!(r.snapshot(14).nodes.is_empty());
+    }
+}

@@ -1,0 +1,189 @@
+//! What the control plane keeps across restarts, in SQLite (WAL, `synchronous=FULL`): sites,
+//! the nodes that registered (their last heartbeat), and the audit log of operator actions.
+//! Health verdicts are not stored: they are measured again after a restart.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use estuary_common::cp::{Heartbeat, Site};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("database task failed")]
+    Task,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: u64,
+    /// The operator token's name.
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL, last_heartbeat INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().map_err(|_| StoreError::Task)?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|_| StoreError::Task)?
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+
+    /// Everything kept: sites, and nodes with the time of their last stored heartbeat.
+    pub async fn load(&self) -> Result<(Vec<Site>, Vec<(Heartbeat, u64)>), StoreError> {
+        self.with(|c| {
+            let mut sites = Vec::new();
+            let mut st = c.prepare("SELECT body FROM sites ORDER BY name")?;
+            for body in st.query_map([], |r| r.get::<_, String>(0))? {
+                match serde_json::from_str::<Site>(&body?) {
+                    Ok(s) => sites.push(s),
+                    Err(e) => tracing::warn!(error = %e, "A stored site could not be read; it is skipped."),
+                }
+            }
+            let mut nodes = Vec::new();
+            let mut st = c.prepare("SELECT body, last_heartbeat FROM nodes ORDER BY id")?;
+            for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+                let (body, at) = row?;
+                match serde_json::from_str::<Heartbeat>(&body) {
+                    Ok(hb) => nodes.push((hb, at)),
+                    Err(e) => tracing::warn!(error = %e, "A stored node could not be read; it is skipped."),
+                }
+            }
+            Ok((sites, nodes))
+        })
+        .await
+    }
+
+    pub async fn put_site(&self, site: &Site) -> Result<(), StoreError> {
+        let body = serde_json::to_string(site)?;
+        let name = site.name.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO sites (name, body) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+                params![name, body],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn put_node(&self, hb: &Heartbeat, at: u64) -> Result<(), StoreError> {
+        let body = serde_json::to_string(hb)?;
+        let id = hb.node.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO nodes (id, body, last_heartbeat) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET body = excluded.body, last_heartbeat = excluded.last_heartbeat",
+                params![id, body, at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO audit (at, who, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    entry.at,
+                    entry.who,
+                    entry.action,
+                    entry.target,
+                    entry.detail
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The latest `limit` audit entries, newest first.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT at, who, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st
+                .query_map([limit], |r| {
+                    Ok(AuditEntry {
+                        at: r.get(0)?,
+                        who: r.get(1)?,
+                        action: r.get(2)?,
+                        target: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

@@ -1,0 +1,243 @@
+//! The control plane with real nodes: an edge registers and beats, the health monitor marks it
+//! down (kill -9) and up again with hysteresis, the state feed long-polls on changes, tokens
+//! are enforced, operator actions are audited, the registry survives a restart, and a node
+//! whose control plane is gone keeps serving.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const OPS: &str = "operator-token-0123456789";
+const LAB: &str = "lab-node-token-0123456789";
+const OTHER: &str = "other-site-token-0123456789";
+
+struct ControlPlane {
+    dir: TempDir,
+    http: SocketAddr,
+}
+
+impl ControlPlane {
+    fn new(name: &str) -> Self {
+        Self {
+            dir: TempDir::new(name),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    fn start(&self) -> EdgeProcess {
+        let config: PathBuf = self.dir.path().join("cp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n",
+                self.http,
+                self.dir.path().join("cp.db").display()
+            ),
+        )
+        .expect("write config");
+        start_service("control-plane", &config, self.http, self.dir.path())
+    }
+
+    fn get(
+        &self,
+        path: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let auth = format!("Authorization: Bearer {token}");
+        let mut args = vec!["-H", auth.as_str()];
+        args.extend_from_slice(extra);
+        fetch(&format!("{}{path}", self.url()), &args)
+    }
+
+    /// `estuary nodes --json` (the CLI), parsed.
+    fn nodes(&self) -> Vec<serde_json::Value> {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .args(["nodes", "--json", "--control-plane", &self.url()])
+            .env("ESTUARY_TOKEN", OPS));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json")
+    }
+
+    /// Waits until node `id` is listed with `up == want`.
+    fn wait_node(&self, id: &str, want: bool, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(n) = self.nodes().into_iter().find(|n| n["id"] == id)
+                && n["up"] == want
+            {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never became up={want}: {:?}",
+                self.nodes()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn edge_with_control_plane(name: &str, cp_url: &str, token: &str) -> Site {
+    let mut site = Site::new(name);
+    site.extra =
+        format!("[control_plane]\nurl = \"{cp_url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n");
+    site
+}
+
+#[test]
+fn nodes_register_go_down_and_up_and_the_state_feed_follows() {
+    let cp = ControlPlane::new("cp-health");
+    let mut cp_process = cp.start();
+    let site = edge_with_control_plane("cp-edge", &cp.url(), LAB);
+    let mut edge = site.start();
+    let node = cp.wait_node("edge-test", true, Duration::from_secs(20));
+    assert_eq!(node["site"], "lab");
+    assert_eq!(node["role"], "edge");
+    assert_eq!(node["addresses"]["admin"], format!("http://{}", site.admin));
+
+    // The state feed: an ETag per version, 304 when nothing changed.
+    let (status, h, body) = cp.get("/v1/state", LAB, &[]);
+    assert_eq!(status, 200);
+    let etag = header(&h, "etag").expect("etag").to_owned();
+    let snap: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(snap["nodes"]["edge-test"]["up"], true);
+    let (status, _, _) = cp.get("/v1/state", LAB, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(status, 304);
+
+    // A long poll waits for the next change: the edge dies hard.
+    let url = format!("{}/v1/state?wait=30", cp.url());
+    let waiter = {
+        let etag = etag.clone();
+        std::thread::spawn(move || {
+            fetch(
+                &url,
+                &[
+                    "-H",
+                    &format!("Authorization: Bearer {OPS}"),
+                    "-H",
+                    &format!("If-None-Match: {etag}"),
+                ],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    edge.signal("KILL");
+    edge.wait_exit(Duration::from_secs(10));
+    let (status, h, body) = waiter.join().expect("long poll");
+    assert_eq!(status, 200);
+    assert_ne!(header(&h, "etag"), Some(etag.as_str()));
+    let snap: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(snap["nodes"]["edge-test"]["up"], false, "{snap}");
+    assert!(
+        snap["nodes"]["edge-test"]["down_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("readyz")),
+        "{snap}"
+    );
+    assert!(cp_process.log().contains("A node is down."));
+
+    // Back: up again after its checks pass.
+    let _edge = site.start();
+    cp.wait_node("edge-test", true, Duration::from_secs(20));
+
+    // Operators manage sites; the change is audited.
+    let body = r#"{"name":"lab","location":[48.85,2.35],"coverage":["10.1.0.0/16"]}"#;
+    let put = |token: &str, body: &str| {
+        cp.get(
+            "/v1/sites/lab",
+            token,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                body,
+            ],
+        )
+        .0
+    };
+    assert_eq!(put(OPS, body), 200);
+    assert_eq!(put(LAB, body), 403, "a node token managed a site");
+    assert_eq!(put(OPS, r#"{"coverage":["not-a-cidr"]}"#), 400);
+    let (_, _, audit) = cp.get("/v1/audit", OPS, &[]);
+    let audit: serde_json::Value = serde_json::from_slice(&audit).expect("json");
+    assert_eq!(audit[0]["who"], "ops");
+    assert_eq!(audit[0]["action"], "site.put");
+
+    // Tokens: none, unknown, another site's.
+    assert_eq!(fetch(&format!("{}/v1/nodes", cp.url()), &[]).0, 401);
+    assert_eq!(cp.get("/v1/nodes", "not-a-token-at-all-xx", &[]).0, 403);
+    let beat = r#"{"node":"intruder","site":"lab","role":"edge","ready":true}"#;
+    let (status, _, _) = cp.get(
+        "/v1/heartbeat",
+        OTHER,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            beat,
+        ],
+    );
+    assert_eq!(status, 403, "a token of another site registered a node");
+    let (status, _, _) = cp.get(
+        "/v1/heartbeat",
+        LAB,
+        &["-X", "POST", "--data", "{\"node\": 12}"],
+    );
+    assert_eq!(status, 400);
+
+    // The registry survives a restart of the control plane; health is measured again.
+    cp_process.signal("TERM");
+    assert!(cp_process.wait_exit(Duration::from_secs(20)));
+    let _cp = cp.start();
+    let (_, _, sites) = cp.get("/v1/sites", OPS, &[]);
+    let sites: serde_json::Value = serde_json::from_slice(&sites).expect("json");
+    assert_eq!(sites[0]["coverage"][0], "10.1.0.0/16");
+    cp.wait_node("edge-test", true, Duration::from_secs(20));
+    // The table form of the CLI, for people.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary")).args([
+        "nodes",
+        "--control-plane",
+        &cp.url(),
+        "--token",
+        OPS,
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("NODE") && text.contains("edge-test"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_node_keeps_serving_when_its_control_plane_is_gone() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let site = edge_with_control_plane("cp-gone", &dead, LAB);
+    let edge = site.start();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, body) = http_get_raw(site.http, "/pub/hello.txt").expect("get");
+    assert_eq!((status, body.ends_with("hello\n")), (200, true));
+    assert!(
+        edge.log()
+            .contains("A heartbeat to the control plane failed"),
+        "{}",
+        edge.log()
+    );
+}
