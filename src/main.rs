@@ -62,6 +62,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Purge a path, or every path under a prefix ending in '*', on every edge.
+    ///
+    /// Edges that are down get the purge when they are back; the command prints where it
+    /// landed. Example: estuary purge '/v/abc/*'
+    Purge {
+        /// A path (/v/abc/seg_001.m4s) or a prefix ending in '*' (/v/abc/*).
+        target: String,
+        /// The control plane's base URL.
+        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+        control_plane: String,
+        /// An operator token.
+        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a service config; exits non-zero naming the bad key and why.
     CheckConfig {
         /// The config file.
@@ -199,6 +216,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let text = runtime.block_on(estuary_control_plane::cli::nodes(
                 &control_plane,
                 &token,
+                json,
+            ))?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Purge {
+            target,
+            control_plane,
+            token,
+            json,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let text = runtime.block_on(estuary_control_plane::cli::purge(
+                &control_plane,
+                &token,
+                &target,
                 json,
             ))?;
             print!("{text}");

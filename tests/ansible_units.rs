@@ -13,7 +13,10 @@ fn render(template: &str) -> String {
         .replace("{{ estuary_store_root }}", "/srv/estuary/content")
         .replace("{{ estuary_origin_state_dir }}", "/var/lib/estuary/origin")
         .replace("{{ estuary_origin_storage_root }}", "/srv/estuary/origin")
-        .replace("{{ estuary_cp_state_dir }}", "/var/lib/estuary/control-plane")
+        .replace(
+            "{{ estuary_cp_state_dir }}",
+            "/var/lib/estuary/control-plane",
+        )
         .replace("/usr/local/bin/estuary", env!("CARGO_BIN_EXE_estuary"))
 }
 

@@ -5,98 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cp_site::*;
 use common::*;
-
-const OPS: &str = "operator-token-0123456789";
-const LAB: &str = "lab-node-token-0123456789";
-const OTHER: &str = "other-site-token-0123456789";
-
-struct ControlPlane {
-    dir: TempDir,
-    http: SocketAddr,
-}
-
-impl ControlPlane {
-    fn new(name: &str) -> Self {
-        Self {
-            dir: TempDir::new(name),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    fn start(&self) -> EdgeProcess {
-        let config: PathBuf = self.dir.path().join("cp.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n",
-                self.http,
-                self.dir.path().join("cp.db").display()
-            ),
-        )
-        .expect("write config");
-        start_service("control-plane", &config, self.http, self.dir.path())
-    }
-
-    fn get(
-        &self,
-        path: &str,
-        token: &str,
-        extra: &[&str],
-    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let auth = format!("Authorization: Bearer {token}");
-        let mut args = vec!["-H", auth.as_str()];
-        args.extend_from_slice(extra);
-        fetch(&format!("{}{path}", self.url()), &args)
-    }
-
-    /// `estuary nodes --json` (the CLI), parsed.
-    fn nodes(&self) -> Vec<serde_json::Value> {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
-            .args(["nodes", "--json", "--control-plane", &self.url()])
-            .env("ESTUARY_TOKEN", OPS));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json")
-    }
-
-    /// Waits until node `id` is listed with `up == want`.
-    fn wait_node(&self, id: &str, want: bool, limit: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(n) = self.nodes().into_iter().find(|n| n["id"] == id)
-                && n["up"] == want
-            {
-                return n;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {id} never became up={want}: {:?}",
-                self.nodes()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn edge_with_control_plane(name: &str, cp_url: &str, token: &str) -> Site {
-    let mut site = Site::new(name);
-    site.extra =
-        format!("[control_plane]\nurl = \"{cp_url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n");
-    site
-}
 
 #[test]
 fn nodes_register_go_down_and_up_and_the_state_feed_follows() {

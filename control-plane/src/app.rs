@@ -103,6 +103,8 @@ pub struct App {
     pub store: Store,
     pub metrics: Metrics,
     pub ready: AtomicBool,
+    /// Wakes the purge deliverer.
+    pub purge_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for App {
@@ -198,6 +200,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(delete_node))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/purges", post(add_purge))
+        .route("/v1/purges/{id}", get(get_purge))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -421,6 +425,107 @@ async fn delete_node(
     }
     app.audit(&who, "node.delete", &id, String::new()).await;
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// A path (`/v/abc/seg_001.m4s`) or a prefix ending in `*` (`/v/abc/*`).
+    target: String,
+}
+
+/// A purge target: an absolute path of printable ASCII, without `..`, optionally ending in `*`.
+fn valid_target(t: &str) -> bool {
+    let path = t.strip_suffix('*').unwrap_or(t);
+    t.len() <= 1024
+        && path.starts_with('/')
+        && !path.contains('*')
+        && path.bytes().all(|b| b.is_ascii_graphic())
+        && !path.split('/').any(|s| s == ".." || s == ".")
+}
+
+/// `POST /v1/purges` `{"target": "/v/abc/*"}`: purges on every edge; answers with the
+/// per-edge results after the first round (up to 10 s); edges that are down get it when
+/// they are back (`GET /v1/purges/<id>` follows it).
+async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let who = match app.operator(&headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if app.config.purge.edge_token.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            "purges need [purge] edge_token in the control plane's config\n",
+        )
+            .into_response();
+    }
+    let req: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a purge: {e}\n")).into_response(),
+    };
+    if !valid_target(&req.target) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "target: an absolute path, or a prefix ending in *\n",
+        )
+            .into_response();
+    }
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    let edges: Vec<String> = snap
+        .nodes
+        .values()
+        .filter(|n| n.role == estuary_common::cp::Role::Edge)
+        .map(|n| n.id.clone())
+        .collect();
+    let id = match app.store.add_purge(&who, &req.target, edges.clone()).await {
+        Ok(id) => id,
+        Err(e) => return app.internal(e),
+    };
+    app.audit(
+        &who,
+        "purge",
+        &req.target,
+        format!("id {id}, {} edges", edges.len()),
+    )
+    .await;
+    app.purge_wake.notify_one();
+    // Wait for the edges that are up to be done (or the first round to fail them).
+    let up: Vec<&String> = edges
+        .iter()
+        .filter(|e| snap.nodes.get(*e).is_some_and(|n| n.up))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = match app.store.purge(id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return (StatusCode::NOT_FOUND, "no such purge\n").into_response(),
+            Err(e) => return app.internal(e),
+        };
+        let settled = status
+            .edges
+            .iter()
+            .filter(|d| up.contains(&&d.node))
+            .all(|d| d.state == "done" || d.attempts > 0);
+        if settled || tokio::time::Instant::now() > deadline {
+            return json(StatusCode::ACCEPTED, &status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get_purge(
+    State(app): State<Arc<App>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = app.operator(&headers) {
+        return r;
+    }
+    match app.store.purge(id).await {
+        Ok(Some(s)) => json(StatusCode::OK, &s),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such purge\n").into_response(),
+        Err(e) => app.internal(e),
+    }
 }
 
 async fn audit_log(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

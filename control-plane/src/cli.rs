@@ -58,3 +58,54 @@ pub async fn nodes(base: &str, token: &str, json: bool) -> anyhow::Result<String
     let nodes: Vec<NodeState> = serde_json::from_slice(&body)?;
     Ok(nodes_table(&nodes, estuary_common::unix_now()))
 }
+
+/// `POST <base><path>` with a JSON body and a bearer token; the body on 2xx.
+pub async fn post(
+    base: &str,
+    token: &str,
+    path: &str,
+    body: String,
+) -> anyhow::Result<bytes::Bytes> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let request = http::Request::post(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
+}
+
+/// `estuary purge TARGET`: purges a path or prefix on every edge and prints where it landed.
+pub async fn purge(base: &str, token: &str, target: &str, json: bool) -> anyhow::Result<String> {
+    let body = serde_json::json!({ "target": target }).to_string();
+    let answer = post(base, token, "/v1/purges", body).await?;
+    if json {
+        return Ok(String::from_utf8_lossy(&answer).into_owned());
+    }
+    let status: crate::store::PurgeStatus = serde_json::from_slice(&answer)?;
+    let mut out = format!("purge {} of {}\n", status.id, status.target);
+    for d in &status.edges {
+        let what = match (d.state.as_str(), &d.last_error) {
+            ("done", _) => "purged".to_owned(),
+            (_, Some(e)) => format!("pending (will retry): {e}"),
+            _ => "pending (the edge is down; it gets the purge when it is back)".to_owned(),
+        };
+        out.push_str(&format!("  {:<20} {what}\n", d.node));
+    }
+    if status.edges.is_empty() {
+        out.push_str("  (no edges registered)\n");
+    }
+    Ok(out)
+}

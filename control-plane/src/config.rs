@@ -19,7 +19,19 @@ pub struct ControlPlaneConfig {
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
+    pub purge: PurgeConfig,
+    #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+/// `[purge]`: how purges reach the edges.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeConfig {
+    /// The token the control plane presents to each edge's admin listener (one of the edges'
+    /// `[admin.tokens]`). Without it purges are refused.
+    #[serde(default)]
+    pub edge_token: Option<String>,
 }
 
 /// `[listen]`.
@@ -188,6 +200,14 @@ impl ControlPlaneConfig {
                     "a site name is 1-64 of A-Z a-z 0-9 - _ .",
                 ));
             }
+        }
+        if let Some(t) = &self.purge.edge_token
+            && t.len() < 16
+        {
+            return Err(ConfigError::new(
+                "purge.edge_token",
+                "must be at least 16 characters",
+            ));
         }
         let h = &self.health;
         if h.poll_interval < Duration::from_millis(100) {

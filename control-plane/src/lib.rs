@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod monitor;
+pub mod purge;
 pub mod registry;
 pub mod store;
 
@@ -42,12 +43,18 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         store,
         metrics: app::Metrics::new(),
         ready: AtomicBool::new(false),
+        purge_wake: Arc::new(tokio::sync::Notify::new()),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let monitor = tokio::spawn(monitor::run(Arc::clone(&app), stop_rx.clone()));
+    let purger = tokio::spawn(purge::run(
+        Arc::clone(&app),
+        Arc::clone(&app.purge_wake),
+        stop_rx.clone(),
+    ));
     let mut stopped = stop_rx.clone();
     let server =
         axum::serve(listener, app::router(Arc::clone(&app))).with_graceful_shutdown(async move {
@@ -62,6 +69,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(drain, server).await;
     let _ = monitor.await;
+    let _ = purger.await;
     Ok(())
 }
 

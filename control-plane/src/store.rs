@@ -31,6 +31,26 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// One edge's delivery of a purge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Delivery {
+    pub node: String,
+    /// `pending` (retried while the edge is down) or `done`.
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// A purge and where it has been delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PurgeStatus {
+    pub id: i64,
+    pub at: u64,
+    pub who: String,
+    pub target: String,
+    pub edges: Vec<Delivery>,
+}
+
 /// The store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -46,6 +66,13 @@ impl std::fmt::Debug for Store {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL, last_heartbeat INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, who TEXT NOT NULL, target TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS purge_deliveries (
+    purge INTEGER NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_error TEXT, updated_at INTEGER NOT NULL, PRIMARY KEY (purge, node)
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
@@ -161,6 +188,114 @@ impl Store {
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records a purge of `target` (a path, or a prefix ending in `*`) for `nodes`; its id.
+    pub async fn add_purge(
+        &self,
+        who: &str,
+        target: &str,
+        nodes: Vec<String>,
+    ) -> Result<i64, StoreError> {
+        let (who, target) = (who.to_owned(), target.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let now = estuary_common::unix_now();
+            tx.execute(
+                "INSERT INTO purges (at, who, target) VALUES (?1, ?2, ?3)",
+                params![now, who, target],
+            )?;
+            let id = tx.last_insert_rowid();
+            for node in nodes {
+                tx.execute(
+                    "INSERT INTO purge_deliveries (purge, node, state, attempts, last_error, updated_at)
+                     VALUES (?1, ?2, 'pending', 0, NULL, ?3)",
+                    params![id, node, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Deliveries still to make: (purge id, target, node).
+    pub async fn pending_deliveries(&self) -> Result<Vec<(i64, String, String)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT d.purge, p.target, d.node FROM purge_deliveries d JOIN purges p ON p.id = d.purge
+                 WHERE d.state = 'pending' ORDER BY d.purge",
+            )?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Records one delivery attempt.
+    pub async fn delivery_result(
+        &self,
+        purge: i64,
+        node: &str,
+        result: Result<(), String>,
+    ) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        self.with(move |c| {
+            let now = estuary_common::unix_now();
+            match result {
+                Ok(()) => c.execute(
+                    "UPDATE purge_deliveries SET state = 'done', attempts = attempts + 1, last_error = NULL,
+                     updated_at = ?3 WHERE purge = ?1 AND node = ?2",
+                    params![purge, node, now],
+                )?,
+                Err(e) => c.execute(
+                    "UPDATE purge_deliveries SET attempts = attempts + 1, last_error = ?3, updated_at = ?4
+                     WHERE purge = ?1 AND node = ?2",
+                    params![purge, node, e, now],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// A purge and its deliveries.
+    pub async fn purge(&self, id: i64) -> Result<Option<PurgeStatus>, StoreError> {
+        self.with(move |c| {
+            let head: Option<(u64, String, String)> = c
+                .query_row(
+                    "SELECT at, who, target FROM purges WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .ok();
+            let Some((at, who, target)) = head else {
+                return Ok(None);
+            };
+            let mut st = c.prepare(
+                "SELECT node, state, attempts, last_error FROM purge_deliveries WHERE purge = ?1 ORDER BY node",
+            )?;
+            let edges = st
+                .query_map([id], |r| {
+                    Ok(Delivery {
+                        node: r.get(0)?,
+                        state: r.get(1)?,
+                        attempts: r.get(2)?,
+                        last_error: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(PurgeStatus {
+                id,
+                at,
+                who,
+                target,
+                edges,
+            }))
         })
         .await
     }

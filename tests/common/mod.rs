@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cp_site;
 pub mod media;
 pub mod origin;
 pub mod origin_site;
@@ -113,6 +114,8 @@ pub struct Site {
     /// Extra TOML appended to the config (sections after the defaults).
     pub extra: String,
     pub protected: Vec<String>,
+    /// `[node] id`.
+    pub node_id: String,
 }
 
 impl Site {
@@ -140,6 +143,7 @@ impl Site {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             extra: String::new(),
             protected: vec!["/v/".into()],
+            node_id: "edge-test".into(),
             dir,
         }
     }
@@ -152,7 +156,7 @@ impl Site {
         let protected: Vec<String> = self.protected.iter().map(|p| format!("\"{p}\"")).collect();
         let text = format!(
             r#"[node]
-id = "edge-test"
+id = "{node_id}"
 site = "lab"
 [listen]
 http = "{http}"
@@ -178,6 +182,7 @@ k2 = "{KEY2_HEX}"
             root = self.content.display(),
             protected = protected.join(", "),
             extra = self.extra,
+            node_id = self.node_id,
         );
         let path = self.config_path();
         std::fs::write(&path, text).expect("write config");

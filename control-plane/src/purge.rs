@@ -1,0 +1,100 @@
+//! Purge fan-out: a purge is stored with one delivery per edge, and this task delivers each to
+//! the edge's admin listener (`DELETE /cache/<path>` or `/cache/<prefix>*`). Deliveries to an
+//! edge that is down stay pending and are made when it is up again, even across restarts of
+//! the control plane.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+
+use crate::app::App;
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// Runs until `stop` turns true; `wake` starts a round at once.
+pub async fn run(app: Arc<App>, wake: Arc<tokio::sync::Notify>, mut stop: watch::Receiver<bool>) {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    loop {
+        round(&app, &client).await;
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Delivers every pending purge to every edge that is up now.
+pub async fn round(app: &App, client: &Client) {
+    let Some(token) = app.config.purge.edge_token.clone() else {
+        return;
+    };
+    let pending = match app.store.pending_deliveries().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "Pending purges cannot be read.");
+            return;
+        }
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    for (purge, target, node) in pending {
+        let Some(state) = snap.nodes.get(&node) else {
+            continue;
+        };
+        if !state.up {
+            continue;
+        }
+        let Some(admin) = &state.addresses.admin else {
+            let _ = app
+                .store
+                .delivery_result(purge, &node, Err("the edge has no admin address".into()))
+                .await;
+            continue;
+        };
+        let result = deliver(client, admin, &target, &token).await;
+        match &result {
+            Ok(()) => {
+                tracing::info!(purge, node = %node, target = %target, "A purge reached an edge.")
+            }
+            Err(e) => {
+                tracing::warn!(purge, node = %node, target = %target, error = %e, "A purge did not reach an edge; it will be retried.")
+            }
+        }
+        if let Err(e) = app.store.delivery_result(purge, &node, result).await {
+            tracing::error!(error = %e, "A purge delivery could not be recorded.");
+        }
+    }
+}
+
+async fn deliver(client: &Client, admin: &str, target: &str, token: &str) -> Result<(), String> {
+    let url = format!("{}/cache{target}", admin.trim_end_matches('/'));
+    let request = http::Request::delete(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the edge answered {status}"))
+            }
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}

@@ -1,0 +1,96 @@
+//! A control plane for the black-box tests: its config and the real `estuary control-plane`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{EdgeProcess, Site, TempDir, fetch, free_port, run, start_service};
+
+/// The token edges accept for purges (their `[admin.tokens]`), presented by the control plane.
+pub const PURGE: &str = "0123456789abcdef-operator";
+pub const OPS: &str = "operator-token-0123456789";
+pub const LAB: &str = "lab-node-token-0123456789";
+pub const OTHER: &str = "other-site-token-0123456789";
+
+pub struct ControlPlane {
+    pub dir: TempDir,
+    pub http: SocketAddr,
+}
+
+impl ControlPlane {
+    pub fn new(name: &str) -> Self {
+        Self {
+            dir: TempDir::new(name),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn start(&self) -> EdgeProcess {
+        let config: PathBuf = self.dir.path().join("cp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n",
+                self.http,
+                self.dir.path().join("cp.db").display()
+            ),
+        )
+        .expect("write config");
+        start_service("control-plane", &config, self.http, self.dir.path())
+    }
+
+    pub fn get(
+        &self,
+        path: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let auth = format!("Authorization: Bearer {token}");
+        let mut args = vec!["-H", auth.as_str()];
+        args.extend_from_slice(extra);
+        fetch(&format!("{}{path}", self.url()), &args)
+    }
+
+    /// `estuary nodes --json` (the CLI), parsed.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .args(["nodes", "--json", "--control-plane", &self.url()])
+            .env("ESTUARY_TOKEN", OPS));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("json")
+    }
+
+    /// Waits until node `id` is listed with `up == want`.
+    pub fn wait_node(&self, id: &str, want: bool, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(n) = self.nodes().into_iter().find(|n| n["id"] == id)
+                && n["up"] == want
+            {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} never became up={want}: {:?}",
+                self.nodes()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn edge_with_control_plane(name: &str, cp_url: &str, token: &str) -> Site {
+    let mut site = Site::new(name);
+    site.extra =
+        format!("[control_plane]\nurl = \"{cp_url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n");
+    site
+}
