@@ -79,6 +79,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pre-position an asset on edges (or remove it with --remove).
+    ///
+    /// The control plane places the asset inside each site by rendezvous hashing over the
+    /// edges that are up and have room; each chosen edge pulls every file of asset.json from a
+    /// same-site peer that holds it, else from an origin, verifies them, and only then reports
+    /// the asset present.
+    Push {
+        /// The asset id.
+        asset: String,
+        /// Sites to place it in, comma-separated (default: every site with an edge).
+        #[arg(long, value_delimiter = ',')]
+        sites: Option<Vec<String>>,
+        /// Edges per site.
+        #[arg(long)]
+        replicas: Option<usize>,
+        /// Remove the asset from every edge instead.
+        #[arg(long)]
+        remove: bool,
+        /// The control plane's base URL.
+        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+        control_plane: String,
+        /// An operator token.
+        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Pre-positioning fills: where each pushed asset is and how its fills are going.
+    Fill {
+        #[command(subcommand)]
+        command: FillCommand,
+    },
     /// Validate a service config; exits non-zero naming the bad key and why.
     CheckConfig {
         /// The config file.
@@ -125,6 +155,25 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FillCommand {
+    /// Every placement (or one asset's) with its state: assigned, filling, present, failed
+    /// (with the reason), removing.
+    Status {
+        /// Only this asset.
+        asset: Option<String>,
+        /// The control plane's base URL.
+        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+        control_plane: String,
+        /// An operator token.
+        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -239,6 +288,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Push {
+            asset,
+            sites,
+            replicas,
+            remove,
+            control_plane,
+            token,
+        } => operator_call(estuary_control_plane::cli::push(
+            &control_plane,
+            &token,
+            &asset,
+            sites,
+            replicas,
+            remove,
+        )),
+        Command::Fill {
+            command:
+                FillCommand::Status {
+                    asset,
+                    control_plane,
+                    token,
+                    json,
+                },
+        } => operator_call(estuary_control_plane::cli::fill_status(
+            &control_plane,
+            &token,
+            asset.as_deref(),
+            json,
+        )),
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
         Command::Package {
@@ -298,6 +376,17 @@ fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::
         let duration = serde_json::json!(done.duration_seconds);
         println!(r#"{{"event":"done","asset":{asset},"duration_seconds":{duration}}}"#);
     }
+    Ok(())
+}
+
+/// Runs one operator command against the control plane and prints what it returns.
+fn operator_call(
+    call: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    print!("{}", runtime.block_on(call)?);
     Ok(())
 }
 

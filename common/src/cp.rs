@@ -101,6 +101,30 @@ pub struct Heartbeat {
     /// Software version.
     #[serde(default)]
     pub version: String,
+    /// Pre-positioned assets this node holds or is filling (edges).
+    #[serde(default)]
+    pub inventory: Vec<InventoryItem>,
+}
+
+/// One pre-positioned asset on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryItem {
+    pub asset: String,
+    /// `present` (every file verified against `asset.json`), `filling`, or `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An asset a node is to hold: where to fetch it from, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub asset: String,
+    /// Base URLs: same-site peers that hold it first, then origins.
+    pub sources: Vec<String>,
 }
 
 /// The control plane's answer to a heartbeat.
@@ -110,6 +134,12 @@ pub struct HeartbeatReply {
     pub state_version: u64,
     /// Seconds until the next heartbeat is expected.
     pub interval_seconds: u64,
+    /// Assets this node should hold (edges fill the ones they lack).
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+    /// Assets this node should drop.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// A site: a group of nodes in one place.
@@ -143,6 +173,9 @@ pub struct NodeState {
     pub load: Load,
     pub usage: Usage,
     pub version: String,
+    /// Assets present on the node (pre-positioned and verified).
+    #[serde(default)]
+    pub assets: Vec<String>,
 }
 
 /// The versioned snapshot served at `GET /v1/state`.
@@ -176,6 +209,7 @@ mod tests {
             load: Load::default(),
             usage: Usage::default(),
             version: "0.1.0".into(),
+            inventory: vec![],
         };
         let text = serde_json::to_string(&hb).expect("json");
         assert!(text.contains("\"role\":\"edge\""));
@@ -268,6 +302,7 @@ impl ClientConfig {
 pub async fn heartbeat_loop(
     config: ClientConfig,
     mut make: impl FnMut() -> Heartbeat + Send + 'static,
+    mut on_reply: impl FnMut(HeartbeatReply) + Send + 'static,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use http_body_util::BodyExt;
@@ -294,8 +329,18 @@ pub async fn heartbeat_loop(
                     .await
                 {
                     Ok(Ok(resp)) if resp.status().is_success() => {
-                        let _ = resp.into_body().collect().await;
-                        Ok(())
+                        match resp.into_body().collect().await {
+                            Ok(body) => {
+                                match serde_json::from_slice::<HeartbeatReply>(&body.to_bytes()) {
+                                    Ok(reply) => {
+                                        on_reply(reply);
+                                        Ok(())
+                                    }
+                                    Err(e) => Err(format!("unreadable reply: {e}")),
+                                }
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
                     }
                     Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
                     Ok(Err(e)) => Err(e.to_string()),

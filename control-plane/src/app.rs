@@ -201,6 +201,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{id}", axum::routing::delete(delete_node))
         .route("/v1/audit", get(audit_log))
         .route("/v1/purges", post(add_purge))
+        .route("/v1/assets/{asset}/push", post(push))
+        .route("/v1/assets/{asset}/remove", post(remove_asset))
+        .route("/v1/fill", get(fill_status))
         .route("/v1/purges/{id}", get(get_purge))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -275,13 +278,63 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         }
     }
     app.metrics.heartbeats.inc();
+    let (assignments, remove) = match assignments_for(&app, &stored).await {
+        Ok(a) => a,
+        Err(e) => return app.internal(e),
+    };
     json(
         StatusCode::OK,
         &HeartbeatReply {
             state_version: version,
             interval_seconds: 5,
+            assignments,
+            remove,
         },
     )
+}
+
+/// The assets a node should hold (with sources: same-site peers holding them, then origins)
+/// and drop. Removals the node has done are forgotten.
+async fn assignments_for(
+    app: &App,
+    hb: &Heartbeat,
+) -> Result<(Vec<estuary_common::cp::Assignment>, Vec<String>), crate::store::StoreError> {
+    let placements = app.store.placements().await?;
+    let mine: Vec<&crate::store::Placement> =
+        placements.iter().filter(|p| p.node == hb.node).collect();
+    if mine.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    let holds = |asset: &str| hb.inventory.iter().any(|i| i.asset == asset);
+    let mut assignments = Vec::new();
+    let mut remove = Vec::new();
+    for p in mine {
+        if p.state == "removing" {
+            if holds(&p.asset) {
+                remove.push(p.asset.clone());
+            } else {
+                app.store.drop_placement(&p.asset, &p.node).await?;
+            }
+            continue;
+        }
+        let peers = snap.nodes.values().filter(|n| {
+            n.site == hb.site && n.id != hb.node && n.up && n.assets.contains(&p.asset)
+        });
+        let origins = snap
+            .nodes
+            .values()
+            .filter(|n| n.role == estuary_common::cp::Role::Origin && n.up);
+        let sources = peers
+            .chain(origins)
+            .filter_map(|n| n.addresses.http.clone())
+            .collect();
+        assignments.push(estuary_common::cp::Assignment {
+            asset: p.asset.clone(),
+            sources,
+        });
+    }
+    Ok((assignments, remove))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -511,6 +564,214 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    /// Sites to place the asset in (default: every site with an edge).
+    #[serde(default)]
+    sites: Option<Vec<String>>,
+    /// Edges per site (default 1).
+    #[serde(default)]
+    replicas: Option<usize>,
+}
+
+/// The total size of an asset, from its `asset.json` on an origin that is up.
+async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    let origins: Vec<String> = snap
+        .nodes
+        .values()
+        .filter(|n| n.role == estuary_common::cp::Role::Origin && n.up)
+        .filter_map(|n| n.addresses.http.clone())
+        .collect();
+    if origins.is_empty() {
+        return Err("no origin is registered and up".into());
+    }
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut last = String::new();
+    for base in origins {
+        let url = format!("{}/v/{asset}/asset.json", base.trim_end_matches('/'));
+        let Ok(request) = http::Request::get(&url).body(http_body_util::Empty::new()) else {
+            continue;
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
+            Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                use http_body_util::BodyExt;
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                let m: estuary_common::asset::AssetManifest =
+                    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+                return Ok(m.files.iter().map(|f| f.size).sum::<u64>() + body.len() as u64);
+            }
+            Ok(Ok(resp)) => last = format!("{url}: {}", resp.status()),
+            Ok(Err(e)) => last = format!("{url}: {e}"),
+            Err(_) => last = format!("{url}: timed out"),
+        }
+    }
+    Err(format!("the asset is not on any origin ({last})"))
+}
+
+/// `POST /v1/assets/<asset>/push` `{"sites": [...], "replicas": N}`: places the asset on
+/// edges; each edge fills it on its next heartbeat.
+async fn push(
+    State(app): State<Arc<App>>,
+    Path(asset): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match app.operator(&headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if !valid_name(&asset) || asset.contains('.') {
+        return (StatusCode::BAD_REQUEST, "asset: 1-64 of A-Z a-z 0-9 - _\n").into_response();
+    }
+    let req: PushRequest = if body.is_empty() {
+        PushRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("not a push: {e}\n")).into_response();
+            }
+        }
+    };
+    let replicas = req.replicas.unwrap_or(1);
+    if !(1..=64).contains(&replicas) {
+        return (StatusCode::BAD_REQUEST, "replicas: 1 to 64\n").into_response();
+    }
+    let bytes = match asset_size(&app, &asset).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    };
+    let placements = match app.store.placements().await {
+        Ok(p) => p,
+        Err(e) => return app.internal(e),
+    };
+    let mut used: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for p in placements.iter().filter(|p| p.asset != asset) {
+        *used.entry(p.node.clone()).or_default() += p.bytes;
+    }
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    let chosen = match crate::placement::place(
+        &asset,
+        bytes,
+        &snap,
+        req.sites.as_deref(),
+        replicas,
+        &used,
+    ) {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    };
+    if let Err(e) = app
+        .store
+        .add_placements(&asset, bytes, chosen.clone())
+        .await
+    {
+        return app.internal(e);
+    }
+    app.audit(
+        &who,
+        "push",
+        &asset,
+        format!(
+            "{bytes} bytes to {}",
+            chosen
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await;
+    json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({
+            "asset": asset,
+            "bytes": bytes,
+            "placements": chosen.iter().map(|(n, s)| serde_json::json!({"node": n, "site": s})).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+/// `POST /v1/assets/<asset>/remove`: every edge holding it drops it on its next heartbeat.
+async fn remove_asset(
+    State(app): State<Arc<App>>,
+    Path(asset): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match app.operator(&headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match app.store.remove_placements(&asset).await {
+        Ok(0) => (StatusCode::NOT_FOUND, "the asset is placed nowhere\n").into_response(),
+        Ok(n) => {
+            app.audit(&who, "push.remove", &asset, format!("{n} placements"))
+                .await;
+            json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({"asset": asset, "removing": n}),
+            )
+        }
+        Err(e) => app.internal(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FillQuery {
+    #[serde(default)]
+    asset: Option<String>,
+}
+
+/// `GET /v1/fill[?asset=]`: every placement with what its node reports (assigned, filling,
+/// present, failed with the reason, removing).
+async fn fill_status(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<FillQuery>,
+) -> Response {
+    if let Err(r) = app.operator(&headers) {
+        return r;
+    }
+    let placements = match app.store.placements().await {
+        Ok(p) => p,
+        Err(e) => return app.internal(e),
+    };
+    let rows: Vec<serde_json::Value> = placements
+        .into_iter()
+        .filter(|p| q.asset.as_ref().is_none_or(|a| *a == p.asset))
+        .map(|p| {
+            let item = app
+                .registry
+                .inventory(&p.node)
+                .into_iter()
+                .find(|i| i.asset == p.asset);
+            let state = match (&p.state[..], &item) {
+                ("removing", _) => "removing".to_owned(),
+                (_, Some(i)) => i.state.clone(),
+                (_, None) => "assigned".to_owned(),
+            };
+            serde_json::json!({
+                "asset": p.asset,
+                "node": p.node,
+                "site": p.site,
+                "bytes": p.bytes,
+                "state": state,
+                "error": item.and_then(|i| i.error),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &rows)
 }
 
 async fn get_purge(

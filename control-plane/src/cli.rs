@@ -109,3 +109,74 @@ pub async fn purge(base: &str, token: &str, target: &str, json: bool) -> anyhow:
     }
     Ok(out)
 }
+
+/// `estuary push ASSET [--sites a,b] [--replicas N]` or `--remove`.
+pub async fn push(
+    base: &str,
+    token: &str,
+    asset: &str,
+    sites: Option<Vec<String>>,
+    replicas: Option<usize>,
+    remove: bool,
+) -> anyhow::Result<String> {
+    if remove {
+        let answer = post(
+            base,
+            token,
+            &format!("/v1/assets/{asset}/remove"),
+            String::new(),
+        )
+        .await?;
+        return Ok(String::from_utf8_lossy(&answer).into_owned());
+    }
+    let body = serde_json::json!({ "sites": sites, "replicas": replicas }).to_string();
+    let answer = post(base, token, &format!("/v1/assets/{asset}/push"), body).await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer)?;
+    let mut out = format!(
+        "{} ({} bytes) placed on:\n",
+        v["asset"].as_str().unwrap_or(asset),
+        v["bytes"]
+    );
+    for p in v["placements"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<20} site {}\n",
+            p["node"].as_str().unwrap_or(""),
+            p["site"].as_str().unwrap_or("")
+        ));
+    }
+    out.push_str("Each edge fills it on its next heartbeat; follow with `estuary fill status`.\n");
+    Ok(out)
+}
+
+/// `estuary fill status [ASSET]`.
+pub async fn fill_status(
+    base: &str,
+    token: &str,
+    asset: Option<&str>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let path = match asset {
+        Some(a) => format!("/v1/fill?asset={a}"),
+        None => "/v1/fill".to_owned(),
+    };
+    let body = get(base, token, &path).await?;
+    if json {
+        return Ok(String::from_utf8_lossy(&body).into_owned());
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    let mut out = format!(
+        "{:<24} {:<20} {:<12} {:<10} {}\n",
+        "ASSET", "NODE", "SITE", "STATE", "ERROR"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<24} {:<20} {:<12} {:<10} {}\n",
+            r["asset"].as_str().unwrap_or(""),
+            r["node"].as_str().unwrap_or(""),
+            r["site"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["error"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(out)
+}

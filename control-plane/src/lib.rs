@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod monitor;
+pub mod placement;
 pub mod purge;
 pub mod registry;
 pub mod store;

@@ -137,10 +137,18 @@ impl Registry {
             let seen = match inner.nodes.get_mut(&hb.node) {
                 Some(entry) => {
                     let old = &entry.heartbeat;
+                    let present = |h: &Heartbeat| -> Vec<String> {
+                        h.inventory
+                            .iter()
+                            .filter(|i| i.state == "present")
+                            .map(|i| i.asset.clone())
+                            .collect()
+                    };
                     let changed = old.site != hb.site
                         || old.role != hb.role
                         || old.addresses != hb.addresses
-                        || old.capacity != hb.capacity;
+                        || old.capacity != hb.capacity
+                        || present(old) != present(&hb);
                     entry.heartbeat = hb;
                     entry.last_heartbeat = now;
                     if changed { Seen::Changed } else { Seen::Same }
@@ -178,6 +186,18 @@ impl Registry {
             known
         })
         .unwrap_or(false)
+    }
+
+    /// What a node reported holding in its last heartbeat.
+    pub fn inventory(&self, id: &str) -> Vec<estuary_common::cp::InventoryItem> {
+        self.with(|inner| {
+            inner
+                .nodes
+                .get(id)
+                .map(|e| e.heartbeat.inventory.clone())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
     }
 
     /// The nodes to check now.
@@ -242,6 +262,12 @@ impl Registry {
                             load: hb.load.clone(),
                             usage: hb.usage.clone(),
                             version: hb.version.clone(),
+                            assets: hb
+                                .inventory
+                                .iter()
+                                .filter(|i| i.state == "present")
+                                .map(|i| i.asset.clone())
+                                .collect(),
                         },
                     )
                 })
@@ -270,6 +296,7 @@ mod tests {
             load: Default::default(),
             usage: Default::default(),
             version: "1".into(),
+            inventory: vec![],
         }
     }
 

@@ -31,6 +31,17 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// An asset assigned to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub asset: String,
+    pub node: String,
+    pub site: String,
+    /// `assigned` or `removing`.
+    pub state: String,
+    pub bytes: u64,
+}
+
 /// One edge's delivery of a purge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Delivery {
@@ -72,6 +83,10 @@ CREATE TABLE IF NOT EXISTS purges (
 CREATE TABLE IF NOT EXISTS purge_deliveries (
     purge INTEGER NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
     last_error TEXT, updated_at INTEGER NOT NULL, PRIMARY KEY (purge, node)
+);
+CREATE TABLE IF NOT EXISTS placements (
+    asset TEXT NOT NULL, node TEXT NOT NULL, site TEXT NOT NULL, state TEXT NOT NULL,
+    bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (asset, node)
 );
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -296,6 +311,79 @@ impl Store {
                 target,
                 edges,
             }))
+        })
+        .await
+    }
+
+    /// Assigns `asset` (of `bytes`) to nodes; an existing placement stays (and stops being
+    /// removed).
+    pub async fn add_placements(
+        &self,
+        asset: &str,
+        bytes: u64,
+        nodes: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let now = estuary_common::unix_now();
+            for (node, site) in nodes {
+                tx.execute(
+                    "INSERT INTO placements (asset, node, site, state, bytes, created_at)
+                     VALUES (?1, ?2, ?3, 'assigned', ?4, ?5)
+                     ON CONFLICT(asset, node) DO UPDATE SET state = 'assigned'",
+                    params![asset, node, site, bytes, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks every placement of `asset` for removal; how many.
+    pub async fn remove_placements(&self, asset: &str) -> Result<usize, StoreError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "UPDATE placements SET state = 'removing' WHERE asset = ?1",
+                [asset],
+            )?)
+        })
+        .await
+    }
+
+    /// Forgets one placement (a removal the node has done).
+    pub async fn drop_placement(&self, asset: &str, node: &str) -> Result<(), StoreError> {
+        let (asset, node) = (asset.to_owned(), node.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM placements WHERE asset = ?1 AND node = ?2 AND state = 'removing'",
+                params![asset, node],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every placement: (asset, node, site, state, bytes).
+    pub async fn placements(&self) -> Result<Vec<Placement>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT asset, node, site, state, bytes FROM placements ORDER BY asset, node",
+            )?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Placement {
+                        asset: r.get(0)?,
+                        node: r.get(1)?,
+                        site: r.get(2)?,
+                        state: r.get(3)?,
+                        bytes: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
         .await
     }

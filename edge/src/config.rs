@@ -53,6 +53,22 @@ pub struct EdgeConfig {
     /// Registration and heartbeats; without it the edge runs standalone.
     #[serde(default)]
     pub control_plane: Option<estuary_common::cp::ClientConfig>,
+    /// How assets assigned by the control plane are pulled into the store.
+    #[serde(default)]
+    pub prepositioning: PreposConfig,
+}
+
+/// `[prepositioning]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreposConfig {
+    /// Bytes per second for pre-positioning fills ("100MiB"); unset: no cap.
+    #[serde(default)]
+    pub max_rate: Option<bytesize::ByteSize>,
+    /// UTC hours `[start, end]` when new fills may start (may wrap midnight, e.g. [22, 6]);
+    /// unset: any time.
+    #[serde(default)]
+    pub window: Option<[u32; 2]>,
 }
 
 /// `[cache]`: the RAM and NVMe tiers.
@@ -506,6 +522,14 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
+        }
+        if let Some([a, b]) = self.prepositioning.window
+            && (a > 23 || b > 23 || a == b)
+        {
+            return Err(ConfigError::new(
+                "prepositioning.window",
+                "two different UTC hours 0-23, [start, end]",
+            ));
         }
         let name_ok = |s: &str| {
             !s.is_empty()

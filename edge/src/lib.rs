@@ -17,6 +17,7 @@ pub mod freshness;
 pub mod handler;
 pub mod metrics;
 pub mod path;
+pub mod prepos;
 pub mod server;
 pub mod slice;
 pub mod store;

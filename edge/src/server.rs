@@ -673,9 +673,23 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     edge.set_ready(true);
     tracing::info!(node = %config.node.id, site = %config.node.site, root = %config.store.root.display(), "The edge is ready.");
     if let Some(cp) = config.control_plane.clone() {
+        let prepos = crate::prepos::Prepositioner::open(crate::prepos::PreposConfig {
+            root: config.store.root.clone(),
+            max_rate: config.prepositioning.max_rate.map_or(0, |r| r.as_u64()),
+            window: config.prepositioning.window.map(|[a, b]| (a, b)),
+            signer: peer_token_signer(&config)?,
+        });
+        let applier = Arc::clone(&prepos);
         tokio::spawn(estuary_common::cp::heartbeat_loop(
             cp.clone(),
-            heartbeat_maker(&config, &cp, Arc::clone(&edge), Arc::clone(&observer)),
+            heartbeat_maker(
+                &config,
+                &cp,
+                Arc::clone(&edge),
+                Arc::clone(&observer),
+                prepos,
+            ),
+            move |reply| applier.apply(reply),
             stop_rx.clone(),
         ));
     }
@@ -736,6 +750,7 @@ fn heartbeat_maker(
     cp: &estuary_common::cp::ClientConfig,
     edge: Arc<Edge>,
     observer: Arc<crate::handler::Observer>,
+    prepos: Arc<crate::prepos::Prepositioner>,
 ) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
     use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
     let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
@@ -797,6 +812,7 @@ fn heartbeat_maker(
                 },
             },
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            inventory: prepos.inventory(),
         }
     }
 }

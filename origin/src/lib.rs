@@ -90,6 +90,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         tasks.spawn(estuary_common::cp::heartbeat_loop(
             cp,
             beat,
+            |_| {},
             stop_rx.clone(),
         ));
     }
@@ -185,5 +186,6 @@ fn heartbeat_maker(
         load: Load::default(),
         usage: Usage::default(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        inventory: Vec::new(),
     }
 }

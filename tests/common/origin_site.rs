@@ -47,7 +47,7 @@ impl OriginSite {
 
     pub fn write_config(&self) -> PathBuf {
         let text = format!(
-            "[node]\nid = \"origin-test\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n{}",
+            "[node]\nid = \"origin-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n{}",
             self.http,
             self.admin,
             self.storage,
