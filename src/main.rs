@@ -160,6 +160,25 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum FillCommand {
+    /// Choose per site the assets that cover the most predicted views within its disk; with
+    /// --apply, push them.
+    Plan {
+        /// CSV lines `asset,site,expected_views` (a header line is fine).
+        #[arg(long)]
+        popularity: PathBuf,
+        /// Push the plan (one replica per chosen asset in its site).
+        #[arg(long)]
+        apply: bool,
+        /// The control plane's base URL.
+        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+        control_plane: String,
+        /// An operator token.
+        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Print the JSON the API returns.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every placement (or one asset's) with its state: assigned, filling, present, failed
     /// (with the reason), removing.
     Status {
@@ -317,6 +336,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             asset.as_deref(),
             json,
         )),
+        Command::Fill {
+            command:
+                FillCommand::Plan {
+                    popularity,
+                    apply,
+                    control_plane,
+                    token,
+                    json,
+                },
+        } => {
+            let csv = std::fs::read_to_string(&popularity)
+                .map_err(|e| anyhow::anyhow!("--popularity {}: {e}", popularity.display()))?;
+            operator_call(estuary_control_plane::cli::fill_plan(
+                &control_plane,
+                &token,
+                &csv,
+                apply,
+                json,
+            ))
+        }
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
         Command::Package {

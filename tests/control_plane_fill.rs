@@ -164,6 +164,33 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed() {
         table.starts_with("ASSET") && table.contains("trailer"),
         "{table}"
     );
+
+    // The popularity plan: shown first, then applied.
+    write_fake_asset(&origin_site.storage_root(), "series1");
+    let csv = origin_site.dir.path().join("popularity.csv");
+    std::fs::write(
+        &csv,
+        "asset,site,views\nseries1,lab,500\nghost,lab,900\nquiet,lab,0\n",
+    )
+    .expect("csv");
+    let csv = csv.to_str().expect("path");
+    let plan = cli(&cp, &["fill", "plan", "--popularity", csv]);
+    assert!(plan.contains("+ series1"), "{plan}");
+    assert!(
+        plan.contains("- ghost") && plan.contains("not found on any origin"),
+        "{plan}"
+    );
+    assert!(plan.contains("a plan only"), "{plan}");
+    assert_eq!(
+        cli(&cp, &["fill", "status", "series1", "--json"]).trim(),
+        "[]"
+    );
+    let applied = cli(&cp, &["fill", "plan", "--popularity", csv, "--apply"]);
+    assert!(applied.contains("applied: 1 placements"), "{applied}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&cp, &["fill", "status", "series1", "--json"])).expect("json");
+    let node = rows[0]["node"].as_str().expect("node").to_owned();
+    wait_fill(&cp, "series1", &node, "present");
 }
 
 fn urlencode(s: &str) -> String {

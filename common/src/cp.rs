@@ -238,6 +238,10 @@ pub struct ClientConfig {
     /// Network capacity in Gb/s, for placement and steering weights.
     #[serde(default = "default_gbps")]
     pub capacity_gbps: f64,
+    /// Disk for pre-positioned content ("2TiB"); placement and the popularity plan keep
+    /// within it. Unset: unknown (no limit is applied).
+    #[serde(default)]
+    pub store_capacity: Option<bytesize::ByteSize>,
 }
 
 fn default_interval() -> std::time::Duration {

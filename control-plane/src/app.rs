@@ -204,6 +204,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/assets/{asset}/push", post(push))
         .route("/v1/assets/{asset}/remove", post(remove_asset))
         .route("/v1/fill", get(fill_status))
+        .route("/v1/fill/plan", post(fill_plan))
         .route("/v1/purges/{id}", get(get_purge))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -772,6 +773,115 @@ async fn fill_status(
         })
         .collect();
     json(StatusCode::OK, &rows)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanRequest {
+    demand: Vec<crate::plan::Demand>,
+    #[serde(default)]
+    apply: bool,
+}
+
+/// `POST /v1/fill/plan` `{"demand": [{"asset","site","views"}], "apply": false}`: per site,
+/// the assets that cover the most predicted views within the site's disk; with `apply`, they
+/// are pushed (one replica in their site).
+async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let who = match app.operator(&headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let req: PlanRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a plan request: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    if req.demand.len() > 100_000 {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "at most 100000 lines\n").into_response();
+    }
+    let mut sizes = std::collections::BTreeMap::new();
+    let mut assets: Vec<&str> = req.demand.iter().map(|d| d.asset.as_str()).collect();
+    assets.sort_unstable();
+    assets.dedup();
+    for asset in assets {
+        if valid_name(asset)
+            && let Ok(bytes) = asset_size(&app, asset).await
+        {
+            sizes.insert(asset.to_owned(), bytes);
+        }
+    }
+    let snap = app.registry.snapshot(estuary_common::unix_now());
+    let mut capacity = std::collections::BTreeMap::new();
+    for n in snap.nodes.values() {
+        if n.role == estuary_common::cp::Role::Edge && n.up {
+            let c: &mut u64 = capacity.entry(n.site.clone()).or_default();
+            // An edge that does not know its disk makes the site's capacity unknown.
+            *c = if n.capacity.disk_bytes == 0 || *c == u64::MAX {
+                u64::MAX
+            } else {
+                c.saturating_add(n.capacity.disk_bytes)
+            };
+        }
+    }
+    let plans = crate::plan::choose(&req.demand, &sizes, &capacity);
+    let mut applied = Vec::new();
+    if req.apply {
+        let placements = match app.store.placements().await {
+            Ok(p) => p,
+            Err(e) => return app.internal(e),
+        };
+        let mut used: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        for p in &placements {
+            *used.entry(p.node.clone()).or_default() += p.bytes;
+        }
+        for (site, plan) in &plans {
+            for pick in &plan.chosen {
+                let sites = [site.clone()];
+                match crate::placement::place(
+                    &pick.asset,
+                    pick.bytes,
+                    &snap,
+                    Some(&sites),
+                    1,
+                    &used,
+                ) {
+                    Ok(chosen) => {
+                        for (node, _) in &chosen {
+                            *used.entry(node.clone()).or_default() += pick.bytes;
+                        }
+                        if let Err(e) = app
+                            .store
+                            .add_placements(&pick.asset, pick.bytes, chosen.clone())
+                            .await
+                        {
+                            return app.internal(e);
+                        }
+                        applied.extend(chosen.into_iter().map(|(node, site)| {
+                            serde_json::json!({"asset": pick.asset, "node": node, "site": site})
+                        }));
+                    }
+                    Err(e) => applied
+                        .push(serde_json::json!({"asset": pick.asset, "site": site, "error": e})),
+                }
+            }
+        }
+        app.audit(
+            &who,
+            "fill.plan.apply",
+            "",
+            format!("{} placements", applied.len()),
+        )
+        .await;
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "sites": plans, "applied": applied }),
+    )
 }
 
 async fn get_purge(

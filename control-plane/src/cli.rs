@@ -180,3 +180,59 @@ pub async fn fill_status(
     }
     Ok(out)
 }
+
+/// `estuary fill plan --popularity FILE.csv [--apply]`.
+pub async fn fill_plan(
+    base: &str,
+    token: &str,
+    csv: &str,
+    apply: bool,
+    json: bool,
+) -> anyhow::Result<String> {
+    let demand = crate::plan::parse_csv(csv).map_err(|e| anyhow::anyhow!("--popularity: {e}"))?;
+    let body = serde_json::json!({ "demand": demand, "apply": apply }).to_string();
+    let answer = post(base, token, "/v1/fill/plan", body).await?;
+    if json {
+        return Ok(String::from_utf8_lossy(&answer).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer)?;
+    let mut out = String::new();
+    for (site, plan) in v["sites"].as_object().into_iter().flatten() {
+        let cap = plan["capacity_bytes"].as_u64().unwrap_or(0);
+        let cap_text = if cap == u64::MAX {
+            "unknown".to_owned()
+        } else {
+            format!("{:.1} GB", cap as f64 / 1e9)
+        };
+        out.push_str(&format!(
+            "site {site}: covers {:.0} of {:.0} predicted views with {:.1} GB (disk {cap_text})\n",
+            plan["covered_views"].as_f64().unwrap_or(0.0),
+            plan["total_views"].as_f64().unwrap_or(0.0),
+            plan["used_bytes"].as_f64().unwrap_or(0.0) / 1e9,
+        ));
+        for p in plan["chosen"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  + {:<24} {:>10.0} views {:>10.1} MB\n",
+                p["asset"].as_str().unwrap_or(""),
+                p["views"].as_f64().unwrap_or(0.0),
+                p["bytes"].as_f64().unwrap_or(0.0) / 1e6
+            ));
+        }
+        for l in plan["left_out"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  - {:<24} {}\n",
+                l[0].as_str().unwrap_or(""),
+                l[1].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if apply {
+        out.push_str(&format!(
+            "applied: {} placements (follow with `estuary fill status`)\n",
+            v["applied"].as_array().map_or(0, Vec::len)
+        ));
+    } else {
+        out.push_str("(a plan only: run again with --apply to push it)\n");
+    }
+    Ok(out)
+}

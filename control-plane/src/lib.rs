@@ -12,6 +12,7 @@ pub mod config;
 pub mod health;
 pub mod monitor;
 pub mod placement;
+pub mod plan;
 pub mod purge;
 pub mod registry;
 pub mod store;

@@ -775,11 +775,7 @@ fn heartbeat_maker(
     let site = config.node.site.clone();
     let capacity = Capacity {
         gbps: cp.capacity_gbps,
-        disk_bytes: config
-            .cache
-            .disk_dir
-            .as_ref()
-            .map_or(0, |_| config.cache.disk.as_u64()),
+        disk_bytes: cp.store_capacity.map_or(0, |c| c.as_u64()),
     };
     let mut last = (std::time::Instant::now(), 0u64, 0u64);
     move || {
