@@ -124,6 +124,15 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows() {
     let sites: serde_json::Value = serde_json::from_slice(&sites).expect("json");
     assert_eq!(sites[0]["coverage"][0], "10.1.0.0/16");
     cp.wait_node("edge-test", true, Duration::from_secs(20));
+    // The dashboard shows it, in a real browser.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/dashboard.mjs");
+    let out = run(Command::new("node").args([script, &cp.url(), OPS, "edge-test"]));
+    assert!(
+        out.status.success(),
+        "dashboard: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The table form of the CLI, for people.
     let out = run(Command::new(env!("CARGO_BIN_EXE_estuary")).args([
         "nodes",

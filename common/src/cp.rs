@@ -378,3 +378,55 @@ pub async fn heartbeat_loop(
         }
     }
 }
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`; 0 when it cannot
+/// be read. Heartbeats turn two readings into a share of the machine's cores.
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The command name may hold spaces; fields resume after its closing parenthesis.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports in clock ticks of 1/100 s on every platform Estuary runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Tracks the process's CPU share between two heartbeats.
+#[derive(Debug)]
+pub struct CpuMeter {
+    last: (std::time::Instant, f64),
+    cores: f64,
+}
+
+impl Default for CpuMeter {
+    fn default() -> Self {
+        Self {
+            last: (std::time::Instant::now(), process_cpu_seconds()),
+            cores: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+        }
+    }
+}
+
+impl CpuMeter {
+    /// The share of all cores used since the previous call (0..1).
+    pub fn share(&mut self) -> f64 {
+        let now = (std::time::Instant::now(), process_cpu_seconds());
+        let wall = now.0.duration_since(self.last.0).as_secs_f64();
+        let used = now.1 - self.last.1;
+        self.last = now;
+        if wall <= 0.0 {
+            return 0.0;
+        }
+        (used / wall / self.cores).clamp(0.0, 1.0)
+    }
+}

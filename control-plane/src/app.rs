@@ -206,6 +206,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/fill", get(fill_status))
         .route("/v1/fill/plan", post(fill_plan))
         .route("/v1/purges/{id}", get(get_purge))
+        .route("/", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -907,6 +908,25 @@ async fn audit_log(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         Ok(entries) => json(StatusCode::OK, &entries),
         Err(e) => app.internal(e),
     }
+}
+
+/// The operator dashboard: a static page that asks for an operator token and long-polls the
+/// state feed (no data without a token).
+async fn dashboard() -> Response {
+    let mut r = include_str!("../assets/dashboard.html").into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    r
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -778,6 +778,7 @@ fn heartbeat_maker(
         disk_bytes: cp.store_capacity.map_or(0, |c| c.as_u64()),
     };
     let mut last = (std::time::Instant::now(), 0u64, 0u64);
+    let mut cpu = estuary_common::cp::CpuMeter::default();
     move || {
         let (requests, bytes, connections) = observer.metrics.totals();
         let now = std::time::Instant::now();
@@ -786,7 +787,7 @@ fn heartbeat_maker(
             bytes_per_second: bytes.saturating_sub(last.2) as f64 / secs,
             requests_per_second: requests.saturating_sub(last.1) as f64 / secs,
             connections,
-            cpu: 0.0,
+            cpu: cpu.share(),
         };
         last = (now, requests, bytes);
         let hits = observer.metrics.cache_hits_ram.get() + observer.metrics.cache_hits_disk.get();
