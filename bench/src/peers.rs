@@ -560,7 +560,8 @@ fn ats_command(setup: &PeerSetup, dir: &Path, peer: Peer, pinned: bool) -> anyho
         etc.join("remap.config"),
         format!(
             "map http://127.0.0.1:{ATS_PORT}/ http://127.0.0.1:{ORIGIN_PORT}/\n\
-             map http://localhost:{ATS_PORT}/ http://127.0.0.1:{ORIGIN_PORT}/\n"
+             map http://localhost:{ATS_PORT}/ http://127.0.0.1:{ORIGIN_PORT}/\n\
+             map http://localhost/ http://127.0.0.1:{ORIGIN_PORT}/\n"
         ),
     )?;
     // A folder with a size: Traffic Server makes a cache file of that size in it.
