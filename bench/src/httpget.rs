@@ -24,8 +24,14 @@ impl Http1Conn {
 
     /// GET `path`, reading and discarding the body: the status and the body length.
     pub fn get(&mut self, path: &str) -> anyhow::Result<(u16, u64)> {
+        self.get_with_host(path, "localhost")
+    }
+
+    /// GET `path` with this `Host` header (caches that key on the host, like Varnish, need the
+    /// one the load tool will send).
+    pub fn get_with_host(&mut self, path: &str, host: &str) -> anyhow::Result<(u16, u64)> {
         let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: estuary-bench\r\n\r\n");
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: estuary-bench\r\n\r\n");
         self.reader.get_mut().write_all(request.as_bytes())?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;

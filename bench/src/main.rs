@@ -3,12 +3,21 @@
 //! `estuary-bench edge-vs-nginx` serves one generated HLS title from `estuary edge` and from
 //! nginx, one server at a time, measures hot hits with wrk, h2load and an HTTP/3 client, and
 //! reports every figure as an edge/nginx ratio from the same run.
+//!
+//! `estuary-bench cache-vs-peers` puts the edge's pull-through cache next to nginx
+//! `proxy_cache`, Varnish and Apache Traffic Server in front of one origin: a stampede of
+//! clients on one cold object (origin fetches, followers' time to first byte) and hot RAM-tier
+//! hits with wrk.
 
+mod cache_peers;
+mod collapse;
 mod content;
 mod h3load;
 mod httpget;
 mod idle;
 mod load;
+mod origin;
+mod peers;
 mod procfs;
 mod report;
 mod servers;
@@ -39,6 +48,10 @@ enum BenchCommand {
     /// Hot hits on the same files: `estuary edge` against nginx over HTTP/1.1 (plain and TLS)
     /// and HTTP/2, pinned playlist requests, HTTP/3 (edge only) and idle connection memory.
     EdgeVsNginx(EdgeVsNginxArgs),
+    /// The edge's pull-through cache against nginx proxy_cache, Varnish and Apache Traffic
+    /// Server in front of the same origin: cold-miss collapse (200 clients on one uncached
+    /// object) and hot RAM-tier hits (wrk).
+    CacheVsPeers(cache_peers::CacheVsPeersArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +117,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         BenchCommand::EdgeVsNginx(args) => edge_vs_nginx(args),
+        BenchCommand::CacheVsPeers(args) => cache_peers::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -151,7 +165,12 @@ const DISTURBED_SHARE: f64 = 0.06;
 /// Waits (up to two minutes) until the machine is nearly idle, so that a run does not start
 /// while other programs (a build, a test suite) hold the CPUs.
 fn wait_for_quiet_machine() {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    wait_for_quiet_machine_within(Duration::from_secs(120));
+}
+
+/// Waits (up to `longest`) until the machine is nearly idle.
+fn wait_for_quiet_machine_within(longest: Duration) {
+    let deadline = std::time::Instant::now() + longest;
     let mut warned = false;
     while std::time::Instant::now() < deadline {
         let Ok((b0, t0)) = procfs::machine_jiffies() else {
@@ -918,7 +937,9 @@ mod tests {
             "BENCHMARKS.md",
         ])
         .expect("parse");
-        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        let BenchCommand::EdgeVsNginx(args) = cli.command else {
+            unreachable!("parsed as edge-vs-nginx")
+        };
         assert_eq!(args.duration, Duration::from_secs(5));
         assert_eq!(args.only, vec![Test::Plain, Test::H3]);
         assert_eq!(args.out, PathBuf::from("bench-out"));
@@ -933,7 +954,9 @@ mod tests {
             "38080,38443",
         ])
         .expect("parse");
-        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        let BenchCommand::EdgeVsNginx(args) = cli.command else {
+            unreachable!("parsed as edge-vs-nginx")
+        };
         assert_eq!(
             (args.nginx_ports.plain, args.nginx_ports.tls),
             (38080, 38443)
@@ -941,6 +964,24 @@ mod tests {
         assert!(
             Cli::try_parse_from(["estuary-bench", "edge-vs-nginx", "--nginx-ports", "38080"])
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn the_cache_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "cache-vs-peers",
+            "--quick",
+            "--peers",
+            "nginx,varnish,ats-defaults",
+            "--only",
+            "collapse,pinned",
+        ])
+        .expect("parse");
+        assert!(matches!(cli.command, BenchCommand::CacheVsPeers(_)));
+        assert!(
+            Cli::try_parse_from(["estuary-bench", "cache-vs-peers", "--peers", "squid"]).is_err()
         );
     }
 }

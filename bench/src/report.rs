@@ -330,15 +330,27 @@ const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
 /// Puts `section` between the bench's markers in the markdown file at `path`, keeping what is
 /// written around them; creates the file if needed.
 pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    write_between_markers(path, BEGIN, END, section)
+}
+
+/// Puts `section` between the markers `begin` and `end` in the markdown file at `path`,
+/// keeping what is written around them; appends the block (or creates the file) if the
+/// markers are not there yet.
+pub fn write_between_markers(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    section: &str,
+) -> anyhow::Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n\n".to_owned(),
         Err(e) => return Err(e.into()),
     };
-    let block = format!("{BEGIN}\n{}\n{END}", section.trim_end());
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let block = format!("{begin}\n{}\n{end}", section.trim_end());
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &old[..b], &old[e + END.len()..])
+            format!("{}{block}{}", &old[..b], &old[e + end.len()..])
         }
         _ => format!("{}\n{block}\n", old.trim_end()),
     };
@@ -352,7 +364,17 @@ pub fn utc_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// The civil date (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (Howard
+/// Hinnant's algorithm).
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -362,11 +384,7 @@ pub fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    (year, month, day)
 }
 
 #[cfg(test)]
