@@ -14,6 +14,7 @@ https_port="${ESTUARY_DEMO_HTTPS_PORT:-8443}"
 admin_port="${ESTUARY_DEMO_ADMIN_PORT:-9901}"
 origin_port="${ESTUARY_DEMO_ORIGIN_PORT:-9000}"
 origin_admin_port="${ESTUARY_DEMO_ORIGIN_ADMIN_PORT:-9001}"
+cp_port="${ESTUARY_DEMO_CONTROL_PLANE_PORT:-7000}"
 mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
@@ -35,6 +36,31 @@ if [ ! -f "$site/source.mp4" ]; then
     -t 30 -c:v libx264 -preset veryfast -crf 20 -pix_fmt yuv420p -c:a aac -b:a 128k "$site/source.mp4"
 fi
 
+for f in operator.token node.token purge.token; do
+  [ -f "$site/$f" ] || openssl rand -hex 20 > "$site/$f"
+done
+operator_token="$(cat "$site/operator.token")"
+node_token="$(cat "$site/node.token")"
+purge_token="$(cat "$site/purge.token")"
+cat > "$site/control-plane.toml" <<TOML
+[listen]
+http = "127.0.0.1:$cp_port"
+[database]
+url = "sqlite://control-plane.db"
+[auth.operator_tokens]
+demo = "$operator_token"
+[auth.node_tokens]
+demo = "$node_token"
+[purge]
+edge_token = "$purge_token"
+TOML
+"$bin" check-config "$site/control-plane.toml"
+joined="[control_plane]
+url = \"http://127.0.0.1:$cp_port\"
+token = \"$node_token\"
+interval = \"2s\"
+store_capacity = \"2GiB\""
+
 upload_token_file="$site/upload.token"
 [ -f "$upload_token_file" ] || openssl rand -hex 24 > "$upload_token_file"
 upload_token="$(cat "$upload_token_file")"
@@ -54,6 +80,7 @@ demo = "$upload_token"
 [packaging]
 ladder = ["720p", "480p", "360p"]
 segment_seconds = 4
+$joined
 TOML
 "$bin" check-config "$site/origin.toml"
 
@@ -63,6 +90,14 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
+
+echo "== starting the control plane on 127.0.0.1:$cp_port (log: $site/control-plane.log)"
+(cd "$site" && exec "$bin" control-plane --config control-plane.toml) 2>>"$site/control-plane.log" &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$cp_port/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
 
 echo "== starting the origin on 127.0.0.1:$origin_port (log: $site/origin.log)"
 (cd "$site" && exec "$bin" origin --config origin.toml) 2>>"$site/origin.log" &
@@ -137,8 +172,11 @@ disk_dir = "cache"
 disk = "2GiB"
 [upstream]
 origin = ["http://127.0.0.1:$origin_port"]
+[admin.tokens]
+control-plane = "$purge_token"
 [log]
 access = "access.log"
+$joined
 TOML
 "$bin" check-config "$site/edge.toml"
 
@@ -149,6 +187,9 @@ dash=$(sign "http://127.0.0.1:$http_port" /v/demo/manifest.mpd)
 cat <<MSG
 
 Estuary demo site: $site
+  Control plane: http://127.0.0.1:$cp_port/  (dashboard; operator token: $operator_token)
+            export ESTUARY_CONTROL_PLANE=http://127.0.0.1:$cp_port ESTUARY_TOKEN=$operator_token
+            then: $bin nodes | $bin fill status | $bin purge '/v/demo/*' 
   Origin:   http://127.0.0.1:$origin_port  (asset "demo" packaged from source.mp4; log: origin.log)
             status: curl -H 'Authorization: Bearer $upload_token' http://127.0.0.1:$origin_port/v1/assets/demo
   Edge:     fills /v/ from the origin into RAM + disk (cache/); /v/ needs a signed URL
@@ -176,4 +217,15 @@ MSG
 cd "$site"
 "$bin" edge --config edge.toml &
 pids+=($!)
-wait "${pids[-1]}"
+edge_pid=$!
+# Pre-position the asset on the edge through the control plane once the edge is up.
+(
+  for _ in $(seq 1 100); do
+    ESTUARY_TOKEN="$operator_token" "$bin" nodes --control-plane "http://127.0.0.1:$cp_port" --json 2>/dev/null \
+      | grep -q '"role": "edge"' && break
+    sleep 0.5
+  done
+  sleep 3
+  ESTUARY_TOKEN="$operator_token" "$bin" push demo --control-plane "http://127.0.0.1:$cp_port" >&2 || true
+) &
+wait "$edge_pid"

@@ -69,7 +69,28 @@ pub struct CachedObject {
     /// Whole object, slice index, or the index of a sliced one.
     pub slicing: Slicing,
     pub body: Bytes,
+    /// The response validators, made on the first hit and kept with the object in RAM.
+    pub prepared: Prepared,
 }
+
+/// Lazily built response parts of a cached object (not stored on disk; equal whatever they
+/// hold, so they never make two objects differ).
+#[derive(Debug, Default)]
+pub struct Prepared(std::sync::OnceLock<crate::store::FileEntry>);
+
+impl Clone for Prepared {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Prepared {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Prepared {}
 
 fn put_str(w: &mut impl Write, s: &str) -> std::io::Result<()> {
     w.write_all(&(s.len() as u32).to_le_bytes())?;
@@ -198,6 +219,7 @@ impl Code for CachedObject {
                 sha256,
                 slicing,
                 body: Bytes::from(body),
+                prepared: Prepared::default(),
             })
         };
         inner(r).map_err(foyer::Error::io_error)
@@ -221,6 +243,33 @@ impl CachedObject {
     /// Whether the object may be served without asking upstream at `now`.
     pub fn is_fresh(&self, now: u64) -> bool {
         now < self.fresh_until
+    }
+
+    /// The body with its validators, as the file rules (conditionals, ranges) want them:
+    /// built once per object in RAM, not on every hit.
+    pub fn file_entry(&self) -> &crate::store::FileEntry {
+        self.prepared.0.get_or_init(|| {
+            use http::HeaderValue;
+            let modified = httpdate::parse_http_date(&self.last_modified).unwrap_or(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.stored_at),
+            );
+            let etag = if self.upstream_etag.starts_with('"') {
+                self.upstream_etag.clone()
+            } else {
+                let hex: String = self.sha256[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("\"{hex}\"")
+            };
+            crate::store::FileEntry {
+                body: self.body.clone(),
+                etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
+                last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
+                    .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+                modified,
+            }
+        })
     }
 
     /// Seconds since it was stored or revalidated (the `Age` header).
@@ -320,6 +369,30 @@ impl StorageFilterCondition for Doorkeeper {
     }
 }
 
+/// A cached object as the cache holds it (shared, not copied).
+pub struct Hit(foyer::HybridCacheEntry<String, CachedObject>);
+
+impl std::ops::Deref for Hit {
+    type Target = CachedObject;
+    fn deref(&self) -> &CachedObject {
+        self.0.value()
+    }
+}
+
+impl std::fmt::Debug for Hit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Hit").field(&self.0.key()).finish()
+    }
+}
+
+impl Hit {
+    /// An owned copy, for the paths that keep the object past the request (revalidation,
+    /// slices).
+    pub fn to_arc(&self) -> Arc<CachedObject> {
+        Arc::new(self.0.value().clone())
+    }
+}
+
 /// Which tier served a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -396,14 +469,18 @@ impl Cache {
     }
 
     /// Looks an object up in RAM, then on disk; says which tier answered.
-    pub async fn get(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
-        match self.inner.get(&key.to_owned()).await {
+    pub async fn get(&self, key: &str) -> Option<(Hit, Tier)> {
+        // RAM first, without the hybrid lookup's set-up or a copy of the key: the hot path.
+        if let Some(entry) = self.inner.memory().get(key) {
+            return Some((Hit(entry), Tier::Ram));
+        }
+        match self.inner.get(key).await {
             Ok(Some(entry)) => {
                 let tier = match entry.source() {
                     foyer::Source::Disk => Tier::Disk,
                     _ => Tier::Ram,
                 };
-                Some((Arc::new(entry.value().clone()), tier))
+                Some((Hit(entry), tier))
             }
             Ok(None) => None,
             Err(e) => {
@@ -462,6 +539,7 @@ mod tests {
                 generation: 99,
             },
             body: Bytes::from_static(b"hello world"),
+            prepared: Prepared::default(),
         }
     }
 

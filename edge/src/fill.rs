@@ -4,7 +4,7 @@
 //! object is cached.
 //!
 //! Invariant: no client receives the last bytes of a body that failed its checks. The fill
-//! publishes nothing of a body under 256 KiB before it is verified, holds the latest piece of
+//! publishes nothing of a body under 64 KiB before it is verified, holds the latest piece of
 //! a larger one back until the next arrives, and publishes the final piece only after the
 //! length and `Content-Digest`/`Repr-Digest` have been verified; a failed fill ends every
 //! waiting response with an error (the connection is cut, the player retries), and a failure
@@ -297,7 +297,7 @@ impl std::fmt::Debug for Filler {
 }
 
 /// Bodies smaller than this are verified whole before any byte reaches a client.
-const VERIFY_WHOLE_BELOW: u64 = 256 * 1024;
+const VERIFY_WHOLE_BELOW: u64 = 64 * 1024;
 
 /// The header that marks a request as a fill from another Estuary node.
 pub const FILL_HEADER: &str = "x-estuary-fill";
@@ -702,6 +702,7 @@ impl Filler {
                             generation: new_generation(),
                         },
                         body: Bytes::new(),
+                        prepared: Default::default(),
                     };
                     Shape::Slice {
                         index: *first_slice,
@@ -828,6 +829,7 @@ impl Filler {
                             sha256,
                             slicing: Slicing::Whole,
                             body: concat(&all, received),
+                            prepared: Default::default(),
                         },
                     );
                 }

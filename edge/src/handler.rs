@@ -377,23 +377,23 @@ impl Edge {
                     Tier::Disk => m.cache_hits_disk.inc(),
                 }
                 if sliced {
-                    return self.serve_sliced(req, path, filler, obj, None, now, "HIT");
+                    return self.serve_sliced(req, path, filler, &obj.to_arc(), None, now, "HIT");
                 }
                 return Routed::Full(self.respond_object(req, path, obj, now, "HIT"));
             }
             if obj.status == 200 && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
             {
                 // Stale while revalidate: answer now, refresh in the background.
-                filler.join(path, Some(Arc::clone(obj)), false, 0);
+                filler.join(path, Some(obj.to_arc()), false, 0);
                 m.stale_serves.inc();
                 if sliced {
-                    return self.serve_sliced(req, path, filler, obj, None, now, "STALE");
+                    return self.serve_sliced(req, path, filler, &obj.to_arc(), None, now, "STALE");
                 }
                 return Routed::Full(self.respond_object(req, path, obj, now, "STALE"));
             }
         }
         m.cache_misses.inc();
-        let stale = cached.map(|(o, _)| o);
+        let stale = cached.map(|(o, _)| o.to_arc());
         let first_slice = crate::slice::first_slice_of(
             req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
             filler.slice_bytes(),
@@ -469,6 +469,7 @@ impl Edge {
                     sha256: sha256(&body),
                     slicing: Slicing::Whole,
                     body,
+                    prepared: Default::default(),
                 };
                 Routed::Full(self.respond_object(req, path, &obj, now, "MISS"))
             }
@@ -513,21 +514,7 @@ impl Edge {
                 .insert("x-cache", HeaderValue::from_static(cache_status));
             return r;
         }
-        let modified = httpdate::parse_http_date(&obj.last_modified)
-            .unwrap_or(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(obj.stored_at));
-        let etag = if obj.upstream_etag.starts_with('"') {
-            obj.upstream_etag.clone()
-        } else {
-            format!("\"{}\"", hex_prefix(&obj.sha256))
-        };
-        let entry = FileEntry {
-            body: obj.body.clone(),
-            etag: HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\"")),
-            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
-                .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
-            modified,
-        };
-        let mut r = self.respond(req, path, &entry);
+        let mut r = self.respond(req, path, obj.file_entry());
         let h = r.headers_mut();
         h.insert(header::AGE, HeaderValue::from(obj.age(now)));
         h.insert("x-cache", HeaderValue::from_static(cache_status));
@@ -952,10 +939,6 @@ fn text_of(v: Option<&HeaderValue>) -> String {
 fn sha256(body: &[u8]) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(body).into()
-}
-
-fn hex_prefix(digest: &[u8; 32]) -> String {
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn header_value(s: String) -> HeaderValue {
