@@ -9,6 +9,7 @@ mod h3load;
 mod httpget;
 mod idle;
 mod load;
+mod package;
 mod procfs;
 mod report;
 mod servers;
@@ -39,6 +40,10 @@ enum BenchCommand {
     /// Hot hits on the same files: `estuary edge` against nginx over HTTP/1.1 (plain and TLS)
     /// and HTTP/2, pinned playlist requests, HTTP/3 (edge only) and idle connection memory.
     EdgeVsNginx(EdgeVsNginxArgs),
+    /// `estuary package` against the equivalent ffmpeg CLI command on one 1080p source (speed,
+    /// CPU, PSNR/SSIM and bitrate per rendition), and TUS upload throughput of `estuary origin`
+    /// on loopback against curl-to-a-sink and dd ceilings.
+    PackageVsFfmpeg(package::PackageVsFfmpegArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +109,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         BenchCommand::EdgeVsNginx(args) => edge_vs_nginx(args),
+        BenchCommand::PackageVsFfmpeg(args) => package::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -918,7 +924,9 @@ mod tests {
             "BENCHMARKS.md",
         ])
         .expect("parse");
-        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        let BenchCommand::EdgeVsNginx(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
         assert_eq!(args.duration, Duration::from_secs(5));
         assert_eq!(args.only, vec![Test::Plain, Test::H3]);
         assert_eq!(args.out, PathBuf::from("bench-out"));
@@ -933,7 +941,9 @@ mod tests {
             "38080,38443",
         ])
         .expect("parse");
-        let BenchCommand::EdgeVsNginx(args) = cli.command;
+        let BenchCommand::EdgeVsNginx(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
         assert_eq!(
             (args.nginx_ports.plain, args.nginx_ports.tls),
             (38080, 38443)
@@ -942,5 +952,26 @@ mod tests {
             Cli::try_parse_from(["estuary-bench", "edge-vs-nginx", "--nginx-ports", "38080"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_package_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "package-vs-ffmpeg",
+            "--quick",
+            "--only",
+            "upload",
+            "--write-md",
+            "BENCHMARKS.md",
+        ])
+        .expect("parse");
+        let BenchCommand::PackageVsFfmpeg(args) = cli.command else {
+            panic!("parsed as another subcommand");
+        };
+        assert!(args.quick);
+        assert_eq!(args.only, vec![package::Part::Upload]);
+        assert_eq!(args.preset, "veryfast");
+        assert_eq!(args.segment_seconds, 4);
     }
 }

@@ -330,15 +330,27 @@ const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
 /// Puts `section` between the bench's markers in the markdown file at `path`, keeping what is
 /// written around them; creates the file if needed.
 pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    write_section_between(path, BEGIN, END, section)
+}
+
+/// Puts `section` between the markers `begin` and `end` in the markdown file at `path`,
+/// keeping what is written around them; appends the block if the markers are missing and
+/// creates the file if needed.
+pub fn write_section_between(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    section: &str,
+) -> anyhow::Result<()> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n\n".to_owned(),
         Err(e) => return Err(e.into()),
     };
-    let block = format!("{BEGIN}\n{}\n{END}", section.trim_end());
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let block = format!("{begin}\n{}\n{end}", section.trim_end());
+    let new = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &old[..b], &old[e + END.len()..])
+            format!("{}{block}{}", &old[..b], &old[e + end.len()..])
         }
         _ => format!("{}\n{block}\n", old.trim_end()),
     };
