@@ -186,6 +186,9 @@ pub struct Source {
 
 const SOURCE_FPS: u32 = 30;
 
+/// Concurrent uploads (and concurrent `dd` writers) of the aggregate rows.
+pub const UPLOAD_CONCURRENCY: usize = 4;
+
 fn source_args(seconds: u32, out: &Path) -> Vec<String> {
     let mut a: Vec<String> = [
         "-hide_banner",
@@ -493,7 +496,6 @@ fn upload_part(
     let origin = upload::Origin::start(estuary, work, port)?;
     let dd_dir = work.join("origin").join("dd");
     const CHUNK: u64 = 8 << 20;
-    const CONCURRENT: usize = 4;
     type Measure<'a> = Box<dyn Fn() -> anyhow::Result<f64> + 'a>;
     let tests: Vec<(String, u64, Measure<'_>)> = vec![
         (
@@ -510,24 +512,31 @@ fn upload_part(
             Box::new(|| upload::tuspy_upload(&origin, work, &file, CHUNK)),
         ),
         (
-            format!("TUS, {CONCURRENT} concurrent uploads (curl, one PATCH each), aggregate"),
-            len * CONCURRENT as u64,
-            Box::new(|| upload::curl_uploads(&origin, &file, CONCURRENT)),
+            format!(
+                "TUS, {UPLOAD_CONCURRENCY} concurrent uploads (curl, one PATCH each), aggregate"
+            ),
+            len * UPLOAD_CONCURRENCY as u64,
+            Box::new(|| upload::curl_uploads(&origin, &file, UPLOAD_CONCURRENCY)),
         ),
         (
-            "Ceiling: curl PATCH to a loopback sink (no disk)".to_owned(),
+            "Loopback: curl PATCH to a sink that discards the body (no disk)".to_owned(),
             len,
             Box::new(|| upload::curl_to_sink(&sink, &file)),
         ),
         (
-            "Ceiling: dd bs=8M oflag=dsync (a sync every 8 MiB, like the origin)".to_owned(),
+            "Disk: dd bs=8M oflag=dsync (a sync every 8 MiB, like the origin)".to_owned(),
             len,
-            Box::new(|| upload::dd_copy(&file, &dd_dir, true)),
+            Box::new(|| upload::dd_copy(&file, &dd_dir, true, 1)),
         ),
         (
-            "Ceiling: dd bs=8M conv=fsync (one fsync at the end)".to_owned(),
+            format!("Disk: {UPLOAD_CONCURRENCY} concurrent dd bs=8M oflag=dsync, aggregate"),
+            len * UPLOAD_CONCURRENCY as u64,
+            Box::new(|| upload::dd_copy(&file, &dd_dir, true, UPLOAD_CONCURRENCY)),
+        ),
+        (
+            "Disk: dd bs=8M conv=fsync (one fsync at the end)".to_owned(),
             len,
-            Box::new(|| upload::dd_copy(&file, &dd_dir, false)),
+            Box::new(|| upload::dd_copy(&file, &dd_dir, false, 1)),
         ),
     ];
     let mut rows: Vec<UploadRow> = tests
@@ -638,6 +647,8 @@ pub fn run(args: PackageVsFfmpegArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let work = std::fs::canonicalize(&args.out)?;
 
+    // Even generating the source would disturb another bench's figures.
+    wait_for_other_benches();
     let started = Instant::now();
     let package = if run_part(Part::Package) {
         Some(package_part(&args, &work, &estuary, seconds, repeat)?)

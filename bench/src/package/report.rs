@@ -281,10 +281,14 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "- The ceiling of an upload is the disk: the origin writes each PATCH body and \
-             syncs it every 8 MiB (`fdatasync`) and at its end before it acknowledges the \
-             offset, which is what `dd oflag=dsync` with 8 MiB writes does; the loopback sink \
-             row is the same curl request with no disk at all. tuspy {}.",
+            "- What bounds an upload: the origin writes each PATCH body and syncs it \
+             (`fdatasync`) every 8 MiB and at its end before it acknowledges the offset. The \
+             `dd oflag=dsync` rows write the same 8 MiB blocks with a sync after each, one \
+             stream and {} at once, on the same file system; `dd` reads and writes in turn \
+             while the origin keeps receiving from the socket during a sync, so one upload can \
+             beat one `dd`. The loopback row is the same curl request to a sink with no disk: \
+             the most curl and loopback TCP carry. tuspy {}.",
+            super::UPLOAD_CONCURRENCY,
             u.tuspy_version
         );
     }

@@ -386,28 +386,44 @@ pub fn curl_to_sink(sink: &Sink, file: &Path) -> anyhow::Result<f64> {
     Ok(seconds)
 }
 
-/// Seconds for `dd` to copy `file` into `dir` with 8 MiB writes, either syncing every write
-/// (`oflag=dsync`: what the origin does, a sync every 8 MiB) or once at the end
-/// (`conv=fsync`).
-pub fn dd_copy(file: &Path, dir: &Path, sync_every_write: bool) -> anyhow::Result<f64> {
+/// Seconds for `n` concurrent `dd` processes to each copy `file` into `dir` with 8 MiB
+/// writes, either syncing every write (`oflag=dsync`: what the origin does, a sync every
+/// 8 MiB) or once at the end (`conv=fsync`); from the first start to the last end.
+pub fn dd_copy(file: &Path, dir: &Path, sync_every_write: bool, n: usize) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir)?;
-    let target = dir.join("dd.bin");
+    let targets: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("dd-{i}.bin"))).collect();
     let start = Instant::now();
-    let out = Command::new("dd")
-        .arg(format!("if={}", file.display()))
-        .arg(format!("of={}", target.display()))
-        .arg("bs=8M")
-        .arg(if sync_every_write {
-            "oflag=dsync"
-        } else {
-            "conv=fsync"
+    let children = targets
+        .iter()
+        .map(|target| {
+            Command::new("dd")
+                .arg(format!("if={}", file.display()))
+                .arg(format!("of={}", target.display()))
+                .arg("bs=8M")
+                .arg(if sync_every_write {
+                    "oflag=dsync"
+                } else {
+                    "conv=fsync"
+                })
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running dd")
         })
-        .output()
-        .context("running dd")?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut failure = None;
+    for c in children {
+        let out = c.wait_with_output()?;
+        if !out.status.success() && failure.is_none() {
+            failure = Some(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+    }
     let seconds = start.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&target);
-    if !out.status.success() {
-        bail!("dd failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    for t in &targets {
+        let _ = std::fs::remove_file(t);
+    }
+    if let Some(e) = failure {
+        bail!("dd failed: {e}");
     }
     Ok(seconds)
 }
