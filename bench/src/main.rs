@@ -17,6 +17,7 @@ mod httpget;
 mod idle;
 mod load;
 mod origin;
+mod package;
 mod peers;
 mod procfs;
 mod report;
@@ -52,6 +53,10 @@ enum BenchCommand {
     /// Server in front of the same origin: cold-miss collapse (200 clients on one uncached
     /// object) and hot RAM-tier hits (wrk).
     CacheVsPeers(cache_peers::CacheVsPeersArgs),
+    /// `estuary package` against the equivalent ffmpeg CLI command on one 1080p source (speed,
+    /// CPU, PSNR/SSIM and bitrate per rendition), and TUS upload throughput of `estuary origin`
+    /// on loopback against curl-to-a-sink and dd ceilings.
+    PackageVsFfmpeg(package::PackageVsFfmpegArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +123,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         BenchCommand::EdgeVsNginx(args) => edge_vs_nginx(args),
         BenchCommand::CacheVsPeers(args) => cache_peers::run(args),
+        BenchCommand::PackageVsFfmpeg(args) => package::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -983,5 +989,26 @@ mod tests {
         assert!(
             Cli::try_parse_from(["estuary-bench", "cache-vs-peers", "--peers", "squid"]).is_err()
         );
+    }
+
+    #[test]
+    fn the_package_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "package-vs-ffmpeg",
+            "--quick",
+            "--only",
+            "upload",
+            "--write-md",
+            "BENCHMARKS.md",
+        ])
+        .expect("parse");
+        let BenchCommand::PackageVsFfmpeg(args) = cli.command else {
+            unreachable!("parsed as package-vs-ffmpeg")
+        };
+        assert!(args.quick);
+        assert_eq!(args.only, vec![package::Part::Upload]);
+        assert_eq!(args.preset, "veryfast");
+        assert_eq!(args.segment_seconds, 4);
     }
 }

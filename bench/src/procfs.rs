@@ -59,6 +59,21 @@ pub fn own_and_reaped_children_ticks() -> anyhow::Result<u64> {
         .sum()
 }
 
+/// CPU time of this process's children that have exited and been waited for, in clock ticks
+/// (what `getrusage(RUSAGE_CHILDREN)` reports, at clock-tick resolution).
+pub fn reaped_children_ticks() -> anyhow::Result<u64> {
+    let fields = stat_fields(std::process::id())?;
+    // cutime and cstime: fields 16 and 17.
+    (13..=14)
+        .map(|i| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("/proc/self/stat is too short")?
+                .parse::<u64>()?)
+        })
+        .sum()
+}
+
 /// The direct children of `parent` (for nginx: its workers).
 pub fn children(parent: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
