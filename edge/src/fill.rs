@@ -4,8 +4,8 @@
 //! object is cached.
 //!
 //! Invariant: no client receives the last bytes of a body that failed its checks. The fill
-//! publishes nothing of a body under 64 KiB before it is verified, holds the latest piece of
-//! a larger one back until the next arrives, and publishes the final piece only after the
+//! publishes nothing of a body under 64 KiB before it is verified, streams a larger one as it
+//! arrives but for the last byte received so far, and publishes the final byte only after the
 //! length and `Content-Digest`/`Repr-Digest` have been verified; a failed fill ends every
 //! waiting response with an error (the connection is cut, the player retries), and a failure
 //! before anything was published moves on to the next source.
@@ -909,12 +909,19 @@ impl Filler {
             hasher.update(&data);
             held.push(data);
             // Small objects are verified whole before a byte goes out (so a bad source can
-            // still be replaced by the next one); larger ones stream, always holding the
-            // latest piece back until the end is verified.
-            if received >= VERIFY_WHOLE_BELOW && held.len() > 1 {
-                let last = held.pop();
-                let ready = std::mem::take(&mut held);
-                held.extend(last);
+            // still be replaced by the next one); larger ones (by their announced length, or
+            // once that much has arrived) stream at once, always holding the last byte
+            // received back until the end is verified.
+            let large = expected_len.map_or(received, |n| n.max(received)) >= VERIFY_WHOLE_BELOW;
+            if large && held.iter().map(Bytes::len).sum::<usize>() > 1 {
+                let mut ready = std::mem::take(&mut held);
+                if let Some(newest) = ready.pop() {
+                    let cut = newest.len().saturating_sub(1);
+                    if cut > 0 {
+                        ready.push(newest.slice(..cut));
+                    }
+                    held.push(newest.slice(cut..));
+                }
                 let h = Arc::clone(head);
                 fill.update(|s| {
                     s.head.get_or_insert(h);

@@ -48,6 +48,9 @@ impl FileEntry {
     }
 }
 
+/// How long a missing path is remembered (at most; never longer than `store.revalidate`).
+const MISSING_TTL: Duration = Duration::from_secs(2);
+
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -63,6 +66,9 @@ pub enum Lookup {
 pub struct Store {
     root: PathBuf,
     files: moka::sync::Cache<String, Arc<FileEntry>>,
+    /// Paths found missing, remembered briefly: a request for content that lives in the
+    /// pull-through cache must not cost a trip to the blocking pool and a path walk each time.
+    missing: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -82,7 +88,16 @@ impl Store {
             .max_capacity(open_files)
             .time_to_live(revalidate)
             .build();
-        Ok(Self { root, files })
+        // New pre-positioned files show up within this time.
+        let missing = moka::sync::Cache::builder()
+            .max_capacity(open_files.saturating_mul(4).max(1024))
+            .time_to_live(revalidate.min(MISSING_TTL))
+            .build();
+        Ok(Self {
+            root,
+            files,
+            missing,
+        })
     }
 
     /// The canonical root folder.
@@ -96,13 +111,18 @@ impl Store {
         if let Some(entry) = self.files.get(path) {
             return Ok(Lookup::Found(entry));
         }
+        if self.missing.contains_key(path) {
+            return Ok(Lookup::NotFound);
+        }
         let this = Arc::clone(self);
         let owned = path.to_owned();
         let found = tokio::task::spawn_blocking(move || this.open_file(&owned))
             .await
             .map_err(io::Error::other)??;
-        if let Lookup::Found(entry) = &found {
-            self.files.insert(path.to_owned(), Arc::clone(entry));
+        match &found {
+            Lookup::Found(entry) => self.files.insert(path.to_owned(), Arc::clone(entry)),
+            Lookup::NotFound => self.missing.insert(path.to_owned(), ()),
+            Lookup::Outside => {}
         }
         Ok(found)
     }
@@ -110,6 +130,7 @@ impl Store {
     /// Forgets a cached file so that the next lookup opens it again.
     pub fn invalidate(&self, path: &str) {
         self.files.invalidate(path);
+        self.missing.invalidate(path);
     }
 
     fn open_file(&self, path: &str) -> io::Result<Lookup> {

@@ -373,7 +373,7 @@ pub fn package(
                 vframe.set_kind(ffmpeg_next::picture::Type::None);
                 decoded_end = decoded_end.max(pts as f64 * f64::from(v.time_base));
                 for (_, tx, _) in &video_workers {
-                    if tx.send(vframe.clone()).is_err() {
+                    if tx.send(mux::share_video(&vframe)).is_err() {
                         worker_gone = true;
                     }
                 }

@@ -89,8 +89,8 @@ impl FragmentMuxer {
 }
 
 /// `av_write_frame(ctx, NULL)`: with `frag_custom`, the mp4 muxer writes the fragment it has
-/// buffered. ffmpeg-next has no safe wrapper for a NULL packet; this is the crate's one
-/// `unsafe` block.
+/// buffered. ffmpeg-next has no safe wrapper for a NULL packet; this and [`share_video`] are
+/// the crate's two `unsafe` blocks.
 #[allow(unsafe_code)]
 fn flush_fragment(octx: &mut format::context::Output) -> Result<(), ffmpeg_next::Error> {
     // SAFETY: `octx` is a live output context whose header has been written; a NULL packet is
@@ -101,6 +101,33 @@ fn flush_fragment(octx: &mut format::context::Output) -> Result<(), ffmpeg_next:
     } else {
         Ok(())
     }
+}
+
+/// A new reference to a decoded frame's buffers (`av_frame_clone`): every rendition's worker
+/// gets its own frame without a copy of the pixels, as ffmpeg's `split` filter does.
+/// ffmpeg-next's `Clone` copies the data (`av_frame_copy`), which for a 1080p ladder of five
+/// renditions is gigabytes a minute of copying. Falls back to that copy when the frame is not
+/// reference-counted or memory runs out.
+#[allow(unsafe_code)]
+pub(crate) fn share_video(frame: &ffmpeg_next::frame::Video) -> ffmpeg_next::frame::Video {
+    // SAFETY: `frame` is a live AVFrame. av_frame_clone allocates a new AVFrame holding new
+    // references to the same reference-counted buffers (atomic counts, safe across threads)
+    // and copies the properties; it returns NULL when the frame is not reference-counted or
+    // on allocation failure. Frame::wrap takes ownership of the new AVFrame, which ffmpeg-next
+    // frees (av_frame_free) on drop.
+    let shared = unsafe {
+        let src = frame.as_ptr();
+        if (*src).buf[0].is_null() {
+            std::ptr::null_mut()
+        } else {
+            ffmpeg_next::ffi::av_frame_clone(src)
+        }
+    };
+    if shared.is_null() {
+        return frame.clone();
+    }
+    // SAFETY: `shared` is a valid, owned AVFrame returned by av_frame_clone.
+    ffmpeg_next::frame::Video::from(unsafe { ffmpeg_next::frame::Frame::wrap(shared) })
 }
 
 /// Finds an encoder by name, or says it is missing from the installed FFmpeg.
