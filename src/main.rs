@@ -241,72 +241,40 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Edge { config } => {
-            estuary_common::logging::init_json();
-            estuary_common::tls::install_default_provider();
             let config = estuary_edge::EdgeConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("edge")
-                .build()?;
-            runtime.block_on(estuary_edge::run(config))
+            serve("edge", estuary_edge::run(config))
         }
         Command::Origin { config } => {
-            estuary_common::logging::init_json();
-            estuary_common::tls::install_default_provider();
             let config = estuary_origin::OriginConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("origin")
-                .build()?;
-            runtime.block_on(estuary_origin::run(config))
+            serve("origin", estuary_origin::run(config))
         }
         Command::ControlPlane { config } => {
-            estuary_common::logging::init_json();
-            estuary_common::tls::install_default_provider();
             let config = estuary_control_plane::ControlPlaneConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("control-plane")
-                .build()?;
-            runtime.block_on(estuary_control_plane::run(config))
+            serve("control-plane", estuary_control_plane::run(config))
         }
         Command::Nodes {
             control_plane,
             token,
             json,
-        } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let text = runtime.block_on(estuary_control_plane::cli::nodes(
-                &control_plane,
-                &token,
-                json,
-            ))?;
-            print!("{text}");
-            Ok(())
-        }
+        } => operator_call(estuary_control_plane::cli::nodes(
+            &control_plane,
+            &token,
+            json,
+        )),
         Command::Purge {
             target,
             control_plane,
             token,
             json,
-        } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let text = runtime.block_on(estuary_control_plane::cli::purge(
-                &control_plane,
-                &token,
-                &target,
-                json,
-            ))?;
-            print!("{text}");
-            Ok(())
-        }
+        } => operator_call(estuary_control_plane::cli::purge(
+            &control_plane,
+            &token,
+            &target,
+            json,
+        )),
         Command::Push {
             asset,
             sites,
@@ -416,6 +384,20 @@ fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::
         println!(r#"{{"event":"done","asset":{asset},"duration_seconds":{duration}}}"#);
     }
     Ok(())
+}
+
+/// Runs a service: JSON logs, the one rustls crypto provider, a multi-thread runtime.
+fn serve(
+    thread_name: &str,
+    service: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    estuary_common::logging::init_json();
+    estuary_common::tls::install_default_provider();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(thread_name)
+        .build()?
+        .block_on(service)
 }
 
 /// Runs one operator command against the control plane and prints what it returns.

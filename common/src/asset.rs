@@ -100,6 +100,31 @@ impl AssetManifest {
     }
 }
 
+/// An asset id: 1 to 64 of `a-z A-Z 0-9 - _`, starting with a letter or digit. Asset ids are
+/// folder names under `/v/` on origins and edges alike.
+pub fn valid_asset_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// A file path inside an asset (as `asset.json` lists them): at most 512 bytes of `/`-separated
+/// segments of 1 to 128 of `A-Z a-z 0-9 . - _`, none starting with a dot. Such a path can
+/// never leave its asset's folder.
+pub fn valid_file_path(path: &str) -> bool {
+    path.len() <= 512
+        && path.split('/').all(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && !s.starts_with('.')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        })
+}
+
 /// Parses a lowercase or uppercase hex sha-256.
 pub fn decode_sha256(hex_text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(hex_text).ok()?;

@@ -301,9 +301,7 @@ async fn assignments_for(
     app: &App,
     hb: &Heartbeat,
 ) -> Result<(Vec<estuary_common::cp::Assignment>, Vec<String>), crate::store::StoreError> {
-    let placements = app.store.placements().await?;
-    let mine: Vec<&crate::store::Placement> =
-        placements.iter().filter(|p| p.node == hb.node).collect();
+    let mine = app.store.placements_of(&hb.node).await?;
     if mine.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -579,6 +577,22 @@ struct PushRequest {
     replicas: Option<usize>,
 }
 
+/// Bytes placed on each node, leaving out the placements of `except` (an asset being placed
+/// again).
+fn used_bytes(
+    placements: &[crate::store::Placement],
+    except: Option<&str>,
+) -> std::collections::HashMap<String, u64> {
+    let mut used = std::collections::HashMap::new();
+    for p in placements
+        .iter()
+        .filter(|p| Some(p.asset.as_str()) != except)
+    {
+        *used.entry(p.node.clone()).or_default() += p.bytes;
+    }
+    used
+}
+
 /// The total size of an asset, from its `asset.json` on an origin that is up.
 async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
     let snap = app.registry.snapshot(estuary_common::unix_now());
@@ -633,7 +647,7 @@ async fn push(
         Ok(w) => w,
         Err(r) => return r,
     };
-    if !valid_name(&asset) || asset.contains('.') {
+    if !estuary_common::asset::valid_asset_id(&asset) {
         return (StatusCode::BAD_REQUEST, "asset: 1-64 of A-Z a-z 0-9 - _\n").into_response();
     }
     let req: PushRequest = if body.is_empty() {
@@ -658,10 +672,7 @@ async fn push(
         Ok(p) => p,
         Err(e) => return app.internal(e),
     };
-    let mut used: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    for p in placements.iter().filter(|p| p.asset != asset) {
-        *used.entry(p.node.clone()).or_default() += p.bytes;
-    }
+    let used = used_bytes(&placements, Some(&asset));
     let snap = app.registry.snapshot(estuary_common::unix_now());
     let chosen = match crate::placement::place(
         &asset,
@@ -810,7 +821,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     assets.sort_unstable();
     assets.dedup();
     for asset in assets {
-        if valid_name(asset)
+        if estuary_common::asset::valid_asset_id(asset)
             && let Ok(bytes) = asset_size(&app, asset).await
         {
             sizes.insert(asset.to_owned(), bytes);
@@ -836,10 +847,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             Ok(p) => p,
             Err(e) => return app.internal(e),
         };
-        let mut used: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        for p in &placements {
-            *used.entry(p.node.clone()).or_default() += p.bytes;
-        }
+        let mut used = used_bytes(&placements, None);
         for (site, plan) in &plans {
             for pick in &plan.chosen {
                 let sites = [site.clone()];

@@ -4,27 +4,46 @@
 use estuary_common::cp::NodeState;
 use http_body_util::BodyExt;
 
-/// `GET <base><path>` with a bearer token; the body on 2xx, else an error with the status and
-/// the server's message.
-pub async fn get(base: &str, token: &str, path: &str) -> anyhow::Result<bytes::Bytes> {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+/// One API call with a bearer token (and a JSON body, if any); the answer's body on 2xx, else
+/// an error with the status and the server's message.
+async fn call(
+    method: http::Method,
+    base: &str,
+    token: &str,
+    path: &str,
+    body: Option<String>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<bytes::Bytes> {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let request = http::Request::get(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())?;
-    let response =
-        tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
-            .await
-            .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
-            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    if body.is_some() {
+        request = request.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
+        body.unwrap_or_default(),
+    )))?;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
         anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
     }
     Ok(body)
+}
+
+/// `GET <base><path>` with a bearer token.
+pub async fn get(base: &str, token: &str, path: &str) -> anyhow::Result<bytes::Bytes> {
+    let limit = std::time::Duration::from_secs(10);
+    call(http::Method::GET, base, token, path, None, limit).await
 }
 
 /// The node list as a table for people.
@@ -59,32 +78,15 @@ pub async fn nodes(base: &str, token: &str, json: bool) -> anyhow::Result<String
     Ok(nodes_table(&nodes, estuary_common::unix_now()))
 }
 
-/// `POST <base><path>` with a JSON body and a bearer token; the body on 2xx.
+/// `POST <base><path>` with a JSON body and a bearer token.
 pub async fn post(
     base: &str,
     token: &str,
     path: &str,
     body: String,
 ) -> anyhow::Result<bytes::Bytes> {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let request = http::Request::post(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
-    let response =
-        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-            .await
-            .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
-            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
-    }
-    Ok(body)
+    let limit = std::time::Duration::from_secs(30);
+    call(http::Method::POST, base, token, path, Some(body), limit).await
 }
 
 /// `estuary purge TARGET`: purges a path or prefix on every edge and prints where it landed.

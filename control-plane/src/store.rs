@@ -368,12 +368,22 @@ impl Store {
 
     /// Every placement: (asset, node, site, state, bytes).
     pub async fn placements(&self) -> Result<Vec<Placement>, StoreError> {
-        self.with(|c| {
+        self.placements_where(None).await
+    }
+
+    /// The placements of one node (what its heartbeat reply needs).
+    pub async fn placements_of(&self, node: &str) -> Result<Vec<Placement>, StoreError> {
+        self.placements_where(Some(node.to_owned())).await
+    }
+
+    async fn placements_where(&self, node: Option<String>) -> Result<Vec<Placement>, StoreError> {
+        self.with(move |c| {
             let mut st = c.prepare(
-                "SELECT asset, node, site, state, bytes FROM placements ORDER BY asset, node",
+                "SELECT asset, node, site, state, bytes FROM placements
+                 WHERE ?1 IS NULL OR node = ?1 ORDER BY asset, node",
             )?;
             let rows = st
-                .query_map([], |r| {
+                .query_map([node], |r| {
                     Ok(Placement {
                         asset: r.get(0)?,
                         node: r.get(1)?,

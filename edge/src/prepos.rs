@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
+use estuary_common::asset::{
+    AssetManifest, MANIFEST_FILE, valid_asset_id as valid_asset, valid_file_path as valid_file,
+};
 use estuary_common::cp::{Assignment, HeartbeatReply, InventoryItem};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -59,27 +61,6 @@ impl std::fmt::Debug for Prepositioner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Prepositioner")
     }
-}
-
-/// An asset id, as the origin accepts them.
-fn valid_asset(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-}
-
-/// A file path inside an asset: `[A-Za-z0-9._-]` segments, none starting with a dot.
-fn valid_file(path: &str) -> bool {
-    path.len() <= 512
-        && path.split('/').all(|s| {
-            !s.is_empty()
-                && !s.starts_with('.')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-        })
 }
 
 /// Whether `hour` (UTC) is inside the window `[start, end)`, which may wrap past midnight.

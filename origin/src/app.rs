@@ -301,19 +301,10 @@ async fn asset_delete(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// A path segment under an asset: `A-Z a-z 0-9 . - _`, not starting with a dot.
-fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-}
-
 /// Splits `<asset>/<file path>` and refuses anything else.
 pub fn split_asset_path(rest: &str) -> Option<(&str, &str)> {
     let (asset, file) = rest.split_once('/')?;
-    (crate::tus::valid_asset_id(asset) && file.len() <= 512 && file.split('/').all(valid_segment))
+    (estuary_common::asset::valid_asset_id(asset) && estuary_common::asset::valid_file_path(file))
         .then_some((asset, file))
 }
 

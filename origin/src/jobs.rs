@@ -205,7 +205,7 @@ async fn check_output(dir: &Path, asset: &str) -> Result<AssetManifest, String> 
         ));
     }
     for f in &manifest.files {
-        if crate::app::split_asset_path(&format!("{asset}/{}", f.path)).is_none() {
+        if !estuary_common::asset::valid_file_path(&f.path) {
             return Err(format!("{MANIFEST_FILE}: bad file name {:?}", f.path));
         }
         let meta = tokio::fs::metadata(dir.join(&f.path))

@@ -32,6 +32,14 @@ fn tus(mut r: Response) -> Response {
     r
 }
 
+/// A header holding a byte count (`Upload-Length`, `Upload-Offset`).
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 fn plain(status: StatusCode, text: &str) -> Response {
     tus((status, format!("{text}\n")).into_response())
 }
@@ -100,15 +108,7 @@ pub fn parse_metadata(value: &str) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-/// An asset id: 1 to 64 of `a-z A-Z 0-9 - _`, not starting with `-` or `_`.
-pub fn valid_asset_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-}
+pub use estuary_common::asset::valid_asset_id;
 
 fn random_id(len: usize) -> String {
     use rand::Rng as _;
@@ -135,11 +135,7 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             "Upload-Defer-Length is not supported",
         );
     }
-    let Some(length) = headers
-        .get("upload-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    let Some(length) = header_u64(&headers, "upload-length") else {
         return plain(StatusCode::BAD_REQUEST, "Upload-Length required");
     };
     if length > app.config.uploads.max_size.as_u64() {
@@ -334,11 +330,7 @@ pub async fn patch(
             "Content-Type: application/offset+octet-stream required",
         );
     }
-    let Some(offset) = headers
-        .get("upload-offset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    let Some(offset) = header_u64(&headers, "upload-offset") else {
         return plain(StatusCode::BAD_REQUEST, "Upload-Offset required");
     };
     let mut checksum = match headers.get("upload-checksum").map(|v| v.to_str()) {
