@@ -26,6 +26,8 @@ fi
 if [ "$what" = "test" ]; then
   have systemd-analyze || need_apt+=(systemd)
   have chromium || need_apt+=(chromium)
+  # A real PostgreSQL server for the control plane's replica tests (started by the tests).
+  [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need_apt+=(postgresql)
   have npm || need_apt+=(npm)
   python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
 fi

@@ -12,8 +12,17 @@ use common::cp_site::*;
 use common::*;
 
 #[test]
-fn nodes_register_go_down_and_up_and_the_state_feed_follows() {
-    let cp = ControlPlane::new("cp-health");
+fn nodes_register_go_down_and_up_and_the_state_feed_follows_on_sqlite() {
+    nodes_register_go_down_and_up_and_the_state_feed_follows(Backend::Sqlite);
+}
+
+#[test]
+fn nodes_register_go_down_and_up_and_the_state_feed_follows_on_postgres() {
+    nodes_register_go_down_and_up_and_the_state_feed_follows(Backend::Postgres);
+}
+
+fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
+    let (cp, _database) = ControlPlane::on(&backend, "cp-health");
     let mut cp_process = cp.start();
     let site = edge_with_control_plane("cp-edge", &cp.url(), LAB);
     let mut edge = site.start();

@@ -53,8 +53,17 @@ fn origin_hits(origin: &EdgeProcess) -> f64 {
 }
 
 #[test]
-fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed() {
-    let cp = ControlPlane::new("cp-fill");
+fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed_on_sqlite() {
+    pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(Backend::Sqlite);
+}
+
+#[test]
+fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed_on_postgres() {
+    pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(Backend::Postgres);
+}
+
+fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backend: Backend) {
+    let (cp, _database) = ControlPlane::on(&backend, "cp-fill");
     let _cp = cp.start();
     let joined = |token: &str| {
         format!(

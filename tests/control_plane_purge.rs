@@ -30,10 +30,19 @@ fn delivery<'a>(status: &'a serde_json::Value, node: &str) -> &'a serde_json::Va
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purges_reach_every_edge_and_a_down_edge_when_it_returns() {
+async fn purges_reach_every_edge_and_a_down_edge_when_it_returns_on_sqlite() {
+    purges_reach_every_edge_and_a_down_edge_when_it_returns(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_reach_every_edge_and_a_down_edge_when_it_returns_on_postgres() {
+    purges_reach_every_edge_and_a_down_edge_when_it_returns(Backend::Postgres).await;
+}
+
+async fn purges_reach_every_edge_and_a_down_edge_when_it_returns(backend: Backend) {
     let origin = Origin::start().await;
     origin.put("/v/p/a.m4s", Object::new(pattern(5000)));
-    let cp = ControlPlane::new("cp-purge");
+    let (cp, _database) = ControlPlane::on(&backend, "cp-purge");
     let _cp = cp.start();
     let joined = format!(
         "[control_plane]\nurl = \"{}\"\ntoken = \"{LAB}\"\ninterval = \"1s\"\n",

@@ -268,6 +268,13 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         tracing::info!(site = %hb.site, "A site was registered by its first node.");
     }
     let stored = hb.clone();
+    // With a shared database every heartbeat is written through (before the registry sees it,
+    // so that a replica's merge never takes the node for removed), and the other replicas
+    // fold it in; with SQLite only changes are written.
+    let shared = app.store.is_shared();
+    if shared && let Err(e) = app.store.put_node(&stored, now).await {
+        return app.internal(e);
+    }
     let (version, seen) = app.registry.heartbeat(hb, now);
     if seen != Seen::Same {
         if seen == Seen::New {
@@ -275,7 +282,7 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         } else {
             tracing::info!(node = %stored.node, "A node's addresses or capacity changed.");
         }
-        if let Err(e) = app.store.put_node(&stored, now).await {
+        if !shared && let Err(e) = app.store.put_node(&stored, now).await {
             return app.internal(e);
         }
     }

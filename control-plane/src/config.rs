@@ -46,12 +46,33 @@ pub struct ListenConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite:///var/lib/estuary/control-plane.db` (one file, the default kind). PostgreSQL
-    /// (`postgres://...`) for replicas is not built yet and is refused.
+    /// `sqlite:///var/lib/estuary/control-plane.db` (one file, one control plane; the
+    /// default), or `postgres://user@host/db` (also `postgresql://`, and every libpq URL
+    /// parameter tokio-postgres knows, e.g. `?host=/run/postgresql` for a Unix socket) for two
+    /// or more control-plane replicas sharing one database. TLS to PostgreSQL is not built in
+    /// (`sslmode=require` is refused): reach it over a local socket or a private network.
     pub url: String,
 }
 
+/// Which database a URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
 impl DatabaseConfig {
+    /// The database the URL names, or why it names none.
+    pub fn database(&self) -> Result<Database, String> {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            crate::store::check_postgres_url(&self.url)?;
+            return Ok(Database::Postgres(self.url.clone()));
+        }
+        self.sqlite_path()
+            .map(Database::Sqlite)
+            .ok_or_else(|| "must be sqlite:///path/to/file.db or postgres://user@host/db".into())
+    }
+
     /// The SQLite file the URL names.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         self.url
@@ -160,19 +181,8 @@ impl ControlPlaneConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.database.url.starts_with("postgres://")
-            || self.database.url.starts_with("postgresql://")
-        {
-            return Err(ConfigError::new(
-                "database.url",
-                "PostgreSQL is not supported yet; use sqlite:///path/to/control-plane.db",
-            ));
-        }
-        if self.database.sqlite_path().is_none() {
-            return Err(ConfigError::new(
-                "database.url",
-                "must be sqlite:///path/to/file.db",
-            ));
+        if let Err(why) = self.database.database() {
+            return Err(ConfigError::new("database.url", why));
         }
         if self.auth.operator_tokens.is_empty() {
             return Err(ConfigError::new(
@@ -252,13 +262,19 @@ mod tests {
             assert!(e.key.starts_with(key), "{e} (wanted {key})");
         };
         bad(&text.replace("[health]", "[helth]"), "helth");
-        bad(
-            &text.replace(
-                "sqlite:///var/lib/estuary/control-plane.db",
-                "postgres://x/y",
-            ),
-            "database.url",
+        let db = |url: &str| text.replace("sqlite:///var/lib/estuary/control-plane.db", url);
+        let c = ControlPlaneConfig::parse(&db("postgres://estuary@db.example/cp"), Path::new("/"))
+            .expect("postgres url");
+        assert_eq!(
+            c.database.database(),
+            Ok(Database::Postgres(
+                "postgres://estuary@db.example/cp".into()
+            ))
         );
+        bad(&db("postgres://x/y?sslmode=require"), "database.url");
+        bad(&db("postgres://x/y?bogus=1"), "database.url");
+        bad(&db("postgres://x"), "database.url");
+        bad(&db("mysql://x/y"), "database.url");
         bad(
             &text.replace("down_after = 3", "down_after = 0"),
             "health.down_after",

@@ -1,7 +1,7 @@
 //! Estuary's control plane: the registry of sites and nodes, their health (heartbeats plus a
 //! Traffic Monitor-style poll of every node's `/readyz`, with hysteresis), the versioned state
-//! feed steering consumes, and an audit log of operator actions. SQLite keeps what must
-//! survive a restart.
+//! feed steering consumes, and an audit log of operator actions. SQLite (one control plane) or
+//! PostgreSQL (replicas sharing it) keeps what must survive a restart.
 
 // Handlers return ready-made error responses; see the origin crate for the same choice.
 #![allow(clippy::result_large_err)]
@@ -15,6 +15,7 @@ pub mod placement;
 pub mod plan;
 pub mod purge;
 pub mod registry;
+pub mod replica;
 pub mod store;
 
 use std::sync::Arc;
@@ -24,11 +25,12 @@ pub use config::ControlPlaneConfig;
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
-    let path = config
-        .database
-        .sqlite_path()
-        .ok_or_else(|| anyhow::anyhow!("database.url: not a sqlite:// URL"))?;
-    let store = store::Store::open(&path).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let store = match config.database.database() {
+        Ok(config::Database::Sqlite(path)) => store::Store::open_sqlite(&path),
+        Ok(config::Database::Postgres(url)) => store::Store::open_postgres(&url).await,
+        Err(why) => return Err(anyhow::anyhow!("database.url: {why}")),
+    }
+    .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
     let (sites, nodes) = store.load().await?;
     tracing::info!(
         sites = sites.len(),
@@ -57,6 +59,10 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         Arc::clone(&app.purge_wake),
         stop_rx.clone(),
     ));
+    let replica = app
+        .store
+        .is_shared()
+        .then(|| tokio::spawn(replica::run(Arc::clone(&app), stop_rx.clone())));
     let mut stopped = stop_rx.clone();
     let server =
         axum::serve(listener, app::router(Arc::clone(&app))).with_graceful_shutdown(async move {
@@ -72,6 +78,9 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(drain, server).await;
     let _ = monitor.await;
     let _ = purger.await;
+    if let Some(replica) = replica {
+        let _ = replica.await;
+    }
     Ok(())
 }
 

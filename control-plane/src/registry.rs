@@ -43,6 +43,23 @@ pub enum Seen {
     Same,
 }
 
+/// Whether a new heartbeat changes what the state feed says beyond figures: site, role,
+/// addresses, capacity or the assets present.
+fn matters(old: &Heartbeat, new: &Heartbeat) -> bool {
+    let present = |h: &Heartbeat| -> Vec<String> {
+        h.inventory
+            .iter()
+            .filter(|i| i.state == "present")
+            .map(|i| i.asset.clone())
+            .collect()
+    };
+    old.site != new.site
+        || old.role != new.role
+        || old.addresses != new.addresses
+        || old.capacity != new.capacity
+        || present(old) != present(new)
+}
+
 /// The registry.
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -136,19 +153,7 @@ impl Registry {
         self.with(|inner| {
             let seen = match inner.nodes.get_mut(&hb.node) {
                 Some(entry) => {
-                    let old = &entry.heartbeat;
-                    let present = |h: &Heartbeat| -> Vec<String> {
-                        h.inventory
-                            .iter()
-                            .filter(|i| i.state == "present")
-                            .map(|i| i.asset.clone())
-                            .collect()
-                    };
-                    let changed = old.site != hb.site
-                        || old.role != hb.role
-                        || old.addresses != hb.addresses
-                        || old.capacity != hb.capacity
-                        || present(old) != present(&hb);
+                    let changed = matters(&entry.heartbeat, &hb);
                     entry.heartbeat = hb;
                     entry.last_heartbeat = now;
                     if changed { Seen::Changed } else { Seen::Same }
@@ -174,6 +179,57 @@ impl Registry {
             (v, seen)
         })
         .unwrap_or((0, Seen::Same))
+    }
+
+    /// Folds in what the shared database holds (heartbeats other replicas received, sites
+    /// and removals they made), read at `read_at` (unix seconds, taken before the read).
+    /// Newer heartbeats replace older ones; a node missing from the database is forgotten
+    /// unless its last heartbeat here is as recent as the read. Whether anything changed.
+    pub fn merge(&self, sites: Vec<Site>, nodes: Vec<(Heartbeat, u64)>, read_at: u64) -> bool {
+        let (down_after, up_after) = (self.down_after, self.up_after);
+        self.with(|inner| {
+            let mut changed = false;
+            for site in sites {
+                if inner.sites.get(&site.name) != Some(&site) {
+                    inner.sites.insert(site.name.clone(), site);
+                    changed = true;
+                }
+            }
+            let stored: std::collections::BTreeSet<String> =
+                nodes.iter().map(|(hb, _)| hb.node.clone()).collect();
+            for (hb, at) in nodes {
+                match inner.nodes.get_mut(&hb.node) {
+                    Some(entry) if at > entry.last_heartbeat => {
+                        changed |= matters(&entry.heartbeat, &hb);
+                        entry.heartbeat = hb;
+                        entry.last_heartbeat = at;
+                    }
+                    Some(_) => {}
+                    None => {
+                        inner.nodes.insert(
+                            hb.node.clone(),
+                            NodeEntry {
+                                heartbeat: hb,
+                                last_heartbeat: at,
+                                tracker: Tracker::new(down_after, up_after),
+                                down_reason: Some("not checked yet".into()),
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+            let before = inner.nodes.len();
+            inner
+                .nodes
+                .retain(|id, e| stored.contains(id) || e.last_heartbeat >= read_at);
+            changed |= inner.nodes.len() != before;
+            if changed {
+                self.bump(inner);
+            }
+            changed
+        })
+        .unwrap_or(false)
     }
 
     /// Forgets a node; `true` if it was known.
@@ -329,5 +385,35 @@ mod tests {
         }));
         assert!(r.remove_node("e1"));
         assert!(r.snapshot(14).nodes.is_empty());
+    }
+
+    #[test]
+    fn merging_takes_newer_heartbeats_and_removals_but_keeps_fresh_local_nodes() {
+        let r = Registry::new(vec![], vec![], 2, 1);
+        r.heartbeat(beat("e1", "http://a"), 100);
+        r.heartbeat(beat("e2", "http://b"), 100);
+        let v = r.version();
+        // Another replica saw e1 later with a new address, and e3 registered there.
+        let stored = vec![
+            (beat("e1", "http://a2"), 105),
+            (beat("e2", "http://b"), 90),
+            (beat("e3", "http://c"), 104),
+        ];
+        assert!(r.merge(vec![], stored.clone(), 106));
+        assert!(r.version() > v);
+        let s = r.snapshot(106);
+        assert_eq!(s.nodes["e1"].addresses.admin.as_deref(), Some("http://a2"));
+        assert_eq!(s.nodes["e1"].last_heartbeat, 105);
+        // An older stored heartbeat does not roll a node back.
+        assert_eq!(s.nodes["e2"].last_heartbeat, 100);
+        assert!(!s.nodes["e3"].up);
+        assert!(!r.merge(vec![], stored, 106));
+        // e2 was deleted elsewhere: gone, unless it sent a heartbeat here since the read.
+        r.heartbeat(beat("e3", "http://c"), 110);
+        let only_e1 = vec![(beat("e1", "http://a2"), 105)];
+        assert!(r.merge(vec![], only_e1, 108));
+        let s = r.snapshot(110);
+        assert!(s.nodes.contains_key("e1") && s.nodes.contains_key("e3"));
+        assert!(!s.nodes.contains_key("e2"));
     }
 }

@@ -3,7 +3,12 @@
 //! Every file is checked against the asset's `asset.json` (size and sha-256, and the manifest
 //! against its Merkle root) in a staging folder; only a complete, verified asset is renamed
 //! into place, so a half-filled asset is never served. Fills run one at a time, within the
-//! configured rate and hours, and are reported in heartbeats.
+//! configured rate and hours, and are reported in heartbeats (with their progress).
+//!
+//! A fill resumes where it stopped: the staging folder (`<root>/.fill/<asset>`) survives a
+//! restart or kill -9, a staged file whose size and hash match is kept, a shorter one is
+//! completed with a range request, and every file is hashed whole again before the asset
+//! counts as present (a resumed file that does not verify is fetched again from its start).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,9 +79,10 @@ pub fn in_window(window: Option<(u32, u32)>, hour: u32) -> bool {
 
 impl Prepositioner {
     /// Scans the store for assets already in place (they were verified before they were
-    /// renamed in) and removes staging folders a crash left behind.
+    /// renamed in). Staging folders a crash left behind are kept for the fill to resume,
+    /// except copies moved aside and folders nobody touched for a day.
     pub fn open(config: PreposConfig) -> Arc<Self> {
-        let _ = std::fs::remove_dir_all(config.root.join(".fill"));
+        clean_staging(&config.root.join(".fill"));
         let mut items = BTreeMap::new();
         if let Ok(dir) = std::fs::read_dir(config.root.join("v")) {
             for entry in dir.flatten() {
@@ -145,6 +151,7 @@ impl Prepositioner {
             if filling {
                 continue;
             }
+            let _ = std::fs::remove_dir_all(self.config.root.join(".fill").join(&asset));
             let dir = self.config.root.join("v").join(&asset);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => tracing::info!(asset = %asset, "A pre-positioned asset was removed."),
@@ -238,12 +245,15 @@ impl Prepositioner {
         }
     }
 
+    /// GETs one file of `asset` from `base`, from byte `from` on; the body and whether it
+    /// starts at `from` (a 206 for that offset) or at 0 (a 200).
     async fn get(
         &self,
         base: &str,
         asset: &str,
         file: &str,
-    ) -> Result<hyper::body::Incoming, String> {
+        from: u64,
+    ) -> Result<(hyper::body::Incoming, bool), String> {
         let path = format!("/v/{asset}/{file}");
         let url = match &self.config.signer {
             Some(sign) => format!(
@@ -253,25 +263,44 @@ impl Prepositioner {
             ),
             None => format!("{}{path}", base.trim_end_matches('/')),
         };
-        let request = http::Request::get(&url)
-            .header(crate::fill::FILL_HEADER, "preposition")
+        let mut request = http::Request::get(&url).header(crate::fill::FILL_HEADER, "preposition");
+        if from > 0 {
+            request = request.header(http::header::RANGE, format!("bytes={from}-"));
+        }
+        let request = request
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
             .await
             .map_err(|_| format!("{path}: timed out"))?
             .map_err(|e| format!("{path}: {e}"))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(format!("{path}: {}", response.status()));
+        match response.status() {
+            http::StatusCode::OK => Ok((response.into_body(), false)),
+            http::StatusCode::PARTIAL_CONTENT if from > 0 => {
+                let starts_at_from = response
+                    .headers()
+                    .get(http::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split_once('-'))
+                    .and_then(|(first, _)| first.parse::<u64>().ok())
+                    == Some(from);
+                if starts_at_from {
+                    Ok((response.into_body(), true))
+                } else {
+                    Err(format!("{path}: a 206 for another range"))
+                }
+            }
+            status => Err(format!("{path}: {status}")),
         }
-        Ok(response.into_body())
     }
 
     /// Fills the asset from one source into a staging folder and renames it into place.
     async fn fill_from(&self, base: &str, asset: &str) -> Result<u64, String> {
         let manifest_bytes = self
-            .get(base, asset, MANIFEST_FILE)
+            .get(base, asset, MANIFEST_FILE, 0)
             .await?
+            .0
             .collect()
             .await
             .map_err(|e| e.to_string())?
@@ -290,20 +319,9 @@ impl Prepositioner {
         if let Some(bad) = manifest.files.iter().find(|f| !valid_file(&f.path)) {
             return Err(format!("asset.json: bad file name {:?}", bad.path));
         }
-        let staging = self
-            .config
-            .root
-            .join(".fill")
-            .join(format!("{asset}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        let result = self.fill_files(base, asset, &manifest, &staging).await;
-        let total = match result {
-            Ok(total) => total,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
+        // Kept after a failure too: the next source, or the next start, resumes it.
+        let staging = self.config.root.join(".fill").join(asset);
+        let total = self.fill_files(base, asset, &manifest, &staging).await?;
         let write = async {
             tokio::fs::write(staging.join(MANIFEST_FILE), &manifest_bytes)
                 .await
@@ -314,7 +332,11 @@ impl Prepositioner {
                 .map_err(|e| e.to_string())?;
             let dest = dest_dir.join(asset);
             // Replace an older copy: move it aside first, so the rename is atomic.
-            let old = self.config.root.join(".fill").join(format!("{asset}-old"));
+            let old = self
+                .config
+                .root
+                .join(".fill")
+                .join(format!("{asset}{OLD_SUFFIX}"));
             let _ = tokio::fs::remove_dir_all(&old).await;
             if tokio::fs::metadata(&dest).await.is_ok() {
                 tokio::fs::rename(&dest, &old)
@@ -341,7 +363,7 @@ impl Prepositioner {
         manifest: &AssetManifest,
         staging: &Path,
     ) -> Result<u64, String> {
-        let started = Instant::now();
+        let mut rate = RateLimit::new(self.config.max_rate);
         let mut total: u64 = 0;
         for f in &manifest.files {
             let target = staging.join(&f.path);
@@ -350,12 +372,56 @@ impl Prepositioner {
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            let mut out = tokio::fs::File::create(&target)
+            let staged = tokio::fs::metadata(&target).await.map_or(0, |m| m.len());
+            let kept = if staged > 0 && staged <= f.size {
+                match self
+                    .fill_file(base, asset, f, &target, staged, &mut rate)
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(asset = %asset, file = %f.path, error = %e, "A staged file did not complete; it is fetched again from its start.");
+                        false
+                    }
+                }
+            } else {
+                false
+            };
+            if !kept {
+                self.fill_file(base, asset, f, &target, 0, &mut rate)
+                    .await?;
+            }
+            total += f.size;
+            self.progress(asset, total);
+        }
+        Ok(total)
+    }
+
+    /// Completes one staged file from byte `from` (0: from scratch), then hashes it whole.
+    async fn fill_file(
+        &self,
+        base: &str,
+        asset: &str,
+        f: &estuary_common::asset::FileDigest,
+        target: &Path,
+        from: u64,
+        rate: &mut RateLimit,
+    ) -> Result<(), String> {
+        let mut hasher = Sha256::new();
+        let mut size = from;
+        if from < f.size {
+            let (mut body, resumed) = self.get(base, asset, &f.path, from).await?;
+            let mut out = tokio::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(!resumed)
+                .append(resumed)
+                .open(target)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut body = self.get(base, asset, &f.path).await?;
-            let mut hasher = Sha256::new();
-            let mut size: u64 = 0;
+            if !resumed {
+                size = 0;
+            }
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| format!("{}: {e}", f.path))?;
                 let Ok(data) = frame.into_data() else {
@@ -365,29 +431,97 @@ impl Prepositioner {
                 if size > f.size {
                     return Err(format!("{}: longer than asset.json says", f.path));
                 }
-                hasher.update(&data);
                 out.write_all(&data).await.map_err(|e| e.to_string())?;
-                total += data.len() as u64;
-                if self.config.max_rate > 0 {
-                    let due = Duration::from_secs_f64(total as f64 / self.config.max_rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
-            if size != f.size {
-                return Err(format!(
-                    "{}: {size} bytes, asset.json says {}",
-                    f.path, f.size
-                ));
-            }
-            let digest = hex::encode(hasher.finalize());
-            if !digest.eq_ignore_ascii_case(&f.sha256) {
-                return Err(format!("{}: sha-256 does not match asset.json", f.path));
+                rate.account(data.len() as u64).await;
             }
             out.sync_all().await.map_err(|e| e.to_string())?;
         }
-        Ok(total)
+        if size != f.size {
+            return Err(format!(
+                "{}: {size} bytes, asset.json says {}",
+                f.path, f.size
+            ));
+        }
+        // The whole file is hashed from disk, so a resumed file is checked as strictly as a
+        // fresh one (and what is renamed into place is exactly what was checked).
+        let mut file = tokio::fs::File::open(target)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let digest = hex::encode(hasher.finalize());
+        if !digest.eq_ignore_ascii_case(&f.sha256) {
+            let _ = tokio::fs::remove_file(target).await;
+            return Err(format!("{}: sha-256 does not match asset.json", f.path));
+        }
+        Ok(())
+    }
+
+    /// Records how many bytes of a filling asset are staged and verified.
+    fn progress(&self, asset: &str, bytes: u64) {
+        if let Ok(mut items) = self.items.lock()
+            && let Some(item) = items.get_mut(asset)
+            && item.state == State::Filling
+        {
+            item.bytes = bytes;
+        }
+    }
+}
+
+/// The suffix of an older copy moved aside while a new one is renamed in.
+const OLD_SUFFIX: &str = ".old";
+
+/// At start: drops copies moved aside and staging folders untouched for a day.
+fn clean_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if name.ends_with(OLD_SUFFIX) || !valid_asset(&name) || stale {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Paces fills to a byte rate (0: no cap).
+struct RateLimit {
+    max_rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl RateLimit {
+    fn new(max_rate: u64) -> Self {
+        Self {
+            max_rate,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn account(&mut self, n: u64) {
+        self.bytes += n;
+        if self.max_rate > 0 {
+            let due = Duration::from_secs_f64(self.bytes as f64 / self.max_rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

@@ -16,6 +16,15 @@ pub const OTHER: &str = "other-site-token-0123456789";
 pub struct ControlPlane {
     pub dir: TempDir,
     pub http: SocketAddr,
+    /// `[database] url`; SQLite in `dir` when `None`.
+    pub database: Option<String>,
+}
+
+/// Where a test's control plane keeps its state: the same scenarios run on both.
+pub enum Backend {
+    Sqlite,
+    /// A fresh PostgreSQL server started for the test.
+    Postgres,
 }
 
 impl ControlPlane {
@@ -23,7 +32,29 @@ impl ControlPlane {
         Self {
             dir: TempDir::new(name),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            database: None,
         }
+    }
+
+    /// A control plane on `backend`; the PostgreSQL server, when there is one, lives as long
+    /// as the returned guard.
+    pub fn on(backend: &Backend, name: &str) -> (Self, Option<super::postgres::Postgres>) {
+        let mut cp = Self::new(name);
+        match backend {
+            Backend::Sqlite => (cp, None),
+            Backend::Postgres => {
+                let pg = super::postgres::Postgres::start(name);
+                cp.database = Some(pg.database("estuary_cp"));
+                (cp, Some(pg))
+            }
+        }
+    }
+
+    /// A control plane on `database` (a `postgres://` URL another one may share).
+    pub fn with_database(name: &str, database: &str) -> Self {
+        let mut cp = Self::new(name);
+        cp.database = Some(database.to_owned());
+        cp
     }
 
     pub fn url(&self) -> String {
@@ -35,9 +66,12 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"sqlite://{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n",
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n",
                 self.http,
-                self.dir.path().join("cp.db").display()
+                self.database.clone().unwrap_or_else(|| format!(
+                    "sqlite://{}",
+                    self.dir.path().join("cp.db").display()
+                ))
             ),
         )
         .expect("write config");

@@ -1,76 +1,22 @@
-//! What the control plane keeps across restarts, in SQLite (WAL, `synchronous=FULL`): sites,
-//! the nodes that registered (their last heartbeat), and the audit log of operator actions.
-//! Health verdicts are not stored: they are measured again after a restart.
+//! The SQLite store (WAL, `synchronous=FULL`): one file, one control plane.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use estuary_common::cp::{Heartbeat, Site};
 use rusqlite::{Connection, params};
-use serde::Serialize;
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("database: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("database task failed")]
-    Task,
-}
+use super::{AuditEntry, Delivery, Placement, PurgeStatus, StoreError};
 
-/// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditEntry {
-    pub at: u64,
-    /// The operator token's name.
-    pub who: String,
-    pub action: String,
-    pub target: String,
-    pub detail: String,
-}
-
-/// An asset assigned to a node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Placement {
-    pub asset: String,
-    pub node: String,
-    pub site: String,
-    /// `assigned` or `removing`.
-    pub state: String,
-    pub bytes: u64,
-}
-
-/// One edge's delivery of a purge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Delivery {
-    pub node: String,
-    /// `pending` (retried while the edge is down) or `done`.
-    pub state: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-/// A purge and where it has been delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PurgeStatus {
-    pub id: i64,
-    pub at: u64,
-    pub who: String,
-    pub target: String,
-    pub edges: Vec<Delivery>,
-}
-
-/// The store; cheap to clone.
+/// The SQLite store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
+        f.write_str("SqliteStore")
     }
 }
 
@@ -94,7 +40,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
-impl Store {
+impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
