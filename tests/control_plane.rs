@@ -40,6 +40,31 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
     let (status, _, _) = cp.get("/v1/state", LAB, &["-H", &format!("If-None-Match: {etag}")]);
     assert_eq!(status, 304);
 
+    // The monitor scrapes the edge's /metrics itself: requests the edge served show up in
+    // the load it measured (next to what the heartbeats claim).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for _ in 0..20 {
+            let (status, _, _) = fetch(&site.url("/pub/hello.txt"), &[]);
+            assert!(status == 200 || status == 404, "{status}");
+        }
+        let (_, _, body) = cp.get("/v1/state", LAB, &[]);
+        let snap: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let polled = &snap["nodes"]["edge-test"]["polled_load"];
+        if polled["requests_per_second"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+            && polled["bytes_per_second"].as_f64().is_some_and(|b| b > 0.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor never measured the edge's load: {polled}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     // A long poll waits for the next change: the edge dies hard.
     let url = format!("{}/v1/state?wait=30", cp.url());
     let waiter = {

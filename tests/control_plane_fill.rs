@@ -5,45 +5,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cp_site::*;
 use common::origin_site::*;
 use common::*;
-
-fn cli(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
-        .args(args)
-        .args(["--control-plane", &cp.url()])
-        .env("ESTUARY_TOKEN", OPS));
-    assert!(
-        out.status.success(),
-        "estuary {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits until `estuary fill status ASSET --json` shows `node` in `state`.
-fn wait_fill(cp: &ControlPlane, asset: &str, node: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let rows: Vec<serde_json::Value> =
-            serde_json::from_str(&cli(cp, &["fill", "status", asset, "--json"])).expect("json");
-        if rows
-            .iter()
-            .any(|r| r["node"] == node && r["state"] == state)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node} never reached {state} for {asset}: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn origin_hits(origin: &EdgeProcess) -> f64 {
     origin.metric(
@@ -88,13 +54,13 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     }
 
     // One replica: one edge fills from the origin.
-    let text = cli(&cp, &["push", "movie", "--replicas", "1"]);
+    let text = cp.cli(&["push", "movie", "--replicas", "1"]);
     assert!(text.contains("placed on"), "{text}");
     let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&cli(&cp, &["fill", "status", "movie", "--json"])).expect("json");
+        serde_json::from_str(&cp.cli(&["fill", "status", "movie", "--json"])).expect("json");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let first = rows[0]["node"].as_str().expect("node").to_owned();
-    wait_fill(&cp, "movie", &first, "present");
+    cp.wait_fill("movie", &first, "present");
     let (first_site, second_site, second) = if first == "edge-a" {
         (&a, &b, "edge-b")
     } else {
@@ -127,8 +93,8 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     std::fs::write(&tmp, &bad).expect("write");
     std::fs::rename(&tmp, &seg).expect("rename");
     let before = origin_hits(&origin);
-    cli(&cp, &["push", "movie", "--replicas", "2"]);
-    wait_fill(&cp, "movie", second, "present");
+    cp.cli(&["push", "movie", "--replicas", "2"]);
+    cp.wait_fill("movie", second, "present");
     for (path, data) in fake_asset_files() {
         let on_disk =
             std::fs::read(second_site.content.join("v/movie").join(&path)).expect("filled");
@@ -143,32 +109,32 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     // A healthy peer is preferred: a third asset filled on one edge, then pushed to both,
     // costs the origin only the push's own size lookup.
     write_fake_asset(&origin_site.storage_root(), "trailer");
-    cli(&cp, &["push", "trailer", "--replicas", "1"]);
+    cp.cli(&["push", "trailer", "--replicas", "1"]);
     let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&cli(&cp, &["fill", "status", "trailer", "--json"])).expect("json");
+        serde_json::from_str(&cp.cli(&["fill", "status", "trailer", "--json"])).expect("json");
     let holder = rows[0]["node"].as_str().expect("node").to_owned();
-    wait_fill(&cp, "trailer", &holder, "present");
+    cp.wait_fill("trailer", &holder, "present");
     let other = if holder == "edge-a" {
         "edge-b"
     } else {
         "edge-a"
     };
     let before = origin_hits(&origin);
-    cli(&cp, &["push", "trailer", "--replicas", "2"]);
-    wait_fill(&cp, "trailer", other, "present");
+    cp.cli(&["push", "trailer", "--replicas", "2"]);
+    cp.wait_fill("trailer", other, "present");
     assert!(
         origin_hits(&origin) - before <= 1.0,
         "the second edge did not fill from its peer"
     );
 
     // Removal: both edges drop the asset.
-    cli(&cp, &["push", "movie", "--remove"]);
+    cp.cli(&["push", "movie", "--remove"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.content.join("v/movie").exists() || b.content.join("v/movie").exists() {
         assert!(Instant::now() < deadline, "the asset was not removed");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let table = cli(&cp, &["fill", "status"]);
+    let table = cp.cli(&["fill", "status"]);
     assert!(
         table.starts_with("ASSET") && table.contains("trailer"),
         "{table}"
@@ -183,7 +149,7 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     )
     .expect("csv");
     let csv = csv.to_str().expect("path");
-    let plan = cli(&cp, &["fill", "plan", "--popularity", csv]);
+    let plan = cp.cli(&["fill", "plan", "--popularity", csv]);
     assert!(plan.contains("+ series1"), "{plan}");
     assert!(
         plan.contains("- ghost") && plan.contains("not found on any origin"),
@@ -191,15 +157,15 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     );
     assert!(plan.contains("a plan only"), "{plan}");
     assert_eq!(
-        cli(&cp, &["fill", "status", "series1", "--json"]).trim(),
+        cp.cli(&["fill", "status", "series1", "--json"]).trim(),
         "[]"
     );
-    let applied = cli(&cp, &["fill", "plan", "--popularity", csv, "--apply"]);
+    let applied = cp.cli(&["fill", "plan", "--popularity", csv, "--apply"]);
     assert!(applied.contains("applied: 1 placements"), "{applied}");
     let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&cli(&cp, &["fill", "status", "series1", "--json"])).expect("json");
+        serde_json::from_str(&cp.cli(&["fill", "status", "series1", "--json"])).expect("json");
     let node = rows[0]["node"].as_str().expect("node").to_owned();
-    wait_fill(&cp, "series1", &node, "present");
+    cp.wait_fill("series1", &node, "present");
 }
 
 fn urlencode(s: &str) -> String {

@@ -171,6 +171,11 @@ pub struct NodeState {
     /// Unix seconds of the last heartbeat.
     pub last_heartbeat: u64,
     pub load: Load,
+    /// Load as the control plane measured it itself, from two polls of the node's
+    /// `/metrics` (bytes and requests per second served, open connections); `None` until two
+    /// polls have succeeded. Heartbeats are the node's word, this is the monitor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polled_load: Option<Load>,
     pub usage: Usage,
     pub version: String,
     /// Assets present on the node (pre-positioned and verified).

@@ -93,6 +93,7 @@ mod tests {
                 down_reason: None,
                 last_heartbeat: 0,
                 load: Load::default(),
+                polled_load: None,
                 usage: Usage::default(),
                 version: String::new(),
                 assets: vec![],

@@ -15,6 +15,8 @@ struct NodeEntry {
     last_heartbeat: u64,
     tracker: Tracker,
     down_reason: Option<String>,
+    /// Load from the monitor's own polls of the node's `/metrics`.
+    polled_load: Option<estuary_common::cp::Load>,
 }
 
 struct Inner {
@@ -95,6 +97,7 @@ impl Registry {
                             last_heartbeat: at,
                             tracker: Tracker::new(down_after, up_after),
                             down_reason: Some("not checked yet".into()),
+                            polled_load: None,
                         },
                     )
                 })
@@ -166,6 +169,7 @@ impl Registry {
                             last_heartbeat: now,
                             tracker: Tracker::new(down_after, up_after),
                             down_reason: Some("not checked yet".into()),
+                            polled_load: None,
                         },
                     );
                     Seen::New
@@ -213,6 +217,7 @@ impl Registry {
                                 last_heartbeat: at,
                                 tracker: Tracker::new(down_after, up_after),
                                 down_reason: Some("not checked yet".into()),
+                                polled_load: None,
                             },
                         );
                         changed = true;
@@ -291,6 +296,16 @@ impl Registry {
         .flatten()
     }
 
+    /// Records the load the monitor measured from the node's metrics (figures only: the
+    /// version does not move).
+    pub fn set_polled_load(&self, id: &str, load: estuary_common::cp::Load) {
+        self.with(|inner| {
+            if let Some(entry) = inner.nodes.get_mut(id) {
+                entry.polled_load = Some(load);
+            }
+        });
+    }
+
     /// The snapshot served at `/v1/state`.
     pub fn snapshot(&self, now: u64) -> StateSnapshot {
         self.with(|inner| StateSnapshot {
@@ -316,6 +331,7 @@ impl Registry {
                                 .flatten(),
                             last_heartbeat: e.last_heartbeat,
                             load: hb.load.clone(),
+                            polled_load: e.polled_load.clone(),
                             usage: hb.usage.clone(),
                             version: hb.version.clone(),
                             assets: hb

@@ -365,6 +365,7 @@ impl Prepositioner {
     ) -> Result<u64, String> {
         let mut rate = RateLimit::new(self.config.max_rate);
         let mut total: u64 = 0;
+        let mut kept_bytes: u64 = 0;
         for f in &manifest.files {
             let target = staging.join(&f.path);
             if let Some(parent) = target.parent() {
@@ -391,8 +392,14 @@ impl Prepositioner {
                 self.fill_file(base, asset, f, &target, 0, &mut rate)
                     .await?;
             }
+            if kept {
+                kept_bytes += staged;
+            }
             total += f.size;
             self.progress(asset, total);
+        }
+        if kept_bytes > 0 {
+            tracing::info!(asset = %asset, kept_bytes, total_bytes = total, "A fill resumed from staged files; every file was verified whole.");
         }
         Ok(total)
     }
@@ -411,6 +418,9 @@ impl Prepositioner {
         let mut size = from;
         if from < f.size {
             let (mut body, resumed) = self.get(base, asset, &f.path, from).await?;
+            if resumed {
+                tracing::info!(asset = %asset, file = %f.path, from, "A staged file is completed with a range request.");
+            }
             let mut out = tokio::fs::OpenOptions::new()
                 .create(true)
                 .write(true)

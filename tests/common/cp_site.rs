@@ -90,6 +90,44 @@ impl ControlPlane {
         fetch(&format!("{}{path}", self.url()), &args)
     }
 
+    /// Runs the operator CLI (`estuary ARGS --control-plane URL`); its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .args(args)
+            .args(["--control-plane", &self.url()])
+            .env("ESTUARY_TOKEN", OPS));
+        assert!(
+            out.status.success(),
+            "estuary {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `estuary fill status ASSET --json`, parsed.
+    pub fn fill_status(&self, asset: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["fill", "status", asset, "--json"])).expect("json")
+    }
+
+    /// Waits until `estuary fill status ASSET` shows `node` in `state`.
+    pub fn wait_fill(&self, asset: &str, node: &str, state: &str) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let rows = self.fill_status(asset);
+            if rows
+                .iter()
+                .any(|r| r["node"] == node && r["state"] == state)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} never reached {state} for {asset}: {rows:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `estuary nodes --json` (the CLI), parsed.
     pub fn nodes(&self) -> Vec<serde_json::Value> {
         let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
@@ -120,6 +158,14 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The `[control_plane]` table of a node that joins `cp` with `token`, beating every second.
+pub fn joined(cp: &ControlPlane, token: &str) -> String {
+    format!(
+        "[control_plane]\nurl = \"{}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n",
+        cp.url()
+    )
 }
 
 pub fn edge_with_control_plane(name: &str, cp_url: &str, token: &str) -> Site {

@@ -120,12 +120,17 @@ pub fn fake_asset_files() -> Vec<(String, Vec<u8>)> {
 
 /// The manifest of [`fake_asset_files`].
 pub fn fake_manifest(asset: &str) -> AssetManifest {
-    let mut files: Vec<FileDigest> = fake_asset_files()
-        .into_iter()
+    manifest_for(asset, &fake_asset_files())
+}
+
+/// The `asset.json` packaging would publish for `files`.
+pub fn manifest_for(asset: &str, files: &[(String, Vec<u8>)]) -> AssetManifest {
+    let mut files: Vec<FileDigest> = files
+        .iter()
         .map(|(path, data)| FileDigest {
-            path,
+            path: path.clone(),
             size: data.len() as u64,
-            sha256: hex_sha256(&data),
+            sha256: hex_sha256(data),
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -148,13 +153,18 @@ pub fn fake_manifest(asset: &str) -> AssetManifest {
 
 /// Writes the hand-made asset under `root/v/<asset>/`, `asset.json` last.
 pub fn write_fake_asset(root: &Path, asset: &str) -> AssetManifest {
+    write_asset(root, asset, &fake_asset_files())
+}
+
+/// Writes `files` as asset `asset` under `root/v/<asset>/`, `asset.json` last.
+pub fn write_asset(root: &Path, asset: &str, files: &[(String, Vec<u8>)]) -> AssetManifest {
     let dir = root.join("v").join(asset);
-    for (path, data) in fake_asset_files() {
-        let file = dir.join(&path);
+    for (path, data) in files {
+        let file = dir.join(path);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(file, data).expect("write");
     }
-    let manifest = fake_manifest(asset);
+    let manifest = manifest_for(asset, files);
     std::fs::write(
         dir.join("asset.json"),
         serde_json::to_vec_pretty(&manifest).expect("json"),
