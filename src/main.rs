@@ -166,7 +166,7 @@ enum FillCommand {
         /// CSV lines `asset,site,expected_views` (a header line is fine).
         #[arg(long)]
         popularity: PathBuf,
-        /// Push the plan (one replica per chosen asset in its site).
+        /// Push the plan (each chosen asset with its copies in its site: more for the hits).
         #[arg(long)]
         apply: bool,
         /// The control plane's base URL.

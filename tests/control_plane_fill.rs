@@ -150,7 +150,13 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     .expect("csv");
     let csv = csv.to_str().expect("path");
     let plan = cp.cli(&["fill", "plan", "--popularity", csv]);
-    assert!(plan.contains("+ series1"), "{plan}");
+    // series1 draws over a third of the site's predicted views: a copy on each of its two
+    // edges.
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("+ series1") && l.ends_with("x2")),
+        "{plan}"
+    );
     assert!(
         plan.contains("- ghost") && plan.contains("not found on any origin"),
         "{plan}"
@@ -161,11 +167,12 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
         "[]"
     );
     let applied = cp.cli(&["fill", "plan", "--popularity", csv, "--apply"]);
-    assert!(applied.contains("applied: 1 placements"), "{applied}");
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(&cp.cli(&["fill", "status", "series1", "--json"])).expect("json");
-    let node = rows[0]["node"].as_str().expect("node").to_owned();
-    cp.wait_fill("series1", &node, "present");
+    assert!(applied.contains("applied: 2 placements"), "{applied}");
+    let rows = cp.fill_status("series1");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for node in ["edge-a", "edge-b"] {
+        cp.wait_fill("series1", node, "present");
+    }
 }
 
 fn urlencode(s: &str) -> String {

@@ -803,8 +803,8 @@ struct PlanRequest {
 }
 
 /// `POST /v1/fill/plan` `{"demand": [{"asset","site","views"}], "apply": false}`: per site,
-/// the assets that cover the most predicted views within the site's disk; with `apply`, they
-/// are pushed (one replica in their site).
+/// the assets that cover the most predicted views within the site's disk, with more copies
+/// for the hits; with `apply`, they are pushed.
 async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let who = match app.operator(&headers) {
         Ok(w) => w,
@@ -836,8 +836,10 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     }
     let snap = app.registry.snapshot(estuary_common::unix_now());
     let mut capacity = std::collections::BTreeMap::new();
+    let mut edges = std::collections::BTreeMap::new();
     for n in snap.nodes.values() {
         if n.role == estuary_common::cp::Role::Edge && n.up {
+            *edges.entry(n.site.clone()).or_default() += 1;
             let c: &mut u64 = capacity.entry(n.site.clone()).or_default();
             // An edge that does not know its disk makes the site's capacity unknown.
             *c = if n.capacity.disk_bytes == 0 || *c == u64::MAX {
@@ -847,7 +849,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             };
         }
     }
-    let plans = crate::plan::choose(&req.demand, &sizes, &capacity);
+    let plans = crate::plan::choose(&req.demand, &sizes, &capacity, &edges);
     let mut applied = Vec::new();
     if req.apply {
         let placements = match app.store.placements().await {
@@ -863,7 +865,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                     pick.bytes,
                     &snap,
                     Some(&sites),
-                    1,
+                    pick.replicas,
                     &used,
                 ) {
                     Ok(chosen) => {

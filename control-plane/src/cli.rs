@@ -214,10 +214,11 @@ pub async fn fill_plan(
         ));
         for p in plan["chosen"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  + {:<24} {:>10.0} views {:>10.1} MB\n",
+                "  + {:<24} {:>10.0} views {:>10.1} MB x{}\n",
                 p["asset"].as_str().unwrap_or(""),
                 p["views"].as_f64().unwrap_or(0.0),
-                p["bytes"].as_f64().unwrap_or(0.0) / 1e6
+                p["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                p["replicas"].as_u64().unwrap_or(1)
             ));
         }
         for l in plan["left_out"].as_array().into_iter().flatten() {

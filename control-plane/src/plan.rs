@@ -2,7 +2,10 @@
 //! that cover the most views within the site's disk capacity. This is a knapsack; the plan
 //! takes assets by views per byte, then fills what room is left with anything that still
 //! fits (the classic greedy, within a factor of the optimum that is small when assets are
-//! small against a site's disk, as titles are against an edge's NVMe). Pure.
+//! small against a site's disk, as titles are against an edge's NVMe). Then the room left
+//! buys more replicas for the most watched titles: a title expected to draw more than half
+//! of one edge's fair share of the site's views gets as many copies as that share needs (up
+//! to one per edge), so that no single edge carries a hit alone. Pure.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +24,23 @@ pub struct Demand {
 pub struct Pick {
     pub asset: String,
     pub views: f64,
+    /// Bytes of one copy.
     pub bytes: u64,
+    /// Copies in the site (on different edges).
+    pub replicas: usize,
+}
+
+/// A title gets another copy for each half of one edge's fair share of views it draws.
+const HOT_FACTOR: f64 = 2.0;
+
+/// How many copies a title drawing `views` of `total` views in a site of `edges` edges should
+/// have: 1 to `edges`.
+pub fn replicas_wanted(views: f64, total: f64, edges: usize) -> usize {
+    if edges <= 1 || total <= 0.0 || views <= 0.0 {
+        return 1;
+    }
+    let want = (views / total * edges as f64 * HOT_FACTOR).ceil();
+    (want.max(1.0) as usize).min(edges)
 }
 
 /// The plan of one site.
@@ -69,11 +88,13 @@ pub fn parse_csv(text: &str) -> Result<Vec<Demand>, String> {
 }
 
 /// Chooses per site. `sizes`: bytes per asset (unknown assets are left out);
-/// `capacity`: bytes per site.
+/// `capacity`: bytes per site; `edges`: edges per site (copies of one title go to different
+/// edges, so never more than that).
 pub fn choose(
     demand: &[Demand],
     sizes: &BTreeMap<String, u64>,
     capacity: &BTreeMap<String, u64>,
+    edges: &BTreeMap<String, usize>,
 ) -> BTreeMap<String, SitePlan> {
     let mut by_site: BTreeMap<String, Vec<&Demand>> = BTreeMap::new();
     for d in demand {
@@ -115,6 +136,7 @@ pub fn choose(
                     asset: d.asset.clone(),
                     views: d.views,
                     bytes,
+                    replicas: 1,
                 });
             } else {
                 let why = if d.views == 0.0 {
@@ -123,6 +145,18 @@ pub fn choose(
                     "no room left".to_owned()
                 };
                 plan.left_out.push((d.asset.clone(), why));
+            }
+        }
+        // More copies of the hits, most watched first, while room lasts.
+        let n_edges = edges.get(&site).copied().unwrap_or(1);
+        let mut by_views: Vec<usize> = (0..plan.chosen.len()).collect();
+        by_views.sort_by(|&a, &b| plan.chosen[b].views.total_cmp(&plan.chosen[a].views));
+        for i in by_views {
+            let pick = &mut plan.chosen[i];
+            let want = replicas_wanted(pick.views, plan.total_views, n_edges);
+            while pick.replicas < want && plan.used_bytes.saturating_add(pick.bytes) <= cap {
+                pick.replicas += 1;
+                plan.used_bytes += pick.bytes;
             }
         }
         plans.insert(site, plan);
@@ -154,7 +188,7 @@ mod tests {
         let capacity: BTreeMap<String, u64> = [("s".to_owned(), 100), ("t".to_owned(), 0)]
             .into_iter()
             .collect();
-        let plans = choose(&demand, &sizes, &capacity);
+        let plans = choose(&demand, &sizes, &capacity, &BTreeMap::new());
         let s = &plans["s"];
         // c (2.0 views/B) and b (1.8) fit in 100: 170 views; a would leave no room for either.
         let names: Vec<&str> = s.chosen.iter().map(|p| p.asset.as_str()).collect();
@@ -167,5 +201,70 @@ mod tests {
                 .any(|(a, why)| a == "z" && why.contains("origin"))
         );
         assert!(plans["t"].chosen.is_empty());
+    }
+
+    #[test]
+    fn hits_get_more_copies_within_the_room_left() {
+        assert_eq!(replicas_wanted(30.0, 100.0, 2), 2);
+        assert_eq!(replicas_wanted(10.0, 100.0, 2), 1);
+        assert_eq!(replicas_wanted(90.0, 100.0, 4), 4);
+        assert_eq!(replicas_wanted(90.0, 100.0, 1), 1);
+        let demand = parse_csv("hit,s,800\nniche,s,100\nrare,s,100").expect("csv");
+        let sizes: BTreeMap<String, u64> = [("hit", 10), ("niche", 10), ("rare", 10)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let capacity: BTreeMap<String, u64> = [("s".to_owned(), 45)].into_iter().collect();
+        let edges: BTreeMap<String, usize> = [("s".to_owned(), 4)].into_iter().collect();
+        let plan = &choose(&demand, &sizes, &capacity, &edges)["s"];
+        let copies: BTreeMap<&str, usize> = plan
+            .chosen
+            .iter()
+            .map(|p| (p.asset.as_str(), p.replicas))
+            .collect();
+        // Every title once (30 bytes), then the hit's extra copies while room lasts (45).
+        assert_eq!(copies["niche"], 1);
+        assert_eq!(copies["rare"], 1);
+        assert_eq!(copies["hit"], 2);
+        assert_eq!(plan.used_bytes, 40);
+    }
+
+    proptest::proptest! {
+        /// Whatever the demand, sizes, capacity and edges, no site's plan uses more than its
+        /// capacity, and no title has more copies than the site has edges.
+        #[test]
+        fn a_plan_never_exceeds_its_site(
+            rows in proptest::collection::vec((0u8..12, 0u8..3, 0u32..10_000), 0..40),
+            sizes in proptest::collection::vec(1u64..5_000, 12),
+            caps in proptest::collection::vec(0u64..20_000, 3),
+            edges in proptest::collection::vec(1usize..6, 3),
+        ) {
+            let demand: Vec<Demand> = rows
+                .iter()
+                .map(|(a, s, v)| Demand {
+                    asset: format!("a{a}"),
+                    site: format!("s{s}"),
+                    views: f64::from(*v),
+                })
+                .collect();
+            let sizes: BTreeMap<String, u64> = sizes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 5 != 4)
+                .map(|(i, b)| (format!("a{i}"), *b))
+                .collect();
+            let capacity: BTreeMap<String, u64> =
+                caps.iter().enumerate().map(|(i, c)| (format!("s{i}"), *c)).collect();
+            let edges: BTreeMap<String, usize> =
+                edges.iter().enumerate().map(|(i, e)| (format!("s{i}"), *e)).collect();
+            for (site, plan) in choose(&demand, &sizes, &capacity, &edges) {
+                let used: u64 = plan.chosen.iter().map(|p| p.bytes * p.replicas as u64).sum();
+                proptest::prop_assert_eq!(used, plan.used_bytes);
+                proptest::prop_assert!(plan.used_bytes <= capacity[&site]);
+                for p in &plan.chosen {
+                    proptest::prop_assert!(p.replicas >= 1 && p.replicas <= edges[&site]);
+                }
+            }
+        }
     }
 }
