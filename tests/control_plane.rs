@@ -160,13 +160,38 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
     cp.wait_node("edge-test", true, Duration::from_secs(20));
     // The dashboard shows it, in a real browser.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/dashboard.mjs");
-    let out = run(Command::new("node").args([script, &cp.url(), OPS, "edge-test"]));
+    let shot = cp.dir.path().join("dashboard.png");
+    let out = run(Command::new("node").args([
+        script,
+        &cp.url(),
+        OPS,
+        "edge-test",
+        shot.to_str().expect("path"),
+    ]));
     assert!(
         out.status.success(),
         "dashboard: {} {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let png = std::fs::read(&shot).expect("screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "not a real screenshot: {} bytes",
+        png.len()
+    );
+    // The plots' data: the last hour per site, one point a step.
+    let (status, _, body) = cp.get("/v1/history", OPS, &[]);
+    assert_eq!(status, 200);
+    let history: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(history["step_seconds"], 1);
+    assert!(
+        history["points"]
+            .as_array()
+            .is_some_and(|p| p.len() >= 2 && p.iter().all(|x| x["sites"]["lab"].is_object())),
+        "{history}"
+    );
+    assert_eq!(cp.get("/v1/history", LAB, &[]).0, 403);
     // The table form of the CLI, for people.
     let out = run(Command::new(env!("CARGO_BIN_EXE_estuary")).args([
         "nodes",

@@ -41,7 +41,10 @@ fn a_push_outside_the_fill_window_waits_for_it() {
     while Instant::now() < until {
         let rows = cp.fill_status("late");
         assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!(rows[0]["state"], "assigned", "filled outside its window: {rows:?}");
+        assert_eq!(
+            rows[0]["state"], "assigned",
+            "filled outside its window: {rows:?}"
+        );
         assert!(!a.content.join(".fill/late").exists());
         std::thread::sleep(Duration::from_millis(250));
     }

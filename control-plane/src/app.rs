@@ -105,6 +105,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// Wakes the purge deliverer.
     pub purge_wake: Arc<tokio::sync::Notify>,
+    /// The last hour of bandwidth and hit ratio per site (the dashboard's plots).
+    pub history: std::sync::Mutex<crate::history::History>,
 }
 
 impl std::fmt::Debug for App {
@@ -200,6 +202,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(delete_node))
         .route("/v1/audit", get(audit_log))
+        .route("/v1/history", get(history))
         .route("/v1/purges", post(add_purge))
         .route("/v1/assets/{asset}/push", post(push))
         .route("/v1/assets/{asset}/remove", post(remove_asset))
@@ -787,6 +790,8 @@ async fn fill_status(
                 "site": p.site,
                 "bytes": p.bytes,
                 "state": state,
+                // Staged and verified so far while filling; all of it when present.
+                "filled_bytes": item.as_ref().map_or(0, |i| i.bytes),
                 "error": item.and_then(|i| i.error),
             })
         })
@@ -925,6 +930,22 @@ async fn audit_log(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
         Ok(entries) => json(StatusCode::OK, &entries),
         Err(e) => app.internal(e),
     }
+}
+
+/// `GET /v1/history`: the last hour of bandwidth, requests and hit ratio per site, one point
+/// per `[dashboard] history_step`, oldest first.
+async fn history(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.operator(&headers) {
+        return r;
+    }
+    let Ok(h) = app.history.lock() else {
+        return app.internal("the history lock is poisoned");
+    };
+    let points: Vec<&crate::history::Point> = h.points().collect();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "step_seconds": h.step(), "points": points }),
+    )
 }
 
 /// The operator dashboard: a static page that asks for an operator token and long-polls the

@@ -22,6 +22,30 @@ pub struct ControlPlaneConfig {
     pub purge: PurgeConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
+}
+
+/// `[dashboard]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Time between two points of the last hour's plots (bandwidth and hit ratio per site);
+    /// 1s to 5min.
+    #[serde(default = "default_history_step", with = "humantime_serde")]
+    pub history_step: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            history_step: default_history_step(),
+        }
+    }
+}
+
+fn default_history_step() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[purge]`: how purges reach the edges.
@@ -237,6 +261,14 @@ impl ControlPlaneConfig {
         }
         if !(1..=100).contains(&h.up_after) {
             return Err(ConfigError::new("health.up_after", "must be 1 to 100"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300))
+            .contains(&self.dashboard.history_step)
+        {
+            return Err(ConfigError::new(
+                "dashboard.history_step",
+                "must be 1s to 5min",
+            ));
         }
         if h.heartbeat_timeout < Duration::from_secs(1) {
             return Err(ConfigError::new(

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod history;
 pub mod monitor;
 pub mod placement;
 pub mod plan;
@@ -40,6 +41,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let h = &config.health;
     let registry = registry::Registry::new(sites, nodes, h.down_after, h.up_after);
     let listen = config.listen.http;
+    let history_step = config.dashboard.history_step.as_secs();
     let drain = config.shutdown.drain_timeout;
     let app = Arc::new(app::App {
         config,
@@ -48,6 +50,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         metrics: app::Metrics::new(),
         ready: AtomicBool::new(false),
         purge_wake: Arc::new(tokio::sync::Notify::new()),
+        history: std::sync::Mutex::new(history::History::new(history_step, 3600)),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -73,6 +73,11 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 None => {}
             }
         }
+        let now = estuary_common::unix_now();
+        let snap = app.registry.snapshot(now);
+        if let Ok(mut history) = app.history.lock() {
+            history.record(now, &snap);
+        }
     }
 }
 
