@@ -105,7 +105,7 @@ impl Metrics {
         let choices = must(IntCounterVec::new(
             Opts::new(
                 "estuary_steering_choices_total",
-                "Choices made, by where the best edge is: the client's home site, another site, or none.",
+                "Choices made: the best edge in the client's home site, elsewhere because the home site had no edge to offer (overflow), for a client in no site's zone (unplaced), or no edge at all.",
             ),
             &["outcome"],
         ));
@@ -133,7 +133,7 @@ impl Metrics {
         for r in ["ok", "not_found", "error", "unusable"] {
             manifest_fetches.with_label_values(&[r]);
         }
-        for o in ["home", "other_site", "none"] {
+        for o in ["home", "overflow", "unplaced", "none"] {
             choices.with_label_values(&[o]);
         }
         for u in ["true", "false"] {
@@ -267,8 +267,6 @@ pub struct ClientQuery {
     /// DASH players: the service location in use.
     #[serde(rename = "_DASH_pathway")]
     dash_pathway: Option<String>,
-    #[serde(rename = "_DASH_throughput")]
-    dash_throughput: Option<String>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -279,7 +277,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { finish(error(StatusCode::NOT_FOUND, "no such endpoint")) })
         .with_state(app)
 }
 
@@ -365,7 +363,8 @@ fn ranked(app: &App, asset: &str, client: IpAddr) -> Result<Vec<Choice>, Respons
     let outcome = match (got.first(), place.home) {
         (None, _) => "none",
         (Some(c), Some(h)) if topo.sites.get(h).is_some_and(|s| s.name == c.site) => "home",
-        _ => "other_site",
+        (Some(_), Some(_)) => "overflow",
+        (Some(_), None) => "unplaced",
     };
     app.metrics.choices.with_label_values(&[outcome]).inc();
     if got.is_empty() {
@@ -388,13 +387,33 @@ fn check_asset(asset: &str) -> Result<(), Response> {
     }
 }
 
+/// What must be escaped in a query value (addresses pass through as they are).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'&')
+    .add(b'+')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}')
+    .add(b'[')
+    .add(b']')
+    .add(b'\'');
+
 /// `?client=` carried into the URLs this service hands out, so an operator's test session
 /// stays in the zone it asked for.
 fn client_suffix(q: &ClientQuery) -> String {
     match &q.client {
         Some(c) => format!(
             "?client={}",
-            percent_encoding::utf8_percent_encode(c, percent_encoding::NON_ALPHANUMERIC)
+            percent_encoding::utf8_percent_encode(c, QUERY_VALUE)
         ),
         None => String::new(),
     }
@@ -677,33 +696,43 @@ async fn steering(
         };
         check_asset(&asset)?;
         let client = who(&app, peer, &headers, &q)?;
-        let (current, throughput) = match kind {
-            Kind::Hls => (&q.hls_pathway, &q.hls_throughput),
-            Kind::Dash => (&q.dash_pathway, &q.dash_throughput),
+        // HLS players send the pathway in use; dash.js sends every service location it
+        // knows, quoted and comma-separated, best measured throughput first.
+        let current = match kind {
+            Kind::Hls => q.hls_pathway.as_deref(),
+            Kind::Dash => q
+                .dash_pathway
+                .as_deref()
+                .map(|p| p.trim_matches('"'))
+                .and_then(|p| p.split(',').next()),
         };
-        if let Some(bps) = throughput.as_deref().and_then(|t| t.parse::<f64>().ok())
+        // Only HLS defines the unit (bits per second), so only its figure is recorded.
+        if let Some(bps) = q
+            .hls_throughput
+            .as_deref()
+            .and_then(|t| t.parse::<f64>().ok())
             && bps.is_finite()
             && bps >= 0.0
         {
             app.metrics.throughput.observe(bps);
         }
         let got = ranked(&app, &asset, client)?;
-        let priority = prioritize(&got, current.as_deref());
+        let priority = prioritize(&got, current);
         let reload = format!(
             "{}/v1/steering/{}/{asset}{}",
             app.public_url,
             kind.name(),
             client_suffix(&q)
         );
-        let key = match kind {
-            Kind::Hls => "PATHWAY-PRIORITY",
-            Kind::Dash => "SERVICE-LOCATION-PRIORITY",
-        };
         let mut body = BTreeMap::new();
         body.insert("VERSION", serde_json::json!(1));
         body.insert("TTL", serde_json::json!(app.config.steering.ttl.as_secs()));
         body.insert("RELOAD-URI", serde_json::json!(reload));
-        body.insert(key, serde_json::json!(priority));
+        if kind == Kind::Dash {
+            // The DASH-IF name, plus the HLS one that dash.js 4.x reads.
+            body.insert("SERVICE-LOCATION-PRIORITY", serde_json::json!(priority));
+        }
+        body.insert("PATHWAY-PRIORITY", serde_json::json!(priority));
         Ok(json(StatusCode::OK, &serde_json::json!(body)))
     })()
     .unwrap_or_else(|r| r);
