@@ -6,8 +6,9 @@
 // Small forward buffers (4 s) make the player fetch segments all along. When the video's
 // currentTime first reaches SIGNAL_SECONDS it prints {"event":"played","t":T} on stdout (the
 // test then kills an edge) and keeps sampling currentTime every 100 ms until TOTAL_SECONDS.
-// Last line: {"player","currentTime","longestStallMs","errors","mediaHosts","mediaHostsAfterSignal",
-// "steeringRequests","ok"}; exit 0 when TOTAL_SECONDS was reached with no fatal player error.
+// Last line: {"player","currentTime","longestStallMs","errors","recoveredErrors","mediaHosts",
+// "mediaHostsAfterSignal","steeringRequests","ok"} (recoveredErrors: dash.js segment download
+// errors it recovers from by switching service location); exit 0 when TOTAL_SECONDS was reached with no fatal player error.
 // A stall is the wall-clock time during which currentTime did not move.
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
@@ -44,6 +45,7 @@ const result = {
   currentTime: 0,
   longestStallMs: 0,
   errors: [],
+  recoveredErrors: [],
   mediaHosts: {},
   mediaHostsAfterSignal: {},
   steeringRequests: 0,
@@ -67,6 +69,7 @@ try {
   await page.evaluate(
     ({ kind, url }) => {
       window.__errors = [];
+      window.__recovered = [];
       const video = document.getElementById("v");
       video.addEventListener("error", () => window.__errors.push(`video: ${video.error && video.error.message}`));
       if (kind === "hls") {
@@ -82,9 +85,14 @@ try {
           debug: { logLevel: 1 },
           streaming: { buffer: { bufferTimeAtTopQuality: 4, bufferTimeAtTopQualityLongForm: 4, stableBufferTime: 4 } },
         });
-        player.on(dashjs.MediaPlayer.events.ERROR, (e) =>
-          window.__errors.push(`dash.js: ${JSON.stringify(e.error || e).slice(0, 300)}`),
-        );
+        player.on(dashjs.MediaPlayer.events.ERROR, (e) => {
+          const text = `dash.js: ${JSON.stringify(e.error || e).slice(0, 300)}`;
+          // 27: a segment download failed. dash.js reports it and goes on with the next
+          // BaseURL (service location); whether playback really goes on is what this
+          // script measures, so it is recorded, not fatal.
+          if (e.error && e.error.code === 27) window.__recovered.push(text);
+          else window.__errors.push(text);
+        });
         player.initialize(video, url, true);
       }
       video.play().catch(() => {});
@@ -99,9 +107,11 @@ try {
     const s = await page.evaluate(() => ({
       t: document.getElementById("v").currentTime,
       errors: window.__errors.splice(0),
+      recovered: window.__recovered.splice(0),
     }));
     const now = Date.now();
     result.errors.push(...s.errors);
+    result.recoveredErrors.push(...s.recovered);
     if (s.t !== lastT) {
       // Stalls count only once playback has started (start-up is not a stall).
       if (started) result.longestStallMs = Math.max(result.longestStallMs, now - lastMove);
