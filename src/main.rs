@@ -457,7 +457,10 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     if table.contains_key("geo") {
-        estuary_steering::SteeringConfig::load(file)
+        let config = estuary_steering::SteeringConfig::load(file)
+            .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
+        // The coverage zone file is part of the config: a broken one fails here too.
+        estuary_steering::load_zones(&config)
             .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
         println!("{}: a valid steering config", file.display());
         return Ok(());

@@ -342,6 +342,23 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
         "{err}"
     );
 
+    // A broken coverage zone file fails the check too, naming the key and the zone.
+    let zones = steering.dir.path().join("coverage.json");
+    std::fs::write(
+        &zones,
+        r#"{"coverageZones": {"paris": {"network": ["300.1.2.0/24"]}}}"#,
+    )
+    .expect("write");
+    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("check-config")
+        .arg(&config));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("geo.coverage_zones") && err.contains("zone paris"),
+        "{err}"
+    );
+
     // SIGTERM: a clean exit.
     service.signal("TERM");
     assert!(
