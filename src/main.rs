@@ -53,19 +53,25 @@ enum Command {
     /// Run the steering service: which edge serves a play request, signed playback URLs and
     /// HLS/DASH Content Steering.
     ///
-    /// Follows the control plane's state feed ([control_plane] url, long-polled) or reads a
-    /// static [control_plane] state_file, and keeps the last good snapshot while the control
-    /// plane is unreachable. A client (its address, X-Forwarded-For from [steering]
-    /// trusted_proxies, or ?client= for operators) is placed by the [geo] coverage zones, then
-    /// edges are ranked: the client's site first, then the nearest sites; inside a site,
-    /// edges that are up and below load_threshold, pre-positioned ones first, by weighted
-    /// rendezvous hashing of the asset. Endpoints: GET /v1/playback/ASSET (JSON: ranked edges
-    /// with signed manifest URLs), /v1/playback/ASSET/master.m3u8 and /manifest.mpd (302 to the
-    /// best edge), /v1/playback/ASSET/steered.m3u8 and /steered.mpd (the asset's manifests with
-    /// one pathway per edge, pathway ids = edge node ids), /v1/steering/hls|dash/ASSET (the
-    /// Content Steering server players reload every [steering] ttl), /metrics, /healthz,
-    /// /readyz (ready once a snapshot is loaded). SIGTERM or SIGINT: /readyz turns 503 and
-    /// in-flight requests finish up to [shutdown] drain_timeout.
+    /// State: follows the control plane's state feed ([control_plane] url and token,
+    /// long-polled) or reads a static [control_plane] state_file; keeps the last good snapshot
+    /// while the control plane is unreachable.
+    ///
+    /// Choice: the client (its address, X-Forwarded-For from [steering] trusted_proxies, or
+    /// ?client= for operators) is placed by the [geo] coverage zones; its site comes first,
+    /// then the nearest sites. Inside a site: edges that are up and below load_threshold,
+    /// pre-positioned ones first, by weighted rendezvous hashing of the asset. A full or
+    /// down site overflows to the next.
+    ///
+    /// Endpoints: GET /v1/playback/ASSET (JSON: ranked edges with signed manifest URLs);
+    /// /v1/playback/ASSET/master.m3u8 and /manifest.mpd (302 to the best edge);
+    /// /v1/playback/ASSET/steered.m3u8 and /steered.mpd (the manifests with one pathway per
+    /// edge; pathway ids are edge node ids); /v1/steering/hls/ASSET and /dash/ASSET (the
+    /// Content Steering server players reload every [steering] ttl); /metrics, /healthz,
+    /// /readyz (ready once a snapshot is loaded).
+    ///
+    /// Signals: SIGTERM or SIGINT: /readyz turns 503 and in-flight requests finish up to
+    /// [shutdown] drain_timeout.
     Steering {
         /// The steering service's TOML config (see docs/steering.example.toml).
         #[arg(long, short)]
