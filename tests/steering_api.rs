@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::origin_site::*;
 use common::steering_site::*;
 use common::*;
 
@@ -81,6 +82,12 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
     }
     let _paris_edge = paris.start();
     let _berlin_edge = berlin.start();
+    // An origin that has one asset no edge holds.
+    let origin_site = OriginSite::new("steer-origin");
+    write_fake_asset(&origin_site.storage_root(), "fromorigin");
+    let _origin = origin_site.start();
+    let mut paris_node = node("edge-paris", "paris", Some(&paris), true);
+    paris_node["assets"] = serde_json::json!(["abc"]);
 
     let mut steering = SteeringSite::new("steer-api");
     steering.with_state_file(&serde_json::json!({
@@ -91,7 +98,13 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
             "tokyo": {"name": "tokyo", "location": [35.68, 139.69], "coverage": []},
         },
         "nodes": {
-            "edge-paris": node("edge-paris", "paris", Some(&paris), true),
+            "edge-paris": paris_node,
+            "origin-test": {
+                "id": "origin-test", "site": "paris", "role": "origin",
+                "addresses": {"http": origin_site.url("")},
+                "capacity": {}, "up": true, "last_heartbeat": 0,
+                "load": {}, "usage": {}, "version": "test"
+            },
             "edge-berlin": node("edge-berlin", "berlin", Some(&berlin), true),
             "edge-tokyo": node("edge-tokyo", "tokyo", None, false),
         }
@@ -112,6 +125,8 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
     assert_eq!(sites_of(&v), ["paris", "berlin"], "{v}");
     let first = &v["edges"][0];
     assert_eq!(first["node"], "edge-paris");
+    assert_eq!(first["prepositioned"], true);
+    assert_eq!(v["edges"][1]["prepositioned"], false);
     let hls = first["hls"].as_str().expect("hls url");
     assert!(
         hls.starts_with(&format!("{}/t/", paris.surl(""))),
@@ -267,6 +282,22 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
         "{v}"
     );
 
+    // Assets: one no edge holds but the origin has is answered; one nobody has is a 404.
+    let (status, v) = get_json(
+        &steering.url("/v1/playback/fromorigin?client=198.51.100.7"),
+        &[],
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(sites_of(&v), ["paris", "berlin"]);
+    let (status, v) = get_json(&steering.url("/v1/playback/nosuchasset"), &[]);
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (404, Some("unknown asset")),
+        "{v}"
+    );
+    let (status, _, _) = fetch(&steering.url("/v1/playback/nosuchasset/master.m3u8"), &[]);
+    assert_eq!(status, 404);
+
     // Bad input: clear 4xx answers in JSON.
     for (url, want) in [
         ("/v1/playback/bad.id", 400),
@@ -315,6 +346,18 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
         // The Tokyo clients: one playback answer, one steering answer.
         2.0
     );
+    for (result, at_least) in [
+        ("held", 10.0),
+        ("found", 1.0),
+        ("missing", 1.0),
+        ("cached", 1.0),
+    ] {
+        let n = service.metric(
+            "estuary_steering_asset_lookups_total",
+            &[&format!("result=\"{result}\"")],
+        );
+        assert!(n >= at_least, "asset lookups {result}: {n}");
+    }
     let (_, text) = http_get_raw(steering.http, "/metrics").expect("metrics");
     assert!(text.contains("estuary_steering_state_version 3"), "{text}");
 

@@ -40,6 +40,7 @@ pub struct Metrics {
     manifest_fetches: IntCounterVec,
     throughput: Histogram,
     choices: IntCounterVec,
+    asset_lookups: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -109,8 +110,16 @@ impl Metrics {
             ),
             &["outcome"],
         ));
+        let asset_lookups = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_steering_asset_lookups_total",
+                "Asset existence checks, by how they were answered: held by an edge, remembered, found or missing on the origins, or unsure (no origin could tell; let through).",
+            ),
+            &["result"],
+        ));
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(asset_lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(state_version.clone()),
             Box::new(state_fetches.clone()),
@@ -133,6 +142,9 @@ impl Metrics {
         for r in ["ok", "not_found", "error", "unusable"] {
             manifest_fetches.with_label_values(&[r]);
         }
+        for r in ["held", "cached", "found", "missing", "unsure"] {
+            asset_lookups.with_label_values(&[r]);
+        }
         for o in ["home", "overflow", "unplaced", "none"] {
             choices.with_label_values(&[o]);
         }
@@ -149,6 +161,7 @@ impl Metrics {
             manifest_fetches,
             throughput,
             choices,
+            asset_lookups,
         }
     }
 }
@@ -198,6 +211,7 @@ pub struct App {
     public_url: String,
     trusted: Vec<ipnet::IpNet>,
     fetcher: FetchClient,
+    catalog: crate::catalog::Catalog,
 }
 
 impl std::fmt::Debug for App {
@@ -229,6 +243,7 @@ impl App {
             draining: AtomicBool::new(false),
             secret,
             fetcher,
+            catalog: crate::catalog::Catalog::default(),
         })
     }
 
@@ -433,43 +448,42 @@ async fn playback(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let r = (|| {
-        check_asset(&asset)?;
-        let client = who(&app, peer, &headers, &q)?;
-        let got = ranked(&app, &asset, client)?;
-        let (prefix, exp) = app.sign(&asset, estuary_common::unix_now());
-        let edges: Vec<serde_json::Value> = got
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "site": c.site,
-                    "node": c.node,
-                    "prepositioned": c.prepositioned,
-                    "base_url": c.base_url,
-                    "hls": edge_url(c, &prefix, &asset, "master.m3u8"),
-                    "dash": edge_url(c, &prefix, &asset, "manifest.mpd"),
+    let r = match prepare(&app, peer, &headers, &q, &asset).await {
+        Err(r) => r,
+        Ok((client, got)) => {
+            let (prefix, exp) = app.sign(&asset, estuary_common::unix_now());
+            let edges: Vec<serde_json::Value> = got
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "site": c.site,
+                        "node": c.node,
+                        "prepositioned": c.prepositioned,
+                        "base_url": c.base_url,
+                        "hls": edge_url(c, &prefix, &asset, "master.m3u8"),
+                        "dash": edge_url(c, &prefix, &asset, "manifest.mpd"),
+                    })
                 })
-            })
-            .collect();
-        let suffix = client_suffix(&q);
-        let base = &app.public_url;
-        Ok::<_, Response>(json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "asset": asset,
-                "client": client.to_string(),
-                "expires": exp,
-                "edges": edges,
-                "steering": {
-                    "hls": format!("{base}/v1/playback/{asset}/steered.m3u8{suffix}"),
-                    "dash": format!("{base}/v1/playback/{asset}/steered.mpd{suffix}"),
-                    "hls_server": format!("{base}/v1/steering/hls/{asset}{suffix}"),
-                    "dash_server": format!("{base}/v1/steering/dash/{asset}{suffix}"),
-                },
-            }),
-        ))
-    })()
-    .unwrap_or_else(|r| r);
+                .collect();
+            let suffix = client_suffix(&q);
+            let base = &app.public_url;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "asset": asset,
+                    "client": client.to_string(),
+                    "expires": exp,
+                    "edges": edges,
+                    "steering": {
+                        "hls": format!("{base}/v1/playback/{asset}/steered.m3u8{suffix}"),
+                        "dash": format!("{base}/v1/playback/{asset}/steered.mpd{suffix}"),
+                        "hls_server": format!("{base}/v1/steering/hls/{asset}{suffix}"),
+                        "dash_server": format!("{base}/v1/steering/dash/{asset}{suffix}"),
+                    },
+                }),
+            )
+        }
+    };
     record(&app, "playback", started, r)
 }
 
@@ -489,9 +503,9 @@ async fn playback_file(
         "steered.m3u8" | "steered.mpd" => "steered",
         _ => "other",
     };
-    let r = match prepare(&app, peer, &headers, &q, &asset) {
+    let r = match prepare(&app, peer, &headers, &q, &asset).await {
         Err(r) => r,
-        Ok(got) => match file.as_str() {
+        Ok((_, got)) => match file.as_str() {
             "master.m3u8" | "manifest.mpd" => {
                 let (prefix, _) = app.sign(&asset, estuary_common::unix_now());
                 let location = edge_url(&got[0], &prefix, &asset, &file);
@@ -515,16 +529,86 @@ async fn playback_file(
     record(&app, route, started, r)
 }
 
-fn prepare(
+/// The phases before a playback answer: asset id, client, asset lookup, choice.
+async fn prepare(
     app: &App,
     peer: SocketAddr,
     headers: &HeaderMap,
     q: &ClientQuery,
     asset: &str,
-) -> Result<Vec<Choice>, Response> {
+) -> Result<(IpAddr, Vec<Choice>), Response> {
     check_asset(asset)?;
     let client = who(app, peer, headers, q)?;
-    ranked(app, asset, client)
+    known(app, asset).await?;
+    let got = ranked(app, asset, client)?;
+    Ok((client, got))
+}
+
+/// The lookup phase: a 404 for an asset nobody has (see [`crate::catalog`]).
+async fn known(app: &App, asset: &str) -> Result<(), Response> {
+    use crate::catalog::{Known, held, origins, verdict};
+    if !app.config.steering.check_assets {
+        return Ok(());
+    }
+    // Without a snapshot the choice answers 503 right after.
+    let Some(view) = app.state.view() else {
+        return Ok(());
+    };
+    let count = |r: &str| app.metrics.asset_lookups.with_label_values(&[r]).inc();
+    if held(&view.snapshot, asset) {
+        count("held");
+        return Ok(());
+    }
+    let now = Instant::now();
+    let found = match app.catalog.cached(asset, now) {
+        Some(found) => {
+            count("cached");
+            found
+        }
+        None => {
+            let mut statuses = Vec::new();
+            for origin in origins(&view.snapshot).iter().take(3) {
+                let status = head_status(app, &format!("{origin}/v/{asset}/asset.json")).await;
+                statuses.push(status);
+                if status == Some(200) {
+                    break;
+                }
+            }
+            match verdict(&statuses) {
+                Known::Yes => {
+                    count("found");
+                    app.catalog.remember(asset, true, now);
+                    true
+                }
+                Known::No => {
+                    count("missing");
+                    app.catalog.remember(asset, false, now);
+                    false
+                }
+                Known::Unsure => {
+                    count("unsure");
+                    true
+                }
+            }
+        }
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(error(StatusCode::NOT_FOUND, "unknown asset"))
+    }
+}
+
+/// The status of a HEAD request (`None` when there is no answer in time).
+async fn head_status(app: &App, url: &str) -> Option<u16> {
+    let req = http::Request::head(url)
+        .body(http_body_util::Empty::new())
+        .ok()?;
+    let resp = tokio::time::timeout(app.config.steering.fetch_timeout, app.fetcher.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.status().as_u16())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,6 +133,11 @@ pub struct SteeringPolicy {
     /// A seed mixed into every rendezvous hash (steering replicas must share it).
     #[serde(default)]
     pub hash_seed: u64,
+    /// Whether an asset is looked up before it is answered for: known when an edge holds it
+    /// pre-positioned, or when an origin that is up has its `asset.json`; an asset every
+    /// origin answers 404 for gets a 404. When no origin can tell, the request goes ahead.
+    #[serde(default = "default_true")]
+    pub check_assets: bool,
 }
 
 impl Default for SteeringPolicy {
@@ -147,6 +152,7 @@ impl Default for SteeringPolicy {
             scheme: default_scheme(),
             fetch_timeout: default_fetch_timeout(),
             hash_seed: 0,
+            check_assets: true,
         }
     }
 }

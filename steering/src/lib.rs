@@ -8,6 +8,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod catalog;
 pub mod choose;
 pub mod client;
 pub mod config;
