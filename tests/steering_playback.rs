@@ -3,7 +3,8 @@
 //! state feed. hls.js (then dash.js) plays the steered manifest from the first-ranked edge;
 //! that edge is killed mid-playback; the control plane marks it down, the steering server
 //! drops it from the pathway priority, and playback goes on from the other edge without a
-//! stall longer than 2 seconds. Small player buffers (4 s) make the player fetch segments all
+//! stall longer than 2 seconds. Then the control plane itself is stopped and steering goes on
+//! answering from its last good snapshot. Small player buffers (4 s) make the player fetch segments all
 //! along, so the media after the kill must come from the surviving edge.
 
 mod common;
@@ -132,7 +133,7 @@ fn check_failover(kind: &str, report: &serde_json::Value, killed: &Site, survivo
 #[test]
 fn players_move_to_the_other_edge_when_theirs_is_killed() {
     let cp = ControlPlane::new("steer-play-cp");
-    let _cp = cp.start();
+    let cp_process = cp.start();
 
     let media = TempDir::new("steer-play-media");
     let clip = media.path().join("clip.mp4");
@@ -185,4 +186,17 @@ fn players_move_to_the_other_edge_when_theirs_is_killed() {
         procs[first] = Some(killed.start());
         cp.wait_node(&ranked[0], true, Duration::from_secs(20));
     }
+
+    // The control plane goes away: steering keeps answering from its last good snapshot.
+    wait_for_edges(&steering, &["edge-a", "edge-b"]);
+    drop(cp_process);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        http_get_raw(steering.http, "/readyz").expect("readyz").0,
+        200
+    );
+    let ranked = wait_for_edges(&steering, &["edge-a", "edge-b"]);
+    assert_eq!(ranked.len(), 2);
+    let (status, _, body) = fetch(&steering.url("/v1/playback/movie/steered.m3u8"), &[]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }

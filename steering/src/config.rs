@@ -55,6 +55,11 @@ pub struct StateSource {
     /// How long one long-poll of the state feed may wait for a change (`?wait=`).
     #[serde(default = "default_poll_wait", with = "humantime_serde")]
     pub poll_wait: Duration,
+    /// The control plane moves the state version for changes of health and membership, not
+    /// for load figures alone; this often the whole snapshot is read again anyway, so the
+    /// load threshold works on fresh figures.
+    #[serde(default = "default_load_refresh", with = "humantime_serde")]
+    pub load_refresh: Duration,
     /// A JSON file shaped like the state feed's snapshot (sites, nodes with addresses,
     /// capacity, `up`, load and assets), read once at start.
     #[serde(default)]
@@ -188,6 +193,9 @@ impl Default for ShutdownConfig {
 fn default_poll_wait() -> Duration {
     Duration::from_secs(30)
 }
+fn default_load_refresh() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_token_ttl() -> Duration {
     Duration::from_secs(6 * 3600)
 }
@@ -294,6 +302,12 @@ impl SteeringConfig {
             return Err(ConfigError::new(
                 "control_plane.poll_wait",
                 "must be between 1s and 2min",
+            ));
+        }
+        if cp.load_refresh < Duration::from_secs(1) || cp.load_refresh > Duration::from_secs(600) {
+            return Err(ConfigError::new(
+                "control_plane.load_refresh",
+                "must be between 1s and 10min",
             ));
         }
         if self.geo.mmdb.is_some() {

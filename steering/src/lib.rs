@@ -56,6 +56,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         .clone()
         .zip(config.control_plane.token.clone());
     let wait = config.control_plane.poll_wait;
+    let load_refresh = config.control_plane.load_refresh;
     let app = Arc::new(app::App::new(
         config,
         Arc::clone(&holder),
@@ -70,6 +71,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
             url,
             token,
             wait,
+            load_refresh,
             Arc::clone(&holder),
             metrics.clone() as Arc<dyn state::FeedObserver>,
             stop_rx.clone(),

@@ -123,12 +123,14 @@ async fn fetch_once(
 }
 
 /// Follows the control plane's state feed until `stop` turns true: one plain GET, then
-/// long-polls with the last `ETag`. Failures are logged (the first and one in twenty) and
+/// long-polls with the last `ETag`, and a plain GET again every `load_refresh` (for load
+/// figures, which do not move the version). Failures are logged (the first and one in twenty) and
 /// retried with a growing pause (up to 5 s); the last good snapshot stays in place.
 pub async fn follow_feed(
     url: String,
     token: String,
     wait: Duration,
+    load_refresh: Duration,
     holder: Arc<StateHolder>,
     observer: Arc<dyn FeedObserver>,
     mut stop: watch::Receiver<bool>,
@@ -142,9 +144,17 @@ pub async fn follow_feed(
             .build(connector);
     let mut etag: Option<String> = None;
     let mut failures: u64 = 0;
+    // Load figures do not move the version: a plain read every `load_refresh` fetches them.
+    let mut last_full = tokio::time::Instant::now();
+    let wait = wait.min(load_refresh).max(Duration::from_secs(1));
     loop {
+        let full = last_full.elapsed() >= load_refresh;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
+        let known = if full { None } else { etag.as_deref() };
         let outcome = tokio::select! {
-            r = fetch_once(&client, &url, &token, etag.as_deref(), wait) => r,
+            r = fetch_once(&client, &url, &token, known, wait) => r,
             _ = stop.changed() => return,
         };
         let pause = match outcome {
@@ -155,12 +165,14 @@ pub async fn follow_feed(
                 }
                 failures = 0;
                 if let Fetch::New(snap, new_etag) = fetch {
-                    tracing::info!(
-                        version = snap.version,
-                        sites = snap.sites.len(),
-                        nodes = snap.nodes.len(),
-                        "A new state snapshot was installed."
-                    );
+                    if new_etag != etag {
+                        tracing::info!(
+                            version = snap.version,
+                            sites = snap.sites.len(),
+                            nodes = snap.nodes.len(),
+                            "A new state snapshot was installed."
+                        );
+                    }
                     observer.installed(&snap);
                     holder.install(snap);
                     etag = new_etag;
