@@ -410,3 +410,66 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
         service.log()
     );
 }
+
+#[test]
+fn without_a_snapshot_steering_is_alive_but_not_ready() {
+    let mut steering = SteeringSite::new("steer-unready");
+    // Nothing listens at the control plane's address.
+    steering.with_control_plane(
+        &format!("http://127.0.0.1:{}", free_port()),
+        "lab-node-token-0123456789",
+    );
+    let config = steering.write_config();
+    let log = std::fs::File::create(steering.dir.path().join("steering.log")).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("steering")
+        .arg("--config")
+        .arg(&config)
+        .stderr(log)
+        .spawn()
+        .expect("start estuary");
+    let mut service = EdgeProcess {
+        child: Some(child),
+        admin: steering.http,
+        log_dir: steering.dir.path().to_owned(),
+        log_file: steering.dir.path().join("steering.log"),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http_get_raw(steering.http, "/healthz")
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", service.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Give the state follower time to fail a few times: still not ready, still alive.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        http_get_raw(steering.http, "/readyz").expect("readyz").0,
+        503
+    );
+    let (status, v) = get_json(&steering.url("/v1/playback/abc"), &[]);
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("snapshot")),
+        "{v}"
+    );
+    assert!(
+        service.metric(
+            "estuary_steering_state_fetches_total",
+            &["result=\"error\""]
+        ) >= 1.0
+    );
+    assert!(
+        service.log().contains("could not be read"),
+        "{}",
+        service.log()
+    );
+    service.signal("TERM");
+    assert!(
+        service.wait_exit(Duration::from_secs(10)),
+        "{}",
+        service.log()
+    );
+}
