@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo command: builds Estuary, makes a self-signed certificate and a 30-second sample
 # clip, starts an origin, uploads the clip to it over TUS and waits for its packaging (HLS +
-# DASH ladder), starts an edge that fills from the origin, and prints signed URLs that play,
-# plus the metrics URLs. Stop it with Ctrl-C (both drain and exit).
+# DASH ladder), starts an edge that fills from the origin and the steering service in front of
+# it, and prints signed URLs that play, plus the metrics URLs. Stop it with Ctrl-C (both drain and exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh demo
@@ -15,6 +15,7 @@ admin_port="${ESTUARY_DEMO_ADMIN_PORT:-9901}"
 origin_port="${ESTUARY_DEMO_ORIGIN_PORT:-9000}"
 origin_admin_port="${ESTUARY_DEMO_ORIGIN_ADMIN_PORT:-9001}"
 cp_port="${ESTUARY_DEMO_CONTROL_PLANE_PORT:-7000}"
+steer_port="${ESTUARY_DEMO_STEERING_PORT:-7100}"
 mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
@@ -179,6 +180,22 @@ access = "access.log"
 $joined
 TOML
 "$bin" check-config "$site/edge.toml"
+cat > "$site/steering.toml" <<TOML
+[listen]
+http = "127.0.0.1:$steer_port"
+[control_plane]
+url = "http://127.0.0.1:$cp_port"
+token = "$node_token"
+[geo]
+[tokens]
+kid = "demo"
+key = "$key"
+ttl = "24h"
+[steering]
+scheme = "http"
+ttl = "5s"
+TOML
+"$bin" check-config "$site/steering.toml"
 
 sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path "$2" --base "$1"; }
 plain=$(sign "http://127.0.0.1:$http_port" /v/demo/master.m3u8)
@@ -194,6 +211,8 @@ Estuary demo site: $site
             status: curl -H 'Authorization: Bearer $upload_token' http://127.0.0.1:$origin_port/v1/assets/demo
   Edge:     fills /v/ from the origin into RAM + disk (cache/); /v/ needs a signed URL
   Logs:     $site/access.log (one JSON line per request); the edge's operational log below
+  Steering: http://127.0.0.1:$steer_port/v1/playback/demo  (ranked edges with signed URLs; log: steering.log)
+            Content Steering: http://127.0.0.1:$steer_port/v1/playback/demo/steered.m3u8 (and steered.mpd)
 
 Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)
@@ -215,6 +234,8 @@ Operate it:
 
 MSG
 cd "$site"
+"$bin" steering --config steering.toml 2>>steering.log &
+pids+=($!)
 "$bin" edge --config edge.toml &
 pids+=($!)
 edge_pid=$!

@@ -50,6 +50,33 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the steering service: which edge serves a play request, signed playback URLs and
+    /// HLS/DASH Content Steering.
+    ///
+    /// State: follows the control plane's state feed ([control_plane] url and token,
+    /// long-polled) or reads a static [control_plane] state_file; keeps the last good snapshot
+    /// while the control plane is unreachable.
+    ///
+    /// Choice: the client (its address, X-Forwarded-For from [steering] trusted_proxies, or
+    /// ?client= for operators) is placed by the [geo] coverage zones; its site comes first,
+    /// then the nearest sites. Inside a site: edges that are up and below load_threshold,
+    /// pre-positioned ones first, by weighted rendezvous hashing of the asset. A full or
+    /// down site overflows to the next.
+    ///
+    /// Endpoints: GET /v1/playback/ASSET (JSON: ranked edges with signed manifest URLs);
+    /// /v1/playback/ASSET/master.m3u8 and /manifest.mpd (302 to the best edge);
+    /// /v1/playback/ASSET/steered.m3u8 and /steered.mpd (the manifests with one pathway per
+    /// edge; pathway ids are edge node ids); /v1/steering/hls/ASSET and /dash/ASSET (the
+    /// Content Steering server players reload every [steering] ttl); /metrics, /healthz,
+    /// /readyz (ready once a snapshot is loaded).
+    ///
+    /// Signals: SIGTERM or SIGINT: /readyz turns 503 and in-flight requests finish up to
+    /// [shutdown] drain_timeout.
+    Steering {
+        /// The steering service's TOML config (see docs/steering.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List the nodes the control plane knows, with their health and load.
     Nodes {
         /// The control plane's base URL.
@@ -255,6 +282,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
             serve("control-plane", estuary_control_plane::run(config))
         }
+        Command::Steering { config } => {
+            let config = estuary_steering::SteeringConfig::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            serve("steering", estuary_steering::run(config))
+        }
         Command::Nodes {
             control_plane,
             token,
@@ -430,6 +462,15 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         println!("{}: a valid control-plane config", file.display());
         return Ok(());
     }
+    if table.contains_key("geo") {
+        let config = estuary_steering::SteeringConfig::load(file)
+            .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
+        // The coverage zone file is part of the config: a broken one fails here too.
+        estuary_steering::load_zones(&config)
+            .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
+        println!("{}: a valid steering config", file.display());
+        return Ok(());
+    }
     if table.contains_key("storage") {
         estuary_origin::OriginConfig::load(file)
             .map_err(|e| anyhow::anyhow!("{} (origin config): {e}", file.display()))?;
@@ -437,7 +478,7 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     anyhow::bail!(
-        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table)",
+        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table)",
         file.display()
     )
 }

@@ -78,3 +78,14 @@ fn control_plane_unit_verifies() {
         include_str!("../ansible/roles/control-plane/templates/estuary-control-plane.service.j2"),
     );
 }
+
+#[test]
+fn steering_unit_verifies() {
+    let unit = verify(
+        "estuary-steering.service",
+        include_str!("../ansible/roles/steering/templates/estuary-steering.service.j2"),
+    );
+    // Steering keeps no state: it writes nowhere.
+    assert!(!unit.contains("ReadWritePaths="));
+    assert!(unit.contains("ExecStart=") && unit.contains(" steering --config "));
+}

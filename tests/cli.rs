@@ -19,9 +19,15 @@ fn estuary(args: &[&str]) -> (bool, String, String) {
 fn help_and_version() {
     let (ok, out, _) = estuary(&["--help"]);
     assert!(ok);
-    for sub in ["edge", "check-config", "token", "package"] {
+    for sub in ["edge", "check-config", "token", "package", "steering"] {
         assert!(out.contains(sub), "{out}");
     }
+    let (ok, out, _) = estuary(&["steering", "--help"]);
+    assert!(ok);
+    assert!(
+        out.contains("--config") && out.contains("/v1/playback/") && out.contains("SIGTERM"),
+        "{out}"
+    );
     let (ok, out, _) = estuary(&["edge", "--help"]);
     assert!(ok);
     assert!(out.contains("SIGHUP") && out.contains("--config"), "{out}");

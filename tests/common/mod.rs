@@ -17,6 +17,7 @@ pub mod media;
 pub mod origin;
 pub mod origin_site;
 pub mod postgres;
+pub mod steering_site;
 
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const KEY2_HEX: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00112233445566778899aabbccddeeff";

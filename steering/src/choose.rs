@@ -1,0 +1,701 @@
+//! Which edges serve a play request: a pure function of the topology (sites and edges with
+//! their health, load and pre-positioned assets), where the client is, the asset and the
+//! policy. No IO, no clock, no randomness: the hash seed is an input, so every steering
+//! replica (and the geo-DNS front end to come) answers the same for the same state.
+//!
+//! The order of sites: the client's home site (its coverage zone names a site) first, then the
+//! others nearest first (haversine from the client's location, or from the home site's); with
+//! no location at all, sites ranked by weighted rendezvous hashing of the asset (weight: the
+//! site's capacity), so unknown clients spread over sites but each asset stays put.
+//!
+//! Inside a site: edges that are up and below the load threshold, those holding the asset
+//! pre-positioned first, each group ranked by weighted rendezvous hashing (HRW with
+//! `score = -weight / ln(h)`, `h` the asset-and-node hash mapped into (0, 1), weight the
+//! edge's capacity in Gb/s). A site whose edges are all down or loaded is passed over (the
+//! request overflows to the next site). Only when no edge anywhere is below the threshold are
+//! loaded edges offered, least loaded first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use estuary_common::cp::{Role, StateSnapshot};
+
+use crate::geo::{CoverageZones, Zone, location_ok, parse_net};
+
+/// One edge as the choice sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeInfo {
+    pub id: String,
+    /// Index into [`Topology::sites`].
+    pub site: usize,
+    /// The base URL players are sent to (no trailing slash).
+    pub base_url: String,
+    /// The base URL steering itself fetches manifests from: the plain HTTP address when there
+    /// is one (no trailing slash).
+    pub fetch_url: String,
+    /// Rendezvous weight: capacity in Gb/s (1 when unknown).
+    pub weight: f64,
+    /// 0..1 (and above when overloaded): the larger of bandwidth use over capacity and CPU.
+    pub load: f64,
+    /// The control plane's verdict.
+    pub up: bool,
+    /// Assets held pre-positioned and verified.
+    pub assets: HashSet<String>,
+}
+
+/// One site as the choice sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteInfo {
+    pub name: String,
+    pub location: Option<[f64; 2]>,
+    /// Indexes into [`Topology::edges`].
+    pub edges: Vec<usize>,
+}
+
+/// Sites and edges, indexed for the choice; built once per state snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub sites: Vec<SiteInfo>,
+    pub edges: Vec<EdgeInfo>,
+    /// The configured coverage zones plus every site's own `coverage` CIDRs.
+    pub zones: CoverageZones,
+    site_index: HashMap<String, usize>,
+}
+
+/// Where a client is, as far as it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClientPlace {
+    /// The site its coverage zone names.
+    pub home: Option<usize>,
+    /// Its location (from its zone's coordinates).
+    pub location: Option<[f64; 2]>,
+}
+
+/// The knobs of the choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Edges at or above this load are passed over while others are below it.
+    pub load_threshold: f64,
+    /// The longest list returned.
+    pub max_results: usize,
+    /// Mixed into every hash.
+    pub hash_seed: u64,
+}
+
+/// One ranked answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub site: String,
+    pub node: String,
+    pub base_url: String,
+    /// The edge holds the asset pre-positioned.
+    pub prepositioned: bool,
+}
+
+impl Topology {
+    /// Builds the topology from a state snapshot: every edge that is a `Role::Edge` with an
+    /// advertised address; `prefer_https` picks which address players get when both exist.
+    /// `zones` are the configured coverage zones; sites' own coverage CIDRs are added after
+    /// them (so the file wins for an identical network).
+    pub fn from_snapshot(snap: &StateSnapshot, prefer_https: bool, zones: &CoverageZones) -> Self {
+        let mut topo = Topology {
+            zones: zones.clone(),
+            ..Topology::default()
+        };
+        for (name, site) in &snap.sites {
+            let nets: Vec<_> = site.coverage.iter().filter_map(|c| parse_net(c)).collect();
+            let location = site.location.filter(|l| location_ok(*l));
+            topo.add_site(name, location);
+            topo.zones.add(
+                Zone {
+                    name: name.clone(),
+                    location,
+                },
+                &nets,
+            );
+        }
+        for node in snap.nodes.values() {
+            if node.role != Role::Edge {
+                continue;
+            }
+            let (first, second) = if prefer_https {
+                (&node.addresses.https, &node.addresses.http)
+            } else {
+                (&node.addresses.http, &node.addresses.https)
+            };
+            let Some(base) = first.as_ref().or(second.as_ref()) else {
+                continue;
+            };
+            let gbps = node.capacity.gbps;
+            let weight = if gbps.is_finite() && gbps > 0.0 {
+                gbps
+            } else {
+                1.0
+            };
+            // The node's word and the control plane's own measurement: the larger counts.
+            let served = node
+                .polled_load
+                .as_ref()
+                .map_or(node.load.bytes_per_second, |p| {
+                    p.bytes_per_second.max(node.load.bytes_per_second)
+                });
+            let bandwidth_use = if gbps.is_finite() && gbps > 0.0 {
+                served * 8.0 / (gbps * 1e9)
+            } else {
+                0.0
+            };
+            let load = bandwidth_use.max(node.load.cpu);
+            let site = topo.add_site(&node.site, None);
+            topo.add_edge(EdgeInfo {
+                id: node.id.clone(),
+                site,
+                base_url: base.trim_end_matches('/').to_owned(),
+                fetch_url: node
+                    .addresses
+                    .http
+                    .as_ref()
+                    .unwrap_or(base)
+                    .trim_end_matches('/')
+                    .to_owned(),
+                weight,
+                load: if load.is_finite() { load } else { 0.0 },
+                up: node.up,
+                assets: node.assets.iter().cloned().collect(),
+            });
+        }
+        topo
+    }
+
+    /// Adds a site (or returns the one of that name).
+    pub fn add_site(&mut self, name: &str, location: Option<[f64; 2]>) -> usize {
+        if let Some(i) = self.site_index.get(name) {
+            return *i;
+        }
+        let i = self.sites.len();
+        self.sites.push(SiteInfo {
+            name: name.to_owned(),
+            location,
+            edges: Vec::new(),
+        });
+        self.site_index.insert(name.to_owned(), i);
+        i
+    }
+
+    /// Adds an edge to its site.
+    pub fn add_edge(&mut self, edge: EdgeInfo) {
+        let i = self.edges.len();
+        if let Some(site) = self.sites.get_mut(edge.site) {
+            site.edges.push(i);
+            self.edges.push(edge);
+        }
+    }
+
+    pub fn site_named(&self, name: &str) -> Option<usize> {
+        self.site_index.get(name).copied()
+    }
+
+    /// Where a client address is: its coverage zone's site and location.
+    pub fn locate(&self, ip: IpAddr) -> ClientPlace {
+        match self.zones.lookup(ip) {
+            Some(zone) => {
+                let home = self.site_named(&zone.name);
+                ClientPlace {
+                    home,
+                    location: zone
+                        .location
+                        .or_else(|| home.and_then(|h| self.sites[h].location)),
+                }
+            }
+            None => ClientPlace::default(),
+        }
+    }
+
+    /// The edge of that id.
+    pub fn edge(&self, id: &str) -> Option<&EdgeInfo> {
+        self.edges.iter().find(|e| e.id == id)
+    }
+
+    /// Whether the edge can take new players under `policy`.
+    pub fn eligible(&self, edge: &EdgeInfo, policy: &Policy) -> bool {
+        edge.up && edge.load < policy.load_threshold
+    }
+}
+
+/// A stable 64-bit hash of the seed and two strings (FNV-1a, then the splitmix64 finalizer
+/// to spread FNV's weak low bits). Stable across builds and platforms, unlike `std`'s hasher.
+pub fn hash64(seed: u64, a: &str, b: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    let mut eat = |bytes: &[u8]| {
+        for &x in bytes {
+            h ^= u64::from(x);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(a.as_bytes());
+    eat(&[0xff]);
+    eat(b.as_bytes());
+    let mut z = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Weighted rendezvous score: `-weight / ln(h)` with `h` in (0, 1). Higher wins; an edge
+/// with twice the weight wins about twice as often.
+pub fn hrw_score(seed: u64, asset: &str, node: &str, weight: f64) -> f64 {
+    let h = hash64(seed, asset, node);
+    // 53 bits into (0, 1): never 0 (ln would be -inf) nor 1 (ln would be 0).
+    let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -weight / unit.ln()
+}
+
+/// Great-circle distance in km between two (latitude, longitude) points.
+pub fn haversine_km(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let (la1, lo1, la2, lo2) = (
+        a[0].to_radians(),
+        a[1].to_radians(),
+        b[0].to_radians(),
+        b[1].to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().clamp(0.0, 1.0).asin()
+}
+
+/// The order in which sites are tried for this client and asset.
+pub fn site_order(topo: &Topology, place: ClientPlace, asset: &str, seed: u64) -> Vec<usize> {
+    let home = place.home.filter(|h| *h < topo.sites.len());
+    let from = place
+        .location
+        .or_else(|| home.and_then(|h| topo.sites[h].location));
+    let mut rest: Vec<usize> = (0..topo.sites.len()).filter(|i| Some(*i) != home).collect();
+    let capacity = |s: usize| -> f64 {
+        let w: f64 = topo.sites[s]
+            .edges
+            .iter()
+            .map(|e| topo.edges[*e].weight)
+            .sum();
+        if w > 0.0 { w } else { 1.0 }
+    };
+    let by_hash = |s: usize| hrw_score(seed, asset, &topo.sites[s].name, capacity(s));
+    rest.sort_by(|&a, &b| {
+        let da = from.and_then(|f| topo.sites[a].location.map(|l| haversine_km(f, l)));
+        let db = from.and_then(|f| topo.sites[b].location.map(|l| haversine_km(f, l)));
+        match (da, db) {
+            (Some(x), Some(y)) => x.total_cmp(&y).then_with(|| a.cmp(&b)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => by_hash(b)
+                .total_cmp(&by_hash(a))
+                .then_with(|| topo.sites[a].name.cmp(&topo.sites[b].name)),
+        }
+    });
+    home.into_iter().chain(rest).collect()
+}
+
+/// The ranked edges for `asset` and a client at `place`.
+pub fn choose(topo: &Topology, place: ClientPlace, asset: &str, policy: &Policy) -> Vec<Choice> {
+    let mut out = Vec::new();
+    if policy.max_results == 0 {
+        return out;
+    }
+    let to_choice = |e: &EdgeInfo| Choice {
+        site: topo.sites[e.site].name.clone(),
+        node: e.id.clone(),
+        base_url: e.base_url.clone(),
+        prepositioned: e.assets.contains(asset),
+    };
+    for s in site_order(topo, place, asset, policy.hash_seed) {
+        let mut ranked: Vec<(bool, f64, &EdgeInfo)> = topo.sites[s]
+            .edges
+            .iter()
+            .map(|i| &topo.edges[*i])
+            .filter(|e| topo.eligible(e, policy))
+            .map(|e| {
+                (
+                    e.assets.contains(asset),
+                    hrw_score(policy.hash_seed, asset, &e.id, e.weight),
+                    e,
+                )
+            })
+            .collect();
+        ranked.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| b.1.total_cmp(&a.1))
+                .then_with(|| a.2.id.cmp(&b.2.id))
+        });
+        for (_, _, e) in ranked {
+            out.push(to_choice(e));
+            if out.len() == policy.max_results {
+                return out;
+            }
+        }
+    }
+    if out.is_empty() {
+        // Everything is loaded: an edge that is up beats no answer.
+        let mut loaded: Vec<&EdgeInfo> = topo.edges.iter().filter(|e| e.up).collect();
+        loaded.sort_by(|a, b| a.load.total_cmp(&b.load).then_with(|| a.id.cmp(&b.id)));
+        out.extend(loaded.into_iter().take(policy.max_results).map(to_choice));
+    }
+    out
+}
+
+/// The pathway order a player is told: the ranked choice, except that the player's current
+/// pathway stays first while it is still ranked in the best site (so a player is not moved
+/// between equally good edges of one site by a change elsewhere).
+pub fn prioritize(ranked: &[Choice], current: Option<&str>) -> Vec<String> {
+    let mut ids: Vec<String> = ranked.iter().map(|c| c.node.clone()).collect();
+    if let (Some(cur), Some(best)) = (current, ranked.first())
+        && let Some(pos) = ranked
+            .iter()
+            .position(|c| c.node == cur && c.site == best.site)
+    {
+        let id = ids.remove(pos);
+        ids.insert(0, id);
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(max: usize) -> Policy {
+        Policy {
+            load_threshold: 0.9,
+            max_results: max,
+            hash_seed: 7,
+        }
+    }
+
+    /// Three sites: paris (p1, p2), berlin (b1), tokyo (t1, t2), each with a location.
+    fn topo() -> Topology {
+        let mut t = Topology::default();
+        let paris = t.add_site("paris", Some([48.85, 2.35]));
+        let berlin = t.add_site("berlin", Some([52.52, 13.40]));
+        let tokyo = t.add_site("tokyo", Some([35.68, 139.69]));
+        for (id, site) in [
+            ("p1", paris),
+            ("p2", paris),
+            ("b1", berlin),
+            ("t1", tokyo),
+            ("t2", tokyo),
+        ] {
+            t.add_edge(edge(id, site));
+        }
+        t
+    }
+
+    fn edge(id: &str, site: usize) -> EdgeInfo {
+        EdgeInfo {
+            id: id.into(),
+            site,
+            base_url: format!("https://{id}.example"),
+            fetch_url: format!("http://{id}.example"),
+            weight: 10.0,
+            load: 0.1,
+            up: true,
+            assets: HashSet::new(),
+        }
+    }
+
+    fn nodes(c: &[Choice]) -> Vec<&str> {
+        c.iter().map(|c| c.node.as_str()).collect()
+    }
+
+    fn edge_mut<'a>(t: &'a mut Topology, id: &str) -> &'a mut EdgeInfo {
+        t.edges.iter_mut().find(|e| e.id == id).expect("edge")
+    }
+
+    #[test]
+    fn the_home_site_comes_first_then_the_nearest_sites() {
+        let t = topo();
+        let home = t.site_named("tokyo");
+        let got = choose(
+            &t,
+            ClientPlace {
+                home,
+                location: None,
+            },
+            "movie",
+            &policy(5),
+        );
+        let n = nodes(&got);
+        assert!(n[..2].contains(&"t1") && n[..2].contains(&"t2"), "{n:?}");
+        // From Tokyo, Berlin is nearer than Paris.
+        assert_eq!(n[2], "b1");
+        // A client placed in Paris by its zone's coordinates but with no home site.
+        let got = choose(
+            &t,
+            ClientPlace {
+                home: None,
+                location: Some([48.0, 2.0]),
+            },
+            "movie",
+            &policy(3),
+        );
+        assert_eq!(got[0].site, "paris");
+        assert_eq!(got[1].site, "paris");
+        assert_eq!(got[2].site, "berlin");
+    }
+
+    #[test]
+    fn down_and_loaded_edges_drop_out_and_a_full_site_overflows() {
+        let mut t = topo();
+        let place = ClientPlace {
+            home: t.site_named("paris"),
+            location: None,
+        };
+        edge_mut(&mut t, "p1").up = false;
+        let got = choose(&t, place, "movie", &policy(3));
+        assert_eq!(nodes(&got), ["p2", "b1", got[2].node.as_str()]);
+        assert_eq!(got[2].site, "tokyo");
+        edge_mut(&mut t, "p2").load = 0.95;
+        let got = choose(&t, place, "movie", &policy(1));
+        assert_eq!(nodes(&got), ["b1"]);
+        // Every edge loaded or down: the least loaded one that is up is still offered.
+        for id in ["b1", "t1", "t2"] {
+            edge_mut(&mut t, id).load = 0.99;
+        }
+        edge_mut(&mut t, "t2").load = 0.97;
+        let got = choose(&t, place, "movie", &policy(2));
+        assert_eq!(nodes(&got), ["p2", "t2"]);
+        for e in &mut t.edges {
+            e.up = false;
+        }
+        assert!(choose(&t, place, "movie", &policy(2)).is_empty());
+    }
+
+    #[test]
+    fn prepositioned_edges_are_preferred_inside_a_site() {
+        let mut t = topo();
+        let place = ClientPlace {
+            home: t.site_named("paris"),
+            location: None,
+        };
+        let first = choose(&t, place, "movie", &policy(1))[0].node.clone();
+        let other = if first == "p1" { "p2" } else { "p1" };
+        edge_mut(&mut t, other).assets.insert("movie".into());
+        let got = choose(&t, place, "movie", &policy(2));
+        assert_eq!(nodes(&got), [other, first.as_str()]);
+        assert!(got[0].prepositioned && !got[1].prepositioned);
+        // Holding the asset does not pull a client out of its home site.
+        edge_mut(&mut t, "b1").assets.insert("trailer".into());
+        assert_eq!(choose(&t, place, "trailer", &policy(1))[0].site, "paris");
+    }
+
+    #[test]
+    fn weights_split_first_choices_in_proportion() {
+        let mut t = Topology::default();
+        let s = t.add_site("lab", None);
+        let mut light = edge("light", s);
+        light.weight = 1.0;
+        let mut heavy = edge("heavy", s);
+        heavy.weight = 3.0;
+        t.add_edge(light);
+        t.add_edge(heavy);
+        let mut heavy_wins = 0;
+        let n = 8000;
+        for i in 0..n {
+            let got = choose(&t, ClientPlace::default(), &format!("a{i}"), &policy(1));
+            if got[0].node == "heavy" {
+                heavy_wins += 1;
+            }
+        }
+        let share = f64::from(heavy_wins) / f64::from(n);
+        assert!((0.72..0.78).contains(&share), "heavy share {share}");
+    }
+
+    #[test]
+    fn unknown_clients_spread_over_sites_by_asset() {
+        let t = topo();
+        let mut firsts = HashSet::new();
+        for i in 0..200 {
+            let got = choose(&t, ClientPlace::default(), &format!("a{i}"), &policy(1));
+            firsts.insert(got[0].site.clone());
+        }
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+    }
+
+    #[test]
+    fn a_snapshot_becomes_a_topology_with_coverage_and_addresses() {
+        use estuary_common::cp::*;
+        let mut snap = StateSnapshot::default();
+        snap.sites.insert(
+            "lab".into(),
+            Site {
+                name: "lab".into(),
+                location: Some([1.0, 2.0]),
+                coverage: vec!["198.51.100.0/24".into(), "nonsense".into()],
+            },
+        );
+        let node = |id: &str, role, https: Option<&str>, gbps, bps| NodeState {
+            id: id.into(),
+            site: "lab".into(),
+            role,
+            addresses: Addresses {
+                http: Some(format!("http://{id}:80/")),
+                https: https.map(str::to_owned),
+                admin: None,
+            },
+            capacity: Capacity {
+                gbps,
+                disk_bytes: 0,
+            },
+            up: true,
+            down_reason: None,
+            last_heartbeat: 0,
+            load: Load {
+                bytes_per_second: bps,
+                ..Load::default()
+            },
+            polled_load: None,
+            usage: Usage::default(),
+            version: String::new(),
+            assets: vec!["movie".into()],
+        };
+        for n in [
+            node("e1", Role::Edge, Some("https://e1:443"), 8.0, 5e8),
+            node("e2", Role::Edge, None, 0.0, 0.0),
+            node("o1", Role::Origin, None, 10.0, 0.0),
+        ] {
+            snap.nodes.insert(n.id.clone(), n);
+        }
+        let t = Topology::from_snapshot(&snap, true, &CoverageZones::default());
+        assert_eq!(t.edges.len(), 2);
+        let e1 = t.edge("e1").expect("e1");
+        assert_eq!(e1.base_url, "https://e1:443");
+        assert!((e1.load - 0.5).abs() < 1e-9, "{}", e1.load);
+        assert_eq!(t.edge("e2").expect("e2").base_url, "http://e2:80");
+        assert_eq!(t.edge("e2").expect("e2").weight, 1.0);
+        let http_first = Topology::from_snapshot(&snap, false, &CoverageZones::default());
+        assert_eq!(http_first.edge("e1").expect("e1").base_url, "http://e1:80");
+        let place = t.locate("198.51.100.9".parse().expect("ip"));
+        assert_eq!(place.home, t.site_named("lab"));
+        assert_eq!(place.location, Some([1.0, 2.0]));
+        assert_eq!(
+            t.locate("203.0.113.1".parse().expect("ip")),
+            ClientPlace::default()
+        );
+    }
+
+    #[test]
+    fn the_current_pathway_is_kept_only_inside_the_best_site() {
+        let c = |site: &str, node: &str| Choice {
+            site: site.into(),
+            node: node.into(),
+            base_url: String::new(),
+            prepositioned: false,
+        };
+        let ranked = [c("a", "a1"), c("a", "a2"), c("b", "b1")];
+        assert_eq!(prioritize(&ranked, Some("a2")), ["a2", "a1", "b1"]);
+        assert_eq!(prioritize(&ranked, Some("b1")), ["a1", "a2", "b1"]);
+        assert_eq!(prioritize(&ranked, Some("gone")), ["a1", "a2", "b1"]);
+        assert_eq!(prioritize(&ranked, None), ["a1", "a2", "b1"]);
+        assert!(prioritize(&[], Some("a1")).is_empty());
+    }
+
+    #[test]
+    fn haversine_knows_a_few_distances() {
+        let paris = [48.8566, 2.3522];
+        let berlin = [52.52, 13.405];
+        let d = haversine_km(paris, berlin);
+        assert!((870.0..890.0).contains(&d), "{d}");
+        assert!(haversine_km(paris, paris).abs() < 1e-9);
+        let antipode = haversine_km([0.0, 0.0], [0.0, 180.0]);
+        assert!((20_000.0..20_040.0).contains(&antipode), "{antipode}");
+    }
+
+    fn arb_topology() -> impl Strategy<Value = Topology> {
+        let edge = (
+            0usize..4,
+            any::<bool>(),
+            0.0f64..1.2,
+            0.0f64..20.0,
+            any::<bool>(),
+        );
+        proptest::collection::vec(edge, 0..14).prop_map(|edges| {
+            let mut t = Topology::default();
+            for (i, name) in ["s0", "s1", "s2", "s3"].iter().enumerate() {
+                let loc = (i % 2 == 0).then_some([i as f64 * 10.0, i as f64 * 20.0]);
+                t.add_site(name, loc);
+            }
+            for (i, (site, up, load, weight, holds)) in edges.into_iter().enumerate() {
+                let mut e = edge_info(i, site, up, load, weight);
+                if holds {
+                    e.assets.insert("movie".into());
+                }
+                t.add_edge(e);
+            }
+            t
+        })
+    }
+
+    fn edge_info(i: usize, site: usize, up: bool, load: f64, weight: f64) -> EdgeInfo {
+        EdgeInfo {
+            id: format!("e{i}"),
+            site,
+            base_url: format!("http://e{i}"),
+            fetch_url: format!("http://e{i}"),
+            weight,
+            load,
+            up,
+            assets: HashSet::new(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn choices_are_distinct_up_bounded_and_deterministic(
+            t in arb_topology(),
+            home in proptest::option::of(0usize..5),
+            max in 0usize..6,
+            asset in "[a-z0-9]{1,12}",
+        ) {
+            let place = ClientPlace { home, location: None };
+            let p = policy(max);
+            let got = choose(&t, place, &asset, &p);
+            prop_assert!(got.len() <= max);
+            let ids: HashSet<&str> = got.iter().map(|c| c.node.as_str()).collect();
+            prop_assert_eq!(ids.len(), got.len());
+            for c in &got {
+                let e = t.edge(&c.node).ok_or_else(|| TestCaseError::fail("unknown node"))?;
+                prop_assert!(e.up);
+                prop_assert_eq!(&t.sites[e.site].name, &c.site);
+            }
+            prop_assert_eq!(&got, &choose(&t, place, &asset, &p));
+            // Below-threshold edges are all listed before any loaded one.
+            let loaded: Vec<bool> = got.iter().map(|c| t.edge(&c.node).is_none_or(|e| e.load >= p.load_threshold)).collect();
+            if loaded.iter().any(|l| *l) {
+                prop_assert!(loaded.iter().all(|l| *l));
+            }
+            // When the home site has an eligible edge, the first choice is in it.
+            if let Some(h) = home.filter(|h| *h < t.sites.len())
+                && t.sites[h].edges.iter().any(|i| t.eligible(&t.edges[*i], &p))
+                && max > 0
+            {
+                prop_assert_eq!(&got[0].site, &t.sites[h].name);
+            }
+        }
+
+        // Rendezvous hashing moves only what it must: taking down an edge that was not the
+        // first choice never changes the first choice.
+        #[test]
+        fn removing_another_edge_keeps_the_first_choice(
+            t in arb_topology(),
+            asset in "[a-z0-9]{1,12}",
+            victim in 0usize..14,
+        ) {
+            let p = policy(1);
+            let place = ClientPlace::default();
+            let before = choose(&t, place, &asset, &p);
+            let mut t2 = t.clone();
+            if let Some(e) = t2.edges.get_mut(victim) && before.first().is_some_and(|c| c.node != e.id) {
+                e.up = false;
+                let after = choose(&t2, place, &asset, &p);
+                prop_assert_eq!(before.first(), after.first());
+            }
+        }
+    }
+}

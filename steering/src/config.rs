@@ -1,0 +1,440 @@
+//! The steering service's configuration file (TOML). Unknown keys are errors; `validate`
+//! runs before anything starts. Relative paths are resolved against the config file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use estuary_common::config::ConfigError;
+
+/// The whole steering configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringConfig {
+    pub listen: ListenConfig,
+    pub control_plane: StateSource,
+    /// `[geo]`: how a client address becomes a site (its presence marks a steering config).
+    pub geo: GeoConfig,
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub steering: SteeringPolicy,
+    /// `[dns]`: the geo-DNS zone (served by a later release; checked now so configs can be
+    /// written ahead).
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// The HTTP API (`/v1/playback/`, `/v1/steering/`) and `/metrics`, `/healthz`, `/readyz`.
+    pub http: SocketAddr,
+    /// UDP and TCP address for geo-DNS. Reserved: this build does not answer DNS yet.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+}
+
+/// `[control_plane]`: where the sites, edges and their health come from. Exactly one of `url`
+/// (the live state feed) and `state_file` (a static snapshot, for labs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSource {
+    /// The control plane's base URL; `GET /v1/state` is long-polled from it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A bearer token the control plane accepts on `/v1/state` (a site's node token or an
+    /// operator token). Required with `url`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How long one long-poll of the state feed may wait for a change (`?wait=`).
+    #[serde(default = "default_poll_wait", with = "humantime_serde")]
+    pub poll_wait: Duration,
+    /// The control plane moves the state version for changes of health and membership, not
+    /// for load figures alone; this often the whole snapshot is read again anyway, so the
+    /// load threshold works on fresh figures.
+    #[serde(default = "default_load_refresh", with = "humantime_serde")]
+    pub load_refresh: Duration,
+    /// A JSON file shaped like the state feed's snapshot (sites, nodes with addresses,
+    /// capacity, `up`, load and assets), read once at start.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+}
+
+/// `[geo]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A coverage zone file in Apache Traffic Control's shape:
+    /// `{"coverageZones": {"<zone>": {"network": [CIDR...], "network6": [CIDR...],
+    /// "coordinates": {"latitude": F, "longitude": F}}}}`. A zone named after a site sends its
+    /// clients there; any zone's coordinates place its clients for the nearest-site choice.
+    /// Sites' own `coverage` CIDRs from the control plane are used as well.
+    #[serde(default)]
+    pub coverage_zones: Option<PathBuf>,
+    /// A MaxMind database. Not supported in this build; refused by `validate`.
+    #[serde(default)]
+    pub mmdb: Option<PathBuf>,
+}
+
+/// `[tokens]`: how playback URLs are signed (the edges' `[auth.keys]` must hold this key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// The key id the edges know the secret by.
+    pub kid: String,
+    /// The hex secret (at least 16 bytes).
+    pub key: String,
+    /// How long a signed URL stays valid.
+    #[serde(default = "default_token_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// Which base URL of an edge players are sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// The edge's advertised `https` address, else its `http` one.
+    Https,
+    /// The edge's advertised `http` address, else its `https` one.
+    Http,
+}
+
+/// `[steering]`: the choice's knobs and what players are told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringPolicy {
+    /// The base URL players reach this service at, used in `RELOAD-URI`, `SERVER-URI` and the
+    /// DASH `<ContentSteering>` element (default: `http://` + `listen.http`).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// How long players keep a steering answer before asking again (`TTL`).
+    #[serde(default = "default_steering_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How many edges (pathways) a steered manifest and a playback answer list.
+    #[serde(default = "default_pathways")]
+    pub pathways: usize,
+    /// An edge whose load (the larger of its bandwidth use over capacity and its CPU share)
+    /// reaches this is passed over while others have room (0 < threshold <= 1).
+    #[serde(default = "default_load_threshold")]
+    pub load_threshold: f64,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). From anyone else it is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Whether `?client=ADDRESS` may name the client (for operators testing a zone).
+    #[serde(default = "default_true")]
+    pub allow_client_param: bool,
+    /// Which of an edge's advertised addresses players get.
+    #[serde(default = "default_scheme")]
+    pub scheme: Scheme,
+    /// The longest wait for an edge when fetching a manifest to rewrite.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// A seed mixed into every rendezvous hash (steering replicas must share it).
+    #[serde(default)]
+    pub hash_seed: u64,
+    /// Whether an asset is looked up before it is answered for: known when an edge holds it
+    /// pre-positioned, or when an origin that is up has its `asset.json`; an asset every
+    /// origin answers 404 for gets a 404. When no origin can tell, the request goes ahead.
+    #[serde(default = "default_true")]
+    pub check_assets: bool,
+}
+
+impl Default for SteeringPolicy {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            ttl: default_steering_ttl(),
+            pathways: default_pathways(),
+            load_threshold: default_load_threshold(),
+            trusted_proxies: Vec::new(),
+            allow_client_param: true,
+            scheme: default_scheme(),
+            fetch_timeout: default_fetch_timeout(),
+            hash_seed: 0,
+            check_assets: true,
+        }
+    }
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The zone answered, fully qualified (`cdn.example.`).
+    pub zone: String,
+    /// TTL of answers.
+    #[serde(default = "default_dns_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// The longest wait for in-flight requests after SIGTERM.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain(),
+        }
+    }
+}
+
+fn default_poll_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_load_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_steering_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pathways() -> usize {
+    3
+}
+fn default_load_threshold() -> f64 {
+    0.9
+}
+fn default_true() -> bool {
+    true
+}
+fn default_scheme() -> Scheme {
+    Scheme::Https
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_dns_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn http_url(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://")) && url::Url::parse(s).is_ok()
+}
+
+impl SteeringConfig {
+    /// Parses and validates a config text; relative paths are resolved against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = estuary_common::config::from_toml(text)?;
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        };
+        if let Some(p) = config.control_plane.state_file.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.geo.coverage_zones.as_mut() {
+            resolve(p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = estuary_common::config::read(path)?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The trusted proxies' networks (checked by `validate`).
+    pub fn trusted_proxies(&self) -> Vec<IpNet> {
+        self.steering
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::geo::parse_net(p))
+            .collect()
+    }
+
+    /// The base URL players reach this service at, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.steering.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen.http),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cp = &self.control_plane;
+        match (&cp.url, &cp.state_file) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::new(
+                    "control_plane",
+                    "set exactly one of url (the live state feed) and state_file",
+                ));
+            }
+            (Some(url), None) => {
+                if !http_url(url) {
+                    return Err(ConfigError::new(
+                        "control_plane.url",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                match &cp.token {
+                    Some(t) if t.len() >= 16 => {}
+                    _ => {
+                        return Err(ConfigError::new(
+                            "control_plane.token",
+                            "required with url: a token of at least 16 characters that the control plane accepts on /v1/state",
+                        ));
+                    }
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if cp.poll_wait < Duration::from_secs(1) || cp.poll_wait > Duration::from_secs(120) {
+            return Err(ConfigError::new(
+                "control_plane.poll_wait",
+                "must be between 1s and 2min",
+            ));
+        }
+        if cp.load_refresh < Duration::from_secs(1) || cp.load_refresh > Duration::from_secs(600) {
+            return Err(ConfigError::new(
+                "control_plane.load_refresh",
+                "must be between 1s and 10min",
+            ));
+        }
+        if self.geo.mmdb.is_some() {
+            return Err(ConfigError::new(
+                "geo.mmdb",
+                "MaxMind databases are not supported in this build; use coverage_zones",
+            ));
+        }
+        let t = &self.tokens;
+        if t.kid.is_empty() || t.kid.contains(['~', '=', '!']) {
+            return Err(ConfigError::new(
+                "tokens.kid",
+                "must be non-empty without '~', '=' or '!'",
+            ));
+        }
+        if let Err(e) = estuary_common::token::decode_secret(&t.key) {
+            return Err(ConfigError::new("tokens.key", e.to_string()));
+        }
+        if t.ttl < Duration::from_secs(60) || t.ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "tokens.ttl",
+                "must be between 1min and 7 days",
+            ));
+        }
+        let s = &self.steering;
+        if let Some(u) = &s.public_url
+            && !http_url(u)
+        {
+            return Err(ConfigError::new(
+                "steering.public_url",
+                "must be an http:// or https:// base URL",
+            ));
+        }
+        for (i, p) in s.trusted_proxies.iter().enumerate() {
+            if crate::geo::parse_net(p).is_none() {
+                return Err(ConfigError::new(
+                    format!("steering.trusted_proxies[{i}]"),
+                    format!("{p:?} is not a CIDR or an address"),
+                ));
+            }
+        }
+        if s.ttl < Duration::from_secs(1) || s.ttl > Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "steering.ttl",
+                "must be between 1s and 1h",
+            ));
+        }
+        if !(1..=16).contains(&s.pathways) {
+            return Err(ConfigError::new("steering.pathways", "must be 1 to 16"));
+        }
+        if !(s.load_threshold > 0.0 && s.load_threshold <= 1.0) {
+            return Err(ConfigError::new(
+                "steering.load_threshold",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if s.fetch_timeout < Duration::from_millis(100) || s.fetch_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "steering.fetch_timeout",
+                "must be between 100ms and 1min",
+            ));
+        }
+        if let Some(dns) = &self.dns
+            && (!dns.zone.ends_with('.') || dns.zone.len() < 2 || dns.zone.contains(' '))
+        {
+            return Err(ConfigError::new(
+                "dns.zone",
+                "must be a fully qualified name ending in '.'",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_mistakes_name_their_key() {
+        let text = include_str!("../../docs/steering.example.toml");
+        let c = SteeringConfig::parse(text, Path::new("/etc/estuary")).expect("example");
+        assert_eq!(
+            c.geo.coverage_zones.as_deref(),
+            Some(Path::new("/etc/estuary/coverage.json"))
+        );
+        assert_eq!(c.steering.pathways, 3);
+        let bad = |t: &str, key: &str| {
+            let e = SteeringConfig::parse(t, Path::new("/etc")).expect_err(t);
+            assert!(e.key.starts_with(key), "{e} (wanted {key})");
+        };
+        bad(&text.replace("[steering]", "[steerin]"), "steerin");
+        bad(
+            &text.replace("pathways = 3", "pathwys = 3"),
+            "steering.pathwys",
+        );
+        bad(
+            &text.replace("pathways = 3", "pathways = 0"),
+            "steering.pathways",
+        );
+        bad(&text.replace("kid = \"k1\"", "kid = \"k~1\""), "tokens.kid");
+        bad(
+            &text.replace("load_threshold = 0.9", "load_threshold = 1.5"),
+            "steering.load_threshold",
+        );
+        bad(
+            &text.replace(
+                "# state_file = \"sites.json\"",
+                "state_file = \"sites.json\"",
+            ),
+            "control_plane",
+        );
+        bad(
+            &text.replace("# mmdb = \"GeoLite2-City.mmdb\"", "mmdb = \"x.mmdb\""),
+            "geo.mmdb",
+        );
+        bad(
+            &text.replace("zone = \"cdn.example.\"", "zone = \"cdn\""),
+            "dns.zone",
+        );
+        bad(
+            &text.replace(
+                "trusted_proxies = [\"10.0.0.0/8\"]",
+                "trusted_proxies = [\"ten\"]",
+            ),
+            "steering.trusted_proxies",
+        );
+    }
+}

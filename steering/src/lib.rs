@@ -1,0 +1,117 @@
+//! Estuary's steering service: which edge serves a play request. It follows the control
+//! plane's state feed (or reads a static state file), places each client by coverage zone or
+//! location, ranks edges with [`choose::choose`] (a pure function the geo-DNS front end will
+//! share), hands out signed playback URLs, rewrites manifests for HLS and DASH Content
+//! Steering, and answers the players' steering reloads from live health and load.
+
+// Handlers return ready-made error responses, as in the control plane.
+#![allow(clippy::result_large_err)]
+
+pub mod app;
+pub mod catalog;
+pub mod choose;
+pub mod client;
+pub mod config;
+pub mod geo;
+pub mod manifest;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub use config::SteeringConfig;
+
+/// Loads the coverage zone file named by `[geo]`, if any.
+pub fn load_zones(config: &SteeringConfig) -> anyhow::Result<geo::CoverageZones> {
+    match &config.geo.coverage_zones {
+        None => Ok(geo::CoverageZones::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("geo.coverage_zones {}: {e}", path.display()))?;
+            geo::CoverageZones::parse(&text)
+                .map_err(|e| anyhow::anyhow!("geo.coverage_zones {}: {e}", path.display()))
+        }
+    }
+}
+
+/// Runs the steering service until SIGTERM or SIGINT.
+pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
+    let zones = load_zones(&config)?;
+    let holder = Arc::new(state::StateHolder::new(zones, app::prefer_https(&config)));
+    let metrics = Arc::new(app::Metrics::new());
+    if let Some(path) = &config.control_plane.state_file {
+        let snap = state::read_state_file(path)?;
+        state::FeedObserver::installed(metrics.as_ref(), &snap);
+        holder.install(snap);
+    }
+    if let Some(dns) = config.listen.dns {
+        tracing::warn!(dns = %dns, "listen.dns is set, but this build does not answer DNS yet.");
+    }
+    let listen = config.listen.http;
+    let drain = config.shutdown.drain_timeout;
+    let feed = config
+        .control_plane
+        .url
+        .clone()
+        .zip(config.control_plane.token.clone());
+    let wait = config.control_plane.poll_wait;
+    let load_refresh = config.control_plane.load_refresh;
+    let app = Arc::new(app::App::new(
+        config,
+        Arc::clone(&holder),
+        Arc::clone(&metrics),
+    )?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = feed.map(|(url, token)| {
+        tokio::spawn(state::follow_feed(
+            url,
+            token,
+            wait,
+            load_refresh,
+            Arc::clone(&holder),
+            metrics.clone() as Arc<dyn state::FeedObserver>,
+            stop_rx.clone(),
+        ))
+    });
+    let mut stopped = stop_rx.clone();
+    let server = axum::serve(
+        listener,
+        app::router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    tracing::info!(http = %listen, "The steering service is serving.");
+    wait_for_signal().await;
+    tracing::info!("Stopping: draining requests.");
+    app.draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(drain, server).await;
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The steering service's view of the CDN: the last good state snapshot and the topology built
+//! from it. Filled from the control plane's long-polled state feed, or once from a file. A
+//! control plane that cannot be reached leaves the last good view in place: steering keeps
+//! answering with what it last knew.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use estuary_common::cp::StateSnapshot;
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+
+use crate::choose::Topology;
+use crate::geo::CoverageZones;
+
+/// A snapshot and its topology.
+#[derive(Debug)]
+pub struct View {
+    pub snapshot: StateSnapshot,
+    pub topology: Topology,
+}
+
+/// The current view, swapped whole on every new snapshot.
+#[derive(Debug)]
+pub struct StateHolder {
+    current: ArcSwapOption<View>,
+    zones: CoverageZones,
+    prefer_https: bool,
+}
+
+impl StateHolder {
+    pub fn new(zones: CoverageZones, prefer_https: bool) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            zones,
+            prefer_https,
+        }
+    }
+
+    /// The current view, if a snapshot was ever loaded.
+    pub fn view(&self) -> Option<Arc<View>> {
+        self.current.load_full()
+    }
+
+    /// Installs a new snapshot.
+    pub fn install(&self, snapshot: StateSnapshot) {
+        let topology = Topology::from_snapshot(&snapshot, self.prefer_https, &self.zones);
+        self.current
+            .store(Some(Arc::new(View { snapshot, topology })));
+    }
+}
+
+/// Reads a state file (the JSON of a `StateSnapshot`).
+pub fn read_state_file(path: &std::path::Path) -> anyhow::Result<StateSnapshot> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("control_plane.state_file {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("control_plane.state_file {}: {e}", path.display()))
+}
+
+/// What the feed follower reports, for metrics.
+pub trait FeedObserver: Send + Sync {
+    fn fetched(&self, ok: bool);
+    fn installed(&self, snapshot: &StateSnapshot);
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+enum Fetch {
+    New(StateSnapshot, Option<String>),
+    Same,
+}
+
+async fn fetch_once(
+    client: &Client,
+    url: &str,
+    token: &str,
+    etag: Option<&str>,
+    wait: Duration,
+) -> Result<Fetch, String> {
+    let uri = if etag.is_some() {
+        format!("{url}/v1/state?wait={}", wait.as_secs())
+    } else {
+        format!("{url}/v1/state")
+    };
+    let mut req =
+        http::Request::get(&uri).header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(e) = etag {
+        req = req.header(http::header::IF_NONE_MATCH, e);
+    }
+    let req = req
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    let limit = wait + Duration::from_secs(10);
+    let resp = tokio::time::timeout(limit, client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if status == http::StatusCode::NOT_MODIFIED {
+        return Ok(Fetch::Same);
+    }
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    let new_etag = resp
+        .headers()
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = tokio::time::timeout(limit, resp.into_body().collect())
+        .await
+        .map_err(|_| "timed out reading the body".to_owned())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let snap: StateSnapshot =
+        serde_json::from_slice(&body).map_err(|e| format!("unreadable snapshot: {e}"))?;
+    Ok(Fetch::New(snap, new_etag))
+}
+
+/// Follows the control plane's state feed until `stop` turns true: one plain GET, then
+/// long-polls with the last `ETag`, and a plain GET again every `load_refresh` (for load
+/// figures, which do not move the version). Failures are logged (the first and one in twenty) and
+/// retried with a growing pause (up to 5 s); the last good snapshot stays in place.
+pub async fn follow_feed(
+    url: String,
+    token: String,
+    wait: Duration,
+    load_refresh: Duration,
+    holder: Arc<StateHolder>,
+    observer: Arc<dyn FeedObserver>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let url = url.trim_end_matches('/').to_owned();
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    let client: Client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+    let mut etag: Option<String> = None;
+    let mut failures: u64 = 0;
+    // Load figures do not move the version: a plain read every `load_refresh` fetches them.
+    let mut last_full = tokio::time::Instant::now();
+    let wait = wait.min(load_refresh).max(Duration::from_secs(1));
+    loop {
+        let full = last_full.elapsed() >= load_refresh;
+        if full {
+            last_full = tokio::time::Instant::now();
+        }
+        let known = if full { None } else { etag.as_deref() };
+        let outcome = tokio::select! {
+            r = fetch_once(&client, &url, &token, known, wait) => r,
+            _ = stop.changed() => return,
+        };
+        let pause = match outcome {
+            Ok(fetch) => {
+                observer.fetched(true);
+                if failures > 0 {
+                    tracing::info!(url = %url, "The control plane's state feed is reachable again.");
+                }
+                failures = 0;
+                if let Fetch::New(snap, new_etag) = fetch {
+                    if new_etag != etag {
+                        tracing::info!(
+                            version = snap.version,
+                            sites = snap.sites.len(),
+                            nodes = snap.nodes.len(),
+                            "A new state snapshot was installed."
+                        );
+                    }
+                    observer.installed(&snap);
+                    holder.install(snap);
+                    etag = new_etag;
+                }
+                Duration::ZERO
+            }
+            Err(e) => {
+                observer.fetched(false);
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(url = %url, error = %e, failures,
+                        "The state feed could not be read; steering goes on with the last good snapshot.");
+                }
+                Duration::from_millis((250 * failures).min(5000))
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}

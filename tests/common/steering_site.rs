@@ -1,0 +1,68 @@
+//! A steering service for the black-box tests: its config, coverage zones, an optional state
+//! file, and the real `estuary steering` process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::{EdgeProcess, KEY_HEX, TempDir, free_port, start_service};
+
+pub struct SteeringSite {
+    pub dir: TempDir,
+    pub http: SocketAddr,
+    /// The `[control_plane]` table's body.
+    pub source: String,
+    /// The coverage zone file's JSON (none when empty).
+    pub coverage: String,
+    /// Keys of the `[steering]` table.
+    pub steering: String,
+}
+
+impl SteeringSite {
+    pub fn new(name: &str) -> Self {
+        Self {
+            dir: TempDir::new(name),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            source: String::new(),
+            coverage: String::new(),
+            steering: String::new(),
+        }
+    }
+
+    /// Steers from a static state file with this JSON.
+    pub fn with_state_file(&mut self, snapshot: &serde_json::Value) {
+        let path = self.dir.path().join("sites.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(snapshot).expect("json")).expect("write");
+        self.source = "state_file = \"sites.json\"\n".into();
+    }
+
+    /// Steers from a control plane's live state feed.
+    pub fn with_control_plane(&mut self, url: &str, token: &str) {
+        self.source = format!("url = \"{url}\"\ntoken = \"{token}\"\npoll_wait = \"20s\"\n");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let geo = if self.coverage.is_empty() {
+            String::new()
+        } else {
+            std::fs::write(self.dir.path().join("coverage.json"), &self.coverage).expect("write");
+            "coverage_zones = \"coverage.json\"\n".to_owned()
+        };
+        let text = format!(
+            "[listen]\nhttp = \"{}\"\n[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n[shutdown]\ndrain_timeout = \"2s\"\n",
+            self.http, self.source, self.steering
+        );
+        let path = self.dir.path().join("steering.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts the service and waits until `/readyz` answers 200 (a snapshot is loaded).
+    pub fn start(&self) -> EdgeProcess {
+        let config = self.write_config();
+        start_service("steering", &config, self.http, self.dir.path())
+    }
+}
