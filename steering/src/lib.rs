@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod choose;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod geo;
 pub mod manifest;
 pub mod state;
@@ -45,9 +46,6 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         state::FeedObserver::installed(metrics.as_ref(), &snap);
         holder.install(snap);
     }
-    if let Some(dns) = config.listen.dns {
-        tracing::warn!(dns = %dns, "listen.dns is set, but this build does not answer DNS yet.");
-    }
     let listen = config.listen.http;
     let drain = config.shutdown.drain_timeout;
     let feed = config
@@ -77,6 +75,29 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+    let dns = match (app.config.listen.dns, &app.config.dns) {
+        (Some(addr), Some(dns_config)) => {
+            let serial =
+                u32::try_from(estuary_common::unix_now() % u64::from(u32::MAX)).unwrap_or(1);
+            let zone = dns::Zone::new(dns_config, app.policy(), serial)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let handler = dns::Handler {
+                zone,
+                state: Arc::clone(&holder),
+                rrl: dns::RateLimit::new(dns_config.rrl_responses_per_second, dns_config.rrl_slip),
+                metrics: dns::DnsMetrics::new(&metrics.registry)
+                    .map_err(|e| anyhow::anyhow!("dns metrics: {e}"))?,
+            };
+            let sockets = dns::bind(addr).await?;
+            Some(tokio::spawn(dns::serve(
+                sockets,
+                handler,
+                dns_config.tcp_timeout,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
     let mut stopped = stop_rx.clone();
     let server = axum::serve(
         listener,
@@ -94,6 +115,11 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(drain, server).await;
     if let Some(f) = follower {
         let _ = f.await;
+    }
+    if let Some(d) = dns
+        && let Ok(Err(e)) = d.await
+    {
+        tracing::error!(error = %e, "The geo-DNS failed.");
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ pub struct SteeringSite {
     pub coverage: String,
     /// Keys of the `[steering]` table.
     pub steering: String,
+    /// The geo-DNS address (UDP and TCP) and the `[dns]` table's body, when DNS is served.
+    pub dns: Option<(SocketAddr, String)>,
 }
 
 impl SteeringSite {
@@ -25,7 +27,15 @@ impl SteeringSite {
             source: String::new(),
             coverage: String::new(),
             steering: String::new(),
+            dns: None,
         }
+    }
+
+    /// Serves the geo-DNS for `zone` on a fresh loopback port, with extra `[dns]` keys.
+    pub fn with_dns(&mut self, zone: &str, keys: &str) -> SocketAddr {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.dns = Some((addr, format!("zone = \"{zone}\"\n{keys}")));
+        addr
     }
 
     /// Steers from a static state file with this JSON.
@@ -51,8 +61,12 @@ impl SteeringSite {
             std::fs::write(self.dir.path().join("coverage.json"), &self.coverage).expect("write");
             "coverage_zones = \"coverage.json\"\n".to_owned()
         };
+        let (dns_listen, dns_table) = match &self.dns {
+            Some((addr, keys)) => (format!("dns = \"{addr}\"\n"), format!("[dns]\n{keys}\n")),
+            None => (String::new(), String::new()),
+        };
         let text = format!(
-            "[listen]\nhttp = \"{}\"\n[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n[shutdown]\ndrain_timeout = \"2s\"\n",
+            "[listen]\nhttp = \"{}\"\n{dns_listen}[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n{dns_table}[shutdown]\ndrain_timeout = \"2s\"\n",
             self.http, self.source, self.steering
         );
         let path = self.dir.path().join("steering.toml");
