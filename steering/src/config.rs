@@ -14,6 +14,10 @@ pub use estuary_common::config::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteeringConfig {
+    /// `[node]`: who this steering node is; with `[control_plane] url` it registers with the
+    /// control plane (role `steering`) and sends heartbeats.
+    #[serde(default)]
+    pub node: Option<NodeConfig>,
     pub listen: ListenConfig,
     pub control_plane: StateSource,
     /// `[geo]`: how a client address becomes a site (its presence marks a steering config).
@@ -26,6 +30,23 @@ pub struct SteeringConfig {
     pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (1-64 of A-Z a-z 0-9 - _ .).
+    pub id: String,
+    /// Its site (the site's node token is `[control_plane] token`).
+    pub site: String,
+    /// The base URL the control plane's monitor polls (`/readyz`, `/metrics`); default
+    /// `http://<listen.http>`, which is right only when that is not a wildcard address.
+    #[serde(default)]
+    pub admin_url: Option<String>,
+    /// Time between two heartbeats.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 /// `[listen]`.
@@ -214,6 +235,9 @@ impl Default for ShutdownConfig {
     }
 }
 
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_poll_wait() -> Duration {
     Duration::from_secs(30)
 }
@@ -442,6 +466,27 @@ impl SteeringConfig {
             {
                 return Err(ConfigError::new(
                     "dns.tcp_timeout",
+                    "must be between 1s and 5min",
+                ));
+            }
+        }
+        if let Some(node) = &self.node {
+            for (key, v) in [("node.id", &node.id), ("node.site", &node.site)] {
+                if !estuary_common::config::name_ok(v) {
+                    return Err(ConfigError::new(key, "1-64 of A-Z a-z 0-9 - _ ."));
+                }
+            }
+            if node.admin_url.as_deref().is_some_and(|u| !http_url(u)) {
+                return Err(ConfigError::new(
+                    "node.admin_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if node.heartbeat_interval < Duration::from_secs(1)
+                || node.heartbeat_interval > Duration::from_secs(300)
+            {
+                return Err(ConfigError::new(
+                    "node.heartbeat_interval",
                     "must be between 1s and 5min",
                 ));
             }

@@ -98,6 +98,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let heartbeats = heartbeat(&app, &holder, stop_rx.clone());
     let mut stopped = stop_rx.clone();
     let server = axum::serve(
         listener,
@@ -116,12 +117,70 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     if let Some(f) = follower {
         let _ = f.await;
     }
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
     if let Some(d) = dns
         && let Ok(Err(e)) = d.await
     {
         tracing::error!(error = %e, "The geo-DNS failed.");
     }
     Ok(())
+}
+
+/// With `[node]` and a control plane URL: registers as a `steering` node and beats (ready
+/// once a snapshot is loaded), so the control plane lists and checks it like any node.
+fn heartbeat(
+    app: &Arc<app::App>,
+    holder: &Arc<state::StateHolder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let node = app.config.node.clone()?;
+    let url = app.config.control_plane.url.clone()?;
+    let token = app.config.control_plane.token.clone()?;
+    let admin = node
+        .admin_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", app.config.listen.http));
+    let client = estuary_common::cp::ClientConfig {
+        url,
+        token,
+        interval: node.heartbeat_interval,
+        advertise: estuary_common::cp::Addresses {
+            http: Some(app.config.public_url()),
+            https: None,
+            admin: Some(admin),
+        },
+        capacity_gbps: 1.0,
+        store_capacity: None,
+    };
+    let holder = Arc::clone(holder);
+    let addresses = client.advertise.clone();
+    let mut cpu = estuary_common::cp::CpuMeter::default();
+    let make = move || estuary_common::cp::Heartbeat {
+        node: node.id.clone(),
+        site: node.site.clone(),
+        role: estuary_common::cp::Role::Steering,
+        addresses: addresses.clone(),
+        capacity: estuary_common::cp::Capacity {
+            gbps: 1.0,
+            disk_bytes: 0,
+        },
+        ready: holder.view().is_some(),
+        load: estuary_common::cp::Load {
+            cpu: cpu.share(),
+            ..Default::default()
+        },
+        usage: Default::default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        inventory: vec![],
+    };
+    Some(tokio::spawn(estuary_common::cp::heartbeat_loop(
+        client,
+        make,
+        |_| {},
+        stop,
+    )))
 }
 
 async fn wait_for_signal() {

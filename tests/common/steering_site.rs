@@ -17,6 +17,8 @@ pub struct SteeringSite {
     pub steering: String,
     /// The geo-DNS address (UDP and TCP) and the `[dns]` table's body, when DNS is served.
     pub dns: Option<(SocketAddr, String)>,
+    /// The `[node]` table, when it registers with a control plane.
+    pub node: String,
 }
 
 impl SteeringSite {
@@ -28,6 +30,7 @@ impl SteeringSite {
             coverage: String::new(),
             steering: String::new(),
             dns: None,
+            node: String::new(),
         }
     }
 
@@ -45,9 +48,12 @@ impl SteeringSite {
         self.source = "state_file = \"sites.json\"\n".into();
     }
 
-    /// Steers from a control plane's live state feed.
+    /// Steers from a control plane's live state feed, and registers with it as node
+    /// `steering-test` of site `lab`.
     pub fn with_control_plane(&mut self, url: &str, token: &str) {
         self.source = format!("url = \"{url}\"\ntoken = \"{token}\"\npoll_wait = \"20s\"\n");
+        self.node =
+            "[node]\nid = \"steering-test\"\nsite = \"lab\"\nheartbeat_interval = \"1s\"\n".into();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -66,8 +72,8 @@ impl SteeringSite {
             None => (String::new(), String::new()),
         };
         let text = format!(
-            "[listen]\nhttp = \"{}\"\n{dns_listen}[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n{dns_table}[shutdown]\ndrain_timeout = \"2s\"\n",
-            self.http, self.source, self.steering
+            "{}[listen]\nhttp = \"{}\"\n{dns_listen}[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n{dns_table}[shutdown]\ndrain_timeout = \"2s\"\n",
+            self.node, self.http, self.source, self.steering
         );
         let path = self.dir.path().join("steering.toml");
         std::fs::write(&path, text).expect("write config");
