@@ -88,7 +88,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
                 metrics: dns::DnsMetrics::new(&metrics.registry)
                     .map_err(|e| anyhow::anyhow!("dns metrics: {e}"))?,
             };
-            let sockets = dns::bind(addr).await?;
+            let sockets = dns::bind(addr, dns_config.udp_workers()).await?;
             Some(tokio::spawn(dns::serve(
                 sockets,
                 handler,
