@@ -33,9 +33,9 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
-use crate::choose::{Policy, Topology, choose};
+use crate::choose::{EdgeInfo, Policy, Topology, ranked_edges};
 use crate::config::DnsConfig;
-use crate::state::StateHolder;
+use crate::state::{StateHolder, View};
 
 /// What a response carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +170,24 @@ impl Zone {
         topology: Option<&Topology>,
         limited: Limited,
     ) -> Option<Answer> {
+        let edge_ips: Vec<Option<IpAddr>> = topology
+            .map(|t| t.edges.iter().map(edge_ip).collect())
+            .unwrap_or_default();
+        self.answer_with(
+            question,
+            topology.map(|t| (t, edge_ips.as_slice())),
+            limited,
+        )
+    }
+
+    /// [`Zone::answer`] with the edges' addresses worked out already (one per
+    /// [`Topology::edges`] entry, see [`edge_ip`]).
+    pub fn answer_with(
+        &self,
+        question: &Question<'_>,
+        topology: Option<(&Topology, &[Option<IpAddr>])>,
+        limited: Limited,
+    ) -> Option<Answer> {
         let Question {
             name: query_name,
             query_type,
@@ -230,7 +248,7 @@ impl Zone {
                 .next()
                 .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
                 .unwrap_or_default();
-            let Some(topo) = topology else {
+            let Some((topo, edge_ips)) = topology else {
                 // No snapshot yet: nothing is known to be up.
                 return Some(Answer::code(ResponseCode::ServFail));
             };
@@ -239,9 +257,9 @@ impl Zone {
                 if wants_address {
                     let place = topo.locate(ip);
                     let key = network_key(ip, source);
-                    let addrs: Vec<IpAddr> = choose(topo, place, &key, &self.policy)
-                        .iter()
-                        .filter_map(|c| topo.edge(&c.node).and_then(edge_ip))
+                    let addrs: Vec<IpAddr> = ranked_edges(topo, place, &key, &self.policy)
+                        .into_iter()
+                        .filter_map(|i| edge_ips.get(i).copied().flatten())
                         .collect();
                     out.answers
                         .extend(address_records(query_name, query_type, &addrs, self.ttl));
@@ -257,9 +275,8 @@ impl Zone {
                     let addrs: Vec<IpAddr> = topo.sites[site]
                         .edges
                         .iter()
-                        .map(|i| &topo.edges[*i])
-                        .filter(|e| e.up)
-                        .filter_map(edge_ip)
+                        .filter(|i| topo.edges[**i].up)
+                        .filter_map(|i| edge_ips.get(*i).copied().flatten())
                         .collect();
                     out.answers
                         .extend(address_records(query_name, query_type, &addrs, self.ttl));
@@ -334,7 +351,7 @@ fn address_records(
 
 /// The address an edge's players connect to, when its URL names one (a host name cannot be
 /// an A record).
-fn edge_ip(edge: &crate::choose::EdgeInfo) -> Option<IpAddr> {
+pub fn edge_ip(edge: &EdgeInfo) -> Option<IpAddr> {
     let url = url::Url::parse(&edge.base_url).ok()?;
     match url.host()? {
         url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
@@ -530,6 +547,37 @@ pub struct Handler {
     pub state: Arc<StateHolder>,
     pub rrl: RateLimit,
     pub metrics: DnsMetrics,
+    /// The current view with its edges' addresses, worked out once per view.
+    pub resolved: arc_swap::ArcSwapOption<Resolved>,
+}
+
+/// A view and the address of each of its edges (see [`edge_ip`]).
+pub type Resolved = (Arc<View>, Vec<Option<IpAddr>>);
+
+impl Handler {
+    pub fn new(zone: Zone, state: Arc<StateHolder>, rrl: RateLimit, metrics: DnsMetrics) -> Self {
+        Self {
+            zone,
+            state,
+            rrl,
+            metrics,
+            resolved: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// The current view and its edges' addresses.
+    fn view(&self) -> Option<Arc<Resolved>> {
+        let view = self.state.view()?;
+        if let Some(r) = self.resolved.load_full()
+            && Arc::ptr_eq(&r.0, &view)
+        {
+            return Some(r);
+        }
+        let ips = view.topology.edges.iter().map(edge_ip).collect();
+        let r = Arc::new((view, ips));
+        self.resolved.store(Some(Arc::clone(&r)));
+        Some(r)
+    }
 }
 
 /// What goes back for one request: the header, the sections and the EDNS record.
@@ -583,9 +631,12 @@ impl Handler {
                 Limited::Drop => self.metrics.rrl_dropped.inc(),
                 Limited::No => {}
             }
-            let view = self.state.view();
-            self.zone
-                .answer(&question, view.as_ref().map(|v| &v.topology), limited)?
+            let view = self.view();
+            self.zone.answer_with(
+                &question,
+                view.as_ref().map(|v| (&v.0.topology, v.1.as_slice())),
+                limited,
+            )?
         };
         metadata.response_code = answer.response_code;
         metadata.authoritative = answer.authoritative;
