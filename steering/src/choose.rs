@@ -268,7 +268,6 @@ pub fn site_order(topo: &Topology, place: ClientPlace, asset: &str, seed: u64) -
     let from = place
         .location
         .or_else(|| home.and_then(|h| topo.sites[h].location));
-    let mut rest: Vec<usize> = (0..topo.sites.len()).filter(|i| Some(*i) != home).collect();
     let capacity = |s: usize| -> f64 {
         let w: f64 = topo.sites[s]
             .edges
@@ -277,20 +276,31 @@ pub fn site_order(topo: &Topology, place: ClientPlace, asset: &str, seed: u64) -
             .sum();
         if w > 0.0 { w } else { 1.0 }
     };
-    let by_hash = |s: usize| hrw_score(seed, asset, &topo.sites[s].name, capacity(s));
-    rest.sort_by(|&a, &b| {
-        let da = from.and_then(|f| topo.sites[a].location.map(|l| haversine_km(f, l)));
-        let db = from.and_then(|f| topo.sites[b].location.map(|l| haversine_km(f, l)));
-        match (da, db) {
-            (Some(x), Some(y)) => x.total_cmp(&y).then_with(|| a.cmp(&b)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => by_hash(b)
-                .total_cmp(&by_hash(a))
-                .then_with(|| topo.sites[a].name.cmp(&topo.sites[b].name)),
-        }
+    // Each site's sort key is worked out once (distance, else rendezvous score), not in
+    // every comparison.
+    let mut rest: Vec<(Option<f64>, f64, usize)> = (0..topo.sites.len())
+        .filter(|i| Some(*i) != home)
+        .map(|s| {
+            let distance = from.and_then(|f| topo.sites[s].location.map(|l| haversine_km(f, l)));
+            let score = if distance.is_none() {
+                hrw_score(seed, asset, &topo.sites[s].name, capacity(s))
+            } else {
+                0.0
+            };
+            (distance, score, s)
+        })
+        .collect();
+    rest.sort_by(|(da, ha, a), (db, hb, b)| match (da, db) {
+        (Some(x), Some(y)) => x.total_cmp(y).then_with(|| a.cmp(b)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => hb
+            .total_cmp(ha)
+            .then_with(|| topo.sites[*a].name.cmp(&topo.sites[*b].name)),
     });
-    home.into_iter().chain(rest).collect()
+    home.into_iter()
+        .chain(rest.into_iter().map(|(_, _, s)| s))
+        .collect()
 }
 
 /// The ranked edges for `asset` and a client at `place`.
@@ -320,31 +330,22 @@ pub fn ranked_edges(
     if policy.max_results == 0 {
         return out;
     }
+    // The home site alone is often enough (the geo-DNS asks for two addresses): the other
+    // sites are ordered only when it is not.
+    let home = place.home.filter(|h| *h < topo.sites.len());
+    if let Some(h) = home {
+        rank_site(topo, h, asset, policy, &mut out);
+        if out.len() == policy.max_results {
+            return out;
+        }
+    }
     for s in site_order(topo, place, asset, policy.hash_seed) {
-        let mut ranked: Vec<(bool, f64, usize)> = topo.sites[s]
-            .edges
-            .iter()
-            .copied()
-            .filter(|i| topo.eligible(&topo.edges[*i], policy))
-            .map(|i| {
-                let e = &topo.edges[i];
-                (
-                    e.assets.contains(asset),
-                    hrw_score(policy.hash_seed, asset, &e.id, e.weight),
-                    i,
-                )
-            })
-            .collect();
-        ranked.sort_by(|a, b| {
-            b.0.cmp(&a.0)
-                .then_with(|| b.1.total_cmp(&a.1))
-                .then_with(|| topo.edges[a.2].id.cmp(&topo.edges[b.2].id))
-        });
-        for (_, _, i) in ranked {
-            out.push(i);
-            if out.len() == policy.max_results {
-                return out;
-            }
+        if Some(s) == home {
+            continue;
+        }
+        rank_site(topo, s, asset, policy, &mut out);
+        if out.len() == policy.max_results {
+            return out;
         }
     }
     if out.is_empty() {
@@ -359,6 +360,36 @@ pub fn ranked_edges(
         out.extend(loaded.into_iter().take(policy.max_results));
     }
     out
+}
+
+/// Appends site `s`'s eligible edges for `asset`, best first, up to `policy.max_results` in
+/// `out` altogether: pre-positioned edges first, then by weighted rendezvous score.
+fn rank_site(topo: &Topology, s: usize, asset: &str, policy: &Policy, out: &mut Vec<usize>) {
+    let mut ranked: Vec<(bool, f64, usize)> = topo.sites[s]
+        .edges
+        .iter()
+        .copied()
+        .filter(|i| topo.eligible(&topo.edges[*i], policy))
+        .map(|i| {
+            let e = &topo.edges[i];
+            (
+                e.assets.contains(asset),
+                hrw_score(policy.hash_seed, asset, &e.id, e.weight),
+                i,
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| b.1.total_cmp(&a.1))
+            .then_with(|| topo.edges[a.2].id.cmp(&topo.edges[b.2].id))
+    });
+    for (_, _, i) in ranked {
+        if out.len() == policy.max_results {
+            return;
+        }
+        out.push(i);
+    }
 }
 
 /// The pathway order a player is told: the ranked choice, except that the player's current
