@@ -16,6 +16,7 @@ origin_port="${ESTUARY_DEMO_ORIGIN_PORT:-9000}"
 origin_admin_port="${ESTUARY_DEMO_ORIGIN_ADMIN_PORT:-9001}"
 cp_port="${ESTUARY_DEMO_CONTROL_PLANE_PORT:-7000}"
 steer_port="${ESTUARY_DEMO_STEERING_PORT:-7100}"
+dns_port="${ESTUARY_DEMO_DNS_PORT:-5353}"
 mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
@@ -183,6 +184,7 @@ TOML
 cat > "$site/steering.toml" <<TOML
 [listen]
 http = "127.0.0.1:$steer_port"
+dns = "127.0.0.1:$dns_port"
 [control_plane]
 url = "http://127.0.0.1:$cp_port"
 token = "$node_token"
@@ -194,6 +196,9 @@ ttl = "24h"
 [steering]
 scheme = "http"
 ttl = "5s"
+[dns]
+zone = "cdn.demo."
+ns_addresses = ["127.0.0.1"]
 TOML
 "$bin" check-config "$site/steering.toml"
 
@@ -213,6 +218,7 @@ Estuary demo site: $site
   Logs:     $site/access.log (one JSON line per request); the edge's operational log below
   Steering: http://127.0.0.1:$steer_port/v1/playback/demo  (ranked edges with signed URLs; log: steering.log)
             Content Steering: http://127.0.0.1:$steer_port/v1/playback/demo/steered.m3u8 (and steered.mpd)
+  Geo-DNS:  dig @127.0.0.1 -p $dns_port edge.cdn.demo A +subnet=10.1.2.0/24   (and demo.cdn.demo, SOA, NS)
 
 Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)

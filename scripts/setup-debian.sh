@@ -26,6 +26,8 @@ fi
 if [ "$what" = "test" ]; then
   have systemd-analyze || need_apt+=(systemd)
   have chromium || need_apt+=(chromium)
+  # dig for the geo-DNS tests.
+  have dig || need_apt+=(dnsutils)
   # A real PostgreSQL server for the control plane's replica tests (started by the tests).
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need_apt+=(postgresql)
   have npm || need_apt+=(npm)
@@ -51,11 +53,12 @@ fi
 
 if [ "$what" = "test" ]; then
   # Python test clients: HTTP/2 frame scripts (h2), a TUS client (tuspy), an S3-compatible
-  # server (moto).
+  # server (moto), a DNS client (dnspython).
   py_need=()
   python3 -c 'import h2' 2>/dev/null || py_need+=(h2)
   python3 -c 'import tusclient' 2>/dev/null || py_need+=(tuspy)
   python3 -c 'import moto.server' 2>/dev/null || py_need+=("moto[server]")
+  python3 -c 'import dns.message' 2>/dev/null || py_need+=(dnspython)
   if [ "${#py_need[@]}" -gt 0 ]; then
     echo "setup: installing Python packages ${py_need[*]}" >&2
     python3 -m pip install -q "${py_need[@]}" 2>/dev/null \

@@ -159,6 +159,9 @@ fn players_move_to_the_other_edge_when_theirs_is_killed() {
     steering.with_control_plane(&cp.url(), LAB);
     steering.steering = "scheme = \"http\"\nttl = \"1s\"\npathways = 2\n".into();
     let _steering = steering.start();
+    // Steering registers with the control plane like any node, and is checked like one.
+    let node = cp.wait_node("steering-test", true, Duration::from_secs(20));
+    assert_eq!(node["role"], "steering", "{node}");
 
     for (kind, file) in [("hls", "steered.m3u8"), ("dash", "steered.mpd")] {
         let ranked = wait_for_edges(&steering, &["edge-a", "edge-b"]);

@@ -247,7 +247,8 @@ impl App {
         })
     }
 
-    fn policy(&self) -> Policy {
+    /// The choice's knobs from `[steering]`.
+    pub fn policy(&self) -> Policy {
         Policy {
             load_threshold: self.config.steering.load_threshold,
             max_results: self.config.steering.pathways,

@@ -14,6 +14,10 @@ pub use estuary_common::config::ConfigError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteeringConfig {
+    /// `[node]`: who this steering node is; with `[control_plane] url` it registers with the
+    /// control plane (role `steering`) and sends heartbeats.
+    #[serde(default)]
+    pub node: Option<NodeConfig>,
     pub listen: ListenConfig,
     pub control_plane: StateSource,
     /// `[geo]`: how a client address becomes a site (its presence marks a steering config).
@@ -21,12 +25,28 @@ pub struct SteeringConfig {
     pub tokens: TokensConfig,
     #[serde(default)]
     pub steering: SteeringPolicy,
-    /// `[dns]`: the geo-DNS zone (served by a later release; checked now so configs can be
-    /// written ahead).
+    /// `[dns]`: the geo-DNS zone, answered on `listen.dns` (both are needed together).
     #[serde(default)]
     pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (1-64 of A-Z a-z 0-9 - _ .).
+    pub id: String,
+    /// Its site (the site's node token is `[control_plane] token`).
+    pub site: String,
+    /// The base URL the control plane's monitor polls (`/readyz`, `/metrics`); default
+    /// `http://<listen.http>`, which is right only when that is not a wildcard address.
+    #[serde(default)]
+    pub admin_url: Option<String>,
+    /// Time between two heartbeats.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 /// `[listen]`.
@@ -35,7 +55,7 @@ pub struct SteeringConfig {
 pub struct ListenConfig {
     /// The HTTP API (`/v1/playback/`, `/v1/steering/`) and `/metrics`, `/healthz`, `/readyz`.
     pub http: SocketAddr,
-    /// UDP and TCP address for geo-DNS. Reserved: this build does not answer DNS yet.
+    /// UDP and TCP address for the authoritative geo-DNS of `[dns] zone`.
     #[serde(default)]
     pub dns: Option<SocketAddr>,
 }
@@ -168,9 +188,34 @@ impl Default for SteeringPolicy {
 pub struct DnsConfig {
     /// The zone answered, fully qualified (`cdn.example.`).
     pub zone: String,
-    /// TTL of answers.
+    /// TTL of answers (and of the SOA's negative caching).
     #[serde(default = "default_dns_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+    /// Addresses in one `edge.<zone>` answer (the best edges first), 1 to 16.
+    #[serde(default = "default_dns_answers")]
+    pub answers: usize,
+    /// The zone's name servers (fully qualified); default `ns1.<zone>`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// Addresses of the name servers that are inside the zone (their A/AAAA records and the
+    /// glue of NS answers); usually this server's public addresses.
+    #[serde(default)]
+    pub ns_addresses: Vec<std::net::IpAddr>,
+    /// The SOA's contact mailbox as a name (`hostmaster.cdn.example.`); default
+    /// `hostmaster.<zone>`.
+    #[serde(default)]
+    pub contact: Option<String>,
+    /// Response rate limiting against amplification: UDP responses per second to one client
+    /// network (an IPv4 /24 or an IPv6 /56); 0 turns it off.
+    #[serde(default = "default_rrl_rate")]
+    pub rrl_responses_per_second: u32,
+    /// Of the responses over the limit, every `rrl_slip`-th is sent truncated (empty, TC set,
+    /// so a real resolver retries over TCP) and the others are dropped; 0 drops them all.
+    #[serde(default = "default_rrl_slip")]
+    pub rrl_slip: u32,
+    /// Idle time after which a TCP connection is closed.
+    #[serde(default = "default_dns_tcp_timeout", with = "humantime_serde")]
+    pub tcp_timeout: Duration,
 }
 
 /// `[shutdown]`.
@@ -190,6 +235,9 @@ impl Default for ShutdownConfig {
     }
 }
 
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_poll_wait() -> Duration {
     Duration::from_secs(30)
 }
@@ -219,6 +267,18 @@ fn default_fetch_timeout() -> Duration {
 }
 fn default_dns_ttl() -> Duration {
     Duration::from_secs(30)
+}
+fn default_dns_answers() -> usize {
+    2
+}
+fn default_rrl_rate() -> u32 {
+    2000
+}
+fn default_rrl_slip() -> u32 {
+    2
+}
+fn default_dns_tcp_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)
@@ -371,12 +431,74 @@ impl SteeringConfig {
                 "must be between 100ms and 1min",
             ));
         }
-        if let Some(dns) = &self.dns
-            && (!dns.zone.ends_with('.') || dns.zone.len() < 2 || dns.zone.contains(' '))
-        {
+        if let Some(dns) = &self.dns {
+            let fqdn = |name: &str| {
+                name.ends_with('.')
+                    && name.len() >= 2
+                    && hickory_proto::rr::Name::from_ascii(name).is_ok()
+            };
+            if !fqdn(&dns.zone) {
+                return Err(ConfigError::new(
+                    "dns.zone",
+                    "must be a fully qualified name ending in '.'",
+                ));
+            }
+            if let Some(bad) = dns.nameservers.iter().find(|n| !fqdn(n)) {
+                return Err(ConfigError::new(
+                    "dns.nameservers",
+                    format!("{bad:?} is not a fully qualified name ending in '.'"),
+                ));
+            }
+            if dns.contact.as_deref().is_some_and(|c| !fqdn(c)) {
+                return Err(ConfigError::new(
+                    "dns.contact",
+                    "must be a fully qualified name ending in '.' (hostmaster.cdn.example.)",
+                ));
+            }
+            if !(1..=16).contains(&dns.answers) {
+                return Err(ConfigError::new("dns.answers", "must be 1 to 16"));
+            }
+            if dns.ttl.as_secs() > 86_400 {
+                return Err(ConfigError::new("dns.ttl", "must be at most 1 day"));
+            }
+            if dns.tcp_timeout < Duration::from_secs(1)
+                || dns.tcp_timeout > Duration::from_secs(300)
+            {
+                return Err(ConfigError::new(
+                    "dns.tcp_timeout",
+                    "must be between 1s and 5min",
+                ));
+            }
+        }
+        if let Some(node) = &self.node {
+            for (key, v) in [("node.id", &node.id), ("node.site", &node.site)] {
+                if !estuary_common::config::name_ok(v) {
+                    return Err(ConfigError::new(key, "1-64 of A-Z a-z 0-9 - _ ."));
+                }
+            }
+            if node.admin_url.as_deref().is_some_and(|u| !http_url(u)) {
+                return Err(ConfigError::new(
+                    "node.admin_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if node.heartbeat_interval < Duration::from_secs(1)
+                || node.heartbeat_interval > Duration::from_secs(300)
+            {
+                return Err(ConfigError::new(
+                    "node.heartbeat_interval",
+                    "must be between 1s and 5min",
+                ));
+            }
+        }
+        if self.listen.dns.is_some() != self.dns.is_some() {
             return Err(ConfigError::new(
-                "dns.zone",
-                "must be a fully qualified name ending in '.'",
+                if self.dns.is_none() {
+                    "dns"
+                } else {
+                    "listen.dns"
+                },
+                "listen.dns and [dns] go together: set both to answer DNS, or neither",
             ));
         }
         Ok(())

@@ -131,6 +131,42 @@ impl CoverageZones {
         self.zones.get(idx)
     }
 
+    /// The zone of the most specific network holding `ip`, with that network's prefix length
+    /// (the geo-DNS answers with it as the EDNS Client Subnet scope).
+    pub fn lookup_prefix(&self, ip: IpAddr) -> Option<(&Zone, u8)> {
+        let (idx, len) = match canonical_ip(ip) {
+            IpAddr::V4(a) => self
+                .v4
+                .get_lpm(&Ipv4Net::from(a))
+                .map(|(net, i)| (*i, net.prefix_len()))?,
+            IpAddr::V6(a) => self
+                .v6
+                .get_lpm(&Ipv6Net::from(a))
+                .map(|(net, i)| (*i, net.prefix_len()))?,
+        };
+        self.zones.get(idx).map(|z| (z, len))
+    }
+
+    /// The longest prefix among the networks strictly inside `net` (more specific than it),
+    /// if any: an answer for `net` as a whole is only as wide as that.
+    pub fn deepest_within(&self, net: IpNet) -> Option<u8> {
+        let len = net.prefix_len();
+        match net.trunc() {
+            IpNet::V4(n) => self
+                .v4
+                .children(&n)
+                .map(|(p, _)| p.prefix_len())
+                .filter(|l| *l > len)
+                .max(),
+            IpNet::V6(n) => self
+                .v6
+                .children(&n)
+                .map(|(p, _)| p.prefix_len())
+                .filter(|l| *l > len)
+                .max(),
+        }
+    }
+
     /// The number of zones.
     pub fn len(&self) -> usize {
         self.zones.len()

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod choose;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod geo;
 pub mod manifest;
 pub mod state;
@@ -45,9 +46,6 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         state::FeedObserver::installed(metrics.as_ref(), &snap);
         holder.install(snap);
     }
-    if let Some(dns) = config.listen.dns {
-        tracing::warn!(dns = %dns, "listen.dns is set, but this build does not answer DNS yet.");
-    }
     let listen = config.listen.http;
     let drain = config.shutdown.drain_timeout;
     let feed = config
@@ -77,6 +75,30 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
+    let dns = match (app.config.listen.dns, &app.config.dns) {
+        (Some(addr), Some(dns_config)) => {
+            let serial =
+                u32::try_from(estuary_common::unix_now() % u64::from(u32::MAX)).unwrap_or(1);
+            let zone = dns::Zone::new(dns_config, app.policy(), serial)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let handler = dns::Handler {
+                zone,
+                state: Arc::clone(&holder),
+                rrl: dns::RateLimit::new(dns_config.rrl_responses_per_second, dns_config.rrl_slip),
+                metrics: dns::DnsMetrics::new(&metrics.registry)
+                    .map_err(|e| anyhow::anyhow!("dns metrics: {e}"))?,
+            };
+            let sockets = dns::bind(addr).await?;
+            Some(tokio::spawn(dns::serve(
+                sockets,
+                handler,
+                dns_config.tcp_timeout,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let heartbeats = heartbeat(&app, &holder, stop_rx.clone());
     let mut stopped = stop_rx.clone();
     let server = axum::serve(
         listener,
@@ -95,7 +117,70 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     if let Some(f) = follower {
         let _ = f.await;
     }
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
+    if let Some(d) = dns
+        && let Ok(Err(e)) = d.await
+    {
+        tracing::error!(error = %e, "The geo-DNS failed.");
+    }
     Ok(())
+}
+
+/// With `[node]` and a control plane URL: registers as a `steering` node and beats (ready
+/// once a snapshot is loaded), so the control plane lists and checks it like any node.
+fn heartbeat(
+    app: &Arc<app::App>,
+    holder: &Arc<state::StateHolder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let node = app.config.node.clone()?;
+    let url = app.config.control_plane.url.clone()?;
+    let token = app.config.control_plane.token.clone()?;
+    let admin = node
+        .admin_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", app.config.listen.http));
+    let client = estuary_common::cp::ClientConfig {
+        url,
+        token,
+        interval: node.heartbeat_interval,
+        advertise: estuary_common::cp::Addresses {
+            http: Some(app.config.public_url()),
+            https: None,
+            admin: Some(admin),
+        },
+        capacity_gbps: 1.0,
+        store_capacity: None,
+    };
+    let holder = Arc::clone(holder);
+    let addresses = client.advertise.clone();
+    let mut cpu = estuary_common::cp::CpuMeter::default();
+    let make = move || estuary_common::cp::Heartbeat {
+        node: node.id.clone(),
+        site: node.site.clone(),
+        role: estuary_common::cp::Role::Steering,
+        addresses: addresses.clone(),
+        capacity: estuary_common::cp::Capacity {
+            gbps: 1.0,
+            disk_bytes: 0,
+        },
+        ready: holder.view().is_some(),
+        load: estuary_common::cp::Load {
+            cpu: cpu.share(),
+            ..Default::default()
+        },
+        usage: Default::default(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        inventory: vec![],
+    };
+    Some(tokio::spawn(estuary_common::cp::heartbeat_loop(
+        client,
+        make,
+        |_| {},
+        stop,
+    )))
 }
 
 async fn wait_for_signal() {

@@ -15,6 +15,10 @@ pub struct SteeringSite {
     pub coverage: String,
     /// Keys of the `[steering]` table.
     pub steering: String,
+    /// The geo-DNS address (UDP and TCP) and the `[dns]` table's body, when DNS is served.
+    pub dns: Option<(SocketAddr, String)>,
+    /// The `[node]` table, when it registers with a control plane.
+    pub node: String,
 }
 
 impl SteeringSite {
@@ -25,7 +29,16 @@ impl SteeringSite {
             source: String::new(),
             coverage: String::new(),
             steering: String::new(),
+            dns: None,
+            node: String::new(),
         }
+    }
+
+    /// Serves the geo-DNS for `zone` on a fresh loopback port, with extra `[dns]` keys.
+    pub fn with_dns(&mut self, zone: &str, keys: &str) -> SocketAddr {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.dns = Some((addr, format!("zone = \"{zone}\"\n{keys}")));
+        addr
     }
 
     /// Steers from a static state file with this JSON.
@@ -35,9 +48,12 @@ impl SteeringSite {
         self.source = "state_file = \"sites.json\"\n".into();
     }
 
-    /// Steers from a control plane's live state feed.
+    /// Steers from a control plane's live state feed, and registers with it as node
+    /// `steering-test` of site `lab`.
     pub fn with_control_plane(&mut self, url: &str, token: &str) {
         self.source = format!("url = \"{url}\"\ntoken = \"{token}\"\npoll_wait = \"20s\"\n");
+        self.node =
+            "[node]\nid = \"steering-test\"\nsite = \"lab\"\nheartbeat_interval = \"1s\"\n".into();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -51,9 +67,13 @@ impl SteeringSite {
             std::fs::write(self.dir.path().join("coverage.json"), &self.coverage).expect("write");
             "coverage_zones = \"coverage.json\"\n".to_owned()
         };
+        let (dns_listen, dns_table) = match &self.dns {
+            Some((addr, keys)) => (format!("dns = \"{addr}\"\n"), format!("[dns]\n{keys}\n")),
+            None => (String::new(), String::new()),
+        };
         let text = format!(
-            "[listen]\nhttp = \"{}\"\n[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n[shutdown]\ndrain_timeout = \"2s\"\n",
-            self.http, self.source, self.steering
+            "{}[listen]\nhttp = \"{}\"\n{dns_listen}[control_plane]\n{}[geo]\n{geo}[tokens]\nkid = \"k1\"\nkey = \"{KEY_HEX}\"\nttl = \"1h\"\n[steering]\n{}\n{dns_table}[shutdown]\ndrain_timeout = \"2s\"\n",
+            self.node, self.http, self.source, self.steering
         );
         let path = self.dir.path().join("steering.toml");
         std::fs::write(&path, text).expect("write config");

@@ -1,0 +1,872 @@
+//! Authoritative geo-DNS for `[dns] zone`, served by hickory-server over UDP and TCP.
+//!
+//! - `edge.<zone>` A/AAAA: the best healthy edges for the client, which is the EDNS Client
+//!   Subnet when the resolver sends one (the answer echoes it with its scope set) and the
+//!   resolver's own address otherwise; the ranking is [`crate::choose::choose`], the same as
+//!   the HTTP API's, keyed by the client's network so one network sticks to its edges.
+//! - `<site>.<zone>` A/AAAA: the site's edges that are up.
+//! - The apex: SOA and NS (with glue for in-zone name servers from `[dns] ns_addresses`).
+//! - Other names in the zone: NXDOMAIN; other types of known names: NODATA; both with the SOA
+//!   in the authority section for negative caching. Names outside the zone: REFUSED (this is
+//!   an authoritative server, not a resolver).
+//! - UDP answers larger than the client's buffer (512 bytes without EDNS) are truncated by the
+//!   encoder (TC set), so the resolver retries over TCP.
+//! - Response rate limiting per client network (IPv4 /24, IPv6 /56) over UDP, with slip.
+//!
+//! The answer itself is the pure [`Zone::answer`]: it takes the query, the client, the view
+//! and the RRL verdict, and returns the sections; the async handler only counts and sends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use ipnet::IpNet;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+
+use crate::choose::{Policy, Topology, choose};
+use crate::config::DnsConfig;
+use crate::state::StateHolder;
+
+/// What a response carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub response_code: ResponseCode,
+    pub authoritative: bool,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// The ECS option to echo, with its scope prefix set.
+    pub client_subnet: Option<ClientSubnet>,
+    /// Sent empty with TC set (rate limited, slipped).
+    pub truncated: bool,
+}
+
+impl Answer {
+    fn code(response_code: ResponseCode) -> Self {
+        Self {
+            response_code,
+            authoritative: false,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            client_subnet: None,
+            truncated: false,
+        }
+    }
+}
+
+/// The zone and how it answers; built once from `[dns]`.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    origin: LowerName,
+    origin_labels: usize,
+    soa: Record,
+    ns: Vec<Record>,
+    /// In-zone name server names (lowercase, relative label) and their addresses.
+    ns_hosts: Vec<(Name, Vec<IpAddr>)>,
+    ttl: u32,
+    policy: Policy,
+}
+
+/// The reason a config cannot make a zone.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ZoneError {
+    #[error("dns.{key}: {name:?} is not a DNS name: {why}")]
+    BadName {
+        key: &'static str,
+        name: String,
+        why: String,
+    },
+}
+
+fn name(key: &'static str, text: &str) -> Result<Name, ZoneError> {
+    Name::from_ascii(text)
+        .map(|n| n.to_lowercase())
+        .map_err(|e| ZoneError::BadName {
+            key,
+            name: text.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+impl Zone {
+    /// The zone of `[dns]`, ranking with `policy` (its `max_results` becomes `[dns] answers`).
+    pub fn new(config: &DnsConfig, policy: Policy, serial: u32) -> Result<Self, ZoneError> {
+        let origin = name("zone", &config.zone)?;
+        let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
+        // `<label>.<zone>`, for the defaults.
+        let in_zone = |label: &str| {
+            name(
+                "zone",
+                &format!("{label}.{}", config.zone.trim_start_matches('.')),
+            )
+        };
+        let ns_names: Vec<Name> = if config.nameservers.is_empty() {
+            vec![in_zone("ns1")?]
+        } else {
+            config
+                .nameservers
+                .iter()
+                .map(|n| name("nameservers", n))
+                .collect::<Result<_, _>>()?
+        };
+        let contact = match &config.contact {
+            Some(c) => name("contact", c)?,
+            None => in_zone("hostmaster")?,
+        };
+        let soa = Record::from_rdata(
+            origin.clone(),
+            ttl,
+            RData::SOA(SOA::new(
+                ns_names[0].clone(),
+                contact,
+                serial,
+                3600,
+                600,
+                86_400,
+                ttl,
+            )),
+        );
+        let ns = ns_names
+            .iter()
+            .map(|n| Record::from_rdata(origin.clone(), ttl, RData::NS(NS(n.clone()))))
+            .collect();
+        let zone_lower = LowerName::from(origin.clone());
+        let ns_hosts = ns_names
+            .into_iter()
+            .filter(|n| zone_lower.zone_of(&LowerName::from(n.clone())))
+            .map(|n| (n, config.ns_addresses.clone()))
+            .collect();
+        Ok(Self {
+            origin_labels: usize::from(origin.num_labels()),
+            origin: zone_lower,
+            soa,
+            ns,
+            ns_hosts,
+            ttl,
+            policy: Policy {
+                max_results: config.answers,
+                ..policy
+            },
+        })
+    }
+
+    /// The answer to one question (the pure heart of the DNS server), with the view's
+    /// topology (none before the first snapshot) and the rate limiter's verdict.
+    pub fn answer(
+        &self,
+        question: &Question<'_>,
+        topology: Option<&Topology>,
+        limited: Limited,
+    ) -> Option<Answer> {
+        let Question {
+            name: query_name,
+            query_type,
+            query_class,
+            client,
+            subnet,
+        } = *question;
+        match limited {
+            Limited::Drop => return None,
+            Limited::Slip => {
+                return Some(Answer {
+                    truncated: true,
+                    ..Answer::code(ResponseCode::NoError)
+                });
+            }
+            Limited::No => {}
+        }
+        if query_class != DNSClass::IN && query_class != DNSClass::ANY {
+            return Some(Answer::code(ResponseCode::Refused));
+        }
+        if !self.origin.zone_of(query_name) {
+            return Some(Answer::code(ResponseCode::Refused));
+        }
+        let mut out = Answer {
+            authoritative: true,
+            ..Answer::code(ResponseCode::NoError)
+        };
+        let labels = usize::from(query_name.num_labels());
+        let wants_address = matches!(
+            query_type,
+            RecordType::A | RecordType::AAAA | RecordType::ANY
+        );
+        if labels == self.origin_labels {
+            match query_type {
+                RecordType::SOA => out.answers.push(self.soa.clone()),
+                RecordType::NS => {
+                    out.answers.extend(self.ns.iter().cloned());
+                    out.additionals.extend(self.glue());
+                }
+                RecordType::ANY => {
+                    out.answers.push(self.soa.clone());
+                    out.answers.extend(self.ns.iter().cloned());
+                }
+                _ => {}
+            }
+        } else if let Some((_, addrs)) = self
+            .ns_hosts
+            .iter()
+            .find(|(n, _)| LowerName::from(n.clone()) == *query_name)
+        {
+            if wants_address {
+                out.answers
+                    .extend(address_records(query_name, query_type, addrs, self.ttl));
+            }
+        } else if labels == self.origin_labels + 1 {
+            let label = query_name
+                .iter()
+                .next()
+                .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                .unwrap_or_default();
+            let Some(topo) = topology else {
+                // No snapshot yet: nothing is known to be up.
+                return Some(Answer::code(ResponseCode::ServFail));
+            };
+            if label == "edge" {
+                let (ip, source, scope) = client_network(client, subnet, topo);
+                if wants_address {
+                    let place = topo.locate(ip);
+                    let key = network_key(ip, source);
+                    let addrs: Vec<IpAddr> = choose(topo, place, &key, &self.policy)
+                        .iter()
+                        .filter_map(|c| topo.edge(&c.node).and_then(edge_ip))
+                        .collect();
+                    out.answers
+                        .extend(address_records(query_name, query_type, &addrs, self.ttl));
+                }
+                out.client_subnet = subnet
+                    .map(|s| ClientSubnet::new(s.addr(), s.source_prefix(), scope.unwrap_or(0)));
+            } else if let Some(site) = topo.site_named(&label).or_else(|| {
+                topo.sites
+                    .iter()
+                    .position(|s| s.name.eq_ignore_ascii_case(&label))
+            }) {
+                if wants_address {
+                    let addrs: Vec<IpAddr> = topo.sites[site]
+                        .edges
+                        .iter()
+                        .map(|i| &topo.edges[*i])
+                        .filter(|e| e.up)
+                        .filter_map(edge_ip)
+                        .collect();
+                    out.answers
+                        .extend(address_records(query_name, query_type, &addrs, self.ttl));
+                }
+            } else {
+                out.response_code = ResponseCode::NXDomain;
+            }
+        } else {
+            out.response_code = ResponseCode::NXDomain;
+        }
+        if out.answers.is_empty() {
+            // NXDOMAIN or NODATA: the SOA tells resolvers how long to remember it.
+            out.authorities.push(self.soa.clone());
+        }
+        if subnet.is_some() && out.client_subnet.is_none() {
+            out.client_subnet = subnet.map(|s| ClientSubnet::new(s.addr(), s.source_prefix(), 0));
+        }
+        Some(out)
+    }
+
+    fn glue(&self) -> Vec<Record> {
+        self.ns_hosts
+            .iter()
+            .flat_map(|(n, addrs)| {
+                let owner = LowerName::from(n.clone());
+                address_records(&owner, RecordType::ANY, addrs, self.ttl)
+            })
+            .collect()
+    }
+}
+
+/// One question and who asks it.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    pub name: &'a LowerName,
+    pub query_type: RecordType,
+    pub query_class: DNSClass,
+    /// The resolver's address.
+    pub client: IpAddr,
+    /// The query's EDNS Client Subnet option.
+    pub subnet: Option<&'a ClientSubnet>,
+}
+
+/// The rate limiter's verdict for one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    No,
+    /// Over the limit: sent empty and truncated.
+    Slip,
+    /// Over the limit: not sent.
+    Drop,
+}
+
+/// A/AAAA records of `addrs` for `owner` as `query_type` asks (ANY: both families).
+fn address_records(
+    owner: &LowerName,
+    query_type: RecordType,
+    addrs: &[IpAddr],
+    ttl: u32,
+) -> Vec<Record> {
+    let owner = Name::from(owner);
+    addrs
+        .iter()
+        .filter_map(|ip| match (ip, query_type) {
+            (IpAddr::V4(a), RecordType::A | RecordType::ANY) => Some(RData::A(A(*a))),
+            (IpAddr::V6(a), RecordType::AAAA | RecordType::ANY) => Some(RData::AAAA(AAAA(*a))),
+            _ => None,
+        })
+        .map(|rdata| Record::from_rdata(owner.clone(), ttl, rdata))
+        .collect()
+}
+
+/// The address an edge's players connect to, when its URL names one (a host name cannot be
+/// an A record).
+fn edge_ip(edge: &crate::choose::EdgeInfo) -> Option<IpAddr> {
+    let url = url::Url::parse(&edge.base_url).ok()?;
+    match url.host()? {
+        url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
+        url::Host::Ipv6(a) => Some(IpAddr::V6(a)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Who the answer is for: the ECS network when there is one (its address truncated to the
+/// source prefix), else the resolver. Returns the address to place, the source prefix, and
+/// the scope to answer with: the longest of the source prefix, the matched coverage network,
+/// and any coverage network inside the source network (never shorter, so a resolver never
+/// reuses the answer for clients it may not fit).
+fn client_network(
+    resolver: IpAddr,
+    subnet: Option<&ClientSubnet>,
+    topo: &Topology,
+) -> (IpAddr, Option<u8>, Option<u8>) {
+    let Some(s) = subnet else {
+        return (resolver, None, None);
+    };
+    let source = s.source_prefix();
+    let ip = IpNet::new(s.addr(), source)
+        .map(|n| n.trunc().addr())
+        .unwrap_or(s.addr());
+    if source == 0 {
+        // RFC 7871 7.1.2: a /0 source asks for an answer that does not depend on the client.
+        return (resolver, Some(0), Some(0));
+    }
+    let matched = topo.zones.lookup_prefix(ip).map_or(0, |(_, len)| len);
+    let inside = IpNet::new(ip, source)
+        .ok()
+        .and_then(|net| topo.zones.deepest_within(net))
+        .unwrap_or(0);
+    (ip, Some(source), Some(source.max(matched).max(inside)))
+}
+
+/// The rendezvous key of a client: its network, so that one network sticks to its edges.
+fn network_key(ip: IpAddr, source: Option<u8>) -> String {
+    let len = source.unwrap_or(match ip {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 56,
+    });
+    let len = match ip {
+        IpAddr::V4(_) => len.min(24),
+        IpAddr::V6(_) => len.min(56),
+    };
+    IpNet::new(ip, len)
+        .map(|n| n.trunc().to_string())
+        .unwrap_or_else(|_| ip.to_string())
+}
+
+/// The network responses to `ip` are rate limited as: its /24 or /56.
+fn rrl_key(ip: IpAddr) -> IpNet {
+    let ip = crate::geo::canonical_ip(ip);
+    let len = match ip {
+        IpAddr::V4(_) => 24,
+        IpAddr::V6(_) => 56,
+    };
+    IpNet::new(ip, len)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+type KeyedLimiter = governor::RateLimiter<
+    IpNet,
+    governor::state::keyed::DefaultKeyedStateStore<IpNet>,
+    governor::clock::DefaultClock,
+>;
+
+/// Response rate limiting: a token bucket per client network, with slip.
+pub struct RateLimit {
+    limiter: Option<KeyedLimiter>,
+    slip: u32,
+    over: AtomicU64,
+}
+
+impl RateLimit {
+    pub fn new(per_second: u32, slip: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            // A burst of one second's worth.
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
+        });
+        Self {
+            limiter,
+            slip,
+            over: AtomicU64::new(0),
+        }
+    }
+
+    /// The verdict for one UDP response to `ip`.
+    pub fn check(&self, ip: IpAddr) -> Limited {
+        let Some(limiter) = &self.limiter else {
+            return Limited::No;
+        };
+        if limiter.check_key(&rrl_key(ip)).is_ok() {
+            return Limited::No;
+        }
+        let n = self.over.fetch_add(1, Ordering::Relaxed);
+        if self.slip > 0 && n.is_multiple_of(u64::from(self.slip)) {
+            Limited::Slip
+        } else {
+            Limited::Drop
+        }
+    }
+
+    /// Forgets networks that are back under their limit (keeps memory bounded).
+    pub fn shrink(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// DNS metrics.
+pub struct DnsMetrics {
+    queries: IntCounterVec,
+    rrl: IntCounterVec,
+    malformed: IntCounter,
+}
+
+impl DnsMetrics {
+    pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let queries = IntCounterVec::new(
+            Opts::new(
+                "estuary_steering_dns_responses_total",
+                "DNS responses sent, by transport and response code.",
+            ),
+            &["transport", "rcode"],
+        )?;
+        let rrl = IntCounterVec::new(
+            Opts::new(
+                "estuary_steering_dns_rate_limited_total",
+                "UDP responses over the rate limit, by what was done (slipped: sent truncated; dropped).",
+            ),
+            &["action"],
+        )?;
+        let malformed = IntCounter::new(
+            "estuary_steering_dns_malformed_total",
+            "Queries answered FORMERR or NOTIMP (more than one question, not a query).",
+        )?;
+        registry.register(Box::new(queries.clone()))?;
+        registry.register(Box::new(rrl.clone()))?;
+        registry.register(Box::new(malformed.clone()))?;
+        Ok(Self {
+            queries,
+            rrl,
+            malformed,
+        })
+    }
+}
+
+/// The hickory-server request handler: reads the query, asks [`Zone::answer`], sends.
+pub struct Handler {
+    pub zone: Zone,
+    pub state: Arc<StateHolder>,
+    pub rrl: RateLimit,
+    pub metrics: DnsMetrics,
+}
+
+fn transport_label(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Udp => "udp",
+        Protocol::Tcp => "tcp",
+        _ => "other",
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let protocol = request.protocol();
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let request_edns = request.edns.as_ref();
+        let mut edns = request_edns.map(|e| {
+            let mut out = Edns::new();
+            out.set_max_payload(e.max_payload().max(512));
+            out
+        });
+        let builder = MessageResponseBuilder::new(&request.queries, None);
+        let queries = request.queries.queries();
+        let answer = if request.metadata.op_code != OpCode::Query {
+            self.metrics.malformed.inc();
+            Some(Answer::code(ResponseCode::NotImp))
+        } else if queries.len() != 1 {
+            self.metrics.malformed.inc();
+            Some(Answer::code(ResponseCode::FormErr))
+        } else if request_edns.is_some_and(|e| e.version() > 0) {
+            Some(Answer::code(ResponseCode::BADVERS))
+        } else {
+            let q = &queries[0];
+            let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
+                Some(EdnsOption::Subnet(s)) => Some(*s),
+                _ => None,
+            });
+            let limited = if protocol == Protocol::Udp {
+                self.rrl.check(request.src().ip())
+            } else {
+                Limited::No
+            };
+            match limited {
+                Limited::Slip => self.metrics.rrl.with_label_values(&["slipped"]).inc(),
+                Limited::Drop => self.metrics.rrl.with_label_values(&["dropped"]).inc(),
+                Limited::No => {}
+            }
+            let view = self.state.view();
+            let question = Question {
+                name: q.name(),
+                query_type: q.query_type(),
+                query_class: q.query_class(),
+                client: request.src().ip(),
+                subnet: subnet.as_ref(),
+            };
+            self.zone
+                .answer(&question, view.as_ref().map(|v| &v.topology), limited)
+        };
+        let Some(answer) = answer else {
+            return ResponseInfo::from(hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            });
+        };
+        metadata.response_code = answer.response_code;
+        metadata.authoritative = answer.authoritative;
+        metadata.truncation = answer.truncated;
+        if let (Some(e), Some(s)) = (edns.as_mut(), answer.client_subnet) {
+            e.options_mut().insert(EdnsOption::Subnet(s));
+        }
+        let mut builder = builder;
+        if let Some(e) = edns.as_ref() {
+            builder.edns(e);
+        }
+        let response = builder.build(
+            metadata,
+            answer.answers.iter(),
+            answer.authorities.iter(),
+            std::iter::empty(),
+            answer.additionals.iter(),
+        );
+        let rcode = answer.response_code;
+        self.metrics
+            .queries
+            .with_label_values(&[transport_label(protocol), rcode_label(rcode)])
+            .inc();
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "A DNS response could not be sent.");
+                ResponseInfo::from(hickory_proto::op::Header {
+                    metadata,
+                    counts: Default::default(),
+                })
+            }
+        }
+    }
+}
+
+/// A bounded label for a response code.
+fn rcode_label(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "noerror",
+        ResponseCode::NXDomain => "nxdomain",
+        ResponseCode::Refused => "refused",
+        ResponseCode::FormErr => "formerr",
+        ResponseCode::NotImp => "notimp",
+        ResponseCode::ServFail => "servfail",
+        ResponseCode::BADVERS => "badvers",
+        _ => "other",
+    }
+}
+
+/// The DNS sockets, bound.
+pub struct Sockets {
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+/// Binds UDP and TCP on `addr` (before anything is spawned, so a taken port stops the start).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<Sockets> {
+    let udp = tokio::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.dns {addr} (UDP): {e}"))?;
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.dns {addr} (TCP): {e}"))?;
+    Ok(Sockets { udp, tcp, addr })
+}
+
+/// Serves the zone on the bound sockets until `stop` turns true.
+pub async fn serve(
+    sockets: Sockets,
+    handler: Handler,
+    tcp_timeout: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Sockets { udp, tcp, addr } = sockets;
+    let handler = Arc::new(handler);
+    let shrinker = {
+        let handler = Arc::clone(&handler);
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => handler.rrl.shrink(),
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
+    let mut server = hickory_server::Server::new(SharedHandler(handler));
+    server.register_socket(udp);
+    server.register_listener(tcp, tcp_timeout, 64 * 1024);
+    tracing::info!(dns = %addr, "The geo-DNS is answering (UDP and TCP).");
+    let _ = stop.wait_for(|s| *s).await;
+    if let Err(e) = server.shutdown_gracefully().await {
+        tracing::warn!(error = %e, "The DNS server did not stop cleanly.");
+    }
+    let _ = shrinker.await;
+    Ok(())
+}
+
+/// The handler behind an `Arc`, shared with the rate limiter's housekeeping.
+struct SharedHandler(Arc<Handler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary_common::cp::{Addresses, NodeState, Role, Site, StateSnapshot};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn topology() -> Topology {
+        let edge = |id: &str, site: &str, host: &str, up: bool| NodeState {
+            id: id.into(),
+            site: site.into(),
+            role: Role::Edge,
+            addresses: Addresses {
+                https: Some(format!("https://{host}:8443")),
+                ..Default::default()
+            },
+            capacity: Default::default(),
+            up,
+            down_reason: None,
+            last_heartbeat: 0,
+            load: Default::default(),
+            polled_load: None,
+            usage: Default::default(),
+            version: String::new(),
+            assets: vec![],
+        };
+        let mut snap = StateSnapshot::default();
+        for (name, net) in [("lab", "10.1.0.0/16"), ("far", "10.2.0.0/16")] {
+            snap.sites.insert(
+                name.into(),
+                Site {
+                    name: name.into(),
+                    location: None,
+                    coverage: vec![net.into()],
+                },
+            );
+        }
+        for n in [
+            edge("l1", "lab", "192.0.2.1", true),
+            edge("l2", "lab", "192.0.2.2", false),
+            edge("f1", "far", "192.0.2.3", true),
+            edge("f2", "far", "edge.example.net", true),
+        ] {
+            snap.nodes.insert(n.id.clone(), n);
+        }
+        Topology::from_snapshot(&snap, true, &Default::default())
+    }
+
+    fn zone() -> Zone {
+        let config = DnsConfig {
+            zone: "cdn.example.".into(),
+            ttl: Duration::from_secs(30),
+            answers: 2,
+            nameservers: vec![],
+            ns_addresses: vec!["192.0.2.53".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))],
+            contact: None,
+            rrl_responses_per_second: 0,
+            rrl_slip: 2,
+            tcp_timeout: Duration::from_secs(10),
+        };
+        let policy = Policy {
+            load_threshold: 0.9,
+            max_results: 3,
+            hash_seed: 0,
+        };
+        match Zone::new(&config, policy, 1) {
+            Ok(z) => z,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn lower(s: &str) -> LowerName {
+        LowerName::from(Name::from_ascii(s).unwrap_or_else(|_| Name::root()))
+    }
+
+    fn ask(z: &Zone, t: &Topology, name: &str, rtype: RecordType, subnet: &str) -> Answer {
+        let subnet: Option<ClientSubnet> = subnet.parse().ok();
+        let name = lower(name);
+        let q = Question {
+            name: &name,
+            query_type: rtype,
+            query_class: DNSClass::IN,
+            client: IpAddr::from([203, 0, 113, 9]),
+            subnet: subnet.as_ref(),
+        };
+        z.answer(&q, Some(t), Limited::No)
+            .unwrap_or_else(|| Answer::code(ResponseCode::Unknown(99)))
+    }
+
+    fn ips(a: &Answer) -> Vec<String> {
+        a.answers.iter().map(|r| r.data.to_string()).collect()
+    }
+
+    #[test]
+    fn edges_by_subnet_with_scope_and_only_those_up_with_an_address() {
+        let (z, t) = (zone(), topology());
+        let a = ask(&z, &t, "edge.cdn.example.", RecordType::A, "10.1.7.0/24");
+        assert_eq!(ips(&a), ["192.0.2.1"]);
+        assert!(a.authoritative);
+        assert_eq!(a.client_subnet.map(|s| s.scope_prefix()), Some(24));
+        let a = ask(&z, &t, "edge.cdn.example.", RecordType::A, "10.2.0.0/12");
+        // The source /12 covers more than far's /16, yet only far's /16 matched: scope 16.
+        assert_eq!(a.client_subnet.map(|s| s.scope_prefix()), Some(16));
+        // An edge known by a host name cannot be an A record; the other one is answered.
+        let a = ask(&z, &t, "edge.cdn.example.", RecordType::A, "10.2.1.0/24");
+        assert_eq!(ips(&a), ["192.0.2.3"]);
+        let a = ask(&z, &t, "lab.cdn.example.", RecordType::A, "");
+        assert_eq!(ips(&a), ["192.0.2.1"], "a down edge was listed");
+    }
+
+    #[test]
+    fn negative_answers_carry_the_soa_and_outside_names_are_refused() {
+        let (z, t) = (zone(), topology());
+        let a = ask(&z, &t, "missing.cdn.example.", RecordType::A, "");
+        assert_eq!(a.response_code, ResponseCode::NXDomain);
+        assert_eq!(a.authorities.len(), 1);
+        let a = ask(&z, &t, "edge.cdn.example.", RecordType::MX, "");
+        assert_eq!(a.response_code, ResponseCode::NoError);
+        assert!(a.answers.is_empty() && a.authorities.len() == 1);
+        let a = ask(&z, &t, "example.org.", RecordType::A, "");
+        assert_eq!(a.response_code, ResponseCode::Refused);
+        assert!(!a.authoritative);
+        let a = ask(&z, &t, "cdn.example.", RecordType::NS, "");
+        assert_eq!(ips(&a), ["ns1.cdn.example."]);
+        assert_eq!(a.additionals.len(), 1);
+        // No snapshot yet: SERVFAIL rather than a wrong answer.
+        let name = lower("edge.cdn.example.");
+        let question = Question {
+            name: &name,
+            query_type: RecordType::A,
+            query_class: DNSClass::IN,
+            client: IpAddr::from([127, 0, 0, 1]),
+            subnet: None,
+        };
+        let a = z.answer(&question, None, Limited::No);
+        assert_eq!(a.map(|a| a.response_code), Some(ResponseCode::ServFail));
+        // Rate limited: dropped, or empty and truncated.
+        let q = |l| z.answer(&question, Some(&t), l);
+        assert!(q(Limited::Drop).is_none());
+        assert!(q(Limited::Slip).is_some_and(|a| a.truncated && a.answers.is_empty()));
+    }
+
+    #[test]
+    fn the_rate_limit_slips_every_second_response_over_it() {
+        let rrl = RateLimit::new(3, 2);
+        let ip = IpAddr::from([198, 51, 100, 7]);
+        let verdicts: Vec<Limited> = (0..9).map(|_| rrl.check(ip)).collect();
+        assert_eq!(verdicts[..3], [Limited::No; 3]);
+        assert!(verdicts[3..].contains(&Limited::Slip) && verdicts[3..].contains(&Limited::Drop));
+        // Another /24 has its own bucket; the same /24 shares one.
+        assert_eq!(rrl.check(IpAddr::from([198, 51, 101, 7])), Limited::No);
+        assert_ne!(rrl.check(IpAddr::from([198, 51, 100, 200])), Limited::No);
+        assert_eq!(RateLimit::new(0, 2).check(ip), Limited::No);
+    }
+
+    proptest! {
+        /// Whatever the name, type and subnet, an answer is in-zone or refused, and a
+        /// negative answer carries the SOA.
+        #[test]
+        fn answers_stay_in_the_zone(
+            labels in proptest::collection::vec("[a-z0-9-]{1,12}", 0..4),
+            rtype in 0u16..300,
+            a in any::<[u8; 4]>(),
+            prefix in 0u8..=32,
+        ) {
+            let (z, t) = (zone(), topology());
+            let mut name = labels.join(".");
+            if !name.is_empty() { name.push('.'); }
+            name.push_str("cdn.example.");
+            let subnet = ClientSubnet::new(IpAddr::from(a), prefix, 0);
+            let name = lower(&name);
+            let question = Question {
+                name: &name,
+                query_type: RecordType::from(rtype),
+                query_class: DNSClass::IN,
+                client: IpAddr::from([127, 0, 0, 1]),
+                subnet: Some(&subnet),
+            };
+            let answer = z.answer(&question, Some(&t), Limited::No);
+            let Some(answer) = answer else { return Err(TestCaseError::fail("no answer")); };
+            for r in &answer.answers {
+                prop_assert!(z.origin.zone_of(&LowerName::from(r.name.clone())));
+            }
+            if answer.answers.is_empty() && answer.response_code != ResponseCode::Refused {
+                prop_assert_eq!(answer.authorities.len(), 1);
+            }
+            if let Some(s) = answer.client_subnet {
+                prop_assert!(s.scope_prefix() == 0 || s.scope_prefix() >= prefix);
+            }
+        }
+    }
+}
