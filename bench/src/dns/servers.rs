@@ -182,9 +182,14 @@ pub fn write_estuary_config(
     let dns_listen = dns_port.map_or(String::new(), |p| format!("dns = \"127.0.0.1:{p}\"\n"));
     let dns_table = if dns_port.is_some() {
         format!(
-            "\n[dns]\nzone = \"{}\"\nttl = \"{}s\"\n",
-            data::ZONE,
-            data::GEO_TTL
+            "\n[dns]\nzone = \"{zone}\"\nttl = \"{ttl}s\"\n\
+             # A site's two edges, as the peers answer.\nanswers = 2\n\
+             nameservers = [\"ns1.{zone}\"]\nns_addresses = [\"{ns}\"]\n\
+             # Off: dnsperf sends every query from 127.0.0.1, one client /24 (gdnsd has no rate\n\
+             # limiting, and Knot's rrl module is not loaded).\nrrl_responses_per_second = 0\n",
+            zone = data::ZONE,
+            ttl = data::GEO_TTL,
+            ns = data::NS_ADDR,
         )
     } else {
         String::new()
@@ -206,7 +211,7 @@ key = "{TOKEN_KEY}"
 ttl = "6h"
 
 [steering]
-# Two answers: a site's two edges (the peers answer both of a site's addresses too).
+# Two pathways: a site's two edges.
 pathways = 2
 scheme = "http"
 check_assets = true
