@@ -358,7 +358,7 @@ impl DnsBench {
                 };
                 if rep == 0 {
                     checks.push((server, self.spot_checks(server)));
-                    if server == DnsServer::Estuary {
+                    if server.is_estuary() {
                         self.note(format!(
                             "Estuary ran as `estuary steering` with TOKIO_WORKER_THREADS=1 ({} threads in all).",
                             process.threads()
@@ -455,7 +455,7 @@ impl DnsBench {
                 let expected: Option<usize> = match (server, site) {
                     (DnsServer::KnotStatic, _) => Some(t.default_site()),
                     (_, Some(i)) => Some(i),
-                    (DnsServer::Estuary, None) => None,
+                    (s, None) if s.is_estuary() => None,
                     (_, None) => Some(t.default_site()),
                 };
                 let expected_text = expected.map_or_else(
@@ -817,6 +817,16 @@ impl DnsBench {
                     r.unattributed_cpu * 100.0
                 );
             }
+        }
+        if dns.iter().any(|(k, _)| *k == DnsServer::EstuaryQuietLog) {
+            let _ = writeln!(
+                s,
+                "- \"{}\" is a diagnostic row, not a configuration: the same binary and config \
+                 with `RUST_LOG=info,hickory_server=warn`. With the default filter (`info`), \
+                 hickory-server writes two INFO lines per query (the request and the query) into \
+                 the service's JSON log on standard error; the target applies to the first row.",
+                DnsServer::EstuaryQuietLog.label()
+            );
         }
         let _ = writeln!(
             s,

@@ -20,6 +20,9 @@ use crate::procfs;
 pub enum DnsServer {
     /// Estuary's geo-DNS: `estuary steering` with `[listen] dns`.
     Estuary,
+    /// The same with hickory-server's per-query log lines filtered out
+    /// (`RUST_LOG=info,hickory_server=warn`): a diagnostic row, not a configuration.
+    EstuaryQuietLog,
     /// gdnsd with plugin_geoip (a `nets` map, no MaxMind database).
     Gdnsd,
     /// Knot DNS with its geoip module in subnet mode.
@@ -44,8 +47,9 @@ pub const ASSET: &str = "bench-asset";
 const TOKEN_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 impl DnsServer {
-    pub const ALL: [DnsServer; 4] = [
+    pub const ALL: [DnsServer; 5] = [
         DnsServer::Estuary,
+        DnsServer::EstuaryQuietLog,
         DnsServer::Gdnsd,
         DnsServer::Knot,
         DnsServer::KnotStatic,
@@ -54,6 +58,7 @@ impl DnsServer {
     pub fn label(self) -> &'static str {
         match self {
             DnsServer::Estuary => "Estuary geo-DNS",
+            DnsServer::EstuaryQuietLog => "Estuary geo-DNS, hickory_server logs off",
             DnsServer::Gdnsd => "gdnsd geoip",
             DnsServer::Knot => "Knot geoip",
             DnsServer::KnotStatic => "Knot, static",
@@ -63,6 +68,7 @@ impl DnsServer {
     pub fn slug(self) -> &'static str {
         match self {
             DnsServer::Estuary => "estuary",
+            DnsServer::EstuaryQuietLog => "estuary-quiet-log",
             DnsServer::Gdnsd => "gdnsd",
             DnsServer::Knot => "knot",
             DnsServer::KnotStatic => "knot-static",
@@ -71,7 +77,7 @@ impl DnsServer {
 
     pub fn port(self) -> u16 {
         match self {
-            DnsServer::Estuary => ESTUARY_DNS_PORT,
+            DnsServer::Estuary | DnsServer::EstuaryQuietLog => ESTUARY_DNS_PORT,
             DnsServer::Gdnsd => GDNSD_PORT,
             DnsServer::Knot => KNOT_PORT,
             DnsServer::KnotStatic => KNOT_STATIC_PORT,
@@ -80,6 +86,11 @@ impl DnsServer {
 
     pub fn addr(self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port()))
+    }
+
+    /// Whether this is Estuary (in either logging set-up).
+    pub fn is_estuary(self) -> bool {
+        matches!(self, DnsServer::Estuary | DnsServer::EstuaryQuietLog)
     }
 }
 
@@ -96,10 +107,12 @@ impl DnsSetup {
     /// Why a server cannot run here, if it cannot.
     pub fn missing(&self, server: DnsServer) -> Option<String> {
         match server {
-            DnsServer::Estuary if !self.estuary_bin.is_file() => Some(format!(
-                "{} not found (cargo build --release -p estuary)",
-                self.estuary_bin.display()
-            )),
+            DnsServer::Estuary | DnsServer::EstuaryQuietLog if !self.estuary_bin.is_file() => {
+                Some(format!(
+                    "{} not found (cargo build --release -p estuary)",
+                    self.estuary_bin.display()
+                ))
+            }
             DnsServer::Gdnsd if self.gdnsd_bin.is_none() => {
                 Some("gdnsd is not installed (apt-get install gdnsd)".to_owned())
             }
@@ -148,7 +161,9 @@ pub fn check_port_free(port: u16, who: &str) -> anyhow::Result<()> {
 
 fn ports(server: DnsServer) -> Vec<u16> {
     match server {
-        DnsServer::Estuary => vec![ESTUARY_DNS_PORT, ESTUARY_DNS_HTTP_PORT],
+        DnsServer::Estuary | DnsServer::EstuaryQuietLog => {
+            vec![ESTUARY_DNS_PORT, ESTUARY_DNS_HTTP_PORT]
+        }
         s => vec![s.port()],
     }
 }
@@ -254,7 +269,7 @@ impl ServerProcess {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]);
         match server {
-            DnsServer::Estuary => {
+            DnsServer::Estuary | DnsServer::EstuaryQuietLog => {
                 let config = write_estuary_config(
                     &dir,
                     topology,
@@ -266,6 +281,11 @@ impl ServerProcess {
                     .arg("--config")
                     .arg(config)
                     .env("TOKIO_WORKER_THREADS", "1");
+                if server == DnsServer::EstuaryQuietLog {
+                    cmd.env("RUST_LOG", "info,hickory_server=warn");
+                } else {
+                    cmd.env_remove("RUST_LOG");
+                }
             }
             DnsServer::Gdnsd => {
                 fs::create_dir_all(dir.join("zones"))?;
