@@ -295,37 +295,53 @@ pub fn site_order(topo: &Topology, place: ClientPlace, asset: &str, seed: u64) -
 
 /// The ranked edges for `asset` and a client at `place`.
 pub fn choose(topo: &Topology, place: ClientPlace, asset: &str, policy: &Policy) -> Vec<Choice> {
+    ranked_edges(topo, place, asset, policy)
+        .into_iter()
+        .map(|i| {
+            let e = &topo.edges[i];
+            Choice {
+                site: topo.sites[e.site].name.clone(),
+                node: e.id.clone(),
+                base_url: e.base_url.clone(),
+                prepositioned: e.assets.contains(asset),
+            }
+        })
+        .collect()
+}
+
+/// [`choose`] as indexes into [`Topology::edges`] (no strings built: the geo-DNS's hot path).
+pub fn ranked_edges(
+    topo: &Topology,
+    place: ClientPlace,
+    asset: &str,
+    policy: &Policy,
+) -> Vec<usize> {
     let mut out = Vec::new();
     if policy.max_results == 0 {
         return out;
     }
-    let to_choice = |e: &EdgeInfo| Choice {
-        site: topo.sites[e.site].name.clone(),
-        node: e.id.clone(),
-        base_url: e.base_url.clone(),
-        prepositioned: e.assets.contains(asset),
-    };
     for s in site_order(topo, place, asset, policy.hash_seed) {
-        let mut ranked: Vec<(bool, f64, &EdgeInfo)> = topo.sites[s]
+        let mut ranked: Vec<(bool, f64, usize)> = topo.sites[s]
             .edges
             .iter()
-            .map(|i| &topo.edges[*i])
-            .filter(|e| topo.eligible(e, policy))
-            .map(|e| {
+            .copied()
+            .filter(|i| topo.eligible(&topo.edges[*i], policy))
+            .map(|i| {
+                let e = &topo.edges[i];
                 (
                     e.assets.contains(asset),
                     hrw_score(policy.hash_seed, asset, &e.id, e.weight),
-                    e,
+                    i,
                 )
             })
             .collect();
         ranked.sort_by(|a, b| {
             b.0.cmp(&a.0)
                 .then_with(|| b.1.total_cmp(&a.1))
-                .then_with(|| a.2.id.cmp(&b.2.id))
+                .then_with(|| topo.edges[a.2].id.cmp(&topo.edges[b.2].id))
         });
-        for (_, _, e) in ranked {
-            out.push(to_choice(e));
+        for (_, _, i) in ranked {
+            out.push(i);
             if out.len() == policy.max_results {
                 return out;
             }
@@ -333,9 +349,14 @@ pub fn choose(topo: &Topology, place: ClientPlace, asset: &str, policy: &Policy)
     }
     if out.is_empty() {
         // Everything is loaded: an edge that is up beats no answer.
-        let mut loaded: Vec<&EdgeInfo> = topo.edges.iter().filter(|e| e.up).collect();
-        loaded.sort_by(|a, b| a.load.total_cmp(&b.load).then_with(|| a.id.cmp(&b.id)));
-        out.extend(loaded.into_iter().take(policy.max_results).map(to_choice));
+        let mut loaded: Vec<usize> = (0..topo.edges.len())
+            .filter(|i| topo.edges[*i].up)
+            .collect();
+        loaded.sort_by(|a, b| {
+            let (a, b) = (&topo.edges[*a], &topo.edges[*b]);
+            a.load.total_cmp(&b.load).then_with(|| a.id.cmp(&b.id))
+        });
+        out.extend(loaded.into_iter().take(policy.max_results));
     }
     out
 }

@@ -216,6 +216,19 @@ pub struct DnsConfig {
     /// Idle time after which a TCP connection is closed.
     #[serde(default = "default_dns_tcp_timeout", with = "humantime_serde")]
     pub tcp_timeout: Duration,
+    /// Threads answering UDP, each on its own socket of the same address; default: one per
+    /// core this process may run on.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+impl DnsConfig {
+    /// The UDP worker threads to run.
+    pub fn udp_workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 /// `[shutdown]`.
@@ -454,6 +467,9 @@ impl SteeringConfig {
                     "dns.contact",
                     "must be a fully qualified name ending in '.' (hostmaster.cdn.example.)",
                 ));
+            }
+            if dns.workers.is_some_and(|w| !(1..=256).contains(&w)) {
+                return Err(ConfigError::new("dns.workers", "must be 1 to 256"));
             }
             if !(1..=16).contains(&dns.answers) {
                 return Err(ConfigError::new("dns.answers", "must be 1 to 16"));

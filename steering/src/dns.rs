@@ -21,10 +21,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hickory_proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -32,9 +33,9 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 
-use crate::choose::{Policy, Topology, choose};
+use crate::choose::{EdgeInfo, Policy, Topology, ranked_edges};
 use crate::config::DnsConfig;
-use crate::state::StateHolder;
+use crate::state::{StateHolder, View};
 
 /// What a response carries.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +170,24 @@ impl Zone {
         topology: Option<&Topology>,
         limited: Limited,
     ) -> Option<Answer> {
+        let edge_ips: Vec<Option<IpAddr>> = topology
+            .map(|t| t.edges.iter().map(edge_ip).collect())
+            .unwrap_or_default();
+        self.answer_with(
+            question,
+            topology.map(|t| (t, edge_ips.as_slice())),
+            limited,
+        )
+    }
+
+    /// [`Zone::answer`] with the edges' addresses worked out already (one per
+    /// [`Topology::edges`] entry, see [`edge_ip`]).
+    pub fn answer_with(
+        &self,
+        question: &Question<'_>,
+        topology: Option<(&Topology, &[Option<IpAddr>])>,
+        limited: Limited,
+    ) -> Option<Answer> {
         let Question {
             name: query_name,
             query_type,
@@ -229,7 +248,7 @@ impl Zone {
                 .next()
                 .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
                 .unwrap_or_default();
-            let Some(topo) = topology else {
+            let Some((topo, edge_ips)) = topology else {
                 // No snapshot yet: nothing is known to be up.
                 return Some(Answer::code(ResponseCode::ServFail));
             };
@@ -238,9 +257,9 @@ impl Zone {
                 if wants_address {
                     let place = topo.locate(ip);
                     let key = network_key(ip, source);
-                    let addrs: Vec<IpAddr> = choose(topo, place, &key, &self.policy)
-                        .iter()
-                        .filter_map(|c| topo.edge(&c.node).and_then(edge_ip))
+                    let addrs: Vec<IpAddr> = ranked_edges(topo, place, &key, &self.policy)
+                        .into_iter()
+                        .filter_map(|i| edge_ips.get(i).copied().flatten())
                         .collect();
                     out.answers
                         .extend(address_records(query_name, query_type, &addrs, self.ttl));
@@ -256,9 +275,8 @@ impl Zone {
                     let addrs: Vec<IpAddr> = topo.sites[site]
                         .edges
                         .iter()
-                        .map(|i| &topo.edges[*i])
-                        .filter(|e| e.up)
-                        .filter_map(edge_ip)
+                        .filter(|i| topo.edges[**i].up)
+                        .filter_map(|i| edge_ips.get(*i).copied().flatten())
                         .collect();
                     out.answers
                         .extend(address_records(query_name, query_type, &addrs, self.ttl));
@@ -333,7 +351,7 @@ fn address_records(
 
 /// The address an edge's players connect to, when its URL names one (a host name cannot be
 /// an A record).
-fn edge_ip(edge: &crate::choose::EdgeInfo) -> Option<IpAddr> {
+pub fn edge_ip(edge: &EdgeInfo) -> Option<IpAddr> {
     let url = url::Url::parse(&edge.base_url).ok()?;
     match url.host()? {
         url::Host::Ipv4(a) => Some(IpAddr::V4(a)),
@@ -386,8 +404,8 @@ fn network_key(ip: IpAddr, source: Option<u8>) -> String {
         .unwrap_or_else(|_| ip.to_string())
 }
 
-/// The network responses to `ip` are rate limited as: its /24 or /56.
-fn rrl_key(ip: IpAddr) -> IpNet {
+/// The network a client is rate limited as: its /24 or /56.
+fn client_net(ip: IpAddr) -> IpNet {
     let ip = crate::geo::canonical_ip(ip);
     let len = match ip {
         IpAddr::V4(_) => 24,
@@ -398,13 +416,31 @@ fn rrl_key(ip: IpAddr) -> IpNet {
         .unwrap_or_else(|_| IpNet::from(ip))
 }
 
+/// What counts as one stream of identical responses (as BIND's RRL does): the client's
+/// network, the name and type asked, and the ECS network asked for. A reflection attack
+/// repeats one query; a resolver serving many clients asks for many ECS networks.
+fn rrl_key(question: &Question<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_net(question.client).hash(&mut h);
+    question.name.hash(&mut h);
+    u16::from(question.query_type).hash(&mut h);
+    if let Some(s) = question.subnet {
+        IpNet::new(s.addr(), s.source_prefix())
+            .map(|n| n.trunc())
+            .ok()
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
 type KeyedLimiter = governor::RateLimiter<
-    IpNet,
-    governor::state::keyed::DefaultKeyedStateStore<IpNet>,
+    u64,
+    governor::state::keyed::DefaultKeyedStateStore<u64>,
     governor::clock::DefaultClock,
 >;
 
-/// Response rate limiting: a token bucket per client network, with slip.
+/// Response rate limiting: a token bucket per stream of identical responses, with slip.
 pub struct RateLimit {
     limiter: Option<KeyedLimiter>,
     slip: u32,
@@ -424,12 +460,12 @@ impl RateLimit {
         }
     }
 
-    /// The verdict for one UDP response to `ip`.
-    pub fn check(&self, ip: IpAddr) -> Limited {
+    /// The verdict for one UDP response to `question`.
+    pub fn check(&self, question: &Question<'_>) -> Limited {
         let Some(limiter) = &self.limiter else {
             return Limited::No;
         };
-        if limiter.check_key(&rrl_key(ip)).is_ok() {
+        if limiter.check_key(&rrl_key(question)).is_ok() {
             return Limited::No;
         }
         let n = self.over.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +476,7 @@ impl RateLimit {
         }
     }
 
-    /// Forgets networks that are back under their limit (keeps memory bounded).
+    /// Forgets streams that are back under their limit (keeps memory bounded).
     pub fn shrink(&self) {
         if let Some(l) = &self.limiter {
             l.retain_recent();
@@ -449,16 +485,22 @@ impl RateLimit {
     }
 }
 
-/// DNS metrics.
+/// DNS metrics, with every series resolved up front (the UDP path counts without lookups).
 pub struct DnsMetrics {
-    queries: IntCounterVec,
-    rrl: IntCounterVec,
+    responses: [[IntCounter; RCODES.len()]; 2],
+    rrl_slipped: IntCounter,
+    rrl_dropped: IntCounter,
     malformed: IntCounter,
 }
 
+/// Response codes with a series of their own; the rest count as `other`.
+const RCODES: [&str; 8] = [
+    "noerror", "nxdomain", "refused", "formerr", "notimp", "servfail", "badvers", "other",
+];
+
 impl DnsMetrics {
     pub fn new(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let queries = IntCounterVec::new(
+        let responses = IntCounterVec::new(
             Opts::new(
                 "estuary_steering_dns_responses_total",
                 "DNS responses sent, by transport and response code.",
@@ -474,16 +516,28 @@ impl DnsMetrics {
         )?;
         let malformed = IntCounter::new(
             "estuary_steering_dns_malformed_total",
-            "Queries answered FORMERR or NOTIMP (more than one question, not a query).",
+            "Queries answered FORMERR or NOTIMP (unreadable, more than one question, not a query).",
         )?;
-        registry.register(Box::new(queries.clone()))?;
+        registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(rrl.clone()))?;
         registry.register(Box::new(malformed.clone()))?;
+        let by_rcode =
+            |transport: &str| RCODES.map(|code| responses.with_label_values(&[transport, code]));
         Ok(Self {
-            queries,
-            rrl,
+            responses: [by_rcode("udp"), by_rcode("tcp")],
+            rrl_slipped: rrl.with_label_values(&["slipped"]),
+            rrl_dropped: rrl.with_label_values(&["dropped"]),
             malformed,
         })
+    }
+
+    fn count(&self, protocol: Protocol, code: ResponseCode) {
+        let transport = usize::from(protocol != Protocol::Udp);
+        let idx = RCODES
+            .iter()
+            .position(|c| *c == rcode_label(code))
+            .unwrap_or(RCODES.len() - 1);
+        self.responses[transport][idx].inc();
     }
 }
 
@@ -493,13 +547,155 @@ pub struct Handler {
     pub state: Arc<StateHolder>,
     pub rrl: RateLimit,
     pub metrics: DnsMetrics,
+    /// The current view with its edges' addresses, worked out once per view.
+    pub resolved: arc_swap::ArcSwapOption<Resolved>,
 }
 
-fn transport_label(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Udp => "udp",
-        Protocol::Tcp => "tcp",
-        _ => "other",
+/// A view and the address of each of its edges (see [`edge_ip`]).
+pub type Resolved = (Arc<View>, Vec<Option<IpAddr>>);
+
+impl Handler {
+    pub fn new(zone: Zone, state: Arc<StateHolder>, rrl: RateLimit, metrics: DnsMetrics) -> Self {
+        Self {
+            zone,
+            state,
+            rrl,
+            metrics,
+            resolved: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+
+    /// The current view and its edges' addresses.
+    fn view(&self) -> Option<Arc<Resolved>> {
+        let view = self.state.view()?;
+        if let Some(r) = self.resolved.load_full()
+            && Arc::ptr_eq(&r.0, &view)
+        {
+            return Some(r);
+        }
+        let ips = view.topology.edges.iter().map(edge_ip).collect();
+        let r = Arc::new((view, ips));
+        self.resolved.store(Some(Arc::clone(&r)));
+        Some(r)
+    }
+}
+
+/// What goes back for one request: the header, the sections and the EDNS record.
+pub struct Reply {
+    pub metadata: Metadata,
+    pub answer: Answer,
+    pub edns: Option<Edns>,
+}
+
+impl Handler {
+    /// The reply to a decoded request over `protocol` from `src`; `None`: send nothing (rate
+    /// limited and dropped).
+    pub fn reply(&self, request: &Request) -> Option<Reply> {
+        let protocol = request.protocol();
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let request_edns = request.edns.as_ref();
+        let mut edns = request_edns.map(|e| {
+            let mut out = Edns::new();
+            out.set_max_payload(e.max_payload().max(512));
+            out
+        });
+        let queries = request.queries.queries();
+        let answer = if request.metadata.op_code != OpCode::Query {
+            self.metrics.malformed.inc();
+            Answer::code(ResponseCode::NotImp)
+        } else if queries.len() != 1 {
+            self.metrics.malformed.inc();
+            Answer::code(ResponseCode::FormErr)
+        } else if request_edns.is_some_and(|e| e.version() > 0) {
+            Answer::code(ResponseCode::BADVERS)
+        } else {
+            let q = &queries[0];
+            let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
+                Some(EdnsOption::Subnet(s)) => Some(*s),
+                _ => None,
+            });
+            let question = Question {
+                name: q.name(),
+                query_type: q.query_type(),
+                query_class: q.query_class(),
+                client: request.src().ip(),
+                subnet: subnet.as_ref(),
+            };
+            let limited = if protocol == Protocol::Udp {
+                self.rrl.check(&question)
+            } else {
+                Limited::No
+            };
+            match limited {
+                Limited::Slip => self.metrics.rrl_slipped.inc(),
+                Limited::Drop => self.metrics.rrl_dropped.inc(),
+                Limited::No => {}
+            }
+            let view = self.view();
+            self.zone.answer_with(
+                &question,
+                view.as_ref().map(|v| (&v.0.topology, v.1.as_slice())),
+                limited,
+            )?
+        };
+        metadata.response_code = answer.response_code;
+        metadata.authoritative = answer.authoritative;
+        metadata.truncation = answer.truncated;
+        if let (Some(e), Some(s)) = (edns.as_mut(), answer.client_subnet) {
+            e.options_mut().insert(EdnsOption::Subnet(s));
+        }
+        self.metrics.count(protocol, answer.response_code);
+        Some(Reply {
+            metadata,
+            answer,
+            edns,
+        })
+    }
+
+    /// Answers one UDP datagram into `out` (cleared first); whether there is anything to send.
+    /// Short or garbled packets get FORMERR when their header can be read, nothing otherwise;
+    /// responses are never answered.
+    pub fn answer_datagram(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let mut decoder = BinDecoder::new(packet);
+        let Ok(header) = hickory_proto::op::Header::read(&mut decoder) else {
+            return false;
+        };
+        if header.metadata.message_type == MessageType::Response {
+            return false;
+        }
+        let request = match Request::from_bytes(packet.to_vec(), src, Protocol::Udp) {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.malformed.inc();
+                self.metrics.count(Protocol::Udp, ResponseCode::FormErr);
+                let mut metadata = Metadata::response_from_request(&header.metadata);
+                metadata.response_code = ResponseCode::FormErr;
+                let header = hickory_proto::op::Header {
+                    metadata,
+                    counts: Default::default(),
+                };
+                let mut encoder = BinEncoder::new(out);
+                return header.emit(&mut encoder).is_ok();
+            }
+        };
+        let Some(reply) = self.reply(&request) else {
+            return false;
+        };
+        let max = reply
+            .edns
+            .as_ref()
+            .map_or(512, |e| e.max_payload().max(512));
+        let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
+            reply.metadata,
+            reply.answer.answers.iter(),
+            reply.answer.authorities.iter(),
+            std::iter::empty(),
+            reply.answer.additionals.iter(),
+        );
+        let mut encoder = BinEncoder::new(out);
+        encoder.set_max_size(max);
+        response.destructive_emit(&mut encoder).is_ok()
     }
 }
 
@@ -510,79 +706,20 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let protocol = request.protocol();
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        let request_edns = request.edns.as_ref();
-        let mut edns = request_edns.map(|e| {
-            let mut out = Edns::new();
-            out.set_max_payload(e.max_payload().max(512));
-            out
-        });
-        let builder = MessageResponseBuilder::new(&request.queries, None);
-        let queries = request.queries.queries();
-        let answer = if request.metadata.op_code != OpCode::Query {
-            self.metrics.malformed.inc();
-            Some(Answer::code(ResponseCode::NotImp))
-        } else if queries.len() != 1 {
-            self.metrics.malformed.inc();
-            Some(Answer::code(ResponseCode::FormErr))
-        } else if request_edns.is_some_and(|e| e.version() > 0) {
-            Some(Answer::code(ResponseCode::BADVERS))
-        } else {
-            let q = &queries[0];
-            let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
-                Some(EdnsOption::Subnet(s)) => Some(*s),
-                _ => None,
-            });
-            let limited = if protocol == Protocol::Udp {
-                self.rrl.check(request.src().ip())
-            } else {
-                Limited::No
-            };
-            match limited {
-                Limited::Slip => self.metrics.rrl.with_label_values(&["slipped"]).inc(),
-                Limited::Drop => self.metrics.rrl.with_label_values(&["dropped"]).inc(),
-                Limited::No => {}
-            }
-            let view = self.state.view();
-            let question = Question {
-                name: q.name(),
-                query_type: q.query_type(),
-                query_class: q.query_class(),
-                client: request.src().ip(),
-                subnet: subnet.as_ref(),
-            };
-            self.zone
-                .answer(&question, view.as_ref().map(|v| &v.topology), limited)
-        };
-        let Some(answer) = answer else {
+        let Some(reply) = self.reply(request) else {
             return ResponseInfo::from(hickory_proto::op::Header {
-                metadata,
+                metadata: Metadata::response_from_request(&request.metadata),
                 counts: Default::default(),
             });
         };
-        metadata.response_code = answer.response_code;
-        metadata.authoritative = answer.authoritative;
-        metadata.truncation = answer.truncated;
-        if let (Some(e), Some(s)) = (edns.as_mut(), answer.client_subnet) {
-            e.options_mut().insert(EdnsOption::Subnet(s));
-        }
-        let mut builder = builder;
-        if let Some(e) = edns.as_ref() {
-            builder.edns(e);
-        }
-        let response = builder.build(
+        let metadata = reply.metadata;
+        let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref()).build(
             metadata,
-            answer.answers.iter(),
-            answer.authorities.iter(),
+            reply.answer.answers.iter(),
+            reply.answer.authorities.iter(),
             std::iter::empty(),
-            answer.additionals.iter(),
+            reply.answer.additionals.iter(),
         );
-        let rcode = answer.response_code;
-        self.metrics
-            .queries
-            .with_label_values(&[transport_label(protocol), rcode_label(rcode)])
-            .inc();
         match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(e) => {
@@ -612,23 +749,80 @@ fn rcode_label(code: ResponseCode) -> &'static str {
 
 /// The DNS sockets, bound.
 pub struct Sockets {
-    udp: tokio::net::UdpSocket,
+    /// One per UDP worker, all on the same address (SO_REUSEPORT: the kernel spreads
+    /// datagrams over them).
+    udp: Vec<std::net::UdpSocket>,
     tcp: tokio::net::TcpListener,
     addr: SocketAddr,
 }
 
-/// Binds UDP and TCP on `addr` (before anything is spawned, so a taken port stops the start).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<Sockets> {
-    let udp = tokio::net::UdpSocket::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("listen.dns {addr} (UDP): {e}"))?;
+/// Binds `workers` UDP sockets and a TCP listener on `addr` (before anything is spawned, so a
+/// taken port stops the start).
+pub async fn bind(addr: SocketAddr, workers: usize) -> anyhow::Result<Sockets> {
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("listen.dns {addr} (TCP): {e}"))?;
+    let udp = (0..workers.max(1))
+        .map(|_| udp_socket(addr).map_err(|e| anyhow::anyhow!("listen.dns {addr} (UDP): {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Sockets { udp, tcp, addr })
 }
 
-/// Serves the zone on the bound sockets until `stop` turns true.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM,
+        Some(SockProtocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    // Room for bursts while a worker is busy.
+    let _ = socket.set_recv_buffer_size(4 * 1024 * 1024);
+    socket.bind(&addr.into())?;
+    let socket: std::net::UdpSocket = socket.into();
+    // A worker wakes this often to see whether it should stop.
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(250)))?;
+    Ok(socket)
+}
+
+/// One UDP worker: a plain thread answering datagrams until `stop` (no per-query task, no
+/// channel: a query costs a receive, the answer and a send).
+fn udp_worker(
+    socket: std::net::UdpSocket,
+    handler: Arc<Handler>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut packet = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(1232);
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut packet) {
+            Ok((n, src)) => {
+                if crate::geo::canonical_ip(src.ip()).is_unspecified() || src.port() == 0 {
+                    continue;
+                }
+                if handler.answer_datagram(&packet[..n], src, &mut out)
+                    && let Err(e) = socket.send_to(&out, src)
+                {
+                    tracing::debug!(error = %e, "A DNS response could not be sent.");
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on Linux; they are not fatal.
+                tracing::debug!(error = %e, "A DNS datagram could not be received.");
+            }
+        }
+    }
+}
+
+/// Serves the zone on the bound sockets until `stop` turns true: UDP on worker threads, TCP
+/// through hickory-server.
 pub async fn serve(
     sockets: Sockets,
     handler: Handler,
@@ -637,6 +831,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let Sockets { udp, tcp, addr } = sockets;
     let handler = Arc::new(handler);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<std::thread::JoinHandle<()>> = udp
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            let handler = Arc::clone(&handler);
+            let stopping = Arc::clone(&stopping);
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || udp_worker(socket, handler, stopping))
+        })
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| anyhow::anyhow!("dns workers: {e}"))?;
     let shrinker = {
         let handler = Arc::clone(&handler);
         let mut stop = stop.clone();
@@ -650,15 +857,21 @@ pub async fn serve(
             }
         })
     };
-    let mut server = hickory_server::Server::new(SharedHandler(handler));
-    server.register_socket(udp);
+    let mut server = hickory_server::Server::new(SharedHandler(Arc::clone(&handler)));
     server.register_listener(tcp, tcp_timeout, 64 * 1024);
-    tracing::info!(dns = %addr, "The geo-DNS is answering (UDP and TCP).");
+    tracing::info!(dns = %addr, udp_workers = workers.len(), "The geo-DNS is answering (UDP and TCP).");
     let _ = stop.wait_for(|s| *s).await;
+    stopping.store(true, Ordering::Relaxed);
     if let Err(e) = server.shutdown_gracefully().await {
         tracing::warn!(error = %e, "The DNS server did not stop cleanly.");
     }
     let _ = shrinker.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            let _ = w.join();
+        }
+    })
+    .await;
     Ok(())
 }
 
@@ -737,6 +950,7 @@ mod tests {
             rrl_responses_per_second: 0,
             rrl_slip: 2,
             tcp_timeout: Duration::from_secs(10),
+            workers: None,
         };
         let policy = Policy {
             load_threshold: 0.9,
@@ -823,14 +1037,37 @@ mod tests {
     #[test]
     fn the_rate_limit_slips_every_second_response_over_it() {
         let rrl = RateLimit::new(3, 2);
-        let ip = IpAddr::from([198, 51, 100, 7]);
-        let verdicts: Vec<Limited> = (0..9).map(|_| rrl.check(ip)).collect();
+        let name = lower("edge.cdn.example.");
+        fn ask<'a>(
+            name: &'a LowerName,
+            client: [u8; 4],
+            subnet: Option<&'a ClientSubnet>,
+        ) -> Question<'a> {
+            Question {
+                name,
+                query_type: RecordType::A,
+                query_class: DNSClass::IN,
+                client: IpAddr::from(client),
+                subnet,
+            }
+        }
+        let q = ask(&name, [198, 51, 100, 7], None);
+        let verdicts: Vec<Limited> = (0..9).map(|_| rrl.check(&q)).collect();
         assert_eq!(verdicts[..3], [Limited::No; 3]);
         assert!(verdicts[3..].contains(&Limited::Slip) && verdicts[3..].contains(&Limited::Drop));
-        // Another /24 has its own bucket; the same /24 shares one.
-        assert_eq!(rrl.check(IpAddr::from([198, 51, 101, 7])), Limited::No);
-        assert_ne!(rrl.check(IpAddr::from([198, 51, 100, 200])), Limited::No);
-        assert_eq!(RateLimit::new(0, 2).check(ip), Limited::No);
+        // Another client network, or another ECS network asked for, is another stream; the
+        // same /24 asking the same is the same stream.
+        assert_eq!(rrl.check(&ask(&name, [198, 51, 101, 7], None)), Limited::No);
+        let subnet = ClientSubnet::new(IpAddr::from([10, 1, 2, 0]), 24, 0);
+        assert_eq!(
+            rrl.check(&ask(&name, [198, 51, 100, 7], Some(&subnet))),
+            Limited::No
+        );
+        assert_ne!(
+            rrl.check(&ask(&name, [198, 51, 100, 200], None)),
+            Limited::No
+        );
+        assert_eq!(RateLimit::new(0, 2).check(&q), Limited::No);
     }
 
     proptest! {

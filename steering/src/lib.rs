@@ -81,14 +81,14 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
                 u32::try_from(estuary_common::unix_now() % u64::from(u32::MAX)).unwrap_or(1);
             let zone = dns::Zone::new(dns_config, app.policy(), serial)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let handler = dns::Handler {
+            let handler = dns::Handler::new(
                 zone,
-                state: Arc::clone(&holder),
-                rrl: dns::RateLimit::new(dns_config.rrl_responses_per_second, dns_config.rrl_slip),
-                metrics: dns::DnsMetrics::new(&metrics.registry)
+                Arc::clone(&holder),
+                dns::RateLimit::new(dns_config.rrl_responses_per_second, dns_config.rrl_slip),
+                dns::DnsMetrics::new(&metrics.registry)
                     .map_err(|e| anyhow::anyhow!("dns metrics: {e}"))?,
-            };
-            let sockets = dns::bind(addr).await?;
+            );
+            let sockets = dns::bind(addr, dns_config.udp_workers()).await?;
             Some(tokio::spawn(dns::serve(
                 sockets,
                 handler,

@@ -167,6 +167,9 @@ pub fn steer_dash(
                 }
                 let name = e.local_name();
                 let name = name.as_ref();
+                if depth > 1 && name == b"MPD" {
+                    return Err(ManifestError::NotMpd("an <MPD> inside the <MPD>".into()));
+                }
                 if depth == 1 {
                     if name != b"MPD" || seen_mpd {
                         return Err(ManifestError::NotMpd("the root is not <MPD>".into()));
@@ -191,6 +194,9 @@ pub fn steer_dash(
                 let name = name.as_ref();
                 if depth == 0 {
                     return Err(ManifestError::NotMpd("an empty root element".into()));
+                }
+                if name == b"MPD" {
+                    return Err(ManifestError::NotMpd("an <MPD> inside the <MPD>".into()));
                 }
                 if depth == 1 {
                     if name == b"BaseURL" || name == b"ContentSteering" {
@@ -398,6 +404,8 @@ mod tests {
             "<MPD><Period>",
             "<MPD></MPD><MPD></MPD>",
             "<MPD></Period>",
+            "<MPD><MPD><ContentSteering a=\"b\"/></MPD></MPD>",
+            "<MPD><MPD/></MPD>",
         ] {
             assert!(steer_dash(bad, &pathways(), SERVER).is_err(), "{bad}");
         }
