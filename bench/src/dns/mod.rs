@@ -722,7 +722,7 @@ impl DnsBench {
         let _ = writeln!(
             s,
             "Each server alone on 127.0.0.1 (its own port), pinned to CPU 0 with one worker \
-             (gdnsd `udp_threads => 1`, Knot `udp-workers: 1`, Estuary `TOKIO_WORKER_THREADS=1`), \
+             (gdnsd `udp_threads => 1`, Knot `udp-workers: 1`, Estuary `[dns] workers = 1` and `TOKIO_WORKER_THREADS=1`), \
              started afresh for each repetition, one at a time, alternating the order. dnsperf \
              on CPU 1: `taskset -c 1 dnsperf {args} -l {}`, after a 1 s warm-up \
              run. Each figure is the median run of {} (by queries/s). Server CPU is user+system \

@@ -199,6 +199,7 @@ pub fn write_estuary_config(
         format!(
             "\n[dns]\nzone = \"{zone}\"\nttl = \"{ttl}s\"\n\
              # A site's two edges, as the peers answer.\nanswers = 2\n\
+             # One UDP worker, as gdnsd's udp_threads and Knot's udp-workers.\nworkers = 1\n\
              nameservers = [\"ns1.{zone}\"]\nns_addresses = [\"{ns}\"]\n\
              # Off: dnsperf sends every query from 127.0.0.1, one client /24 (gdnsd has no rate\n\
              # limiting, and Knot's rrl module is not loaded).\nrrl_responses_per_second = 0\n",
