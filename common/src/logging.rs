@@ -9,7 +9,8 @@ pub const DEFAULT_FILTER: &str = "info,hickory_server=warn,hickory_proto=warn,hi
 
 /// Sets up JSON logging for the process. Calling it twice is harmless.
 pub fn init_json() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
