@@ -8,10 +8,14 @@
 //! `proxy_cache`, Varnish and Apache Traffic Server in front of one origin: a stampede of
 //! clients on one cold object (origin fetches, followers' time to first byte) and hot RAM-tier
 //! hits with wrk.
+//!
+//! `estuary-bench dns-vs-peers` puts Estuary's geo-DNS next to gdnsd and Knot DNS under
+//! dnsperf, and measures the steering HTTP API under wrk.
 
 mod cache_peers;
 mod collapse;
 mod content;
+mod dns;
 mod h3load;
 mod httpget;
 mod idle;
@@ -57,6 +61,11 @@ enum BenchCommand {
     /// CPU, PSNR/SSIM and bitrate per rendition), and TUS upload throughput of `estuary origin`
     /// on loopback against curl-to-a-sink and dd ceilings.
     PackageVsFfmpeg(package::PackageVsFfmpegArgs),
+    /// Estuary's geo-DNS against gdnsd (geoip plugin) and Knot DNS (geoip module, and a
+    /// static zone) under dnsperf with a different EDNS Client Subnet per query: queries/s,
+    /// server CPU per query, lost queries, answers checked with dig; and the steering HTTP API
+    /// under wrk.
+    DnsVsPeers(dns::DnsVsPeersArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,6 +133,7 @@ fn main() -> std::process::ExitCode {
         BenchCommand::EdgeVsNginx(args) => edge_vs_nginx(args),
         BenchCommand::CacheVsPeers(args) => cache_peers::run(args),
         BenchCommand::PackageVsFfmpeg(args) => package::run(args),
+        BenchCommand::DnsVsPeers(args) => dns::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -988,6 +998,24 @@ mod tests {
         assert!(matches!(cli.command, BenchCommand::CacheVsPeers(_)));
         assert!(
             Cli::try_parse_from(["estuary-bench", "cache-vs-peers", "--peers", "squid"]).is_err()
+        );
+    }
+
+    #[test]
+    fn the_dns_command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "estuary-bench",
+            "dns-vs-peers",
+            "--quick",
+            "--servers",
+            "gdnsd,knot,knot-static,estuary",
+            "--only",
+            "dns",
+        ])
+        .expect("parse");
+        assert!(matches!(cli.command, BenchCommand::DnsVsPeers(_)));
+        assert!(
+            Cli::try_parse_from(["estuary-bench", "dns-vs-peers", "--servers", "bind"]).is_err()
         );
     }
 
