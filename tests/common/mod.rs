@@ -94,11 +94,18 @@ pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A loopback port free for both TCP and UDP right now.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
+    // A port is free once it is released, so the kernel may hand the same one out twice in a
+    // row: remember what this process gave out and never give it again.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
         let port = tcp.local_addr().expect("addr").port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+            let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
         }
     }
     panic!("no free port");
