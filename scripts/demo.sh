@@ -182,6 +182,9 @@ $joined
 TOML
 "$bin" check-config "$site/edge.toml"
 cat > "$site/steering.toml" <<TOML
+[node]
+id = "demo-steering"
+site = "demo"
 [listen]
 http = "127.0.0.1:$steer_port"
 dns = "127.0.0.1:$dns_port"
