@@ -8,7 +8,7 @@ use estuary_common::cp::{Role, StateSnapshot};
 use serde::Serialize;
 
 /// One site at one moment.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SitePoint {
     /// Bytes per second served by the site's edges that are up (measured by the monitor where
     /// it could, else as the heartbeats say).
@@ -80,17 +80,7 @@ pub fn point(now: u64, snap: &StateSnapshot) -> Point {
     let mut sites: BTreeMap<String, SitePoint> = snap
         .sites
         .keys()
-        .map(|name| {
-            (
-                name.clone(),
-                SitePoint {
-                    bytes_per_second: 0.0,
-                    requests_per_second: 0.0,
-                    hit_ratio: None,
-                    edges_up: 0,
-                },
-            )
-        })
+        .map(|name| (name.clone(), SitePoint::default()))
         .collect();
     let mut weights: BTreeMap<&str, (f64, f64, f64, usize)> = BTreeMap::new();
     for n in snap.nodes.values() {
@@ -98,12 +88,7 @@ pub fn point(now: u64, snap: &StateSnapshot) -> Point {
             continue;
         }
         let load = n.polled_load.as_ref().unwrap_or(&n.load);
-        let site = sites.entry(n.site.clone()).or_insert(SitePoint {
-            bytes_per_second: 0.0,
-            requests_per_second: 0.0,
-            hit_ratio: None,
-            edges_up: 0,
-        });
+        let site = sites.entry(n.site.clone()).or_default();
         site.bytes_per_second += load.bytes_per_second.max(0.0);
         site.requests_per_second += load.requests_per_second.max(0.0);
         site.edges_up += 1;

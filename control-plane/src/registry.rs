@@ -19,6 +19,20 @@ struct NodeEntry {
     polled_load: Option<estuary_common::cp::Load>,
 }
 
+impl NodeEntry {
+    /// A node just seen (registered, loaded from the store, or folded in from another
+    /// replica): down until the monitor has checked it.
+    fn new(heartbeat: Heartbeat, last_heartbeat: u64, down_after: u32, up_after: u32) -> Self {
+        Self {
+            heartbeat,
+            last_heartbeat,
+            tracker: Tracker::new(down_after, up_after),
+            down_reason: Some("not checked yet".into()),
+            polled_load: None,
+        }
+    }
+}
+
 struct Inner {
     version: u64,
     sites: BTreeMap<String, Site>,
@@ -92,13 +106,7 @@ impl Registry {
                 .map(|(hb, at)| {
                     (
                         hb.node.clone(),
-                        NodeEntry {
-                            heartbeat: hb,
-                            last_heartbeat: at,
-                            tracker: Tracker::new(down_after, up_after),
-                            down_reason: Some("not checked yet".into()),
-                            polled_load: None,
-                        },
+                        NodeEntry::new(hb, at, down_after, up_after),
                     )
                 })
                 .collect(),
@@ -164,13 +172,7 @@ impl Registry {
                 None => {
                     inner.nodes.insert(
                         hb.node.clone(),
-                        NodeEntry {
-                            heartbeat: hb,
-                            last_heartbeat: now,
-                            tracker: Tracker::new(down_after, up_after),
-                            down_reason: Some("not checked yet".into()),
-                            polled_load: None,
-                        },
+                        NodeEntry::new(hb, now, down_after, up_after),
                     );
                     Seen::New
                 }
@@ -212,13 +214,7 @@ impl Registry {
                     None => {
                         inner.nodes.insert(
                             hb.node.clone(),
-                            NodeEntry {
-                                heartbeat: hb,
-                                last_heartbeat: at,
-                                tracker: Tracker::new(down_after, up_after),
-                                down_reason: Some("not checked yet".into()),
-                                polled_load: None,
-                            },
+                            NodeEntry::new(hb, at, down_after, up_after),
                         );
                         changed = true;
                     }

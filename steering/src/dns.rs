@@ -163,26 +163,9 @@ impl Zone {
     }
 
     /// The answer to one question (the pure heart of the DNS server), with the view's
-    /// topology (none before the first snapshot) and the rate limiter's verdict.
+    /// topology and its edges' addresses (one per [`Topology::edges`] entry, see
+    /// [`edge_ip`]; none before the first snapshot) and the rate limiter's verdict.
     pub fn answer(
-        &self,
-        question: &Question<'_>,
-        topology: Option<&Topology>,
-        limited: Limited,
-    ) -> Option<Answer> {
-        let edge_ips: Vec<Option<IpAddr>> = topology
-            .map(|t| t.edges.iter().map(edge_ip).collect())
-            .unwrap_or_default();
-        self.answer_with(
-            question,
-            topology.map(|t| (t, edge_ips.as_slice())),
-            limited,
-        )
-    }
-
-    /// [`Zone::answer`] with the edges' addresses worked out already (one per
-    /// [`Topology::edges`] entry, see [`edge_ip`]).
-    pub fn answer_with(
         &self,
         question: &Question<'_>,
         topology: Option<(&Topology, &[Option<IpAddr>])>,
@@ -533,15 +516,13 @@ impl DnsMetrics {
 
     fn count(&self, protocol: Protocol, code: ResponseCode) {
         let transport = usize::from(protocol != Protocol::Udp);
-        let idx = RCODES
-            .iter()
-            .position(|c| *c == rcode_label(code))
-            .unwrap_or(RCODES.len() - 1);
+        let idx = rcode_index(code);
         self.responses[transport][idx].inc();
     }
 }
 
-/// The hickory-server request handler: reads the query, asks [`Zone::answer`], sends.
+/// The request handler (hickory-server's for TCP, the UDP workers' too): reads the query,
+/// asks [`Zone::answer`], sends.
 pub struct Handler {
     pub zone: Zone,
     pub state: Arc<StateHolder>,
@@ -632,7 +613,7 @@ impl Handler {
                 Limited::No => {}
             }
             let view = self.view();
-            self.zone.answer_with(
+            self.zone.answer(
                 &question,
                 view.as_ref().map(|v| (&v.0.topology, v.1.as_slice())),
                 limited,
@@ -733,17 +714,17 @@ impl RequestHandler for Handler {
     }
 }
 
-/// A bounded label for a response code.
-fn rcode_label(code: ResponseCode) -> &'static str {
+/// The series of a response code in [`RCODES`] (the last one, `other`, for the rest).
+fn rcode_index(code: ResponseCode) -> usize {
     match code {
-        ResponseCode::NoError => "noerror",
-        ResponseCode::NXDomain => "nxdomain",
-        ResponseCode::Refused => "refused",
-        ResponseCode::FormErr => "formerr",
-        ResponseCode::NotImp => "notimp",
-        ResponseCode::ServFail => "servfail",
-        ResponseCode::BADVERS => "badvers",
-        _ => "other",
+        ResponseCode::NoError => 0,
+        ResponseCode::NXDomain => 1,
+        ResponseCode::Refused => 2,
+        ResponseCode::FormErr => 3,
+        ResponseCode::NotImp => 4,
+        ResponseCode::ServFail => 5,
+        ResponseCode::BADVERS => 6,
+        _ => RCODES.len() - 1,
     }
 }
 
@@ -1030,6 +1011,14 @@ mod tests {
         }
     }
 
+    /// [`Zone::answer`] with the topology's edge addresses worked out here.
+    fn answer(z: &Zone, q: &Question<'_>, t: Option<&Topology>, l: Limited) -> Option<Answer> {
+        let ips: Vec<Option<IpAddr>> = t
+            .map(|t| t.edges.iter().map(edge_ip).collect())
+            .unwrap_or_default();
+        z.answer(q, t.map(|t| (t, ips.as_slice())), l)
+    }
+
     fn lower(s: &str) -> LowerName {
         LowerName::from(Name::from_ascii(s).unwrap_or_else(|_| Name::root()))
     }
@@ -1044,7 +1033,7 @@ mod tests {
             client: IpAddr::from([203, 0, 113, 9]),
             subnet: subnet.as_ref(),
         };
-        z.answer(&q, Some(t), Limited::No)
+        answer(z, &q, Some(t), Limited::No)
             .unwrap_or_else(|| Answer::code(ResponseCode::Unknown(99)))
     }
 
@@ -1093,10 +1082,10 @@ mod tests {
             client: IpAddr::from([127, 0, 0, 1]),
             subnet: None,
         };
-        let a = z.answer(&question, None, Limited::No);
+        let a = answer(&z, &question, None, Limited::No);
         assert_eq!(a.map(|a| a.response_code), Some(ResponseCode::ServFail));
         // Rate limited: dropped, or empty and truncated.
-        let q = |l| z.answer(&question, Some(&t), l);
+        let q = |l| answer(&z, &question, Some(&t), l);
         assert!(q(Limited::Drop).is_none());
         assert!(q(Limited::Slip).is_some_and(|a| a.truncated && a.answers.is_empty()));
     }
@@ -1160,7 +1149,7 @@ mod tests {
                 client: IpAddr::from([127, 0, 0, 1]),
                 subnet: Some(&subnet),
             };
-            let answer = z.answer(&question, Some(&t), Limited::No);
+            let answer = answer(&z, &question, Some(&t), Limited::No);
             let Some(answer) = answer else { return Err(TestCaseError::fail("no answer")); };
             for r in &answer.answers {
                 prop_assert!(z.origin.zone_of(&LowerName::from(r.name.clone())));
