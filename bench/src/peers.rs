@@ -228,22 +228,12 @@ impl PeerProcess {
     /// The server's processes: the main one and all its descendants (nginx workers, Varnish's
     /// cache process).
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.child.id()];
-        let mut i = 0;
-        while i < pids.len() {
-            let children = procfs::children(pids[i]);
-            pids.extend(children);
-            i += 1;
-        }
-        pids
+        procfs::with_descendants(self.child.id())
     }
 
     /// CPU time of all server processes so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        self.pids()
-            .into_iter()
-            .filter_map(|p| procfs::cpu_ticks(p).ok())
-            .sum()
+        procfs::total_cpu_ticks(&self.pids())
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within ten seconds; then waits for its

@@ -179,6 +179,23 @@ pub fn machine() -> Machine {
     }
 }
 
+/// `pid` and all its descendants (a server's master and workers, a wrapper's child).
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let children = children(pids[i]);
+        pids.extend(children);
+        i += 1;
+    }
+    pids
+}
+
+/// CPU time of `pids` so far, in clock ticks (processes that are gone count nothing).
+pub fn total_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p).ok()).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

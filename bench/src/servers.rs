@@ -211,10 +211,7 @@ impl Server {
 
     /// CPU time of all server processes so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        self.pids()
-            .into_iter()
-            .filter_map(|p| procfs::cpu_ticks(p).ok())
-            .sum()
+        procfs::total_cpu_ticks(&self.pids())
     }
 
     /// Resident memory summed over the server processes.

@@ -426,22 +426,12 @@ impl ServerProcess {
     /// The server's processes: the one started (taskset execs the server) and its
     /// descendants.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.child.id()];
-        let mut i = 0;
-        while i < pids.len() {
-            let children = procfs::children(pids[i]);
-            pids.extend(children);
-            i += 1;
-        }
-        pids
+        procfs::with_descendants(self.child.id())
     }
 
     /// CPU time of all server processes so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        self.pids()
-            .into_iter()
-            .filter_map(|p| procfs::cpu_ticks(p).ok())
-            .sum()
+        procfs::total_cpu_ticks(&self.pids())
     }
 
     /// Threads of the main process.
