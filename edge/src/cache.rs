@@ -16,7 +16,40 @@ use foyer::{
 };
 
 /// Format version of [`CachedObject`] on disk; objects of another version are dropped.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+
+/// The page size that bodies are aligned to on disk.
+const PAGE: usize = 4096;
+/// The bytes foyer's block engine writes in front of each entry's value (`EntryHeader`:
+/// key and value lengths, hash, sequence, checksum, magic). foyer starts every entry on a
+/// page boundary, so a body that starts `PAGE - (FOYER_ENTRY_HEADER + head) % PAGE` bytes of
+/// padding after our head starts on a page boundary of the cache file. A foyer upgrade that
+/// changes this size is caught by the test `bodies_are_page_aligned_in_the_cache_files`.
+const FOYER_ENTRY_HEADER: usize = 36;
+
+/// The length of the fixed part of an encoded object in front of the padding.
+fn head_len(o: &CachedObject) -> usize {
+    // version, status, three strings with u32 lengths, four u64 times, sha-256, slicing tag
+    // and three u64, body length, u16 padding length.
+    1 + 2
+        + 12
+        + o.content_type.len()
+        + o.upstream_etag.len()
+        + o.last_modified.len()
+        + 32
+        + 32
+        + 25
+        + 8
+        + 2
+}
+
+/// Padding between the head and the body that puts the body on a page boundary on disk.
+fn body_padding(o: &CachedObject) -> usize {
+    if o.body.is_empty() {
+        return 0;
+    }
+    (PAGE - (FOYER_ENTRY_HEADER + head_len(o)) % PAGE) % PAGE
+}
 
 /// How a cached entry relates to the object it stores.
 ///
@@ -150,6 +183,11 @@ impl Code for CachedObject {
                 w.write_all(&v.to_le_bytes())?;
             }
             w.write_all(&(self.body.len() as u64).to_le_bytes())?;
+            // Page-aligned bodies on disk: a disk hit reads whole pages, and the body inside
+            // them starts on a page (see `body_padding`).
+            let pad = body_padding(self);
+            w.write_all(&(pad as u16).to_le_bytes())?;
+            w.write_all(&[0u8; PAGE][..pad])?;
             w.write_all(&self.body)
         })
     }
@@ -205,6 +243,16 @@ impl Code for CachedObject {
                     "body too long",
                 ));
             }
+            let mut p = [0u8; 2];
+            r.read_exact(&mut p)?;
+            let pad = u16::from_le_bytes(p) as usize;
+            if pad >= PAGE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "padding too long",
+                ));
+            }
+            r.read_exact(&mut [0u8; PAGE][..pad])?;
             let mut body = vec![0u8; len as usize];
             r.read_exact(&mut body)?;
             Ok(Self {
@@ -226,16 +274,7 @@ impl Code for CachedObject {
     }
 
     fn estimated_size(&self) -> usize {
-        1 + 2
-            + 12
-            + self.content_type.len()
-            + self.upstream_etag.len()
-            + self.last_modified.len()
-            + 32
-            + 32
-            + 25
-            + 8
-            + self.body.len()
+        head_len(self) + body_padding(self) + self.body.len()
     }
 }
 
@@ -555,19 +594,112 @@ mod tests {
         let mut other = buf.clone();
         other[0] = 99;
         assert!(CachedObject::decode(&mut &other[..]).is_err());
+        // The body starts on a page once foyer's entry header is in front.
+        assert_eq!(object().estimated_size(), buf.len());
+        assert_eq!((FOYER_ENTRY_HEADER + buf.len() - 11) % PAGE, 0);
+        assert_eq!(&buf[buf.len() - 11..], b"hello world");
+    }
+
+    fn fresh_dir(prefix: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// 1 MiB of RAM over 64 MiB of disk in `dir`.
+    fn disk_tiers(dir: &Path, disk_min_fills: u32) -> TierConfig<'_> {
+        TierConfig {
+            ram_bytes: 1 << 20,
+            disk_dir: Some(dir),
+            disk_bytes: 64 << 20,
+            max_object_bytes: 4 << 20,
+            disk_min_fills,
+        }
+    }
+
+    /// Where `needle` starts in any file under `dir`, as (file, offset).
+    fn find_in_files(dir: &Path, needle: &[u8]) -> Vec<(std::path::PathBuf, usize)> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let bytes = std::fs::read(&path).expect("read");
+                    found.extend(
+                        bytes
+                            .windows(needle.len())
+                            .enumerate()
+                            .filter(|(_, w)| *w == needle)
+                            .map(|(i, _)| (path.clone(), i)),
+                    );
+                }
+            }
+        }
+        found
+    }
+
+    #[tokio::test]
+    async fn bodies_are_page_aligned_in_the_cache_files() {
+        let dir = fresh_dir("estuary-align-");
+        let tiers = disk_tiers(&dir, 1);
+        let mut bodies = Vec::new();
+        {
+            let cache = Cache::open(&tiers, Arc::new(Quiet)).await.expect("open");
+            for (i, size) in [1usize, 700, 5000, 150_000, 600_000]
+                .into_iter()
+                .enumerate()
+            {
+                // xorshift bytes: no prefix repeats inside a body or across bodies.
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+                let body: Vec<u8> = (0..size)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let mut o = object();
+                o.content_type = "x".repeat(i * 5);
+                o.body = Bytes::from(body.clone());
+                let key = format!("/aligned/{i}");
+                cache.note_fill(&key);
+                cache.insert(key, o);
+                bodies.push(body);
+            }
+            cache.close().await;
+        }
+        for body in &bodies {
+            // A prefix long enough to be unique (the first body is a single byte: skip it).
+            if body.len() < 64 {
+                continue;
+            }
+            let found = find_in_files(&dir, &body[..64]);
+            assert_eq!(
+                found.len(),
+                1,
+                "body of {} bytes found {} times",
+                body.len(),
+                found.len()
+            );
+            assert_eq!(
+                found[0].1 % PAGE,
+                0,
+                "body of {} bytes at {:?}",
+                body.len(),
+                found[0]
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn the_disk_tier_survives_a_reopen() {
-        let dir = std::env::temp_dir().join(format!("estuary-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tiers = TierConfig {
-            ram_bytes: 1 << 20,
-            disk_dir: Some(&dir),
-            disk_bytes: 64 << 20,
-            max_object_bytes: 4 << 20,
-            disk_min_fills: 2,
-        };
+        let dir = fresh_dir("estuary-cache-");
+        let tiers = disk_tiers(&dir, 2);
         {
             let cache = Cache::open(&tiers, Arc::new(Quiet)).await.expect("open");
             // Filled twice: admitted to disk; filled once: kept in RAM only.

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cmcd;
 pub mod config;
 pub mod content_type;
+pub mod cork;
 pub mod digest;
 pub mod fill;
 pub mod freshness;

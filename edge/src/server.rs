@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
+use crate::cork::Drain;
 use crate::fill::{BodyStream, FillError};
 use crate::handler::{Body, Edge, Endpoints, Finish, Incoming};
 use crate::metrics::Protocol;
@@ -139,6 +140,36 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Runs each HTTP/2 stream's future once on the connection's own task before it becomes a
+/// task of its own, and spawns it only if it is not finished by then.
+///
+/// hyper hands every HTTP/2 request to the executor as a separate future. Spawned, each one
+/// wakes the connection task again when its response is queued, often from the other worker
+/// thread, so the connection flushes once per response: for small responses (playlists) that
+/// is one TLS record, one `writev` and one TCP segment each, and a cross-thread wake-up. A
+/// response served from memory completes in its first poll, so polled in place the responses
+/// to every request that arrived in one read leave in one write.
+///
+/// Correctness: a future may be polled with any waker, as long as the latest one is woken. An
+/// unfinished future is spawned and polled again by its task, which registers the task's own
+/// waker before anything can be missed; the first poll's no-op waker is then never needed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let mut fut = Box::pin(fut);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(fut);
+        }
+    }
+}
+
 /// Binds a TCP listener with a deep backlog and address reuse.
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -152,8 +183,8 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<StreamExecutor> {
+    let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
@@ -177,7 +208,7 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 /// What every listener task shares.
 struct Shared {
     edge: Arc<Edge>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExecutor>,
     limits: LimitsConfig,
     connections: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -243,6 +274,7 @@ async fn accept_tcp(
                         false,
                         endpoints,
                         conn_stop,
+                        None,
                     )
                     .await;
                 }
@@ -267,15 +299,31 @@ async fn accept_tcp(
                         _ => Protocol::H1,
                     };
                     let _guard = shared2.edge.observer().metrics.connection_opened(protocol);
-                    serve_io(
-                        &shared2,
-                        TokioIo::new(tls_stream),
-                        peer,
-                        true,
-                        endpoints,
-                        conn_stop,
-                    )
-                    .await;
+                    if protocol == Protocol::H2 {
+                        // HTTP/1.1 buffers its own writes; HTTP/2 writes frame by frame.
+                        let (io, cork) = crate::cork::cork(tls_stream);
+                        serve_io(
+                            &shared2,
+                            TokioIo::new(io),
+                            peer,
+                            true,
+                            endpoints,
+                            conn_stop,
+                            Some(&cork),
+                        )
+                        .await;
+                    } else {
+                        serve_io(
+                            &shared2,
+                            TokioIo::new(tls_stream),
+                            peer,
+                            true,
+                            endpoints,
+                            conn_stop,
+                            None,
+                        )
+                        .await;
+                    }
                 }
             }
         };
@@ -294,6 +342,7 @@ async fn serve_io<I>(
     secure: bool,
     endpoints: Endpoints,
     mut stop: watch::Receiver<bool>,
+    cork: Option<&(dyn Drain + Sync)>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -326,16 +375,47 @@ async fn serve_io<I>(
     // Admin connections never drain: they answer /readyz until the process exits.
     let drains = endpoints != Endpoints::Admin;
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = drive(conn.as_mut(), cork) => r,
         _ = stopped(&mut stop), if drains => {
             // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
-            conn.await
+            drive(conn.as_mut(), cork).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs an HTTP connection to its end; with a cork, each poll of the connection is followed
+/// by sending what that poll wrote (see [`crate::cork`]), and the end waits for the last send.
+async fn drive<F>(mut conn: Pin<&mut F>, cork: Option<&(dyn Drain + Sync)>) -> Result<(), BoxError>
+where
+    F: Future<Output = Result<(), BoxError>>,
+{
+    let mut finished = None;
+    std::future::poll_fn(|cx| {
+        if finished.is_none()
+            && let Poll::Ready(r) = conn.as_mut().poll(cx)
+        {
+            finished = Some(r);
+        }
+        if let Some(cork) = cork {
+            match cork.poll_drain(cx) {
+                // The socket is full: the task is woken when it has room.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) if finished.is_none() => return Poll::Ready(Err(e.into())),
+                Poll::Ready(_) => {}
+            }
+        }
+        match finished.take() {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Serves HTTP/3 on a QUIC endpoint until `stop` turns true.
