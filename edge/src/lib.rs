@@ -10,6 +10,7 @@ pub mod breaker;
 pub mod cache;
 pub mod cmcd;
 pub mod config;
+pub mod eviction;
 pub mod content_type;
 pub mod digest;
 pub mod fill;

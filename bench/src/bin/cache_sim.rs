@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use clap::Parser;
+use estuary_edge::eviction::video::{SessionId, VideoPolicy, VideoPolicyConfig};
 use foyer::{Cache, CacheBuilder, EvictionConfig, LfuConfig, LruConfig, S3FifoConfig};
 
 /// The edge's shard count (`edge/src/cache.rs`: `.with_shards(8)`).
@@ -365,6 +366,23 @@ impl Catalog {
         (slot / self.n_renditions) as u32
     }
 
+    /// The URL path of every object, as our packager names segments
+    /// (`/v/<title>/<rendition>/seg_NNNNN.m4s`, numbered from 1), indexed by object id.
+    fn paths(&self) -> Vec<String> {
+        let mut paths = Vec::with_capacity(self.sizes.len());
+        for (title, &segments) in self.n_segments.iter().enumerate() {
+            for rendition_idx in 0..self.n_renditions {
+                for segment_idx in 0..segments {
+                    paths.push(format!(
+                        "/v/title-{title:04}/r{rendition_idx}/seg_{:05}.m4s",
+                        segment_idx + 1
+                    ));
+                }
+            }
+        }
+        paths
+    }
+
     fn total_bytes(&self) -> u64 {
         self.sizes.iter().map(|&s| u64::from(s)).sum()
     }
@@ -373,6 +391,8 @@ impl Catalog {
 /// One viewing session in progress.
 #[derive(Debug, Clone)]
 struct Session {
+    /// The session's id, as its player sends it in CMCD `sid` (a number here).
+    id: u32,
     title: u32,
     rendition_idx: usize,
     next_segment: u32,
@@ -380,7 +400,13 @@ struct Session {
 }
 
 impl Session {
-    fn start(rng: &mut Rng, catalog: &Catalog, zipf: &Zipf, params: &TraceParams) -> Self {
+    fn start(
+        id: u32,
+        rng: &mut Rng,
+        catalog: &Catalog,
+        zipf: &Zipf,
+        params: &TraceParams,
+    ) -> Self {
         let title = zipf.sample(rng);
         let n = catalog.n_segments[title as usize];
         let next_segment = if rng.chance(params.random_start) {
@@ -393,6 +419,7 @@ impl Session {
             .min(u64::from(n - next_segment));
         let rendition_idx = rng.weighted(&params.rendition_weights);
         Self {
+            id,
             title,
             rendition_idx,
             next_segment,
@@ -401,11 +428,13 @@ impl Session {
     }
 }
 
-/// One generated trace: the object id of each request, in order.
+/// One generated trace: the object id of each request, in order, and the session that made
+/// it (the CMCD `sid` hls.js, dash.js, Shaka, ExoPlayer and AVPlayer send).
 #[derive(Debug, Clone, PartialEq)]
 struct Trace {
     alpha: f64,
     requests: Vec<u32>,
+    session_ids: Vec<u32>,
     sessions: u64,
 }
 
@@ -414,14 +443,16 @@ impl Trace {
         let mut rng = Rng::new(seed, 1 + alpha.to_bits());
         let zipf = Zipf::new(params.titles, alpha);
         let mut active: Vec<Session> = (0..params.concurrent_sessions)
-            .map(|_| Session::start(&mut rng, catalog, &zipf, params))
+            .map(|id| Session::start(id, &mut rng, catalog, &zipf, params))
             .collect();
         let mut sessions = active.len() as u64;
         let mut requests = Vec::with_capacity(params.requests as usize);
+        let mut session_ids = Vec::with_capacity(params.requests as usize);
         let top_rendition = catalog.n_renditions - 1;
         while (requests.len() as u64) < params.requests {
             let i = rng.below(active.len() as u64) as usize;
             let session = &mut active[i];
+            session_ids.push(session.id);
             requests.push(catalog.object(
                 session.title,
                 session.rendition_idx,
@@ -438,13 +469,14 @@ impl Trace {
                 };
             }
             if session.remaining == 0 {
-                *session = Session::start(&mut rng, catalog, &zipf, params);
+                *session = Session::start(sessions as u32, &mut rng, catalog, &zipf, params);
                 sessions += 1;
             }
         }
         Self {
             alpha,
             requests,
+            session_ids,
             sessions,
         }
     }
@@ -535,7 +567,9 @@ impl Counts {
 /// The policies compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
-    /// foyer S3-FIFO with the default config and 8 shards: what the edge runs.
+    /// The edge's video-aware policy (`estuary_edge::eviction::video`), the edge's own code.
+    EdgeVideo,
+    /// foyer S3-FIFO with the default config and 8 shards (the edge's `policy = "s3fifo"`).
     EdgeS3Fifo,
     /// The same in one shard, to show what sharding costs.
     S3FifoOneShard,
@@ -547,7 +581,8 @@ enum Policy {
     Belady,
 }
 
-const POLICIES: [Policy; 5] = [
+const POLICIES: [Policy; 6] = [
+    Policy::EdgeVideo,
     Policy::EdgeS3Fifo,
     Policy::S3FifoOneShard,
     Policy::Lru,
@@ -559,7 +594,8 @@ impl Policy {
     /// Column header in the tables.
     fn column(self) -> &'static str {
         match self {
-            Policy::EdgeS3Fifo => "S3-FIFO (edge: foyer, 8 shards)",
+            Policy::EdgeVideo => "video-aware (edge)",
+            Policy::EdgeS3Fifo => "S3-FIFO (foyer, 8 shards)",
             Policy::S3FifoOneShard => "S3-FIFO (foyer, 1 shard)",
             Policy::Lru => "LRU (foyer, 8 shards)",
             Policy::WTinyLfu => "W-TinyLFU (foyer, 8 shards)",
@@ -570,7 +606,8 @@ impl Policy {
     /// Name in the plot's legend.
     fn legend(self) -> &'static str {
         match self {
-            Policy::EdgeS3Fifo => "S3-FIFO, edge config (8 shards)",
+            Policy::EdgeVideo => "video-aware (edge)",
+            Policy::EdgeS3Fifo => "S3-FIFO (8 shards)",
             Policy::S3FifoOneShard => "S3-FIFO, 1 shard",
             Policy::Lru => "LRU (8 shards)",
             Policy::WTinyLfu => "W-TinyLFU (8 shards)",
@@ -581,7 +618,7 @@ impl Policy {
     /// Relative cost of a replay, to start the longest ones first.
     fn cost(self) -> u32 {
         match self {
-            Policy::Belady | Policy::WTinyLfu => 2,
+            Policy::Belady | Policy::WTinyLfu | Policy::EdgeVideo => 2,
             _ => 1,
         }
     }
@@ -610,6 +647,35 @@ fn replay_foyer(
         let hit = cache.get(&object).is_some();
         if !hit {
             drop(cache.insert(object, size));
+        }
+        if i >= warmup {
+            counts.record(hit, size);
+        }
+    }
+    counts
+}
+
+/// Replays a trace through the edge's video-aware policy, the very code the edge runs: every
+/// request is told to the policy with its session id and the request's index as the time,
+/// and a miss is offered for admission with the object's size.
+fn replay_video(
+    requests: &[u32],
+    session_ids: &[u32],
+    paths: &[String],
+    sizes: &[u32],
+    capacity: u64,
+    seed: u64,
+    warmup: usize,
+) -> Counts {
+    let mut policy = VideoPolicy::new(VideoPolicyConfig::new(capacity, seed));
+    let mut counts = Counts::default();
+    for (i, (&object, &session)) in requests.iter().zip(session_ids).enumerate() {
+        let size = sizes[object as usize];
+        let path = &paths[object as usize];
+        let now = i as u64;
+        let hit = policy.on_request(now, Some(SessionId(u64::from(session))), path);
+        if !hit {
+            policy.offer(now, path, u64::from(size));
         }
         if i >= warmup {
             counts.record(hit, size);
@@ -691,6 +757,8 @@ struct Job {
 
 struct Inputs<'a> {
     catalog: &'a Catalog,
+    paths: &'a [String],
+    seed: u64,
     traces: &'a [Trace],
     next: &'a [Vec<u32>],
     divisors: &'a [u32],
@@ -708,6 +776,15 @@ fn run_job(job: &Job, inputs: &Inputs<'_>) -> Counts {
         high_priority_pool_ratio: 0.0,
     };
     match job.policy {
+        Policy::EdgeVideo => replay_video(
+            requests,
+            &inputs.traces[job.trace_idx].session_ids,
+            inputs.paths,
+            sizes,
+            capacity,
+            inputs.seed,
+            warmup,
+        ),
         Policy::EdgeS3Fifo => replay_foyer(
             requests,
             sizes,
@@ -852,8 +929,11 @@ fn main() -> anyhow::Result<()> {
         params.requests,
         cli.threads
     );
+    let paths = catalog.paths();
     let inputs = Inputs {
         catalog: &catalog,
+        paths: &paths,
+        seed: cli.seed,
         traces: &traces,
         next: &next,
         divisors: &cli.cache_divisors,
@@ -940,7 +1020,7 @@ impl TargetCheck {
 
     fn at(results: &Results, trace_idx: usize, divisor_idx: usize) -> Self {
         let edge = results
-            .get(trace_idx, divisor_idx, Policy::EdgeS3Fifo)
+            .get(trace_idx, divisor_idx, Policy::EdgeVideo)
             .byte_hit_ratio();
         let lru = results
             .get(trace_idx, divisor_idx, Policy::Lru)
