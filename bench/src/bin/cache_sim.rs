@@ -400,13 +400,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(
-        id: u32,
-        rng: &mut Rng,
-        catalog: &Catalog,
-        zipf: &Zipf,
-        params: &TraceParams,
-    ) -> Self {
+    fn start(id: u32, rng: &mut Rng, catalog: &Catalog, zipf: &Zipf, params: &TraceParams) -> Self {
         let title = zipf.sample(rng);
         let n = catalog.n_segments[title as usize];
         let next_segment = if rng.chance(params.random_start) {

@@ -53,6 +53,11 @@ pub struct VideoPolicyConfig {
     pub seed: u64,
     /// A cursor is forgotten after this many of its request intervals without a request.
     pub cursor_ttl_intervals: f64,
+    /// Arrival counts halve after this many arrivals per remembered stream (at least
+    /// `window_min`): the memory of the arrival rates, counted in arrivals so that it needs no
+    /// unit of time.
+    pub window_per_stream: usize,
+    pub window_min: usize,
     /// Most streams remembered (their arrival counts); the least popular are forgotten first.
     pub max_streams: usize,
     /// Most sessions tracked at once; the oldest are dropped first when full.
@@ -64,9 +69,11 @@ impl VideoPolicyConfig {
     pub fn new(capacity: u64, seed: u64) -> Self {
         Self {
             capacity,
-            sample: 32,
+            sample: 64,
             seed,
             cursor_ttl_intervals: 8.0,
+            window_per_stream: 8,
+            window_min: 4096,
             max_streams: 1 << 20,
             max_sessions: 1 << 20,
         }
@@ -179,6 +186,11 @@ impl Rng {
 /// Ages (segments read in a row on one stream) the survival curve resolves; beyond the last
 /// one the hazard of the last is used.
 const MAX_AGE: usize = 1024;
+/// Request gaps are learned in units of the mean gap, in buckets of this width up to
+/// `GAP_BUCKETS * GAP_BUCKET_WIDTH` mean gaps.
+const GAP_BUCKET_WIDTH: f64 = 0.125;
+const GAP_BUCKETS: usize = 256;
+
 /// Survival-curve buckets: ages 1, 2, 3, 4-7, 8-15, ... (powers of two).
 const AGE_BUCKETS: usize = 12;
 /// The curve is recomputed after this many continue/stop events.
@@ -258,6 +270,12 @@ pub struct VideoPolicy {
     /// `reach_sum[d]`: expected number of indexes read among the first `d` after an arrival.
     reach_sum: Vec<f64>,
     requests: u64,
+    /// Observed gaps between a cursor's steps, in buckets of `GAP_BUCKET_WIDTH` mean gaps,
+    /// and from them: the chance that a gap is longer than each bucket's start, and the mean
+    /// wait left at each bucket's start (in mean gaps).
+    gap_hist: Vec<f64>,
+    gap_tail: Vec<f64>,
+    gap_residual: Vec<f64>,
     /// The latest `now` seen.
     now: Time,
 }
@@ -289,6 +307,9 @@ impl VideoPolicy {
             log_survival: Vec::new(),
             reach_sum: Vec::new(),
             requests: 0,
+            gap_hist: vec![0.0; GAP_BUCKETS],
+            gap_tail: vec![1.0; GAP_BUCKETS],
+            gap_residual: vec![1.0; GAP_BUCKETS],
             now: 0,
             config,
         };
@@ -390,16 +411,16 @@ impl VideoPolicy {
         let mut evicted = Vec::new();
         if size > free {
             let victims = self.pick_victims(now, size - free, None);
-            let freed: u64 = victims
-                .iter()
-                .map(|&v| self.objects[v as usize].size)
-                .sum();
+            let freed: u64 = victims.iter().map(|&v| self.objects[v as usize].size).sum();
             if freed + free < size {
                 return Admission::default();
             }
             let lost: f64 = victims
                 .iter()
-                .map(|&v| self.worth(now, &self.objects[v as usize]) * self.objects[v as usize].size as f64)
+                .map(|&v| {
+                    self.worth(now, &self.objects[v as usize])
+                        * self.objects[v as usize].size as f64
+                })
                 .sum();
             let candidate = Object {
                 key: Arc::from(key),
@@ -416,7 +437,8 @@ impl VideoPolicy {
             }
         }
         let key: Arc<str> = Arc::from(key);
-        self.by_key.insert(Arc::clone(&key), self.objects.len() as u32);
+        self.by_key
+            .insert(Arc::clone(&key), self.objects.len() as u32);
         self.objects.push(Object {
             key,
             stream,
@@ -530,9 +552,17 @@ impl VideoPolicy {
             } else {
                 self.mean_gap.max(1.0)
             };
-            let p = self.survival(cursor.age as usize, steps as usize);
-            let eta = cursor.last as f64 + steps as f64 * gap - now as f64;
-            rate += p / eta.max(gap);
+            // The longer a cursor has been quiet, the likelier it has stopped: weigh its next
+            // step by the chance it is still reading given the silence (learned gap
+            // distribution), and expect that step after the learned residual wait.
+            let quiet = now.saturating_sub(cursor.last) as f64 / gap;
+            let bucket = ((quiet / GAP_BUCKET_WIDTH) as usize).min(GAP_BUCKETS - 1);
+            let next = self.survival(cursor.age as usize, 1);
+            let tail = self.gap_tail[bucket];
+            let alive = next * tail / (next * tail + 1.0 - next).max(f64::MIN_POSITIVE);
+            let p = alive * self.survival(cursor.age as usize + 1, steps as usize - 1);
+            let eta = (self.gap_residual[bucket] + (steps - 1) as f64) * gap;
+            rate += p / eta.max(1.0);
         }
         rate
     }
@@ -664,7 +694,8 @@ impl VideoPolicy {
         }
         self.total_arrivals += 1.0;
         self.arrivals_this_epoch += 1.0;
-        let window = (32 * self.stream_by_hash.len()).max(4096) as f64;
+        let window = (self.config.window_per_stream * self.stream_by_hash.len())
+            .max(self.config.window_min) as f64;
         if self.arrivals_this_epoch >= window {
             self.arrivals_this_epoch = 0.0;
             self.epoch += 1;
@@ -700,6 +731,10 @@ impl VideoPolicy {
                     return;
                 }
                 if step {
+                    if self.mean_gap > 0.0 {
+                        let x = gap / self.mean_gap / GAP_BUCKET_WIDTH;
+                        self.gap_hist[(x as usize).min(GAP_BUCKETS - 1)] += 1.0;
+                    }
                     self.learn(old.age, true);
                     let s = &mut self.streams[stream as usize];
                     s.top = s.top.max(index);
@@ -707,7 +742,11 @@ impl VideoPolicy {
                         c.index = index;
                         c.last = now;
                         c.age = c.age.saturating_add(1);
-                        c.gap = if c.gap > 0.0 { c.gap + (gap - c.gap) / 4.0 } else { gap };
+                        c.gap = if c.gap > 0.0 {
+                            c.gap + (gap - c.gap) / 4.0
+                        } else {
+                            gap
+                        };
                     }
                     return;
                 }
@@ -715,7 +754,13 @@ impl VideoPolicy {
                 // went quiet): a stop, unless it had reached the stream's end.
                 self.leave(session, &old);
                 self.note_arrival(stream, Some(index));
-                let gap_estimate = if expired { old.gap } else if old.gap > 0.0 { old.gap + (gap - old.gap) / 4.0 } else { gap };
+                let gap_estimate = if expired {
+                    old.gap
+                } else if old.gap > 0.0 {
+                    old.gap + (gap - old.gap) / 4.0
+                } else {
+                    gap
+                };
                 self.sessions.insert(
                     session,
                     Cursor {
@@ -804,6 +849,33 @@ impl VideoPolicy {
             let prev = self.reach_sum[d];
             self.reach_sum.push(prev + self.log_survival[d].exp());
         }
+        // Gap tables: a gap in bucket b counts as b + 1/2 bucket widths long.
+        let hist_total: f64 = self.gap_hist.iter().sum();
+        if hist_total >= 64.0 {
+            let mut above = hist_total;
+            let mut above_len = self
+                .gap_hist
+                .iter()
+                .enumerate()
+                .map(|(b, n)| n * (b as f64 + 0.5) * GAP_BUCKET_WIDTH)
+                .sum::<f64>();
+            for b in 0..GAP_BUCKETS {
+                let start = b as f64 * GAP_BUCKET_WIDTH;
+                self.gap_tail[b] = (above / hist_total).max(1e-6);
+                self.gap_residual[b] = if above > 0.5 {
+                    (above_len / above - start).max(GAP_BUCKET_WIDTH / 2.0)
+                } else {
+                    GAP_BUCKET_WIDTH / 2.0
+                };
+                above -= self.gap_hist[b];
+                above_len -= self.gap_hist[b] * (b as f64 + 0.5) * GAP_BUCKET_WIDTH;
+            }
+            if hist_total > 1e6 {
+                for n in &mut self.gap_hist {
+                    *n *= 0.5;
+                }
+            }
+        }
         let total = all_c + all_s;
         if total > 1e6 {
             for b in 0..AGE_BUCKETS {
@@ -843,6 +915,204 @@ impl VideoPolicy {
                     s.cursors.swap_remove(i);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name(key: &str) -> SegmentName {
+        parse_segment_name(key, &SeededHasher(7))
+    }
+
+    #[test]
+    fn segment_names_split_into_stream_and_index() {
+        let a = name("/v/abc/720p/seg_00042.m4s");
+        let b = name("/v/abc/720p/seg_00043.m4s");
+        assert_eq!(a.index, Some(42));
+        assert_eq!(b.index, Some(43));
+        assert_eq!(a.stream, b.stream);
+        assert_ne!(a.stream, name("/v/abc/360p/seg_00042.m4s").stream);
+        // The extension's digits are not the index; DASH `$Number$` names work alike.
+        assert_eq!(name("/d/chunk-stream0-00017.m4s").index, Some(17));
+        assert_eq!(name("/hls/segment7.ts").index, Some(7));
+        // Slices of a large object form a stream of their own.
+        let s = name("/movie.mp4\u{0}3");
+        assert_eq!(s.index, Some(3));
+        assert_eq!(s.stream, name("/movie.mp4\u{0}4").stream);
+        // No digits: a plain object.
+        assert_eq!(name("/v/abc/master.m3u8").index, None);
+        assert_eq!(name("/v/abc/720p/init.mp4").index, None);
+        assert_ne!(
+            name("/v/abc/master.m3u8").stream,
+            name("/v/abd/master.m3u8").stream
+        );
+        // Absurdly long runs keep their last 18 digits.
+        assert_eq!(
+            name("/x/1234567890123456789012.ts").index,
+            Some(567890123456789012)
+        );
+    }
+
+    fn key(stream: u32, index: u32) -> String {
+        format!("/v/t{stream}/r0/seg_{index:05}.m4s")
+    }
+
+    #[test]
+    fn a_cursor_behind_makes_the_segments_ahead_of_it_worth_keeping() {
+        let mut p = VideoPolicy::new(VideoPolicyConfig::new(10_000, 1));
+        let leader = SessionId(1);
+        let follower = SessionId(2);
+        let lone = SessionId(3);
+        let mut now = 0;
+        // The leader reads segments 1..=5 of t0; the follower starts behind it; a lone viewer
+        // reads t1 alone.
+        for i in 1..=5 {
+            for (s, stream) in [(leader, 0), (lone, 1)] {
+                now += 10;
+                let k = key(stream, i);
+                if !p.on_request(now, Some(s), &k) {
+                    p.offer(now, &k, 100);
+                }
+            }
+        }
+        now += 10;
+        p.on_request(now, Some(follower), &key(0, 1));
+        let ahead = p.worth_of(now, &key(0, 3)).expect("resident");
+        let alone = p.worth_of(now, &key(1, 3)).expect("resident");
+        assert!(ahead > alone, "{ahead} <= {alone}");
+        let behind = p.worth_of(now, &key(0, 1)).expect("resident");
+        assert!(ahead > 0.0 && behind >= 0.0);
+    }
+
+    #[test]
+    fn a_full_tier_evicts_the_least_worth_and_bypasses_the_worthless() {
+        let mut p = VideoPolicy::new(VideoPolicyConfig::new(1_000, 1));
+        let mut now = 0;
+        // Ten viewers start stream 0 (popular); one reads stream 1.
+        for s in 0..10 {
+            for i in 1..=5 {
+                now += 1;
+                let k = key(0, i);
+                if !p.on_request(now, Some(SessionId(s)), &k) {
+                    p.offer(now, &k, 100);
+                }
+            }
+        }
+        for i in 1..=5 {
+            now += 1;
+            let k = key(1, i);
+            if !p.on_request(now, Some(SessionId(99)), &k) {
+                p.offer(now, &k, 100);
+            }
+        }
+        assert!(p.used() <= p.capacity());
+        // The popular stream's first segments stay.
+        for i in 1..=3 {
+            assert!(p.contains(&key(0, i)), "segment {i}");
+        }
+        // An object too large for the tier never enters.
+        p.on_request(now, None, "/big.bin");
+        assert_eq!(p.offer(now, "/big.bin", 5_000), Admission::default());
+        assert!(p.remove(&key(0, 1)));
+        assert!(!p.contains(&key(0, 1)));
+        assert!(!p.remove(&key(0, 1)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request {
+            session: u8,
+            stream: u8,
+            index: u8,
+            size: u16,
+        },
+        Remove {
+            stream: u8,
+            index: u8,
+        },
+        Grow {
+            stream: u8,
+            index: u8,
+            size: u16,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u8..6, 0u8..4, 0u8..12, 1u16..400).prop_map(|(session, stream, index, size)| {
+                Op::Request { session, stream, index, size }
+            }),
+            1 => (0u8..4, 0u8..12).prop_map(|(stream, index)| Op::Remove { stream, index }),
+            1 => (0u8..4, 0u8..12, 1u16..1200)
+                .prop_map(|(stream, index, size)| Op::Grow { stream, index, size }),
+        ]
+    }
+
+    /// Runs `ops`, checking the invariants after each, and returns every eviction.
+    fn run(ops: &[Op], seed: u64) -> Vec<Vec<Arc<str>>> {
+        let mut config = VideoPolicyConfig::new(1_000, seed);
+        config.sample = 4;
+        config.max_streams = 3;
+        config.max_sessions = 4;
+        let mut p = VideoPolicy::new(config);
+        let mut log = Vec::new();
+        for (t, op) in ops.iter().enumerate() {
+            let now = t as u64 * 3;
+            match *op {
+                Op::Request {
+                    session,
+                    stream,
+                    index,
+                    size,
+                } => {
+                    let k = key(u32::from(stream), u32::from(index));
+                    if !p.on_request(now, Some(SessionId(u64::from(session))), &k) {
+                        let a = p.offer(now, &k, u64::from(size));
+                        assert_eq!(a.admitted, p.contains(&k));
+                        log.push(a.evicted);
+                    }
+                }
+                Op::Remove { stream, index } => {
+                    p.remove(&key(u32::from(stream), u32::from(index)));
+                }
+                Op::Grow {
+                    stream,
+                    index,
+                    size,
+                } => {
+                    let k = key(u32::from(stream), u32::from(index));
+                    if p.contains(&k) {
+                        log.push(p.offer(now, &k, u64::from(size)).evicted);
+                    }
+                }
+            }
+            assert!(p.used() <= p.capacity(), "over capacity");
+            assert_eq!(p.used(), p.objects.iter().map(|o| o.size).sum::<u64>());
+            assert_eq!(p.by_key.len(), p.objects.len());
+            for (i, o) in p.objects.iter().enumerate() {
+                assert_eq!(p.by_key.get(&o.key).copied(), Some(i as u32));
+                assert!(p.worth(now, o).is_finite());
+            }
+        }
+        log
+    }
+
+    proptest! {
+        #[test]
+        fn never_over_capacity_and_the_same_inputs_give_the_same_evictions(
+            ops in proptest::collection::vec(op(), 1..300),
+            seed in any::<u64>(),
+        ) {
+            prop_assert_eq!(run(&ops, seed), run(&ops, seed));
+        }
+
+        #[test]
+        fn any_key_parses(key in "[a-z0-9/._\u{0}-]{0,40}") {
+            let _ = name(&key);
         }
     }
 }
