@@ -344,9 +344,7 @@ impl VideoPolicy {
 
     /// A session id from a CMCD `sid` or a client address, hashed with the policy's key.
     pub fn session_id(&self, text: &str) -> SessionId {
-        let mut h = self.hasher.build_hasher();
-        text.hash(&mut h);
-        SessionId(h.finish())
+        SessionId(self.hasher.hash_one(text))
     }
 
     /// Records a request for `key` by `session` at `now` (hit or miss), and says whether the
@@ -830,11 +828,11 @@ impl VideoPolicy {
         let all_s: f64 = self.stopped.iter().sum();
         let overall = (all_c + 1.0) / (all_c + all_s + 2.0);
         let mut log_c = [0.0; AGE_BUCKETS];
-        for b in 0..AGE_BUCKETS {
-            let prior = 8.0;
-            let p = (self.continued[b] + prior * overall)
-                / (self.continued[b] + self.stopped[b] + prior);
-            log_c[b] = p.clamp(1e-6, 1.0 - 1e-9).ln();
+        let prior = 8.0;
+        for ((log, continued), stopped) in log_c.iter_mut().zip(&self.continued).zip(&self.stopped)
+        {
+            let p = (continued + prior * overall) / (continued + stopped + prior);
+            *log = p.clamp(1e-6, 1.0 - 1e-9).ln();
         }
         self.log_survival.clear();
         self.log_survival.push(0.0);
