@@ -1,6 +1,9 @@
-//! The pull-through cache: objects filled from upstream, kept in RAM over an NVMe tier by
-//! foyer's hybrid cache. RAM eviction is S3-FIFO (one-hit wonders leave the small queue
-//! before they displace the working set). Objects are written to the disk tier when inserted,
+//! The pull-through cache: objects filled from upstream, kept in RAM over an NVMe tier.
+//! With `policy = "video"` (the default) the RAM tier is the edge's own: a map of objects
+//! whose admission and eviction the video-aware policy decides (`eviction/video.rs`, a pure
+//! state machine fed with the request's session and a monotonic clock), in front of foyer's
+//! hybrid cache, which keeps the disk tier (and a small RAM buffer of its own). With
+//! `policy = "s3fifo"` foyer's RAM tier does it all with S3-FIFO. Objects are written to the disk tier when inserted,
 //! after their integrity was checked, so a restart (even after kill -9) finds every object
 //! whose write completed; foyer checksums entries and drops torn ones on recovery.
 
@@ -14,6 +17,7 @@ use foyer::{
     HybridCacheBuilder, HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
     Statistics, StorageFilter, StorageFilterCondition, StorageFilterResult,
 };
+use std::sync::Mutex;
 
 /// Format version of [`CachedObject`] on disk; objects of another version are dropped.
 const VERSION: u8 = 3;
@@ -329,6 +333,31 @@ pub struct TierConfig<'a> {
     /// memory (1: on every fill). One-hit wonders then stay in RAM and never cost a disk
     /// write, as with nginx's `proxy_cache_min_uses` or second-hit caching.
     pub disk_min_fills: u32,
+    /// Which policy runs the RAM tier.
+    pub policy: RamPolicy,
+    /// Seed of the video policy's sampling and hashes.
+    pub seed: u64,
+}
+
+/// The RAM tier's admission and eviction policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RamPolicy {
+    /// The video-aware policy (`eviction/video.rs`) in a RAM tier the edge owns.
+    #[default]
+    Video,
+    /// foyer's S3-FIFO, in foyer's RAM tier.
+    S3Fifo,
+}
+
+/// The RAM tier of the video policy: the policy and the objects it keeps.
+struct VideoRam {
+    policy: crate::eviction::video::VideoPolicy,
+    objects: std::collections::HashMap<String, Arc<CachedObject>>,
+}
+
+/// The weight of an object in RAM (what both policies count against `ram`).
+fn weight(key: &str, value: &CachedObject) -> usize {
+    key.len() + value.body.len() + value.content_type.len() + 160
 }
 
 /// What the cache reports (kept by the edge's metrics).
@@ -409,18 +438,27 @@ impl StorageFilterCondition for Doorkeeper {
 }
 
 /// A cached object as the cache holds it (shared, not copied).
-pub struct Hit(foyer::HybridCacheEntry<String, CachedObject>);
+pub enum Hit {
+    Foyer(foyer::HybridCacheEntry<String, CachedObject>),
+    Ram(Arc<CachedObject>),
+}
 
 impl std::ops::Deref for Hit {
     type Target = CachedObject;
     fn deref(&self) -> &CachedObject {
-        self.0.value()
+        match self {
+            Hit::Foyer(e) => e.value(),
+            Hit::Ram(o) => o,
+        }
     }
 }
 
 impl std::fmt::Debug for Hit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Hit").field(&self.0.key()).finish()
+        match self {
+            Hit::Foyer(e) => f.debug_tuple("Hit").field(&e.key()).finish(),
+            Hit::Ram(_) => f.write_str("Hit(ram)"),
+        }
     }
 }
 
@@ -428,7 +466,10 @@ impl Hit {
     /// An owned copy, for the paths that keep the object past the request (revalidation,
     /// slices).
     pub fn to_arc(&self) -> Arc<CachedObject> {
-        Arc::new(self.0.value().clone())
+        match self {
+            Hit::Foyer(e) => Arc::new(e.value().clone()),
+            Hit::Ram(o) => Arc::clone(o),
+        }
     }
 }
 
@@ -444,6 +485,11 @@ pub enum Tier {
 pub struct Cache {
     inner: HybridCache<String, CachedObject>,
     doorkeeper: Doorkeeper,
+    /// The edge's own RAM tier, with the video policy.
+    ram: Option<Arc<Mutex<VideoRam>>>,
+    /// The policy's clock starts here (milliseconds since are its `now`).
+    epoch: std::time::Instant,
+    observer: Arc<dyn CacheObserver>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -461,17 +507,32 @@ impl Cache {
         // Remember about two keys per object the disk could hold at 512 KiB an object.
         let keys = (tiers.disk_bytes as u64 / (256 * 1024)).clamp(16 * 1024, 1 << 20);
         let doorkeeper = Doorkeeper::new(keys, tiers.disk_min_fills, Arc::clone(&observer));
+        // With the video policy, foyer keeps only a small RAM buffer (objects on their way to
+        // disk, disk reads) and the edge's tier gets the rest.
+        let (foyer_ram, ram) = match tiers.policy {
+            RamPolicy::S3Fifo => (tiers.ram_bytes, None),
+            RamPolicy::Video => {
+                let buffer = (tiers.ram_bytes / 16).min(256 << 20);
+                let config = crate::eviction::video::VideoPolicyConfig::new(
+                    (tiers.ram_bytes - buffer) as u64,
+                    tiers.seed,
+                );
+                let ram = VideoRam {
+                    policy: crate::eviction::video::VideoPolicy::new(config),
+                    objects: std::collections::HashMap::new(),
+                };
+                (buffer, Some(Arc::new(Mutex::new(ram))))
+            }
+        };
         let builder = HybridCacheBuilder::new()
             .with_name("estuary-edge")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .with_flush_on_close(true)
-            .with_event_listener(Arc::new(EvictionListener(observer)))
-            .memory(tiers.ram_bytes.max(1))
+            .with_event_listener(Arc::new(EvictionListener(Arc::clone(&observer))))
+            .memory(foyer_ram.max(1))
             .with_shards(8)
             .with_eviction_config(S3FifoConfig::default())
-            .with_weighter(|key: &String, value: &CachedObject| {
-                key.len() + value.body.len() + value.content_type.len() + 160
-            })
+            .with_weighter(|key: &String, value: &CachedObject| weight(key, value))
             .storage();
         let inner = match tiers.disk_dir {
             Some(dir) if tiers.disk_bytes > 0 => {
@@ -498,7 +559,49 @@ impl Cache {
             }
             _ => builder.build().await?,
         };
-        Ok(Self { inner, doorkeeper })
+        Ok(Self {
+            inner,
+            doorkeeper,
+            ram,
+            epoch: std::time::Instant::now(),
+            observer,
+        })
+    }
+
+    /// The video policy's `now`: milliseconds since the cache opened.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Locks the video RAM tier (a panic elsewhere while it was held leaves consistent data:
+    /// every update completes before the guard drops).
+    fn lock_ram(ram: &Mutex<VideoRam>) -> std::sync::MutexGuard<'_, VideoRam> {
+        ram.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Offers an object to the video RAM tier; carries out the evictions the policy returns.
+    fn offer_ram(&self, ram: &Mutex<VideoRam>, key: &str, object: Arc<CachedObject>) {
+        let now = self.now_ms();
+        let size = weight(key, &object) as u64;
+        let mut evicted_bytes = Vec::new();
+        {
+            let mut tier = Self::lock_ram(ram);
+            let admission = tier.policy.offer(now, key, size);
+            for k in &admission.evicted {
+                if let Some(o) = tier.objects.remove(&**k) {
+                    evicted_bytes.push(o.body.len() as u64);
+                }
+            }
+            if admission.admitted {
+                tier.objects.insert(key.to_owned(), object);
+            } else {
+                tier.objects.remove(key);
+            }
+        }
+        for bytes in evicted_bytes {
+            self.observer.ram_evicted(bytes);
+        }
     }
 
     /// Records that `key` is being filled from upstream (for the disk admission filter).
@@ -509,9 +612,35 @@ impl Cache {
 
     /// Looks an object up in RAM, then on disk; says which tier answered.
     pub async fn get(&self, key: &str) -> Option<(Hit, Tier)> {
+        self.get_for(key, None).await
+    }
+
+    /// Looks an object up for a player session (its CMCD `sid`, or its address), which the
+    /// video policy follows to tell which objects will be asked for soon.
+    pub async fn get_for(&self, key: &str, session: Option<&str>) -> Option<(Hit, Tier)> {
+        if let Some(ram) = &self.ram {
+            let now = self.now_ms();
+            let found = {
+                let mut tier = Self::lock_ram(ram);
+                let session = session.map(|s| tier.policy.session_id(s));
+                tier.policy.on_request(now, session, key);
+                tier.objects.get(key).cloned()
+            };
+            if let Some(object) = found {
+                return Some((Hit::Ram(object), Tier::Ram));
+            }
+            let (hit, tier) = self.get_foyer(key).await?;
+            // A disk (or buffer) hit is a RAM miss: the policy decides whether it moves up.
+            self.offer_ram(ram, key, hit.to_arc());
+            return Some((hit, tier));
+        }
+        self.get_foyer(key).await
+    }
+
+    async fn get_foyer(&self, key: &str) -> Option<(Hit, Tier)> {
         // RAM first, without the hybrid lookup's set-up or a copy of the key: the hot path.
         if let Some(entry) = self.inner.memory().get(key) {
-            return Some((Hit(entry), Tier::Ram));
+            return Some((Hit::Foyer(entry), Tier::Ram));
         }
         match self.inner.get(key).await {
             Ok(Some(entry)) => {
@@ -519,7 +648,7 @@ impl Cache {
                     foyer::Source::Disk => Tier::Disk,
                     _ => Tier::Ram,
                 };
-                Some((Hit(entry), tier))
+                Some((Hit::Foyer(entry), tier))
             }
             Ok(None) => None,
             Err(e) => {
@@ -531,16 +660,29 @@ impl Cache {
 
     /// Stores an object in RAM and, as it is inserted, on disk.
     pub fn insert(&self, key: String, object: CachedObject) {
+        if let Some(ram) = &self.ram {
+            self.offer_ram(ram, &key, Arc::new(object.clone()));
+        }
         self.inner.insert(key, object);
     }
 
     /// Whether either tier may hold `key` (no IO; the disk answer may be a false positive).
     pub fn contains(&self, key: &str) -> bool {
+        if let Some(ram) = &self.ram
+            && Self::lock_ram(ram).objects.contains_key(key)
+        {
+            return true;
+        }
         self.inner.contains(key)
     }
 
     /// Removes one object from both tiers.
     pub fn remove(&self, key: &str) {
+        if let Some(ram) = &self.ram {
+            let mut tier = Self::lock_ram(ram);
+            tier.policy.remove(key);
+            tier.objects.remove(key);
+        }
         self.inner.remove(&key.to_owned());
     }
 
@@ -614,6 +756,8 @@ mod tests {
             disk_bytes: 64 << 20,
             max_object_bytes: 4 << 20,
             disk_min_fills,
+            policy: RamPolicy::Video,
+            seed: 1,
         }
     }
 

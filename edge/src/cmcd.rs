@@ -1,6 +1,7 @@
 //! Common Media Client Data (CTA-5004): the keys a player sends in the `CMCD` query parameter
 //! or the `CMCD-Request`, `CMCD-Object`, `CMCD-Status` and `CMCD-Session` headers, parsed for
-//! the access log. Nothing here affects what is served.
+//! the access log; the session id (`sid`) also tells the cache policy which requests belong
+//! to one player. Nothing here affects what is served.
 
 use serde_json::{Map, Value};
 
@@ -50,6 +51,31 @@ pub fn parse_into(text: &str, out: &mut Map<String, Value>) {
     }
 }
 
+/// The session id (`sid`) a player sends in CMCD, from the query (`CMCD=`) or the
+/// `CMCD-Session` header, if any.
+pub fn session_id(query: Option<&str>, headers: &http::HeaderMap) -> Option<String> {
+    let mut keys = Map::new();
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("CMCD=")
+                && let Ok(v) = percent_encoding::percent_decode_str(v).decode_utf8()
+                && v.contains("sid=")
+            {
+                parse_into(&v, &mut keys);
+            }
+        }
+    }
+    if !keys.contains_key("sid")
+        && let Some(v) = headers.get("cmcd-session").and_then(|v| v.to_str().ok())
+    {
+        parse_into(v, &mut keys);
+    }
+    match keys.get("sid")? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Splits on commas that are not inside a quoted string.
 fn split_entries(text: &str) -> impl Iterator<Item = &str> {
     let mut start = 0;
@@ -75,6 +101,21 @@ fn split_entries(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_id_comes_from_the_query_or_the_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(session_id(Some("a=1"), &headers), None);
+        assert_eq!(
+            session_id(Some("CMCD=br%3D3200%2Csid%3D%22abc%22"), &headers).as_deref(),
+            Some("abc")
+        );
+        headers.insert(
+            "cmcd-session",
+            http::HeaderValue::from_static("sid=\"xyz\""),
+        );
+        assert_eq!(session_id(None, &headers).as_deref(), Some("xyz"));
+    }
 
     #[test]
     fn parses_typical_cmcd() {

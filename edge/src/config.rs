@@ -96,6 +96,12 @@ pub struct CacheConfig {
     /// keeps one-hit wonders in RAM and off the disk.
     #[serde(default = "default_disk_min_fills")]
     pub disk_min_fills: u32,
+    /// The RAM tier's admission and eviction policy: "video" (the default) follows player
+    /// sessions through the segments of each stream (CMCD `sid`, else the client address) and
+    /// keeps what they will ask for soon; "s3fifo" is foyer's S3-FIFO. BENCHMARKS.md compares
+    /// them.
+    #[serde(default)]
+    pub policy: CachePolicy,
     /// Lifetimes that override upstream's `Cache-Control`, per kind of content.
     #[serde(default)]
     pub ttl: TtlConfig,
@@ -110,7 +116,28 @@ impl Default for CacheConfig {
             max_object: default_max_object(),
             slice: default_slice(),
             disk_min_fills: default_disk_min_fills(),
+            policy: CachePolicy::default(),
             ttl: TtlConfig::default(),
+        }
+    }
+}
+
+/// `[cache] policy`: which policy runs the RAM tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePolicy {
+    /// The video-aware policy (`eviction/video.rs`).
+    #[default]
+    Video,
+    /// foyer's S3-FIFO.
+    S3fifo,
+}
+
+impl From<CachePolicy> for crate::cache::RamPolicy {
+    fn from(p: CachePolicy) -> Self {
+        match p {
+            CachePolicy::Video => Self::Video,
+            CachePolicy::S3fifo => Self::S3Fifo,
         }
     }
 }

@@ -363,9 +363,12 @@ impl Edge {
     async fn serve_cached(&self, req: &Incoming<'_>, path: &str, filler: &Arc<Filler>) -> Routed {
         let m = &self.observer.metrics;
         let now = (self.clock)();
+        // The player session the cache policy follows: CMCD `sid`, else the client address.
+        let session = crate::cmcd::session_id(req.uri.query(), req.headers)
+            .unwrap_or_else(|| req.client.ip().to_string());
         let cached = filler
             .cache()
-            .get(path)
+            .get_for(path, Some(&session))
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
         let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);

@@ -644,6 +644,15 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 // A block holds one object with its head; leave room for the head.
                 max_object_bytes: max_object as usize + 64 * 1024,
                 disk_min_fills: config.cache.disk_min_fills,
+                policy: config.cache.policy.into(),
+                // The policy's sampling and hashes get a fresh seed each start, so that clients
+                // cannot predict them.
+                seed: {
+                    use std::hash::{BuildHasher, Hasher};
+                    std::collections::hash_map::RandomState::new()
+                        .build_hasher()
+                        .finish()
+                },
             },
             Arc::clone(&observer) as Arc<dyn crate::cache::CacheObserver>,
         )

@@ -1,16 +1,19 @@
 //! `estuary-cache-sim`: replays synthetic video-session traces through the edge's RAM cache
 //! policy and through baselines, and reports byte and object hit ratios.
 //!
-//! The edge keeps objects in foyer's in-memory cache with S3-FIFO eviction, 8 shards and a
-//! weigher of the body size (`edge/src/cache.rs`). This tool builds the same foyer cache (the
-//! same crate version, the same config) with the object size as the weight, so its hit ratios
-//! are the edge's RAM hit ratios on the trace, and compares them with an exact LRU (foyer's
-//! LRU with no high-priority pool), foyer's W-TinyLFU and an offline Belady reference.
+//! The edge's RAM tier runs the video-aware policy of `estuary_edge::eviction::video`; this
+//! tool links the edge crate and replays the very same code (every request told to the policy
+//! with its session id, a miss offered for admission with its size). It compares it with
+//! foyer's S3-FIFO as the edge configures it when `[cache] policy = "s3fifo"` (8 shards), an
+//! exact LRU (foyer's LRU with no high-priority pool), foyer's W-TinyLFU and an offline Belady
+//! reference.
 //!
 //! Traces are generated from a seed alone: a catalog of titles, each with a few renditions of
 //! consecutive segments, picked by Zipf popularity; sessions read consecutive segments of one
 //! rendition, start at the beginning (or sometimes anywhere), switch rendition now and then and
 //! stop after a geometric number of segments. Many sessions are interleaved, as on a real edge.
+//! Every request carries its session's id, as a player sending CMCD `sid` does; the policy
+//! learns everything else (intervals, survival, popularity) from the requests.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -20,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, ensure};
 use clap::Parser;
+use estuary_edge::eviction::video::{SessionId, VideoPolicy, VideoPolicyConfig};
 use foyer::{Cache, CacheBuilder, EvictionConfig, LfuConfig, LruConfig, S3FifoConfig};
 
 /// The edge's shard count (`edge/src/cache.rs`: `.with_shards(8)`).
@@ -32,8 +36,8 @@ const SECTION_END: &str = "<!-- cache-sim: end -->";
 /// Next-use index of a request whose object is never requested again.
 const NEVER: u32 = u32::MAX;
 
-/// Replays synthetic video-session traces through the edge's cache eviction policy (foyer
-/// S3-FIFO, as the edge configures it), LRU, W-TinyLFU and Belady, and reports hit ratios.
+/// Replays synthetic video-session traces through the edge's cache policy (video-aware), foyer's
+/// S3-FIFO, LRU and W-TinyLFU, and Belady, and reports hit ratios.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "estuary-cache-sim", version)]
 struct Cli {
@@ -365,6 +369,23 @@ impl Catalog {
         (slot / self.n_renditions) as u32
     }
 
+    /// The URL path of every object, as our packager names segments
+    /// (`/v/<title>/<rendition>/seg_NNNNN.m4s`, numbered from 1), indexed by object id.
+    fn paths(&self) -> Vec<String> {
+        let mut paths = Vec::with_capacity(self.sizes.len());
+        for (title, &segments) in self.n_segments.iter().enumerate() {
+            for rendition_idx in 0..self.n_renditions {
+                for segment_idx in 0..segments {
+                    paths.push(format!(
+                        "/v/title-{title:04}/r{rendition_idx}/seg_{:05}.m4s",
+                        segment_idx + 1
+                    ));
+                }
+            }
+        }
+        paths
+    }
+
     fn total_bytes(&self) -> u64 {
         self.sizes.iter().map(|&s| u64::from(s)).sum()
     }
@@ -373,6 +394,8 @@ impl Catalog {
 /// One viewing session in progress.
 #[derive(Debug, Clone)]
 struct Session {
+    /// The session's id, as its player sends it in CMCD `sid` (a number here).
+    id: u32,
     title: u32,
     rendition_idx: usize,
     next_segment: u32,
@@ -380,7 +403,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(rng: &mut Rng, catalog: &Catalog, zipf: &Zipf, params: &TraceParams) -> Self {
+    fn start(id: u32, rng: &mut Rng, catalog: &Catalog, zipf: &Zipf, params: &TraceParams) -> Self {
         let title = zipf.sample(rng);
         let n = catalog.n_segments[title as usize];
         let next_segment = if rng.chance(params.random_start) {
@@ -393,6 +416,7 @@ impl Session {
             .min(u64::from(n - next_segment));
         let rendition_idx = rng.weighted(&params.rendition_weights);
         Self {
+            id,
             title,
             rendition_idx,
             next_segment,
@@ -401,11 +425,13 @@ impl Session {
     }
 }
 
-/// One generated trace: the object id of each request, in order.
+/// One generated trace: the object id of each request, in order, and the session that made
+/// it (the CMCD `sid` hls.js, dash.js, Shaka, ExoPlayer and AVPlayer send).
 #[derive(Debug, Clone, PartialEq)]
 struct Trace {
     alpha: f64,
     requests: Vec<u32>,
+    session_ids: Vec<u32>,
     sessions: u64,
 }
 
@@ -414,14 +440,16 @@ impl Trace {
         let mut rng = Rng::new(seed, 1 + alpha.to_bits());
         let zipf = Zipf::new(params.titles, alpha);
         let mut active: Vec<Session> = (0..params.concurrent_sessions)
-            .map(|_| Session::start(&mut rng, catalog, &zipf, params))
+            .map(|id| Session::start(id, &mut rng, catalog, &zipf, params))
             .collect();
         let mut sessions = active.len() as u64;
         let mut requests = Vec::with_capacity(params.requests as usize);
+        let mut session_ids = Vec::with_capacity(params.requests as usize);
         let top_rendition = catalog.n_renditions - 1;
         while (requests.len() as u64) < params.requests {
             let i = rng.below(active.len() as u64) as usize;
             let session = &mut active[i];
+            session_ids.push(session.id);
             requests.push(catalog.object(
                 session.title,
                 session.rendition_idx,
@@ -438,13 +466,14 @@ impl Trace {
                 };
             }
             if session.remaining == 0 {
-                *session = Session::start(&mut rng, catalog, &zipf, params);
+                *session = Session::start(sessions as u32, &mut rng, catalog, &zipf, params);
                 sessions += 1;
             }
         }
         Self {
             alpha,
             requests,
+            session_ids,
             sessions,
         }
     }
@@ -535,7 +564,9 @@ impl Counts {
 /// The policies compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
-    /// foyer S3-FIFO with the default config and 8 shards: what the edge runs.
+    /// The edge's video-aware policy (`estuary_edge::eviction::video`), the edge's own code.
+    EdgeVideo,
+    /// foyer S3-FIFO with the default config and 8 shards (the edge's `policy = "s3fifo"`).
     EdgeS3Fifo,
     /// The same in one shard, to show what sharding costs.
     S3FifoOneShard,
@@ -547,7 +578,8 @@ enum Policy {
     Belady,
 }
 
-const POLICIES: [Policy; 5] = [
+const POLICIES: [Policy; 6] = [
+    Policy::EdgeVideo,
     Policy::EdgeS3Fifo,
     Policy::S3FifoOneShard,
     Policy::Lru,
@@ -559,7 +591,8 @@ impl Policy {
     /// Column header in the tables.
     fn column(self) -> &'static str {
         match self {
-            Policy::EdgeS3Fifo => "S3-FIFO (edge: foyer, 8 shards)",
+            Policy::EdgeVideo => "video-aware (edge)",
+            Policy::EdgeS3Fifo => "S3-FIFO (foyer, 8 shards)",
             Policy::S3FifoOneShard => "S3-FIFO (foyer, 1 shard)",
             Policy::Lru => "LRU (foyer, 8 shards)",
             Policy::WTinyLfu => "W-TinyLFU (foyer, 8 shards)",
@@ -570,7 +603,8 @@ impl Policy {
     /// Name in the plot's legend.
     fn legend(self) -> &'static str {
         match self {
-            Policy::EdgeS3Fifo => "S3-FIFO, edge config (8 shards)",
+            Policy::EdgeVideo => "video-aware (edge)",
+            Policy::EdgeS3Fifo => "S3-FIFO (8 shards)",
             Policy::S3FifoOneShard => "S3-FIFO, 1 shard",
             Policy::Lru => "LRU (8 shards)",
             Policy::WTinyLfu => "W-TinyLFU (8 shards)",
@@ -581,7 +615,7 @@ impl Policy {
     /// Relative cost of a replay, to start the longest ones first.
     fn cost(self) -> u32 {
         match self {
-            Policy::Belady | Policy::WTinyLfu => 2,
+            Policy::Belady | Policy::WTinyLfu | Policy::EdgeVideo => 2,
             _ => 1,
         }
     }
@@ -610,6 +644,35 @@ fn replay_foyer(
         let hit = cache.get(&object).is_some();
         if !hit {
             drop(cache.insert(object, size));
+        }
+        if i >= warmup {
+            counts.record(hit, size);
+        }
+    }
+    counts
+}
+
+/// Replays a trace through the edge's video-aware policy, the very code the edge runs: every
+/// request is told to the policy with its session id and the request's index as the time,
+/// and a miss is offered for admission with the object's size.
+fn replay_video(
+    requests: &[u32],
+    session_ids: &[u32],
+    paths: &[String],
+    sizes: &[u32],
+    capacity: u64,
+    seed: u64,
+    warmup: usize,
+) -> Counts {
+    let mut policy = VideoPolicy::new(VideoPolicyConfig::new(capacity, seed));
+    let mut counts = Counts::default();
+    for (i, (&object, &session)) in requests.iter().zip(session_ids).enumerate() {
+        let size = sizes[object as usize];
+        let path = &paths[object as usize];
+        let now = i as u64;
+        let hit = policy.on_request(now, Some(SessionId(u64::from(session))), path);
+        if !hit {
+            policy.offer(now, path, u64::from(size));
         }
         if i >= warmup {
             counts.record(hit, size);
@@ -691,6 +754,8 @@ struct Job {
 
 struct Inputs<'a> {
     catalog: &'a Catalog,
+    paths: &'a [String],
+    seed: u64,
     traces: &'a [Trace],
     next: &'a [Vec<u32>],
     divisors: &'a [u32],
@@ -708,6 +773,15 @@ fn run_job(job: &Job, inputs: &Inputs<'_>) -> Counts {
         high_priority_pool_ratio: 0.0,
     };
     match job.policy {
+        Policy::EdgeVideo => replay_video(
+            requests,
+            &inputs.traces[job.trace_idx].session_ids,
+            inputs.paths,
+            sizes,
+            capacity,
+            inputs.seed,
+            warmup,
+        ),
         Policy::EdgeS3Fifo => replay_foyer(
             requests,
             sizes,
@@ -852,8 +926,11 @@ fn main() -> anyhow::Result<()> {
         params.requests,
         cli.threads
     );
+    let paths = catalog.paths();
     let inputs = Inputs {
         catalog: &catalog,
+        paths: &paths,
+        seed: cli.seed,
         traces: &traces,
         next: &next,
         divisors: &cli.cache_divisors,
@@ -940,7 +1017,7 @@ impl TargetCheck {
 
     fn at(results: &Results, trace_idx: usize, divisor_idx: usize) -> Self {
         let edge = results
-            .get(trace_idx, divisor_idx, Policy::EdgeS3Fifo)
+            .get(trace_idx, divisor_idx, Policy::EdgeVideo)
             .byte_hit_ratio();
         let lru = results
             .get(trace_idx, divisor_idx, Policy::Lru)
@@ -1084,10 +1161,14 @@ impl Report<'_> {
         let r = self.results;
         let mut out = String::new();
         let mut shard_gap: f64 = 0.0;
+        let mut s3fifo_gain = f64::INFINITY;
         let mut lfu_over_edge: Vec<String> = Vec::new();
         let mut belady_not_top = Vec::new();
         for t in 0..r.alphas.len() {
             for d in 0..r.divisors.len() {
+                let video = r.get(t, d, Policy::EdgeVideo).byte_hit_ratio();
+                s3fifo_gain = s3fifo_gain
+                    .min(100.0 * (video - r.get(t, d, Policy::EdgeS3Fifo).byte_hit_ratio()));
                 let edge = r.get(t, d, Policy::EdgeS3Fifo).byte_hit_ratio();
                 let one = r.get(t, d, Policy::S3FifoOneShard).byte_hit_ratio();
                 let lfu = r.get(t, d, Policy::WTinyLfu).byte_hit_ratio();
@@ -1115,19 +1196,24 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
+            "- The video-aware policy beat foyer's S3-FIFO by at least {s3fifo_gain:.1} points \
+             of byte hit ratio at every point."
+        );
+        let _ = writeln!(
+            out,
             "- Sharding: S3-FIFO in 8 shards and in 1 shard differ by at most {shard_gap:.2} \
-             points of byte hit ratio (each of the edge's 8 shards has its own small, main and \
+             points of byte hit ratio (each of the 8 shards has its own small, main and \
              ghost queue sized from capacity/8)."
         );
         if lfu_over_edge.is_empty() {
             let _ = writeln!(
                 out,
-                "- foyer's W-TinyLFU never beat the edge's S3-FIFO on byte hit ratio here."
+                "- foyer's W-TinyLFU never beat S3-FIFO on byte hit ratio here."
             );
         } else {
             let _ = writeln!(
                 out,
-                "- foyer's W-TinyLFU beat the edge's S3-FIFO on byte hit ratio at: {} (points).",
+                "- foyer's W-TinyLFU beat S3-FIFO on byte hit ratio at: {} (points).",
                 lfu_over_edge.join(", ")
             );
         }
@@ -1228,10 +1314,21 @@ impl Report<'_> {
             out,
             "- Policies: the real foyer 0.22.6 in-memory cache (`foyer::CacheBuilder`), a `get` per \
              request and an `insert` on a miss, the weight being the object's size (the edge adds \
-             the key, content type and 160 bytes, under 0.2% of a 150 KB segment):\n\
-             \x20 - **S3-FIFO (edge)**: `S3FifoConfig::default()` (small queue 10%, ghost queue \
-             100%, promotion after 1 hit), 8 shards, as `edge/src/cache.rs` builds it; also in 1 \
-             shard.\n\
+             the key, content type and 160 bytes, under 0.2% of a 150 KB segment), and the edge's \
+             own policy:\n\
+             \x20 - **video-aware (edge)**: `estuary_edge::eviction::video::VideoPolicy` with \
+             `VideoPolicyConfig::new` defaults, the code the edge's RAM tier runs (`[cache] policy \
+             = \"video\"`). Each request is given to it with its session id (the CMCD `sid` a \
+             player sends; the generator numbers sessions) and its index in the trace as the time; \
+             a miss is offered with its size. Paths are named as the packager names segments \
+             (`/v/title-0042/r1/seg_00007.m4s`). It scores objects by their expected request rate \
+             from the cursors of sessions behind them on the same stream and from new sessions \
+             arriving at a learned rate and reading on with a learned survival curve, evicts the \
+             least worth of 64 sampled objects and lets a miss bypass the tier when it is worth \
+             less than what it would displace.\n\
+             \x20 - **S3-FIFO**: `S3FifoConfig::default()` (small queue 10%, ghost queue \
+             100%, promotion after 1 hit), 8 shards, as `edge/src/cache.rs` builds it with \
+             `[cache] policy = \"s3fifo\"`; also in 1 shard.\n\
              \x20 - **LRU**: `LruConfig {{ high_priority_pool_ratio: 0.0 }}`, an exact LRU in each \
              of 8 shards (the default ratio 0.9 makes it a two-segment LRU).\n\
              \x20 - **W-TinyLFU**: `LfuConfig::default()`, 8 shards.\n\
@@ -1454,7 +1551,7 @@ fn plot_svg(results: &Results) -> String {
             } else {
                 ""
             };
-            let stroke_width = if *policy == Policy::EdgeS3Fifo {
+            let stroke_width = if *policy == Policy::EdgeVideo {
                 3.0
             } else {
                 1.8
