@@ -9,15 +9,17 @@
 //! Invariant: files under the root are replaced by rename, never rewritten in place. A file
 //! truncated in place while mapped would fault the process.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderValue;
+use tokio::sync::OnceCell;
 
 /// Files up to this size are paged in when they are opened, so that serving them never waits
 /// on the disk inside an async task.
@@ -52,7 +54,7 @@ impl FileEntry {
 const MISSING_TTL: Duration = Duration::from_secs(2);
 
 /// What a lookup found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Lookup {
     /// A regular file under the root.
     Found(Arc<FileEntry>),
@@ -62,6 +64,9 @@ pub enum Lookup {
     Outside,
 }
 
+/// One path walk in progress, awaited by every request for that path.
+type InflightLookup = OnceCell<Result<Lookup, io::ErrorKind>>;
+
 /// The pre-positioned content under one root folder.
 pub struct Store {
     root: PathBuf,
@@ -69,6 +74,12 @@ pub struct Store {
     /// Paths found missing, remembered briefly: a request for content that lives in the
     /// pull-through cache must not cost a trip to the blocking pool and a path walk each time.
     missing: moka::sync::Cache<String, ()>,
+    /// Lookups on the blocking pool, one per path: a stampede of requests for a path that is
+    /// not known yet (a cold object of the pull-through cache) waits for one path walk instead
+    /// of queueing one each on the blocking pool, ahead of the fill that serves them.
+    inflight: std::sync::Mutex<HashMap<String, Arc<InflightLookup>>>,
+    /// Path walks run on the blocking pool since the store opened.
+    walks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +108,8 @@ impl Store {
             root,
             files,
             missing,
+            inflight: std::sync::Mutex::default(),
+            walks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -114,17 +127,37 @@ impl Store {
         if self.missing.contains_key(path) {
             return Ok(Lookup::NotFound);
         }
-        let this = Arc::clone(self);
-        let owned = path.to_owned();
-        let found = tokio::task::spawn_blocking(move || this.open_file(&owned))
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(inflight.entry(path.to_owned()).or_default())
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let this = Arc::clone(self);
+                let owned = path.to_owned();
+                let found = tokio::task::spawn_blocking(move || this.open_file(&owned))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|r| r);
+                match &found {
+                    Ok(Lookup::Found(entry)) => {
+                        self.files.insert(path.to_owned(), Arc::clone(entry))
+                    }
+                    Ok(Lookup::NotFound) => self.missing.insert(path.to_owned(), ()),
+                    Ok(Lookup::Outside) | Err(_) => {}
+                }
+                found.map_err(|e| e.kind())
+            })
             .await
-            .map_err(io::Error::other)??;
-        match &found {
-            Lookup::Found(entry) => self.files.insert(path.to_owned(), Arc::clone(entry)),
-            Lookup::NotFound => self.missing.insert(path.to_owned(), ()),
-            Lookup::Outside => {}
+            .clone();
+        // The caches answer from now on (an error is tried again by the next request).
+        {
+            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            if inflight.get(path).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                inflight.remove(path);
+            }
         }
-        Ok(found)
+        result.map_err(io::Error::from)
     }
 
     /// Forgets a cached file so that the next lookup opens it again.
@@ -133,7 +166,14 @@ impl Store {
         self.missing.invalidate(path);
     }
 
+    /// How many path walks ran on the blocking pool (lookups the caches did not answer).
+    pub fn walks(&self) -> u64 {
+        self.walks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn open_file(&self, path: &str) -> io::Result<Lookup> {
+        self.walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let relative = path.trim_start_matches('/');
         if relative.is_empty() || path.ends_with('/') {
             return Ok(Lookup::NotFound);
@@ -240,5 +280,33 @@ mod tests {
             Ok(Lookup::NotFound)
         ));
         let _ = std::fs::remove_dir_all(&base);
+    }
+}
+
+#[cfg(test)]
+mod stampede_tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_of_a_new_path_walk_it_once() {
+        let root = std::env::temp_dir().join(format!("estuary-stampede-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("v")).expect("mkdir");
+        std::fs::write(root.join("v/here.m4s"), b"bytes").expect("write");
+        let store = Arc::new(Store::open(&root, 100, Duration::from_secs(60)).expect("open"));
+        for (path, found) in [("/v/cold.m4s", false), ("/v/here.m4s", true)] {
+            let before = store.walks();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..64 {
+                let store = Arc::clone(&store);
+                tasks.spawn(async move { store.lookup(path).await });
+            }
+            while let Some(r) = tasks.join_next().await {
+                let lookup = r.expect("task").expect("lookup");
+                assert_eq!(matches!(lookup, Lookup::Found(_)), found, "{path}");
+            }
+            assert_eq!(store.walks() - before, 1, "{path}: one walk for 64 lookups");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
