@@ -26,6 +26,9 @@ use clap::Parser;
 use estuary_edge::eviction::video::{SessionId, VideoPolicy, VideoPolicyConfig};
 use foyer::{Cache, CacheBuilder, EvictionConfig, LfuConfig, LruConfig, S3FifoConfig};
 
+#[path = "cache_sim/diagnostics.rs"]
+mod diagnostics;
+
 /// The edge's shard count (`edge/src/cache.rs`: `.with_shards(8)`).
 const EDGE_SHARDS: usize = 8;
 
@@ -92,6 +95,13 @@ struct Cli {
     /// A smaller catalog and shorter traces, for a quick look.
     #[arg(long)]
     quick: bool,
+    /// Runs the diagnostic ablations (oracles, more sampling) instead of the comparison,
+    /// and prints their byte hit ratios as shares of Belady's.
+    #[arg(long)]
+    diagnose: bool,
+    /// With --diagnose, also the near-exact eviction variants (1024 sampled objects; slow).
+    #[arg(long)]
+    diagnose_slow: bool,
     /// Put the report into this markdown file, between the cache-sim markers.
     #[arg(long)]
     write_md: Option<PathBuf>,
@@ -660,11 +670,10 @@ fn replay_video(
     session_ids: &[u32],
     paths: &[String],
     sizes: &[u32],
-    capacity: u64,
-    seed: u64,
+    config: VideoPolicyConfig,
     warmup: usize,
 ) -> Counts {
-    let mut policy = VideoPolicy::new(VideoPolicyConfig::new(capacity, seed));
+    let mut policy = VideoPolicy::new(config);
     let mut counts = Counts::default();
     for (i, (&object, &session)) in requests.iter().zip(session_ids).enumerate() {
         let size = sizes[object as usize];
@@ -778,8 +787,7 @@ fn run_job(job: &Job, inputs: &Inputs<'_>) -> Counts {
             &inputs.traces[job.trace_idx].session_ids,
             inputs.paths,
             sizes,
-            capacity,
-            inputs.seed,
+            VideoPolicyConfig::new(capacity, inputs.seed),
             warmup,
         ),
         Policy::EdgeS3Fifo => replay_foyer(
@@ -828,6 +836,29 @@ fn run_job(job: &Job, inputs: &Inputs<'_>) -> Counts {
 fn run_jobs(jobs: &[Job], inputs: &Inputs<'_>, threads: usize) -> anyhow::Result<Vec<Counts>> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].policy.cost()));
+    parallel_map(jobs, &order, threads, |job| {
+        let started = Instant::now();
+        let counts = run_job(job, inputs);
+        eprintln!(
+            "  alpha {} catalog/{}: {} byte hit ratio {:.2}% ({:.1} s)",
+            inputs.traces[job.trace_idx].alpha,
+            inputs.divisors[job.divisor_idx],
+            job.policy.legend(),
+            100.0 * counts.byte_hit_ratio(),
+            started.elapsed().as_secs_f64()
+        );
+        counts
+    })
+}
+
+/// Applies `f` to every item on `threads` threads, taking the items in `order` (indexes into
+/// `items`), and returns the results in item order.
+fn parallel_map<T: Sync, R: Send + Default + Clone>(
+    items: &[T],
+    order: &[usize],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> anyhow::Result<Vec<R>> {
     let cursor = AtomicUsize::new(0);
     let per_thread = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.max(1))
@@ -837,18 +868,7 @@ fn run_jobs(jobs: &[Job], inputs: &Inputs<'_>, threads: usize) -> anyhow::Result
                     loop {
                         let k = cursor.fetch_add(1, Ordering::Relaxed);
                         let Some(&i) = order.get(k) else { break };
-                        let job = &jobs[i];
-                        let started = Instant::now();
-                        let counts = run_job(job, inputs);
-                        eprintln!(
-                            "  alpha {} catalog/{}: {} byte hit ratio {:.2}% ({:.1} s)",
-                            inputs.traces[job.trace_idx].alpha,
-                            inputs.divisors[job.divisor_idx],
-                            job.policy.legend(),
-                            100.0 * counts.byte_hit_ratio(),
-                            started.elapsed().as_secs_f64()
-                        );
-                        done.push((i, counts));
+                        done.push((i, f(&items[i])));
                     }
                     done
                 })
@@ -859,11 +879,11 @@ fn run_jobs(jobs: &[Job], inputs: &Inputs<'_>, threads: usize) -> anyhow::Result
             .map(|h| h.join().map_err(|_| anyhow!("a replay thread panicked")))
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
-    let mut counts = vec![Counts::default(); jobs.len()];
-    for (i, c) in per_thread.into_iter().flatten() {
-        counts[i] = c;
+    let mut out = vec![R::default(); items.len()];
+    for (i, r) in per_thread.into_iter().flatten() {
+        out[i] = r;
     }
-    Ok(counts)
+    Ok(out)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -937,6 +957,10 @@ fn main() -> anyhow::Result<()> {
         capacities: &capacities,
         warmup,
     };
+    if cli.diagnose {
+        diagnostics::run(&inputs, cli.threads, cli.diagnose_slow)?;
+        return Ok(());
+    }
     let counts = run_jobs(&jobs, &inputs, cli.threads)?;
     let results = Results {
         alphas: cli.alphas.clone(),
@@ -1245,6 +1269,7 @@ impl Report<'_> {
              nice -n 19 cargo build --release -p estuary-bench --bin estuary-cache-sim\n\
              target/release/estuary-cache-sim --write-md BENCHMARKS.md   # the run below; also writes {}\n\
              target/release/estuary-cache-sim --quick                    # smaller catalog and traces, prints only\n\
+             target/release/estuary-cache-sim --quick --diagnose         # ablations with oracles, prints only\n\
              ```\n",
             cli.svg.display()
         );
@@ -1324,7 +1349,8 @@ impl Report<'_> {
              (`/v/title-0042/r1/seg_00007.m4s`). It scores objects by their expected request rate \
              from the cursors of sessions behind them on the same stream and from new sessions \
              arriving at a learned rate and reading on with a learned survival curve, evicts the \
-             least worth of 64 sampled objects and lets a miss bypass the tier when it is worth \
+             least worth of 64 sampled objects and the 16 least worth candidates left from the \
+             previous sample, and lets a miss bypass the tier when it is worth \
              less than what it would displace.\n\
              \x20 - **S3-FIFO**: `S3FifoConfig::default()` (small queue 10%, ghost queue \
              100%, promotion after 1 hit), 8 shards, as `edge/src/cache.rs` builds it with \
