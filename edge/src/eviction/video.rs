@@ -787,25 +787,13 @@ impl VideoPolicy {
                 // The session stopped reading where it was (another stream, a seek, or it
                 // went quiet): a stop, unless it had reached the stream's end.
                 self.leave(session, &old);
-                self.note_arrival(stream, Some(index));
                 let (gap_estimate, gaps) = if expired {
                     (old.gap, old.gaps)
                 } else {
                     let gaps = (old.gaps + 1).min(GAP_MEMORY);
                     (old.gap + (gap - old.gap) / f64::from(gaps), gaps)
                 };
-                self.sessions.insert(
-                    session,
-                    Cursor {
-                        stream,
-                        index,
-                        last: now,
-                        age: 1,
-                        gap: gap_estimate,
-                        gaps,
-                    },
-                );
-                self.streams[stream as usize].cursors.push(session);
+                self.start_cursor(now, session, stream, index, gap_estimate, gaps);
             }
             None => {
                 if self.sessions.len() >= self.config.max_sessions {
@@ -814,24 +802,38 @@ impl VideoPolicy {
                         self.drop_oldest_sessions();
                     }
                 }
-                self.note_arrival(stream, Some(index));
-                self.sessions.insert(
-                    session,
-                    Cursor {
-                        stream,
-                        index,
-                        last: now,
-                        age: 1,
-                        gap: 0.0,
-                        gaps: 0,
-                    },
-                );
-                self.streams[stream as usize].cursors.push(session);
+                self.start_cursor(now, session, stream, index, 0.0, 0);
             }
         }
     }
 
     /// Takes `session`'s cursor off its stream, counting a stop.
+    /// Counts an arrival at `index` of `stream` and puts `session`'s cursor there, carrying
+    /// its request-gap estimate over `gaps` intervals.
+    fn start_cursor(
+        &mut self,
+        now: Time,
+        session: u64,
+        stream: u32,
+        index: u64,
+        gap: f64,
+        gaps: u32,
+    ) {
+        self.note_arrival(stream, Some(index));
+        self.sessions.insert(
+            session,
+            Cursor {
+                stream,
+                index,
+                last: now,
+                age: 1,
+                gap,
+                gaps,
+            },
+        );
+        self.streams[stream as usize].cursors.push(session);
+    }
+
     fn leave(&mut self, session: u64, cursor: &Cursor) {
         let s = &mut self.streams[cursor.stream as usize];
         if let Some(i) = s.cursors.iter().position(|&c| c == session) {
