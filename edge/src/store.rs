@@ -133,6 +133,14 @@ impl Store {
         };
         let result = cell
             .get_or_init(|| async {
+                // An earlier walk of this path may have finished (and left the in-flight
+                // table) between this request's cache check and its taking a cell.
+                if let Some(entry) = self.files.get(path) {
+                    return Ok(Lookup::Found(entry));
+                }
+                if self.missing.contains_key(path) {
+                    return Ok(Lookup::NotFound);
+                }
                 let this = Arc::clone(self);
                 let owned = path.to_owned();
                 let found = tokio::task::spawn_blocking(move || this.open_file(&owned))
