@@ -489,9 +489,13 @@ impl Bench {
     }
 
     /// Runs `n_rows` rows against each server in `kinds`, `self.repeat` times. Every
-    /// repetition starts each server afresh (one at a time, alternating which goes first, so
-    /// that a slow drift of the machine does not favour either), runs every row once, and stops
-    /// it. Returns, per row, the median outcome for each server (by requests/s).
+    /// repetition starts each server afresh (alternating which starts first) and runs each row
+    /// against every server back to back, alternating which goes first from row to row and
+    /// from repetition to repetition, so that the runs compared with each other lie seconds
+    /// apart: this machine's speed changes between spells minutes long, and a server measured
+    /// in a slow spell against one measured in a fast spell said more about the spells than
+    /// about the servers. Only one server is under load at a time; the other sits idle. Returns,
+    /// per row, the median outcome for each server (by requests/s).
     fn run_group(
         &self,
         kinds: &[Kind],
@@ -502,13 +506,23 @@ impl Bench {
     ) -> anyhow::Result<Vec<Vec<Outcome>>> {
         let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); kinds.len()]; n_rows];
         for rep in 0..self.repeat {
-            let mut order: Vec<usize> = (0..kinds.len()).collect();
+            let mut start_order: Vec<usize> = (0..kinds.len()).collect();
             if rep % 2 == 1 {
-                order.reverse();
+                start_order.reverse();
             }
-            for k in order {
-                let server = self.start(kinds[k], pinned)?;
-                for (row, row_runs) in runs.iter_mut().enumerate() {
+            let mut servers: Vec<Option<Server>> = (0..kinds.len()).map(|_| None).collect();
+            for &k in &start_order {
+                servers[k] = Some(self.start(kinds[k], pinned)?);
+            }
+            for (row, row_runs) in runs.iter_mut().enumerate() {
+                let mut order: Vec<usize> = (0..kinds.len()).collect();
+                if (rep + row) % 2 == 1 {
+                    order.reverse();
+                }
+                for k in order {
+                    let Some(server) = servers[k].as_ref() else {
+                        continue;
+                    };
                     eprintln!(
                         "  {} from {} (run {} of {})",
                         label(row),
@@ -517,13 +531,15 @@ impl Bench {
                         self.repeat
                     );
                     let outcome = self
-                        .measure_once(&server, |d| run(&server, row, d))
+                        .measure_once(server, |d| run(server, row, d))
                         .map_err(|e| format!("{e:#}"));
                     if let Err(e) = &outcome {
                         eprintln!("    failed: {e}");
                     }
                     row_runs[k].push(outcome);
                 }
+            }
+            for server in servers.into_iter().flatten() {
                 server.stop()?;
             }
         }
@@ -845,9 +861,10 @@ impl Bench {
         let w = self.wrk_shape();
         let h = self.h2_shape();
         self.note(format!(
-            "Each figure is the median of {} run(s) of {:?}, each after a {:?} warm-up run. The servers ran \
-             one at a time: each repetition started each server afresh (alternating which went first), \
-             warmed it by fetching every file once, ran every row of the test, and stopped it. wrk: -t{} -c{}; h2load: -t{} -c{} -m{}. \
+            "Each figure is the median of {} run(s) of {:?}, each after a {:?} warm-up run. Each \
+             repetition started both servers afresh and warmed each by fetching every file once, then \
+             ran each row against one server and at once against the other (alternating which went \
+             first), never both under load at once. wrk: -t{} -c{}; h2load: -t{} -c{} -m{}. \
              Latency percentiles are per request as the load tool saw it; MB/s counts the \
              response bytes the client read (heads included for wrk and h2load, bodies only for \
              HTTP/3). CPU is user+system time of all server processes (nginx master and workers) \
