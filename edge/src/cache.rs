@@ -19,6 +19,15 @@ use foyer::{
 };
 use std::sync::Mutex;
 
+/// The player session a cache lookup is made for, which the video RAM policy follows.
+#[derive(Debug, Clone, Copy)]
+pub enum Session<'a> {
+    /// The CMCD `sid` the player sent.
+    Sid(&'a str),
+    /// The client's address, for players that send no `sid`.
+    Addr(std::net::IpAddr),
+}
+
 /// Format version of [`CachedObject`] on disk; objects of another version are dropped.
 const VERSION: u8 = 3;
 
@@ -617,12 +626,15 @@ impl Cache {
 
     /// Looks an object up for a player session (its CMCD `sid`, or its address), which the
     /// video policy follows to tell which objects will be asked for soon.
-    pub async fn get_for(&self, key: &str, session: Option<&str>) -> Option<(Hit, Tier)> {
+    pub async fn get_for(&self, key: &str, session: Option<Session<'_>>) -> Option<(Hit, Tier)> {
         if let Some(ram) = &self.ram {
             let now = self.now_ms();
             let found = {
                 let mut tier = Self::lock_ram(ram);
-                let session = session.map(|s| tier.policy.session_id(s));
+                let session = session.map(|s| match s {
+                    Session::Sid(sid) => tier.policy.session_id(sid),
+                    Session::Addr(addr) => tier.policy.session_id_of_addr(addr),
+                });
                 tier.policy.on_request(now, session, key);
                 tier.objects.get(key).cloned()
             };

@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::access_log::{AccessEntry, AccessLog};
-use crate::cache::{CachedObject, Slicing, Tier};
+use crate::cache::{CachedObject, Session, Slicing, Tier};
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
 use crate::fill::{BodyStream, FillError, Filler};
@@ -364,11 +364,13 @@ impl Edge {
         let m = &self.observer.metrics;
         let now = (self.clock)();
         // The player session the cache policy follows: CMCD `sid`, else the client address.
-        let session = crate::cmcd::session_id(req.uri.query(), req.headers)
-            .unwrap_or_else(|| req.client.ip().to_string());
+        let sid = crate::cmcd::session_id(req.uri.query(), req.headers);
+        let session = sid
+            .as_deref()
+            .map_or(Session::Addr(req.client.ip()), Session::Sid);
         let cached = filler
             .cache()
-            .get_for(path, Some(&session))
+            .get_for(path, Some(session))
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
         let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);

@@ -360,9 +360,15 @@ impl VideoPolicy {
         self.by_key.contains_key(key)
     }
 
-    /// A session id from a CMCD `sid` or a client address, hashed with the policy's key.
+    /// A session id from a CMCD `sid` (or any other text), hashed with the policy's key.
     pub fn session_id(&self, text: &str) -> SessionId {
         SessionId(self.hasher.hash_one(text))
+    }
+
+    /// A session id from a client address (for players that send no CMCD `sid`), hashed
+    /// with the policy's key; no text is built for it.
+    pub fn session_id_of_addr(&self, addr: std::net::IpAddr) -> SessionId {
+        SessionId(self.hasher.hash_one(addr))
     }
 
     /// Records a request for `key` by `session` at `now` (hit or miss), and says whether the
@@ -1057,6 +1063,17 @@ mod tests {
         assert!(p.remove(&key(0, 1)));
         assert!(!p.contains(&key(0, 1)));
         assert!(!p.remove(&key(0, 1)));
+    }
+
+    #[test]
+    fn sessions_by_address_are_told_apart_and_stable() {
+        let p = VideoPolicy::new(VideoPolicyConfig::new(1_000, 1));
+        let a: std::net::IpAddr = [192, 0, 2, 1].into();
+        let b: std::net::IpAddr = [192, 0, 2, 2].into();
+        assert_eq!(p.session_id_of_addr(a), p.session_id_of_addr(a));
+        assert_ne!(p.session_id_of_addr(a), p.session_id_of_addr(b));
+        let v6: std::net::IpAddr = "2001:db8::1".parse().expect("an IPv6 literal");
+        assert_ne!(p.session_id_of_addr(v6), p.session_id_of_addr(a));
     }
 
     #[test]
