@@ -64,8 +64,9 @@ pub enum Lookup {
     Outside,
 }
 
-/// One path walk in progress, awaited by every request for that path.
-type InflightLookup = OnceCell<Result<Lookup, io::ErrorKind>>;
+/// One path walk in progress, awaited by every request for that path (the error shared, so
+/// that each waiter reports the walk's own message).
+type InflightLookup = OnceCell<Result<Lookup, Arc<io::Error>>>;
 
 /// The pre-positioned content under one root folder.
 pub struct Store {
@@ -121,11 +122,8 @@ impl Store {
     /// Looks up a normalized path (starting with '/'). Opening a file that is not cached yet
     /// runs on the blocking pool.
     pub async fn lookup(self: &Arc<Self>, path: &str) -> io::Result<Lookup> {
-        if let Some(entry) = self.files.get(path) {
-            return Ok(Lookup::Found(entry));
-        }
-        if self.missing.contains_key(path) {
-            return Ok(Lookup::NotFound);
+        if let Some(known) = self.remembered(path) {
+            return Ok(known);
         }
         let cell = {
             let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
@@ -135,11 +133,8 @@ impl Store {
             .get_or_init(|| async {
                 // An earlier walk of this path may have finished (and left the in-flight
                 // table) between this request's cache check and its taking a cell.
-                if let Some(entry) = self.files.get(path) {
-                    return Ok(Lookup::Found(entry));
-                }
-                if self.missing.contains_key(path) {
-                    return Ok(Lookup::NotFound);
+                if let Some(known) = self.remembered(path) {
+                    return Ok(known);
                 }
                 let this = Arc::clone(self);
                 let owned = path.to_owned();
@@ -154,7 +149,7 @@ impl Store {
                     Ok(Lookup::NotFound) => self.missing.insert(path.to_owned(), ()),
                     Ok(Lookup::Outside) | Err(_) => {}
                 }
-                found.map_err(|e| e.kind())
+                found.map_err(Arc::new)
             })
             .await
             .clone();
@@ -165,7 +160,15 @@ impl Store {
                 inflight.remove(path);
             }
         }
-        result.map_err(io::Error::from)
+        result.map_err(|e| io::Error::new(e.kind(), e))
+    }
+
+    /// What the caches remember of `path`: a file opened before, or a recent miss.
+    fn remembered(&self, path: &str) -> Option<Lookup> {
+        if let Some(entry) = self.files.get(path) {
+            return Some(Lookup::Found(entry));
+        }
+        self.missing.contains_key(path).then_some(Lookup::NotFound)
     }
 
     /// Forgets a cached file so that the next lookup opens it again.

@@ -813,7 +813,6 @@ impl VideoPolicy {
         }
     }
 
-    /// Takes `session`'s cursor off its stream, counting a stop.
     /// Counts an arrival at `index` of `stream` and puts `session`'s cursor there, carrying
     /// its request-gap estimate over `gaps` intervals.
     fn start_cursor(
@@ -840,6 +839,7 @@ impl VideoPolicy {
         self.streams[stream as usize].cursors.push(session);
     }
 
+    /// Takes `session`'s cursor off its stream, counting a stop.
     fn leave(&mut self, session: u64, cursor: &Cursor) {
         let s = &mut self.streams[cursor.stream as usize];
         if let Some(i) = s.cursors.iter().position(|&c| c == session) {
