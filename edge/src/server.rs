@@ -616,6 +616,16 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(limit = n, "Raised the open-file limit."),
         Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
     }
+    // Room for every client connection, an upstream connection for each and the files of
+    // the store and cache, so that accepting a burst of clients never waits for the kernel
+    // to grow the descriptor table (see `fds`).
+    let slots = (config.limits.max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(1024);
+    match crate::fds::reserve(slots) {
+        Ok(n) => tracing::debug!(slots = n, "Sized the descriptor table."),
+        Err(e) => tracing::warn!(error = %e, "Could not size the descriptor table."),
+    }
     let metrics = crate::metrics::Metrics::new(&config.node.id, &config.node.site);
     let dropped = metrics.access_log_dropped.clone();
     let access_log = match config.log.access.as_str() {
