@@ -37,19 +37,21 @@ pub fn reserve(slots: u64) -> io::Result<u64> {
     Ok(slots)
 }
 
-/// The size of this process's descriptor table, as the kernel reports it (`FDSize`).
-pub fn table_size() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no FDSize in /proc/self/status"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of this process's descriptor table, as the kernel reports it (`FDSize`).
+    fn table_size() -> io::Result<u64> {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "no FDSize in /proc/self/status")
+            })
+    }
 
     // One test: the table of the test process only grows, so the two checks must run in
     // this order.
