@@ -28,6 +28,35 @@ pub enum Session<'a> {
     Addr(std::net::IpAddr),
 }
 
+/// An owned [`Session`], for what outlives the request (a reader of a sliced object asks for
+/// each slice as it gets there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    /// The CMCD `sid` the player sent.
+    Sid(String),
+    /// The client's address.
+    Addr(std::net::IpAddr),
+}
+
+impl SessionKey {
+    /// The borrowed form the cache takes.
+    pub fn as_session(&self) -> Session<'_> {
+        match self {
+            Self::Sid(sid) => Session::Sid(sid),
+            Self::Addr(addr) => Session::Addr(*addr),
+        }
+    }
+}
+
+impl From<Session<'_>> for SessionKey {
+    fn from(s: Session<'_>) -> Self {
+        match s {
+            Session::Sid(sid) => Self::Sid(sid.to_owned()),
+            Session::Addr(addr) => Self::Addr(addr),
+        }
+    }
+}
+
 /// Format version of [`CachedObject`] on disk; objects of another version are dropped.
 const VERSION: u8 = 3;
 
@@ -631,11 +660,7 @@ impl Cache {
             let now = self.now_ms();
             let found = {
                 let mut tier = Self::lock_ram(ram);
-                let session = session.map(|s| match s {
-                    Session::Sid(sid) => tier.policy.session_id(sid),
-                    Session::Addr(addr) => tier.policy.session_id_of_addr(addr),
-                });
-                tier.policy.on_request(now, session, key);
+                Self::note_request_locked(&mut tier, now, key, session);
                 tier.objects.get(key).cloned()
             };
             if let Some(object) = found {
@@ -647,6 +672,24 @@ impl Cache {
             return Some((hit, tier));
         }
         self.get_foyer(key).await
+    }
+
+    /// Tells the video policy that `session` asks for `key` without looking it up: the
+    /// request is answered by a fill already joined (a slice read ahead), which the policy
+    /// must still see to follow the session.
+    pub fn note_request(&self, key: &str, session: Option<Session<'_>>) {
+        if let Some(ram) = &self.ram {
+            let now = self.now_ms();
+            Self::note_request_locked(&mut Self::lock_ram(ram), now, key, session);
+        }
+    }
+
+    fn note_request_locked(tier: &mut VideoRam, now: u64, key: &str, session: Option<Session<'_>>) {
+        let session = session.map(|s| match s {
+            Session::Sid(sid) => tier.policy.session_id(sid),
+            Session::Addr(addr) => tier.policy.session_id_of_addr(addr),
+        });
+        tier.policy.on_request(now, session, key);
     }
 
     async fn get_foyer(&self, key: &str) -> Option<(Hit, Tier)> {

@@ -375,26 +375,28 @@ impl Edge {
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
         let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
         if let Some((obj, tier)) = &cached {
-            let sliced = matches!(obj.slicing, Slicing::Meta { .. });
-            if obj.is_fresh(now) {
+            let answer = if obj.is_fresh(now) {
                 match tier {
                     Tier::Ram => m.cache_hits_ram.inc(),
                     Tier::Disk => m.cache_hits_disk.inc(),
                 }
-                if sliced {
-                    return self.serve_sliced(req, path, filler, &obj.to_arc(), None, now, "HIT");
-                }
-                return Routed::Full(self.respond_object(req, path, obj, now, "HIT"));
-            }
-            if obj.status == 200 && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
+                Some("HIT")
+            } else if obj.status == 200
+                && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
             {
                 // Stale while revalidate: answer now, refresh in the background.
                 filler.join(path, Some(obj.to_arc()), false, 0);
                 m.stale_serves.inc();
-                if sliced {
-                    return self.serve_sliced(req, path, filler, &obj.to_arc(), None, now, "STALE");
+                Some("STALE")
+            } else {
+                None
+            };
+            if let Some(status) = answer {
+                if matches!(obj.slicing, Slicing::Meta { .. }) {
+                    let meta = obj.to_arc();
+                    return self.serve_sliced(req, path, filler, session, &meta, None, now, status);
                 }
-                return Routed::Full(self.respond_object(req, path, obj, now, "STALE"));
+                return Routed::Full(self.respond_object(req, path, obj, now, status));
             }
         }
         m.cache_misses.inc();
@@ -407,7 +409,7 @@ impl Edge {
         let outcome = match fill.head().await {
             Ok(ref head) if let Some(meta) = &head.meta => {
                 let hint = head.slice.map(|k| (k, Arc::clone(&fill)));
-                return self.serve_sliced(req, path, filler, meta, hint, now, "MISS");
+                return self.serve_sliced(req, path, filler, session, meta, hint, now, "MISS");
             }
             Ok(head) if head.status == StatusCode::RANGE_NOT_SATISFIABLE => {
                 let mut r = self.error(req, head.status, "range not satisfiable\n");
@@ -535,6 +537,7 @@ impl Edge {
         req: &Incoming<'_>,
         path: &str,
         filler: &Arc<Filler>,
+        session: Session<'_>,
         meta: &Arc<CachedObject>,
         fill: Option<(u64, Arc<crate::fill::Fill>)>,
         now: u64,
@@ -613,6 +616,7 @@ impl Edge {
             (first, last),
             fill,
             via_peer,
+            session.into(),
         ) else {
             return Routed::Full(self.error(
                 req,

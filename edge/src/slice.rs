@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cache::{CachedObject, Slicing, slice_key};
+use crate::cache::{CachedObject, SessionKey, Slicing, slice_key};
 use crate::fill::{Fill, FillError, FillReader, Filler};
 
 /// A parsed `Content-Range` response header (RFC 9110 §14.4).
@@ -118,6 +118,8 @@ pub struct SlicedReader {
     pending: Vec<(u64, Arc<Fill>)>,
     current: Option<(FillReader, u64)>,
     via_peer: bool,
+    /// The player session reading, which the cache policy follows from slice to slice.
+    session: SessionKey,
 }
 
 impl std::fmt::Debug for SlicedReader {
@@ -141,6 +143,7 @@ impl SlicedReader {
         (first, last): (u64, u64),
         fill: Option<(u64, Arc<Fill>)>,
         via_peer: bool,
+        session: SessionKey,
     ) -> Option<Self> {
         let Slicing::Meta {
             total,
@@ -164,6 +167,7 @@ impl SlicedReader {
             pending: fill.into_iter().collect(),
             current: None,
             via_peer,
+            session,
         })
     }
 
@@ -201,13 +205,15 @@ impl SlicedReader {
             let (start, slice_end) = slice_bounds(index, slice_size, total);
             let until = self.end.min(slice_end);
             let (from, to) = (self.pos - start, until - start - 1);
+            let key = slice_key(&self.path, index);
+            let session = Some(self.session.as_session());
             if let Some(i) = self.pending.iter().position(|(k, _)| *k == index) {
+                self.filler.cache().note_request(&key, session);
                 let (_, fill) = self.pending.swap_remove(i);
                 self.current = Some((fill.reader().range(from, to), until));
                 continue;
             }
-            let key = slice_key(&self.path, index);
-            if let Some((obj, _)) = self.filler.cache().get(&key).await
+            if let Some((obj, _)) = self.filler.cache().get_for(&key, session).await
                 && obj.slicing == (Slicing::Slice { index, generation })
                 && obj.body.len() as u64 == slice_end - start
             {

@@ -10,7 +10,10 @@
 //!   stream and index it read last, and when. A cursor at index `j` of a stream will ask for
 //!   index `k > j` after about `k - j` of its own request intervals, if it keeps watching that
 //!   long; the chance that it does is read off a survival curve learned from how cursors
-//!   really advanced or stopped. Such an object is worth `p / eta`.
+//!   really advanced or stopped. Such an object is worth `p / eta`. Names that carry a time
+//!   instead of a number (DASH `$Time$`) step by a segment's duration: each stream learns
+//!   that stride from the smallest forward move a session made on it, and distances along
+//!   the stream are counted in strides.
 //! - **Arrivals**: new sessions keep arriving on a stream at a rate learned from the past
 //!   (counts halved every so many arrivals, so the rate follows popularity), most of them at
 //!   the stream's first index. Index `k` is worth the arrival rate times the chance of
@@ -226,6 +229,8 @@ const GAP_MEMORY: u32 = 8;
 /// its gap estimate is pooled with the mean over all sessions, which counts as this many of
 /// its own intervals.
 const GAP_PRIOR: f64 = 4.0;
+/// The mean gap over all sessions follows their last this many intervals or so.
+const MEAN_GAP_MEMORY: u32 = 1024;
 
 #[derive(Debug, Clone)]
 struct Stream {
@@ -239,8 +244,27 @@ struct Stream {
     /// Lowest and highest index seen.
     base: u64,
     top: u64,
+    /// The smallest forward move a session made on this stream from one request to the next
+    /// (0: none seen yet). Numbered names (`$Number$`, slices) step by 1; names that carry a
+    /// time (DASH `$Time$`) step by a segment's duration in the timescale, so distances
+    /// along the stream are counted in strides, not in index units.
+    stride: u64,
     /// Resident objects of this stream (a stream with some is never forgotten).
     residents: u32,
+}
+
+impl Stream {
+    /// Strides from index `from` to index `to` (0 when `to` is not after `from`; rounded to
+    /// the nearest stride, at least 1 when `to` is after `from`, since segment durations in
+    /// a `$Time$` timeline vary a little).
+    fn steps(&self, from: u64, to: u64) -> u64 {
+        let diff = to.saturating_sub(from);
+        if diff == 0 {
+            return 0;
+        }
+        let stride = self.stride.max(1);
+        (diff / stride + u64::from(diff % stride >= stride - stride / 2)).max(1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -276,8 +300,12 @@ pub struct VideoPolicy {
     span_before: f64,
     epoch_started: Time,
     started: Option<Time>,
-    /// Mean interval between a session's consecutive requests (exponentially weighted).
+    /// Mean interval between a session's consecutive requests: the plain mean of the first
+    /// `MEAN_GAP_MEMORY` intervals, exponentially weighted after that (so that a young tier
+    /// is not stuck with its very first interval), and how many intervals it has seen (up
+    /// to `MEAN_GAP_MEMORY`).
     mean_gap: f64,
+    mean_gap_samples: u32,
     /// Continue and stop events per age bucket, and the survival curve made from them:
     /// `log_survival[a]` is the log of the chance of reading from age 1 up to age `a + 1`.
     continued: [f64; AGE_BUCKETS],
@@ -319,6 +347,7 @@ impl VideoPolicy {
             epoch_started: 0,
             started: None,
             mean_gap: 0.0,
+            mean_gap_samples: 0,
             continued: [0.0; AGE_BUCKETS],
             stopped: [0.0; AGE_BUCKETS],
             events_since_refresh: 0,
@@ -569,9 +598,9 @@ impl VideoPolicy {
         };
         let mut rate = 0.0;
         if k >= stream.base {
-            let d = (k - stream.base) as usize;
+            let d = stream.steps(stream.base, k) as usize;
             rate += base_rate * self.survival(1, d);
-            let len = (stream.top - stream.base + 1) as f64;
+            let len = (stream.steps(stream.base, stream.top) + 1) as f64;
             rate += mid_rate * self.reach(d + 1) / len;
         }
         let ttl = self.cursor_ttl();
@@ -582,7 +611,7 @@ impl VideoPolicy {
             if cursor.index >= k || now.saturating_sub(cursor.last) as f64 > ttl {
                 continue;
             }
-            let steps = k - cursor.index;
+            let steps = stream.steps(cursor.index, k);
             let gap = self.cursor_gap(cursor);
             // The longer a cursor has been quiet, the likelier it has stopped: weigh its next
             // step by the chance it is still reading given the silence (learned gap
@@ -659,6 +688,7 @@ impl VideoPolicy {
             epoch: self.epoch,
             base: u64::MAX,
             top: 0,
+            stride: 0,
             residents: 0,
         };
         let id = match self.free_streams.pop() {
@@ -757,14 +787,21 @@ impl VideoPolicy {
             Some(old) => {
                 let gap = now.saturating_sub(old.last) as f64;
                 let expired = gap > ttl;
-                let step = old.stream == stream && index == old.index + 1 && !expired;
+                let forward = old.stream == stream && index > old.index && !expired;
+                if forward {
+                    // The smallest forward move is the stream's stride (a seek forward may
+                    // set it first; the next ordinary step corrects it).
+                    let s = &mut self.streams[stream as usize];
+                    let moved = index - old.index;
+                    if s.stride == 0 || moved < s.stride {
+                        s.stride = moved;
+                    }
+                }
+                let step = forward && self.streams[stream as usize].steps(old.index, index) == 1;
                 if !expired {
                     // Every interval of a live session teaches the mean gap.
-                    self.mean_gap = if self.mean_gap > 0.0 {
-                        self.mean_gap + (gap - self.mean_gap) / 1024.0
-                    } else {
-                        gap.max(1.0)
-                    };
+                    self.mean_gap_samples = (self.mean_gap_samples + 1).min(MEAN_GAP_MEMORY);
+                    self.mean_gap += (gap - self.mean_gap) / f64::from(self.mean_gap_samples);
                 }
                 if old.stream == stream && index == old.index && !expired {
                     // A repeated request (a retry, a range of the same segment).
@@ -1004,31 +1041,89 @@ mod tests {
         format!("/v/t{stream}/r0/seg_{index:05}.m4s")
     }
 
-    #[test]
-    fn a_cursor_behind_makes_the_segments_ahead_of_it_worth_keeping() {
+    /// A DASH `$Time$` name: segment `i` of `stream` starts at the sum of the durations
+    /// before it, which alternate as AAC audio's do at 48 kHz (95232 and 96256).
+    fn time_key(stream: u32, i: u32) -> String {
+        let start: u64 = (0..i)
+            .map(|j| if j % 2 == 0 { 95_232 } else { 96_256 })
+            .sum();
+        format!("/d/t{stream}/audio/{start}.m4s")
+    }
+
+    /// The leader reads segments 1..=5 of stream 0 and a lone viewer reads stream 1 alone;
+    /// then a follower starts at segment 1 of stream 0, behind the leader. Segment names are
+    /// made by `name`. Returns the leader's cursor age, and the worth of the segment two
+    /// ahead of the follower and of the lone viewer's segment at the same place.
+    fn follower_trace(name: fn(u32, u32) -> String) -> (u32, f64, f64) {
         let mut p = VideoPolicy::new(VideoPolicyConfig::new(10_000, 1));
-        let leader = SessionId(1);
-        let follower = SessionId(2);
-        let lone = SessionId(3);
+        let (leader, follower, lone) = (SessionId(1), SessionId(2), SessionId(3));
         let mut now = 0;
-        // The leader reads segments 1..=5 of t0; the follower starts behind it; a lone viewer
-        // reads t1 alone.
         for i in 1..=5 {
             for (s, stream) in [(leader, 0), (lone, 1)] {
                 now += 10;
-                let k = key(stream, i);
+                let k = name(stream, i);
                 if !p.on_request(now, Some(s), &k) {
                     p.offer(now, &k, 100);
                 }
             }
         }
         now += 10;
-        p.on_request(now, Some(follower), &key(0, 1));
-        let ahead = p.worth_of(now, &key(0, 3)).expect("resident");
-        let alone = p.worth_of(now, &key(1, 3)).expect("resident");
+        p.on_request(now, Some(follower), &name(0, 1));
+        let age = p.sessions.get(&leader.0).expect("the leader's cursor").age;
+        let ahead = p.worth_of(now, &name(0, 3)).expect("resident");
+        let alone = p.worth_of(now, &name(1, 3)).expect("resident");
+        (age, ahead, alone)
+    }
+
+    #[test]
+    fn a_cursor_behind_makes_the_segments_ahead_of_it_worth_keeping() {
+        let (_, ahead, alone) = follower_trace(key);
         assert!(ahead > alone, "{ahead} <= {alone}");
-        let behind = p.worth_of(now, &key(0, 1)).expect("resident");
-        assert!(ahead > 0.0 && behind >= 0.0);
+        assert!(ahead > 0.0);
+    }
+
+    #[test]
+    fn time_named_segments_are_followed_like_numbered_ones() {
+        let numbered = follower_trace(key);
+        let timed = follower_trace(time_key);
+        // The leader's moves by a segment's duration count as steps, not seeks.
+        assert_eq!(timed.0, 5, "leader's age with $Time$ names");
+        assert_eq!(numbered.0, timed.0);
+        // The segment ahead of the follower is worth about what it is with numbered names.
+        let (n, t) = (numbered.1, timed.1);
+        assert!(
+            t > n * 0.5 && t < n * 2.0,
+            "$Time$ {t} against $Number$ {n}"
+        );
+        assert!(timed.1 > timed.2, "{} <= {}", timed.1, timed.2);
+    }
+
+    #[test]
+    fn strides_round_to_the_nearest_and_never_overflow() {
+        let mut s = Stream {
+            hash: 0,
+            cursors: Vec::new(),
+            arrivals_base: 0.0,
+            arrivals_mid: 0.0,
+            epoch: 0,
+            base: 0,
+            top: 0,
+            stride: 0,
+            residents: 0,
+        };
+        assert_eq!(s.steps(5, 5), 0);
+        assert_eq!(s.steps(5, 4), 0);
+        assert_eq!(s.steps(5, 9), 4);
+        s.stride = 95_232;
+        assert_eq!(s.steps(0, 96_256), 1);
+        assert_eq!(s.steps(0, 95_232 + 96_256), 2);
+        assert_eq!(s.steps(0, 10), 1);
+        s.stride = u64::MAX;
+        assert_eq!(s.steps(0, u64::MAX), 1);
+        assert_eq!(s.steps(0, u64::MAX / 2), 1);
+        s.stride = 3;
+        assert_eq!(s.steps(0, 4), 1);
+        assert_eq!(s.steps(0, 5), 2);
     }
 
     #[test]
