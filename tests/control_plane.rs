@@ -24,6 +24,7 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows_on_postgres() {
 fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
     let (cp, _database) = ControlPlane::on(&backend, "cp-health");
     let mut cp_process = cp.start();
+    cp_process.assert_fd_table_sized(1 << 16);
     let site = edge_with_control_plane("cp-edge", &cp.url(), LAB);
     let mut edge = site.start();
     let node = cp.wait_node("edge-test", true, Duration::from_secs(20));

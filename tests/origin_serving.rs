@@ -106,7 +106,10 @@ fn published_assets_are_served_with_etags_ranges_and_digests() {
 fn an_edge_fills_from_the_origin_and_verifies_its_digests() {
     let site = OriginSite::new("origin-edge");
     write_fake_asset(&site.storage_root(), "clip2");
-    let _origin = site.start();
+    let origin = site.start();
+    // Both services size their descriptor tables at start: the origin for 65,536 slots, the
+    // edge for twice its connection cap (50,000 by default) and 1,024 more.
+    origin.assert_fd_table_sized(1 << 16);
     let mut edge_site = Site::new("edge-over-origin");
     edge_site.protected.clear();
     edge_site.extra = format!(
@@ -114,6 +117,7 @@ fn an_edge_fills_from_the_origin_and_verifies_its_digests() {
         site.url("")
     );
     let edge = edge_site.start();
+    edge.assert_fd_table_sized(2 * 50_000 + 1024);
     for (path, data) in fake_asset_files() {
         let url = edge_site.url(&format!("/v/clip2/{path}"));
         let (status, h, body) = fetch(&url, &[]);

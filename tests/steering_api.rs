@@ -117,6 +117,7 @@ fn clients_are_steered_by_zone_with_signed_urls_that_play_from_real_edges() {
     .to_string();
     steering.steering = "trusted_proxies = [\"127.0.0.2/32\"]\nttl = \"7s\"\npathways = 3\n".into();
     let mut service = steering.start();
+    service.assert_fd_table_sized(1 << 16);
 
     // A Paris client, named by an operator.
     let (status, v) = get_json(&steering.url("/v1/playback/abc?client=198.51.100.7"), &[]);

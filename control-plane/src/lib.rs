@@ -26,6 +26,8 @@ pub use config::ControlPlaneConfig;
 
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
+    // Every node heartbeats and the steering feeds long-poll (see `estuary_common::fds`).
+    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
     let store = match config.database.database() {
         Ok(config::Database::Sqlite(path)) => store::Store::open_sqlite(&path),
         Ok(config::Database::Postgres(url)) => store::Store::open_postgres(&url).await,

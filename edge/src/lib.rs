@@ -14,7 +14,6 @@ pub mod content_type;
 pub mod cork;
 pub mod digest;
 pub mod eviction;
-pub mod fds;
 pub mod fill;
 pub mod freshness;
 pub mod handler;

@@ -612,20 +612,14 @@ fn peer_token_signer(config: &EdgeConfig) -> anyhow::Result<Option<crate::fill::
 
 /// Runs an edge until SIGTERM or SIGINT, then drains. SIGHUP reloads the certificate.
 pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "Raised the open-file limit."),
-        Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
-    }
     // Room for every client connection, an upstream connection for each and the files of
     // the store and cache, so that accepting a burst of clients never waits for the kernel
-    // to grow the descriptor table (see `fds`).
-    let slots = (config.limits.max_connections as u64)
-        .saturating_mul(2)
-        .saturating_add(1024);
-    match crate::fds::reserve(slots) {
-        Ok(n) => tracing::debug!(slots = n, "Sized the descriptor table."),
-        Err(e) => tracing::warn!(error = %e, "Could not size the descriptor table."),
-    }
+    // to grow the descriptor table (see `estuary_common::fds`).
+    estuary_common::fds::prepare(
+        (config.limits.max_connections as u64)
+            .saturating_mul(2)
+            .saturating_add(1024),
+    );
     let metrics = crate::metrics::Metrics::new(&config.node.id, &config.node.site);
     let dropped = metrics.access_log_dropped.clone();
     let access_log = match config.log.access.as_str() {

@@ -22,6 +22,8 @@ pub use config::OriginConfig;
 
 /// Runs the origin until SIGTERM or SIGINT, then drains.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
+    // Edges fill from the origin over many connections (see `estuary_common::fds`).
+    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
     let state = config.state.dir.clone();
     let uploads = state.join("uploads");
     let work = state.join("work");

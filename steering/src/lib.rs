@@ -38,6 +38,8 @@ pub fn load_zones(config: &SteeringConfig) -> anyhow::Result<geo::CoverageZones>
 
 /// Runs the steering service until SIGTERM or SIGINT.
 pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
+    // Players poll steering; no connection cap, so room for many (see `estuary_common::fds`).
+    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
     let zones = load_zones(&config)?;
     let holder = Arc::new(state::StateHolder::new(zones, app::prefer_https(&config)));
     let metrics = Arc::new(app::Metrics::new());

@@ -295,6 +295,39 @@ impl EdgeProcess {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// The size of its descriptor table (`FDSize`) and its soft open-file limit, from /proc.
+    pub fn fd_table(&self) -> (u64, u64) {
+        let proc = PathBuf::from(format!("/proc/{}", self.pid()));
+        let status = std::fs::read_to_string(proc.join("status")).expect("/proc status");
+        let size = status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("FDSize");
+        let limits = std::fs::read_to_string(proc.join("limits")).expect("/proc limits");
+        let soft = limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("Max open files");
+        (size, soft)
+    }
+
+    /// Asserts that it raised its open-file limit above the usual 1024 and sized its
+    /// descriptor table at start for `slots` descriptors (or that limit, if lower), as
+    /// `estuary_common::fds` does: without it a busy table grows by doubling, and each growth
+    /// stalls the accepting worker.
+    pub fn assert_fd_table_sized(&self, slots: u64) {
+        let (size, soft) = self.fd_table();
+        assert!(soft > 1024, "the open-file limit was not raised: {soft}");
+        let want = slots.min(soft);
+        assert!(
+            size >= want,
+            "descriptor table of {size} slots, {want} expected (limit {soft})"
+        );
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

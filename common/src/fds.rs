@@ -1,15 +1,15 @@
-//! Sizing the process's file-descriptor table once, at start.
+//! Sizing the process's file-descriptor table once, at start, for every service.
 //!
 //! Linux grows a process's descriptor table by doubling it (64, 256, 512, 1024, ... slots),
 //! and in a process with more than one thread every growth first waits for an RCU grace
 //! period (`synchronize_rcu` in the kernel's `expand_fdtable`). The thread that opens the
 //! descriptor which does not fit sleeps uninterruptibly meanwhile: about 15 ms on the bench
-//! machine. For the edge that thread is the runtime worker accepting a connection, and the
-//! tasks queued on that worker wait with it, so a burst of new clients stalls each time the
-//! number of open descriptors crosses a power of two. A scheduler trace of the cold-miss
-//! stampede (BENCHMARKS.md) showed exactly that: the worker went to sleep at the 179th
-//! connection (about 256 descriptors in all) and the whole edge sat idle for 15 ms with 200
-//! requests waiting in its sockets.
+//! machine. In a tokio service that thread is the runtime worker accepting a connection, and
+//! the tasks queued on that worker wait with it, so a burst of new clients stalls each time
+//! the number of open descriptors crosses a power of two. A scheduler trace of the edge's
+//! cold-miss stampede (BENCHMARKS.md) showed exactly that: the worker went to sleep at the
+//! 179th connection (about 256 descriptors in all) and the whole edge sat idle for 15 ms with
+//! 200 requests waiting in its sockets.
 //!
 //! Opening one descriptor at the top of the expected range grows the table once, at start,
 //! before any client waits; the kernel never shrinks it again.
@@ -18,6 +18,24 @@ use std::io;
 
 /// Most slots reserved however high the open-file limit: 8 MiB of kernel table.
 pub const MAX_SLOTS: u64 = 1 << 20;
+
+/// Slots reserved by services that set no connection cap (origin, steering, control plane):
+/// 512 KiB of kernel table, room for tens of thousands of clients.
+pub const UNCAPPED_SLOTS: u64 = 1 << 16;
+
+/// What a service does at start: raises the open-file limit to its hard limit, then grows the
+/// descriptor table to `slots` (see [`reserve`]). Failures are logged, not fatal: the service
+/// then runs with the table growing on demand.
+pub fn prepare(slots: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "Raised the open-file limit."),
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
+    }
+    match reserve(slots) {
+        Ok(n) => tracing::debug!(slots = n, "Sized the descriptor table."),
+        Err(e) => tracing::warn!(error = %e, "Could not size the descriptor table."),
+    }
+}
 
 /// Grows the descriptor table to hold at least `slots` descriptors (at most the open-file
 /// limit and [`MAX_SLOTS`]). Returns the number of slots it made sure of.
