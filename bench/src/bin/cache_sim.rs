@@ -80,6 +80,12 @@ struct Cli {
     /// Probability, after each segment, that the session switches one rendition up or down.
     #[arg(long, default_value_t = 0.02)]
     switch_prob: f64,
+    /// How segment URLs are named for the edge's policy: `number` as our packager and DASH
+    /// `$Number$` do (`seg_00007.m4s`), `time` as DASH `$Time$` does (the segment's start in
+    /// a 90 kHz timescale, durations alternating 180180 and 179820: `1260000.m4s`). Only the
+    /// video-aware policy reads names; the other policies and Belady see object ids.
+    #[arg(long, value_enum, default_value_t = Naming::Number)]
+    segment_names: Naming,
     /// Sessions in progress at once; each request comes from one of them at random.
     #[arg(long, default_value_t = 256)]
     concurrent_sessions: u32,
@@ -379,17 +385,22 @@ impl Catalog {
         (slot / self.n_renditions) as u32
     }
 
-    /// The URL path of every object, as our packager names segments
-    /// (`/v/<title>/<rendition>/seg_NNNNN.m4s`, numbered from 1), indexed by object id.
-    fn paths(&self) -> Vec<String> {
+    /// The URL path of every object, indexed by object id: as our packager names segments
+    /// (`/v/<title>/<rendition>/seg_NNNNN.m4s`, numbered from 1), or by start time.
+    fn paths(&self, naming: Naming) -> Vec<String> {
         let mut paths = Vec::with_capacity(self.sizes.len());
         for (title, &segments) in self.n_segments.iter().enumerate() {
             for rendition_idx in 0..self.n_renditions {
                 for segment_idx in 0..segments {
-                    paths.push(format!(
-                        "/v/title-{title:04}/r{rendition_idx}/seg_{:05}.m4s",
-                        segment_idx + 1
-                    ));
+                    let dir = format!("/v/title-{title:04}/r{rendition_idx}");
+                    paths.push(match naming {
+                        Naming::Number => format!("{dir}/seg_{:05}.m4s", segment_idx + 1),
+                        Naming::Time => {
+                            // Durations 180180, 179820, 180180, ...: the start of segment i.
+                            let i = u64::from(segment_idx);
+                            format!("{dir}/{}.m4s", i * 180_000 + (i % 2) * 180)
+                        }
+                    });
                 }
             }
         }
@@ -399,6 +410,13 @@ impl Catalog {
     fn total_bytes(&self) -> u64 {
         self.sizes.iter().map(|&s| u64::from(s)).sum()
     }
+}
+
+/// How segment URLs are named (see `--segment-names`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Naming {
+    Number,
+    Time,
 }
 
 /// One viewing session in progress.
@@ -946,7 +964,7 @@ fn main() -> anyhow::Result<()> {
         params.requests,
         cli.threads
     );
-    let paths = catalog.paths();
+    let paths = catalog.paths(cli.segment_names);
     let inputs = Inputs {
         catalog: &catalog,
         paths: &paths,
@@ -1345,8 +1363,7 @@ impl Report<'_> {
              `VideoPolicyConfig::new` defaults, the code the edge's RAM tier runs (`[cache] policy \
              = \"video\"`). Each request is given to it with its session id (the CMCD `sid` a \
              player sends; the generator numbers sessions) and its index in the trace as the time; \
-             a miss is offered with its size. Paths are named as the packager names segments \
-             (`/v/title-0042/r1/seg_00007.m4s`). It scores objects by their expected request rate \
+             a miss is offered with its size. Paths are named {naming}. It scores objects by their expected request rate \
              from the cursors of sessions behind them on the same stream and from new sessions \
              arriving at a learned rate and reading on with a learned survival curve, evicts the \
              least worth of 64 sampled objects and the 16 least worth candidates left from the \
@@ -1363,7 +1380,16 @@ impl Report<'_> {
              it would displace (farthest next use first) are all needed later than it, else it \
              bypasses the cache. With variable sizes this is the customary near-optimal reference, \
              not a proven bound (byte-optimal caching is NP-hard).\n\
-             \x20 - **infinite cache**: only first requests miss; no policy can do better.\n"
+             \x20 - **infinite cache**: only first requests miss; no policy can do better.\n",
+            naming = match self.cli.segment_names {
+                Naming::Number => {
+                    "as the packager names segments (`/v/title-0042/r1/seg_00007.m4s`)"
+                }
+                Naming::Time => {
+                    "as DASH `$Time$` names them, by start time in a 90 kHz timescale \
+                     (`/v/title-0042/r1/1260000.m4s`)"
+                }
+            }
         );
         let _ = writeln!(out, "{}\n", self.tables().trim_end());
         let _ = writeln!(out, "{}\n", self.targets().trim_end());
