@@ -1,6 +1,7 @@
 //! The pull-through cache against a real HTTP/1.1 origin on loopback: one upstream fetch for
 //! many concurrent clients, read-while-fill, integrity, stale-if-error and 502 on a dead
-//! origin, the disk tier across restarts and kill -9, negative caching, purge.
+//! origin, the disk tier across restarts and kill -9, negative caching, purge, and the disk
+//! tier's space claimed at start.
 
 mod common;
 
@@ -409,4 +410,77 @@ async fn a_range_into_an_object_being_filled_is_answered_from_arriving_bytes() {
         (200, &http::HeaderValue::from_static("HIT"))
     );
     assert_eq!(origin.hits("/v/r/seg.m4s"), 1);
+}
+
+/// Bytes of the filesystem that the disk tier's files in `dir` hold (allocated blocks, not
+/// their sparse lengths).
+fn tier_bytes_held(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("foyer-storage-direct-fs-")
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| (m.blocks() * 512).min(m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_tier_claims_its_space_and_refuses_what_cannot_fit() {
+    let origin = Origin::start().await;
+    // 256 MiB of disk tier in blocks of 16 MiB and a head: 15 blocks, all allocated at start,
+    // before any object is written, so that a filesystem filled later by others cannot make
+    // the tier's writes fail.
+    let site = cached_site("disk-claim", &[origin.url()], "");
+    let _edge = site.start();
+    let held = tier_bytes_held(&site.dir.path().join("cache"));
+    assert!(
+        held >= 15 * (16 << 20),
+        "the disk tier holds {held} bytes of its filesystem"
+    );
+
+    // A tier larger than its filesystem: the edge names the key and stops before it makes
+    // any file, instead of failing every write once the filesystem is full.
+    let cache = "ram = \"64MiB\"\ndisk = \"1EiB\"\nmax_object = \"16MiB\"";
+    let site = cached_site_with("disk-too-big", &[origin.url()], cache, "");
+    let config = site.write_config();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("edge")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start estuary");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the edge kept running with a 1 EiB disk tier");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cache.disk: 1.0 EiB does not fit in"),
+        "{stderr}"
+    );
+    assert_eq!(tier_bytes_held(&site.dir.path().join("cache")), 0);
+    let made = std::fs::read_dir(site.dir.path().join("cache"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(made, 0, "files were made for a tier that does not fit");
 }

@@ -575,10 +575,12 @@ impl Cache {
         let inner = match tiers.disk_dir {
             Some(dir) if tiers.disk_bytes > 0 => {
                 std::fs::create_dir_all(dir)?;
+                // Refuse a tier that cannot fit before foyer makes its files.
+                crate::disk_space::check(dir, tiers.disk_bytes as u64)?;
                 let device = FsDeviceBuilder::new(dir)
                     .with_capacity(tiers.disk_bytes)
                     .build()?;
-                builder
+                let inner = builder
                     .with_io_engine_config(PsyncIoEngineConfig::new())
                     .with_engine_config(
                         BlockEngineConfig::new(device)
@@ -593,7 +595,29 @@ impl Cache {
                     // Never panic on a damaged disk tier: skip what does not verify.
                     .with_recover_mode(RecoverMode::Quiet)
                     .build()
-                    .await?
+                    .await?;
+                // Its files are sparse: claim their blocks now, so that the tier's writes never
+                // meet a full filesystem later.
+                match crate::disk_space::claim(dir) {
+                    Ok(bytes) => tracing::info!(
+                        dir = %dir.display(),
+                        bytes,
+                        "The disk tier's space is allocated."
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => tracing::warn!(
+                        dir = %dir.display(),
+                        "The filesystem cannot allocate ahead (no fallocate): the disk tier \
+                         takes its space as it writes, and writes fail if others fill it first."
+                    ),
+                    Err(e) => {
+                        inner.close().await.ok();
+                        anyhow::bail!(
+                            "cache.disk: could not allocate the disk tier in {}: {e}",
+                            dir.display()
+                        );
+                    }
+                }
+                inner
             }
             _ => builder.build().await?,
         };

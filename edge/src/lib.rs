@@ -13,6 +13,7 @@ pub mod config;
 pub mod content_type;
 pub mod cork;
 pub mod digest;
+pub mod disk_space;
 pub mod eviction;
 pub mod fill;
 pub mod freshness;
