@@ -1,7 +1,7 @@
 //! The pull-through cache against a real HTTP/1.1 origin on loopback: one upstream fetch for
 //! many concurrent clients, read-while-fill, integrity, stale-if-error and 502 on a dead
 //! origin, the disk tier across restarts and kill -9, negative caching, purge, and the disk
-//! tier's space claimed at start.
+//! tier's space claimed at start and a damaged one never served.
 
 mod common;
 
@@ -252,6 +252,64 @@ async fn kill_9_during_a_fill_leaves_nothing_corrupt() {
     let (status, _, got) = get(&site, "/v/k/seg.m4s").await;
     assert_eq!(status, 200);
     assert!(got == body, "served a corrupt object after kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_tier_damaged_while_the_edge_was_down_is_never_served() {
+    let origin = Origin::start().await;
+    let bodies: Vec<Vec<u8>> = (0..3u8)
+        .map(|k| {
+            (0..300_000usize)
+                .map(|i| (i * 7 + usize::from(k) * 13) as u8 ^ k)
+                .collect()
+        })
+        .collect();
+    let path = |k: usize| format!("/v/d/seg_{k}.m4s");
+    for (k, body) in bodies.iter().enumerate() {
+        origin.put(&path(k), Object::new(body.clone()));
+    }
+    let site = cached_site("damaged-disk", &[origin.url()], "");
+    let mut edge = site.start();
+    for k in 0..bodies.len() {
+        assert_eq!(get(&site, &path(k)).await.0, 200);
+    }
+    edge.signal("TERM");
+    assert!(edge.wait_exit(Duration::from_secs(30)));
+
+    // Flip one byte in the middle of each body where it lies in the tier's files (a bad
+    // sector, a stray write).
+    let mut flipped = 0;
+    for entry in std::fs::read_dir(site.dir.path().join("cache")).expect("cache dir") {
+        let file = entry.expect("entry").path();
+        let mut data = std::fs::read(&file).expect("read");
+        // A block that was never written is all zeros from the start.
+        if data.iter().take(4096).all(|&b| b == 0) {
+            continue;
+        }
+        let mut changed = false;
+        for body in &bodies {
+            let needle = &body[150_000..150_064];
+            if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
+                data[at + 10] ^= 0xff;
+                changed = true;
+                flipped += 1;
+            }
+        }
+        if changed {
+            std::fs::write(&file, &data).expect("write");
+        }
+    }
+    assert_eq!(flipped, bodies.len(), "every body was found on disk");
+
+    // The damaged copies are dropped, not served: each object comes byte-exact from a new
+    // fill.
+    let _edge = site.start();
+    for (k, body) in bodies.iter().enumerate() {
+        let (status, _, got) = get(&site, &path(k)).await;
+        assert_eq!(status, 200);
+        assert!(got == *body, "object {k} served damaged");
+        assert_eq!(origin.hits(&path(k)), 2, "object {k} was filled again");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
