@@ -16,6 +16,28 @@ async fn get(site: &Site, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
     plain_get(site, path, &[]).await
 }
 
+/// The operator's token of [`cached_site`].
+const OPERATOR: &str = "0123456789abcdef-operator";
+
+/// `DELETE /cache<path>` on the admin listener with curl; the status code.
+fn purge(site: &Site, path: &str, token: &str) -> String {
+    let (out, _, ok) = curl(&[
+        "-X",
+        "DELETE",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{}/cache{path}", site.admin),
+    ]);
+    assert!(ok);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_make_one_upstream_fetch() {
     let origin = Origin::start().await;
@@ -313,6 +335,49 @@ async fn a_disk_tier_damaged_while_the_edge_was_down_is_never_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fill_keeps_that_fill_out_of_the_cache() {
+    let origin = Origin::start().await;
+    let old = pattern(1_000_000);
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    let slow = |body: &Vec<u8>| Object {
+        rate: 2 * 1024 * 1024,
+        ..Object::new(body.clone())
+    };
+    let site = cached_site("purge-in-flight", &[origin.url()], "");
+    let _edge = site.start();
+    for (path, purged) in [
+        ("/v/r/exact.m4s", "/v/r/exact.m4s"),
+        ("/v/s/under.m4s", "/v/s/*"),
+    ] {
+        origin.put(path, slow(&old));
+        // A viewer starts the fill of the old version (half a second at the origin's pace);
+        // meanwhile the operator replaces the object at the origin and purges it.
+        let viewer = get(&site, path);
+        let operator = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            origin.put(path, slow(&new));
+            purge(&site, purged, OPERATOR)
+        };
+        let ((status, _, body), code) = tokio::join!(viewer, operator);
+        assert_eq!(code, "200");
+        // The viewer who asked before the purge reads the fill it joined to its end...
+        assert_eq!(status, 200);
+        assert!(
+            body == old,
+            "{path}: the first viewer's body is not the old version"
+        );
+        // ...but that fill is not cached after the purge: the next viewer gets the new one.
+        let (status, _, body) = get(&site, path).await;
+        assert_eq!(status, 200);
+        assert!(
+            body == new,
+            "{path}: the fill in flight at the purge was cached after it"
+        );
+        assert_eq!(origin.hits(path), 2, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_by_path_and_prefix() {
     let origin = Origin::start().await;
     let all = ["/v/p/a.m4s", "/v/p/b.m4s", "/v/q/c.m4s", "/v/p/d.m4s"];
@@ -324,25 +389,9 @@ async fn purge_by_path_and_prefix() {
     for p in all {
         assert_eq!(get(&site, p).await.0, 200);
     }
-    let purge = |path: &str, token: &str| {
-        let (out, _, ok) = curl(&[
-            "-X",
-            "DELETE",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{}/cache{path}", site.admin),
-        ]);
-        assert!(ok);
-        String::from_utf8_lossy(&out)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .to_owned()
-    };
+    let purge = |path: &str, token: &str| purge(&site, path, token);
     assert_eq!(purge("/v/p/a.m4s", "wrong-token-wrong-token"), "403");
-    assert_eq!(purge("/v/p/a.m4s", "0123456789abcdef-operator"), "200");
+    assert_eq!(purge("/v/p/a.m4s", OPERATOR), "200");
     assert_eq!(get(&site, "/v/p/a.m4s").await.0, 200);
     assert_eq!(origin.hits("/v/p/a.m4s"), 2);
     assert_eq!(get(&site, "/v/p/b.m4s").await.0, 200);
@@ -352,7 +401,7 @@ async fn purge_by_path_and_prefix() {
         "an exact purge touched another object"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(purge("/v/p/*", "0123456789abcdef-operator"), "200");
+    assert_eq!(purge("/v/p/*", OPERATOR), "200");
     assert_eq!(get(&site, "/v/p/b.m4s").await.0, 200);
     assert_eq!(origin.hits("/v/p/b.m4s"), 2);
     assert_eq!(get(&site, "/v/q/c.m4s").await.0, 200);

@@ -11,7 +11,8 @@
 //! before anything was published moves on to the next source.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -86,6 +87,9 @@ struct Shared {
 pub struct Fill {
     shared: Mutex<Shared>,
     version: watch::Sender<u64>,
+    /// A purge took this fill off the fills in flight: it ends for the clients already
+    /// reading it, but what it fetched is not cached.
+    purged: AtomicBool,
 }
 
 impl Fill {
@@ -93,6 +97,7 @@ impl Fill {
         Arc::new(Self {
             shared: Mutex::new(Shared::default()),
             version: watch::channel(0).0,
+            purged: AtomicBool::new(false),
         })
     }
 
@@ -414,10 +419,47 @@ impl Filler {
         Some(self.join_slice(path, index, meta, via_peer))
     }
 
-    fn start(self: &Arc<Self>, key: String, path: &str, want: Want, via_peer: bool) -> Arc<Fill> {
-        let Ok(mut map) = self.in_flight.lock() else {
-            return Fill::new();
+    /// The fills in flight by key (a poisoned lock still holds a consistent map: every update
+    /// is one map operation).
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<String, Arc<Fill>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Purges `path` (every key under it when `prefix`) from the fills in flight, and an
+    /// exact `path` from the cache: the fills go on for the clients already reading them,
+    /// but are not cached, and the next request starts a new fill. A fill caches what it
+    /// fetched under the same lock ([`Self::cache_unless_purged`]), so no fill that started
+    /// before a purge is cached after it.
+    pub fn purge(&self, path: &str, prefix: bool) {
+        let mut map = self.in_flight();
+        let covered = |key: &str| match key.strip_prefix(path) {
+            Some(rest) => prefix || rest.is_empty() || rest.starts_with('\0'),
+            None => false,
         };
+        map.retain(|key, fill| {
+            let purged = covered(key);
+            if purged {
+                fill.purged.store(true, Ordering::Release);
+            }
+            !purged
+        });
+        if !prefix {
+            self.cache.remove(path);
+        }
+    }
+
+    /// Runs `insert` on the cache unless a purge took `fill` off the fills in flight.
+    fn cache_unless_purged(&self, fill: &Fill, insert: impl FnOnce(&Cache)) {
+        let _map = self.in_flight();
+        if !fill.purged.load(Ordering::Acquire) {
+            insert(&self.cache);
+        }
+    }
+
+    fn start(self: &Arc<Self>, key: String, path: &str, want: Want, via_peer: bool) -> Arc<Fill> {
+        let mut map = self.in_flight();
         if let Some(fill) = map.get(&key) {
             self.observer.coalesced();
             return Arc::clone(fill);
@@ -437,7 +479,9 @@ impl Filler {
         // that asked for it goes away.
         tokio::spawn(async move {
             this.run(&path, &f, want, via_peer).await;
-            if let Ok(mut map) = this.in_flight.lock() {
+            // Unless a purge already took it off, and a new fill of the key took its place.
+            let mut map = this.in_flight();
+            if map.get(&key).is_some_and(|g| Arc::ptr_eq(g, &f)) {
                 map.remove(&key);
             }
         });
@@ -604,8 +648,9 @@ impl Filler {
                 head.meta = Some(Arc::clone(&refreshed));
             }
             // Cached before the fill ends, so a client that saw the end finds it.
-            self.cache
-                .insert(key.to_owned(), Arc::unwrap_or_clone(refreshed));
+            self.cache_unless_purged(fill, |cache| {
+                cache.insert(key.to_owned(), Arc::unwrap_or_clone(refreshed));
+            });
             fill.update(|s| {
                 s.head = Some(Arc::new(head));
                 if !sliced {
@@ -815,23 +860,21 @@ impl Filler {
                     && let Some(ttl) = lifetime(status)
                 {
                     let d = freshness::directives(&parts.headers);
-                    self.cache.insert(
-                        key.to_owned(),
-                        CachedObject {
-                            status: status.as_u16(),
-                            content_type: text(parts.headers.get(header::CONTENT_TYPE)),
-                            upstream_etag: text(upstream_etag.as_ref()),
-                            last_modified: text(last_modified.as_ref()),
-                            stored_at: unix_now,
-                            fresh_until: unix_now + ttl.as_secs(),
-                            stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
-                            stale_if_error: d.stale_if_error.unwrap_or(0),
-                            sha256,
-                            slicing: Slicing::Whole,
-                            body: concat(&all, received),
-                            prepared: Default::default(),
-                        },
-                    );
+                    let object = CachedObject {
+                        status: status.as_u16(),
+                        content_type: text(parts.headers.get(header::CONTENT_TYPE)),
+                        upstream_etag: text(upstream_etag.as_ref()),
+                        last_modified: text(last_modified.as_ref()),
+                        stored_at: unix_now,
+                        fresh_until: unix_now + ttl.as_secs(),
+                        stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
+                        stale_if_error: d.stale_if_error.unwrap_or(0),
+                        sha256,
+                        slicing: Slicing::Whole,
+                        body: concat(&all, received),
+                        prepared: Default::default(),
+                    };
+                    self.cache_unless_purged(fill, |cache| cache.insert(key.to_owned(), object));
                 }
             }
             Shape::Slice {
@@ -847,12 +890,13 @@ impl Filler {
                 slice.sha256 = sha256;
                 slice.slicing = Slicing::Slice { index, generation };
                 slice.body = concat(&all, received);
-                if new_meta {
-                    self.cache.note_fill(&slice_key);
-                    self.cache
-                        .insert(key.to_owned(), Arc::unwrap_or_clone(meta));
-                }
-                self.cache.insert(slice_key, slice);
+                self.cache_unless_purged(fill, |cache| {
+                    if new_meta {
+                        cache.note_fill(&slice_key);
+                        cache.insert(key.to_owned(), Arc::unwrap_or_clone(meta));
+                    }
+                    cache.insert(slice_key, slice);
+                });
             }
             Shape::Slice { .. } => {}
         }

@@ -751,9 +751,9 @@ impl Edge {
                     "purge applied but not saved\n",
                 );
             }
-        } else {
-            filler.cache().remove(&path);
         }
+        // Fills in flight under the path are not cached when they end.
+        filler.purge(&path, prefix);
         tracing::info!(path = %path, prefix, "Purged from the cache.");
         let body =
             Bytes::from(serde_json::json!({"purged": path, "prefix": prefix}).to_string() + "\n");
