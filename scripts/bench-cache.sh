@@ -32,4 +32,4 @@ fi
 
 cargo build --release -p estuary -p estuary-bench
 
-exec target/release/estuary-bench cache-vs-peers --write-md BENCHMARKS.md "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/estuary-bench" cache-vs-peers --write-md BENCHMARKS.md "$@"

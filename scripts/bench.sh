@@ -28,4 +28,4 @@ fi
 
 cargo build --release --workspace
 
-exec target/release/estuary-bench edge-vs-nginx --write-md BENCHMARKS.md "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/estuary-bench" edge-vs-nginx --write-md BENCHMARKS.md "$@"

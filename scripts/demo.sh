@@ -21,7 +21,7 @@ mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
 cargo build --release --locked --bin estuary
-bin="$PWD/target/release/estuary"
+bin="${CARGO_TARGET_DIR:-$PWD/target}/release/estuary"
 
 if [ ! -f "$site/cert.pem" ]; then
   echo "== making a self-signed certificate for localhost and 127.0.0.1"
