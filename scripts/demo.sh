@@ -255,7 +255,16 @@ edge_pid=$!
       | grep -q '"role": "edge"' && break
     sleep 0.5
   done
-  sleep 3
-  ESTUARY_TOKEN="$operator_token" "$bin" push demo --control-plane "http://127.0.0.1:$cp_port" >&2 || true
+  # The control plane counts an edge up after a few good health checks: retry until it does.
+  for _ in $(seq 1 40); do
+    if ESTUARY_TOKEN="$operator_token" "$bin" push demo --control-plane "http://127.0.0.1:$cp_port" \
+      >"$site/push.log" 2>&1; then
+      cat "$site/push.log" >&2
+      exit 0
+    fi
+    sleep 1.5
+  done
+  echo "demo: the asset could not be pre-positioned (the edge still fills it from the origin):" >&2
+  cat "$site/push.log" >&2
 ) &
 wait "$edge_pid"
