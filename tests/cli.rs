@@ -94,6 +94,14 @@ fn check_config_names_the_bad_key() {
             "origin",
         ),
         (text.replace("[node]", "[nodes]"), "nodes", "unknown field"),
+        (
+            format!(
+                "{text}[cache]\ndisk_dir = \"{}\"\ndisk = \"1EiB\"\n",
+                site.dir.path().join("cache").display()
+            ),
+            "cache.disk",
+            "1.0 EiB does not fit in",
+        ),
     ];
     for (i, (bad, key, why)) in cases.iter().enumerate() {
         let path = site.dir.path().join(format!("bad-{i}.toml"));
@@ -126,7 +134,14 @@ fn the_documented_example_is_valid_once_its_files_exist() {
             &dir.path().join("content").to_string_lossy(),
         )
         .replace("\"cert.pem\"", &format!("\"{}\"", cert.display()))
-        .replace("\"key.pem\"", &format!("\"{}\"", key.display()));
+        .replace("\"key.pem\"", &format!("\"{}\"", key.display()))
+        // The disk tier must fit its filesystem's free space (this machine may not have the
+        // example's 200 GiB free).
+        .replace(
+            "/var/cache/estuary",
+            &dir.path().join("cache").to_string_lossy(),
+        )
+        .replace("disk = \"200GiB\"", "disk = \"1GiB\"");
     let path = dir.path().join("edge.toml");
     std::fs::write(&path, text).expect("write");
     let (ok, _, err) = estuary(&["check-config", &path.to_string_lossy()]);

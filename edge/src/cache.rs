@@ -576,7 +576,8 @@ impl Cache {
             Some(dir) if tiers.disk_bytes > 0 => {
                 std::fs::create_dir_all(dir)?;
                 // Refuse a tier that cannot fit before foyer makes its files.
-                crate::disk_space::check(dir, tiers.disk_bytes as u64)?;
+                crate::disk_space::check(dir, tiers.disk_bytes as u64)
+                    .map_err(|why| anyhow::anyhow!("cache.disk: {why}"))?;
                 let device = FsDeviceBuilder::new(dir)
                     .with_capacity(tiers.disk_bytes)
                     .build()?;

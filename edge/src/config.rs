@@ -727,6 +727,10 @@ impl EdgeConfig {
                 "must hold at least four objects of cache.max_object",
             ));
         }
+        if let Some(dir) = &self.cache.disk_dir {
+            crate::disk_space::check(dir, self.cache.disk.as_u64())
+                .map_err(|why| ConfigError::new("cache.disk", why))?;
+        }
         for (name, token) in &self.admin.tokens {
             if token.len() < 16 {
                 return Err(ConfigError::new(

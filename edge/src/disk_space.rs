@@ -45,15 +45,25 @@ fn held(dir: &Path) -> io::Result<u64> {
 }
 
 /// Checks, before the tier is built, that `wanted` bytes fit in `dir`: the free space (to
-/// unprivileged users) plus what the tier's files there already hold.
-pub fn check(dir: &Path, wanted: u64) -> anyhow::Result<()> {
-    let held = held(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    let fs = rustix::fs::statvfs(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+/// unprivileged users) plus what the tier's files there already hold. `dir` need not exist
+/// yet: its nearest existing ancestor's filesystem is asked. The error is the reason, for the
+/// caller to put after the key (`cache.disk`).
+pub fn check(dir: &Path, wanted: u64) -> Result<(), String> {
+    let held = match held(dir) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let existing = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let fs = rustix::fs::statvfs(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
     let free = fs.f_bavail.saturating_mul(fs.f_frsize);
     if free.saturating_add(held) < wanted {
-        anyhow::bail!(
-            "cache.disk: {} does not fit in {}: {} free on its filesystem{}; lower cache.disk or \
-             free some space",
+        return Err(format!(
+            "{} does not fit in {}: {} free on its filesystem{}; lower cache.disk or free some \
+             space",
             bytesize::ByteSize(wanted).display().iec(),
             dir.display(),
             bytesize::ByteSize(free).display().iec(),
@@ -65,7 +75,7 @@ pub fn check(dir: &Path, wanted: u64) -> anyhow::Result<()> {
             } else {
                 String::new()
             }
-        );
+        ));
     }
     Ok(())
 }
@@ -133,11 +143,13 @@ mod tests {
     #[test]
     fn a_tier_larger_than_the_filesystem_is_refused_by_name() {
         let dir = fresh_dir("refuse");
-        let e = check(&dir, u64::MAX / 2).expect_err("no filesystem here holds 8 EiB");
-        let text = e.to_string();
-        assert!(text.starts_with("cache.disk: "), "{text}");
+        let text = check(&dir, u64::MAX / 2).expect_err("no filesystem here holds 8 EiB");
+        assert!(text.starts_with("8.0 EiB does not fit in "), "{text}");
         assert!(text.contains("free on its filesystem"), "{text}");
         check(&dir, 4096).expect("a page fits");
+        // A folder still to be made is checked on the filesystem it will be made in.
+        check(&dir.join("not/yet"), 4096).expect("a page fits");
+        assert!(check(&dir.join("not/yet"), u64::MAX / 2).is_err());
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
