@@ -54,10 +54,10 @@ pub fn check(dir: &Path, wanted: u64) -> Result<(), String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
-    let existing = dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or_else(|| Path::new("/"));
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or_else(|| {
+        // Only the empty ancestor of a relative path is left: the working folder.
+        Path::new(if dir.is_relative() { "." } else { "/" })
+    });
     let fs = rustix::fs::statvfs(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
     let free = fs.f_bavail.saturating_mul(fs.f_frsize);
     if free.saturating_add(held) < wanted {
@@ -150,6 +150,8 @@ mod tests {
         // A folder still to be made is checked on the filesystem it will be made in.
         check(&dir.join("not/yet"), 4096).expect("a page fits");
         assert!(check(&dir.join("not/yet"), u64::MAX / 2).is_err());
+        // A relative folder still to be made: the working folder's filesystem.
+        check(Path::new("estuary-not-made-yet/cache"), 4096).expect("a page fits");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }
