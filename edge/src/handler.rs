@@ -741,6 +741,9 @@ impl Edge {
             let saved = self.prefix_purges.lock().map(|mut p| {
                 p.retain(|(old, _)| !old.starts_with(&path));
                 p.push((path.clone(), (self.clock)()));
+                // Fills in flight under the prefix are not cached when they end, whether or
+                // not the purge log can be written.
+                filler.purge(&path, true);
                 self.save_prefix_purges(&p)
             });
             if let Ok(Err(e)) | Err(e) = saved.map_err(|_| std::io::Error::other("poisoned")) {
@@ -751,9 +754,10 @@ impl Edge {
                     "purge applied but not saved\n",
                 );
             }
+        } else {
+            // Out of the cache, and fills in flight are not cached when they end.
+            filler.purge(&path, false);
         }
-        // Fills in flight under the path are not cached when they end.
-        filler.purge(&path, prefix);
         tracing::info!(path = %path, prefix, "Purged from the cache.");
         let body =
             Bytes::from(serde_json::json!({"purged": path, "prefix": prefix}).to_string() + "\n");

@@ -254,6 +254,21 @@ struct Stream {
 }
 
 impl Stream {
+    /// A stream seen for the first time: no arrivals, no index, no stride yet.
+    fn new(hash: u64, epoch: u32) -> Self {
+        Self {
+            hash,
+            cursors: Vec::new(),
+            arrivals_base: 0.0,
+            arrivals_mid: 0.0,
+            epoch,
+            base: u64::MAX,
+            top: 0,
+            stride: 0,
+            residents: 0,
+        }
+    }
+
     /// Strides from index `from` to index `to` (0 when `to` is not after `from`; rounded to
     /// the nearest stride, at least 1 when `to` is after `from`, since segment durations in
     /// a `$Time$` timeline vary a little).
@@ -680,17 +695,7 @@ impl VideoPolicy {
         if self.stream_by_hash.len() >= self.config.max_streams {
             self.forget_streams();
         }
-        let stream = Stream {
-            hash,
-            cursors: Vec::new(),
-            arrivals_base: 0.0,
-            arrivals_mid: 0.0,
-            epoch: self.epoch,
-            base: u64::MAX,
-            top: 0,
-            stride: 0,
-            residents: 0,
-        };
+        let stream = Stream::new(hash, self.epoch);
         let id = match self.free_streams.pop() {
             Some(id) => {
                 self.streams[id as usize] = stream;
@@ -1053,8 +1058,9 @@ mod tests {
     /// The leader reads segments 1..=5 of stream 0 and a lone viewer reads stream 1 alone;
     /// then a follower starts at segment 1 of stream 0, behind the leader. Segment names are
     /// made by `name`. Returns the leader's cursor age, and the worth of the segment two
-    /// ahead of the follower and of the lone viewer's segment at the same place.
-    fn follower_trace(name: fn(u32, u32) -> String) -> (u32, f64, f64) {
+    /// ahead of the follower, of the lone viewer's segment at the same place, and of the
+    /// follower's own segment.
+    fn follower_trace(name: fn(u32, u32) -> String) -> (u32, f64, f64, f64) {
         let mut p = VideoPolicy::new(VideoPolicyConfig::new(10_000, 1));
         let (leader, follower, lone) = (SessionId(1), SessionId(2), SessionId(3));
         let mut now = 0;
@@ -1072,14 +1078,16 @@ mod tests {
         let age = p.sessions.get(&leader.0).expect("the leader's cursor").age;
         let ahead = p.worth_of(now, &name(0, 3)).expect("resident");
         let alone = p.worth_of(now, &name(1, 3)).expect("resident");
-        (age, ahead, alone)
+        // The segment the follower just read, behind everyone.
+        let behind = p.worth_of(now, &name(0, 1)).expect("resident");
+        (age, ahead, alone, behind)
     }
 
     #[test]
     fn a_cursor_behind_makes_the_segments_ahead_of_it_worth_keeping() {
-        let (_, ahead, alone) = follower_trace(key);
+        let (_, ahead, alone, behind) = follower_trace(key);
         assert!(ahead > alone, "{ahead} <= {alone}");
-        assert!(ahead > 0.0);
+        assert!(ahead > 0.0 && behind >= 0.0);
     }
 
     #[test]
@@ -1100,17 +1108,7 @@ mod tests {
 
     #[test]
     fn strides_round_to_the_nearest_and_never_overflow() {
-        let mut s = Stream {
-            hash: 0,
-            cursors: Vec::new(),
-            arrivals_base: 0.0,
-            arrivals_mid: 0.0,
-            epoch: 0,
-            base: 0,
-            top: 0,
-            stride: 0,
-            residents: 0,
-        };
+        let mut s = Stream::new(0, 0);
         assert_eq!(s.steps(5, 5), 0);
         assert_eq!(s.steps(5, 4), 0);
         assert_eq!(s.steps(5, 9), 4);
