@@ -38,12 +38,20 @@ if [ ! -f "$site/source.mp4" ]; then
     -t 30 -c:v libx264 -preset veryfast -crf 20 -pix_fmt yuv420p -c:a aac -b:a 128k "$site/source.mp4"
 fi
 
-for f in operator.token node.token purge.token; do
+# One credential per node, bound to its id, site and role on the control plane.
+for f in operator.token origin.cred edge.cred steering.cred; do
   [ -f "$site/$f" ] || openssl rand -hex 20 > "$site/$f"
 done
 operator_token="$(cat "$site/operator.token")"
-node_token="$(cat "$site/node.token")"
-purge_token="$(cat "$site/purge.token")"
+origin_cred="$(cat "$site/origin.cred")"
+edge_cred="$(cat "$site/edge.cred")"
+steering_cred="$(cat "$site/steering.cred")"
+# The origin signs every asset.json it publishes; the edge and the control plane trust only
+# manifests signed with this key.
+[ -f "$site/manifest-keys.txt" ] || "$bin" manifest keygen --key-id demo-origin > "$site/manifest-keys.txt"
+manifest_secret="$(sed -n 's/^key = "\(.*\)"$/\1/p' "$site/manifest-keys.txt")"
+manifest_keys="[manifest_keys]
+$(grep '^demo-origin = ' "$site/manifest-keys.txt")"
 cat > "$site/control-plane.toml" <<TOML
 [listen]
 http = "127.0.0.1:$cp_port"
@@ -51,17 +59,26 @@ http = "127.0.0.1:$cp_port"
 url = "sqlite://control-plane.db"
 [auth.operator_tokens]
 demo = "$operator_token"
-[auth.node_tokens]
-demo = "$node_token"
-[purge]
-edge_token = "$purge_token"
+[auth.nodes.demo-origin]
+site = "demo"
+role = "origin"
+token = "$origin_cred"
+[auth.nodes.demo-edge]
+site = "demo"
+role = "edge"
+token = "$edge_cred"
+[auth.nodes.demo-steering]
+site = "demo"
+role = "steering"
+token = "$steering_cred"
+[auth.site_networks]
+demo = ["127.0.0.0/8"]
+$manifest_keys
 TOML
 "$bin" check-config "$site/control-plane.toml"
-joined="[control_plane]
-url = \"http://127.0.0.1:$cp_port\"
-token = \"$node_token\"
-interval = \"2s\"
-store_capacity = \"2GiB\""
+joined() {
+  printf '[control_plane]\nurl = "http://127.0.0.1:%s"\ntoken = "%s"\ninterval = "2s"\nstore_capacity = "2GiB"\n' "$cp_port" "$1"
+}
 
 upload_token_file="$site/upload.token"
 [ -f "$upload_token_file" ] || openssl rand -hex 24 > "$upload_token_file"
@@ -82,7 +99,10 @@ demo = "$upload_token"
 [packaging]
 ladder = ["720p", "480p", "360p"]
 segment_seconds = 4
-$joined
+[signing]
+key_id = "demo-origin"
+key = "$manifest_secret"
+$(joined "$origin_cred")
 TOML
 "$bin" check-config "$site/origin.toml"
 
@@ -132,7 +152,11 @@ while :; do
   if [ "$now" != "${last:-}" ]; then echo "   $now"; last="$now"; fi
   sleep 1
 done
-echo "   ready: http://127.0.0.1:$origin_port/v/demo/master.m3u8 (and manifest.mpd, asset.json)"
+if ! curl -fsS -o /dev/null "http://127.0.0.1:$origin_port/v/demo/asset.json.sig"; then
+  # Published by an earlier demo, before origins signed their manifests: sign it now.
+  ESTUARY_MANIFEST_KEY="$manifest_secret" "$bin" manifest sign --key-id demo-origin "$site/origin/storage/v/demo" >/dev/null
+fi
+echo "   ready: http://127.0.0.1:$origin_port/v/demo/master.m3u8 (and manifest.mpd, asset.json, asset.json.sig)"
 
 player="$site/content/player"
 if [ ! -f "$player/hls.min.js" ]; then
@@ -174,11 +198,10 @@ disk_dir = "cache"
 disk = "2GiB"
 [upstream]
 origin = ["http://127.0.0.1:$origin_port"]
-[admin.tokens]
-control-plane = "$purge_token"
 [log]
 access = "access.log"
-$joined
+$manifest_keys
+$(joined "$edge_cred")
 TOML
 "$bin" check-config "$site/edge.toml"
 cat > "$site/steering.toml" <<TOML
@@ -190,7 +213,7 @@ http = "127.0.0.1:$steer_port"
 dns = "127.0.0.1:$dns_port"
 [control_plane]
 url = "http://127.0.0.1:$cp_port"
-token = "$node_token"
+token = "$steering_cred"
 [geo]
 [tokens]
 kid = "demo"

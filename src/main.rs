@@ -183,6 +183,34 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Ed25519 keys and signatures for asset manifests (the trust anchor of every fill).
+    Manifest {
+        #[command(subcommand)]
+        command: ManifestCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Make a key pair: prints the origin's [signing] table (secret) and the [manifest_keys]
+    /// line for edges and the control plane (public).
+    Keygen {
+        /// The key's id, written into every signature it makes.
+        #[arg(long, default_value = "origin-1")]
+        key_id: String,
+    },
+    /// Sign DIR/asset.json into DIR/asset.json.sig (an asset folder made by `estuary package`,
+    /// or one published before its origin had a key).
+    Sign {
+        /// The asset folder.
+        dir: PathBuf,
+        /// The key's id.
+        #[arg(long)]
+        key_id: String,
+        /// The secret key, 64 hex digits (or set ESTUARY_MANIFEST_KEY).
+        #[arg(long, env = "ESTUARY_MANIFEST_KEY", hide_env_values = true)]
+        key: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
+        Command::Manifest { command } => manifest(command),
         Command::Package {
             input,
             out,
@@ -530,6 +559,32 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
                 println!("{base}{p}?{}", token::query_pair(&t));
                 println!("{base}{}{p}", token::path_prefix(&t));
             }
+            Ok(())
+        }
+    }
+}
+
+fn manifest(command: ManifestCommand) -> anyhow::Result<()> {
+    use estuary_common::signing::ManifestSigner;
+    match command {
+        ManifestCommand::Keygen { key_id } => {
+            let signer =
+                ManifestSigner::generate(&key_id).map_err(|e| anyhow::anyhow!("--key-id: {e}"))?;
+            println!(
+                "# The origin's config (keep the secret on origins only):\n[signing]\nkey_id = \"{}\"\nkey = \"{}\"\n\n# Edges' and the control plane's config:\n[manifest_keys]\n{} = \"{}\"",
+                signer.key_id(),
+                signer.secret_hex(),
+                signer.key_id(),
+                signer.public_hex()
+            );
+            Ok(())
+        }
+        ManifestCommand::Sign { dir, key_id, key } => {
+            let signer = ManifestSigner::from_hex(&key_id, &key)
+                .map_err(|e| anyhow::anyhow!("--key/--key-id: {e}"))?;
+            let written = estuary_common::signing::sign_folder(&signer, &dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            println!("{}", written.display());
             Ok(())
         }
     }

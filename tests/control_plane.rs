@@ -32,13 +32,20 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
     assert_eq!(node["role"], "edge");
     assert_eq!(node["addresses"]["admin"], format!("http://{}", site.admin));
 
+    // The state feed is for steering and operators, not for an edge's token.
+    assert_eq!(cp.get("/v1/state", LAB, &[]).0, 403);
     // The state feed: an ETag per version, 304 when nothing changed.
-    let (status, h, body) = cp.get("/v1/state", LAB, &[]);
+    let steering = cred("steering-test");
+    let (status, h, body) = cp.get("/v1/state", &steering, &[]);
     assert_eq!(status, 200);
     let etag = header(&h, "etag").expect("etag").to_owned();
     let snap: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(snap["nodes"]["edge-test"]["up"], true);
-    let (status, _, _) = cp.get("/v1/state", LAB, &["-H", &format!("If-None-Match: {etag}")]);
+    let (status, _, _) = cp.get(
+        "/v1/state",
+        &steering,
+        &["-H", &format!("If-None-Match: {etag}")],
+    );
     assert_eq!(status, 304);
 
     // The monitor scrapes the edge's /metrics itself: requests the edge served show up in
@@ -49,7 +56,7 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
             let (status, _, _) = fetch(&site.url("/pub/hello.txt"), &[]);
             assert!(status == 200 || status == 404, "{status}");
         }
-        let (_, _, body) = cp.get("/v1/state", LAB, &[]);
+        let (_, _, body) = cp.get("/v1/state", OPS, &[]);
         let snap: serde_json::Value = serde_json::from_slice(&body).expect("json");
         let polled = &snap["nodes"]["edge-test"]["polled_load"];
         if polled["requests_per_second"]

@@ -38,7 +38,7 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
         )
     };
     let mut origin_site = OriginSite::new("fill-origin");
-    origin_site.extra = joined(LAB);
+    origin_site.extra = joined(&cred("origin-test"));
     write_fake_asset(&origin_site.storage_root(), "movie");
     let origin = origin_site.start();
     let mut a = Site::new("fill-a");
@@ -107,7 +107,7 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     );
 
     // A healthy peer is preferred: a third asset filled on one edge, then pushed to both,
-    // costs the origin only the push's own size lookup.
+    // costs the origin only the push's own size lookup (asset.json and its signature).
     write_fake_asset(&origin_site.storage_root(), "trailer");
     cp.cli(&["push", "trailer", "--replicas", "1"]);
     let rows: Vec<serde_json::Value> =
@@ -123,7 +123,7 @@ fn pushed_assets_are_filled_from_peers_or_the_origin_verified_and_removed(backen
     cp.cli(&["push", "trailer", "--replicas", "2"]);
     cp.wait_fill("trailer", other, "present");
     assert!(
-        origin_hits(&origin) - before <= 1.0,
+        origin_hits(&origin) - before <= 2.0,
         "the second edge did not fill from its peer"
     );
 

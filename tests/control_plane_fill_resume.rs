@@ -63,7 +63,7 @@ fn an_interrupted_fill_resumes_after_kill_9_and_edges_serve_without_the_origin()
     let cp = ControlPlane::new("cp-resume");
     let _cp = cp.start();
     let mut origin_site = OriginSite::new("resume-origin");
-    origin_site.extra = joined(&cp, LAB);
+    origin_site.extra = joined(&cp, &cred("origin-test"));
     let files = feature_files();
     let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
     write_asset(&origin_site.storage_root(), "feature", &files);

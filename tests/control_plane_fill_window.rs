@@ -14,7 +14,7 @@ fn a_push_outside_the_fill_window_waits_for_it() {
     let cp = ControlPlane::new("cp-window");
     let _cp = cp.start();
     let mut origin_site = OriginSite::new("window-origin");
-    origin_site.extra = joined(&cp, LAB);
+    origin_site.extra = joined(&cp, &cred("origin-test"));
     write_fake_asset(&origin_site.storage_root(), "late");
     let _origin = origin_site.start();
     // A window two hours ahead (UTC): closed now, and still closed if the hour turns.

@@ -28,7 +28,7 @@ fn two_replicas_on_one_postgres_share_nodes_placements_purges_and_audit() {
     let _replica_two = p2;
 
     let mut origin_site = OriginSite::new("replica-origin");
-    origin_site.extra = joined(&one, LAB);
+    origin_site.extra = joined(&one, &cred("origin-test"));
     write_fake_asset(&origin_site.storage_root(), "movie");
     let _origin = origin_site.start();
     let mut a = Site::new("replica-a");

@@ -156,7 +156,7 @@ fn players_move_to_the_other_edge_when_theirs_is_killed() {
     }
 
     let mut steering = SteeringSite::new("steer-play");
-    steering.with_control_plane(&cp.url(), LAB);
+    steering.with_control_plane(&cp.url(), &cred("steering-test"));
     steering.steering = "scheme = \"http\"\nttl = \"1s\"\npathways = 2\n".into();
     let _steering = steering.start();
     // Steering registers with the control plane like any node, and is checked like one.

@@ -104,6 +104,15 @@ pub struct Heartbeat {
     /// Pre-positioned assets this node holds or is filling (edges).
     #[serde(default)]
     pub inventory: Vec<InventoryItem>,
+    /// Which process sent it: made at random when the heartbeat loop starts
+    /// ([`heartbeat_loop`] fills it in). The control plane refuses a second live process
+    /// claiming the same node id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// The process is stopping: the last heartbeat it sends, which releases its node id at
+    /// once (a restarted process is not taken for a second one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// One pre-positioned asset on a node.
@@ -215,6 +224,8 @@ mod tests {
             usage: Usage::default(),
             version: "0.1.0".into(),
             inventory: vec![],
+            instance: "4f1c".into(),
+            leaving: false,
         };
         let text = serde_json::to_string(&hb).expect("json");
         assert!(text.contains("\"role\":\"edge\""));
@@ -231,7 +242,9 @@ mod tests {
 pub struct ClientConfig {
     /// The control plane's base URL, for example `http://10.0.0.2:7000`.
     pub url: String,
-    /// This node's site token (one of the control plane's `[auth.node_tokens]`).
+    /// This node's own credential (its `[auth.nodes.<id>] token` on the control plane; at
+    /// least 32 characters), or, deprecated, its site's token from `[auth.node_tokens]` (edges
+    /// only). Edges also accept it for purges sent by the control plane.
     pub token: String,
     /// Time between two heartbeats.
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -321,9 +334,11 @@ pub async fn heartbeat_loop(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
     let url = format!("{}/v1/heartbeat", config.url.trim_end_matches('/'));
+    let instance = new_instance_id();
     let mut failures: u64 = 0;
     loop {
-        let beat = make();
+        let mut beat = make();
+        beat.instance = instance.clone();
         let body = serde_json::to_vec(&beat).unwrap_or_default();
         let request = http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -376,12 +391,45 @@ pub async fn heartbeat_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {}
         }
         if *stop.borrow() {
+            // The last word: release the node id, so that this node's next process is not
+            // refused as a second live one. Best effort, and brief.
+            let mut beat = make();
+            beat.instance = instance;
+            beat.ready = false;
+            beat.leaving = true;
+            let body = serde_json::to_vec(&beat).unwrap_or_default();
+            if let Ok(r) = http::Request::post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {}", config.token),
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.request(r))
+                    .await;
+            }
             return;
         }
     }
+}
+
+/// A process's heartbeat instance id: 16 hex digits from the time, the process id and the
+/// standard library's random hash keys. Unique, not secret.
+fn new_instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
 }
 
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`; 0 when it cannot

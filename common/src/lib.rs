@@ -9,6 +9,7 @@ pub mod cp;
 pub mod fds;
 pub mod logging;
 pub mod metrics;
+pub mod signing;
 pub mod tls;
 pub mod token;
 

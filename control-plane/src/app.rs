@@ -18,13 +18,7 @@ use crate::config::ControlPlaneConfig;
 use crate::registry::{Registry, Seen};
 use crate::store::{AuditEntry, Store};
 
-/// Who presented a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    Operator(String),
-    /// A node of this site.
-    Node(String),
-}
+pub use crate::identity::Caller;
 
 /// The control plane's metrics.
 pub struct Metrics {
@@ -107,16 +101,17 @@ pub struct App {
     pub purge_wake: Arc<tokio::sync::Notify>,
     /// The last hour of bandwidth and hit ratio per site (the dashboard's plots).
     pub history: std::sync::Mutex<crate::history::History>,
+    /// When each refused identity was last written to the audit log: one entry a minute per
+    /// (who, node, reason), so a hostile node cannot flood the log.
+    pub refusals_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Sites whose deprecated shared token has been used (warned about once each).
+    pub site_tokens_used: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("App")
     }
-}
-
-fn ct_eq(a: &str, b: &str) -> bool {
-    bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
 impl App {
@@ -129,24 +124,60 @@ impl App {
         else {
             return Err((StatusCode::UNAUTHORIZED, "bearer token required\n").into_response());
         };
-        let mut found = None;
-        for (name, t) in &self.config.auth.operator_tokens {
-            if ct_eq(t, token) {
-                found = Some(Caller::Operator(name.clone()));
-            }
-        }
-        for (site, t) in &self.config.auth.node_tokens {
-            if ct_eq(t, token) && found.is_none() {
-                found = Some(Caller::Node(site.clone()));
-            }
-        }
-        found.ok_or_else(|| (StatusCode::FORBIDDEN, "forbidden\n").into_response())
+        crate::identity::identify(&self.config.auth, token)
+            .ok_or_else(|| (StatusCode::FORBIDDEN, "forbidden\n").into_response())
     }
 
     fn operator(&self, headers: &HeaderMap) -> Result<String, Response> {
         match self.caller(headers)? {
             Caller::Operator(name) => Ok(name),
-            Caller::Node(_) => Err((StatusCode::FORBIDDEN, "operators only\n").into_response()),
+            _ => Err((StatusCode::FORBIDDEN, "operators only\n").into_response()),
+        }
+    }
+
+    /// Warns, once per site, that a deprecated site token is in use.
+    fn warn_site_token(&self, site: &str) {
+        let first = self
+            .site_tokens_used
+            .lock()
+            .is_ok_and(|mut used| used.insert(site.to_owned()));
+        if first {
+            tracing::warn!(
+                site,
+                "A node used the deprecated [auth.node_tokens] site token; give each node its own credential in [auth.nodes] (site tokens stop working in the next release)."
+            );
+        }
+    }
+
+    /// Writes a refused node request to the audit log (and a WARN line), at most once a
+    /// minute for the same caller, node and reason.
+    async fn audit_refusal(&self, caller: &str, node: &str, why: &str) {
+        let now = estuary_common::unix_now();
+        let key = format!("{caller}\0{node}\0{why}");
+        let fresh = self.refusals_audited.lock().is_ok_and(|mut seen| {
+            if seen.len() >= 4096 {
+                seen.retain(|_, at| now.saturating_sub(*at) < 60);
+                if seen.len() >= 4096 {
+                    seen.clear();
+                }
+            }
+            match seen.get(&key) {
+                Some(at) if now.saturating_sub(*at) < 60 => false,
+                _ => {
+                    seen.insert(key, now);
+                    true
+                }
+            }
+        });
+        if fresh {
+            tracing::warn!(
+                caller,
+                node,
+                reason = why,
+                "A node's heartbeat was refused."
+            );
+            self.audit(caller, "heartbeat-refused", node, why.to_owned())
+                .await;
         }
     }
 
@@ -249,16 +280,38 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                 .into_response(),
         );
     }
-    // A node token is good for its own site only.
-    if let Caller::Node(site) = &caller
-        && *site != hb.site
-    {
+    // A credential speaks for its own node, site and role only.
+    if let Err(why) = crate::identity::admit(&app.config.auth, &caller, &hb) {
+        let why = why.to_string();
+        app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+            .await;
         return refuse(
             &app,
-            (StatusCode::FORBIDDEN, "this token is for another site\n").into_response(),
+            (StatusCode::FORBIDDEN, format!("refused: {why}\n")).into_response(),
         );
     }
+    if let Caller::SiteEdge(site) = &caller {
+        app.warn_site_token(site);
+    }
     let now = estuary_common::unix_now();
+    // Two live processes never share one node id.
+    if let Some(age) = app.registry.held_by_other(
+        &hb.node,
+        &hb.instance,
+        now,
+        app.config.auth.takeover_after.as_secs(),
+    ) {
+        let why = format!(
+            "node {:?} is held by another live process (its last heartbeat {age} s ago)",
+            hb.node
+        );
+        app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+            .await;
+        return refuse(
+            &app,
+            (StatusCode::CONFLICT, format!("refused: {why}\n")).into_response(),
+        );
+    }
     if !app.registry.has_site(&hb.site) {
         let site = Site {
             name: hb.site.clone(),
@@ -365,8 +418,21 @@ async fn state(
     headers: HeaderMap,
     Query(q): Query<StateQuery>,
 ) -> Response {
-    if let Err(r) = app.caller(&headers) {
-        return r;
+    // The feed is for steering and operators; an edge or an origin has no use for it.
+    match app.caller(&headers) {
+        Ok(Caller::Operator(_))
+        | Ok(Caller::Node {
+            role: estuary_common::cp::Role::Steering,
+            ..
+        }) => {}
+        Ok(_) => {
+            return (
+                StatusCode::FORBIDDEN,
+                "the state feed is for steering and operators\n",
+            )
+                .into_response();
+        }
+        Err(r) => return r,
     }
     let known = headers
         .get(header::IF_NONE_MATCH)
@@ -515,10 +581,17 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         Ok(w) => w,
         Err(r) => return r,
     };
-    if app.config.purge.edge_token.is_none() {
+    if app.config.purge.edge_token.is_none()
+        && !app
+            .config
+            .auth
+            .nodes
+            .values()
+            .any(|c| c.role == estuary_common::cp::Role::Edge)
+    {
         return (
             StatusCode::CONFLICT,
-            "purges need [purge] edge_token in the control plane's config\n",
+            "purges need edges with their own credentials in [auth.nodes] (or the deprecated [purge] edge_token)\n",
         )
             .into_response();
     }
@@ -605,6 +678,11 @@ fn used_bytes(
 
 /// The total size of an asset, from its `asset.json` on an origin that is up.
 async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
+    let keys = estuary_common::signing::ManifestKeys::from_hex(&app.config.manifest_keys)
+        .map_err(|(id, why)| format!("manifest_keys.{id}: {why}"))?;
+    if keys.is_empty() {
+        return Err("the control plane has no [manifest_keys], so it trusts no asset.json".into());
+    }
     let snap = app.registry.snapshot(estuary_common::unix_now());
     let origins: Vec<String> = snap
         .nodes
@@ -620,29 +698,76 @@ async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let mut last = String::new();
     for base in origins {
-        let url = format!("{}/v/{asset}/asset.json", base.trim_end_matches('/'));
-        let Ok(request) = http::Request::get(&url).body(http_body_util::Empty::new()) else {
-            continue;
-        };
-        match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
-            Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
-                use http_body_util::BodyExt;
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                let m: estuary_common::asset::AssetManifest =
-                    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
-                return Ok(m.files.iter().map(|f| f.size).sum::<u64>() + body.len() as u64);
+        let base = base.trim_end_matches('/');
+        let manifest = format!("{base}/v/{asset}/{}", estuary_common::asset::MANIFEST_FILE);
+        let signature = format!(
+            "{base}/v/{asset}/{}",
+            estuary_common::signing::SIGNATURE_FILE
+        );
+        let body = match get_small(&client, &manifest, 16 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
+                last = e;
+                continue;
             }
-            Ok(Ok(resp)) => last = format!("{url}: {}", resp.status()),
-            Ok(Err(e)) => last = format!("{url}: {e}"),
-            Err(_) => last = format!("{url}: timed out"),
+        };
+        let checked = match get_small(
+            &client,
+            &signature,
+            estuary_common::signing::MAX_SIGNATURE_FILE,
+        )
+        .await
+        {
+            Ok(sig) => keys
+                .verify(&body, &sig)
+                .map_err(|e| format!("{manifest}: {e}")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            // A manifest no trusted key signed is never believed, whoever served it.
+            tracing::warn!(asset, origin = base, error = %e, "An origin served an asset.json that does not verify.");
+            last = e;
+            continue;
         }
+        let m: estuary_common::asset::AssetManifest =
+            serde_json::from_slice(&body).map_err(|e| format!("{manifest}: {e}"))?;
+        if m.asset != asset {
+            last = format!("{manifest}: names asset {:?}", m.asset);
+            continue;
+        }
+        return Ok(m.files.iter().map(|f| f.size).sum::<u64>() + body.len() as u64);
     }
     Err(format!("the asset is not on any origin ({last})"))
+}
+
+/// GETs `url` with a 5 s limit; the body if the answer is 200 and at most `limit` bytes.
+async fn get_small(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<Bytes>,
+    >,
+    url: &str,
+    limit: usize,
+) -> Result<Bytes, String> {
+    use http_body_util::BodyExt;
+    let request = http::Request::get(url)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let fetch = async {
+        let resp = client.request(request).await.map_err(|e| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(resp.status().to_string());
+        }
+        http_body_util::Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), fetch).await {
+        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: timed out")),
+    }
 }
 
 /// `POST /v1/assets/<asset>/push` `{"sites": [...], "replicas": N}`: places the asset on

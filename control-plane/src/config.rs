@@ -24,6 +24,11 @@ pub struct ControlPlaneConfig {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// Key id -> Ed25519 public key (64 hex digits) of the origins whose signed `asset.json`
+    /// the control plane trusts: a push reads the asset's size from a manifest only after its
+    /// `asset.json.sig` verifies with one of them. Without keys, pushes are refused.
+    #[serde(default)]
+    pub manifest_keys: BTreeMap<String, String>,
 }
 
 /// `[dashboard]`.
@@ -52,8 +57,10 @@ fn default_history_step() -> Duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeConfig {
-    /// The token the control plane presents to each edge's admin listener (one of the edges'
-    /// `[admin.tokens]`). Without it purges are refused.
+    /// Deprecated: a token every edge accepts (one of the edges' `[admin.tokens]`), presented
+    /// only to edges registered with a site token of `[auth.node_tokens]`. An edge with its
+    /// own credential in `[auth.nodes]` is sent purges with that credential, which it alone
+    /// holds, so no node can capture a secret that purges another.
     #[serde(default)]
     pub edge_token: Option<String>,
 }
@@ -112,10 +119,44 @@ impl DatabaseConfig {
 pub struct AuthConfig {
     /// Name -> bearer token for operators (the name goes to the audit log).
     pub operator_tokens: BTreeMap<String, String>,
-    /// Site -> bearer token its nodes present to register and send heartbeats.
+    /// Deprecated (kept for one release): site -> a token shared by that site's nodes. It is
+    /// good only for heartbeats of role `edge` in its own site, for node ids that have no
+    /// credential in `[auth.nodes]`; every use is logged with a deprecation warning.
     #[serde(default)]
     pub node_tokens: BTreeMap<String, String>,
+    /// Node id -> that node's own credential, bound to its site and role. A heartbeat whose
+    /// node id, site or role differs from its credential is refused (403) and audited.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeCredential>,
+    /// Site -> the networks its nodes' advertised addresses must lie in (IP literals only).
+    /// A site without an entry accepts any address. The health monitor and the purge
+    /// deliverer only ever contact addresses that passed this check.
+    #[serde(default)]
+    pub site_networks: BTreeMap<String, Vec<ipnet::IpNet>>,
+    /// A heartbeat from another process (a new `instance`) for a node whose current process
+    /// sent a heartbeat less than this long ago is refused (409) and audited: two live
+    /// processes never share one node id. A node that stops cleanly releases its id at once;
+    /// one that crashed is taken over after this long.
+    #[serde(default = "default_takeover_after", with = "humantime_serde")]
+    pub takeover_after: Duration,
 }
+
+/// `[auth.nodes.<id>]`: one node's credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCredential {
+    /// The site the node belongs to.
+    pub site: String,
+    /// What it does: `edge`, `origin`, `steering`, `chat-relay` or `sfu`.
+    pub role: estuary_common::cp::Role,
+    /// Its bearer token (its `[control_plane] token`), at least 32 characters. The control
+    /// plane also presents it to that node alone (purges), so no node holds a secret that
+    /// works on another.
+    pub token: String,
+}
+
+/// The shortest node credential accepted.
+pub const MIN_NODE_TOKEN_LEN: usize = 32;
 
 /// `[health]`: how the monitor decides that a node is up.
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +222,9 @@ fn default_up_after() -> u32 {
 fn default_heartbeat_timeout() -> Duration {
     Duration::from_secs(20)
 }
+fn default_takeover_after() -> Duration {
+    Duration::from_secs(15)
+}
 fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
@@ -205,6 +249,10 @@ impl ControlPlaneConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err((id, why)) = estuary_common::signing::ManifestKeys::from_hex(&self.manifest_keys)
+        {
+            return Err(ConfigError::new(format!("manifest_keys.{id}"), why));
+        }
         if let Err(why) = self.database.database() {
             return Err(ConfigError::new("database.url", why));
         }
@@ -232,6 +280,70 @@ impl ControlPlaneConfig {
                 return Err(ConfigError::new(
                     format!("auth.node_tokens.{site}"),
                     "a site name is 1-64 of A-Z a-z 0-9 - _ .",
+                ));
+            }
+        }
+        for (id, c) in &self.auth.nodes {
+            let key = |k: &str| format!("auth.nodes.{id}.{k}");
+            if !estuary_common::config::name_ok(id) {
+                return Err(ConfigError::new(
+                    format!("auth.nodes.{id}"),
+                    "a node id is 1-64 of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if !estuary_common::config::name_ok(&c.site) {
+                return Err(ConfigError::new(
+                    key("site"),
+                    "a site name is 1-64 of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if c.token.len() < MIN_NODE_TOKEN_LEN {
+                return Err(ConfigError::new(
+                    key("token"),
+                    format!("must be at least {MIN_NODE_TOKEN_LEN} characters"),
+                ));
+            }
+        }
+        for site in self.auth.site_networks.keys() {
+            if !estuary_common::config::name_ok(site) {
+                return Err(ConfigError::new(
+                    format!("auth.site_networks.{site}"),
+                    "a site name is 1-64 of A-Z a-z 0-9 - _ .",
+                ));
+            }
+        }
+        if self.auth.takeover_after < Duration::from_secs(1)
+            || self.auth.takeover_after > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::new(
+                "auth.takeover_after",
+                "must be between 1s and 1h",
+            ));
+        }
+        // One token, one identity: a token listed twice would make its holder ambiguous.
+        let mut seen: BTreeMap<&str, String> = BTreeMap::new();
+        let all = self
+            .auth
+            .operator_tokens
+            .iter()
+            .map(|(n, t)| (format!("auth.operator_tokens.{n}"), t.as_str()))
+            .chain(
+                self.auth
+                    .node_tokens
+                    .iter()
+                    .map(|(n, t)| (format!("auth.node_tokens.{n}"), t.as_str())),
+            )
+            .chain(
+                self.auth
+                    .nodes
+                    .iter()
+                    .map(|(n, c)| (format!("auth.nodes.{n}.token"), c.token.as_str())),
+            );
+        for (key, token) in all {
+            if let Some(first) = seen.insert(token, key.clone()) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("the same token as {first}: every credential must be its own"),
                 ));
             }
         }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod history;
+pub mod identity;
 pub mod monitor;
 pub mod placement;
 pub mod plan;
@@ -53,6 +54,8 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         purge_wake: Arc::new(tokio::sync::Notify::new()),
         history: std::sync::Mutex::new(history::History::new(history_step, 3600)),
+        refusals_audited: Default::default(),
+        site_tokens_used: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

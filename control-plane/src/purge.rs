@@ -1,5 +1,7 @@
 //! Purge fan-out: a purge is stored with one delivery per edge, and this task delivers each to
-//! the edge's admin listener (`DELETE /cache/<path>` or `/cache/<prefix>*`). Deliveries to an
+//! the edge's admin listener (`DELETE /cache/<path>` or `/cache/<prefix>*`), authenticated with
+//! that edge's own credential (`[auth.nodes.<id>] token`, which the edge also holds as its
+//! `[control_plane] token`). Deliveries to an
 //! edge that is down stay pending and are made when it is up again, even across restarts of
 //! the control plane.
 
@@ -35,9 +37,6 @@ pub async fn run(app: Arc<App>, wake: Arc<tokio::sync::Notify>, mut stop: watch:
 
 /// Delivers every pending purge to every edge that is up now.
 pub async fn round(app: &App, client: &Client) {
-    let Some(token) = app.config.purge.edge_token.clone() else {
-        return;
-    };
     let pending = match app.store.pending_deliveries().await {
         Ok(p) => p,
         Err(e) => {
@@ -63,7 +62,26 @@ pub async fn round(app: &App, client: &Client) {
                 .await;
             continue;
         };
-        let result = deliver(client, admin, &target, &token).await;
+        // Each edge is sent its own credential, which only it holds; the deprecated shared
+        // token goes only to edges that registered with a site token.
+        let token = match app.config.auth.nodes.get(&node) {
+            Some(c) => c.token.as_str(),
+            None => match &app.config.purge.edge_token {
+                Some(t) => t.as_str(),
+                None => {
+                    let _ = app
+                        .store
+                        .delivery_result(
+                            purge,
+                            &node,
+                            Err("no credential for this edge: give it [auth.nodes] (or set [purge] edge_token)".into()),
+                        )
+                        .await;
+                    continue;
+                }
+            },
+        };
+        let result = deliver(client, admin, &target, token).await;
         match &result {
             Ok(()) => {
                 tracing::info!(purge, node = %node, target = %target, "A purge reached an edge.")

@@ -159,6 +159,30 @@ impl Registry {
     }
 
     /// Records a heartbeat at `now` (unix seconds).
+    /// How long ago another live process of node `id` sent its last heartbeat, when one did
+    /// less than `takeover_after` seconds ago: `instance` would then be a second process
+    /// claiming the same id. A process that left (its last heartbeat said `leaving`) or one
+    /// whose heartbeats carry no instance holds nothing.
+    pub fn held_by_other(
+        &self,
+        id: &str,
+        instance: &str,
+        now: u64,
+        takeover_after: u64,
+    ) -> Option<u64> {
+        self.with(|inner| {
+            let entry = inner.nodes.get(id)?;
+            let held = &entry.heartbeat;
+            let age = now.saturating_sub(entry.last_heartbeat);
+            (!held.instance.is_empty()
+                && held.instance != instance
+                && !held.leaving
+                && age < takeover_after)
+                .then_some(age)
+        })
+        .flatten()
+    }
+
     pub fn heartbeat(&self, hb: Heartbeat, now: u64) -> (u64, Seen) {
         let (down_after, up_after) = (self.down_after, self.up_after);
         self.with(|inner| {
@@ -365,6 +389,8 @@ mod tests {
             usage: Default::default(),
             version: "1".into(),
             inventory: vec![],
+            instance: String::new(),
+            leaving: false,
         }
     }
 

@@ -56,6 +56,12 @@ pub struct EdgeConfig {
     /// How assets assigned by the control plane are pulled into the store.
     #[serde(default)]
     pub prepositioning: PreposConfig,
+    /// Key id -> Ed25519 public key (64 hex digits) of the origins whose signed `asset.json`
+    /// this edge trusts. Pre-positioning checks each asset's `asset.json.sig` against them
+    /// before it trusts any hash inside, whoever served it (a peer or an origin). Required
+    /// with `[control_plane]`.
+    #[serde(default)]
+    pub manifest_keys: BTreeMap<String, String>,
 }
 
 /// `[prepositioning]`.
@@ -547,6 +553,14 @@ impl EdgeConfig {
 
     /// Checks everything that can be checked before start: addresses, files, keys, limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let keys = estuary_common::signing::ManifestKeys::from_hex(&self.manifest_keys)
+            .map_err(|(id, why)| ConfigError::new(format!("manifest_keys.{id}"), why))?;
+        if self.control_plane.is_some() && keys.is_empty() {
+            return Err(ConfigError::new(
+                "manifest_keys",
+                "required with [control_plane]: pre-positioning trusts an asset.json only with a signature from one of these keys (estuary manifest keygen prints a pair)",
+            ));
+        }
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
         }

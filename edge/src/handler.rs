@@ -183,7 +183,15 @@ impl Edge {
             observer,
             filler: None,
             stale_if_error: config.cache.ttl.stale_if_error.as_secs(),
-            admin_tokens: config.admin.tokens.values().cloned().collect(),
+            // The control plane sends purges with this node's own credential (its
+            // `[control_plane] token`), which no other node holds.
+            admin_tokens: config
+                .admin
+                .tokens
+                .values()
+                .chain(config.control_plane.iter().map(|cp| &cp.token))
+                .cloned()
+                .collect(),
             prefix_purges: std::sync::Mutex::new(Vec::new()),
             purge_log: None,
             ready: AtomicBool::new(false),
@@ -707,7 +715,8 @@ impl Edge {
     }
 
     /// `DELETE /cache/<path>` removes one cached object; `DELETE /cache/<prefix>*` every
-    /// object under the prefix. Needs `Authorization: Bearer <admin token>`.
+    /// object under the prefix. Needs `Authorization: Bearer <token>`: one of `[admin.tokens]`
+    /// or this node's own `[control_plane] token` (what the control plane presents).
     fn purge(&self, req: &Incoming<'_>) -> Response<Bytes> {
         let presented = req
             .headers

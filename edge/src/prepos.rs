@@ -20,6 +20,7 @@ use estuary_common::asset::{
     AssetManifest, MANIFEST_FILE, valid_asset_id as valid_asset, valid_file_path as valid_file,
 };
 use estuary_common::cp::{Assignment, HeartbeatReply, InventoryItem};
+use estuary_common::signing::SIGNATURE_FILE;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,6 +52,8 @@ pub struct PreposConfig {
     pub window: Option<(u32, u32)>,
     /// Signs the token a fill from a peer carries.
     pub signer: Option<PeerTokenSigner>,
+    /// The origins' public keys: an `asset.json` is trusted only with a signature from one.
+    pub keys: estuary_common::signing::ManifestKeys,
 }
 
 /// The pre-positioning manager.
@@ -295,19 +298,40 @@ impl Prepositioner {
         }
     }
 
-    /// Fills the asset from one source into a staging folder and renames it into place.
-    async fn fill_from(&self, base: &str, asset: &str) -> Result<u64, String> {
-        let manifest_bytes = self
-            .get(base, asset, MANIFEST_FILE, 0)
-            .await?
-            .0
+    /// A whole small file of the asset, refused past `limit` bytes (a source cannot make the
+    /// edge buffer more).
+    async fn get_small(
+        &self,
+        base: &str,
+        asset: &str,
+        file: &str,
+        limit: usize,
+    ) -> Result<Bytes, String> {
+        http_body_util::Limited::new(self.get(base, asset, file, 0).await?.0, limit)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if manifest_bytes.len() > 16 * 1024 * 1024 {
-            return Err("asset.json is too large".into());
-        }
+            .map(|b| b.to_bytes())
+            .map_err(|e| format!("{file}: {e}"))
+    }
+
+    /// Fills the asset from one source into a staging folder and renames it into place.
+    async fn fill_from(&self, base: &str, asset: &str) -> Result<u64, String> {
+        let manifest_bytes = self.get_small(base, asset, MANIFEST_FILE, 16 << 20).await?;
+        // The trust anchor: the origin's signature, checked against this edge's own keys,
+        // before any hash inside the manifest is believed. Whoever served it cannot vouch
+        // for it.
+        let signature = self
+            .get_small(
+                base,
+                asset,
+                SIGNATURE_FILE,
+                estuary_common::signing::MAX_SIGNATURE_FILE,
+            )
+            .await?;
+        self.config
+            .keys
+            .verify(&manifest_bytes, &signature)
+            .map_err(|e| e.to_string())?;
         let manifest: AssetManifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| format!("asset.json: {e}"))?;
         if manifest.asset != asset {
@@ -323,6 +347,9 @@ impl Prepositioner {
         let staging = self.config.root.join(".fill").join(asset);
         let total = self.fill_files(base, asset, &manifest, &staging).await?;
         let write = async {
+            tokio::fs::write(staging.join(SIGNATURE_FILE), &signature)
+                .await
+                .map_err(|e| e.to_string())?;
             tokio::fs::write(staging.join(MANIFEST_FILE), &manifest_bytes)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -771,6 +771,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             max_rate: config.prepositioning.max_rate.map_or(0, |r| r.as_u64()),
             window: config.prepositioning.window.map(|[a, b]| (a, b)),
             signer: peer_token_signer(&config)?,
+            keys: estuary_common::signing::ManifestKeys::from_hex(&config.manifest_keys)
+                .map_err(|(id, why)| anyhow::anyhow!("manifest_keys.{id}: {why}"))?,
         });
         let applier = Arc::clone(&prepos);
         tokio::spawn(estuary_common::cp::heartbeat_loop(
@@ -903,6 +905,8 @@ fn heartbeat_maker(
             },
             version: env!("CARGO_PKG_VERSION").to_owned(),
             inventory: prepos.inventory(),
+            instance: String::new(),
+            leaving: false,
         }
     }
 }

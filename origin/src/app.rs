@@ -389,6 +389,9 @@ async fn serve_asset_inner(
         Err(r) => return r,
     };
     let (manifest, manifest_bytes) = &*published;
+    if file == estuary_common::signing::SIGNATURE_FILE {
+        return serve_signature(app, asset, method).await;
+    }
     let (size, sha256_hex) = if file == MANIFEST_FILE {
         use sha2::Digest as _;
         let digest = sha2::Sha256::digest(manifest_bytes);
@@ -505,6 +508,36 @@ async fn serve_asset_inner(
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+/// `asset.json.sig` of a published asset (small: read whole, no ranges).
+async fn serve_signature(app: &App, asset: &str, method: &Method) -> Response {
+    let rel = format!("v/{asset}/{}", estuary_common::signing::SIGNATURE_FILE);
+    let bytes = match app.storage.get_bytes(&rel).await {
+        Ok(Some(b)) if b.len() <= estuary_common::signing::MAX_SIGNATURE_FILE => b,
+        Ok(Some(_)) => return app.internal(format!("{rel} is too large")),
+        Ok(None) => return (StatusCode::NOT_FOUND, "this asset is not signed\n").into_response(),
+        Err(e) => return app.internal(e),
+    };
+    let mut h = HeaderMap::new();
+    cors(&mut h);
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(bytes)
+    };
+    let mut r = Response::new(body);
     *r.headers_mut() = h;
     r
 }

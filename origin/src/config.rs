@@ -33,6 +33,36 @@ pub struct OriginConfig {
     /// Registration and heartbeats; without it the origin runs standalone.
     #[serde(default)]
     pub control_plane: Option<estuary_common::cp::ClientConfig>,
+    /// The key this origin signs every `asset.json` with when it publishes it. Edges and the
+    /// control plane trust an asset only with a signature from a key in their
+    /// `[manifest_keys]`, so without it nothing this origin publishes can be pre-positioned.
+    #[serde(default)]
+    pub signing: Option<SigningConfig>,
+}
+
+/// `[signing]` (`estuary manifest keygen` makes a key pair).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The key's id, written into each `asset.json.sig` (verifiers look the public key up by
+    /// it): 1-32 of `A-Z a-z 0-9 - _ .`.
+    pub key_id: String,
+    /// The Ed25519 secret key, 64 hex digits. Keep it only on origins.
+    pub key: String,
+}
+
+impl SigningConfig {
+    /// The signer; `Err` names the bad key.
+    pub fn signer(&self) -> Result<estuary_common::signing::ManifestSigner, ConfigError> {
+        if !estuary_common::signing::valid_key_id(&self.key_id) {
+            return Err(ConfigError::new(
+                "signing.key_id",
+                "1-32 of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        estuary_common::signing::ManifestSigner::from_hex(&self.key_id, &self.key)
+            .map_err(|e| ConfigError::new("signing.key", e))
+    }
 }
 
 /// `[node]`.
@@ -293,6 +323,9 @@ impl OriginConfig {
         use estuary_common::config::name_ok;
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
+        }
+        if let Some(signing) = &self.signing {
+            signing.signer()?;
         }
         if !name_ok(&self.node.id) {
             return Err(ConfigError::new(

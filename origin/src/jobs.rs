@@ -180,12 +180,32 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, String> {
         return Err(reason);
     }
     let manifest = check_output(&out, &job.asset).await?;
+    sign_output(app, &out).await?;
     app.storage
         .publish(&job.asset, &out)
         .await
         .map_err(|e| format!("publishing: {e}"))?;
     app.forget_manifest(&job.asset);
     Ok(duration.unwrap_or(manifest.duration_seconds))
+}
+
+/// Signs the checked `asset.json` with the origin's key, as `asset.json.sig` beside it
+/// (published before `asset.json`, like every other file). Without a key the asset is
+/// published unsigned, and edges will not pre-position it.
+async fn sign_output(app: &App, dir: &Path) -> Result<(), String> {
+    let Some(signing) = &app.config.signing else {
+        return Ok(());
+    };
+    let signer = signing.signer().map_err(|e| e.to_string())?;
+    let text = tokio::fs::read(dir.join(MANIFEST_FILE))
+        .await
+        .map_err(|e| format!("{MANIFEST_FILE}: {e}"))?;
+    tokio::fs::write(
+        dir.join(estuary_common::signing::SIGNATURE_FILE),
+        signer.sign(&text),
+    )
+    .await
+    .map_err(|e| format!("{}: {e}", estuary_common::signing::SIGNATURE_FILE))
 }
 
 /// Reads the packaged asset's manifest and checks it against the files: names, sizes, the

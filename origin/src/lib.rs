@@ -189,5 +189,7 @@ fn heartbeat_maker(
         usage: Usage::default(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         inventory: Vec::new(),
+        instance: String::new(),
+        leaving: false,
     }
 }

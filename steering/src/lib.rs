@@ -176,6 +176,8 @@ fn heartbeat(
         usage: Default::default(),
         version: env!("CARGO_PKG_VERSION").into(),
         inventory: vec![],
+        instance: String::new(),
+        leaving: false,
     };
     Some(tokio::spawn(estuary_common::cp::heartbeat_loop(
         client,

@@ -13,6 +13,21 @@ pub const OPS: &str = "operator-token-0123456789";
 pub const LAB: &str = "lab-node-token-0123456789";
 pub const OTHER: &str = "other-site-token-0123456789";
 
+/// Nodes with their own credential (`[auth.nodes]`): id, site, role. Edges not listed use
+/// the deprecated site tokens `LAB` and `OTHER`.
+pub const NODES: &[(&str, &str, &str)] = &[
+    ("origin-test", "lab", "origin"),
+    ("steering-test", "lab", "steering"),
+    ("edge-a1", "a", "edge"),
+    ("edge-b1", "b", "edge"),
+    ("edge-own", "lab", "edge"),
+];
+
+/// The credential of node `id` (one of [`NODES`]).
+pub fn cred(id: &str) -> String {
+    format!("{id}-credential-0123456789abcdefghij")
+}
+
 pub struct ControlPlane {
     pub dir: TempDir,
     pub http: SocketAddr,
@@ -66,12 +81,20 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n",
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
                 self.http,
                 self.database.clone().unwrap_or_else(|| format!(
                     "sqlite://{}",
                     self.dir.path().join("cp.db").display()
-                ))
+                )),
+                nodes = NODES
+                    .iter()
+                    .map(|(id, site, role)| format!(
+                        "[auth.nodes.{id}]\nsite = \"{site}\"\nrole = \"{role}\"\ntoken = \"{}\"\n",
+                        cred(id)
+                    ))
+                    .collect::<String>(),
+                keys = super::manifest_keys_toml(),
             ),
         )
         .expect("write config");

@@ -20,6 +20,25 @@ pub mod postgres;
 pub mod steering_site;
 
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// The test origin's manifest-signing key (`[signing]`): every test asset is signed with
+/// it, and every test edge and control plane trusts its public half.
+pub const MANIFEST_KEY_ID: &str = "test-origin";
+pub const MANIFEST_SECRET_HEX: &str =
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+pub fn manifest_signer() -> estuary_common::signing::ManifestSigner {
+    estuary_common::signing::ManifestSigner::from_hex(MANIFEST_KEY_ID, MANIFEST_SECRET_HEX)
+        .expect("test key")
+}
+
+/// `[manifest_keys]` trusting the test origin's key.
+pub fn manifest_keys_toml() -> String {
+    format!(
+        "[manifest_keys]\n{MANIFEST_KEY_ID} = \"{}\"\n",
+        manifest_signer().public_hex()
+    )
+}
+
 pub const KEY2_HEX: &str = "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff00112233445566778899aabbccddeeff";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -177,7 +196,7 @@ key = "{key}"
 [store]
 root = "{root}"
 revalidate = "1s"
-[auth]
+{manifest_keys}[auth]
 protected = [{protected}]
 [auth.keys]
 k1 = "{KEY_HEX}"
@@ -192,6 +211,7 @@ k2 = "{KEY2_HEX}"
             protected = protected.join(", "),
             extra = self.extra,
             node_id = self.node_id,
+            manifest_keys = manifest_keys_toml(),
         );
         let path = self.config_path();
         std::fs::write(&path, text).expect("write config");

@@ -47,11 +47,13 @@ impl OriginSite {
 
     pub fn write_config(&self) -> PathBuf {
         let text = format!(
-            "[node]\nid = \"origin-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n{}",
+            "[node]\nid = \"origin-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n[signing]\nkey_id = \"{}\"\nkey = \"{}\"\n{}",
             self.http,
             self.admin,
             self.storage,
             self.state_dir().display(),
+            super::MANIFEST_KEY_ID,
+            super::MANIFEST_SECRET_HEX,
             self.extra
         );
         let path = self.dir.path().join("origin.toml");
@@ -170,6 +172,7 @@ pub fn write_asset(root: &Path, asset: &str, files: &[(String, Vec<u8>)]) -> Ass
         serde_json::to_vec_pretty(&manifest).expect("json"),
     )
     .expect("write");
+    estuary_common::signing::sign_folder(&super::manifest_signer(), &dir).expect("sign");
     manifest
 }
 
