@@ -497,6 +497,8 @@ impl Edge {
                 }
                 let (status, text) = match e {
                     FillError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                    // A path the edge cannot forward: the client's request, not the upstream.
+                    FillError::Request => (StatusCode::BAD_REQUEST, "bad path\n"),
                     _ => (StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
                 };
                 Routed::Full(self.error(req, status, text))
