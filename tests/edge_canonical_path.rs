@@ -1,7 +1,8 @@
 //! One canonical path on the edge's request path: decoded once, normalized, and used for the
 //! token check, the cache key, the purge key and the upstream request, which is re-encoded from
 //! it. Paths that cannot be forwarded are a 400 and never open an upstream's breaker; paths a
-//! second decoding would read differently (`%25`, `%3F`, `%23`) are refused.
+//! second decoding would read differently (`%25`, `%3F`, `%23`) are refused. Also: a client's
+//! `X-Estuary-Fill` header does not steer the fill.
 
 mod common;
 
@@ -307,4 +308,50 @@ async fn every_form_of_a_path_is_one_cache_key_and_one_upstream_target() {
         seen,
         ["/pub/a%20b.m4s", "/pub/%C3%A9t%C3%A9.m4s", "/pub/a%20b.m4s"]
     );
+}
+
+/// A client's `X-Estuary-Fill` header used to make the edge skip the object's owning peer and
+/// fill from the origin itself: each object fetched from the origin twice. Now only a peer's
+/// signed fill credential counts, so each object still comes from the origin once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_fill_header_does_not_steer_the_fill() {
+    let origin = Origin::start().await;
+    let paths: Vec<String> = (0..12)
+        .map(|i| format!("/v/steer/seg_{i:03}.m4s"))
+        .collect();
+    for p in &paths {
+        origin.put(p, Object::new(pattern(20_000)));
+    }
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = format!("peers = [\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]");
+    let mut sites = Vec::new();
+    for (name, port) in [("steer-a", port_a), ("steer-b", port_b)] {
+        let mut site = cached_site(name, &[origin.url()], "");
+        site.http = SocketAddr::from(([127, 0, 0, 1], port));
+        site.protected = vec!["/v/".into()];
+        site.extra = site.extra.replace(
+            "[upstream]\n",
+            &format!("[upstream]\n{peers}\nself_url = \"http://127.0.0.1:{port}\"\n"),
+        );
+        sites.push(site);
+    }
+    let _a = sites[0].start();
+    let _b = sites[1].start();
+    let token = sites[0].sign("/v/steer/*", &[]);
+    let q = estuary_common::token::query_pair(&token);
+    for p in &paths {
+        for site in &sites {
+            let (status, body) =
+                raw_get(site, &format!("{p}?{q}"), "X-Estuary-Fill: edge-test\r\n");
+            assert_eq!(status, 200, "{p}");
+            assert!(body == pattern(20_000));
+        }
+    }
+    for p in &paths {
+        assert_eq!(
+            origin.hits(p),
+            1,
+            "{p}: the client's header steered the fill"
+        );
+    }
 }

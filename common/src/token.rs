@@ -344,6 +344,56 @@ pub fn query_pair(token: &str) -> String {
     )
 }
 
+/// The longest lifetime a fill credential may claim, in seconds: peers mint them per request
+/// with a short life ([`sign_fill`]), so a longer one is not a peer's.
+pub const MAX_FILL_CREDENTIAL_SECS: u64 = 300;
+
+/// The credential a fill from another Estuary node carries (the value of its fill header):
+/// `node=<id>~exp=<unix seconds>~kid=<key id>~hmac=<hex>`, the HMAC-SHA256 with key `kid` over
+/// `fill\n<path>\n` and the text before `~hmac=`. The `fill` prefix and the path make it
+/// mean nothing as a playback token (whose MAC input starts with `exp=`), and a playback
+/// token nothing as a credential: a client that holds a token cannot pose as a peer.
+/// `path` is the canonical path being filled.
+pub fn sign_fill(kid: &str, secret: &[u8], node: &str, path: &str, exp: u64) -> String {
+    let text = format!("node={node}~exp={exp}~kid={kid}");
+    let digest = mac(secret, &format!("fill\n{path}\n{text}"));
+    format!("{text}~hmac={}", hex::encode(digest))
+}
+
+/// Whether `text` is a fill credential ([`sign_fill`]) for `path`, signed with a key of `keys`,
+/// not expired at `now` and living no longer than [`MAX_FILL_CREDENTIAL_SECS`]. Pure.
+pub fn verify_fill(text: &str, keys: &KeySet, path: &str, now: u64) -> bool {
+    if text.len() > MAX_TOKEN_LEN {
+        return false;
+    }
+    let Some((signed_text, hex_mac)) = text.rsplit_once("~hmac=") else {
+        return false;
+    };
+    let mut given = [0u8; 32];
+    if hex_mac.len() != 64 || hex::decode_to_slice(hex_mac, &mut given).is_err() {
+        return false;
+    }
+    let mut fields = signed_text.split('~');
+    let (Some(node), Some(exp), Some(kid), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    let (Some(_), Some(exp), Some(kid)) = (
+        node.strip_prefix("node="),
+        exp.strip_prefix("exp=")
+            .and_then(|e| parse_unix_seconds(e).ok()),
+        kid.strip_prefix("kid="),
+    ) else {
+        return false;
+    };
+    let Some(secret) = keys.keys.get(kid) else {
+        return false;
+    };
+    let expected = mac(secret, &format!("fill\n{path}\n{signed_text}"));
+    bool::from(expected.ct_eq(&given)) && now < exp && exp - now <= MAX_FILL_CREDENTIAL_SECS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +424,37 @@ mod tests {
 
     fn signed(c: &Claims) -> String {
         sign(c, &decode_secret(SECRET_HEX).expect("secret"))
+    }
+
+    #[test]
+    fn fill_credentials() {
+        let secret = decode_secret(SECRET_HEX).expect("secret");
+        let c = sign_fill("k1", &secret, "edge-1", "/v/a b/x.m4s", 1060);
+        assert!(c.starts_with("node=edge-1~exp=1060~kid=k1~hmac="));
+        assert!(verify_fill(&c, &keys(), "/v/a b/x.m4s", 1000));
+        // Another path, expired, too long-lived, unknown key, altered text: refused.
+        assert!(!verify_fill(&c, &keys(), "/v/a b/y.m4s", 1000));
+        assert!(!verify_fill(&c, &keys(), "/v/a b/x.m4s", 1060));
+        let long = sign_fill(
+            "k1",
+            &secret,
+            "edge-1",
+            "/x",
+            1000 + MAX_FILL_CREDENTIAL_SECS + 1,
+        );
+        assert!(!verify_fill(&long, &keys(), "/x", 1000));
+        let other = KeySet::from_hex([("k2", SECRET_HEX)]).expect("key");
+        assert!(!verify_fill(&c, &other, "/v/a b/x.m4s", 1000));
+        let altered = c.replace("edge-1", "edge-2");
+        assert!(!verify_fill(&altered, &keys(), "/v/a b/x.m4s", 1000));
+        assert!(!verify_fill("edge-test", &keys(), "/v/a b/x.m4s", 1000));
+        // A playback token for the path is not a credential, whatever its acl.
+        let token = signed(&Claims {
+            acl: "/*".into(),
+            exp: 1060,
+            ..claims()
+        });
+        assert!(!verify_fill(&token, &keys(), "/v/a b/x.m4s", 1000));
     }
 
     #[test]
@@ -491,6 +572,11 @@ mod tests {
         {
             let t = format!("exp={exp}~acl={acl}~kid={kid}~ip={ip}~hmac={mac}");
             let _ = verify(&t, &keys(), req("/v/abc/x", 5));
+        }
+
+        #[test]
+        fn fill_credentials_never_panic(text in "\\PC{0,200}", path in "/[a-z]{0,8}") {
+            let _ = verify_fill(&text, &keys(), &path, 5);
         }
 
         #[test]

@@ -332,6 +332,10 @@ pub struct FillConfig {
     /// Signs the token a peer fill carries, when the paths are protected: the owner checks it
     /// like any other request.
     pub peer_token: Option<PeerTokenSigner>,
+    /// Mints the fill header's value for a path (`token::sign_fill`): the credential by which
+    /// a peer or parent knows a request as another node's fill. Without it (no keys) the
+    /// header carries the node id only, which no edge trusts.
+    pub fill_credential: Option<PeerTokenSigner>,
     pub parents: Vec<String>,
     pub origins: Vec<String>,
     pub connect_timeout: Duration,
@@ -371,7 +375,9 @@ impl std::fmt::Debug for Filler {
 /// Bodies smaller than this are verified whole before any byte reaches a client.
 const VERIFY_WHOLE_BELOW: u64 = 64 * 1024;
 
-/// The header that marks a request as a fill from another Estuary node.
+/// The header that marks a request as a fill from another Estuary node. Its value is trusted
+/// only when it is a valid fill credential for the request's path
+/// (`estuary_common::token::verify_fill`): a client cannot steer the fill path with it.
 pub const FILL_HEADER: &str = "x-estuary-fill";
 
 impl Filler {
@@ -633,9 +639,15 @@ impl Filler {
         let Some(uri) = source.uri(key, query.as_deref()) else {
             return Err((FillError::Request, false));
         };
+        // Peers and parents are Estuary nodes, told by a credential that this is a fill (so
+        // they do not pass it on to a peer); origins only learn which node asks.
+        let fill_header = match (&self.config.fill_credential, source.kind) {
+            (Some(sign), "peer" | "parent") => sign(key),
+            _ => self.config.node_id.clone(),
+        };
         let mut request = http::Request::get(uri)
             .header(header::ACCEPT_ENCODING, "identity")
-            .header(FILL_HEADER, self.config.node_id.as_str());
+            .header(FILL_HEADER, fill_header);
         let stale = match want {
             Want::Object { stale, .. } => stale.as_deref(),
             Want::Slice { .. } => None,

@@ -373,7 +373,7 @@ impl Edge {
             .get_for(path, Some(session))
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
-        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let via_peer = self.is_peer_fill(req, path);
         if let Some((obj, tier)) = &cached {
             let answer = if obj.is_fresh(now) {
                 match tier {
@@ -610,7 +610,7 @@ impl Edge {
                 return Routed::Full(r);
             }
         };
-        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let via_peer = self.is_peer_fill(req, path);
         let Some(reader) = crate::slice::SlicedReader::new(
             Arc::clone(filler),
             path,
@@ -694,6 +694,16 @@ impl Edge {
             Kind::Segment => &self.cache_control[1],
             Kind::Other => &self.cache_control[2],
         }
+    }
+
+    /// Whether the request is another node's fill: its fill header holds a valid credential
+    /// for this path. A client's header (or a stale or foreign one) is ignored, so that no
+    /// client can make the edge skip the object's owning peer.
+    fn is_peer_fill(&self, req: &Incoming<'_>, path: &str) -> bool {
+        req.headers
+            .get(crate::fill::FILL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| token::verify_fill(v, &self.keys, path, (self.clock)()))
     }
 
     fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {

@@ -610,6 +610,27 @@ fn peer_token_signer(config: &EdgeConfig) -> anyhow::Result<Option<crate::fill::
     })))
 }
 
+/// The fill header's credential for each fill from a peer or parent: valid for one minute
+/// and the exact path, signed with the first configured key, which every edge of a site shares.
+fn fill_credential_signer(
+    config: &EdgeConfig,
+) -> anyhow::Result<Option<crate::fill::PeerTokenSigner>> {
+    let Some((kid, hex)) = config.auth.keys.iter().next() else {
+        return Ok(None);
+    };
+    let secret = estuary_common::token::decode_secret(hex)?;
+    let (kid, node) = (kid.clone(), config.node.id.clone());
+    Ok(Some(Arc::new(move |path: &str| {
+        estuary_common::token::sign_fill(
+            &kid,
+            &secret,
+            &node,
+            path,
+            estuary_common::unix_now() + 60,
+        )
+    })))
+}
+
 /// Runs an edge until SIGTERM or SIGINT, then drains. SIGHUP reloads the certificate.
 pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Room for every client connection, an upstream connection for each and the files of
@@ -668,6 +689,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 peers: up.peers.clone(),
                 self_url: up.self_url.clone(),
                 peer_token: peer_token_signer(&config)?,
+                fill_credential: fill_credential_signer(&config)?,
                 parents: up.parents.clone(),
                 origins: up.origin.clone(),
                 connect_timeout: up.connect_timeout,
