@@ -2,7 +2,8 @@
 //! token check, the cache key, the purge key and the upstream request, which is re-encoded from
 //! it. Paths that cannot be forwarded are a 400 and never open an upstream's breaker; paths a
 //! second decoding would read differently (`%25`, `%3F`, `%23`) are refused. Also: a client's
-//! `X-Estuary-Fill` header does not steer the fill.
+//! `X-Estuary-Fill` header does not steer the fill, and a streamed miss logs and counts its
+//! bytes.
 
 mod common;
 
@@ -354,4 +355,57 @@ async fn a_client_fill_header_does_not_steer_the_fill() {
             "{p}: the client's header steered the fill"
         );
     }
+}
+
+/// A streamed cache miss used to be logged with `bytes: 0` and left out of the byte metrics
+/// (hyper stops polling a body once its `Content-Length` is sent, so the end was never seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_miss_logs_and_counts_its_bytes() {
+    let origin = Origin::start().await;
+    let len = 3_000_000;
+    origin.put("/pub/big-miss.m4s", Object::new(pattern(len)));
+    origin.put("/pub/big-miss-h2.m4s", Object::new(pattern(len)));
+    let site = cached_site("canon-bytes", &[origin.url()], "");
+    let edge = site.start();
+    let (status, headers, body) = plain_get(&site, "/pub/big-miss.m4s", &[]).await;
+    assert_eq!((status, body.len()), (200, len));
+    assert_eq!(headers["x-cache"], "MISS");
+    let (status, _, body) = plain_get(&site, "/pub/big-miss.m4s", &[]).await;
+    assert_eq!((status, body.len()), (200, len));
+    let (head, body) = rust_get(site.https, &site.cert, true, "/pub/big-miss-h2.m4s", &[])
+        .await
+        .expect("h2 get");
+    assert_eq!((head.status().as_u16(), body.len()), (200, len));
+    assert_eq!(head.headers()["x-cache"], "MISS");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = edge
+            .access_log()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .collect();
+        if lines.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["bytes"], len as u64, "{line}");
+        assert_eq!(line["complete"], true, "{line}");
+    }
+    assert_eq!(
+        edge.metric(
+            "estuary_edge_response_body_bytes_total",
+            &["protocol=\"h1\""]
+        ),
+        2.0 * len as f64
+    );
+    assert_eq!(
+        edge.metric(
+            "estuary_edge_response_body_bytes_total",
+            &["protocol=\"h2\""]
+        ),
+        len as f64
+    );
 }

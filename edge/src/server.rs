@@ -37,13 +37,16 @@ pub struct LoggedBody {
     source: Source,
     finish: Option<Finish>,
     sent: u64,
+    /// The response's `Content-Length`, if it has one.
+    length: Option<u64>,
 }
 
 impl LoggedBody {
-    fn new(body: Body, mut finish: Finish) -> Self {
+    fn new(body: Body, mut finish: Finish, length: Option<u64>) -> Self {
         let source = match body {
             Body::Full(data) if data.is_empty() => {
                 finish.complete = true;
+                finish.sent = Some(0);
                 Source::Full(None)
             }
             Body::Full(data) => Source::Full(Some(data)),
@@ -53,6 +56,7 @@ impl LoggedBody {
             source,
             finish: Some(finish),
             sent: 0,
+            length,
         }
     }
 
@@ -60,6 +64,20 @@ impl LoggedBody {
         if let Some(f) = self.finish.as_mut() {
             f.complete = complete;
             f.sent = Some(self.sent);
+        }
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // hyper stops polling an HTTP/1.1 body once its `Content-Length` has been written, so
+        // the end of a streamed body may never be seen: record what was handed over, complete
+        // when it is the whole length.
+        if let Some(f) = self.finish.as_mut()
+            && f.sent.is_none()
+        {
+            f.sent = Some(self.sent);
+            f.complete = self.length == Some(self.sent);
         }
     }
 }
@@ -367,7 +385,12 @@ async fn serve_io<I>(
                     endpoints,
                 })
                 .await;
-            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish)))
+            let length = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish, length)))
         }
     });
     let conn = shared.builder.serve_connection(io, service);
