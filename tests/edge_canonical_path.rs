@@ -2,8 +2,8 @@
 //! token check, the cache key, the purge key and the upstream request, which is re-encoded from
 //! it. Paths that cannot be forwarded are a 400 and never open an upstream's breaker; paths a
 //! second decoding would read differently (`%25`, `%3F`, `%23`) are refused. Also: a client's
-//! `X-Estuary-Fill` header does not steer the fill, and a streamed miss logs and counts its
-//! bytes.
+//! `X-Estuary-Fill` header does not steer the fill, a streamed miss logs and counts its bytes,
+//! and a token valid for longer than `[auth] max_ttl` is refused.
 
 mod common;
 
@@ -408,4 +408,94 @@ async fn a_streamed_miss_logs_and_counts_its_bytes() {
         ),
         len as f64
     );
+}
+
+/// Tokens had no longest lifetime: `exp` = 2^64-1 was a token valid forever. Now a token whose
+/// `exp` is more than `[auth] max_ttl` (default 7 days) after now is refused, with its reason
+/// counted.
+#[test]
+fn tokens_longer_than_max_ttl_are_refused() {
+    let site = Site::new("canon-max-ttl");
+    let edge = site.start();
+    let path = "/v/abc/720p/init.mp4";
+    let get = |token: &str| {
+        let q = estuary_common::token::query_pair(token);
+        raw_get(&site, &format!("{path}?{q}"), "").0
+    };
+    assert_eq!(get(&site.sign("/v/abc/*", &["--ttl", "3600"])), 200);
+    assert_eq!(
+        get(&site.sign("/v/abc/*", &["--ttl", &u64::MAX.to_string()])),
+        403
+    );
+    assert_eq!(get(&site.sign("/v/abc/*", &["--ttl", "2592000"])), 403);
+    assert_eq!(
+        edge.metric(
+            "estuary_edge_token_rejections_total",
+            &["reason=\"lifetime_too_long\""]
+        ),
+        2.0
+    );
+
+    // A shorter limit from the config.
+    let site = Site::new("canon-max-ttl-1h");
+    let config = site.write_config();
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("[auth]\n", "[auth]\nmax_ttl = \"1h\"\n");
+    assert!(text.contains("max_ttl"));
+    let edge = start_with_config(&site, &text);
+    assert_eq!(
+        get_from(&site, path, &site.sign("/v/abc/*", &["--ttl", "1800"])),
+        200
+    );
+    assert_eq!(
+        get_from(&site, path, &site.sign("/v/abc/*", &["--ttl", "7200"])),
+        403
+    );
+    assert_eq!(
+        edge.metric(
+            "estuary_edge_token_rejections_total",
+            &["reason=\"lifetime_too_long\""]
+        ),
+        1.0
+    );
+}
+
+fn get_from(site: &Site, path: &str, token: &str) -> u16 {
+    let q = estuary_common::token::query_pair(token);
+    raw_get(site, &format!("{path}?{q}"), "").0
+}
+
+/// Starts the edge of `site` with `text` as its whole config.
+fn start_with_config(site: &Site, text: &str) -> EdgeProcess {
+    let config = site.dir.path().join("edge-custom.toml");
+    std::fs::write(&config, text).expect("write config");
+    let stdout = std::fs::File::create(site.dir.path().join("access.log")).expect("log");
+    let stderr = std::fs::File::create(site.dir.path().join("edge.log")).expect("log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .arg("edge")
+        .arg("--config")
+        .arg(&config)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("start estuary");
+    let p = EdgeProcess {
+        child: Some(child),
+        admin: site.admin,
+        log_dir: site.dir.path().to_owned(),
+        log_file: site.dir.path().join("edge.log"),
+    };
+    wait_ready(&p);
+    p
+}
+
+fn wait_ready(p: &EdgeProcess) {
+    for _ in 0..600 {
+        if let Ok((200, _)) = http_get_raw(p.admin, "/readyz") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the edge did not become ready: {}", p.log());
 }

@@ -44,11 +44,13 @@ pub enum Rejection {
     OutsideAcl,
     #[error("the client address does not match the token")]
     IpMismatch,
+    #[error("the token expires further ahead than the longest lifetime accepted")]
+    LifetimeTooLong,
 }
 
 impl Rejection {
     /// Every reason, in a stable order (for metrics that pre-register one series per reason).
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Missing,
         Rejection::Malformed,
         Rejection::UnknownKid,
@@ -57,6 +59,7 @@ impl Rejection {
         Rejection::NotYetValid,
         Rejection::OutsideAcl,
         Rejection::IpMismatch,
+        Rejection::LifetimeTooLong,
     ];
 
     /// The short label used in metrics and logs.
@@ -70,6 +73,7 @@ impl Rejection {
             Rejection::NotYetValid => "not_yet_valid",
             Rejection::OutsideAcl => "outside_acl",
             Rejection::IpMismatch => "ip_mismatch",
+            Rejection::LifetimeTooLong => "lifetime_too_long",
         }
     }
 }
@@ -239,6 +243,10 @@ pub struct Request<'a> {
     pub client: IpAddr,
     /// The current time in unix seconds.
     pub now: u64,
+    /// The longest accepted time from `now` until the token's `exp`, in seconds (`None`: no
+    /// limit). A token valid for longer than anyone would mint it is refused: `exp` = 2^64-1
+    /// would otherwise be a token that never expires.
+    pub max_ttl: Option<u64>,
 }
 
 /// Checks a token for a request: format, key, MAC (in constant time), time window, acl, address.
@@ -254,6 +262,12 @@ pub fn verify(text: &str, keys: &KeySet, request: Request<'_>) -> Result<(), Rej
     }
     if token.st.is_some_and(|st| request.now < st) {
         return Err(Rejection::NotYetValid);
+    }
+    if request
+        .max_ttl
+        .is_some_and(|max| token.exp - request.now > max)
+    {
+        return Err(Rejection::LifetimeTooLong);
     }
     if !acl_allows(token.acl, request.path) {
         return Err(Rejection::OutsideAcl);
@@ -419,6 +433,7 @@ mod tests {
             path,
             client: "192.0.2.7".parse().expect("ip"),
             now,
+            max_ttl: None,
         }
     }
 
@@ -482,6 +497,24 @@ mod tests {
             verify(&signed(&c), &k, req("/v/abc/x", 499)),
             Err(Rejection::NotYetValid)
         );
+        // exp - now against the longest lifetime: 1000 s left with 999 accepted, then 1000.
+        let limited = |max| Request {
+            max_ttl: Some(max),
+            ..req("/v/abc/x", 1000)
+        };
+        assert_eq!(
+            verify(&t, &k, limited(999)),
+            Err(Rejection::LifetimeTooLong)
+        );
+        assert_eq!(verify(&t, &k, limited(1000)), Ok(()));
+        let forever = signed(&Claims {
+            exp: u64::MAX,
+            ..claims()
+        });
+        assert_eq!(
+            verify(&forever, &k, limited(7 * 86_400)),
+            Err(Rejection::LifetimeTooLong)
+        );
         let mut c = claims();
         c.ip = Some("198.51.100.0/24".parse().expect("net"));
         assert_eq!(
@@ -528,6 +561,7 @@ mod tests {
             path: "/v/abc/x",
             client: "::ffff:192.0.2.9".parse().expect("ip"),
             now: 1,
+            max_ttl: None,
         };
         assert_eq!(verify(&t, &keys(), r), Ok(()));
     }

@@ -27,6 +27,10 @@ use crate::metrics::{Metrics, Protocol};
 use crate::path;
 use crate::store::{FileEntry, Lookup, Store};
 
+/// How far the clocks of the services that mint tokens may run ahead of the edge's: a token
+/// minted for exactly `[auth] max_ttl` is still accepted.
+const CLOCK_SKEW_SECS: u64 = 300;
+
 /// Most ranges accepted in one `Range` header; more is refused with 416.
 const MAX_RANGES: usize = 16;
 
@@ -110,6 +114,8 @@ pub struct Edge {
     store: Arc<Store>,
     keys: KeySet,
     protected: Vec<String>,
+    /// `[auth] max_ttl` plus [`CLOCK_SKEW_SECS`], in seconds.
+    max_ttl: u64,
     cache_control: [HeaderValue; 3],
     cors_origins: Vec<HeaderValue>,
     cors_any: bool,
@@ -165,6 +171,11 @@ impl Edge {
             store,
             keys: config.key_set()?,
             protected: config.auth.protected.clone(),
+            max_ttl: config
+                .auth
+                .max_ttl
+                .as_secs()
+                .saturating_add(CLOCK_SKEW_SECS),
             cache_control: [
                 hv(&config.cache_control.manifest),
                 hv(&config.cache_control.segment),
@@ -714,6 +725,7 @@ impl Edge {
                 path,
                 client: client.ip(),
                 now: (self.clock)(),
+                max_ttl: Some(self.max_ttl),
             },
         )
     }
