@@ -44,11 +44,13 @@ pub enum Rejection {
     OutsideAcl,
     #[error("the client address does not match the token")]
     IpMismatch,
+    #[error("the token expires further ahead than the longest lifetime accepted")]
+    LifetimeTooLong,
 }
 
 impl Rejection {
     /// Every reason, in a stable order (for metrics that pre-register one series per reason).
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Missing,
         Rejection::Malformed,
         Rejection::UnknownKid,
@@ -57,6 +59,7 @@ impl Rejection {
         Rejection::NotYetValid,
         Rejection::OutsideAcl,
         Rejection::IpMismatch,
+        Rejection::LifetimeTooLong,
     ];
 
     /// The short label used in metrics and logs.
@@ -70,6 +73,7 @@ impl Rejection {
             Rejection::NotYetValid => "not_yet_valid",
             Rejection::OutsideAcl => "outside_acl",
             Rejection::IpMismatch => "ip_mismatch",
+            Rejection::LifetimeTooLong => "lifetime_too_long",
         }
     }
 }
@@ -239,6 +243,10 @@ pub struct Request<'a> {
     pub client: IpAddr,
     /// The current time in unix seconds.
     pub now: u64,
+    /// The longest accepted time from `now` until the token's `exp`, in seconds (`None`: no
+    /// limit). A token valid for longer than anyone would mint it is refused: `exp` = 2^64-1
+    /// would otherwise be a token that never expires.
+    pub max_ttl: Option<u64>,
 }
 
 /// Checks a token for a request: format, key, MAC (in constant time), time window, acl, address.
@@ -254,6 +262,12 @@ pub fn verify(text: &str, keys: &KeySet, request: Request<'_>) -> Result<(), Rej
     }
     if token.st.is_some_and(|st| request.now < st) {
         return Err(Rejection::NotYetValid);
+    }
+    if request
+        .max_ttl
+        .is_some_and(|max| token.exp - request.now > max)
+    {
+        return Err(Rejection::LifetimeTooLong);
     }
     if !acl_allows(token.acl, request.path) {
         return Err(Rejection::OutsideAcl);
@@ -344,6 +358,56 @@ pub fn query_pair(token: &str) -> String {
     )
 }
 
+/// The longest lifetime a fill credential may claim, in seconds: peers mint them per request
+/// with a short life ([`sign_fill`]), so a longer one is not a peer's.
+pub const MAX_FILL_CREDENTIAL_SECS: u64 = 300;
+
+/// The credential a fill from another Estuary node carries (the value of its fill header):
+/// `node=<id>~exp=<unix seconds>~kid=<key id>~hmac=<hex>`, the HMAC-SHA256 with key `kid` over
+/// `fill\n<path>\n` and the text before `~hmac=`. The `fill` prefix and the path make it
+/// mean nothing as a playback token (whose MAC input starts with `exp=`), and a playback
+/// token nothing as a credential: a client that holds a token cannot pose as a peer.
+/// `path` is the canonical path being filled.
+pub fn sign_fill(kid: &str, secret: &[u8], node: &str, path: &str, exp: u64) -> String {
+    let text = format!("node={node}~exp={exp}~kid={kid}");
+    let digest = mac(secret, &format!("fill\n{path}\n{text}"));
+    format!("{text}~hmac={}", hex::encode(digest))
+}
+
+/// Whether `text` is a fill credential ([`sign_fill`]) for `path`, signed with a key of `keys`,
+/// not expired at `now` and living no longer than [`MAX_FILL_CREDENTIAL_SECS`]. Pure.
+pub fn verify_fill(text: &str, keys: &KeySet, path: &str, now: u64) -> bool {
+    if text.len() > MAX_TOKEN_LEN {
+        return false;
+    }
+    let Some((signed_text, hex_mac)) = text.rsplit_once("~hmac=") else {
+        return false;
+    };
+    let mut given = [0u8; 32];
+    if hex_mac.len() != 64 || hex::decode_to_slice(hex_mac, &mut given).is_err() {
+        return false;
+    }
+    let mut fields = signed_text.split('~');
+    let (Some(node), Some(exp), Some(kid), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    let (Some(_), Some(exp), Some(kid)) = (
+        node.strip_prefix("node="),
+        exp.strip_prefix("exp=")
+            .and_then(|e| parse_unix_seconds(e).ok()),
+        kid.strip_prefix("kid="),
+    ) else {
+        return false;
+    };
+    let Some(secret) = keys.keys.get(kid) else {
+        return false;
+    };
+    let expected = mac(secret, &format!("fill\n{path}\n{signed_text}"));
+    bool::from(expected.ct_eq(&given)) && now < exp && exp - now <= MAX_FILL_CREDENTIAL_SECS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,11 +433,43 @@ mod tests {
             path,
             client: "192.0.2.7".parse().expect("ip"),
             now,
+            max_ttl: None,
         }
     }
 
     fn signed(c: &Claims) -> String {
         sign(c, &decode_secret(SECRET_HEX).expect("secret"))
+    }
+
+    #[test]
+    fn fill_credentials() {
+        let secret = decode_secret(SECRET_HEX).expect("secret");
+        let c = sign_fill("k1", &secret, "edge-1", "/v/a b/x.m4s", 1060);
+        assert!(c.starts_with("node=edge-1~exp=1060~kid=k1~hmac="));
+        assert!(verify_fill(&c, &keys(), "/v/a b/x.m4s", 1000));
+        // Another path, expired, too long-lived, unknown key, altered text: refused.
+        assert!(!verify_fill(&c, &keys(), "/v/a b/y.m4s", 1000));
+        assert!(!verify_fill(&c, &keys(), "/v/a b/x.m4s", 1060));
+        let long = sign_fill(
+            "k1",
+            &secret,
+            "edge-1",
+            "/x",
+            1000 + MAX_FILL_CREDENTIAL_SECS + 1,
+        );
+        assert!(!verify_fill(&long, &keys(), "/x", 1000));
+        let other = KeySet::from_hex([("k2", SECRET_HEX)]).expect("key");
+        assert!(!verify_fill(&c, &other, "/v/a b/x.m4s", 1000));
+        let altered = c.replace("edge-1", "edge-2");
+        assert!(!verify_fill(&altered, &keys(), "/v/a b/x.m4s", 1000));
+        assert!(!verify_fill("edge-test", &keys(), "/v/a b/x.m4s", 1000));
+        // A playback token for the path is not a credential, whatever its acl.
+        let token = signed(&Claims {
+            acl: "/*".into(),
+            exp: 1060,
+            ..claims()
+        });
+        assert!(!verify_fill(&token, &keys(), "/v/a b/x.m4s", 1000));
     }
 
     #[test]
@@ -400,6 +496,24 @@ mod tests {
         assert_eq!(
             verify(&signed(&c), &k, req("/v/abc/x", 499)),
             Err(Rejection::NotYetValid)
+        );
+        // exp - now against the longest lifetime: 1000 s left with 999 accepted, then 1000.
+        let limited = |max| Request {
+            max_ttl: Some(max),
+            ..req("/v/abc/x", 1000)
+        };
+        assert_eq!(
+            verify(&t, &k, limited(999)),
+            Err(Rejection::LifetimeTooLong)
+        );
+        assert_eq!(verify(&t, &k, limited(1000)), Ok(()));
+        let forever = signed(&Claims {
+            exp: u64::MAX,
+            ..claims()
+        });
+        assert_eq!(
+            verify(&forever, &k, limited(7 * 86_400)),
+            Err(Rejection::LifetimeTooLong)
         );
         let mut c = claims();
         c.ip = Some("198.51.100.0/24".parse().expect("net"));
@@ -447,6 +561,7 @@ mod tests {
             path: "/v/abc/x",
             client: "::ffff:192.0.2.9".parse().expect("ip"),
             now: 1,
+            max_ttl: None,
         };
         assert_eq!(verify(&t, &keys(), r), Ok(()));
     }
@@ -491,6 +606,11 @@ mod tests {
         {
             let t = format!("exp={exp}~acl={acl}~kid={kid}~ip={ip}~hmac={mac}");
             let _ = verify(&t, &keys(), req("/v/abc/x", 5));
+        }
+
+        #[test]
+        fn fill_credentials_never_panic(text in "\\PC{0,200}", path in "/[a-z]{0,8}") {
+            let _ = verify_fill(&text, &keys(), &path, 5);
         }
 
         #[test]

@@ -273,7 +273,7 @@ pub struct StoreConfig {
 }
 
 /// `[auth]`: which paths need a token, and the keys tokens are checked with.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Path prefixes that need a valid token, for example `["/v/"]`.
@@ -282,6 +282,22 @@ pub struct AuthConfig {
     /// Key id to hex-encoded secret (at least 16 bytes). Several keys may be valid at once.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// The longest lifetime a token may have left: one whose `exp` is further than this
+    /// (plus five minutes for clock skew) after now is refused (`lifetime_too_long`), so that
+    /// a leaked long-lived token cannot play for ever. Keep it at least the `ttl` every
+    /// minting service uses (steering's `[tokens] ttl` is at most 7 days). Default: 7 days.
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            protected: Vec::new(),
+            keys: BTreeMap::new(),
+            max_ttl: default_max_ttl(),
+        }
+    }
 }
 
 /// `[cache_control]`: the `Cache-Control` header per kind of content.
@@ -443,6 +459,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 fn default_breaker_threshold() -> u32 {
     3
@@ -647,6 +666,9 @@ impl EdgeConfig {
                     "a path prefix must start with '/'",
                 ));
             }
+        }
+        if self.auth.max_ttl.is_zero() {
+            return Err(ConfigError::new("auth.max_ttl", "must be longer than zero"));
         }
         if !self.auth.protected.is_empty() && self.auth.keys.is_empty() {
             return Err(ConfigError::new(

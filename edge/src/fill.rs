@@ -44,6 +44,37 @@ pub enum FillError {
     Truncated,
     #[error("the object changed upstream while it was read in slices")]
     Changed,
+    #[error("the upstream request could not be built")]
+    Request,
+}
+
+/// Who a failed fill is the fault of, as Pingora's `ErrorSource`: only the upstream's own
+/// failures count against its breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The source failed: connect error, timeout, 5xx, a body cut short or failing its digest.
+    /// Counted by the source's breaker; the next source may help.
+    Upstream,
+    /// The edge could not make the request (a target it cannot build). Not the source's fault,
+    /// and no other source can help.
+    Internal,
+    /// Nobody's: the object changed upstream while a reader walked its slices. No other
+    /// source can help this reader; the client's retry starts afresh.
+    Nobody,
+}
+
+impl FillError {
+    /// Who is at fault.
+    pub fn fault(self) -> Fault {
+        match self {
+            FillError::Unavailable
+            | FillError::Timeout
+            | FillError::Integrity
+            | FillError::Truncated => Fault::Upstream,
+            FillError::Request => Fault::Internal,
+            FillError::Changed => Fault::Nobody,
+        }
+    }
 }
 
 /// The response head of a fill, as published to waiting clients.
@@ -239,8 +270,44 @@ impl BodyStream {
 #[derive(Debug)]
 struct Source {
     base: String,
+    /// Scheme and authority of `base`, from which every request target is built (`None`: the
+    /// base is not a URL; every request to it fails as the edge's fault).
+    target: Option<(http::uri::Scheme, http::uri::Authority)>,
     kind: &'static str,
     breaker: Mutex<Breaker>,
+}
+
+impl Source {
+    fn new(base: &str, kind: &'static str, breaker: Mutex<Breaker>) -> Self {
+        let target = base.parse::<http::Uri>().ok().and_then(|u| {
+            let parts = u.into_parts();
+            Some((parts.scheme?, parts.authority?))
+        });
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            target,
+            kind,
+            breaker,
+        }
+    }
+
+    /// The URI of the object at the canonical path `path` on this source: the path
+    /// re-encoded ([`crate::path::encode`]), with `query` if any, built from URI parts.
+    fn uri(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
+        let (scheme, authority) = self.target.clone()?;
+        let encoded = crate::path::encode(path);
+        let path_and_query = match query {
+            Some(q) => http::uri::PathAndQuery::try_from(format!("{encoded}?{q}")),
+            None => http::uri::PathAndQuery::try_from(encoded),
+        }
+        .ok()?;
+        http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
+    }
 }
 
 /// Counters the filler reports to (kept by the edge's metrics).
@@ -265,6 +332,10 @@ pub struct FillConfig {
     /// Signs the token a peer fill carries, when the paths are protected: the owner checks it
     /// like any other request.
     pub peer_token: Option<PeerTokenSigner>,
+    /// Mints the fill header's value for a path (`token::sign_fill`): the credential by which
+    /// a peer or parent knows a request as another node's fill. Without it (no keys) the
+    /// header carries the node id only, which no edge trusts.
+    pub fill_credential: Option<PeerTokenSigner>,
     pub parents: Vec<String>,
     pub origins: Vec<String>,
     pub connect_timeout: Duration,
@@ -304,7 +375,9 @@ impl std::fmt::Debug for Filler {
 /// Bodies smaller than this are verified whole before any byte reaches a client.
 const VERIFY_WHOLE_BELOW: u64 = 64 * 1024;
 
-/// The header that marks a request as a fill from another Estuary node.
+/// The header that marks a request as a fill from another Estuary node. Its value is trusted
+/// only when it is a valid fill credential for the request's path
+/// (`estuary_common::token::verify_fill`): a client cannot steer the fill path with it.
 pub const FILL_HEADER: &str = "x-estuary-fill";
 
 impl Filler {
@@ -326,20 +399,12 @@ impl Filler {
             .iter()
             .map(|b| (b, "parent"))
             .chain(config.origins.iter().map(|b| (b, "origin")))
-            .map(|(base, kind)| Source {
-                base: base.trim_end_matches('/').to_owned(),
-                kind,
-                breaker: breaker(),
-            })
+            .map(|(base, kind)| Source::new(base, kind, breaker()))
             .collect();
         let peers: Vec<Source> = config
             .peers
             .iter()
-            .map(|base| Source {
-                base: base.trim_end_matches('/').to_owned(),
-                kind: "peer",
-                breaker: breaker(),
-            })
+            .map(|base| Source::new(base, "peer", breaker()))
             .collect();
         let ring = hrw_hash::HrwNodes::new(peers.iter().map(|p| p.base.clone()));
         Arc::new(Self {
@@ -527,27 +592,23 @@ impl Filler {
                     );
                     return;
                 }
-                Err((FillError::Changed, _)) => {
-                    // Not the source's fault, and no other source can help this reader.
+                Err((error, published)) => {
                     self.observer.fill_finished(
                         source.kind,
                         false,
                         started.elapsed().as_secs_f64(),
                         0,
                     );
-                    fill.update(|s| s.outcome = Some(Err(FillError::Changed)));
-                    return;
-                }
-                Err((error, published)) => {
+                    if error.fault() != Fault::Upstream {
+                        // Not the source's fault (its breaker does not count it), and no
+                        // other source can help.
+                        tracing::debug!(key, error = %error, "A fill ended without asking upstream further.");
+                        fill.update(|s| s.outcome = Some(Err(error)));
+                        return;
+                    }
                     if let Ok(mut b) = source.breaker.lock() {
                         b.failure(Instant::now());
                     }
-                    self.observer.fill_finished(
-                        source.kind,
-                        false,
-                        started.elapsed().as_secs_f64(),
-                        0,
-                    );
                     tracing::warn!(source = %source.base, key, error = %error, "A fill from upstream failed.");
                     last_error = error;
                     if published {
@@ -569,18 +630,24 @@ impl Filler {
         fill: &Arc<Fill>,
         want: &Want,
     ) -> Result<u64, (FillError, bool)> {
-        let uri = match (&self.config.peer_token, source.kind) {
-            (Some(sign), "peer") => format!(
-                "{}{}?{}",
-                source.base,
-                key,
-                estuary_common::token::query_pair(&sign(key))
-            ),
-            _ => format!("{}{}", source.base, key),
+        let query = match (&self.config.peer_token, source.kind) {
+            (Some(sign), "peer") => Some(estuary_common::token::query_pair(&sign(key))),
+            _ => None,
         };
-        let mut request = http::Request::get(&uri)
+        // `key` is the canonical path: the target is built from it, re-encoded, never by
+        // pasting text into a URL.
+        let Some(uri) = source.uri(key, query.as_deref()) else {
+            return Err((FillError::Request, false));
+        };
+        // Peers and parents are Estuary nodes, told by a credential that this is a fill (so
+        // they do not pass it on to a peer); origins only learn which node asks.
+        let fill_header = match (&self.config.fill_credential, source.kind) {
+            (Some(sign), "peer" | "parent") => sign(key),
+            _ => self.config.node_id.clone(),
+        };
+        let mut request = http::Request::get(uri)
             .header(header::ACCEPT_ENCODING, "identity")
-            .header(FILL_HEADER, self.config.node_id.as_str());
+            .header(FILL_HEADER, fill_header);
         let stale = match want {
             Want::Object { stale, .. } => stale.as_deref(),
             Want::Slice { .. } => None,
@@ -610,7 +677,7 @@ impl Filler {
         }
         let request = request
             .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|_| (FillError::Unavailable, false))?;
+            .map_err(|_| (FillError::Request, false))?;
         let response = match tokio::time::timeout(
             self.config.read_timeout,
             self.client.request(request),
@@ -1052,5 +1119,61 @@ fn head_of(o: &CachedObject) -> Head {
         last_modified: hv(&o.last_modified),
         meta: None,
         slice: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(base: &str) -> Source {
+        Source::new(base, "origin", Mutex::new(Breaker::new(3, Duration::ZERO)))
+    }
+
+    #[test]
+    fn upstream_targets_are_re_encoded_from_the_canonical_path() {
+        let s = source("http://10.0.0.1:9000");
+        let uri = |p: &str, q: Option<&str>| s.uri(p, q).map(|u| u.to_string());
+        assert_eq!(
+            uri("/v/a/seg_1.m4s", None).as_deref(),
+            Some("http://10.0.0.1:9000/v/a/seg_1.m4s")
+        );
+        assert_eq!(
+            uri("/x y`<\u{e9}", None).as_deref(),
+            Some("http://10.0.0.1:9000/x%20y%60%3C%C3%A9")
+        );
+        assert_eq!(
+            uri("/v/a", Some("token=abc")).as_deref(),
+            Some("http://10.0.0.1:9000/v/a?token=abc")
+        );
+        // A base that is not a URL: no request, and not the source's fault.
+        assert_eq!(source("not a url").uri("/v/a", None), None);
+        assert_eq!(FillError::Request.fault(), Fault::Internal);
+    }
+
+    #[test]
+    fn only_the_upstreams_own_failures_are_its_fault() {
+        for e in [
+            FillError::Unavailable,
+            FillError::Timeout,
+            FillError::Integrity,
+            FillError::Truncated,
+        ] {
+            assert_eq!(e.fault(), Fault::Upstream, "{e}");
+        }
+        assert_eq!(FillError::Changed.fault(), Fault::Nobody);
+    }
+
+    proptest::proptest! {
+        /// Every canonical path makes a valid upstream target, which names the same path.
+        #[test]
+        fn every_canonical_path_makes_a_target(raw in "/[a-zA-Z0-9%./ `<>{}|^\u{e9}_~!$&'()*+,;=:@-]{0,48}") {
+            if let Ok(p) = crate::path::normalize(&raw) {
+                let uri = source("http://127.0.0.1:1").uri(&p, None);
+                proptest::prop_assert!(uri.is_some(), "{}", p);
+                let uri = uri.unwrap_or_default();
+                proptest::prop_assert_eq!(crate::path::normalize(uri.path()), Ok(p));
+            }
+        }
     }
 }

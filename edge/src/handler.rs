@@ -27,6 +27,10 @@ use crate::metrics::{Metrics, Protocol};
 use crate::path;
 use crate::store::{FileEntry, Lookup, Store};
 
+/// How far the clocks of the services that mint tokens may run ahead of the edge's: a token
+/// minted for exactly `[auth] max_ttl` is still accepted.
+const CLOCK_SKEW_SECS: u64 = 300;
+
 /// Most ranges accepted in one `Range` header; more is refused with 416.
 const MAX_RANGES: usize = 16;
 
@@ -110,6 +114,8 @@ pub struct Edge {
     store: Arc<Store>,
     keys: KeySet,
     protected: Vec<String>,
+    /// `[auth] max_ttl` plus [`CLOCK_SKEW_SECS`], in seconds.
+    max_ttl: u64,
     cache_control: [HeaderValue; 3],
     cors_origins: Vec<HeaderValue>,
     cors_any: bool,
@@ -165,6 +171,11 @@ impl Edge {
             store,
             keys: config.key_set()?,
             protected: config.auth.protected.clone(),
+            max_ttl: config
+                .auth
+                .max_ttl
+                .as_secs()
+                .saturating_add(CLOCK_SKEW_SECS),
             cache_control: [
                 hv(&config.cache_control.manifest),
                 hv(&config.cache_control.segment),
@@ -381,7 +392,7 @@ impl Edge {
             .get_for(path, Some(session))
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
-        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let via_peer = self.is_peer_fill(req, path);
         if let Some((obj, tier)) = &cached {
             let answer = if obj.is_fresh(now) {
                 match tier {
@@ -505,6 +516,8 @@ impl Edge {
                 }
                 let (status, text) = match e {
                     FillError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+                    // A path the edge cannot forward: the client's request, not the upstream.
+                    FillError::Request => (StatusCode::BAD_REQUEST, "bad path\n"),
                     _ => (StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
                 };
                 Routed::Full(self.error(req, status, text))
@@ -616,7 +629,7 @@ impl Edge {
                 return Routed::Full(r);
             }
         };
-        let via_peer = req.headers.contains_key(crate::fill::FILL_HEADER);
+        let via_peer = self.is_peer_fill(req, path);
         let Some(reader) = crate::slice::SlicedReader::new(
             Arc::clone(filler),
             path,
@@ -702,6 +715,16 @@ impl Edge {
         }
     }
 
+    /// Whether the request is another node's fill: its fill header holds a valid credential
+    /// for this path. A client's header (or a stale or foreign one) is ignored, so that no
+    /// client can make the edge skip the object's owning peer.
+    fn is_peer_fill(&self, req: &Incoming<'_>, path: &str) -> bool {
+        req.headers
+            .get(crate::fill::FILL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| token::verify_fill(v, &self.keys, path, (self.clock)()))
+    }
+
     fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {
         token::verify(
             token_text,
@@ -710,6 +733,7 @@ impl Edge {
                 path,
                 client: client.ip(),
                 now: (self.clock)(),
+                max_ttl: Some(self.max_ttl),
             },
         )
     }

@@ -1,5 +1,13 @@
-//! Request-path normalization: the one place that turns a raw request path into the path that
-//! tokens are checked against and files are looked up by. Pure and fuzzed.
+//! Request-path normalization: the one place that turns a raw request path into the canonical
+//! path that tokens are checked against, files are looked up by, the cache and purges are keyed
+//! by, and the upstream request is re-encoded from ([`encode`]). Pure and fuzzed.
+//!
+//! The canonical path is decoded exactly once. Whatever a second decoding (by an upstream that
+//! decodes paths) or a URI parser could read differently is refused rather than passed on: an
+//! escaped `%` (`%25`), an escaped `?` (`%3F`) or `#` (`%23`), escaped separators, dot segments.
+//! So the canonical path holds no `%`, `?` or `#`, and its re-encoded form decodes back to it.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 /// Why a request path was refused (always a 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +29,8 @@ pub enum PathError {
     NotUtf8,
     #[error("the path holds a '.' or '..' segment")]
     DotSegment,
+    #[error("the path holds an escaped '%', '?' or '#'")]
+    EncodedDelimiter,
 }
 
 /// The longest raw path accepted, in bytes.
@@ -30,7 +40,9 @@ pub const MAX_PATH_LEN: usize = 2048;
 /// (`//a` is `/a`), a trailing slash is kept, and anything that could climb out of the content
 /// root or mean two things to two parsers is refused: `.` and `..` segments, encoded
 /// slashes and backslashes, backslashes, NUL and other control characters, bad escapes and
-/// non-UTF-8 bytes. The result starts with '/'.
+/// non-UTF-8 bytes. An escaped `%`, `?` or `#` is refused too: decoded, it would be read again
+/// as an escape, a query or a fragment by whoever parses the path next (a double-encoded
+/// `%252e%252e` is a `..` to an upstream that decodes once more). The result starts with '/'.
 pub fn normalize(raw: &str) -> Result<String, PathError> {
     if raw.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
@@ -53,6 +65,9 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
             if v == b'/' || v == b'\\' {
                 return Err(PathError::EncodedSeparator);
             }
+            if v == b'%' {
+                return Err(PathError::EncodedDelimiter);
+            }
             decoded.push(v);
             i += 3;
         } else {
@@ -66,6 +81,10 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         }
         if b < 0x20 || b == 0x7f {
             return Err(PathError::ControlCharacter);
+        }
+        // Escaped (a URI path cannot hold them raw, but this function takes any text).
+        if b == b'?' || b == b'#' {
+            return Err(PathError::EncodedDelimiter);
         }
     }
     let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
@@ -84,6 +103,35 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Bytes a canonical path sends escaped upstream: everything but RFC 3986 `pchar`
+/// (unreserved, sub-delims, `:` and `@`) and the segment separator `/`.
+const PATH_ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'/');
+
+/// Re-encodes a canonical path (from [`normalize`]) for a request target: every byte outside
+/// `pchar` and `/` is percent-encoded, so the result is always a valid URI path and
+/// [`normalize`] gives the canonical path back from it.
+pub fn encode(canonical: &str) -> String {
+    percent_encoding::utf8_percent_encode(canonical, PATH_ESCAPED).to_string()
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -112,8 +160,27 @@ mod tests {
             normalize("/%2e%2e%2fetc").as_deref(),
             Err(&PathError::EncodedSeparator)
         );
-        // Decoded once only: a double-encoded dot stays a literal "%2e" file name.
-        assert_eq!(normalize("/%252e%252e/x").as_deref(), Ok("/%2e%2e/x"));
+        // Decoded once only, and what a second decoding would read differently is refused.
+        assert_eq!(normalize("/%252e%252e/x"), Err(PathError::EncodedDelimiter));
+        assert_eq!(normalize("/a%3Fb"), Err(PathError::EncodedDelimiter));
+        assert_eq!(normalize("/a%3fb"), Err(PathError::EncodedDelimiter));
+        assert_eq!(normalize("/a%23b"), Err(PathError::EncodedDelimiter));
+        assert_eq!(normalize("/a%25"), Err(PathError::EncodedDelimiter));
+    }
+
+    #[test]
+    fn canonical_paths_are_re_encoded() {
+        assert_eq!(encode("/v/a/seg_001.m4s"), "/v/a/seg_001.m4s");
+        assert_eq!(encode("/a b"), "/a%20b");
+        assert_eq!(encode("/x`<>\"{}|^"), "/x%60%3C%3E%22%7B%7D%7C%5E");
+        assert_eq!(encode("/\u{e9}t\u{e9}"), "/%C3%A9t%C3%A9");
+        assert_eq!(encode("/a:b@c!$&'()*+,;=~"), "/a:b@c!$&'()*+,;=~");
+        for raw in ["/x%20", "/x%60", "/x%3C", "/%61%20b", "/a b", "/%C3%A9"] {
+            let canonical = normalize(raw).expect(raw);
+            let target = encode(&canonical);
+            assert!(target.parse::<http::Uri>().is_ok(), "{raw} -> {target}");
+            assert_eq!(normalize(&target), Ok(canonical));
+        }
     }
 
     #[test]
@@ -137,6 +204,8 @@ mod tests {
             ("/v/%zz", PathError::BadEscape),
             ("/v/%c0%ae%c0%ae/x", PathError::NotUtf8),
             ("/v/%ff", PathError::NotUtf8),
+            ("/v/?", PathError::EncodedDelimiter),
+            ("/v/#", PathError::EncodedDelimiter),
             ("v/x", PathError::NotAbsolute),
             ("", PathError::NotAbsolute),
         ];
@@ -161,6 +230,31 @@ mod tests {
                 if !p.contains('%') {
                     proptest::prop_assert_eq!(normalize(&p), Ok(p.clone()));
                 }
+            }
+        }
+
+        /// The canonical form, re-encoded, is a valid request target that normalizes back to
+        /// itself (so normalizing is idempotent on re-encoded output), and what goes upstream
+        /// holds no byte a URI parser would split on.
+        #[test]
+        fn re_encoding_round_trips(raw in "/[a-zA-Z0-9%./ ?#`<>\"{}|^\u{e9}\u{4e2d}_~!$&'()*+,;=:@-]{0,64}") {
+            if let Ok(p) = normalize(&raw) {
+                proptest::prop_assert!(!p.contains(['%', '?', '#']));
+                let target = encode(&p);
+                proptest::prop_assert!(target.parse::<http::uri::PathAndQuery>().is_ok(), "{}", target);
+                proptest::prop_assert!(!target.contains(['?', '#', ' ']));
+                proptest::prop_assert_eq!(normalize(&target), Ok(p.clone()));
+                proptest::prop_assert_eq!(encode(&normalize(&target).unwrap_or_default()), target);
+            }
+        }
+
+        #[test]
+        fn any_escape_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
+            let raw: String = std::iter::once("/".to_owned())
+                .chain(bytes.iter().map(|b| format!("%{b:02X}")))
+                .collect();
+            if let Ok(p) = normalize(&raw) {
+                proptest::prop_assert_eq!(normalize(&encode(&p)), Ok(p.clone()));
             }
         }
 

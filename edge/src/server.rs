@@ -37,13 +37,16 @@ pub struct LoggedBody {
     source: Source,
     finish: Option<Finish>,
     sent: u64,
+    /// The response's `Content-Length`, if it has one.
+    length: Option<u64>,
 }
 
 impl LoggedBody {
-    fn new(body: Body, mut finish: Finish) -> Self {
+    fn new(body: Body, mut finish: Finish, length: Option<u64>) -> Self {
         let source = match body {
             Body::Full(data) if data.is_empty() => {
                 finish.complete = true;
+                finish.sent = Some(0);
                 Source::Full(None)
             }
             Body::Full(data) => Source::Full(Some(data)),
@@ -53,6 +56,7 @@ impl LoggedBody {
             source,
             finish: Some(finish),
             sent: 0,
+            length,
         }
     }
 
@@ -60,6 +64,20 @@ impl LoggedBody {
         if let Some(f) = self.finish.as_mut() {
             f.complete = complete;
             f.sent = Some(self.sent);
+        }
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // hyper stops polling an HTTP/1.1 body once its `Content-Length` has been written, so
+        // the end of a streamed body may never be seen: record what was handed over, complete
+        // when it is the whole length.
+        if let Some(f) = self.finish.as_mut()
+            && f.sent.is_none()
+        {
+            f.sent = Some(self.sent);
+            f.complete = self.length == Some(self.sent);
         }
     }
 }
@@ -367,7 +385,12 @@ async fn serve_io<I>(
                     endpoints,
                 })
                 .await;
-            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish)))
+            let length = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish, length)))
         }
     });
     let conn = shared.builder.serve_connection(io, service);
@@ -610,6 +633,27 @@ fn peer_token_signer(config: &EdgeConfig) -> anyhow::Result<Option<crate::fill::
     })))
 }
 
+/// The fill header's credential for each fill from a peer or parent: valid for one minute
+/// and the exact path, signed with the first configured key, which every edge of a site shares.
+fn fill_credential_signer(
+    config: &EdgeConfig,
+) -> anyhow::Result<Option<crate::fill::PeerTokenSigner>> {
+    let Some((kid, hex)) = config.auth.keys.iter().next() else {
+        return Ok(None);
+    };
+    let secret = estuary_common::token::decode_secret(hex)?;
+    let (kid, node) = (kid.clone(), config.node.id.clone());
+    Ok(Some(Arc::new(move |path: &str| {
+        estuary_common::token::sign_fill(
+            &kid,
+            &secret,
+            &node,
+            path,
+            estuary_common::unix_now() + 60,
+        )
+    })))
+}
+
 /// Runs an edge until SIGTERM or SIGINT, then drains. SIGHUP reloads the certificate.
 pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Room for every client connection, an upstream connection for each and the files of
@@ -668,6 +712,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 peers: up.peers.clone(),
                 self_url: up.self_url.clone(),
                 peer_token: peer_token_signer(&config)?,
+                fill_credential: fill_credential_signer(&config)?,
                 parents: up.parents.clone(),
                 origins: up.origin.clone(),
                 connect_timeout: up.connect_timeout,
