@@ -81,7 +81,7 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[auth.site_networks]\na = [\"127.0.0.0/8\"]\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
                 self.http,
                 self.database.clone().unwrap_or_else(|| format!(
                     "sqlite://{}",
