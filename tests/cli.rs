@@ -173,3 +173,32 @@ fn token_sign_refuses_bad_input() {
         assert!(err.starts_with("estuary: --"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn manifest_keygen_and_sign_make_a_signature_the_printed_public_key_verifies() {
+    let (ok, out, err) = estuary(&["manifest", "keygen", "--key-id", "o7"]);
+    assert!(ok, "{err}");
+    let value = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+    };
+    let (secret, public) = (value("key = "), value("o7 = "));
+    let dir = common::TempDir::new("manifest-sign");
+    let manifest = br#"{"asset":"movie"}"#;
+    std::fs::write(dir.path().join("asset.json"), manifest).expect("write");
+    let folder = dir.path().to_str().expect("utf-8");
+    let (ok, _, err) = estuary(&[
+        "manifest", "sign", folder, "--key-id", "o7", "--key", &secret,
+    ]);
+    assert!(ok, "{err}");
+    let sig = std::fs::read(dir.path().join("asset.json.sig")).expect("signature");
+    let keys = estuary_common::signing::ManifestKeys::from_hex(&[("o7".into(), public)].into())
+        .expect("keys");
+    assert_eq!(keys.verify(manifest, &sig), Ok(()));
+    assert!(keys.verify(br#"{"asset":"other"}"#, &sig).is_err());
+    // A bad secret is named, and nothing is written.
+    let (ok, _, err) = estuary(&["manifest", "sign", folder, "--key-id", "o7", "--key", "zz"]);
+    assert!(!ok && err.contains("--key"), "{err}");
+}

@@ -423,5 +423,31 @@ mod tests {
             &text.replace("down_after = 3", "down_after = 0"),
             "health.down_after",
         );
+        bad(
+            &text.replace("role = \"edge\"", "role = \"router\""),
+            "auth.nodes.edge-lab-1",
+        );
+        bad(
+            &text.replace(
+                "change-me-to-a-random-secret-of-32-or-more-characters",
+                "too-short-for-a-node",
+            ),
+            "auth.nodes.edge-lab-1.token",
+        );
+        bad(
+            &text.replace(
+                "change-me-to-another-secret-of-32-or-more-characters",
+                "change-me-to-a-random-secret-of-32-or-more-characters",
+            ),
+            "auth.nodes.origin-1.token",
+        );
+        bad(
+            &text.replace("\"10.1.0.0/16\"", "\"10.1.0.0/99\""),
+            "auth.site_networks",
+        );
+        bad(
+            &text.replace("origin-1 = \"d75a", "origin-1 = \"x75a"),
+            "manifest_keys.origin-1",
+        );
     }
 }
