@@ -240,6 +240,18 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
     let rogue_key =
         estuary_common::signing::ManifestSigner::generate(MANIFEST_KEY_ID).expect("rogue key");
     estuary_common::signing::sign_folder(&rogue_key, &rogue_asset).expect("rogue signature");
+    // And "trailer" in an older version that the origin's key really signed (a replay).
+    let old_trailer: Vec<(String, Vec<u8>)> = fake_asset_files()
+        .into_iter()
+        .map(|(path, mut data)| {
+            if path.ends_with(".m4s") {
+                data.iter_mut().for_each(|b| *b = b'O');
+            }
+            (path, data)
+        })
+        .collect();
+    write_asset(&rogue_dir.path().join("rogue"), "trailer", &old_trailer);
+    write_fake_asset(&origin_site.storage_root(), "trailer");
     let stop = Arc::new(AtomicBool::new(false));
     let beats = {
         let stop = Arc::clone(&stop);
@@ -250,7 +262,10 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
             let body = serde_json::json!({
                 "node": "edge-own", "site": "lab", "role": "edge", "ready": true,
                 "addresses": {"http": rogue_url, "admin": rogue_url},
-                "inventory": [{"asset": "movie", "state": "present"}],
+                "inventory": [
+                    {"asset": "movie", "state": "present"},
+                    {"asset": "trailer", "state": "present"},
+                ],
             })
             .to_string();
             while !stop.load(Ordering::Relaxed) {
@@ -311,6 +326,33 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
             .iter()
             .any(|r| r["path"].as_str().is_some_and(|p| p.contains(".m4s"))),
         "the edge fetched segments listed by a manifest it could not trust: {asked:?}"
+    );
+
+    // A validly signed manifest of another version is refused too: the placement pins the
+    // Merkle root of the manifest the control plane verified.
+    let text = cp.cli(&["push", "trailer", "--replicas", "2"]);
+    assert!(text.contains("edge-test"), "{text}");
+    cp.wait_fill("trailer", "edge-test", "present");
+    for (path, data) in fake_asset_files() {
+        let on_disk =
+            std::fs::read(edge_site.content.join("v/trailer").join(&path)).expect("filled");
+        assert!(
+            on_disk == data,
+            "{path}: the edge published the replayed old version"
+        );
+    }
+    let asked = rogue.requests();
+    assert!(
+        asked.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/v/trailer/asset.json"))),
+        "the rogue peer was never offered the trailer: {asked:?}"
+    );
+    assert!(
+        !asked.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/v/trailer/") && p.contains(".m4s"))),
+        "the edge fetched segments of a version the control plane did not place: {asked:?}"
     );
 
     // A purge reaches the rogue with its own credential only: nothing it could use on

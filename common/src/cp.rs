@@ -134,6 +134,10 @@ pub struct Assignment {
     pub asset: String,
     /// Base URLs: same-site peers that hold it first, then origins.
     pub sources: Vec<String>,
+    /// The Merkle root of the signed `asset.json` the control plane placed: the edge fills
+    /// that version only (a source offering another, even validly signed, is passed over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merkle_root: Option<String>,
 }
 
 /// The control plane's answer to a heartbeat.

@@ -395,6 +395,7 @@ async fn assignments_for(
         assignments.push(estuary_common::cp::Assignment {
             asset: p.asset.clone(),
             sources,
+            merkle_root: p.merkle_root.clone(),
         });
     }
     Ok((assignments, remove))
@@ -677,7 +678,7 @@ fn used_bytes(
 }
 
 /// The total size of an asset, from its `asset.json` on an origin that is up.
-async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
+async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
     let keys = estuary_common::signing::ManifestKeys::from_hex(&app.config.manifest_keys)
         .map_err(|(id, why)| format!("manifest_keys.{id}: {why}"))?;
     if keys.is_empty() {
@@ -735,7 +736,10 @@ async fn asset_size(app: &App, asset: &str) -> Result<u64, String> {
             last = format!("{manifest}: names asset {:?}", m.asset);
             continue;
         }
-        return Ok(m.files.iter().map(|f| f.size).sum::<u64>() + body.len() as u64);
+        return Ok((
+            m.files.iter().map(|f| f.size).sum::<u64>() + body.len() as u64,
+            m.merkle_root,
+        ));
     }
     Err(format!("the asset is not on any origin ({last})"))
 }
@@ -799,7 +803,7 @@ async fn push(
     if !(1..=64).contains(&replicas) {
         return (StatusCode::BAD_REQUEST, "replicas: 1 to 64\n").into_response();
     }
-    let bytes = match asset_size(&app, &asset).await {
+    let (bytes, merkle_root) = match asset_size(&app, &asset).await {
         Ok(b) => b,
         Err(e) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     };
@@ -822,7 +826,7 @@ async fn push(
     };
     if let Err(e) = app
         .store
-        .add_placements(&asset, bytes, chosen.clone())
+        .add_placements(&asset, bytes, &merkle_root, chosen.clone())
         .await
     {
         return app.internal(e);
@@ -954,14 +958,16 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         return (StatusCode::PAYLOAD_TOO_LARGE, "at most 100000 lines\n").into_response();
     }
     let mut sizes = std::collections::BTreeMap::new();
+    let mut roots = std::collections::BTreeMap::new();
     let mut assets: Vec<&str> = req.demand.iter().map(|d| d.asset.as_str()).collect();
     assets.sort_unstable();
     assets.dedup();
     for asset in assets {
         if estuary_common::asset::valid_asset_id(asset)
-            && let Ok(bytes) = asset_size(&app, asset).await
+            && let Ok((bytes, root)) = asset_size(&app, asset).await
         {
             sizes.insert(asset.to_owned(), bytes);
+            roots.insert(asset.to_owned(), root);
         }
     }
     let snap = app.registry.snapshot(estuary_common::unix_now());
@@ -1004,7 +1010,12 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                         }
                         if let Err(e) = app
                             .store
-                            .add_placements(&pick.asset, pick.bytes, chosen.clone())
+                            .add_placements(
+                                &pick.asset,
+                                pick.bytes,
+                                roots.get(&pick.asset).map_or("", String::as_str),
+                                chosen.clone(),
+                            )
                             .await
                         {
                             return app.internal(e);

@@ -212,7 +212,10 @@ impl Prepositioner {
         let mut errors = Vec::new();
         let mut done = None;
         for source in &assignment.sources {
-            match self.fill_from(source, &asset).await {
+            match self
+                .fill_from(source, &asset, assignment.merkle_root.as_deref())
+                .await
+            {
                 Ok(bytes) => {
                     done = Some((bytes, source.clone()));
                     break;
@@ -315,7 +318,12 @@ impl Prepositioner {
     }
 
     /// Fills the asset from one source into a staging folder and renames it into place.
-    async fn fill_from(&self, base: &str, asset: &str) -> Result<u64, String> {
+    async fn fill_from(
+        &self,
+        base: &str,
+        asset: &str,
+        expected_root: Option<&str>,
+    ) -> Result<u64, String> {
         let manifest_bytes = self.get_small(base, asset, MANIFEST_FILE, 16 << 20).await?;
         // The trust anchor: the origin's signature, checked against this edge's own keys,
         // before any hash inside the manifest is believed. Whoever served it cannot vouch
@@ -339,6 +347,14 @@ impl Prepositioner {
         }
         if manifest.computed_merkle_root().as_deref() != Some(manifest.merkle_root.as_str()) {
             return Err("asset.json: the Merkle root does not match its files".into());
+        }
+        if let Some(expected) = expected_root
+            && expected != manifest.merkle_root
+        {
+            return Err(format!(
+                "asset.json is another version (Merkle root {}, the control plane placed {expected})",
+                manifest.merkle_root
+            ));
         }
         if let Some(bad) = manifest.files.iter().find(|f| !valid_file(&f.path)) {
             return Err(format!("asset.json: bad file name {:?}", bad.path));

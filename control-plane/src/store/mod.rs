@@ -56,6 +56,9 @@ pub struct Placement {
     /// `assigned` or `removing`.
     pub state: String,
     pub bytes: u64,
+    /// The Merkle root of the signed `asset.json` the asset was placed with: edges fill that
+    /// version and no other. `None` for placements made before roots were kept.
+    pub merkle_root: Option<String>,
 }
 
 /// One edge's delivery of a purge.
@@ -168,15 +171,17 @@ impl Store {
         on_backend!(self, s => s.purge(id).await)
     }
 
-    /// Assigns `asset` (of `bytes`) to nodes; an existing placement stays (and stops being
-    /// removed).
+    /// Assigns `asset` (of `bytes`, whose signed manifest has `merkle_root`) to nodes; an
+    /// existing placement stays (and stops being removed); the asset's expected root is
+    /// replaced by this one.
     pub async fn add_placements(
         &self,
         asset: &str,
         bytes: u64,
+        merkle_root: &str,
         nodes: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        on_backend!(self, s => s.add_placements(asset, bytes, nodes).await)
+        on_backend!(self, s => s.add_placements(asset, bytes, merkle_root, nodes).await)
     }
 
     /// Marks every placement of `asset` for removal; how many.

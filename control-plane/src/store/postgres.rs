@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS placements (
     asset TEXT NOT NULL, node TEXT NOT NULL, site TEXT NOT NULL, state TEXT NOT NULL,
     bytes BIGINT NOT NULL, created_at BIGINT NOT NULL, PRIMARY KEY (asset, node)
 );
+CREATE TABLE IF NOT EXISTS asset_roots (asset TEXT PRIMARY KEY, merkle_root TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id BIGSERIAL PRIMARY KEY,
     at BIGINT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
@@ -307,12 +308,21 @@ impl PostgresStore {
         &self,
         asset: &str,
         bytes: u64,
+        merkle_root: &str,
         nodes: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let now = to_db(estuary_common::unix_now())?;
         let bytes = to_db(bytes)?;
+        if !merkle_root.is_empty() {
+            tx.execute(
+                "INSERT INTO asset_roots (asset, merkle_root) VALUES ($1, $2)
+                 ON CONFLICT (asset) DO UPDATE SET merkle_root = EXCLUDED.merkle_root",
+                &[&asset, &merkle_root],
+            )
+            .await?;
+        }
         for (node, site) in nodes {
             tx.execute(
                 "INSERT INTO placements (asset, node, site, state, bytes, created_at)
@@ -361,8 +371,9 @@ impl PostgresStore {
         self.client()
             .await?
             .query(
-                "SELECT asset, node, site, state, bytes FROM placements
-                 WHERE $1::TEXT IS NULL OR node = $1 ORDER BY asset, node",
+                "SELECT p.asset, p.node, p.site, p.state, p.bytes, r.merkle_root
+                 FROM placements p LEFT JOIN asset_roots r ON r.asset = p.asset
+                 WHERE $1::TEXT IS NULL OR p.node = $1 ORDER BY p.asset, p.node",
                 &[&node],
             )
             .await?
@@ -374,6 +385,7 @@ impl PostgresStore {
                     site: r.try_get(2)?,
                     state: r.try_get(3)?,
                     bytes: from_db(r.try_get(4)?)?,
+                    merkle_root: r.try_get(5)?,
                 })
             })
             .collect()

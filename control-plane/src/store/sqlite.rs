@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS placements (
     asset TEXT NOT NULL, node TEXT NOT NULL, site TEXT NOT NULL, state TEXT NOT NULL,
     bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (asset, node)
 );
+CREATE TABLE IF NOT EXISTS asset_roots (asset TEXT PRIMARY KEY, merkle_root TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
@@ -267,12 +268,21 @@ impl SqliteStore {
         &self,
         asset: &str,
         bytes: u64,
+        merkle_root: &str,
         nodes: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
         let asset = asset.to_owned();
+        let merkle_root = merkle_root.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
             let now = estuary_common::unix_now();
+            if !merkle_root.is_empty() {
+                tx.execute(
+                    "INSERT INTO asset_roots (asset, merkle_root) VALUES (?1, ?2)
+                     ON CONFLICT(asset) DO UPDATE SET merkle_root = excluded.merkle_root",
+                    params![asset, merkle_root],
+                )?;
+            }
             for (node, site) in nodes {
                 tx.execute(
                     "INSERT INTO placements (asset, node, site, state, bytes, created_at)
@@ -325,8 +335,9 @@ impl SqliteStore {
     async fn placements_where(&self, node: Option<String>) -> Result<Vec<Placement>, StoreError> {
         self.with(move |c| {
             let mut st = c.prepare(
-                "SELECT asset, node, site, state, bytes FROM placements
-                 WHERE ?1 IS NULL OR node = ?1 ORDER BY asset, node",
+                "SELECT p.asset, p.node, p.site, p.state, p.bytes, r.merkle_root
+                 FROM placements p LEFT JOIN asset_roots r ON r.asset = p.asset
+                 WHERE ?1 IS NULL OR p.node = ?1 ORDER BY p.asset, p.node",
             )?;
             let rows = st
                 .query_map([node], |r| {
@@ -336,6 +347,7 @@ impl SqliteStore {
                         site: r.get(2)?,
                         state: r.get(3)?,
                         bytes: r.get(4)?,
+                        merkle_root: r.get(5)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
