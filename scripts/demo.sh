@@ -138,6 +138,7 @@ if [ "$state" != "ready" ] && [ "$state" != "queued" ] && [ "$state" != "packagi
   location=$(curl -sS -D - -o /dev/null -X POST "${auth[@]}" -H "Tus-Resumable: 1.0.0" \
     -H "Upload-Length: $size" -H "Upload-Metadata: $meta" "http://127.0.0.1:$origin_port/uploads/" \
     | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  case "$location" in /*) location="http://127.0.0.1:$origin_port$location" ;; esac
   curl -fsS -X PATCH "${auth[@]}" -H "Tus-Resumable: 1.0.0" -H "Upload-Offset: 0" \
     -H "Content-Type: application/offset+octet-stream" --data-binary "@$site/source.mp4" "$location"
 fi

@@ -67,7 +67,10 @@ fn create(site: &OriginSite, length: u64, asset: &str) -> String {
         None,
     );
     assert_eq!(status, 201, "{h:?}");
-    header(&h, "location").expect("Location").to_owned()
+    // A path: the client resolves it against the URL it used, never against a Host header.
+    let location = header(&h, "location").expect("Location");
+    assert!(location.starts_with("/uploads/"), "{location}");
+    site.url(location)
 }
 
 fn offset_of(url: &str) -> u64 {
@@ -384,13 +387,21 @@ fn an_upload_is_packaged_into_an_s3_compatible_bucket_and_served_from_it() {
     upload_whole(&site, &clip, "ins3");
     let v = site.wait_for_asset("ins3", Duration::from_secs(240));
     assert_eq!(v["state"], "ready", "{v}: {}", origin.log());
-    // The objects are in the bucket (listed by boto3), every file of asset.json and itself.
+    // The objects are in the bucket (listed by boto3), every file of asset.json, itself and
+    // its signature, which verifies with the origin's key.
     let (status, _, body) = fetch(&site.url("/v/ins3/asset.json"), &[]);
     assert_eq!(status, 200);
     let m: estuary_common::asset::AssetManifest = serde_json::from_slice(&body).expect("json");
     let keys = moto.list("media", "prod/v/ins3/");
-    assert_eq!(keys.len(), m.files.len() + 1, "{keys:?}");
+    assert_eq!(keys.len(), m.files.len() + 2, "{keys:?}");
     assert!(keys.contains(&"prod/v/ins3/asset.json".to_owned()));
+    let (status, _, signature) = fetch(&site.url("/v/ins3/asset.json.sig"), &[]);
+    assert_eq!(status, 200);
+    let trusted = estuary_common::signing::ManifestKeys::from_hex(
+        &[(MANIFEST_KEY_ID.to_owned(), manifest_signer().public_hex())].into(),
+    )
+    .expect("keys");
+    assert_eq!(trusted.verify(&body, &signature), Ok(()));
     let (video, audio, _) = probe(&site.url("/v/ins3/master.m3u8"));
     assert!(video >= 1 && audio >= 1);
     // Removing the asset removes its objects.

@@ -82,8 +82,9 @@ impl App {
         }
     }
 
-    /// Checks `Authorization: Bearer <token>` against the upload tokens (constant time).
-    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// Checks `Authorization: Bearer <token>` against the upload tokens (constant time); the
+    /// assets the token manages.
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<Grant, Response> {
         let Some(presented) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -96,21 +97,34 @@ impl App {
             );
             return Err(r);
         };
-        let ok = self
-            .config
-            .auth
-            .upload_tokens
-            .values()
-            .fold(false, |ok, t| {
-                ok | bool::from(subtle::ConstantTimeEq::ct_eq(
-                    t.as_bytes(),
-                    presented.as_bytes(),
-                ))
-            });
-        if ok {
-            Ok(())
-        } else {
-            Err((StatusCode::FORBIDDEN, "forbidden\n").into_response())
+        let mut found = None;
+        for (name, t) in &self.config.auth.upload_tokens {
+            let same = bool::from(subtle::ConstantTimeEq::ct_eq(
+                t.token().as_bytes(),
+                presented.as_bytes(),
+            ));
+            if same && found.is_none() {
+                found = Some(Grant {
+                    name: name.clone(),
+                    scope: t.scope(),
+                });
+            }
+        }
+        found.ok_or_else(|| (StatusCode::FORBIDDEN, "forbidden\n").into_response())
+    }
+
+    /// Whether an asset id is free for a new upload: this origin's database does not know it
+    /// (checked when the upload is recorded) and the storage holds no published asset under
+    /// it (one another origin sharing the bucket published): an upload never replaces or
+    /// deletes an asset it did not create.
+    pub async fn asset_id_free_in_storage(&self, asset: &str) -> Result<bool, Response> {
+        match self
+            .storage
+            .exists(&format!("v/{asset}/{MANIFEST_FILE}"))
+            .await
+        {
+            Ok(found) => Ok(!found),
+            Err(e) => Err(self.internal(e)),
         }
     }
 
@@ -235,11 +249,15 @@ async fn asset_status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.authorize(&headers) {
-        return r;
-    }
+    let grant = match app.authorize(&headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     if !crate::tus::valid_asset_id(&id) {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
+    }
+    if let Err(r) = grant.may(&id) {
+        return r;
     }
     match app.db.asset(&id).await {
         Ok(Some(a)) => {
@@ -269,11 +287,15 @@ async fn asset_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.authorize(&headers) {
-        return r;
-    }
+    let grant = match app.authorize(&headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     if !crate::tus::valid_asset_id(&id) {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
+    }
+    if let Err(r) = grant.may(&id) {
+        return r;
     }
     match app.db.asset(&id).await {
         Ok(Some(a)) if a.state == "ready" || a.state == "failed" => {}
@@ -510,6 +532,29 @@ async fn serve_asset_inner(
     *r.status_mut() = status;
     *r.headers_mut() = h;
     r
+}
+
+/// Who an upload token belongs to and which assets it manages.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The token's name (logged, never the token).
+    pub name: String,
+    pub scope: crate::config::AssetScope,
+}
+
+impl Grant {
+    /// `Ok` when the token manages asset `id`, else a 403 that names no other asset.
+    pub fn may(&self, id: &str) -> Result<(), Response> {
+        if self.scope.covers(id) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::FORBIDDEN,
+                "this token does not manage that asset\n",
+            )
+                .into_response())
+        }
+    }
 }
 
 /// `asset.json.sig` of a published asset (small: read whole, no ranges).

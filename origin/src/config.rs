@@ -152,8 +152,85 @@ impl Default for StateConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Bearer tokens allowed to upload and manage assets, by name (the name is logged, never
-    /// the token). At least 16 characters each.
-    pub upload_tokens: BTreeMap<String, String>,
+    /// the token). At least 16 characters each. Either `name = "<token>"` (every asset) or a
+    /// table `[auth.upload_tokens.<name>] token = "...", assets = "<prefix>*"`: that token
+    /// uploads, reads the status of and deletes only the assets whose id matches.
+    pub upload_tokens: BTreeMap<String, UploadToken>,
+}
+
+/// One upload token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UploadToken {
+    /// A token for every asset.
+    Any(String),
+    /// A token scoped to some assets.
+    Scoped(ScopedUploadToken),
+}
+
+/// `[auth.upload_tokens.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedUploadToken {
+    pub token: String,
+    /// The asset ids it manages: `"*"` (all), `"<prefix>*"` or one id.
+    pub assets: String,
+}
+
+/// Which assets a token manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetScope {
+    All,
+    Prefix(String),
+    One(String),
+}
+
+impl AssetScope {
+    /// Parses `"*"`, `"<prefix>*"` or an asset id.
+    pub fn parse(pattern: &str) -> Option<Self> {
+        let id_chars = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        match pattern.strip_suffix('*') {
+            Some("") => Some(Self::All),
+            Some(p) if p.len() <= 40 && id_chars(p) && !p.starts_with(['-', '_']) => {
+                Some(Self::Prefix(p.to_owned()))
+            }
+            Some(_) => None,
+            None => estuary_common::asset::valid_asset_id(pattern)
+                .then(|| Self::One(pattern.to_owned())),
+        }
+    }
+
+    /// Whether the scope covers asset `id`.
+    pub fn covers(&self, id: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Prefix(p) => id.starts_with(p.as_str()),
+            Self::One(one) => one == id,
+        }
+    }
+}
+
+impl UploadToken {
+    pub fn token(&self) -> &str {
+        match self {
+            Self::Any(t) => t,
+            Self::Scoped(s) => &s.token,
+        }
+    }
+
+    /// The assets it manages (`All` for a pattern that does not parse; `validate` refuses
+    /// those before start).
+    pub fn scope(&self) -> AssetScope {
+        match self {
+            Self::Any(_) => AssetScope::All,
+            Self::Scoped(s) => {
+                AssetScope::parse(&s.assets).unwrap_or(AssetScope::One(String::new()))
+            }
+        }
+    }
 }
 
 /// `[uploads]`.
@@ -382,10 +459,18 @@ impl OriginConfig {
             ));
         }
         for (name, token) in &self.auth.upload_tokens {
-            if token.len() < 16 {
+            if token.token().len() < 16 {
                 return Err(ConfigError::new(
                     format!("auth.upload_tokens.{name}"),
                     "must be at least 16 characters",
+                ));
+            }
+            if let UploadToken::Scoped(s) = token
+                && AssetScope::parse(&s.assets).is_none()
+            {
+                return Err(ConfigError::new(
+                    format!("auth.upload_tokens.{name}.assets"),
+                    "\"*\", \"<prefix>*\" (a-z A-Z 0-9 - _, at most 40) or one asset id",
                 ));
             }
         }

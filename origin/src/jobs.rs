@@ -68,6 +68,8 @@ pub async fn worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     tracing::error!(error = %e, asset = %job.asset, "A failed asset's objects could not be removed.");
                 }
                 app.forget_manifest(&job.asset);
+                // The reason is shown to uploaders: no folder of this machine in it.
+                let reason = without_local_paths(&reason, &app.config.state.dir);
                 if let Err(e) = app.db.finish_job(&job.asset, Err(reason)).await {
                     tracing::error!(error = %e, asset = %job.asset, "The job's end could not be recorded.");
                 }
@@ -241,4 +243,55 @@ async fn check_output(dir: &Path, asset: &str) -> Result<AssetManifest, String> 
         }
     }
     Ok(manifest)
+}
+
+/// `text` with the origin's state folder (uploads, work folders, database) and any other
+/// absolute path replaced by a short placeholder: failure reasons reach uploaders, and the
+/// machine's layout is none of their business (the log keeps the full text).
+fn without_local_paths(text: &str, state_dir: &Path) -> String {
+    let state = state_dir.to_string_lossy();
+    let text = if state.len() > 1 {
+        text.replace(state.as_ref(), "<state>")
+    } else {
+        text.to_owned()
+    };
+    text.split(' ')
+        .map(|word| {
+            let bare = word.trim_start_matches(['"', '\'', '(']);
+            if bare.starts_with('/') && bare.len() > 1 {
+                let end = bare.trim_end_matches(['"', '\'', ')', ':', ',']);
+                let tail = &bare[end.len()..];
+                let lead = &word[..word.len() - bare.len()];
+                let name = end.rsplit('/').next().unwrap_or("");
+                format!("{lead}<path>/{name}{tail}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_name_no_local_folder() {
+        let state = Path::new("/var/lib/estuary/origin");
+        let r = without_local_paths(
+            "/var/lib/estuary/origin/work/abc-1/x.mp4: Invalid data found when processing input",
+            state,
+        );
+        assert_eq!(
+            r,
+            "<state>/work/abc-1/x.mp4: Invalid data found when processing input"
+        );
+        let r = without_local_paths("cannot open \"/srv/media/in.mp4\": denied", state);
+        assert_eq!(r, "cannot open \"<path>/in.mp4\": denied");
+        assert_eq!(
+            without_local_paths("no video stream", state),
+            "no video stream"
+        );
+    }
 }

@@ -111,6 +111,15 @@ impl Storage {
         }
     }
 
+    /// Whether an object exists.
+    pub async fn exists(&self, rel: &str) -> Result<bool, StorageError> {
+        match self.store.head(&self.path(rel)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads a whole (small) object; `None` when it does not exist.
     pub async fn get_bytes(&self, rel: &str) -> Result<Option<Bytes>, StorageError> {
         match self.get(rel, None).await? {

@@ -44,8 +44,9 @@ fn plain(status: StatusCode, text: &str) -> Response {
     tus((status, format!("{text}\n")).into_response())
 }
 
-/// Checks `Tus-Resumable` (every request but `OPTIONS`) and the bearer token.
-fn admit(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Tus-Resumable` (every request but `OPTIONS`) and the bearer token; the assets
+/// the token manages.
+fn admit(app: &App, headers: &HeaderMap) -> Result<crate::app::Grant, Response> {
     match headers.get("tus-resumable").map(HeaderValue::as_bytes) {
         Some(v) if v == TUS_VERSION.as_bytes() => {}
         _ => {
@@ -126,9 +127,10 @@ fn upload_file(app: &App, id: &str) -> PathBuf {
 /// `POST /uploads/`: creates an upload of `Upload-Length` bytes. `Upload-Metadata` must name
 /// the `filename`; `asset` chooses the asset id (else one is made up).
 pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admit(&app, &headers) {
-        return r;
-    }
+    let grant = match admit(&app, &headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     if headers.contains_key("upload-defer-length") {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -164,8 +166,26 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
                 "asset: 1-64 of a-z A-Z 0-9 - _, starting with a letter or digit",
             );
         }
-        None => random_id(12),
+        // A scoped token's assets share its prefix.
+        None => match &grant.scope {
+            crate::config::AssetScope::Prefix(p) => format!("{p}{}", random_id(12)),
+            crate::config::AssetScope::One(one) => one.clone(),
+            crate::config::AssetScope::All => random_id(12),
+        },
     };
+    if let Err(r) = grant.may(&asset) {
+        return tus(r);
+    }
+    match app.asset_id_free_in_storage(&asset).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return plain(
+                StatusCode::CONFLICT,
+                &format!("asset {asset} is published in the storage by another origin"),
+            );
+        }
+        Err(r) => return tus(r),
+    }
     let id = random_id(32);
     let file = upload_file(&app, &id);
     if let Err(e) = std::fs::File::create(&file) {
@@ -197,14 +217,10 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         }
     }
     tracing::info!(upload = %id, asset = %asset, length, filename = %filename, "An upload was created.");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| app.config.listen.http.to_string());
+    // A path, resolved by the client against the URL it used (RFC 9110 allows a relative
+    // Location): never the client's own Host header echoed back.
     let mut r = tus(StatusCode::CREATED.into_response());
-    if let Ok(v) = HeaderValue::from_str(&format!("http://{host}/uploads/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/uploads/{id}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&asset) {
@@ -213,6 +229,29 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     r.headers_mut()
         .insert("upload-offset", HeaderValue::from(0));
     r
+}
+
+/// The offset to report and resume from: the recorded (synced) offset, or the bytes on disk
+/// if there are fewer (the file was cut behind the origin's back): never an offset whose
+/// bytes are not there. A lower figure is recorded.
+async fn durable_offset(app: &App, upload: &Upload) -> Result<u64, Response> {
+    if upload.complete {
+        // Its file has gone to packaging.
+        return Ok(upload.offset);
+    }
+    let on_disk = match std::fs::metadata(upload_file(app, &upload.id)) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(app.internal(e)),
+    };
+    if on_disk >= upload.offset {
+        return Ok(upload.offset);
+    }
+    tracing::warn!(upload = %upload.id, recorded = upload.offset, on_disk, "An upload file holds fewer bytes than its recorded offset; the upload resumes from the bytes on disk.");
+    if let Err(e) = app.db.set_offset(&upload.id, on_disk).await {
+        return Err(app.internal(e));
+    }
+    Ok(on_disk)
 }
 
 async fn known(app: &App, id: &str) -> Result<Upload, Response> {
@@ -232,16 +271,24 @@ pub async fn head(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = admit(&app, &headers) {
-        return r;
-    }
+    let grant = match admit(&app, &headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let upload = match known(&app, &id).await {
         Ok(u) => u,
         Err(r) => return r,
     };
+    if let Err(r) = grant.may(&upload.asset) {
+        return tus(r);
+    }
+    let offset = match durable_offset(&app, &upload).await {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
     let mut r = tus(StatusCode::OK.into_response());
     let h = r.headers_mut();
-    h.insert("upload-offset", HeaderValue::from(upload.offset));
+    h.insert("upload-offset", HeaderValue::from(offset));
     h.insert("upload-length", HeaderValue::from(upload.length));
     if let Ok(v) = HeaderValue::from_str(&upload.metadata)
         && !upload.metadata.is_empty()
@@ -257,13 +304,17 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = admit(&app, &headers) {
-        return r;
-    }
+    let grant = match admit(&app, &headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     let upload = match known(&app, &id).await {
         Ok(u) => u,
         Err(r) => return r,
     };
+    if let Err(r) = grant.may(&upload.asset) {
+        return tus(r);
+    }
     if upload.complete {
         return plain(StatusCode::CONFLICT, "the upload is complete");
     }
@@ -319,9 +370,10 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = admit(&app, &headers) {
-        return r;
-    }
+    let grant = match admit(&app, &headers) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
     if headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes)
         != Some(b"application/offset+octet-stream")
     {
@@ -351,10 +403,17 @@ pub async fn patch(
         Ok(u) => u,
         Err(r) => return r,
     };
+    if let Err(r) = grant.may(&upload.asset) {
+        return tus(r);
+    }
     if upload.complete {
         return plain(StatusCode::FORBIDDEN, "the upload is complete");
     }
-    if offset != upload.offset {
+    let durable = match durable_offset(&app, &upload).await {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    if offset != durable {
         return plain(StatusCode::CONFLICT, "Upload-Offset does not match");
     }
     let path = upload_file(&app, &id);
@@ -412,7 +471,9 @@ pub async fn patch(
         let _ = file.set_len(offset);
     };
     if too_long {
-        rollback(&file);
+        // What was synced has been recorded as the offset already: keep exactly that, so
+        // that the offset reported is always the bytes on disk.
+        let _ = file.set_len(offset + synced);
         return plain(
             StatusCode::PAYLOAD_TOO_LARGE,
             "the body goes past Upload-Length",

@@ -195,6 +195,18 @@ pub fn create_upload(base: &str, len: u64, name: &str) -> anyhow::Result<String>
                 .eq_ignore_ascii_case("location")
                 .then(|| v.trim().to_owned())
         })
+        .map(|location| {
+            // A path is resolved against the endpoint's scheme and authority.
+            if location.starts_with('/') {
+                let authority_end = base
+                    .find("://")
+                    .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+                    .unwrap_or(base.len());
+                format!("{}{location}", &base[..authority_end])
+            } else {
+                location
+            }
+        })
         .context("201 without a Location")
 }
 
