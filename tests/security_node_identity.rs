@@ -396,3 +396,63 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
     stop.store(true, Ordering::Relaxed);
     let _ = beats.join();
 }
+
+#[test]
+fn absurd_heartbeat_figures_and_unappliable_purge_targets_are_refused() {
+    let cp = ControlPlane::new("sec-figures");
+    let _cp = cp.start();
+    let a1 = cred("edge-a1");
+    let mut hb = heartbeat("edge-a1", "a", "edge", "http://127.0.0.1:9");
+    assert_eq!(beat(&cp, &a1, &hb).0, 200);
+    for (field, value) in [
+        ("capacity", serde_json::json!({"gbps": -5.0})),
+        ("capacity", serde_json::json!({"gbps": 1e300})),
+        ("load", serde_json::json!({"cpu": 7.0})),
+        ("load", serde_json::json!({"requests_per_second": -1.0})),
+        ("usage", serde_json::json!({"cache_hit_ratio": 3.0})),
+        ("version", serde_json::json!("x".repeat(5000))),
+        (
+            "inventory",
+            serde_json::json!([{"asset": "../etc", "state": "present"}]),
+        ),
+    ] {
+        let mut bad = hb.clone();
+        bad[field] = value.clone();
+        let (status, body) = beat(&cp, &a1, &bad);
+        assert_eq!(status, 400, "{field} = {value}: {body}");
+    }
+    // The registry kept the last good figures.
+    let nodes = cp.nodes();
+    let a1_state = nodes
+        .iter()
+        .find(|n| n["id"] == "edge-a1")
+        .expect("edge-a1");
+    assert!(
+        a1_state["capacity"]["gbps"]
+            .as_f64()
+            .is_some_and(|g| (0.0..=10_000.0).contains(&g))
+    );
+    hb["capacity"] = serde_json::json!({"gbps": 40.0});
+    assert_eq!(beat(&cp, &a1, &hb).0, 200);
+
+    // A purge target no edge can apply (an escaped '%', '?', '#' or '/', a bad escape) is
+    // refused at once instead of being retried forever.
+    for target in [
+        "/v/a%25b", "/v/a%3Fb", "/v/a%23b", "/v/a%2Fb", "/v/a%zz", "/v/a?b",
+    ] {
+        let body = serde_json::json!({ "target": target }).to_string();
+        let (status, _, _) = cp.get(
+            "/v1/purges",
+            OPS,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+            ],
+        );
+        assert_eq!(status, 400, "{target}");
+    }
+}

@@ -115,6 +115,69 @@ pub struct Heartbeat {
     pub leaving: bool,
 }
 
+impl Heartbeat {
+    /// Checks every figure and text a node reports against its range (a hostile node must not
+    /// put NaN, negative or absurd figures into placement and steering, nor megabytes of text
+    /// into the registry); `Err` names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let figure = |name: &str, v: f64, max: f64| {
+            if v.is_finite() && (0.0..=max).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a number from 0 to {max}"))
+            }
+        };
+        figure("capacity.gbps", self.capacity.gbps, 10_000.0)?;
+        figure("load.bytes_per_second", self.load.bytes_per_second, 1e13)?;
+        figure(
+            "load.requests_per_second",
+            self.load.requests_per_second,
+            1e9,
+        )?;
+        figure("load.cpu", self.load.cpu, 1.0)?;
+        figure("usage.cache_hit_ratio", self.usage.cache_hit_ratio, 1.0)?;
+        for (name, v) in [
+            ("addresses.http", &self.addresses.http),
+            ("addresses.https", &self.addresses.https),
+            ("addresses.admin", &self.addresses.admin),
+        ] {
+            if let Some(v) = v
+                && (v.len() > 512
+                    || !(v.starts_with("http://") || v.starts_with("https://"))
+                    || !v.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return Err(format!(
+                    "{name} must be an http(s) base URL of at most 512 bytes"
+                ));
+            }
+        }
+        let short = |name: &str, v: &str| {
+            if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(())
+            } else {
+                Err(format!("{name}: at most 64 printable characters"))
+            }
+        };
+        short("version", &self.version)?;
+        short("instance", &self.instance)?;
+        if self.inventory.len() > 100_000 {
+            return Err("inventory: at most 100000 assets".into());
+        }
+        for item in &self.inventory {
+            if !crate::asset::valid_asset_id(&item.asset) {
+                return Err("inventory: an asset id is not valid".into());
+            }
+            if !matches!(item.state.as_str(), "present" | "filling" | "failed") {
+                return Err("inventory: state is present, filling or failed".into());
+            }
+            if item.error.as_ref().is_some_and(|e| e.len() > 4096) {
+                return Err("inventory: an error is at most 4096 bytes".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One pre-positioned asset on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -280,6 +280,12 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                 .into_response(),
         );
     }
+    if let Err(why) = hb.check() {
+        return refuse(
+            &app,
+            (StatusCode::BAD_REQUEST, format!("not a heartbeat: {why}\n")).into_response(),
+        );
+    }
     // A credential speaks for its own node, site and role only.
     if let Err(why) = crate::identity::admit(&app.config.auth, &caller, &hb) {
         let why = why.to_string();
@@ -572,6 +578,34 @@ fn valid_target(t: &str) -> bool {
         && !path.contains('*')
         && path.bytes().all(|b| b.is_ascii_graphic())
         && !path.split('/').any(|s| s == ".." || s == ".")
+        && escapes_an_edge_accepts(path)
+}
+
+/// Whether every `%` escape in a path is one an edge's canonical path keeps: two hex digits,
+/// and not an escaped `%`, `?`, `#`, `/` or `\` (which edges refuse with 400, so a purge of
+/// such a path could never be applied).
+fn escapes_an_edge_accepts(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let Some(hex) = path.get(i + 1..i + 3) else {
+                return false;
+            };
+            match u8::from_str_radix(hex, 16) {
+                Ok(b'%' | b'?' | b'#' | b'/' | b'\\') | Err(_) => return false,
+                Ok(b) if b < 0x20 || b == 0x7f => return false,
+                Ok(_) => {}
+            }
+            i += 3;
+        } else {
+            if bytes[i] == b'?' || bytes[i] == b'#' {
+                return false;
+            }
+            i += 1;
+        }
+    }
+    true
 }
 
 /// `POST /v1/purges` `{"target": "/v/abc/*"}`: purges on every edge; answers with the

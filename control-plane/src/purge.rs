@@ -58,7 +58,11 @@ pub async fn round(app: &App, client: &Client) {
         let Some(admin) = &state.addresses.admin else {
             let _ = app
                 .store
-                .delivery_result(purge, &node, Err("the edge has no admin address".into()))
+                .delivery_result(
+                    purge,
+                    &node,
+                    Err(("the edge has no admin address".into(), true)),
+                )
                 .await;
             continue;
         };
@@ -74,7 +78,7 @@ pub async fn round(app: &App, client: &Client) {
                         .delivery_result(
                             purge,
                             &node,
-                            Err("no credential for this edge: give it [auth.nodes] (or set [purge] edge_token)".into()),
+                            Err(("no credential for this edge: give it [auth.nodes] (or set [purge] edge_token)".into(), true)),
                         )
                         .await;
                     continue;
@@ -86,8 +90,11 @@ pub async fn round(app: &App, client: &Client) {
             Ok(()) => {
                 tracing::info!(purge, node = %node, target = %target, "A purge reached an edge.")
             }
-            Err(e) => {
+            Err((e, true)) => {
                 tracing::warn!(purge, node = %node, target = %target, error = %e, "A purge did not reach an edge; it will be retried.")
+            }
+            Err((e, false)) => {
+                tracing::warn!(purge, node = %node, target = %target, error = %e, "An edge refused a purge it can never apply; it is not retried.")
             }
         }
         if let Err(e) = app.store.delivery_result(purge, &node, result).await {
@@ -96,12 +103,19 @@ pub async fn round(app: &App, client: &Client) {
     }
 }
 
-async fn deliver(client: &Client, admin: &str, target: &str, token: &str) -> Result<(), String> {
+/// Sends one purge; `Err((why, retry))`, where `retry` is false when the edge says the
+/// request itself is wrong (400, 414, 422: it would answer the same forever).
+async fn deliver(
+    client: &Client,
+    admin: &str,
+    target: &str,
+    token: &str,
+) -> Result<(), (String, bool)> {
     let url = format!("{}/cache{target}", admin.trim_end_matches('/'));
     let request = http::Request::delete(&url)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::new())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), false))?;
     match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
         Ok(Ok(resp)) => {
             let status = resp.status();
@@ -109,10 +123,11 @@ async fn deliver(client: &Client, admin: &str, target: &str, token: &str) -> Res
             if status.is_success() {
                 Ok(())
             } else {
-                Err(format!("the edge answered {status}"))
+                let retry = !matches!(status.as_u16(), 400 | 414 | 422);
+                Err((format!("the edge answered {status}"), retry))
             }
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err((e.to_string(), true)),
+        Err(_) => Err(("timed out".into(), true)),
     }
 }

@@ -127,7 +127,8 @@ impl Prepositioner {
                 let (state, error) = match &item.state {
                     State::Present => ("present", None),
                     State::Filling => ("filling", None),
-                    State::Failed(e, _) => ("failed", Some(e.clone())),
+                    // The control plane takes at most 4 KiB of it.
+                    State::Failed(e, _) => ("failed", Some(e.chars().take(1000).collect())),
                 };
                 InventoryItem {
                     asset: asset.clone(),

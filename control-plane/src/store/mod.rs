@@ -156,12 +156,13 @@ impl Store {
         on_backend!(self, s => s.pending_deliveries().await)
     }
 
-    /// Records one delivery attempt.
+    /// Records one delivery attempt: `Ok` done; `Err((reason, retry))`, pending again when
+    /// `retry`, else `refused` for good (the edge can never apply it).
     pub async fn delivery_result(
         &self,
         purge: i64,
         node: &str,
-        result: Result<(), String>,
+        result: Result<(), (String, bool)>,
     ) -> Result<(), StoreError> {
         on_backend!(self, s => s.delivery_result(purge, node, result).await)
     }

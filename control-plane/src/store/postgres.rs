@@ -245,7 +245,7 @@ impl PostgresStore {
         &self,
         purge: i64,
         node: &str,
-        result: Result<(), String>,
+        result: Result<(), (String, bool)>,
     ) -> Result<(), StoreError> {
         let c = self.client().await?;
         let now = to_db(estuary_common::unix_now())?;
@@ -258,11 +258,12 @@ impl PostgresStore {
                 )
                 .await?
             }
-            Err(e) => {
+            Err((e, retry)) => {
                 c.execute(
-                    "UPDATE purge_deliveries SET attempts = attempts + 1, last_error = $3, updated_at = $4
+                    "UPDATE purge_deliveries SET attempts = attempts + 1, last_error = $3, updated_at = $4,
+                     state = CASE WHEN $5 THEN state ELSE 'refused' END
                      WHERE purge = $1 AND node = $2",
-                    &[&purge, &node, &e, &now],
+                    &[&purge, &node, &e, &now, &retry],
                 )
                 .await?
             }

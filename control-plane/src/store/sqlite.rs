@@ -203,7 +203,7 @@ impl SqliteStore {
         &self,
         purge: i64,
         node: &str,
-        result: Result<(), String>,
+        result: Result<(), (String, bool)>,
     ) -> Result<(), StoreError> {
         let node = node.to_owned();
         self.with(move |c| {
@@ -214,10 +214,11 @@ impl SqliteStore {
                      updated_at = ?3 WHERE purge = ?1 AND node = ?2",
                     params![purge, node, now],
                 )?,
-                Err(e) => c.execute(
-                    "UPDATE purge_deliveries SET attempts = attempts + 1, last_error = ?3, updated_at = ?4
+                Err((e, retry)) => c.execute(
+                    "UPDATE purge_deliveries SET attempts = attempts + 1, last_error = ?3, updated_at = ?4,
+                     state = CASE WHEN ?5 THEN state ELSE 'refused' END
                      WHERE purge = ?1 AND node = ?2",
-                    params![purge, node, e, now],
+                    params![purge, node, e, now, retry],
                 )?,
             };
             Ok(())
