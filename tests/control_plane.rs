@@ -127,6 +127,14 @@ fn nodes_register_go_down_and_up_and_the_state_feed_follows(backend: Backend) {
         .0
     };
     assert_eq!(put(OPS, body), 200);
+    // The README's form, without a name (the path names the site).
+    assert_eq!(
+        put(
+            OPS,
+            r#"{"location":[48.85,2.35],"coverage":["10.1.0.0/16"]}"#
+        ),
+        200
+    );
     assert_eq!(put(LAB, body), 403, "a node token managed a site");
     assert_eq!(put(OPS, r#"{"coverage":["not-a-cidr"]}"#), 400);
     let (_, _, audit) = cp.get("/v1/audit", OPS, &[]);

@@ -222,6 +222,8 @@ pub struct HeartbeatReply {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Site {
+    /// Its name; in `PUT /v1/sites/<name>` it may be left out (the path names the site).
+    #[serde(default)]
     pub name: String,
     /// Latitude and longitude, for "nearest site" choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]

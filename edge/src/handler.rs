@@ -1148,6 +1148,9 @@ fn select_range_of_len(h: &HeaderMap, len: u64) -> RangeChoice {
         }
         Ok(_) => RangeChoice::Full,
         Err(E::Invalid(_)) => RangeChoice::Full,
+        // Several overlapping ranges: the whole file, as for any several ranges (the cost of
+        // the answer stays the file's size).
+        Err(E::Rejected(http_range_header::RangeRejected::TooManyOverlapping)) => RangeChoice::Full,
         Err(_) => RangeChoice::Unsatisfiable,
     }
 }
@@ -1322,6 +1325,11 @@ mod tests {
         ));
         assert!(matches!(
             select_range(&range("bytes=0-1,5-6"), &e),
+            RangeChoice::Full
+        ));
+        // Overlapping ranges too (they were 416, against the README).
+        assert!(matches!(
+            select_range(&range("bytes=0-10,5-20"), &e),
             RangeChoice::Full
         ));
         assert!(matches!(

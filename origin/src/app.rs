@@ -473,8 +473,11 @@ async fn serve_asset_inner(
             let (a, b) = (*ranges[0].start(), *ranges[0].end());
             (StatusCode::PARTIAL_CONTENT, Some((a, b)))
         }
-        // Several ranges: the whole file (RFC 9110 allows ignoring Range).
-        Some(Ok(Ok(_))) => (StatusCode::OK, None),
+        // Several ranges, overlapping or not: the whole file (RFC 9110 allows ignoring Range).
+        Some(Ok(Ok(_)))
+        | Some(Ok(Err(http_range_header::RangeUnsatisfiableError::Rejected(
+            http_range_header::RangeRejected::TooManyOverlapping,
+        )))) => (StatusCode::OK, None),
         Some(Ok(Err(_))) | Some(Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable)) => {
             let mut r =
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n").into_response();
