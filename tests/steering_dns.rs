@@ -272,14 +272,31 @@ fn geo_dns_answers_by_client_subnet_with_correct_negative_answers_truncation_and
     }
 
     // Forty edges do not fit in 512 bytes: truncated over UDP without EDNS, whole over TCP.
+    // With a 4 KiB buffer they fit, but the answer is over three times the query: only a
+    // client that proved its address with a DNS cookie gets it over UDP.
     let r = probe(
         dns,
         serde_json::json!([
             {"name": "big.cdn.example.", "type": "A", "edns": false},
             {"name": "big.cdn.example.", "type": "A", "tcp": true},
+            {"name": "big.cdn.example.", "type": "A", "payload": 4096, "cookie": true},
             {"name": "big.cdn.example.", "type": "A", "payload": 4096}
         ]),
     );
+    assert_eq!(
+        r[3]["tc"], true,
+        "an unproven address got a large answer: {}",
+        r[3]
+    );
+    assert_eq!(
+        r[3]["answers"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r[3]
+    );
+    assert_eq!(r[3]["cookie_len"], serde_json::Value::Null, "{}", r[3]);
+    assert_eq!(r[2]["tc"], false, "{}", r[2]);
+    assert_eq!(r[2]["cookie_len"], 24, "{}", r[2]);
     assert_eq!(r[0]["tc"], true, "{}", r[0]);
     assert!(r[0]["answers"].as_array().map_or(0, Vec::len) < 40);
     assert_eq!(r[1]["tc"], false);
@@ -366,6 +383,46 @@ fn responses_over_the_rate_limit_are_dropped_or_truncated_and_tcp_still_answers(
         text.contains(
             "estuary_steering_dns_responses_total{rcode=\"noerror\",transport=\"tcp\"} 1"
         ),
+        "{text}"
+    );
+}
+
+#[test]
+fn rate_limits_hold_per_client_network_across_names_and_subnets_and_cookies_prove_a_client() {
+    let (site, dns, _p) = start(
+        "steer-rrl-networks",
+        "rrl_responses_per_second = 20\nrrl_nxdomains_per_second = 20\nrrl_slip = 2\n",
+    );
+    let r = probe(
+        dns,
+        serde_json::json!([
+            {"flood": 200, "name": "edge.cdn.example.", "type": "A", "timeout": 0.5,
+             "vary": "names", "blast": true},
+            {"flood": 200, "name": "edge.cdn.example.", "type": "A", "timeout": 0.5,
+             "vary": "subnets", "blast": true},
+        ]),
+    );
+    // Varying the name asked (random subdomains: NXDOMAIN) or the ECS network no longer buys
+    // more responses: one network's budget is the same whatever it asks (before: 166 of 200
+    // answered with a limit of 20).
+    for counts in &r[..2] {
+        let answered = counts["answered"].as_u64().unwrap_or(0);
+        assert!(answered < 100, "{counts}");
+        assert!(counts["lost"].as_u64().unwrap_or(0) > 0, "{counts}");
+    }
+    // A client that returns its server cookie has proven its address: not rate limited.
+    let r = probe(
+        dns,
+        serde_json::json!([
+            {"flood": 200, "name": "edge.cdn.example.", "type": "A", "timeout": 1.0,
+             "cookie": true, "blast": true},
+        ]),
+    );
+    assert_eq!(r[0]["answered"], 200, "{}", r[0]);
+    let (_, _, body) = fetch(&site.url("/metrics"), &[]);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("estuary_steering_dns_amplification_capped_total"),
         "{text}"
     );
 }

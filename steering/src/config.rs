@@ -205,10 +205,25 @@ pub struct DnsConfig {
     /// `hostmaster.<zone>`.
     #[serde(default)]
     pub contact: Option<String>,
-    /// Response rate limiting against amplification: UDP responses per second to one client
-    /// network (an IPv4 /24 or an IPv6 /56); 0 turns it off.
+    /// Response rate limiting against amplification: UDP answers (NOERROR with records) per
+    /// second to one client network (an IPv4 /24 or an IPv6 /56), whatever names or ECS
+    /// networks it asks for; 0 turns it off. Clients that return a valid DNS cookie (RFC
+    /// 7873) are not limited.
     #[serde(default = "default_rrl_rate")]
     pub rrl_responses_per_second: u32,
+    /// The same for negative answers (NXDOMAIN and NODATA): a random-subdomain flood spends
+    /// this budget, not the answers'. Default: a tenth of `rrl_responses_per_second`.
+    #[serde(default)]
+    pub rrl_nxdomains_per_second: Option<u32>,
+    /// The same for errors (REFUSED, SERVFAIL, FORMERR, NOTIMP). Default: a tenth of
+    /// `rrl_responses_per_second`.
+    #[serde(default)]
+    pub rrl_errors_per_second: Option<u32>,
+    /// The secret server cookies are made with (32 hex digits); give every server of an
+    /// anycast group the same one. Default: a random secret made at start (cookies then
+    /// last until a restart).
+    #[serde(default)]
+    pub cookie_secret: Option<String>,
     /// Of the responses over the limit, every `rrl_slip`-th is sent truncated (empty, TC set,
     /// so a real resolver retries over TCP) and the others are dropped; 0 drops them all.
     #[serde(default = "default_rrl_slip")]
@@ -470,6 +485,14 @@ impl SteeringConfig {
             }
             if dns.workers.is_some_and(|w| !(1..=256).contains(&w)) {
                 return Err(ConfigError::new("dns.workers", "must be 1 to 256"));
+            }
+            if let Some(secret) = &dns.cookie_secret
+                && crate::dns::CookieSecret::from_hex(secret).is_none()
+            {
+                return Err(ConfigError::new(
+                    "dns.cookie_secret",
+                    "must be 32 hex digits (16 bytes)",
+                ));
             }
             if !(1..=16).contains(&dns.answers) {
                 return Err(ConfigError::new("dns.answers", "must be 1 to 16"));

@@ -11,7 +11,15 @@
 //!   an authoritative server, not a resolver).
 //! - UDP answers larger than the client's buffer (512 bytes without EDNS) are truncated by the
 //!   encoder (TC set), so the resolver retries over TCP.
-//! - Response rate limiting per client network (IPv4 /24, IPv6 /56) over UDP, with slip.
+//! - Response rate limiting per client network (IPv4 /24, IPv6 /56) over UDP, with slip,
+//!   across every name and ECS network it asks for, with separate budgets for answers,
+//!   negative answers (NXDOMAIN, NODATA) and errors, as BIND and Knot do.
+//! - DNS cookies (RFC 7873, server cookies as RFC 9018 lays them out): a client that returns a
+//!   valid server cookie has proven its address, so it is neither rate limited nor held to
+//!   the amplification cap below.
+//! - UDP answers to clients that have not proven their address are at most three times the
+//!   size of their query; a larger answer goes out empty with TC set, so the resolver retries
+//!   over TCP (or with a cookie).
 //!
 //! The answer itself is the pure [`Zone::answer`]: it takes the query, the client, the view
 //! and the RRL verdict, and returns the sections; the async handler only counts and sends.
@@ -399,56 +407,100 @@ fn client_net(ip: IpAddr) -> IpNet {
         .unwrap_or_else(|_| IpNet::from(ip))
 }
 
-/// What counts as one stream of identical responses (as BIND's RRL does): the client's
-/// network, the name and type asked, and the ECS network asked for. A reflection attack
-/// repeats one query; a resolver serving many clients asks for many ECS networks.
-fn rrl_key(question: &Question<'_>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    client_net(question.client).hash(&mut h);
-    question.name.hash(&mut h);
-    u16::from(question.query_type).hash(&mut h);
-    if let Some(s) = question.subnet {
-        IpNet::new(s.addr(), s.source_prefix())
-            .map(|n| n.trunc())
-            .ok()
-            .hash(&mut h);
+/// Which budget a response spends (as BIND's RRL sorts them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// An answer with records.
+    Answers,
+    /// NXDOMAIN, or NOERROR without records (NODATA).
+    Negative,
+    /// REFUSED, SERVFAIL, FORMERR, NOTIMP and the like.
+    Errors,
+}
+
+impl Budget {
+    /// The budget an answer spends.
+    pub fn of(answer: &Answer) -> Self {
+        match answer.response_code {
+            ResponseCode::NoError if !answer.answers.is_empty() => Budget::Answers,
+            ResponseCode::NoError | ResponseCode::NXDomain => Budget::Negative,
+            _ => Budget::Errors,
+        }
     }
-    h.finish()
+}
+
+/// The key of one client network's budget: the network alone, whatever names, types or ECS
+/// networks it asks for (varying them must not buy more responses).
+fn rrl_key(client: IpAddr) -> IpNet {
+    client_net(client)
 }
 
 type KeyedLimiter = governor::RateLimiter<
-    u64,
-    governor::state::keyed::DefaultKeyedStateStore<u64>,
+    IpNet,
+    governor::state::keyed::DefaultKeyedStateStore<IpNet>,
     governor::clock::DefaultClock,
 >;
 
-/// Response rate limiting: a token bucket per stream of identical responses, with slip.
+fn limiter(per_second: u32) -> Option<KeyedLimiter> {
+    NonZeroU32::new(per_second).map(|rate| {
+        // A burst of one second's worth.
+        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
+    })
+}
+
+/// Response rate limiting: a token bucket per client network and budget, with slip.
 pub struct RateLimit {
-    limiter: Option<KeyedLimiter>,
+    answers: Option<KeyedLimiter>,
+    negative: Option<KeyedLimiter>,
+    errors: Option<KeyedLimiter>,
     slip: u32,
     over: AtomicU64,
 }
 
 impl RateLimit {
+    /// `per_second` answers, and a tenth of it (at least one) for negative answers and errors.
     pub fn new(per_second: u32, slip: u32) -> Self {
-        let limiter = NonZeroU32::new(per_second).map(|rate| {
-            // A burst of one second's worth.
-            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
-        });
+        let tenth = if per_second == 0 {
+            0
+        } else {
+            (per_second / 10).max(1)
+        };
+        Self::with_budgets(per_second, tenth, tenth, slip)
+    }
+
+    pub fn with_budgets(answers: u32, negative: u32, errors: u32, slip: u32) -> Self {
         Self {
-            limiter,
+            answers: limiter(answers),
+            negative: limiter(negative),
+            errors: limiter(errors),
             slip,
             over: AtomicU64::new(0),
         }
     }
 
-    /// The verdict for one UDP response to `question`.
-    pub fn check(&self, question: &Question<'_>) -> Limited {
-        let Some(limiter) = &self.limiter else {
+    /// The limits `[dns]` asks for.
+    pub fn from_config(c: &DnsConfig) -> Self {
+        let r = c.rrl_responses_per_second;
+        let tenth = if r == 0 { 0 } else { (r / 10).max(1) };
+        Self::with_budgets(
+            r,
+            c.rrl_nxdomains_per_second.unwrap_or(tenth),
+            c.rrl_errors_per_second.unwrap_or(tenth),
+            c.rrl_slip,
+        )
+    }
+
+    /// The verdict for one UDP response from `budget` to `client`.
+    pub fn check(&self, client: IpAddr, budget: Budget) -> Limited {
+        let limiter = match budget {
+            Budget::Answers => &self.answers,
+            Budget::Negative => &self.negative,
+            Budget::Errors => &self.errors,
+        };
+        let Some(limiter) = limiter else {
             return Limited::No;
         };
-        if limiter.check_key(&rrl_key(question)).is_ok() {
+        if limiter.check_key(&rrl_key(client)).is_ok() {
             return Limited::No;
         }
         let n = self.over.fetch_add(1, Ordering::Relaxed);
@@ -461,9 +513,99 @@ impl RateLimit {
 
     /// Forgets streams that are back under their limit (keeps memory bounded).
     pub fn shrink(&self) {
-        if let Some(l) = &self.limiter {
+        for l in [&self.answers, &self.negative, &self.errors]
+            .into_iter()
+            .flatten()
+        {
             l.retain_recent();
             l.shrink_to_fit();
+        }
+    }
+}
+
+/// The secret server cookies are made with.
+#[derive(Clone)]
+pub struct CookieSecret([u8; 16]);
+
+impl std::fmt::Debug for CookieSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSecret")
+    }
+}
+
+/// What a query's COOKIE option says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieCheck {
+    /// A client cookie and a server cookie this server made for this client, less than an
+    /// hour ago: the client has proven its address.
+    Valid([u8; 8]),
+    /// A client cookie, without a valid server cookie (first contact, an old or a forged
+    /// one): answered with a fresh server cookie, not trusted.
+    Unproven([u8; 8]),
+    /// A length RFC 7873 does not allow: FORMERR.
+    Malformed,
+}
+
+/// How long a server cookie is accepted.
+const COOKIE_LIFETIME: u32 = 3600;
+
+impl CookieSecret {
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// A random secret (cookies then last until a restart).
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// The 16-byte server cookie for `client_cookie` from `client` at `now` (RFC 9018:
+    /// version 1, three reserved bytes, the time, and a SipHash-2-4 of all of it with the
+    /// client's address).
+    pub fn server_cookie(&self, client_cookie: &[u8; 8], client: IpAddr, now: u32) -> [u8; 16] {
+        use std::hash::Hasher;
+        let mut head = [0u8; 8];
+        head[0] = 1;
+        head[4..8].copy_from_slice(&now.to_be_bytes());
+        let mut h = siphasher::sip::SipHasher24::new_with_key(&self.0);
+        h.write(client_cookie);
+        h.write(&head);
+        match crate::geo::canonical_ip(client) {
+            IpAddr::V4(a) => h.write(&a.octets()),
+            IpAddr::V6(a) => h.write(&a.octets()),
+        }
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&head);
+        out[8..].copy_from_slice(&h.finish().to_be_bytes());
+        out
+    }
+
+    /// Checks a COOKIE option's data from `client` at `now`.
+    pub fn check(&self, option: &[u8], client: IpAddr, now: u32) -> CookieCheck {
+        let Some(client_cookie) = option.get(..8).and_then(|c| <[u8; 8]>::try_from(c).ok()) else {
+            return CookieCheck::Malformed;
+        };
+        match option.len() {
+            8 => CookieCheck::Unproven(client_cookie),
+            16..=40 => {
+                let server = &option[8..];
+                let valid = server.len() == 16 && server[0] == 1 && {
+                    let made = u32::from_be_bytes([server[4], server[5], server[6], server[7]]);
+                    let fresh =
+                        now.wrapping_sub(made) < COOKIE_LIFETIME || made.wrapping_sub(now) < 300;
+                    fresh && {
+                        let expected = self.server_cookie(&client_cookie, client, made);
+                        bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], server))
+                    }
+                };
+                if valid {
+                    CookieCheck::Valid(client_cookie)
+                } else {
+                    CookieCheck::Unproven(client_cookie)
+                }
+            }
+            _ => CookieCheck::Malformed,
         }
     }
 }
@@ -474,6 +616,7 @@ pub struct DnsMetrics {
     rrl_slipped: IntCounter,
     rrl_dropped: IntCounter,
     malformed: IntCounter,
+    capped: IntCounter,
 }
 
 /// Response codes with a series of their own; the rest count as `other`.
@@ -503,7 +646,12 @@ impl DnsMetrics {
         )?;
         registry.register(Box::new(responses.clone()))?;
         registry.register(Box::new(rrl.clone()))?;
+        let capped = IntCounter::new(
+            "estuary_steering_dns_amplification_capped_total",
+            "UDP answers to unproven addresses that were over three times their query's size, sent empty and truncated instead.",
+        )?;
         registry.register(Box::new(malformed.clone()))?;
+        registry.register(Box::new(capped.clone()))?;
         let by_rcode =
             |transport: &str| RCODES.map(|code| responses.with_label_values(&[transport, code]));
         Ok(Self {
@@ -511,6 +659,7 @@ impl DnsMetrics {
             rrl_slipped: rrl.with_label_values(&["slipped"]),
             rrl_dropped: rrl.with_label_values(&["dropped"]),
             malformed,
+            capped,
         })
     }
 
@@ -527,6 +676,7 @@ pub struct Handler {
     pub zone: Zone,
     pub state: Arc<StateHolder>,
     pub rrl: RateLimit,
+    pub cookies: CookieSecret,
     pub metrics: DnsMetrics,
     /// The current view with its edges' addresses, worked out once per view.
     pub resolved: arc_swap::ArcSwapOption<Resolved>,
@@ -536,11 +686,18 @@ pub struct Handler {
 pub type Resolved = (Arc<View>, Vec<Option<IpAddr>>);
 
 impl Handler {
-    pub fn new(zone: Zone, state: Arc<StateHolder>, rrl: RateLimit, metrics: DnsMetrics) -> Self {
+    pub fn new(
+        zone: Zone,
+        state: Arc<StateHolder>,
+        rrl: RateLimit,
+        cookies: CookieSecret,
+        metrics: DnsMetrics,
+    ) -> Self {
         Self {
             zone,
             state,
             rrl,
+            cookies,
             metrics,
             resolved: arc_swap::ArcSwapOption::empty(),
         }
@@ -566,6 +723,8 @@ pub struct Reply {
     pub metadata: Metadata,
     pub answer: Answer,
     pub edns: Option<Edns>,
+    /// The client returned a valid server cookie: its address is proven.
+    pub verified: bool,
 }
 
 impl Handler {
@@ -581,10 +740,18 @@ impl Handler {
             out
         });
         let queries = request.queries.queries();
+        let now = u32::try_from(estuary_common::unix_now() % (1 << 32)).unwrap_or(0);
+        let cookie = request_edns.and_then(|e| match e.option(EdnsCode::Cookie) {
+            Some(EdnsOption::Unknown(_, data)) => {
+                Some(self.cookies.check(data, request.src().ip(), now))
+            }
+            _ => None,
+        });
+        let verified = matches!(cookie, Some(CookieCheck::Valid(_)));
         let answer = if request.metadata.op_code != OpCode::Query {
             self.metrics.malformed.inc();
             Answer::code(ResponseCode::NotImp)
-        } else if queries.len() != 1 {
+        } else if queries.len() != 1 || cookie == Some(CookieCheck::Malformed) {
             self.metrics.malformed.inc();
             Answer::code(ResponseCode::FormErr)
         } else if request_edns.is_some_and(|e| e.version() > 0) {
@@ -602,23 +769,44 @@ impl Handler {
                 client: request.src().ip(),
                 subnet: subnet.as_ref(),
             };
-            let limited = if protocol == Protocol::Udp {
-                self.rrl.check(&question)
-            } else {
-                Limited::No
-            };
-            match limited {
-                Limited::Slip => self.metrics.rrl_slipped.inc(),
-                Limited::Drop => self.metrics.rrl_dropped.inc(),
-                Limited::No => {}
-            }
             let view = self.view();
             self.zone.answer(
                 &question,
                 view.as_ref().map(|v| (&v.0.topology, v.1.as_slice())),
-                limited,
+                Limited::No,
             )?
         };
+        // Rate limited per client network and budget, over UDP, unless the client proved its
+        // address with a cookie.
+        let limited = if protocol == Protocol::Udp && !verified {
+            self.rrl.check(request.src().ip(), Budget::of(&answer))
+        } else {
+            Limited::No
+        };
+        let answer = match limited {
+            Limited::No => answer,
+            Limited::Slip => {
+                self.metrics.rrl_slipped.inc();
+                Answer {
+                    truncated: true,
+                    client_subnet: answer.client_subnet,
+                    ..Answer::code(ResponseCode::NoError)
+                }
+            }
+            Limited::Drop => {
+                self.metrics.rrl_dropped.inc();
+                return None;
+            }
+        };
+        if let (Some(e), Some(CookieCheck::Valid(c) | CookieCheck::Unproven(c))) =
+            (edns.as_mut(), cookie)
+        {
+            let mut data = Vec::with_capacity(24);
+            data.extend_from_slice(&c);
+            data.extend_from_slice(&self.cookies.server_cookie(&c, request.src().ip(), now));
+            e.options_mut()
+                .insert(EdnsOption::Unknown(u16::from(EdnsCode::Cookie), data));
+        }
         metadata.response_code = answer.response_code;
         metadata.authoritative = answer.authoritative;
         metadata.truncation = answer.truncated;
@@ -630,6 +818,7 @@ impl Handler {
             metadata,
             answer,
             edns,
+            verified,
         })
     }
 
@@ -676,7 +865,29 @@ impl Handler {
         );
         let mut encoder = BinEncoder::new(out);
         encoder.set_max_size(max);
-        response.destructive_emit(&mut encoder).is_ok()
+        if response.destructive_emit(&mut encoder).is_err() {
+            return false;
+        }
+        // Amplification cap: an unproven address gets at most three times its query's size;
+        // above it, an empty truncated answer (with the cookie, so the retry can be proven).
+        if !reply.verified && out.len() > 3 * packet.len() {
+            self.metrics.capped.inc();
+            let mut metadata = reply.metadata;
+            metadata.truncation = true;
+            let response = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref())
+                .build(
+                    metadata,
+                    std::iter::empty(),
+                    std::iter::empty(),
+                    std::iter::empty(),
+                    std::iter::empty(),
+                );
+            out.clear();
+            let mut encoder = BinEncoder::new(out);
+            encoder.set_max_size(max);
+            return response.destructive_emit(&mut encoder).is_ok();
+        }
+        true
     }
 }
 
@@ -996,6 +1207,9 @@ mod tests {
             ns_addresses: vec!["192.0.2.53".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))],
             contact: None,
             rrl_responses_per_second: 0,
+            rrl_nxdomains_per_second: None,
+            rrl_errors_per_second: None,
+            cookie_secret: None,
             rrl_slip: 2,
             tcp_timeout: Duration::from_secs(10),
             workers: None,
@@ -1091,39 +1305,72 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_limit_slips_every_second_response_over_it() {
-        let rrl = RateLimit::new(3, 2);
-        let name = lower("edge.cdn.example.");
-        fn ask<'a>(
-            name: &'a LowerName,
-            client: [u8; 4],
-            subnet: Option<&'a ClientSubnet>,
-        ) -> Question<'a> {
-            Question {
-                name,
-                query_type: RecordType::A,
-                query_class: DNSClass::IN,
-                client: IpAddr::from(client),
-                subnet,
-            }
-        }
-        let q = ask(&name, [198, 51, 100, 7], None);
-        let verdicts: Vec<Limited> = (0..9).map(|_| rrl.check(&q)).collect();
+    fn the_rate_limit_slips_every_second_response_over_it_per_network_and_budget() {
+        let rrl = RateLimit::with_budgets(3, 2, 1, 2);
+        let client = IpAddr::from([198, 51, 100, 7]);
+        let verdicts: Vec<Limited> = (0..9).map(|_| rrl.check(client, Budget::Answers)).collect();
         assert_eq!(verdicts[..3], [Limited::No; 3]);
         assert!(verdicts[3..].contains(&Limited::Slip) && verdicts[3..].contains(&Limited::Drop));
-        // Another client network, or another ECS network asked for, is another stream; the
-        // same /24 asking the same is the same stream.
-        assert_eq!(rrl.check(&ask(&name, [198, 51, 101, 7], None)), Limited::No);
-        let subnet = ClientSubnet::new(IpAddr::from([10, 1, 2, 0]), 24, 0);
-        assert_eq!(
-            rrl.check(&ask(&name, [198, 51, 100, 7], Some(&subnet))),
-            Limited::No
-        );
+        // The same /24 is the same budget whatever it asks; another network has its own.
         assert_ne!(
-            rrl.check(&ask(&name, [198, 51, 100, 200], None)),
+            rrl.check(IpAddr::from([198, 51, 100, 200]), Budget::Answers),
             Limited::No
         );
-        assert_eq!(RateLimit::new(0, 2).check(&q), Limited::No);
+        assert_eq!(
+            rrl.check(IpAddr::from([198, 51, 101, 7]), Budget::Answers),
+            Limited::No
+        );
+        // Negative answers and errors spend budgets of their own.
+        assert_eq!(rrl.check(client, Budget::Negative), Limited::No);
+        assert_eq!(rrl.check(client, Budget::Negative), Limited::No);
+        assert_ne!(rrl.check(client, Budget::Negative), Limited::No);
+        assert_eq!(rrl.check(client, Budget::Errors), Limited::No);
+        assert_ne!(rrl.check(client, Budget::Errors), Limited::No);
+        assert_eq!(
+            RateLimit::new(0, 2).check(client, Budget::Answers),
+            Limited::No
+        );
+    }
+
+    #[test]
+    fn server_cookies_prove_the_address_for_an_hour_only() {
+        let secret = CookieSecret::from_hex("000102030405060708090a0b0c0d0e0f").expect("secret");
+        let client = IpAddr::from([192, 0, 2, 7]);
+        let cc = [7u8; 8];
+        assert_eq!(secret.check(&cc, client, 1000), CookieCheck::Unproven(cc));
+        let server = secret.server_cookie(&cc, client, 1000);
+        let mut option = cc.to_vec();
+        option.extend_from_slice(&server);
+        assert_eq!(secret.check(&option, client, 1500), CookieCheck::Valid(cc));
+        // From another address, too late, with a flipped bit, or from another secret: not proven.
+        assert_eq!(
+            secret.check(&option, IpAddr::from([192, 0, 2, 8]), 1500),
+            CookieCheck::Unproven(cc)
+        );
+        assert_eq!(
+            secret.check(&option, client, 1000 + 3600),
+            CookieCheck::Unproven(cc)
+        );
+        let mut flipped = option.clone();
+        flipped[20] ^= 1;
+        assert_eq!(
+            secret.check(&flipped, client, 1500),
+            CookieCheck::Unproven(cc)
+        );
+        let other = CookieSecret::from_hex("ff0102030405060708090a0b0c0d0e0f").expect("secret");
+        assert_eq!(
+            other.check(&option, client, 1500),
+            CookieCheck::Unproven(cc)
+        );
+        // Lengths RFC 7873 forbids.
+        for len in [0, 7, 9, 15, 41] {
+            assert_eq!(
+                secret.check(&vec![1u8; len], client, 1500),
+                CookieCheck::Malformed,
+                "{len}"
+            );
+        }
+        assert!(CookieSecret::from_hex("abcd").is_none());
     }
 
     proptest! {

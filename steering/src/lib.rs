@@ -86,7 +86,12 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
             let handler = dns::Handler::new(
                 zone,
                 Arc::clone(&holder),
-                dns::RateLimit::new(dns_config.rrl_responses_per_second, dns_config.rrl_slip),
+                dns::RateLimit::from_config(dns_config),
+                match &dns_config.cookie_secret {
+                    Some(hex) => dns::CookieSecret::from_hex(hex)
+                        .ok_or_else(|| anyhow::anyhow!("dns.cookie_secret: 32 hex digits"))?,
+                    None => dns::CookieSecret::random(),
+                },
                 dns::DnsMetrics::new(&metrics.registry)
                     .map_err(|e| anyhow::anyhow!("dns metrics: {e}"))?,
             );
