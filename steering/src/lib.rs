@@ -13,6 +13,7 @@ pub mod choose;
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod dns_wire;
 pub mod geo;
 pub mod manifest;
 pub mod state;
