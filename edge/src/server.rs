@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use estuary_common::listener::{ConnectionGate, ConnectionWatch, Tracked, WatchedIo};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
@@ -228,7 +229,8 @@ struct Shared {
     edge: Arc<Edge>,
     builder: auto::Builder<StreamExecutor>,
     limits: LimitsConfig,
-    connections: Arc<Semaphore>,
+    /// Client connections, TCP and QUIC together (admin connections are not counted).
+    gate: Arc<ConnectionGate>,
     tracker: TaskTracker,
 }
 
@@ -257,14 +259,20 @@ async fn accept_tcp(
             _ = stopped(&mut stop), if drains => return,
         };
         // At the cap, this connection waits for a slot and the listener accepts nothing more,
-        // so further clients wait in the kernel's backlog. Admin connections are not counted.
+        // so further clients wait in the kernel's backlog; every connection holding a slot is
+        // closed once it overstays a time limit, so the wait is bounded. A connection over its
+        // address's share is closed at once. Admin connections are not counted.
         let permit = if drains {
-            tokio::select! {
-                p = Arc::clone(&shared.connections).acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => return,
-                },
+            let slot = tokio::select! {
+                s = shared.gate.admit(peer.ip()) => s,
                 _ = stopped(&mut stop) => return,
+            };
+            match slot {
+                Some(s) => Some(s),
+                None => {
+                    tracing::debug!(client = %peer, "A connection over the per-address cap was closed.");
+                    continue;
+                }
             }
         } else {
             None
@@ -285,9 +293,11 @@ async fn accept_tcp(
                             .metrics
                             .connection_opened(Protocol::H1)
                     });
+                    let watch = ConnectionWatch::new(shared2.limits.timeouts());
                     serve_io(
                         &shared2,
-                        TokioIo::new(stream),
+                        TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch))),
+                        watch,
                         peer,
                         false,
                         endpoints,
@@ -317,12 +327,17 @@ async fn accept_tcp(
                         _ => Protocol::H1,
                     };
                     let _guard = shared2.edge.observer().metrics.connection_opened(protocol);
+                    // The first-byte clock starts after the handshake: the first byte it
+                    // waits for is the first byte of the request.
+                    let watch = ConnectionWatch::new(shared2.limits.timeouts());
+                    let tls_stream = WatchedIo::new(tls_stream, Arc::clone(&watch));
                     if protocol == Protocol::H2 {
                         // HTTP/1.1 buffers its own writes; HTTP/2 writes frame by frame.
                         let (io, cork) = crate::cork::cork(tls_stream);
                         serve_io(
                             &shared2,
                             TokioIo::new(io),
+                            watch,
                             peer,
                             true,
                             endpoints,
@@ -334,6 +349,7 @@ async fn accept_tcp(
                         serve_io(
                             &shared2,
                             TokioIo::new(tls_stream),
+                            watch,
                             peer,
                             true,
                             endpoints,
@@ -353,9 +369,11 @@ async fn accept_tcp(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     shared: &Arc<Shared>,
     io: TokioIo<I>,
+    watch: Arc<ConnectionWatch>,
     peer: SocketAddr,
     secure: bool,
     endpoints: Endpoints,
@@ -365,8 +383,10 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let edge = Arc::clone(&shared.edge);
+    let requests = Arc::clone(&watch);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let edge = Arc::clone(&edge);
+        let guard = requests.request();
         async move {
             let protocol = if req.version() == http::Version::HTTP_2 {
                 Protocol::H2
@@ -390,7 +410,9 @@ async fn serve_io<I>(
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish, length)))
+            Ok::<_, Infallible>(
+                response.map(|b| Tracked::new(LoggedBody::new(b, finish, length), guard)),
+            )
         }
     });
     let conn = shared.builder.serve_connection(io, service);
@@ -403,6 +425,18 @@ async fn serve_io<I>(
             // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
             drive(conn.as_mut(), cork).await
+        }
+        why = watch.expired() => {
+            // No request in flight for too long (or none ever started): close (HTTP/2:
+            // GOAWAY), and cut a client that does not let the connection close.
+            tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(
+                estuary_common::listener::CLOSE_GRACE,
+                drive(conn.as_mut(), cork),
+            )
+            .await
+            .unwrap_or(Ok(()))
         }
     };
     if let Err(e) = result {
@@ -452,7 +486,7 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
             },
             _ = stopped(&mut stop_accepting) => return,
         };
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        let Some(permit) = shared.gate.try_admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
         };
@@ -743,7 +777,10 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         edge: Arc::clone(&edge),
         builder: http_builder(&config.limits),
         limits: config.limits.clone(),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        gate: ConnectionGate::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
         tracker: TaskTracker::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
