@@ -151,3 +151,73 @@ fn one_address_cannot_take_more_than_its_share() {
     );
     drop((hold1, hold2));
 }
+
+/// The `[limits]` every other service's attack test runs with: three slots, one second to
+/// the first byte and to a whole head.
+const TIGHT: &str = "[limits]\nmax_connections = 3\nfirst_byte_timeout = \"1s\"\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n";
+
+/// Takes every slot of the service at `addr` (a silent socket, a slowloris head that stops
+/// halfway, a keep-alive connection left idle after one request), then checks that a
+/// legitimate request to `path` is answered and that the server closes all three.
+fn slots_held_by_silent_clients_come_back(addr: SocketAddr, path: &str) {
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    let mut slowloris = TcpStream::connect(addr).expect("connect");
+    slowloris
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-A: ").as_bytes())
+        .expect("write");
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    idle.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut buf = [0u8; 512];
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let n = idle
+        .read(&mut buf)
+        .expect("an answer on the keep-alive connection");
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 "), "{first}");
+    let (status, _) = http_get_raw(addr, path).expect("a legitimate request is answered");
+    assert_eq!(first[9..12], status.to_string(), "{first}");
+    let limit = Duration::from_secs(20);
+    assert_closed_by_server(&mut silent, limit, "a silent connection");
+    assert_closed_by_server(&mut slowloris, limit, "a slowloris connection");
+    assert_closed_by_server(&mut idle, limit, "an idle keep-alive connection");
+}
+
+#[test]
+fn the_origin_closes_silent_and_slow_clients() {
+    let mut origin = common::origin_site::OriginSite::new("listener-origin");
+    origin.extra = TIGHT.into();
+    let _service = origin.start();
+    // The health endpoints are on the admin listener; any answer of the main one will do.
+    slots_held_by_silent_clients_come_back(origin.http, "/v/missing/asset.json");
+}
+
+#[test]
+fn the_control_plane_closes_silent_and_slow_clients() {
+    let dir = TempDir::new("listener-control-plane");
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.path().join("cp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nhttp = \"{http}\"\n[database]\nurl = \"sqlite://{}\"\n[auth.operator_tokens]\nops = \"operator-token-0123456789\"\n{TIGHT}",
+            dir.path().join("cp.db").display()
+        ),
+    )
+    .expect("write config");
+    let _service = start_service("control-plane", &config, http, dir.path());
+    slots_held_by_silent_clients_come_back(http, "/healthz");
+}
+
+#[test]
+fn steering_closes_silent_and_slow_clients() {
+    let mut steering = common::steering_site::SteeringSite::new("listener-steering");
+    steering.with_state_file(&serde_json::json!({
+        "version": 1, "generated_at": 0, "sites": {}, "nodes": {}
+    }));
+    // The [limits] table follows the [steering] keys in the written file.
+    steering.steering = format!("\n{TIGHT}");
+    let _service = steering.start();
+    slots_held_by_silent_clients_come_back(steering.http, "/healthz");
+}
