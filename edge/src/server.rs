@@ -486,6 +486,17 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
             },
             _ = stopped(&mut stop_accepting) => return,
         };
+        // An Initial from an address that has not proved it receives our packets gets a
+        // Retry, which costs no state: a flood of Initials from spoofed addresses never
+        // reaches the connection slots.
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
         let Some(permit) = shared.gate.try_admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
@@ -495,18 +506,25 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
         shared.tracker.spawn(async move {
             let _permit = permit;
             let peer = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, client = %peer, "A QUIC handshake failed.");
-                    return;
-                }
-            };
+            // Counted from the first packet, half-open connections included.
             let _guard = shared2
                 .edge
                 .observer()
                 .metrics
                 .connection_opened(Protocol::H3);
+            // A handshake that overstays is dropped, which closes the connection.
+            let handshake = tokio::time::timeout(shared2.limits.handshake_timeout, incoming);
+            let connection = match handshake.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, client = %peer, "A QUIC handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "A QUIC handshake timed out.");
+                    return;
+                }
+            };
             serve_h3(shared2, connection, peer, stop).await;
         });
     }
@@ -633,6 +651,10 @@ fn quic_endpoint(
     let tls = estuary_common::tls::server_config(resolver, &[b"h3"], true)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // A client that changes address would be sent up to the congestion window before the new
+    // path is validated; refusing migration keeps every send under the 3x amplification
+    // limit of the validated address.
+    server.migration(false);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
@@ -642,7 +664,17 @@ fn quic_endpoint(
         .receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024))
         .send_window(16 * 1024 * 1024);
     server.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::server(server, addr)?)
+    // QUIC v1 only: quinn also speaks the pre-standard drafts 29 to 34 by default, and does
+    // not implement v2.
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint.supported_versions(vec![1]);
+    let socket = std::net::UdpSocket::bind(addr)?;
+    Ok(quinn::Endpoint::new(
+        endpoint,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }
 
 /// Peer fills of protected paths carry a one-minute token for the exact path, signed with
