@@ -1,7 +1,9 @@
 //! QUIC under attack: a flood of Initial packets from addresses that never answer (as if
 //! spoofed) gets Retry packets and takes no connection slot, so HTTP/3 and TCP clients are
 //! still served; half-open connections from validated addresses are counted and dropped at
-//! the handshake timeout; pre-standard QUIC drafts get a Version Negotiation offering v1.
+//! the handshake timeout; pre-standard QUIC drafts get a Version Negotiation offering v1;
+//! HTTP/3 streams with half a head are dropped at the header timeout; and the header-count
+//! limit holds on HTTP/2 and HTTP/3 as on HTTP/1.1.
 
 mod common;
 
@@ -144,5 +146,74 @@ fn pre_standard_drafts_get_version_negotiation_for_v1() {
             .filter(|v| v & 0x0f0f_0f0f != 0x0a0a_0a0a) // grease
             .collect();
         assert_eq!(versions, vec![1]);
+    }
+}
+
+#[test]
+fn partial_http3_heads_are_dropped_after_the_header_timeout() {
+    let mut site = Site::new("quic-partial-heads");
+    site.extra = "[limits]\nheader_read_timeout = \"1s\"\n".into();
+    let _edge = site.start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/h3_partial_heads.py"
+    );
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(site.https.port().to_string())
+        .arg("20")
+        .arg("20"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "closed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_count_limit_holds_on_http2_and_http3() {
+    let mut site = Site::new("quic-header-count");
+    site.extra = "[limits]\nmax_headers = 64\n".into();
+    let _edge = site.start();
+    let names: Vec<String> = (0..70).map(|i| format!("x-h{i}")).collect();
+    // HTTP/3.
+    let mut h3 = estuary_bench::h3client::H3Client::connect(site.https, "localhost", &site.cert)
+        .await
+        .expect("h3 connect");
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let r = h3
+        .request(http::Method::GET, "/pub/hello.txt", &many)
+        .await
+        .expect("h3 request");
+    assert_eq!(r.status, 431);
+    // A normal request on the same connection is still served.
+    assert_eq!(h3.get("/pub/hello.txt").await.expect("h3 get").status, 200);
+    // HTTP/2, over TLS and in the clear.
+    let mut args: Vec<String> = Vec::new();
+    for n in &names {
+        args.push("-H".into());
+        args.push(format!("{n}: v"));
+    }
+    for (flag, url) in [
+        ("--http2", site.surl("/pub/hello.txt")),
+        ("--http2-prior-knowledge", site.url("/pub/hello.txt")),
+    ] {
+        let mut a: Vec<&str> = vec!["-k", flag];
+        a.extend(args.iter().map(String::as_str));
+        a.push(&url);
+        let (status, head) = tokio::task::spawn_blocking({
+            let a: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+            move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                curl_head(&a)
+            }
+        })
+        .await
+        .expect("join");
+        assert_eq!(status, 431, "{flag}: {head}");
+        assert!(head.starts_with("http/2"), "{head}");
     }
 }

@@ -69,6 +69,30 @@ impl LoggedBody {
     }
 }
 
+impl LoggedBody {
+    /// An empty body for an answer the listener gives itself (not logged, like hyper's own
+    /// 431 on HTTP/1.1).
+    fn empty() -> Self {
+        Self {
+            source: Source::Full(None),
+            finish: None,
+            sent: 0,
+            length: Some(0),
+        }
+    }
+}
+
+/// An answer of the listener itself: the status and an empty body.
+fn bare_response(status: http::StatusCode) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from_static("0"),
+    );
+    r
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         // hyper stops polling an HTTP/1.1 body once its `Content-Length` has been written, so
@@ -384,6 +408,7 @@ async fn serve_io<I>(
 {
     let edge = Arc::clone(&shared.edge);
     let requests = Arc::clone(&watch);
+    let max_headers = shared.limits.max_headers;
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let edge = Arc::clone(&edge);
         let guard = requests.request();
@@ -393,6 +418,11 @@ async fn serve_io<I>(
             } else {
                 Protocol::H1
             };
+            // hyper enforces `max_headers` on HTTP/1.1 only.
+            if req.headers().len() > max_headers {
+                let response = bare_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                return Ok(response.map(|()| Tracked::new(LoggedBody::empty(), guard)));
+            }
             let (parts, _body) = req.into_parts();
             let (response, finish) = edge
                 .handle(Incoming {
@@ -566,14 +596,31 @@ async fn serve_h3(
             }
         };
         let edge = Arc::clone(&shared.edge);
+        let (header_read_timeout, max_headers) =
+            (shared.limits.header_read_timeout, shared.limits.max_headers);
         requests.spawn(async move {
-            let (req, mut stream) = match resolver.resolve_request().await {
-                Ok(x) => x,
-                Err(e) => {
+            // A stream whose head does not arrive in time is dropped (and so reset), so that
+            // partial heads cannot pin streams and their buffers.
+            let resolved =
+                tokio::time::timeout(header_read_timeout, resolver.resolve_request()).await;
+            let (req, mut stream) = match resolved {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, client = %peer, "An HTTP/3 request could not be read.");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "An HTTP/3 request head timed out.");
+                    return;
+                }
             };
+            if req.headers().len() > max_headers {
+                let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                if stream.send_response(bare_response(status)).await.is_ok() {
+                    let _ = stream.finish().await;
+                }
+                return;
+            }
             let (response, mut finish) = edge
                 .handle(Incoming {
                     method: req.method(),
