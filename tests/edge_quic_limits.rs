@@ -173,6 +173,32 @@ fn partial_http3_heads_are_dropped_after_the_header_timeout() {
     );
 }
 
+#[test]
+fn a_huge_http3_head_is_cut_at_the_stream_budget() {
+    let mut site = Site::new("quic-huge-head");
+    // The header timeout is far away: only the byte budget can end these streams in time.
+    site.extra = "[limits]\nheader_read_timeout = \"120s\"\n".into();
+    let _edge = site.start();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/h3_partial_heads.py"
+    );
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(site.https.port().to_string())
+        .arg("4")
+        .arg("20")
+        .arg("600000"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "closed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_count_limit_holds_on_http2_and_http3() {
     let mut site = Site::new("quic-header-count");

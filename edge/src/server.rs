@@ -566,9 +566,12 @@ async fn serve_h3(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    // What a client may send on one request stream: its head (twice the limit, for QPACK's
+    // literal encoding and frames h3 skips) and no body, which the edge never reads.
+    let budget = 2 * shared.limits.max_header_bytes as u64 + 16 * 1024;
     let mut h3 = match h3::server::builder()
         .max_field_section_size(shared.limits.max_header_bytes as u64)
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(connection, budget))
         .await
     {
         Ok(c) => c,
