@@ -174,6 +174,27 @@ fn partial_http3_heads_are_dropped_after_the_header_timeout() {
 }
 
 #[test]
+fn a_quic_connection_kept_alive_by_pings_without_requests_is_closed() {
+    let mut site = Site::new("quic-pinger");
+    // Far below QUIC's idle timeout (30 s), which the pings would reset forever.
+    site.extra = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n".into();
+    let _edge = site.start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/quic_pinger.py");
+    let out = run(Command::new("python3")
+        .arg(script)
+        .arg("127.0.0.1")
+        .arg(site.https.port().to_string())
+        .arg("20"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "closed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_huge_http3_head_is_cut_at_the_stream_budget() {
     let mut site = Site::new("quic-huge-head");
     // The header timeout is far away: only the byte budget can end these streams in time.

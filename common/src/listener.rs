@@ -251,7 +251,8 @@ impl ConnectionWatch {
         self.opened.elapsed().as_millis() as u64
     }
 
-    fn saw_first_byte(&self) {
+    /// Marks the first byte (or, for QUIC, the end of the handshake).
+    pub fn saw_first_byte(&self) {
         let _ = self.first_byte_ms.compare_exchange(
             u64::MAX,
             self.now_ms(),

@@ -581,12 +581,25 @@ async fn serve_h3(
         }
     };
     let requests = TaskTracker::new();
+    // QUIC's idle timeout does not close a connection the client keeps alive with PINGs: the
+    // same watch as on TCP does (the handshake stands for the first byte).
+    let watch = ConnectionWatch::new(shared.limits.timeouts());
+    watch.saw_first_byte();
     loop {
         let resolver = tokio::select! {
             r = h3.accept() => r,
             _ = stopped(&mut stop) => {
                 // Draining: GOAWAY, then let the requests already accepted finish.
                 let _ = h3.shutdown(0).await;
+                break;
+            }
+            why = watch.expired() => {
+                tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+                let _ = tokio::time::timeout(
+                    estuary_common::listener::CLOSE_GRACE,
+                    h3.shutdown(0),
+                )
+                .await;
                 break;
             }
         };
@@ -601,7 +614,9 @@ async fn serve_h3(
         let edge = Arc::clone(&shared.edge);
         let (header_read_timeout, max_headers) =
             (shared.limits.header_read_timeout, shared.limits.max_headers);
+        let guard = watch.request();
         requests.spawn(async move {
+            let _guard = guard;
             // A stream whose head does not arrive in time is dropped (and so reset), so that
             // partial heads cannot pin streams and their buffers.
             let resolved =
