@@ -318,7 +318,10 @@ access = "off"
 
 [limits]
 header_read_timeout = "300s"
+first_byte_timeout = "300s"
+idle_timeout = "300s"
 max_connections = 100000
+max_connections_per_ip = 100000
 "#
     );
     let path = dir.join("edge.toml");

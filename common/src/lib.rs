@@ -1,12 +1,14 @@
 //! What crosses Estuary's service boundaries: the signed-URL token format that other programs
 //! mint, the `asset.json` integrity manifest of packaged assets, the TLS set-up (one crypto provider for the process), and the metrics and logging
-//! set-up every service shares, and the descriptor-table sizing every service does at start.
+//! set-up every service shares, the descriptor-table sizing every service does at start, and
+//! the listener limits and serve loop every service's TCP listeners share.
 //! Nothing here does network IO of its own.
 
 pub mod asset;
 pub mod config;
 pub mod cp;
 pub mod fds;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod signing;

@@ -22,6 +22,10 @@ pub struct ControlPlaneConfig {
     pub purge: PurgeConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[limits]`: how long a client may take and how many connections it may hold, on every
+    /// listener (see `estuary_common::listener`).
+    #[serde(default)]
+    pub limits: estuary_common::listener::ListenerLimits,
     #[serde(default)]
     pub dashboard: DashboardConfig,
     /// Key id -> Ed25519 public key (64 hex digits) of the origins whose signed `asset.json`
@@ -249,6 +253,7 @@ impl ControlPlaneConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         if let Err((id, why)) = estuary_common::signing::ManifestKeys::from_hex(&self.manifest_keys)
         {
             return Err(ConfigError::new(format!("manifest_keys.{id}"), why));

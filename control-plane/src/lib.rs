@@ -44,6 +44,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let h = &config.health;
     let registry = registry::Registry::new(sites, nodes, h.down_after, h.up_after);
     let listen = config.listen.http;
+    let limits = config.limits.clone();
     let history_step = config.dashboard.history_step.as_secs();
     let drain = config.shutdown.drain_timeout;
     let app = Arc::new(app::App {
@@ -71,12 +72,12 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         .store
         .is_shared()
         .then(|| tokio::spawn(replica::run(Arc::clone(&app), stop_rx.clone())));
-    let mut stopped = stop_rx.clone();
-    let server =
-        axum::serve(listener, app::router(Arc::clone(&app))).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(estuary_common::listener::serve(
+        listener,
+        limits,
+        app::router(Arc::clone(&app)),
+        Some(stop_rx.clone()),
+    ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen, "The control plane is serving.");
     wait_for_signal().await;

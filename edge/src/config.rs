@@ -357,16 +357,25 @@ pub struct LimitsConfig {
     /// Most request headers; more gets 431.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
-    /// How long a client may take to send a request head (against slowloris).
+    /// How long a new TCP connection (after its TLS handshake, if any) may stay without
+    /// sending a byte; protocol detection and the HTTP/2 preface are inside this bound.
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// How long a client may take to send a request head once it has started (against
+    /// slowloris); on a new connection, counted from its first byte.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// How long a TLS handshake may take.
+    /// How long a TLS or QUIC handshake may take.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Most open client connections (TCP and QUIC together); further clients wait in the
     /// listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most open connections from one client address (TCP and QUIC together); further ones
+    /// are closed (TCP) or refused (QUIC) at once.
+    #[serde(default = "estuary_common::listener::default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// Most concurrent streams per HTTP/2 or HTTP/3 connection.
     #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
@@ -378,9 +387,21 @@ pub struct LimitsConfig {
     /// of client errors before it closes the connection.
     #[serde(default = "default_max_local_error_resets")]
     pub h2_max_local_error_reset_streams: usize,
-    /// How long an idle HTTP/3 connection is kept.
+    /// How long a connection (HTTP/1.1 keep-alive, HTTP/2 even while it answers pings,
+    /// HTTP/3) is kept without a request in flight.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+}
+
+impl LimitsConfig {
+    /// What the TCP connection watch enforces.
+    pub fn timeouts(&self) -> estuary_common::listener::Timeouts {
+        estuary_common::listener::Timeouts {
+            first_byte: self.first_byte_timeout,
+            header_read: self.header_read_timeout,
+            idle: self.idle_timeout,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -388,9 +409,11 @@ impl Default for LimitsConfig {
         Self {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            first_byte_timeout: default_first_byte_timeout(),
             header_read_timeout: default_header_read_timeout(),
             handshake_timeout: default_handshake_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: estuary_common::listener::default_max_connections_per_ip(),
             max_concurrent_streams: default_max_streams(),
             h2_max_pending_reset_streams: default_max_pending_resets(),
             h2_max_local_error_reset_streams: default_max_local_error_resets(),
@@ -500,6 +523,9 @@ fn default_max_headers() -> usize {
     64
 }
 fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_first_byte_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_handshake_timeout() -> Duration {
@@ -791,6 +817,12 @@ impl EdgeConfig {
                 "must be at least 1",
             ));
         }
+        if lim.max_connections_per_ip == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections_per_ip",
+                "must be at least 1",
+            ));
+        }
         if lim.max_concurrent_streams == 0 {
             return Err(ConfigError::new(
                 "limits.max_concurrent_streams",
@@ -798,6 +830,7 @@ impl EdgeConfig {
             ));
         }
         for (name, d) in [
+            ("limits.first_byte_timeout", lim.first_byte_timeout),
             ("limits.header_read_timeout", lim.header_read_timeout),
             ("limits.handshake_timeout", lim.handshake_timeout),
             ("limits.idle_timeout", lim.idle_timeout),

@@ -17,6 +17,7 @@ pub mod disk_space;
 pub mod eviction;
 pub mod fill;
 pub mod freshness;
+pub mod h3_budget;
 pub mod handler;
 pub mod metrics;
 pub mod path;

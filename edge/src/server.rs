@@ -9,11 +9,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use estuary_common::listener::{ConnectionGate, ConnectionWatch, Tracked, WatchedIo};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
@@ -66,6 +67,30 @@ impl LoggedBody {
             f.sent = Some(self.sent);
         }
     }
+}
+
+impl LoggedBody {
+    /// An empty body for an answer the listener gives itself (not logged, like hyper's own
+    /// 431 on HTTP/1.1).
+    fn empty() -> Self {
+        Self {
+            source: Source::Full(None),
+            finish: None,
+            sent: 0,
+            length: Some(0),
+        }
+    }
+}
+
+/// An answer of the listener itself: the status and an empty body.
+fn bare_response(status: http::StatusCode) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from_static("0"),
+    );
+    r
 }
 
 impl Drop for LoggedBody {
@@ -228,7 +253,8 @@ struct Shared {
     edge: Arc<Edge>,
     builder: auto::Builder<StreamExecutor>,
     limits: LimitsConfig,
-    connections: Arc<Semaphore>,
+    /// Client connections, TCP and QUIC together (admin connections are not counted).
+    gate: Arc<ConnectionGate>,
     tracker: TaskTracker,
 }
 
@@ -257,14 +283,20 @@ async fn accept_tcp(
             _ = stopped(&mut stop), if drains => return,
         };
         // At the cap, this connection waits for a slot and the listener accepts nothing more,
-        // so further clients wait in the kernel's backlog. Admin connections are not counted.
+        // so further clients wait in the kernel's backlog; every connection holding a slot is
+        // closed once it overstays a time limit, so the wait is bounded. A connection over its
+        // address's share is closed at once. Admin connections are not counted.
         let permit = if drains {
-            tokio::select! {
-                p = Arc::clone(&shared.connections).acquire_owned() => match p {
-                    Ok(p) => Some(p),
-                    Err(_) => return,
-                },
+            let slot = tokio::select! {
+                s = shared.gate.admit(peer.ip()) => s,
                 _ = stopped(&mut stop) => return,
+            };
+            match slot {
+                Some(s) => Some(s),
+                None => {
+                    tracing::debug!(client = %peer, "A connection over the per-address cap was closed.");
+                    continue;
+                }
             }
         } else {
             None
@@ -285,9 +317,11 @@ async fn accept_tcp(
                             .metrics
                             .connection_opened(Protocol::H1)
                     });
+                    let watch = ConnectionWatch::new(shared2.limits.timeouts());
                     serve_io(
                         &shared2,
-                        TokioIo::new(stream),
+                        TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch))),
+                        watch,
                         peer,
                         false,
                         endpoints,
@@ -317,12 +351,17 @@ async fn accept_tcp(
                         _ => Protocol::H1,
                     };
                     let _guard = shared2.edge.observer().metrics.connection_opened(protocol);
+                    // The first-byte clock starts after the handshake: the first byte it
+                    // waits for is the first byte of the request.
+                    let watch = ConnectionWatch::new(shared2.limits.timeouts());
+                    let tls_stream = WatchedIo::new(tls_stream, Arc::clone(&watch));
                     if protocol == Protocol::H2 {
                         // HTTP/1.1 buffers its own writes; HTTP/2 writes frame by frame.
                         let (io, cork) = crate::cork::cork(tls_stream);
                         serve_io(
                             &shared2,
                             TokioIo::new(io),
+                            watch,
                             peer,
                             true,
                             endpoints,
@@ -334,6 +373,7 @@ async fn accept_tcp(
                         serve_io(
                             &shared2,
                             TokioIo::new(tls_stream),
+                            watch,
                             peer,
                             true,
                             endpoints,
@@ -353,9 +393,11 @@ async fn accept_tcp(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<I>(
     shared: &Arc<Shared>,
     io: TokioIo<I>,
+    watch: Arc<ConnectionWatch>,
     peer: SocketAddr,
     secure: bool,
     endpoints: Endpoints,
@@ -365,14 +407,22 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let edge = Arc::clone(&shared.edge);
+    let requests = Arc::clone(&watch);
+    let max_headers = shared.limits.max_headers;
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let edge = Arc::clone(&edge);
+        let guard = requests.request();
         async move {
             let protocol = if req.version() == http::Version::HTTP_2 {
                 Protocol::H2
             } else {
                 Protocol::H1
             };
+            // hyper enforces `max_headers` on HTTP/1.1 only.
+            if req.headers().len() > max_headers {
+                let response = bare_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                return Ok(response.map(|()| Tracked::new(LoggedBody::empty(), guard)));
+            }
             let (parts, _body) = req.into_parts();
             let (response, finish) = edge
                 .handle(Incoming {
@@ -390,7 +440,9 @@ async fn serve_io<I>(
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            Ok::<_, Infallible>(response.map(|b| LoggedBody::new(b, finish, length)))
+            Ok::<_, Infallible>(
+                response.map(|b| Tracked::new(LoggedBody::new(b, finish, length), guard)),
+            )
         }
     });
     let conn = shared.builder.serve_connection(io, service);
@@ -403,6 +455,18 @@ async fn serve_io<I>(
             // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
             drive(conn.as_mut(), cork).await
+        }
+        why = watch.expired() => {
+            // No request in flight for too long (or none ever started): close (HTTP/2:
+            // GOAWAY), and cut a client that does not let the connection close.
+            tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(
+                estuary_common::listener::CLOSE_GRACE,
+                drive(conn.as_mut(), cork),
+            )
+            .await
+            .unwrap_or(Ok(()))
         }
     };
     if let Err(e) = result {
@@ -452,7 +516,18 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
             },
             _ = stopped(&mut stop_accepting) => return,
         };
-        let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() else {
+        // An Initial from an address that has not proved it receives our packets gets a
+        // Retry, which costs no state: a flood of Initials from spoofed addresses never
+        // reaches the connection slots.
+        if !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                let _ = incoming.retry();
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
+        let Some(permit) = shared.gate.try_admit(incoming.remote_address().ip()) else {
             incoming.refuse();
             continue;
         };
@@ -461,18 +536,25 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
         shared.tracker.spawn(async move {
             let _permit = permit;
             let peer = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(error = %e, client = %peer, "A QUIC handshake failed.");
-                    return;
-                }
-            };
+            // Counted from the first packet, half-open connections included.
             let _guard = shared2
                 .edge
                 .observer()
                 .metrics
                 .connection_opened(Protocol::H3);
+            // A handshake that overstays is dropped, which closes the connection.
+            let handshake = tokio::time::timeout(shared2.limits.handshake_timeout, incoming);
+            let connection = match handshake.await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, client = %peer, "A QUIC handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "A QUIC handshake timed out.");
+                    return;
+                }
+            };
             serve_h3(shared2, connection, peer, stop).await;
         });
     }
@@ -484,9 +566,12 @@ async fn serve_h3(
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    // What a client may send on one request stream: its head (twice the limit, for QPACK's
+    // literal encoding and frames h3 skips) and no body, which the edge never reads.
+    let budget = 2 * shared.limits.max_header_bytes as u64 + 16 * 1024;
     let mut h3 = match h3::server::builder()
         .max_field_section_size(shared.limits.max_header_bytes as u64)
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(connection, budget))
         .await
     {
         Ok(c) => c,
@@ -496,12 +581,25 @@ async fn serve_h3(
         }
     };
     let requests = TaskTracker::new();
+    // QUIC's idle timeout does not close a connection the client keeps alive with PINGs: the
+    // same watch as on TCP does (the handshake stands for the first byte).
+    let watch = ConnectionWatch::new(shared.limits.timeouts());
+    watch.saw_first_byte();
     loop {
         let resolver = tokio::select! {
             r = h3.accept() => r,
             _ = stopped(&mut stop) => {
                 // Draining: GOAWAY, then let the requests already accepted finish.
                 let _ = h3.shutdown(0).await;
+                break;
+            }
+            why = watch.expired() => {
+                tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+                let _ = tokio::time::timeout(
+                    estuary_common::listener::CLOSE_GRACE,
+                    h3.shutdown(0),
+                )
+                .await;
                 break;
             }
         };
@@ -514,14 +612,33 @@ async fn serve_h3(
             }
         };
         let edge = Arc::clone(&shared.edge);
+        let (header_read_timeout, max_headers) =
+            (shared.limits.header_read_timeout, shared.limits.max_headers);
+        let guard = watch.request();
         requests.spawn(async move {
-            let (req, mut stream) = match resolver.resolve_request().await {
-                Ok(x) => x,
-                Err(e) => {
+            let _guard = guard;
+            // A stream whose head does not arrive in time is dropped (and so reset), so that
+            // partial heads cannot pin streams and their buffers.
+            let resolved =
+                tokio::time::timeout(header_read_timeout, resolver.resolve_request()).await;
+            let (req, mut stream) = match resolved {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, client = %peer, "An HTTP/3 request could not be read.");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(client = %peer, "An HTTP/3 request head timed out.");
+                    return;
+                }
             };
+            if req.headers().len() > max_headers {
+                let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                if stream.send_response(bare_response(status)).await.is_ok() {
+                    let _ = stream.finish().await;
+                }
+                return;
+            }
             let (response, mut finish) = edge
                 .handle(Incoming {
                     method: req.method(),
@@ -599,6 +716,10 @@ fn quic_endpoint(
     let tls = estuary_common::tls::server_config(resolver, &[b"h3"], true)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // A client that changes address would be sent up to the congestion window before the new
+    // path is validated; refusing migration keeps every send under the 3x amplification
+    // limit of the validated address.
+    server.migration(false);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
@@ -608,7 +729,17 @@ fn quic_endpoint(
         .receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024))
         .send_window(16 * 1024 * 1024);
     server.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::server(server, addr)?)
+    // QUIC v1 only: quinn also speaks the pre-standard drafts 29 to 34 by default, and does
+    // not implement v2.
+    let mut endpoint = quinn::EndpointConfig::default();
+    endpoint.supported_versions(vec![1]);
+    let socket = std::net::UdpSocket::bind(addr)?;
+    Ok(quinn::Endpoint::new(
+        endpoint,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }
 
 /// Peer fills of protected paths carry a one-minute token for the exact path, signed with
@@ -743,7 +874,10 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         edge: Arc::clone(&edge),
         builder: http_builder(&config.limits),
         limits: config.limits.clone(),
-        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        gate: ConnectionGate::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
         tracker: TaskTracker::new(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

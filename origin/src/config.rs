@@ -30,6 +30,10 @@ pub struct OriginConfig {
     pub packaging: PackagingConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[limits]`: how long a client may take and how many connections it may hold, on every
+    /// listener (see `estuary_common::listener`).
+    #[serde(default)]
+    pub limits: estuary_common::listener::ListenerLimits,
     /// Registration and heartbeats; without it the origin runs standalone.
     #[serde(default)]
     pub control_plane: Option<estuary_common::cp::ClientConfig>,
@@ -398,6 +402,7 @@ impl OriginConfig {
     /// Checks what can be checked before start.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use estuary_common::config::name_ok;
+        self.limits.validate()?;
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
         }

@@ -50,6 +50,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         storage::Storage::open(&config.storage).map_err(|e| anyhow::anyhow!("storage: {e}"))?;
     let metrics = metrics::Metrics::new(&config.node.id, &config.node.site);
     let listen = config.listen.clone();
+    let limits = config.limits.clone();
     let drain = config.shutdown.drain_timeout;
     let workers = config.packaging.workers;
     let expiry = config.uploads.expire_after;
@@ -75,15 +76,16 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     tasks.spawn(expire_uploads(Arc::clone(&app), expiry, stop_rx.clone()));
 
     let router = app::router(Arc::clone(&app), admin_listener.is_none());
-    let mut stopped = stop_rx.clone();
-    let main = axum::serve(main_listener, router).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    let main = tokio::spawn(async move { main.await });
+    let main = tokio::spawn(estuary_common::listener::serve(
+        main_listener,
+        limits.clone(),
+        router,
+        Some(stop_rx.clone()),
+    ));
     if let Some(l) = admin_listener {
         let r = app::admin_router().with_state(Arc::clone(&app));
         // The admin listener answers (readyz 503) until the process exits.
-        tokio::spawn(async move { axum::serve(l, r).await });
+        tokio::spawn(estuary_common::listener::serve(l, limits, r, None));
     }
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");

@@ -30,6 +30,10 @@ pub struct SteeringConfig {
     pub dns: Option<DnsConfig>,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[limits]`: how long a client may take and how many connections it may hold, on every
+    /// listener (see `estuary_common::listener`).
+    #[serde(default)]
+    pub limits: estuary_common::listener::ListenerLimits,
 }
 
 /// `[node]`.
@@ -359,6 +363,7 @@ impl SteeringConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()?;
         let cp = &self.control_plane;
         match (&cp.url, &cp.state_file) {
             (Some(_), Some(_)) | (None, None) => {

@@ -1311,13 +1311,11 @@ mod tests {
         )
     }
 
+    /// An OPT record: its payload size and an optional ECS network (address, source).
+    type Opt = Option<(u16, Option<([u8; 4], u8)>)>;
+
     /// A query for `edge.cdn.example.` as resolvers send it.
-    fn edge_query(
-        id: u16,
-        flags: u16,
-        qtype: u16,
-        opt: Option<(u16, Option<([u8; 4], u8)>)>,
-    ) -> Vec<u8> {
+    fn edge_query(id: u16, flags: u16, qtype: u16, opt: Opt) -> Vec<u8> {
         let mut p = id.to_be_bytes().to_vec();
         p.extend_from_slice(&flags.to_be_bytes());
         p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);

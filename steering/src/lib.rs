@@ -18,7 +18,6 @@ pub mod geo;
 pub mod manifest;
 pub mod state;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -50,6 +49,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         holder.install(snap);
     }
     let listen = config.listen.http;
+    let limits = config.limits.clone();
     let drain = config.shutdown.drain_timeout;
     let feed = config
         .control_plane
@@ -107,15 +107,13 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         _ => None,
     };
     let heartbeats = heartbeat(&app, &holder, stop_rx.clone());
-    let mut stopped = stop_rx.clone();
-    let server = axum::serve(
+    // Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+    let server = tokio::spawn(estuary_common::listener::serve(
         listener,
-        app::router(Arc::clone(&app)).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+        limits,
+        app::router(Arc::clone(&app)),
+        Some(stop_rx.clone()),
+    ));
     tracing::info!(http = %listen, "The steering service is serving.");
     wait_for_signal().await;
     tracing::info!("Stopping: draining requests.");
