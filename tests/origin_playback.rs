@@ -37,7 +37,8 @@ fn a_packaged_upload_plays_with_hls_js_and_dash_js_from_the_origin_and_through_a
         ],
     );
     assert_eq!(status, 201, "{h:?}");
-    let url = header(&h, "location").expect("Location").to_owned();
+    // A path, resolved against the origin's URL.
+    let url = site.url(header(&h, "location").expect("Location"));
     let (status, h, _) = fetch(
         &url,
         &[

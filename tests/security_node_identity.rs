@@ -456,3 +456,58 @@ fn absurd_heartbeat_figures_and_unappliable_purge_targets_are_refused() {
         assert_eq!(status, 400, "{target}");
     }
 }
+
+#[test]
+fn a_shared_site_token_registers_a_bounded_number_of_nodes() {
+    let cp = ControlPlane::new("sec-census");
+    let _cp = cp.start();
+    // Made-up edges, each a target the health monitor would poll: the deprecated site token
+    // registers at most 256 of them (one Python process posts them, curl would take long).
+    let script = format!(
+        r#"
+import json, urllib.request
+ok = 0
+for i in range(257):
+    body = json.dumps({{"node": "fake-%d" % i, "site": "lab", "role": "edge", "ready": True,
+                       "addresses": {{"admin": "http://127.0.0.1:9"}}}}).encode()
+    req = urllib.request.Request("{url}/v1/heartbeat", data=body, method="POST",
+        headers={{"Authorization": "Bearer {LAB}", "Content-Type": "application/json"}})
+    try:
+        urllib.request.urlopen(req, timeout=5)
+        ok += 1
+    except urllib.error.HTTPError as e:
+        print(json.dumps({{"ok": ok, "refused_at": i, "status": e.code}}))
+        break
+else:
+    print(json.dumps({{"ok": ok}}))
+"#,
+        url = cp.url()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], 256, "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+    // A node already registered keeps beating, and nodes with their own credential are not
+    // counted against the site token.
+    assert_eq!(
+        beat(
+            &cp,
+            LAB,
+            &heartbeat("fake-0", "lab", "edge", "http://127.0.0.1:9")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        beat(
+            &cp,
+            &cred("edge-own"),
+            &heartbeat("edge-own", "lab", "edge", "http://127.0.0.1:9")
+        )
+        .0,
+        200
+    );
+}

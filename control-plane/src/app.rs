@@ -20,6 +20,9 @@ use crate::store::{AuditEntry, Store};
 
 pub use crate::identity::Caller;
 
+/// The most nodes one deprecated site token may register in its site.
+pub const MAX_NODES_PER_SITE_TOKEN: usize = 256;
+
 /// The control plane's metrics.
 pub struct Metrics {
     pub registry: Prom,
@@ -298,6 +301,22 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     }
     if let Caller::SiteEdge(site) = &caller {
         app.warn_site_token(site);
+        // A shared site token could otherwise register any number of made-up edges, each
+        // a target the health monitor polls.
+        let (known, n) = app.registry.census(&hb.node, site, |node| {
+            !app.config.auth.nodes.contains_key(node)
+        });
+        if !known && n >= MAX_NODES_PER_SITE_TOKEN {
+            let why = format!(
+                "site token {site:?} already registered {n} nodes (at most {MAX_NODES_PER_SITE_TOKEN}); give each node its own credential"
+            );
+            app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+                .await;
+            return refuse(
+                &app,
+                (StatusCode::FORBIDDEN, format!("refused: {why}\n")).into_response(),
+            );
+        }
     }
     let now = estuary_common::unix_now();
     // Two live processes never share one node id.

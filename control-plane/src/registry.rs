@@ -183,6 +183,20 @@ impl Registry {
         .flatten()
     }
 
+    /// Whether node `id` is registered, and how many nodes of `site` pass `counted`.
+    pub fn census(&self, id: &str, site: &str, counted: impl Fn(&str) -> bool) -> (bool, usize) {
+        self.with(|inner| {
+            let known = inner.nodes.contains_key(id);
+            let n = inner
+                .nodes
+                .iter()
+                .filter(|(node, e)| e.heartbeat.site == site && counted(node))
+                .count();
+            (known, n)
+        })
+        .unwrap_or((true, 0))
+    }
+
     pub fn heartbeat(&self, hb: Heartbeat, now: u64) -> (u64, Seen) {
         let (down_after, up_after) = (self.down_after, self.up_after);
         self.with(|inner| {
