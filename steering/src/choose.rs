@@ -196,7 +196,12 @@ impl Topology {
 
     /// Where a client address is: its coverage zone's site and location.
     pub fn locate(&self, ip: IpAddr) -> ClientPlace {
-        match self.zones.lookup(ip) {
+        self.place_in(self.zones.lookup(ip))
+    }
+
+    /// The place of a client found in `zone` (a lookup already made).
+    pub fn place_in(&self, zone: Option<&crate::geo::Zone>) -> ClientPlace {
+        match zone {
             Some(zone) => {
                 let home = self.site_named(&zone.name);
                 ClientPlace {

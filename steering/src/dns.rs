@@ -299,10 +299,10 @@ impl Zone {
         topo: &Topology,
         edge_ips: &[Option<IpAddr>],
     ) -> (Vec<IpAddr>, Option<u8>) {
-        let (ip, source, scope) = client_network(client, subnet, topo);
-        let place = topo.locate(ip);
-        let key = network_key(ip, source);
-        let addrs = ranked_edges(topo, place, &key, &self.policy)
+        let (ip, source, scope, zone) = client_network(client, subnet, topo);
+        let place = topo.place_in(zone);
+        let key = NetworkKey::new(ip, source);
+        let addrs = ranked_edges(topo, place, key.as_str(), &self.policy)
             .into_iter()
             .filter_map(|i| edge_ips.get(i).copied().flatten())
             .collect();
@@ -377,13 +377,14 @@ pub fn edge_ip(edge: &EdgeInfo) -> Option<IpAddr> {
 /// the scope to answer with: the longest of the source prefix, the matched coverage network,
 /// and any coverage network inside the source network (never shorter, so a resolver never
 /// reuses the answer for clients it may not fit).
-fn client_network(
+/// Also returns the coverage zone the placed address is in (one lookup serves both).
+fn client_network<'t>(
     resolver: IpAddr,
     subnet: Option<&ClientSubnet>,
-    topo: &Topology,
-) -> (IpAddr, Option<u8>, Option<u8>) {
+    topo: &'t Topology,
+) -> (IpAddr, Option<u8>, Option<u8>, Option<&'t crate::geo::Zone>) {
     let Some(s) = subnet else {
-        return (resolver, None, None);
+        return (resolver, None, None, topo.zones.lookup(resolver));
     };
     let source = s.source_prefix();
     let ip = IpNet::new(s.addr(), source)
@@ -391,29 +392,61 @@ fn client_network(
         .unwrap_or(s.addr());
     if source == 0 {
         // RFC 7871 7.1.2: a /0 source asks for an answer that does not depend on the client.
-        return (resolver, Some(0), Some(0));
+        return (resolver, Some(0), Some(0), topo.zones.lookup(resolver));
     }
-    let matched = topo.zones.lookup_prefix(ip).map_or(0, |(_, len)| len);
+    let found = topo.zones.lookup_prefix(ip);
+    let matched = found.map_or(0, |(_, len)| len);
     let inside = IpNet::new(ip, source)
         .ok()
         .and_then(|net| topo.zones.deepest_within(net))
         .unwrap_or(0);
-    (ip, Some(source), Some(source.max(matched).max(inside)))
+    (
+        ip,
+        Some(source),
+        Some(source.max(matched).max(inside)),
+        found.map(|(zone, _)| zone),
+    )
 }
 
-/// The rendezvous key of a client: its network, so that one network sticks to its edges.
-fn network_key(ip: IpAddr, source: Option<u8>) -> String {
-    let len = source.unwrap_or(match ip {
-        IpAddr::V4(_) => 24,
-        IpAddr::V6(_) => 56,
-    });
-    let len = match ip {
-        IpAddr::V4(_) => len.min(24),
-        IpAddr::V6(_) => len.min(56),
-    };
-    IpNet::new(ip, len)
-        .map(|n| n.trunc().to_string())
-        .unwrap_or_else(|_| ip.to_string())
+/// The rendezvous key of a client: its network (at most a /24 or a /56), so that one network
+/// sticks to its edges; the network's address bytes and prefix length in hex, written on the
+/// stack (the geo-DNS makes one per query).
+struct NetworkKey {
+    text: [u8; 34],
+    len: usize,
+}
+
+impl NetworkKey {
+    fn new(ip: IpAddr, source: Option<u8>) -> Self {
+        let (max, octets): (u8, &[u8]) = match &ip {
+            IpAddr::V4(a) => (24, &a.octets()[..]),
+            IpAddr::V6(a) => (56, &a.octets()[..]),
+        };
+        let prefix = source.unwrap_or(max).min(max);
+        let mut key = Self {
+            text: [0; 34],
+            len: 0,
+        };
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut push = |b: u8| {
+            key.text[key.len] = HEX[usize::from(b >> 4)];
+            key.text[key.len + 1] = HEX[usize::from(b & 15)];
+            key.len += 2;
+        };
+        for (i, byte) in octets.iter().enumerate() {
+            let bits = usize::from(prefix).saturating_sub(i * 8).min(8);
+            // Bits past the prefix are zero, so every address of the network has one key.
+            let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+            push(byte & mask);
+        }
+        push(prefix);
+        key
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or("")
+    }
 }
 
 /// The network a client is rate limited as: its /24 or /56.
@@ -1502,6 +1535,27 @@ mod tests {
             RateLimit::new(0, 2).check(client, Budget::Answers),
             Limited::No
         );
+    }
+
+    #[test]
+    fn one_network_one_rendezvous_key() {
+        let key = |ip: [u8; 4], source| {
+            NetworkKey::new(IpAddr::from(ip), source)
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(key([10, 1, 2, 3], None), key([10, 1, 2, 200], None));
+        assert_ne!(key([10, 1, 2, 3], None), key([10, 1, 3, 3], None));
+        assert_eq!(key([10, 1, 2, 3], Some(16)), key([10, 1, 99, 3], Some(16)));
+        assert_eq!(key([10, 1, 2, 3], Some(32)), key([10, 1, 2, 9], Some(24)));
+        assert_eq!(key([10, 1, 2, 3], None), "0a01020018");
+        let v6 = |s: &str| {
+            NetworkKey::new(s.parse().expect("ip"), None)
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(v6("2001:db8:aa:bb01::1"), v6("2001:db8:aa:bbff::2"));
+        assert_ne!(v6("2001:db8:aa:bb01::1"), v6("2001:db8:aa:cc01::1"));
     }
 
     #[test]

@@ -203,8 +203,9 @@ pub fn write_estuary_config(
              # A site's two edges, as the peers answer.\nanswers = 2\n\
              # One UDP worker, as gdnsd's udp_threads and Knot's udp-workers.\nworkers = 1\n\
              nameservers = [\"ns1.{zone}\"]\nns_addresses = [\"{ns}\"]\n\
-             # Off: dnsperf sends every query from 127.0.0.1, one client /24 (gdnsd has no rate\n\
-             # limiting, and Knot's rrl module is not loaded).\nrrl_responses_per_second = 0\n",
+             # On, but too high to limit: dnsperf sends every query from 127.0.0.1, one client\n\
+             # /24, yet the limiter's cost per query is measured (gdnsd has no rate limiting,\n\
+             # and Knot's rrl module is not loaded).\nrrl_responses_per_second = 100000000\n",
             zone = data::ZONE,
             ttl = data::GEO_TTL,
             ns = data::NS_ADDR,
