@@ -210,6 +210,20 @@ impl Drop for Rogue {
     }
 }
 
+/// The test asset's files with every media segment's bytes replaced by `fill`: another
+/// version of the same asset, with a manifest that matches it.
+fn segments_filled_with(fill: u8) -> Vec<(String, Vec<u8>)> {
+    fake_asset_files()
+        .into_iter()
+        .map(|(path, mut data)| {
+            if path.ends_with(".m4s") {
+                data.iter_mut().for_each(|b| *b = fill);
+            }
+            (path, data)
+        })
+        .collect()
+}
+
 #[test]
 fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secret() {
     let cp = ControlPlane::new("sec-forged");
@@ -226,30 +240,14 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
     // signed with a key of its own under the trusted key's id.
     let rogue_dir = TempDir::new("sec-rogue");
     let rogue = Rogue::start(rogue_dir.path());
-    let forged: Vec<(String, Vec<u8>)> = fake_asset_files()
-        .into_iter()
-        .map(|(path, mut data)| {
-            if path.ends_with(".m4s") {
-                data.iter_mut().for_each(|b| *b = b'X');
-            }
-            (path, data)
-        })
-        .collect();
+    let forged = segments_filled_with(b'X');
     let rogue_asset = rogue_dir.path().join("rogue/v/movie");
     write_asset(&rogue_dir.path().join("rogue"), "movie", &forged);
     let rogue_key =
         estuary_common::signing::ManifestSigner::generate(MANIFEST_KEY_ID).expect("rogue key");
     estuary_common::signing::sign_folder(&rogue_key, &rogue_asset).expect("rogue signature");
     // And "trailer" in an older version that the origin's key really signed (a replay).
-    let old_trailer: Vec<(String, Vec<u8>)> = fake_asset_files()
-        .into_iter()
-        .map(|(path, mut data)| {
-            if path.ends_with(".m4s") {
-                data.iter_mut().for_each(|b| *b = b'O');
-            }
-            (path, data)
-        })
-        .collect();
+    let old_trailer = segments_filled_with(b'O');
     write_asset(&rogue_dir.path().join("rogue"), "trailer", &old_trailer);
     write_fake_asset(&origin_site.storage_root(), "trailer");
     let stop = Arc::new(AtomicBool::new(false));
