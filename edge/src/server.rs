@@ -560,6 +560,9 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
     }
 }
 
+/// HTTP/3 error code `H3_EXCESSIVE_LOAD`.
+const H3_EXCESSIVE_LOAD: u32 = 0x0107;
+
 async fn serve_h3(
     shared: Arc<Shared>,
     connection: quinn::Connection,
@@ -571,7 +574,10 @@ async fn serve_h3(
     let budget = 2 * shared.limits.max_header_bytes as u64 + 16 * 1024;
     let mut h3 = match h3::server::builder()
         .max_field_section_size(shared.limits.max_header_bytes as u64)
-        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(connection, budget))
+        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(
+            connection.clone(),
+            budget,
+        ))
         .await
     {
         Ok(c) => c,
@@ -585,6 +591,10 @@ async fn serve_h3(
     // same watch as on TCP does (the handshake stands for the first byte).
     let watch = ConnectionWatch::new(shared.limits.timeouts());
     watch.saw_first_byte();
+    let mut resets = crate::h3_resets::ResetWindow::new(
+        shared.limits.h3_max_reset_streams as u64,
+        crate::h3_resets::WINDOW,
+    );
     loop {
         let resolver = tokio::select! {
             r = h3.accept() => r,
@@ -611,6 +621,22 @@ async fn serve_h3(
                 break;
             }
         };
+        // Rapid Reset: every cancelled stream was first accepted here, so looking at each
+        // accept sees a flood. A stream the client cancelled sends one or both frames, so the
+        // larger count is the number of cancelled streams.
+        let frames = connection.stats().frame_rx;
+        if resets.exceeded(
+            std::time::Instant::now(),
+            frames.reset_stream.max(frames.stop_sending),
+        ) {
+            tracing::debug!(client = %peer, "An HTTP/3 connection that cancelled too many streams was closed.");
+            shared.edge.observer().metrics.h3_reset_flood_closes.inc();
+            connection.close(
+                quinn::VarInt::from_u32(H3_EXCESSIVE_LOAD),
+                b"too many cancelled streams",
+            );
+            break;
+        }
         let edge = Arc::clone(&shared.edge);
         let (header_read_timeout, max_headers) =
             (shared.limits.header_read_timeout, shared.limits.max_headers);
