@@ -1,6 +1,7 @@
 //! HTTP/3 abuse: a Rapid Reset flood (streams opened and cancelled at once, CVE-2023-44487's
 //! HTTP/3 counterpart) closes its own connection with H3_EXCESSIVE_LOAD and is counted, while
-//! another connection is still served.
+//! another connection is still served; a response the client cancels is logged and counted
+//! with the bytes the edge handed over, not its size, and not as complete.
 
 mod common;
 
@@ -54,4 +55,73 @@ async fn a_rapid_reset_flood_closes_its_connection_only() {
     assert!(edge.metric("estuary_edge_h3_reset_flood_closes_total", &[]) >= 1.0);
     // Another connection is served.
     assert_eq!(h3_status(&site, "/pub/hello.txt").await, 200);
+}
+
+/// The access-log line of the `n`-th request for `path` (0-based), once it is written.
+fn logged(edge: &EdgeProcess, path: &str, n: usize) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(line) = edge
+            .access_log()
+            .lines()
+            .filter(|l| l.contains(&format!("\"path\":\"{path}\"")))
+            .nth(n)
+        {
+            return serde_json::from_str(line).expect("json");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no access-log line {n} for {path}: {}", edge.access_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_response_logs_the_bytes_sent_not_its_size() {
+    let site = Site::new("h3-cancel");
+    // Small enough for quinn to take whole before the client's cancellation arrives.
+    std::fs::write(site.content.join("pub/seg.m4s"), pattern(700_000)).expect("write");
+    let edge = site.start();
+    let port = site.https.port().to_string();
+    // First, the test can tell: a whole download is logged whole and complete.
+    let mut h3 = estuary_bench::h3client::H3Client::connect(site.https, "localhost", &site.cert)
+        .await
+        .expect("connect");
+    let whole = h3.get("/pub/big.mp4").await.expect("get");
+    assert_eq!(whole.body.len(), 8_000_000);
+    drop(h3);
+    let entry = logged(&edge, "/pub/big.mp4", 0);
+    assert_eq!(entry["bytes"], 8_000_000, "{entry}");
+    assert_eq!(entry["complete"], true, "{entry}");
+    // 8 MB asked for with 16 MiB windows, so flow control does not stop the edge early, and
+    // cancelled at the first body bytes.
+    let port2 = port.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        abuse(&["cancel", "127.0.0.1", &port2, "/pub/big.mp4", "16777216"])
+    })
+    .await
+    .expect("join");
+    let received: u64 = out
+        .strip_prefix("received ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(received > 0 && received < 8_000_000, "{out}");
+    let entry = logged(&edge, "/pub/big.mp4", 1);
+    assert_eq!(entry["complete"], false, "{entry}");
+    let bytes = entry["bytes"].as_u64().expect("bytes");
+    assert!(
+        bytes < 4_000_000,
+        "a cancelled 8 MB response logged {bytes} bytes: {entry}"
+    );
+    assert_eq!(
+        edge.metric("estuary_edge_response_body_bytes_total", &["h3"]),
+        (8_000_000 + bytes) as f64
+    );
+    // A response quinn took whole before the cancellation arrived is not complete either: the
+    // client acknowledged only part of it.
+    let out = tokio::task::spawn_blocking(move || {
+        abuse(&["cancel", "127.0.0.1", &port, "/pub/seg.m4s", "16777216"])
+    })
+    .await
+    .expect("join");
+    assert!(out.starts_with("received "), "{out}");
+    let entry = logged(&edge, "/pub/seg.m4s", 0);
+    assert_eq!(entry["complete"], false, "{entry}");
 }

