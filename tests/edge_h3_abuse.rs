@@ -1,7 +1,8 @@
 //! HTTP/3 abuse: a Rapid Reset flood (streams opened and cancelled at once, CVE-2023-44487's
 //! HTTP/3 counterpart) closes its own connection with H3_EXCESSIVE_LOAD and is counted, while
 //! another connection is still served; a response the client cancels is logged and counted
-//! with the bytes the edge handed over, not its size, and not as complete.
+//! with the bytes the edge handed over, not its size, and not as complete; a request with a
+//! connection-specific field is malformed (RFC 9114 section 4.2) and its stream reset.
 
 mod common;
 
@@ -124,4 +125,26 @@ async fn a_cancelled_response_logs_the_bytes_sent_not_its_size() {
     assert!(out.starts_with("received "), "{out}");
     let entry = logged(&edge, "/pub/seg.m4s", 0);
     assert_eq!(entry["complete"], false, "{entry}");
+}
+
+#[test]
+fn connection_specific_fields_make_an_http3_request_malformed() {
+    let site = Site::new("h3-malformed");
+    let _edge = site.start();
+    let port = site.https.port().to_string();
+    let answer = |case: &str| abuse(&["head", "127.0.0.1", &port, case]);
+    // The test can tell: a correct head, and one with the only TE allowed, are answered.
+    assert_eq!(answer("valid"), "status 200");
+    assert_eq!(answer("te-trailers"), "status 200");
+    // RFC 9114 section 4.2: malformed, so the stream is reset with H3_MESSAGE_ERROR.
+    for case in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te-gzip",
+    ] {
+        assert_eq!(answer(case), format!("reset {}", 0x10e), "{case}");
+    }
 }

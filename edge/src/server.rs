@@ -566,6 +566,26 @@ fn h3_stream_budget(limits: &LimitsConfig) -> u64 {
     2 * limits.max_header_bytes as u64 + 16 * 1024
 }
 
+/// Whether a request carries a connection-specific field, which RFC 9114 section 4.2 makes
+/// malformed in HTTP/3: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+/// `Upgrade`, or `TE` with anything but `trailers`.
+fn connection_specific(headers: &http::HeaderMap) -> bool {
+    use http::header;
+    [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+        || headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
+}
+
 /// HTTP/3 error code `H3_EXCESSIVE_LOAD`.
 const H3_EXCESSIVE_LOAD: u32 = 0x0107;
 
@@ -668,6 +688,12 @@ async fn serve_h3(
                     return;
                 }
             };
+            // h3 checks pseudo-header fields and names but lets these through.
+            if connection_specific(req.headers()) {
+                tracing::debug!(client = %peer, "A malformed HTTP/3 request (a connection-specific field) was refused.");
+                stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+                return;
+            }
             if req.headers().len() > max_headers {
                 let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                 if stream.send_response(bare_response(status)).await.is_ok() {
@@ -1144,5 +1170,39 @@ fn heartbeat_maker(
             instance: String::new(),
             leaving: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(fields: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in fields {
+            h.append(*name, http::HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn connection_specific_fields_are_found() {
+        assert!(!connection_specific(&head(&[("user-agent", "x")])));
+        assert!(!connection_specific(&head(&[("te", "trailers")])));
+        assert!(!connection_specific(&head(&[("te", " Trailers ")])));
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(connection_specific(&head(&[(name, "x")])), "{name}");
+        }
+        assert!(connection_specific(&head(&[("te", "trailers, gzip")])));
+        assert!(connection_specific(&head(&[
+            ("te", "trailers"),
+            ("te", "gzip")
+        ])));
     }
 }

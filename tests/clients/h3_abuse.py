@@ -11,6 +11,11 @@ Usage: h3_abuse.py cancel HOST PORT PATH WINDOW_BYTES
 Asks for PATH with flow-control windows of WINDOW_BYTES (stream and connection), cancels the
 request (RESET_STREAM and STOP_SENDING) as soon as the first body bytes arrive, keeps the
 connection open for a second and prints "received <body bytes>".
+
+Usage: h3_abuse.py head HOST PORT CASE
+Sends one request whose head is CASE (see HEADS: some malformed by RFC 9114 section 4.2) as
+raw field lines and prints "status <code>" for a response or "reset <code>" when the server
+reset the stream.
 """
 import asyncio
 import ssl
@@ -21,7 +26,8 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.h3.events import DataReceived
-from aioquic.quic.events import ConnectionTerminated
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.events import ConnectionTerminated, StreamReset
 
 H3_REQUEST_CANCELLED = 0x10C
 
@@ -34,13 +40,21 @@ class Client(QuicConnectionProtocol):
         self.closed = asyncio.Event()
         self.received = 0
         self.first_data = asyncio.Event()
+        self.answer = asyncio.get_event_loop().create_future()
 
     def quic_event_received(self, event):
         if isinstance(event, ConnectionTerminated):
             self.terminated = event.error_code
             self.closed.set()
+            if not self.answer.done():
+                self.answer.set_result(f"closed {event.error_code}")
             return
+        if isinstance(event, StreamReset) and not self.answer.done():
+            self.answer.set_result(f"reset {event.error_code}")
         for e in self.h3.handle_event(event):
+            if isinstance(e, HeadersReceived) and not self.answer.done():
+                status = dict(e.headers).get(b":status", b"?").decode()
+                self.answer.set_result(f"status {status}")
             if isinstance(e, DataReceived):
                 self.received += len(e.data)
                 self.first_data.set()
@@ -98,6 +112,30 @@ async def cancel(host, port, path, window):
         print(f"received {received}", flush=True)
 
 
+def heads(host):
+    base = head(host, "/pub/hello.txt")
+    return {
+        "valid": base,
+        "te-trailers": base + [(b"te", b"trailers")],
+        "connection": base + [(b"connection", b"close")],
+        "keep-alive": base + [(b"keep-alive", b"timeout=5")],
+        "proxy-connection": base + [(b"proxy-connection", b"keep-alive")],
+        "transfer-encoding": base + [(b"transfer-encoding", b"chunked")],
+        "upgrade": base + [(b"upgrade", b"websocket")],
+        "te-gzip": base + [(b"te", b"gzip")],
+    }
+
+
+async def send_head(host, port, case):
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    config.verify_mode = ssl.CERT_NONE
+    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+        sid = client._quic.get_next_available_stream_id()
+        client.h3.send_headers(sid, heads(host)[case], end_stream=True)
+        client.transmit()
+        print(await asyncio.wait_for(client.answer, 10), flush=True)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "reset":
@@ -106,6 +144,8 @@ def main():
     elif mode == "cancel":
         host, port, path, window = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
         asyncio.run(cancel(host, port, path, window))
+    elif mode == "head":
+        asyncio.run(send_head(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     else:
         sys.exit(f"unknown mode {mode}")
 
