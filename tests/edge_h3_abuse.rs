@@ -2,7 +2,8 @@
 //! HTTP/3 counterpart) closes its own connection with H3_EXCESSIVE_LOAD and is counted, while
 //! another connection is still served; a response the client cancels is logged and counted
 //! with the bytes the edge handed over, not its size, and not as complete; a request with a
-//! connection-specific field is malformed (RFC 9114 section 4.2) and its stream reset.
+//! connection-specific field is malformed (RFC 9114 section 4.2) and its stream reset; a
+//! client that acknowledges nothing (but pings) has its response and connection ended.
 
 mod common;
 
@@ -147,4 +148,36 @@ fn connection_specific_fields_make_an_http3_request_malformed() {
     ] {
         assert_eq!(answer(case), format!("reset {}", 0x10e), "{case}");
     }
+}
+
+#[test]
+fn a_client_that_acknowledges_nothing_is_closed_at_the_idle_timeout() {
+    let mut site = Site::new("h3-noack");
+    // QUIC's idle timeout is the same 2 s, but the client's pings reset it forever: only the
+    // edge's own bound on a stalled response, then the connection's watch, can close it.
+    site.extra = "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n".into();
+    let edge = site.start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/h3_abuse.py");
+    let mut client = Command::new("python3")
+        .arg(script)
+        .args(["noack", "127.0.0.1", &site.https.port().to_string()])
+        .args(["/pub/big.mp4", "30"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 with aioquic");
+    // The client keeps pinging for 30 s; the edge must let the connection go long before
+    // (the test's own bound: 20 s), and say the response was not complete.
+    let entry = logged(&edge, "/pub/big.mp4", 0);
+    assert_eq!(entry["complete"], false, "{entry}");
+    let mut open = 1.0;
+    for _ in 0..200 {
+        open = edge.metric("estuary_edge_open_connections", &["h3"]);
+        if open == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_eq!(open, 0.0, "the stalled connection is still open");
 }

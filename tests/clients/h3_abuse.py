@@ -16,6 +16,11 @@ Usage: h3_abuse.py head HOST PORT CASE
 Sends one request whose head is CASE (see HEADS: some malformed by RFC 9114 section 4.2) as
 raw field lines and prints "status <code>" for a response or "reset <code>" when the server
 reset the stream.
+
+Usage: h3_abuse.py noack HOST PORT PATH WAIT_SECONDS
+Asks for PATH and from then on acknowledges nothing (but sends a PING every 0.3 s, which
+keeps QUIC's idle timeout from firing); prints "closed <error code>" when the server closed
+the connection within WAIT_SECONDS, else "open".
 """
 import asyncio
 import ssl
@@ -136,6 +141,40 @@ async def send_head(host, port, case):
         print(await asyncio.wait_for(client.answer, 10), flush=True)
 
 
+async def noack(host, port, path, wait):
+    from aioquic.quic.connection import QuicConnection
+
+    write_ack = QuicConnection._write_ack_frame
+    silent = {"on": False}
+
+    def maybe_ack(self, builder, space, now):
+        if silent["on"]:
+            # Drop the acknowledgement that was due, as a client that never acknowledges.
+            space.ack_at = None
+        else:
+            write_ack(self, builder=builder, space=space, now=now)
+
+    QuicConnection._write_ack_frame = maybe_ack
+    # Nor does it give up itself when the server's retransmissions thin out.
+    QuicConnection._idle_timeout = lambda self: 3600.0
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    config.verify_mode = ssl.CERT_NONE
+    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+        quic = client._quic
+        silent["on"] = True
+        sid = quic.get_next_available_stream_id()
+        client.h3.send_headers(sid, head(host, path), end_stream=True)
+        client.transmit()
+        deadline = asyncio.get_event_loop().time() + wait
+        n = 0
+        while client.terminated is None and asyncio.get_event_loop().time() < deadline:
+            n += 1
+            quic.send_ping(n)
+            client.transmit()
+            await asyncio.sleep(0.3)
+        print("open" if client.terminated is None else f"closed {client.terminated}", flush=True)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "reset":
@@ -144,6 +183,9 @@ def main():
     elif mode == "cancel":
         host, port, path, window = sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
         asyncio.run(cancel(host, port, path, window))
+    elif mode == "noack":
+        host, port, path, wait = sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+        asyncio.run(noack(host, port, path, wait))
     elif mode == "head":
         asyncio.run(send_head(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
     else:
