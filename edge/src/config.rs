@@ -387,6 +387,12 @@ pub struct LimitsConfig {
     /// of client errors before it closes the connection.
     #[serde(default = "default_max_local_error_resets")]
     pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/3 Rapid Reset defence: most request streams a client may cancel (RESET_STREAM or
+    /// STOP_SENDING) within 10 s on one connection; past it the connection is closed with
+    /// H3_EXCESSIVE_LOAD. A player cancels a request when it switches renditions, a few a
+    /// minute; a flood cancels thousands a second.
+    #[serde(default = "default_max_pending_resets")]
+    pub h3_max_reset_streams: usize,
     /// How long a connection (HTTP/1.1 keep-alive, HTTP/2 even while it answers pings,
     /// HTTP/3) is kept without a request in flight.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
@@ -417,6 +423,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: default_max_streams(),
             h2_max_pending_reset_streams: default_max_pending_resets(),
             h2_max_local_error_reset_streams: default_max_local_error_resets(),
+            h3_max_reset_streams: default_max_pending_resets(),
             idle_timeout: default_idle_timeout(),
         }
     }

@@ -1168,6 +1168,9 @@ pub struct Finish {
     pub complete: bool,
     /// Body bytes handed over, when the front end counted them (streamed bodies).
     pub sent: Option<u64>,
+    /// When the last byte was handed over, if the front end waits on after that (HTTP/3
+    /// waits for the client's acknowledgement to know whether the response was complete).
+    pub handed_over: Option<Instant>,
     /// Whether to count and log this request at all (not for admin endpoints).
     record: bool,
     reason: Option<&'static str>,
@@ -1221,6 +1224,7 @@ impl Finish {
             body_len: 0,
             complete: false,
             sent: None,
+            handed_over: None,
             record: true,
             reason: None,
             path: String::new(),
@@ -1234,7 +1238,11 @@ impl Drop for Finish {
         if !self.record {
             return;
         }
-        let seconds = self.started.elapsed().as_secs_f64();
+        let seconds = self
+            .handed_over
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(self.started)
+            .as_secs_f64();
         let sent = match self.sent {
             Some(n) => n,
             None if self.complete => self.body_len,

@@ -18,6 +18,7 @@ pub mod eviction;
 pub mod fill;
 pub mod freshness;
 pub mod h3_budget;
+pub mod h3_resets;
 pub mod handler;
 pub mod metrics;
 pub mod path;

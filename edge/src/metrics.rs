@@ -48,6 +48,8 @@ pub struct Metrics {
     pub tls_reloads_ok: IntCounter,
     pub tls_reloads_failed: IntCounter,
     pub access_log_dropped: IntCounter,
+    /// HTTP/3 connections closed for cancelling too many request streams (Rapid Reset).
+    pub h3_reset_flood_closes: IntCounter,
     pub draining: IntGauge,
     pub cache_hits_ram: IntCounter,
     pub cache_hits_disk: IntCounter,
@@ -145,6 +147,10 @@ impl Metrics {
         let access_log_dropped = must(IntCounter::new(
             "estuary_edge_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind.",
+        ));
+        let h3_reset_flood_closes = must(IntCounter::new(
+            "estuary_edge_h3_reset_flood_closes_total",
+            "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling more than limits.h3_max_reset_streams request streams within 10 s (Rapid Reset).",
         ));
         let draining = must(IntGauge::new(
             "estuary_edge_draining",
@@ -257,6 +263,7 @@ impl Metrics {
         reg(Box::new(reload_vec));
         reg(Box::new(bad_paths.clone()));
         reg(Box::new(access_log_dropped.clone()));
+        reg(Box::new(h3_reset_flood_closes.clone()));
         reg(Box::new(draining.clone()));
 
         Self {
@@ -273,6 +280,7 @@ impl Metrics {
             tls_reloads_ok,
             tls_reloads_failed,
             access_log_dropped,
+            h3_reset_flood_closes,
             draining,
             cache_hits_ram,
             cache_hits_disk,

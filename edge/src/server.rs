@@ -560,18 +560,50 @@ async fn accept_quic(shared: Arc<Shared>, endpoint: quinn::Endpoint, stop: watch
     }
 }
 
+/// What a client may send on one HTTP/3 request stream: its head (twice the limit, for
+/// QPACK's literal encoding and frames h3 skips) and no body, which the edge never reads.
+fn h3_stream_budget(limits: &LimitsConfig) -> u64 {
+    2 * limits.max_header_bytes as u64 + 16 * 1024
+}
+
+/// Whether a request carries a connection-specific field, which RFC 9114 section 4.2 makes
+/// malformed in HTTP/3: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+/// `Upgrade`, or `TE` with anything but `trailers`.
+fn connection_specific(headers: &http::HeaderMap) -> bool {
+    use http::header;
+    [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+        || headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
+}
+
+/// HTTP/3 error code `H3_EXCESSIVE_LOAD`.
+const H3_EXCESSIVE_LOAD: u32 = 0x0107;
+
 async fn serve_h3(
     shared: Arc<Shared>,
     connection: quinn::Connection,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    // What a client may send on one request stream: its head (twice the limit, for QPACK's
-    // literal encoding and frames h3 skips) and no body, which the edge never reads.
-    let budget = 2 * shared.limits.max_header_bytes as u64 + 16 * 1024;
+    let budget = h3_stream_budget(&shared.limits);
+    let outcomes = crate::h3_budget::Outcomes::default();
     let mut h3 = match h3::server::builder()
         .max_field_section_size(shared.limits.max_header_bytes as u64)
-        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(connection, budget))
+        .build::<_, Bytes>(crate::h3_budget::BudgetConnection::new(
+            connection.clone(),
+            budget,
+            outcomes.clone(),
+        ))
         .await
     {
         Ok(c) => c,
@@ -585,6 +617,10 @@ async fn serve_h3(
     // same watch as on TCP does (the handshake stands for the first byte).
     let watch = ConnectionWatch::new(shared.limits.timeouts());
     watch.saw_first_byte();
+    let mut resets = crate::h3_resets::ResetWindow::new(
+        shared.limits.h3_max_reset_streams as u64,
+        crate::h3_resets::WINDOW,
+    );
     loop {
         let resolver = tokio::select! {
             r = h3.accept() => r,
@@ -611,10 +647,30 @@ async fn serve_h3(
                 break;
             }
         };
+        // Rapid Reset: every cancelled stream was first accepted here, so looking at each
+        // accept sees a flood. A stream the client cancelled sends one or both frames, so the
+        // larger count is the number of cancelled streams.
+        let frames = connection.stats().frame_rx;
+        if resets.exceeded(
+            std::time::Instant::now(),
+            frames.reset_stream.max(frames.stop_sending),
+        ) {
+            tracing::debug!(client = %peer, "An HTTP/3 connection that cancelled too many streams was closed.");
+            shared.edge.observer().metrics.h3_reset_flood_closes.inc();
+            connection.close(
+                quinn::VarInt::from_u32(H3_EXCESSIVE_LOAD),
+                b"too many cancelled streams",
+            );
+            break;
+        }
         let edge = Arc::clone(&shared.edge);
-        let (header_read_timeout, max_headers) =
-            (shared.limits.header_read_timeout, shared.limits.max_headers);
+        let (header_read_timeout, max_headers, idle_timeout) = (
+            shared.limits.header_read_timeout,
+            shared.limits.max_headers,
+            shared.limits.idle_timeout,
+        );
         let guard = watch.request();
+        let outcomes = outcomes.clone();
         requests.spawn(async move {
             let _guard = guard;
             // A stream whose head does not arrive in time is dropped (and so reset), so that
@@ -632,6 +688,12 @@ async fn serve_h3(
                     return;
                 }
             };
+            // h3 checks pseudo-header fields and names but lets these through.
+            if connection_specific(req.headers()) {
+                tracing::debug!(client = %peer, "A malformed HTTP/3 request (a connection-specific field) was refused.");
+                stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+                return;
+            }
             if req.headers().len() > max_headers {
                 let status = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
                 if stream.send_response(bare_response(status)).await.is_ok() {
@@ -668,12 +730,16 @@ async fn serve_h3(
             match body {
                 Body::Full(body) => {
                     // Hand the body over in pieces so that one large segment does not sit
-                    // whole in QUIC's send buffer ahead of other streams.
+                    // whole in QUIC's send buffer ahead of other streams. A piece that
+                    // quinn cannot take within `idle_timeout` (a client that acknowledges
+                    // nothing keeps the send window full) ends the request, and with it the
+                    // request in flight that keeps the connection's watch from closing it.
                     const PIECE: usize = 256 * 1024;
                     let mut offset = 0;
                     while offset < body.len() {
                         let end = (offset + PIECE).min(body.len());
-                        if stream.send_data(body.slice(offset..end)).await.is_err() {
+                        let piece = stream.send_data(body.slice(offset..end));
+                        if !matches!(tokio::time::timeout(idle_timeout, piece).await, Ok(Ok(()))) {
                             finish.sent = Some(sent);
                             return;
                         }
@@ -690,7 +756,8 @@ async fn serve_h3(
                             return;
                         };
                         let n = chunk.len() as u64;
-                        if stream.send_data(chunk).await.is_err() {
+                        let piece = stream.send_data(chunk);
+                        if !matches!(tokio::time::timeout(idle_timeout, piece).await, Ok(Ok(()))) {
                             finish.sent = Some(sent);
                             return;
                         }
@@ -699,8 +766,18 @@ async fn serve_h3(
                 }
             }
             finish.sent = Some(sent);
-            if stream.finish().await.is_ok() {
-                finish.complete = true;
+            if stream.finish().await.is_err() {
+                return;
+            }
+            // quinn has taken the whole body, but a client that cancels now never gets the
+            // rest: the response is complete only once the client acknowledged all of it.
+            // What quinn took and dropped is at most the connection's send window.
+            if let Some(outcome) = outcomes.take(stream.id()) {
+                finish.handed_over = Some(std::time::Instant::now());
+                finish.complete = matches!(
+                    tokio::time::timeout(idle_timeout, outcome).await,
+                    Ok(Ok(None))
+                );
             }
         });
     }
@@ -725,9 +802,15 @@ fn quic_endpoint(
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_concurrent_streams))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
         .max_idle_timeout(Some(quinn::IdleTimeout::try_from(limits.idle_timeout)?))
-        .stream_receive_window(quinn::VarInt::from_u32(1024 * 1024))
-        .receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024))
-        .send_window(16 * 1024 * 1024);
+        // A client sends request heads only, so a stream's window is its byte budget (48 KiB
+        // with the default `max_header_bytes`) and the connection's room for a few dozen.
+        .stream_receive_window(quinn::VarInt::from_u64(h3_stream_budget(limits))?)
+        .receive_window(quinn::VarInt::from_u32(1024 * 1024))
+        // What quinn holds unacknowledged per connection, and so what a client that stops
+        // acknowledging pins (and what a cancelled response may have been counted for but
+        // never delivered): 2 MiB still carries 80 Mbit/s at 200 ms of round trip, more than
+        // a video player draws. Requests stuck behind a full window end after `idle_timeout`.
+        .send_window(2 * 1024 * 1024);
     server.transport_config(Arc::new(transport));
     // QUIC v1 only: quinn also speaks the pre-standard drafts 29 to 34 by default, and does
     // not implement v2.
@@ -1087,5 +1170,39 @@ fn heartbeat_maker(
             instance: String::new(),
             leaving: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(fields: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in fields {
+            h.append(*name, http::HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn connection_specific_fields_are_found() {
+        assert!(!connection_specific(&head(&[("user-agent", "x")])));
+        assert!(!connection_specific(&head(&[("te", "trailers")])));
+        assert!(!connection_specific(&head(&[("te", " Trailers ")])));
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(connection_specific(&head(&[(name, "x")])), "{name}");
+        }
+        assert!(connection_specific(&head(&[("te", "trailers, gzip")])));
+        assert!(connection_specific(&head(&[
+            ("te", "trailers"),
+            ("te", "gzip")
+        ])));
     }
 }
