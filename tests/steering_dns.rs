@@ -426,3 +426,25 @@ fn rate_limits_hold_per_client_network_across_names_and_subnets_and_cookies_prov
         "{text}"
     );
 }
+
+#[test]
+fn network_scoped_ecs_answers_hold_for_the_widest_network_they_fit() {
+    // Coverage (see `start`): far is 10.9.0.0/16, lab the 10.9.8.0/24 inside it.
+    let (_site, dns, _p) = start("steer-ecs-network", "ecs_scope = \"network\"\n");
+    let r = probe(
+        dns,
+        serde_json::json!([
+            {"name": "edge.cdn.example.", "type": "A", "subnet": "10.9.200.0/24"},
+            {"name": "edge.cdn.example.", "type": "A", "subnet": "10.9.130.0/24"},
+            {"name": "edge.cdn.example.", "type": "A", "subnet": "10.9.8.0/24"},
+            {"name": "edge.cdn.example.", "type": "A", "subnet": "10.9.3.0/24"},
+        ]),
+    );
+    // 10.9.128.0/17 holds no narrower coverage network: one answer for all of it.
+    assert_eq!(r[0]["ecs"]["scope"], 17, "{}", r[0]);
+    assert_eq!(r[1]["ecs"]["scope"], 17, "{}", r[1]);
+    assert_eq!(r[0]["answers"], r[1]["answers"]);
+    // lab's own /24, and the /21 beside it that holds nothing narrower.
+    assert_eq!(r[2]["ecs"]["scope"], 24, "{}", r[2]);
+    assert_eq!(r[3]["ecs"]["scope"], 21, "{}", r[3]);
+}

@@ -119,6 +119,23 @@ pub struct TokensConfig {
     pub ttl: Duration,
 }
 
+/// How wide an `edge.<zone>` answer to an ECS query says it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EcsScope {
+    /// The client's own network (its /24 or /56, or the coverage network when that is
+    /// narrower): each client network gets its own rendezvous order of the site's edges, so a
+    /// site's load spreads over its edges network by network; resolvers cache per /24.
+    #[default]
+    Client,
+    /// The widest network around the client that one answer fits: its coverage network,
+    /// unless that holds a narrower coverage network, as gdnsd answers. Every client of it
+    /// gets the same order of the site's edges (the key is that network), so resolvers cache
+    /// one answer for all of it, and a site's load spreads over its edges only as widely as
+    /// its coverage networks are many.
+    Network,
+}
+
 /// Which base URL of an edge players are sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,6 +215,9 @@ pub struct DnsConfig {
     /// Addresses in one `edge.<zone>` answer (the best edges first), 1 to 16.
     #[serde(default = "default_dns_answers")]
     pub answers: usize,
+    /// The ECS scope of `edge.<zone>` answers: `"client"` (the default) or `"network"`.
+    #[serde(default)]
+    pub ecs_scope: EcsScope,
     /// The zone's name servers (fully qualified); default `ns1.<zone>`.
     #[serde(default)]
     pub nameservers: Vec<String>,

@@ -87,6 +87,7 @@ pub struct Zone {
     /// `edge.<zone>` in wire form, lowercase (the fast path's one name), unless a name server
     /// of the zone has that name.
     edge_wire: Option<Vec<u8>>,
+    ecs_scope: crate::config::EcsScope,
 }
 
 /// The reason a config cannot make a zone.
@@ -171,6 +172,7 @@ impl Zone {
             ns_hosts,
             ttl,
             edge_wire,
+            ecs_scope: config.ecs_scope,
             policy: Policy {
                 max_results: config.answers,
                 ..policy
@@ -301,7 +303,18 @@ impl Zone {
     ) -> (Vec<IpAddr>, Option<u8>) {
         let (ip, source, scope, zone) = client_network(client, subnet, topo);
         let place = topo.place_in(zone);
-        let key = NetworkKey::new(ip, source);
+        let (key, scope) = match (self.ecs_scope, source) {
+            (crate::config::EcsScope::Network, Some(source)) => {
+                match network_scope(ip, source, topo) {
+                    Some(net) => (
+                        NetworkKey::new(net.addr(), Some(net.prefix_len())),
+                        Some(net.prefix_len()),
+                    ),
+                    None => (NetworkKey::new(ip, Some(source)), scope),
+                }
+            }
+            _ => (NetworkKey::new(ip, source), scope),
+        };
         let addrs = ranked_edges(topo, place, key.as_str(), &self.policy)
             .into_iter()
             .filter_map(|i| edge_ips.get(i).copied().flatten())
@@ -406,6 +419,17 @@ fn client_network<'t>(
         Some(source.max(matched).max(inside)),
         found.map(|(zone, _)| zone),
     )
+}
+
+/// The widest network around `ip` (a client network of `source` bits) that one answer fits:
+/// from its coverage network inward, the first prefix that holds no narrower coverage
+/// network, if that is wider than `source`; `None` when there is none (no coverage network,
+/// or one as narrow as the client's). Every address in it finds the same coverage network.
+fn network_scope(ip: IpAddr, source: u8, topo: &Topology) -> Option<IpNet> {
+    let (_, matched) = topo.zones.lookup_prefix(ip)?;
+    (matched..source)
+        .filter_map(|len| IpNet::new(ip, len).ok().map(|n| n.trunc()))
+        .find(|net| topo.zones.deepest_within(*net).is_none())
 }
 
 /// The rendezvous key of a client: its network (at most a /24 or a /56), so that one network
@@ -1404,10 +1428,15 @@ mod tests {
     }
 
     fn zone() -> Zone {
+        zone_with(crate::config::EcsScope::Client)
+    }
+
+    fn zone_with(ecs_scope: crate::config::EcsScope) -> Zone {
         let config = DnsConfig {
             zone: "cdn.example.".into(),
             ttl: Duration::from_secs(30),
             answers: 2,
+            ecs_scope,
             nameservers: vec![],
             ns_addresses: vec!["192.0.2.53".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))],
             contact: None,
@@ -1535,6 +1564,41 @@ mod tests {
             RateLimit::new(0, 2).check(client, Budget::Answers),
             Limited::No
         );
+    }
+
+    #[test]
+    fn network_scope_answers_for_the_widest_network_one_answer_fits() {
+        // lab covers 10.1.0.0/16, and a narrower 10.1.128.0/20 inside it belongs to "near".
+        let mut snap = snapshot();
+        snap.sites.insert(
+            "near".into(),
+            Site {
+                name: "near".into(),
+                location: None,
+                coverage: vec!["10.1.128.0/20".into()],
+            },
+        );
+        let t = Topology::from_snapshot(&snap, true, &Default::default());
+        let scope = |z: &Zone, subnet: &str| {
+            let a = ask(z, &t, "edge.cdn.example.", RecordType::A, subnet);
+            (a.client_subnet.map(|s| s.scope_prefix()), ips(&a))
+        };
+        let network = zone_with(crate::config::EcsScope::Network);
+        let client = zone();
+        // 10.1.2.0/24: the /16 holds the /20, but 10.1.0.0/17 holds nothing narrower.
+        let (s, first) = scope(&network, "10.1.2.0/24");
+        assert_eq!(s, Some(17));
+        // Every client of that /17 gets the same answer, which is what the scope promises.
+        for other in ["10.1.99.0/24", "10.1.127.0/24", "10.1.0.0/24"] {
+            assert_eq!(scope(&network, other), (Some(17), first.clone()), "{other}");
+        }
+        // Inside the narrower network: its own scope.
+        assert_eq!(scope(&network, "10.1.130.0/24").0, Some(20));
+        // far's /16 holds nothing narrower: the /16.
+        assert_eq!(scope(&network, "10.2.7.0/24").0, Some(16));
+        // Outside every coverage network, and in the default mode: the client's /24.
+        assert_eq!(scope(&network, "198.51.100.0/24").0, Some(24));
+        assert_eq!(scope(&client, "10.2.7.0/24").0, Some(24));
     }
 
     #[test]
