@@ -152,11 +152,22 @@ impl App {
         }
     }
 
-    /// Writes a refused node request to the audit log (and a WARN line), at most once a
-    /// minute for the same caller, node and reason.
-    async fn audit_refusal(&self, caller: &str, node: &str, why: &str) {
+    /// Refuses a node's heartbeat with `status`: counted, and written to the audit log (and
+    /// a WARN line) at most once a minute for the same caller, node and `kind` of refusal.
+    /// The kind, not the text, is the key: a text that carries a figure (an age, a count)
+    /// would otherwise make every refusal new.
+    async fn refuse_node(
+        &self,
+        caller: &Caller,
+        node: &str,
+        status: StatusCode,
+        kind: &str,
+        why: &str,
+    ) -> Response {
+        self.metrics.heartbeats_refused.inc();
+        let caller = caller.audit_name();
         let now = estuary_common::unix_now();
-        let key = format!("{caller}\0{node}\0{why}");
+        let key = format!("{caller}\0{node}\0{kind}");
         let fresh = self.refusals_audited.lock().is_ok_and(|mut seen| {
             if seen.len() >= 4096 {
                 seen.retain(|_, at| now.saturating_sub(*at) < 60);
@@ -179,9 +190,10 @@ impl App {
                 reason = why,
                 "A node's heartbeat was refused."
             );
-            self.audit(caller, "heartbeat-refused", node, why.to_owned())
+            self.audit(&caller, "heartbeat-refused", node, why.to_owned())
                 .await;
         }
+        (status, format!("refused: {why}\n")).into_response()
     }
 
     fn internal(&self, e: impl std::fmt::Display) -> Response {
@@ -292,12 +304,9 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     // A credential speaks for its own node, site and role only.
     if let Err(why) = crate::identity::admit(&app.config.auth, &caller, &hb) {
         let why = why.to_string();
-        app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+        return app
+            .refuse_node(&caller, &hb.node, StatusCode::FORBIDDEN, &why, &why)
             .await;
-        return refuse(
-            &app,
-            (StatusCode::FORBIDDEN, format!("refused: {why}\n")).into_response(),
-        );
     }
     if let Caller::SiteEdge(site) = &caller {
         app.warn_site_token(site);
@@ -310,12 +319,9 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             let why = format!(
                 "site token {site:?} already registered {n} nodes (at most {MAX_NODES_PER_SITE_TOKEN}); give each node its own credential"
             );
-            app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+            return app
+                .refuse_node(&caller, &hb.node, StatusCode::FORBIDDEN, "census", &why)
                 .await;
-            return refuse(
-                &app,
-                (StatusCode::FORBIDDEN, format!("refused: {why}\n")).into_response(),
-            );
         }
     }
     let now = estuary_common::unix_now();
@@ -330,12 +336,9 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             "node {:?} is held by another live process (its last heartbeat {age} s ago)",
             hb.node
         );
-        app.audit_refusal(&caller.audit_name(), &hb.node, &why)
+        return app
+            .refuse_node(&caller, &hb.node, StatusCode::CONFLICT, "held", &why)
             .await;
-        return refuse(
-            &app,
-            (StatusCode::CONFLICT, format!("refused: {why}\n")).into_response(),
-        );
     }
     if !app.registry.has_site(&hb.site) {
         let site = Site {
