@@ -404,19 +404,23 @@ pub async fn heartbeat_loop(
             .build(connector);
     let url = format!("{}/v1/heartbeat", config.url.trim_end_matches('/'));
     let instance = new_instance_id();
-    let mut failures: u64 = 0;
-    loop {
-        let mut beat = make();
-        beat.instance = instance.clone();
-        let body = serde_json::to_vec(&beat).unwrap_or_default();
-        let request = http::Request::post(&url)
+    // One heartbeat as a request, with this node's credential.
+    let post = |beat: &Heartbeat| {
+        http::Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", config.token),
             )
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)));
-        let outcome = match request {
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(beat).unwrap_or_default(),
+            )))
+    };
+    let mut failures: u64 = 0;
+    loop {
+        let mut beat = make();
+        beat.instance = instance.clone();
+        let outcome = match post(&beat) {
             Ok(r) => {
                 match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(r))
                     .await
@@ -469,15 +473,7 @@ pub async fn heartbeat_loop(
             beat.instance = instance;
             beat.ready = false;
             beat.leaving = true;
-            let body = serde_json::to_vec(&beat).unwrap_or_default();
-            if let Ok(r) = http::Request::post(&url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(
-                    http::header::AUTHORIZATION,
-                    format!("Bearer {}", config.token),
-                )
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            {
+            if let Ok(r) = post(&beat) {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.request(r))
                     .await;
             }
