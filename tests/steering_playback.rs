@@ -37,16 +37,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn wait_for_edges(steering: &SteeringSite, nodes: &[&str]) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, _, body) = fetch(&steering.url("/v1/playback/movie"), &[]);
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let ids: Vec<String> = v["edges"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e["node"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (status, ids, v) = steering.playback_edges("movie");
         let mut sorted = ids.clone();
         sorted.sort();
         if status == 200 && sorted == nodes {

@@ -246,6 +246,11 @@ pub struct NodeState {
     /// Why it is down, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<String>,
+    /// Why the node is `up` although its own verdict is down: the panic threshold keeps it
+    /// in rotation (missing heartbeats alone took too many of its site's or the fleet's
+    /// edges out at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_up: Option<String>,
     /// Unix seconds of the last heartbeat.
     pub last_heartbeat: u64,
     pub load: Load,
@@ -276,6 +281,31 @@ pub struct StateSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_one_url_or_a_list_and_fail_over_in_turn() {
+        let list = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(check_replica_urls("http://a", &[]).is_ok());
+        assert!(check_replica_urls("", &list(&["http://a", "https://b"])).is_ok());
+        let key = |url: &str, urls: &[&str]| {
+            check_replica_urls(url, &list(urls))
+                .expect_err("refused")
+                .key
+                .clone()
+        };
+        assert_eq!(key("", &[]), "control_plane.url");
+        assert_eq!(key("http://a", &["http://b"]), "control_plane.urls");
+        assert_eq!(key("ftp://a", &[]), "control_plane.url");
+        assert_eq!(key("", &["http://a", "nope"]), "control_plane.urls[1]");
+        assert_eq!(key("", &["http://a", "http://a"]), "control_plane.urls[1]");
+
+        let r = Replicas::new(list(&["http://a/", "http://b"]));
+        assert_eq!(r.current(), (0, "http://a"));
+        // Two requests fail on replica 0 at once: one move, not two.
+        assert_eq!(r.fail_over(0), (1, "http://b"));
+        assert_eq!(r.fail_over(0), (1, "http://b"));
+        assert_eq!(r.fail_over(1), (0, "http://a"));
+    }
 
     #[test]
     fn heartbeats_round_trip_and_refuse_unknown_keys() {
@@ -310,7 +340,12 @@ mod tests {
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The control plane's base URL, for example `http://10.0.0.2:7000`.
+    #[serde(default)]
     pub url: String,
+    /// Instead of `url`: every control-plane replica's base URL. Heartbeats go to one and
+    /// move to the next when it fails (refused, timed out, or 5xx).
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// This node's own credential (its `[auth.nodes.<id>] token` on the control plane; at
     /// least 32 characters), or, deprecated, its site's token from `[auth.node_tokens]` (edges
     /// only). Edges also accept it for purges sent by the control plane.
@@ -339,15 +374,19 @@ fn default_gbps() -> f64 {
 }
 
 impl ClientConfig {
+    /// The replicas' base URLs, from `url` or `urls`.
+    pub fn replica_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+
     /// Checks the URL, token and interval; `Err` names the key (under `control_plane.`).
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         use crate::config::ConfigError;
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(ConfigError::new(
-                "control_plane.url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        check_replica_urls(&self.url, &self.urls)?;
         if self.token.len() < 16 {
             return Err(ConfigError::new(
                 "control_plane.token",
@@ -402,11 +441,11 @@ pub async fn heartbeat_loop(
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
-    let url = format!("{}/v1/heartbeat", config.url.trim_end_matches('/'));
+    let replicas = Replicas::new(config.replica_urls());
     let instance = new_instance_id();
-    // One heartbeat as a request, with this node's credential.
-    let post = |beat: &Heartbeat| {
-        http::Request::post(&url)
+    // One heartbeat as a request to one replica, with this node's credential.
+    let post = |base: &str, beat: &Heartbeat| {
+        http::Request::post(format!("{base}/v1/heartbeat"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
                 http::header::AUTHORIZATION,
@@ -416,40 +455,58 @@ pub async fn heartbeat_loop(
                 serde_json::to_vec(beat).unwrap_or_default(),
             )))
     };
+    // Err((reason, try another replica)).
+    let send = async |base: &str, beat: &Heartbeat| -> Result<HeartbeatReply, (String, bool)> {
+        let r = post(base, beat).map_err(|e| (e.to_string(), false))?;
+        match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(r)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| (e.to_string(), true))?;
+                serde_json::from_slice::<HeartbeatReply>(&body.to_bytes())
+                    .map_err(|e| (format!("unreadable reply: {e}"), true))
+            }
+            // A refusal (4xx) speaks for every replica; a 5xx is this replica's trouble.
+            Ok(Ok(resp)) => Err((
+                format!("answered {}", resp.status()),
+                resp.status().is_server_error(),
+            )),
+            Ok(Err(e)) => Err((e.to_string(), true)),
+            Err(_) => Err(("timed out".to_owned(), true)),
+        }
+    };
     let mut failures: u64 = 0;
     loop {
         let mut beat = make();
         beat.instance = instance.clone();
-        let outcome = match post(&beat) {
-            Ok(r) => {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(r))
-                    .await
-                {
-                    Ok(Ok(resp)) if resp.status().is_success() => {
-                        match resp.into_body().collect().await {
-                            Ok(body) => {
-                                match serde_json::from_slice::<HeartbeatReply>(&body.to_bytes()) {
-                                    Ok(reply) => {
-                                        on_reply(reply);
-                                        Ok(())
-                                    }
-                                    Err(e) => Err(format!("unreadable reply: {e}")),
-                                }
-                            }
-                            Err(e) => Err(e.to_string()),
-                        }
+        // The current replica, then each other one once.
+        let mut outcome = Err(String::new());
+        for _ in 0..replicas.len() {
+            let (i, base) = replicas.current();
+            match send(base, &beat).await {
+                Ok(reply) => {
+                    on_reply(reply);
+                    outcome = Ok(());
+                    break;
+                }
+                Err((e, next)) => {
+                    outcome = Err(e.clone());
+                    if !next || replicas.len() == 1 {
+                        break;
                     }
-                    Ok(Ok(resp)) => Err(format!("answered {}", resp.status())),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("timed out".to_owned()),
+                    let (_, to) = replicas.fail_over(i);
+                    tracing::warn!(from = %base, to = %to, error = %e,
+                        "A control-plane replica failed a heartbeat; heartbeats go to the next one.");
                 }
             }
-            Err(e) => Err(e.to_string()),
-        };
+        }
+        let url = replicas.current().1;
         match outcome {
             Ok(()) => {
                 if failures > 0 {
-                    tracing::info!(url = %config.url, "The control plane is reachable again.");
+                    tracing::info!(url = %url, "The control plane is reachable again.");
                 }
                 failures = 0;
             }
@@ -457,7 +514,7 @@ pub async fn heartbeat_loop(
                 failures += 1;
                 // The first failure and then one in twenty: a long outage does not flood the log.
                 if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(url = %config.url, error = %e, failures,
+                    tracing::warn!(url = %url, error = %e, failures,
                         "A heartbeat to the control plane failed; serving goes on with what this node has.");
                 }
             }
@@ -473,12 +530,109 @@ pub async fn heartbeat_loop(
             beat.instance = instance;
             beat.ready = false;
             beat.leaving = true;
-            if let Ok(r) = post(&beat) {
+            if let Ok(r) = post(replicas.current().1, &beat) {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.request(r))
                     .await;
             }
             return;
         }
+    }
+}
+
+/// Checks `[control_plane] url` / `urls`: exactly one of them, each an http(s) URL, no
+/// duplicates, at most 16.
+pub fn check_replica_urls(url: &str, urls: &[String]) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    match (url.is_empty(), urls.is_empty()) {
+        (false, false) => Err(ConfigError::new(
+            "control_plane.urls",
+            "give url (one control plane) or urls (its replicas), not both",
+        )),
+        (true, true) => Err(ConfigError::new(
+            "control_plane.url",
+            "required: the control plane's base URL (or urls = [...] for its replicas)",
+        )),
+        (false, true) if !http(url) => Err(ConfigError::new(
+            "control_plane.url",
+            "must be an http:// or https:// URL",
+        )),
+        (false, true) => Ok(()),
+        (true, false) => {
+            if urls.len() > 16 {
+                return Err(ConfigError::new(
+                    "control_plane.urls",
+                    "at most 16 replicas",
+                ));
+            }
+            for (i, u) in urls.iter().enumerate() {
+                if !http(u) {
+                    return Err(ConfigError::new(
+                        format!("control_plane.urls[{i}]"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                if urls[..i].contains(u) {
+                    return Err(ConfigError::new(
+                        format!("control_plane.urls[{i}]"),
+                        "listed twice",
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The control plane's replicas as a client sees them: requests go to the current one; when
+/// it fails, the next becomes current (and stays so: no flapping back while it works).
+#[derive(Debug)]
+pub struct Replicas {
+    urls: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Replicas {
+    /// From base URLs (a trailing `/` is dropped); at least one.
+    pub fn new(urls: Vec<String>) -> Self {
+        let mut urls: Vec<String> = urls
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        if urls.is_empty() {
+            urls.push(String::new());
+        }
+        Self {
+            urls,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The current replica: its index and base URL.
+    pub fn current(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len();
+        (i, &self.urls[i])
+    }
+
+    /// After a failure of replica `index`: the next one becomes current, unless another
+    /// request moved on already. The new current replica.
+    pub fn fail_over(&self, index: usize) -> (usize, &str) {
+        let next = (index + 1) % self.urls.len();
+        let _ = self.current.compare_exchange(
+            index,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.current()
     }
 }
 

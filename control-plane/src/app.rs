@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use crate::config::ControlPlaneConfig;
 use crate::registry::{Registry, Seen};
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, Store, StoreError};
 
 pub use crate::identity::Caller;
 
@@ -32,6 +32,10 @@ pub struct Metrics {
     pub checks_failed: IntCounter,
     pub version: IntGauge,
     nodes: IntGaugeVec,
+    database_up: IntGauge,
+    database_errors: IntCounter,
+    pending_writes: IntGauge,
+    held_up: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -63,6 +67,25 @@ impl Metrics {
             Opts::new("estuary_cp_nodes", "Registered nodes, by role and verdict."),
             &["role", "up"],
         ));
+        let database_up = must(IntGauge::new(
+            "estuary_cp_database_up",
+            "1 when the last database call was answered, 0 while the database is out of reach.",
+        ));
+        let database_errors = must(IntCounter::new(
+            "estuary_cp_database_unavailable_total",
+            "Database calls that found the database out of reach (refused, timed out, closed).",
+        ));
+        let pending_writes = must(IntGauge::new(
+            "estuary_cp_pending_writes",
+            "Heartbeat and site writes received but not yet written to the database.",
+        ));
+        let held_up = must(IntGaugeVec::new(
+            Opts::new(
+                "estuary_cp_panic_held_edges",
+                "Edges kept in rotation by the panic threshold, by scope (a site, or * for the fleet). Anything above 0 is an alarm.",
+            ),
+            &["scope"],
+        ));
         let heartbeats = hb.with_label_values(&["ok"]);
         let heartbeats_refused = hb.with_label_values(&["refused"]);
         let checks_ok = checks.with_label_values(&["ok"]);
@@ -72,6 +95,10 @@ impl Metrics {
             Box::new(checks),
             Box::new(version.clone()),
             Box::new(nodes.clone()),
+            Box::new(database_up.clone()),
+            Box::new(database_errors.clone()),
+            Box::new(pending_writes.clone()),
+            Box::new(held_up.clone()),
         ] {
             must(registry.register(c));
         }
@@ -83,6 +110,10 @@ impl Metrics {
             checks_failed,
             version,
             nodes,
+            database_up,
+            database_errors,
+            pending_writes,
+            held_up,
         }
     }
 }
@@ -109,6 +140,12 @@ pub struct App {
     pub refusals_audited: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Sites whose deprecated shared token has been used (warned about once each).
     pub site_tokens_used: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Writes received while the database was out of reach.
+    pub pending: crate::writeback::Pending,
+    /// The placements of each node as last read, for heartbeat replies while the database
+    /// is out of reach.
+    pub placements_seen:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<crate::store::Placement>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -201,6 +238,37 @@ impl App {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
     }
 
+    /// A database call on a heartbeat's path: skipped (as out of reach) while the database is
+    /// known to be, so that heartbeats do not each wait for its timeout; the replica task's
+    /// flush finds out when it is back.
+    async fn write<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if !self.store.health().is_up() {
+            return Err(StoreError::OutOfReach);
+        }
+        call.await
+    }
+
+    /// A failed database call as an answer: 503 with the reason and `Retry-After` while the
+    /// database is out of reach (the state feed still answers from memory), else 500.
+    fn store_failed(&self, e: StoreError) -> Response {
+        if !e.is_unavailable() {
+            return self.internal(e);
+        }
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the control plane's database is unavailable ({e}); reads answer from memory, writes are refused until it is back\n"
+            ),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    }
+
     async fn audit(&self, who: &str, action: &str, target: &str, detail: String) {
         tracing::info!(who, action, target, detail = %detail, "Operator action.");
         let entry = AuditEntry {
@@ -215,10 +283,24 @@ impl App {
         }
     }
 
-    /// Refreshes the gauges from the registry.
+    /// Refreshes the gauges from the registry and the store's health.
     pub fn update_gauges(&self) {
         let snap = self.registry.snapshot(estuary_common::unix_now());
         self.metrics.version.set(snap.version as i64);
+        let db = self.store.health();
+        self.metrics.database_up.set(i64::from(db.is_up()));
+        let new_errors = db
+            .errors()
+            .saturating_sub(self.metrics.database_errors.get());
+        self.metrics.database_errors.inc_by(new_errors);
+        self.metrics.pending_writes.set(self.pending.len() as i64);
+        self.metrics.held_up.reset();
+        for (scope, held) in self.registry.panicking() {
+            self.metrics
+                .held_up
+                .with_label_values(&[scope.as_str()])
+                .set(held.len() as i64);
+        }
         self.metrics.nodes.reset();
         for n in snap.nodes.values() {
             self.metrics
@@ -257,7 +339,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/purges/{id}", get(get_purge))
         .route("/", get(dashboard))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)
 }
@@ -345,8 +427,11 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             name: hb.site.clone(),
             ..Site::default()
         };
-        if let Err(e) = app.store.put_site(&site).await {
-            return app.internal(e);
+        if let Err(e) = app.write(app.store.put_site(&site)).await {
+            if !e.is_unavailable() {
+                return app.store_failed(e);
+            }
+            app.pending.site(site.clone());
         }
         app.registry.upsert_site(site);
         tracing::info!(site = %hb.site, "A site was registered by its first node.");
@@ -354,10 +439,14 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     let stored = hb.clone();
     // With a shared database every heartbeat is written through (before the registry sees it,
     // so that a replica's merge never takes the node for removed), and the other replicas
-    // fold it in; with SQLite only changes are written.
+    // fold it in; with SQLite only changes are written. A heartbeat counts when it is
+    // received: one that cannot be written is queued (and shields its node from the merge).
     let shared = app.store.is_shared();
-    if shared && let Err(e) = app.store.put_node(&stored, now).await {
-        return app.internal(e);
+    if shared && let Err(e) = app.write(app.store.put_node(&stored, now)).await {
+        if !e.is_unavailable() {
+            return app.store_failed(e);
+        }
+        app.pending.node(stored.clone(), now);
     }
     let (version, seen) = app.registry.heartbeat(hb, now);
     if seen != Seen::Same {
@@ -366,14 +455,17 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         } else {
             tracing::info!(node = %stored.node, "A node's addresses or capacity changed.");
         }
-        if !shared && let Err(e) = app.store.put_node(&stored, now).await {
-            return app.internal(e);
+        if !shared && let Err(e) = app.write(app.store.put_node(&stored, now)).await {
+            if !e.is_unavailable() {
+                return app.store_failed(e);
+            }
+            app.pending.node(stored.clone(), now);
         }
     }
     app.metrics.heartbeats.inc();
     let (assignments, remove) = match assignments_for(&app, &stored).await {
         Ok(a) => a,
-        Err(e) => return app.internal(e),
+        Err(e) => return app.store_failed(e),
     };
     json(
         StatusCode::OK,
@@ -392,7 +484,30 @@ async fn assignments_for(
     app: &App,
     hb: &Heartbeat,
 ) -> Result<(Vec<estuary_common::cp::Assignment>, Vec<String>), crate::store::StoreError> {
-    let mine = app.store.placements_of(&hb.node).await?;
+    // While the database is out of reach the node is told what it was last told (and
+    // nothing is dropped): fills go on, nothing new is placed.
+    let (mine, fresh) = match app.write(app.store.placements_of(&hb.node)).await {
+        Ok(mine) => {
+            if let Ok(mut seen) = app.placements_seen.lock() {
+                if mine.is_empty() {
+                    seen.remove(&hb.node);
+                } else {
+                    seen.insert(hb.node.clone(), mine.clone());
+                }
+            }
+            (mine, true)
+        }
+        Err(e) if e.is_unavailable() => {
+            let seen = app
+                .placements_seen
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&hb.node).cloned())
+                .unwrap_or_default();
+            (seen, false)
+        }
+        Err(e) => return Err(e),
+    };
     if mine.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -404,7 +519,7 @@ async fn assignments_for(
         if p.state == "removing" {
             if holds(&p.asset) {
                 remove.push(p.asset.clone());
-            } else {
+            } else if fresh {
                 app.store.drop_placement(&p.asset, &p.node).await?;
             }
             continue;
@@ -544,7 +659,7 @@ async fn put_site(
         return (StatusCode::BAD_REQUEST, "location: [latitude, longitude]\n").into_response();
     }
     if let Err(e) = app.store.put_site(&site).await {
-        return app.internal(e);
+        return app.store_failed(e);
     }
     app.registry.upsert_site(site.clone());
     app.audit(
@@ -579,7 +694,7 @@ async fn delete_node(
         return (StatusCode::NOT_FOUND, "no such node\n").into_response();
     }
     if let Err(e) = app.store.remove_node(&id).await {
-        return app.internal(e);
+        return app.store_failed(e);
     }
     app.audit(&who, "node.delete", &id, String::new()).await;
     StatusCode::NO_CONTENT.into_response()
@@ -672,7 +787,7 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         .collect();
     let id = match app.store.add_purge(&who, &req.target, edges.clone()).await {
         Ok(id) => id,
-        Err(e) => return app.internal(e),
+        Err(e) => return app.store_failed(e),
     };
     app.audit(
         &who,
@@ -692,7 +807,7 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         let status = match app.store.purge(id).await {
             Ok(Some(s)) => s,
             Ok(None) => return (StatusCode::NOT_FOUND, "no such purge\n").into_response(),
-            Err(e) => return app.internal(e),
+            Err(e) => return app.store_failed(e),
         };
         let settled = status
             .edges
@@ -865,7 +980,7 @@ async fn push(
     };
     let placements = match app.store.placements().await {
         Ok(p) => p,
-        Err(e) => return app.internal(e),
+        Err(e) => return app.store_failed(e),
     };
     let used = used_bytes(&placements, Some(&asset));
     let snap = app.registry.snapshot(estuary_common::unix_now());
@@ -885,7 +1000,7 @@ async fn push(
         .add_placements(&asset, bytes, &merkle_root, chosen.clone())
         .await
     {
-        return app.internal(e);
+        return app.store_failed(e);
     }
     app.audit(
         &who,
@@ -931,7 +1046,7 @@ async fn remove_asset(
                 &serde_json::json!({"asset": asset, "removing": n}),
             )
         }
-        Err(e) => app.internal(e),
+        Err(e) => app.store_failed(e),
     }
 }
 
@@ -953,7 +1068,7 @@ async fn fill_status(
     }
     let placements = match app.store.placements().await {
         Ok(p) => p,
-        Err(e) => return app.internal(e),
+        Err(e) => return app.store_failed(e),
     };
     let rows: Vec<serde_json::Value> = placements
         .into_iter()
@@ -1046,7 +1161,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     if req.apply {
         let placements = match app.store.placements().await {
             Ok(p) => p,
-            Err(e) => return app.internal(e),
+            Err(e) => return app.store_failed(e),
         };
         let mut used = used_bytes(&placements, None);
         for (site, plan) in &plans {
@@ -1074,7 +1189,7 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                             )
                             .await
                         {
-                            return app.internal(e);
+                            return app.store_failed(e);
                         }
                         applied.extend(chosen.into_iter().map(|(node, site)| {
                             serde_json::json!({"asset": pick.asset, "node": node, "site": site})
@@ -1110,7 +1225,7 @@ async fn get_purge(
     match app.store.purge(id).await {
         Ok(Some(s)) => json(StatusCode::OK, &s),
         Ok(None) => (StatusCode::NOT_FOUND, "no such purge\n").into_response(),
-        Err(e) => app.internal(e),
+        Err(e) => app.store_failed(e),
     }
 }
 
@@ -1120,7 +1235,7 @@ async fn audit_log(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     }
     match app.store.audit_log(200).await {
         Ok(entries) => json(StatusCode::OK, &entries),
-        Err(e) => app.internal(e),
+        Err(e) => app.store_failed(e),
     }
 }
 
@@ -1169,12 +1284,35 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     r
 }
 
+/// Ready while serving: a database out of reach does not take a replica out of a load
+/// balancer, because the state feed and heartbeats work from memory (writes answer 503; the
+/// database's state is in `/healthz` and `estuary_cp_database_up`).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if !app.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if !app.store.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
+    if !app.store.health().is_up() {
+        return "ready (the database is unavailable: reads answer from memory, writes answer 503)\n"
+            .into_response();
     }
     "ready\n".into_response()
+}
+
+/// Alive, with what an operator needs at a glance: the database's state (since when it is out
+/// of reach, why, writes queued) and where the panic threshold holds edges in rotation.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let now = estuary_common::unix_now();
+    let db = app.store.health();
+    let outage = db.outage();
+    let body = serde_json::json!({
+        "status": "ok",
+        "database": {
+            "up": db.is_up(),
+            "unavailable_for_seconds": outage.as_ref().map(|(since, _)| now.saturating_sub(*since)),
+            "reason": outage.map(|(_, why)| why),
+            "pending_writes": app.pending.len(),
+        },
+        "panic_held_edges": app.registry.panicking(),
+    });
+    json(StatusCode::OK, &body)
 }

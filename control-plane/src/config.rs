@@ -87,6 +87,11 @@ pub struct DatabaseConfig {
     /// or more control-plane replicas sharing one database. TLS to PostgreSQL is not built in
     /// (`sslmode=require` is refused): reach it over a local socket or a private network.
     pub url: String,
+    /// Longest wait for one database call. A database that does not answer in time counts
+    /// as unavailable: heartbeats still count (their writes are queued), the state feed
+    /// answers from memory, and writes (push, purge, sites) answer 503.
+    #[serde(default = "default_db_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// Which database a URL names.
@@ -181,6 +186,14 @@ pub struct HealthConfig {
     /// A node whose last heartbeat is older than this fails its checks.
     #[serde(default = "default_heartbeat_timeout", with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// The panic threshold (as Envoy's and Traffic Router's): the largest share of a site's
+    /// edges, or of the fleet's, that missing heartbeats alone may take out of rotation.
+    /// Beyond it, the edges that were up stay in rotation (the state feed says why, in
+    /// `held_up`) and the control plane alarms: so many nodes going silent at once is far
+    /// more likely a fault between them and the control plane than their failure. Edges
+    /// failing their own `/readyz` are always taken out. 1.0 turns it off.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: f64,
 }
 
 impl Default for HealthConfig {
@@ -191,6 +204,7 @@ impl Default for HealthConfig {
             down_after: default_down_after(),
             up_after: default_up_after(),
             heartbeat_timeout: default_heartbeat_timeout(),
+            panic_threshold: default_panic_threshold(),
         }
     }
 }
@@ -225,6 +239,12 @@ fn default_up_after() -> u32 {
 }
 fn default_heartbeat_timeout() -> Duration {
     Duration::from_secs(20)
+}
+fn default_panic_threshold() -> f64 {
+    0.5
+}
+fn default_db_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 fn default_takeover_after() -> Duration {
     Duration::from_secs(15)
@@ -393,6 +413,16 @@ impl ControlPlaneConfig {
                 "must be at least 1s",
             ));
         }
+        if !(h.panic_threshold > 0.0 && h.panic_threshold <= 1.0) {
+            return Err(ConfigError::new(
+                "health.panic_threshold",
+                "must be a share above 0 and at most 1 (1 turns it off)",
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.database.timeout)
+        {
+            return Err(ConfigError::new("database.timeout", "must be 100ms to 60s"));
+        }
         Ok(())
     }
 }
@@ -427,6 +457,14 @@ mod tests {
         bad(
             &text.replace("down_after = 3", "down_after = 0"),
             "health.down_after",
+        );
+        bad(
+            &text.replace("panic_threshold = 0.5", "panic_threshold = 1.5"),
+            "health.panic_threshold",
+        );
+        bad(
+            &text.replace("timeout = \"3s\"", "timeout = \"0s\""),
+            "database.timeout",
         );
         bad(
             &text.replace("role = \"edge\"", "role = \"router\""),

@@ -126,6 +126,7 @@ mod tests {
             capacity: Default::default(),
             up,
             down_reason: None,
+            held_up: None,
             last_heartbeat: 0,
             load: Load {
                 bytes_per_second: bps,

@@ -19,6 +19,7 @@ pub mod purge;
 pub mod registry;
 pub mod replica;
 pub mod store;
+pub mod writeback;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +31,12 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     // Every node heartbeats and the steering feeds long-poll (see `estuary_common::fds`).
     estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
     let store = match config.database.database() {
-        Ok(config::Database::Sqlite(path)) => store::Store::open_sqlite(&path),
-        Ok(config::Database::Postgres(url)) => store::Store::open_postgres(&url).await,
+        Ok(config::Database::Sqlite(path)) => {
+            store::Store::open_sqlite(&path, config.database.timeout)
+        }
+        Ok(config::Database::Postgres(url)) => {
+            store::Store::open_postgres(&url, config.database.timeout).await
+        }
         Err(why) => return Err(anyhow::anyhow!("database.url: {why}")),
     }
     .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
@@ -42,7 +47,8 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         "The registry was loaded; every node is checked again."
     );
     let h = &config.health;
-    let registry = registry::Registry::new(sites, nodes, h.down_after, h.up_after);
+    let registry = registry::Registry::new(sites, nodes, h.down_after, h.up_after)
+        .with_panic_threshold(h.panic_threshold);
     let listen = config.listen.http;
     let limits = config.limits.clone();
     let history_step = config.dashboard.history_step.as_secs();
@@ -56,6 +62,8 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         purge_wake: Arc::new(tokio::sync::Notify::new()),
         history: std::sync::Mutex::new(history::History::new(history_step, 3600)),
         refusals_audited: Default::default(),
+        pending: Default::default(),
+        placements_seen: Default::default(),
         site_tokens_used: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(listen)
@@ -68,10 +76,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         Arc::clone(&app.purge_wake),
         stop_rx.clone(),
     ));
-    let replica = app
-        .store
-        .is_shared()
-        .then(|| tokio::spawn(replica::run(Arc::clone(&app), stop_rx.clone())));
+    let replica = tokio::spawn(replica::run(Arc::clone(&app), stop_rx.clone()));
     let server = tokio::spawn(estuary_common::listener::serve(
         listener,
         limits,
@@ -87,9 +92,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(drain, server).await;
     let _ = monitor.await;
     let _ = purger.await;
-    if let Some(replica) = replica {
-        let _ = replica.await;
-    }
+    let _ = replica.await;
     Ok(())
 }
 

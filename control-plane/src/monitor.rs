@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::health::Change;
-use crate::registry::Target;
+use crate::registry::{Failure, Target};
 
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -34,16 +34,21 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(h.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_scrapes: HashMap<String, (Instant, Scrape)> = HashMap::new();
+    let mut last_panic = std::collections::BTreeMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let now = estuary_common::unix_now();
+        // With a shared database out of reach, heartbeats sent to the other replicas do not
+        // reach this one: a node's silence here is no evidence, its own `/readyz` is.
+        let blind = app.store.is_shared() && !app.store.health().is_up();
         let checks = app.registry.targets().into_iter().map(|t| {
             let client = client.clone();
+            let h = h.clone();
             async move {
-                let result = check(&client, &t, now, h.heartbeat_timeout, h.poll_timeout).await;
+                let result = check(&client, &t, now, &h, blind).await;
                 (t.id, result)
             }
         });
@@ -55,7 +60,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             } else {
                 app.metrics.checks_failed.inc();
             }
-            let reason = result.as_ref().err().cloned();
+            let reason = result.as_ref().err().map(|f| f.reason.clone());
             if let Ok(Some(scrape)) = &result {
                 let at = Instant::now();
                 if let Some((then, old)) = last_scrapes.get(&id) {
@@ -72,6 +77,16 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 }
                 None => {}
             }
+        }
+        let panicking = app.registry.panicking();
+        if panicking != last_panic {
+            if panicking.is_empty() {
+                tracing::info!("The panic threshold holds no edge in rotation any more.");
+            } else {
+                tracing::error!(held = ?panicking, threshold = h.panic_threshold,
+                    "Heartbeats are missing from more edges than the panic threshold allows: the ones that were up stay in rotation. Check the network between the nodes and the control plane.");
+            }
+            last_panic = panicking;
         }
         let now = estuary_common::unix_now();
         let snap = app.registry.snapshot(now);
@@ -100,27 +115,48 @@ where
     out
 }
 
-/// One check of a node: heartbeat age, then `/readyz`, then a scrape of `/metrics`; the
-/// scrape's figures when the node has an admin address.
+/// One check of a node: heartbeat age, `/readyz`, then a scrape of `/metrics`; the scrape's
+/// figures when the node has an admin address. A node whose heartbeats stopped but which
+/// answers its polls fails for silence only (see the panic threshold), or passes when this
+/// replica is `blind` (its shared database is out of reach, so heartbeats sent to another
+/// replica cannot reach it).
 async fn check(
     client: &Client,
     t: &Target,
     now: u64,
-    heartbeat_timeout: Duration,
-    poll_timeout: Duration,
-) -> Result<Option<Scrape>, String> {
+    h: &crate::config::HealthConfig,
+    blind: bool,
+) -> Result<Option<Scrape>, Failure> {
     let age = now.saturating_sub(t.last_heartbeat);
-    if age > heartbeat_timeout.as_secs() {
-        return Err(format!("no heartbeat for {age} s"));
-    }
+    let silent = age > h.heartbeat_timeout.as_secs();
     let Some(admin) = &t.admin else {
         // Without an admin address the node's own word is all there is.
-        return if t.ready {
+        return if silent {
+            Err(Failure::silence(format!("no heartbeat for {age} s")))
+        } else if t.ready {
             Ok(None)
         } else {
-            Err("the node reports itself not ready".into())
+            Err(Failure::new("the node reports itself not ready"))
         };
     };
+    let polled = poll(client, admin, h.poll_timeout).await;
+    match (polled, silent) {
+        (Ok(scrape), false) => Ok(scrape),
+        (Ok(scrape), true) if blind => Ok(scrape),
+        (Ok(_), true) => Err(Failure::silence(format!(
+            "no heartbeat for {age} s (its /readyz answers)"
+        ))),
+        (Err(why), false) => Err(Failure::new(why)),
+        (Err(why), true) => Err(Failure::new(format!("no heartbeat for {age} s; {why}"))),
+    }
+}
+
+/// `/readyz` then `/metrics` of a node's admin address.
+async fn poll(
+    client: &Client,
+    admin: &str,
+    poll_timeout: Duration,
+) -> Result<Option<Scrape>, String> {
     let admin = admin.trim_end_matches('/');
     let (status, _) = get(client, &format!("{admin}/readyz"), poll_timeout)
         .await

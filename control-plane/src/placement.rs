@@ -91,6 +91,7 @@ mod tests {
                 },
                 up,
                 down_reason: None,
+                held_up: None,
                 last_heartbeat: 0,
                 load: Load::default(),
                 polled_load: None,

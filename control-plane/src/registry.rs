@@ -15,6 +15,9 @@ struct NodeEntry {
     last_heartbeat: u64,
     tracker: Tracker,
     down_reason: Option<String>,
+    /// Down for missing heartbeats alone (the node answered its polls, or has no admin
+    /// address to poll): what the panic threshold may hold in rotation.
+    down_silent: bool,
     /// Load from the monitor's own polls of the node's `/metrics`.
     polled_load: Option<estuary_common::cp::Load>,
 }
@@ -28,6 +31,7 @@ impl NodeEntry {
             last_heartbeat,
             tracker: Tracker::new(down_after, up_after),
             down_reason: Some("not checked yet".into()),
+            down_silent: false,
             polled_load: None,
         }
     }
@@ -37,6 +41,31 @@ struct Inner {
     version: u64,
     sites: BTreeMap<String, Site>,
     nodes: BTreeMap<String, NodeEntry>,
+}
+
+/// A failed check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// Only the heartbeats are missing: the node answered its `/readyz` poll (or has no
+    /// admin address, so there is nothing else to go by).
+    pub silent_only: bool,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            silent_only: false,
+        }
+    }
+
+    pub fn silence(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            silent_only: true,
+        }
+    }
 }
 
 /// A node to check, as the monitor needs it.
@@ -82,6 +111,8 @@ pub struct Registry {
     version: watch::Sender<u64>,
     down_after: u32,
     up_after: u32,
+    /// See `[health] panic_threshold`.
+    panic_threshold: f64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -116,7 +147,15 @@ impl Registry {
             version: watch::channel(1).0,
             down_after,
             up_after,
+            panic_threshold: 1.0,
         }
+    }
+
+    /// The largest share of a site's (or the fleet's) edges that missing heartbeats alone
+    /// may take out of rotation (1.0: any share).
+    pub fn with_panic_threshold(mut self, share: f64) -> Self {
+        self.panic_threshold = share;
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Option<T> {
@@ -228,8 +267,15 @@ impl Registry {
     /// Folds in what the shared database holds (heartbeats other replicas received, sites
     /// and removals they made), read at `read_at` (unix seconds, taken before the read).
     /// Newer heartbeats replace older ones; a node missing from the database is forgotten
-    /// unless its last heartbeat here is as recent as the read. Whether anything changed.
-    pub fn merge(&self, sites: Vec<Site>, nodes: Vec<(Heartbeat, u64)>, read_at: u64) -> bool {
+    /// unless its last heartbeat here is as recent as the read or is still to be written
+    /// (`keep`). Whether anything changed.
+    pub fn merge(
+        &self,
+        sites: Vec<Site>,
+        nodes: Vec<(Heartbeat, u64)>,
+        read_at: u64,
+        keep: &std::collections::BTreeSet<String>,
+    ) -> bool {
         let (down_after, up_after) = (self.down_after, self.up_after);
         self.with(|inner| {
             let mut changed = false;
@@ -259,9 +305,9 @@ impl Registry {
                 }
             }
             let before = inner.nodes.len();
-            inner
-                .nodes
-                .retain(|id, e| stored.contains(id) || e.last_heartbeat >= read_at);
+            inner.nodes.retain(|id, e| {
+                stored.contains(id) || e.last_heartbeat >= read_at || keep.contains(id)
+            });
             changed |= inner.nodes.len() != before;
             if changed {
                 self.bump(inner);
@@ -313,21 +359,107 @@ impl Registry {
     }
 
     /// Feeds one check result; a change of verdict bumps the version and is returned.
-    pub fn observe(&self, id: &str, result: Result<(), String>) -> Option<Change> {
+    pub fn observe(&self, id: &str, result: Result<(), Failure>) -> Option<Change> {
         self.with(|inner| {
             let entry = inner.nodes.get_mut(id)?;
+            let was_silent = entry.down_silent;
             let change = entry.tracker.observe(result.is_ok());
             match (&result, change) {
-                (Err(why), Some(Change::Down)) => entry.down_reason = Some(why.clone()),
-                (_, Some(Change::Up)) => entry.down_reason = None,
+                (Err(f), Some(Change::Down)) => {
+                    entry.down_reason = Some(f.reason.clone());
+                    entry.down_silent = f.silent_only;
+                }
+                (_, Some(Change::Up)) => {
+                    entry.down_reason = None;
+                    entry.down_silent = false;
+                }
+                // Down for silence, and now failing its polls too: down for good reason.
+                (Err(f), None) if was_silent && !f.silent_only && !entry.tracker.is_up() => {
+                    entry.down_reason = Some(f.reason.clone());
+                    entry.down_silent = false;
+                }
                 _ => {}
             }
-            if change.is_some() {
+            if change.is_some() || was_silent != entry.down_silent {
                 self.bump(inner);
             }
             change
         })
         .flatten()
+    }
+
+    /// The edges kept in rotation by the panic threshold, each with why: per site, when
+    /// missing heartbeats alone took more than the threshold's share of its edges out, those
+    /// edges stay in; then the same over the whole fleet.
+    fn held_up(&self, inner: &Inner) -> BTreeMap<String, String> {
+        let mut held = BTreeMap::new();
+        if self.panic_threshold >= 1.0 {
+            return held;
+        }
+        let edges: Vec<&NodeEntry> = inner
+            .nodes
+            .values()
+            .filter(|e| e.heartbeat.role == estuary_common::cp::Role::Edge)
+            .collect();
+        let silent = |e: &NodeEntry| !e.tracker.is_up() && e.down_silent;
+        let too_many = |out: usize, of: usize| out as f64 > self.panic_threshold * of as f64;
+        let mut sites: BTreeMap<&str, (usize, Vec<&str>)> = BTreeMap::new();
+        for e in &edges {
+            let s = sites.entry(e.heartbeat.site.as_str()).or_default();
+            s.0 += 1;
+            if silent(e) {
+                s.1.push(e.heartbeat.node.as_str());
+            }
+        }
+        for (site, (of, out)) in &sites {
+            if too_many(out.len(), *of) {
+                for id in out {
+                    held.insert(
+                        (*id).to_owned(),
+                        format!(
+                            "heartbeats are missing from {} of site {site:?}'s {of} edges, more than the panic threshold ({}): kept in rotation",
+                            out.len(),
+                            self.panic_threshold
+                        ),
+                    );
+                }
+            }
+        }
+        let out: Vec<&str> = edges
+            .iter()
+            .filter(|e| silent(e))
+            .map(|e| e.heartbeat.node.as_str())
+            .collect();
+        if too_many(out.len(), edges.len()) {
+            for id in &out {
+                held.entry((*id).to_owned()).or_insert_with(|| {
+                    format!(
+                        "heartbeats are missing from {} of the fleet's {} edges, more than the panic threshold ({}): kept in rotation",
+                        out.len(),
+                        edges.len(),
+                        self.panic_threshold
+                    )
+                });
+            }
+        }
+        held
+    }
+
+    /// Where the panic threshold holds edges in rotation now: the sites (and `*` for the
+    /// whole fleet), each with the edges held.
+    pub fn panicking(&self) -> BTreeMap<String, Vec<String>> {
+        self.with(|inner| {
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (id, why) in self.held_up(inner) {
+                let scope = match inner.nodes.get(&id) {
+                    Some(e) if why.contains("of site") => e.heartbeat.site.clone(),
+                    _ => "*".to_owned(),
+                };
+                out.entry(scope).or_default().push(id);
+            }
+            out
+        })
+        .unwrap_or_default()
     }
 
     /// Records the load the monitor measured from the node's metrics (figures only: the
@@ -342,42 +474,46 @@ impl Registry {
 
     /// The snapshot served at `/v1/state`.
     pub fn snapshot(&self, now: u64) -> StateSnapshot {
-        self.with(|inner| StateSnapshot {
-            version: inner.version,
-            generated_at: now,
-            sites: inner.sites.clone(),
-            nodes: inner
-                .nodes
-                .values()
-                .map(|e| {
-                    let hb = &e.heartbeat;
-                    (
-                        hb.node.clone(),
-                        NodeState {
-                            id: hb.node.clone(),
-                            site: hb.site.clone(),
-                            role: hb.role,
-                            addresses: hb.addresses.clone(),
-                            capacity: hb.capacity.clone(),
-                            up: e.tracker.is_up(),
-                            down_reason: (!e.tracker.is_up())
-                                .then(|| e.down_reason.clone())
-                                .flatten(),
-                            last_heartbeat: e.last_heartbeat,
-                            load: hb.load.clone(),
-                            polled_load: e.polled_load.clone(),
-                            usage: hb.usage.clone(),
-                            version: hb.version.clone(),
-                            assets: hb
-                                .inventory
-                                .iter()
-                                .filter(|i| i.state == "present")
-                                .map(|i| i.asset.clone())
-                                .collect(),
-                        },
-                    )
-                })
-                .collect(),
+        self.with(|inner| {
+            let mut held = self.held_up(inner);
+            StateSnapshot {
+                version: inner.version,
+                generated_at: now,
+                sites: inner.sites.clone(),
+                nodes: inner
+                    .nodes
+                    .values()
+                    .map(|e| {
+                        let hb = &e.heartbeat;
+                        let held_up = held.remove(&hb.node);
+                        let up = e.tracker.is_up() || held_up.is_some();
+                        (
+                            hb.node.clone(),
+                            NodeState {
+                                id: hb.node.clone(),
+                                site: hb.site.clone(),
+                                role: hb.role,
+                                addresses: hb.addresses.clone(),
+                                capacity: hb.capacity.clone(),
+                                up,
+                                down_reason: (!up).then(|| e.down_reason.clone()).flatten(),
+                                held_up,
+                                last_heartbeat: e.last_heartbeat,
+                                load: hb.load.clone(),
+                                polled_load: e.polled_load.clone(),
+                                usage: hb.usage.clone(),
+                                version: hb.version.clone(),
+                                assets: hb
+                                    .inventory
+                                    .iter()
+                                    .filter(|i| i.state == "present")
+                                    .map(|i| i.asset.clone())
+                                    .collect(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }
         })
         .unwrap_or_default()
     }
@@ -423,8 +559,11 @@ mod tests {
         assert_eq!(r.observe("e1", Ok(())), Some(Change::Up));
         assert!(r.version() > v2);
         assert!(r.snapshot(12).nodes["e1"].up);
-        assert_eq!(r.observe("e1", Err("refused".into())), None);
-        assert_eq!(r.observe("e1", Err("refused".into())), Some(Change::Down));
+        assert_eq!(r.observe("e1", Err(Failure::new("refused"))), None);
+        assert_eq!(
+            r.observe("e1", Err(Failure::new("refused"))),
+            Some(Change::Down)
+        );
         let s = r.snapshot(13);
         assert_eq!(s.nodes["e1"].down_reason.as_deref(), Some("refused"));
         assert!(r.upsert_site(Site {
@@ -451,7 +590,7 @@ mod tests {
             (beat("e2", "http://b"), 90),
             (beat("e3", "http://c"), 104),
         ];
-        assert!(r.merge(vec![], stored.clone(), 106));
+        assert!(r.merge(vec![], stored.clone(), 106, &Default::default()));
         assert!(r.version() > v);
         let s = r.snapshot(106);
         assert_eq!(s.nodes["e1"].addresses.admin.as_deref(), Some("http://a2"));
@@ -459,13 +598,56 @@ mod tests {
         // An older stored heartbeat does not roll a node back.
         assert_eq!(s.nodes["e2"].last_heartbeat, 100);
         assert!(!s.nodes["e3"].up);
-        assert!(!r.merge(vec![], stored, 106));
+        assert!(!r.merge(vec![], stored, 106, &Default::default()));
         // e2 was deleted elsewhere: gone, unless it sent a heartbeat here since the read.
         r.heartbeat(beat("e3", "http://c"), 110);
         let only_e1 = vec![(beat("e1", "http://a2"), 105)];
-        assert!(r.merge(vec![], only_e1, 108));
+        assert!(r.merge(vec![], only_e1, 108, &Default::default()));
         let s = r.snapshot(110);
         assert!(s.nodes.contains_key("e1") && s.nodes.contains_key("e3"));
         assert!(!s.nodes.contains_key("e2"));
+    }
+
+    #[test]
+    fn missing_heartbeats_alone_never_take_more_than_the_threshold_out() {
+        let r = Registry::new(vec![], vec![], 1, 1).with_panic_threshold(0.5);
+        for id in ["e1", "e2", "e3", "e4"] {
+            r.heartbeat(beat(id, "http://a"), 10);
+            r.observe(id, Ok(()));
+        }
+        let silence = || Err(Failure::silence("no heartbeat for 30 s"));
+        // One of four silent: within the threshold, out.
+        r.observe("e1", silence());
+        let s = r.snapshot(40);
+        assert!(!s.nodes["e1"].up && s.nodes["e1"].held_up.is_none());
+        assert!(r.panicking().is_empty());
+        // Two of four: still within (at most half).
+        r.observe("e2", silence());
+        assert!(!r.snapshot(40).nodes["e2"].up);
+        // Three of four: past it, so all three silent ones stay in, and it alarms.
+        r.observe("e3", silence());
+        let s = r.snapshot(40);
+        for id in ["e1", "e2", "e3"] {
+            assert!(s.nodes[id].up, "{id}");
+            let why = s.nodes[id].held_up.as_deref().unwrap_or_default();
+            assert!(why.contains("3 of site \"lab\"'s 4 edges"), "{why}");
+        }
+        assert_eq!(r.panicking()["lab"], vec!["e1", "e2", "e3"]);
+        // A node failing its polls too is down for a reason, held or not.
+        r.observe("e3", Err(Failure::new("readyz: connection refused")));
+        let s = r.snapshot(40);
+        assert!(!s.nodes["e3"].up);
+        assert_eq!(
+            s.nodes["e3"].down_reason.as_deref(),
+            Some("readyz: connection refused")
+        );
+        // Now two silent of four: back within the threshold, they go out.
+        assert!(!s.nodes["e1"].up && !s.nodes["e2"].up);
+        // Off at 1.0.
+        let r = Registry::new(vec![], vec![], 1, 1);
+        r.heartbeat(beat("e1", "http://a"), 10);
+        r.observe("e1", Ok(()));
+        r.observe("e1", silence());
+        assert!(!r.snapshot(40).nodes["e1"].up);
     }
 }

@@ -1,8 +1,9 @@
-//! Replicas sharing one PostgreSQL database: each receives the heartbeats of the nodes that
-//! talk to it and writes them through; this task folds in, every poll interval, what the
-//! others wrote (new nodes, newer heartbeats, sites, removals). Placements, purges and the
-//! audit log are read from the database when needed, so they are shared already. Health is
-//! judged by each replica's own monitor, as Traffic Monitor instances each poll every cache.
+//! The database's side of the registry, every poll interval: first the writes this replica
+//! queued while its database was out of reach (see `crate::writeback`), then, with a shared
+//! PostgreSQL database, what the other replicas wrote (new nodes, newer heartbeats, sites,
+//! removals), folded into the registry. Placements, purges and the audit log are read from
+//! the database when needed, so they are shared already. Health is judged by each replica's
+//! own monitor, as Traffic Monitor instances each poll every cache.
 
 use std::sync::Arc;
 
@@ -14,29 +15,35 @@ use crate::app::App;
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(app.config.health.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        if !app.pending.is_empty() {
+            match app.pending.flush(&app.store).await {
+                Ok(n) => tracing::info!(
+                    writes = n,
+                    "Writes queued during the database outage were made."
+                ),
+                // Not yet: the store's health says so (and logs it once).
+                Err(_) => continue,
+            }
+        }
+        if !app.store.is_shared() {
+            // Nothing else may find out that the database is back.
+            if !app.store.health().is_up() {
+                app.store.ping().await;
+            }
+            continue;
+        }
         let read_at = estuary_common::unix_now();
-        match app.store.load().await {
-            Ok((sites, nodes)) => {
-                if failing {
-                    tracing::info!("The shared database answers again.");
-                    failing = false;
-                }
-                if app.registry.merge(sites, nodes, read_at) {
-                    tracing::debug!("Changes from other replicas were folded in.");
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::error!(error = %e, "The shared database cannot be read; this replica serves what it last knew.");
-                    failing = true;
-                }
-            }
+        if let Ok((sites, nodes)) = app.store.load().await
+            && app
+                .registry
+                .merge(sites, nodes, read_at, &app.pending.node_ids())
+        {
+            tracing::debug!("Changes from other replicas were folded in.");
         }
     }
 }

@@ -602,6 +602,7 @@ mod tests {
             },
             up: true,
             down_reason: None,
+            held_up: None,
             last_heartbeat: 0,
             load: Load {
                 bytes_per_second: bps,

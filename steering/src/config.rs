@@ -64,6 +64,16 @@ pub struct ListenConfig {
     pub dns: Option<SocketAddr>,
 }
 
+impl StateSource {
+    /// The replicas' base URLs (`url` or `urls`); empty with a state file.
+    pub fn replica_urls(&self) -> Vec<String> {
+        match &self.url {
+            Some(u) => vec![u.clone()],
+            None => self.urls.clone(),
+        }
+    }
+}
+
 /// `[control_plane]`: where the sites, edges and their health come from. Exactly one of `url`
 /// (the live state feed) and `state_file` (a static snapshot, for labs).
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +82,10 @@ pub struct StateSource {
     /// The control plane's base URL; `GET /v1/state` is long-polled from it.
     #[serde(default)]
     pub url: Option<String>,
+    /// Instead of `url`: every control-plane replica's base URL; the feed (and heartbeats)
+    /// move to the next when one fails.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// A bearer token the control plane accepts on `/v1/state` (a site's node token or an
     /// operator token). Required with `url`.
     #[serde(default)]
@@ -385,20 +399,19 @@ impl SteeringConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
         let cp = &self.control_plane;
-        match (&cp.url, &cp.state_file) {
-            (Some(_), Some(_)) | (None, None) => {
+        let live = cp.url.is_some() || !cp.urls.is_empty();
+        match (live, &cp.state_file) {
+            (true, Some(_)) | (false, None) => {
                 return Err(ConfigError::new(
                     "control_plane",
-                    "set exactly one of url (the live state feed) and state_file",
+                    "set exactly one of url (or urls: the live state feed) and state_file",
                 ));
             }
-            (Some(url), None) => {
-                if !http_url(url) {
-                    return Err(ConfigError::new(
-                        "control_plane.url",
-                        "must be an http:// or https:// URL",
-                    ));
-                }
+            (true, None) => {
+                estuary_common::cp::check_replica_urls(
+                    cp.url.as_deref().unwrap_or_default(),
+                    &cp.urls,
+                )?;
                 match &cp.token {
                     Some(t) if t.len() >= 16 => {}
                     _ => {
@@ -409,7 +422,7 @@ impl SteeringConfig {
                     }
                 }
             }
-            (None, Some(_)) => {}
+            (false, Some(_)) => {}
         }
         if cp.poll_wait < Duration::from_secs(1) || cp.poll_wait > Duration::from_secs(120) {
             return Err(ConfigError::new(

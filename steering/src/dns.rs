@@ -1326,6 +1326,7 @@ mod tests {
             capacity: Default::default(),
             up,
             down_reason: None,
+            held_up: None,
             last_heartbeat: 0,
             load: Default::default(),
             polled_load: None,

@@ -51,10 +51,9 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     let listen = config.listen.http;
     let limits = config.limits.clone();
     let drain = config.shutdown.drain_timeout;
-    let feed = config
-        .control_plane
-        .url
-        .clone()
+    let urls = config.control_plane.replica_urls();
+    let feed = (!urls.is_empty())
+        .then_some(urls)
         .zip(config.control_plane.token.clone());
     let wait = config.control_plane.poll_wait;
     let load_refresh = config.control_plane.load_refresh;
@@ -67,9 +66,9 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let follower = feed.map(|(url, token)| {
+    let follower = feed.map(|(urls, token)| {
         tokio::spawn(state::follow_feed(
-            url,
+            estuary_common::cp::Replicas::new(urls),
             token,
             wait,
             load_refresh,
@@ -142,14 +141,18 @@ fn heartbeat(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let node = app.config.node.clone()?;
-    let url = app.config.control_plane.url.clone()?;
+    let urls = app.config.control_plane.replica_urls();
+    if urls.is_empty() {
+        return None;
+    }
     let token = app.config.control_plane.token.clone()?;
     let admin = node
         .admin_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", app.config.listen.http));
     let client = estuary_common::cp::ClientConfig {
-        url,
+        url: String::new(),
+        urls,
         token,
         interval: node.heartbeat_interval,
         advertise: estuary_common::cp::Addresses {

@@ -127,7 +127,7 @@ async fn fetch_once(
 /// figures, which do not move the version). Failures are logged (the first and one in twenty) and
 /// retried with a growing pause (up to 5 s); the last good snapshot stays in place.
 pub async fn follow_feed(
-    url: String,
+    replicas: estuary_common::cp::Replicas,
     token: String,
     wait: Duration,
     load_refresh: Duration,
@@ -135,7 +135,6 @@ pub async fn follow_feed(
     observer: Arc<dyn FeedObserver>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let url = url.trim_end_matches('/').to_owned();
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
     let client: Client =
@@ -153,8 +152,9 @@ pub async fn follow_feed(
             last_full = tokio::time::Instant::now();
         }
         let known = if full { None } else { etag.as_deref() };
+        let (replica, url) = replicas.current();
         let outcome = tokio::select! {
-            r = fetch_once(&client, &url, &token, known, wait) => r,
+            r = fetch_once(&client, url, &token, known, wait) => r,
             _ = stop.changed() => return,
         };
         let pause = match outcome {
@@ -186,7 +186,18 @@ pub async fn follow_feed(
                     tracing::warn!(url = %url, error = %e, failures,
                         "The state feed could not be read; steering goes on with the last good snapshot.");
                 }
-                Duration::from_millis((250 * failures).min(5000))
+                if replicas.len() > 1 {
+                    // Each replica numbers its own versions: an ETag means nothing to another.
+                    let (_, to) = replicas.fail_over(replica);
+                    etag = None;
+                    tracing::warn!(from = %url, to = %to, "The state feed moves to the next control-plane replica.");
+                }
+                // Straight to the next replica; a pause once every one has failed.
+                if failures < replicas.len() as u64 {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis((250 * failures).min(5000))
+                }
             }
         };
         if !pause.is_zero() {

@@ -33,6 +33,8 @@ pub struct ControlPlane {
     pub http: SocketAddr,
     /// `[database] url`; SQLite in `dir` when `None`.
     pub database: Option<String>,
+    /// Keys added to `[health]`.
+    pub health: String,
 }
 
 /// Where a test's control plane keeps its state: the same scenarios run on both.
@@ -48,6 +50,7 @@ impl ControlPlane {
             dir: TempDir::new(name),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             database: None,
+            health: String::new(),
         }
     }
 
@@ -81,7 +84,7 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[auth.site_networks]\na = [\"127.0.0.0/8\"]\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[auth.site_networks]\na = [\"127.0.0.0/8\"]\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n{health}[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
                 self.http,
                 self.database.clone().unwrap_or_else(|| format!(
                     "sqlite://{}",
@@ -95,6 +98,7 @@ impl ControlPlane {
                     ))
                     .collect::<String>(),
                 keys = super::manifest_keys_toml(),
+                health = self.health,
             ),
         )
         .expect("write config");
@@ -181,6 +185,16 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The `[control_plane]` table of a node that knows every replica in `cps` (the first is
+/// its first choice) and joins with `token`, beating every second.
+pub fn joined_all(cps: &[&ControlPlane], token: &str) -> String {
+    let urls: Vec<String> = cps.iter().map(|c| format!("\"{}\"", c.url())).collect();
+    format!(
+        "[control_plane]\nurls = [{}]\ntoken = \"{token}\"\ninterval = \"1s\"\n",
+        urls.join(", ")
+    )
 }
 
 /// The `[control_plane]` table of a node that joins `cp` with `token`, beating every second.

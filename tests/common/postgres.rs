@@ -135,6 +135,54 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// The server's processes: the postmaster (named in its pid file) and its children (the
+    /// backends and background workers).
+    fn processes(&self) -> Vec<String> {
+        let postmaster = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+            .expect("postmaster.pid");
+        let out = run(Command::new("pgrep").args(["-P", &postmaster]));
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(postmaster);
+        pids
+    }
+
+    /// Freezes the whole server (SIGSTOP to every process of it): connections stay open and
+    /// nothing answers, as a hung database host does.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a frozen server go on.
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let pids = self.processes();
+        let st = Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {signal} {pids:?}");
+    }
+
+    /// Adds a line at the top of `pg_hba.conf` and reloads the configuration.
+    pub fn hba_first(&self, line: &str) {
+        let path = self.dir.join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&path).expect("pg_hba.conf");
+        std::fs::write(&path, format!("{line}\n{old}")).expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()")
+            .expect("reload");
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

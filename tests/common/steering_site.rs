@@ -60,6 +60,22 @@ impl SteeringSite {
         format!("http://{}{path}", self.http)
     }
 
+    /// `GET /v1/playback/<asset>`: its status and the node ids of the edges offered, in
+    /// their order.
+    pub fn playback_edges(&self, asset: &str) -> (u16, Vec<String>, serde_json::Value) {
+        let (status, _, body) = super::fetch(&self.url(&format!("/v1/playback/{asset}")), &[]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let ids = v["edges"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["node"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (status, ids, v)
+    }
+
     pub fn write_config(&self) -> PathBuf {
         let geo = if self.coverage.is_empty() {
             String::new()

@@ -24,8 +24,12 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("database: {0}")]
+    #[error("database: {}", postgres_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// Connecting at start failed; the text says which of reaching the server,
+    /// authentication, the database's existence or a permission.
+    #[error("{0}")]
+    Open(String),
     #[error("database pool: {0}")]
     Pool(String),
     #[error("database: {0}")]
@@ -34,6 +38,129 @@ pub enum StoreError {
     Range,
     #[error("database task failed")]
     Task,
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Not tried: the database is known to be out of reach.
+    #[error("the database is out of reach")]
+    OutOfReach,
+}
+
+/// A PostgreSQL error as an operator needs it: the server's own message and SQLSTATE when it
+/// sent one (tokio-postgres's `Display` says only "db error"), else the client's error and
+/// its cause.
+pub(crate) fn postgres_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+impl StoreError {
+    /// Whether the database is out of reach (down, frozen, restarting, refusing connections)
+    /// rather than refusing this one statement: a write then answers 503, and a retry later
+    /// may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_)
+            | StoreError::Pool(_)
+            | StoreError::Task
+            | StoreError::Open(_)
+            | StoreError::OutOfReach => true,
+            StoreError::Postgres(e) => match e.code() {
+                // No SQLSTATE: the connection itself failed.
+                None => true,
+                Some(code) => {
+                    let c = code.code();
+                    // 08: connection exception; 53: insufficient resources; 57P: the server
+                    // is shutting down, crashed or starting.
+                    c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
+                }
+            },
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            StoreError::Json(_) | StoreError::Range => false,
+        }
+    }
+}
+
+/// What this control plane knows of its database's health: fed by the outcome of every
+/// store call, read by `/healthz`, `/metrics` and the monitor (which must not take a stale
+/// view of the shared database for silence from the nodes).
+#[derive(Debug, Default)]
+pub struct DbHealth {
+    up: std::sync::atomic::AtomicBool,
+    /// When the database last answered (unix seconds).
+    last_ok: std::sync::atomic::AtomicU64,
+    /// When the current outage began (unix seconds; 0: none) and why.
+    down: std::sync::Mutex<Option<(u64, String)>>,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+impl DbHealth {
+    fn new() -> Self {
+        let h = Self::default();
+        h.ok();
+        h
+    }
+
+    fn ok(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.up.store(true, Relaxed);
+        self.last_ok.store(estuary_common::unix_now(), Relaxed);
+        if let Ok(mut d) = self.down.lock()
+            && let Some((since, _)) = d.take()
+        {
+            tracing::info!(
+                seconds = estuary_common::unix_now().saturating_sub(since),
+                "The database answers again."
+            );
+        }
+    }
+
+    fn failed(&self, e: &StoreError) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !e.is_unavailable() {
+            // The database answered (with a refusal of this statement).
+            self.ok();
+            return;
+        }
+        self.errors.fetch_add(1, Relaxed);
+        self.up.store(false, Relaxed);
+        if let Ok(mut d) = self.down.lock() {
+            match d.as_mut() {
+                Some((_, why)) => *why = e.to_string(),
+                None => {
+                    tracing::error!(error = %e, "The database is unavailable: nodes are still judged by what this replica receives, the state feed answers from memory, writes answer 503.");
+                    *d = Some((estuary_common::unix_now(), e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether the last call reached the database.
+    pub fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seconds since the database last answered.
+    pub fn silent_for(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_ok.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Calls that found the database out of reach, since the start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the current outage began and the latest reason; `None` when up.
+    pub fn outage(&self) -> Option<(u64, String)> {
+        self.down.lock().ok().and_then(|d| d.clone())
+    }
 }
 
 /// One line of the audit log.
@@ -81,43 +208,94 @@ pub struct PurgeStatus {
     pub edges: Vec<Delivery>,
 }
 
-/// The store; cheap to clone.
 #[derive(Clone, Debug)]
-pub enum Store {
+enum Backend {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
 }
 
-/// Calls the same method on whichever back end this is.
+/// The store; cheap to clone. Every call is bounded by the configured timeout (a frozen
+/// database must not hold a request, or the monitor, for minutes) and feeds [`DbHealth`].
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    timeout: std::time::Duration,
+    health: std::sync::Arc<DbHealth>,
+}
+
+/// Calls the same method on whichever back end this is, within the timeout.
 macro_rules! on_backend {
     ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
-        }
+        $self
+            .bounded(async {
+                match &$self.backend {
+                    Backend::Sqlite($s) => $call,
+                    Backend::Postgres($s) => $call,
+                }
+            })
+            .await
     };
 }
 
 impl Store {
     /// Opens the SQLite file at `path`, creating it and the schema when missing.
-    pub fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self::Sqlite(SqliteStore::open(path)?))
+    pub fn open_sqlite(path: &Path, timeout: std::time::Duration) -> Result<Self, StoreError> {
+        Ok(Self::new(
+            Backend::Sqlite(SqliteStore::open(path)?),
+            timeout,
+        ))
     }
 
     /// Connects to PostgreSQL at `url` and creates the schema when missing (replicas starting
     /// together take turns through an advisory lock).
-    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
-        Ok(Self::Postgres(PostgresStore::open(url).await?))
+    pub async fn open_postgres(
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(
+            Backend::Postgres(PostgresStore::open(url, timeout).await?),
+            timeout,
+        ))
+    }
+
+    fn new(backend: Backend, timeout: std::time::Duration) -> Self {
+        Self {
+            backend,
+            timeout,
+            health: std::sync::Arc::new(DbHealth::new()),
+        }
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let r = match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        match &r {
+            Ok(_) => self.health.ok(),
+            Err(e) => self.health.failed(e),
+        }
+        r
+    }
+
+    /// What is known of the database's health.
+    pub fn health(&self) -> &DbHealth {
+        &self.health
     }
 
     /// Whether other control planes may write the same database, so that this one must write
     /// every heartbeat through and fold in what the others received.
     pub fn is_shared(&self) -> bool {
-        matches!(self, Store::Postgres(_))
+        matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// Whether the database answers a trivial query within the timeout.
     pub async fn ping(&self) -> bool {
-        on_backend!(self, s => s.ping().await)
+        let r: Result<(), StoreError> = on_backend!(self, s => s.ping().await);
+        r.is_ok()
     }
 
     /// Everything kept: sites, and nodes with the time of their last stored heartbeat.

@@ -47,8 +47,56 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
-fn pool_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Pool(e.to_string())
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        // Keep the server's error, with its SQLSTATE.
+        deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+        e => StoreError::Pool(e.to_string()),
+    }
+}
+
+/// Why connecting at start failed, in words that say what to fix: the server out of reach,
+/// authentication, a database that does not exist, or a missing permission.
+fn explain_open(e: StoreError, config: &tokio_postgres::Config) -> StoreError {
+    let user = config.get_user().unwrap_or("(none)");
+    let db = config.get_dbname().unwrap_or(user);
+    let server = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(d) => format!("{}/.s.PGSQL.{p}", d.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = match &e {
+        StoreError::Postgres(pg) => match pg.code().map(|c| c.code()) {
+            Some("28P01") => format!(
+                "authentication failed: PostgreSQL refused the password of user {user:?} ({})",
+                super::postgres_text(pg)
+            ),
+            Some("28000") => format!(
+                "authentication failed: PostgreSQL does not let user {user:?} in (pg_hba.conf, or the role is missing; {})",
+                super::postgres_text(pg)
+            ),
+            Some("3D000") => format!(
+                "database {db:?} does not exist on {server} (create it: CREATE DATABASE {db} OWNER {user})"
+            ),
+            Some("42501") => format!(
+                "permission denied: user {user:?} may not create or use the control plane's tables in {db:?} (GRANT CREATE, USAGE ON SCHEMA public TO {user}; {})",
+                super::postgres_text(pg)
+            ),
+            Some(_) => format!("PostgreSQL refused: {}", super::postgres_text(pg)),
+            None => format!(
+                "cannot reach PostgreSQL at {server}: {}",
+                super::postgres_text(pg)
+            ),
+        },
+        StoreError::Timeout(d) => format!("PostgreSQL at {server} did not answer within {d:?}"),
+        other => format!("PostgreSQL at {server}: {other}"),
+    };
+    StoreError::Open(text)
 }
 
 fn to_db(n: u64) -> Result<i64, StoreError> {
@@ -76,7 +124,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 impl PostgresStore {
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         check_url(url).map_err(StoreError::Pool)?;
         let mut config: tokio_postgres::Config = url.parse()?;
         if config.get_connect_timeout().is_none() {
@@ -84,7 +132,7 @@ impl PostgresStore {
         }
         config.application_name("estuary-control-plane");
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -96,25 +144,32 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(pool_error)?;
-        let mut client = pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await?;
-        tx.batch_execute(SCHEMA).await?;
-        tx.commit().await?;
-        Ok(Self { pool })
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let schema = async {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+                .await?;
+            tx.batch_execute(SCHEMA).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(())
+        };
+        // Creating the schema may wait for another replica's lock: more time than one call.
+        let wait = timeout.max(Duration::from_secs(30));
+        match tokio::time::timeout(wait, schema).await {
+            Ok(Ok(())) => Ok(Self { pool }),
+            Ok(Err(e)) => Err(explain_open(e, &config)),
+            Err(_) => Err(explain_open(StoreError::Timeout(wait), &config)),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
 
-    pub async fn ping(&self) -> bool {
-        match self.client().await {
-            Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
-            Err(_) => false,
-        }
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.query_one("SELECT 1", &[]).await?;
+        Ok(())
     }
 
     pub async fn load(&self) -> Result<(Vec<Site>, Vec<(Heartbeat, u64)>), StoreError> {

@@ -69,10 +69,10 @@ impl SqliteStore {
         .map_err(|_| StoreError::Task)?
     }
 
-    pub async fn ping(&self) -> bool {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
-            .is_ok()
+            .map(|_| ())
     }
 
     /// Everything kept: sites, and nodes with the time of their last stored heartbeat.
