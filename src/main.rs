@@ -288,7 +288,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("estuary: {e:#}");
-            ExitCode::FAILURE
+            // A packaging failure that may pass says so, for the origin to retry it.
+            match e.downcast_ref::<estuary_packaging::PackageError>() {
+                Some(p) if p.retry_may_help() => {
+                    ExitCode::from(estuary_packaging::error::EXIT_TEMPORARY)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -5,7 +5,6 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::origin_site::*;
 use common::*;
 
@@ -13,50 +12,9 @@ use common::*;
 fn a_packaged_upload_plays_with_hls_js_and_dash_js_from_the_origin_and_through_an_edge() {
     let site = OriginSite::new("origin-play");
     let clip = make_clip(site.dir.path(), "clip.mp4", 10, "640x360");
-    let size = std::fs::metadata(&clip).expect("clip").len();
     let origin = site.start();
     // A TUS upload in one PATCH with curl.
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let (status, h, _) = fetch(
-        &site.url("/uploads/"),
-        &[
-            "-X",
-            "POST",
-            "-H",
-            "Tus-Resumable: 1.0.0",
-            "-H",
-            &format!("Authorization: Bearer {UPLOAD_TOKEN}"),
-            "-H",
-            &format!("Upload-Length: {size}"),
-            "-H",
-            &format!(
-                "Upload-Metadata: filename {},asset {}",
-                b64("clip.mp4"),
-                b64("played")
-            ),
-        ],
-    );
-    assert_eq!(status, 201, "{h:?}");
-    // A path, resolved against the origin's URL.
-    let url = site.url(header(&h, "location").expect("Location"));
-    let (status, h, _) = fetch(
-        &url,
-        &[
-            "-X",
-            "PATCH",
-            "-H",
-            "Tus-Resumable: 1.0.0",
-            "-H",
-            &format!("Authorization: Bearer {UPLOAD_TOKEN}"),
-            "-H",
-            "Upload-Offset: 0",
-            "-H",
-            "Content-Type: application/offset+octet-stream",
-            "--data-binary",
-            &format!("@{}", clip.display()),
-        ],
-    );
-    assert_eq!(status, 204, "{h:?}");
+    assert_eq!(site.upload(&clip, "played"), (201, 204));
     let v = site.wait_for_asset("played", Duration::from_secs(240));
     assert_eq!(v["state"], "ready", "{v}: {}", origin.log());
 

@@ -139,36 +139,22 @@ fn an_edge_fills_from_the_origin_and_verifies_its_digests() {
 #[test]
 fn assets_are_served_from_an_s3_compatible_bucket() {
     let moto = start_moto();
-    let s3 = moto.url();
-    let put = |path: &str, data: &[u8]| {
-        let file =
-            std::env::temp_dir().join(format!("moto-put-{}-{}", std::process::id(), free_port()));
-        std::fs::write(&file, data).expect("write");
-        let (_, err, ok) = curl(&[
-            "-sS",
-            "-f",
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-H",
-            "Expect:",
-            "--data-binary",
-            &format!("@{}", file.display()),
-            &format!("{s3}{path}"),
-        ]);
-        let _ = std::fs::remove_file(&file);
-        assert!(ok, "PUT {path}: {err}");
-    };
     moto.create_bucket("assets");
-    for (path, data) in fake_asset_files() {
-        put(&format!("/assets/lab/v/clip3/{path}"), &data);
-    }
-    put(
-        "/assets/lab/v/clip3/asset.json",
-        &serde_json::to_vec(&fake_manifest("clip3")).expect("json"),
-    );
     let mut site = OriginSite::new("origin-s3");
+    for (path, data) in fake_asset_files() {
+        moto.put(
+            "assets",
+            &format!("lab/v/clip3/{path}"),
+            &data,
+            site.dir.path(),
+        );
+    }
+    moto.put(
+        "assets",
+        "lab/v/clip3/asset.json",
+        &serde_json::to_vec(&fake_manifest("clip3")).expect("json"),
+        site.dir.path(),
+    );
     site.storage = moto.storage_config("assets", "lab");
     let _origin = site.start();
     check_published_asset(&site.url(""), "clip3");

@@ -113,6 +113,16 @@ impl App {
         found.ok_or_else(|| (StatusCode::FORBIDDEN, "forbidden\n").into_response())
     }
 
+    /// Checks that the request's token manages asset `id` (a valid id): the gate of every
+    /// `/v1/assets/<id>` call.
+    pub fn admit_asset(&self, headers: &HeaderMap, id: &str) -> Result<(), Response> {
+        let grant = self.authorize(headers)?;
+        if !crate::tus::valid_asset_id(id) {
+            return Err((StatusCode::NOT_FOUND, "no such asset\n").into_response());
+        }
+        grant.may(id)
+    }
+
     /// Whether an asset id is free for a new upload: this origin's database does not know it
     /// (checked when the upload is recorded) and the storage holds no published asset under
     /// it (one another origin sharing the bucket published): an upload never replaces or
@@ -124,8 +134,25 @@ impl App {
             .await
         {
             Ok(found) => Ok(!found),
-            Err(e) => Err(self.internal(e)),
+            Err(e) => Err(self.storage_failed(e)),
         }
+    }
+
+    /// A 503 when the storage is down or slow (the request may succeed later), else a 500.
+    pub fn storage_failed(&self, e: crate::storage::StorageError) -> Response {
+        if !e.is_store() {
+            return self.internal(e);
+        }
+        self.metrics.storage_errors.inc();
+        tracing::warn!(error = %e, "A request failed because the asset storage failed.");
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the asset storage is unavailable\n",
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
     }
 
     /// A 500 for an internal failure; the cause goes to the log, not to the client.
@@ -160,7 +187,7 @@ impl App {
         {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(self.internal(e)),
+            Err(e) => return Err(self.storage_failed(e)),
         };
         let manifest: AssetManifest = match serde_json::from_slice(&bytes) {
             Ok(m) => m,
@@ -192,6 +219,7 @@ pub fn router(app: Arc<App>, admin: bool) -> Router {
                 .delete(crate::tus::delete),
         )
         .route("/v1/assets/{id}", get(asset_status).delete(asset_delete))
+        .route("/v1/assets/{id}/retry", axum::routing::post(asset_retry))
         .route("/v/{*rest}", get(serve_asset).options(cors_preflight));
     if admin {
         r = r.merge(admin_router());
@@ -227,10 +255,32 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     if !app.db.ping().await {
         return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
     }
-    if !app.storage.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response();
+    if let Err(e) = check_storage(&app).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable: {e}\n"),
+        )
+            .into_response();
     }
     "ready\n".into_response()
+}
+
+/// Checks the storage within `[storage] readiness_timeout` and records the outcome in
+/// `estuary_origin_storage_up`.
+pub async fn check_storage(app: &App) -> Result<(), crate::storage::StorageError> {
+    let checked = app
+        .storage
+        .check(app.config.storage.readiness_timeout)
+        .await;
+    let up = i64::from(checked.is_ok());
+    if app.metrics.storage_up.get() != up {
+        match &checked {
+            Ok(()) => tracing::info!("The asset storage answers again."),
+            Err(e) => tracing::warn!(error = %e, "The asset storage fails its check."),
+        }
+    }
+    app.metrics.storage_up.set(up);
+    checked
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response {
@@ -249,19 +299,46 @@ async fn asset_status(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let grant = match app.authorize(&headers) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !crate::tus::valid_asset_id(&id) {
-        return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
-    }
-    if let Err(r) = grant.may(&id) {
+    if let Err(r) = app.admit_asset(&headers, &id) {
         return r;
     }
     match app.db.asset(&id).await {
-        Ok(Some(a)) => {
+        Ok(Some(mut a)) => {
+            // A ready asset is checked against the storage: objects deleted behind the
+            // origin's back make it `missing` (and its id free for a new upload).
+            let mut storage_note = None;
+            if a.state == "ready" {
+                match app.storage.exists(&format!("v/{id}/{MANIFEST_FILE}")).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(asset = %id, "A ready asset's asset.json is gone from the storage.");
+                        if let Err(e) = app.db.mark_missing(&id).await {
+                            return app.internal(e);
+                        }
+                        app.forget_manifest(&id);
+                        a.state = "missing".into();
+                        a.error = Some(crate::db::MISSING_REASON.into());
+                    }
+                    Err(e) => {
+                        app.metrics.storage_errors.inc();
+                        tracing::warn!(asset = %id, error = %e, "A ready asset could not be checked in the storage.");
+                        storage_note = Some("unavailable");
+                    }
+                }
+            }
             let mut v = serde_json::to_value(&a).unwrap_or_default();
+            if let (Some(note), Some(obj)) = (storage_note, v.as_object_mut()) {
+                obj.insert("storage".into(), note.into());
+            }
+            if a.state == "queued"
+                && a.attempts > 0
+                && let Some(obj) = v.as_object_mut()
+            {
+                obj.insert(
+                    "max_attempts".into(),
+                    app.config.packaging.max_attempts.into(),
+                );
+            }
             if a.state == "ready"
                 && let Some(obj) = v.as_object_mut()
             {
@@ -287,18 +364,11 @@ async fn asset_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let grant = match app.authorize(&headers) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    if !crate::tus::valid_asset_id(&id) {
-        return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
-    }
-    if let Err(r) = grant.may(&id) {
+    if let Err(r) = app.admit_asset(&headers, &id) {
         return r;
     }
-    match app.db.asset(&id).await {
-        Ok(Some(a)) if a.state == "ready" || a.state == "failed" => {}
+    let source = match app.db.asset(&id).await {
+        Ok(Some(a)) if ["ready", "failed", "missing"].contains(&a.state.as_str()) => a.source,
         Ok(Some(a)) => {
             return (
                 StatusCode::CONFLICT,
@@ -311,16 +381,55 @@ async fn asset_delete(
         }
         Ok(None) => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
         Err(e) => return app.internal(e),
-    }
+    };
     if let Err(e) = app.storage.remove_asset(&id).await {
-        return app.internal(e);
+        return app.storage_failed(e);
     }
     app.forget_manifest(&id);
     if let Err(e) = app.db.delete_asset(&id).await {
         return app.internal(e);
     }
+    // The upload a failed asset kept for a retry.
+    if let Some(source) = source {
+        let _ = std::fs::remove_file(source);
+    }
     tracing::info!(asset = %id, "An asset was removed.");
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /v1/assets/<id>/retry`: queues again a failed asset whose upload was kept (its
+/// attempts failed for reasons that were not the input's fault), with its attempts reset.
+async fn asset_retry(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = app.admit_asset(&headers, &id) {
+        return r;
+    }
+    let kept = match app.db.asset(&id).await {
+        Ok(Some(a)) => a
+            .source
+            .filter(|s| a.state == "failed" && std::path::Path::new(s).is_file()),
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such asset\n").into_response(),
+        Err(e) => return app.internal(e),
+    };
+    if kept.is_none() {
+        return (
+            StatusCode::CONFLICT,
+            "only a failed asset whose upload was kept can be retried; upload it again\n",
+        )
+            .into_response();
+    }
+    match app.db.requeue_failed(&id).await {
+        Ok(true) => {
+            app.jobs_wake.notify_one();
+            tracing::info!(asset = %id, "A failed asset was queued again.");
+            (StatusCode::ACCEPTED, "queued\n").into_response()
+        }
+        Ok(false) => (StatusCode::CONFLICT, "the asset is not failed\n").into_response(),
+        Err(e) => app.internal(e),
+    }
 }
 
 /// Splits `<asset>/<file path>` and refuses anything else.
@@ -525,16 +634,34 @@ async fn serve_asset_inner(
                     r.map_err(std::io::Error::other)
                 }))
             }
-            Ok(None) => {
-                return app.internal(format!("{rel} is listed in its asset.json but missing"));
-            }
-            Err(e) => return app.internal(e),
+            Ok(None) => return listed_file_missing(app, asset, &rel).await,
+            Err(e) => return app.storage_failed(e),
         }
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = h;
     r
+}
+
+/// A file listed in a published `asset.json` is not in the storage: the cached manifest is
+/// dropped, so the origin stops claiming the asset once its `asset.json` is gone too (then
+/// `missing`), and the request gets a 503 that says so, never other bytes.
+async fn listed_file_missing(app: &App, asset: &str, rel: &str) -> Response {
+    tracing::error!(asset = %asset, file = %rel, "A file listed in a published asset.json is missing from the storage.");
+    app.forget_manifest(asset);
+    if let Ok(false) = app
+        .storage
+        .exists(&format!("v/{asset}/{MANIFEST_FILE}"))
+        .await
+    {
+        let _ = app.db.mark_missing(asset).await;
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this file of the asset is missing from the storage\n",
+    )
+        .into_response()
 }
 
 /// Who an upload token belongs to and which assets it manages.
@@ -567,7 +694,7 @@ async fn serve_signature(app: &App, asset: &str, method: &Method) -> Response {
         Ok(Some(b)) if b.len() <= estuary_common::signing::MAX_SIGNATURE_FILE => b,
         Ok(Some(_)) => return app.internal(format!("{rel} is too large")),
         Ok(None) => return (StatusCode::NOT_FOUND, "this asset is not signed\n").into_response(),
-        Err(e) => return app.internal(e),
+        Err(e) => return app.storage_failed(e),
     };
     let mut h = HeaderMap::new();
     cors(&mut h);

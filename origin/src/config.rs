@@ -113,6 +113,22 @@ pub struct StorageConfig {
     /// Settings of the S3-compatible service (with `url`).
     #[serde(default)]
     pub s3: S3Config,
+    /// The longest any one storage call may take (a read's answer, a write of one object
+    /// plus a second per MiB of it, a delete, a listing page; a body being streamed to a
+    /// client may pause this long between pieces). A store that does not answer in time
+    /// counts as failing: a publish is retried, a request answers 503.
+    #[serde(default = "default_storage_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long `/readyz` waits for the storage check (the bucket or folder is there and
+    /// answers a listing) before it answers 503.
+    #[serde(default = "default_readiness_timeout", with = "humantime_serde")]
+    pub readiness_timeout: Duration,
+    /// Objects under `v/<asset>/` without an `asset.json` and without a job of this origin
+    /// in progress are removed by the sweep at start once the newest of them is this old
+    /// (a half-published asset). The age protects an asset another origin sharing the
+    /// bucket is publishing right now.
+    #[serde(default = "default_orphan_min_age", with = "humantime_serde")]
+    pub orphan_min_age: Duration,
 }
 
 /// `[storage.s3]`. Credentials may also come from the usual `AWS_*` environment variables.
@@ -276,10 +292,18 @@ pub struct PackagingConfig {
     /// A job that runs longer is stopped and fails.
     #[serde(default = "default_job_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Times a job is started before it counts as failed (a job whose origin died under it
-    /// runs again).
+    /// Times a job is started before it counts as failed. A job runs again after a failure
+    /// that is not its input's fault (storage unavailable while publishing, the packager
+    /// killed by a signal or out of memory, an interrupted origin); a file that is not media
+    /// or is not supported fails at once.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// The wait before the second attempt; each further attempt waits twice as long as the
+    /// one before, up to `retry_backoff_max`.
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    #[serde(default = "default_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
     /// The `estuary` program that packages (default: this program).
     #[serde(default)]
     pub program: Option<PathBuf>,
@@ -294,6 +318,8 @@ impl Default for PackagingConfig {
             workers: default_workers(),
             timeout: default_job_timeout(),
             max_attempts: default_attempts(),
+            retry_backoff: default_retry_backoff(),
+            retry_backoff_max: default_retry_backoff_max(),
             program: None,
         }
     }
@@ -349,11 +375,28 @@ fn default_job_timeout() -> Duration {
     Duration::from_secs(6 * 3600)
 }
 fn default_attempts() -> u32 {
-    3
+    5
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_storage_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_readiness_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_orphan_min_age() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(30)
 }
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The rendition names `estuary package` knows.
 pub const RENDITIONS: [&str; 5] = ["1080p", "720p", "480p", "360p", "240p"];
@@ -515,10 +558,40 @@ impl OriginConfig {
                 "must be between 1 and 16",
             ));
         }
-        if p.max_attempts == 0 {
+        if !(1..=100).contains(&p.max_attempts) {
             return Err(ConfigError::new(
                 "packaging.max_attempts",
-                "must be at least 1",
+                "must be between 1 and 100",
+            ));
+        }
+        if p.retry_backoff < Duration::from_millis(100) || p.retry_backoff > DAY {
+            return Err(ConfigError::new(
+                "packaging.retry_backoff",
+                "must be between 100ms and 1 day",
+            ));
+        }
+        if p.retry_backoff_max < p.retry_backoff || p.retry_backoff_max > DAY {
+            return Err(ConfigError::new(
+                "packaging.retry_backoff_max",
+                "must be at least retry_backoff and at most 1 day",
+            ));
+        }
+        let st = &self.storage;
+        for (key, value) in [
+            ("storage.timeout", st.timeout),
+            ("storage.readiness_timeout", st.readiness_timeout),
+        ] {
+            if value < Duration::from_millis(100) || value > Duration::from_secs(600) {
+                return Err(ConfigError::new(
+                    key,
+                    "must be between 100ms and 10 minutes",
+                ));
+            }
+        }
+        if st.orphan_min_age > Duration::from_secs(30 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "storage.orphan_min_age",
+                "must be at most 30 days",
             ));
         }
         if p.timeout.is_zero() {
@@ -572,6 +645,26 @@ ops = "0123456789abcdef0123"
         bad(
             &format!("{GOOD}[uploads]\nmax_size = \"lots\"\n"),
             "uploads.max_size",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nmax_attempts = 0\n"),
+            "packaging.max_attempts",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nretry_backoff = \"1ms\"\n"),
+            "packaging.retry_backoff",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nretry_backoff = \"1m\"\nretry_backoff_max = \"30s\"\n"),
+            "packaging.retry_backoff_max",
+        );
+        bad(
+            &GOOD.replace("[auth", "timeout = \"0s\"\n[auth"),
+            "storage.timeout",
+        );
+        bad(
+            &GOOD.replace("[auth", "readiness_timeout = \"1h\"\n[auth"),
+            "storage.readiness_timeout",
         );
     }
 

@@ -40,13 +40,18 @@ pub struct Upload {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Asset {
     pub id: String,
-    /// `uploading`, `queued`, `packaging`, `ready` or `failed`.
+    /// `uploading`, `queued`, `packaging`, `ready`, `failed`, or `missing` (it was ready,
+    /// but its objects are gone from the storage).
     pub state: String,
     /// Fraction of the packaging done (0..1), while packaging.
     pub progress: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub attempts: u32,
+    /// When a job queued again after a failed attempt runs next (unix seconds); `error` then
+    /// says why the last attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<f64>,
     pub updated_at: u64,
@@ -94,10 +99,15 @@ CREATE TABLE IF NOT EXISTS assets (
     attempts INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     source TEXT,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS assets_state ON assets(state, updated_at);
 ";
+
+/// The `error` of a `missing` asset.
+pub const MISSING_REASON: &str =
+    "the published objects are gone from the storage; upload the asset again";
 
 fn now() -> u64 {
     estuary_common::unix_now()
@@ -111,6 +121,15 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Databases made before jobs were retried lack the column.
+        let has_next: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('assets') WHERE name = 'next_attempt_at'")?
+            .exists([])?;
+        if !has_next {
+            conn.execute_batch(
+                "ALTER TABLE assets ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -136,22 +155,32 @@ impl Db {
             .is_ok()
     }
 
-    /// Records a new upload and its asset (state `uploading`). An asset id that is taken by
-    /// an asset that did not fail is refused.
-    pub async fn create_upload(&self, upload: Upload) -> Result<(), DbError> {
+    /// Records a new upload and its asset (state `uploading`). An asset id that is taken is
+    /// refused unless its asset failed, is missing, or is `ready` while the storage holds no
+    /// `asset.json` for it (`published`: its objects vanished). Returns the replaced asset's
+    /// kept upload file, for the caller to remove.
+    pub async fn create_upload(
+        &self,
+        upload: Upload,
+        published: bool,
+    ) -> Result<Option<String>, DbError> {
         self.with(move |c| {
             let tx = c.transaction()?;
-            let existing: Option<String> = tx
+            let existing: Option<(String, Option<String>)> = tx
                 .query_row(
-                    "SELECT state FROM assets WHERE id = ?1",
+                    "SELECT state, source FROM assets WHERE id = ?1",
                     [&upload.asset],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if let Some(state) = existing
-                && state != "failed"
-            {
-                return Err(DbError::AssetExists(upload.asset, state));
+            let mut old_source = None;
+            if let Some((state, source)) = existing {
+                let replaceable =
+                    state == "failed" || state == "missing" || (state == "ready" && !published);
+                if !replaceable {
+                    return Err(DbError::AssetExists(upload.asset, state));
+                }
+                old_source = source;
             }
             tx.execute(
                 "INSERT OR REPLACE INTO assets (id, state, progress, error, attempts, duration, source, updated_at)
@@ -171,7 +200,7 @@ impl Db {
                 ],
             )?;
             tx.commit()?;
-            Ok(())
+            Ok(old_source)
         })
         .await
     }
@@ -269,13 +298,16 @@ impl Db {
         let id = id.to_owned();
         self.with(move |c| {
             Ok(c.query_row(
-                "SELECT id, state, progress, error, attempts, duration, updated_at, source
-                 FROM assets WHERE id = ?1",
+                "SELECT id, state, progress, error, attempts, duration, updated_at, source,
+                 next_attempt_at FROM assets WHERE id = ?1",
                 [id],
                 |r| {
+                    let state: String = r.get(1)?;
+                    let next: u64 = r.get(8)?;
                     Ok(Asset {
                         id: r.get(0)?,
-                        state: r.get(1)?,
+                        next_attempt_at: (state == "queued" && next > 0).then_some(next),
+                        state,
                         progress: r.get(2)?,
                         error: r.get(3)?,
                         attempts: r.get(4)?,
@@ -312,15 +344,16 @@ impl Db {
         .await
     }
 
-    /// Takes the oldest queued job, marking it `packaging`.
+    /// Takes the oldest queued job that is due, marking it `packaging`.
     pub async fn claim_job(&self) -> Result<Option<Job>, DbError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let job = tx
                 .query_row(
-                    "SELECT id, source, attempts FROM assets WHERE state = 'queued'
+                    "SELECT id, source, attempts FROM assets
+                     WHERE state = 'queued' AND next_attempt_at <= ?1
                      ORDER BY updated_at, id LIMIT 1",
-                    [],
+                    [now()],
                     |r| {
                         Ok(Job {
                             asset: r.get(0)?,
@@ -355,25 +388,73 @@ impl Db {
         .await
     }
 
-    /// Ends a job: `ready` with the asset's duration, or `failed` with the reason.
+    /// Ends a job: `ready` with the asset's duration, or `failed` with the reason; the
+    /// upload file is forgotten unless `keep_source` (a failure that was not the input's
+    /// fault: `POST /v1/assets/<id>/retry` runs it again).
     pub async fn finish_job(
         &self,
         asset: &str,
         outcome: Result<f64, String>,
+        keep_source: bool,
     ) -> Result<(), DbError> {
         let asset = asset.to_owned();
         self.with(move |c| {
             match outcome {
                 Ok(duration) => c.execute(
                     "UPDATE assets SET state = 'ready', progress = 1, error = NULL, duration = ?2,
-                     updated_at = ?3 WHERE id = ?1",
+                     source = NULL, next_attempt_at = 0, updated_at = ?3 WHERE id = ?1",
                     params![asset, duration, now()],
                 )?,
                 Err(reason) => c.execute(
-                    "UPDATE assets SET state = 'failed', error = ?2, updated_at = ?3 WHERE id = ?1",
-                    params![asset, reason, now()],
+                    "UPDATE assets SET state = 'failed', error = ?2, updated_at = ?3,
+                     next_attempt_at = 0, source = CASE WHEN ?4 THEN source END WHERE id = ?1",
+                    params![asset, reason, now(), keep_source],
                 )?,
             };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues a job again after a failed attempt, to run at `at` (unix seconds).
+    pub async fn retry_job(&self, asset: &str, reason: String, at: u64) -> Result<(), DbError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE assets SET state = 'queued', progress = 0, error = ?2, next_attempt_at = ?3,
+                 updated_at = ?4 WHERE id = ?1 AND state = 'packaging'",
+                params![asset, reason, at, now()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Queues a failed asset whose upload was kept again, with its attempts reset; whether
+    /// there was one.
+    pub async fn requeue_failed(&self, asset: &str) -> Result<bool, DbError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE assets SET state = 'queued', progress = 0, attempts = 0, error = NULL,
+                 next_attempt_at = 0, updated_at = ?2
+                 WHERE id = ?1 AND state = 'failed' AND source IS NOT NULL",
+                params![asset, now()],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Records that a ready asset's objects are gone from the storage (state `missing`).
+    pub async fn mark_missing(&self, asset: &str) -> Result<(), DbError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE assets SET state = 'missing', error = ?2, updated_at = ?3
+                 WHERE id = ?1 AND state = 'ready'",
+                params![asset, MISSING_REASON, now()],
+            )?;
             Ok(())
         })
         .await
@@ -430,9 +511,11 @@ mod tests {
         let file = dir.join("origin.db");
         {
             let db = Db::open(&file).expect("open");
-            db.create_upload(upload("u1", "a1")).await.expect("create");
+            db.create_upload(upload("u1", "a1"), true)
+                .await
+                .expect("create");
             assert!(matches!(
-                db.create_upload(upload("u2", "a1")).await,
+                db.create_upload(upload("u2", "a1"), true).await,
                 Err(DbError::AssetExists(..))
             ));
             db.set_offset("u1", 4).await.expect("offset");
@@ -450,11 +533,13 @@ mod tests {
         assert_eq!(db.requeue_interrupted(3).await.expect("requeue"), 1);
         let job = db.claim_job().await.expect("claim").expect("again");
         assert_eq!(job.attempt, 2);
-        db.finish_job("a1", Ok(8.0)).await.expect("finish");
+        db.finish_job("a1", Ok(8.0), false).await.expect("finish");
         let a = db.asset("a1").await.expect("asset").expect("exists");
         assert_eq!((a.state.as_str(), a.duration_seconds), ("ready", Some(8.0)));
         // Out of attempts: failed, not queued forever.
-        db.create_upload(upload("u3", "a3")).await.expect("create");
+        db.create_upload(upload("u3", "a3"), true)
+            .await
+            .expect("create");
         db.complete_upload("u3", "/x/u3").await.expect("complete");
         for _ in 0..2 {
             db.claim_job().await.expect("claim");
@@ -462,6 +547,39 @@ mod tests {
         }
         let a = db.asset("a3").await.expect("asset").expect("exists");
         assert_eq!(a.state, "failed", "{a:?}");
+        // A failed attempt waits for its time; a kept upload can be queued again.
+        db.create_upload(upload("u5", "a5"), true)
+            .await
+            .expect("create");
+        db.complete_upload("u5", "/x/u5").await.expect("complete");
+        let job = db.claim_job().await.expect("claim").expect("a job");
+        db.retry_job("a5", "storage down".into(), now() + 1000)
+            .await
+            .expect("retry");
+        let a = db.asset("a5").await.expect("asset").expect("exists");
+        assert_eq!(
+            (a.state.as_str(), a.next_attempt_at),
+            ("queued", Some(now() + 1000))
+        );
+        assert_eq!(db.claim_job().await.expect("claim"), None, "not due yet");
+        db.finish_job(&job.asset, Err("out of attempts".into()), true)
+            .await
+            .expect("finish");
+        assert!(db.requeue_failed("a5").await.expect("requeue"));
+        let a = db.asset("a5").await.expect("asset").expect("exists");
+        assert_eq!((a.state.as_str(), a.attempts), ("queued", 0));
+        // A ready asset whose objects vanished is missing, and its id can be uploaded again;
+        // a ready one that is still published cannot.
+        assert!(matches!(
+            db.create_upload(upload("u6", "a1"), true).await,
+            Err(DbError::AssetExists(..))
+        ));
+        db.mark_missing("a1").await.expect("missing");
+        let a = db.asset("a1").await.expect("asset").expect("exists");
+        assert_eq!(a.state, "missing");
+        db.create_upload(upload("u6", "a1"), true)
+            .await
+            .expect("replace");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

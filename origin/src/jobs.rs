@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -49,6 +49,7 @@ pub async fn worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             return;
         };
         let work = work_dir(&app, &job);
+        let p = &app.config.packaging;
         match outcome {
             Ok(duration) => {
                 app.metrics.jobs_ok.inc();
@@ -56,33 +57,116 @@ pub async fn worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                     .job_duration
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(asset = %job.asset, seconds = started.elapsed().as_secs_f64(), "The asset is ready.");
-                if let Err(e) = app.db.finish_job(&job.asset, Ok(duration)).await {
+                if let Err(e) = app.db.finish_job(&job.asset, Ok(duration), false).await {
                     tracing::error!(error = %e, asset = %job.asset, "The job's end could not be recorded.");
                 }
                 let _ = std::fs::remove_file(&job.source);
+                let _ = std::fs::remove_dir_all(work);
             }
-            Err(reason) => {
+            Err(failure) if failure.retry && job.attempt < p.max_attempts => {
+                app.metrics.jobs_retried.inc();
+                let delay = backoff(p.retry_backoff, p.retry_backoff_max, job.attempt);
+                let at = estuary_common::unix_now() + delay.as_secs().max(1);
+                tracing::warn!(
+                    asset = %job.asset,
+                    attempt = job.attempt,
+                    reason = %failure.reason,
+                    retry_in_seconds = delay.as_secs_f64(),
+                    "A packaging attempt failed for a reason that may pass; the job runs again later."
+                );
+                let reason = format!(
+                    "attempt {} failed: {}",
+                    job.attempt,
+                    without_local_paths(&failure.reason, &app.config.state.dir)
+                );
+                if let Err(e) = app.db.retry_job(&job.asset, reason, at).await {
+                    tracing::error!(error = %e, asset = %job.asset, "The job's retry could not be recorded.");
+                }
+                // The upload is kept, and so is a packaged output whose publishing failed:
+                // the next attempt publishes it without packaging it again.
+                if !failure.keep_output {
+                    let _ = std::fs::remove_dir_all(work);
+                }
+            }
+            Err(failure) => {
                 app.metrics.jobs_failed.inc();
-                tracing::warn!(asset = %job.asset, reason = %reason, "Packaging failed.");
+                tracing::warn!(asset = %job.asset, reason = %failure.reason, "Packaging failed.");
+                // A half-published asset's objects go; what cannot be removed now (the store
+                // being down) the sweep at the next start removes.
                 if let Err(e) = app.storage.remove_asset(&job.asset).await {
+                    app.metrics.storage_errors.inc();
                     tracing::error!(error = %e, asset = %job.asset, "A failed asset's objects could not be removed.");
                 }
                 app.forget_manifest(&job.asset);
                 // The reason is shown to uploaders: no folder of this machine in it.
-                let reason = without_local_paths(&reason, &app.config.state.dir);
-                if let Err(e) = app.db.finish_job(&job.asset, Err(reason)).await {
+                let mut reason = without_local_paths(&failure.reason, &app.config.state.dir);
+                if failure.retry {
+                    reason = format!(
+                        "{reason} (after {} attempts; POST /v1/assets/{}/retry runs it again)",
+                        job.attempt, job.asset
+                    );
+                }
+                // An upload that failed through no fault of its own is kept for a retry.
+                if let Err(e) = app
+                    .db
+                    .finish_job(&job.asset, Err(reason), failure.retry)
+                    .await
+                {
                     tracing::error!(error = %e, asset = %job.asset, "The job's end could not be recorded.");
                 }
-                let _ = std::fs::remove_file(&job.source);
+                if !failure.retry {
+                    let _ = std::fs::remove_file(&job.source);
+                }
+                let _ = std::fs::remove_dir_all(work);
             }
         }
-        let _ = std::fs::remove_dir_all(work);
     }
 }
 
-fn work_dir(app: &App, job: &Job) -> PathBuf {
-    app.work_dir.join(format!("{}-{}", job.asset, job.attempt))
+/// The wait before attempt `attempt + 1`: `first`, doubled for each attempt after the first,
+/// at most `max`.
+pub fn backoff(first: Duration, max: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(30);
+    first.saturating_mul(1 << doublings).min(max)
 }
+
+fn work_dir(app: &App, job: &Job) -> PathBuf {
+    app.work_dir.join(&job.asset)
+}
+
+/// Why an attempt failed, and whether running it again may help.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    /// The failure was not the input's fault (storage, a signal, a transient packager error).
+    retry: bool,
+    /// The packaged output is complete and checked (only publishing failed).
+    keep_output: bool,
+}
+
+impl Failure {
+    /// A failure that running the job again will not cure (the input, the config).
+    fn permanent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retry: false,
+            keep_output: false,
+        }
+    }
+
+    /// A failure that may pass.
+    fn transient(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            retry: true,
+            keep_output: false,
+        }
+    }
+}
+
+/// The packager's exit code for a failure that may pass if the job runs again (EX_TEMPFAIL,
+/// as `estuary package` documents it); any other failure is the input's or the command's.
+const EXIT_TEMPORARY: i32 = 75;
 
 /// One line of `estuary package --progress` output.
 #[derive(Debug, serde::Deserialize)]
@@ -94,25 +178,62 @@ struct Event {
     duration_seconds: Option<f64>,
 }
 
-/// Packages and publishes one job; the asset's duration, or why it failed.
-async fn run(app: &Arc<App>, job: &Job) -> Result<f64, String> {
+/// Packages and publishes one job; the asset's duration, or why it failed. A packaged output
+/// kept from an earlier attempt whose publishing failed is published without packaging again.
+async fn run(app: &Arc<App>, job: &Job) -> Result<f64, Failure> {
     if !Path::new(&job.source).is_file() {
-        return Err("the uploaded file is gone".into());
+        return Err(Failure::permanent("the uploaded file is gone"));
     }
     let work = work_dir(app, job);
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).map_err(|e| format!("work folder: {e}"))?;
     let out = work.join(&job.asset);
+    let kept = match tokio::fs::try_exists(out.join(MANIFEST_FILE)).await {
+        Ok(true) => check_output(&out, &job.asset).await.ok(),
+        _ => None,
+    };
+    let (manifest, duration) = match kept {
+        Some(manifest) => {
+            tracing::info!(asset = %job.asset, "The output of an earlier attempt is published again.");
+            (manifest, None)
+        }
+        None => {
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work)
+                .map_err(|e| Failure::transient(format!("work folder: {e}")))?;
+            let duration = package(app, job, &out).await?;
+            let manifest = check_output(&out, &job.asset)
+                .await
+                .map_err(Failure::permanent)?;
+            (manifest, duration)
+        }
+    };
+    sign_output(app, &out).await.map_err(Failure::permanent)?;
+    if let Err(e) = app.storage.publish(&job.asset, &out).await {
+        if e.is_store() {
+            app.metrics.storage_errors.inc();
+        }
+        return Err(Failure {
+            reason: format!("publishing: {e}"),
+            retry: true,
+            keep_output: true,
+        });
+    }
+    app.forget_manifest(&job.asset);
+    Ok(duration.unwrap_or(manifest.duration_seconds))
+}
+
+/// Runs `estuary package` on the job's upload into `out`; the duration it reports.
+async fn package(app: &Arc<App>, job: &Job, out: &Path) -> Result<Option<f64>, Failure> {
     let p = &app.config.packaging;
     let program = match &p.program {
         Some(p) => p.clone(),
-        None => std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?,
+        None => std::env::current_exe()
+            .map_err(|e| Failure::permanent(format!("cannot find this program: {e}")))?,
     };
     let mut child = Command::new(program)
         .arg("package")
         .arg(&job.source)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .args(["--asset-id", &job.asset])
         .args(["--ladder", &p.ladder.join(",")])
         .args(["--segment-seconds", &p.segment_seconds.to_string()])
@@ -123,7 +244,7 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, String> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start the packager: {e}"))?;
+        .map_err(|e| Failure::transient(format!("cannot start the packager: {e}")))?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let progress = async {
@@ -163,32 +284,64 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, String> {
     })
     .await;
     let Ok((duration, errors, status)) = waited else {
-        return Err(format!(
+        return Err(Failure::permanent(format!(
             "packaging took longer than {} s",
             p.timeout.as_secs()
-        ));
+        )));
     };
-    let status = status.map_err(|e| format!("the packager: {e}"))?;
-    if !status.success() {
-        let reason = errors
-            .lines()
-            .rev()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("the packager failed without a message")
-            .chars()
-            .take(500)
-            .collect::<String>();
-        return Err(reason);
+    let status = status.map_err(|e| Failure::transient(format!("the packager: {e}")))?;
+    if status.success() {
+        return Ok(duration);
     }
-    let manifest = check_output(&out, &job.asset).await?;
-    sign_output(app, &out).await?;
-    app.storage
-        .publish(&job.asset, &out)
-        .await
-        .map_err(|e| format!("publishing: {e}"))?;
-    app.forget_manifest(&job.asset);
-    Ok(duration.unwrap_or(manifest.duration_seconds))
+    let last_line = errors
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(500).collect::<String>());
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(signal) = status.signal() {
+        // Killed (the OOM killer sends SIGKILL) or crashed: nothing says the input is at fault.
+        let mut reason = format!(
+            "the packager was killed by signal {signal}{}",
+            signal_name(signal).map_or(String::new(), |n| format!(" ({n})"))
+        );
+        if let Some(line) = last_line {
+            reason = format!("{reason}; its last words: {line}");
+        }
+        return Err(Failure::transient(reason));
+    }
+    let reason = last_line.unwrap_or_else(|| match status.code() {
+        Some(code) => format!("the packager failed with exit code {code} and no message"),
+        None => "the packager failed without a message".to_owned(),
+    });
+    if status.code() == Some(EXIT_TEMPORARY) {
+        Err(Failure::transient(reason))
+    } else {
+        Err(Failure::permanent(reason))
+    }
+}
+
+/// The name of a signal that ends processes.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return None,
+    })
 }
 
 /// Signs the checked `asset.json` with the origin's key, as `asset.json.sig` beside it

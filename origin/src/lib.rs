@@ -74,6 +74,8 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         tasks.spawn(jobs::worker(Arc::clone(&app), stop_rx.clone()));
     }
     tasks.spawn(expire_uploads(Arc::clone(&app), expiry, stop_rx.clone()));
+    tasks.spawn(watch_storage(Arc::clone(&app), stop_rx.clone()));
+    tasks.spawn(sweep_orphans(Arc::clone(&app)));
 
     let router = app::router(Arc::clone(&app), admin_listener.is_none());
     let main = tokio::spawn(estuary_common::listener::serve(
@@ -152,6 +154,64 @@ async fn expire_uploads(
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
             _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Checks the storage every 10 s, so that `estuary_origin_storage_up` is current even when
+/// nobody asks `/readyz`.
+async fn watch_storage(app: Arc<app::App>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let _ = app::check_storage(&app).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Removes the objects of half-published assets once, at start: prefixes under `v/` with no
+/// `asset.json`, whose newest object is older than `[storage] orphan_min_age`, and whose
+/// asset this origin is not uploading or packaging. A published asset (with `asset.json`) is
+/// never touched; a `ready` one whose `asset.json` vanished becomes `missing`.
+async fn sweep_orphans(app: Arc<app::App>) {
+    let objects = match app.storage.asset_objects().await {
+        Ok(o) => o,
+        Err(e) => {
+            app.metrics.storage_errors.inc();
+            tracing::warn!(error = %e, "The sweep for half-published assets could not list the storage; it runs at the next start.");
+            return;
+        }
+    };
+    let min_age = i64::try_from(app.config.storage.orphan_min_age.as_secs()).unwrap_or(i64::MAX);
+    let now = i64::try_from(estuary_common::unix_now()).unwrap_or(i64::MAX);
+    for (asset, (published, newest)) in objects {
+        if published || now.saturating_sub(newest) < min_age {
+            continue;
+        }
+        let state = match app.db.asset(&asset).await {
+            Ok(a) => a.map(|a| a.state),
+            Err(e) => {
+                tracing::warn!(error = %e, asset = %asset, "The sweep skips an asset the database cannot tell about.");
+                continue;
+            }
+        };
+        if matches!(state.as_deref(), Some("uploading" | "queued" | "packaging")) {
+            continue;
+        }
+        match app.storage.remove_asset(&asset).await {
+            Ok(n) => {
+                app.metrics.orphans_removed.inc_by(n);
+                app.forget_manifest(&asset);
+                if state.as_deref() == Some("ready") {
+                    let _ = app.db.mark_missing(&asset).await;
+                }
+                tracing::info!(asset = %asset, objects = n, "The objects of a half-published asset were removed.");
+            }
+            Err(e) => {
+                app.metrics.storage_errors.inc();
+                tracing::warn!(error = %e, asset = %asset, "The objects of a half-published asset could not be removed.");
+            }
         }
     }
 }

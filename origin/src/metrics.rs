@@ -2,11 +2,18 @@
 
 use axum::http::StatusCode;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Asset states, the label values of `estuary_origin_assets`.
-const STATES: [&str; 5] = ["uploading", "queued", "packaging", "ready", "failed"];
+const STATES: [&str; 6] = [
+    "uploading",
+    "queued",
+    "packaging",
+    "ready",
+    "failed",
+    "missing",
+];
 
 /// Handles to every origin metric.
 pub struct Metrics {
@@ -17,8 +24,16 @@ pub struct Metrics {
     pub uploads_completed: IntCounter,
     pub jobs_ok: IntCounter,
     pub jobs_failed: IntCounter,
+    /// Attempts that failed and were queued again.
+    pub jobs_retried: IntCounter,
     pub job_duration: Histogram,
     assets: IntGaugeVec,
+    /// 1 while the last storage check passed, 0 after one failed.
+    pub storage_up: IntGauge,
+    /// Storage calls that failed or timed out.
+    pub storage_errors: IntCounter,
+    /// Objects of half-published assets removed.
+    pub orphans_removed: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,12 +81,13 @@ impl Metrics {
         let jobs_vec = must(IntCounterVec::new(
             Opts::new(
                 "estuary_origin_packaging_jobs_total",
-                "Packaging jobs ended, by result.",
+                "Packaging attempts ended, by result (ready, failed for good, retried).",
             ),
             &["result"],
         ));
         let jobs_ok = jobs_vec.with_label_values(&["ready"]);
         let jobs_failed = jobs_vec.with_label_values(&["failed"]);
+        let jobs_retried = jobs_vec.with_label_values(&["retried"]);
         let job_duration = must(Histogram::with_opts(
             HistogramOpts::new(
                 "estuary_origin_packaging_duration_seconds",
@@ -86,6 +102,18 @@ impl Metrics {
         for s in STATES {
             assets.with_label_values(&[s]);
         }
+        let storage_up = must(IntGauge::new(
+            "estuary_origin_storage_up",
+            "1 while the asset storage passed its last check (the /readyz check, also run every 10 s), else 0.",
+        ));
+        let storage_errors = must(IntCounter::new(
+            "estuary_origin_storage_errors_total",
+            "Asset storage calls that failed or did not answer within [storage] timeout.",
+        ));
+        let orphans_removed = must(IntCounter::new(
+            "estuary_origin_orphan_objects_removed_total",
+            "Objects of half-published assets (no asset.json, no job) removed by the sweep.",
+        ));
         for c in [
             Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
             Box::new(response_bytes.clone()),
@@ -94,6 +122,9 @@ impl Metrics {
             Box::new(jobs_vec),
             Box::new(job_duration.clone()),
             Box::new(assets.clone()),
+            Box::new(storage_up.clone()),
+            Box::new(storage_errors.clone()),
+            Box::new(orphans_removed.clone()),
         ] {
             must(registry.register(c));
         }
@@ -105,8 +136,12 @@ impl Metrics {
             uploads_completed,
             jobs_ok,
             jobs_failed,
+            jobs_retried,
             job_duration,
             assets,
+            storage_up,
+            storage_errors,
+            orphans_removed,
         }
     }
 

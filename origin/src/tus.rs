@@ -202,8 +202,14 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         created_at: estuary_common::unix_now(),
         complete: false,
     };
-    match app.db.create_upload(upload).await {
-        Ok(()) => {}
+    // The storage holds no asset.json under this id (checked above): an asset this origin
+    // thinks ready lost its objects, and a new upload may replace it.
+    match app.db.create_upload(upload, false).await {
+        Ok(old_source) => {
+            if let Some(old) = old_source {
+                let _ = std::fs::remove_file(old);
+            }
+        }
         Err(DbError::AssetExists(a, state)) => {
             let _ = std::fs::remove_file(&file);
             return plain(

@@ -1,6 +1,8 @@
 //! Splitting a fragmented MP4 file into a CMAF header (init segment) and media segments, by
 //! walking its top-level boxes; reading the codec string out of the header. Pure.
 
+use std::io::{Read, Seek, SeekFrom};
+
 use crate::error::PackageError;
 
 /// One top-level box: its type and its byte range in the file.
@@ -11,64 +13,96 @@ pub struct BoxRange {
     pub end: usize,
 }
 
+/// The box whose header starts `header` (at least 8 bytes, 16 for a 64-bit size, fewer only
+/// when the file ends) at byte `pos` of a file of `len` bytes.
+fn parse_header(header: &[u8], pos: usize, len: usize) -> Result<BoxRange, PackageError> {
+    let bad = |why: &str| PackageError::Internal(format!("mp4 box at byte {pos}: {why}"));
+    let head = header.get(..8).ok_or_else(|| bad("truncated header"))?;
+    let size32 = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let kind = [head[4], head[5], head[6], head[7]];
+    let size = match size32 {
+        0 => len - pos,
+        1 => {
+            let large = header
+                .get(8..16)
+                .ok_or_else(|| bad("truncated large size"))?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(large);
+            usize::try_from(u64::from_be_bytes(b)).map_err(|_| bad("size too large"))?
+        }
+        n => n as usize,
+    };
+    let min = if size32 == 1 { 16 } else { 8 };
+    if size < min {
+        return Err(bad("size smaller than its header"));
+    }
+    let end = pos
+        .checked_add(size)
+        .filter(|e| *e <= len)
+        .ok_or_else(|| bad("runs past the end"))?;
+    Ok(BoxRange {
+        kind,
+        start: pos,
+        end,
+    })
+}
+
 /// The top-level boxes of `data`, in order. Refuses truncated or malformed box headers.
 pub fn top_level_boxes(data: &[u8]) -> Result<Vec<BoxRange>, PackageError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
-        let bad = |why: &str| PackageError::Internal(format!("mp4 box at byte {pos}: {why}"));
-        let header = data
-            .get(pos..pos + 8)
-            .ok_or_else(|| bad("truncated header"))?;
-        let size32 = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        let kind = [header[4], header[5], header[6], header[7]];
-        let size = match size32 {
-            0 => data.len() - pos,
-            1 => {
-                let large = data
-                    .get(pos + 8..pos + 16)
-                    .ok_or_else(|| bad("truncated large size"))?;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(large);
-                usize::try_from(u64::from_be_bytes(b)).map_err(|_| bad("size too large"))?
-            }
-            n => n as usize,
-        };
-        let min = if size32 == 1 { 16 } else { 8 };
-        if size < min {
-            return Err(bad("size smaller than its header"));
-        }
-        let end = pos
-            .checked_add(size)
-            .filter(|e| *e <= data.len())
-            .ok_or_else(|| bad("runs past the end"))?;
-        out.push(BoxRange {
-            kind,
-            start: pos,
-            end,
-        });
-        pos = end;
+        let b = parse_header(&data[pos..data.len().min(pos + 16)], pos, data.len())?;
+        pos = b.end;
+        out.push(b);
     }
     Ok(out)
 }
 
-/// A fragmented MP4 file cut into its header and its fragments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split<'a> {
-    /// `ftyp` + `moov`: the CMAF header.
-    pub init: &'a [u8],
-    /// One entry per fragment: `moof` + `mdat` (with any `styp`/`sidx`/`prft`/`emsg` that
-    /// precede the `moof`).
-    pub fragments: Vec<&'a [u8]>,
+/// The top-level boxes of a file of `len` bytes, reading only their headers (so that a track
+/// of many gigabytes is walked in a few kilobytes of memory).
+pub fn top_level_boxes_in(
+    file: &mut (impl Read + Seek),
+    len: usize,
+) -> Result<Vec<BoxRange>, PackageError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let mut header = [0u8; 16];
+    while pos < len {
+        let want = (len - pos).min(16);
+        let io = |e: std::io::Error| PackageError::Internal(format!("mp4 box at byte {pos}: {e}"));
+        file.seek(SeekFrom::Start(pos as u64)).map_err(io)?;
+        file.read_exact(&mut header[..want]).map_err(io)?;
+        let b = parse_header(&header[..want], pos, len)?;
+        pos = b.end;
+        out.push(b);
+    }
+    Ok(out)
 }
 
-/// Splits a fragmented MP4 file. The header is everything before the first fragment; a
-/// fragment starts at the first box that belongs to it (`styp`, `sidx`, `prft`, `emsg` or
-/// `moof`) and ends after its `mdat`. Trailing index boxes (`mfra`) are dropped.
-pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
-    let boxes = top_level_boxes(data)?;
+/// Where one fragment lies in its file: it starts at `start` (its first `styp`, `sidx`,
+/// `prft`, `emsg` or `moof`), its `mdat` starts at `mdat`, and it ends at `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentRange {
+    pub start: usize,
+    pub mdat: usize,
+    pub end: usize,
+}
+
+/// A fragmented MP4 file's shape: its header is `0..header_end`, then its fragments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub header_end: usize,
+    pub fragments: Vec<FragmentRange>,
+}
+
+/// Finds the header and the fragments of a fragmented MP4 file of `len` bytes from its
+/// top-level boxes. The header is everything before the first fragment; a fragment starts at
+/// the first box that belongs to it (`styp`, `sidx`, `prft`, `emsg` or `moof`) and ends after
+/// its `mdat`. Trailing index boxes (`mfra`) are dropped.
+pub fn layout(boxes: &[BoxRange], len: usize) -> Result<Layout, PackageError> {
     let first = boxes.iter().position(|b| is_fragment_box(&b.kind));
-    let header_end = first.map(|i| boxes[i].start).unwrap_or(data.len());
+    let header_end = first.map(|i| boxes[i].start).unwrap_or(len);
     let header = &boxes[..first.unwrap_or(boxes.len())];
     if header.iter().any(|b| &b.kind == b"mdat") {
         return Err(PackageError::Internal(
@@ -89,7 +123,11 @@ pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
                 let s = start.take().filter(|_| seen_moof).ok_or_else(|| {
                     PackageError::Internal(format!("mdat at byte {} without a moof", b.start))
                 })?;
-                fragments.push(&data[s..b.end]);
+                fragments.push(FragmentRange {
+                    start: s,
+                    mdat: b.start,
+                    end: b.end,
+                });
                 seen_moof = false;
             }
             b"mfra" | b"free" | b"skip" => {
@@ -119,9 +157,33 @@ pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
             "the last fragment has no mdat".into(),
         ));
     }
-    Ok(Split {
-        init: &data[..header_end],
+    Ok(Layout {
+        header_end,
         fragments,
+    })
+}
+
+/// A fragmented MP4 file cut into its header and its fragments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split<'a> {
+    /// `ftyp` + `moov`: the CMAF header.
+    pub init: &'a [u8],
+    /// One entry per fragment: `moof` + `mdat` (with any `styp`/`sidx`/`prft`/`emsg` that
+    /// precede the `moof`).
+    pub fragments: Vec<&'a [u8]>,
+}
+
+/// Splits a fragmented MP4 file held in memory (see [`layout`]; packaging itself walks the
+/// file with [`top_level_boxes_in`] and never holds a whole track).
+pub fn split_fragmented(data: &[u8]) -> Result<Split<'_>, PackageError> {
+    let layout = layout(&top_level_boxes(data)?, data.len())?;
+    Ok(Split {
+        init: &data[..layout.header_end],
+        fragments: layout
+            .fragments
+            .iter()
+            .map(|f| &data[f.start..f.end])
+            .collect(),
     })
 }
 
@@ -196,6 +258,10 @@ mod tests {
         file.extend(&f2);
         file.extend(mp4_box(b"mfra", b"index"));
         let split = split_fragmented(&file).expect("split");
+        assert_eq!(
+            top_level_boxes_in(&mut std::io::Cursor::new(&file), file.len()).expect("walk"),
+            top_level_boxes(&file).expect("boxes")
+        );
         assert_eq!(split.init, &file[..init_len]);
         assert_eq!(split.fragments, vec![&f1[..], &f2[..]]);
         assert_eq!(avc_codec_string(split.init).as_deref(), Some("avc1.64001f"));
@@ -232,6 +298,9 @@ mod tests {
         #[test]
         fn never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = split_fragmented(&data);
+            // Walking a file by its headers finds the same boxes as walking it in memory.
+            let in_file = top_level_boxes_in(&mut std::io::Cursor::new(&data), data.len());
+            prop_assert_eq!(in_file.ok(), top_level_boxes(&data).ok());
             let _ = avc_codec_string(&data);
             let _ = tfdt(&data);
         }

@@ -47,7 +47,21 @@ pub enum PackageError {
     },
 }
 
+/// The exit code of `estuary package` for a failure that may pass if the job runs again
+/// (EX_TEMPFAIL of sysexits.h); every other failure exits 1.
+pub const EXIT_TEMPORARY: u8 = 75;
+
 impl PackageError {
+    /// Whether running the same job again may succeed: a disk, an FFmpeg or an internal error
+    /// (out of memory shows as these). The input's faults (not media, unsupported, damaged),
+    /// bad usage, a missing FFmpeg component and a job cancelled on purpose are not.
+    pub fn retry_may_help(&self) -> bool {
+        matches!(
+            self,
+            Self::Media { .. } | Self::Internal(_) | Self::Io { .. }
+        )
+    }
+
     pub(crate) fn media(stage: impl Into<String>) -> impl FnOnce(ffmpeg_next::Error) -> Self {
         let stage = stage.into();
         move |source| PackageError::Media { stage, source }

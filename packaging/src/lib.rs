@@ -321,7 +321,6 @@ pub fn package(
     let mut worker_gone = false;
     let mut vframe = frame::Video::empty();
     let mut aframe = frame::Audio::empty();
-    let mut packet = ffmpeg_next::Packet::empty();
     let mut read_error = None;
     let mut eof = false;
     let cancelled = || {
@@ -335,6 +334,11 @@ pub fn package(
             // removes everything written so far.
             return Err(PackageError::Cancelled);
         }
+        // A fresh packet each time: `av_read_frame` does not release the buffer of the packet
+        // it reads into, so reusing one packet kept every packet of the source in memory (the
+        // packager grew by one byte per byte of source). This one is freed at the end of the
+        // loop body.
+        let mut packet = ffmpeg_next::Packet::empty();
         match packet.read(&mut ictx) {
             Ok(()) => {}
             Err(ffmpeg_next::Error::Eof) => eof = true,
@@ -601,35 +605,75 @@ fn timescale(tb: Rational) -> Result<u32, PackageError> {
     u32::try_from(tb.denominator()).map_err(|_| PackageError::Internal("mp4 time base".into()))
 }
 
+/// The largest `ftyp`+`moov` header, or run of boxes before a fragment's `mdat`, that
+/// cutting reads into memory. The muxer writes a few kilobytes of each; anything this large
+/// is not its output.
+const MAX_BOX_RUN: usize = 64 << 20;
+
+/// Reads `range` of `file` (at most [`MAX_BOX_RUN`] bytes).
+fn read_range(
+    file: &mut std::fs::File,
+    path: &Path,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<u8>, PackageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let n = range.end.saturating_sub(range.start);
+    if n > MAX_BOX_RUN {
+        return Err(PackageError::Internal(format!(
+            "{}: {n} bytes of mp4 boxes before media data at byte {}",
+            path.display(),
+            range.start
+        )));
+    }
+    let mut bytes = vec![0u8; n];
+    file.seek(SeekFrom::Start(range.start as u64))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(PackageError::io("read", path))?;
+    Ok(bytes)
+}
+
 /// Cuts a worker's fragmented MP4 into `init.mp4` and `seg_NNNNN.m4s` in `dir` and removes
-/// it. Returns the codec string and the segments.
+/// it. Returns the codec string and the segments. The track is read box by box and each
+/// fragment's media data copied through a small buffer: memory stays the same for a track
+/// of a megabyte or of many gigabytes.
 fn cut_track(
     dir: &Path,
     encoded: &EncodedTrack,
     is_video: bool,
 ) -> Result<(String, Vec<Segment>), PackageError> {
-    let data = std::fs::read(&encoded.file).map_err(PackageError::io("read", &encoded.file))?;
-    let split = boxes::split_fragmented(&data)?;
-    if split.fragments.len() != encoded.segment_starts.len() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let path = &encoded.file;
+    let mut file = std::fs::File::open(path).map_err(PackageError::io("open", path))?;
+    let len = file
+        .metadata()
+        .map_err(PackageError::io("stat", path))?
+        .len();
+    let len = usize::try_from(len)
+        .map_err(|_| PackageError::Internal(format!("{}: too large", path.display())))?;
+    let layout = boxes::layout(&boxes::top_level_boxes_in(&mut file, len)?, len)?;
+    if layout.fragments.len() != encoded.segment_starts.len() {
         return Err(PackageError::Internal(format!(
             "{}: {} fragments for {} segments",
             dir.display(),
-            split.fragments.len(),
+            layout.fragments.len(),
             encoded.segment_starts.len()
         )));
     }
+    let init = read_range(&mut file, path, 0..layout.header_end)?;
     let codecs = if is_video {
-        boxes::avc_codec_string(split.init)
+        boxes::avc_codec_string(&init)
             .ok_or_else(|| PackageError::Internal("no avcC box in the video init segment".into()))?
     } else {
         "mp4a.40.2".to_owned()
     };
-    publish::write_new(&dir.join("init.mp4"), split.init)?;
+    publish::write_new(&dir.join("init.mp4"), &init)?;
+    drop(init);
     // Segment times come from the file itself (`tfdt`): the muxer shifts a track so that it
     // starts at 0 (the AAC encoder's priming makes audio start at -1024 samples).
-    let mut starts = Vec::with_capacity(split.fragments.len());
-    for fragment in &split.fragments {
-        let t = boxes::tfdt(fragment)
+    let mut starts = Vec::with_capacity(layout.fragments.len());
+    for fragment in &layout.fragments {
+        let head = read_range(&mut file, path, fragment.start..fragment.mdat)?;
+        let t = boxes::tfdt(&head)
             .ok_or_else(|| PackageError::Internal("a fragment without tfdt".into()))?;
         let t = i64::try_from(t).map_err(|_| PackageError::Internal("tfdt out of range".into()))?;
         if starts.last().is_some_and(|&prev| t <= prev) {
@@ -642,7 +686,7 @@ fn cut_track(
     let end = encoded.end + shift;
     // A last audio fragment of a few samples (encoder padding) joins the one before it: a
     // media segment may hold more than one fragment.
-    let mut groups: Vec<(usize, usize)> = (0..split.fragments.len()).map(|i| (i, i + 1)).collect();
+    let mut groups: Vec<(usize, usize)> = (0..layout.fragments.len()).map(|i| (i, i + 1)).collect();
     if !is_video && groups.len() > 1 {
         let last_start = starts[starts.len() - 1];
         if ((end - last_start) as f64) < 0.5 * f64::from(timescale(encoded.time_base)?) {
@@ -657,18 +701,38 @@ fn cut_track(
     for (n, &(first, last)) in groups.iter().enumerate() {
         let start = starts[first];
         let stop = starts.get(last).copied().unwrap_or(end);
-        let mut bytes = styp.clone();
-        for fragment in &split.fragments[first..last] {
-            bytes.extend_from_slice(fragment.strip_prefix(&styp[..]).unwrap_or(fragment));
-        }
-        publish::write_new(&dir.join(manifests::segment_name(n + 1)), &bytes)?;
+        let out_path = dir.join(manifests::segment_name(n + 1));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, publish::create_new(&out_path)?);
+        let write_err = PackageError::io("write", &out_path);
+        let mut size = styp.len() as u64;
+        let mut write = || -> std::io::Result<()> {
+            out.write_all(&styp)?;
+            for fragment in &layout.fragments[first..last] {
+                let head = read_range(&mut file, path, fragment.start..fragment.mdat)
+                    .map_err(std::io::Error::other)?;
+                let head = head.strip_prefix(&styp[..]).unwrap_or(&head);
+                out.write_all(head)?;
+                file.seek(SeekFrom::Start(fragment.mdat as u64))?;
+                let media = (fragment.end - fragment.mdat) as u64;
+                let copied = std::io::copy(&mut Read::by_ref(&mut file).take(media), &mut out)?;
+                if copied != media {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the track ended inside a fragment",
+                    ));
+                }
+                size += head.len() as u64 + media;
+            }
+            out.flush()
+        };
+        write().map_err(write_err)?;
         segments.push(Segment {
             start,
             duration: (stop - start).max(1),
-            size: bytes.len() as u64,
+            size,
         });
     }
-    drop(split);
+    drop(file);
     std::fs::remove_file(&encoded.file).map_err(PackageError::io("remove", &encoded.file))?;
     Ok((codecs, segments))
 }

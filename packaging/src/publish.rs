@@ -104,14 +104,20 @@ fn sync_tree(dir: &Path) -> Result<(), PackageError> {
         .map_err(PackageError::io("fsync", dir))
 }
 
-/// Writes a new file (never replacing one).
-pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
-    let mut f = fs::OpenOptions::new()
+/// Creates a new file for writing (never replacing one).
+pub fn create_new(path: &Path) -> Result<fs::File, PackageError> {
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(PackageError::io("create", path))?;
-    f.write_all(bytes).map_err(PackageError::io("write", path))
+        .map_err(PackageError::io("create", path))
+}
+
+/// Writes a new file (never replacing one).
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    create_new(path)?
+        .write_all(bytes)
+        .map_err(PackageError::io("write", path))
 }
 
 /// Size and sha-256 of every file under `root` (relative `/` paths, sorted), skipping
@@ -136,7 +142,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileDigest>) -> Result<(), Packag
             walk(root, &path, out)?;
             continue;
         }
-        let bytes = fs::read(&path).map_err(PackageError::io("read", &path))?;
+        let (size, sha256) = digest_file(&path)?;
         let rel = path
             .strip_prefix(root)
             .map_err(|_| PackageError::Internal(format!("{} outside the asset", path.display())))?;
@@ -146,11 +152,31 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<FileDigest>) -> Result<(), Packag
             .collect();
         out.push(FileDigest {
             path: rel.join("/"),
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
+            size,
+            sha256,
         });
     }
     Ok(())
+}
+
+/// The size and hex sha-256 of a file, read through a small buffer (a segment may be large).
+fn digest_file(path: &Path) -> Result<(u64, String), PackageError> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).map_err(PackageError::io("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PackageError::io("read", path)(e)),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 /// The Merkle root over the `.m4s` files of `files` (in order), hex.

@@ -21,6 +21,8 @@ pub struct OriginSite {
     pub storage: String,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// Extra keys of the `[packaging]` table.
+    pub packaging: String,
 }
 
 impl OriginSite {
@@ -32,6 +34,7 @@ impl OriginSite {
             admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
             storage,
             extra: String::new(),
+            packaging: String::new(),
             dir,
         }
     }
@@ -47,11 +50,12 @@ impl OriginSite {
 
     pub fn write_config(&self) -> PathBuf {
         let text = format!(
-            "[node]\nid = \"origin-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n[signing]\nkey_id = \"{}\"\nkey = \"{}\"\n{}",
+            "[node]\nid = \"origin-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{}\"\nadmin = \"{}\"\n[storage]\n{}\n[state]\ndir = \"{}\"\n[auth.upload_tokens]\nops = \"{UPLOAD_TOKEN}\"\n[packaging]\nladder = [\"360p\", \"240p\"]\nsegment_seconds = 2\npreset = \"ultrafast\"\n{}\n[signing]\nkey_id = \"{}\"\nkey = \"{}\"\n{}",
             self.http,
             self.admin,
             self.storage,
             self.state_dir().display(),
+            self.packaging,
             super::MANIFEST_KEY_ID,
             super::MANIFEST_SECRET_HEX,
             self.extra
@@ -81,6 +85,72 @@ impl OriginSite {
         ]);
         assert!(ok, "curl failed");
         serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Uploads `file` as asset `asset` with curl: one creation, one `PATCH` of every byte.
+    /// The creation's status, and the `PATCH`'s (0 when the creation failed).
+    pub fn upload(&self, file: &Path, asset: &str) -> (u16, u16) {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let size = std::fs::metadata(file).expect("upload file").len();
+        let auth = format!("Authorization: Bearer {UPLOAD_TOKEN}");
+        let (created, headers, _) = super::fetch(
+            &self.url("/uploads/"),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                "-H",
+                &auth,
+                "-H",
+                &format!("Upload-Length: {size}"),
+                "-H",
+                &format!(
+                    "Upload-Metadata: filename {},asset {}",
+                    b64("clip.mp4"),
+                    b64(asset)
+                ),
+            ],
+        );
+        let Some(location) = super::header(&headers, "location") else {
+            return (created, 0);
+        };
+        let (patched, _, _) = super::fetch(
+            &self.url(location),
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                "-H",
+                &auth,
+                "-H",
+                "Upload-Offset: 0",
+                "-H",
+                "Content-Type: application/offset+octet-stream",
+                "--data-binary",
+                &format!("@{}", file.display()),
+            ],
+        );
+        (created, patched)
+    }
+
+    /// Polls the asset's status until `done` accepts it (or the time is up); the last status.
+    pub fn wait_for_status(
+        &self,
+        asset: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.asset_status(asset);
+            if done(&v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Polls the asset's state until it is `ready` or `failed` (or the time is up).
@@ -267,10 +337,11 @@ impl Moto {
         assert!(ok, "create bucket {bucket}: {err}");
     }
 
-    /// The keys under `bucket/prefix`, listed with boto3 (an independent S3 client).
-    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+    /// Runs `body` in Python with `s3`, a boto3 client of this server (an independent S3
+    /// client); its standard output.
+    fn boto3(&self, body: &str) -> String {
         let script = format!(
-            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\nfor o in s3.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}').get('Contents', []): print(o['Key'])",
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test')\n{body}",
             self.url()
         );
         let out = super::run(Command::new("python3").args(["-c", &script]));
@@ -279,10 +350,73 @@ impl Moto {
             "boto3: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The keys under `bucket/prefix`, listed with boto3.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.boto3(&format!(
+            "for o in s3.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}').get('Contents', []): print(o['Key'])"
+        ))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel, never answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let out = run(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string()));
+        assert!(out.status.success(), "kill -{sig} moto");
+    }
+
+    /// Deletes an (empty) bucket.
+    pub fn delete_bucket(&self, bucket: &str) {
+        let (_, err, ok) = super::curl(&[
+            "-sS",
+            "-f",
+            "-X",
+            "DELETE",
+            &format!("{}/{bucket}", self.url()),
+        ]);
+        assert!(ok, "delete bucket {bucket}: {err}");
+    }
+
+    /// Writes one object behind the origin's back.
+    pub fn put(&self, bucket: &str, key: &str, data: &[u8], scratch: &Path) {
+        let file = scratch.join("moto-put-body");
+        std::fs::write(&file, data).expect("write");
+        let (_, err, ok) = super::curl(&[
+            "-sS",
+            "-f",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{}/{bucket}/{key}", self.url()),
+        ]);
+        assert!(ok, "put {bucket}/{key}: {err}");
+    }
+
+    /// Deletes every object under `bucket/prefix` behind the origin's back (with boto3).
+    pub fn delete_prefix(&self, bucket: &str, prefix: &str) {
+        self.boto3(&format!(
+            "for o in s3.list_objects_v2(Bucket='{bucket}', Prefix='{prefix}').get('Contents', []): s3.delete_object(Bucket='{bucket}', Key=o['Key'])"
+        ));
     }
 
     /// The `[storage]` table body for an origin that keeps its assets in `bucket/prefix`.
