@@ -1,0 +1,31 @@
+//! Signed-URL tokens (query, cookie or path form) and fill credentials: arbitrary text never
+//! panics, and whatever `verify` accepts `parse` accepts and the token's acl allows the path.
+#![no_main]
+
+use estuary_common::token::{self, KeySet, Request};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // The token, then (after a NUL) a request path.
+    let (text, path) = text.split_once('\0').unwrap_or((text, "/v/movie/seg.m4s"));
+    let Ok(keys) = KeySet::from_hex([("k1", "000102030405060708090a0b0c0d0e0f")]) else {
+        return;
+    };
+    let parsed = token::parse(text);
+    let request = Request {
+        path,
+        client: std::net::IpAddr::from([127, 0, 0, 1]),
+        now: 1_700_000_000,
+        max_ttl: Some(7 * 86_400),
+    };
+    if token::verify(text, &keys, request).is_ok() {
+        let t = parsed.expect("verified but unparsable");
+        assert!(token::acl_allows(t.acl, path));
+    }
+    let _ = token::verify_fill(text, &keys, path, 1_700_000_000);
+    let _ = token::decode_path_segment(text);
+    let _ = token::acl_allows(text, path);
+});
