@@ -346,6 +346,10 @@ pub struct ClientConfig {
     /// move to the next when it fails (refused, timed out, or 5xx).
     #[serde(default)]
     pub urls: Vec<String>,
+    /// A PEM bundle of CA certificates trusted for `https://` control-plane URLs, besides
+    /// the system's roots (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// This node's own credential (its `[auth.nodes.<id>] token` on the control plane; at
     /// least 32 characters), or, deprecated, its site's token from `[auth.node_tokens]` (edges
     /// only). Edges also accept it for purges sent by the control plane.
@@ -387,6 +391,10 @@ impl ClientConfig {
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
         use crate::config::ConfigError;
         check_replica_urls(&self.url, &self.urls)?;
+        if let Some(ca) = &self.ca_file {
+            crate::http::root_store(Some(ca))
+                .map_err(|e| ConfigError::new("control_plane.ca_file", e.to_string()))?;
+        }
         if self.token.len() < 16 {
             return Err(ConfigError::new(
                 "control_plane.token",
@@ -435,46 +443,47 @@ pub async fn heartbeat_loop(
     mut on_reply: impl FnMut(HeartbeatReply) + Send + 'static,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use http_body_util::BodyExt;
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+    let client = match crate::http::HttpClient::new(crate::http::ClientOptions {
+        timeout: std::time::Duration::from_secs(5),
+        max_body: 4 << 20,
+        ca_file: config.ca_file.clone(),
+        ..Default::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "No heartbeat can be sent: the HTTP client cannot be set up.");
+            return;
+        }
+    };
     let replicas = Replicas::new(config.replica_urls());
     let instance = new_instance_id();
+    let auth = format!("Bearer {}", config.token);
     // One heartbeat as a request to one replica, with this node's credential.
     let post = |base: &str, beat: &Heartbeat| {
-        http::Request::post(format!("{base}/v1/heartbeat"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", config.token),
-            )
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                serde_json::to_vec(beat).unwrap_or_default(),
-            )))
+        crate::http::request(
+            http::Method::POST,
+            &format!("{base}/v1/heartbeat"),
+            &[
+                (http::header::CONTENT_TYPE, "application/json"),
+                (http::header::AUTHORIZATION, &auth),
+            ],
+            bytes::Bytes::from(serde_json::to_vec(beat).unwrap_or_default()),
+        )
     };
     // Err((reason, try another replica)).
     let send = async |base: &str, beat: &Heartbeat| -> Result<HeartbeatReply, (String, bool)> {
         let r = post(base, beat).map_err(|e| (e.to_string(), false))?;
-        match tokio::time::timeout(std::time::Duration::from_secs(5), client.request(r)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| (e.to_string(), true))?;
-                serde_json::from_slice::<HeartbeatReply>(&body.to_bytes())
+        match client.send(r).await {
+            Ok(resp) if resp.status().is_success() => {
+                serde_json::from_slice::<HeartbeatReply>(resp.body())
                     .map_err(|e| (format!("unreadable reply: {e}"), true))
             }
             // A refusal (4xx) speaks for every replica; a 5xx is this replica's trouble.
-            Ok(Ok(resp)) => Err((
+            Ok(resp) => Err((
                 format!("answered {}", resp.status()),
                 resp.status().is_server_error(),
             )),
-            Ok(Err(e)) => Err((e.to_string(), true)),
-            Err(_) => Err(("timed out".to_owned(), true)),
+            Err(e) => Err((e.to_string(), true)),
         }
     };
     let mut failures: u64 = 0;
@@ -531,8 +540,8 @@ pub async fn heartbeat_loop(
             beat.ready = false;
             beat.leaving = true;
             if let Ok(r) = post(replicas.current().1, &beat) {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.request(r))
-                    .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), client.send(r)).await;
             }
             return;
         }

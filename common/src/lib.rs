@@ -8,6 +8,7 @@ pub mod asset;
 pub mod config;
 pub mod cp;
 pub mod fds;
+pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -430,12 +430,14 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves an axum `Router` over HTTP/1.1 on `listener` with `limits` until `stop` turns true
 /// (never, with `None`), then lets the requests in flight finish and returns once every
-/// connection has closed. Handlers see the client's address as `ConnectInfo<SocketAddr>`.
+/// connection has closed; over TLS when `tls` is given (the handshake must end within the
+/// header timeout). Handlers see the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     limits: ListenerLimits,
     router: axum::Router,
     stop: Option<watch::Receiver<bool>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -448,6 +450,8 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let handshake_timeout = limits.header_read_timeout;
     let gate = ConnectionGate::new(limits.max_connections, limits.max_connections_per_ip);
     let timeouts = Timeouts::from(&limits);
     let tracker = tokio_util::task::TaskTracker::new();
@@ -476,52 +480,97 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let builder = Arc::clone(&builder);
-        let router = router.clone();
-        let mut stop = stop.clone();
+        let conn = Connection {
+            builder: Arc::clone(&builder),
+            router: router.clone(),
+            stop: stop.clone(),
+            peer,
+            watch: ConnectionWatch::new(timeouts),
+        };
+        let acceptor = acceptor.clone();
         tracker.spawn(async move {
             let _slot = slot;
-            let watch = ConnectionWatch::new(timeouts);
-            let io = hyper_util::rt::TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch)));
-            let requests = Arc::clone(&watch);
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    use tower::ServiceExt;
-                    let guard = requests.request();
-                    let mut req = req.map(axum::body::Body::new);
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        let response = match router.oneshot(req).await {
-                            Ok(r) => r,
-                            Err(e) => match e {},
-                        };
-                        Ok::<_, Infallible>(response.map(|b| Tracked::new(b, guard)))
+            let io = WatchedIo::new(stream, Arc::clone(&conn.watch));
+            match acceptor {
+                None => conn.serve(io).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => conn.serve(tls).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "A TLS handshake failed.");
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "A TLS handshake took too long.");
+                        }
                     }
-                });
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
                 }
-                why = watch.expired() => {
-                    tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
-                    conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
             }
         });
     }
     drop(never_tx);
     tracker.close();
     tracker.wait().await;
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+    watch: Arc<ConnectionWatch>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 on `io` (plain or TLS) until the client leaves, the service stops
+    /// (graceful) or the connection overstays its welcome (idle, no request).
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            router,
+            mut stop,
+            peer,
+            watch,
+        } = self;
+        let io = hyper_util::rt::TokioIo::new(io);
+        let requests = Arc::clone(&watch);
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                use tower::ServiceExt;
+                let guard = requests.request();
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    let response = match router.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(e) => match e {},
+                    };
+                    Ok::<_, Infallible>(response.map(|b| Tracked::new(b, guard)))
+                }
+            });
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stopped(&mut stop) => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+            why = watch.expired() => {
+                tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.unwrap_or(Ok(()))
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -131,6 +131,47 @@ impl ResolvesServerCert for ReloadableCert {
     }
 }
 
+/// `[tls]` of a service: PEM files of its certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, end entity first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Relative paths are taken from `base` (the config file's folder).
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Checks that the files load and fit; `Err` names the key (`<table>.cert` or
+    /// `<table>.key`) and why.
+    pub fn check(&self, table: &str) -> Result<(), crate::config::ConfigError> {
+        load_certified_key(&self.cert, &self.key)
+            .map(|_| ())
+            .map_err(|e| {
+                let key = match e {
+                    TlsError::Key { .. } | TlsError::Mismatch(_) => "key",
+                    _ => "cert",
+                };
+                crate::config::ConfigError::new(format!("{table}.{key}"), e.to_string())
+            })
+    }
+
+    /// A TCP server configuration (TLS 1.2 and 1.3, HTTP/1.1) serving these files.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let resolver = ReloadableCert::load(&self.cert, &self.key)?;
+        Ok(Arc::new(server_config(resolver, &[b"http/1.1"], false)?))
+    }
+}
+
 /// A server configuration for TCP (TLS 1.2 and 1.3) or QUIC (TLS 1.3 only) with the given
 /// ALPN protocols, serving whatever certificate `resolver` holds.
 pub fn server_config(

@@ -20,6 +20,22 @@ use crate::store::{AuditEntry, Store, StoreError};
 
 pub use crate::identity::Caller;
 
+/// A client for the control plane's calls to nodes, trusting `[client] ca_file` besides the
+/// system's roots.
+pub fn outbound_client(
+    config: &ControlPlaneConfig,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<estuary_common::http::HttpClient, estuary_common::http::HttpError> {
+    estuary_common::http::HttpClient::new(estuary_common::http::ClientOptions {
+        connect_timeout: timeout.min(Duration::from_secs(3)),
+        timeout,
+        max_body,
+        ca_file: config.client.ca_file.clone(),
+        ..Default::default()
+    })
+}
+
 /// The most nodes one deprecated site token may register in its site.
 pub const MAX_NODES_PER_SITE_TOKEN: usize = 256;
 
@@ -142,6 +158,8 @@ pub struct App {
     pub site_tokens_used: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Writes received while the database was out of reach.
     pub pending: crate::writeback::Pending,
+    /// Outbound calls: purges and origin probes (5 s, 16 MiB).
+    pub http: estuary_common::http::HttpClient,
     /// The placements of each node as last read, for heartbeat replies while the database
     /// is out of reach.
     pub placements_seen:
@@ -865,9 +883,7 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
     if origins.is_empty() {
         return Err("no origin is registered and up".into());
     }
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let client = &app.http;
     let mut last = String::new();
     for base in origins {
         let base = base.trim_end_matches('/');
@@ -876,7 +892,7 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
             "{base}/v/{asset}/{}",
             estuary_common::signing::SIGNATURE_FILE
         );
-        let body = match get_small(&client, &manifest, 16 << 20).await {
+        let body = match get_small(client, &manifest, 16 << 20).await {
             Ok(b) => b,
             Err(e) => {
                 last = e;
@@ -884,7 +900,7 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
             }
         };
         let checked = match get_small(
-            &client,
+            client,
             &signature,
             estuary_common::signing::MAX_SIGNATURE_FILE,
         )
@@ -915,34 +931,25 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
     Err(format!("the asset is not on any origin ({last})"))
 }
 
-/// GETs `url` with a 5 s limit; the body if the answer is 200 and at most `limit` bytes.
+/// GETs `url` (within the client's 5 s); the body if the answer is 200 and at most `limit`
+/// bytes.
 async fn get_small(
-    client: &hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<Bytes>,
-    >,
+    client: &estuary_common::http::HttpClient,
     url: &str,
     limit: usize,
 ) -> Result<Bytes, String> {
-    use http_body_util::BodyExt;
-    let request = http::Request::get(url)
-        .body(http_body_util::Empty::new())
+    let resp = client
+        .get(url, &[])
+        .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let fetch = async {
-        let resp = client.request(request).await.map_err(|e| e.to_string())?;
-        if resp.status() != StatusCode::OK {
-            return Err(resp.status().to_string());
-        }
-        http_body_util::Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(Duration::from_secs(5), fetch).await {
-        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
-        Err(_) => Err(format!("{url}: timed out")),
+    if resp.status() != StatusCode::OK {
+        return Err(format!("{url}: {}", resp.status()));
     }
+    let body = resp.into_body();
+    if body.len() > limit {
+        return Err(format!("{url}: larger than {limit} bytes"));
+    }
+    Ok(body)
 }
 
 /// `POST /v1/assets/<asset>/push` `{"sites": [...], "replicas": N}`: places the asset on

@@ -2,7 +2,6 @@
 //! and formats what it returns.
 
 use estuary_common::cp::NodeState;
-use http_body_util::BodyExt;
 
 /// One API call with a bearer token (and a JSON body, if any); the answer's body on 2xx, else
 /// an error with the status and the server's message.
@@ -14,26 +13,32 @@ async fn call(
     body: Option<String>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<bytes::Bytes> {
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    // A control plane behind TLS with a private CA: `ESTUARY_CA_FILE` names its bundle.
+    let client = estuary_common::http::HttpClient::new(estuary_common::http::ClientOptions {
+        timeout,
+        max_body: 256 << 20,
+        ca_file: std::env::var_os("ESTUARY_CA_FILE").map(std::path::PathBuf::from),
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("ESTUARY_CA_FILE: {e}"))?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![(http::header::AUTHORIZATION, auth.as_str())];
     if body.is_some() {
-        request = request.header(http::header::CONTENT_TYPE, "application/json");
+        headers.push((http::header::CONTENT_TYPE, "application/json"));
     }
-    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(
-        body.unwrap_or_default(),
-    )))?;
-    let response = tokio::time::timeout(timeout, client.request(request))
+    let request = estuary_common::http::request(
+        method,
+        &url,
+        &headers,
+        bytes::Bytes::from(body.unwrap_or_default()),
+    )?;
+    let response = client
+        .send(request)
         .await
-        .map_err(|_| anyhow::anyhow!("{url}: timed out"))?
         .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = response.into_body();
     if !status.is_success() {
         anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body).trim());
     }

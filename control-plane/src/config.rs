@@ -15,6 +15,11 @@ pub use estuary_common::config::ConfigError;
 pub struct ControlPlaneConfig {
     pub listen: ListenConfig,
     pub database: DatabaseConfig,
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// `[tls]`: with it, the API (`listen.http`) speaks HTTPS only.
+    #[serde(default)]
+    pub tls: Option<estuary_common::tls::TlsFiles>,
     pub auth: AuthConfig,
     #[serde(default)]
     pub health: HealthConfig,
@@ -75,6 +80,16 @@ pub struct PurgeConfig {
 pub struct ListenConfig {
     /// The API (`/v1/`), the state feed, and `/metrics`, `/healthz`, `/readyz`.
     pub http: SocketAddr,
+}
+
+/// `[client]`: the control plane's own calls to nodes (health polls, purges, origin probes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// A PEM bundle of CA certificates trusted besides the system's, for nodes whose
+    /// advertised addresses are `https://` (the fleet's private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[database]`.
@@ -262,6 +277,14 @@ impl ControlPlaneConfig {
         {
             config.database.url = format!("sqlite://{}", base_dir.join(p).display());
         }
+        if let Some(p) = config.client.ca_file.as_mut()
+            && p.is_relative()
+        {
+            *p = base_dir.join(&*p);
+        }
+        if let Some(tls) = config.tls.as_mut() {
+            tls.resolve(base_dir);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -280,6 +303,13 @@ impl ControlPlaneConfig {
         }
         if let Err(why) = self.database.database() {
             return Err(ConfigError::new("database.url", why));
+        }
+        if let Some(tls) = &self.tls {
+            tls.check("tls")?;
+        }
+        if let Some(ca) = &self.client.ca_file {
+            estuary_common::http::root_store(Some(ca))
+                .map_err(|e| ConfigError::new("client.ca_file", e.to_string()))?;
         }
         if self.auth.operator_tokens.is_empty() {
             return Err(ConfigError::new(

@@ -53,7 +53,10 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let limits = config.limits.clone();
     let history_step = config.dashboard.history_step.as_secs();
     let drain = config.shutdown.drain_timeout;
+    let http = app::outbound_client(&config, std::time::Duration::from_secs(5), 16 << 20)
+        .map_err(|e| anyhow::anyhow!("client.ca_file: {e}"))?;
     let app = Arc::new(app::App {
+        http,
         config,
         registry,
         store,
@@ -66,6 +69,14 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         placements_seen: Default::default(),
         site_tokens_used: Default::default(),
     });
+    let tls = match &app.config.tls {
+        Some(files) => Some(
+            files
+                .server_config()
+                .map_err(|e| anyhow::anyhow!("tls: {e}"))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
@@ -82,6 +93,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         limits,
         app::router(Arc::clone(&app)),
         Some(stop_rx.clone()),
+        tls,
     ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen, "The control plane is serving.");

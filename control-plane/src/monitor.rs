@@ -7,30 +7,27 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use estuary_common::cp::Load;
-use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::app::App;
 use crate::health::Change;
 use crate::registry::{Failure, Target};
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
+type Client = estuary_common::http::HttpClient;
 
 /// Runs until `stop` turns true.
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let h = app.config.health.clone();
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(h.poll_timeout));
-    let client: Client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+    let client = match crate::app::outbound_client(&app.config, h.poll_timeout, MAX_METRICS_BYTES) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "No node can be checked: the HTTP client cannot be set up.");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(h.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_scrapes: HashMap<String, (Instant, Scrape)> = HashMap::new();
@@ -139,7 +136,7 @@ async fn check(
             Err(Failure::new("the node reports itself not ready"))
         };
     };
-    let polled = poll(client, admin, h.poll_timeout).await;
+    let polled = poll(client, admin).await;
     match (polled, silent) {
         (Ok(scrape), false) => Ok(scrape),
         (Ok(scrape), true) if blind => Ok(scrape),
@@ -152,19 +149,15 @@ async fn check(
 }
 
 /// `/readyz` then `/metrics` of a node's admin address.
-async fn poll(
-    client: &Client,
-    admin: &str,
-    poll_timeout: Duration,
-) -> Result<Option<Scrape>, String> {
+async fn poll(client: &Client, admin: &str) -> Result<Option<Scrape>, String> {
     let admin = admin.trim_end_matches('/');
-    let (status, _) = get(client, &format!("{admin}/readyz"), poll_timeout)
+    let (status, _) = get(client, &format!("{admin}/readyz"))
         .await
         .map_err(|e| format!("readyz: {e}"))?;
     if !status.is_success() {
         return Err(format!("readyz answered {status}"));
     }
-    let (status, body) = get(client, &format!("{admin}/metrics"), poll_timeout)
+    let (status, body) = get(client, &format!("{admin}/metrics"))
         .await
         .map_err(|e| format!("metrics: {e}"))?;
     if !status.is_success() {
@@ -177,28 +170,10 @@ async fn poll(
 /// The most a scrape may send.
 const MAX_METRICS_BYTES: usize = 8 * 1024 * 1024;
 
-/// GETs `url` within `limit`; its status and (bounded) body.
-async fn get(
-    client: &Client,
-    url: &str,
-    limit: Duration,
-) -> Result<(http::StatusCode, bytes::Bytes), String> {
-    let request = http::Request::get(url)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| format!("bad admin address: {e}"))?;
-    let fetch = async {
-        let resp = client.request(request).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_METRICS_BYTES)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(limit, fetch)
-        .await
-        .map_err(|_| "timed out".to_owned())?
+/// GETs `url` within the poll timeout; its status and (bounded) body.
+async fn get(client: &Client, url: &str) -> Result<(http::StatusCode, bytes::Bytes), String> {
+    let resp = client.get(url, &[]).await.map_err(|e| e.to_string())?;
+    Ok((resp.status(), resp.into_body()))
 }
 
 /// The figures the monitor takes from a node's `/metrics`.

@@ -8,23 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::app::App;
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
+type Client = estuary_common::http::HttpClient;
 
 /// Runs until `stop` turns true; `wake` starts a round at once.
 pub async fn run(app: Arc<App>, wake: Arc<tokio::sync::Notify>, mut stop: watch::Receiver<bool>) {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let client: Client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+    let client = app.http.clone();
     loop {
         round(&app, &client).await;
         tokio::select! {
@@ -112,14 +104,17 @@ async fn deliver(
     token: &str,
 ) -> Result<(), (String, bool)> {
     let url = format!("{}/cache{target}", admin.trim_end_matches('/'));
-    let request = http::Request::delete(&url)
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .map_err(|e| (e.to_string(), false))?;
-    match tokio::time::timeout(Duration::from_secs(5), client.request(request)).await {
-        Ok(Ok(resp)) => {
+    let auth = format!("Bearer {token}");
+    let request = estuary_common::http::request(
+        http::Method::DELETE,
+        &url,
+        &[(http::header::AUTHORIZATION, &auth)],
+        bytes::Bytes::new(),
+    )
+    .map_err(|e| (e.to_string(), false))?;
+    match client.send(request).await {
+        Ok(resp) => {
             let status = resp.status();
-            let _ = resp.into_body().collect().await;
             if status.is_success() {
                 Ok(())
             } else {
@@ -127,7 +122,6 @@ async fn deliver(
                 Err((format!("the edge answered {status}"), retry))
             }
         }
-        Ok(Err(e)) => Err((e.to_string(), true)),
-        Err(_) => Err(("timed out".into(), true)),
+        Err(e) => Err((e.to_string(), true)),
     }
 }

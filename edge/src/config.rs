@@ -596,6 +596,9 @@ impl EdgeConfig {
             resolve(&mut tls.cert);
             resolve(&mut tls.key);
         }
+        if let Some(ca) = self.control_plane.as_mut().and_then(|c| c.ca_file.as_mut()) {
+            resolve(ca);
+        }
         if !matches!(self.log.access.as_str(), "stdout" | "off") {
             let mut p = PathBuf::from(&self.log.access);
             resolve(&mut p);

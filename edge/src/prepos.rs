@@ -22,8 +22,6 @@ use estuary_common::asset::{
 use estuary_common::cp::{Assignment, HeartbeatReply, InventoryItem};
 use estuary_common::signing::SIGNATURE_FILE;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -54,12 +52,14 @@ pub struct PreposConfig {
     pub signer: Option<PeerTokenSigner>,
     /// The origins' public keys: an `asset.json` is trusted only with a signature from one.
     pub keys: estuary_common::signing::ManifestKeys,
+    /// The client fills go through (`[control_plane] ca_file` for `https://` sources).
+    pub client: estuary_common::http::HttpClient,
 }
 
 /// The pre-positioning manager.
 pub struct Prepositioner {
     config: PreposConfig,
-    client: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    client: estuary_common::http::HttpClient,
     items: Mutex<BTreeMap<String, Item>>,
     /// One fill at a time.
     busy: tokio::sync::Semaphore,
@@ -106,11 +106,9 @@ impl Prepositioner {
                 }
             }
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
         Arc::new(Self {
+            client: config.client.clone(),
             config,
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector),
             items: Mutex::new(items),
             busy: tokio::sync::Semaphore::new(1),
         })
@@ -270,16 +268,21 @@ impl Prepositioner {
             ),
             None => format!("{}{path}", base.trim_end_matches('/')),
         };
-        let mut request = http::Request::get(&url).header(crate::fill::FILL_HEADER, "preposition");
+        let range = format!("bytes={from}-");
+        let mut headers = vec![(
+            http::HeaderName::from_static(crate::fill::FILL_HEADER),
+            "preposition",
+        )];
         if from > 0 {
-            request = request.header(http::header::RANGE, format!("bytes={from}-"));
+            headers.push((http::header::RANGE, range.as_str()));
         }
-        let request = request
-            .body(http_body_util::Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+        let request =
+            estuary_common::http::request(http::Method::GET, &url, &headers, Bytes::new())
+                .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .send_streaming(request)
             .await
-            .map_err(|_| format!("{path}: timed out"))?
             .map_err(|e| format!("{path}: {e}"))?;
         match response.status() {
             http::StatusCode::OK => Ok((response.into_body(), false)),

@@ -1035,6 +1035,11 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             signer: peer_token_signer(&config)?,
             keys: estuary_common::signing::ManifestKeys::from_hex(&config.manifest_keys)
                 .map_err(|(id, why)| anyhow::anyhow!("manifest_keys.{id}: {why}"))?,
+            client: estuary_common::http::HttpClient::new(estuary_common::http::ClientOptions {
+                ca_file: cp.ca_file.clone(),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow::anyhow!("control_plane.ca_file: {e}"))?,
         });
         let applier = Arc::clone(&prepos);
         tokio::spawn(estuary_common::cp::heartbeat_loop(

@@ -432,6 +432,13 @@ impl OriginConfig {
         if let Some(p) = &mut config.packaging.program {
             resolve(p);
         }
+        if let Some(ca) = config
+            .control_plane
+            .as_mut()
+            .and_then(|c| c.ca_file.as_mut())
+        {
+            resolve(ca);
+        }
         config.validate()?;
         Ok(config)
     }

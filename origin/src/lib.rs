@@ -83,11 +83,12 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         limits.clone(),
         router,
         Some(stop_rx.clone()),
+        None,
     ));
     if let Some(l) = admin_listener {
         let r = app::admin_router().with_state(Arc::clone(&app));
         // The admin listener answers (readyz 503) until the process exits.
-        tokio::spawn(estuary_common::listener::serve(l, limits, r, None));
+        tokio::spawn(estuary_common::listener::serve(l, limits, r, None, None));
     }
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");

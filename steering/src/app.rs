@@ -19,7 +19,6 @@ use axum::routing::get;
 use estuary_common::asset::valid_asset_id;
 use estuary_common::cp::StateSnapshot;
 use estuary_common::token;
-use http_body_util::BodyExt;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
 
@@ -196,11 +195,6 @@ impl FeedObserver for Metrics {
     }
 }
 
-type FetchClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
-
 /// Shared state of the handlers.
 pub struct App {
     pub config: SteeringConfig,
@@ -210,7 +204,7 @@ pub struct App {
     secret: Vec<u8>,
     public_url: String,
     trusted: Vec<ipnet::IpNet>,
-    fetcher: FetchClient,
+    fetcher: estuary_common::http::HttpClient,
     catalog: crate::catalog::Catalog,
 }
 
@@ -228,12 +222,14 @@ impl App {
     ) -> anyhow::Result<Self> {
         let secret = token::decode_secret(&config.tokens.key)
             .map_err(|e| anyhow::anyhow!("tokens.key: {e}"))?;
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(config.steering.fetch_timeout));
-        let fetcher =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(30))
-                .build(connector);
+        let fetcher = estuary_common::http::HttpClient::new(estuary_common::http::ClientOptions {
+            connect_timeout: config.steering.fetch_timeout,
+            timeout: config.steering.fetch_timeout,
+            max_body: MAX_MANIFEST,
+            ca_file: config.control_plane.ca_file.clone(),
+            pool_idle: std::time::Duration::from_secs(30),
+        })
+        .map_err(|e| anyhow::anyhow!("control_plane.ca_file: {e}"))?;
         Ok(Self {
             public_url: config.public_url(),
             trusted: config.trusted_proxies(),
@@ -602,13 +598,9 @@ async fn known(app: &App, asset: &str) -> Result<(), Response> {
 
 /// The status of a HEAD request (`None` when there is no answer in time).
 async fn head_status(app: &App, url: &str) -> Option<u16> {
-    let req = http::Request::head(url)
-        .body(http_body_util::Empty::new())
-        .ok()?;
-    let resp = tokio::time::timeout(app.config.steering.fetch_timeout, app.fetcher.request(req))
-        .await
-        .ok()?
-        .ok()?;
+    let req =
+        estuary_common::http::request(http::Method::HEAD, url, &[], bytes::Bytes::new()).ok()?;
+    let resp = app.fetcher.send(req).await.ok()?;
     Some(resp.status().as_u16())
 }
 
@@ -738,26 +730,13 @@ const MAX_MANIFEST: usize = 4 << 20;
 
 /// GETs a text file: `Ok(None)` for a 404.
 async fn fetch_text(app: &App, url: &str) -> Result<Option<String>, String> {
-    let req = http::Request::get(url)
-        .body(http_body_util::Empty::new())
-        .map_err(|e| e.to_string())?;
-    let limit = app.config.steering.fetch_timeout;
-    let resp = tokio::time::timeout(limit, app.fetcher.request(req))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let resp = app.fetcher.get(url, &[]).await.map_err(|e| e.to_string())?;
     match resp.status() {
         s if s == StatusCode::NOT_FOUND => return Ok(None),
         s if !s.is_success() => return Err(format!("answered {s}")),
         _ => {}
     }
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST);
-    let bytes = tokio::time::timeout(limit, body.collect())
-        .await
-        .map_err(|_| "timed out reading the body".to_owned())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    String::from_utf8(bytes.to_vec())
+    String::from_utf8(resp.into_body().to_vec())
         .map(Some)
         .map_err(|_| "the manifest is not UTF-8".to_owned())
 }

@@ -86,6 +86,10 @@ pub struct StateSource {
     /// move to the next when one fails.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// A PEM bundle of CA certificates trusted besides the system's, for `https://`
+    /// control-plane URLs and edges (the fleet's private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// A bearer token the control plane accepts on `/v1/state` (a site's node token or an
     /// operator token). Required with `url`.
     #[serde(default)]
@@ -366,6 +370,9 @@ impl SteeringConfig {
         if let Some(p) = config.control_plane.state_file.as_mut() {
             resolve(p);
         }
+        if let Some(p) = config.control_plane.ca_file.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = config.geo.coverage_zones.as_mut() {
             resolve(p);
         }
@@ -412,6 +419,10 @@ impl SteeringConfig {
                     cp.url.as_deref().unwrap_or_default(),
                     &cp.urls,
                 )?;
+                if let Some(ca) = &cp.ca_file {
+                    estuary_common::http::root_store(Some(ca))
+                        .map_err(|e| ConfigError::new("control_plane.ca_file", e.to_string()))?;
+                }
                 match &cp.token {
                     Some(t) if t.len() >= 16 => {}
                     _ => {

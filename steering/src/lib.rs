@@ -56,6 +56,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         .then_some(urls)
         .zip(config.control_plane.token.clone());
     let wait = config.control_plane.poll_wait;
+    let ca_file = config.control_plane.ca_file.clone();
     let load_refresh = config.control_plane.load_refresh;
     let app = Arc::new(app::App::new(
         config,
@@ -68,10 +69,13 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = feed.map(|(urls, token)| {
         tokio::spawn(state::follow_feed(
-            estuary_common::cp::Replicas::new(urls),
-            token,
-            wait,
-            load_refresh,
+            state::Feed {
+                replicas: estuary_common::cp::Replicas::new(urls),
+                ca_file: ca_file.clone(),
+                token,
+                wait,
+                load_refresh,
+            },
             Arc::clone(&holder),
             metrics.clone() as Arc<dyn state::FeedObserver>,
             stop_rx.clone(),
@@ -112,6 +116,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         limits,
         app::router(Arc::clone(&app)),
         Some(stop_rx.clone()),
+        None,
     ));
     tracing::info!(http = %listen, "The steering service is serving.");
     wait_for_signal().await;
@@ -153,6 +158,7 @@ fn heartbeat(
     let client = estuary_common::cp::ClientConfig {
         url: String::new(),
         urls,
+        ca_file: app.config.control_plane.ca_file.clone(),
         token,
         interval: node.heartbeat_interval,
         advertise: estuary_common::cp::Addresses {

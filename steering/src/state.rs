@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use estuary_common::cp::StateSnapshot;
-use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::choose::Topology;
@@ -65,10 +64,7 @@ pub trait FeedObserver: Send + Sync {
     fn installed(&self, snapshot: &StateSnapshot);
 }
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    http_body_util::Empty<bytes::Bytes>,
->;
+type Client = estuary_common::http::HttpClient;
 
 enum Fetch {
     New(StateSnapshot, Option<String>),
@@ -87,19 +83,14 @@ async fn fetch_once(
     } else {
         format!("{url}/v1/state")
     };
-    let mut req =
-        http::Request::get(&uri).header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![(http::header::AUTHORIZATION, auth.as_str())];
     if let Some(e) = etag {
-        req = req.header(http::header::IF_NONE_MATCH, e);
+        headers.push((http::header::IF_NONE_MATCH, e));
     }
-    let req = req
-        .body(http_body_util::Empty::new())
+    let req = estuary_common::http::request(http::Method::GET, &uri, &headers, bytes::Bytes::new())
         .map_err(|e| e.to_string())?;
-    let limit = wait + Duration::from_secs(10);
-    let resp = tokio::time::timeout(limit, client.request(req))
-        .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let resp = client.send(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     if status == http::StatusCode::NOT_MODIFIED {
         return Ok(Fetch::Same);
@@ -112,14 +103,23 @@ async fn fetch_once(
         .get(http::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = tokio::time::timeout(limit, resp.into_body().collect())
-        .await
-        .map_err(|_| "timed out reading the body".to_owned())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = resp.into_body();
     let snap: StateSnapshot =
         serde_json::from_slice(&body).map_err(|e| format!("unreadable snapshot: {e}"))?;
     Ok(Fetch::New(snap, new_etag))
+}
+
+/// Where the state feed comes from and how it is read.
+#[derive(Debug)]
+pub struct Feed {
+    pub replicas: estuary_common::cp::Replicas,
+    /// Trusted besides the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub token: String,
+    /// One long-poll's wait.
+    pub wait: Duration,
+    /// How often the whole snapshot is read again.
+    pub load_refresh: Duration,
 }
 
 /// Follows the control plane's state feed until `stop` turns true: one plain GET, then
@@ -127,20 +127,31 @@ async fn fetch_once(
 /// figures, which do not move the version). Failures are logged (the first and one in twenty) and
 /// retried with a growing pause (up to 5 s); the last good snapshot stays in place.
 pub async fn follow_feed(
-    replicas: estuary_common::cp::Replicas,
-    token: String,
-    wait: Duration,
-    load_refresh: Duration,
+    feed: Feed,
     holder: Arc<StateHolder>,
     observer: Arc<dyn FeedObserver>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    let client: Client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+    let Feed {
+        replicas,
+        ca_file,
+        token,
+        wait,
+        load_refresh,
+    } = feed;
+    // A long-poll answers within `wait`; the snapshot of a large fleet is a few MiB.
+    let client = match Client::new(estuary_common::http::ClientOptions {
+        timeout: wait.min(load_refresh).max(Duration::from_secs(1)) + Duration::from_secs(10),
+        max_body: 64 << 20,
+        ca_file,
+        ..Default::default()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "The state feed cannot be followed: the HTTP client cannot be set up.");
+            return;
+        }
+    };
     let mut etag: Option<String> = None;
     let mut failures: u64 = 0;
     // Load figures do not move the version: a plain read every `load_refresh` fetches them.

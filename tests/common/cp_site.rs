@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{EdgeProcess, Site, TempDir, fetch, free_port, run, start_service};
+use super::{EdgeProcess, Site, TempDir, fetch, free_port, run, spawn_service, start_service};
 
 /// The token edges accept for purges (their `[admin.tokens]`), presented by the control plane.
 pub const PURGE: &str = "0123456789abcdef-operator";
@@ -35,6 +35,8 @@ pub struct ControlPlane {
     pub database: Option<String>,
     /// Keys added to `[health]`.
     pub health: String,
+    /// `[tls]` (certificate, key): the API speaks HTTPS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where a test's control plane keeps its state: the same scenarios run on both.
@@ -51,6 +53,7 @@ impl ControlPlane {
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             database: None,
             health: String::new(),
+            tls: None,
         }
     }
 
@@ -76,7 +79,8 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
     }
 
     pub fn start(&self) -> EdgeProcess {
@@ -99,10 +103,28 @@ impl ControlPlane {
                     .collect::<String>(),
                 keys = super::manifest_keys_toml(),
                 health = self.health,
-            ),
+            ) + &self
+                .tls
+                .as_ref()
+                .map(|(c, k)| format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", c.display(), k.display()))
+                .unwrap_or_default(),
         )
         .expect("write config");
-        start_service("control-plane", &config, self.http, self.dir.path())
+        match &self.tls {
+            None => start_service("control-plane", &config, self.http, self.dir.path()),
+            Some((cert, _)) => {
+                let mut p = spawn_service("control-plane", &config, self.http, self.dir.path());
+                let url = format!("{}/readyz", self.url());
+                let cacert = cert.display().to_string();
+                p.wait_until(|| {
+                    let out = run(Command::new("curl")
+                        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                        .args([&cacert, &url]));
+                    out.stdout == b"200"
+                });
+                p
+            }
+        }
     }
 
     pub fn get(
@@ -112,7 +134,11 @@ impl ControlPlane {
         extra: &[&str],
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
         let auth = format!("Authorization: Bearer {token}");
+        let cacert = self.tls.as_ref().map(|(c, _)| c.display().to_string());
         let mut args = vec!["-H", auth.as_str()];
+        if let Some(c) = &cacert {
+            args.extend_from_slice(&["--cacert", c]);
+        }
         args.extend_from_slice(extra);
         fetch(&format!("{}{path}", self.url()), &args)
     }
@@ -122,6 +148,7 @@ impl ControlPlane {
         let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
             .args(args)
             .args(["--control-plane", &self.url()])
+            .envs(self.tls.as_ref().map(|(c, _)| ("ESTUARY_CA_FILE", c)))
             .env("ESTUARY_TOKEN", OPS));
         assert!(
             out.status.success(),
@@ -159,6 +186,7 @@ impl ControlPlane {
     pub fn nodes(&self) -> Vec<serde_json::Value> {
         let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
             .args(["nodes", "--json", "--control-plane", &self.url()])
+            .envs(self.tls.as_ref().map(|(c, _)| ("ESTUARY_CA_FILE", c)))
             .env("ESTUARY_TOKEN", OPS));
         assert!(
             out.status.success(),

@@ -286,6 +286,19 @@ pub fn start_service(
     admin: SocketAddr,
     log_dir: &Path,
 ) -> EdgeProcess {
+    let mut p = spawn_service(service, config, admin, log_dir);
+    p.wait_ready();
+    p
+}
+
+/// Starts `estuary <service> --config <config>` (its log in `log_dir/<service>.log`)
+/// without waiting for it.
+pub fn spawn_service(
+    service: &str,
+    config: &Path,
+    admin: SocketAddr,
+    log_dir: &Path,
+) -> EdgeProcess {
     let log_file = log_dir.join(format!("{service}.log"));
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -300,14 +313,12 @@ pub fn start_service(
         .stderr(stderr)
         .spawn()
         .expect("start estuary");
-    let mut p = EdgeProcess {
+    EdgeProcess {
         child: Some(child),
         admin,
         log_dir: log_dir.to_owned(),
         log_file,
-    };
-    p.wait_ready();
-    p
+    }
 }
 
 impl EdgeProcess {
@@ -349,6 +360,12 @@ impl EdgeProcess {
     }
 
     fn wait_ready(&mut self) {
+        let admin = self.admin;
+        self.wait_until(|| matches!(http_get_raw(admin, "/readyz"), Ok((200, _))));
+    }
+
+    /// Waits until `ready` says so (or the process exits: a panic with its log).
+    pub fn wait_until(&mut self, ready: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut()
@@ -356,7 +373,7 @@ impl EdgeProcess {
             {
                 panic!("estuary exited early ({status}): {}", self.log());
             }
-            if let Ok((200, _)) = http_get_raw(self.admin, "/readyz") {
+            if ready() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
