@@ -427,14 +427,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Runs a packaging job; with `progress`, reports as JSON lines on stdout.
 fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::Result<()> {
+    use estuary_common::asset::PackageEvent;
     use std::io::Write;
-    let mut report = |fraction: f64| {
-        if progress {
-            let fraction = serde_json::json!((fraction * 1000.0).round() / 1000.0);
-            let line = format!(r#"{{"event":"progress","fraction":{fraction}}}"#);
+    let emit = |event: &PackageEvent| {
+        if let Ok(line) = serde_json::to_string(event) {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
+        }
+    };
+    let mut report = |fraction: f64| {
+        if progress {
+            emit(&PackageEvent::Progress {
+                fraction: (fraction * 1000.0).round() / 1000.0,
+            });
         }
     };
     let done = estuary_packaging::package(opts, &mut report)?;
@@ -445,10 +451,10 @@ fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::
         );
     }
     if progress {
-        // Field order as documented: the event name first.
-        let asset = serde_json::json!(done.asset);
-        let duration = serde_json::json!(done.duration_seconds);
-        println!(r#"{{"event":"done","asset":{asset},"duration_seconds":{duration}}}"#);
+        emit(&PackageEvent::Done {
+            asset: done.asset.clone(),
+            duration_seconds: done.duration_seconds,
+        });
     }
     Ok(())
 }

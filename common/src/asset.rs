@@ -157,9 +157,42 @@ pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
     level.first().copied().unwrap_or_default()
 }
 
+/// One line of `estuary package --progress`: JSON lines on its standard output, read by the
+/// origin's packaging worker. The event name comes first (`{"event":"progress",...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PackageEvent {
+    /// The share of the source decoded so far (0 to 1).
+    Progress { fraction: f64 },
+    /// Packaged: the asset's id and duration.
+    Done {
+        asset: String,
+        duration_seconds: f64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn package_events_round_trip_with_the_event_name_first() {
+        for e in [
+            PackageEvent::Progress { fraction: 0.25 },
+            PackageEvent::Done {
+                asset: "movie".into(),
+                duration_seconds: 30.5,
+            },
+        ] {
+            let line = serde_json::to_string(&e).expect("json");
+            assert!(line.starts_with(r#"{"event":""#), "{line}");
+            assert_eq!(
+                serde_json::from_str::<PackageEvent>(&line).expect("back"),
+                e
+            );
+        }
+        assert!(serde_json::from_str::<PackageEvent>(r#"{"event":"nope"}"#).is_err());
+    }
 
     fn leaf(n: u8) -> [u8; 32] {
         Sha256::digest([n]).into()

@@ -203,13 +203,12 @@ pub struct Assignment {
     pub merkle_root: Option<String>,
 }
 
-/// The control plane's answer to a heartbeat.
+/// The control plane's answer to a heartbeat. (Each node beats at its own
+/// `[control_plane] interval`; the control plane does not set the pace.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatReply {
     /// The state version after this heartbeat.
     pub state_version: u64,
-    /// Seconds until the next heartbeat is expected.
-    pub interval_seconds: u64,
     /// Assets this node should hold (edges fill the ones they lack).
     #[serde(default)]
     pub assignments: Vec<Assignment>,

@@ -4,6 +4,7 @@
 //! the listener limits and serve loop every service's TCP listeners share.
 //! Nothing here does network IO of its own.
 
+pub mod api;
 pub mod asset;
 pub mod config;
 pub mod cp;

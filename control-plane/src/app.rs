@@ -17,6 +17,10 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use crate::config::ControlPlaneConfig;
 use crate::registry::{Registry, Seen};
 use crate::store::{AuditEntry, Store, StoreError};
+use estuary_common::api::{
+    Applied, FillRow, Placed, PlanReply, PlanRequest, PurgeRequest, PushReply, PushRequest,
+    RemoveReply,
+};
 
 pub use crate::identity::Caller;
 
@@ -489,7 +493,6 @@ async fn heartbeat(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         StatusCode::OK,
         &HeartbeatReply {
             state_version: version,
-            interval_seconds: 5,
             assignments,
             remove,
         },
@@ -718,13 +721,6 @@ async fn delete_node(
     StatusCode::NO_CONTENT.into_response()
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeRequest {
-    /// A path (`/v/abc/seg_001.m4s`) or a prefix ending in `*` (`/v/abc/*`).
-    target: String,
-}
-
 /// A purge target: an absolute path of printable ASCII, without `..`, optionally ending in `*`.
 fn valid_target(t: &str) -> bool {
     let path = t.strip_suffix('*').unwrap_or(t);
@@ -837,17 +833,6 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PushRequest {
-    /// Sites to place the asset in (default: every site with an edge).
-    #[serde(default)]
-    sites: Option<Vec<String>>,
-    /// Edges per site (default 1).
-    #[serde(default)]
-    replicas: Option<usize>,
 }
 
 /// Bytes placed on each node, leaving out the placements of `except` (an asset being placed
@@ -1025,11 +1010,14 @@ async fn push(
     .await;
     json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({
-            "asset": asset,
-            "bytes": bytes,
-            "placements": chosen.iter().map(|(n, s)| serde_json::json!({"node": n, "site": s})).collect::<Vec<_>>(),
-        }),
+        &PushReply {
+            asset,
+            bytes,
+            placements: chosen
+                .into_iter()
+                .map(|(node, site)| Placed { node, site })
+                .collect(),
+        },
     )
 }
 
@@ -1048,10 +1036,7 @@ async fn remove_asset(
         Ok(n) => {
             app.audit(&who, "push.remove", &asset, format!("{n} placements"))
                 .await;
-            json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({"asset": asset, "removing": n}),
-            )
+            json(StatusCode::ACCEPTED, &RemoveReply { asset, removing: n })
         }
         Err(e) => app.store_failed(e),
     }
@@ -1077,7 +1062,7 @@ async fn fill_status(
         Ok(p) => p,
         Err(e) => return app.store_failed(e),
     };
-    let rows: Vec<serde_json::Value> = placements
+    let rows: Vec<FillRow> = placements
         .into_iter()
         .filter(|p| q.asset.as_ref().is_none_or(|a| *a == p.asset))
         .map(|p| {
@@ -1091,27 +1076,18 @@ async fn fill_status(
                 (_, Some(i)) => i.state.clone(),
                 (_, None) => "assigned".to_owned(),
             };
-            serde_json::json!({
-                "asset": p.asset,
-                "node": p.node,
-                "site": p.site,
-                "bytes": p.bytes,
-                "state": state,
-                // Staged and verified so far while filling; all of it when present.
-                "filled_bytes": item.as_ref().map_or(0, |i| i.bytes),
-                "error": item.and_then(|i| i.error),
-            })
+            FillRow {
+                asset: p.asset,
+                node: p.node,
+                site: p.site,
+                bytes: p.bytes,
+                state,
+                filled_bytes: item.as_ref().map_or(0, |i| i.bytes),
+                error: item.and_then(|i| i.error),
+            }
         })
         .collect();
     json(StatusCode::OK, &rows)
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlanRequest {
-    demand: Vec<crate::plan::Demand>,
-    #[serde(default)]
-    apply: bool,
 }
 
 /// `POST /v1/fill/plan` `{"demand": [{"asset","site","views"}], "apply": false}`: per site,
@@ -1198,12 +1174,19 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
                         {
                             return app.store_failed(e);
                         }
-                        applied.extend(chosen.into_iter().map(|(node, site)| {
-                            serde_json::json!({"asset": pick.asset, "node": node, "site": site})
+                        applied.extend(chosen.into_iter().map(|(node, site)| Applied {
+                            asset: pick.asset.clone(),
+                            node: Some(node),
+                            site,
+                            error: None,
                         }));
                     }
-                    Err(e) => applied
-                        .push(serde_json::json!({"asset": pick.asset, "site": site, "error": e})),
+                    Err(e) => applied.push(Applied {
+                        asset: pick.asset.clone(),
+                        node: None,
+                        site: site.clone(),
+                        error: Some(e.to_string()),
+                    }),
                 }
             }
         }
@@ -1217,7 +1200,10 @@ async fn fill_plan(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
     }
     json(
         StatusCode::OK,
-        &serde_json::json!({ "sites": plans, "applied": applied }),
+        &PlanReply {
+            sites: plans,
+            applied,
+        },
     )
 }
 

@@ -96,12 +96,14 @@ pub async fn post(
 
 /// `estuary purge TARGET`: purges a path or prefix on every edge and prints where it landed.
 pub async fn purge(base: &str, token: &str, target: &str, json: bool) -> anyhow::Result<String> {
-    let body = serde_json::json!({ "target": target }).to_string();
+    let body = serde_json::to_string(&estuary_common::api::PurgeRequest {
+        target: target.to_owned(),
+    })?;
     let answer = post(base, token, "/v1/purges", body).await?;
     if json {
         return Ok(String::from_utf8_lossy(&answer).into_owned());
     }
-    let status: crate::store::PurgeStatus = serde_json::from_slice(&answer)?;
+    let status: estuary_common::api::PurgeStatus = serde_json::from_slice(&answer)?;
     let mut out = format!("purge {} of {}\n", status.id, status.target);
     for d in &status.edges {
         let what = match (d.state.as_str(), &d.last_error) {
@@ -136,20 +138,12 @@ pub async fn push(
         .await?;
         return Ok(String::from_utf8_lossy(&answer).into_owned());
     }
-    let body = serde_json::json!({ "sites": sites, "replicas": replicas }).to_string();
+    let body = serde_json::to_string(&estuary_common::api::PushRequest { sites, replicas })?;
     let answer = post(base, token, &format!("/v1/assets/{asset}/push"), body).await?;
-    let v: serde_json::Value = serde_json::from_slice(&answer)?;
-    let mut out = format!(
-        "{} ({} bytes) placed on:\n",
-        v["asset"].as_str().unwrap_or(asset),
-        v["bytes"]
-    );
-    for p in v["placements"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "  {:<20} site {}\n",
-            p["node"].as_str().unwrap_or(""),
-            p["site"].as_str().unwrap_or("")
-        ));
+    let reply: estuary_common::api::PushReply = serde_json::from_slice(&answer)?;
+    let mut out = format!("{} ({} bytes) placed on:\n", reply.asset, reply.bytes);
+    for p in &reply.placements {
+        out.push_str(&format!("  {:<20} site {}\n", p.node, p.site));
     }
     out.push_str("Each edge fills it on its next heartbeat; follow with `estuary fill status`.\n");
     Ok(out)
@@ -170,7 +164,7 @@ pub async fn fill_status(
     if json {
         return Ok(String::from_utf8_lossy(&body).into_owned());
     }
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    let rows: Vec<estuary_common::api::FillRow> = serde_json::from_slice(&body)?;
     let mut out = format!(
         "{:<24} {:<20} {:<12} {:<10} {}\n",
         "ASSET", "NODE", "SITE", "STATE", "ERROR"
@@ -178,11 +172,11 @@ pub async fn fill_status(
     for r in rows {
         out.push_str(&format!(
             "{:<24} {:<20} {:<12} {:<10} {}\n",
-            r["asset"].as_str().unwrap_or(""),
-            r["node"].as_str().unwrap_or(""),
-            r["site"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["error"].as_str().unwrap_or("")
+            r.asset,
+            r.node,
+            r.site,
+            r.state,
+            r.error.as_deref().unwrap_or("")
         ));
     }
     Ok(out)
@@ -197,15 +191,15 @@ pub async fn fill_plan(
     json: bool,
 ) -> anyhow::Result<String> {
     let demand = crate::plan::parse_csv(csv).map_err(|e| anyhow::anyhow!("--popularity: {e}"))?;
-    let body = serde_json::json!({ "demand": demand, "apply": apply }).to_string();
+    let body = serde_json::to_string(&estuary_common::api::PlanRequest { demand, apply })?;
     let answer = post(base, token, "/v1/fill/plan", body).await?;
     if json {
         return Ok(String::from_utf8_lossy(&answer).into_owned());
     }
-    let v: serde_json::Value = serde_json::from_slice(&answer)?;
+    let reply: estuary_common::api::PlanReply = serde_json::from_slice(&answer)?;
     let mut out = String::new();
-    for (site, plan) in v["sites"].as_object().into_iter().flatten() {
-        let cap = plan["capacity_bytes"].as_u64().unwrap_or(0);
+    for (site, plan) in &reply.sites {
+        let cap = plan.capacity_bytes;
         let cap_text = if cap == u64::MAX {
             "unknown".to_owned()
         } else {
@@ -213,31 +207,27 @@ pub async fn fill_plan(
         };
         out.push_str(&format!(
             "site {site}: covers {:.0} of {:.0} predicted views with {:.1} GB (disk {cap_text})\n",
-            plan["covered_views"].as_f64().unwrap_or(0.0),
-            plan["total_views"].as_f64().unwrap_or(0.0),
-            plan["used_bytes"].as_f64().unwrap_or(0.0) / 1e9,
+            plan.covered_views,
+            plan.total_views,
+            plan.used_bytes as f64 / 1e9,
         ));
-        for p in plan["chosen"].as_array().into_iter().flatten() {
+        for p in &plan.chosen {
             out.push_str(&format!(
                 "  + {:<24} {:>10.0} views {:>10.1} MB x{}\n",
-                p["asset"].as_str().unwrap_or(""),
-                p["views"].as_f64().unwrap_or(0.0),
-                p["bytes"].as_f64().unwrap_or(0.0) / 1e6,
-                p["replicas"].as_u64().unwrap_or(1)
+                p.asset,
+                p.views,
+                p.bytes as f64 / 1e6,
+                p.replicas
             ));
         }
-        for l in plan["left_out"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "  - {:<24} {}\n",
-                l[0].as_str().unwrap_or(""),
-                l[1].as_str().unwrap_or("")
-            ));
+        for (asset, why) in &plan.left_out {
+            out.push_str(&format!("  - {asset:<24} {why}\n"));
         }
     }
     if apply {
         out.push_str(&format!(
             "applied: {} placements (follow with `estuary fill status`)\n",
-            v["applied"].as_array().map_or(0, Vec::len)
+            reply.applied.iter().filter(|a| a.node.is_some()).count()
         ));
     } else {
         out.push_str("(a plan only: run again with --apply to push it)\n");

@@ -9,26 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-/// One line of the popularity file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Demand {
-    pub asset: String,
-    pub site: String,
-    pub views: f64,
-}
-
-/// One chosen asset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pick {
-    pub asset: String,
-    pub views: f64,
-    /// Bytes of one copy.
-    pub bytes: u64,
-    /// Copies in the site (on different edges).
-    pub replicas: usize,
-}
+pub use estuary_common::api::{Demand, Pick, SitePlan};
 
 /// A title gets another copy for each half of one edge's fair share of views it draws.
 const HOT_FACTOR: f64 = 2.0;
@@ -41,18 +22,6 @@ pub fn replicas_wanted(views: f64, total: f64, edges: usize) -> usize {
     }
     let want = (views / total * edges as f64 * HOT_FACTOR).ceil();
     (want.max(1.0) as usize).min(edges)
-}
-
-/// The plan of one site.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SitePlan {
-    pub capacity_bytes: u64,
-    pub used_bytes: u64,
-    pub chosen: Vec<Pick>,
-    pub covered_views: f64,
-    pub total_views: f64,
-    /// Assets left out (no room, or unknown size), with why.
-    pub left_out: Vec<(String, String)>,
 }
 
 /// Parses `asset,site,views` lines (a header line and blank lines are skipped).

@@ -88,6 +88,10 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         }
     }
     let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
+    // The C1 controls (U+0080..U+009F) too: U+009B is a terminal's CSI, as ESC [ is.
+    if decoded.chars().any(char::is_control) {
+        return Err(PathError::ControlCharacter);
+    }
     let mut out = String::with_capacity(decoded.len());
     for segment in decoded.split('/') {
         match segment {
@@ -200,6 +204,9 @@ mod tests {
             ("/v/%00.m3u8", PathError::ControlCharacter),
             ("/v/%0a", PathError::ControlCharacter),
             ("/v/%7f", PathError::ControlCharacter),
+            // Found by the fuzz target `path`: a C1 control, escaped as UTF-8.
+            ("/v/caf%C2%9af", PathError::ControlCharacter),
+            ("/v/%C2%9B2J", PathError::ControlCharacter),
             ("/v/%", PathError::BadEscape),
             ("/v/%zz", PathError::BadEscape),
             ("/v/%c0%ae%c0%ae/x", PathError::NotUtf8),

@@ -168,16 +168,6 @@ impl Failure {
 /// as `estuary package` documents it); any other failure is the input's or the command's.
 const EXIT_TEMPORARY: i32 = 75;
 
-/// One line of `estuary package --progress` output.
-#[derive(Debug, serde::Deserialize)]
-struct Event {
-    event: String,
-    #[serde(default)]
-    fraction: Option<f64>,
-    #[serde(default)]
-    duration_seconds: Option<f64>,
-}
-
 /// Packages and publishes one job; the asset's duration, or why it failed. A packaged output
 /// kept from an earlier attempt whose publishing failed is published without packaging again.
 async fn run(app: &Arc<App>, job: &Job) -> Result<f64, Failure> {
@@ -255,15 +245,15 @@ async fn package(app: &Arc<App>, job: &Job, out: &Path) -> Result<Option<f64>, F
         let mut lines = BufReader::new(stdout).lines();
         let mut last = -1.0;
         while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(event) = serde_json::from_str::<Event>(&line) else {
-                continue;
-            };
-            match (event.event.as_str(), event.fraction) {
-                ("progress", Some(f)) if f - last >= 0.01 => {
-                    last = f;
-                    let _ = app.db.set_progress(&job.asset, f).await;
+            use estuary_common::asset::PackageEvent;
+            match serde_json::from_str::<PackageEvent>(&line) {
+                Ok(PackageEvent::Progress { fraction }) if fraction - last >= 0.01 => {
+                    last = fraction;
+                    let _ = app.db.set_progress(&job.asset, fraction).await;
                 }
-                ("done", _) => duration = event.duration_seconds,
+                Ok(PackageEvent::Done {
+                    duration_seconds, ..
+                }) => duration = Some(duration_seconds),
                 _ => {}
             }
         }

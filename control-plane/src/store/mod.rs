@@ -163,16 +163,7 @@ impl DbHealth {
     }
 }
 
-/// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditEntry {
-    pub at: u64,
-    /// The operator token's name.
-    pub who: String,
-    pub action: String,
-    pub target: String,
-    pub detail: String,
-}
+pub use estuary_common::api::{AuditEntry, Delivery, PurgeStatus};
 
 /// An asset assigned to a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -186,26 +177,6 @@ pub struct Placement {
     /// The Merkle root of the signed `asset.json` the asset was placed with: edges fill that
     /// version and no other. `None` for placements made before roots were kept.
     pub merkle_root: Option<String>,
-}
-
-/// One edge's delivery of a purge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Delivery {
-    pub node: String,
-    /// `pending` (retried while the edge is down) or `done`.
-    pub state: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-}
-
-/// A purge and where it has been delivered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PurgeStatus {
-    pub id: i64,
-    pub at: u64,
-    pub who: String,
-    pub target: String,
-    pub edges: Vec<Delivery>,
 }
 
 #[derive(Clone, Debug)]
