@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cp_site::*;
@@ -55,21 +54,8 @@ fn an_unversioned_postgres_database_is_migrated_and_a_newer_one_refused() {
     // A newer build's database: the start fails, saying why.
     pg.psql("estuary_cp", "UPDATE schema_version SET version = 99")
         .expect("newer");
-    let log_file = cp.dir.path().join("newer.log");
-    let stderr = std::fs::File::create(&log_file).expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_estuary"))
-        .args(["control-plane", "--config"])
-        .arg(cp.dir.path().join("cp.toml"))
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("start estuary");
-    let mut refused = EdgeProcess {
-        child: Some(child),
-        admin: cp.http,
-        log_dir: cp.dir.path().to_owned(),
-        log_file,
-    };
+    let config = cp.dir.path().join("cp.toml");
+    let mut refused = spawn_service("control-plane", &config, cp.http, cp.dir.path());
     assert!(!refused.wait_exit(Duration::from_secs(60)));
     let log = refused.log();
     assert!(

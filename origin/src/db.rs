@@ -27,6 +27,13 @@ pub enum DbError {
         found: u32,
         known: u32,
     },
+    #[error(
+        "the state belongs to storage {recorded}, but [storage] is {configured}: its uploads and jobs are not this storage's; set [state] dir to this storage's own folder (or leave it unset for the default, which is per storage)"
+    )]
+    OtherStorage {
+        recorded: String,
+        configured: String,
+    },
 }
 
 /// An upload as the database knows it.
@@ -105,6 +112,8 @@ const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[
         }
         c.execute_batch("ALTER TABLE assets ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0")
     },
+    // Facts about the state itself: the storage it belongs to (`Db::bind_storage`).
+    |c| c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
 ];
 
 /// The version the code reads and writes.
@@ -178,6 +187,39 @@ impl Db {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Records that this state belongs to the storage `identity`
+    /// ([`crate::config::StorageConfig::identity`]), or refuses when it belongs to another:
+    /// the jobs and uploads of one storage answered for another would say an asset is there
+    /// (`409 exists and is ready`) that the storage does not hold. A database made before
+    /// the storage was recorded takes the first storage it is opened with.
+    pub async fn bind_storage(&self, identity: &str) -> Result<(), DbError> {
+        let configured = identity.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let recorded: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'storage'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match recorded {
+                Some(recorded) if recorded != configured => Err(DbError::OtherStorage {
+                    recorded,
+                    configured,
+                }),
+                Some(_) => Ok(()),
+                None => {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('storage', ?1)",
+                        params![configured],
+                    )?;
+                    tx.commit()?;
+                    Ok(())
+                }
+            }
+        })
+        .await
     }
 
     /// The schema version of the open database.
@@ -615,6 +657,26 @@ mod tests {
         let err = Db::open(&file).expect_err("newer").to_string();
         assert!(
             err.contains("newer.db") && err.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_state_is_bound_to_the_storage_it_was_first_opened_with() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Db::open(&dir.join("origin.db")).expect("open");
+        db.bind_storage("file:///srv/a").await.expect("first");
+        db.bind_storage("file:///srv/a").await.expect("same");
+        let err = db
+            .bind_storage("s3://media/vod")
+            .await
+            .expect_err("another storage")
+            .to_string();
+        assert!(
+            err.contains("file:///srv/a") && err.contains("s3://media/vod"),
             "{err}"
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -286,6 +286,19 @@ pub fn start_service(
     admin: SocketAddr,
     log_dir: &Path,
 ) -> EdgeProcess {
+    let mut p = spawn_service(service, config, admin, log_dir);
+    p.wait_ready();
+    p
+}
+
+/// Starts `estuary <service> --config <config>` as `start_service` does, without waiting for
+/// it to be ready (for a start that must fail).
+pub fn spawn_service(
+    service: &str,
+    config: &Path,
+    admin: SocketAddr,
+    log_dir: &Path,
+) -> EdgeProcess {
     let log_file = log_dir.join(format!("{service}.log"));
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -300,14 +313,12 @@ pub fn start_service(
         .stderr(stderr)
         .spawn()
         .expect("start estuary");
-    let mut p = EdgeProcess {
+    EdgeProcess {
         child: Some(child),
         admin,
         log_dir: log_dir.to_owned(),
         log_file,
-    };
-    p.wait_ready();
-    p
+    }
 }
 
 impl EdgeProcess {
