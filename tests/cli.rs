@@ -65,7 +65,7 @@ fn check_config_names_the_bad_key() {
         (
             format!("{text}[limits]\nheader_read_timeout = \"forever\"\n"),
             "limits.header_read_timeout",
-            "",
+            "expected a duration",
         ),
         (text.replace(KEY2_HEX, "abcd"), "auth.keys.k2", "16 bytes"),
         (
@@ -104,6 +104,8 @@ fn check_config_names_the_bad_key() {
         ),
     ];
     for (i, (bad, key, why)) in cases.iter().enumerate() {
+        // An empty reason would match any message.
+        assert!(!why.is_empty(), "case {i} ({key}) checks no reason");
         let path = site.dir.path().join(format!("bad-{i}.toml"));
         std::fs::write(&path, bad).expect("write");
         let (ok, _, err) = estuary(&["check-config", &path.to_string_lossy()]);
@@ -121,6 +123,62 @@ fn check_config_names_the_bad_key() {
     assert!(!ok && err.contains("not valid TOML"), "{err}");
     let (ok, _, err) = estuary(&["check-config", "/no/such/file.toml"]);
     assert!(!ok && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn a_token_listed_twice_in_the_control_planes_auth_is_refused_naming_both_keys() {
+    let dir = TempDir::new("dup-token");
+    let example = include_str!("../docs/control-plane.example.toml");
+    let node = "change-me-to-a-random-secret-of-32-or-more-characters";
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, example).expect("write");
+    let (ok, _, err) = estuary(&["check-config", &good.to_string_lossy()]);
+    assert!(ok, "{err}");
+    let shared = "a-shared-site-token-0123456789";
+    let cases = [
+        // Two sites with one site token: the second site's nodes were silently refused.
+        (
+            example.replace(
+                "# [auth.node_tokens]",
+                &format!("[auth.node_tokens]\nlab-west = \"{shared}\"\nlab-east = \"{shared}\""),
+            ),
+            ["auth.node_tokens.lab-west", "auth.node_tokens.lab-east"],
+        ),
+        // A site token that is also a node's own credential.
+        (
+            example.replace(
+                "# [auth.node_tokens]",
+                &format!("[auth.node_tokens]\nlab = \"{node}\""),
+            ),
+            ["auth.node_tokens.lab", "auth.nodes.edge-lab-1.token"],
+        ),
+        // An operator token that is also a node's credential.
+        (
+            example.replace(
+                "[auth.operator_tokens]",
+                &format!("[auth.operator_tokens]\nrobot = \"{node}\""),
+            ),
+            ["auth.operator_tokens.robot", "auth.nodes.edge-lab-1.token"],
+        ),
+    ];
+    for (i, (bad, keys)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("dup-{i}.toml"));
+        std::fs::write(&path, bad).expect("write");
+        for args in [
+            vec!["check-config", path.to_str().expect("utf-8")],
+            vec!["control-plane", "--config", path.to_str().expect("utf-8")],
+        ] {
+            let (ok, _, err) = estuary(&args);
+            assert!(!ok, "case {i}: {args:?} accepted a token listed twice");
+            for key in keys {
+                assert!(
+                    err.contains(key),
+                    "case {i}: {args:?}: expected {key} in: {err}"
+                );
+            }
+            assert!(err.contains("the same token"), "case {i}: {err}");
+        }
+    }
 }
 
 #[test]

@@ -16,6 +16,37 @@ async fn get(site: &Site, path: &str) -> (u16, http::HeaderMap, bytes::Bytes) {
     plain_get(site, path, &[]).await
 }
 
+/// `GET path` over a raw connection, read until the server ends it (cleanly or not): the
+/// response head and every body byte received. `progress` sees the body length as it grows.
+async fn read_raw(
+    addr: std::net::SocketAddr,
+    path: &str,
+    mut progress: impl FnMut(usize),
+) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let mut body_at = None;
+    let mut piece = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = s.read(&mut piece).await {
+        buf.extend_from_slice(&piece[..n]);
+        if body_at.is_none() {
+            body_at = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        if let Some(at) = body_at {
+            progress(buf.len() - at);
+        }
+    }
+    let at = body_at.expect("a response head");
+    (
+        String::from_utf8_lossy(&buf[..at]).into_owned(),
+        buf[at..].to_vec(),
+    )
+}
+
 /// The operator's token of [`cached_site`].
 const OPERATOR: &str = "0123456789abcdef-operator";
 
@@ -180,11 +211,23 @@ async fn a_wrong_digest_is_never_served() {
         (bad.hits("/v/x/small.m4s"), good.hits("/v/x/small.m4s")),
         (1, 1)
     );
-    // A large one streams, and is cut short instead of completed.
-    let (status, headers, got) = get(&site, "/v/x/big.m4s").await;
-    assert_eq!(status, 200);
-    assert_eq!(headers["content-length"], "4000000");
-    assert!(got != big, "a body with a wrong digest was delivered whole");
+    // A large one streams, and is cut short instead of completed: the client gets the body's
+    // true bytes up to the last one held back, then the connection ends.
+    let (head, got) = read_raw(site.http, "/v/x/big.m4s", |_| {}).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-length: 4000000"),
+        "{head}"
+    );
+    assert!(
+        got.len() < big.len(),
+        "a body with a wrong digest was delivered whole"
+    );
+    assert!(
+        got[..] == big[..got.len()],
+        "the bytes before the cut are not the body's"
+    );
     assert!(edge.metric("estuary_edge_integrity_failures_total", &[]) >= 2.0);
     // Nothing bad was cached: asking again goes upstream again.
     let before = bad.hits("/v/x/big.m4s");
@@ -253,27 +296,48 @@ async fn kill_9_during_a_fill_leaves_nothing_corrupt() {
     let site = cached_site("kill9", &[origin.url()], "");
     let mut edge = site.start();
     let addr = site.http;
+    // The kill comes once the fill has demonstrably started (the client has part of the
+    // body) and before the origin has sent the end (about 2 s at this rate).
+    let (started, started_rx) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET /v/k/seg.m4s HTTP/1.1\r\nHost: e\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
+        let mut started = Some(started);
+        read_raw(addr, "/v/k/seg.m4s", |n| {
+            if n >= 256 * 1024
+                && let Some(tx) = started.take()
+            {
+                let _ = tx.send(());
+            }
+        })
+        .await
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::timeout(Duration::from_secs(20), started_rx)
+        .await
+        .expect("the fill never reached the client")
+        .expect("the reader ended before the fill reached it");
     if let Some(c) = edge.child.as_mut() {
         c.kill().expect("kill -9");
         let _ = c.wait();
     }
     edge.child = None;
-    let _ = reader.await;
+    assert!(
+        !origin
+            .state
+            .lock()
+            .expect("lock")
+            .finished_at
+            .contains_key("/v/k/seg.m4s"),
+        "the fill had ended before the kill"
+    );
+    let (_, partial) = reader.await.expect("reader");
+    assert!(partial.len() < body.len(), "the client got the whole body");
+    let hits_before = origin.hits("/v/k/seg.m4s");
     origin.put("/v/k/seg.m4s", Object::new(body.clone()));
     let _edge = site.start();
     let (status, _, got) = get(&site, "/v/k/seg.m4s").await;
     assert_eq!(status, 200);
     assert!(got == body, "served a corrupt object after kill -9");
+    // The cut fill left nothing behind: the object was fetched again.
+    assert!(origin.hits("/v/k/seg.m4s") > hits_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,25 @@ async fn certificate_reload_under_load() {
     assert!(edge.log().contains("could not be reloaded"));
 }
 
+/// Waits until a download is in flight: the edge counts its connection open and the client
+/// has received part of the body in `out_file` (a fixed sleep may come before either).
+fn wait_until_downloading(edge: &EdgeProcess, out_file: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = edge.metric("estuary_edge_open_connections", &["protocol=\"h1\""]);
+        let received = std::fs::metadata(out_file).map_or(0, |m| m.len());
+        if open >= 1.0 && received > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download never started ({open} open, {received} bytes): {}",
+            edge.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sigterm_drains_in_flight_requests() {
     let mut site = Site::new("drain");
@@ -165,7 +184,7 @@ fn sigterm_drains_in_flight_requests() {
         .stdout(Stdio::null())
         .spawn()
         .expect("curl");
-    std::thread::sleep(Duration::from_millis(600));
+    wait_until_downloading(&edge, &out_file);
     edge.signal("TERM");
     // readyz turns 503 on the admin listener while the download goes on.
     let mut saw_503 = false;
@@ -177,12 +196,17 @@ fn sigterm_drains_in_flight_requests() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(saw_503, "readyz never turned 503: {}", edge.log());
-    // New connections to the content listeners are refused.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        http_get_raw(site.http, "/pub/hello.txt").is_err(),
-        "accepted a new connection while draining"
-    );
+    // New connections to the content listeners are refused (once the listener has closed,
+    // which follows readyz's turn).
+    let mut refused = false;
+    for _ in 0..100 {
+        if http_get_raw(site.http, "/pub/hello.txt").is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused, "accepted new connections while draining");
     assert_eq!(edge.metric("estuary_edge_draining", &[]), 1.0);
     // The in-flight download completes, byte for byte.
     let status = download.wait().expect("curl");
@@ -206,12 +230,14 @@ fn the_drain_deadline_cuts_very_slow_clients() {
     let mut edge = site.start();
     std::fs::write(site.content.join("pub/huge.mp4"), pattern(48_000_000)).expect("write");
     // 48 MB at 50 kB/s would take minutes.
+    let out_file = site.dir.path().join("download.bin");
     let mut download = Command::new("curl")
-        .args(["-s", "--limit-rate", "50K", "-o", "/dev/null"])
+        .args(["-s", "--limit-rate", "50K", "-o"])
+        .arg(&out_file)
         .arg(site.url("/pub/huge.mp4"))
         .spawn()
         .expect("curl");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until_downloading(&edge, &out_file);
     edge.signal("TERM");
     assert!(edge.wait_exit(Duration::from_secs(20)));
     assert!(edge.log().contains("drain deadline passed"));

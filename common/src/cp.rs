@@ -677,8 +677,28 @@ pub fn process_cpu_seconds() -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // Linux reports in clock ticks of 1/100 s on every platform Estuary runs on.
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+/// The unit of `/proc/self/stat`'s times: `sysconf(_SC_CLK_TCK)`, which the kernel chooses
+/// (usually 100, but not on every build), never assumed.
+fn clock_ticks_per_second() -> f64 {
+    match rustix::param::clock_ticks_per_second() {
+        0 => 100.0,
+        hz => hz as f64,
+    }
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn cpu_time_is_counted_in_the_kernels_clock_ticks() {
+        // SAFETY: sysconf only reads a configuration value.
+        #[allow(unsafe_code)]
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        assert!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
+        assert_eq!(super::clock_ticks_per_second(), hz as f64);
+    }
 }
 
 /// Tracks the process's CPU share between two heartbeats.

@@ -235,7 +235,32 @@ impl Code for CachedObject {
     }
 
     fn decode(r: &mut impl Read) -> foyer::Result<Self> {
-        let inner = |r: &mut dyn Read| -> std::io::Result<Self> {
+        let max_body = match MAX_DISK_BODY.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => MAX_DISK_BODY_UNSET,
+            n => n,
+        };
+        Self::decode_at_most(r, max_body).map_err(foyer::Error::io_error)
+    }
+
+    fn estimated_size(&self) -> usize {
+        head_len(self) + body_padding(self) + self.body.len()
+    }
+}
+
+/// The largest body the disk-tier decoder accepts, in bytes: the disk tier's block size (from
+/// `cache.max_object`), set when a cache opens. foyer's `Code::decode` takes no context, so the
+/// limit is process-wide; with several caches in one process (tests) the largest applies.
+static MAX_DISK_BODY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The limit before any cache opened: the largest `cache.max_object` allowed, plus the block's
+/// room for the entry's head.
+const MAX_DISK_BODY_UNSET: u64 = (1 << 30) + 64 * 1024;
+
+impl CachedObject {
+    /// Decodes an entry of the disk tier whose body may be at most `max_body` bytes. The
+    /// entry's bytes come from disk and may be damaged: a length above the limit is refused
+    /// before anything is allocated for it.
+    fn decode_at_most(r: &mut dyn Read, max_body: u64) -> std::io::Result<Self> {
+        {
             let mut r = r;
             let mut v = [0u8; 1];
             r.read_exact(&mut v)?;
@@ -279,10 +304,10 @@ impl Code for CachedObject {
                 }
             };
             let len = get_u64(&mut r)?;
-            if len > 1 << 34 {
+            if len > max_body {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    "body too long",
+                    format!("body of {len} bytes is longer than the disk tier's {max_body}"),
                 ));
             }
             let mut p = [0u8; 2];
@@ -311,12 +336,7 @@ impl Code for CachedObject {
                 body: Bytes::from(body),
                 prepared: Prepared::default(),
             })
-        };
-        inner(r).map_err(foyer::Error::io_error)
-    }
-
-    fn estimated_size(&self) -> usize {
-        head_len(self) + body_padding(self) + self.body.len()
+        }
     }
 }
 
@@ -547,6 +567,10 @@ impl Cache {
         let doorkeeper = Doorkeeper::new(keys, tiers.disk_min_fills, Arc::clone(&observer));
         // With the video policy, foyer keeps only a small RAM buffer (objects on their way to
         // disk, disk reads) and the edge's tier gets the rest.
+        MAX_DISK_BODY.fetch_max(
+            tiers.max_object_bytes as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let (foyer_ram, ram) = match tiers.policy {
             RamPolicy::S3Fifo => (tiers.ram_bytes, None),
             RamPolicy::Video => {
@@ -820,6 +844,37 @@ mod tests {
         assert_eq!(object().estimated_size(), buf.len());
         assert_eq!((FOYER_ENTRY_HEADER + buf.len() - 11) % PAGE, 0);
         assert_eq!(&buf[buf.len() - 11..], b"hello world");
+    }
+
+    #[test]
+    fn a_length_above_the_object_limit_is_refused_before_it_is_allocated() {
+        let mut buf = Vec::new();
+        object().encode(&mut buf).expect("encode");
+        // The body length is the u64 in front of the u16 padding, the padding and the body.
+        let pad = body_padding(&object());
+        let at = buf.len() - 11 - pad - 2 - 8;
+        assert_eq!(buf[at..at + 8], 11u64.to_le_bytes());
+        let claim = |len: u64| {
+            let mut b = buf[..at].to_vec();
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(&buf[at + 8..]);
+            b
+        };
+        // A body one byte over the limit is refused even when that many bytes follow.
+        let over = claim(65);
+        let mut reader = over[..over.len() - 11].chain(std::io::repeat(7).take(65));
+        let err = CachedObject::decode_at_most(&mut reader, 64).expect_err("over the limit");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        // A damaged header claiming 8 GiB is refused without allocating (no short read).
+        let huge = claim(8 << 30);
+        let err = CachedObject::decode(&mut &huge[..]).expect_err("huge");
+        assert!(err.to_string().contains("longer than"), "{err}");
+        // At the limit it decodes.
+        let mut reader = &buf[..];
+        assert_eq!(
+            CachedObject::decode_at_most(&mut reader, 11).expect("at the limit"),
+            object()
+        );
     }
 
     fn fresh_dir(prefix: &str) -> std::path::PathBuf {

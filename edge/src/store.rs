@@ -200,7 +200,7 @@ impl Store {
         }
         let file = match File::options()
             .read(true)
-            .custom_flags(O_NOFOLLOW | O_NONBLOCK)
+            .custom_flags(open_flags())
             .open(&canonical)
         {
             Ok(f) => f,
@@ -240,9 +240,14 @@ impl Store {
     }
 }
 
-// Linux open(2) flags; std does not name them and libc is not worth a dependency for two.
-const O_NOFOLLOW: i32 = 0o400_000;
-const O_NONBLOCK: i32 = 0o4_000;
+/// The open(2) flags of a lookup: refuse a final symlink (one swapped in after the path was
+/// canonicalized) and never block on a FIFO. Their values differ between architectures
+/// (`O_NOFOLLOW` is 0o400000 on x86 but 0o100000 on arm64), so they come from rustix.
+fn open_flags() -> i32 {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    // The flags are small positive bits on every architecture; `custom_flags` takes a C int.
+    flags.bits() as i32
+}
 
 fn is_absent(e: &io::Error) -> bool {
     matches!(
@@ -260,6 +265,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("mkdir");
         d
+    }
+
+    #[test]
+    fn open_flags_are_the_platforms() {
+        assert_eq!(open_flags(), libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        // And the kernel agrees: a final symlink is refused with ELOOP.
+        let base = tempdir("nofollow");
+        std::fs::write(base.join("target"), b"x").expect("write");
+        std::os::unix::fs::symlink(base.join("target"), base.join("link")).expect("link");
+        let err = File::options()
+            .read(true)
+            .custom_flags(open_flags())
+            .open(base.join("link"))
+            .expect_err("a symlink must not be opened");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[tokio::test]

@@ -149,21 +149,46 @@ pub struct S3Config {
     pub allow_http: bool,
 }
 
-/// `[state]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[state]`. Without `dir` (empty here), `OriginConfig::parse` sets the storage's own folder.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Holds `origin.db` (SQLite: uploads and the job queue), `uploads/` (bytes received) and
-    /// `work/` (packaging output before it is published). Must be a local filesystem.
-    #[serde(default = "default_state_dir")]
+    /// `work/` (packaging output before it is published). Must be a local filesystem. The
+    /// state belongs to one `[storage]`: the database records which, and the origin refuses
+    /// to start with another. Default: `/var/lib/estuary/origin/<storage>`, a folder of its
+    /// own for each storage, so two origins with different storage never share one.
+    #[serde(default)]
     pub dir: PathBuf,
 }
 
-impl Default for StateConfig {
-    fn default() -> Self {
-        Self {
-            dir: default_state_dir(),
+/// The folder the default state folders are made in.
+const STATE_BASE: &str = "/var/lib/estuary/origin";
+
+impl StorageConfig {
+    /// What tells this storage from another: `file://<root>`, or the bucket URL (with its
+    /// prefix) and the service's endpoint when one is set. The state database records it.
+    pub fn identity(&self) -> String {
+        match (&self.root, &self.url) {
+            (Some(root), _) => format!("file://{}", root.display()),
+            (None, Some(url)) => {
+                let url = url.trim_end_matches('/');
+                match &self.s3.endpoint {
+                    Some(endpoint) => format!("{url} at {}", endpoint.trim_end_matches('/')),
+                    None => url.to_owned(),
+                }
+            }
+            (None, None) => String::new(),
         }
+    }
+
+    /// The default `[state] dir` of this storage: one folder per storage identity, named by
+    /// the identity's hash (a path or URL does not make a file name).
+    pub fn default_state_dir(&self) -> PathBuf {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(self.identity().as_bytes());
+        let name: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Path::new(STATE_BASE).join(format!("storage-{name}"))
     }
 }
 
@@ -348,9 +373,6 @@ fn default_node_id() -> String {
 fn default_site() -> String {
     "origin".into()
 }
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/estuary/origin")
-}
 fn default_max_size() -> bytesize::ByteSize {
     bytesize::ByteSize::gib(50)
 }
@@ -428,7 +450,9 @@ impl OriginConfig {
         if let Some(root) = &mut config.storage.root {
             resolve(root);
         }
-        resolve(&mut config.state.dir);
+        if !config.state.dir.as_os_str().is_empty() {
+            resolve(&mut config.state.dir);
+        }
         if let Some(p) = &mut config.packaging.program {
             resolve(p);
         }
@@ -440,6 +464,9 @@ impl OriginConfig {
             resolve(ca);
         }
         config.validate()?;
+        if config.state.dir.as_os_str().is_empty() {
+            config.state.dir = config.storage.default_state_dir();
+        }
         Ok(config)
     }
 
@@ -620,6 +647,37 @@ root = "/srv/estuary/origin"
 [auth.upload_tokens]
 ops = "0123456789abcdef0123"
 "#;
+
+    #[test]
+    fn the_default_state_dir_is_the_storages_own() {
+        let state = |text: &str| {
+            OriginConfig::parse(text, Path::new("/etc"))
+                .expect(text)
+                .state
+                .dir
+        };
+        let a = state(GOOD);
+        assert!(a.starts_with(STATE_BASE), "{}", a.display());
+        assert_eq!(a, state(GOOD), "one storage, one folder");
+        let other = |storage: &str| GOOD.replace("root = \"/srv/estuary/origin\"", storage);
+        let b = state(&other("root = \"/srv/estuary/other\""));
+        let bucket = state(&other("url = \"s3://media/live\""));
+        let prefix = state(&other("url = \"s3://media/vod\""));
+        let endpoint = state(&other(
+            "url = \"s3://media/vod\"\n[storage.s3]\nendpoint = \"https://minio.lab:9000\"",
+        ));
+        let all = [&a, &b, &bucket, &prefix, &endpoint];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y, "two storages share a state folder");
+            }
+        }
+        // A folder that is set is kept (relative to the config's folder).
+        assert_eq!(
+            state(&format!("{GOOD}[state]\ndir = \"state\"\n")),
+            Path::new("/etc/state")
+        );
+    }
 
     #[test]
     fn the_minimal_config_parses_and_mistakes_name_their_key() {

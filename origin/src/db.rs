@@ -19,6 +19,21 @@ pub enum DbError {
     Task,
     #[error("the asset {0:?} exists and is {1}")]
     AssetExists(String, String),
+    #[error(
+        "{path}: schema version {found} is newer than this build knows ({known}); run the estuary that made it, or move the file away"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: u32,
+        known: u32,
+    },
+    #[error(
+        "the state belongs to storage {recorded}, but [storage] is {configured}: its uploads and jobs are not this storage's; set [state] dir to this storage's own folder (or leave it unset for the default, which is per storage)"
+    )]
+    OtherStorage {
+        recorded: String,
+        configured: String,
+    },
 }
 
 /// An upload as the database knows it.
@@ -80,7 +95,31 @@ impl std::fmt::Debug for Db {
     }
 }
 
-const SCHEMA: &str = "
+/// The schema, one migration per version: `MIGRATIONS[i]` takes a database at
+/// `PRAGMA user_version = i` to `i + 1`, in one transaction with the version's update.
+/// Databases made before the schema had a version are at 0 and hold the tables of version 1
+/// (with or without `next_attempt_at`), which is why the first steps look before they create.
+/// Append a step for every change; never edit one that shipped.
+const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[
+    |c| c.execute_batch(SCHEMA_V1),
+    // Jobs retried with backoff (made by an unversioned ad-hoc step in some databases).
+    |c| {
+        let has_next: bool = c
+            .prepare("SELECT 1 FROM pragma_table_info('assets') WHERE name = 'next_attempt_at'")?
+            .exists([])?;
+        if has_next {
+            return Ok(());
+        }
+        c.execute_batch("ALTER TABLE assets ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0")
+    },
+    // Facts about the state itself: the storage it belongs to (`Db::bind_storage`).
+    |c| c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
+];
+
+/// The version the code reads and writes.
+const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS uploads (
     id TEXT PRIMARY KEY,
     asset TEXT NOT NULL,
@@ -99,8 +138,7 @@ CREATE TABLE IF NOT EXISTS assets (
     attempts INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     source TEXT,
-    updated_at INTEGER NOT NULL,
-    next_attempt_at INTEGER NOT NULL DEFAULT 0
+    updated_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS assets_state ON assets(state, updated_at);
 ";
@@ -113,26 +151,81 @@ fn now() -> u64 {
     estuary_common::unix_now()
 }
 
+/// Brings the database to [`SCHEMA_VERSION`], one step per transaction.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let Some(step) = MIGRATIONS.get(found as usize) else {
+            if found > SCHEMA_VERSION {
+                return Err(DbError::SchemaTooNew {
+                    path: path.display().to_string(),
+                    found,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            return Ok(());
+        };
+        step(&tx)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+        if found + 1 == SCHEMA_VERSION {
+            tracing::info!(file = %path.display(), version = SCHEMA_VERSION, "The state database's schema was brought up to date.");
+        }
+    }
+}
+
 impl Db {
-    /// Opens (creating) the database file.
+    /// Opens (creating) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        // Databases made before jobs were retried lack the column.
-        let has_next: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('assets') WHERE name = 'next_attempt_at'")?
-            .exists([])?;
-        if !has_next {
-            conn.execute_batch(
-                "ALTER TABLE assets ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0",
-            )?;
-        }
+        let mut conn = conn;
+        migrate(&mut conn, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
+    }
+
+    /// Records that this state belongs to the storage `identity`
+    /// ([`crate::config::StorageConfig::identity`]), or refuses when it belongs to another:
+    /// the jobs and uploads of one storage answered for another would say an asset is there
+    /// (`409 exists and is ready`) that the storage does not hold. A database made before
+    /// the storage was recorded takes the first storage it is opened with.
+    pub async fn bind_storage(&self, identity: &str) -> Result<(), DbError> {
+        let configured = identity.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let recorded: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key = 'storage'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match recorded {
+                Some(recorded) if recorded != configured => Err(DbError::OtherStorage {
+                    recorded,
+                    configured,
+                }),
+                Some(_) => Ok(()),
+                None => {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('storage', ?1)",
+                        params![configured],
+                    )?;
+                    tx.commit()?;
+                    Ok(())
+                }
+            }
+        })
+        .await
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<u32, DbError> {
+        self.with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
     }
 
     async fn with<T: Send + 'static>(
@@ -501,6 +594,92 @@ mod tests {
             created_at: 1,
             complete: false,
         }
+    }
+
+    /// The tables as the origin made them before the schema had a version, with one asset
+    /// queued and one upload in progress; `retries` adds the column of the ad-hoc step.
+    fn unversioned_database(file: &Path, retries: bool) {
+        let c = Connection::open(file).expect("open");
+        c.execute_batch(&format!(
+            "CREATE TABLE uploads (id TEXT PRIMARY KEY, asset TEXT NOT NULL, filename TEXT NOT NULL,
+                length INTEGER NOT NULL, offset INTEGER NOT NULL, metadata TEXT NOT NULL,
+                created_at INTEGER NOT NULL, complete INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE assets (id TEXT PRIMARY KEY, state TEXT NOT NULL,
+                progress REAL NOT NULL DEFAULT 0, error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+                duration REAL, source TEXT, updated_at INTEGER NOT NULL{});
+             CREATE INDEX assets_state ON assets(state, updated_at);
+             INSERT INTO uploads VALUES ('u9', 'a9', 'in.mp4', 10, 4, '', 1, 0);
+             INSERT INTO assets (id, state, attempts, source, updated_at)
+                VALUES ('a8', 'queued', 1, '/x/a8', 1);",
+            if retries {
+                ", next_attempt_at INTEGER NOT NULL DEFAULT 0"
+            } else {
+                ""
+            }
+        ))
+        .expect("old schema");
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_unversioned_schema_is_migrated_with_its_data() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        for retries in [false, true] {
+            let file = dir.join(format!("origin-{retries}.db"));
+            unversioned_database(&file, retries);
+            let db = Db::open(&file).expect("open the old database");
+            assert_eq!(db.schema_version().await.expect("version"), SCHEMA_VERSION);
+            let u = db.upload("u9").await.expect("upload").expect("kept");
+            assert_eq!((u.asset.as_str(), u.offset), ("a9", 4));
+            let job = db
+                .claim_job()
+                .await
+                .expect("claim")
+                .expect("the queued asset");
+            assert_eq!((job.asset.as_str(), job.attempt), ("a8", 2));
+            db.retry_job("a8", "try later".into(), 77)
+                .await
+                .expect("retry");
+            let a = db.asset("a8").await.expect("asset").expect("kept");
+            assert_eq!(a.next_attempt_at, Some(77));
+            drop(db);
+            // Opening again changes nothing.
+            let db = Db::open(&file).expect("reopen");
+            assert_eq!(db.schema_version().await.expect("version"), SCHEMA_VERSION);
+            assert!(db.upload("u9").await.expect("upload").is_some());
+        }
+        // A database of a newer build is refused, naming the file and both versions.
+        let file = dir.join("newer.db");
+        Connection::open(&file)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .expect("newer");
+        let err = Db::open(&file).expect_err("newer").to_string();
+        assert!(
+            err.contains("newer.db") && err.contains(&format!("version {}", SCHEMA_VERSION + 1)),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_state_is_bound_to_the_storage_it_was_first_opened_with() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Db::open(&dir.join("origin.db")).expect("open");
+        db.bind_storage("file:///srv/a").await.expect("first");
+        db.bind_storage("file:///srv/a").await.expect("same");
+        let err = db
+            .bind_storage("s3://media/vod")
+            .await
+            .expect_err("another storage")
+            .to_string();
+        assert!(
+            err.contains("file:///srv/a") && err.contains("s3://media/vod"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -37,6 +37,9 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("state.dir: cannot create {}: {e}", work.display()))?;
     let db =
         db::Db::open(&state.join("origin.db")).map_err(|e| anyhow::anyhow!("state.dir: {e}"))?;
+    db.bind_storage(&config.storage.identity())
+        .await
+        .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", state.display()))?;
     let requeued = db
         .requeue_interrupted(config.packaging.max_attempts)
         .await?;

@@ -291,8 +291,8 @@ pub fn start_service(
     p
 }
 
-/// Starts `estuary <service> --config <config>` (its log in `log_dir/<service>.log`)
-/// without waiting for it.
+/// Starts `estuary <service> --config <config>` as `start_service` does, without waiting for
+/// it to be ready (a start that must fail, or one checked another way).
 pub fn spawn_service(
     service: &str,
     config: &Path,

@@ -43,6 +43,11 @@ pub enum StoreError {
     /// Not tried: the database is known to be out of reach.
     #[error("the database is out of reach")]
     OutOfReach,
+    /// The database was made by a newer build: this one would misread it.
+    #[error(
+        "database: schema version {found} is newer than this build knows ({known}); run the estuary that made it"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
 }
 
 /// A PostgreSQL error as an operator needs it: the server's own message and SQLSTATE when it
@@ -83,7 +88,7 @@ impl StoreError {
                 e.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
-            StoreError::Json(_) | StoreError::Range => false,
+            StoreError::Json(_) | StoreError::Range | StoreError::SchemaTooNew { .. } => false,
         }
     }
 }

@@ -26,7 +26,15 @@ impl std::fmt::Debug for PostgresStore {
 /// "estuary" in ASCII).
 const SCHEMA_LOCK: i64 = 0x0065_7374_7561_7279;
 
-const SCHEMA: &str = "
+/// The schema, one step per version, as in the SQLite store: `MIGRATIONS[i]` takes a database
+/// at version `i` (the row of `schema_version`, 0 without one) to `i + 1`. Databases made
+/// before the schema had a version hold the tables of version 1, which its `IF NOT EXISTS`
+/// keeps. Append a step for every change; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL, last_heartbeat BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS purges (
@@ -150,7 +158,31 @@ impl PostgresStore {
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
                 .await?;
-            tx.batch_execute(SCHEMA).await?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+            )
+            .await?;
+            let found = tx
+                .query_opt("SELECT version FROM schema_version", &[])
+                .await?
+                .map_or(0, |r| r.get::<_, i32>(0));
+            let found = u32::try_from(found).map_err(|_| StoreError::Range)?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::SchemaTooNew {
+                    found,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            for step in &MIGRATIONS[found as usize..] {
+                tx.batch_execute(step).await?;
+            }
+            // One row, whatever was there (none before versions existed).
+            tx.execute("DELETE FROM schema_version", &[]).await?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&(SCHEMA_VERSION as i32)],
+            )
+            .await?;
             tx.commit().await?;
             Ok::<_, StoreError>(())
         };

@@ -20,7 +20,16 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-const SCHEMA: &str = "
+/// The schema, one step per version: `MIGRATIONS[i]` takes a database at
+/// `PRAGMA user_version = i` to `i + 1`, in one transaction with the version's update.
+/// Databases made before the schema had a version are at 0 with the tables of version 1, which
+/// its `IF NOT EXISTS` keeps. Append a step for every change; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+/// The version the code reads and writes.
+pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL, last_heartbeat INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS purges (
@@ -50,7 +59,25 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = conn;
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            match MIGRATIONS.get(found as usize) {
+                Some(step) => {
+                    tx.execute_batch(step)?;
+                    tx.pragma_update(None, "user_version", found + 1)?;
+                    tx.commit()?;
+                }
+                None if found > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+                None => break,
+            }
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -67,6 +94,12 @@ impl SqliteStore {
         })
         .await
         .map_err(|_| StoreError::Task)?
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.with(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .await
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -377,5 +410,75 @@ impl SqliteStore {
             Ok(rows)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_of_the_unversioned_schema_is_migrated_with_its_data() {
+        let dir = std::env::temp_dir().join(format!("estuary-cp-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // The tables as the control plane made them before the schema had a version.
+        let file = dir.join("cp.db");
+        Connection::open(&file)
+            .and_then(|c| {
+                c.execute_batch(
+                    "CREATE TABLE sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+                     CREATE TABLE nodes (id TEXT PRIMARY KEY, body TEXT NOT NULL,
+                        last_heartbeat INTEGER NOT NULL);
+                     CREATE TABLE purges (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at INTEGER NOT NULL, who TEXT NOT NULL, target TEXT NOT NULL);
+                     CREATE TABLE purge_deliveries (purge INTEGER NOT NULL, node TEXT NOT NULL,
+                        state TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+                        updated_at INTEGER NOT NULL, PRIMARY KEY (purge, node));
+                     CREATE TABLE placements (asset TEXT NOT NULL, node TEXT NOT NULL,
+                        site TEXT NOT NULL, state TEXT NOT NULL, bytes INTEGER NOT NULL,
+                        created_at INTEGER NOT NULL, PRIMARY KEY (asset, node));
+                     CREATE TABLE asset_roots (asset TEXT PRIMARY KEY, merkle_root TEXT NOT NULL);
+                     CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+                        target TEXT NOT NULL, detail TEXT NOT NULL);
+                     INSERT INTO asset_roots VALUES ('movie', 'abc123');",
+                )
+            })
+            .expect("old schema");
+        let store = SqliteStore::open(&file).expect("open the old database");
+        assert_eq!(
+            store.schema_version().await.expect("version"),
+            SCHEMA_VERSION
+        );
+        let root = store
+            .with(|c| {
+                Ok(c.query_row(
+                    "SELECT merkle_root FROM asset_roots WHERE asset = 'movie'",
+                    [],
+                    |r| r.get::<_, String>(0),
+                )?)
+            })
+            .await
+            .expect("the row survives");
+        assert_eq!(root, "abc123");
+        drop(store);
+        // Opening again changes nothing.
+        let store = SqliteStore::open(&file).expect("reopen");
+        assert_eq!(
+            store.schema_version().await.expect("version"),
+            SCHEMA_VERSION
+        );
+        drop(store);
+        // A database of a newer build is refused, naming both versions.
+        Connection::open(&file)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .expect("newer");
+        let err = SqliteStore::open(&file).expect_err("newer").to_string();
+        assert!(
+            err.contains(&format!("version {} is newer", SCHEMA_VERSION + 1)),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
