@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::breaker::Breaker;
 use crate::cache::{Cache, CachedObject, Slicing, slice_key};
+use crate::clock::Clock;
 use crate::content_type;
 use crate::freshness::{self, Overrides};
 use crate::slice::{self, ContentRange};
@@ -362,6 +363,7 @@ pub struct Filler {
     in_flight: Mutex<HashMap<String, Arc<Fill>>>,
     cache: Cache,
     observer: Arc<dyn FillObserver>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Filler {
@@ -381,7 +383,13 @@ const VERIFY_WHOLE_BELOW: u64 = 64 * 1024;
 pub const FILL_HEADER: &str = "x-estuary-fill";
 
 impl Filler {
-    pub fn new(config: FillConfig, cache: Cache, observer: Arc<dyn FillObserver>) -> Arc<Self> {
+    /// A filler into `cache`, reading time from `clock` (the edge's one clock).
+    pub fn new(
+        config: FillConfig,
+        cache: Cache,
+        observer: Arc<dyn FillObserver>,
+        clock: Clock,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -416,6 +424,7 @@ impl Filler {
             in_flight: Mutex::new(HashMap::new()),
             cache,
             observer,
+            clock,
         })
     }
 
@@ -569,7 +578,7 @@ impl Filler {
 
     async fn run(&self, key: &str, fill: &Arc<Fill>, want: Want, via_peer: bool) {
         let mut last_error = FillError::Unavailable;
-        let now = Instant::now();
+        let now = self.clock.now();
         let owner = if via_peer { None } else { self.owner(key) };
         let allowed: Vec<&Source> = owner
             .into_iter()
@@ -607,7 +616,7 @@ impl Filler {
                         return;
                     }
                     if let Ok(mut b) = source.breaker.lock() {
-                        b.failure(Instant::now());
+                        b.failure(self.clock.now());
                     }
                     tracing::warn!(source = %source.base, key, error = %error, "A fill from upstream failed.");
                     last_error = error;
@@ -690,8 +699,10 @@ impl Filler {
         };
         let status = response.status();
         let (parts, body) = response.into_parts();
-        let now = SystemTime::now();
-        let unix_now = estuary_common::unix_now();
+        let now = self.clock.system_time();
+        let unix_now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let kind = content_type::classify(key).1;
         let lifetime = |status: StatusCode| {
             freshness::lifetime(status, &parts.headers, kind, &self.config.overrides, now)

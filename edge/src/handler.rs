@@ -20,6 +20,7 @@ use http::{Method, Response, StatusCode, Uri};
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::cache::{CachedObject, Session, Slicing, Tier};
+use crate::clock::Clock;
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
 use crate::fill::{BodyStream, FillError, Filler};
@@ -131,8 +132,8 @@ pub struct Edge {
     /// Where prefix purges are kept across restarts (next to the disk tier), if anywhere.
     purge_log: Option<std::path::PathBuf>,
     ready: AtomicBool,
-    /// The clock, injected so that tests can move time.
-    clock: fn() -> u64,
+    /// The edge's one clock ([`crate::clock`]), shared with the cache and the filler.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Edge {
@@ -206,7 +207,7 @@ impl Edge {
             prefix_purges: std::sync::Mutex::new(Vec::new()),
             purge_log: None,
             ready: AtomicBool::new(false),
-            clock: estuary_common::unix_now,
+            clock: Clock::system(),
         })
     }
 
@@ -247,8 +248,8 @@ impl Edge {
         std::fs::rename(&tmp, file)
     }
 
-    /// Replaces the clock (for tests).
-    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+    /// Sets the clock (the same one the cache and the filler were given).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
@@ -381,7 +382,7 @@ impl Edge {
     /// (coalesced) fill, else stale when every upstream fails.
     async fn serve_cached(&self, req: &Incoming<'_>, path: &str, filler: &Arc<Filler>) -> Routed {
         let m = &self.observer.metrics;
-        let now = (self.clock)();
+        let now = self.clock.unix_secs();
         // The player session the cache policy follows: CMCD `sid`, else the client address.
         let sid = crate::cmcd::session_id(req.uri.query(), req.headers);
         let session = sid
@@ -722,7 +723,7 @@ impl Edge {
         req.headers
             .get(crate::fill::FILL_HEADER)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| token::verify_fill(v, &self.keys, path, (self.clock)()))
+            .is_some_and(|v| token::verify_fill(v, &self.keys, path, self.clock.unix_secs()))
     }
 
     fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {
@@ -732,7 +733,7 @@ impl Edge {
             token::Request {
                 path,
                 client: client.ip(),
-                now: (self.clock)(),
+                now: self.clock.unix_secs(),
                 max_ttl: Some(self.max_ttl),
             },
         )
@@ -773,7 +774,7 @@ impl Edge {
             // rather than on the blocking pool, under the lock so that writes stay ordered.
             let saved = self.prefix_purges.lock().map(|mut p| {
                 p.retain(|(old, _)| !old.starts_with(&path));
-                p.push((path.clone(), (self.clock)()));
+                p.push((path.clone(), self.clock.unix_secs()));
                 // Fills in flight under the prefix are not cached when they end, whether or
                 // not the purge log can be written.
                 filler.purge(&path, true);

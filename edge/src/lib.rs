@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod breaker;
 pub mod cache;
+pub mod clock;
 pub mod cmcd;
 pub mod config;
 pub mod content_type;

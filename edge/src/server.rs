@@ -894,7 +894,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         config.store.open_files,
         config.store.revalidate,
     )?);
-    let mut edge = Edge::new(&config, store, Arc::clone(&observer))?;
+    // The edge's one clock: the handler, the cache and the filler all read it.
+    let clock = crate::clock::Clock::system();
+    let mut edge = Edge::new(&config, store, Arc::clone(&observer))?.with_clock(clock.clone());
     let mut cache = None;
     if let Some(up) = &config.upstream {
         let max_object = config.cache.max_object.as_u64();
@@ -919,7 +921,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             Arc::clone(&observer) as Arc<dyn crate::cache::CacheObserver>,
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cache: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cache: {e}"))?
+        .with_clock(clock.clone());
         let ttl = &config.cache.ttl;
         let filler = crate::fill::Filler::new(
             crate::fill::FillConfig {
@@ -945,6 +948,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             },
             opened.clone(),
             Arc::clone(&observer) as Arc<dyn crate::fill::FillObserver>,
+            clock,
         );
         edge = edge.with_filler(filler);
         if let Some(dir) = &config.cache.disk_dir {
