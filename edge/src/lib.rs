@@ -23,6 +23,7 @@ pub mod h3_resets;
 pub mod handler;
 pub mod metrics;
 pub mod path;
+pub mod plan;
 pub mod prepos;
 pub mod server;
 pub mod slice;
