@@ -17,6 +17,9 @@ pub mod digest;
 pub mod disk_space;
 pub mod eviction;
 pub mod fill;
+pub mod fill_core;
+#[cfg(test)]
+mod fill_harness;
 pub mod freshness;
 pub mod h3_budget;
 pub mod h3_resets;
@@ -28,6 +31,7 @@ pub mod prepos;
 pub mod server;
 pub mod slice;
 pub mod store;
+pub mod upstream;
 
 pub use config::EdgeConfig;
 pub use server::run;
