@@ -167,24 +167,6 @@ impl FillReader {
     }
 }
 
-/// A response body that arrives while it is filled: one fill's body (or a range of it), or a
-/// range of a sliced object read slice by slice.
-#[derive(Debug)]
-pub enum BodyStream {
-    Fill(FillReader),
-    Sliced(Box<crate::slice::SlicedReader>),
-}
-
-impl BodyStream {
-    /// The next piece, `None` at the end, or the error of a failed fill.
-    pub async fn next(&mut self) -> Option<Result<Bytes, FillError>> {
-        match self {
-            BodyStream::Fill(r) => r.next().await,
-            BodyStream::Sliced(r) => r.next().await,
-        }
-    }
-}
-
 /// An upstream source.
 #[derive(Debug)]
 struct Source {

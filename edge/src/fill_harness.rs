@@ -394,7 +394,7 @@ async fn slices_are_filled_with_if_range_and_a_changed_object_drops_its_index() 
     let meta = head.meta.clone().expect("a sliced object");
     // Read bytes 500..=2600 across three slices, the first from the fill that learned the
     // layout.
-    let mut reader = crate::slice::SlicedReader::new(
+    let mut reader = crate::sliced::SlicedReader::new(
         Arc::clone(&h.filler),
         path,
         Arc::clone(&meta),

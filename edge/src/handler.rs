@@ -23,12 +23,13 @@ use crate::cache::{CachedObject, Session, Slicing, Tier};
 use crate::clock::Clock;
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
-use crate::fill::{BodyStream, Filler};
+use crate::fill::Filler;
 use crate::metrics::{Metrics, Protocol};
 use crate::path;
 use crate::plan::{
     FillAnswer, HeadFacts, OnError, Plan, RequestFacts, on_fill_error, respond_to_fill,
 };
+use crate::sliced::BodyStream;
 use crate::store::{FileEntry, Lookup, Store};
 
 /// How far the clocks of the services that mint tokens may run ahead of the edge's: a token
@@ -632,7 +633,7 @@ impl Edge {
             }
         };
         let via_peer = self.is_peer_fill(req, path);
-        let Some(reader) = crate::slice::SlicedReader::new(
+        let Some(reader) = crate::sliced::SlicedReader::new(
             Arc::clone(filler),
             path,
             Arc::clone(meta),

@@ -30,6 +30,7 @@ pub mod plan;
 pub mod prepos;
 pub mod server;
 pub mod slice;
+pub mod sliced;
 pub mod store;
 pub mod upstream;
 

@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
 use crate::cork::Drain;
-use crate::fill::{BodyStream, FillError};
+use crate::fill::FillError;
 use crate::handler::{Body, Edge, Endpoints, Finish, Incoming};
 use crate::metrics::Protocol;
+use crate::sliced::BodyStream;
 
 type ChunkFuture =
     Pin<Box<dyn Future<Output = (BodyStream, Option<Result<Bytes, FillError>>)> + Send>>;
