@@ -545,7 +545,9 @@ pub struct Cache {
     doorkeeper: Doorkeeper,
     /// The edge's own RAM tier, with the video policy.
     ram: Option<Arc<Mutex<VideoRam>>>,
-    /// The policy's clock starts here (milliseconds since are its `now`).
+    /// The edge's clock, and the instant the policy's time starts at (milliseconds since are
+    /// its `now`).
+    clock: crate::clock::Clock,
     epoch: std::time::Instant,
     observer: Arc<dyn CacheObserver>,
 }
@@ -650,14 +652,23 @@ impl Cache {
             inner,
             doorkeeper,
             ram,
+            clock: crate::clock::Clock::system(),
             epoch: std::time::Instant::now(),
             observer,
         })
     }
 
+    /// Reads time from `clock` (the edge's one clock) from now on.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.epoch = clock.now();
+        self.clock = clock;
+        self
+    }
+
     /// The video policy's `now`: milliseconds since the cache opened.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed = self.clock.now().saturating_duration_since(self.epoch);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Locks the video RAM tier (a panic elsewhere while it was held leaves consistent data:

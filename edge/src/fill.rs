@@ -1,14 +1,11 @@
 //! Filling misses from upstream: one fetch per object however many clients ask (coalescing),
 //! every waiting client streaming the bytes as they arrive (read-while-fill), sources tried in
-//! order (parents, then origins) with a circuit breaker each, and integrity checked before an
-//! object is cached.
+//! order (the owning peer, parents, then origins) with a circuit breaker each.
 //!
-//! Invariant: no client receives the last bytes of a body that failed its checks. The fill
-//! publishes nothing of a body under 64 KiB before it is verified, streams a larger one as it
-//! arrives but for the last byte received so far, and publishes the final byte only after the
-//! length and `Content-Digest`/`Repr-Digest` have been verified; a failed fill ends every
-//! waiting response with an error (the connection is cut, the player retries), and a failure
-//! before anything was published moves on to the next source.
+//! This file is the driver: it keeps the fills in flight, sends what [`FillMachine`]
+//! (`fill_core.rs`, where the states, inputs, actions and the integrity invariant are
+//! written down) asks for through an [`Upstream`], feeds back what came of it, and carries
+//! out its actions on the fill's readers, the cache and the breakers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,95 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::header;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::breaker::Breaker;
-use crate::cache::{Cache, CachedObject, Slicing, slice_key};
-use crate::content_type;
-use crate::freshness::{self, Overrides};
-use crate::slice::{self, ContentRange};
-
-/// Why a fill failed; decides between 502 and 504 when nothing stale can be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FillError {
-    #[error("every upstream failed or refused")]
-    Unavailable,
-    #[error("upstream timed out")]
-    Timeout,
-    #[error("the body failed its integrity check")]
-    Integrity,
-    #[error("upstream cut the body short")]
-    Truncated,
-    #[error("the object changed upstream while it was read in slices")]
-    Changed,
-    #[error("the upstream request could not be built")]
-    Request,
-}
-
-/// Who a failed fill is the fault of, as Pingora's `ErrorSource`: only the upstream's own
-/// failures count against its breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The source failed: connect error, timeout, 5xx, a body cut short or failing its digest.
-    /// Counted by the source's breaker; the next source may help.
-    Upstream,
-    /// The edge could not make the request (a target it cannot build). Not the source's fault,
-    /// and no other source can help.
-    Internal,
-    /// Nobody's: the object changed upstream while a reader walked its slices. No other
-    /// source can help this reader; the client's retry starts afresh.
-    Nobody,
-}
-
-impl FillError {
-    /// Who is at fault.
-    pub fn fault(self) -> Fault {
-        match self {
-            FillError::Unavailable
-            | FillError::Timeout
-            | FillError::Integrity
-            | FillError::Truncated => Fault::Upstream,
-            FillError::Request => Fault::Internal,
-            FillError::Changed => Fault::Nobody,
-        }
-    }
-}
-
-/// The response head of a fill, as published to waiting clients.
-#[derive(Debug, Clone)]
-pub struct Head {
-    /// 200 (or 404...) for a whole object; 200 with `meta` for a sliced one; 416 when the
-    /// slice asked for starts past the end (`content_length` is then the object's length).
-    pub status: StatusCode,
-    /// The whole object's length.
-    pub content_length: Option<u64>,
-    pub upstream_etag: Option<HeaderValue>,
-    pub last_modified: Option<HeaderValue>,
-    /// For a sliced object: its index entry (layout, validators, freshness).
-    pub meta: Option<Arc<CachedObject>>,
-    /// For a sliced object: which slice this fill's body is, if it carries one.
-    pub slice: Option<u64>,
-}
-
-/// What a fill asks upstream for.
-#[derive(Debug, Clone)]
-enum Want {
-    /// The object at a path, its slice `first_slice` when it turns out to be sliced.
-    /// `stale` is the expired copy (or index), for a conditional request.
-    Object {
-        first_slice: u64,
-        stale: Option<Arc<CachedObject>>,
-    },
-    /// One slice of an object whose index is known.
-    Slice { index: u64, meta: Arc<CachedObject> },
-}
+use crate::cache::{Cache, CachedObject, slice_key};
+use crate::clock::Clock;
+use crate::fill_core::{Action, FillMachine, Input, RequestSpec, Settings, Want};
+pub use crate::fill_core::{Fault, FillError, Head};
+use crate::freshness::Overrides;
+use crate::upstream::{HyperUpstream, Upstream, UpstreamBody, UpstreamResponse};
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -248,24 +167,6 @@ impl FillReader {
     }
 }
 
-/// A response body that arrives while it is filled: one fill's body (or a range of it), or a
-/// range of a sliced object read slice by slice.
-#[derive(Debug)]
-pub enum BodyStream {
-    Fill(FillReader),
-    Sliced(Box<crate::slice::SlicedReader>),
-}
-
-impl BodyStream {
-    /// The next piece, `None` at the end, or the error of a failed fill.
-    pub async fn next(&mut self) -> Option<Result<Bytes, FillError>> {
-        match self {
-            BodyStream::Fill(r) => r.next().await,
-            BodyStream::Sliced(r) => r.next().await,
-        }
-    }
-}
-
 /// An upstream source.
 #[derive(Debug)]
 struct Source {
@@ -355,13 +256,15 @@ pub struct FillConfig {
 /// Fetches misses, one fill per key at a time.
 pub struct Filler {
     config: FillConfig,
+    settings: Arc<Settings>,
     sources: Vec<Source>,
     peers: Vec<Source>,
     ring: hrw_hash::HrwNodes<String>,
-    client: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    upstream: Arc<dyn Upstream>,
     in_flight: Mutex<HashMap<String, Arc<Fill>>>,
     cache: Cache,
     observer: Arc<dyn FillObserver>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Filler {
@@ -372,22 +275,32 @@ impl std::fmt::Debug for Filler {
     }
 }
 
-/// Bodies smaller than this are verified whole before any byte reaches a client.
-const VERIFY_WHOLE_BELOW: u64 = 64 * 1024;
-
 /// The header that marks a request as a fill from another Estuary node. Its value is trusted
 /// only when it is a valid fill credential for the request's path
 /// (`estuary_common::token::verify_fill`): a client cannot steer the fill path with it.
 pub const FILL_HEADER: &str = "x-estuary-fill";
 
 impl Filler {
-    pub fn new(config: FillConfig, cache: Cache, observer: Arc<dyn FillObserver>) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+    /// A filler into `cache` over hyper's client, reading time from `clock` (the edge's one
+    /// clock).
+    pub fn new(
+        config: FillConfig,
+        cache: Cache,
+        observer: Arc<dyn FillObserver>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        let upstream = Arc::new(HyperUpstream::new(config.connect_timeout));
+        Self::with_upstream(config, cache, observer, clock, upstream)
+    }
+
+    /// A filler that sends its requests through `upstream`.
+    pub fn with_upstream(
+        config: FillConfig,
+        cache: Cache,
+        observer: Arc<dyn FillObserver>,
+        clock: Clock,
+        upstream: Arc<dyn Upstream>,
+    ) -> Arc<Self> {
         let breaker = || {
             Mutex::new(Breaker::new(
                 config.breaker_threshold,
@@ -407,15 +320,23 @@ impl Filler {
             .map(|base| Source::new(base, "peer", breaker()))
             .collect();
         let ring = hrw_hash::HrwNodes::new(peers.iter().map(|p| p.base.clone()));
+        let settings = Arc::new(Settings {
+            overrides: config.overrides.clone(),
+            max_object_bytes: config.max_object_bytes,
+            slice_bytes: config.slice_bytes,
+            read_timeout: config.read_timeout,
+        });
         Arc::new(Self {
             config,
+            settings,
             sources,
             peers,
             ring,
-            client,
+            upstream,
             in_flight: Mutex::new(HashMap::new()),
             cache,
             observer,
+            clock,
         })
     }
 
@@ -567,69 +488,147 @@ impl Filler {
         self.peers.iter().find(|p| &p.base == owner)
     }
 
+    /// Drives one fill's [`FillMachine`] to its end.
     async fn run(&self, key: &str, fill: &Arc<Fill>, want: Want, via_peer: bool) {
-        let mut last_error = FillError::Unavailable;
-        let now = Instant::now();
+        let now = self.clock.now();
         let owner = if via_peer { None } else { self.owner(key) };
         let allowed: Vec<&Source> = owner
             .into_iter()
             .chain(self.sources.iter())
             .filter(|s| s.breaker.lock().map(|mut b| b.allow(now)).unwrap_or(true))
             .collect();
-        for source in allowed {
-            let started = Instant::now();
-            self.observer.fill_started(source.kind);
-            match self.fetch(source, key, fill, &want).await {
-                Ok(bytes) => {
-                    if let Ok(mut b) = source.breaker.lock() {
-                        b.success();
+        let kinds = allowed.iter().map(|s| s.kind).collect();
+        let settings = Arc::clone(&self.settings);
+        let mut machine = FillMachine::new(settings, key, want, kinds, new_generation());
+        let mut body: Option<UpstreamBody> = None;
+        let mut started = Instant::now();
+        let mut purge_told = false;
+        loop {
+            while let Some(action) = machine.poll_action() {
+                match action {
+                    Action::Send { source, request } => {
+                        let Some(src) = allowed.get(source) else {
+                            machine.handle_input(
+                                self.clock.system_time(),
+                                Input::Failed(FillError::Request),
+                            );
+                            continue;
+                        };
+                        self.observer.fill_started(src.kind);
+                        started = Instant::now();
+                        body = None;
+                        let input = match self.send(src, key, &request).await {
+                            Ok(response) => {
+                                body = Some(response.body);
+                                Input::Head {
+                                    status: response.status,
+                                    headers: response.headers,
+                                }
+                            }
+                            Err(error) => Input::Failed(error),
+                        };
+                        machine.handle_input(self.clock.system_time(), input);
                     }
-                    self.observer.fill_finished(
-                        source.kind,
-                        true,
-                        started.elapsed().as_secs_f64(),
-                        bytes,
-                    );
-                    return;
-                }
-                Err((error, published)) => {
-                    self.observer.fill_finished(
-                        source.kind,
-                        false,
-                        started.elapsed().as_secs_f64(),
-                        0,
-                    );
-                    if error.fault() != Fault::Upstream {
-                        // Not the source's fault (its breaker does not count it), and no
-                        // other source can help.
-                        tracing::debug!(key, error = %error, "A fill ended without asking upstream further.");
-                        fill.update(|s| s.outcome = Some(Err(error)));
-                        return;
+                    Action::Publish { head, chunks, end } => fill.update(|s| {
+                        if let Some(head) = head {
+                            s.head.get_or_insert(head);
+                        }
+                        s.chunks.extend(chunks);
+                        if end.is_some() {
+                            s.outcome = end;
+                        }
+                    }),
+                    Action::Insert { note_fill, objects } => {
+                        self.cache_unless_purged(fill, |cache| {
+                            if let Some(key) = &note_fill {
+                                cache.note_fill(key);
+                            }
+                            for (key, object) in objects {
+                                cache.insert(key, object);
+                            }
+                        });
                     }
-                    if let Ok(mut b) = source.breaker.lock() {
-                        b.failure(Instant::now());
-                    }
-                    tracing::warn!(source = %source.base, key, error = %error, "A fill from upstream failed.");
-                    last_error = error;
-                    if published {
-                        // Clients already have part of this body: end them with the error.
-                        fill.update(|s| s.outcome = Some(Err(error)));
-                        return;
+                    Action::Remove { key } => self.cache.remove(&key),
+                    Action::SourceDone { source, result } => {
+                        if let Some(src) = allowed.get(source) {
+                            self.source_done(src, key, result, started);
+                        }
                     }
                 }
             }
+            if machine.is_done() {
+                return;
+            }
+            if !purge_told && fill.purged.load(Ordering::Acquire) {
+                purge_told = true;
+                machine.handle_input(self.clock.system_time(), Input::Purged);
+            }
+            let wait = machine.poll_timeout().unwrap_or(self.config.read_timeout);
+            let input = match body.as_mut() {
+                Some(body) if machine.wants_body() => {
+                    match tokio::time::timeout(wait, body.frame()).await {
+                        Ok(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => Input::Chunk(data),
+                            // Trailers: nothing the fill uses.
+                            Err(_) => continue,
+                        },
+                        Ok(None) => Input::End,
+                        Ok(Some(Err(_))) => Input::Failed(FillError::Truncated),
+                        Err(_) => Input::Failed(FillError::Timeout),
+                    }
+                }
+                // Not reachable (every send is answered at once), but never a busy loop.
+                _ => Input::Failed(FillError::Unavailable),
+            };
+            machine.handle_input(self.clock.system_time(), input);
         }
-        fill.update(|s| s.outcome = Some(Err(last_error)));
     }
 
-    /// Fetches from one source. On error, says whether anything was published to clients.
-    async fn fetch(
+    /// Records one source's outcome in its breaker, the metrics and the log.
+    fn source_done(
         &self,
         source: &Source,
         key: &str,
-        fill: &Arc<Fill>,
-        want: &Want,
-    ) -> Result<u64, (FillError, bool)> {
+        result: Result<u64, FillError>,
+        started: Instant,
+    ) {
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(bytes) => {
+                if let Ok(mut b) = source.breaker.lock() {
+                    b.success();
+                }
+                self.observer
+                    .fill_finished(source.kind, true, seconds, bytes);
+            }
+            Err(error) => {
+                if error == FillError::Integrity {
+                    self.observer.integrity_failure();
+                }
+                self.observer.fill_finished(source.kind, false, seconds, 0);
+                if error.fault() != Fault::Upstream {
+                    // Not the source's fault (its breaker does not count it), and no other
+                    // source can help.
+                    tracing::debug!(key, error = %error, "A fill ended without asking upstream further.");
+                    return;
+                }
+                if let Ok(mut b) = source.breaker.lock() {
+                    b.failure(self.clock.now());
+                }
+                tracing::warn!(source = %source.base, key, error = %error, "A fill from upstream failed.");
+            }
+        }
+    }
+
+    /// Sends one request to `source`: the target built from the canonical path `key`, the
+    /// fill credential, and what the machine asked for. Waits at most the read timeout for
+    /// the response head.
+    async fn send(
+        &self,
+        source: &Source,
+        key: &str,
+        spec: &RequestSpec,
+    ) -> Result<UpstreamResponse, FillError> {
         let query = match (&self.config.peer_token, source.kind) {
             (Some(sign), "peer") => Some(estuary_common::token::query_pair(&sign(key))),
             _ => None,
@@ -637,7 +636,7 @@ impl Filler {
         // `key` is the canonical path: the target is built from it, re-encoded, never by
         // pasting text into a URL.
         let Some(uri) = source.uri(key, query.as_deref()) else {
-            return Err((FillError::Request, false));
+            return Err(FillError::Request);
         };
         // Peers and parents are Estuary nodes, told by a credential that this is a fill (so
         // they do not pass it on to a peer); origins only learn which node asks.
@@ -648,442 +647,22 @@ impl Filler {
         let mut request = http::Request::get(uri)
             .header(header::ACCEPT_ENCODING, "identity")
             .header(FILL_HEADER, fill_header);
-        let stale = match want {
-            Want::Object { stale, .. } => stale.as_deref(),
-            Want::Slice { .. } => None,
-        };
-        if let Some(old) = stale.filter(|o| o.status == 200 && !o.upstream_etag.is_empty()) {
-            request = request.header(header::IF_NONE_MATCH, old.upstream_etag.as_str());
+        if let Some(v) = &spec.if_none_match {
+            request = request.header(header::IF_NONE_MATCH, v.as_str());
         }
-        match want {
-            Want::Object { first_slice, .. } if self.config.slice_bytes > 0 => {
-                let range = slice::slice_request(*first_slice, self.config.slice_bytes);
-                request = request.header(header::RANGE, range);
-            }
-            Want::Slice { index, meta } => {
-                let Slicing::Meta { slice_size, .. } = meta.slicing else {
-                    return Err((FillError::Unavailable, false));
-                };
-                request = request.header(header::RANGE, slice::slice_request(*index, slice_size));
-                // If the object changed upstream, the answer is the new whole object (200),
-                // never a slice of it to be mixed with slices of the old one.
-                if meta.upstream_etag.starts_with('"') {
-                    request = request.header(header::IF_RANGE, meta.upstream_etag.as_str());
-                } else if !meta.last_modified.is_empty() {
-                    request = request.header(header::IF_RANGE, meta.last_modified.as_str());
-                }
-            }
-            Want::Object { .. } => {}
+        if let Some(v) = &spec.range {
+            request = request.header(header::RANGE, v.as_str());
         }
-        let request = request
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|_| (FillError::Request, false))?;
-        let response = match tokio::time::timeout(
-            self.config.read_timeout,
-            self.client.request(request),
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err((FillError::Unavailable, false)),
-            Err(_) => return Err((FillError::Timeout, false)),
-        };
-        let status = response.status();
-        let (parts, body) = response.into_parts();
-        let now = SystemTime::now();
-        let unix_now = estuary_common::unix_now();
-        let kind = content_type::classify(key).1;
-        let lifetime = |status: StatusCode| {
-            freshness::lifetime(status, &parts.headers, kind, &self.config.overrides, now)
-        };
-
-        if status == StatusCode::NOT_MODIFIED
-            && let Some(old) = stale
-        {
-            // Revalidated: the stored body (or slices) is still right; only its lifetime is
-            // new.
-            let mut refreshed = old.clone();
-            let ttl = lifetime(StatusCode::OK).unwrap_or(Duration::ZERO);
-            refreshed.stored_at = unix_now;
-            refreshed.fresh_until = unix_now + ttl.as_secs();
-            let len = refreshed.body.len() as u64;
-            let chunk = refreshed.body.clone();
-            let mut head = head_of(&refreshed);
-            let sliced = matches!(refreshed.slicing, Slicing::Meta { .. });
-            let refreshed = Arc::new(refreshed);
-            if sliced {
-                head.meta = Some(Arc::clone(&refreshed));
-            }
-            // Cached before the fill ends, so a client that saw the end finds it.
-            self.cache_unless_purged(fill, |cache| {
-                cache.insert(key.to_owned(), Arc::unwrap_or_clone(refreshed));
-            });
-            fill.update(|s| {
-                s.head = Some(Arc::new(head));
-                if !sliced {
-                    s.chunks.push(chunk);
-                }
-                s.outcome = Some(Ok(()));
-            });
-            return Ok(len);
+        if let Some(v) = &spec.if_range {
+            request = request.header(header::IF_RANGE, v.as_str());
         }
-
-        let content_range = parts
-            .headers
-            .get(header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(slice::parse_content_range);
-        let text =
-            |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let upstream_etag = parts.headers.get(header::ETAG).cloned();
-        let last_modified = parts.headers.get(header::LAST_MODIFIED).cloned();
-        let content_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let shape = match want {
-            Want::Slice { index, meta } => {
-                let Slicing::Meta {
-                    total, slice_size, ..
-                } = meta.slicing
-                else {
-                    return Err((FillError::Unavailable, false));
-                };
-                let same_version = upstream_etag.as_ref().is_none_or(|e| {
-                    !meta.upstream_etag.starts_with('"')
-                        || e.as_bytes() == meta.upstream_etag.as_bytes()
-                });
-                match (status, content_range) {
-                    (StatusCode::PARTIAL_CONTENT, Some(cr))
-                        if same_version
-                            && matches!(cr, ContentRange::Bytes { complete, .. } if complete == total)
-                            && slice::answers_slice(cr, *index, slice_size) =>
-                    {
-                        Shape::Slice {
-                            index: *index,
-                            meta: Arc::clone(meta),
-                            new_meta: false,
-                        }
-                    }
-                    (s, _) if s.is_server_error() => return Err((FillError::Unavailable, false)),
-                    _ => {
-                        // The object changed or went away upstream: forget its index, so the
-                        // next request learns the new one.
-                        tracing::info!(key, %status, "A sliced object changed upstream; its index is dropped.");
-                        self.cache.remove(key);
-                        return Err((FillError::Changed, false));
-                    }
-                }
-            }
-            Want::Object { first_slice, .. } => match (status, content_range) {
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    Some(ContentRange::Bytes {
-                        first: 0,
-                        last,
-                        complete,
-                    }),
-                ) if last + 1 == complete && *first_slice == 0 => Shape::Whole {
-                    status: StatusCode::OK,
-                    length: Some(complete),
-                    partial: false,
-                },
-                (StatusCode::PARTIAL_CONTENT, Some(cr))
-                    if slice::answers_slice(cr, *first_slice, self.config.slice_bytes) =>
-                {
-                    let ContentRange::Bytes { complete, .. } = cr else {
-                        return Err((FillError::Unavailable, false));
-                    };
-                    let d = freshness::directives(&parts.headers);
-                    let ttl = lifetime(StatusCode::OK);
-                    let meta = CachedObject {
-                        status: 200,
-                        content_type: text(parts.headers.get(header::CONTENT_TYPE)),
-                        upstream_etag: text(upstream_etag.as_ref()),
-                        last_modified: text(last_modified.as_ref()),
-                        stored_at: unix_now,
-                        // Not cacheable: used for this request only (0 = never stored).
-                        fresh_until: ttl.map_or(0, |t| unix_now + t.as_secs()),
-                        stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
-                        stale_if_error: d.stale_if_error.unwrap_or(0),
-                        sha256: [0; 32],
-                        slicing: Slicing::Meta {
-                            total: complete,
-                            slice_size: self.config.slice_bytes,
-                            generation: new_generation(),
-                        },
-                        body: Bytes::new(),
-                        prepared: Default::default(),
-                    };
-                    Shape::Slice {
-                        index: *first_slice,
-                        meta: Arc::new(meta),
-                        new_meta: true,
-                    }
-                }
-                (
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    Some(ContentRange::Unsatisfied { complete }),
-                ) => {
-                    if complete == 0 {
-                        // An empty object: no byte range exists.
-                        Shape::Whole {
-                            status: StatusCode::OK,
-                            length: Some(0),
-                            partial: true,
-                        }
-                    } else {
-                        let head = Head {
-                            status,
-                            content_length: Some(complete),
-                            upstream_etag,
-                            last_modified,
-                            meta: None,
-                            slice: None,
-                        };
-                        fill.update(|s| {
-                            s.head = Some(Arc::new(head));
-                            s.outcome = Some(Ok(()));
-                        });
-                        return Ok(0);
-                    }
-                }
-                (StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE, _) => {
-                    return Err((FillError::Unavailable, false));
-                }
-                // A peer answers with the object or a 404; anything else (a refused token, an
-                // overloaded peer) means: ask the next source.
-                (StatusCode::OK | StatusCode::NOT_FOUND, _) => Shape::Whole {
-                    status,
-                    length: content_length,
-                    partial: false,
-                },
-                (s, _) if s.is_client_error() && source.kind != "peer" => Shape::Whole {
-                    status,
-                    length: content_length,
-                    partial: false,
-                },
-                _ => return Err((FillError::Unavailable, false)),
-            },
-        };
-        // The integrity field that covers this body: Content-Digest always; Repr-Digest only
-        // when the body is the whole representation.
-        let whole = matches!(shape, Shape::Whole { .. });
-        let expected_digest = parts
-            .headers
-            .get("content-digest")
-            .or_else(|| whole.then(|| parts.headers.get("repr-digest")).flatten())
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::digest::sha256_of_field);
-        let (head, expected_len) = match &shape {
-            Shape::Whole {
-                status,
-                length,
-                partial,
-            } => (
-                Head {
-                    status: *status,
-                    content_length: *length,
-                    upstream_etag: upstream_etag.clone(),
-                    last_modified: last_modified.clone(),
-                    meta: None,
-                    slice: None,
-                },
-                // The body of a 416 for an empty object is an error text, not the object.
-                if *partial { Some(0) } else { *length },
-            ),
-            Shape::Slice { index, meta, .. } => {
-                let Slicing::Meta {
-                    total, slice_size, ..
-                } = meta.slicing
-                else {
-                    return Err((FillError::Unavailable, false));
-                };
-                let (start, end) = slice::slice_bounds(*index, slice_size, total);
-                (
-                    Head {
-                        status: StatusCode::OK,
-                        content_length: Some(total),
-                        upstream_etag: upstream_etag.clone(),
-                        last_modified: last_modified.clone(),
-                        meta: Some(Arc::clone(meta)),
-                        slice: Some(*index),
-                    },
-                    Some(end - start),
-                )
-            }
-        };
-        let head = Arc::new(head);
-        let skip_body = matches!(shape, Shape::Whole { partial: true, .. });
-        let (received, sha256, mut all, held) = self
-            .receive(body, fill, &head, expected_len, expected_digest, skip_body)
-            .await?;
-        all.extend(held.iter().cloned());
-
-        match shape {
-            Shape::Whole { status, .. } => {
-                if received <= self.config.max_object_bytes
-                    && let Some(ttl) = lifetime(status)
-                {
-                    let d = freshness::directives(&parts.headers);
-                    let object = CachedObject {
-                        status: status.as_u16(),
-                        content_type: text(parts.headers.get(header::CONTENT_TYPE)),
-                        upstream_etag: text(upstream_etag.as_ref()),
-                        last_modified: text(last_modified.as_ref()),
-                        stored_at: unix_now,
-                        fresh_until: unix_now + ttl.as_secs(),
-                        stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
-                        stale_if_error: d.stale_if_error.unwrap_or(0),
-                        sha256,
-                        slicing: Slicing::Whole,
-                        body: concat(&all, received),
-                        prepared: Default::default(),
-                    };
-                    self.cache_unless_purged(fill, |cache| cache.insert(key.to_owned(), object));
-                }
-            }
-            Shape::Slice {
-                index,
-                meta,
-                new_meta,
-            } if meta.fresh_until > 0 => {
-                let Slicing::Meta { generation, .. } = meta.slicing else {
-                    return Ok(received);
-                };
-                let slice_key = slice_key(key, index);
-                let mut slice = CachedObject::clone(&meta);
-                slice.sha256 = sha256;
-                slice.slicing = Slicing::Slice { index, generation };
-                slice.body = concat(&all, received);
-                self.cache_unless_purged(fill, |cache| {
-                    if new_meta {
-                        cache.note_fill(&slice_key);
-                        cache.insert(key.to_owned(), Arc::unwrap_or_clone(meta));
-                    }
-                    cache.insert(slice_key, slice);
-                });
-            }
-            Shape::Slice { .. } => {}
+        let request = request.body(()).map_err(|_| FillError::Request)?;
+        match tokio::time::timeout(self.config.read_timeout, self.upstream.send(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(FillError::Unavailable),
+            Err(_) => Err(FillError::Timeout),
         }
-        // Verified and cached: publish the rest and end the fill.
-        fill.update(|s| {
-            s.head.get_or_insert(Arc::clone(&head));
-            s.chunks.extend(held);
-            s.outcome = Some(Ok(()));
-        });
-        Ok(received)
     }
-
-    /// Receives a body, publishing it to the fill's readers as the module's invariant allows,
-    /// and checks its length and digest. Returns its length, sha-256, the pieces published
-    /// and the pieces held back (published by the caller once the object is cached).
-    async fn receive(
-        &self,
-        mut body: hyper::body::Incoming,
-        fill: &Arc<Fill>,
-        head: &Arc<Head>,
-        expected_len: Option<u64>,
-        expected_digest: Option<[u8; 32]>,
-        skip_body: bool,
-    ) -> Result<(u64, [u8; 32], Vec<Bytes>, Vec<Bytes>), (FillError, bool)> {
-        let mut hasher = Sha256::new();
-        let mut received: u64 = 0;
-        let mut held: Vec<Bytes> = Vec::new();
-        let mut published = false;
-        let mut all: Vec<Bytes> = Vec::new();
-        let keep = |chunks: &mut Vec<Bytes>, all: &mut Vec<Bytes>, c: Bytes| {
-            all.push(c.clone());
-            chunks.push(c);
-        };
-        loop {
-            if skip_body {
-                break;
-            }
-            let frame = match tokio::time::timeout(self.config.read_timeout, body.frame()).await {
-                Ok(Some(Ok(f))) => f,
-                Ok(None) => break,
-                Ok(Some(Err(_))) => return Err((FillError::Truncated, published)),
-                Err(_) => return Err((FillError::Timeout, published)),
-            };
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if data.is_empty() {
-                continue;
-            }
-            received += data.len() as u64;
-            if expected_len.is_some_and(|n| received > n) {
-                return Err((FillError::Truncated, published));
-            }
-            hasher.update(&data);
-            held.push(data);
-            // Small objects are verified whole before a byte goes out (so a bad source can
-            // still be replaced by the next one); larger ones (by their announced length, or
-            // once that much has arrived) stream at once, always holding the last byte
-            // received back until the end is verified.
-            let large = expected_len.map_or(received, |n| n.max(received)) >= VERIFY_WHOLE_BELOW;
-            if large && held.iter().map(Bytes::len).sum::<usize>() > 1 {
-                let mut ready = std::mem::take(&mut held);
-                if let Some(newest) = ready.pop() {
-                    let cut = newest.len().saturating_sub(1);
-                    if cut > 0 {
-                        ready.push(newest.slice(..cut));
-                    }
-                    held.push(newest.slice(cut..));
-                }
-                let h = Arc::clone(head);
-                fill.update(|s| {
-                    s.head.get_or_insert(h);
-                    for c in ready {
-                        keep(&mut s.chunks, &mut all, c);
-                    }
-                });
-                published = true;
-            }
-        }
-        if expected_len.is_some_and(|n| received != n) {
-            return Err((FillError::Truncated, published));
-        }
-        let sha256: [u8; 32] = hasher.finalize().into();
-        if let Some(expected) = expected_digest
-            && expected != sha256
-            && !skip_body
-        {
-            self.observer.integrity_failure();
-            return Err((FillError::Integrity, published));
-        }
-        Ok((received, sha256, all, held))
-    }
-}
-
-/// How an upstream answer is kept.
-enum Shape {
-    /// The whole object (or a remembered 404). `partial`: the answer was a 416 for an empty
-    /// object, whose body is not the object's.
-    Whole {
-        status: StatusCode,
-        length: Option<u64>,
-        partial: bool,
-    },
-    /// One slice of a sliced object; `new_meta` when this answer is the first to describe it.
-    Slice {
-        index: u64,
-        meta: Arc<CachedObject>,
-        new_meta: bool,
-    },
-}
-
-fn concat(pieces: &[Bytes], len: u64) -> Bytes {
-    if let [one] = pieces {
-        return one.clone();
-    }
-    let mut body = Vec::with_capacity(len as usize);
-    for c in pieces {
-        body.extend_from_slice(c);
-    }
-    Bytes::from(body)
 }
 
 /// A fresh generation for a newly described sliced object (random, so that slices left over
@@ -1100,26 +679,6 @@ fn new_generation() -> u64 {
         .unwrap_or(0);
     h.write_u128(nanos);
     h.finish()
-}
-
-fn head_of(o: &CachedObject) -> Head {
-    let hv = |s: &str| {
-        (!s.is_empty())
-            .then(|| HeaderValue::from_str(s).ok())
-            .flatten()
-    };
-    let content_length = match o.slicing {
-        Slicing::Meta { total, .. } => total,
-        _ => o.body.len() as u64,
-    };
-    Head {
-        status: StatusCode::from_u16(o.status).unwrap_or(StatusCode::OK),
-        content_length: Some(content_length),
-        upstream_etag: hv(&o.upstream_etag),
-        last_modified: hv(&o.last_modified),
-        meta: None,
-        slice: None,
-    }
 }
 
 #[cfg(test)]

@@ -20,11 +20,16 @@ use http::{Method, Response, StatusCode, Uri};
 
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::cache::{CachedObject, Session, Slicing, Tier};
+use crate::clock::Clock;
 use crate::config::EdgeConfig;
 use crate::content_type::{self, Kind};
-use crate::fill::{BodyStream, FillError, Filler};
+use crate::fill::Filler;
 use crate::metrics::{Metrics, Protocol};
 use crate::path;
+use crate::plan::{
+    FillAnswer, HeadFacts, OnError, Plan, RequestFacts, on_fill_error, respond_to_fill,
+};
+use crate::sliced::BodyStream;
 use crate::store::{FileEntry, Lookup, Store};
 
 /// How far the clocks of the services that mint tokens may run ahead of the edge's: a token
@@ -131,8 +136,8 @@ pub struct Edge {
     /// Where prefix purges are kept across restarts (next to the disk tier), if anywhere.
     purge_log: Option<std::path::PathBuf>,
     ready: AtomicBool,
-    /// The clock, injected so that tests can move time.
-    clock: fn() -> u64,
+    /// The edge's one clock ([`crate::clock`]), shared with the cache and the filler.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Edge {
@@ -206,7 +211,7 @@ impl Edge {
             prefix_purges: std::sync::Mutex::new(Vec::new()),
             purge_log: None,
             ready: AtomicBool::new(false),
-            clock: estuary_common::unix_now,
+            clock: Clock::system(),
         })
     }
 
@@ -247,8 +252,8 @@ impl Edge {
         std::fs::rename(&tmp, file)
     }
 
-    /// Replaces the clock (for tests).
-    pub fn with_clock(mut self, clock: fn() -> u64) -> Self {
+    /// Sets the clock (the same one the cache and the filler were given).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
     }
@@ -381,7 +386,7 @@ impl Edge {
     /// (coalesced) fill, else stale when every upstream fails.
     async fn serve_cached(&self, req: &Incoming<'_>, path: &str, filler: &Arc<Filler>) -> Routed {
         let m = &self.observer.metrics;
-        let now = (self.clock)();
+        let now = self.clock.unix_secs();
         // The player session the cache policy follows: CMCD `sid`, else the client address.
         let sid = crate::cmcd::session_id(req.uri.query(), req.headers);
         let session = sid
@@ -393,30 +398,26 @@ impl Edge {
             .await
             .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
         let via_peer = self.is_peer_fill(req, path);
-        if let Some((obj, tier)) = &cached {
-            let answer = if obj.is_fresh(now) {
+        // Decision 1 (plan.rs): the cache, or a fill (conditional when `cached` is expired).
+        let plan = crate::plan::plan(cached.as_ref().map(|(o, _)| &**o), now);
+        if let (Plan::Fresh | Plan::StaleWhileRevalidate, Some((obj, tier))) = (plan, &cached) {
+            let status = if plan == Plan::Fresh {
                 match tier {
                     Tier::Ram => m.cache_hits_ram.inc(),
                     Tier::Disk => m.cache_hits_disk.inc(),
                 }
-                Some("HIT")
-            } else if obj.status == 200
-                && now < obj.fresh_until.saturating_add(obj.stale_while_revalidate)
-            {
+                "HIT"
+            } else {
                 // Stale while revalidate: answer now, refresh in the background.
                 filler.join(path, Some(obj.to_arc()), false, 0);
                 m.stale_serves.inc();
-                Some("STALE")
-            } else {
-                None
+                "STALE"
             };
-            if let Some(status) = answer {
-                if matches!(obj.slicing, Slicing::Meta { .. }) {
-                    let meta = obj.to_arc();
-                    return self.serve_sliced(req, path, filler, session, &meta, None, now, status);
-                }
-                return Routed::Full(self.respond_object(req, path, obj, now, status));
+            if matches!(obj.slicing, Slicing::Meta { .. }) {
+                let meta = obj.to_arc();
+                return self.serve_sliced(req, path, filler, session, &meta, None, now, status);
             }
+            return Routed::Full(self.respond_object(req, path, obj, now, status));
         }
         m.cache_misses.inc();
         let stale = cached.map(|(o, _)| o.to_arc());
@@ -425,60 +426,65 @@ impl Edge {
             filler.slice_bytes(),
         );
         let fill = filler.join(path, stale.clone(), via_peer, first_slice);
+        // Decision 2: how the fill answers this request.
         let outcome = match fill.head().await {
-            Ok(ref head) if let Some(meta) = &head.meta => {
-                let hint = head.slice.map(|k| (k, Arc::clone(&fill)));
-                return self.serve_sliced(req, path, filler, session, meta, hint, now, "MISS");
-            }
-            Ok(head) if head.status == StatusCode::RANGE_NOT_SATISFIABLE => {
-                let mut r = self.error(req, head.status, "range not satisfiable\n");
-                let total = head.content_length.unwrap_or(0);
-                r.headers_mut().insert(
-                    header::CONTENT_RANGE,
-                    header_value(format!("bytes */{total}")),
-                );
-                return Routed::Full(r);
-            }
-            Ok(head)
-                if head.status == StatusCode::OK
-                    && *req.method == Method::GET
-                    && !req.headers.contains_key(header::RANGE)
-                    && !req.headers.contains_key(header::IF_NONE_MATCH) =>
-            {
-                let body = BodyStream::Fill(fill.reader());
-                return Routed::Stream(self.stream_fill(req, path, &head, body, None, "MISS"));
-            }
-            Ok(head)
-                if head.status == StatusCode::OK
-                    && *req.method == Method::GET
-                    && !req.headers.contains_key(header::IF_RANGE)
-                    && !req.headers.contains_key(header::IF_NONE_MATCH)
-                    && head.content_length.is_some() =>
-            {
-                // A range into an object being filled: each byte goes out as it arrives.
-                let len = head.content_length.unwrap_or(0);
-                match select_range_of_len(req.headers, len) {
-                    RangeChoice::Part(start, end) => {
-                        let body = BodyStream::Fill(fill.reader().range(start, end));
-                        return Routed::Stream(self.stream_fill(
-                            req,
-                            path,
-                            &head,
-                            body,
-                            Some((start, end)),
-                            "MISS",
-                        ));
+            Ok(head) => {
+                let facts = HeadFacts {
+                    status: head.status,
+                    content_length: head.content_length,
+                    sliced: head.meta.is_some(),
+                };
+                match respond_to_fill(facts, RequestFacts::of(req.method, req.headers)) {
+                    FillAnswer::Sliced => {
+                        if let Some(meta) = &head.meta {
+                            let hint = head.slice.map(|k| (k, Arc::clone(&fill)));
+                            return self
+                                .serve_sliced(req, path, filler, session, meta, hint, now, "MISS");
+                        }
+                        fill.finished().await.map(|body| (head, body))
                     }
-                    RangeChoice::Full => {
+                    FillAnswer::Unsatisfiable { total } => {
+                        let mut r = self.error(req, head.status, "range not satisfiable\n");
+                        r.headers_mut().insert(
+                            header::CONTENT_RANGE,
+                            header_value(format!("bytes */{total}")),
+                        );
+                        return Routed::Full(r);
+                    }
+                    FillAnswer::Stream => {
                         let body = BodyStream::Fill(fill.reader());
                         return Routed::Stream(
                             self.stream_fill(req, path, &head, body, None, "MISS"),
                         );
                     }
-                    RangeChoice::Unsatisfiable => fill.finished().await.map(|body| (head, body)),
+                    // A range into an object being filled: each byte goes out as it arrives.
+                    FillAnswer::StreamRange { len } => {
+                        match select_range_of_len(req.headers, len) {
+                            RangeChoice::Part(start, end) => {
+                                let body = BodyStream::Fill(fill.reader().range(start, end));
+                                return Routed::Stream(self.stream_fill(
+                                    req,
+                                    path,
+                                    &head,
+                                    body,
+                                    Some((start, end)),
+                                    "MISS",
+                                ));
+                            }
+                            RangeChoice::Full => {
+                                let body = BodyStream::Fill(fill.reader());
+                                return Routed::Stream(
+                                    self.stream_fill(req, path, &head, body, None, "MISS"),
+                                );
+                            }
+                            RangeChoice::Unsatisfiable => {
+                                fill.finished().await.map(|body| (head, body))
+                            }
+                        }
+                    }
+                    FillAnswer::Whole => fill.finished().await.map(|body| (head, body)),
                 }
             }
-            Ok(head) => fill.finished().await.map(|body| (head, body)),
             Err(e) => Err(e),
         };
         match outcome {
@@ -499,29 +505,26 @@ impl Edge {
                 };
                 Routed::Full(self.respond_object(req, path, &obj, now, "MISS"))
             }
-            Err(e) => {
-                if let Some(obj) = stale.filter(|o| {
-                    o.status == 200
-                        && now
-                            < o.fresh_until
-                                .saturating_add(o.stale_if_error.max(self.stale_if_error))
-                }) {
+            // Decision 3: stale if error, or an error status.
+            Err(e) => match on_fill_error(stale.as_deref(), e, self.stale_if_error, now) {
+                OnError::ServeStale => {
+                    let Some(obj) = stale else {
+                        return Routed::Full(self.error(
+                            req,
+                            StatusCode::BAD_GATEWAY,
+                            "upstream unavailable\n",
+                        ));
+                    };
                     m.stale_serves.inc();
                     let mut r = self.respond_object(req, path, &obj, now, "STALE");
                     r.headers_mut().insert(
                         header::WARNING,
                         HeaderValue::from_static("111 estuary \"Revalidation Failed\""),
                     );
-                    return Routed::Full(r);
+                    Routed::Full(r)
                 }
-                let (status, text) = match e {
-                    FillError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
-                    // A path the edge cannot forward: the client's request, not the upstream.
-                    FillError::Request => (StatusCode::BAD_REQUEST, "bad path\n"),
-                    _ => (StatusCode::BAD_GATEWAY, "upstream unavailable\n"),
-                };
-                Routed::Full(self.error(req, status, text))
-            }
+                OnError::Respond(status, text) => Routed::Full(self.error(req, status, text)),
+            },
         }
     }
 
@@ -630,7 +633,7 @@ impl Edge {
             }
         };
         let via_peer = self.is_peer_fill(req, path);
-        let Some(reader) = crate::slice::SlicedReader::new(
+        let Some(reader) = crate::sliced::SlicedReader::new(
             Arc::clone(filler),
             path,
             Arc::clone(meta),
@@ -722,7 +725,7 @@ impl Edge {
         req.headers
             .get(crate::fill::FILL_HEADER)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| token::verify_fill(v, &self.keys, path, (self.clock)()))
+            .is_some_and(|v| token::verify_fill(v, &self.keys, path, self.clock.unix_secs()))
     }
 
     fn verify(&self, token_text: &str, path: &str, client: SocketAddr) -> Result<(), Rejection> {
@@ -732,7 +735,7 @@ impl Edge {
             token::Request {
                 path,
                 client: client.ip(),
-                now: (self.clock)(),
+                now: self.clock.unix_secs(),
                 max_ttl: Some(self.max_ttl),
             },
         )
@@ -773,7 +776,7 @@ impl Edge {
             // rather than on the blocking pool, under the lock so that writes stay ordered.
             let saved = self.prefix_purges.lock().map(|mut p| {
                 p.retain(|(old, _)| !old.starts_with(&path));
-                p.push((path.clone(), (self.clock)()));
+                p.push((path.clone(), self.clock.unix_secs()));
                 // Fills in flight under the prefix are not cached when they end, whether or
                 // not the purge log can be written.
                 filler.purge(&path, true);

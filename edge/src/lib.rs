@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod breaker;
 pub mod cache;
+pub mod clock;
 pub mod cmcd;
 pub mod config;
 pub mod content_type;
@@ -16,16 +17,22 @@ pub mod digest;
 pub mod disk_space;
 pub mod eviction;
 pub mod fill;
+pub mod fill_core;
+#[cfg(test)]
+mod fill_harness;
 pub mod freshness;
 pub mod h3_budget;
 pub mod h3_resets;
 pub mod handler;
 pub mod metrics;
 pub mod path;
+pub mod plan;
 pub mod prepos;
 pub mod server;
 pub mod slice;
+pub mod sliced;
 pub mod store;
+pub mod upstream;
 
 pub use config::EdgeConfig;
 pub use server::run;

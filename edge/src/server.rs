@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{EdgeConfig, LimitsConfig};
 use crate::cork::Drain;
-use crate::fill::{BodyStream, FillError};
+use crate::fill::FillError;
 use crate::handler::{Body, Edge, Endpoints, Finish, Incoming};
 use crate::metrics::Protocol;
+use crate::sliced::BodyStream;
 
 type ChunkFuture =
     Pin<Box<dyn Future<Output = (BodyStream, Option<Result<Bytes, FillError>>)> + Send>>;
@@ -894,7 +895,9 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         config.store.open_files,
         config.store.revalidate,
     )?);
-    let mut edge = Edge::new(&config, store, Arc::clone(&observer))?;
+    // The edge's one clock: the handler, the cache and the filler all read it.
+    let clock = crate::clock::Clock::system();
+    let mut edge = Edge::new(&config, store, Arc::clone(&observer))?.with_clock(clock.clone());
     let mut cache = None;
     if let Some(up) = &config.upstream {
         let max_object = config.cache.max_object.as_u64();
@@ -919,7 +922,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             Arc::clone(&observer) as Arc<dyn crate::cache::CacheObserver>,
         )
         .await
-        .map_err(|e| anyhow::anyhow!("cache: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cache: {e}"))?
+        .with_clock(clock.clone());
         let ttl = &config.cache.ttl;
         let filler = crate::fill::Filler::new(
             crate::fill::FillConfig {
@@ -945,6 +949,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             },
             opened.clone(),
             Arc::clone(&observer) as Arc<dyn crate::fill::FillObserver>,
+            clock,
         );
         edge = edge.with_filler(filler);
         if let Some(dir) = &config.cache.disk_dir {
