@@ -183,8 +183,13 @@ impl Default for TtlConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Origin base URLs (`http://host:port`); any HTTP/1.1 server works.
+    /// Origin base URLs (`http://host:port` or `https://host:port`); any HTTP/1.1 server
+    /// works.
     pub origin: Vec<String>,
+    /// A PEM bundle of CA certificates trusted besides the system's for `https://` origins
+    /// and parents (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Parent-tier base URLs, tried before the origins.
     #[serde(default)]
     pub parents: Vec<String>,
@@ -599,6 +604,9 @@ impl EdgeConfig {
         if let Some(ca) = self.control_plane.as_mut().and_then(|c| c.ca_file.as_mut()) {
             resolve(ca);
         }
+        if let Some(ca) = self.upstream.as_mut().and_then(|u| u.ca_file.as_mut()) {
+            resolve(ca);
+        }
         if !matches!(self.log.access.as_str(), "stdout" | "off") {
             let mut p = PathBuf::from(&self.log.access);
             resolve(&mut p);
@@ -741,13 +749,17 @@ impl EdgeConfig {
                     "list at least one origin",
                 ));
             }
+            if let Some(ca) = &up.ca_file {
+                estuary_common::http::root_store(Some(ca))
+                    .map_err(|e| ConfigError::new("upstream.ca_file", e.to_string()))?;
+            }
             for (name, list) in [
                 ("upstream.origin", &up.origin),
                 ("upstream.parents", &up.parents),
             ] {
                 for (i, url) in list.iter().enumerate() {
                     let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
-                        u.scheme_str() == Some("http")
+                        matches!(u.scheme_str(), Some("http" | "https"))
                             && u.host().is_some()
                             && u.path() == "/"
                             && !url.ends_with('/')
@@ -755,7 +767,7 @@ impl EdgeConfig {
                     if !ok {
                         return Err(ConfigError::new(
                             format!("{name}[{i}]"),
-                            "must be a base URL like \"http://10.0.0.1:9000\" (http, no path)",
+                            "must be a base URL like \"http://10.0.0.1:9000\" (http or https, no path)",
                         ));
                     }
                 }

@@ -240,6 +240,8 @@ pub struct FillConfig {
     pub parents: Vec<String>,
     pub origins: Vec<String>,
     pub connect_timeout: Duration,
+    /// Trusted besides the system's roots for `https://` sources.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Longest wait for a response head, and between two body chunks.
     pub read_timeout: Duration,
     pub breaker_threshold: u32,
@@ -288,9 +290,14 @@ impl Filler {
         cache: Cache,
         observer: Arc<dyn FillObserver>,
         clock: Clock,
-    ) -> Arc<Self> {
-        let upstream = Arc::new(HyperUpstream::new(config.connect_timeout));
-        Self::with_upstream(config, cache, observer, clock, upstream)
+    ) -> Result<Arc<Self>, estuary_common::http::HttpError> {
+        let upstream = Arc::new(HyperUpstream::new(
+            config.connect_timeout,
+            config.ca_file.clone(),
+        )?);
+        Ok(Self::with_upstream(
+            config, cache, observer, clock, upstream,
+        ))
     }
 
     /// A filler that sends its requests through `upstream`.

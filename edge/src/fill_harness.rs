@@ -173,6 +173,7 @@ fn config() -> FillConfig {
         parents: Vec::new(),
         origins: vec!["http://origin.test".into()],
         connect_timeout: Duration::from_secs(1),
+        ca_file: None,
         read_timeout: Duration::from_secs(5),
         breaker_threshold: 3,
         breaker_cool_down: Duration::from_secs(30),

@@ -934,6 +934,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
                 parents: up.parents.clone(),
                 origins: up.origin.clone(),
                 connect_timeout: up.connect_timeout,
+                ca_file: up.ca_file.clone(),
                 read_timeout: up.read_timeout,
                 breaker_threshold: up.breaker_threshold,
                 breaker_cool_down: up.breaker_cool_down,
@@ -950,7 +951,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             opened.clone(),
             Arc::clone(&observer) as Arc<dyn crate::fill::FillObserver>,
             clock,
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("upstream.ca_file: {e}"))?;
         edge = edge.with_filler(filler);
         if let Some(dir) = &config.cache.disk_dir {
             edge = edge.with_purge_log(dir.join("prefix-purges.json"))?;

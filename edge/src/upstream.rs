@@ -10,9 +10,6 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 /// A response body from upstream; its error means the body was cut.
 pub type UpstreamBody = BoxBody<Bytes, BodyCut>;
@@ -45,31 +42,41 @@ pub trait Upstream: Send + Sync + std::fmt::Debug {
     fn send(&self, request: http::Request<()>) -> SendFuture<'_>;
 }
 
-/// The real upstream: hyper's pooled HTTP/1.1 client.
+/// The real upstream: the one outbound client (`estuary_common::http`), HTTP/1.1 over plain
+/// TCP or TLS.
 #[derive(Debug)]
 pub struct HyperUpstream {
-    client: Client<HttpConnector, http_body_util::Empty<Bytes>>,
+    client: estuary_common::http::HttpClient,
 }
 
 impl HyperUpstream {
-    /// A client whose connections time out after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Self { client }
+    /// A client whose connections time out after `connect_timeout`, trusting `ca_file`
+    /// besides the system's roots (`Err` when it cannot be read). The fill's own read
+    /// timeout bounds the wait for a head.
+    pub fn new(
+        connect_timeout: Duration,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> Result<Self, estuary_common::http::HttpError> {
+        let client = estuary_common::http::HttpClient::new(estuary_common::http::ClientOptions {
+            connect_timeout,
+            timeout: Duration::from_secs(24 * 3600),
+            ca_file,
+            pool_idle: Duration::from_secs(30),
+            ..Default::default()
+        })?;
+        Ok(Self { client })
     }
 }
 
 impl Upstream for HyperUpstream {
     fn send(&self, request: http::Request<()>) -> SendFuture<'_> {
-        let request = request.map(|()| http_body_util::Empty::<Bytes>::new());
-        let response = self.client.request(request);
+        let request = request.map(|()| http_body_util::Full::<Bytes>::default());
         Box::pin(async move {
-            let response = response.await.map_err(|_| Unreachable)?;
+            let response = self
+                .client
+                .send_streaming(request)
+                .await
+                .map_err(|_| Unreachable)?;
             let (parts, body) = response.into_parts();
             Ok(UpstreamResponse {
                 status: parts.status,

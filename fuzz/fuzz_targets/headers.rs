@@ -1,10 +1,10 @@
 //! Header values the services parse themselves: an upstream's `Content-Range` (the edge's
-//! slices) and a TUS client's `Upload-Metadata` (the origin). Never a panic; a parsed range
-//! is well formed.
+//! slices) and a TUS client's `Upload-Metadata` and `Upload-Checksum` (the origin). Never a
+//! panic; a parsed range is well formed.
 #![no_main]
 
 use estuary_edge::slice::{ContentRange, parse_content_range};
-use estuary_origin::tus::parse_metadata;
+use estuary_origin::tus::{Checksum, parse_metadata};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(first <= last && last < complete, "{text:?}");
     }
+    let _ = Checksum::parse(text);
     if let Some(pairs) = parse_metadata(text) {
         for (k, _) in pairs {
             assert!(!k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic()));

@@ -333,13 +333,14 @@ pub async fn delete(
 }
 
 /// An `Upload-Checksum` header: the algorithm's hasher and the expected digest.
-enum Checksum {
+pub enum Checksum {
     Sha1(sha1::Sha1, Vec<u8>),
     Sha256(sha2::Sha256, Vec<u8>),
 }
 
 impl Checksum {
-    fn parse(value: &str) -> Result<Self, &'static str> {
+    /// Reads the header; `Err` says what is wrong with it.
+    pub fn parse(value: &str) -> Result<Self, &'static str> {
         let (alg, b64) = value
             .trim()
             .split_once(' ')

@@ -1,7 +1,9 @@
+//! Every outbound call speaks TLS with the fleet's CA (the one client, `estuary_common::http`).
 //! A control plane behind TLS: its API speaks HTTPS only, and every client of it (an edge's
 //! heartbeats, steering's state feed and heartbeats, the operator CLI) reaches it with the
 //! fleet's CA from `ca_file` (`ESTUARY_CA_FILE` for the CLI); a node that does not trust the
-//! certificate is refused at the handshake and says why.
+//! certificate is refused at the handshake and says why. An edge fills from an `https://`
+//! parent it trusts through `[upstream] ca_file`, and from no other.
 
 mod common;
 
@@ -75,4 +77,33 @@ fn nodes_steering_and_the_cli_reach_a_control_plane_over_https() {
         !cp.nodes().iter().any(|n| n["id"] == "edge-stranger"),
         "an edge that does not trust the control plane registered"
     );
+}
+
+#[test]
+fn an_edge_fills_from_an_https_parent_it_trusts_and_from_no_other() {
+    let parent = Site::new("tls-parent");
+    let _parent = parent.start();
+    let origin = format!("https://127.0.0.1:{}", parent.https.port());
+    let child_with = |name: &str, ca: Option<&std::path::Path>| {
+        let mut child = Site::new(name);
+        child.protected.clear();
+        child.extra = format!(
+            "[cache]\nram = \"16MiB\"\n[upstream]\norigin = [\"{origin}\"]\nconnect_timeout = \"1s\"\nread_timeout = \"3s\"\n{}",
+            ca.map(|c| format!("ca_file = \"{}\"\n", c.display()))
+                .unwrap_or_default()
+        );
+        // Nothing pre-positioned: whatever it serves, it filled.
+        let _ = std::fs::remove_dir_all(&child.content);
+        std::fs::create_dir_all(&child.content).expect("mkdir");
+        child
+    };
+    let trusting = child_with("tls-child", Some(&parent.cert));
+    let _trusting = trusting.start();
+    let (status, _, body) = fetch(&trusting.url("/pub/hello.txt"), &[]);
+    assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]));
+
+    let stranger = child_with("tls-stranger-child", None);
+    let stranger_process = stranger.start();
+    let (status, _, _) = fetch(&stranger.url("/pub/hello.txt"), &[]);
+    assert_eq!(status, 502, "{}", stranger_process.log());
 }
