@@ -764,7 +764,7 @@ impl CacheBench {
             s,
             "- Setup: every server is a cache in front of the same origin (the bench's own, on \
              127.0.0.1:{}), started afresh with an empty cache for each repetition, one at a \
-             time; configs are written into the work folder from `/work/shared/peers/` (edge: \
+             time; configs are written into the work folder from `bench/peers/` (edge: \
              `[cache] ram = \"2GiB\"`, disk tier on the work folder, empty `[store]`; nginx: \
              `proxy_cache` on tmpfs with `proxy_cache_lock on`; Varnish: `-s malloc,4G`; ATS \
              tuned: read-while-writer settings of `ats-records.config`; ATS defaults: the \

@@ -1,7 +1,7 @@
 //! The caching servers compared in `cache-vs-peers`: `estuary edge` with its pull-through
 //! cache, nginx with `proxy_cache`, Varnish and Apache Traffic Server (tuned for collapsed
 //! forwarding, and with the package's defaults), all in front of the same origin. Their configs
-//! are written from `/work/shared/peers/` into the work folder; each runs in the foreground as
+//! are written from `bench/peers/` into the work folder; each runs in the foreground as
 //! a child of the bench.
 
 use std::fs::{self, File};
