@@ -106,7 +106,20 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if out.is_empty() || decoded.ends_with('/') {
         out.push('/');
     }
+    // What is accepted here must be acceptable upstream once re-encoded (a parent or peer
+    // applies this same limit): found by the fuzz target `path`, a path of raw `"` and `<`
+    // within the limit triples past it when escaped.
+    if encoded_len(&out) > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
     Ok(out)
+}
+
+/// The length of [`encode`]'s result, without building it.
+fn encoded_len(canonical: &str) -> usize {
+    percent_encoding::utf8_percent_encode(canonical, PATH_ESCAPED)
+        .map(str::len)
+        .sum()
 }
 
 /// Bytes a canonical path sends escaped upstream: everything but RFC 3986 `pchar`
@@ -220,6 +233,11 @@ mod tests {
             assert_eq!(normalize(raw), Err(*want), "{raw}");
         }
         assert_eq!(normalize(&"/a".repeat(2000)), Err(PathError::TooLong));
+        // Within the limit raw, past it once escaped for the upstream (fuzz target `path`).
+        let quoted = format!("/{}", "\"".repeat(1000));
+        assert_eq!(normalize(&quoted), Err(PathError::TooLong));
+        let fits = format!("/{}", "\"".repeat(600));
+        assert_eq!(normalize(&encode(&normalize(&fits).expect("fits"))), normalize(&fits));
     }
 
     proptest::proptest! {
