@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, options};
+use axum::routing::get;
 use bytes::Bytes;
 use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
 use futures_util::StreamExt;
@@ -117,7 +117,7 @@ impl App {
     /// `/v1/assets/<id>` call.
     pub fn admit_asset(&self, headers: &HeaderMap, id: &str) -> Result<(), Response> {
         let grant = self.authorize(headers)?;
-        if !crate::tus::valid_asset_id(id) {
+        if !estuary_common::asset::valid_asset_id(id) {
             return Err((StatusCode::NOT_FOUND, "no such asset\n").into_response());
         }
         grant.may(id)
@@ -201,32 +201,6 @@ impl App {
     }
 }
 
-/// The router of the main listener; with `admin` the operator endpoints too.
-pub fn router(app: Arc<App>, admin: bool) -> Router {
-    let mut r = Router::new()
-        .route(
-            "/uploads",
-            options(crate::tus::options).post(crate::tus::create),
-        )
-        .route(
-            "/uploads/",
-            options(crate::tus::options).post(crate::tus::create),
-        )
-        .route(
-            "/uploads/{id}",
-            axum::routing::head(crate::tus::head)
-                .patch(crate::tus::patch)
-                .delete(crate::tus::delete),
-        )
-        .route("/v1/assets/{id}", get(asset_status).delete(asset_delete))
-        .route("/v1/assets/{id}/retry", axum::routing::post(asset_retry))
-        .route("/v/{*rest}", get(serve_asset).options(cors_preflight));
-    if admin {
-        r = r.merge(admin_router());
-    }
-    r.with_state(app)
-}
-
 /// `/metrics`, `/healthz`, `/readyz`.
 pub fn admin_router() -> Router<Arc<App>> {
     Router::new()
@@ -294,7 +268,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// `GET /v1/assets/<id>`: queued, packaging (with progress), ready (with manifest paths) or
 /// failed (with the reason).
-async fn asset_status(
+pub(crate) async fn asset_status(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -359,7 +333,7 @@ async fn asset_status(
 }
 
 /// `DELETE /v1/assets/<id>`: unpublishes a ready or failed asset and forgets it.
-async fn asset_delete(
+pub(crate) async fn asset_delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -399,7 +373,7 @@ async fn asset_delete(
 
 /// `POST /v1/assets/<id>/retry`: queues again a failed asset whose upload was kept (its
 /// attempts failed for reasons that were not the input's fault), with its attempts reset.
-async fn asset_retry(
+pub(crate) async fn asset_retry(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -464,7 +438,7 @@ fn cors(h: &mut HeaderMap) {
     );
 }
 
-async fn cors_preflight() -> Response {
+pub(crate) async fn cors_preflight() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     cors(h);
@@ -490,7 +464,7 @@ fn digest_field(hex_sha256: &str) -> Option<HeaderValue> {
 /// `GET`/`HEAD /v/<asset>/<file>`: a file of a published asset, with a strong ETag from its
 /// sha-256, single byte ranges, and RFC 9530 digests: `Content-Digest` on whole responses,
 /// `Repr-Digest` (the whole file's) on every response.
-async fn serve_asset(
+pub(crate) async fn serve_asset(
     State(app): State<Arc<App>>,
     uri: axum::http::Uri,
     method: Method,
