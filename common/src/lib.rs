@@ -10,6 +10,7 @@ pub mod config;
 pub mod cp;
 pub mod fds;
 pub mod http;
+pub mod http_semantics;
 pub mod key_id;
 pub mod listener;
 pub mod logging;

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
+use estuary_common::http_semantics::{self, RangeChoice, Validators};
 use futures_util::StreamExt;
 
 use crate::config::OriginConfig;
@@ -526,15 +527,17 @@ async fn serve_asset_inner(
     if let Some(v) = &repr {
         h.insert("repr-digest", v.clone());
     }
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && inm.split(',').any(|t| {
-            let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == etag
-        })
-    {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
+    // The same conditional and range rules as the edge (common::http_semantics). An asset
+    // file has no modification time here: only its entity tag validates.
+    let validators = Validators {
+        etag: etag.as_bytes(),
+        modified: None,
+    };
+    if let Some(status) = http_semantics::precondition(headers, &validators) {
+        let mut r = status.into_response();
+        if status == StatusCode::PRECONDITION_FAILED {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
         *r.headers_mut() = h;
         return r;
     }
@@ -542,26 +545,10 @@ async fn serve_asset_inner(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(file)),
     );
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_ok)
-        .map(|v| http_range_header::parse_range_header(v).map(|p| p.validate(size)));
-    let (status, span) = match range {
-        None => (StatusCode::OK, None),
-        Some(Ok(Ok(ranges))) if ranges.len() == 1 => {
-            let (a, b) = (*ranges[0].start(), *ranges[0].end());
-            (StatusCode::PARTIAL_CONTENT, Some((a, b)))
-        }
-        // Several ranges, overlapping or not: the whole file (RFC 9110 allows ignoring Range).
-        Some(Ok(Ok(_)))
-        | Some(Ok(Err(http_range_header::RangeUnsatisfiableError::Rejected(
-            http_range_header::RangeRejected::TooManyOverlapping,
-        )))) => (StatusCode::OK, None),
-        Some(Ok(Err(_))) | Some(Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable)) => {
+    let (status, span) = match http_semantics::select_range(headers, &validators, size) {
+        RangeChoice::Full => (StatusCode::OK, None),
+        RangeChoice::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        RangeChoice::Unsatisfiable => {
             let mut r =
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n").into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -569,8 +556,6 @@ async fn serve_asset_inner(
             }
             return r;
         }
-        // A malformed Range header is ignored.
-        Some(Err(_)) => (StatusCode::OK, None),
     };
     let length = match span {
         Some((a, b)) => {
