@@ -30,6 +30,7 @@ use crate::path;
 use crate::plan::{
     FillAnswer, HeadFacts, OnError, Plan, RequestFacts, on_fill_error, respond_to_fill,
 };
+use crate::purges::PurgeRecord;
 use crate::sliced::BodyStream;
 use crate::store::{FileEntry, Lookup, Store};
 
@@ -130,9 +131,9 @@ pub struct Edge {
     stale_if_error: u64,
     admin_tokens: Vec<String>,
     /// Prefix purges: objects stored at or before the time under the prefix count as absent.
-    prefix_purges: std::sync::Mutex<Vec<(String, u64)>>,
-    /// Where prefix purges are kept across restarts (next to the disk tier), if anywhere.
-    purge_log: Option<std::path::PathBuf>,
+    /// A lookup reads them without a lock, at a cost bounded by the path's length; the purge
+    /// log, when there is one, is written off the request path ([`crate::purges`]).
+    prefix_purges: PurgeRecord,
     ready: AtomicBool,
     /// The edge's one clock ([`crate::clock`]), shared with the cache and the filler.
     clock: Clock,
@@ -206,8 +207,7 @@ impl Edge {
                 .chain(config.control_plane.iter().map(|cp| &cp.token))
                 .cloned()
                 .collect(),
-            prefix_purges: std::sync::Mutex::new(Vec::new()),
-            purge_log: None,
+            prefix_purges: PurgeRecord::in_memory(),
             ready: AtomicBool::new(false),
             clock: Clock::system(),
         })
@@ -223,31 +223,8 @@ impl Edge {
     /// made before a restart: objects on the disk tier stay purged. A file that cannot be read
     /// is an error, not an empty list, so that purged content never comes back silently.
     pub fn with_purge_log(mut self, file: std::path::PathBuf) -> anyhow::Result<Self> {
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                let list: Vec<(String, u64)> = serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!("{}: not a list of prefix purges: {e}", file.display())
-                })?;
-                self.prefix_purges = std::sync::Mutex::new(list);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
-        }
-        self.purge_log = Some(file);
+        self.prefix_purges = PurgeRecord::open(file)?;
         Ok(self)
-    }
-
-    /// Writes the prefix purges to the purge log: a temporary file, fsync, rename.
-    fn save_prefix_purges(&self, list: &[(String, u64)]) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let Some(file) = &self.purge_log else {
-            return Ok(());
-        };
-        let tmp = file.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(list).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)
     }
 
     /// Sets the clock (the same one the cache and the filler were given).
@@ -299,6 +276,13 @@ impl Edge {
         req: &Incoming<'_>,
         finish: &mut Finish,
     ) -> Result<Response<Bytes>, Routed> {
+        if req.endpoints != Endpoints::Content
+            && req.uri.path().starts_with("/cache/")
+            && (*req.method == Method::DELETE || req.method.as_str() == "PURGE")
+        {
+            finish.record = false;
+            return Ok(self.purge(req).await);
+        }
         if req.endpoints != Endpoints::Content
             && let Some(response) = self.admin(req)
         {
@@ -394,7 +378,7 @@ impl Edge {
             .cache()
             .get_for(path, Some(session))
             .await
-            .filter(|(o, _)| !self.purged_by_prefix(path, o.stored_at));
+            .filter(|(o, _)| !self.prefix_purges.covers(path, o.stored_at));
         let via_peer = self.is_peer_fill(req, path);
         // Decision 1 (plan.rs): the cache, or a fill (conditional when `cached` is expired).
         let plan = crate::plan::plan(cached.as_ref().map(|(o, _)| &**o), now);
@@ -742,7 +726,7 @@ impl Edge {
     /// `DELETE /cache/<path>` removes one cached object; `DELETE /cache/<prefix>*` every
     /// object under the prefix. Needs `Authorization: Bearer <token>`: one of `[admin.tokens]`
     /// or this node's own `[control_plane] token` (what the control plane presents).
-    fn purge(&self, req: &Incoming<'_>) -> Response<Bytes> {
+    async fn purge(&self, req: &Incoming<'_>) -> Response<Bytes> {
         let presented = req
             .headers
             .get(header::AUTHORIZATION)
@@ -770,17 +754,16 @@ impl Edge {
             return self.error(req, StatusCode::NOT_FOUND, "no cache\n");
         };
         if prefix {
-            // The purge log is a few lines written rarely, by an operator: written in place
-            // rather than on the blocking pool, under the lock so that writes stay ordered.
-            let saved = self.prefix_purges.lock().map(|mut p| {
-                p.retain(|(old, _)| !old.starts_with(&path));
-                p.push((path.clone(), self.clock.unix_secs()));
-                // Fills in flight under the prefix are not cached when they end, whether or
-                // not the purge log can be written.
-                filler.purge(&path, true);
-                self.save_prefix_purges(&p)
-            });
-            if let Ok(Err(e)) | Err(e) = saved.map_err(|_| std::io::Error::other("poisoned")) {
+            // Lookups see the purge at once and fills in flight under the prefix are not
+            // cached when they end, whether or not the purge log can be written; the answer
+            // waits until the log is durable, on the blocking pool, never holding up a hit.
+            let saved = self
+                .prefix_purges
+                .purge_prefix(path.clone(), self.clock.unix_secs(), || {
+                    filler.purge(&path, true)
+                })
+                .await;
+            if let Err(e) = saved {
                 tracing::error!(error = %e, "The prefix purge could not be saved; it holds until a restart.");
                 return self.error(
                     req,
@@ -805,22 +788,7 @@ impl Edge {
         r
     }
 
-    fn purged_by_prefix(&self, path: &str, stored_at: u64) -> bool {
-        self.prefix_purges
-            .lock()
-            .map(|p| {
-                p.iter()
-                    .any(|(prefix, at)| path.starts_with(prefix.as_str()) && stored_at <= *at)
-            })
-            .unwrap_or(false)
-    }
-
     fn admin(&self, req: &Incoming<'_>) -> Option<Response<Bytes>> {
-        if req.uri.path().starts_with("/cache/")
-            && (*req.method == Method::DELETE || req.method.as_str() == "PURGE")
-        {
-            return Some(self.purge(req));
-        }
         let (status, content_type, body) = match req.uri.path() {
             "/metrics" => (
                 StatusCode::OK,
