@@ -538,8 +538,8 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             base,
         } => {
             let secret = token::decode_secret(&key).map_err(|e| anyhow::anyhow!("--key: {e}"))?;
-            if key_id.is_empty() || key_id.contains(['~', '=', '!']) {
-                anyhow::bail!("--key-id: must be non-empty without '~', '=' or '!'");
+            if !estuary_common::key_id::valid(&key_id) {
+                anyhow::bail!("--key-id: {}", estuary_common::key_id::RULE);
             }
             if acl.is_empty() || acl.contains('~') || acl.split('!').any(|p| !p.starts_with('/')) {
                 anyhow::bail!(

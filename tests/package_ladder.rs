@@ -219,6 +219,8 @@ fn bad_usage_is_refused_before_any_work() {
         &["--segment-seconds", "0"],
         &["--preset", "warp"],
         &["--asset-id", "a/b"],
+        // The fleet's asset-id rule: no edge or control plane would take this id.
+        &["--asset-id", "my.movie"],
     ] {
         let o = package(&input, &out, args);
         assert_failed_cleanly(&o, &out);

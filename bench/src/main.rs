@@ -278,7 +278,7 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
     eprintln!("Generating the content under {} ...", work.display());
     let content = content::generate(&work)?;
     let (cert, key) = content::certificate(&work)?;
-    let edge_config = content::edge_config(&work)?;
+    let edge_config = servers::edge_config(&work)?;
     let sets = content_sets(&work, &content)?;
     let setup = Setup {
         work: work.clone(),

@@ -1,4 +1,5 @@
-//! Starting, watching and stopping the servers under test: `estuary edge` and nginx.
+//! Starting, watching and stopping the servers under test: `estuary edge` and nginx, and the
+//! config each is started with.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -134,7 +135,7 @@ impl Server {
             }
             Kind::Nginx => {
                 let workers = if pinned { "1" } else { "auto" };
-                let conf = crate::content::nginx_config(
+                let conf = nginx_config(
                     &setup.work,
                     &setup.cert,
                     &setup.key,
@@ -320,4 +321,105 @@ pub fn running_as_root() -> bool {
             .and_then(|v| v.split_whitespace().nth(1))
             == Some("0")
     })
+}
+
+/// The edge's config for the bench, as given in the bench's brief: every default except
+/// `access = "off"` (nginx logs nothing either), a long idle keep-alive (for the idle
+/// connection test) and a high connection limit.
+pub fn edge_config(work: &Path) -> anyhow::Result<PathBuf> {
+    let ports = EDGE_PORTS;
+    let text = format!(
+        r#"# Written by estuary-bench; relative paths are relative to this file.
+[node]
+id = "bench-edge"
+site = "bench"
+
+[listen]
+http = "127.0.0.1:{plain}"
+https = "127.0.0.1:{tls}"
+admin = "127.0.0.1:{admin}"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[store]
+root = "content"
+
+[log]
+access = "off"
+
+[limits]
+header_read_timeout = "300s"
+first_byte_timeout = "300s"
+idle_timeout = "300s"
+max_connections = 100000
+max_connections_per_ip = 100000
+"#,
+        plain = ports.plain,
+        tls = ports.tls,
+        admin = ports.admin.unwrap_or(18081),
+    );
+    let path = work.join("edge.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// nginx's config, from `peers/nginx-origin.conf` (plain and TLS 1.3 + h2 servers only).
+/// `workers` is `auto` or a count.
+pub fn nginx_config(
+    work: &Path,
+    cert: &Path,
+    key: &Path,
+    workers: &str,
+    as_root: bool,
+    ports: Ports,
+) -> anyhow::Result<PathBuf> {
+    let dir = work.join("nginx");
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let root = work.join("content");
+    let user = if as_root { "user root;\n" } else { "" };
+    let text = format!(
+        r#"# Written by estuary-bench from peers/nginx-origin.conf.
+{user}worker_processes {workers};
+worker_rlimit_nofile 65536;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 20000; multi_accept on; }}
+http {{
+    types {{ application/vnd.apple.mpegurl m3u8; video/iso.segment m4s; video/mp4 mp4; video/mp2t ts; }}
+    default_type application/octet-stream;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    sendfile_max_chunk 2m;
+    open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
+    open_file_cache_min_uses 1; open_file_cache_errors on;
+    keepalive_timeout 65s; keepalive_requests 1000000;
+    access_log off;
+    expires 1h;
+    root {root};
+
+    server {{ listen 127.0.0.1:{plain} reuseport backlog=4096; location / {{ }} }}
+
+    server {{
+        listen 127.0.0.1:{tls} ssl http2 reuseport backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_prefer_server_ciphers on;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
+        ssl_session_cache shared:SSL:10m;
+        location / {{ }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        root = root.display(),
+        cert = cert.display(),
+        key = key.display(),
+        plain = ports.plain,
+        tls = ports.tls,
+    );
+    let path = dir.join(format!("nginx-{workers}.conf"));
+    std::fs::write(&path, text)?;
+    Ok(path)
 }

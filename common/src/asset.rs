@@ -100,8 +100,12 @@ impl AssetManifest {
     }
 }
 
+/// The asset-id rule, as errors state it.
+pub const ASSET_ID_RULE: &str = "1 to 64 of a-z A-Z 0-9 - _, starting with a letter or digit";
+
 /// An asset id: 1 to 64 of `a-z A-Z 0-9 - _`, starting with a letter or digit. Asset ids are
-/// folder names under `/v/` on origins and edges alike.
+/// folder names under `/v/` on origins and edges alike; the packager, the origin's uploads,
+/// the control plane, steering and the edges all check this one rule.
 pub fn valid_asset_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -192,6 +196,29 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<PackageEvent>(r#"{"event":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn asset_ids() {
+        for good in ["a", "big-buck_bunny2", "7", &"a".repeat(64)] {
+            assert!(valid_asset_id(good), "{good}");
+        }
+        // The packager used to accept all but the first four of these (any 200 characters
+        // without a slash or a control character), which no edge or control plane takes.
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "..",
+            "a/b",
+            "a\\b",
+            "a.b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!valid_asset_id(bad), "{bad}");
+        }
     }
 
     fn leaf(n: u8) -> [u8; 32] {

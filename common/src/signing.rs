@@ -63,14 +63,6 @@ impl std::fmt::Debug for ManifestSigner {
     }
 }
 
-/// A key id: 1-32 of `A-Z a-z 0-9 - _ .`.
-pub fn valid_key_id(id: &str) -> bool {
-    (1..=32).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 fn decode_32(hex_text: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(hex_text.trim()).map_err(|_| "must be 64 hex digits".to_owned())?;
     bytes
@@ -81,8 +73,8 @@ fn decode_32(hex_text: &str) -> Result<[u8; 32], String> {
 impl ManifestSigner {
     /// A signer from a key id and the 32-byte secret key in hex.
     pub fn from_hex(key_id: &str, secret_hex: &str) -> Result<Self, String> {
-        if !valid_key_id(key_id) {
-            return Err("a key id is 1-32 of A-Z a-z 0-9 - _ .".into());
+        if !crate::key_id::valid(key_id) {
+            return Err(crate::key_id::RULE.into());
         }
         Ok(Self {
             key_id: key_id.to_owned(),
@@ -156,8 +148,8 @@ impl ManifestKeys {
     pub fn from_hex(table: &BTreeMap<String, String>) -> Result<Self, (String, String)> {
         let mut keys = BTreeMap::new();
         for (id, text) in table {
-            if !valid_key_id(id) {
-                return Err((id.clone(), "a key id is 1-32 of A-Z a-z 0-9 - _ .".into()));
+            if !crate::key_id::valid(id) {
+                return Err((id.clone(), crate::key_id::RULE.into()));
             }
             let bytes = decode_32(text).map_err(|e| (id.clone(), e))?;
             let key = VerifyingKey::from_bytes(&bytes)

@@ -195,7 +195,7 @@ pub enum KeyError {
     NotHex(#[from] hex::FromHexError),
     #[error("the secret is {0} bytes long; use at least 16 bytes (32 hex digits)")]
     TooShort(usize),
-    #[error("the key id is empty or holds `~` or `=`")]
+    #[error("{}", crate::key_id::RULE)]
     BadKeyId,
 }
 
@@ -215,7 +215,7 @@ impl KeySet {
     ) -> Result<Self, (String, KeyError)> {
         let mut set = KeySet::default();
         for (kid, hex_secret) in keys {
-            if !valid_kid(kid) {
+            if !crate::key_id::valid(kid) {
                 return Err((kid.to_owned(), KeyError::BadKeyId));
             }
             let secret = decode_secret(hex_secret).map_err(|e| (kid.to_owned(), e))?;
@@ -228,10 +228,6 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
-}
-
-fn valid_kid(kid: &str) -> bool {
-    !kid.is_empty() && !kid.contains(['~', '=', '!'])
 }
 
 /// What a request looks like to the token check.

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod path;
 pub mod plan;
 pub mod prepos;
+pub mod purges;
 pub mod server;
 pub mod slice;
 pub mod sliced;

@@ -12,9 +12,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, options};
+use axum::routing::get;
 use bytes::Bytes;
 use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
+use estuary_common::http_semantics::{self, RangeChoice, Validators};
 use futures_util::StreamExt;
 
 use crate::config::OriginConfig;
@@ -117,7 +118,7 @@ impl App {
     /// `/v1/assets/<id>` call.
     pub fn admit_asset(&self, headers: &HeaderMap, id: &str) -> Result<(), Response> {
         let grant = self.authorize(headers)?;
-        if !crate::tus::valid_asset_id(id) {
+        if !estuary_common::asset::valid_asset_id(id) {
             return Err((StatusCode::NOT_FOUND, "no such asset\n").into_response());
         }
         grant.may(id)
@@ -201,32 +202,6 @@ impl App {
     }
 }
 
-/// The router of the main listener; with `admin` the operator endpoints too.
-pub fn router(app: Arc<App>, admin: bool) -> Router {
-    let mut r = Router::new()
-        .route(
-            "/uploads",
-            options(crate::tus::options).post(crate::tus::create),
-        )
-        .route(
-            "/uploads/",
-            options(crate::tus::options).post(crate::tus::create),
-        )
-        .route(
-            "/uploads/{id}",
-            axum::routing::head(crate::tus::head)
-                .patch(crate::tus::patch)
-                .delete(crate::tus::delete),
-        )
-        .route("/v1/assets/{id}", get(asset_status).delete(asset_delete))
-        .route("/v1/assets/{id}/retry", axum::routing::post(asset_retry))
-        .route("/v/{*rest}", get(serve_asset).options(cors_preflight));
-    if admin {
-        r = r.merge(admin_router());
-    }
-    r.with_state(app)
-}
-
 /// `/metrics`, `/healthz`, `/readyz`.
 pub fn admin_router() -> Router<Arc<App>> {
     Router::new()
@@ -294,7 +269,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// `GET /v1/assets/<id>`: queued, packaging (with progress), ready (with manifest paths) or
 /// failed (with the reason).
-async fn asset_status(
+pub(crate) async fn asset_status(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -359,7 +334,7 @@ async fn asset_status(
 }
 
 /// `DELETE /v1/assets/<id>`: unpublishes a ready or failed asset and forgets it.
-async fn asset_delete(
+pub(crate) async fn asset_delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -399,7 +374,7 @@ async fn asset_delete(
 
 /// `POST /v1/assets/<id>/retry`: queues again a failed asset whose upload was kept (its
 /// attempts failed for reasons that were not the input's fault), with its attempts reset.
-async fn asset_retry(
+pub(crate) async fn asset_retry(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -464,7 +439,7 @@ fn cors(h: &mut HeaderMap) {
     );
 }
 
-async fn cors_preflight() -> Response {
+pub(crate) async fn cors_preflight() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     cors(h);
@@ -490,7 +465,7 @@ fn digest_field(hex_sha256: &str) -> Option<HeaderValue> {
 /// `GET`/`HEAD /v/<asset>/<file>`: a file of a published asset, with a strong ETag from its
 /// sha-256, single byte ranges, and RFC 9530 digests: `Content-Digest` on whole responses,
 /// `Repr-Digest` (the whole file's) on every response.
-async fn serve_asset(
+pub(crate) async fn serve_asset(
     State(app): State<Arc<App>>,
     uri: axum::http::Uri,
     method: Method,
@@ -552,15 +527,17 @@ async fn serve_asset_inner(
     if let Some(v) = &repr {
         h.insert("repr-digest", v.clone());
     }
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        && inm.split(',').any(|t| {
-            let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == etag
-        })
-    {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
+    // The same conditional and range rules as the edge (common::http_semantics). An asset
+    // file has no modification time here: only its entity tag validates.
+    let validators = Validators {
+        etag: etag.as_bytes(),
+        modified: None,
+    };
+    if let Some(status) = http_semantics::precondition(headers, &validators) {
+        let mut r = status.into_response();
+        if status == StatusCode::PRECONDITION_FAILED {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
         *r.headers_mut() = h;
         return r;
     }
@@ -568,26 +545,10 @@ async fn serve_asset_inner(
         header::CONTENT_TYPE,
         HeaderValue::from_static(content_type(file)),
     );
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .is_none_or(|v| v.as_bytes() == etag.as_bytes());
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_ok)
-        .map(|v| http_range_header::parse_range_header(v).map(|p| p.validate(size)));
-    let (status, span) = match range {
-        None => (StatusCode::OK, None),
-        Some(Ok(Ok(ranges))) if ranges.len() == 1 => {
-            let (a, b) = (*ranges[0].start(), *ranges[0].end());
-            (StatusCode::PARTIAL_CONTENT, Some((a, b)))
-        }
-        // Several ranges, overlapping or not: the whole file (RFC 9110 allows ignoring Range).
-        Some(Ok(Ok(_)))
-        | Some(Ok(Err(http_range_header::RangeUnsatisfiableError::Rejected(
-            http_range_header::RangeRejected::TooManyOverlapping,
-        )))) => (StatusCode::OK, None),
-        Some(Ok(Err(_))) | Some(Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable)) => {
+    let (status, span) = match http_semantics::select_range(headers, &validators, size) {
+        RangeChoice::Full => (StatusCode::OK, None),
+        RangeChoice::Part(a, b) => (StatusCode::PARTIAL_CONTENT, Some((a, b))),
+        RangeChoice::Unsatisfiable => {
             let mut r =
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n").into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -595,8 +556,6 @@ async fn serve_asset_inner(
             }
             return r;
         }
-        // A malformed Range header is ignored.
-        Some(Err(_)) => (StatusCode::OK, None),
     };
     let length = match span {
         Some((a, b)) => {

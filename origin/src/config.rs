@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use estuary_common::packaging::{SEGMENT_SECONDS, X264_PRESETS};
 use serde::Deserialize;
 
 pub use estuary_common::config::ConfigError;
@@ -58,10 +59,10 @@ pub struct SigningConfig {
 impl SigningConfig {
     /// The signer; `Err` names the bad key.
     pub fn signer(&self) -> Result<estuary_common::signing::ManifestSigner, ConfigError> {
-        if !estuary_common::signing::valid_key_id(&self.key_id) {
+        if !estuary_common::key_id::valid(&self.key_id) {
             return Err(ConfigError::new(
                 "signing.key_id",
-                "1-32 of A-Z a-z 0-9 - _ .",
+                estuary_common::key_id::RULE,
             ));
         }
         estuary_common::signing::ManifestSigner::from_hex(&self.key_id, &self.key)
@@ -303,7 +304,9 @@ impl Default for UploadsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackagingConfig {
-    /// Rendition names of the ladder (see `estuary package --help`).
+    /// The rungs of the ladder, by name (`720p`; 2160p, 1440p, 1080p, 720p, 480p, 360p, 240p
+    /// and 144p have a default bitrate) or with a bitrate in kb/s (`900p@4000k`): the rules of
+    /// `estuary package --ladder`, checked at start.
     #[serde(default = "default_ladder")]
     pub ladder: Vec<String>,
     #[serde(default = "default_segment_seconds")]
@@ -380,9 +383,10 @@ fn default_upload_expiry() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
 fn default_ladder() -> Vec<String> {
-    ["1080p", "720p", "480p", "360p", "240p"]
+    estuary_common::packaging::DEFAULT_LADDER
+        .split(',')
         .map(String::from)
-        .to_vec()
+        .collect()
 }
 fn default_segment_seconds() -> u32 {
     4
@@ -419,23 +423,6 @@ fn default_drain() -> Duration {
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-/// The rendition names `estuary package` knows.
-pub const RENDITIONS: [&str; 5] = ["1080p", "720p", "480p", "360p", "240p"];
-
-/// The x264 presets.
-const PRESETS: [&str; 10] = [
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-];
 
 impl OriginConfig {
     /// Parses a config text; errors name the key at fault. Relative paths are resolved against
@@ -563,27 +550,25 @@ impl OriginConfig {
         if p.ladder.is_empty() {
             return Err(ConfigError::new("packaging.ladder", "needs a rendition"));
         }
-        for name in &p.ladder {
-            if !RENDITIONS.contains(&name.as_str()) {
-                return Err(ConfigError::new(
-                    "packaging.ladder",
-                    format!(
-                        "unknown rendition {name:?} (known: {})",
-                        RENDITIONS.join(", ")
-                    ),
-                ));
-            }
+        // The packager's own rules: a ladder accepted here is one `estuary package` takes.
+        if let Err(e) = estuary_common::packaging::parse_ladder(p.ladder.iter().map(String::as_str))
+        {
+            return Err(ConfigError::new("packaging.ladder", e.to_string()));
         }
-        if !(1..=30).contains(&p.segment_seconds) {
+        if !SEGMENT_SECONDS.contains(&p.segment_seconds) {
             return Err(ConfigError::new(
                 "packaging.segment_seconds",
-                "must be between 1 and 30",
+                format!(
+                    "must be between {} and {}",
+                    SEGMENT_SECONDS.start(),
+                    SEGMENT_SECONDS.end()
+                ),
             ));
         }
-        if !PRESETS.contains(&p.preset.as_str()) {
+        if !X264_PRESETS.contains(&p.preset.as_str()) {
             return Err(ConfigError::new(
                 "packaging.preset",
-                format!("not an x264 preset (one of {})", PRESETS.join(", ")),
+                format!("not an x264 preset (one of {})", X264_PRESETS.join(", ")),
             ));
         }
         if !(1..=16).contains(&p.workers) {
@@ -683,6 +668,10 @@ ops = "0123456789abcdef0123"
     fn the_minimal_config_parses_and_mistakes_name_their_key() {
         let c = OriginConfig::parse(GOOD, Path::new("/etc")).expect("good");
         assert_eq!(c.packaging.ladder.len(), 5);
+        // Every rung the packager takes, the origin takes (it knew five of the eight names).
+        let ladder = "[packaging]\nladder = [\"2160p\", \"1440p\", \"144p\", \"900p@4000k\"]\n";
+        let c = OriginConfig::parse(&format!("{GOOD}{ladder}"), Path::new("/etc")).expect("ladder");
+        assert_eq!(c.packaging.ladder.len(), 4);
         let bad = |text: &str, key: &str| {
             let e = OriginConfig::parse(text, Path::new("/etc")).expect_err(text);
             assert!(e.key.starts_with(key), "{e} (wanted {key})");
@@ -694,6 +683,14 @@ ops = "0123456789abcdef0123"
         );
         bad(
             &format!("{GOOD}[packaging]\nladder = [\"4k\"]\n"),
+            "packaging.ladder",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nladder = [\"720p\", \"720p@900k\"]\n"),
+            "packaging.ladder",
+        );
+        bad(
+            &format!("{GOOD}[packaging]\nladder = [\"900p\"]\n"),
             "packaging.ladder",
         );
         bad(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod jobs;
 pub mod metrics;
+pub mod routes;
 pub mod storage;
 pub mod tus;
 
@@ -80,7 +81,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     tasks.spawn(watch_storage(Arc::clone(&app), stop_rx.clone()));
     tasks.spawn(sweep_orphans(Arc::clone(&app)));
 
-    let router = app::router(Arc::clone(&app), admin_listener.is_none());
+    let router = routes::router(Arc::clone(&app), admin_listener.is_none());
     let main = tokio::spawn(estuary_common::listener::serve(
         main_listener,
         limits.clone(),

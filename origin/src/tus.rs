@@ -109,7 +109,7 @@ pub fn parse_metadata(value: &str) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-pub use estuary_common::asset::valid_asset_id;
+use estuary_common::asset::valid_asset_id;
 
 fn random_id(len: usize) -> String {
     use rand::Rng as _;

@@ -7,34 +7,12 @@
 
 use crate::error::PackageError;
 
-/// The default ladder: name, short side, video bits per second.
-pub const DEFAULT_LADDER: &str = "1080p,720p,480p,360p,240p";
-
-/// Rungs known by name: (short side, video bits per second).
-const KNOWN_RUNGS: &[(u32, u64)] = &[
-    (2160, 14_000_000),
-    (1440, 8_000_000),
-    (1080, 5_000_000),
-    (720, 3_000_000),
-    (480, 1_200_000),
-    (360, 800_000),
-    (240, 400_000),
-    (144, 200_000),
-];
+pub use estuary_common::packaging::{DEFAULT_LADDER, KNOWN_RUNGS, Rung};
 
 /// The largest source side accepted (8K); larger inputs are refused before decoding.
 pub const MAX_SIDE: u32 = 8192;
 /// The largest source area accepted (8K UHD).
 pub const MAX_PIXELS: u64 = 7680 * 4320;
-
-/// One requested rung.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rung {
-    /// The short side in pixels.
-    pub short_side: u32,
-    /// Target video bits per second.
-    pub bitrate: u64,
-}
 
 /// One rendition to encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,55 +26,11 @@ pub struct Rendition {
 }
 
 /// Parses `1080p,720p` or `720p@2500k` (an explicit bitrate in kb/s) into rungs, highest
-/// first, without duplicates.
+/// first, without duplicates (the rules of [`estuary_common::packaging::parse_ladder`], which
+/// the origin checks its config with).
 pub fn parse_ladder(text: &str) -> Result<Vec<Rung>, PackageError> {
-    let mut rungs = Vec::new();
-    for item in text.split(',').map(str::trim) {
-        let bad = || {
-            PackageError::Usage(format!(
-                "--ladder: bad rung {item:?} (expected names like 720p or 720p@2500k, separated by commas)"
-            ))
-        };
-        let (name, rate) = match item.split_once('@') {
-            Some((n, r)) => (n, Some(r)),
-            None => (item, None),
-        };
-        let short_side: u32 = name
-            .strip_suffix('p')
-            .and_then(|n| n.parse().ok())
-            .filter(|n| (16..=MAX_SIDE).contains(n))
-            .ok_or_else(bad)?;
-        let bitrate = match rate {
-            Some(r) => r
-                .strip_suffix('k')
-                .unwrap_or(r)
-                .parse::<u64>()
-                .ok()
-                .filter(|k| (50..=100_000).contains(k))
-                .map(|k| k * 1000)
-                .ok_or_else(bad)?,
-            None => KNOWN_RUNGS
-                .iter()
-                .find(|(s, _)| *s == short_side)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| {
-                    PackageError::Usage(format!(
-                        "--ladder: no default bitrate for {item:?}; give one, e.g. {item}@1500k"
-                    ))
-                })?,
-        };
-        if rungs.iter().any(|r: &Rung| r.short_side == short_side) {
-            return Err(PackageError::Usage(format!(
-                "--ladder: {name} appears twice"
-            )));
-        }
-        rungs.push(Rung {
-            short_side,
-            bitrate,
-        });
-    }
-    rungs.sort_by_key(|r| std::cmp::Reverse(r.short_side));
-    Ok(rungs)
+    estuary_common::packaging::parse_ladder(text.split(','))
+        .map_err(|e| PackageError::Usage(format!("--ladder: {e}")))
 }
 
 /// Rounds to the nearest even number, at least 2.

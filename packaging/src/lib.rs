@@ -60,18 +60,7 @@ pub struct PackageReport {
     pub manifest: AssetManifest,
 }
 
-const X264_PRESETS: &[&str] = &[
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-];
+use estuary_common::packaging::{SEGMENT_SECONDS, X264_PRESETS};
 
 /// A rendition's encoding thread.
 type Worker = JoinHandle<Result<EncodedTrack, PackageError>>;
@@ -92,10 +81,12 @@ pub fn package(
     progress: &mut dyn FnMut(f64),
 ) -> Result<PackageReport, PackageError> {
     let rungs = ladder::parse_ladder(&opts.ladder)?;
-    if !(1..=30).contains(&opts.segment_seconds) {
-        return Err(PackageError::Usage(
-            "--segment-seconds: between 1 and 30".into(),
-        ));
+    if !SEGMENT_SECONDS.contains(&opts.segment_seconds) {
+        return Err(PackageError::Usage(format!(
+            "--segment-seconds: between {} and {}",
+            SEGMENT_SECONDS.start(),
+            SEGMENT_SECONDS.end()
+        )));
     }
     if !X264_PRESETS.contains(&opts.preset.as_str()) {
         return Err(PackageError::Usage(format!(
@@ -111,15 +102,12 @@ pub fn package(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
-    if asset.is_empty()
-        || asset.len() > 200
-        || asset.contains(['/', '\\'])
-        || asset.chars().any(char::is_control)
-        || asset == "."
-        || asset == ".."
-    {
+    // The fleet's rule (the control plane and the edges refuse any other id): an asset the
+    // packager makes is one that can be pushed and served.
+    if !estuary_common::asset::valid_asset_id(&asset) {
         return Err(PackageError::Usage(format!(
-            "--asset-id: {asset:?} is not a valid asset id"
+            "--asset-id: {asset:?} is not a valid asset id ({})",
+            estuary_common::asset::ASSET_ID_RULE
         )));
     }
     let input_err = |reason: String| PackageError::Input {

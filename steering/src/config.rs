@@ -454,11 +454,8 @@ impl SteeringConfig {
             ));
         }
         let t = &self.tokens;
-        if t.kid.is_empty() || t.kid.contains(['~', '=', '!']) {
-            return Err(ConfigError::new(
-                "tokens.kid",
-                "must be non-empty without '~', '=' or '!'",
-            ));
+        if !estuary_common::key_id::valid(&t.kid) {
+            return Err(ConfigError::new("tokens.kid", estuary_common::key_id::RULE));
         }
         if let Err(e) = estuary_common::token::decode_secret(&t.key) {
             return Err(ConfigError::new("tokens.key", e.to_string()));
