@@ -13,6 +13,7 @@ pub mod http;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod service;
 pub mod signing;
 pub mod tls;
 pub mod token;

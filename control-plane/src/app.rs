@@ -168,6 +168,9 @@ pub struct App {
     /// is out of reach.
     pub placements_seen:
         std::sync::Mutex<std::collections::HashMap<String, Vec<crate::store::Placement>>>,
+    /// Turns true when the drain begins: long-polls of the state feed answer at once, so they
+    /// do not hold the drain for their whole wait.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for App {
@@ -606,12 +609,15 @@ async fn state(
     let mut rx = app.registry.subscribe();
     if let (Some(etag), Some(wait)) = (&known, q.wait) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(120));
-        while *etag == etag_of(*rx.borrow_and_update()) {
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                break;
+        let mut stop = app.stop.clone();
+        while *etag == etag_of(*rx.borrow_and_update()) && !*stop.borrow() {
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, rx.changed()) => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = estuary_common::listener::stopped(&mut stop) => break,
             }
         }
     }

@@ -874,7 +874,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Room for every client connection, an upstream connection for each and the files of
     // the store and cache, so that accepting a burst of clients never waits for the kernel
     // to grow the descriptor table (see `estuary_common::fds`).
-    estuary_common::fds::prepare(
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
         (config.limits.max_connections as u64)
             .saturating_mul(2)
             .saturating_add(1024),
@@ -968,7 +969,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         ),
         tracker: TaskTracker::new(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = life.stop_signal();
 
     let content_and_admin = if config.listen.admin.is_some() {
         Endpoints::Content
@@ -1061,41 +1062,33 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         ));
     }
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match &cert {
-                Some(c) => match c.reload() {
-                    Ok(()) => {
-                        observer.metrics.tls_reloads_ok.inc();
-                        tracing::info!("The certificate was reloaded.");
-                    }
-                    Err(e) => {
-                        observer.metrics.tls_reloads_failed.inc();
-                        tracing::error!(error = %e, "The certificate could not be reloaded; the previous one stays in use.");
-                    }
-                },
-                None => tracing::info!("SIGHUP: no certificate to reload."),
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
+    // SIGHUP reloads the certificate.
+    life.wait_for_stop_or_reload(|| match &cert {
+        Some(c) => match c.reload() {
+            Ok(()) => {
+                observer.metrics.tls_reloads_ok.inc();
+                tracing::info!("The certificate was reloaded.");
+            }
+            Err(e) => {
+                observer.metrics.tls_reloads_failed.inc();
+                tracing::error!(error = %e, "The certificate could not be reloaded; the previous one stays in use.");
+            }
+        },
+        None => tracing::info!("SIGHUP: no certificate to reload."),
+    })
+    .await;
 
-    tracing::info!(timeout = ?config.shutdown.drain_timeout, "Draining: no new connections; in-flight requests may finish.");
+    tracing::info!(timeout = ?life.drain_timeout(), "Draining: no new connections; in-flight requests may finish.");
     edge.set_ready(false);
     observer.metrics.draining.set(1);
-    let _ = stop_tx.send(true);
+    life.begin_drain();
     if let Some(ep) = &endpoint {
         ep.set_server_config(None);
     }
     shared.tracker.close();
-    let drained = tokio::time::timeout(config.shutdown.drain_timeout, shared.tracker.wait()).await;
-    match drained {
-        Ok(()) => tracing::info!("Drained; exiting."),
-        Err(_) => tracing::warn!(
+    match life.drain(shared.tracker.wait()).await {
+        Some(()) => tracing::info!("Drained; exiting."),
+        None => tracing::warn!(
             open = shared.tracker.len(),
             "The drain deadline passed; closing the remaining connections."
         ),

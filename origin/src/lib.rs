@@ -23,7 +23,10 @@ pub use config::OriginConfig;
 /// Runs the origin until SIGTERM or SIGINT, then drains.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     // Edges fill from the origin over many connections (see `estuary_common::fds`).
-    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
     let state = config.state.dir.clone();
     let uploads = state.join("uploads");
     let work = state.join("work");
@@ -54,7 +57,6 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new(&config.node.id, &config.node.site);
     let listen = config.listen.clone();
     let limits = config.limits.clone();
-    let drain = config.shutdown.drain_timeout;
     let workers = config.packaging.workers;
     let expiry = config.uploads.expire_after;
     let app = Arc::new(app::App::new(config, db, storage, metrics));
@@ -71,7 +73,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = life.stop_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         tasks.spawn(jobs::worker(Arc::clone(&app), stop_rx.clone()));
@@ -105,13 +107,13 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         ));
     }
 
-    wait_for_signal().await;
+    life.wait_for_stop().await;
     tracing::info!(
         "Stopping: draining requests; a job in progress will run again at the next start."
     );
     app.ready.store(false, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(drain, main).await.is_err() {
+    life.begin_drain();
+    if life.drain(main).await.is_none() {
         tracing::warn!("Requests still running at the drain deadline were cut.");
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -119,24 +121,6 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Removes uploads that were not completed within `expire_after`.

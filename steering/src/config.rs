@@ -28,8 +28,9 @@ pub struct SteeringConfig {
     /// `[dns]`: the geo-DNS zone, answered on `listen.dns` (both are needed together).
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
-    pub shutdown: ShutdownConfig,
+    pub shutdown: estuary_common::service::ShutdownConfig,
     /// `[limits]`: how long a client may take and how many connections it may hold, on every
     /// listener (see `estuary_common::listener`).
     #[serde(default)]
@@ -288,23 +289,6 @@ impl DnsConfig {
     }
 }
 
-/// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// The longest wait for in-flight requests after SIGTERM.
-    #[serde(default = "default_drain", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            drain_timeout: default_drain(),
-        }
-    }
-}
-
 fn default_heartbeat() -> Duration {
     Duration::from_secs(5)
 }
@@ -348,9 +332,6 @@ fn default_rrl_slip() -> u32 {
     2
 }
 fn default_dns_tcp_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_drain() -> Duration {
     Duration::from_secs(10)
 }
 

@@ -39,7 +39,10 @@ pub fn load_zones(config: &SteeringConfig) -> anyhow::Result<geo::CoverageZones>
 /// Runs the steering service until SIGTERM or SIGINT.
 pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     // Players poll steering; no connection cap, so room for many (see `estuary_common::fds`).
-    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
     let zones = load_zones(&config)?;
     let holder = Arc::new(state::StateHolder::new(zones, app::prefer_https(&config)));
     let metrics = Arc::new(app::Metrics::new());
@@ -50,7 +53,6 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     }
     let listen = config.listen.http;
     let limits = config.limits.clone();
-    let drain = config.shutdown.drain_timeout;
     let urls = config.control_plane.replica_urls();
     let feed = (!urls.is_empty())
         .then_some(urls)
@@ -66,7 +68,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = life.stop_signal();
     let follower = feed.map(|(urls, token)| {
         tokio::spawn(state::follow_feed(
             state::Feed {
@@ -119,11 +121,11 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         None,
     ));
     tracing::info!(http = %listen, "The steering service is serving.");
-    wait_for_signal().await;
+    life.wait_for_stop().await;
     tracing::info!("Stopping: draining requests.");
     app.draining.store(true, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(drain, server).await;
+    life.begin_drain();
+    let _ = life.drain(server).await;
     if let Some(f) = follower {
         let _ = f.await;
     }
@@ -198,22 +200,4 @@ fn heartbeat(
         |_| {},
         stop,
     )))
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
