@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use estuary_common::cp::{Heartbeat, HeartbeatReply, Site};
+use estuary_common::metrics::must;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry as Prom};
 
 use crate::config::ControlPlaneConfig;
@@ -58,13 +59,9 @@ pub struct Metrics {
     held_up: IntGaugeVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 impl Metrics {
     pub fn new() -> Self {
-        let registry = must(Prom::new_custom(None, None));
+        let registry = estuary_common::metrics::registry(&[]);
         let hb = must(IntCounterVec::new(
             Opts::new(
                 "estuary_cp_heartbeats_total",
@@ -110,18 +107,19 @@ impl Metrics {
         let heartbeats_refused = hb.with_label_values(&["refused"]);
         let checks_ok = checks.with_label_values(&["ok"]);
         let checks_failed = checks.with_label_values(&["failed"]);
-        for c in [
-            Box::new(hb) as Box<dyn prometheus::core::Collector>,
-            Box::new(checks),
-            Box::new(version.clone()),
-            Box::new(nodes.clone()),
-            Box::new(database_up.clone()),
-            Box::new(database_errors.clone()),
-            Box::new(pending_writes.clone()),
-            Box::new(held_up.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        estuary_common::metrics::register_all(
+            &registry,
+            [
+                Box::new(hb) as Box<dyn prometheus::core::Collector>,
+                Box::new(checks),
+                Box::new(version.clone()),
+                Box::new(nodes.clone()),
+                Box::new(database_up.clone()),
+                Box::new(database_errors.clone()),
+                Box::new(pending_writes.clone()),
+                Box::new(held_up.clone()),
+            ],
+        );
         Self {
             registry,
             heartbeats,

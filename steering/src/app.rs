@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use estuary_common::asset::valid_asset_id;
 use estuary_common::cp::StateSnapshot;
+use estuary_common::metrics::must;
 use estuary_common::token;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
@@ -42,17 +43,12 @@ pub struct Metrics {
     asset_lookups: IntCounterVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Fixed names and labels: a failure here is a programming error caught by the first test.
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 /// The routes, as metric labels.
 const ROUTES: [&str; 5] = ["playback", "redirect", "steered", "steering", "other"];
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = must(prometheus::Registry::new_custom(None, None));
+        let registry = estuary_common::metrics::registry(&[]);
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "estuary_steering_requests_total",
@@ -116,19 +112,20 @@ impl Metrics {
             ),
             &["result"],
         ));
-        for c in [
-            Box::new(asset_lookups.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(requests.clone()),
-            Box::new(duration.clone()),
-            Box::new(state_version.clone()),
-            Box::new(state_fetches.clone()),
-            Box::new(edges.clone()),
-            Box::new(manifest_fetches.clone()),
-            Box::new(throughput.clone()),
-            Box::new(choices.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        estuary_common::metrics::register_all(
+            &registry,
+            [
+                Box::new(asset_lookups.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(requests.clone()),
+                Box::new(duration.clone()),
+                Box::new(state_version.clone()),
+                Box::new(state_fetches.clone()),
+                Box::new(edges.clone()),
+                Box::new(manifest_fetches.clone()),
+                Box::new(throughput.clone()),
+                Box::new(choices.clone()),
+            ],
+        );
         for route in ROUTES {
             for class in ["2xx", "3xx", "4xx", "5xx"] {
                 requests.with_label_values(&[route, class]);
