@@ -1048,18 +1048,13 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("control_plane.ca_file: {e}"))?,
         });
         let applier = Arc::clone(&prepos);
-        tokio::spawn(estuary_common::cp::heartbeat_loop(
-            cp.clone(),
-            heartbeat_maker(
-                &config,
-                &cp,
-                Arc::clone(&edge),
-                Arc::clone(&observer),
-                prepos,
-            ),
+        estuary_common::service::heartbeat::start(
+            identity(&config),
+            cp,
+            heartbeat_report(Arc::clone(&edge), Arc::clone(&observer), prepos),
             move |reply| applier.apply(reply),
             stop_rx.clone(),
-        ));
+        );
     }
 
     // SIGHUP reloads the certificate.
@@ -1103,42 +1098,30 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the edge's heartbeats: identity, advertised addresses, readiness, and request and
-/// byte rates since the previous beat.
-fn heartbeat_maker(
-    config: &EdgeConfig,
-    cp: &estuary_common::cp::ClientConfig,
+/// The edge as its heartbeats name it: `[node]` and the listen addresses.
+fn identity(config: &EdgeConfig) -> estuary_common::service::heartbeat::Identity {
+    let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
+    estuary_common::service::heartbeat::Identity {
+        id: config.node.id.clone(),
+        site: config.node.site.clone(),
+        role: estuary_common::cp::Role::Edge,
+        listening: estuary_common::cp::Addresses {
+            http: url("http", config.listen.http),
+            https: url("https", config.listen.https),
+            admin: url("http", config.listen.admin.or(config.listen.http)),
+        },
+    }
+}
+
+/// What each heartbeat reports: readiness, request and byte rates since the previous beat,
+/// the cache hit ratio and the pre-positioned inventory.
+fn heartbeat_report(
     edge: Arc<Edge>,
     observer: Arc<crate::handler::Observer>,
     prepos: Arc<crate::prepos::Prepositioner>,
-) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
-    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
-    let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
-    let addresses = Addresses {
-        http: cp
-            .advertise
-            .http
-            .clone()
-            .or(url("http", config.listen.http)),
-        https: cp
-            .advertise
-            .https
-            .clone()
-            .or(url("https", config.listen.https)),
-        admin: cp
-            .advertise
-            .admin
-            .clone()
-            .or(url("http", config.listen.admin.or(config.listen.http))),
-    };
-    let node = config.node.id.clone();
-    let site = config.node.site.clone();
-    let capacity = Capacity {
-        gbps: cp.capacity_gbps,
-        disk_bytes: cp.store_capacity.map_or(0, |c| c.as_u64()),
-    };
+) -> impl FnMut() -> estuary_common::service::heartbeat::Report + Send + 'static {
+    use estuary_common::cp::{Load, Usage};
     let mut last = (std::time::Instant::now(), 0u64, 0u64);
-    let mut cpu = estuary_common::cp::CpuMeter::default();
     move || {
         let (requests, bytes, connections) = observer.metrics.totals();
         let now = std::time::Instant::now();
@@ -1147,17 +1130,12 @@ fn heartbeat_maker(
             bytes_per_second: bytes.saturating_sub(last.2) as f64 / secs,
             requests_per_second: requests.saturating_sub(last.1) as f64 / secs,
             connections,
-            cpu: cpu.share(),
+            cpu: 0.0,
         };
         last = (now, requests, bytes);
         let hits = observer.metrics.cache_hits_ram.get() + observer.metrics.cache_hits_disk.get();
         let lookups = hits + observer.metrics.cache_misses.get();
-        Heartbeat {
-            node: node.clone(),
-            site: site.clone(),
-            role: Role::Edge,
-            addresses: addresses.clone(),
-            capacity: capacity.clone(),
+        estuary_common::service::heartbeat::Report {
             ready: edge.is_ready(),
             load,
             usage: Usage {
@@ -1168,10 +1146,7 @@ fn heartbeat_maker(
                     hits as f64 / lookups as f64
                 },
             },
-            version: env!("CARGO_PKG_VERSION").to_owned(),
             inventory: prepos.inventory(),
-            instance: String::new(),
-            leaving: false,
         }
     }
 }

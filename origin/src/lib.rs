@@ -98,13 +98,17 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");
     if let Some(cp) = app.config.control_plane.clone() {
-        let beat = heartbeat_maker(&app, &cp);
-        tasks.spawn(estuary_common::cp::heartbeat_loop(
+        let (identity, report) = heartbeat(&app);
+        let beats = estuary_common::service::heartbeat::start(
+            identity,
             cp,
-            beat,
+            report,
             |_| {},
             stop_rx.clone(),
-        ));
+        );
+        tasks.spawn(async move {
+            let _ = beats.await;
+        });
     }
 
     life.wait_for_stop().await;
@@ -204,42 +208,28 @@ async fn sweep_orphans(app: Arc<app::App>) {
     }
 }
 
-/// Builds the origin's heartbeats.
-fn heartbeat_maker(
+/// The origin as its heartbeats name it, and what each beat reports (its readiness).
+fn heartbeat(
     app: &Arc<app::App>,
-    cp: &estuary_common::cp::ClientConfig,
-) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
-    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
+) -> (
+    estuary_common::service::heartbeat::Identity,
+    impl FnMut() -> estuary_common::service::heartbeat::Report + Send + 'static,
+) {
     let listen = &app.config.listen;
-    let addresses = Addresses {
-        http: cp
-            .advertise
-            .http
-            .clone()
-            .or(Some(format!("http://{}", listen.http))),
-        https: cp.advertise.https.clone(),
-        admin: cp.advertise.admin.clone().or(Some(format!(
-            "http://{}",
-            listen.admin.unwrap_or(listen.http)
-        ))),
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: app.config.node.id.clone(),
+        site: app.config.node.site.clone(),
+        role: estuary_common::cp::Role::Origin,
+        listening: estuary_common::cp::Addresses {
+            http: Some(format!("http://{}", listen.http)),
+            https: None,
+            admin: Some(format!("http://{}", listen.admin.unwrap_or(listen.http))),
+        },
     };
     let app = Arc::clone(app);
-    let capacity = Capacity {
-        gbps: cp.capacity_gbps,
-        disk_bytes: 0,
-    };
-    move || Heartbeat {
-        node: app.config.node.id.clone(),
-        site: app.config.node.site.clone(),
-        role: Role::Origin,
-        addresses: addresses.clone(),
-        capacity: capacity.clone(),
+    let report = move || estuary_common::service::heartbeat::Report {
         ready: app.ready.load(Ordering::SeqCst),
-        load: Load::default(),
-        usage: Usage::default(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        inventory: Vec::new(),
-        instance: String::new(),
-        leaving: false,
-    }
+        ..Default::default()
+    };
+    (identity, report)
 }

@@ -147,57 +147,35 @@ fn heartbeat(
     holder: &Arc<state::StateHolder>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let node = app.config.node.clone()?;
-    let urls = app.config.control_plane.replica_urls();
-    if urls.is_empty() {
-        return None;
+    let node = app.config.node.as_ref()?;
+    let client = app.config.heartbeat_client()?;
+    for (old, new) in app.config.deprecated_keys() {
+        tracing::warn!(
+            key = old,
+            replacement = new,
+            "A deprecated config key is in use; it will be refused in a later release."
+        );
     }
-    let token = app.config.control_plane.token.clone()?;
-    let admin = node
-        .admin_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", app.config.listen.http));
-    let client = estuary_common::cp::ClientConfig {
-        url: String::new(),
-        urls,
-        ca_file: app.config.control_plane.ca_file.clone(),
-        token,
-        interval: node.heartbeat_interval,
-        advertise: estuary_common::cp::Addresses {
-            http: Some(app.config.public_url()),
-            https: None,
-            admin: Some(admin),
-        },
-        capacity_gbps: 1.0,
-        store_capacity: None,
-    };
-    let holder = Arc::clone(holder);
-    let addresses = client.advertise.clone();
-    let mut cpu = estuary_common::cp::CpuMeter::default();
-    let make = move || estuary_common::cp::Heartbeat {
-        node: node.id.clone(),
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: node.id.clone(),
         site: node.site.clone(),
         role: estuary_common::cp::Role::Steering,
-        addresses: addresses.clone(),
-        capacity: estuary_common::cp::Capacity {
-            gbps: 1.0,
-            disk_bytes: 0,
+        listening: estuary_common::cp::Addresses {
+            http: Some(app.config.public_url()),
+            https: None,
+            admin: Some(format!("http://{}", app.config.listen.http)),
         },
-        ready: holder.view().is_some(),
-        load: estuary_common::cp::Load {
-            cpu: cpu.share(),
-            ..Default::default()
-        },
-        usage: Default::default(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        inventory: vec![],
-        instance: String::new(),
-        leaving: false,
     };
-    Some(tokio::spawn(estuary_common::cp::heartbeat_loop(
+    let holder = Arc::clone(holder);
+    let report = move || estuary_common::service::heartbeat::Report {
+        ready: holder.view().is_some(),
+        ..Default::default()
+    };
+    Some(estuary_common::service::heartbeat::start(
+        identity,
         client,
-        make,
+        report,
         |_| {},
         stop,
-    )))
+    ))
 }
