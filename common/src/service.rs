@@ -8,12 +8,15 @@
 //!   channel every background task watches, waits for SIGTERM or SIGINT (and calls the
 //!   service's reload hook on SIGHUP, for services that have one), and bounds the drain by
 //!   `[shutdown] drain_timeout`.
+//! - [`admin`]: `/metrics`, `/healthz` and `/readyz` from a registry, a readiness flag and a
+//!   check the service supplies.
 //! - [`heartbeat`]: the heartbeat loop to the control plane, started from `[node]` and
 //!   `[control_plane]` with one vocabulary for every node.
 //!
 //! The stop channel is a `watch::Receiver<bool>` that turns `true` once: tasks select on
 //! `changed()` and serve loops on [`crate::listener::stopped`].
 
+pub mod admin;
 pub mod heartbeat;
 
 use std::future::Future;

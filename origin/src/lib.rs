@@ -7,6 +7,7 @@
 // built once per request, so its size in a `Result` costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod db;

@@ -283,9 +283,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/playback/{asset}", get(playback))
         .route("/v1/playback/{asset}/{file}", get(playback_file))
         .route("/v1/steering/{kind}/{asset}", get(steering))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .merge(estuary_common::service::admin::router())
         .fallback(|| async { finish(error(StatusCode::NOT_FOUND, "no such endpoint")) })
         .with_state(app)
 }
@@ -800,26 +798,20 @@ async fn steering(
     record(&app, "steering", started, r)
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut r = estuary_common::metrics::encode(&app.metrics.registry).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(estuary_common::metrics::CONTENT_TYPE),
-    );
-    r
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+impl estuary_common::service::admin::AdminEndpoints for App {
+    fn registry(&self) -> &prometheus::Registry {
+        &self.metrics.registry
     }
-    match app.state.view() {
-        Some(_) => "ready\n".into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no state snapshot loaded yet\n",
-        )
-            .into_response(),
+
+    fn serving(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst)
+    }
+
+    async fn check_ready(&self) -> Result<String, String> {
+        match self.state.view() {
+            Some(_) => Ok("ready\n".to_owned()),
+            None => Err("no state snapshot loaded yet\n".to_owned()),
+        }
     }
 }
 
