@@ -716,21 +716,26 @@ mod tests {
         assert_eq!(hb.interval, Duration::from_secs(2));
         assert_eq!(hb.advertise.admin.as_deref(), Some("http://10.0.0.5:7100"));
         assert_eq!(c.deprecated_keys().len(), 2);
-        bad(
-            &text.replace(
+        // (what the example says, what a mistake makes of it, the key named)
+        for (from, to, key) in [
+            (
                 "site = \"lab\"\n",
                 "site = \"lab\"\nheartbeat_interval = \"2s\"\n",
+                "node.heartbeat_interval",
             ),
-            "node.heartbeat_interval",
-        );
-        bad(
-            &text.replace("interval = \"5s\"", "interval = \"0s\""),
-            "control_plane.interval",
-        );
-        bad(
-            &text.replace("# capacity_gbps = 10.0", "capacity_gbps = -1.0"),
-            "control_plane.capacity_gbps",
-        );
+            (
+                "interval = \"5s\"",
+                "interval = \"0s\"",
+                "control_plane.interval",
+            ),
+            (
+                "# capacity_gbps = 10.0",
+                "capacity_gbps = -1.0",
+                "control_plane.capacity_gbps",
+            ),
+        ] {
+            bad(&text.replace(from, to), key);
+        }
         bad(
             &text.replace(
                 "trusted_proxies = [\"10.0.0.0/8\"]",
