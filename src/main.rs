@@ -304,22 +304,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edge { config } => {
             let config = estuary_edge::EdgeConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            serve("edge", estuary_edge::run(config))
+            estuary_common::service::block_on("edge", estuary_edge::run(config))
         }
         Command::Origin { config } => {
             let config = estuary_origin::OriginConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            serve("origin", estuary_origin::run(config))
+            estuary_common::service::block_on("origin", estuary_origin::run(config))
         }
         Command::ControlPlane { config } => {
             let config = estuary_control_plane::ControlPlaneConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            serve("control-plane", estuary_control_plane::run(config))
+            estuary_common::service::block_on("control-plane", estuary_control_plane::run(config))
         }
         Command::Steering { config } => {
             let config = estuary_steering::SteeringConfig::load(&config)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            serve("steering", estuary_steering::run(config))
+            estuary_common::service::block_on("steering", estuary_steering::run(config))
         }
         Command::Nodes {
             control_plane,
@@ -457,20 +457,6 @@ fn package(opts: &estuary_packaging::PackageOptions, progress: bool) -> anyhow::
         });
     }
     Ok(())
-}
-
-/// Runs a service: JSON logs, the one rustls crypto provider, a multi-thread runtime.
-fn serve(
-    thread_name: &str,
-    service: impl std::future::Future<Output = anyhow::Result<()>>,
-) -> anyhow::Result<()> {
-    estuary_common::logging::init_json();
-    estuary_common::tls::install_default_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(thread_name)
-        .build()?
-        .block_on(service)
 }
 
 /// Runs one operator command against the control plane and prints what it returns.

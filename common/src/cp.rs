@@ -369,11 +369,16 @@ pub struct ClientConfig {
     pub store_capacity: Option<bytesize::ByteSize>,
 }
 
+/// `[control_plane] interval` when unset, for every node.
+pub const DEFAULT_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// `[control_plane] capacity_gbps` when unset, for every node.
+pub const DEFAULT_CAPACITY_GBPS: f64 = 10.0;
+
 fn default_interval() -> std::time::Duration {
-    std::time::Duration::from_secs(5)
+    DEFAULT_HEARTBEAT_INTERVAL
 }
 fn default_gbps() -> f64 {
-    10.0
+    DEFAULT_CAPACITY_GBPS
 }
 
 impl ClientConfig {

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod packaging;
+pub mod service;
 pub mod signing;
 pub mod tls;
 pub mod token;

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use estuary_common::cp::{Heartbeat, HeartbeatReply, Site};
+use estuary_common::metrics::must;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry as Prom};
 
 use crate::config::ControlPlaneConfig;
@@ -58,13 +59,9 @@ pub struct Metrics {
     held_up: IntGaugeVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 impl Metrics {
     pub fn new() -> Self {
-        let registry = must(Prom::new_custom(None, None));
+        let registry = estuary_common::metrics::registry(&[]);
         let hb = must(IntCounterVec::new(
             Opts::new(
                 "estuary_cp_heartbeats_total",
@@ -110,18 +107,19 @@ impl Metrics {
         let heartbeats_refused = hb.with_label_values(&["refused"]);
         let checks_ok = checks.with_label_values(&["ok"]);
         let checks_failed = checks.with_label_values(&["failed"]);
-        for c in [
-            Box::new(hb) as Box<dyn prometheus::core::Collector>,
-            Box::new(checks),
-            Box::new(version.clone()),
-            Box::new(nodes.clone()),
-            Box::new(database_up.clone()),
-            Box::new(database_errors.clone()),
-            Box::new(pending_writes.clone()),
-            Box::new(held_up.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        estuary_common::metrics::register_all(
+            &registry,
+            [
+                Box::new(hb) as Box<dyn prometheus::core::Collector>,
+                Box::new(checks),
+                Box::new(version.clone()),
+                Box::new(nodes.clone()),
+                Box::new(database_up.clone()),
+                Box::new(database_errors.clone()),
+                Box::new(pending_writes.clone()),
+                Box::new(held_up.clone()),
+            ],
+        );
         Self {
             registry,
             heartbeats,
@@ -168,6 +166,9 @@ pub struct App {
     /// is out of reach.
     pub placements_seen:
         std::sync::Mutex<std::collections::HashMap<String, Vec<crate::store::Placement>>>,
+    /// Turns true when the drain begins: long-polls of the state feed answer at once, so they
+    /// do not hold the drain for their whole wait.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for App {
@@ -360,9 +361,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/fill/plan", post(fill_plan))
         .route("/v1/purges/{id}", get(get_purge))
         .route("/", get(dashboard))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(estuary_common::service::admin::router())
         .with_state(app)
 }
 
@@ -606,12 +605,15 @@ async fn state(
     let mut rx = app.registry.subscribe();
     if let (Some(etag), Some(wait)) = (&known, q.wait) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(120));
-        while *etag == etag_of(*rx.borrow_and_update()) {
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                break;
+        let mut stop = app.stop.clone();
+        while *etag == etag_of(*rx.borrow_and_update()) && !*stop.borrow() {
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, rx.changed()) => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = estuary_common::listener::stopped(&mut stop) => break,
             }
         }
     }
@@ -1267,45 +1269,48 @@ async fn dashboard() -> Response {
     r
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    app.update_gauges();
-    let mut r = estuary_common::metrics::encode(&app.metrics.registry).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}
-
-/// Ready while serving: a database out of reach does not take a replica out of a load
-/// balancer, because the state feed and heartbeats work from memory (writes answer 503; the
-/// database's state is in `/healthz` and `estuary_cp_database_up`).
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if !app.ready.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+impl estuary_common::service::admin::AdminEndpoints for App {
+    fn registry(&self) -> &Prom {
+        &self.metrics.registry
     }
-    if !app.store.health().is_up() {
-        return "ready (the database is unavailable: reads answer from memory, writes answer 503)\n"
-            .into_response();
-    }
-    "ready\n".into_response()
-}
 
-/// Alive, with what an operator needs at a glance: the database's state (since when it is out
-/// of reach, why, writes queued) and where the panic threshold holds edges in rotation.
-async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let now = estuary_common::unix_now();
-    let db = app.store.health();
-    let outage = db.outage();
-    let body = serde_json::json!({
-        "status": "ok",
-        "database": {
-            "up": db.is_up(),
-            "unavailable_for_seconds": outage.as_ref().map(|(since, _)| now.saturating_sub(*since)),
-            "reason": outage.map(|(_, why)| why),
-            "pending_writes": app.pending.len(),
-        },
-        "panic_held_edges": app.registry.panicking(),
-    });
-    json(StatusCode::OK, &body)
+    fn serving(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Ready while serving: a database out of reach does not take a replica out of a load
+    /// balancer, because the state feed and heartbeats work from memory (writes answer 503;
+    /// the database's state is in `/healthz` and `estuary_cp_database_up`).
+    async fn check_ready(&self) -> Result<String, String> {
+        if !self.store.health().is_up() {
+            return Ok(
+                "ready (the database is unavailable: reads answer from memory, writes answer 503)\n"
+                    .to_owned(),
+            );
+        }
+        Ok("ready\n".to_owned())
+    }
+
+    async fn refresh_metrics(&self) {
+        self.update_gauges();
+    }
+
+    /// Alive, with what an operator needs at a glance: the database's state (since when it is
+    /// out of reach, why, writes queued) and where the panic threshold holds edges in rotation.
+    fn health(&self) -> Response {
+        let now = estuary_common::unix_now();
+        let db = self.store.health();
+        let outage = db.outage();
+        let body = serde_json::json!({
+            "status": "ok",
+            "database": {
+                "up": db.is_up(),
+                "unavailable_for_seconds": outage.as_ref().map(|(since, _)| now.saturating_sub(*since)),
+                "reason": outage.map(|(_, why)| why),
+                "pending_writes": self.pending.len(),
+            },
+            "panic_held_edges": self.registry.panicking(),
+        });
+        json(StatusCode::OK, &body)
+    }
 }

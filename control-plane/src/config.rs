@@ -25,8 +25,9 @@ pub struct ControlPlaneConfig {
     pub health: HealthConfig,
     #[serde(default)]
     pub purge: PurgeConfig,
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
-    pub shutdown: ShutdownConfig,
+    pub shutdown: estuary_common::service::ShutdownConfig,
     /// `[limits]`: how long a client may take and how many connections it may hold, on every
     /// listener (see `estuary_common::listener`).
     #[serde(default)]
@@ -224,22 +225,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    #[serde(default = "default_drain", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            drain_timeout: default_drain(),
-        }
-    }
-}
-
 fn default_poll() -> Duration {
     Duration::from_secs(2)
 }
@@ -263,9 +248,6 @@ fn default_db_timeout() -> Duration {
 }
 fn default_takeover_after() -> Duration {
     Duration::from_secs(15)
-}
-fn default_drain() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl ControlPlaneConfig {

@@ -29,7 +29,10 @@ pub use config::ControlPlaneConfig;
 /// Runs the control plane until SIGTERM or SIGINT.
 pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     // Every node heartbeats and the steering feeds long-poll (see `estuary_common::fds`).
-    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
     let store = match config.database.database() {
         Ok(config::Database::Sqlite(path)) => {
             store::Store::open_sqlite(&path, config.database.timeout)
@@ -52,7 +55,6 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let listen = config.listen.http;
     let limits = config.limits.clone();
     let history_step = config.dashboard.history_step.as_secs();
-    let drain = config.shutdown.drain_timeout;
     let http = app::outbound_client(&config, std::time::Duration::from_secs(5), 16 << 20)
         .map_err(|e| anyhow::anyhow!("client.ca_file: {e}"))?;
     let app = Arc::new(app::App {
@@ -68,6 +70,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         pending: Default::default(),
         placements_seen: Default::default(),
         site_tokens_used: Default::default(),
+        stop: life.stop_signal(),
     });
     let tls = match &app.config.tls {
         Some(files) => Some(
@@ -80,7 +83,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = app.stop.clone();
     let monitor = tokio::spawn(monitor::run(Arc::clone(&app), stop_rx.clone()));
     let purger = tokio::spawn(purge::run(
         Arc::clone(&app),
@@ -97,31 +100,13 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen, "The control plane is serving.");
-    wait_for_signal().await;
+    life.wait_for_stop().await;
     tracing::info!("Stopping.");
     app.ready.store(false, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(drain, server).await;
+    life.begin_drain();
+    let _ = life.drain(server).await;
     let _ = monitor.await;
     let _ = purger.await;
     let _ = replica.await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -38,9 +38,9 @@ pub struct EdgeConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
-    /// Shutdown behaviour.
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
-    pub shutdown: ShutdownConfig,
+    pub shutdown: estuary_common::service::ShutdownConfig,
     /// The pull-through cache for what is not pre-positioned (needs `[upstream]`).
     #[serde(default)]
     pub cache: CacheConfig,
@@ -451,23 +451,6 @@ impl Default for LogConfig {
     }
 }
 
-/// `[shutdown]`: draining on SIGTERM.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after SIGTERM before the node exits.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            drain_timeout: default_drain_timeout(),
-        }
-    }
-}
-
 fn default_ram() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(256)
 }
@@ -560,9 +543,6 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_access_log() -> String {
     "stdout".into()
-}
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl EdgeConfig {

@@ -1,6 +1,7 @@
 //! The edge's metrics. Every series is registered up front with a bounded label set, and the
 //! hot path only touches pre-resolved handles.
 
+use estuary_common::metrics::{self, must};
 use estuary_common::token::Rejection;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -72,23 +73,10 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Registration only fails on duplicate or malformed names, which are fixed in this file; a
-/// failure is a programming error caught by the first test that builds [`Metrics`].
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 impl Metrics {
     /// Registers every metric in a new registry, labelled with the node's id and site.
     pub fn new(node_id: &str, site: &str) -> Self {
-        let labels = [
-            ("node".to_owned(), node_id.to_owned()),
-            ("site".to_owned(), site.to_owned()),
-        ]
-        .into_iter()
-        .collect();
-        let registry = must(Registry::new_custom(None, Some(labels)));
-        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let registry = metrics::registry(&[("node", node_id), ("site", site)]);
 
         let requests_vec = must(IntCounterVec::new(
             Opts::new(
@@ -208,9 +196,6 @@ impl Metrics {
         ));
         let disk_admitted = admission_vec.with_label_values(&["admitted"]);
         let disk_rejected = admission_vec.with_label_values(&["rejected"]);
-        reg(Box::new(evictions.clone()));
-        reg(Box::new(evicted_bytes.clone()));
-        reg(Box::new(admission_vec));
         for source in ["peer", "parent", "origin"] {
             for result in ["ok", "failed"] {
                 fills.with_label_values(&[source, result]);
@@ -221,12 +206,6 @@ impl Metrics {
         let cache_hits_disk = cache_vec.with_label_values(&["hit_disk"]);
         let cache_misses = cache_vec.with_label_values(&["miss"]);
         let stale_serves = cache_vec.with_label_values(&["stale"]);
-        reg(Box::new(cache_vec));
-        reg(Box::new(fills.clone()));
-        reg(Box::new(fill_duration.clone()));
-        reg(Box::new(fill_coalesced.clone()));
-        reg(Box::new(upstream_bytes.clone()));
-        reg(Box::new(integrity_failures.clone()));
 
         let requests = Protocol::ALL
             .iter()
@@ -254,18 +233,31 @@ impl Metrics {
         let tls_reloads_ok = reload_vec.with_label_values(&["ok"]);
         let tls_reloads_failed = reload_vec.with_label_values(&["failed"]);
 
-        reg(Box::new(requests_vec));
-        reg(Box::new(bytes_vec));
-        reg(Box::new(duration_vec));
-        reg(Box::new(conns_vec));
-        reg(Box::new(rejections_vec));
-        reg(Box::new(store_vec));
-        reg(Box::new(reload_vec));
-        reg(Box::new(bad_paths.clone()));
-        reg(Box::new(access_log_dropped.clone()));
-        reg(Box::new(h3_reset_flood_closes.clone()));
-        reg(Box::new(draining.clone()));
-
+        metrics::register_all(
+            &registry,
+            [
+                Box::new(evictions.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(evicted_bytes.clone()),
+                Box::new(admission_vec),
+                Box::new(cache_vec),
+                Box::new(fills.clone()),
+                Box::new(fill_duration.clone()),
+                Box::new(fill_coalesced.clone()),
+                Box::new(upstream_bytes.clone()),
+                Box::new(integrity_failures.clone()),
+                Box::new(requests_vec),
+                Box::new(bytes_vec),
+                Box::new(duration_vec),
+                Box::new(conns_vec),
+                Box::new(rejections_vec),
+                Box::new(store_vec),
+                Box::new(reload_vec),
+                Box::new(bad_paths.clone()),
+                Box::new(access_log_dropped.clone()),
+                Box::new(h3_reset_flood_closes.clone()),
+                Box::new(draining.clone()),
+            ],
+        );
         Self {
             registry,
             requests,

@@ -874,7 +874,8 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Room for every client connection, an upstream connection for each and the files of
     // the store and cache, so that accepting a burst of clients never waits for the kernel
     // to grow the descriptor table (see `estuary_common::fds`).
-    estuary_common::fds::prepare(
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
         (config.limits.max_connections as u64)
             .saturating_mul(2)
             .saturating_add(1024),
@@ -970,7 +971,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
         ),
         tracker: TaskTracker::new(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = life.stop_signal();
 
     let content_and_admin = if config.listen.admin.is_some() {
         Endpoints::Content
@@ -1049,55 +1050,42 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("control_plane.ca_file: {e}"))?,
         });
         let applier = Arc::clone(&prepos);
-        tokio::spawn(estuary_common::cp::heartbeat_loop(
-            cp.clone(),
-            heartbeat_maker(
-                &config,
-                &cp,
-                Arc::clone(&edge),
-                Arc::clone(&observer),
-                prepos,
-            ),
+        estuary_common::service::heartbeat::start(
+            identity(&config),
+            cp,
+            heartbeat_report(Arc::clone(&edge), Arc::clone(&observer), prepos),
             move |reply| applier.apply(reply),
             stop_rx.clone(),
-        ));
+        );
     }
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match &cert {
-                Some(c) => match c.reload() {
-                    Ok(()) => {
-                        observer.metrics.tls_reloads_ok.inc();
-                        tracing::info!("The certificate was reloaded.");
-                    }
-                    Err(e) => {
-                        observer.metrics.tls_reloads_failed.inc();
-                        tracing::error!(error = %e, "The certificate could not be reloaded; the previous one stays in use.");
-                    }
-                },
-                None => tracing::info!("SIGHUP: no certificate to reload."),
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
+    // SIGHUP reloads the certificate.
+    life.wait_for_stop_or_reload(|| match &cert {
+        Some(c) => match c.reload() {
+            Ok(()) => {
+                observer.metrics.tls_reloads_ok.inc();
+                tracing::info!("The certificate was reloaded.");
+            }
+            Err(e) => {
+                observer.metrics.tls_reloads_failed.inc();
+                tracing::error!(error = %e, "The certificate could not be reloaded; the previous one stays in use.");
+            }
+        },
+        None => tracing::info!("SIGHUP: no certificate to reload."),
+    })
+    .await;
 
-    tracing::info!(timeout = ?config.shutdown.drain_timeout, "Draining: no new connections; in-flight requests may finish.");
+    tracing::info!(timeout = ?life.drain_timeout(), "Draining: no new connections; in-flight requests may finish.");
     edge.set_ready(false);
     observer.metrics.draining.set(1);
-    let _ = stop_tx.send(true);
+    life.begin_drain();
     if let Some(ep) = &endpoint {
         ep.set_server_config(None);
     }
     shared.tracker.close();
-    let drained = tokio::time::timeout(config.shutdown.drain_timeout, shared.tracker.wait()).await;
-    match drained {
-        Ok(()) => tracing::info!("Drained; exiting."),
-        Err(_) => tracing::warn!(
+    match life.drain(shared.tracker.wait()).await {
+        Some(()) => tracing::info!("Drained; exiting."),
+        None => tracing::warn!(
             open = shared.tracker.len(),
             "The drain deadline passed; closing the remaining connections."
         ),
@@ -1112,42 +1100,30 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the edge's heartbeats: identity, advertised addresses, readiness, and request and
-/// byte rates since the previous beat.
-fn heartbeat_maker(
-    config: &EdgeConfig,
-    cp: &estuary_common::cp::ClientConfig,
+/// The edge as its heartbeats name it: `[node]` and the listen addresses.
+fn identity(config: &EdgeConfig) -> estuary_common::service::heartbeat::Identity {
+    let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
+    estuary_common::service::heartbeat::Identity {
+        id: config.node.id.clone(),
+        site: config.node.site.clone(),
+        role: estuary_common::cp::Role::Edge,
+        listening: estuary_common::cp::Addresses {
+            http: url("http", config.listen.http),
+            https: url("https", config.listen.https),
+            admin: url("http", config.listen.admin.or(config.listen.http)),
+        },
+    }
+}
+
+/// What each heartbeat reports: readiness, request and byte rates since the previous beat,
+/// the cache hit ratio and the pre-positioned inventory.
+fn heartbeat_report(
     edge: Arc<Edge>,
     observer: Arc<crate::handler::Observer>,
     prepos: Arc<crate::prepos::Prepositioner>,
-) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
-    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
-    let url = |scheme: &str, a: Option<SocketAddr>| a.map(|a| format!("{scheme}://{a}"));
-    let addresses = Addresses {
-        http: cp
-            .advertise
-            .http
-            .clone()
-            .or(url("http", config.listen.http)),
-        https: cp
-            .advertise
-            .https
-            .clone()
-            .or(url("https", config.listen.https)),
-        admin: cp
-            .advertise
-            .admin
-            .clone()
-            .or(url("http", config.listen.admin.or(config.listen.http))),
-    };
-    let node = config.node.id.clone();
-    let site = config.node.site.clone();
-    let capacity = Capacity {
-        gbps: cp.capacity_gbps,
-        disk_bytes: cp.store_capacity.map_or(0, |c| c.as_u64()),
-    };
+) -> impl FnMut() -> estuary_common::service::heartbeat::Report + Send + 'static {
+    use estuary_common::cp::{Load, Usage};
     let mut last = (std::time::Instant::now(), 0u64, 0u64);
-    let mut cpu = estuary_common::cp::CpuMeter::default();
     move || {
         let (requests, bytes, connections) = observer.metrics.totals();
         let now = std::time::Instant::now();
@@ -1156,17 +1132,12 @@ fn heartbeat_maker(
             bytes_per_second: bytes.saturating_sub(last.2) as f64 / secs,
             requests_per_second: requests.saturating_sub(last.1) as f64 / secs,
             connections,
-            cpu: cpu.share(),
+            cpu: 0.0,
         };
         last = (now, requests, bytes);
         let hits = observer.metrics.cache_hits_ram.get() + observer.metrics.cache_hits_disk.get();
         let lookups = hits + observer.metrics.cache_misses.get();
-        Heartbeat {
-            node: node.clone(),
-            site: site.clone(),
-            role: Role::Edge,
-            addresses: addresses.clone(),
-            capacity: capacity.clone(),
+        estuary_common::service::heartbeat::Report {
             ready: edge.is_ready(),
             load,
             usage: Usage {
@@ -1177,10 +1148,7 @@ fn heartbeat_maker(
                     hits as f64 / lookups as f64
                 },
             },
-            version: env!("CARGO_PKG_VERSION").to_owned(),
             inventory: prepos.inventory(),
-            instance: String::new(),
-            leaving: false,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,6 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use estuary_common::asset::{AssetManifest, MANIFEST_FILE};
 use estuary_common::http_semantics::{self, RangeChoice, Validators};
@@ -202,42 +201,9 @@ impl App {
     }
 }
 
-/// `/metrics`, `/healthz`, `/readyz`.
+/// `/metrics`, `/healthz`, `/readyz` (see `crate::admin`).
 pub fn admin_router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    if let Ok(counts) = app.db.count_by_state().await {
-        app.metrics.set_asset_counts(&counts);
-    }
-    let body = estuary_common::metrics::encode(&app.metrics.registry);
-    let mut r = body.into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if !app.ready.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
-    }
-    if !app.db.ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response();
-    }
-    if let Err(e) = check_storage(&app).await {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage unavailable: {e}\n"),
-        )
-            .into_response();
-    }
-    "ready\n".into_response()
+    estuary_common::service::admin::router()
 }
 
 /// Checks the storage within `[storage] readiness_timeout` and records the outcome in

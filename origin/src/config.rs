@@ -29,8 +29,9 @@ pub struct OriginConfig {
     pub uploads: UploadsConfig,
     #[serde(default)]
     pub packaging: PackagingConfig,
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
-    pub shutdown: ShutdownConfig,
+    pub shutdown: estuary_common::service::ShutdownConfig,
     /// `[limits]`: how long a client may take and how many connections it may hold, on every
     /// listener (see `estuary_common::listener`).
     #[serde(default)]
@@ -353,23 +354,6 @@ impl Default for PackagingConfig {
     }
 }
 
-/// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after SIGTERM.
-    #[serde(default = "default_drain", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            drain_timeout: default_drain(),
-        }
-    }
-}
-
 fn default_node_id() -> String {
     "origin-1".into()
 }
@@ -417,9 +401,6 @@ fn default_readiness_timeout() -> Duration {
 }
 fn default_orphan_min_age() -> Duration {
     Duration::from_secs(3600)
-}
-fn default_drain() -> Duration {
-    Duration::from_secs(30)
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);

@@ -7,6 +7,7 @@
 // built once per request, so its size in a `Result` costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod db;
@@ -24,7 +25,10 @@ pub use config::OriginConfig;
 /// Runs the origin until SIGTERM or SIGINT, then drains.
 pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     // Edges fill from the origin over many connections (see `estuary_common::fds`).
-    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
     let state = config.state.dir.clone();
     let uploads = state.join("uploads");
     let work = state.join("work");
@@ -55,7 +59,6 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new(&config.node.id, &config.node.site);
     let listen = config.listen.clone();
     let limits = config.limits.clone();
-    let drain = config.shutdown.drain_timeout;
     let workers = config.packaging.workers;
     let expiry = config.uploads.expire_after;
     let app = Arc::new(app::App::new(config, db, storage, metrics));
@@ -72,7 +75,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = life.stop_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         tasks.spawn(jobs::worker(Arc::clone(&app), stop_rx.clone()));
@@ -97,22 +100,26 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(http = %listen.http, storage = %app.storage.describe, "The origin is serving.");
     if let Some(cp) = app.config.control_plane.clone() {
-        let beat = heartbeat_maker(&app, &cp);
-        tasks.spawn(estuary_common::cp::heartbeat_loop(
+        let (identity, report) = heartbeat(&app);
+        let beats = estuary_common::service::heartbeat::start(
+            identity,
             cp,
-            beat,
+            report,
             |_| {},
             stop_rx.clone(),
-        ));
+        );
+        tasks.spawn(async move {
+            let _ = beats.await;
+        });
     }
 
-    wait_for_signal().await;
+    life.wait_for_stop().await;
     tracing::info!(
         "Stopping: draining requests; a job in progress will run again at the next start."
     );
     app.ready.store(false, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(drain, main).await.is_err() {
+    life.begin_drain();
+    if life.drain(main).await.is_none() {
         tracing::warn!("Requests still running at the drain deadline were cut.");
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -120,24 +127,6 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Removes uploads that were not completed within `expire_after`.
@@ -221,42 +210,28 @@ async fn sweep_orphans(app: Arc<app::App>) {
     }
 }
 
-/// Builds the origin's heartbeats.
-fn heartbeat_maker(
+/// The origin as its heartbeats name it, and what each beat reports (its readiness).
+fn heartbeat(
     app: &Arc<app::App>,
-    cp: &estuary_common::cp::ClientConfig,
-) -> impl FnMut() -> estuary_common::cp::Heartbeat + Send + 'static {
-    use estuary_common::cp::{Addresses, Capacity, Heartbeat, Load, Role, Usage};
+) -> (
+    estuary_common::service::heartbeat::Identity,
+    impl FnMut() -> estuary_common::service::heartbeat::Report + Send + 'static,
+) {
     let listen = &app.config.listen;
-    let addresses = Addresses {
-        http: cp
-            .advertise
-            .http
-            .clone()
-            .or(Some(format!("http://{}", listen.http))),
-        https: cp.advertise.https.clone(),
-        admin: cp.advertise.admin.clone().or(Some(format!(
-            "http://{}",
-            listen.admin.unwrap_or(listen.http)
-        ))),
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: app.config.node.id.clone(),
+        site: app.config.node.site.clone(),
+        role: estuary_common::cp::Role::Origin,
+        listening: estuary_common::cp::Addresses {
+            http: Some(format!("http://{}", listen.http)),
+            https: None,
+            admin: Some(format!("http://{}", listen.admin.unwrap_or(listen.http))),
+        },
     };
     let app = Arc::clone(app);
-    let capacity = Capacity {
-        gbps: cp.capacity_gbps,
-        disk_bytes: 0,
-    };
-    move || Heartbeat {
-        node: app.config.node.id.clone(),
-        site: app.config.node.site.clone(),
-        role: Role::Origin,
-        addresses: addresses.clone(),
-        capacity: capacity.clone(),
+    let report = move || estuary_common::service::heartbeat::Report {
         ready: app.ready.load(Ordering::SeqCst),
-        load: Load::default(),
-        usage: Usage::default(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        inventory: Vec::new(),
-        instance: String::new(),
-        leaving: false,
-    }
+        ..Default::default()
+    };
+    (identity, report)
 }

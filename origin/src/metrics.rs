@@ -1,6 +1,7 @@
 //! The origin's metrics, registered up front with bounded label sets.
 
 use axum::http::StatusCode;
+use estuary_common::metrics::{self, must};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -42,21 +43,9 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Registration fails only on malformed or duplicate names, which are fixed in this file; the
-/// first test that builds [`Metrics`] catches it.
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 impl Metrics {
     pub fn new(node: &str, site: &str) -> Self {
-        let labels = [
-            ("node".to_owned(), node.to_owned()),
-            ("site".to_owned(), site.to_owned()),
-        ]
-        .into_iter()
-        .collect();
-        let registry = must(Registry::new_custom(None, Some(labels)));
+        let registry = metrics::registry(&[("node", node), ("site", site)]);
         let requests_vec = must(IntCounterVec::new(
             Opts::new(
                 "estuary_origin_asset_requests_total",
@@ -114,20 +103,21 @@ impl Metrics {
             "estuary_origin_orphan_objects_removed_total",
             "Objects of half-published assets (no asset.json, no job) removed by the sweep.",
         ));
-        for c in [
-            Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
-            Box::new(response_bytes.clone()),
-            Box::new(upload_bytes.clone()),
-            Box::new(uploads_completed.clone()),
-            Box::new(jobs_vec),
-            Box::new(job_duration.clone()),
-            Box::new(assets.clone()),
-            Box::new(storage_up.clone()),
-            Box::new(storage_errors.clone()),
-            Box::new(orphans_removed.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        metrics::register_all(
+            &registry,
+            [
+                Box::new(requests_vec) as Box<dyn prometheus::core::Collector>,
+                Box::new(response_bytes.clone()),
+                Box::new(upload_bytes.clone()),
+                Box::new(uploads_completed.clone()),
+                Box::new(jobs_vec),
+                Box::new(job_duration.clone()),
+                Box::new(assets.clone()),
+                Box::new(storage_up.clone()),
+                Box::new(storage_errors.clone()),
+                Box::new(orphans_removed.clone()),
+            ],
+        );
         Self {
             registry,
             requests,

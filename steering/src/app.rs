@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use estuary_common::asset::valid_asset_id;
 use estuary_common::cp::StateSnapshot;
+use estuary_common::metrics::must;
 use estuary_common::token;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
@@ -42,17 +43,12 @@ pub struct Metrics {
     asset_lookups: IntCounterVec,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Fixed names and labels: a failure here is a programming error caught by the first test.
-    r.unwrap_or_else(|e| panic!("metric registration: {e}"))
-}
-
 /// The routes, as metric labels.
 const ROUTES: [&str; 5] = ["playback", "redirect", "steered", "steering", "other"];
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = must(prometheus::Registry::new_custom(None, None));
+        let registry = estuary_common::metrics::registry(&[]);
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "estuary_steering_requests_total",
@@ -116,19 +112,20 @@ impl Metrics {
             ),
             &["result"],
         ));
-        for c in [
-            Box::new(asset_lookups.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(requests.clone()),
-            Box::new(duration.clone()),
-            Box::new(state_version.clone()),
-            Box::new(state_fetches.clone()),
-            Box::new(edges.clone()),
-            Box::new(manifest_fetches.clone()),
-            Box::new(throughput.clone()),
-            Box::new(choices.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        estuary_common::metrics::register_all(
+            &registry,
+            [
+                Box::new(asset_lookups.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(requests.clone()),
+                Box::new(duration.clone()),
+                Box::new(state_version.clone()),
+                Box::new(state_fetches.clone()),
+                Box::new(edges.clone()),
+                Box::new(manifest_fetches.clone()),
+                Box::new(throughput.clone()),
+                Box::new(choices.clone()),
+            ],
+        );
         for route in ROUTES {
             for class in ["2xx", "3xx", "4xx", "5xx"] {
                 requests.with_label_values(&[route, class]);
@@ -286,9 +283,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/playback/{asset}", get(playback))
         .route("/v1/playback/{asset}/{file}", get(playback_file))
         .route("/v1/steering/{kind}/{asset}", get(steering))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .merge(estuary_common::service::admin::router())
         .fallback(|| async { finish(error(StatusCode::NOT_FOUND, "no such endpoint")) })
         .with_state(app)
 }
@@ -803,26 +798,20 @@ async fn steering(
     record(&app, "steering", started, r)
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut r = estuary_common::metrics::encode(&app.metrics.registry).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(estuary_common::metrics::CONTENT_TYPE),
-    );
-    r
-}
-
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+impl estuary_common::service::admin::AdminEndpoints for App {
+    fn registry(&self) -> &prometheus::Registry {
+        &self.metrics.registry
     }
-    match app.state.view() {
-        Some(_) => "ready\n".into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no state snapshot loaded yet\n",
-        )
-            .into_response(),
+
+    fn serving(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst)
+    }
+
+    async fn check_ready(&self) -> Result<String, String> {
+        match self.state.view() {
+            Some(_) => Ok("ready\n".to_owned()),
+            None => Err("no state snapshot loaded yet\n".to_owned()),
+        }
     }
 }
 

@@ -28,15 +28,16 @@ pub struct SteeringConfig {
     /// `[dns]`: the geo-DNS zone, answered on `listen.dns` (both are needed together).
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
-    pub shutdown: ShutdownConfig,
+    pub shutdown: estuary_common::service::ShutdownConfig,
     /// `[limits]`: how long a client may take and how many connections it may hold, on every
     /// listener (see `estuary_common::listener`).
     #[serde(default)]
     pub limits: estuary_common::listener::ListenerLimits,
 }
 
-/// `[node]`.
+/// `[node]`: `id` and `site`, as in every node's config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -44,13 +45,14 @@ pub struct NodeConfig {
     pub id: String,
     /// Its site (the site's node token is `[control_plane] token`).
     pub site: String,
-    /// The base URL the control plane's monitor polls (`/readyz`, `/metrics`); default
-    /// `http://<listen.http>`, which is right only when that is not a wildcard address.
+    /// Deprecated: `[control_plane] advertise.admin`, as in every node's config (accepted,
+    /// with a warning at start; not together with it).
     #[serde(default)]
     pub admin_url: Option<String>,
-    /// Time between two heartbeats.
-    #[serde(default = "default_heartbeat", with = "humantime_serde")]
-    pub heartbeat_interval: Duration,
+    /// Deprecated: `[control_plane] interval`, as in every node's config (accepted, with a
+    /// warning at start; not together with it).
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
 }
 
 /// `[listen]`.
@@ -106,6 +108,19 @@ pub struct StateSource {
     /// capacity, `up`, load and assets), read once at start.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// With `[node]` and `url`: the time between two heartbeats (default 5s), as in every
+    /// node's `[control_plane]`.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// The addresses the control plane and its monitor use to reach this node (default:
+    /// `http` is `[steering] public_url`, `admin` is `http://<listen.http>`, which is right
+    /// only when that is not a wildcard address), as in every node's `[control_plane]`.
+    #[serde(default)]
+    pub advertise: estuary_common::cp::Addresses,
+    /// Network capacity in Gb/s reported in heartbeats (default 10), as in every node's
+    /// `[control_plane]`.
+    #[serde(default = "default_gbps")]
+    pub capacity_gbps: f64,
 }
 
 /// `[geo]`.
@@ -288,25 +303,8 @@ impl DnsConfig {
     }
 }
 
-/// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// The longest wait for in-flight requests after SIGTERM.
-    #[serde(default = "default_drain", with = "humantime_serde")]
-    pub drain_timeout: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        Self {
-            drain_timeout: default_drain(),
-        }
-    }
-}
-
-fn default_heartbeat() -> Duration {
-    Duration::from_secs(5)
+fn default_gbps() -> f64 {
+    estuary_common::cp::DEFAULT_CAPACITY_GBPS
 }
 fn default_poll_wait() -> Duration {
     Duration::from_secs(30)
@@ -350,9 +348,6 @@ fn default_rrl_slip() -> u32 {
 fn default_dns_tcp_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_drain() -> Duration {
-    Duration::from_secs(10)
-}
 
 fn http_url(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && url::Url::parse(s).is_ok()
@@ -393,6 +388,49 @@ impl SteeringConfig {
             .iter()
             .filter_map(|p| crate::geo::parse_net(p))
             .collect()
+    }
+
+    /// The heartbeat client: with `[node]`, a control-plane URL and a token, the
+    /// `[control_plane]` keys every node shares (the deprecated `[node] heartbeat_interval`
+    /// and `admin_url` stand in for `interval` and `advertise.admin`).
+    pub fn heartbeat_client(&self) -> Option<estuary_common::cp::ClientConfig> {
+        let node = self.node.as_ref()?;
+        let cp = &self.control_plane;
+        let urls = cp.replica_urls();
+        if urls.is_empty() {
+            return None;
+        }
+        let mut advertise = cp.advertise.clone();
+        if advertise.admin.is_none() {
+            advertise.admin.clone_from(&node.admin_url);
+        }
+        Some(estuary_common::cp::ClientConfig {
+            url: String::new(),
+            urls,
+            ca_file: cp.ca_file.clone(),
+            token: cp.token.clone()?,
+            interval: cp
+                .interval
+                .or(node.heartbeat_interval)
+                .unwrap_or(estuary_common::cp::DEFAULT_HEARTBEAT_INTERVAL),
+            advertise,
+            capacity_gbps: cp.capacity_gbps,
+            store_capacity: None,
+        })
+    }
+
+    /// The deprecated keys this config uses, each with the key that replaces it.
+    pub fn deprecated_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let mut keys = Vec::new();
+        if let Some(node) = &self.node {
+            if node.heartbeat_interval.is_some() {
+                keys.push(("node.heartbeat_interval", "control_plane.interval"));
+            }
+            if node.admin_url.is_some() {
+                keys.push(("node.admin_url", "control_plane.advertise.admin"));
+            }
+        }
+        keys
     }
 
     /// The base URL players reach this service at, without a trailing slash.
@@ -567,14 +605,38 @@ impl SteeringConfig {
                     "must be an http:// or https:// URL",
                 ));
             }
-            if node.heartbeat_interval < Duration::from_secs(1)
-                || node.heartbeat_interval > Duration::from_secs(300)
-            {
+            if node.admin_url.is_some() && cp.advertise.admin.is_some() {
                 return Err(ConfigError::new(
-                    "node.heartbeat_interval",
-                    "must be between 1s and 5min",
+                    "node.admin_url",
+                    "deprecated and given with control_plane.advertise.admin: keep only the latter",
                 ));
             }
+            if let Some(i) = node.heartbeat_interval {
+                if cp.interval.is_some() {
+                    return Err(ConfigError::new(
+                        "node.heartbeat_interval",
+                        "deprecated and given with control_plane.interval: keep only the latter",
+                    ));
+                }
+                if i < Duration::from_secs(1) || i > Duration::from_secs(300) {
+                    return Err(ConfigError::new(
+                        "node.heartbeat_interval",
+                        "must be between 1s and 5min",
+                    ));
+                }
+            }
+        }
+        // The keys every node's [control_plane] shares, checked as every node checks them.
+        if let Some(client) = self.heartbeat_client() {
+            client.validate()?;
+        } else if cp
+            .interval
+            .is_some_and(|i| i < Duration::from_secs(1) || i > Duration::from_secs(300))
+        {
+            return Err(ConfigError::new(
+                "control_plane.interval",
+                "must be between 1s and 5min",
+            ));
         }
         if self.listen.dns.is_some() != self.dns.is_some() {
             return Err(ConfigError::new(
@@ -636,6 +698,41 @@ mod tests {
             &text.replace("zone = \"cdn.example.\"", "zone = \"cdn\""),
             "dns.zone",
         );
+        // Heartbeats: the keys every node shares; the old [node] keys still work, never
+        // both at once.
+        let hb = c.heartbeat_client().expect("heartbeats");
+        assert_eq!(hb.interval, Duration::from_secs(5));
+        assert_eq!(hb.capacity_gbps, estuary_common::cp::DEFAULT_CAPACITY_GBPS);
+        assert!(c.deprecated_keys().is_empty());
+        let old = text.replace("interval = \"5s\"", "").replace(
+            "site = \"lab\"\n",
+            "site = \"lab\"\nheartbeat_interval = \"2s\"\nadmin_url = \"http://10.0.0.5:7100\"\n",
+        );
+        let c = SteeringConfig::parse(&old, Path::new("/etc")).expect("deprecated keys");
+        let hb = c.heartbeat_client().expect("heartbeats");
+        assert_eq!(hb.interval, Duration::from_secs(2));
+        assert_eq!(hb.advertise.admin.as_deref(), Some("http://10.0.0.5:7100"));
+        assert_eq!(c.deprecated_keys().len(), 2);
+        // (what the example says, what a mistake makes of it, the key named)
+        for (from, to, key) in [
+            (
+                "site = \"lab\"\n",
+                "site = \"lab\"\nheartbeat_interval = \"2s\"\n",
+                "node.heartbeat_interval",
+            ),
+            (
+                "interval = \"5s\"",
+                "interval = \"0s\"",
+                "control_plane.interval",
+            ),
+            (
+                "# capacity_gbps = 10.0",
+                "capacity_gbps = -1.0",
+                "control_plane.capacity_gbps",
+            ),
+        ] {
+            bad(&text.replace(from, to), key);
+        }
         bad(
             &text.replace(
                 "trusted_proxies = [\"10.0.0.0/8\"]",

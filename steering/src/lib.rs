@@ -39,7 +39,10 @@ pub fn load_zones(config: &SteeringConfig) -> anyhow::Result<geo::CoverageZones>
 /// Runs the steering service until SIGTERM or SIGINT.
 pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     // Players poll steering; no connection cap, so room for many (see `estuary_common::fds`).
-    estuary_common::fds::prepare(estuary_common::fds::UNCAPPED_SLOTS);
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
     let zones = load_zones(&config)?;
     let holder = Arc::new(state::StateHolder::new(zones, app::prefer_https(&config)));
     let metrics = Arc::new(app::Metrics::new());
@@ -50,7 +53,6 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     }
     let listen = config.listen.http;
     let limits = config.limits.clone();
-    let drain = config.shutdown.drain_timeout;
     let urls = config.control_plane.replica_urls();
     let feed = (!urls.is_empty())
         .then_some(urls)
@@ -66,7 +68,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx = life.stop_signal();
     let follower = feed.map(|(urls, token)| {
         tokio::spawn(state::follow_feed(
             state::Feed {
@@ -119,11 +121,11 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
         None,
     ));
     tracing::info!(http = %listen, "The steering service is serving.");
-    wait_for_signal().await;
+    life.wait_for_stop().await;
     tracing::info!("Stopping: draining requests.");
     app.draining.store(true, Ordering::SeqCst);
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(drain, server).await;
+    life.begin_drain();
+    let _ = life.drain(server).await;
     if let Some(f) = follower {
         let _ = f.await;
     }
@@ -145,75 +147,35 @@ fn heartbeat(
     holder: &Arc<state::StateHolder>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let node = app.config.node.clone()?;
-    let urls = app.config.control_plane.replica_urls();
-    if urls.is_empty() {
-        return None;
+    let node = app.config.node.as_ref()?;
+    let client = app.config.heartbeat_client()?;
+    for (old, new) in app.config.deprecated_keys() {
+        tracing::warn!(
+            key = old,
+            replacement = new,
+            "A deprecated config key is in use; it will be refused in a later release."
+        );
     }
-    let token = app.config.control_plane.token.clone()?;
-    let admin = node
-        .admin_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", app.config.listen.http));
-    let client = estuary_common::cp::ClientConfig {
-        url: String::new(),
-        urls,
-        ca_file: app.config.control_plane.ca_file.clone(),
-        token,
-        interval: node.heartbeat_interval,
-        advertise: estuary_common::cp::Addresses {
-            http: Some(app.config.public_url()),
-            https: None,
-            admin: Some(admin),
-        },
-        capacity_gbps: 1.0,
-        store_capacity: None,
-    };
-    let holder = Arc::clone(holder);
-    let addresses = client.advertise.clone();
-    let mut cpu = estuary_common::cp::CpuMeter::default();
-    let make = move || estuary_common::cp::Heartbeat {
-        node: node.id.clone(),
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: node.id.clone(),
         site: node.site.clone(),
         role: estuary_common::cp::Role::Steering,
-        addresses: addresses.clone(),
-        capacity: estuary_common::cp::Capacity {
-            gbps: 1.0,
-            disk_bytes: 0,
+        listening: estuary_common::cp::Addresses {
+            http: Some(app.config.public_url()),
+            https: None,
+            admin: Some(format!("http://{}", app.config.listen.http)),
         },
-        ready: holder.view().is_some(),
-        load: estuary_common::cp::Load {
-            cpu: cpu.share(),
-            ..Default::default()
-        },
-        usage: Default::default(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        inventory: vec![],
-        instance: String::new(),
-        leaving: false,
     };
-    Some(tokio::spawn(estuary_common::cp::heartbeat_loop(
+    let holder = Arc::clone(holder);
+    let report = move || estuary_common::service::heartbeat::Report {
+        ready: holder.view().is_some(),
+        ..Default::default()
+    };
+    Some(estuary_common::service::heartbeat::start(
+        identity,
         client,
-        make,
+        report,
         |_| {},
         stop,
-    )))
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    ))
 }

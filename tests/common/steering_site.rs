@@ -51,9 +51,10 @@ impl SteeringSite {
     /// Steers from a control plane's live state feed, and registers with it as node
     /// `steering-test` of site `lab`.
     pub fn with_control_plane(&mut self, url: &str, token: &str) {
-        self.source = format!("url = \"{url}\"\ntoken = \"{token}\"\npoll_wait = \"20s\"\n");
-        self.node =
-            "[node]\nid = \"steering-test\"\nsite = \"lab\"\nheartbeat_interval = \"1s\"\n".into();
+        self.source = format!(
+            "url = \"{url}\"\ntoken = \"{token}\"\npoll_wait = \"20s\"\ninterval = \"1s\"\n"
+        );
+        self.node = "[node]\nid = \"steering-test\"\nsite = \"lab\"\n".into();
     }
 
     pub fn url(&self, path: &str) -> String {
