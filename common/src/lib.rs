@@ -1,8 +1,10 @@
-//! What crosses Estuary's service boundaries: the signed-URL token format that other programs
-//! mint, the `asset.json` integrity manifest of packaged assets, the TLS set-up (one crypto provider for the process), and the metrics and logging
-//! set-up every service shares, the descriptor-table sizing every service does at start, and
-//! the listener limits and serve loop every service's TCP listeners share.
-//! Nothing here does network IO of its own.
+//! What crosses Estuary's service boundaries, and the shell every service shares. Pure: the
+//! signed-URL token format other programs mint, the `asset.json` integrity manifest and its
+//! signature, the wire types of the control plane and its operator API, the rules written
+//! once (asset and key ids, the ladder, ranges and conditionals). The shared IO shell, and
+//! nothing else with IO: the service lifecycle (`service`), the listeners' serve loop
+//! (`listener`), the one outbound HTTP client (`http`) and the heartbeat loop (`cp`); with
+//! the TLS, metrics, logging and descriptor-table set-up they use.
 
 pub mod api;
 pub mod asset;

@@ -1,6 +1,7 @@
 //! Request-path normalization: the one place that turns a raw request path into the canonical
 //! path that tokens are checked against, files are looked up by, the cache and purges are keyed
-//! by, and the upstream request is re-encoded from ([`encode`]). Pure and fuzzed.
+//! by, and the upstream request is re-encoded from ([`encode`]). Pure and fuzzed. The host is
+//! not part of the key: one edge serves one namespace.
 //!
 //! The canonical path is decoded exactly once. Whatever a second decoding (by an upstream that
 //! decodes paths) or a URI parser could read differently is refused rather than passed on: an

@@ -1,6 +1,9 @@
 //! The pre-positioned store: files under one root folder, served from memory maps that are
 //! kept open in a bounded cache (like nginx's `open_file_cache`) and checked again after a
-//! configured interval.
+//! configured interval. Memory maps rather than reads into buffers: the page cache holds the
+//! bytes once, a response is a zero-copy slice of the map into hyper and quinn, and small
+//! files are pre-faulted (`MAP_POPULATE`) on the blocking pool so that serving never waits
+//! on the disk inside an async task. The price is the rename invariant below.
 //!
 //! Invariant: no lookup returns a file outside the root. Paths arrive normalized (no `.`/`..`
 //! segments), are resolved with every symbolic link followed, and the result must still lie
