@@ -237,7 +237,10 @@ mod tests {
         let quoted = format!("/{}", "\"".repeat(1000));
         assert_eq!(normalize(&quoted), Err(PathError::TooLong));
         let fits = format!("/{}", "\"".repeat(600));
-        assert_eq!(normalize(&encode(&normalize(&fits).expect("fits"))), normalize(&fits));
+        assert_eq!(
+            normalize(&encode(&normalize(&fits).expect("fits"))),
+            normalize(&fits)
+        );
     }
 
     proptest::proptest! {
