@@ -91,3 +91,25 @@ fn open_connections_are_counted_by_protocol() {
     }
     assert_eq!(seen, 0.0);
 }
+
+#[test]
+fn queued_lines_are_written_before_exit() {
+    let site = Site::new("access-log-exit");
+    let mut edge = site.start();
+    let n = 300;
+    for _ in 0..n {
+        assert_eq!(
+            http_get_raw(site.http, "/pub/hello.txt").expect("get").0,
+            200
+        );
+    }
+    // At once: the lines of the last requests are still queued, not yet written.
+    edge.signal("TERM");
+    assert!(
+        edge.wait_exit(std::time::Duration::from_secs(20)),
+        "no exit"
+    );
+    let log = edge.access_log();
+    let lines = log.lines().filter(|l| l.contains("/pub/hello.txt")).count();
+    assert_eq!(lines, n, "{} of {n} lines written before exit", lines);
+}

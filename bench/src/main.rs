@@ -51,7 +51,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Hot hits on the same files: `estuary edge` against nginx over HTTP/1.1 (plain and TLS)
-    /// and HTTP/2, pinned playlist requests, HTTP/3 (edge only) and idle connection memory.
+    /// and HTTP/2, pinned playlist requests (also with both writing an access log), HTTP/3
+    /// (edge only) and idle connection memory.
     EdgeVsNginx(EdgeVsNginxArgs),
     /// The edge's pull-through cache against nginx proxy_cache, Varnish and Apache Traffic
     /// Server in front of the same origin: cold-miss collapse (200 clients on one uncached
@@ -121,6 +122,8 @@ enum Test {
     H2,
     /// Playlists with the server on CPU 0 and wrk on CPU 1.
     Pinned,
+    /// TLS playlists pinned as above, with both servers writing an access log to a file.
+    PinnedLog,
     /// HTTP/3, edge only.
     H3,
     /// Memory with idle keep-alive connections.
@@ -172,6 +175,8 @@ struct Bench {
     sets: Vec<ContentSet>,
     /// Notes for the report, gathered along the way.
     notes: std::cell::RefCell<Vec<String>>,
+    /// Whether the servers started now write an access log to a file.
+    access_log: std::cell::Cell<bool>,
 }
 
 /// A run in which more than this share of the machine's CPU went to neither the server nor the
@@ -278,7 +283,9 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
     eprintln!("Generating the content under {} ...", work.display());
     let content = content::generate(&work)?;
     let (cert, key) = content::certificate(&work)?;
-    let edge_config = servers::edge_config(&work)?;
+    let edge_config = servers::edge_config(&work, None)?;
+    let edge_config_logged =
+        servers::edge_config(&work, Some(&servers::access_log_path(&work, Kind::Edge)))?;
     let sets = content_sets(&work, &content)?;
     let setup = Setup {
         work: work.clone(),
@@ -287,6 +294,8 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         cert,
         key,
         edge_config,
+        edge_config_logged,
+        access_log: false,
         as_root: servers::running_as_root(),
         nginx_ports: args.nginx_ports,
     };
@@ -303,6 +312,7 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         content,
         sets,
         notes: Default::default(),
+        access_log: Default::default(),
         args,
     };
     bench.note_background_load()?;
@@ -321,6 +331,9 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
     }
     if run(Test::Pinned) {
         rows.extend(bench.pinned_rows()?);
+    }
+    if run(Test::PinnedLog) {
+        rows.push(bench.pinned_log_row()?);
     }
     if run(Test::H3) {
         rows.extend(bench.h3_rows()?);
@@ -353,6 +366,19 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         eprintln!("Wrote the report into {}.", path.display());
     }
     Ok(())
+}
+
+/// A pinned row from the outcomes of the edge and nginx, in that order.
+fn pinned_row(test: &str, content: &str, per_kind: Vec<Outcome>) -> Row {
+    let mut per_kind = per_kind.into_iter();
+    Row {
+        test: test.to_owned(),
+        content: content.to_owned(),
+        edge: per_kind.next().unwrap_or(Err("not run".to_owned())),
+        nginx: per_kind.next(),
+        target: true,
+        figures: report::PINNED,
+    }
 }
 
 /// The segment sets (one per rendition) and the playlists, with a wrk script for each.
@@ -438,7 +464,11 @@ impl Bench {
             kind.label(),
             if pinned { " (pinned to CPU 0)" } else { "" }
         );
-        let server = Server::start(kind, &self.setup, pinned)?;
+        let setup = Setup {
+            access_log: self.access_log.get(),
+            ..self.setup.clone()
+        };
+        let server = Server::start(kind, &setup, pinned)?;
         let mut conn = Http1Conn::connect(server.ports.plain_addr())?;
         for path in self.content.all_paths() {
             let (status, len) = conn
@@ -712,7 +742,6 @@ impl Bench {
     /// Playlists with the server on CPU 0 (one worker) and wrk on CPU 1, plain and TLS.
     fn pinned_rows(&self) -> anyhow::Result<Vec<Row>> {
         let set = self.playlist_set();
-        let shape = self.pinned_shape();
         let edge_threads = std::cell::Cell::new(0);
         let results = self.run_group(
             &[Kind::Edge, Kind::Nginx],
@@ -725,27 +754,9 @@ impl Bench {
                 )
             },
             |server, row, duration| {
-                let kind = server.kind;
                 let tls = row == 1;
-                let base = if tls {
-                    format!("https://127.0.0.1:{}", server.ports.tls)
-                } else {
-                    format!("http://127.0.0.1:{}", server.ports.plain)
-                };
-                let log = self.logs().join(format!(
-                    "wrk-pinned-{}-{}.txt",
-                    if tls { "tls" } else { "plain" },
-                    kind.label()
-                ));
-                let m = load::run_wrk(
-                    &self.tools.wrk,
-                    &shape,
-                    &base,
-                    &set.wrk_script,
-                    duration,
-                    &log,
-                );
-                if kind == Kind::Edge {
+                let m = self.pinned_wrk(server, tls, if tls { "tls" } else { "plain" }, duration);
+                if server.kind == Kind::Edge {
                     edge_threads.set(edge_threads.get().max(server.threads()));
                 }
                 m
@@ -760,18 +771,69 @@ impl Bench {
         Ok(results
             .into_iter()
             .zip(["HTTP/1.1 plain, pinned (wrk)", "HTTP/1.1 TLS, pinned (wrk)"])
-            .map(|(per_kind, test)| {
-                let mut per_kind = per_kind.into_iter();
-                Row {
-                    test: test.to_owned(),
-                    content: set.label.clone(),
-                    edge: per_kind.next().unwrap_or(Err("not run".to_owned())),
-                    nginx: per_kind.next(),
-                    target: true,
-                    figures: report::PINNED,
-                }
-            })
+            .map(|(per_kind, test)| pinned_row(test, &set.label, per_kind))
             .collect())
+    }
+
+    /// One pinned wrk run on the playlists against `server`, its output in
+    /// `wrk-pinned-{name}-{server}.txt`.
+    fn pinned_wrk(
+        &self,
+        server: &Server,
+        tls: bool,
+        name: &str,
+        duration: Duration,
+    ) -> anyhow::Result<Measurement> {
+        let base = if tls {
+            format!("https://127.0.0.1:{}", server.ports.tls)
+        } else {
+            format!("http://127.0.0.1:{}", server.ports.plain)
+        };
+        let log = self
+            .logs()
+            .join(format!("wrk-pinned-{name}-{}.txt", server.kind.label()));
+        load::run_wrk(
+            &self.tools.wrk,
+            &self.pinned_shape(),
+            &base,
+            &self.playlist_set().wrk_script,
+            duration,
+            &log,
+        )
+    }
+
+    /// TLS playlists pinned as in [`Bench::pinned_rows`], with both servers writing an access
+    /// log to a file: nginx in its default combined format (one `write` per request), the
+    /// edge its JSON lines.
+    fn pinned_log_row(&self) -> anyhow::Result<Row> {
+        self.access_log.set(true);
+        let results = self.run_group(
+            &[Kind::Edge, Kind::Nginx],
+            true,
+            1,
+            |_| "pinned playlists, TLS, access log to a file".to_owned(),
+            |server, _, duration| self.pinned_wrk(server, true, "tls-access-log", duration),
+        );
+        self.access_log.set(false);
+        // The row means little if a server wrote no log at all.
+        for kind in [Kind::Edge, Kind::Nginx] {
+            let path = self.setup.access_log_path(kind);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len == 0 {
+                bail!("{} wrote no access log to {}", kind.label(), path.display());
+            }
+        }
+        self.note(
+            "Access-log row: TLS playlists pinned as in the pinned rows, nginx with `access_log \
+             FILE` (the default combined format, unbuffered), the edge with `[log] access = \
+             \"FILE\"` (its JSON lines); each server starts with an empty file."
+                .to_owned(),
+        );
+        Ok(pinned_row(
+            "HTTP/1.1 TLS, pinned, access log to a file (wrk)",
+            &self.playlist_set().label,
+            results?.into_iter().next().unwrap_or_default(),
+        ))
     }
 
     /// HTTP/3 against the edge alone (nginx 1.22 has none): the 600 KB rendition and the

@@ -67,6 +67,11 @@ pub struct Setup {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub edge_config: PathBuf,
+    /// The edge's config with its access log written to [`Setup::access_log_path`].
+    pub edge_config_logged: PathBuf,
+    /// Whether the servers write an access log to a file (nginx in its default combined
+    /// format, the edge its JSON lines); off unless a test asks for it.
+    pub access_log: bool,
     pub as_root: bool,
     pub nginx_ports: Ports,
 }
@@ -78,6 +83,17 @@ impl Setup {
             Kind::Nginx => self.nginx_ports,
         }
     }
+
+    /// Where a server writes its access log when [`Setup::access_log`] is set.
+    pub fn access_log_path(&self, kind: Kind) -> PathBuf {
+        access_log_path(&self.work, kind)
+    }
+}
+
+/// Where a server writes its access log in the work folder `work`.
+pub fn access_log_path(work: &Path, kind: Kind) -> PathBuf {
+    work.join("logs")
+        .join(format!("{}-access.log", kind.label()))
 }
 
 /// A running server; stopped when dropped.
@@ -113,6 +129,10 @@ impl Server {
             let p = logs.join(name);
             File::create(&p).with_context(|| format!("creating {}", p.display()))
         };
+        if setup.access_log {
+            // Each start begins with an empty log, so that the runs do not fill the disk.
+            let _ = std::fs::remove_file(setup.access_log_path(kind));
+        }
         let program = match kind {
             Kind::Edge => &setup.estuary_bin,
             Kind::Nginx => &setup.nginx_bin,
@@ -126,7 +146,12 @@ impl Server {
         };
         match kind {
             Kind::Edge => {
-                cmd.arg("edge").arg("--config").arg(&setup.edge_config);
+                let config = if setup.access_log {
+                    &setup.edge_config_logged
+                } else {
+                    &setup.edge_config
+                };
+                cmd.arg("edge").arg("--config").arg(config);
                 if pinned {
                     cmd.env("TOKIO_WORKER_THREADS", "1");
                 } else {
@@ -142,6 +167,10 @@ impl Server {
                     workers,
                     setup.as_root,
                     ports,
+                    setup
+                        .access_log
+                        .then(|| setup.access_log_path(Kind::Nginx))
+                        .as_deref(),
                 )?;
                 let prefix = setup.work.join("nginx");
                 // In the foreground, so that the bench is its parent and can stop it; the config
@@ -324,9 +353,10 @@ pub fn running_as_root() -> bool {
 }
 
 /// The edge's config for the bench, as given in the bench's brief: every default except
-/// `access = "off"` (nginx logs nothing either), a long idle keep-alive (for the idle
-/// connection test) and a high connection limit.
-pub fn edge_config(work: &Path) -> anyhow::Result<PathBuf> {
+/// `access = "off"` (nginx logs nothing either) or, with `access_log`, the access log written
+/// to that file; a long idle keep-alive (for the idle connection test) and a high connection
+/// limit.
+pub fn edge_config(work: &Path, access_log: Option<&Path>) -> anyhow::Result<PathBuf> {
     let ports = EDGE_PORTS;
     let text = format!(
         r#"# Written by estuary-bench; relative paths are relative to this file.
@@ -347,7 +377,7 @@ key = "key.pem"
 root = "content"
 
 [log]
-access = "off"
+access = "{access}"
 
 [limits]
 header_read_timeout = "300s"
@@ -359,14 +389,21 @@ max_connections_per_ip = 100000
         plain = ports.plain,
         tls = ports.tls,
         admin = ports.admin.unwrap_or(18081),
+        access = access_log.map_or("off".to_owned(), |p| p.display().to_string()),
     );
-    let path = work.join("edge.toml");
+    let name = if access_log.is_some() {
+        "edge-access-log.toml"
+    } else {
+        "edge.toml"
+    };
+    let path = work.join(name);
     std::fs::write(&path, text)?;
     Ok(path)
 }
 
 /// nginx's config, from `peers/nginx-origin.conf` (plain and TLS 1.3 + h2 servers only).
-/// `workers` is `auto` or a count.
+/// `workers` is `auto` or a count; `access_log`, a file for the access log in nginx's default
+/// combined format (off without it, as in the peer config).
 pub fn nginx_config(
     work: &Path,
     cert: &Path,
@@ -374,6 +411,7 @@ pub fn nginx_config(
     workers: &str,
     as_root: bool,
     ports: Ports,
+    access_log: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
     let dir = work.join("nginx");
     std::fs::create_dir_all(dir.join("logs"))?;
@@ -394,7 +432,7 @@ http {{
     open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
     open_file_cache_min_uses 1; open_file_cache_errors on;
     keepalive_timeout 65s; keepalive_requests 1000000;
-    access_log off;
+    access_log {access_log};
     expires 1h;
     root {root};
 
@@ -418,8 +456,14 @@ http {{
         key = key.display(),
         plain = ports.plain,
         tls = ports.tls,
+        access_log = access_log.map_or("off".to_owned(), |p| p.display().to_string()),
     );
-    let path = dir.join(format!("nginx-{workers}.conf"));
+    let suffix = if access_log.is_some() {
+        "-access-log"
+    } else {
+        ""
+    };
+    let path = dir.join(format!("nginx-{workers}{suffix}.conf"));
     std::fs::write(&path, text)?;
     Ok(path)
 }

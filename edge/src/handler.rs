@@ -1054,10 +1054,12 @@ pub struct Finish {
     details: Option<Box<Details>>,
 }
 
+/// Handles into the request, so that gathering them allocates nothing beyond this box: the
+/// line is formatted once, when the request is done.
 struct Details {
     client: SocketAddr,
-    method: String,
-    user_agent: Option<String>,
+    method: Method,
+    user_agent: Option<HeaderValue>,
     cmcd: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -1081,12 +1083,8 @@ impl Finish {
             }
             Box::new(Details {
                 client: req.client,
-                method: req.method.as_str().to_owned(),
-                user_agent: req
-                    .headers
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.chars().take(512).collect()),
+                method: req.method.clone(),
+                user_agent: req.headers.get(header::USER_AGENT).cloned(),
                 cmcd,
             })
         });
@@ -1127,19 +1125,25 @@ impl Drop for Finish {
             .metrics
             .observe_response(self.protocol, self.status, sent, seconds);
         if let Some(d) = self.details.take() {
-            self.observer.access_log.log(AccessEntry {
-                time: crate::access_log::rfc3339(self.time),
-                client: d.client.ip().to_string(),
-                method: d.method,
-                path: std::mem::take(&mut self.path),
+            // At most 512 characters of the user agent.
+            let user_agent = d
+                .user_agent
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.char_indices().nth(512).map_or(s, |(end, _)| &s[..end]));
+            self.observer.access_log.log(&AccessEntry {
+                time: self.time,
+                client: d.client.ip(),
+                method: d.method.as_str(),
+                path: &self.path,
                 status: self.status,
                 bytes: sent,
                 duration: seconds,
                 protocol: self.protocol.as_str(),
-                user_agent: d.user_agent,
+                user_agent,
                 reason: self.reason,
                 complete: self.complete,
-                cmcd: d.cmcd,
+                cmcd: &d.cmcd,
             });
         }
     }
