@@ -389,6 +389,19 @@ impl EdgeProcess {
         std::fs::read_to_string(self.log_dir.join("access.log")).unwrap_or_default()
     }
 
+    /// The access log once `done` says it holds what the test waits for (the writer writes
+    /// its batch every 20 ms); the log as it is after 10 s otherwise.
+    pub fn access_log_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.access_log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn signal(&self, sig: &str) {
         let out = run(Command::new("kill")
             .arg(format!("-{sig}"))
