@@ -41,10 +41,17 @@ fn steered_edges(steering: &SteeringSite) -> (u16, Vec<String>) {
     (status, ids)
 }
 
-fn healthz(cp: &ControlPlane) -> serde_json::Value {
-    let (status, _, body) = fetch(&format!("{}/healthz", cp.url()), &[]);
+/// `/healthz` as an operator sees it (`operator` true) or as anyone who reaches the port.
+fn healthz_as(cp: &ControlPlane, operator: bool) -> serde_json::Value {
+    let auth = format!("Authorization: Bearer {OPS}");
+    let args: &[&str] = if operator { &["-H", &auth] } else { &[] };
+    let (status, _, body) = fetch(&format!("{}/healthz", cp.url()), args);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     serde_json::from_slice(&body).expect("healthz json")
+}
+
+fn healthz(cp: &ControlPlane) -> serde_json::Value {
+    healthz_as(cp, true)
 }
 
 fn push(cp: &ControlPlane, asset: &str) -> (u16, String) {
@@ -141,6 +148,12 @@ fn a_frozen_database_and_a_killed_replica_leave_every_healthy_node_up() {
             "{h}"
         );
         assert!(h["database"]["pending_writes"].as_u64() > Some(0), "{h}");
+        // Without an operator token: up or not, and nothing more (the reason names the
+        // database's host and user).
+        let anonymous = healthz_as(cp, false);
+        assert_eq!(anonymous["database"]["up"], false, "{anonymous}");
+        assert!(anonymous["database"].get("reason").is_none(), "{anonymous}");
+        assert!(anonymous.get("panic_held_edges").is_none(), "{anonymous}");
         let (_, _, metrics) = fetch(&format!("{}/metrics", cp.url()), &[]);
         let metrics = String::from_utf8_lossy(&metrics);
         assert!(

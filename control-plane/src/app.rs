@@ -1297,20 +1297,32 @@ impl estuary_common::service::admin::AdminEndpoints for App {
 
     /// Alive, with what an operator needs at a glance: the database's state (since when it is
     /// out of reach, why, writes queued) and where the panic threshold holds edges in rotation.
-    fn health(&self) -> Response {
-        let now = estuary_common::unix_now();
+    /// Anyone who can reach the port learns only that the process is alive and whether the
+    /// database is up; the reason (a database error names hosts, users and paths) and the
+    /// held edges' ids are for a caller with an operator token.
+    fn health(&self, headers: &HeaderMap) -> Response {
         let db = self.store.health();
-        let outage = db.outage();
-        let body = serde_json::json!({
-            "status": "ok",
-            "database": {
-                "up": db.is_up(),
-                "unavailable_for_seconds": outage.as_ref().map(|(since, _)| now.saturating_sub(*since)),
-                "reason": outage.map(|(_, why)| why),
-                "pending_writes": self.pending.len(),
-            },
-            "panic_held_edges": self.registry.panicking(),
-        });
+        let operator = matches!(self.caller(headers), Ok(Caller::Operator(_)));
+        let body = if operator {
+            let now = estuary_common::unix_now();
+            let outage = db.outage();
+            serde_json::json!({
+                "status": "ok",
+                "database": {
+                    "up": db.is_up(),
+                    "unavailable_for_seconds": outage.as_ref().map(|(since, _)| now.saturating_sub(*since)),
+                    "reason": outage.map(|(_, why)| why),
+                    "pending_writes": self.pending.len(),
+                },
+                "panic_held_edges": self.registry.panicking(),
+            })
+        } else {
+            serde_json::json!({
+                "status": "ok",
+                "database": { "up": db.is_up() },
+                "detail": "send an operator token (Authorization: Bearer) for the database's state and the edges held in rotation",
+            })
+        };
         json(StatusCode::OK, &body)
     }
 }

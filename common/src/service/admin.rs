@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -32,8 +32,10 @@ pub trait AdminEndpoints: Send + Sync + 'static {
         async {}
     }
 
-    /// The `/healthz` answer: alive.
-    fn health(&self) -> Response {
+    /// The `/healthz` answer: alive. `headers` are the request's, for a service that shows
+    /// more to an authenticated operator than to anyone who can reach the port.
+    fn health(&self, headers: &HeaderMap) -> Response {
+        let _ = headers;
         "ok\n".into_response()
     }
 }
@@ -45,7 +47,7 @@ pub fn router<S: AdminEndpoints>() -> Router<Arc<S>> {
         .route("/metrics", get(metrics::<S>))
         .route(
             "/healthz",
-            get(|State(s): State<Arc<S>>| async move { s.health() }),
+            get(|State(s): State<Arc<S>>, headers: HeaderMap| async move { s.health(&headers) }),
         )
         .route("/readyz", get(readyz::<S>))
 }
