@@ -574,8 +574,22 @@ async fn a_range_into_an_object_being_filled_is_answered_from_arriving_bytes() {
     assert_eq!(headers["content-range"], "bytes 100000-199999/3000000");
     assert!(got[..] == body[100_000..200_000]);
     // The fill still completes and is cached; the next range is a hit.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    let (status, headers, _) = get(&site, "/v/r/seg.m4s").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while origin.finished_at("/v/r/seg.m4s").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the origin never finished sending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The edge publishes once it has checked the last byte: a MISS until then.
+    let (status, headers) = loop {
+        let (status, headers, _) = get(&site, "/v/r/seg.m4s").await;
+        if headers["x-cache"] == "HIT" || Instant::now() > deadline {
+            break (status, headers);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         (status, &headers["x-cache"]),
         (200, &http::HeaderValue::from_static("HIT"))

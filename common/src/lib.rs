@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod packaging;
+pub mod parked;
 pub mod service;
 pub mod signing;
 pub mod tls;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -229,7 +229,8 @@ pub struct ConnectionWatch {
     /// Milliseconds after `opened`; `u64::MAX` until it happens.
     first_byte_ms: AtomicU64,
     last_request_end_ms: AtomicU64,
-    any_request: AtomicBool,
+    /// Requests started on this connection.
+    requests: AtomicU64,
     in_flight: AtomicUsize,
     changed: Notify,
 }
@@ -241,7 +242,7 @@ impl ConnectionWatch {
             opened: Instant::now(),
             first_byte_ms: AtomicU64::new(u64::MAX),
             last_request_end_ms: AtomicU64::new(0),
-            any_request: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             changed: Notify::new(),
         })
@@ -264,9 +265,19 @@ impl ConnectionWatch {
 
     /// Marks a request in flight until the guard is dropped (put it in the response body).
     pub fn request(self: &Arc<Self>) -> RequestGuard {
-        self.any_request.store(true, Ordering::Release);
+        self.requests.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         RequestGuard(Arc::clone(self))
+    }
+
+    /// Requests started on this connection so far.
+    pub fn requests_started(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    /// Requests whose response the connection still holds.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// The next deadline and what passing it means; `None` while a request is in flight.
@@ -275,7 +286,7 @@ impl ConnectionWatch {
             return None;
         }
         let at = |ms: u64, d: Duration| self.opened + Duration::from_millis(ms) + d;
-        if self.any_request.load(Ordering::Acquire) {
+        if self.requests.load(Ordering::Acquire) > 0 {
             let end = self.last_request_end_ms.load(Ordering::Acquire);
             return Some((at(end, self.timeouts.idle), Expiry::Idle));
         }
@@ -450,6 +461,13 @@ pub async fn serve(
         .max_headers(limits.max_headers)
         .header_read_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_read_timeout);
+    let h1 = Arc::new(h1);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let handshake_timeout = limits.header_read_timeout;
     let gate = ConnectionGate::new(limits.max_connections, limits.max_connections_per_ip);
@@ -482,6 +500,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             builder: Arc::clone(&builder),
+            h1: Arc::clone(&h1),
             router: router.clone(),
             stop: stop.clone(),
             peer,
@@ -492,10 +511,13 @@ pub async fn serve(
             let _slot = slot;
             let io = WatchedIo::new(stream, Arc::clone(&conn.watch));
             match acceptor {
-                None => conn.serve(io).await,
+                None => conn.serve_parked(io).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
-                        Ok(Ok(tls)) => conn.serve(tls).await,
+                    // Boxed, so that the task of a parked plain connection stays small.
+                    match Box::pin(tokio::time::timeout(handshake_timeout, acceptor.accept(io)))
+                        .await
+                    {
+                        Ok(Ok(tls)) => Box::pin(conn.serve(tls)).await,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "A TLS handshake failed.");
                         }
@@ -515,6 +537,8 @@ pub async fn serve(
 /// One accepted connection and what serving it needs.
 struct Connection {
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// Plain connections: HTTP/1.1 parked between requests ([`crate::parked`]).
+    h1: Arc<hyper::server::conn::http1::Builder>,
     router: axum::Router,
     stop: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
@@ -522,37 +546,52 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves HTTP/1.1 on `io` (plain or TLS) until the client leaves, the service stops
-    /// (graceful) or the connection overstays its welcome (idle, no request).
+    /// The router as a hyper service: the client's address in `ConnectInfo`, and each request
+    /// counted in flight until its response body is done.
+    fn service(&self) -> impl crate::parked::ConnService<Tracked<axum::body::Body>> {
+        let requests = Arc::clone(&self.watch);
+        let router = self.router.clone();
+        let peer = self.peer;
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            use tower::ServiceExt;
+            let guard = requests.request();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                let response = match router.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                Ok::<_, Infallible>(response.map(|b| Tracked::new(b, guard)))
+            }
+        })
+    }
+
+    /// Serves HTTP/1.1 on a plain socket, holding no HTTP state between requests.
+    async fn serve_parked(mut self, io: WatchedIo<tokio::net::TcpStream>) {
+        let service = self.service();
+        let end =
+            crate::parked::serve(io, &self.h1, service, &self.watch, &mut self.stop, true).await;
+        tracing::debug!(client = %self.peer, end = ?end, "An HTTP/1.1 connection ended.");
+    }
+
+    /// Serves HTTP/1.1 on `io` (TLS) until the client leaves, the service stops (graceful) or
+    /// the connection overstays its welcome (idle, no request).
     async fn serve<I>(self, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let service = self.service();
         let Connection {
             builder,
-            router,
             mut stop,
             peer,
             watch,
+            ..
         } = self;
         let io = hyper_util::rt::TokioIo::new(io);
-        let requests = Arc::clone(&watch);
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                use tower::ServiceExt;
-                let guard = requests.request();
-                let mut req = req.map(axum::body::Body::new);
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                let router = router.clone();
-                async move {
-                    let response = match router.oneshot(req).await {
-                        Ok(r) => r,
-                        Err(e) => match e {},
-                    };
-                    Ok::<_, Infallible>(response.map(|b| Tracked::new(b, guard)))
-                }
-            });
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let result = tokio::select! {

@@ -1300,7 +1300,7 @@ impl estuary_common::service::admin::AdminEndpoints for App {
     /// Anyone who can reach the port learns only that the process is alive and whether the
     /// database is up; the reason (a database error names hosts, users and paths) and the
     /// held edges' ids are for a caller with an operator token.
-    fn health(&self, headers: &HeaderMap) -> Response {
+    fn health(&self, headers: &HeaderMap) -> estuary_common::service::admin::Answer {
         let db = self.store.health();
         let operator = matches!(self.caller(headers), Ok(Caller::Operator(_)));
         let body = if operator {
@@ -1323,6 +1323,6 @@ impl estuary_common::service::admin::AdminEndpoints for App {
                 "detail": "send an operator token (Authorization: Bearer) for the database's state and the edges held in rotation",
             })
         };
-        json(StatusCode::OK, &body)
+        estuary_common::service::admin::Answer::json(StatusCode::OK, &body)
     }
 }

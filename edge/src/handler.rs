@@ -284,7 +284,7 @@ impl Edge {
             return Ok(self.purge(req).await);
         }
         if req.endpoints != Endpoints::Content
-            && let Some(response) = self.admin(req)
+            && let Some(response) = self.admin(req).await
         {
             // Probes and scrapes are neither counted as requests nor access-logged.
             finish.record = false;
@@ -788,35 +788,21 @@ impl Edge {
         r
     }
 
-    fn admin(&self, req: &Incoming<'_>) -> Option<Response<Bytes>> {
-        let (status, content_type, body) = match req.uri.path() {
-            "/metrics" => (
-                StatusCode::OK,
-                estuary_common::metrics::CONTENT_TYPE,
-                Bytes::from(estuary_common::metrics::encode(
-                    &self.observer.metrics.registry,
-                )),
-            ),
-            "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
-            "/readyz" if self.ready.load(Ordering::SeqCst) => {
-                (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
-            }
-            "/readyz" => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                Bytes::from_static(b"not ready\n"),
-            ),
-            _ => return None,
-        };
+    /// `/metrics`, `/healthz` and `/readyz`, answered as every service answers them.
+    async fn admin(&self, req: &Incoming<'_>) -> Option<Response<Bytes>> {
+        let a = estuary_common::service::admin::answer(self, req.uri.path(), req.headers).await?;
         let mut r = Response::new(if *req.method == Method::HEAD {
             Bytes::new()
         } else {
-            body.clone()
+            a.body.clone()
         });
-        *r.status_mut() = status;
+        *r.status_mut() = a.status;
         let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(a.content_type),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(a.body.len()));
         h.insert(header::CACHE_CONTROL, NO_STORE.clone());
         h.insert(header::SERVER, SERVER.clone());
         Some(r)
@@ -1146,6 +1132,16 @@ impl Drop for Finish {
                 cmcd: &d.cmcd,
             });
         }
+    }
+}
+
+impl estuary_common::service::admin::AdminEndpoints for Edge {
+    fn registry(&self) -> &prometheus::Registry {
+        &self.observer.metrics.registry
+    }
+
+    fn serving(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
     }
 }
 

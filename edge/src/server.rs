@@ -227,6 +227,18 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// HTTP/1.1 alone, for plain connections that do not open with the HTTP/2 preface (they are
+/// parked between requests: [`estuary_common::parked`]).
+fn h1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .header_read_timeout(limits.header_read_timeout);
+    b
+}
+
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<StreamExecutor> {
     let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
@@ -253,6 +265,7 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<StreamExecutor> {
 struct Shared {
     edge: Arc<Edge>,
     builder: auto::Builder<StreamExecutor>,
+    h1: hyper::server::conn::http1::Builder,
     limits: LimitsConfig,
     /// Client connections, TCP and QUIC together (admin connections are not counted).
     gate: Arc<ConnectionGate>,
@@ -319,19 +332,43 @@ async fn accept_tcp(
                             .connection_opened(Protocol::H1)
                     });
                     let watch = ConnectionWatch::new(shared2.limits.timeouts());
-                    serve_io(
-                        &shared2,
-                        TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch))),
-                        watch,
-                        peer,
-                        false,
-                        endpoints,
-                        conn_stop,
-                        None,
-                    )
-                    .await;
+                    let mut conn_stop = conn_stop;
+                    match opens_with_h2_preface(&stream, &watch, &mut conn_stop, drains).await {
+                        Some(false) => {
+                            // HTTP/1.1, parked between requests.
+                            let service =
+                                edge_service(&shared2, Arc::clone(&watch), peer, false, endpoints);
+                            let io = WatchedIo::new(stream, Arc::clone(&watch));
+                            let end = estuary_common::parked::serve(
+                                io,
+                                &shared2.h1,
+                                service,
+                                &watch,
+                                &mut conn_stop,
+                                drains,
+                            )
+                            .await;
+                            tracing::debug!(client = %peer, end = ?end, "An HTTP/1.1 connection ended.");
+                        }
+                        Some(true) => {
+                            // Boxed, here and for TLS, so that the task of a parked plain
+                            // connection is not the size of an HTTP/2 connection.
+                            Box::pin(serve_io(
+                                &shared2,
+                                TokioIo::new(WatchedIo::new(stream, Arc::clone(&watch))),
+                                watch,
+                                peer,
+                                false,
+                                endpoints,
+                                conn_stop,
+                                None,
+                            ))
+                            .await;
+                        }
+                        None => {}
+                    }
                 }
-                Some(acceptor) => {
+                Some(acceptor) => Box::pin(async move {
                     let handshake = tokio::time::timeout(
                         shared2.limits.handshake_timeout,
                         acceptor.accept(stream),
@@ -383,7 +420,8 @@ async fn accept_tcp(
                         )
                         .await;
                     }
-                }
+                })
+                .await,
             }
         };
         if drains {
@@ -407,10 +445,47 @@ async fn serve_io<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let service = edge_service(shared, Arc::clone(&watch), peer, secure, endpoints);
+    let conn = shared.builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    // Admin connections never drain: they answer /readyz until the process exits.
+    let drains = endpoints != Endpoints::Admin;
+    let result = tokio::select! {
+        r = drive(conn.as_mut(), cork) => r,
+        _ = stopped(&mut stop), if drains => {
+            // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            drive(conn.as_mut(), cork).await
+        }
+        why = watch.expired() => {
+            // No request in flight for too long (or none ever started): close (HTTP/2:
+            // GOAWAY), and cut a client that does not let the connection close.
+            tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(
+                estuary_common::listener::CLOSE_GRACE,
+                drive(conn.as_mut(), cork),
+            )
+            .await
+            .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
+    }
+}
+
+/// The edge's requests as a hyper service, one per connection.
+fn edge_service(
+    shared: &Arc<Shared>,
+    requests: Arc<ConnectionWatch>,
+    peer: SocketAddr,
+    secure: bool,
+    endpoints: Endpoints,
+) -> impl estuary_common::parked::ConnService<Tracked<LoggedBody>> {
     let edge = Arc::clone(&shared.edge);
-    let requests = Arc::clone(&watch);
     let max_headers = shared.limits.max_headers;
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let edge = Arc::clone(&edge);
         let guard = requests.request();
         async move {
@@ -445,34 +520,34 @@ async fn serve_io<I>(
                 response.map(|b| Tracked::new(LoggedBody::new(b, finish, length), guard)),
             )
         }
-    });
-    let conn = shared.builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    // Admin connections never drain: they answer /readyz until the process exits.
-    let drains = endpoints != Endpoints::Admin;
-    let result = tokio::select! {
-        r = drive(conn.as_mut(), cork) => r,
-        _ = stopped(&mut stop), if drains => {
-            // Draining: finish the request in flight, then close (HTTP/2: GOAWAY).
-            conn.as_mut().graceful_shutdown();
-            drive(conn.as_mut(), cork).await
-        }
+    })
+}
+
+/// Waits for a plain connection's first bytes: `Some(true)` when they are (or may become) the
+/// HTTP/2 preface, `Some(false)` for HTTP/1.1, `None` when the connection ended or overstayed
+/// first.
+async fn opens_with_h2_preface(
+    stream: &tokio::net::TcpStream,
+    watch: &ConnectionWatch,
+    stop: &mut watch::Receiver<bool>,
+    drains: bool,
+) -> Option<bool> {
+    const PREFACE: &[u8] = b"PRI ";
+    let mut first = [0u8; 4];
+    let n = tokio::select! {
+        r = stream.peek(&mut first) => r.ok()?,
+        _ = estuary_common::listener::stopped(stop), if drains => return None,
         why = watch.expired() => {
-            // No request in flight for too long (or none ever started): close (HTTP/2:
-            // GOAWAY), and cut a client that does not let the connection close.
-            tracing::debug!(client = %peer, reason = ?why, "An unused connection was closed.");
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(
-                estuary_common::listener::CLOSE_GRACE,
-                drive(conn.as_mut(), cork),
-            )
-            .await
-            .unwrap_or(Ok(()))
+            tracing::debug!(reason = ?why, "A connection that sent nothing was closed.");
+            return None;
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, client = %peer, "An HTTP connection ended with an error.");
+    if n == 0 {
+        return None;
     }
+    // A partial preface goes to the server that speaks both (rare: clients send the request
+    // line in one segment).
+    Some(first[..n] == PREFACE[..n])
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -964,6 +1039,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         edge: Arc::clone(&edge),
         builder: http_builder(&config.limits),
+        h1: h1_builder(&config.limits),
         limits: config.limits.clone(),
         gate: ConnectionGate::new(
             config.limits.max_connections,
