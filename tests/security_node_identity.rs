@@ -306,20 +306,43 @@ fn a_forged_asset_from_a_peer_is_never_published_and_purges_carry_no_fleet_secre
         cp.wait_node(node, true, Duration::from_secs(20));
     }
 
-    // The control plane refuses an asset whose manifest no trusted key signed.
+    // The control plane never places an asset whose manifest no trusted key signed: without
+    // a signature the push waits (pending, placed nowhere); with a signature that does not
+    // verify it is refused.
     write_asset(&origin_site.storage_root(), "unsigned", &fake_asset_files());
-    std::fs::remove_file(origin_site.storage_root().join("v/unsigned/asset.json.sig"))
-        .expect("unsign");
-    let (status, _, body) = cp.get(
-        "/v1/assets/unsigned/push",
-        OPS,
-        &["-X", "POST", "--data", "{}"],
-    );
-    let body = String::from_utf8_lossy(&body);
+    let sig = origin_site.storage_root().join("v/unsigned/asset.json.sig");
+    std::fs::remove_file(&sig).expect("unsign");
+    let push_unsigned = || {
+        let (status, _, body) = cp.get(
+            "/v1/assets/unsigned/push",
+            OPS,
+            &["-X", "POST", "--data", "{}"],
+        );
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = push_unsigned();
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status, 202, "{body}");
     assert!(
-        status >= 400,
-        "an unsigned asset was pushed: {status} {body}"
+        reply["placements"].as_array().is_some_and(|p| p.is_empty()),
+        "{body}"
     );
+    assert!(
+        reply["pending"]
+            .as_str()
+            .is_some_and(|p| p.contains("asset.json.sig")),
+        "{body}"
+    );
+    std::fs::write(&sig, b"a signature no key made").expect("forge");
+    let (status, body) = push_unsigned();
+    assert_eq!(
+        status, 409,
+        "an asset that does not verify was pushed: {body}"
+    );
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&cp.cli(&["fill", "status", "unsigned", "--json"])).expect("json");
+    assert!(rows.iter().all(|r| r["state"] == "pending"), "{rows:?}");
+    cp.cli(&["push", "unsigned", "--remove"]);
 
     // Both edges of the site get "movie"; the real one is offered the rogue first (it says
     // it holds the asset), refuses its manifest, and fills from the origin.

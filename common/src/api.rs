@@ -32,6 +32,10 @@ pub struct PushReply {
     /// Bytes of one copy.
     pub bytes: u64,
     pub placements: Vec<Placed>,
+    /// Why the push is not placed yet: it is kept and placed when it can be (`fill status`
+    /// shows it as `pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 /// The answer to `POST /v1/assets/<asset>/remove` (202).
@@ -49,7 +53,8 @@ pub struct FillRow {
     pub node: String,
     pub site: String,
     pub bytes: u64,
-    /// `assigned`, `filling`, `present`, `failed` or `removing`.
+    /// `pending` (not placed yet: `error` says why, `node` is empty), `assigned`, `filling`,
+    /// `present`, `failed` or `removing`.
     pub state: String,
     /// Staged and verified so far while filling; all of it when present.
     pub filled_bytes: u64,
@@ -184,6 +189,13 @@ mod tests {
                 node: "e1".into(),
                 site: "a".into(),
             }],
+            pending: None,
+        });
+        round_trip(&PushReply {
+            asset: "movie".into(),
+            bytes: 0,
+            placements: Vec::new(),
+            pending: Some("no origin is registered and up".into()),
         });
         round_trip(&RemoveReply {
             asset: "movie".into(),

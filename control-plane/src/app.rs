@@ -292,7 +292,7 @@ impl App {
         r
     }
 
-    async fn audit(&self, who: &str, action: &str, target: &str, detail: String) {
+    pub(crate) async fn audit(&self, who: &str, action: &str, target: &str, detail: String) {
         tracing::info!(who, action, target, detail = %detail, "Operator action.");
         let entry = AuditEntry {
             at: estuary_common::unix_now(),
@@ -839,7 +839,7 @@ async fn add_purge(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
 
 /// Bytes placed on each node, leaving out the placements of `except` (an asset being placed
 /// again).
-fn used_bytes(
+pub(crate) fn used_bytes(
     placements: &[crate::store::Placement],
     except: Option<&str>,
 ) -> std::collections::HashMap<String, u64> {
@@ -854,12 +854,27 @@ fn used_bytes(
 }
 
 /// The total size of an asset, from its `asset.json` on an origin that is up.
-async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
+pub(crate) async fn asset_size(
+    app: &App,
+    asset: &str,
+) -> Result<(u64, String), crate::pushes::NotPlaced> {
+    use crate::pushes::NotPlaced;
     let keys = estuary_common::signing::ManifestKeys::from_hex(&app.config.manifest_keys)
-        .map_err(|(id, why)| format!("manifest_keys.{id}: {why}"))?;
+        .map_err(|(id, why)| NotPlaced::Refused(format!("manifest_keys.{id}: {why}")))?;
     if keys.is_empty() {
-        return Err("the control plane has no [manifest_keys], so it trusts no asset.json".into());
+        return Err(NotPlaced::Refused(
+            "the control plane has no [manifest_keys], so it trusts no asset.json".into(),
+        ));
     }
+    asset_size_from_origins(app, asset, &keys).await
+}
+
+async fn asset_size_from_origins(
+    app: &App,
+    asset: &str,
+    keys: &estuary_common::signing::ManifestKeys,
+) -> Result<(u64, String), crate::pushes::NotPlaced> {
+    use crate::pushes::NotPlaced;
     let snap = app.registry.snapshot(estuary_common::unix_now());
     let origins: Vec<String> = snap
         .nodes
@@ -868,10 +883,12 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
         .filter_map(|n| n.addresses.http.clone())
         .collect();
     if origins.is_empty() {
-        return Err("no origin is registered and up".into());
+        return Err(NotPlaced::Later("no origin is registered and up".into()));
     }
     let client = &app.http;
     let mut last = String::new();
+    // A manifest that does not verify (or names another asset) is refused, not waited for.
+    let mut forged = None;
     for base in origins {
         let base = base.trim_end_matches('/');
         let manifest = format!("{base}/v/{asset}/{}", estuary_common::asset::MANIFEST_FILE);
@@ -886,28 +903,36 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
                 continue;
             }
         };
-        let checked = match get_small(
+        let sig = match get_small(
             client,
             &signature,
             estuary_common::signing::MAX_SIGNATURE_FILE,
         )
         .await
         {
-            Ok(sig) => keys
-                .verify(&body, &sig)
-                .map_err(|e| format!("{manifest}: {e}")),
-            Err(e) => Err(e),
+            Ok(sig) => sig,
+            Err(e) => {
+                // Not signed yet (the origin publishes the signature last).
+                last = e;
+                continue;
+            }
         };
-        if let Err(e) = checked {
+        if let Err(e) = keys.verify(&body, &sig) {
             // A manifest no trusted key signed is never believed, whoever served it.
+            let e = format!("{manifest}: {e}");
             tracing::warn!(asset, origin = base, error = %e, "An origin served an asset.json that does not verify.");
-            last = e;
+            forged = Some(e);
             continue;
         }
-        let m: estuary_common::asset::AssetManifest =
-            serde_json::from_slice(&body).map_err(|e| format!("{manifest}: {e}"))?;
+        let m: estuary_common::asset::AssetManifest = match serde_json::from_slice(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                forged = Some(format!("{manifest}: {e}"));
+                continue;
+            }
+        };
         if m.asset != asset {
-            last = format!("{manifest}: names asset {:?}", m.asset);
+            forged = Some(format!("{manifest}: names asset {:?}", m.asset));
             continue;
         }
         return Ok((
@@ -915,7 +940,14 @@ async fn asset_size(app: &App, asset: &str) -> Result<(u64, String), String> {
             m.merkle_root,
         ));
     }
-    Err(format!("the asset is not on any origin ({last})"))
+    match forged {
+        Some(e) => Err(NotPlaced::Refused(format!(
+            "no origin serves a manifest that verifies ({e})"
+        ))),
+        None => Err(NotPlaced::Later(format!(
+            "the asset is not on any origin ({last})"
+        ))),
+    }
 }
 
 /// GETs `url` (within the client's 5 s); the body if the answer is 200 and at most `limit`
@@ -968,59 +1000,57 @@ async fn push(
     if !(1..=64).contains(&replicas) {
         return (StatusCode::BAD_REQUEST, "replicas: 1 to 64\n").into_response();
     }
-    let (bytes, merkle_root) = match asset_size(&app, &asset).await {
-        Ok(b) => b,
-        Err(e) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
-    };
-    let placements = match app.store.placements().await {
-        Ok(p) => p,
-        Err(e) => return app.store_failed(e),
-    };
-    let used = used_bytes(&placements, Some(&asset));
-    let snap = app.registry.snapshot(estuary_common::unix_now());
-    let chosen = match crate::placement::place(
-        &asset,
-        bytes,
-        &snap,
-        req.sites.as_deref(),
-        replicas,
-        &used,
-    ) {
-        Ok(c) => c,
-        Err(e) => return (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
-    };
-    if let Err(e) = app
-        .store
-        .add_placements(&asset, bytes, &merkle_root, chosen.clone())
-        .await
-    {
-        return app.store_failed(e);
+    match crate::pushes::place(&app, &asset, req.sites.as_deref(), replicas).await {
+        Ok((bytes, chosen)) => {
+            // A push placed now replaces one still pending.
+            if let Err(e) = app.store.take_pending_push(&asset).await {
+                return app.store_failed(e);
+            }
+            let detail = format!("{bytes} bytes to {}", crate::pushes::nodes_of(&chosen));
+            app.audit(&who, "push", &asset, detail).await;
+            json(
+                StatusCode::ACCEPTED,
+                &PushReply {
+                    asset,
+                    bytes,
+                    placements: chosen
+                        .into_iter()
+                        .map(|(node, site)| Placed { node, site })
+                        .collect(),
+                    pending: None,
+                },
+            )
+        }
+        Err(crate::pushes::NotPlaced::Later(reason)) => {
+            // The operator's intent is kept and placed when it can be.
+            let pending = crate::store::PendingPush {
+                asset: asset.clone(),
+                sites: req.sites,
+                replicas,
+                who: who.clone(),
+                since: estuary_common::unix_now(),
+                reason: reason.clone(),
+            };
+            if let Err(e) = app.store.put_pending_push(&pending).await {
+                return app.store_failed(e);
+            }
+            app.audit(&who, "push.pending", &asset, reason.clone())
+                .await;
+            json(
+                StatusCode::ACCEPTED,
+                &PushReply {
+                    asset,
+                    bytes: 0,
+                    placements: Vec::new(),
+                    pending: Some(reason),
+                },
+            )
+        }
+        Err(crate::pushes::NotPlaced::Refused(reason)) => {
+            (StatusCode::CONFLICT, format!("{reason}\n")).into_response()
+        }
+        Err(crate::pushes::NotPlaced::Store(e)) => app.store_failed(e),
     }
-    app.audit(
-        &who,
-        "push",
-        &asset,
-        format!(
-            "{bytes} bytes to {}",
-            chosen
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-    )
-    .await;
-    json(
-        StatusCode::ACCEPTED,
-        &PushReply {
-            asset,
-            bytes,
-            placements: chosen
-                .into_iter()
-                .map(|(node, site)| Placed { node, site })
-                .collect(),
-        },
-    )
 }
 
 /// `POST /v1/assets/<asset>/remove`: every edge holding it drops it on its next heartbeat.
@@ -1033,7 +1063,16 @@ async fn remove_asset(
         Ok(w) => w,
         Err(r) => return r,
     };
+    let was_pending = match app.store.take_pending_push(&asset).await {
+        Ok(p) => p,
+        Err(e) => return app.store_failed(e),
+    };
     match app.store.remove_placements(&asset).await {
+        Ok(0) if was_pending => {
+            app.audit(&who, "push.remove", &asset, "the pending push".into())
+                .await;
+            json(StatusCode::ACCEPTED, &RemoveReply { asset, removing: 0 })
+        }
         Ok(0) => (StatusCode::NOT_FOUND, "the asset is placed nowhere\n").into_response(),
         Ok(n) => {
             app.audit(&who, "push.remove", &asset, format!("{n} placements"))
@@ -1089,6 +1128,25 @@ async fn fill_status(
             }
         })
         .collect();
+    let pending = match app.store.pending_pushes().await {
+        Ok(p) => p,
+        Err(e) => return app.store_failed(e),
+    };
+    let mut rows = rows;
+    rows.extend(
+        pending
+            .into_iter()
+            .filter(|p| q.asset.as_ref().is_none_or(|a| *a == p.asset))
+            .map(|p| FillRow {
+                asset: p.asset,
+                node: String::new(),
+                site: p.sites.map(|s| s.join(",")).unwrap_or_default(),
+                bytes: 0,
+                state: "pending".to_owned(),
+                filled_bytes: 0,
+                error: Some(p.reason),
+            }),
+    );
     json(StatusCode::OK, &rows)
 }
 

@@ -141,6 +141,12 @@ pub async fn push(
     let body = serde_json::to_string(&estuary_common::api::PushRequest { sites, replicas })?;
     let answer = post(base, token, &format!("/v1/assets/{asset}/push"), body).await?;
     let reply: estuary_common::api::PushReply = serde_json::from_slice(&answer)?;
+    if let Some(why) = &reply.pending {
+        return Ok(format!(
+            "{} is pending: {why}.\nThe control plane places it as soon as it can; follow with `estuary fill status`.\n",
+            reply.asset
+        ));
+    }
     let mut out = format!("{} ({} bytes) placed on:\n", reply.asset, reply.bytes);
     for p in &reply.placements {
         out.push_str(&format!("  {:<20} site {}\n", p.node, p.site));

@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod placement;
 pub mod plan;
 pub mod purge;
+pub mod pushes;
 pub mod registry;
 pub mod replica;
 pub mod store;
@@ -91,6 +92,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let replica = tokio::spawn(replica::run(Arc::clone(&app), stop_rx.clone()));
+    let pushes = tokio::spawn(pushes::run(Arc::clone(&app), stop_rx.clone()));
     let server = tokio::spawn(estuary_common::listener::serve(
         listener,
         limits,
@@ -108,5 +110,6 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     let _ = monitor.await;
     let _ = purger.await;
     let _ = replica.await;
+    let _ = pushes.await;
     Ok(())
 }

@@ -170,6 +170,21 @@ impl DbHealth {
 
 pub use estuary_common::api::{AuditEntry, Delivery, PurgeStatus};
 
+/// An operator's push that could not be placed when it was made (the asset not yet on the
+/// origin, or no edge up with room): kept, and placed by the control plane when it can be.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PendingPush {
+    pub asset: String,
+    pub sites: Option<Vec<String>>,
+    pub replicas: usize,
+    /// The operator who pushed.
+    pub who: String,
+    /// Unix seconds.
+    pub since: u64,
+    /// Why it is not placed yet.
+    pub reason: String,
+}
+
 /// An asset assigned to a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Placement {
@@ -357,6 +372,22 @@ impl Store {
     /// The placements of one node (what its heartbeat reply needs).
     pub async fn placements_of(&self, node: &str) -> Result<Vec<Placement>, StoreError> {
         on_backend!(self, s => s.placements_of(node).await)
+    }
+
+    /// Records a push that cannot be placed yet (replacing an earlier one for the asset).
+    pub async fn put_pending_push(&self, push: &PendingPush) -> Result<(), StoreError> {
+        on_backend!(self, s => s.put_pending_push(push).await)
+    }
+
+    /// Every push waiting to be placed.
+    pub async fn pending_pushes(&self) -> Result<Vec<PendingPush>, StoreError> {
+        on_backend!(self, s => s.pending_pushes().await)
+    }
+
+    /// Removes the asset's pending push; true when this call removed it (of replicas
+    /// placing pending pushes at once, only the one that takes it places it).
+    pub async fn take_pending_push(&self, asset: &str) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.take_pending_push(asset).await)
     }
 
     /// The latest `limit` audit entries, newest first.

@@ -8,7 +8,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use estuary_common::cp::{Heartbeat, Site};
 use tokio_postgres::NoTls;
 
-use super::{AuditEntry, Delivery, Placement, PurgeStatus, StoreError};
+use super::{AuditEntry, Delivery, PendingPush, Placement, PurgeStatus, StoreError};
 
 /// The PostgreSQL store; cheap to clone.
 #[derive(Clone)]
@@ -30,9 +30,14 @@ const SCHEMA_LOCK: i64 = 0x0065_7374_7561_7279;
 /// at version `i` (the row of `schema_version`, 0 without one) to `i + 1`. Databases made
 /// before the schema had a version hold the tables of version 1, which its `IF NOT EXISTS`
 /// keeps. Append a step for every change; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Version 2: pushes recorded before they could be placed (`body`: [`super::PendingPush`]).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS pending_pushes (asset TEXT PRIMARY KEY, body TEXT NOT NULL);
+";
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -233,14 +238,22 @@ impl PostgresStore {
 
     pub async fn put_site(&self, site: &Site) -> Result<(), StoreError> {
         let body = serde_json::to_string(site)?;
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO sites (name, body) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET body = excluded.body",
-                &[&site.name, &body],
-            )
-            .await?;
+        self.put_body("sites", "name", &site.name, &body).await
+    }
+
+    /// Stores the JSON `body` of `key` in a `(key_column, body)` table.
+    async fn put_body(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+        key: &str,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {table} ({key_column}, body) VALUES ($1, $2)
+             ON CONFLICT ({key_column}) DO UPDATE SET body = EXCLUDED.body"
+        );
+        self.client().await?.execute(&sql, &[&key, &body]).await?;
         Ok(())
     }
 
@@ -477,6 +490,31 @@ impl PostgresStore {
                 })
             })
             .collect()
+    }
+
+    pub async fn put_pending_push(&self, push: &PendingPush) -> Result<(), StoreError> {
+        let body = serde_json::to_string(push)?;
+        self.put_body("pending_pushes", "asset", &push.asset, &body)
+            .await
+    }
+
+    pub async fn pending_pushes(&self) -> Result<Vec<PendingPush>, StoreError> {
+        self.client()
+            .await?
+            .query("SELECT body FROM pending_pushes ORDER BY asset", &[])
+            .await?
+            .iter()
+            .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+            .collect()
+    }
+
+    pub async fn take_pending_push(&self, asset: &str) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute("DELETE FROM pending_pushes WHERE asset = $1", &[&asset])
+            .await?;
+        Ok(n == 1)
     }
 
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use estuary_common::cp::{Heartbeat, Site};
 use rusqlite::{Connection, params};
 
-use super::{AuditEntry, Delivery, Placement, PurgeStatus, StoreError};
+use super::{AuditEntry, Delivery, PendingPush, Placement, PurgeStatus, StoreError};
 
 /// The SQLite store; cheap to clone.
 #[derive(Clone)]
@@ -24,7 +24,7 @@ impl std::fmt::Debug for SqliteStore {
 /// `PRAGMA user_version = i` to `i + 1`, in one transaction with the version's update.
 /// Databases made before the schema had a version are at 0 with the tables of version 1, which
 /// its `IF NOT EXISTS` keeps. Append a step for every change; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The version the code reads and writes.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL
 );
+";
+
+/// Version 2: pushes recorded before they could be placed (`body`: [`super::PendingPush`]).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS pending_pushes (asset TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -135,13 +140,24 @@ impl SqliteStore {
 
     pub async fn put_site(&self, site: &Site) -> Result<(), StoreError> {
         let body = serde_json::to_string(site)?;
-        let name = site.name.clone();
+        self.put_body("sites", "name", site.name.clone(), body)
+            .await
+    }
+
+    /// Stores the JSON `body` of `key` in a `(key_column, body)` table.
+    async fn put_body(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+        key: String,
+        body: String,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {table} ({key_column}, body) VALUES (?1, ?2)
+             ON CONFLICT({key_column}) DO UPDATE SET body = excluded.body"
+        );
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO sites (name, body) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET body = excluded.body",
-                params![name, body],
-            )?;
+            c.execute(&sql, params![key, body])?;
             Ok(())
         })
         .await
@@ -386,6 +402,37 @@ impl SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn put_pending_push(&self, push: &PendingPush) -> Result<(), StoreError> {
+        let body = serde_json::to_string(push)?;
+        self.put_body("pending_pushes", "asset", push.asset.clone(), body)
+            .await
+    }
+
+    pub async fn pending_pushes(&self) -> Result<Vec<PendingPush>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT body FROM pending_pushes ORDER BY asset")?;
+            let bodies = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(bodies)
+        })
+        .await?
+        .iter()
+        .map(|b| Ok(serde_json::from_str(b)?))
+        .collect()
+    }
+
+    pub async fn take_pending_push(&self, asset: &str) -> Result<bool, StoreError> {
+        let asset = asset.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM pending_pushes WHERE asset = ?1",
+                params![asset],
+            )? == 1)
         })
         .await
     }
