@@ -18,16 +18,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-packages=(nginx varnish trafficserver wrk util-linux)
-export DEBIAN_FRONTEND=noninteractive
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-    $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+. scripts/bench-packages.sh
+install_packages nginx varnish trafficserver wrk util-linux
 # The Debian packages start their own daemons; the bench runs its own copies on other ports.
 
 cargo build --release -p estuary -p estuary-bench

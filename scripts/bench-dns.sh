@@ -19,16 +19,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-packages=(dnsperf gdnsd knot knot-module-geoip dnsutils wrk util-linux)
-export DEBIAN_FRONTEND=noninteractive
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-    $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+. scripts/bench-packages.sh
+install_packages dnsperf gdnsd knot knot-module-geoip dnsutils wrk util-linux
 # The Debian packages may start their own daemons on port 53; the bench runs its own copies on
 # ports 19153-19161.
 

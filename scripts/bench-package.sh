@@ -16,16 +16,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-packages=(ffmpeg curl coreutils python3 python3-pip)
-export DEBIAN_FRONTEND=noninteractive
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-    $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+. scripts/bench-packages.sh
+install_packages ffmpeg curl coreutils python3 python3-pip
 if ! python3 -c 'import tusclient' 2>/dev/null; then
     python3 -m pip install --user tuspy || python3 -m pip install --user --break-system-packages tuspy
 fi

@@ -15,16 +15,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-fi
-packages=(nginx wrk nghttp2-client openssl)
-export DEBIAN_FRONTEND=noninteractive
-if ! $sudo apt-get install -y --no-install-recommends "${packages[@]}"; then
-    $sudo apt-get update
-    $sudo apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+. scripts/bench-packages.sh
+install_packages nginx wrk nghttp2-client openssl
 
 cargo build --release --workspace
 

@@ -1,9 +1,13 @@
 //! The one `estuary` binary: parses the command line and hands over to the service crates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use estuary_control_plane::{ControlPlaneConfig, run as cp_run};
+use estuary_edge::EdgeConfig;
+use estuary_origin::{OriginConfig, run as origin_run};
+use estuary_steering::{SteeringConfig, run as steer_run};
 
 /// Estuary: an open video CDN appliance.
 ///
@@ -79,12 +83,8 @@ enum Command {
     },
     /// List the nodes the control plane knows, with their health and load.
     Nodes {
-        /// The control plane's base URL.
-        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
-        control_plane: String,
-        /// An operator token.
-        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
         /// Print the JSON the API returns instead of a table.
         #[arg(long)]
         json: bool,
@@ -96,12 +96,8 @@ enum Command {
     Purge {
         /// A path (/v/abc/seg_001.m4s) or a prefix ending in '*' (/v/abc/*).
         target: String,
-        /// The control plane's base URL.
-        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
-        control_plane: String,
-        /// An operator token.
-        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
         /// Print the JSON the API returns.
         #[arg(long)]
         json: bool,
@@ -124,12 +120,8 @@ enum Command {
         /// Remove the asset from every edge instead.
         #[arg(long)]
         remove: bool,
-        /// The control plane's base URL.
-        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
-        control_plane: String,
-        /// An operator token.
-        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
     /// Pre-positioning fills: where each pushed asset is and how its fills are going.
     Fill {
@@ -190,6 +182,17 @@ enum Command {
     },
 }
 
+/// Where an operator command reaches the control plane, and as whom.
+#[derive(clap::Args, Debug)]
+struct OperatorArgs {
+    /// The control plane's base URL.
+    #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
+    control_plane: String,
+    /// An operator token.
+    #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum ManifestCommand {
     /// Make a key pair: prints the origin's [signing] table (secret) and the [manifest_keys]
@@ -224,12 +227,8 @@ enum FillCommand {
         /// Push the plan (each chosen asset with its copies in its site: more for the hits).
         #[arg(long)]
         apply: bool,
-        /// The control plane's base URL.
-        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
-        control_plane: String,
-        /// An operator token.
-        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
         /// Print the JSON the API returns.
         #[arg(long)]
         json: bool,
@@ -239,12 +238,8 @@ enum FillCommand {
     Status {
         /// Only this asset.
         asset: Option<String>,
-        /// The control plane's base URL.
-        #[arg(long, env = "ESTUARY_CONTROL_PLANE")]
-        control_plane: String,
-        /// An operator token.
-        #[arg(long, env = "ESTUARY_TOKEN", hide_env_values = true)]
-        token: String,
+        #[command(flatten)]
+        operator: OperatorArgs,
         /// Print the JSON the API returns.
         #[arg(long)]
         json: bool,
@@ -299,45 +294,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads a service's config (an error names the file) and runs the service until it stops.
+fn serve<C, F>(
+    name: &str,
+    path: &Path,
+    load: fn(&Path) -> Result<C, estuary_common::config::ConfigError>,
+    run: fn(C) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let config = load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    estuary_common::service::block_on(name, run(config))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Edge { config } => {
-            let config = estuary_edge::EdgeConfig::load(&config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            estuary_common::service::block_on("edge", estuary_edge::run(config))
-        }
-        Command::Origin { config } => {
-            let config = estuary_origin::OriginConfig::load(&config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            estuary_common::service::block_on("origin", estuary_origin::run(config))
-        }
+        Command::Edge { config } => serve("edge", &config, EdgeConfig::load, estuary_edge::run),
+        Command::Origin { config } => serve("origin", &config, OriginConfig::load, origin_run),
         Command::ControlPlane { config } => {
-            let config = estuary_control_plane::ControlPlaneConfig::load(&config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            estuary_common::service::block_on("control-plane", estuary_control_plane::run(config))
+            serve("control-plane", &config, ControlPlaneConfig::load, cp_run)
         }
-        Command::Steering { config } => {
-            let config = estuary_steering::SteeringConfig::load(&config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            estuary_common::service::block_on("steering", estuary_steering::run(config))
-        }
-        Command::Nodes {
-            control_plane,
-            token,
-            json,
-        } => operator_call(estuary_control_plane::cli::nodes(
-            &control_plane,
-            &token,
+        Command::Steering { config } => serve("steering", &config, SteeringConfig::load, steer_run),
+        Command::Nodes { operator, json } => operator_call(estuary_control_plane::cli::nodes(
+            &operator.control_plane,
+            &operator.token,
             json,
         )),
         Command::Purge {
             target,
-            control_plane,
-            token,
+            operator,
             json,
         } => operator_call(estuary_control_plane::cli::purge(
-            &control_plane,
-            &token,
+            &operator.control_plane,
+            &operator.token,
             &target,
             json,
         )),
@@ -346,11 +336,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sites,
             replicas,
             remove,
-            control_plane,
-            token,
+            operator,
         } => operator_call(estuary_control_plane::cli::push(
-            &control_plane,
-            &token,
+            &operator.control_plane,
+            &operator.token,
             &asset,
             sites,
             replicas,
@@ -360,13 +349,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command:
                 FillCommand::Status {
                     asset,
-                    control_plane,
-                    token,
+                    operator,
                     json,
                 },
         } => operator_call(estuary_control_plane::cli::fill_status(
-            &control_plane,
-            &token,
+            &operator.control_plane,
+            &operator.token,
             asset.as_deref(),
             json,
         )),
@@ -375,16 +363,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 FillCommand::Plan {
                     popularity,
                     apply,
-                    control_plane,
-                    token,
+                    operator,
                     json,
                 },
         } => {
             let csv = std::fs::read_to_string(&popularity)
                 .map_err(|e| anyhow::anyhow!("--popularity {}: {e}", popularity.display()))?;
             operator_call(estuary_control_plane::cli::fill_plan(
-                &control_plane,
-                &token,
+                &operator.control_plane,
+                &operator.token,
                 &csv,
                 apply,
                 json,
@@ -477,37 +464,36 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let table: toml::Table = text
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", file.display()))?;
-    if table.contains_key("store") {
-        estuary_edge::EdgeConfig::load(file)
-            .map_err(|e| anyhow::anyhow!("{} (edge config): {e}", file.display()))?;
-        println!("{}: a valid edge config", file.display());
-        return Ok(());
+    // The first table that only one service's config has.
+    let service = [
+        ("store", "edge"),
+        ("database", "control-plane"),
+        ("geo", "steering"),
+        ("storage", "origin"),
+    ]
+    .into_iter()
+    .find(|(key, _)| table.contains_key(*key))
+    .map(|(_, service)| service);
+    let Some(service) = service else {
+        anyhow::bail!(
+            "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table)",
+            file.display()
+        )
+    };
+    let invalid =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("{} ({service} config): {e}", file.display());
+    match service {
+        "edge" => drop(EdgeConfig::load(file).map_err(|e| invalid(&e))?),
+        "control-plane" => drop(ControlPlaneConfig::load(file).map_err(|e| invalid(&e))?),
+        "steering" => {
+            let config = SteeringConfig::load(file).map_err(|e| invalid(&e))?;
+            // The coverage zone file is part of the config: a broken one fails here too.
+            estuary_steering::load_zones(&config).map_err(|e| invalid(&e))?;
+        }
+        _ => drop(OriginConfig::load(file).map_err(|e| invalid(&e))?),
     }
-    if table.contains_key("database") {
-        estuary_control_plane::ControlPlaneConfig::load(file)
-            .map_err(|e| anyhow::anyhow!("{} (control-plane config): {e}", file.display()))?;
-        println!("{}: a valid control-plane config", file.display());
-        return Ok(());
-    }
-    if table.contains_key("geo") {
-        let config = estuary_steering::SteeringConfig::load(file)
-            .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
-        // The coverage zone file is part of the config: a broken one fails here too.
-        estuary_steering::load_zones(&config)
-            .map_err(|e| anyhow::anyhow!("{} (steering config): {e}", file.display()))?;
-        println!("{}: a valid steering config", file.display());
-        return Ok(());
-    }
-    if table.contains_key("storage") {
-        estuary_origin::OriginConfig::load(file)
-            .map_err(|e| anyhow::anyhow!("{} (origin config): {e}", file.display()))?;
-        println!("{}: a valid origin config", file.display());
-        return Ok(());
-    }
-    anyhow::bail!(
-        "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table)",
-        file.display()
-    )
+    println!("{}: a valid {service} config", file.display());
+    Ok(())
 }
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {

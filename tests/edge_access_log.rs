@@ -33,18 +33,7 @@ fn access_log_lines_carry_cmcd_and_no_token() {
     assert_eq!(s, 404);
 
     // The writer thread flushes as soon as its queue is empty; give it a moment.
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = edge
-            .access_log()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-            .collect();
-        if lines.len() >= 2 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let lines = edge.access_log_json(2);
     assert_eq!(lines.len(), 2, "{lines:?}");
     let seg = &lines[0];
     assert_eq!(seg["path"], "/v/abc/720p/seg_000.m4s");

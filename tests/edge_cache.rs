@@ -496,19 +496,7 @@ async fn two_peers_fill_each_object_from_the_origin_once() {
     for p in &paths {
         origin.put(p, Object::new(pattern(50_000)));
     }
-    let (port_a, port_b) = (free_port(), free_port());
-    let peers = format!("peers = [\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]");
-    let mut sites = Vec::new();
-    for (name, port) in [("peer-a", port_a), ("peer-b", port_b)] {
-        let mut site = cached_site(name, &[origin.url()], "");
-        site.http = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        site.protected = vec!["/v/".into()];
-        site.extra = site.extra.replace(
-            "[upstream]\n",
-            &format!("[upstream]\n{peers}\nself_url = \"http://127.0.0.1:{port}\"\n"),
-        );
-        sites.push(site);
-    }
+    let sites = peer_pair("peer", &[origin.url()]);
     let _a = sites[0].start();
     let _b = sites[1].start();
     let token = sites[0].sign("/v/peer/*", &[]);
@@ -520,13 +508,7 @@ async fn two_peers_fill_each_object_from_the_origin_once() {
             assert!(body == pattern(50_000));
         }
     }
-    for p in &paths {
-        assert_eq!(
-            origin.hits(p),
-            1,
-            "{p} was fetched from the origin more than once"
-        );
-    }
+    origin.assert_fetched_once(&paths, "fetched from the origin more than once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,14 +79,7 @@ async fn unusual_bytes_in_a_path_never_open_the_breaker() {
     h3.close().await;
 
     // The upstream saw each path re-encoded from the canonical one.
-    let seen: Vec<String> = origin
-        .state
-        .lock()
-        .expect("lock")
-        .requests
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
+    let seen = origin.requested_paths();
     for want in [
         "/x%20", "/x%60", "/x%3C", "/x%20y", "/x%7B%7D", "/y%20", "/y%60", "/y%3C",
     ] {
@@ -297,14 +290,7 @@ async fn every_form_of_a_path_is_one_cache_key_and_one_upstream_target() {
         2,
         "the purge missed the object"
     );
-    let seen: Vec<String> = origin
-        .state
-        .lock()
-        .expect("lock")
-        .requests
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
+    let seen = origin.requested_paths();
     assert_eq!(
         seen,
         ["/pub/a%20b.m4s", "/pub/%C3%A9t%C3%A9.m4s", "/pub/a%20b.m4s"]
@@ -323,19 +309,7 @@ async fn a_client_fill_header_does_not_steer_the_fill() {
     for p in &paths {
         origin.put(p, Object::new(pattern(20_000)));
     }
-    let (port_a, port_b) = (free_port(), free_port());
-    let peers = format!("peers = [\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]");
-    let mut sites = Vec::new();
-    for (name, port) in [("steer-a", port_a), ("steer-b", port_b)] {
-        let mut site = cached_site(name, &[origin.url()], "");
-        site.http = SocketAddr::from(([127, 0, 0, 1], port));
-        site.protected = vec!["/v/".into()];
-        site.extra = site.extra.replace(
-            "[upstream]\n",
-            &format!("[upstream]\n{peers}\nself_url = \"http://127.0.0.1:{port}\"\n"),
-        );
-        sites.push(site);
-    }
+    let sites = peer_pair("steer", &[origin.url()]);
     let _a = sites[0].start();
     let _b = sites[1].start();
     let token = sites[0].sign("/v/steer/*", &[]);
@@ -348,13 +322,7 @@ async fn a_client_fill_header_does_not_steer_the_fill() {
             assert!(body == pattern(20_000));
         }
     }
-    for p in &paths {
-        assert_eq!(
-            origin.hits(p),
-            1,
-            "{p}: the client's header steered the fill"
-        );
-    }
+    origin.assert_fetched_once(&paths, "the client's header steered the fill");
 }
 
 /// A streamed cache miss used to be logged with `bytes: 0` and left out of the byte metrics
@@ -377,18 +345,7 @@ async fn a_streamed_miss_logs_and_counts_its_bytes() {
         .expect("h2 get");
     assert_eq!((head.status().as_u16(), body.len()), (200, len));
     assert_eq!(head.headers()["x-cache"], "MISS");
-    let mut lines = Vec::new();
-    for _ in 0..100 {
-        lines = edge
-            .access_log()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-            .collect();
-        if lines.len() >= 3 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let lines = edge.access_log_json(3);
     assert_eq!(lines.len(), 3, "{lines:?}");
     for line in &lines {
         assert_eq!(line["bytes"], len as u64, "{line}");
@@ -470,32 +427,5 @@ fn get_from(site: &Site, path: &str, token: &str) -> u16 {
 fn start_with_config(site: &Site, text: &str) -> EdgeProcess {
     let config = site.dir.path().join("edge-custom.toml");
     std::fs::write(&config, text).expect("write config");
-    let stdout = std::fs::File::create(site.dir.path().join("access.log")).expect("log");
-    let stderr = std::fs::File::create(site.dir.path().join("edge.log")).expect("log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_estuary"))
-        .arg("edge")
-        .arg("--config")
-        .arg(&config)
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("start estuary");
-    let p = EdgeProcess {
-        child: Some(child),
-        admin: site.admin,
-        log_dir: site.dir.path().to_owned(),
-        log_file: site.dir.path().join("edge.log"),
-    };
-    wait_ready(&p);
-    p
-}
-
-fn wait_ready(p: &EdgeProcess) {
-    for _ in 0..600 {
-        if let Ok((200, _)) = http_get_raw(p.admin, "/readyz") {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("the edge did not become ready: {}", p.log());
+    site.start_with(&config)
 }

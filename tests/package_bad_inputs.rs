@@ -9,21 +9,7 @@ use common::media::*;
 use common::*;
 
 fn video_only(path: &Path, size: &str, seconds: &str) {
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=size={size}:rate=30"),
-        "-t",
-        seconds,
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        path.to_str().expect("path"),
-    ]);
+    test_clip(path, size, seconds, false);
 }
 
 #[test]
@@ -226,19 +212,7 @@ fn variable_frame_rate_is_made_constant() {
         "{rate}"
     );
     let file = concat_rendition(&out, &m.video[0].name, dir.path());
-    let out_probe = run(std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&file));
-    let durations: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out_probe.stdout)
+    let durations: std::collections::BTreeSet<String> = probe_video(&file, "packet=duration")
         .lines()
         .map(str::to_owned)
         .collect();

@@ -17,21 +17,8 @@ fn packages_a_clip_into_an_aligned_ladder() {
     let input = dir.path().join("clip.mp4");
     av_clip(&input, "640x360", 8);
     let out = dir.path().join("asset-1");
-    let o = package(
-        &input,
-        &out,
-        &[
-            "--ladder",
-            "360p,240p",
-            "--segment-seconds",
-            "2",
-            "--preset",
-            "ultrafast",
-            "--progress",
-            "--asset-id",
-            "abc",
-        ],
-    );
+    let args = [&TEST_LADDER_ARGS[..], &["--progress", "--asset-id", "abc"]].concat();
+    let o = package(&input, &out, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_no_partial(&out);
 

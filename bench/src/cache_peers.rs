@@ -17,6 +17,7 @@ use clap::ValueEnum;
 
 use crate::collapse::{self, ClientTiming};
 use crate::content::{self, Content};
+use crate::harness;
 use crate::httpget::Http1Conn;
 use crate::load::{self, LoadShape, Measurement, percentile};
 use crate::origin;
@@ -229,51 +230,27 @@ struct CacheBench {
     origin_log: PathBuf,
     content: Content,
     peers: Vec<Peer>,
-    notes: std::cell::RefCell<Vec<String>>,
+    notes: harness::Notes,
 }
 
 pub fn run(args: CacheVsPeersArgs) -> anyhow::Result<()> {
-    let command = std::iter::once("target/release/estuary-bench".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let duration = if args.quick {
-        Duration::from_secs(3)
-    } else {
-        args.duration
-    };
-    if duration < Duration::from_secs(1) {
-        bail!("--duration must be at least 1s");
-    }
+    let command = harness::command_line();
+    let duration = harness::run_duration(args.quick, args.duration)?;
     if args.clients < 2 {
         bail!("--clients must be at least 2 (a leader and a follower)");
     }
     if !args.origin_mib_per_second.is_finite() || args.origin_mib_per_second <= 0.0 {
         bail!("--origin-mib-per-second must be positive");
     }
-    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let repeat = harness::repetitions(args.repeat, args.quick);
     let wrk = crate::require("wrk", "wrk")?;
     let nginx_bin = crate::require("nginx", "nginx")?;
     crate::require("taskset", "util-linux")?;
-    let estuary_bin = match &args.estuary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no parent folder")?
-            .join("estuary"),
-    };
-    if !estuary_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release` or pass --estuary",
-            estuary_bin.display()
-        );
-    }
+    let estuary_bin = harness::existing_estuary_binary(args.estuary.as_deref())?;
     // The stampede's sockets, wrk's, and the servers' (they inherit the limit).
     crate::idle::raise_nofile_limit(65_536)?;
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let work = std::fs::canonicalize(&args.out)?;
+    let work = harness::work_folder(&args.out)?;
     eprintln!("Generating the content under {} ...", work.display());
     let content = content::generate(&work)?;
     let logs = work.join("logs");
@@ -351,32 +328,18 @@ pub fn run(args: CacheVsPeersArgs) -> anyhow::Result<()> {
         hot.extend(bench.hot_rows(&sets[sets.len() - 1..], true)?);
     }
     let markdown = bench.markdown(&command, &collapse, &hot);
-    println!("{markdown}");
-    if let Some(path) = &bench.args.write_md {
-        report::write_between_markers(path, BEGIN, END, &markdown)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("Wrote the report into {}.", path.display());
-    }
+    harness::publish_report(bench.args.write_md.as_deref(), BEGIN, END, &markdown)?;
     let _ = std::fs::remove_dir_all(&bench.setup.nginx_cache_dir);
     Ok(())
 }
 
 impl CacheBench {
     fn note(&self, note: String) {
-        let mut notes = self.notes.borrow_mut();
-        if !notes.contains(&note) {
-            notes.push(note);
-        }
+        self.notes.add(note);
     }
 
     fn note_background_load(&self) -> anyhow::Result<()> {
-        let (b0, t0) = procfs::machine_jiffies()?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (b1, t1) = procfs::machine_jiffies()?;
-        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
-        self.note(format!(
-            "The machine was {busy:.0}% busy (all CPUs) in the second before the bench started."
-        ));
+        self.notes.background_load()?;
         self.note(format!(
             "Before each run the bench waited up to {:?} for the machine to be idle (under 10% busy), \
              and ran a hot-hit figure again (up to {} times) when more than 6% of the CPU went to \
@@ -416,10 +379,7 @@ impl CacheBench {
             })
             .collect();
         for rep in 0..self.repeat {
-            let mut order: Vec<usize> = (0..self.peers.len()).collect();
-            if rep % 2 == 1 {
-                order.reverse();
-            }
+            let order = harness::alternating_order(self.peers.len(), rep);
             for k in order {
                 let peer = self.peers[k];
                 eprintln!(
@@ -570,10 +530,7 @@ impl CacheBench {
         let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); peers.len()]; sets.len()];
         let mut origin_requests = vec![0usize; peers.len()];
         for rep in 0..self.repeat {
-            let mut order: Vec<usize> = (0..peers.len()).collect();
-            if rep % 2 == 1 {
-                order.reverse();
-            }
+            let order = harness::alternating_order(peers.len(), rep);
             for k in order {
                 let peer = peers[k];
                 eprintln!(
@@ -668,53 +625,18 @@ impl CacheBench {
         server: &PeerProcess,
         load: impl Fn(Duration) -> anyhow::Result<Measurement>,
     ) -> anyhow::Result<Measurement> {
-        let ticks_per_second = procfs::clock_ticks_per_second();
-        let mut retries = 0;
-        loop {
-            crate::wait_for_quiet_machine_within(self.args.quiet_wait);
-            load(Duration::from_secs(1))?;
-            let (busy0, total0) = procfs::machine_jiffies()?;
-            let server0 = server.cpu_ticks();
-            let own0 = procfs::own_and_reaped_children_ticks()?;
-            let mut m = load(self.duration)?;
-            let server1 = server.cpu_ticks();
-            let own1 = procfs::own_and_reaped_children_ticks()?;
-            let (busy1, total1) = procfs::machine_jiffies()?;
-            let server_ticks = server1.saturating_sub(server0);
-            let ours = server_ticks + own1.saturating_sub(own0);
-            let other =
-                (busy1 - busy0).saturating_sub(ours) as f64 / (total1 - total0).max(1) as f64;
-            m.server_cpu_seconds = Some(server_ticks as f64 / ticks_per_second);
-            m.unattributed_cpu = Some(other);
-            if other > crate::DISTURBED_SHARE && retries < self.args.max_retries {
-                retries += 1;
-                eprintln!(
-                    "    {:.0}% of the CPU went elsewhere during that run; running it again",
-                    other * 100.0
-                );
-                continue;
-            }
-            eprintln!(
-                "    {:.0} req/s, {:.1} MB/s, server CPU {:.2} s, unattributed CPU {:.0}%",
-                m.requests_per_second(),
-                m.bytes_per_second() / 1e6,
-                m.server_cpu_seconds.unwrap_or(0.0),
-                other * 100.0
-            );
-            return Ok(m);
-        }
+        let quiet = harness::Quiet {
+            wait: self.args.quiet_wait,
+            warmup: Duration::from_secs(1),
+            max_retries: self.args.max_retries,
+        };
+        harness::measure_undisturbed(quiet, self.duration, || server.cpu_ticks(), load)
+            .map(harness::CpuMeasured::into_measurement)
     }
 
     fn versions(&self) -> Vec<String> {
-        let git = std::process::Command::new("git")
-            .args(["describe", "--always", "--dirty"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| "unknown".to_owned());
         let mut v = vec![
-            format!("estuary commit {git}"),
+            format!("estuary commit {}", harness::git_describe()),
             peers::version_line(&self.setup.nginx_bin, &["-v"]).replace("nginx version: ", ""),
         ];
         if let Some(p) = &self.setup.varnishd_bin {
@@ -747,18 +669,12 @@ impl CacheBench {
 
     fn markdown(&self, command: &str, collapse: &[CollapseResult], hot: &[HotRow]) -> String {
         let mut s = String::new();
-        let m = procfs::machine();
         let _ = writeln!(
             s,
             "### Estuary edge vs caching peers: cold-miss collapse and hot hits\n"
         );
         let _ = writeln!(s, "- Date: {}", report::utc_now());
-        let _ = writeln!(
-            s,
-            "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
-            m.cpus, m.cpu_model, m.memory_gib, m.kernel
-        );
-        let _ = writeln!(s, "- Software: {}", self.versions().join("; "));
+        report::write_machine_and_software(&mut s, &procfs::machine(), &self.versions());
         let _ = writeln!(s, "- Command: `{command}`");
         let _ = writeln!(
             s,
@@ -780,13 +696,7 @@ impl CacheBench {
         if !hot.is_empty() {
             self.hot_markdown(&mut s, hot);
         }
-        let notes = self.notes.borrow();
-        if !notes.is_empty() {
-            let _ = writeln!(s, "Notes:\n");
-            for n in notes.iter() {
-                let _ = writeln!(s, "- {n}");
-            }
-        }
+        self.notes.write_markdown(&mut s);
         s
     }
 

@@ -41,27 +41,30 @@ pub fn run(
         .thread_name("h3load")
         .build()
         .context("starting the HTTP/3 client runtime")?;
-    runtime.block_on(run_async(addr, ca, paths, shape, duration))
+    runtime.block_on(async {
+        anyhow::ensure!(!paths.is_empty(), "no paths to fetch");
+        let mut clients = Vec::with_capacity(shape.connections);
+        for _ in 0..shape.connections {
+            clients.push(
+                H3Client::connect(addr, "localhost", ca)
+                    .await
+                    .with_context(|| format!("connecting over QUIC to {addr}"))?,
+            );
+        }
+        load(clients, addr.port(), paths, shape, duration).await
+    })
 }
 
-async fn run_async(
-    addr: SocketAddr,
-    ca: &Path,
+/// Runs the load over connected `clients` to `localhost:port` until `duration` has passed.
+async fn load(
+    clients: Vec<H3Client>,
+    port: u16,
     paths: &[String],
     shape: H3Shape,
     duration: Duration,
 ) -> anyhow::Result<Measurement> {
-    anyhow::ensure!(!paths.is_empty(), "no paths to fetch");
-    let mut clients = Vec::with_capacity(shape.connections);
-    for _ in 0..shape.connections {
-        clients.push(
-            H3Client::connect(addr, "localhost", ca)
-                .await
-                .with_context(|| format!("connecting over QUIC to {addr}"))?,
-        );
-    }
     let paths: Arc<Vec<String>> = Arc::new(paths.to_vec());
-    let authority = format!("localhost:{}", addr.port());
+    let authority = format!("localhost:{port}");
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();

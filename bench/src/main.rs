@@ -13,10 +13,12 @@
 //! dnsperf, and measures the steering HTTP API under wrk.
 
 mod cache_peers;
+mod child;
 mod collapse;
 mod content;
 mod dns;
 mod h3load;
+mod harness;
 mod httpget;
 mod idle;
 mod load;
@@ -28,7 +30,6 @@ mod report;
 mod servers;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -174,7 +175,7 @@ struct Bench {
     content: Content,
     sets: Vec<ContentSet>,
     /// Notes for the report, gathered along the way.
-    notes: std::cell::RefCell<Vec<String>>,
+    notes: harness::Notes,
     /// Whether the servers started now write an access log to a file.
     access_log: std::cell::Cell<bool>,
 }
@@ -183,10 +184,13 @@ struct Bench {
 /// load tool is considered disturbed and repeated.
 const DISTURBED_SHARE: f64 = 0.06;
 
+/// How long a run waits at most for the machine to be nearly idle, unless told otherwise.
+const QUIET_WAIT: Duration = Duration::from_secs(120);
+
 /// Waits (up to two minutes) until the machine is nearly idle, so that a run does not start
 /// while other programs (a build, a test suite) hold the CPUs.
 fn wait_for_quiet_machine() {
-    wait_for_quiet_machine_within(Duration::from_secs(120));
+    wait_for_quiet_machine_within(QUIET_WAIT);
 }
 
 /// Waits (up to `longest`) until the machine is nearly idle.
@@ -234,19 +238,9 @@ fn require(name: &str, package: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
-    let command = std::iter::once("target/release/estuary-bench".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let duration = if args.quick {
-        Duration::from_secs(3)
-    } else {
-        args.duration
-    };
-    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
-    if duration < Duration::from_secs(1) {
-        bail!("--duration must be at least 1s");
-    }
+    let command = harness::command_line();
+    let duration = harness::run_duration(args.quick, args.duration)?;
+    let repeat = harness::repetitions(args.repeat, args.quick);
     let tools = Tools {
         wrk: require("wrk", "wrk")?,
         h2load: require("h2load", "nghttp2-client")?,
@@ -254,19 +248,7 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
     let nginx_bin = require("nginx", "nginx")?;
     require("openssl", "openssl")?;
     require("taskset", "util-linux")?;
-    let estuary_bin = match &args.estuary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no parent folder")?
-            .join("estuary"),
-    };
-    if !estuary_bin.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release` or pass --estuary",
-            estuary_bin.display()
-        );
-    }
+    let estuary_bin = harness::existing_estuary_binary(args.estuary.as_deref())?;
 
     let needed_fds = args.idle_connections as u64 + 4096;
     let nofile = idle::raise_nofile_limit(needed_fds)?;
@@ -277,9 +259,7 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         );
     }
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let work = std::fs::canonicalize(&args.out)?;
+    let work = harness::work_folder(&args.out)?;
     eprintln!("Generating the content under {} ...", work.display());
     let content = content::generate(&work)?;
     let (cert, key) = content::certificate(&work)?;
@@ -349,23 +329,18 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
 
     bench.describe_shapes();
     let report = Report {
-        machine: procfs::machine(),
-        date: report::utc_now(),
-        command,
-        versions: versions(&bench),
+        run: report::RunInfo::new(command, versions(&bench)),
         rows,
         idle_edge,
         idle_nginx,
         notes: bench.notes.take(),
     };
-    let markdown = report.markdown();
-    println!("{markdown}");
-    if let Some(path) = &bench.args.write_md {
-        report::write_section(path, &markdown)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("Wrote the report into {}.", path.display());
-    }
-    Ok(())
+    harness::publish_report(
+        bench.args.write_md.as_deref(),
+        report::BEGIN,
+        report::END,
+        &report.markdown(),
+    )
 }
 
 /// A pinned row from the outcomes of the edge and nginx, in that order.
@@ -423,10 +398,7 @@ fn content_sets(work: &Path, content: &Content) -> anyhow::Result<Vec<ContentSet
 impl Bench {
     /// Adds a note for the report (once, however often it is made).
     fn note(&self, note: String) {
-        let mut notes = self.notes.borrow_mut();
-        if !notes.contains(&note) {
-            notes.push(note);
-        }
+        self.notes.add(note);
     }
 
     fn logs(&self) -> PathBuf {
@@ -441,18 +413,12 @@ impl Bench {
     /// Records how busy the machine is before the bench starts: other work on the two cores
     /// would distort the figures.
     fn note_background_load(&self) -> anyhow::Result<()> {
-        let (b0, t0) = procfs::machine_jiffies()?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (b1, t1) = procfs::machine_jiffies()?;
-        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
+        let busy = self.notes.background_load()?;
         if busy > 10.0 {
             eprintln!(
                 "warning: the machine was {busy:.0}% busy before the bench started; figures will be noisy"
             );
         }
-        self.note(format!(
-            "The machine was {busy:.0}% busy (all CPUs) in the second before the bench started."
-        ));
         Ok(())
     }
 
@@ -493,29 +459,13 @@ impl Bench {
         server: &Server,
         load: impl Fn(Duration) -> anyhow::Result<Measurement>,
     ) -> anyhow::Result<Measurement> {
-        let mut retries = 0;
-        loop {
-            wait_for_quiet_machine();
-            load(self.warmup)?;
-            let m = self.measured_run(server, &load)?;
-            let other = m.unattributed_cpu.unwrap_or(0.0);
-            if other > DISTURBED_SHARE && retries < 10 {
-                retries += 1;
-                eprintln!(
-                    "    {:.0}% of the CPU went elsewhere during that run; running it again",
-                    other * 100.0
-                );
-                continue;
-            }
-            eprintln!(
-                "    {:.0} req/s, {:.1} MB/s, server CPU {:.2} s, unattributed CPU {:.0}%",
-                m.requests_per_second(),
-                m.bytes_per_second() / 1e6,
-                m.server_cpu_seconds.unwrap_or(0.0),
-                other * 100.0
-            );
-            return Ok(m);
-        }
+        let quiet = harness::Quiet {
+            wait: QUIET_WAIT,
+            warmup: self.warmup,
+            max_retries: 10,
+        };
+        harness::measure_undisturbed(quiet, self.duration, || server.cpu_ticks(), load)
+            .map(harness::CpuMeasured::into_measurement)
     }
 
     /// Runs `n_rows` rows against each server in `kinds`, `self.repeat` times. Every
@@ -536,19 +486,13 @@ impl Bench {
     ) -> anyhow::Result<Vec<Vec<Outcome>>> {
         let mut runs: Vec<Vec<Vec<Outcome>>> = vec![vec![Vec::new(); kinds.len()]; n_rows];
         for rep in 0..self.repeat {
-            let mut start_order: Vec<usize> = (0..kinds.len()).collect();
-            if rep % 2 == 1 {
-                start_order.reverse();
-            }
+            let start_order = harness::alternating_order(kinds.len(), rep);
             let mut servers: Vec<Option<Server>> = (0..kinds.len()).map(|_| None).collect();
             for &k in &start_order {
                 servers[k] = Some(self.start(kinds[k], pinned)?);
             }
             for (row, row_runs) in runs.iter_mut().enumerate() {
-                let mut order: Vec<usize> = (0..kinds.len()).collect();
-                if (rep + row) % 2 == 1 {
-                    order.reverse();
-                }
+                let order = harness::alternating_order(kinds.len(), rep + row);
                 for k in order {
                     let Some(server) = servers[k].as_ref() else {
                         continue;
@@ -577,27 +521,6 @@ impl Bench {
             .into_iter()
             .map(|per_kind| per_kind.into_iter().map(median).collect())
             .collect())
-    }
-
-    fn measured_run(
-        &self,
-        server: &Server,
-        load: &impl Fn(Duration) -> anyhow::Result<Measurement>,
-    ) -> anyhow::Result<Measurement> {
-        let ticks_per_second = procfs::clock_ticks_per_second();
-        let (busy0, total0) = procfs::machine_jiffies()?;
-        let server0 = server.cpu_ticks();
-        let own0 = procfs::own_and_reaped_children_ticks()?;
-        let mut m = load(self.duration)?;
-        let server1 = server.cpu_ticks();
-        let own1 = procfs::own_and_reaped_children_ticks()?;
-        let (busy1, total1) = procfs::machine_jiffies()?;
-        let server_ticks = server1.saturating_sub(server0);
-        let ours = server_ticks + own1.saturating_sub(own0);
-        let other = (busy1 - busy0).saturating_sub(ours);
-        m.server_cpu_seconds = Some(server_ticks as f64 / ticks_per_second);
-        m.unattributed_cpu = Some(other as f64 / (total1 - total0).max(1) as f64);
-        Ok(m)
     }
 
     fn wrk_shape(&self) -> LoadShape {
@@ -636,14 +559,8 @@ impl Bench {
         };
         let scheme = if tls { "tls" } else { "plain" };
         let shape = self.wrk_shape();
-        let results = self.run_group(
-            &[Kind::Edge, Kind::Nginx],
-            false,
-            self.sets.len(),
-            |row| format!("{test}: {}", self.sets[row].label),
-            |server, row, duration| {
+        let results = self.run_sets(test, |server, row, set, duration| {
                 let kind = server.kind;
-                let set = &self.sets[row];
                 let base = if tls {
                     format!("https://127.0.0.1:{}", server.ports.tls)
                 } else {
@@ -666,6 +583,22 @@ impl Bench {
             },
         )?;
         Ok(self.rows_from(test, tls, results, report::THROUGHPUT))
+    }
+
+    /// [`Bench::run_group`] with every content set as a row, against the edge and nginx, not
+    /// pinned.
+    fn run_sets(
+        &self,
+        test: &str,
+        run: impl Fn(&Server, usize, &ContentSet, Duration) -> anyhow::Result<Measurement>,
+    ) -> anyhow::Result<Vec<Vec<Outcome>>> {
+        self.run_group(
+            &[Kind::Edge, Kind::Nginx],
+            false,
+            self.sets.len(),
+            |row| format!("{test}: {}", self.sets[row].label),
+            |server, row, duration| run(server, row, &self.sets[row], duration),
+        )
     }
 
     fn rows_from(
@@ -696,14 +629,8 @@ impl Bench {
     fn h2_rows(&self) -> anyhow::Result<Vec<Row>> {
         let test = "HTTP/2 TLS (h2load)";
         let shape = self.h2_shape();
-        let results = self.run_group(
-            &[Kind::Edge, Kind::Nginx],
-            false,
-            self.sets.len(),
-            |row| format!("{test}: {}", self.sets[row].label),
-            |server, row, duration| {
+        let results = self.run_sets(test, |server, row, set, duration| {
                 let kind = server.kind;
-                let set = &self.sets[row];
                 let base = format!("https://127.0.0.1:{}", server.ports.tls);
                 let name = format!("h2load-{}-{}", set.slug, kind.label());
                 let uris = load::write_uri_file(
@@ -960,29 +887,16 @@ fn median(runs: Vec<Outcome>) -> Outcome {
 /// Versions of everything that took part, as the programs report them.
 fn versions(bench: &Bench) -> Vec<(String, String)> {
     let first_line = |program: &Path, args: &[&str]| -> String {
-        Command::new(program)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| {
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&o.stdout),
-                    String::from_utf8_lossy(&o.stderr)
-                );
-                text.lines().next().unwrap_or("").trim().to_owned()
-            })
-            .unwrap_or_else(|| "unknown".to_owned())
+        harness::program_output(program, args).map_or_else(
+            || "unknown".to_owned(),
+            |text| text.lines().next().unwrap_or("").trim().to_owned(),
+        )
     };
-    let git = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
     vec![
-        ("estuary".to_owned(), format!("commit {git}")),
+        (
+            "estuary".to_owned(),
+            format!("commit {}", harness::git_describe()),
+        ),
         (
             "nginx".to_owned(),
             first_line(&bench.setup.nginx_bin, &["-v"])
@@ -1062,40 +976,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_cache_command_line_parses() {
-        let cli = Cli::try_parse_from([
-            "estuary-bench",
-            "cache-vs-peers",
-            "--quick",
-            "--peers",
-            "nginx,varnish,ats-defaults",
-            "--only",
-            "collapse,pinned",
-        ])
-        .expect("parse");
-        assert!(matches!(cli.command, BenchCommand::CacheVsPeers(_)));
-        assert!(
-            Cli::try_parse_from(["estuary-bench", "cache-vs-peers", "--peers", "squid"]).is_err()
-        );
+    /// `estuary-bench <args>` parses into a command, or `None` when clap refuses it.
+    fn parse(args: &[&str]) -> Option<BenchCommand> {
+        Cli::try_parse_from(std::iter::once("estuary-bench").chain(args.iter().copied()))
+            .ok()
+            .map(|cli| cli.command)
     }
 
     #[test]
-    fn the_dns_command_line_parses() {
-        let cli = Cli::try_parse_from([
-            "estuary-bench",
-            "dns-vs-peers",
-            "--quick",
-            "--servers",
-            "gdnsd,knot,knot-static,estuary",
-            "--only",
-            "dns",
-        ])
-        .expect("parse");
-        assert!(matches!(cli.command, BenchCommand::DnsVsPeers(_)));
-        assert!(
-            Cli::try_parse_from(["estuary-bench", "dns-vs-peers", "--servers", "bind"]).is_err()
-        );
+    fn the_peer_command_lines_parse() {
+        type Case<'a> = (&'a [&'a str], fn(&BenchCommand) -> bool, [&'a str; 3]);
+        let cases: [Case<'_>; 2] = [
+            (
+                &[
+                    "cache-vs-peers",
+                    "--quick",
+                    "--peers",
+                    "nginx,varnish,ats-defaults",
+                    "--only",
+                    "collapse,pinned",
+                ],
+                |c| matches!(c, BenchCommand::CacheVsPeers(_)),
+                ["cache-vs-peers", "--peers", "squid"],
+            ),
+            (
+                &[
+                    "dns-vs-peers",
+                    "--quick",
+                    "--servers",
+                    "gdnsd,knot,knot-static,estuary",
+                    "--only",
+                    "dns",
+                ],
+                |c| matches!(c, BenchCommand::DnsVsPeers(_)),
+                ["dns-vs-peers", "--servers", "bind"],
+            ),
+        ];
+        // Each command with all its options, then with a server it does not know.
+        for (args, is_command, unknown_server) in cases {
+            assert!(parse(args).as_ref().is_some_and(is_command), "{args:?}");
+            assert!(parse(&unknown_server).is_none(), "{unknown_server:?}");
+        }
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //! are written from `bench/peers/` into the work folder; each runs in the foreground as
 //! a child of the bench.
 
-use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener};
+use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
+use crate::child::{self, Startup};
 use crate::httpget::Http1Conn;
 use crate::procfs;
 
@@ -119,15 +120,7 @@ impl PeerSetup {
 
 /// Fails early when something already listens on a port a server needs.
 pub fn check_ports_free(peer: Peer) -> anyhow::Result<()> {
-    for port in peer.ports() {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            bail!(
-                "127.0.0.1:{port} is in use; the bench needs it for {} (a server left over from an earlier run?)",
-                peer.label()
-            );
-        }
-    }
-    Ok(())
+    child::check_tcp_ports_free(peer.ports(), peer.label())
 }
 
 /// A running caching server; stopped when dropped.
@@ -146,17 +139,14 @@ impl PeerProcess {
         }
         check_ports_free(peer)?;
         let dir = setup.dir(peer);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir)?;
+        child::fresh_dir(&dir)?;
         let inner = match peer {
             Peer::Edge => edge_command(setup, &dir, pinned)?,
             Peer::Nginx => nginx_command(setup, &dir, pinned)?,
             Peer::Varnish => varnish_command(setup, &dir, pinned)?,
             Peer::Ats | Peer::AtsDefaults => ats_command(setup, &dir, peer, pinned)?,
         };
-        let mut cmd = if pinned {
+        let cmd = if pinned {
             let mut c = Command::new("taskset");
             c.args(["-c", "0"]).arg(inner.get_program());
             c.args(inner.get_args());
@@ -170,58 +160,39 @@ impl PeerProcess {
         } else {
             inner
         };
-        let log = |name: &str| -> anyhow::Result<File> {
-            let p = dir.join(name);
-            File::create(&p).with_context(|| format!("creating {}", p.display()))
-        };
-        cmd.current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log("stdout.txt")?)
-            .stderr(log("stderr.txt")?);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", peer.label()))?;
+        let child = child::spawn_in(cmd, &dir, peer.label())?;
         let mut process = Self { peer, child };
         process.wait_ready(&dir, Duration::from_secs(30))?;
         Ok(process)
     }
 
     fn wait_ready(&mut self, dir: &Path, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited during start-up ({status}); see the logs in {}",
-                    self.peer.label(),
-                    dir.display()
-                );
+        let peer = self.peer;
+        let ready = || match peer {
+            Peer::Edge => Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], EDGE_ADMIN_PORT)))
+                .and_then(|mut c| c.get("/readyz"))
+                .is_ok_and(|(status, _)| status == 200),
+            // Traffic Server answers before its cache is open; a miss then would not be
+            // cached, so wait for the cache too.
+            Peer::Ats | Peer::AtsDefaults => {
+                fs::read_to_string(dir.join("log/diags.log"))
+                    .is_ok_and(|t| t.contains("cache enabled"))
+                    && answers(peer.addr())
             }
-            let ready = match self.peer {
-                Peer::Edge => {
-                    Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], EDGE_ADMIN_PORT)))
-                        .and_then(|mut c| c.get("/readyz"))
-                        .is_ok_and(|(status, _)| status == 200)
-                }
-                // Traffic Server answers before its cache is open; a miss then would not be
-                // cached, so wait for the cache too.
-                Peer::Ats | Peer::AtsDefaults => {
-                    fs::read_to_string(dir.join("log/diags.log"))
-                        .is_ok_and(|t| t.contains("cache enabled"))
-                        && answers(self.peer.addr())
-                }
-                _ => answers(self.peer.addr()),
-            };
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not become ready within {within:?}; see the logs in {}",
-                    self.peer.label(),
-                    dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            _ => answers(peer.addr()),
+        };
+        match child::wait_ready(&mut self.child, within, Duration::from_millis(50), ready)? {
+            Startup::Ready => Ok(()),
+            Startup::Exited(status) => bail!(
+                "{} exited during start-up ({status}); see the logs in {}",
+                peer.label(),
+                dir.display()
+            ),
+            Startup::TimedOut => bail!(
+                "{} did not become ready within {within:?}; see the logs in {}",
+                peer.label(),
+                dir.display()
+            ),
         }
     }
 
@@ -243,34 +214,8 @@ impl PeerProcess {
     }
 
     fn terminate(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_none() {
-            let pid = self.child.id().to_string();
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid])
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    eprintln!(
-                        "{} did not exit within 10 s of SIGTERM; killing it",
-                        self.peer.label()
-                    );
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while check_ports_free(self.peer).is_err() {
-            if Instant::now() > deadline {
-                return check_ports_free(self.peer);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        child::terminate(&mut self.child, self.peer.label())?;
+        child::wait_ports_free(|| check_ports_free(self.peer))
     }
 }
 
@@ -316,13 +261,8 @@ origin = ["http://127.0.0.1:{ORIGIN_PORT}"]
 [log]
 access = "off"
 
-[limits]
-header_read_timeout = "300s"
-first_byte_timeout = "300s"
-idle_timeout = "300s"
-max_connections = 100000
-max_connections_per_ip = 100000
-"#
+{limits}"#,
+        limits = crate::servers::EDGE_LIMITS
     );
     let path = dir.join("edge.toml");
     fs::write(&path, config)?;
@@ -344,16 +284,11 @@ fn nginx_command(setup: &PeerSetup, dir: &Path, pinned: bool) -> anyhow::Result<
     }
     fs::create_dir_all(cache)?;
     fs::create_dir_all(dir.join("logs"))?;
-    let user = if setup.as_root { "user root;\n" } else { "" };
     let workers = if pinned { "1" } else { "auto" };
+    let main = crate::servers::nginx_main_context(setup.as_root, workers, dir, 8192);
     let config = format!(
         r#"# Written by estuary-bench cache-vs-peers from peers/nginx-edge.conf.
-{user}worker_processes {workers};
-worker_rlimit_nofile 65536;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
+{main}http {{
     sendfile on; tcp_nopush on; tcp_nodelay on;
     sendfile_max_chunk 2m;
     open_file_cache max=10000 inactive=60s; open_file_cache_valid 60s;
@@ -383,7 +318,6 @@ http {{
     }}
 }}
 "#,
-        dir = dir.display(),
         cache = cache.display(),
     );
     let path = dir.join("nginx.conf");
@@ -598,23 +532,16 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// The version a program reports on its first line of `args`' output.
 pub fn version_line(program: &Path, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+    crate::harness::program_output(program, args).map_or_else(
+        || "unknown".to_owned(),
+        |text| {
             text.lines()
                 .map(str::trim)
                 .find(|l| !l.is_empty() && !l.starts_with("traffic_server: using"))
                 .unwrap_or("unknown")
                 .to_owned()
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -47,24 +47,22 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 /// CPU time of this process plus that of its children that have exited and been waited for
 /// (the load tools, once they are done), in clock ticks.
 pub fn own_and_reaped_children_ticks() -> anyhow::Result<u64> {
-    let fields = stat_fields(std::process::id())?;
     // utime, stime, cutime, cstime: fields 14 to 17.
-    (11..=14)
-        .map(|i| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .context("/proc/self/stat is too short")?
-                .parse::<u64>()?)
-        })
-        .sum()
+    own_stat_sum(11..=14)
 }
 
 /// CPU time of this process's children that have exited and been waited for, in clock ticks
 /// (what `getrusage(RUSAGE_CHILDREN)` reports, at clock-tick resolution).
 pub fn reaped_children_ticks() -> anyhow::Result<u64> {
-    let fields = stat_fields(std::process::id())?;
     // cutime and cstime: fields 16 and 17.
-    (13..=14)
+    own_stat_sum(13..=14)
+}
+
+/// The sum of this process's `/proc/self/stat` fields at `indices` (counted from the third
+/// field, after the command name).
+fn own_stat_sum(indices: std::ops::RangeInclusive<usize>) -> anyhow::Result<u64> {
+    let fields = stat_fields(std::process::id())?;
+    indices
         .map(|i| -> anyhow::Result<u64> {
             Ok(fields
                 .get(i)

@@ -94,13 +94,52 @@ pub struct IdleMemory {
 /// A figure computed from [`IdleMemory`].
 type IdleFigure = fn(&IdleMemory) -> f64;
 
-/// Everything one run produced.
+/// Where, when, how and with which programs a report's figures were made.
 #[derive(Debug)]
-pub struct Report {
+pub struct RunInfo {
     pub machine: Machine,
     pub date: String,
     pub command: String,
+    /// Each program with its version.
     pub versions: Vec<(String, String)>,
+}
+
+impl RunInfo {
+    /// This machine, now.
+    pub fn new(command: String, versions: Vec<(String, String)>) -> Self {
+        Self {
+            machine: crate::procfs::machine(),
+            date: utc_now(),
+            command,
+            versions,
+        }
+    }
+
+    /// The report's "Machine" and "Software" lines.
+    pub fn write_machine_and_software(&self, s: &mut String) {
+        let software: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        write_machine_and_software(s, &self.machine, &software);
+    }
+}
+
+/// The "Machine" and "Software" lines of a report's header.
+pub fn write_machine_and_software(s: &mut String, m: &Machine, software: &[String]) {
+    let _ = writeln!(
+        s,
+        "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
+        m.cpus, m.cpu_model, m.memory_gib, m.kernel
+    );
+    let _ = writeln!(s, "- Software: {}", software.join("; "));
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct Report {
+    pub run: RunInfo,
     pub rows: Vec<Row>,
     pub idle_edge: Option<Result<IdleMemory, String>>,
     pub idle_nginx: Option<Result<IdleMemory, String>>,
@@ -168,21 +207,10 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let m = &self.machine;
         let _ = writeln!(s, "### Estuary edge vs nginx: hot hits\n");
-        let _ = writeln!(s, "- Date: {}", self.date);
-        let _ = writeln!(
-            s,
-            "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
-            m.cpus, m.cpu_model, m.memory_gib, m.kernel
-        );
-        let versions: Vec<String> = self
-            .versions
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        let _ = writeln!(s, "- Software: {}", versions.join("; "));
-        let _ = writeln!(s, "- Command: `{}`\n", self.command);
+        let _ = writeln!(s, "- Date: {}", self.run.date);
+        self.run.write_machine_and_software(&mut s);
+        let _ = writeln!(s, "- Command: `{}`\n", self.run.command);
 
         let targets = self.target_results();
         if targets.is_empty() {
@@ -323,15 +351,10 @@ impl Report {
     }
 }
 
-const BEGIN: &str =
+/// The markers of the `edge-vs-nginx` section in the markdown file.
+pub const BEGIN: &str =
     "<!-- estuary-bench edge-vs-nginx: begin (generated; the bench replaces this part) -->";
-const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
-
-/// Puts `section` between the bench's markers in the markdown file at `path`, keeping what is
-/// written around them; creates the file if needed.
-pub fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
-    write_between_markers(path, BEGIN, END, section)
-}
+pub const END: &str = "<!-- estuary-bench edge-vs-nginx: end -->";
 
 /// Puts `section` between the markers `begin` and `end` in the markdown file at `path`,
 /// keeping what is written around them; appends the block (or creates the file) if the
@@ -404,11 +427,11 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let p = dir.join("B.md");
         let _ = std::fs::remove_file(&p);
-        write_section(&p, "first").expect("write");
+        write_between_markers(&p, BEGIN, END, "first").expect("write");
         let text = std::fs::read_to_string(&p).expect("read");
         assert!(text.starts_with("# Benchmarks\n") && text.contains("\nfirst\n"));
         std::fs::write(&p, format!("intro\n{text}\nnotes by hand\n")).expect("write");
-        write_section(&p, "second").expect("write");
+        write_between_markers(&p, BEGIN, END, "second").expect("write");
         let text = std::fs::read_to_string(&p).expect("read");
         assert!(text.contains("intro\n") && text.contains("notes by hand\n"));
         assert!(text.contains("\nsecond\n") && !text.contains("first"));

@@ -1,14 +1,14 @@
 //! Starting, watching and stopping the servers under test: `estuary edge` and nginx, and the
 //! config each is started with.
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::child::{self, Startup};
 use crate::httpget::Http1Conn;
 use crate::procfs;
 
@@ -106,15 +106,7 @@ pub struct Server {
 /// Fails early when something already listens on a port the bench needs (a server left over
 /// from an interrupted run, or another program).
 pub fn check_ports_free(kind: Kind, ports: Ports) -> anyhow::Result<()> {
-    for port in ports.all() {
-        if TcpListener::bind(("127.0.0.1", port)).is_err() {
-            bail!(
-                "127.0.0.1:{port} is in use; the bench needs it for {} (a server left over from an earlier run?)",
-                kind.label()
-            );
-        }
-    }
-    Ok(())
+    child::check_tcp_ports_free(ports.all(), kind.label())
 }
 
 impl Server {
@@ -125,10 +117,7 @@ impl Server {
         check_ports_free(kind, ports)?;
         let logs = setup.work.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let log = |name: &str| -> anyhow::Result<File> {
-            let p = logs.join(name);
-            File::create(&p).with_context(|| format!("creating {}", p.display()))
-        };
+        let log = |name: &str| child::log_file(&logs.join(name));
         if setup.access_log {
             // Each start begins with an empty log, so that the runs do not fill the disk.
             let _ = std::fs::remove_file(setup.access_log_path(kind));
@@ -198,34 +187,30 @@ impl Server {
     }
 
     fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited during start-up ({status}); see the logs in the work folder",
-                    self.kind.label()
-                );
-            }
-            let ready = match self.ports.admin {
+        let ports = self.ports;
+        let ready = || {
+            let answers = match ports.admin {
                 // The edge: its readiness endpoint says when it serves.
                 Some(admin) => Http1Conn::connect(SocketAddr::from(([127, 0, 0, 1], admin)))
                     .and_then(|mut c| c.get("/readyz"))
                     .is_ok_and(|(status, _)| status == 200),
                 // nginx: any answer on the plain port.
-                None => Http1Conn::connect(self.ports.plain_addr())
+                None => Http1Conn::connect(ports.plain_addr())
                     .and_then(|mut c| c.get("/"))
                     .is_ok(),
-            } && accepts(self.ports.tls_addr());
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not become ready within {within:?}",
-                    self.kind.label()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            };
+            answers && accepts(ports.tls_addr())
+        };
+        match child::wait_ready(&mut self.child, within, Duration::from_millis(50), ready)? {
+            Startup::Ready => Ok(()),
+            Startup::Exited(status) => bail!(
+                "{} exited during start-up ({status}); see the logs in the work folder",
+                self.kind.label()
+            ),
+            Startup::TimedOut => bail!(
+                "{} did not become ready within {within:?}",
+                self.kind.label()
+            ),
         }
     }
 
@@ -263,39 +248,12 @@ impl Server {
     }
 
     fn terminate(&mut self) -> anyhow::Result<()> {
+        // A server that had already exited is not waited for: its ports may be another's.
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return self.wait_ports_released();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{} did not exit within 10 s of SIGTERM; killing it",
-            self.kind.label()
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.wait_ports_released()
-    }
-
-    fn wait_ports_released(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while check_ports_free(self.kind, self.ports).is_err() {
-            if Instant::now() > deadline {
-                return check_ports_free(self.kind, self.ports);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        child::terminate(&mut self.child, self.kind.label())?;
+        child::wait_ports_free(|| check_ports_free(self.kind, self.ports))
     }
 }
 
@@ -352,6 +310,16 @@ pub fn running_as_root() -> bool {
     })
 }
 
+/// The edge's `[limits]` in every bench: long timeouts (idle keep-alive connections stay
+/// open for the idle connection test) and connection caps no load tool reaches.
+pub const EDGE_LIMITS: &str = r#"[limits]
+header_read_timeout = "300s"
+first_byte_timeout = "300s"
+idle_timeout = "300s"
+max_connections = 100000
+max_connections_per_ip = 100000
+"#;
+
 /// The edge's config for the bench, as given in the bench's brief: every default except
 /// `access = "off"` (nginx logs nothing either) or, with `access_log`, the access log written
 /// to that file; a long idle keep-alive (for the idle connection test) and a high connection
@@ -379,13 +347,7 @@ root = "content"
 [log]
 access = "{access}"
 
-[limits]
-header_read_timeout = "300s"
-first_byte_timeout = "300s"
-idle_timeout = "300s"
-max_connections = 100000
-max_connections_per_ip = 100000
-"#,
+{EDGE_LIMITS}"#,
         plain = ports.plain,
         tls = ports.tls,
         admin = ports.admin.unwrap_or(18081),
@@ -399,6 +361,25 @@ max_connections_per_ip = 100000
     let path = work.join(name);
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The lines of an nginx config before its `http` block, for a server whose prefix (pid file
+/// and error log) is `dir`. As root, the workers run as root too.
+pub fn nginx_main_context(
+    as_root: bool,
+    workers: &str,
+    dir: &Path,
+    worker_connections: u32,
+) -> String {
+    let user = if as_root { "user root;\n" } else { "" };
+    let dir = dir.display();
+    format!(
+        "{user}worker_processes {workers};\n\
+         worker_rlimit_nofile 65536;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/logs/error.log warn;\n\
+         events {{ worker_connections {worker_connections}; multi_accept on; }}\n"
+    )
 }
 
 /// nginx's config, from `peers/nginx-origin.conf` (plain and TLS 1.3 + h2 servers only).
@@ -416,15 +397,10 @@ pub fn nginx_config(
     let dir = work.join("nginx");
     std::fs::create_dir_all(dir.join("logs"))?;
     let root = work.join("content");
-    let user = if as_root { "user root;\n" } else { "" };
+    let main = nginx_main_context(as_root, workers, &dir, 20_000);
     let text = format!(
         r#"# Written by estuary-bench from peers/nginx-origin.conf.
-{user}worker_processes {workers};
-worker_rlimit_nofile 65536;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-events {{ worker_connections 20000; multi_accept on; }}
-http {{
+{main}http {{
     types {{ application/vnd.apple.mpegurl m3u8; video/iso.segment m4s; video/mp4 mp4; video/mp2t ts; }}
     default_type application/octet-stream;
     sendfile on; tcp_nopush on; tcp_nodelay on;
@@ -450,7 +426,6 @@ http {{
     }}
 }}
 "#,
-        dir = dir.display(),
         root = root.display(),
         cert = cert.display(),
         key = key.display(),

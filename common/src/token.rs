@@ -277,8 +277,9 @@ pub fn verify(text: &str, keys: &KeySet, request: Request<'_>) -> Result<(), Rej
     Ok(())
 }
 
-/// Maps IPv4-mapped IPv6 addresses (from dual-stack sockets) to IPv4 so that v4 CIDRs match.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+/// Maps IPv4-mapped IPv6 addresses (from dual-stack sockets) to IPv4 so that v4 CIDRs match
+/// (a token's IP binding here, steering's coverage map and client subnets there).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -466,43 +466,38 @@ mod tests {
         bad(&db("postgres://x/y?bogus=1"), "database.url");
         bad(&db("postgres://x"), "database.url");
         bad(&db("mysql://x/y"), "database.url");
-        bad(
-            &text.replace("down_after = 3", "down_after = 0"),
-            "health.down_after",
-        );
-        bad(
-            &text.replace("panic_threshold = 0.5", "panic_threshold = 1.5"),
-            "health.panic_threshold",
-        );
-        bad(
-            &text.replace("timeout = \"3s\"", "timeout = \"0s\""),
-            "database.timeout",
-        );
-        bad(
-            &text.replace("role = \"edge\"", "role = \"router\""),
-            "auth.nodes.edge-lab-1",
-        );
-        bad(
-            &text.replace(
+        // Each mistake in the example, and the key its error names.
+        for (from, to, key) in [
+            ("down_after = 3", "down_after = 0", "health.down_after"),
+            (
+                "panic_threshold = 0.5",
+                "panic_threshold = 1.5",
+                "health.panic_threshold",
+            ),
+            ("timeout = \"3s\"", "timeout = \"0s\"", "database.timeout"),
+            (
+                "role = \"edge\"",
+                "role = \"router\"",
+                "auth.nodes.edge-lab-1",
+            ),
+            (
                 "change-me-to-a-random-secret-of-32-or-more-characters",
                 "too-short-for-a-node",
+                "auth.nodes.edge-lab-1.token",
             ),
-            "auth.nodes.edge-lab-1.token",
-        );
-        bad(
-            &text.replace(
+            (
                 "change-me-to-another-secret-of-32-or-more-characters",
                 "change-me-to-a-random-secret-of-32-or-more-characters",
+                "auth.nodes.origin-1.token",
             ),
-            "auth.nodes.origin-1.token",
-        );
-        bad(
-            &text.replace("\"10.1.0.0/16\"", "\"10.1.0.0/99\""),
-            "auth.site_networks",
-        );
-        bad(
-            &text.replace("origin-1 = \"d75a", "origin-1 = \"x75a"),
-            "manifest_keys.origin-1",
-        );
+            ("\"10.1.0.0/16\"", "\"10.1.0.0/99\"", "auth.site_networks"),
+            (
+                "origin-1 = \"d75a",
+                "origin-1 = \"x75a",
+                "manifest_keys.origin-1",
+            ),
+        ] {
+            bad(&text.replace(from, to), key);
+        }
     }
 }

@@ -84,6 +84,21 @@ impl Drop for Staging {
 }
 
 fn sync_tree(dir: &Path) -> Result<(), PackageError> {
+    let fsync = |path: &Path| {
+        fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(PackageError::io("fsync", path))
+    };
+    visit_tree(dir, &mut |path| fsync(path), &mut |dir| fsync(dir))
+}
+
+/// Calls `on_file` for every file under `dir` and `after_dir` for every folder (`dir`
+/// included) once its entries are done, in `read_dir` order.
+fn visit_tree(
+    dir: &Path,
+    on_file: &mut impl FnMut(&Path) -> Result<(), PackageError>,
+    after_dir: &mut impl FnMut(&Path) -> Result<(), PackageError>,
+) -> Result<(), PackageError> {
     for entry in fs::read_dir(dir).map_err(PackageError::io("list", dir))? {
         let entry = entry.map_err(PackageError::io("list", dir))?;
         let path = entry.path();
@@ -92,16 +107,12 @@ fn sync_tree(dir: &Path) -> Result<(), PackageError> {
             .map_err(PackageError::io("stat", &path))?
             .is_dir()
         {
-            sync_tree(&path)?;
+            visit_tree(&path, on_file, after_dir)?;
         } else {
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(PackageError::io("fsync", &path))?;
+            on_file(&path)?;
         }
     }
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(PackageError::io("fsync", dir))
+    after_dir(dir)
 }
 
 /// Creates a new file for writing (never replacing one).
@@ -124,39 +135,34 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
 /// `skip`.
 pub fn digest_files(root: &Path, skip: &str) -> Result<Vec<FileDigest>, PackageError> {
     let mut out = Vec::new();
-    walk(root, root, &mut out)?;
+    visit_tree(
+        root,
+        &mut |path| {
+            out.push(file_digest(root, path)?);
+            Ok(())
+        },
+        &mut |_| Ok(()),
+    )?;
     out.retain(|f| f.path != skip);
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<FileDigest>) -> Result<(), PackageError> {
-    for entry in fs::read_dir(dir).map_err(PackageError::io("list", dir))? {
-        let entry = entry.map_err(PackageError::io("list", dir))?;
-        let path = entry.path();
-        if entry
-            .file_type()
-            .map_err(PackageError::io("stat", &path))?
-            .is_dir()
-        {
-            walk(root, &path, out)?;
-            continue;
-        }
-        let (size, sha256) = digest_file(&path)?;
-        let rel = path
-            .strip_prefix(root)
-            .map_err(|_| PackageError::Internal(format!("{} outside the asset", path.display())))?;
-        let rel: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        out.push(FileDigest {
-            path: rel.join("/"),
-            size,
-            sha256,
-        });
-    }
-    Ok(())
+/// The digest of the file at `path` under `root`, named by its relative `/` path.
+fn file_digest(root: &Path, path: &Path) -> Result<FileDigest, PackageError> {
+    let (size, sha256) = digest_file(path)?;
+    let rel = path
+        .strip_prefix(root)
+        .map_err(|_| PackageError::Internal(format!("{} outside the asset", path.display())))?;
+    let rel: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    Ok(FileDigest {
+        path: rel.join("/"),
+        size,
+        sha256,
+    })
 }
 
 /// The size and hex sha-256 of a file, read through a small buffer (a segment may be large).

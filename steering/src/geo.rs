@@ -185,16 +185,7 @@ pub fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
-/// Maps IPv4-mapped IPv6 addresses (from dual-stack sockets) to IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
+pub use estuary_common::token::canonical_ip;
 
 #[cfg(test)]
 mod tests {

@@ -18,31 +18,49 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// The encoder arguments of the test clips: fast H.264 in 4:2:0.
+pub const H264_ARGS: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-pix_fmt",
+    "yuv420p",
+];
+
+/// The encoder arguments for a clip's audio: AAC, the clip as long as its shortest input.
+pub const AAC_ARGS: [&str; 3] = ["-c:a", "aac", "-shortest"];
+
+/// The small ladder the packaging tests use, as `estuary package` arguments.
+pub const TEST_LADDER_ARGS: [&str; 6] = [
+    "--ladder",
+    "360p,240p",
+    "--segment-seconds",
+    "2",
+    "--preset",
+    "ultrafast",
+];
+
+/// An H.264 test clip of `testsrc2` at 30 fps, `seconds` long, with (AAC) a sine tone or
+/// without audio.
+pub fn test_clip(path: &Path, size: &str, seconds: &str, with_audio: bool) {
+    let video = format!("testsrc2=size={size}:rate=30");
+    let mut args = vec!["-f", "lavfi", "-i", &video];
+    if with_audio {
+        args.extend(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
+    }
+    args.extend(["-t", seconds]);
+    args.extend(H264_ARGS);
+    if with_audio {
+        args.extend(AAC_ARGS);
+    }
+    args.push(path.to_str().expect("utf-8 path"));
+    ffmpeg(&args);
+}
+
 /// An H.264 + AAC test clip: `testsrc2` with a sine tone.
 pub fn av_clip(path: &Path, size: &str, seconds: u32) {
-    let t = seconds.to_string();
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=size={size}:rate=30"),
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        &t,
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-shortest",
-        path.to_str().expect("utf-8 path"),
-    ]);
+    test_clip(path, size, &seconds.to_string(), true);
 }
 
 /// Runs `estuary package INPUT --out OUT` with extra arguments.
@@ -57,18 +75,7 @@ pub fn package(input: &Path, out: &Path, extra: &[&str]) -> Output {
 
 /// `package` with the small test ladder, asserting success.
 pub fn package_ok(input: &Path, out: &Path) -> Output {
-    let o = package(
-        input,
-        out,
-        &[
-            "--ladder",
-            "360p,240p",
-            "--segment-seconds",
-            "2",
-            "--preset",
-            "ultrafast",
-        ],
-    );
+    let o = package(input, out, &TEST_LADDER_ARGS);
     assert!(
         o.status.success(),
         "estuary package failed: {}",
@@ -158,8 +165,9 @@ pub fn probe_stream(path: &Path) -> (String, u32, u32, u64) {
     )
 }
 
-/// The presentation times (seconds) of the key frames of the video in `path`.
-pub fn keyframe_times(path: &Path) -> Vec<f64> {
+/// ffprobe's `entries` (e.g. `packet=duration`) of the first video stream in `path`, one
+/// CSV line each.
+pub fn probe_video(path: &Path, entries: &str) -> String {
     let out = run(Command::new("ffprobe")
         .args([
             "-v",
@@ -167,7 +175,7 @@ pub fn keyframe_times(path: &Path) -> Vec<f64> {
             "-select_streams",
             "v:0",
             "-show_entries",
-            "frame=pts_time,key_frame",
+            entries,
             "-of",
             "csv=p=0",
         ])
@@ -177,7 +185,12 @@ pub fn keyframe_times(path: &Path) -> Vec<f64> {
         "ffprobe: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The presentation times (seconds) of the key frames of the video in `path`.
+pub fn keyframe_times(path: &Path) -> Vec<f64> {
+    probe_video(path, "frame=pts_time,key_frame")
         .lines()
         .filter_map(|l| {
             let mut parts = l.split(',');

@@ -220,13 +220,18 @@ k2 = "{KEY2_HEX}"
 
     /// Starts the edge and waits until /readyz answers 200.
     pub fn start(&self) -> EdgeProcess {
-        let config = self.write_config();
+        self.start_with(&self.write_config())
+    }
+
+    /// Starts the edge with the config file `config` (its access log and log in this site's
+    /// folder) and waits until /readyz answers 200.
+    pub fn start_with(&self, config: &Path) -> EdgeProcess {
         let stdout = std::fs::File::create(self.dir.path().join("access.log")).expect("log");
         let stderr = std::fs::File::create(self.dir.path().join("edge.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_estuary"))
             .arg("edge")
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
@@ -402,6 +407,14 @@ impl EdgeProcess {
         }
     }
 
+    /// The access log's JSON lines once there are at least `n` of them (or after 10 s).
+    pub fn access_log_json(&self, n: usize) -> Vec<serde_json::Value> {
+        self.access_log_until(|log| log.lines().count() >= n)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .collect()
+    }
+
     pub fn signal(&self, sig: &str) {
         let out = run(Command::new("kill")
             .arg(format!("-{sig}"))
@@ -560,6 +573,25 @@ pub async fn rust_get(
 
 /// A site whose edge fills what is not pre-positioned from `origins` through a RAM and disk
 /// cache; `extra` is appended to its config.
+/// Two cached sites in front of `origins`, `{name}-a` and `{name}-b`, each listing both as
+/// its peers (so that each object has one owning peer) and protecting `/v/`.
+pub fn peer_pair(name: &str, origins: &[String]) -> Vec<Site> {
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = format!("peers = [\"http://127.0.0.1:{port_a}\", \"http://127.0.0.1:{port_b}\"]");
+    let mut sites = Vec::new();
+    for (suffix, port) in [("a", port_a), ("b", port_b)] {
+        let mut site = cached_site(&format!("{name}-{suffix}"), origins, "");
+        site.http = SocketAddr::from(([127, 0, 0, 1], port));
+        site.protected = vec!["/v/".into()];
+        site.extra = site.extra.replace(
+            "[upstream]\n",
+            &format!("[upstream]\n{peers}\nself_url = \"http://127.0.0.1:{port}\"\n"),
+        );
+        sites.push(site);
+    }
+    sites
+}
+
 pub fn cached_site(name: &str, origins: &[String], extra: &str) -> Site {
     let cache = "ram = \"64MiB\"\ndisk = \"256MiB\"\nmax_object = \"16MiB\"\ndisk_min_fills = 1";
     cached_site_with(name, origins, cache, extra)

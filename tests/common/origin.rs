@@ -146,6 +146,24 @@ impl Origin {
             .collect()
     }
 
+    /// Every path requested so far, in order.
+    pub fn requested_paths(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("lock")
+            .requests
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Asserts that each of `paths` was fetched exactly once; `what` says what more would mean.
+    pub fn assert_fetched_once(&self, paths: &[String], what: &str) {
+        for p in paths {
+            assert_eq!(self.hits(p), 1, "{p}: {what}");
+        }
+    }
+
     pub fn finished_at(&self, path: &str) -> Option<Instant> {
         self.state
             .lock()

@@ -250,36 +250,13 @@ pub fn write_asset(root: &Path, asset: &str, files: &[(String, Vec<u8>)]) -> Ass
 /// tone, H.264 + AAC in MP4.
 pub fn make_clip(dir: &Path, name: &str, seconds: u32, size: &str) -> PathBuf {
     let out = dir.join(name);
-    let o = run(Command::new("ffmpeg")
-        .args([
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc2=size={size}:rate=25:duration={seconds}"),
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:sample_rate=48000:duration={seconds}"),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(&out));
-    assert!(
-        o.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let video = format!("testsrc2=size={size}:rate=25:duration={seconds}");
+    let audio = format!("sine=frequency=440:sample_rate=48000:duration={seconds}");
+    let mut args = vec!["-f", "lavfi", "-i", &video, "-f", "lavfi", "-i", &audio];
+    args.extend(super::media::H264_ARGS);
+    args.extend(super::media::AAC_ARGS);
+    args.push(out.to_str().expect("utf-8 path"));
+    super::media::ffmpeg(&args);
     out
 }
 

@@ -15,12 +15,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::ValueEnum;
 
 use self::data::Topology;
 use self::servers::{DnsServer, DnsSetup, ServerProcess};
 use self::tools::{DnsRun, DnsperfShape};
+use crate::harness;
 use crate::load::{self, LoadShape, Measurement};
 use crate::procfs;
 use crate::report;
@@ -128,29 +129,19 @@ struct DnsBench {
     topology: Topology,
     input: PathBuf,
     shape: DnsperfShape,
-    notes: std::cell::RefCell<Vec<String>>,
+    notes: harness::Notes,
 }
 
 pub fn run(args: DnsVsPeersArgs) -> anyhow::Result<()> {
-    let command = std::iter::once("target/release/estuary-bench".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let duration = if args.quick {
-        Duration::from_secs(3)
-    } else {
-        args.duration
-    };
-    if duration < Duration::from_secs(1) {
-        bail!("--duration must be at least 1s");
-    }
+    let command = harness::command_line();
+    let duration = harness::run_duration(args.quick, args.duration)?;
     if args.sites == 0 || args.sites > data::MAX_SITES {
         bail!("--sites must be 1 to {}", data::MAX_SITES);
     }
     if args.queries == 0 || args.queries > 65_536 * 16 {
         bail!("--queries must be 1 to {}", 65_536 * 16);
     }
-    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let repeat = harness::repetitions(args.repeat, args.quick);
     let only = args.only.clone();
     let wants = |p: Part| only.is_empty() || only.contains(&p);
     let dnsperf = if wants(Part::Dns) {
@@ -165,16 +156,8 @@ pub fn run(args: DnsVsPeersArgs) -> anyhow::Result<()> {
         crate::require("wrk", "wrk")?;
     }
     crate::require("taskset", "util-linux")?;
-    let estuary_bin = match &args.estuary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no parent folder")?
-            .join("estuary"),
-    };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let work = std::fs::canonicalize(&args.out)?;
+    let estuary_bin = harness::estuary_binary(args.estuary.as_deref())?;
+    let work = harness::work_folder(&args.out)?;
     std::fs::create_dir_all(work.join("logs"))?;
     let setup = DnsSetup {
         work: work.clone(),
@@ -226,12 +209,7 @@ pub fn run(args: DnsVsPeersArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let markdown = bench.markdown(&command, &dns, &checks, &api);
-    println!("{markdown}");
-    if let Some(path) = &bench.args.write_md {
-        report::write_between_markers(path, BEGIN, END, &markdown)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("Wrote the report into {}.", path.display());
-    }
+    harness::publish_report(bench.args.write_md.as_deref(), BEGIN, END, &markdown)?;
     Ok(())
 }
 
@@ -269,20 +247,11 @@ impl DnsBench {
     }
 
     fn note(&self, note: String) {
-        let mut notes = self.notes.borrow_mut();
-        if !notes.contains(&note) {
-            notes.push(note);
-        }
+        self.notes.add(note);
     }
 
     fn note_background_load(&self) -> anyhow::Result<()> {
-        let (b0, t0) = procfs::machine_jiffies()?;
-        std::thread::sleep(Duration::from_secs(1));
-        let (b1, t1) = procfs::machine_jiffies()?;
-        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * 100.0;
-        self.note(format!(
-            "The machine was {busy:.0}% busy (all CPUs) in the second before the bench started."
-        ));
+        self.notes.background_load()?;
         self.note(format!(
             "Before each run the bench waited up to {:?} for the machine to be idle (under 10% \
              busy), and ran a figure again (up to {} times) when more than 6% of the CPU went to \
@@ -300,32 +269,13 @@ impl DnsBench {
         pids_ticks: impl Fn() -> u64,
         load: impl Fn(Duration) -> anyhow::Result<T>,
     ) -> anyhow::Result<(T, f64, f64)> {
-        let ticks_per_second = procfs::clock_ticks_per_second();
-        let mut retries = 0;
-        loop {
-            crate::wait_for_quiet_machine_within(self.args.quiet_wait);
-            load(Duration::from_secs(1))?;
-            let (busy0, total0) = procfs::machine_jiffies()?;
-            let server0 = pids_ticks();
-            let own0 = procfs::own_and_reaped_children_ticks()?;
-            let m = load(self.duration)?;
-            let server1 = pids_ticks();
-            let own1 = procfs::own_and_reaped_children_ticks()?;
-            let (busy1, total1) = procfs::machine_jiffies()?;
-            let server_ticks = server1.saturating_sub(server0);
-            let ours = server_ticks + own1.saturating_sub(own0);
-            let other =
-                (busy1 - busy0).saturating_sub(ours) as f64 / (total1 - total0).max(1) as f64;
-            if other > crate::DISTURBED_SHARE && retries < self.args.max_retries {
-                retries += 1;
-                eprintln!(
-                    "    {:.0}% of the CPU went elsewhere during that run; running it again",
-                    other * 100.0
-                );
-                continue;
-            }
-            return Ok((m, server_ticks as f64 / ticks_per_second, other));
-        }
+        let quiet = harness::Quiet {
+            wait: self.args.quiet_wait,
+            warmup: Duration::from_secs(1),
+            max_retries: self.args.max_retries,
+        };
+        let m = harness::measure_undisturbed(quiet, self.duration, pids_ticks, load)?;
+        Ok((m.value, m.server_cpu_seconds, m.unattributed_cpu))
     }
 
     /// dnsperf against every server, `repeat` times, servers one at a time (alternating the
@@ -334,10 +284,7 @@ impl DnsBench {
         let mut runs: Vec<Vec<Result<DnsRun, String>>> = vec![Vec::new(); servers.len()];
         let mut checks: Checks = Vec::new();
         for rep in 0..self.repeat {
-            let mut order: Vec<usize> = (0..servers.len()).collect();
-            if rep % 2 == 1 {
-                order.reverse();
-            }
+            let order = harness::alternating_order(servers.len(), rep);
             for k in order {
                 let server = servers[k];
                 eprintln!(
@@ -622,13 +569,7 @@ impl DnsBench {
     }
 
     fn versions(&self) -> Vec<String> {
-        let git = std::process::Command::new("git")
-            .args(["describe", "--always", "--dirty"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_else(|| "unknown".to_owned());
+        let git = harness::git_describe();
         let package = |name: &str| -> String {
             std::process::Command::new("dpkg-query")
                 .args(["-W", "-f", "${Version}", name])
@@ -657,16 +598,10 @@ impl DnsBench {
         api: &[ApiRow],
     ) -> String {
         let mut s = String::new();
-        let m = procfs::machine();
         let t = &self.topology;
         let _ = writeln!(s, "### Geo-DNS vs gdnsd and Knot, and the steering API\n");
         let _ = writeln!(s, "- Date: {}", report::utc_now());
-        let _ = writeln!(
-            s,
-            "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
-            m.cpus, m.cpu_model, m.memory_gib, m.kernel
-        );
-        let _ = writeln!(s, "- Software: {}", self.versions().join("; "));
+        report::write_machine_and_software(&mut s, &procfs::machine(), &self.versions());
         let _ = writeln!(s, "- Command: `{command}`");
         let matched = t.queries.iter().filter(|q| q.site.is_some()).count();
         let _ = writeln!(
@@ -693,13 +628,7 @@ impl DnsBench {
         if !api.is_empty() {
             self.api_markdown(&mut s, api);
         }
-        let notes = self.notes.borrow();
-        if !notes.is_empty() {
-            let _ = writeln!(s, "Notes:\n");
-            for n in notes.iter() {
-                let _ = writeln!(s, "- {n}");
-            }
-        }
+        self.notes.write_markdown(&mut s);
         s
     }
 

@@ -3,16 +3,17 @@
 //! steering` with `[listen] dns`), gdnsd with its geoip plugin, Knot DNS with its geoip module,
 //! and Knot with a plain static zone (the ceiling).
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
 use super::data::{self, Topology};
+use crate::child::{self, Startup};
 use crate::procfs;
 
 /// A DNS server under test.
@@ -265,10 +266,7 @@ impl ServerProcess {
         }
         check_ports_free(server)?;
         let dir = setup.dir(server);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-        fs::create_dir_all(&dir)?;
+        child::fresh_dir(&dir)?;
         let d = dir.display().to_string();
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"]);
@@ -374,16 +372,8 @@ impl ServerProcess {
         Ok(process)
     }
 
-    fn spawn(label: &str, ports: Vec<u16>, mut cmd: Command, dir: &Path) -> anyhow::Result<Self> {
-        let log = |name: &str| -> anyhow::Result<File> {
-            let p = dir.join(name);
-            File::create(&p).with_context(|| format!("creating {}", p.display()))
-        };
-        cmd.current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log("stdout.txt")?)
-            .stderr(log("stderr.txt")?);
-        let child = cmd.spawn().with_context(|| format!("starting {label}"))?;
+    fn spawn(label: &str, ports: Vec<u16>, cmd: Command, dir: &Path) -> anyhow::Result<Self> {
+        let child = child::spawn_in(cmd, dir, label)?;
         Ok(Self {
             label: label.to_owned(),
             ports,
@@ -393,9 +383,9 @@ impl ServerProcess {
     }
 
     fn wait_until(&mut self, within: Duration, ready: impl Fn() -> bool) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
+        match child::wait_ready(&mut self.child, within, Duration::from_millis(100), ready)? {
+            Startup::Ready => Ok(()),
+            Startup::Exited(status) => {
                 let stderr = fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default();
                 let last = stderr
                     .lines()
@@ -410,17 +400,11 @@ impl ServerProcess {
                     self.dir.display()
                 );
             }
-            if ready() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not become ready within {within:?}; see the logs in {}",
-                    self.label,
-                    self.dir.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            Startup::TimedOut => bail!(
+                "{} did not become ready within {within:?}; see the logs in {}",
+                self.label,
+                self.dir.display()
+            ),
         }
     }
 
@@ -446,40 +430,17 @@ impl ServerProcess {
     }
 
     fn terminate(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_none() {
-            let pid = self.child.id().to_string();
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid])
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    eprintln!(
-                        "{} did not exit within 10 s of SIGTERM; killing it",
-                        self.label
-                    );
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let busy = self
+        child::terminate(&mut self.child, &self.label)?;
+        child::wait_ports_free(|| {
+            match self
                 .ports
                 .iter()
-                .find(|p| check_port_free(**p, &self.label).is_err());
-            match busy {
-                None => return Ok(()),
-                Some(p) if Instant::now() > deadline => {
-                    bail!("{}: port {p} still in use after it stopped", self.label)
-                }
-                Some(_) => std::thread::sleep(Duration::from_millis(50)),
+                .find(|p| check_port_free(**p, &self.label).is_err())
+            {
+                Some(p) => bail!("{}: port {p} still in use after it stopped", self.label),
+                None => Ok(()),
             }
-        }
+        })
     }
 }
 

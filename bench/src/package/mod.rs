@@ -606,12 +606,9 @@ fn first_line(program: &str, args: &[&str]) -> String {
 }
 
 pub fn run(args: PackageVsFfmpegArgs) -> anyhow::Result<()> {
-    let command = std::iter::once("target/release/estuary-bench".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = crate::harness::command_line();
     let seconds = args.seconds.unwrap_or(if args.quick { 10 } else { 60 });
-    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let repeat = crate::harness::repetitions(args.repeat, args.quick);
     let mib = args
         .upload_mib
         .unwrap_or(if args.quick { 256 } else { 1024 });
@@ -630,22 +627,8 @@ pub fn run(args: PackageVsFfmpegArgs) -> anyhow::Result<()> {
     if run_part(Part::Upload) && tuspy_version() == "unknown" {
         bail!("the Python package tuspy is missing (pip install tuspy)");
     }
-    let estuary = match &args.estuary {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no parent folder")?
-            .join("estuary"),
-    };
-    if !estuary.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release` or pass --estuary",
-            estuary.display()
-        );
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let work = std::fs::canonicalize(&args.out)?;
+    let estuary = crate::harness::existing_estuary_binary(args.estuary.as_deref())?;
+    let work = crate::harness::work_folder(&args.out)?;
 
     // Even generating the source would disturb another bench's figures.
     wait_for_other_benches();
@@ -660,37 +643,31 @@ pub fn run(args: PackageVsFfmpegArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let git = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+    let git = crate::harness::git_describe();
     let r = report::Report {
-        machine: procfs::machine(),
-        date: crate::report::utc_now(),
-        command,
-        versions: vec![
-            ("estuary".to_owned(), format!("commit {git}")),
-            (
-                "ffmpeg".to_owned(),
-                first_line("ffmpeg", &["-version"])
-                    .trim_start_matches("ffmpeg version ")
-                    .split(' ')
-                    .next()
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            ),
-            (
-                "curl".to_owned(),
-                first_line("curl", &["--version"])
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            ),
-        ],
+        run: crate::report::RunInfo::new(
+            command,
+            vec![
+                ("estuary".to_owned(), format!("commit {git}")),
+                (
+                    "ffmpeg".to_owned(),
+                    first_line("ffmpeg", &["-version"])
+                        .trim_start_matches("ffmpeg version ")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                ),
+                (
+                    "curl".to_owned(),
+                    first_line("curl", &["--version"])
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                ),
+            ],
+        ),
         repeat,
         segment_seconds: args.segment_seconds,
         preset: args.preset.clone(),
@@ -698,14 +675,12 @@ pub fn run(args: PackageVsFfmpegArgs) -> anyhow::Result<()> {
         uploads,
         minutes: started.elapsed().as_secs_f64() / 60.0,
     };
-    let markdown = r.markdown();
-    println!("{markdown}");
-    if let Some(path) = &args.write_md {
-        crate::report::write_between_markers(path, report::BEGIN, report::END, &markdown)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("Wrote the report into {}.", path.display());
-    }
-    Ok(())
+    crate::harness::publish_report(
+        args.write_md.as_deref(),
+        report::BEGIN,
+        report::END,
+        &r.markdown(),
+    )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::ladder::{AUDIO_KBPS, LADDER};
 use super::{PackageResults, Packager, UploadResults, median};
-use crate::procfs::Machine;
+use crate::report::RunInfo;
 
 pub const BEGIN: &str = "<!-- package-vs-ffmpeg: begin -->";
 pub const END: &str = "<!-- package-vs-ffmpeg: end -->";
@@ -14,10 +14,7 @@ pub const PSNR_TOLERANCE_DB: f64 = 0.3;
 
 #[derive(Debug)]
 pub struct Report {
-    pub machine: Machine,
-    pub date: String,
-    pub command: String,
-    pub versions: Vec<(String, String)>,
+    pub run: RunInfo,
     pub repeat: usize,
     pub segment_seconds: u32,
     pub preset: String,
@@ -36,23 +33,12 @@ fn runs_list(v: &[f64]) -> String {
 impl Report {
     pub fn markdown(&self) -> String {
         let mut s = String::new();
-        let m = &self.machine;
-        let _ = writeln!(s, "### Run of {}\n", self.date);
-        let _ = writeln!(
-            s,
-            "- Machine: {} CPUs ({}), {:.1} GiB RAM, Linux {}",
-            m.cpus, m.cpu_model, m.memory_gib, m.kernel
-        );
-        let versions: Vec<String> = self
-            .versions
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        let _ = writeln!(s, "- Software: {}", versions.join("; "));
+        let _ = writeln!(s, "### Run of {}\n", self.run.date);
+        self.run.write_machine_and_software(&mut s);
         let _ = writeln!(
             s,
             "- Command: `{}` ({:.0} minutes in all)\n",
-            self.command, self.minutes
+            self.run.command, self.minutes
         );
         if let Some(p) = &self.package {
             self.package_section(&mut s, p);
