@@ -72,7 +72,7 @@ Version: $version
 Architecture: amd64
 Maintainer: Estuary developers <estuary@example.org>
 Installed-Size: $size
-Depends: $shlibs, adduser
+Depends: $shlibs, adduser, procps
 Section: net
 Priority: optional
 Homepage: https://github.com/estuary-cdn/estuary
