@@ -22,6 +22,8 @@
 #    200, 503 (draining), 200; every node runs the new package.
 # Every failure fails the script; nothing is skipped.
 set -euo pipefail
+# systemd-nspawn and nsenter need root.
+[ "$(id -u)" -eq 0 ] || exec sudo -E "$0" "$@"
 cd "$(dirname "$0")/.."
 repo="$PWD"
 start_time=$(date +%s)
