@@ -32,6 +32,15 @@ if [ "$what" = "test" ]; then
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need_apt+=(postgresql)
   have npm || need_apt+=(npm)
   python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
+  # The Debian package (dpkg-deb, dpkg-shlibdeps, objcopy) and the Ansible lab: a debootstrap
+  # root booted with systemd-nspawn, Ansible from PyPI in a venv, yamllint.
+  have dpkg-shlibdeps || need_apt+=(dpkg-dev)
+  have objcopy || need_apt+=(binutils)
+  have debootstrap || need_apt+=(debootstrap)
+  have systemd-nspawn || need_apt+=(systemd-container)
+  have nsenter || need_apt+=(util-linux)
+  have yamllint || need_apt+=(yamllint)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2

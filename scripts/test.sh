@@ -2,7 +2,9 @@
 # The test command: installs what the tests need, then runs the checks in CI order:
 # format, lints, and the whole test suite (unit, property and black-box tests that start the
 # real `estuary` binary on loopback and talk to it with curl, ffprobe, Python h2, a Rust
-# HTTP/1.1+HTTP/2 client and the in-tree HTTP/3 client).
+# HTTP/1.1+HTTP/2 client and the in-tree HTTP/3 client), then the deployment test
+# (scripts/test-ansible.sh: the Debian package, and the Ansible playbooks applied for real to
+# Debian 12 containers booted with systemd-nspawn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh test
@@ -19,3 +21,6 @@ if cargo tree --workspace -i ring 2>/dev/null | grep -q '^ring v'; then
 fi
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== deployment: the Debian package and Ansible applied to a lab of Debian 12 containers"
+# Packages the debug binary cargo test just built; fails the run on any failure.
+scripts/test-ansible.sh

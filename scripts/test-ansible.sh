@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# The deployment test: Ansible applied for real to a lab of Debian 12 containers.
+#
+#   scripts/test-ansible.sh          (scripts/test.sh runs it after cargo test)
+#
+# 1. Ansible and ansible-lint from PyPI in a venv (~/.cache/estuary-lab/venv): yamllint,
+#    `ansible-lint --profile production` and `ansible-playbook --syntax-check` on every
+#    playbook, with both inventories.
+# 2. The Debian package of the debug binary cargo test built (scripts/package-deb.sh).
+# 3. The lab (scripts/lab.sh): five containers from a cached debootstrap root (rebuilt when
+#    missing): control plane, origin, steering, and two edges of one site.
+# 4. site.yml, then from outside the containers: every unit enabled and active, every
+#    installed config passes `estuary check-config`, capabilities only where a port < 1024
+#    is configured; a clip uploaded over TUS to the deployed origin, pushed through the
+#    deployed control plane (push.yml) onto both edges, and played through an edge with a
+#    signed URL by hls.js in headless Chromium; steering and its geo-DNS name those edges.
+# 5. site.yml again: changed=0 on every host.
+# 6. A config check-config refuses: the play fails, the edge keeps its config, its process
+#    and its service.
+# 7. upgrade.yml to a newer package while a client fetches segments from both edges, with
+#    failover (tests/clients/rolling_client.py): no request fails, each edge's /readyz goes
+#    200, 503 (draining), 200; every node runs the new package.
+# Every failure fails the script; nothing is skipped.
+set -euo pipefail
+# systemd-nspawn and nsenter need root.
+[ "$(id -u)" -eq 0 ] || exec sudo -E "$0" "$@"
+cd "$(dirname "$0")/.."
+repo="$PWD"
+start_time=$(date +%s)
+target="${CARGO_TARGET_DIR:-$repo/target}"
+cache="${ESTUARY_LAB_CACHE:-$HOME/.cache/estuary-lab}"
+export ESTUARY_LAB_RUN="${ESTUARY_LAB_RUN:-/tmp/estuary-lab}"
+run="$ESTUARY_LAB_RUN"
+venv="$cache/venv"
+ansible_version=12.3.0
+ansible_lint_version=26.10.1
+step() { echo "== test-ansible ($(($(date +%s) - start_time)) s): $*"; }
+fail() { echo "test-ansible: FAILED: $*" >&2; exit 1; }
+
+step "Ansible $ansible_version, ansible-lint $ansible_lint_version and tuspy from PyPI; the browser clients from npm"
+if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ansible') == '$ansible_version' and m.version('ansible-lint') == '$ansible_lint_version'; import tusclient" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "ansible==$ansible_version" "ansible-lint==$ansible_lint_version" tuspy
+fi
+if [ ! -d "$repo/tests/clients/node_modules/playwright-core" ] || [ ! -d "$repo/tests/clients/node_modules/hls.js" ]; then
+  npm ci --prefix "$repo/tests/clients" --no-audit --no-fund --silent
+fi
+export PATH="$venv/bin:$PATH" PYTHONWARNINGS=ignore ANSIBLE_CONFIG="$repo/ansible/ansible.cfg"
+cd "$repo/ansible"
+
+step "yamllint, ansible-lint --profile production, --syntax-check"
+yamllint -s .
+ansible-lint --profile production -q
+for playbook in site.yml upgrade.yml push.yml; do
+  for inv in inventories/lab inventories/example; do
+    ansible-playbook --syntax-check -i "$inv" "$playbook" >/dev/null \
+      || fail "$playbook does not pass --syntax-check with $inv"
+  done
+done
+
+step "the Debian package of the debug build"
+bin="$target/debug/estuary"
+[ -x "$bin" ] || (cd "$repo" && cargo build --bin estuary)
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -1)"
+deb="$("$repo/scripts/package-deb.sh" --binary "$bin" --version "$version" --out "$run/deb")"
+deb_new="$("$repo/scripts/package-deb.sh" --binary "$bin" --version "$version+upgrade1" --out "$run/deb")"
+
+step "the lab: five Debian 12 containers"
+hosts=(lab-cp lab-origin lab-steering lab-edge-a1 lab-edge-a2)
+"$repo/scripts/lab.sh" down
+cleanup() { "$repo/scripts/lab.sh" down || true; }
+trap cleanup EXIT
+"$repo/scripts/lab.sh" up "${hosts[@]}"
+inventory=(-i inventories/lab -i "$run/connection.yml")
+on() { local host="$1"; shift; "$run/nsenter-$host" root "$@"; }
+
+# Runs a playbook; its output goes to $run/<name>.log, and the recap is printed.
+play() {
+  local name="$1" rc=0; shift
+  ansible-playbook "${inventory[@]}" "$@" >"$run/$name.log" 2>&1 || rc=$?
+  sed -n '/^PLAY RECAP/,$p' "$run/$name.log"
+  return "$rc"
+}
+
+step "site.yml (first run)"
+play site-1 site.yml -e "estuary_package_deb=$deb" \
+  || { grep -B2 -A12 'FAILED!\|fatal:' "$run/site-1.log" | head -60 >&2; fail "site.yml"; }
+
+step "units enabled and active, configs valid, capabilities only below port 1024"
+declare -A unit_of=([lab-cp]=control-plane [lab-origin]=origin [lab-steering]=steering [lab-edge-a1]=edge [lab-edge-a2]=edge)
+for host in "${hosts[@]}"; do
+  service="${unit_of[$host]}"
+  unit="estuary-$service.service"
+  [ "$(on "$host" systemctl is-enabled "$unit")" = enabled ] || fail "$host: $unit is not enabled"
+  [ "$(on "$host" systemctl is-active "$unit")" = active ] || fail "$host: $unit is not active"
+  on "$host" /usr/bin/estuary check-config "/etc/estuary/$service.toml" >/dev/null \
+    || fail "$host: /etc/estuary/$service.toml does not pass check-config"
+  # Only the geo-DNS listens below 1024 in the lab (port 53).
+  caps="$(on "$host" systemctl show -p AmbientCapabilities --value "$unit")"
+  if [ "$service" = steering ]; then
+    [[ "$caps" == *cap_net_bind_service* ]] || fail "$host: steering on port 53 lacks CAP_NET_BIND_SERVICE ($caps)"
+  else
+    [ -z "$caps" ] || fail "$host: $unit holds capabilities it does not need: $caps"
+  fi
+  exposure="$(on "$host" systemd-analyze security "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+  [ -n "$exposure" ] || fail "$host: no exposure level for $unit"
+  echo "   $host: $unit enabled, active, config valid, capabilities '${caps}', exposure $exposure"
+done
+rw="$(on lab-edge-a1 systemctl show -p ReadWritePaths --value estuary-edge.service)"
+[ "$rw" = "/var/cache/estuary/edge /srv/estuary/store" ] || fail "edge ReadWritePaths: '$rw'"
+
+step "a clip uploaded over TUS to the deployed origin"
+clip="$cache/clip.mp4"
+if [ ! -f "$clip" ]; then
+  ffmpeg -hide_banner -loglevel error -y -f lavfi -i "testsrc2=size=640x360:rate=25" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t 8 -c:v libx264 -preset veryfast \
+    -pix_fmt yuv420p -c:a aac -b:a 96k "$clip.tmp.mp4"
+  mv "$clip.tmp.mp4" "$clip"
+fi
+upload_token=lab-test-upload-token-e84811c70b10c81b4543d723
+operator_token=lab-test-operator-token-8a3964249b6a0edd02f0df1c
+origin=http://127.0.0.78:9000
+"$venv/bin/python" "$repo/tests/clients/tus_upload.py" start "$origin/uploads/" "$upload_token" "$clip" lab \
+  "$(stat -c %s "$clip")" >/dev/null
+for _ in $(seq 1 120); do
+  status="$(curl -sS -H "Authorization: Bearer $upload_token" "$origin/v1/assets/lab")"
+  case "$status" in
+    *'"state":"ready"'*) break ;;
+    *'"state":"failed"'*) fail "packaging failed: $status" ;;
+  esac
+  sleep 1
+done
+[[ "$status" == *'"state":"ready"'* ]] || fail "the asset is not ready after 120 s: $status"
+
+step "push.yml: the asset pre-positioned on both edges of the site through the deployed control plane"
+play push push.yml -e '{"push_assets": ["lab"], "push_replicas": 2, "push_timeout_seconds": 120}' \
+  || { grep -B2 -A12 'FAILED!\|fatal:' "$run/push.log" | tail -40 >&2; fail "push.yml"; }
+placements="$(ESTUARY_TOKEN=$operator_token "$bin" fill status --control-plane http://127.0.0.77:7000 lab)"
+echo "$placements" | sed 's/^/   /'
+for host in lab-edge-a1 lab-edge-a2; do
+  echo "$placements" | grep -q "^lab  *$host  *lab-a  *present" || fail "$host: the asset is not present"
+  on "$host" test -f /srv/estuary/store/v/lab/asset.json || fail "$host: the pushed asset is not in its store"
+done
+
+step "a signed URL plays through the deployed edge (hls.js in headless Chromium)"
+key=a05dbdaaa825089b746e36ea561252b7d9911d7a7db98166393d3e6d43a75dac
+for edge in 127.0.0.80 127.0.0.81; do
+  url="$("$bin" token sign --key-id lab --key "$key" --acl '/v/lab/*' --ttl 600 \
+    --path /v/lab/master.m3u8 --base "http://$edge:8080" | sed -n 3p)"
+  code="$(curl -s -o /dev/null -w '%{http_code}' "http://$edge:8080/v/lab/master.m3u8")"
+  [ "$code" = 403 ] || fail "$edge: an unsigned request got $code, not 403"
+  node "$repo/tests/clients/play.mjs" hls "$url" 4 || fail "$edge: hls.js did not play $url"
+done
+playback="$(curl -fsS http://127.0.0.79:7100/v1/playback/lab)" || fail "steering /v1/playback/lab"
+[[ "$playback" == *127.0.0.80:8080* || "$playback" == *127.0.0.81:8080* ]] \
+  || fail "steering names no lab edge: $playback"
+answer="$(dig +short @127.0.0.79 -p 53 edge.cdn.lab A)"
+echo "$answer" | grep -qx '127.0.0.8[01]' || fail "the geo-DNS answered '$answer' for edge.cdn.lab"
+
+step "site.yml again: nothing changes"
+play site-2 site.yml -e "estuary_package_deb=$deb" || fail "second site.yml"
+if sed -n '/^PLAY RECAP/,$p' "$run/site-2.log" | grep -E '^[a-z]' | grep -v 'changed=0 '; then
+  fail "the second site.yml changed something (see $run/site-2.log)"
+fi
+
+step "a config check-config refuses is never installed; the edge keeps serving"
+before="$(on lab-edge-a1 sha256sum /etc/estuary/edge.toml)"
+pid_before="$(on lab-edge-a1 systemctl show -p MainPID --value estuary-edge.service)"
+if play refused site.yml --limit lab-edge-a1 -e "estuary_package_deb=$deb" -e edge_cache_policy=bogus; then
+  fail "site.yml with a refused edge config succeeded"
+fi
+grep -q "unknown variant \`bogus\`" "$run/refused.log" || fail "the refusal is not check-config's (see $run/refused.log)"
+[ "$(on lab-edge-a1 sha256sum /etc/estuary/edge.toml)" = "$before" ] || fail "the refused config replaced the old one"
+[ "$(on lab-edge-a1 systemctl show -p MainPID --value estuary-edge.service)" = "$pid_before" ] \
+  || fail "the edge was restarted"
+url="$("$bin" token sign --key-id lab --key "$key" --acl '/v/lab/*' --ttl 600 \
+  --path /v/lab/master.m3u8 --base http://127.0.0.80:8080 | sed -n 3p)"
+curl -fsS -o /dev/null "$url" || fail "the edge stopped serving"
+
+step "upgrade.yml to a newer package while a client fetches segments from both edges"
+token_url="$("$bin" token sign --key-id lab --key "$key" --acl '/v/lab/*' --ttl 1800 \
+  --path /v/lab/master.m3u8 --base "http://EDGE" | sed -n 3p)"
+prefix="${token_url%master.m3u8}"
+prefix="${prefix/EDGE/\{edge\}}"
+rm -f "$run/client.stop" "$run/client.json"
+# A 24 MiB file in each edge's store, read slowly by the client, keeps requests in flight so
+# that the drain has something to wait for (and /readyz 503 lasts long enough to be seen).
+for host in lab-edge-a1 lab-edge-a2; do
+  on "$host" sh -c 'head -c 24M /dev/urandom >/srv/estuary/store/big.bin'
+done
+ROLLING_BIG_PATH=/big.bin "$venv/bin/python" "$repo/tests/clients/rolling_client.py" "$run/client.json" "$run/client.stop" "$prefix" \
+  127.0.0.80:8080 127.0.0.81:8080 -- 127.0.0.80:9901 127.0.0.81:9901 &
+client_pid=$!
+sleep 2
+upgrade_rc=0
+play upgrade upgrade.yml -e "estuary_package_deb=$deb_new" || upgrade_rc=$?
+sleep 2
+touch "$run/client.stop"
+wait "$client_pid" || fail "the rolling client crashed"
+[ "$upgrade_rc" -eq 0 ] || { grep -B2 -A12 'FAILED!\|fatal:' "$run/upgrade.log" | tail -40 >&2; fail "upgrade.yml"; }
+cat "$run/client.json" | tr -d '\n' | sed 's/  */ /g'; echo
+"$venv/bin/python" - "$run/client.json" <<'PY' || fail "requests failed during the upgrade, or an edge never drained"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["requests"] >= 20, f"only {r['requests']} requests"
+assert not r["failures"], r["failures"]
+for admin, seen in r["readyz"].items():
+    # Ready, then draining (503), then (after the restart) ready again.
+    assert "503" in seen, f"{admin} never answered 503: {seen}"
+    i = seen.index("503")
+    assert "200" in seen[:i] and "200" in seen[i:], f"{admin}: {seen}"
+for edge, n in r["served_by"].items():
+    assert n > 0, f"{edge} served nothing"
+PY
+for host in lab-edge-a1 lab-edge-a2 lab-cp lab-origin lab-steering; do
+  installed="$(on "$host" dpkg-query -W -f='${Version}' estuary)"
+  [ "$installed" = "$version+upgrade1" ] || fail "$host runs package $installed after the upgrade"
+done
+
+step "passed"
