@@ -6,7 +6,7 @@
 //! - [`Lifecycle`]: made at the top of a service's `run` from its `[shutdown]` table
 //!   ([`ShutdownConfig`]); it sizes the descriptor table ([`crate::fds`]), owns the stop
 //!   channel every background task watches, waits for SIGTERM or SIGINT (and calls the
-//!   service's reload hook on SIGHUP, for services that have one), and bounds the drain by
+//!   service's reload hook on SIGHUP; SIGHUP never ends a process), and bounds the drain by
 //!   `[shutdown] drain_timeout`.
 //! - [`admin`]: `/metrics`, `/healthz` and `/readyz` from a registry, a readiness flag and a
 //!   check the service supplies.
@@ -58,13 +58,23 @@ pub fn block_on<E>(thread_name: &str, service: impl Future<Output = Result<(), E
 where
     E: From<std::io::Error>,
 {
-    crate::logging::init_json();
-    crate::tls::install_default_provider();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(thread_name)
-        .build()?
-        .block_on(service)
+        .build()?;
+    // SIGHUP's default action ends the process, and systemd counts that as a clean exit
+    // (`Restart=on-failure` does not bring it back): take it over before the service starts,
+    // so that a reload sent while the service is still starting is not fatal. A handler,
+    // once installed, stays for the life of the process; the wait below listens to it.
+    runtime.block_on(async {
+        if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            eprintln!("estuary: the SIGHUP handler could not be installed: {e}");
+        }
+    });
+    // Logs start after the takeover: a service that has logged cannot die of a SIGHUP.
+    crate::logging::init_json();
+    crate::tls::install_default_provider();
+    runtime.block_on(service)
 }
 
 /// What a service goes through from start to exit: the descriptor table sized, a stop channel
@@ -98,15 +108,17 @@ impl Lifecycle {
         self.drain_timeout
     }
 
-    /// Waits for SIGTERM or SIGINT. SIGHUP keeps its default action (the service has nothing
-    /// to reload).
+    /// Waits for SIGTERM or SIGINT. A SIGHUP is logged (the service has nothing to reload).
     pub async fn wait_for_stop(&self) {
-        wait_for_signals(None::<fn()>).await;
+        wait_for_signals(|| {
+            tracing::info!("SIGHUP: this service has nothing to reload; it goes on as it was.");
+        })
+        .await;
     }
 
     /// Waits for SIGTERM or SIGINT, calling `reload` on every SIGHUP meanwhile.
     pub async fn wait_for_stop_or_reload(&self, reload: impl FnMut()) {
-        wait_for_signals(Some(reload)).await;
+        wait_for_signals(reload).await;
     }
 
     /// Begins the drain: every receiver of [`Lifecycle::stop_signal`] sees `true`.
@@ -121,34 +133,20 @@ impl Lifecycle {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT; with `reload`, calls it on each SIGHUP. When the handlers
-/// cannot be installed, falls back to Ctrl-C alone.
-async fn wait_for_signals(mut reload: Option<impl FnMut()>) {
+/// Resolves on SIGTERM or SIGINT, calling `reload` on each SIGHUP. When the handlers cannot
+/// be installed, falls back to Ctrl-C alone.
+async fn wait_for_signals(mut reload: impl FnMut()) {
     use tokio::signal::unix::{SignalKind, signal};
-    let hup = match reload {
-        Some(_) => signal(SignalKind::hangup()).map(Some),
-        None => Ok(None),
-    };
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        hup,
+        signal(SignalKind::hangup()),
     ) {
         (Ok(mut term), Ok(mut int), Ok(mut hup)) => loop {
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hangup => {
-                    if let Some(r) = reload.as_mut() {
-                        r();
-                    }
-                }
+                _ = hup.recv() => reload(),
             }
         },
         (term, int, hup) => {
