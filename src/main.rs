@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use estuary_common::config::ServiceConfig;
 use estuary_control_plane::{ControlPlaneConfig, run as cp_run};
 use estuary_edge::EdgeConfig;
 use estuary_origin::{OriginConfig, run as origin_run};
@@ -295,27 +296,21 @@ fn main() -> ExitCode {
 }
 
 /// Loads a service's config (an error names the file) and runs the service until it stops.
-fn serve<C, F>(
-    name: &str,
-    path: &Path,
-    load: fn(&Path) -> Result<C, estuary_common::config::ConfigError>,
-    run: fn(C) -> F,
-) -> anyhow::Result<()>
+fn serve<C, F>(path: &Path, run: fn(C) -> F) -> anyhow::Result<()>
 where
+    C: ServiceConfig,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let config = load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    estuary_common::service::block_on(name, run(config))
+    let config = C::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    estuary_common::service::block_on(C::SERVICE, run(config))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Edge { config } => serve("edge", &config, EdgeConfig::load, estuary_edge::run),
-        Command::Origin { config } => serve("origin", &config, OriginConfig::load, origin_run),
-        Command::ControlPlane { config } => {
-            serve("control-plane", &config, ControlPlaneConfig::load, cp_run)
-        }
-        Command::Steering { config } => serve("steering", &config, SteeringConfig::load, steer_run),
+        Command::Edge { config } => serve::<EdgeConfig, _>(&config, estuary_edge::run),
+        Command::Origin { config } => serve::<OriginConfig, _>(&config, origin_run),
+        Command::ControlPlane { config } => serve::<ControlPlaneConfig, _>(&config, cp_run),
+        Command::Steering { config } => serve::<SteeringConfig, _>(&config, steer_run),
         Command::Nodes { operator, json } => operator_call(estuary_control_plane::cli::nodes(
             &operator.control_plane,
             &operator.token,
@@ -457,41 +452,36 @@ fn operator_call(
     Ok(())
 }
 
-/// Tells which service a config is for by its tables, then validates it with that service.
+/// Tells which service a config is for by its tables, then checks it as that service would
+/// at start.
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let table: toml::Table = text
+    let table: estuary_common::config::Table = text
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: not valid TOML: {e}", file.display()))?;
-    // The first table that only one service's config has.
-    let service = [
-        ("store", "edge"),
-        ("database", "control-plane"),
-        ("geo", "steering"),
-        ("storage", "origin"),
-    ]
-    .into_iter()
-    .find(|(key, _)| table.contains_key(*key))
-    .map(|(_, service)| service);
-    let Some(service) = service else {
+    type Check = fn(&Path) -> Result<(), estuary_common::config::ConfigError>;
+    fn entry<C: ServiceConfig>() -> (
+        &'static str,
+        fn(&estuary_common::config::Table) -> bool,
+        Check,
+    ) {
+        (C::SERVICE, C::claims, C::check)
+    }
+    let services = [
+        entry::<EdgeConfig>(),
+        entry::<ControlPlaneConfig>(),
+        entry::<SteeringConfig>(),
+        entry::<OriginConfig>(),
+    ];
+    let Some((service, _, check)) = services.into_iter().find(|(_, claims, _)| claims(&table))
+    else {
         anyhow::bail!(
             "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table)",
             file.display()
         )
     };
-    let invalid =
-        |e: &dyn std::fmt::Display| anyhow::anyhow!("{} ({service} config): {e}", file.display());
-    match service {
-        "edge" => drop(EdgeConfig::load(file).map_err(|e| invalid(&e))?),
-        "control-plane" => drop(ControlPlaneConfig::load(file).map_err(|e| invalid(&e))?),
-        "steering" => {
-            let config = SteeringConfig::load(file).map_err(|e| invalid(&e))?;
-            // The coverage zone file is part of the config: a broken one fails here too.
-            estuary_steering::load_zones(&config).map_err(|e| invalid(&e))?;
-        }
-        _ => drop(OriginConfig::load(file).map_err(|e| invalid(&e))?),
-    }
+    check(file).map_err(|e| anyhow::anyhow!("{} ({service} config): {e}", file.display()))?;
     println!("{}: a valid {service} config", file.display());
     Ok(())
 }

@@ -3,6 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
+/// A config file's top-level tables, as [`ServiceConfig::claims`] sees them.
+pub use toml::Table;
+
 /// A configuration problem, naming the key at fault and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {reason}")]
@@ -46,6 +49,38 @@ pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
             .unwrap_or_default();
         ConfigError::new(key, format!("{reason}{at}"))
     })
+}
+
+/// A service's config file. Every service's config type implements it: the service starts
+/// from [`ServiceConfig::load`], and `estuary check-config` tells the services' files apart
+/// with [`ServiceConfig::claims`] and checks them with [`ServiceConfig::check`].
+pub trait ServiceConfig: Sized {
+    /// The service's name, as in `estuary <name>`.
+    const SERVICE: &'static str;
+
+    /// Whether a config file's top-level tables say it is this service's.
+    fn claims(table: &Table) -> bool;
+
+    /// Parses and validates a config text; relative paths are resolved against `base_dir`
+    /// (the file's folder).
+    fn parse_text(text: &str, base_dir: &std::path::Path) -> Result<Self, ConfigError>;
+
+    /// What `check-config` checks beyond the file itself (the files it names), so that a
+    /// config that passes also starts.
+    fn check_more(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    /// Reads, parses and validates a config file.
+    fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        Self::parse_text(&text, path.parent().unwrap_or(std::path::Path::new(".")))
+    }
+
+    /// `estuary check-config`: everything a start would check of the config.
+    fn check(path: &std::path::Path) -> Result<(), ConfigError> {
+        Self::load(path)?.check_more()
+    }
 }
 
 /// Reads a config file into text, with an error that names the file.

@@ -271,12 +271,6 @@ impl ControlPlaneConfig {
         Ok(config)
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = estuary_common::config::read(path)?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-    }
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
         if let Err((id, why)) = estuary_common::signing::ManifestKeys::from_hex(&self.manifest_keys)
@@ -436,6 +430,18 @@ impl ControlPlaneConfig {
             return Err(ConfigError::new("database.timeout", "must be 100ms to 60s"));
         }
         Ok(())
+    }
+}
+
+impl estuary_common::config::ServiceConfig for ControlPlaneConfig {
+    const SERVICE: &'static str = "control-plane";
+
+    fn claims(table: &estuary_common::config::Table) -> bool {
+        table.contains_key("database")
+    }
+
+    fn parse_text(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, base_dir)
     }
 }
 

@@ -560,13 +560,6 @@ impl EdgeConfig {
         estuary_common::config::from_toml(text)
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = estuary_common::config::read(path)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
-    }
-
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -850,6 +843,22 @@ impl EdgeConfig {
             self.auth.keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
         .map_err(|(kid, e)| ConfigError::new(format!("auth.keys.{kid}"), e.to_string()))
+    }
+}
+
+impl estuary_common::config::ServiceConfig for EdgeConfig {
+    const SERVICE: &'static str = "edge";
+
+    /// An edge config has `[store]` (with a `root`; a chat relay's `[store]` has a `path`).
+    fn claims(table: &estuary_common::config::Table) -> bool {
+        table
+            .get("store")
+            .and_then(|s| s.as_table())
+            .is_some_and(|s| s.contains_key("root") || !s.contains_key("path"))
+    }
+
+    fn parse_text(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, base_dir)
     }
 }
 

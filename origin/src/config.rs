@@ -438,12 +438,6 @@ impl OriginConfig {
         Ok(config)
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = estuary_common::config::read(path)?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-    }
-
     /// Checks what can be checked before start.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use estuary_common::config::name_ok;
@@ -598,6 +592,18 @@ impl OriginConfig {
             return Err(ConfigError::new("packaging.timeout", "must be above zero"));
         }
         Ok(())
+    }
+}
+
+impl estuary_common::config::ServiceConfig for OriginConfig {
+    const SERVICE: &'static str = "origin";
+
+    fn claims(table: &estuary_common::config::Table) -> bool {
+        table.contains_key("storage")
+    }
+
+    fn parse_text(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, base_dir)
     }
 }
 

@@ -375,12 +375,6 @@ impl SteeringConfig {
         Ok(config)
     }
 
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = estuary_common::config::read(path)?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
-    }
-
     /// The trusted proxies' networks (checked by `validate`).
     pub fn trusted_proxies(&self) -> Vec<IpNet> {
         self.steering
@@ -649,6 +643,23 @@ impl SteeringConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl estuary_common::config::ServiceConfig for SteeringConfig {
+    const SERVICE: &'static str = "steering";
+
+    fn claims(table: &estuary_common::config::Table) -> bool {
+        table.contains_key("geo")
+    }
+
+    fn parse_text(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, base_dir)
+    }
+
+    /// The coverage zone file is part of the config: a broken one fails `check-config` too.
+    fn check_more(&self) -> Result<(), ConfigError> {
+        crate::load_zones(self).map(drop)
     }
 }
 

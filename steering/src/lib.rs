@@ -24,14 +24,20 @@ use std::sync::atomic::Ordering;
 pub use config::SteeringConfig;
 
 /// Loads the coverage zone file named by `[geo]`, if any.
-pub fn load_zones(config: &SteeringConfig) -> anyhow::Result<geo::CoverageZones> {
+pub fn load_zones(
+    config: &SteeringConfig,
+) -> Result<geo::CoverageZones, estuary_common::config::ConfigError> {
     match &config.geo.coverage_zones {
         None => Ok(geo::CoverageZones::default()),
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("geo.coverage_zones {}: {e}", path.display()))?;
-            geo::CoverageZones::parse(&text)
-                .map_err(|e| anyhow::anyhow!("geo.coverage_zones {}: {e}", path.display()))
+            let bad = |e: &dyn std::fmt::Display| {
+                estuary_common::config::ConfigError::new(
+                    "geo.coverage_zones",
+                    format!("{}: {e}", path.display()),
+                )
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(&e))?;
+            geo::CoverageZones::parse(&text).map_err(|e| bad(&e))
         }
     }
 }
