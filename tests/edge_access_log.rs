@@ -79,6 +79,31 @@ fn open_connections_are_counted_by_protocol() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(seen, 0.0);
+    // A TLS connection that never finishes its handshake is counted while it holds a slot.
+    let half_open = std::net::TcpStream::connect(site.https).expect("connect");
+    let handshaking = || {
+        edge.metric(
+            "estuary_edge_open_connections",
+            &["protocol=\"tls-handshake\""],
+        )
+    };
+    for _ in 0..100 {
+        seen = handshaking();
+        if seen >= 1.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen, 1.0);
+    drop(half_open);
+    for _ in 0..100 {
+        seen = handshaking();
+        if seen == 0.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(seen, 0.0);
 }
 
 #[test]

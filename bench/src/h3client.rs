@@ -35,7 +35,12 @@ impl H3Client {
         let mut transport = quinn::TransportConfig::default();
         transport
             .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
-            .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+            .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+            // The server's idle timeout decides (quinn's client default, 30 s, would end the
+            // bench's idle connections before the server's memory is read).
+            .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+                600_000,
+            ))));
         config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if addr.is_ipv4() {
             "0.0.0.0:0".parse()?

@@ -37,3 +37,83 @@ pub fn open(addr: SocketAddr, path: &str, count: usize) -> anyhow::Result<Vec<Tc
     }
     Ok(open)
 }
+
+/// An idle connection of another protocol, held open (dropping it closes it).
+pub type Held = Box<dyn std::any::Any + Send>;
+
+/// Opens `count` HTTP/2 connections over TLS (ALPN `h2`, trusting the PEM file `ca`) to
+/// `addr`, makes one `GET path` on each and keeps them open.
+pub async fn open_h2(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    path: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Held>> {
+    use http_body_util::BodyExt;
+    let roots = estuary_common::tls::read_certs(ca)?;
+    let tls = estuary_common::tls::client_config_trusting(&roots, &[b"h2"])?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut open: Vec<Held> = Vec::with_capacity(count);
+    for i in 0..count {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("HTTP/2 connection {} of {count}", i + 1))?;
+        let tls = connector.connect(name.clone(), tcp).await?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::get(format!("https://localhost{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        if status != 200 {
+            bail!(
+                "HTTP/2 GET {path} on idle connection {} gave {status}",
+                i + 1
+            );
+        }
+        open.push(Box::new((send, AbortOnDrop(driver))));
+    }
+    Ok(open)
+}
+
+/// Opens `count` HTTP/3 connections to `addr` (trusting the PEM file `ca`), makes one
+/// `GET path` on each and keeps them open.
+pub async fn open_h3(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    path: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Held>> {
+    let mut open: Vec<Held> = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut client = estuary_bench::h3client::H3Client::connect(addr, "localhost", ca)
+            .await
+            .with_context(|| format!("HTTP/3 connection {} of {count}", i + 1))?;
+        let (status, _) = client.get_discard(path).await?;
+        if status != 200 {
+            bail!(
+                "HTTP/3 GET {path} on idle connection {} gave {status}",
+                i + 1
+            );
+        }
+        open.push(Box::new(client));
+    }
+    Ok(open)
+}
+
+/// Stops a connection's driver task when the connection is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

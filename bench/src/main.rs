@@ -39,6 +39,24 @@ use crate::content::{Content, RENDITIONS};
 use crate::httpget::Http1Conn;
 use crate::load::{LoadShape, Measurement};
 use crate::report::{IdleMemory, Outcome, Report, Row};
+
+/// The protocols the idle-connection test holds connections of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleProtocol {
+    Plain,
+    H2,
+    H3,
+}
+
+impl IdleProtocol {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Plain => "plain HTTP/1.1",
+            Self::H2 => "HTTP/2 over TLS",
+            Self::H3 => "HTTP/3",
+        }
+    }
+}
 use crate::servers::{Kind, Server, Setup};
 
 /// Estuary's benchmarks against peer servers on the same machine.
@@ -178,6 +196,8 @@ struct Bench {
     notes: harness::Notes,
     /// Whether the servers started now write an access log to a file.
     access_log: std::cell::Cell<bool>,
+    /// The runtime of the bench's async clients (idle HTTP/2 and HTTP/3 connections).
+    clients: std::cell::OnceCell<tokio::runtime::Runtime>,
 }
 
 /// A run in which more than this share of the machine's CPU went to neither the server nor the
@@ -293,6 +313,7 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
         sets,
         notes: Default::default(),
         access_log: Default::default(),
+        clients: std::cell::OnceCell::new(),
         args,
     };
     bench.note_background_load()?;
@@ -318,21 +339,25 @@ fn edge_vs_nginx(args: EdgeVsNginxArgs) -> anyhow::Result<()> {
     if run(Test::H3) {
         rows.extend(bench.h3_rows()?);
     }
-    let (idle_edge, idle_nginx) = if run(Test::Idle) {
-        (
-            Some(bench.idle_memory(Kind::Edge)),
-            Some(bench.idle_memory(Kind::Nginx)),
-        )
+    let idle = if run(Test::Idle) {
+        [IdleProtocol::Plain, IdleProtocol::H2, IdleProtocol::H3]
+            .into_iter()
+            .map(|p| report::IdleRow {
+                protocol: p.label(),
+                edge: bench.idle_memory(Kind::Edge, p),
+                // nginx from Debian 12 speaks no HTTP/3.
+                nginx: (p != IdleProtocol::H3).then(|| bench.idle_memory(Kind::Nginx, p)),
+            })
+            .collect()
     } else {
-        (None, None)
+        Vec::new()
     };
 
     bench.describe_shapes();
     let report = Report {
         run: report::RunInfo::new(command, versions(&bench)),
         rows,
-        idle_edge,
-        idle_nginx,
+        idle,
         notes: bench.notes.take(),
     };
     harness::publish_report(
@@ -817,10 +842,11 @@ impl Bench {
 
     /// A freshly started server (one playlist fetched, no segments mapped), then
     /// `idle_connections` keep-alive connections that each made one small request.
-    fn idle_memory(&self, kind: Kind) -> Result<IdleMemory, String> {
+    fn idle_memory(&self, kind: Kind, protocol: IdleProtocol) -> Result<IdleMemory, String> {
         let run = || -> anyhow::Result<IdleMemory> {
             eprintln!(
-                "Idle connections: {} to {} ...",
+                "Idle connections ({}): {} to {} ...",
+                protocol.label(),
                 self.args.idle_connections,
                 kind.label()
             );
@@ -831,19 +857,45 @@ impl Bench {
             drop(first);
             std::thread::sleep(Duration::from_millis(500));
             let before = server.rss();
-            let connections =
-                idle::open(server.ports.plain_addr(), path, self.args.idle_connections)?;
+            let count = self.args.idle_connections;
+            let tls = server.ports.tls_addr();
+            let cert = &self.setup.cert;
+            let held: Vec<idle::Held> = match protocol {
+                IdleProtocol::Plain => idle::open(server.ports.plain_addr(), path, count)?
+                    .into_iter()
+                    .map(|c| Box::new(c) as idle::Held)
+                    .collect(),
+                IdleProtocol::H2 => self
+                    .client_runtime()?
+                    .block_on(idle::open_h2(tls, cert, path, count))?,
+                IdleProtocol::H3 => self
+                    .client_runtime()?
+                    .block_on(idle::open_h3(tls, cert, path, count))?,
+            };
             std::thread::sleep(Duration::from_secs(2));
             let after = server.rss();
-            drop(connections);
+            drop(held);
             server.stop()?;
             Ok(IdleMemory {
-                connections: self.args.idle_connections,
+                connections: count,
                 before,
                 after,
             })
         };
         run().map_err(|e| format!("{e:#}"))
+    }
+
+    /// A runtime for the bench's async clients; the connections it opened keep being driven
+    /// by its worker thread while the bench reads the server's memory.
+    fn client_runtime(&self) -> anyhow::Result<&tokio::runtime::Runtime> {
+        if let Some(rt) = self.clients.get() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Ok(self.clients.get_or_init(|| rt))
     }
 
     fn describe_shapes(&self) {

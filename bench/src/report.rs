@@ -91,6 +91,15 @@ pub struct IdleMemory {
     pub after: Rss,
 }
 
+/// Idle connections of one protocol, on the edge and (where it speaks the protocol) nginx.
+#[derive(Debug)]
+pub struct IdleRow {
+    /// "plain HTTP/1.1", "HTTP/2 over TLS", "HTTP/3".
+    pub protocol: &'static str,
+    pub edge: Result<IdleMemory, String>,
+    pub nginx: Option<Result<IdleMemory, String>>,
+}
+
 /// A figure computed from [`IdleMemory`].
 type IdleFigure = fn(&IdleMemory) -> f64;
 
@@ -141,8 +150,7 @@ pub fn write_machine_and_software(s: &mut String, m: &Machine, software: &[Strin
 pub struct Report {
     pub run: RunInfo,
     pub rows: Vec<Row>,
-    pub idle_edge: Option<Result<IdleMemory, String>>,
-    pub idle_nginx: Option<Result<IdleMemory, String>>,
+    pub idle: Vec<IdleRow>,
     pub notes: Vec<String>,
 }
 
@@ -264,37 +272,47 @@ impl Report {
                 );
             }
         }
-        if let (Some(e), Some(n)) = (&self.idle_edge, &self.idle_nginx) {
-            const MIB: f64 = 1024.0 * 1024.0;
-            let figures: [(&str, IdleFigure); 4] = [
-                ("VmRSS before, MiB", |i| i.before.total as f64 / MIB),
-                ("VmRSS with the connections open, MiB", |i| {
-                    i.after.total as f64 / MIB
-                }),
-                ("RssAnon with the connections open, MiB", |i| {
-                    i.after.anon as f64 / MIB
-                }),
-                ("VmRSS added per connection, KiB", |i| {
-                    (i.after.total as f64 - i.before.total as f64)
-                        / i.connections.max(1) as f64
-                        / 1024.0
-                }),
-            ];
-            let count = e.as_ref().or(n.as_ref()).map_or(0, |i| i.connections);
+        const MIB: f64 = 1024.0 * 1024.0;
+        let figures: [(&str, IdleFigure); 4] = [
+            ("VmRSS before, MiB", |i| i.before.total as f64 / MIB),
+            ("VmRSS with the connections open, MiB", |i| {
+                i.after.total as f64 / MIB
+            }),
+            ("RssAnon with the connections open, MiB", |i| {
+                i.after.anon as f64 / MIB
+            }),
+            ("VmRSS added per connection, KiB", |i| {
+                (i.after.total as f64 - i.before.total as f64)
+                    / i.connections.max(1) as f64
+                    / 1024.0
+            }),
+        ];
+        for idle in &self.idle {
+            let (e, n) = (&idle.edge, idle.nginx.as_ref());
+            let count = e
+                .as_ref()
+                .ok()
+                .or(n.and_then(|n| n.as_ref().ok()))
+                .map_or(0, |i| i.connections);
             for (label, get) in figures {
                 let value = |r: &Result<IdleMemory, String>| r.as_ref().ok().map(get);
-                let (ev, nv) = (value(e), value(n));
+                let (ev, nv) = (value(e), n.and_then(value));
                 let show =
                     |v: Option<f64>| v.map_or_else(|| "failed".to_owned(), |v| format!("{v:.1}"));
                 let ratio = match (ev, nv) {
                     (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                     _ => "-".to_owned(),
                 };
+                let nginx = if n.is_some() {
+                    show(nv)
+                } else {
+                    "-".to_owned()
+                };
                 let _ = writeln!(
                     s,
-                    "| {count} idle keep-alive connections (plain HTTP/1.1) | memory | {label} (lower is better) | {} | {} | {ratio} |",
+                    "| {count} idle keep-alive connections ({}) | memory | {label} (lower is better) | {} | {nginx} | {ratio} |",
+                    idle.protocol,
                     show(ev),
-                    show(nv)
                 );
             }
         }
@@ -327,14 +345,19 @@ impl Report {
                 }
             }
         }
-        for (who, idle) in [("edge", &self.idle_edge), ("nginx", &self.idle_nginx)] {
-            if let Some(Err(e)) = idle {
-                let _ = writeln!(s, "- Idle connections ({who}) failed: {e}");
+        let idle_runs = self.idle.iter().flat_map(|r| {
+            [("edge", Some(&r.edge)), ("nginx", r.nginx.as_ref())]
+                .into_iter()
+                .filter_map(move |(who, m)| m.map(|m| (who, r.protocol, m)))
+        });
+        for (who, protocol, idle) in idle_runs {
+            if let Err(e) = idle {
+                let _ = writeln!(s, "- Idle connections, {protocol} ({who}) failed: {e}");
             }
-            if let Some(Ok(i)) = idle {
+            if let Ok(i) = idle {
                 let _ = writeln!(
                     s,
-                    "- Idle connections ({who}): VmRSS {} -> {} MiB (RssAnon {} -> {}, RssFile {} -> {}).",
+                    "- Idle connections, {protocol} ({who}): VmRSS {} -> {} MiB (RssAnon {} -> {}, RssFile {} -> {}).",
                     mib(i.before.total),
                     mib(i.after.total),
                     mib(i.before.anon),

@@ -41,6 +41,8 @@ pub struct Metrics {
     response_bytes: Vec<IntCounter>,
     duration: Vec<Histogram>,
     open_connections: Vec<IntGauge>,
+    /// TCP connections in their TLS handshake (protocol not chosen yet).
+    handshaking: IntGauge,
     token_rejections: Vec<IntCounter>,
     pub store_hits: IntCounter,
     pub store_misses: IntCounter,
@@ -103,7 +105,7 @@ impl Metrics {
         let conns_vec = must(IntGaugeVec::new(
             Opts::new(
                 "estuary_edge_open_connections",
-                "Open client connections, by protocol.",
+                "Open client connections, by protocol (tls-handshake: a TLS handshake under way).",
             ),
             &["protocol"],
         ));
@@ -223,6 +225,7 @@ impl Metrics {
             .iter()
             .map(|p| conns_vec.with_label_values(&[p.as_str()]))
             .collect();
+        let handshaking = conns_vec.with_label_values(&["tls-handshake"]);
         let token_rejections = Rejection::ALL
             .iter()
             .map(|r| rejections_vec.with_label_values(&[r.as_str()]))
@@ -264,6 +267,7 @@ impl Metrics {
             response_bytes,
             duration,
             open_connections,
+            handshaking,
             token_rejections,
             store_hits,
             store_misses,
@@ -297,6 +301,7 @@ impl Metrics {
         let connections = self
             .open_connections
             .iter()
+            .chain([&self.handshaking])
             .map(|g| g.get().max(0) as u64)
             .sum();
         (requests, bytes, connections)
@@ -316,6 +321,12 @@ impl Metrics {
         if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
             self.token_rejections[i].inc();
         }
+    }
+
+    /// Marks a TCP connection in its TLS handshake until the returned guard is dropped.
+    pub fn handshake_started(&self) -> ConnectionGuard {
+        self.handshaking.inc();
+        ConnectionGuard(self.handshaking.clone())
     }
 
     /// Marks a connection open until the returned guard is dropped.

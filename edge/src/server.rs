@@ -369,6 +369,8 @@ async fn accept_tcp(
                     }
                 }
                 Some(acceptor) => Box::pin(async move {
+                    // Counted from accept: a half-open handshake holds a slot too.
+                    let handshaking = shared2.edge.observer().metrics.handshake_started();
                     let handshake = tokio::time::timeout(
                         shared2.limits.handshake_timeout,
                         acceptor.accept(stream),
@@ -389,6 +391,7 @@ async fn accept_tcp(
                         _ => Protocol::H1,
                     };
                     let _guard = shared2.edge.observer().metrics.connection_opened(protocol);
+                    drop(handshaking);
                     // The first-byte clock starts after the handshake: the first byte it
                     // waits for is the first byte of the request.
                     let watch = ConnectionWatch::new(shared2.limits.timeouts());

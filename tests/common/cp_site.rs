@@ -35,6 +35,8 @@ pub struct ControlPlane {
     pub database: Option<String>,
     /// Keys added to `[health]`.
     pub health: String,
+    /// `[health] poll_timeout` (200 ms unless a test needs polls to survive a loaded machine).
+    pub poll_timeout: &'static str,
     /// `[tls]` (certificate, key): the API speaks HTTPS only.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -53,6 +55,7 @@ impl ControlPlane {
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             database: None,
             health: String::new(),
+            poll_timeout: "200ms",
             tls: None,
         }
     }
@@ -88,7 +91,7 @@ impl ControlPlane {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[auth.site_networks]\na = [\"127.0.0.0/8\"]\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"200ms\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n{health}[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
+                "[listen]\nhttp = \"{}\"\n[database]\nurl = \"{}\"\n[auth.operator_tokens]\nops = \"{OPS}\"\n[auth.node_tokens]\nlab = \"{LAB}\"\nother = \"{OTHER}\"\n{nodes}[auth.site_networks]\na = [\"127.0.0.0/8\"]\n[health]\npoll_interval = \"200ms\"\npoll_timeout = \"{poll_timeout}\"\ndown_after = 3\nup_after = 2\nheartbeat_timeout = \"5s\"\n{health}[purge]\nedge_token = \"{PURGE}\"\n[dashboard]\nhistory_step = \"1s\"\n{keys}",
                 self.http,
                 self.database.clone().unwrap_or_else(|| format!(
                     "sqlite://{}",
@@ -103,6 +106,7 @@ impl ControlPlane {
                     .collect::<String>(),
                 keys = super::manifest_keys_toml(),
                 health = self.health,
+                poll_timeout = self.poll_timeout,
             ) + &self
                 .tls
                 .as_ref()
