@@ -5,9 +5,11 @@
 #   scripts/lab.sh up HOST...       boot one container per HOST and write the connection inventory
 #   scripts/lab.sh down             stop every container this lab started
 #
-# The root is a debootstrap of bookworm (minbase) with systemd, python3 and the libraries the
-# estuary package depends on, cached in ${ESTUARY_LAB_CACHE:-~/.cache/estuary-lab}/root and
-# rebuilt whenever it is missing or was made from another package list. Each container boots
+# The root is a debootstrap of bookworm (minbase) with systemd, python3, the libraries the
+# estuary package depends on and the Debian packages the monitoring and postgresql roles
+# install, cached in ${ESTUARY_LAB_CACHE:-~/.cache/estuary-lab}/root-<hash of the package
+# list>: a root made from another list (another branch's) is another folder, never rebuilt
+# under containers that run from it. Each container boots
 # it with `systemd-nspawn --volatile=overlay`: a fresh target every boot (its writes go to a
 # tmpfs), the cached root untouched. The containers share the host's network namespace, so
 # every service in the lab listens on its own 127.0.0.x address (see inventories/lab/).
@@ -19,15 +21,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${ESTUARY_LAB_CACHE:-$HOME/.cache/estuary-lab}"
-root="$cache/root"
 run="${ESTUARY_LAB_RUN:-/tmp/estuary-lab}"
 mirror="${ESTUARY_LAB_MIRROR:-http://deb.debian.org/debian}"
 # What the containers need besides minbase: an init, D-Bus for systemctl, python3 (and
-# python3-apt for ansible.builtin.apt), and the estuary package's dependencies, installed once
-# here so that a lab boot needs no download.
+# python3-apt for ansible.builtin.apt), the estuary package's dependencies, and what the
+# monitoring role (prometheus) and the postgresql role (postgresql, python3-psycopg2 for
+# community.postgresql) install, all installed once here so that a lab boot needs no download.
+# The roles find those packages installed and ask apt for nothing.
 packages="systemd systemd-sysv dbus python3 python3-apt adduser procps ca-certificates curl
-libavcodec59 libavformat59 libavfilter8 libavutil57 libswscale6 libswresample4 libpostproc56"
-stamp_text="bookworm minbase; $(echo $packages)"
+libavcodec59 libavformat59 libavfilter8 libavutil57 libswscale6 libswresample4 libpostproc56
+prometheus postgresql python3-psycopg2"
+# Services those packages enable on install; each container runs only what its roles start.
+disabled_units="prometheus.service postgresql.service"
+stamp_text="bookworm minbase; $(echo $packages); disabled: $disabled_units"
+root="$cache/root-$(echo "$stamp_text" | sha256sum | cut -c1-12)"
 
 log() { echo "lab: $*" >&2; }
 
@@ -40,20 +47,28 @@ build_root() {
     || { log "debootstrap and systemd-nspawn are needed (scripts/setup-debian.sh test)"; exit 1; }
   log "building the Debian 12 root in $root (debootstrap, a few minutes; cached afterwards)"
   mkdir -p "$cache"
-  local tmp="$cache/root.building"
+  local tmp="$root.building"
   rm -rf "$tmp" "$root"
   debootstrap --variant=minbase bookworm "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
     || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+  # No package may start its service in the chroot: it would run on this machine, outside
+  # any container (policy-rc.d refuses every start while the packages install).
+  printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+  chmod 0755 "$tmp/usr/sbin/policy-rc.d"
   # shellcheck disable=SC2086
   chroot "$tmp" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     --no-install-recommends $packages >"$cache/packages.log" 2>&1 \
     || { tail -20 "$cache/packages.log" >&2; exit 1; }
+  rm -f "$tmp/usr/sbin/policy-rc.d"
   chroot "$tmp" apt-get clean
   rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/usr/share/doc/* "$tmp"/usr/share/man/* "$tmp"/usr/share/locale/*
   # No getty on a console nobody reads, no timers doing apt work behind the tests' back.
   for unit in getty@tty1.service console-getty.service apt-daily.timer apt-daily-upgrade.timer; do
     chroot "$tmp" systemctl mask "$unit" >/dev/null 2>&1 || true
   done
+  # shellcheck disable=SC2086
+  chroot "$tmp" systemctl disable $disabled_units >/dev/null 2>&1 \
+    || { log "could not disable $disabled_units in the root"; exit 1; }
   echo "$stamp_text" >"$tmp/.estuary-lab"
   mv "$tmp" "$root"
   log "root ready: $(du -sh "$root" | cut -f1)"

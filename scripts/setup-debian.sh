@@ -31,6 +31,10 @@ if [ "$what" = "test" ]; then
   # A real PostgreSQL server for the control plane's replica tests (started by the tests).
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need_apt+=(postgresql)
   have npm || need_apt+=(npm)
+  # promtool (tests/monitoring_metrics.rs checks every service's /metrics with it) ships in
+  # Debian's prometheus package; on a host whose init is systemd the package also starts a
+  # Prometheus on port 9090.
+  have promtool || need_apt+=(prometheus)
   python3 -c 'import h2' 2>/dev/null || have pip3 || have pip || need_apt+=(python3-pip)
   # The Debian package (dpkg-deb, dpkg-shlibdeps, objcopy) and the Ansible lab: a debootstrap
   # root booted with systemd-nspawn, Ansible from PyPI in a venv, yamllint.

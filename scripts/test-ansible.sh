@@ -11,7 +11,8 @@
 #    missing): control plane, origin, steering, and two edges of one site.
 # 4. site.yml, then from outside the containers: every unit enabled and active, every
 #    installed config passes `estuary check-config`, capabilities only where a port < 1024
-#    is configured; a clip uploaded over TUS to the deployed origin, pushed through the
+#    is configured; the control plane on PostgreSQL (role postgresql) with the nodes in it;
+#    Prometheus (role monitoring) sees every node's /metrics target up; a clip uploaded over TUS to the deployed origin, pushed through the
 #    deployed control plane (push.yml) onto both edges, and played through an edge with a
 #    signed URL by hls.js in headless Chromium; steering and its geo-DNS name those edges.
 # 5. site.yml again: changed=0 on every host.
@@ -110,6 +111,51 @@ done
 rw="$(on lab-edge-a1 systemctl show -p ReadWritePaths --value estuary-edge.service)"
 [ "$rw" = "/var/cache/estuary/edge /srv/estuary/store" ] || fail "edge ReadWritePaths: '$rw'"
 
+step "the control plane runs on PostgreSQL (postgresql role, in lab-cp)"
+on lab-cp grep -q '^url = "postgres://estuary:.*@127.0.0.77:5432/estuary"' /etc/estuary/control-plane.toml \
+  || fail "the control plane's config does not name the lab's PostgreSQL"
+[ "$(on lab-cp systemctl is-active postgresql@15-main.service)" = active ] || fail "lab-cp: PostgreSQL is not active"
+curl -fsS http://127.0.0.77:7000/metrics | grep -qx 'estuary_cp_database_up 1' || fail "the control plane's database is not up"
+nodes_in_db=""
+for _ in $(seq 1 20); do
+  nodes_in_db="$(on lab-cp runuser -u postgres -- psql -d estuary -tAc 'SELECT count(*) FROM nodes')"
+  [ "$nodes_in_db" = "${#hosts[@]}" ] || [ "$nodes_in_db" -ge 4 ] 2>/dev/null && break
+  sleep 0.5
+done
+[ "$nodes_in_db" -ge 4 ] 2>/dev/null || fail "PostgreSQL holds $nodes_in_db nodes, not the lab's origin, steering and two edges"
+echo "   control-plane.toml names postgres://estuary@127.0.0.77:5432/estuary; its nodes table holds $nodes_in_db nodes"
+
+step "Prometheus (monitoring role, in lab-cp) scrapes every Estuary node: every target up"
+[ "$(on lab-cp systemctl is-active prometheus.service)" = active ] || fail "lab-cp: prometheus is not active"
+on lab-cp promtool check config /etc/prometheus/prometheus.yml >/dev/null || fail "the installed prometheus.yml"
+prometheus=http://127.0.0.77:9090
+targets_ok=""
+for _ in $(seq 1 30); do
+  if curl -fsS "$prometheus/api/v1/targets?state=active" >"$run/targets.json" \
+    && curl -fsS "$prometheus/api/v1/query" --data-urlencode 'query=up{job=~"estuary-.*"}' >"$run/up.json" \
+    && "$venv/bin/python" - "$run/targets.json" "$run/up.json" "${hosts[@]}" 2>"$run/targets.err" <<'PY'
+import json, sys
+targets = json.load(open(sys.argv[1]))["data"]["activeTargets"]
+up = json.load(open(sys.argv[2]))["data"]["result"]
+hosts = sys.argv[3:]
+# One target per lab node, each in its service's job, each scraped and up.
+want = {"estuary-control-plane": 1, "estuary-origin": 1, "estuary-steering": 1, "estuary-edge": 2}
+jobs = {}
+for t in targets:
+    jobs[t["labels"]["job"]] = jobs.get(t["labels"]["job"], 0) + 1
+assert jobs == want, f"targets by job: {jobs}"
+down = [(t["labels"]["instance"], t["health"], t.get("lastError")) for t in targets if t["health"] != "up"]
+assert not down, f"targets not up: {down}"
+values = {r["metric"]["instance"]: r["value"][1] for r in up}
+assert len(values) == len(hosts) and set(values.values()) == {"1"}, f"up: {values}"
+for t in sorted(targets, key=lambda t: t["labels"]["job"]):
+    print(f"   {t['labels']['job']:24} {t['labels']['instance']:20} {t['health']}")
+PY
+  then targets_ok=1; break; fi
+  sleep 1
+done
+[ -n "$targets_ok" ] || fail "Prometheus does not see every Estuary target up: $(tail -1 "$run/targets.err" 2>/dev/null)"
+
 step "a clip uploaded over TUS to the deployed origin"
 clip="$cache/clip.mp4"
 if [ ! -f "$clip" ]; then
@@ -198,9 +244,12 @@ play upgrade upgrade.yml -e "estuary_package_deb=$deb_new" || upgrade_rc=$?
 sleep 2
 touch "$run/client.stop"
 wait "$client_pid" || fail "the rolling client crashed"
+for host in lab-edge-a1 lab-edge-a2; do
+  on "$host" journalctl -u estuary-edge --no-pager -o cat >"$run/upgrade-$host.journal" 2>&1 || true
+done
 [ "$upgrade_rc" -eq 0 ] || { grep -B2 -A12 'FAILED!\|fatal:' "$run/upgrade.log" | tail -40 >&2; fail "upgrade.yml"; }
 cat "$run/client.json" | tr -d '\n' | sed 's/  */ /g'; echo
-"$venv/bin/python" - "$run/client.json" <<'PY' || fail "requests failed during the upgrade, or an edge never drained"
+"$venv/bin/python" - "$run/client.json" <<'PY' || fail "requests failed during the upgrade, or an edge never drained (the edges' journals: $run/upgrade-*.journal)"
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["requests"] >= 20, f"only {r['requests']} requests"

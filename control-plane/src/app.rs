@@ -57,7 +57,15 @@ pub struct Metrics {
     database_errors: IntCounter,
     pending_writes: IntGauge,
     held_up: IntGaugeVec,
+    placements: IntGaugeVec,
+    placement_bytes: IntGaugeVec,
 }
+
+/// The states of a placement as `fill status` shows them (the edge's own report when it has
+/// one), the label values of `estuary_cp_placements`.
+const PLACEMENT_STATES: [&str; 7] = [
+    "assigned", "filling", "present", "failed", "removing", "pending", "other",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -103,6 +111,25 @@ impl Metrics {
             ),
             &["scope"],
         ));
+        let placements = must(IntGaugeVec::new(
+            Opts::new(
+                "estuary_cp_placements",
+                "Asset placements on edges (pre-positioning fills), by state: assigned (not reported yet), filling, present, failed, removing, and pushes still pending.",
+            ),
+            &["state"],
+        ));
+        let placement_bytes = must(IntGaugeVec::new(
+            Opts::new(
+                "estuary_cp_placement_bytes",
+                "Size of the assets placed on edges, by placement state (pending pushes count 0).",
+            ),
+            &["state"],
+        ));
+        for state in PLACEMENT_STATES {
+            placements.with_label_values(&[state]);
+            placement_bytes.with_label_values(&[state]);
+        }
+        held_up.with_label_values(&["*"]);
         let heartbeats = hb.with_label_values(&["ok"]);
         let heartbeats_refused = hb.with_label_values(&["refused"]);
         let checks_ok = checks.with_label_values(&["ok"]);
@@ -118,6 +145,8 @@ impl Metrics {
                 Box::new(database_errors.clone()),
                 Box::new(pending_writes.clone()),
                 Box::new(held_up.clone()),
+                Box::new(placements.clone()),
+                Box::new(placement_bytes.clone()),
             ],
         );
         Self {
@@ -132,6 +161,8 @@ impl Metrics {
             database_errors,
             pending_writes,
             held_up,
+            placements,
+            placement_bytes,
         }
     }
 }
@@ -318,6 +349,9 @@ impl App {
         self.metrics.database_errors.inc_by(new_errors);
         self.metrics.pending_writes.set(self.pending.len() as i64);
         self.metrics.held_up.reset();
+        // The fleet-wide series is always there (0 when nothing is held), so an alert on it
+        // has a series to watch; per-site series come and go with the sites that panic.
+        self.metrics.held_up.with_label_values(&["*"]).set(0);
         for (scope, held) in self.registry.panicking() {
             self.metrics
                 .held_up
@@ -330,6 +364,52 @@ impl App {
                 .nodes
                 .with_label_values(&[n.role.as_str(), if n.up { "true" } else { "false" }])
                 .inc();
+        }
+    }
+}
+
+impl App {
+    /// Sets the placement gauges from the store and the edges' reports, as `fill status`
+    /// shows them. A store that does not answer leaves the last values (its outage is in
+    /// `estuary_cp_database_up`).
+    async fn update_placement_gauges(&self) {
+        let (Ok(placements), Ok(pending)) = (
+            self.store.placements().await,
+            self.store.pending_pushes().await,
+        ) else {
+            return;
+        };
+        let mut counts = [(0i64, 0i64); PLACEMENT_STATES.len()];
+        let index = |state: &str| {
+            PLACEMENT_STATES
+                .iter()
+                .position(|s| *s == state)
+                .unwrap_or(PLACEMENT_STATES.len() - 1)
+        };
+        for p in &placements {
+            let reported = self
+                .registry
+                .inventory(&p.node)
+                .into_iter()
+                .find(|i| i.asset == p.asset)
+                .map(|i| i.state);
+            let state = match (p.state.as_str(), reported) {
+                ("removing", _) => "removing".to_owned(),
+                (_, Some(s)) => s,
+                (_, None) => "assigned".to_owned(),
+            };
+            let c = &mut counts[index(&state)];
+            c.0 += 1;
+            c.1 =
+                c.1.saturating_add(i64::try_from(p.bytes).unwrap_or(i64::MAX));
+        }
+        counts[index("pending")].0 += pending.len() as i64;
+        for (state, (n, bytes)) in PLACEMENT_STATES.iter().zip(counts) {
+            self.metrics.placements.with_label_values(&[state]).set(n);
+            self.metrics
+                .placement_bytes
+                .with_label_values(&[state])
+                .set(bytes);
         }
     }
 }
@@ -1351,6 +1431,7 @@ impl estuary_common::service::admin::AdminEndpoints for App {
 
     async fn refresh_metrics(&self) {
         self.update_gauges();
+        self.update_placement_gauges().await;
     }
 
     /// Alive, with what an operator needs at a glance: the database's state (since when it is

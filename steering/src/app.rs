@@ -91,11 +91,21 @@ impl Metrics {
         ));
         let throughput = must(Histogram::with_opts(
             HistogramOpts::new(
-                "estuary_steering_client_throughput_bits_per_second",
-                "Throughput players report in steering requests (_HLS_throughput, _DASH_throughput).",
+                "estuary_steering_client_throughput_bytes_per_second",
+                "Throughput HLS players report in steering requests (_HLS_throughput, sent in bits per second), in bytes per second.",
             )
+            // 250 kbit/s to 128 Mbit/s.
             .buckets(vec![
-                2.5e5, 5e5, 1e6, 2e6, 4e6, 8e6, 1.6e7, 3.2e7, 6.4e7, 1.28e8,
+                31_250.0,
+                62_500.0,
+                125_000.0,
+                250_000.0,
+                500_000.0,
+                1e6,
+                2e6,
+                4e6,
+                8e6,
+                1.6e7,
             ]),
         ));
         let choices = must(IntCounterVec::new(
@@ -773,7 +783,7 @@ async fn steering(
             && bps.is_finite()
             && bps >= 0.0
         {
-            app.metrics.throughput.observe(bps);
+            app.metrics.throughput.observe(bps / 8.0);
         }
         let got = ranked(&app, &asset, client)?;
         let priority = prioritize(&got, current);
