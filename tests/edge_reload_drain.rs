@@ -224,6 +224,35 @@ fn sigterm_drains_in_flight_requests() {
 }
 
 #[test]
+fn sigterm_waits_for_a_store_file_the_client_reads_slowly() {
+    // A pre-positioned file is one body hyper takes at once and then writes out as the client
+    // reads it: the drain must wait until the last byte is written, not until hyper has
+    // queued it (the parked HTTP/1.1 path once dropped what was still queued).
+    let mut site = Site::new("drain-store");
+    site.extra = "[shutdown]\ndrain_timeout = \"30s\"\n".into();
+    let mut edge = site.start();
+    let out_file = site.dir.path().join("download.bin");
+    let mut download = Command::new("curl")
+        .args(["-s", "--limit-rate", "2M", "-o"])
+        .arg(&out_file)
+        .arg(site.url("/pub/big.mp4"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("curl");
+    wait_until_downloading(&edge, &out_file);
+    edge.signal("TERM");
+    let status = download.wait().expect("curl");
+    assert!(status.success());
+    assert!(
+        std::fs::read(&out_file).expect("download") == pattern(8_000_000),
+        "the download is not byte-exact ({} bytes): {}",
+        std::fs::metadata(&out_file).map_or(0, |m| m.len()),
+        edge.log()
+    );
+    assert!(edge.wait_exit(Duration::from_secs(30)), "{}", edge.log());
+}
+
+#[test]
 fn the_drain_deadline_cuts_very_slow_clients() {
     let mut site = Site::new("drain-deadline");
     site.extra = "[shutdown]\ndrain_timeout = \"1s\"\n".into();

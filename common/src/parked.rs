@@ -218,6 +218,9 @@ where
 }
 
 /// Runs `conn` until it ends (`Some`) or, when `park` is set, until it may be parked (`None`).
+/// It is polled as the future it is, so that an ending connection first writes out what it
+/// still holds (hyper flushes before it shuts the socket down); `into_parts` is taken only in
+/// the parking state, where nothing is left to write.
 async fn run<C>(
     conn: &mut C,
     park: bool,
@@ -226,9 +229,9 @@ async fn run<C>(
     requests_before: u64,
 ) -> Option<hyper::Result<()>>
 where
-    C: PollWithoutShutdown,
+    C: Future<Output = hyper::Result<()>> + Unpin,
 {
-    std::future::poll_fn(|cx| match conn.poll_without_shutdown(cx) {
+    std::future::poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
         Poll::Ready(r) => Poll::Ready(Some(r)),
         Poll::Pending if park && probe.waits_for_request(watch, requests_before) => {
             Poll::Ready(None)
@@ -236,25 +239,6 @@ where
         Poll::Pending => Poll::Pending,
     })
     .await
-}
-
-/// `http1::Connection::poll_without_shutdown`, named so that [`run`] can take any connection.
-trait PollWithoutShutdown {
-    fn poll_without_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
-}
-
-impl<I, S, B> PollWithoutShutdown for http1::Connection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
-    S::Future: Unpin,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn poll_without_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        http1::Connection::poll_without_shutdown(self, cx)
-    }
 }
 
 fn finish(r: hyper::Result<()>, ok: End) -> End {
@@ -365,7 +349,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ProbedIo<'_, I> {
     }
 }
 
-/// The service, with its futures boxed (which `poll_without_shutdown` needs: `Unpin`), noting
+/// The service, with its futures boxed (so that the connection is `Unpin` and can be given up with `into_parts`), noting
 /// requests that come with a body.
 struct Boxed<S> {
     inner: S,
