@@ -5,7 +5,11 @@
 #
 # 1. Ansible and ansible-lint from PyPI in a venv (~/.cache/estuary-lab/venv): yamllint,
 #    `ansible-lint --profile production` and `ansible-playbook --syntax-check` on every
-#    playbook, with both inventories.
+#    playbook, with both inventories. Then tests/render.yml (no containers): every file the
+#    roles would install from the example inventory rendered here, with test values for the
+#    vault's secrets, and each config checked: `estuary check-config` on the edge, origin,
+#    control-plane and steering configs (with their TLS files and coverage zones),
+#    `promtool check config` on Prometheus's.
 # 2. The Debian package of the debug binary cargo test built (scripts/package-deb.sh).
 # 3. The lab (scripts/lab.sh): five containers from a cached debootstrap root (rebuilt when
 #    missing): control plane, origin, steering, and two edges of one site.
@@ -60,9 +64,15 @@ for playbook in site.yml upgrade.yml push.yml; do
   done
 done
 
-step "the Debian package of the debug build"
+step "the example inventory rendered on this machine: estuary check-config and promtool on its configs"
 bin="$target/debug/estuary"
 [ -x "$bin" ] || (cd "$repo" && cargo build --bin estuary)
+mkdir -p "$run"
+ansible-playbook -i inventories/example tests/render.yml -e "estuary_bin=$bin" -e "render_dir=$run/render" >"$run/render.log" 2>&1 \
+  || { grep -A12 '^fatal:\|^failed:\|\[ERROR\]' "$run/render.log" | head -60 >&2; fail "tests/render.yml with the example inventory (see $run/render.log)"; }
+echo "   $(find "$run/render" -name '*.toml' | wc -l) Estuary configs and $(find "$run/render" -name prometheus.yml | wc -l) Prometheus config rendered and valid (in $run/render)"
+
+step "the Debian package of the debug build"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -1)"
 deb="$("$repo/scripts/package-deb.sh" --binary "$bin" --version "$version" --out "$run/deb")"
 deb_new="$("$repo/scripts/package-deb.sh" --binary "$bin" --version "$version+upgrade1" --out "$run/deb")"
