@@ -38,14 +38,16 @@ if [ ! -f "$site/source.mp4" ]; then
     -t 30 -c:v libx264 -preset veryfast -crf 20 -pix_fmt yuv420p -c:a aac -b:a 128k "$site/source.mp4"
 fi
 
+# A secret of N random bytes, in hex, kept in $site/FILE across runs: secret FILE N.
+secret() {
+  [ -f "$site/$1" ] || openssl rand -hex "$2" > "$site/$1"
+  cat "$site/$1"
+}
 # One credential per node, bound to its id, site and role on the control plane.
-for f in operator.token origin.cred edge.cred steering.cred; do
-  [ -f "$site/$f" ] || openssl rand -hex 20 > "$site/$f"
-done
-operator_token="$(cat "$site/operator.token")"
-origin_cred="$(cat "$site/origin.cred")"
-edge_cred="$(cat "$site/edge.cred")"
-steering_cred="$(cat "$site/steering.cred")"
+operator_token="$(secret operator.token 20)"
+origin_cred="$(secret origin.cred 20)"
+edge_cred="$(secret edge.cred 20)"
+steering_cred="$(secret steering.cred 20)"
 # The origin signs every asset.json it publishes; the edge and the control plane trust only
 # manifests signed with this key.
 [ -f "$site/manifest-keys.txt" ] || "$bin" manifest keygen --key-id demo-origin > "$site/manifest-keys.txt"
@@ -80,9 +82,7 @@ joined() {
   printf '[control_plane]\nurl = "http://127.0.0.1:%s"\ntoken = "%s"\ninterval = "2s"\nstore_capacity = "2GiB"\n' "$cp_port" "$1"
 }
 
-upload_token_file="$site/upload.token"
-[ -f "$upload_token_file" ] || openssl rand -hex 24 > "$upload_token_file"
-upload_token="$(cat "$upload_token_file")"
+upload_token="$(secret upload.token 24)"
 cat > "$site/origin.toml" <<TOML
 [node]
 id = "demo-origin"
@@ -171,9 +171,7 @@ if [ ! -f "$player/hls.min.js" ]; then
 fi
 cp docs/demo/player.html "$player/index.html"
 
-key_file="$site/token.key"
-[ -f "$key_file" ] || openssl rand -hex 32 > "$key_file"
-key="$(cat "$key_file")"
+key="$(secret token.key 32)"
 cat > "$site/edge.toml" <<TOML
 [node]
 id = "demo-edge"

@@ -148,29 +148,7 @@ enum Command {
     /// Default ladder (each capped at the source, never upscaled; a rung is its short side):
     /// 1080p 5 Mb/s, 720p 3 Mb/s, 480p 1.2 Mb/s, 360p 800 kb/s, 240p 400 kb/s. Also known:
     /// 2160p 14 Mb/s, 1440p 8 Mb/s, 144p 200 kb/s; any rung may name its bitrate: 720p@2500k.
-    Package {
-        /// The source file (any container and codecs FFmpeg decodes).
-        input: PathBuf,
-        /// The asset folder to create; must not exist yet.
-        #[arg(long)]
-        out: PathBuf,
-        /// Comma-separated rungs, highest first or in any order.
-        #[arg(long, default_value = estuary_packaging::ladder::DEFAULT_LADDER)]
-        ladder: String,
-        /// Segment length in whole seconds (1-30).
-        #[arg(long, default_value_t = 4)]
-        segment_seconds: u32,
-        /// The asset id written into asset.json (default: DIR's file name).
-        #[arg(long)]
-        asset_id: Option<String>,
-        /// The x264 preset (ultrafast ... veryslow).
-        #[arg(long, default_value = "veryfast")]
-        preset: String,
-        /// Print JSON lines on stdout: {"event":"progress","fraction":F} now and then, and
-        /// {"event":"done","asset":ID,"duration_seconds":S} at the end.
-        #[arg(long)]
-        progress: bool,
-    },
+    Package(PackageArgs),
     /// Mint and inspect signed-URL tokens.
     Token {
         #[command(subcommand)]
@@ -181,6 +159,50 @@ enum Command {
         #[command(subcommand)]
         command: ManifestCommand,
     },
+}
+
+/// `estuary package`.
+#[derive(clap::Args, Debug)]
+struct PackageArgs {
+    /// The source file (any container and codecs FFmpeg decodes).
+    input: PathBuf,
+    /// The asset folder to create; must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated rungs, highest first or in any order.
+    #[arg(long, default_value = estuary_packaging::ladder::DEFAULT_LADDER)]
+    ladder: String,
+    /// Segment length in whole seconds (1-30).
+    #[arg(long, default_value_t = 4)]
+    segment_seconds: u32,
+    /// The asset id written into asset.json (default: DIR's file name).
+    #[arg(long)]
+    asset_id: Option<String>,
+    /// The x264 preset (ultrafast ... veryslow).
+    #[arg(long, default_value = "veryfast")]
+    preset: String,
+    /// Print JSON lines on stdout: {"event":"progress","fraction":F} now and then, and
+    /// {"event":"done","asset":ID,"duration_seconds":S} at the end.
+    #[arg(long)]
+    progress: bool,
+}
+
+impl PackageArgs {
+    /// The packager's options; `cancel` abandons the job when set.
+    fn options(
+        self,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> estuary_packaging::PackageOptions {
+        estuary_packaging::PackageOptions {
+            input: self.input,
+            out: self.out,
+            ladder: self.ladder,
+            segment_seconds: self.segment_seconds,
+            asset_id: self.asset_id,
+            preset: self.preset,
+            cancel: Some(cancel),
+        }
+    }
 }
 
 /// Where an operator command reaches the control plane, and as whom.
@@ -375,33 +397,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { file } => check_config(&file),
         Command::Token { command } => token(command),
         Command::Manifest { command } => manifest(command),
-        Command::Package {
-            input,
-            out,
-            ladder,
-            segment_seconds,
-            asset_id,
-            preset,
-            progress,
-        } => {
+        Command::Package(args) => {
             // SIGTERM/SIGINT cancel the job so that it removes its staging folder.
             let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(signal, cancel.clone())?;
             }
+            let progress = args.progress;
             if progress {
                 // Run by an origin: stop if the origin dies without stopping the job.
                 estuary_packaging::cancel_when_orphaned(cancel.clone())?;
             }
-            let opts = estuary_packaging::PackageOptions {
-                input,
-                out,
-                ladder,
-                segment_seconds,
-                asset_id,
-                preset,
-                cancel: Some(cancel),
-            };
+            let opts = args.options(cancel);
             package(&opts, progress)
         }
     }

@@ -143,3 +143,33 @@ fn a_parked_connection_serves_pipelined_and_split_requests() {
     let (status, body) = exchange(&mut c, &get("/pub/hello.txt"));
     assert_eq!((status, body), (200, b"hello\n".to_vec()));
 }
+
+#[test]
+fn a_response_to_connection_close_is_written_whole_to_a_slow_reader() {
+    // With `Connection: close` hyper considers the connection done once the last byte is
+    // queued; the parked path must still let it write everything before the socket closes
+    // (a 48 MB store file does not fit in loopback's socket buffers).
+    let site = Site::new("close-slow");
+    let want = pattern(48_000_000);
+    std::fs::write(site.content.join("pub/huge.mp4"), &want).expect("write");
+    let _edge = site.start();
+    let out_file = site.dir.path().join("download.bin");
+    let (_, err, ok) = curl(&[
+        "-sS",
+        "--limit-rate",
+        "24M",
+        "-H",
+        "Connection: close",
+        "-o",
+        out_file.to_str().expect("path"),
+        &site.url("/pub/huge.mp4"),
+    ]);
+    assert!(ok, "curl: {err}");
+    let got = std::fs::read(&out_file).expect("download");
+    assert!(
+        got == want,
+        "{} of {} bytes, or different bytes",
+        got.len(),
+        want.len()
+    );
+}

@@ -224,32 +224,36 @@ fn sigterm_drains_in_flight_requests() {
 }
 
 #[test]
-fn sigterm_waits_for_a_store_file_the_client_reads_slowly() {
+fn sigterm_waits_for_a_store_file_read_slowly_with_connection_close() {
     // A pre-positioned file is one body hyper takes at once and then writes out as the client
-    // reads it: the drain must wait until the last byte is written, not until hyper has
-    // queued it (the parked HTTP/1.1 path once dropped what was still queued).
+    // reads it. The drain must wait until its last byte is written, not until hyper has queued
+    // it: the parked HTTP/1.1 path once dropped what was still queued when a `Connection:
+    // close` request (as the lab's rolling client sends) was in flight at SIGTERM.
     let mut site = Site::new("drain-store");
     site.extra = "[shutdown]\ndrain_timeout = \"30s\"\n".into();
+    let want = pattern(48_000_000);
+    std::fs::write(site.content.join("pub/huge.mp4"), &want).expect("write");
     let mut edge = site.start();
     let out_file = site.dir.path().join("download.bin");
     let mut download = Command::new("curl")
-        .args(["-s", "--limit-rate", "2M", "-o"])
+        .args(["-s", "--limit-rate", "12M", "-H", "Connection: close", "-o"])
         .arg(&out_file)
-        .arg(site.url("/pub/big.mp4"))
+        .arg(site.url("/pub/huge.mp4"))
         .stdout(Stdio::null())
         .spawn()
         .expect("curl");
     wait_until_downloading(&edge, &out_file);
     edge.signal("TERM");
     let status = download.wait().expect("curl");
-    assert!(status.success());
+    assert!(status.success(), "curl: {status}");
     assert!(
-        std::fs::read(&out_file).expect("download") == pattern(8_000_000),
+        std::fs::read(&out_file).expect("download") == want,
         "the download is not byte-exact ({} bytes): {}",
         std::fs::metadata(&out_file).map_or(0, |m| m.len()),
         edge.log()
     );
     assert!(edge.wait_exit(Duration::from_secs(30)), "{}", edge.log());
+    assert!(edge.log().contains("Drained; exiting."));
 }
 
 #[test]
