@@ -43,6 +43,8 @@ if [ "$what" = "test" ]; then
   have debootstrap || need_apt+=(debootstrap)
   have systemd-nspawn || need_apt+=(systemd-container)
   have nsenter || need_apt+=(util-linux)
+  # nft -c checks the firewall the common role renders (in a network namespace of its own).
+  have nft || need_apt+=(nftables)
   have yamllint || need_apt+=(yamllint)
   python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 fi

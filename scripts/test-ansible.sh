@@ -64,7 +64,7 @@ for playbook in site.yml upgrade.yml push.yml; do
   done
 done
 
-step "the example inventory rendered on this machine: estuary check-config and promtool on its configs"
+step "the example inventory rendered on this machine: estuary check-config, promtool and nft -c on its configs"
 bin="$target/debug/estuary"
 [ -x "$bin" ] || (cd "$repo" && cargo build --bin estuary)
 mkdir -p "$run"
