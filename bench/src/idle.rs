@@ -94,9 +94,22 @@ pub async fn open_h3(
 ) -> anyhow::Result<Vec<Held>> {
     let mut open: Vec<Held> = Vec::with_capacity(count);
     for i in 0..count {
-        let mut client = estuary_bench::h3client::H3Client::connect(addr, "localhost", ca)
-            .await
-            .with_context(|| format!("HTTP/3 connection {} of {count}", i + 1))?;
+        // A handshake that gets no answer would otherwise wait out the idle timeout: one
+        // more try, then the error.
+        let connect = || {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                estuary_bench::h3client::H3Client::connect(addr, "localhost", ca),
+            )
+        };
+        let mut client = match connect().await {
+            Ok(Ok(c)) => c,
+            _ => connect()
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within 10 s, twice"))
+                .and_then(|r| r)
+                .with_context(|| format!("HTTP/3 connection {} of {count}", i + 1))?,
+        };
         let (status, _) = client.get_discard(path).await?;
         if status != 200 {
             bail!(
