@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -51,6 +52,14 @@ pub struct AuthConfig {
     /// `[auth.keys]`: key id to hex secret (at least 32 hex digits). User tokens are the
     /// edge's signed tokens with the acl `/chat/user/<user-id>`.
     pub keys: BTreeMap<String, String>,
+    /// The longest time from now to a token's `exp` that is accepted (default 30 days): a
+    /// token valid for longer (`exp` = 2^64-1) is refused.
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 /// `[store]`.
@@ -147,6 +156,9 @@ impl ChatRelayConfig {
             return Err(ConfigError::new("auth.keys", "at least one key is needed"));
         }
         self.key_set()?;
+        if self.auth.max_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::new("auth.max_ttl", "must be at least 1min"));
+        }
         if let Some(cluster) = &self.cluster
             && !(cluster.nats.starts_with("nats://") || cluster.nats.starts_with("tls://"))
         {

@@ -33,7 +33,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
     let stop = life.stop_signal();
     let (app, core) = server::App::start(
-        keys,
+        (keys, config.auth.max_ttl),
         config.chat.clone(),
         store,
         Arc::clone(&metrics),

@@ -51,6 +51,8 @@ enum ToRelay {
 /// What the handlers share.
 pub struct App {
     keys: KeySet,
+    /// `[auth] max_ttl`, seconds.
+    max_ttl: u64,
     limits: ChatLimits,
     pub metrics: Arc<Metrics>,
     to_relay: mpsc::Sender<ToRelay>,
@@ -79,7 +81,7 @@ fn unix_ms() -> u64 {
 impl App {
     /// Starts the relay thread over `store` and returns the shared state and the thread.
     pub fn start(
-        keys: KeySet,
+        (keys, max_ttl): (KeySet, Duration),
         limits: ChatLimits,
         mut store: SqliteStore,
         metrics: Arc<Metrics>,
@@ -99,6 +101,7 @@ impl App {
         Ok((
             Arc::new(App {
                 keys,
+                max_ttl: max_ttl.as_secs(),
                 limits,
                 metrics,
                 to_relay,
@@ -199,7 +202,7 @@ async fn ws(
     let Ok(Query(query)) = query else {
         return refuse(StatusCode::BAD_REQUEST, "bad query string\n");
     };
-    let user = match check_token(&app.keys, query.get("token").map(String::as_str), peer) {
+    let user = match check_token(&app, query.get("token").map(String::as_str), peer) {
         Ok(user) => user,
         Err(r) => {
             app.metrics
@@ -247,18 +250,18 @@ async fn ws(
 }
 
 /// The user a token names, if it is valid for `/chat/user/<user>`.
-fn check_token(keys: &KeySet, text: Option<&str>, peer: SocketAddr) -> Result<String, Rejection> {
+fn check_token(app: &App, text: Option<&str>, peer: SocketAddr) -> Result<String, Rejection> {
     let text = text.ok_or(Rejection::Missing)?;
     let parsed = token::parse(text)?;
     let user = user_of_acl(parsed.acl).ok_or(Rejection::OutsideAcl)?;
     token::verify(
         text,
-        keys,
+        &app.keys,
         token::Request {
             path: parsed.acl,
             client: peer.ip(),
             now: estuary_common::unix_now(),
-            max_ttl: None,
+            max_ttl: Some(app.max_ttl),
         },
     )?;
     Ok(user.to_owned())

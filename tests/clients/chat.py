@@ -315,11 +315,12 @@ async def bad_input():
         "bad_hmac": await status_of(ws_url(token("alice", key="ff" * 32))),
         "unknown_kid": await status_of(ws_url(token("alice", kid="k9"))),
         "other_acl": await status_of(ws_url(token("alice", acl="/v/*"))),
+        "forever": await status_of(ws_url(token("alice", exp=2**64 - 1))),
         "bad_device": await status_of(ws_url(token("alice"), device="no/slash")),
         "good": await status_of(ws_url(token("alice"))),
     }
     want = {"missing": 401, "garbage": 401, "expired": 403, "bad_hmac": 403,
-            "unknown_kid": 403, "other_acl": 403, "bad_device": 400, "good": 101}
+            "unknown_kid": 403, "other_acl": 403, "forever": 403, "bad_device": 400, "good": 101}
     check(statuses == want, f"statuses {statuses}")
     c = await Client.connect("alice")
     for frame, code in [
