@@ -18,7 +18,7 @@ impl ChatRelay {
         let dir = TempDir::new(name);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
-            "[node]\nid = \"relay-1\"\nsite = \"lab\"\n[listen]\nhttp = \"{addr}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[store]\npath = \"chat.db\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"relay-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{addr}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[store]\npath = \"chat.db\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         std::fs::write(dir.path().join("relay.toml"), config).expect("config");
         let mut relay = Self {

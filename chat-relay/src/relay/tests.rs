@@ -300,3 +300,101 @@ fn presence_goes_to_subscribers_with_last_seen() {
         matches!(frames_for(&out, 3).as_slice(), [ServerFrame::Presence { last_seen: Some(t), .. }] if *t == at)
     );
 }
+
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Frames a client could send: arbitrary text, and well-formed types with fields of any
+    /// shape, so that both the parser and the handlers see nonsense.
+    fn frame() -> impl Strategy<Value = String> {
+        let types = prop::sample::select(CLIENT_TYPES.to_vec());
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[a-z0-9:]{0,6}".prop_map(|s| format!("{s:?}")),
+            "[a-c]{1,2}".prop_map(|s| format!("{{\"user\":{s:?}}}")),
+            "[a-c]{1,2}".prop_map(|s| format!("{{\"group\":{s:?}}}")),
+            prop::collection::vec("[a-c0-9]{1,2}", 0..4).prop_map(|v| format!("{v:?}")),
+        ];
+        let field = prop::sample::select(vec![
+            "id",
+            "to",
+            "body",
+            "ids",
+            "conversation",
+            "upto",
+            "users",
+            "before",
+            "limit",
+            "group",
+            "members",
+            "room",
+            "media",
+        ]);
+        prop_oneof![
+            ".{0,40}",
+            (types, prop::collection::vec((field, value), 0..5)).prop_map(|(t, fields)| {
+                let mut text = format!("{{\"type\":{t:?}");
+                for (k, v) in fields {
+                    text.push_str(&format!(",{k:?}:{v}"));
+                }
+                text + "}"
+            }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Open(u64, u8, u8),
+        Text(u64, String),
+        Closed(u64),
+        Wait(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            1 => (0..4u64, 0..3u8, 0..2u8).prop_map(|(c, u, d)| Step::Open(c, u, d)),
+            6 => (0..4u64, frame()).prop_map(|(c, t)| Step::Text(c, t)),
+            1 => (0..4u64).prop_map(Step::Closed),
+            1 => any::<u16>().prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever clients send, in whatever order, the relay never panics and only ever
+        /// writes to connections it has open (or closes one it just replaced).
+        #[test]
+        fn hostile_clients_never_break_the_relay(steps in prop::collection::vec(step(), 1..60)) {
+            let mut h = Harness::new(ChatLimits { messages_per_second: 5, ..ChatLimits::default() });
+            let mut open = std::collections::HashSet::new();
+            for s in steps {
+                let (outputs, conn) = match s {
+                    Step::Open(c, u, d) if !open.contains(&c) => {
+                        open.insert(c);
+                        (h.open(c, ["a", "b", "c"][u as usize], ["p", "q"][d as usize]), c)
+                    }
+                    Step::Open(..) => continue,
+                    Step::Text(c, t) => (h.text(c, &t), c),
+                    Step::Closed(c) => {
+                        open.remove(&c);
+                        (h.input(Input::Closed { conn: c }), c)
+                    }
+                    Step::Wait(ms) => {
+                        h.now += u64::from(ms);
+                        continue;
+                    }
+                };
+                for o in outputs {
+                    match o {
+                        Output::Frame { conn: to, .. } => prop_assert!(open.contains(&to) || to == conn),
+                        // The shell ends it; the core keeps it until its `Closed`.
+                        Output::Close { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+}
