@@ -269,7 +269,8 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .store
             .register_device(&user, &device)
             .and_then(|_| self.store.inbox(&user, &device));
-        let inbox = match inbox {
+        let inbox = inbox.and_then(|i| Ok((i, self.store.receipts_for(&user, &device)?)));
+        let (inbox, receipts) = match inbox {
             Ok(i) => i,
             Err(e) => {
                 self.observer.store_failed(&e);
@@ -292,6 +293,22 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 conn,
                 frame: ServerFrame::Message(chat_message(m, &user)),
             });
+        }
+        for r in &receipts {
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Receipt {
+                    msg: r.msg.to_string(),
+                    by: r.by.clone(),
+                    state: r.state,
+                    ts: r.ts,
+                },
+            });
+        }
+        if let Some(last) = receipts.last()
+            && let Err(e) = self.store.receipts_seen(&user, &device, last.seq)
+        {
+            self.observer.store_failed(&e);
         }
         if !was_online {
             self.presence_changed(&user, true, now, out);
@@ -728,32 +745,60 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .map_err(|e| self.store_error(e))?;
         self.observer.inbox(-(acked.len() as i64));
         for m in acked {
-            if self
-                .store
-                .record_receipt(Receipt {
-                    msg: m.id,
-                    user,
-                    state: ReceiptState::Delivered,
-                    ts: now,
-                })
-                .map_err(|e| self.store_error(e))?
-            {
+            if self.give_receipt(&m, user, ReceiptState::Delivered, now, out)? {
                 self.observer.delivered(now.saturating_sub(m.ts));
-                self.receipt(&m, user, ReceiptState::Delivered, now, out);
             }
         }
         Ok(())
     }
 
-    fn receipt(&self, m: &Stored, by: &str, state: ReceiptState, now: u64, out: &mut Vec<Output>) {
-        self.observer.receipt(state);
-        let frame = ServerFrame::Receipt {
-            msg: m.id.to_string(),
-            by: by.to_owned(),
+    /// Records a receipt and hands it to the sender's connected devices; `false` if the user
+    /// gave it before.
+    fn give_receipt(
+        &mut self,
+        m: &Stored,
+        by: &str,
+        state: ReceiptState,
+        now: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<bool, Refusal> {
+        let receipt = Receipt {
+            msg: m.id,
+            user: by,
             state,
             ts: now,
+            sender: &m.sender,
         };
-        self.frames_to_user(&m.sender, &frame, out);
+        let Some(seq) = self
+            .store
+            .record_receipt(receipt)
+            .map_err(|e| self.store_error(e))?
+        else {
+            return Ok(false);
+        };
+        self.observer.receipt(state);
+        let devices: Vec<(String, ConnId)> = self
+            .online
+            .get(&m.sender)
+            .into_iter()
+            .flatten()
+            .map(|(d, c)| (d.clone(), *c))
+            .collect();
+        for (device, conn) in devices {
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Receipt {
+                    msg: m.id.to_string(),
+                    by: by.to_owned(),
+                    state,
+                    ts: now,
+                },
+            });
+            self.store
+                .receipts_seen(&m.sender, &device, seq)
+                .map_err(|e| self.store_error(e))?;
+        }
+        Ok(true)
     }
 
     fn read(
@@ -772,18 +817,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .unread_upto(&key, user, upto)
             .map_err(|e| self.store_error(e))?;
         for m in unread {
-            if self
-                .store
-                .record_receipt(Receipt {
-                    msg: m.id,
-                    user,
-                    state: ReceiptState::Read,
-                    ts: now,
-                })
-                .map_err(|e| self.store_error(e))?
-            {
-                self.receipt(&m, user, ReceiptState::Read, now, out);
-            }
+            self.give_receipt(&m, user, ReceiptState::Read, now, out)?;
         }
         Ok(())
     }

@@ -63,6 +63,18 @@ pub struct Receipt<'a> {
     pub user: &'a str,
     pub state: ReceiptState,
     pub ts: u64,
+    /// Who sent the message.
+    pub sender: &'a str,
+}
+
+/// A recorded receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub seq: i64,
+    pub msg: i64,
+    pub by: String,
+    pub state: ReceiptState,
+    pub ts: u64,
 }
 
 /// The result of storing a message.
@@ -98,8 +110,16 @@ pub trait Store {
     /// Removes a device's inbox entries for `ids`; returns the messages whose entry was there.
     fn ack(&mut self, user: &str, device: &str, ids: &[i64]) -> Result<Vec<Stored>, StoreError>;
 
-    /// Records a receipt; `false` when this user already gave this one for the message.
-    fn record_receipt(&mut self, receipt: Receipt<'_>) -> Result<bool, StoreError>;
+    /// Records a receipt; its sequence number, or `None` when this user already gave this
+    /// one for the message.
+    fn record_receipt(&mut self, receipt: Receipt<'_>) -> StoreResult<Option<i64>>;
+
+    /// Receipts for `sender`'s messages that its `device` has not been handed yet (at most
+    /// [`MAX_UNREAD`], oldest first).
+    fn receipts_for(&mut self, sender: &str, device: &str) -> StoreResult<Vec<StoredReceipt>>;
+
+    /// Marks the receipts up to `seq` as handed to the device.
+    fn receipts_seen(&mut self, user: &str, device: &str, seq: i64) -> StoreResult<()>;
 
     /// Messages of `conv` not sent by `reader`, up to and including `upto`, that `reader` has
     /// not marked read yet (at most [`MAX_UNREAD`], oldest first).

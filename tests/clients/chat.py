@@ -170,6 +170,23 @@ async def offline():
     bob = await Client.connect("bob", "phone")
     await bob.quiet()
     await alice.quiet(0.2)
+    # The sender offline: its ticks wait for its device, and come once.
+    last = await alice.send_message({"user": "bob"}, "c9", "while you were away")
+    await alice.close()
+    m = await bob.next("message")
+    await bob.ack([m["msg"]])
+    await bob.send({"type": "read", "conversation": "user:alice", "upto": m["msg"]})
+    await bob.send({"type": "ping"})
+    await bob.next("pong")
+    alice = await Client.connect("alice")
+    # Reading up to the last message reads the five before it too.
+    ticks = [await alice.next("receipt") for _ in range(7)]
+    want = [(last, "delivered")] + [(m, "read") for m in sent + [last]]
+    check([(r["msg"], r["state"]) for r in ticks] == want, f"ticks after reconnect {ticks}")
+    await alice.quiet()
+    await alice.close()
+    alice = await Client.connect("alice")
+    await alice.quiet()
     print(json.dumps({"ok": True}))
 
 

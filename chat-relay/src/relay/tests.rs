@@ -29,6 +29,27 @@ impl Harness {
         })
     }
 
+    /// Alice (on `conn`) says hi to bob: the outputs and the message id.
+    fn hi_to_bob(&mut self, conn: ConnId) -> (Vec<Output>, String) {
+        let out = self.text(
+            conn,
+            r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
+        );
+        let msg = sent_msg(&out, conn);
+        (out, msg)
+    }
+
+    fn ack(&mut self, conn: ConnId, msg: &str) -> Vec<Output> {
+        self.text(conn, &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#))
+    }
+
+    fn read_alice(&mut self, conn: ConnId, msg: &str) -> Vec<Output> {
+        self.text(
+            conn,
+            &format!(r#"{{"type":"read","conversation":"user:alice","upto":"{msg}"}}"#),
+        )
+    }
+
     fn text(&mut self, conn: ConnId, json: &str) -> Vec<Output> {
         self.input(Input::Text {
             conn,
@@ -75,11 +96,7 @@ fn an_online_message_gets_all_three_ticks() {
     let mut h = Harness::new(ChatLimits::default());
     h.open(1, "alice", "phone");
     h.open(2, "bob", "phone");
-    let out = h.text(
-        1,
-        r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
-    );
-    let msg = sent_msg(&out, 1);
+    let (out, msg) = h.hi_to_bob(1);
     match frames_for(&out, 2).as_slice() {
         [ServerFrame::Message(m)] => {
             assert_eq!(
@@ -90,13 +107,10 @@ fn an_online_message_gets_all_three_ticks() {
         }
         other => panic!("{other:?}"),
     }
-    let out = h.text(2, &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#));
+    let out = h.ack(2, &msg);
     assert!(matches!(frames_for(&out, 1).as_slice(),
         [ServerFrame::Receipt { state: ReceiptState::Delivered, by, .. }] if by == "bob"));
-    let out = h.text(
-        2,
-        &format!(r#"{{"type":"read","conversation":"user:alice","upto":"{msg}"}}"#),
-    );
+    let out = h.read_alice(2, &msg);
     assert!(matches!(
         frames_for(&out, 1).as_slice(),
         [ServerFrame::Receipt {
@@ -105,8 +119,42 @@ fn an_online_message_gets_all_three_ticks() {
         }]
     ));
     // A second ack or read gives no second receipt.
-    let out = h.text(2, &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#));
-    assert!(out.is_empty(), "{out:?}");
+    assert!(h.ack(2, &msg).is_empty());
+    assert!(h.read_alice(2, &msg).is_empty());
+}
+
+#[test]
+fn an_offline_sender_gets_its_ticks_on_reconnect_once() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    let (_, msg) = h.hi_to_bob(1);
+    h.input(Input::Closed { conn: 1 });
+    h.ack(2, &msg);
+    h.read_alice(2, &msg);
+    let states = |out: &[Output], conn| -> Vec<ReceiptState> {
+        frames_for(out, conn)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Receipt { state, .. } => Some(state),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = h.open(3, "alice", "phone");
+    assert_eq!(
+        states(&out, 3),
+        [ReceiptState::Delivered, ReceiptState::Read]
+    );
+    h.input(Input::Closed { conn: 3 });
+    assert!(
+        states(&h.open(4, "alice", "phone"), 4).is_empty(),
+        "handed once"
+    );
+    assert!(
+        states(&h.open(5, "alice", "tablet"), 5).is_empty(),
+        "a new device starts after the receipts given before it"
+    );
 }
 
 #[test]

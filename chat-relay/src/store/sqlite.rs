@@ -4,11 +4,12 @@
 
 use std::path::Path;
 
-use estuary_common::chat::Media;
+use estuary_common::chat::{Media, ReceiptState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Content, Inserted, MAX_UNREAD, NewMessage, Receipt, Store, StoreError, StoreResult, Stored,
+    StoredReceipt,
 };
 
 /// The schema this build writes.
@@ -36,15 +37,19 @@ const MIGRATIONS: [&str; 1] = ["
     CREATE TABLE devices (
         user TEXT NOT NULL,
         device TEXT NOT NULL,
+        receipts_seen INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (user, device)
     ) WITHOUT ROWID;
     CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
         msg INTEGER NOT NULL,
         user TEXT NOT NULL,
         state TEXT NOT NULL,
         ts INTEGER NOT NULL,
-        PRIMARY KEY (msg, user, state)
-    ) WITHOUT ROWID;
+        sender TEXT NOT NULL,
+        UNIQUE (msg, user, state)
+    );
+    CREATE INDEX receipts_by_sender ON receipts (sender, seq);
     CREATE TABLE groups (
         grp TEXT PRIMARY KEY,
         owner TEXT NOT NULL
@@ -159,7 +164,8 @@ impl Store for SqliteStore {
             |r| r.get(0),
         )?;
         tx.execute(
-            "INSERT OR IGNORE INTO devices (user, device) VALUES (?1, ?2)",
+            // A new device starts after the receipts given so far.
+            "INSERT OR IGNORE INTO devices (user, device, receipts_seen) VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) FROM receipts))",
             [user, device],
         )?;
         let taken = if known == 0 {
@@ -269,12 +275,43 @@ impl Store for SqliteStore {
         Ok(acked)
     }
 
-    fn record_receipt(&mut self, r: Receipt<'_>) -> Result<bool, StoreError> {
+    fn record_receipt(&mut self, r: Receipt<'_>) -> StoreResult<Option<i64>> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO receipts (msg, user, state, ts) VALUES (?1, ?2, ?3, ?4)",
-            params![r.msg, r.user, r.state.as_str(), ts_sql(r.ts)],
+            "INSERT OR IGNORE INTO receipts (msg, user, state, ts, sender) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![r.msg, r.user, r.state.as_str(), ts_sql(r.ts), r.sender],
         )?;
-        Ok(n == 1)
+        Ok((n == 1).then(|| self.conn.last_insert_rowid()))
+    }
+
+    fn receipts_for(&mut self, sender: &str, device: &str) -> StoreResult<Vec<StoredReceipt>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT r.seq, r.msg, r.user, r.state, r.ts FROM receipts r JOIN devices d ON d.user = r.sender
+             WHERE r.sender = ?1 AND d.device = ?2 AND r.seq > d.receipts_seen ORDER BY r.seq LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![sender, device, MAX_UNREAD], |r| {
+            let state: String = r.get(3)?;
+            let ts: i64 = r.get(4)?;
+            Ok(StoredReceipt {
+                seq: r.get(0)?,
+                msg: r.get(1)?,
+                by: r.get(2)?,
+                state: if state == "read" {
+                    ReceiptState::Read
+                } else {
+                    ReceiptState::Delivered
+                },
+                ts: u64::try_from(ts).unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn receipts_seen(&mut self, user: &str, device: &str, seq: i64) -> StoreResult<()> {
+        self.conn.execute(
+            "UPDATE devices SET receipts_seen = max(receipts_seen, ?3) WHERE user = ?1 AND device = ?2",
+            params![user, device, seq],
+        )?;
+        Ok(())
     }
 
     fn unread_upto(&mut self, conv: &str, reader: &str, upto: i64) -> StoreResult<Vec<Stored>> {
