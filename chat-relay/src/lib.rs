@@ -32,8 +32,13 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("store.path {}: {e}", config.store.path.display()))?;
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
     let stop = life.stop_signal();
+    let shell = server::Shell {
+        keys,
+        max_ttl: config.auth.max_ttl,
+        idle_timeout: config.limits.idle_timeout,
+    };
     let (app, core) = server::App::start(
-        (keys, config.auth.max_ttl),
+        shell,
         config.chat.clone(),
         store,
         Arc::clone(&metrics),

@@ -67,6 +67,8 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// A newer connection of the same device took over.
     pub const REPLACED: u16 = 4000;
+    /// Nothing came from the client (not even a pong) for `[limits] idle_timeout`.
+    pub const IDLE: u16 = 4001;
 }
 
 /// What the core reports for metrics and logs.

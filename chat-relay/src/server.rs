@@ -48,11 +48,22 @@ enum ToRelay {
     Input(Input),
 }
 
+/// What the shell takes from the config besides `[chat]`.
+pub struct Shell {
+    pub keys: KeySet,
+    /// `[auth] max_ttl`.
+    pub max_ttl: Duration,
+    /// `[limits] idle_timeout`: a WebSocket that sends nothing (not even a pong to the
+    /// relay's pings, sent every half of it) for this long is closed with 4001.
+    pub idle_timeout: Duration,
+}
+
 /// What the handlers share.
 pub struct App {
     keys: KeySet,
     /// `[auth] max_ttl`, seconds.
     max_ttl: u64,
+    idle_timeout: Duration,
     limits: ChatLimits,
     pub metrics: Arc<Metrics>,
     to_relay: mpsc::Sender<ToRelay>,
@@ -81,7 +92,7 @@ fn unix_ms() -> u64 {
 impl App {
     /// Starts the relay thread over `store` and returns the shared state and the thread.
     pub fn start(
-        (keys, max_ttl): (KeySet, Duration),
+        shell: Shell,
         limits: ChatLimits,
         mut store: SqliteStore,
         metrics: Arc<Metrics>,
@@ -100,8 +111,9 @@ impl App {
             .spawn(move || relay_thread(relay, rx, thread_metrics))?;
         Ok((
             Arc::new(App {
-                keys,
-                max_ttl: max_ttl.as_secs(),
+                keys: shell.keys,
+                max_ttl: shell.max_ttl.as_secs(),
+                idle_timeout: shell.idle_timeout,
                 limits,
                 metrics,
                 to_relay,
@@ -294,9 +306,22 @@ async fn connection(
     app.metrics.connections.inc();
     app.metrics.connections_total.inc();
     let mut stop = app.stop.clone();
+    // A peer that vanished without a FIN would hold its slot and stay "online": ping it, and
+    // close it when it has been silent for the idle timeout.
+    let idle = app.idle_timeout;
+    let mut heard = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(heard + idle / 2, idle / 2);
     let ending: Option<(u16, &'static str)> = loop {
         tokio::select! {
             _ = stopped(&mut stop) => break Some((close::GOING_AWAY, "the relay is shutting down")),
+            _ = ticks.tick() => {
+                if heard.elapsed() >= idle {
+                    break Some((close::IDLE, "nothing received within the idle timeout"));
+                }
+                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break None;
+                }
+            }
             out = outgoing.recv() => match out {
                 Some(text) => {
                     if socket.send(Message::Text(text.into())).await.is_err() {
@@ -306,6 +331,7 @@ async fn connection(
                 None => break Some(close_with.get().copied().unwrap_or((close::INTERNAL, "the relay closed the connection"))),
             },
             received = socket.recv() => {
+                heard = tokio::time::Instant::now();
                 let input = match received {
                     Some(Ok(Message::Text(text))) => Input::Text { conn, text: text.as_str().to_owned() },
                     Some(Ok(Message::Binary(_))) => Input::Binary { conn },

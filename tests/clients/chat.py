@@ -393,6 +393,39 @@ async def bad_input():
     print(json.dumps({"ok": True, "flood": kinds}))
 
 
+async def idle():
+    # A live client answers the relay's pings (websockets does) and stays.
+    live = await Client.connect("alice")
+    # A dead one: a bare socket that completes the handshake, then never answers.
+    host, port = ARGS.url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = "/ws?" + urllib.parse.urlencode({"token": token("bob")})
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    check(head.startswith(b"HTTP/1.1 101"), f"handshake {head[:40]}")
+    t0 = time.monotonic()
+    opcodes = []
+    while True:
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        payload = await reader.readexactly(n)
+        opcodes.append(b0 & 0x0F)
+        if b0 & 0x0F == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+            break
+    waited = time.monotonic() - t0
+    check(0x9 in opcodes and code == 4001, f"opcodes {opcodes}, close {code}")
+    check(0.9 < waited < 5, f"closed after {waited:.1f}s")
+    writer.close()
+    await live.send({"type": "ping"})
+    await live.next("pong")
+    print(json.dumps({"ok": True, "closed_after": waited}))
+
+
 async def drain():
     c = await Client.connect("alice")
     await c.send({"type": "ping"})
@@ -413,6 +446,7 @@ SCENARIOS = {
     "kill9-receive": kill9_receive,
     "bad-input": bad_input,
     "drain": drain,
+    "idle": idle,
 }
 
 
