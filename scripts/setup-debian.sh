@@ -68,13 +68,15 @@ fi
 
 if [ "$what" = "test" ]; then
   # Python test clients: HTTP/2 frame scripts (h2), a TUS client (tuspy), an S3-compatible
-  # server (moto), a DNS client (dnspython), raw QUIC Initials (aioquic).
+  # server (moto), a DNS client (dnspython), raw QUIC Initials (aioquic), chat clients
+  # (websockets).
   py_need=()
   python3 -c 'import h2' 2>/dev/null || py_need+=(h2)
   python3 -c 'import tusclient' 2>/dev/null || py_need+=(tuspy)
   python3 -c 'import moto.server' 2>/dev/null || py_need+=("moto[server]")
   python3 -c 'import dns.message' 2>/dev/null || py_need+=(dnspython)
   python3 -c 'import aioquic' 2>/dev/null || py_need+=(aioquic)
+  python3 -c 'import websockets' 2>/dev/null || py_need+=(websockets)
   if [ "${#py_need[@]}" -gt 0 ]; then
     echo "setup: installing Python packages ${py_need[*]}" >&2
     python3 -m pip install -q "${py_need[@]}" 2>/dev/null \

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use estuary_chat_relay::{ChatRelayConfig, run as chat_relay_run};
 use estuary_common::config::ServiceConfig;
 use estuary_control_plane::{ControlPlaneConfig, run as cp_run};
 use estuary_edge::EdgeConfig;
@@ -79,6 +80,19 @@ enum Command {
     /// [shutdown] drain_timeout.
     Steering {
         /// The steering service's TOML config (see docs/steering.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the chat relay: WebSocket chat at /ws?token=TOKEN&device=ID (the edge's token format,
+    /// acl /chat/user/USER), 1:1 and groups, sent/delivered/read receipts, presence, typing,
+    /// per-device offline inboxes on the embedded SQLite store ([store] path).
+    ///
+    /// Frames: see the README's "Chat relay" section. Endpoints: /ws; /metrics, /healthz,
+    /// /readyz (on [listen] admin if set).
+    ///
+    /// Signals: SIGTERM or SIGINT: every WebSocket gets a close frame 1001, /readyz turns 503.
+    ChatRelay {
+        /// The chat relay's TOML config (see docs/chat-relay.example.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -333,6 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Origin { config } => serve::<OriginConfig, _>(&config, origin_run),
         Command::ControlPlane { config } => serve::<ControlPlaneConfig, _>(&config, cp_run),
         Command::Steering { config } => serve::<SteeringConfig, _>(&config, steer_run),
+        Command::ChatRelay { config } => serve::<ChatRelayConfig, _>(&config, chat_relay_run),
         Command::Nodes { operator, json } => operator_call(estuary_control_plane::cli::nodes(
             &operator.control_plane,
             &operator.token,
@@ -480,11 +495,12 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         entry::<ControlPlaneConfig>(),
         entry::<SteeringConfig>(),
         entry::<OriginConfig>(),
+        entry::<ChatRelayConfig>(),
     ];
     let Some((service, _, check)) = services.into_iter().find(|(_, claims, _)| claims(&table))
     else {
         anyhow::bail!(
-            "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table)",
+            "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table, a chat relay config a [store] path)",
             file.display()
         )
     };

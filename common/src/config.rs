@@ -89,6 +89,21 @@ pub fn read(path: &std::path::Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))
 }
 
+/// `[node]` of the nodes whose id and site are both required (edge, chat relay).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A name unique in the deployment, for example `edge-1` (1-64 of A-Z a-z 0-9 - _ .).
+    pub id: String,
+    /// The site (point of presence) the node belongs to, for example `lab`.
+    pub site: String,
+}
+
+/// The table `name` of a config file's top-level tables, if it is one.
+pub fn subtable<'a>(table: &'a Table, name: &str) -> Option<&'a Table> {
+    table.get(name).and_then(|t| t.as_table())
+}
+
 /// Checks a node or site name: 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn name_ok(s: &str) -> bool {
     !s.is_empty()

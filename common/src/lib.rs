@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod asset;
+pub mod chat;
 pub mod config;
 pub mod cp;
 pub mod fds;

@@ -119,6 +119,19 @@ impl ListenerLimits {
     }
 }
 
+/// `[listen]` of the services with one HTTP address and an optional admin one (origin, chat
+/// relay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP/1.1: the service's routes, and `/metrics`, `/healthz`, `/readyz` unless
+    /// `admin` is set.
+    pub http: std::net::SocketAddr,
+    /// A separate address for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub admin: Option<std::net::SocketAddr>,
+}
+
 /// The connection cap: a slot in total (waited for, so that at the cap the accept loop stops
 /// and further clients wait in the kernel's backlog) and one under the client's address
 /// (refused at once: one address must not fill the node).
@@ -450,6 +463,36 @@ pub async fn serve(
     stop: Option<watch::Receiver<bool>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    serve_with(listener, limits, router, stop, tls, false).await;
+}
+
+/// The connection slot of the connection a request came on, in the request's extensions. A
+/// handler that takes the connection over (a WebSocket upgrade) keeps it for as long as it
+/// uses the connection, so that the connection still counts against `[limits]`.
+#[derive(Clone)]
+pub struct HeldSlot(pub Arc<Slot>);
+
+/// [`serve`] for routers with HTTP upgrades (WebSocket): plain connections are served by
+/// hyper's upgrade-capable connection instead of the parked one ([`crate::parked`] serves over
+/// a borrowed socket, which an upgrade cannot take away). An upgraded connection leaves the
+/// serve loop: its handler owns it, with its [`HeldSlot`], and drains it itself.
+pub async fn serve_upgradable(
+    listener: tokio::net::TcpListener,
+    limits: ListenerLimits,
+    router: axum::Router,
+    stop: Option<watch::Receiver<bool>>,
+) {
+    serve_with(listener, limits, router, stop, None, true).await;
+}
+
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    limits: ListenerLimits,
+    router: axum::Router,
+    stop: Option<watch::Receiver<bool>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    upgrades: bool,
+) {
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
             .http1_only();
@@ -498,7 +541,9 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let slot = Arc::new(slot);
         let conn = Connection {
+            slot: Arc::clone(&slot),
             builder: Arc::clone(&builder),
             h1: Arc::clone(&h1),
             router: router.clone(),
@@ -511,6 +556,7 @@ pub async fn serve(
             let _slot = slot;
             let io = WatchedIo::new(stream, Arc::clone(&conn.watch));
             match acceptor {
+                None if upgrades => Box::pin(conn.serve(io)).await,
                 None => conn.serve_parked(io).await,
                 Some(acceptor) => {
                     // Boxed, so that the task of a parked plain connection stays small.
@@ -543,6 +589,7 @@ struct Connection {
     stop: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
     watch: Arc<ConnectionWatch>,
+    slot: Arc<Slot>,
 }
 
 impl Connection {
@@ -552,12 +599,14 @@ impl Connection {
         let requests = Arc::clone(&self.watch);
         let router = self.router.clone();
         let peer = self.peer;
+        let slot = Arc::clone(&self.slot);
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             use tower::ServiceExt;
             let guard = requests.request();
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(HeldSlot(Arc::clone(&slot)));
             let router = router.clone();
             async move {
                 let response = match router.oneshot(req).await {

@@ -224,6 +224,17 @@ impl KeySet {
         Ok(set)
     }
 
+    /// Builds a key set from a config table of key ids and hex secrets; the error names
+    /// the key as `<table>.<kid>`.
+    pub fn from_config(
+        keys: &std::collections::BTreeMap<String, String>,
+        table: &str,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Self::from_hex(keys.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|(kid, e)| {
+            crate::config::ConfigError::new(format!("{table}.{kid}"), e.to_string())
+        })
+    }
+
     /// Whether no key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

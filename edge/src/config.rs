@@ -222,14 +222,7 @@ pub struct AdminConfig {
 }
 
 /// `[node]`: the node's identity, used in logs and metrics.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// A name unique in the deployment, for example `edge-1`.
-    pub id: String,
-    /// The site (point of presence) the node belongs to, for example `lab`.
-    pub site: String,
-}
+pub use estuary_common::config::NodeConfig;
 
 /// `[listen]`: addresses.
 #[derive(Debug, Clone, Deserialize)]
@@ -839,10 +832,7 @@ impl EdgeConfig {
 
     /// The token keys, decoded.
     pub fn key_set(&self) -> Result<estuary_common::token::KeySet, ConfigError> {
-        estuary_common::token::KeySet::from_hex(
-            self.auth.keys.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .map_err(|(kid, e)| ConfigError::new(format!("auth.keys.{kid}"), e.to_string()))
+        estuary_common::token::KeySet::from_config(&self.auth.keys, "auth.keys")
     }
 }
 
@@ -851,9 +841,7 @@ impl estuary_common::config::ServiceConfig for EdgeConfig {
 
     /// An edge config has `[store]` (with a `root`; a chat relay's `[store]` has a `path`).
     fn claims(table: &estuary_common::config::Table) -> bool {
-        table
-            .get("store")
-            .and_then(|s| s.as_table())
+        estuary_common::config::subtable(table, "store")
             .is_some_and(|s| s.contains_key("root") || !s.contains_key("path"))
     }
 

@@ -2,7 +2,6 @@
 //! generated config fails loudly instead of being ignored.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,17 +89,9 @@ impl Default for NodeConfig {
     }
 }
 
-/// `[listen]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenConfig {
-    /// Plain HTTP/1.1: assets under `/v/`, uploads under `/uploads/`, the API under `/v1/`,
-    /// and `/metrics`, `/healthz`, `/readyz` unless `admin` is set.
-    pub http: SocketAddr,
-    /// A separate address for `/metrics`, `/healthz` and `/readyz`.
-    #[serde(default)]
-    pub admin: Option<SocketAddr>,
-}
+/// `[listen]`: `http` serves assets under `/v/`, uploads under `/uploads/` and the API under
+/// `/v1/`.
+pub use estuary_common::listener::ListenConfig;
 
 /// `[storage]`: exactly one of `root` (a local folder) or `url` (an S3-compatible bucket).
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@ pub const NODES: &[(&str, &str, &str)] = &[
     ("edge-a1", "a", "edge"),
     ("edge-b1", "b", "edge"),
     ("edge-own", "lab", "edge"),
+    ("relay-test", "lab", "chat-relay"),
 ];
 
 /// The credential of node `id` (one of [`NODES`]).

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod chat;
 pub mod cp_site;
 pub mod media;
 pub mod origin;

@@ -1,0 +1,308 @@
+//! The chat relay's configuration file (TOML). Unknown keys are errors; `validate` runs before
+//! anything starts. Relative paths are resolved against the config file's folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use estuary_common::config::ConfigError;
+
+/// The whole chat relay configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatRelayConfig {
+    /// `[node]`: who this relay is (its id and site in logs, metrics and heartbeats).
+    pub node: NodeConfig,
+    pub listen: ListenConfig,
+    /// `[auth]`: the keys user tokens are signed with.
+    pub auth: AuthConfig,
+    /// `[store]`: the embedded store (its `path` key marks a chat relay config).
+    pub store: StoreConfig,
+    /// `[cluster]`: several relays over NATS JetStream. Parsed and checked, but not
+    /// implemented in this build: a relay refuses to start with it.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Registration and heartbeats (role `chat-relay`); without it the relay runs standalone.
+    #[serde(default)]
+    pub control_plane: Option<estuary_common::cp::ClientConfig>,
+    /// `[limits]`: how long a client may take and how many connections it may hold (see
+    /// `estuary_common::listener`); an upgraded WebSocket keeps its connection's slot.
+    #[serde(default)]
+    pub limits: estuary_common::listener::ListenerLimits,
+    /// `[chat]`: frame size, group size, send queue and rate limits.
+    #[serde(default)]
+    pub chat: ChatLimits,
+    /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
+    #[serde(default)]
+    pub shutdown: estuary_common::service::ShutdownConfig,
+}
+
+/// `[node]`: `id` and `site`, as in every node's config.
+pub use estuary_common::config::NodeConfig;
+
+/// `[listen]`: `http` serves the WebSocket endpoint `/ws`.
+pub use estuary_common::listener::ListenConfig;
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `[auth.keys]`: key id to hex secret (at least 32 hex digits). User tokens are the
+    /// edge's signed tokens with the acl `/chat/user/<user-id>`.
+    pub keys: BTreeMap<String, String>,
+    /// The longest time from now to a token's `exp` that is accepted (default 30 days): a
+    /// token valid for longer (`exp` = 2^64-1) is refused.
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file holding inboxes, messages, groups, receipts and last-seen times
+    /// (created if missing; WAL, synchronous=FULL).
+    pub path: PathBuf,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The NATS server's URL (`nats://host:port`).
+    pub nats: String,
+}
+
+/// `[chat]`: what one client may do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatLimits {
+    /// The largest text frame a client may send, in bytes (default 64 KiB); a larger one
+    /// closes the connection with 1009.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Most members of a group, its creator included (default 100).
+    #[serde(default = "default_group_member_limit")]
+    pub group_member_limit: usize,
+    /// Frames waiting to be written to one connection; a connection whose queue is full is
+    /// closed with 1008 (its messages stay in its inbox).
+    #[serde(default = "default_send_queue")]
+    pub send_queue: usize,
+    /// Frames per second one user may send, all devices together (bursts of twice as many);
+    /// over it a frame is answered with an `error` frame, and a second's worth of refused
+    /// frames in a row closes the connection with 1008.
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+    /// Most messages one `history` request returns.
+    #[serde(default = "default_history_max")]
+    pub history_max: u32,
+}
+
+fn default_max_frame_bytes() -> usize {
+    64 * 1024
+}
+fn default_group_member_limit() -> usize {
+    100
+}
+fn default_send_queue() -> usize {
+    1024
+}
+fn default_messages_per_second() -> u32 {
+    20
+}
+fn default_history_max() -> u32 {
+    100
+}
+
+impl Default for ChatLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: default_max_frame_bytes(),
+            group_member_limit: default_group_member_limit(),
+            send_queue: default_send_queue(),
+            messages_per_second: default_messages_per_second(),
+            history_max: default_history_max(),
+        }
+    }
+}
+
+impl ChatRelayConfig {
+    /// Parses and validates a config text.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut c: Self = estuary_common::config::from_toml(text)?;
+        if c.store.path.is_relative() {
+            c.store.path = base_dir.join(&c.store.path);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value before anything starts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use estuary_common::config::name_ok;
+        if !name_ok(&self.node.id) {
+            return Err(ConfigError::new("node.id", "1-64 of A-Z a-z 0-9 - _ ."));
+        }
+        if !name_ok(&self.node.site) {
+            return Err(ConfigError::new("node.site", "1-64 of A-Z a-z 0-9 - _ ."));
+        }
+        if self.auth.keys.is_empty() {
+            return Err(ConfigError::new("auth.keys", "at least one key is needed"));
+        }
+        self.key_set()?;
+        if self.auth.max_ttl < Duration::from_secs(60) {
+            return Err(ConfigError::new("auth.max_ttl", "must be at least 1min"));
+        }
+        if let Some(cluster) = &self.cluster
+            && !(cluster.nats.starts_with("nats://") || cluster.nats.starts_with("tls://"))
+        {
+            return Err(ConfigError::new(
+                "cluster.nats",
+                "must be a nats:// or tls:// URL",
+            ));
+        }
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
+        }
+        self.limits.validate()?;
+        let c = &self.chat;
+        if !(1024..=16 * 1024 * 1024).contains(&c.max_frame_bytes) {
+            return Err(ConfigError::new(
+                "chat.max_frame_bytes",
+                "must be between 1024 and 16777216",
+            ));
+        }
+        if !(2..=100_000).contains(&c.group_member_limit) {
+            return Err(ConfigError::new(
+                "chat.group_member_limit",
+                "must be between 2 and 100000",
+            ));
+        }
+        if !(16..=1_000_000).contains(&c.send_queue) {
+            return Err(ConfigError::new(
+                "chat.send_queue",
+                "must be between 16 and 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&c.messages_per_second) {
+            return Err(ConfigError::new(
+                "chat.messages_per_second",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=10_000).contains(&c.history_max) {
+            return Err(ConfigError::new(
+                "chat.history_max",
+                "must be between 1 and 10000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user token keys.
+    pub fn key_set(&self) -> Result<estuary_common::token::KeySet, ConfigError> {
+        estuary_common::token::KeySet::from_config(&self.auth.keys, "auth.keys")
+    }
+}
+
+impl estuary_common::config::ServiceConfig for ChatRelayConfig {
+    const SERVICE: &'static str = "chat-relay";
+
+    /// A chat relay config has `[store] path` (an edge's has `[store] root`).
+    fn claims(table: &estuary_common::config::Table) -> bool {
+        estuary_common::config::subtable(table, "store")
+            .is_some_and(|s| s.contains_key("path") && !s.contains_key("root"))
+    }
+
+    fn parse_text(text: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse(text, base_dir)
+    }
+
+    /// The store's folder must exist: the file is created at start.
+    fn check_more(&self) -> Result<(), ConfigError> {
+        let dir = self
+            .store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                "store.path",
+                format!("the folder {} does not exist", dir.display()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estuary_common::config::ServiceConfig;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f";
+
+    fn minimal() -> String {
+        format!(
+            "[node]\nid = \"relay-1\"\nsite = \"lab\"\n[listen]\nhttp = \"127.0.0.1:7200\"\n[auth.keys]\nk1 = \"{KEY}\"\n[store]\npath = \"chat.db\"\n"
+        )
+    }
+
+    #[test]
+    fn the_example_config_parses_and_is_claimed() {
+        let text = include_str!("../../docs/chat-relay.example.toml");
+        let c = ChatRelayConfig::parse(text, Path::new("/etc/estuary")).expect("example");
+        assert_eq!(c.chat, ChatLimits::default());
+        assert!(c.cluster.is_none());
+        let table: estuary_common::config::Table = text.parse().expect("toml");
+        assert!(ChatRelayConfig::claims(&table));
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = ChatRelayConfig::parse(&minimal(), Path::new("/srv")).expect("minimal");
+        assert_eq!(c.store.path, PathBuf::from("/srv/chat.db"));
+        assert_eq!(c.chat.max_frame_bytes, 65536);
+        assert_eq!(c.chat.group_member_limit, 100);
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_their_key() {
+        let e = ChatRelayConfig::parse(
+            &format!("{}[chat]\nmax_frame_byte = 1\n", minimal()),
+            Path::new("/"),
+        )
+        .expect_err("typo");
+        assert!(e.key.contains("max_frame_byte"), "{e}");
+        assert!(e.reason.contains("line 11"), "{e}");
+        let e = ChatRelayConfig::parse(
+            &format!("{}[chat]\ngroup_member_limit = 1\n", minimal()),
+            Path::new("/"),
+        )
+        .expect_err("small group");
+        assert_eq!(e.key, "chat.group_member_limit");
+        let e = ChatRelayConfig::parse(&minimal().replace(KEY, "00ff"), Path::new("/"))
+            .expect_err("short key");
+        assert_eq!(e.key, "auth.keys.k1");
+        let e = ChatRelayConfig::parse(
+            &format!("{}[cluster]\nnats = \"http://x\"\n", minimal()),
+            Path::new("/"),
+        )
+        .expect_err("bad nats url");
+        assert_eq!(e.key, "cluster.nats");
+    }
+
+    #[test]
+    fn an_edge_config_is_not_claimed() {
+        let table: estuary_common::config::Table =
+            "[store]\nroot = \"/srv\"\n".parse().expect("toml");
+        assert!(!ChatRelayConfig::claims(&table));
+    }
+}

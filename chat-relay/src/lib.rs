@@ -1,0 +1,147 @@
+//! Estuary's chat relay: WebSocket chat (1:1 and groups) with sent, delivered and read
+//! receipts, presence, typing and per-device offline inboxes on an embedded SQLite store.
+//! `relay.rs` is the messaging core (sans-IO), `store/` what it keeps, `server.rs` the
+//! WebSocket shell, `config.rs` the config file. The frames are in `estuary_common::chat`.
+
+pub mod config;
+pub mod metrics;
+pub mod relay;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub use config::ChatRelayConfig;
+
+/// Runs the chat relay until SIGTERM or SIGINT; on either, every WebSocket gets a close frame
+/// 1001 and the store is closed after the last connection.
+pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
+    if let Some(cluster) = &config.cluster {
+        anyhow::bail!(
+            "[cluster] nats = {:?}: relays sharing routing and inboxes over NATS JetStream are not implemented in this build yet; remove [cluster] to run this relay alone on its embedded store",
+            cluster.nats
+        );
+    }
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
+    let keys = config.key_set()?;
+    let store = store::SqliteStore::open(&config.store.path)
+        .map_err(|e| anyhow::anyhow!("store.path {}: {e}", config.store.path.display()))?;
+    let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
+    let stop = life.stop_signal();
+    let shell = server::Shell {
+        keys,
+        max_ttl: config.auth.max_ttl,
+        idle_timeout: config.limits.idle_timeout,
+    };
+    let (app, core) = server::App::start(
+        shell,
+        config.chat.clone(),
+        store,
+        Arc::clone(&metrics),
+        stop.clone(),
+    )?;
+    let listen = config.listen.http;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
+    let mut routes = server::router(Arc::clone(&app));
+    let admin = match config.listen.admin {
+        None => {
+            routes = routes.merge(server::admin_router(Arc::clone(&app)));
+            None
+        }
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?;
+            Some(tokio::spawn(estuary_common::listener::serve(
+                l,
+                config.limits.clone(),
+                server::admin_router(Arc::clone(&app)),
+                Some(stop.clone()),
+                None,
+            )))
+        }
+    };
+    let server = tokio::spawn(estuary_common::listener::serve_upgradable(
+        listener,
+        config.limits.clone(),
+        routes,
+        Some(stop.clone()),
+    ));
+    let heartbeats = heartbeat(&config, &app, stop);
+    tracing::info!(http = %listen, node = %config.node.id, "The chat relay is serving.");
+    life.wait_for_stop().await;
+    tracing::info!("Stopping: closing every WebSocket (1001) and draining requests.");
+    app.serving.store(false, Ordering::SeqCst);
+    life.begin_drain();
+    app.tracker.close();
+    let tracker = app.tracker.clone();
+    if life
+        .drain(async {
+            let _ = server.await;
+            tracker.wait().await;
+        })
+        .await
+        .is_none()
+    {
+        tracing::warn!("The drain timed out; the remaining connections are cut.");
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
+    // The relay thread ends when the last sender is gone; it closes the store.
+    drop(app);
+    if life
+        .drain(tokio::task::spawn_blocking(move || core.join()))
+        .await
+        .is_none()
+    {
+        tracing::warn!("The relay thread did not end in time.");
+    }
+    Ok(())
+}
+
+/// With `[control_plane]`: registers as a `chat-relay` node and beats.
+fn heartbeat(
+    config: &ChatRelayConfig,
+    app: &Arc<server::App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let client = config.control_plane.clone()?;
+    let http = format!("http://{}", config.listen.http);
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: config.node.id.clone(),
+        site: config.node.site.clone(),
+        role: estuary_common::cp::Role::ChatRelay,
+        listening: estuary_common::cp::Addresses {
+            http: Some(http.clone()),
+            https: None,
+            admin: Some(config.listen.admin.map_or(http, |a| format!("http://{a}"))),
+        },
+    };
+    // The relay reports its readiness and open WebSockets; it has no use for the replies.
+    let app = Arc::clone(app);
+    let beat = estuary_common::service::heartbeat::start(
+        identity,
+        client,
+        move || estuary_common::service::heartbeat::Report {
+            ready: app.serving.load(Ordering::SeqCst),
+            load: estuary_common::cp::Load {
+                connections: u64::try_from(app.metrics.connections.get()).unwrap_or(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        |_| {},
+        stop,
+    );
+    Some(beat)
+}

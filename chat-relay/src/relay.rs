@@ -1,0 +1,939 @@
+//! The messaging core: a sans-IO state machine. The shell feeds it connections opening and
+//! closing and the text frames they receive, each with the time ([`Relay::handle_input`]); it
+//! answers with frames to write and connections to close ([`Output`]). It reads and writes
+//! only through its [`Store`], so that tests drive it with a store in memory and a made-up
+//! clock.
+//!
+//! Ordering: the relay handles one input at a time, and a connection's outputs are written in
+//! the order they are returned, so a device sees its inbox (oldest first) and then whatever
+//! arrives after it, in store order. Exactly once: a message stays in a device's inbox until
+//! that device acks it; a connecting device gets its whole inbox, and a live message is also
+//! in the inbox, so a device that did not ack gets it again on its next connection, and one
+//! that did never does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use estuary_common::chat::{
+    CLIENT_TYPES, ChatMessage, ClientFrame, ReceiptState, ServerFrame, Target, id_ok,
+};
+
+use crate::config::ChatLimits;
+use crate::store::{Content, Inserted, NewMessage, Receipt, Store, StoreError, Stored};
+
+/// A connection, numbered by the shell.
+pub type ConnId = u64;
+
+/// What happened, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A device connected with a valid token.
+    Open {
+        conn: ConnId,
+        user: String,
+        device: String,
+    },
+    /// A text frame arrived.
+    Text { conn: ConnId, text: String },
+    /// A binary frame arrived (frames are JSON text).
+    Binary { conn: ConnId },
+    /// The connection is gone.
+    Closed { conn: ConnId },
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Frame {
+        conn: ConnId,
+        frame: ServerFrame,
+    },
+    /// Write a close frame with this code and reason, then end the connection.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// WebSocket close codes the relay uses.
+pub mod close {
+    /// The relay is shutting down (drain).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy: a flood, or a connection too slow to take its frames.
+    pub const POLICY: u16 = 1008;
+    /// A frame over `[chat] max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The store failed while the connection opened.
+    pub const INTERNAL: u16 = 1011;
+    /// A newer connection of the same device took over.
+    pub const REPLACED: u16 = 4000;
+    /// Nothing came from the client (not even a pong) for `[limits] idle_timeout`.
+    pub const IDLE: u16 = 4001;
+}
+
+/// What the core reports for metrics and logs.
+pub trait Observer {
+    /// A `send` frame arrived.
+    fn message_in(&self) {}
+    /// A `message` frame went to a device.
+    fn message_out(&self) {}
+    /// A message was first acked by a recipient, `latency_ms` after it was stored.
+    fn delivered(&self, latency_ms: u64) {
+        let _ = latency_ms;
+    }
+    /// A receipt was recorded (and sent to the sender's online devices).
+    fn receipt(&self, state: ReceiptState) {
+        let _ = state;
+    }
+    /// Inbox entries were added (positive) or removed.
+    fn inbox(&self, delta: i64) {
+        let _ = delta;
+    }
+    /// A client frame was refused with an `error` frame or a close; `code` is the error
+    /// code or close reason word.
+    fn refused(&self, code: &'static str) {
+        let _ = code;
+    }
+    /// The store failed.
+    fn store_failed(&self, error: &StoreError) {
+        let _ = error;
+    }
+}
+
+/// The observer of tests: sees nothing.
+impl Observer for () {}
+
+struct Conn {
+    user: String,
+    device: String,
+    /// Users whose presence this connection subscribed to.
+    watching: HashSet<String>,
+    /// Frames refused by the rate limit in a row.
+    refused_in_row: u32,
+    /// The relay closed it: frames still in flight from it are ignored.
+    closing: bool,
+}
+
+impl Conn {
+    /// Closes the connection: nothing it still sends is handled.
+    fn close(&mut self, conn: ConnId, code: u16, reason: &'static str) -> Output {
+        self.closing = true;
+        Output::Close { conn, code, reason }
+    }
+}
+
+/// A user's token bucket: `messages_per_second` tokens a second, up to twice as many.
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// Most presence subscriptions one connection holds.
+const MAX_WATCHED: usize = 1000;
+/// Most ids one `ack` frame may carry.
+const MAX_ACK_IDS: usize = 1000;
+/// Longest client id of a `send`.
+const MAX_CLIENT_ID: usize = 128;
+
+/// The relay's state: who is connected, who watches whom, rate limits; the rest is in the
+/// store.
+pub struct Relay<S, O> {
+    store: S,
+    limits: ChatLimits,
+    observer: O,
+    conns: HashMap<ConnId, Conn>,
+    /// user -> device -> connection.
+    online: HashMap<String, BTreeMap<String, ConnId>>,
+    /// user -> connections subscribed to the user's presence.
+    watchers: HashMap<String, HashSet<ConnId>>,
+    buckets: HashMap<String, Bucket>,
+}
+
+/// A refused frame: the `error` frame's code and sentence.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        refuse(
+            "store",
+            format!("The relay could not use its store ({e}); try again."),
+        )
+    }
+}
+
+/// The store key of the 1:1 conversation of `a` and `b`.
+pub fn dm_key(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
+}
+
+/// A stored conversation key as `reader` names it: `user:<other party>` or `group:<id>`.
+fn conversation_for(key: &str, reader: &str) -> String {
+    match key.strip_prefix("dm:").and_then(|k| k.split_once(':')) {
+        Some((a, b)) => format!("user:{}", if a == reader { b } else { a }),
+        None => key.to_owned(),
+    }
+}
+
+fn chat_message(m: &Stored, reader: &str) -> ChatMessage {
+    let (body, media) = match &m.content {
+        Content::Body(b) => (Some(b.clone()), None),
+        Content::Media(media) => (None, Some(media.clone())),
+    };
+    ChatMessage {
+        msg: m.id.to_string(),
+        from: m.sender.clone(),
+        conversation: conversation_for(&m.conversation, reader),
+        body,
+        media,
+        ts: m.ts,
+    }
+}
+
+fn parse_msg_id(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().filter(|id| *id > 0)
+}
+
+impl<S: Store, O: Observer> Relay<S, O> {
+    pub fn new(store: S, limits: ChatLimits, observer: O) -> Self {
+        Self {
+            store,
+            limits,
+            observer,
+            conns: HashMap::new(),
+            online: HashMap::new(),
+            watchers: HashMap::new(),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// The store (for the shell's start-up figures).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Connections the relay knows.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Handles one input at `now_ms` (unix milliseconds) and returns what to do, in order.
+    pub fn handle_input(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Open { conn, user, device } => self.open(now_ms, conn, user, device, &mut out),
+            Input::Text { conn, text } => self.text(now_ms, conn, &text, &mut out),
+            Input::Binary { conn } => {
+                if self.conns.contains_key(&conn) {
+                    self.observer.refused("bad_frame");
+                    out.push(error(
+                        conn,
+                        refuse("bad_frame", "Frames are JSON text, not binary."),
+                        None,
+                    ));
+                }
+            }
+            Input::Closed { conn } => self.closed(now_ms, conn, &mut out),
+        }
+        out
+    }
+
+    fn open(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        user: String,
+        device: String,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(old) = self.online.get(&user).and_then(|d| d.get(&device)).copied() {
+            out.push(Output::Close {
+                conn: old,
+                code: close::REPLACED,
+                reason: "replaced by a newer connection of the same device",
+            });
+            self.forget(old);
+        }
+        let inbox = self
+            .store
+            .register_device(&user, &device)
+            .and_then(|_| self.store.inbox(&user, &device));
+        let inbox = inbox.and_then(|i| Ok((i, self.store.receipts_for(&user, &device)?)));
+        let (inbox, receipts) = match inbox {
+            Ok(i) => i,
+            Err(e) => {
+                self.observer.store_failed(&e);
+                out.push(Output::Close {
+                    conn,
+                    code: close::INTERNAL,
+                    reason: "the relay could not read its store",
+                });
+                return;
+            }
+        };
+        let was_online = self.online.get(&user).is_some_and(|d| !d.is_empty());
+        self.online
+            .entry(user.clone())
+            .or_default()
+            .insert(device.clone(), conn);
+        for m in &inbox {
+            self.observer.message_out();
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Message(chat_message(m, &user)),
+            });
+        }
+        for r in &receipts {
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Receipt {
+                    msg: r.msg.to_string(),
+                    by: r.by.clone(),
+                    state: r.state,
+                    ts: r.ts,
+                },
+            });
+        }
+        if let Some(last) = receipts.last()
+            && let Err(e) = self.store.receipts_seen(&user, &device, last.seq)
+        {
+            self.observer.store_failed(&e);
+        }
+        if !was_online {
+            self.presence_changed(&user, true, now, out);
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                user,
+                device,
+                watching: HashSet::new(),
+                refused_in_row: 0,
+                closing: false,
+            },
+        );
+    }
+
+    /// Drops a connection's state; returns its user if that user has no connection left.
+    fn forget(&mut self, conn: ConnId) -> Option<String> {
+        let c = self.conns.remove(&conn)?;
+        for watched in &c.watching {
+            if let Some(w) = self.watchers.get_mut(watched) {
+                w.remove(&conn);
+                if w.is_empty() {
+                    self.watchers.remove(watched);
+                }
+            }
+        }
+        let devices = self.online.get_mut(&c.user)?;
+        if devices.get(&c.device) == Some(&conn) {
+            devices.remove(&c.device);
+        }
+        if devices.is_empty() {
+            self.online.remove(&c.user);
+            self.buckets.remove(&c.user);
+            return Some(c.user);
+        }
+        None
+    }
+
+    fn closed(&mut self, now: u64, conn: ConnId, out: &mut Vec<Output>) {
+        if let Some(user) = self.forget(conn) {
+            if let Err(e) = self.store.set_last_seen(&user, now) {
+                self.observer.store_failed(&e);
+            }
+            self.presence_changed(&user, false, now, out);
+        }
+    }
+
+    fn presence_changed(&self, user: &str, online: bool, now: u64, out: &mut Vec<Output>) {
+        for conn in self.watchers.get(user).into_iter().flatten() {
+            out.push(Output::Frame {
+                conn: *conn,
+                frame: ServerFrame::Presence {
+                    user: user.to_owned(),
+                    online,
+                    last_seen: Some(now),
+                },
+            });
+        }
+    }
+
+    /// Takes a token from the user's bucket.
+    fn allow(&mut self, user: &str, now: u64) -> bool {
+        let rate = f64::from(self.limits.messages_per_second);
+        let capacity = 2.0 * rate;
+        let b = self.buckets.entry(user.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            at_ms: now,
+        });
+        let elapsed = now.saturating_sub(b.at_ms) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * rate).min(capacity);
+        b.at_ms = b.at_ms.max(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn text(&mut self, now: u64, conn: ConnId, text: &str, out: &mut Vec<Output>) {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.closing) else {
+            return;
+        };
+        let user = c.user.clone();
+        if text.len() > self.limits.max_frame_bytes {
+            self.observer.refused("too_big");
+            out.push(c.close(conn, close::TOO_BIG, "the frame is too large"));
+            return;
+        }
+        let allowed = self.allow(&user, now);
+        let flood_limit = self.limits.messages_per_second.max(5);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !allowed {
+            c.refused_in_row += 1;
+            if c.refused_in_row >= flood_limit {
+                self.observer.refused("flood");
+                out.push(c.close(conn, close::POLICY, "too many frames"));
+            } else {
+                self.observer.refused("rate_limited");
+                out.push(error(
+                    conn,
+                    refuse("rate_limited", "Too many frames: slow down."),
+                    None,
+                ));
+            }
+            return;
+        }
+        c.refused_in_row = 0;
+        let frame = match parse_frame(text) {
+            Ok(f) => f,
+            Err(r) => {
+                self.observer.refused(r.code);
+                out.push(error(conn, r, None));
+                return;
+            }
+        };
+        let client_id = match &frame {
+            ClientFrame::Send { id, .. } => Some(id.clone()),
+            _ => None,
+        };
+        if let Err(r) = self.frame(now, conn, frame, out) {
+            self.observer.refused(r.code);
+            out.push(error(conn, r, client_id));
+        }
+    }
+
+    fn frame(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        frame: ClientFrame,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        let (user, device) = match self.conns.get(&conn) {
+            Some(c) => (c.user.clone(), c.device.clone()),
+            None => return Ok(()),
+        };
+        match frame {
+            ClientFrame::Send {
+                id,
+                to,
+                body,
+                media,
+            } => self.send(now, conn, &user, &device, id, to, body, media, out),
+            ClientFrame::Ack { ids } => self.ack(now, &user, &device, &ids, out),
+            ClientFrame::Read { conversation, upto } => {
+                self.read(now, &user, &conversation, &upto, out)
+            }
+            ClientFrame::Typing { to } => self.typing(&user, to, out),
+            ClientFrame::PresenceSubscribe { users } => self.subscribe(now, conn, users, out),
+            ClientFrame::History {
+                conversation,
+                before,
+                limit,
+            } => {
+                let key = self.conversation_key(&user, &conversation)?;
+                let before = match before.as_deref() {
+                    None => None,
+                    Some(b) => Some(
+                        parse_msg_id(b)
+                            .ok_or_else(|| refuse("bad_frame", "before: not a message id."))?,
+                    ),
+                };
+                let limit = limit.min(self.limits.history_max);
+                let messages = self
+                    .store
+                    .history(&key, before, limit)
+                    .map_err(|e| self.store_error(e))?
+                    .iter()
+                    .map(|m| chat_message(m, &user))
+                    .collect();
+                out.push(Output::Frame {
+                    conn,
+                    frame: ServerFrame::History {
+                        conversation,
+                        messages,
+                    },
+                });
+                Ok(())
+            }
+            ClientFrame::GroupCreate { group, members } => {
+                check_ids(std::iter::once(&group).chain(&members))?;
+                let mut all: Vec<String> = members;
+                all.push(user.clone());
+                all.sort();
+                all.dedup();
+                self.within_member_limit(all.len())?;
+                if !self
+                    .store
+                    .create_group(&group, &user, &all)
+                    .map_err(|e| self.store_error(e))?
+                {
+                    return Err(refuse("group_exists", "That group already exists."));
+                }
+                out.push(group_frame(conn, group, all));
+                Ok(())
+            }
+            ClientFrame::GroupAdd { group, members } => {
+                check_ids(std::iter::once(&group).chain(&members))?;
+                let (_, current) = self.member_of(&user, &group)?;
+                let mut all = current;
+                all.extend(members.iter().cloned());
+                all.sort();
+                all.dedup();
+                self.within_member_limit(all.len())?;
+                self.store
+                    .add_members(&group, &members)
+                    .map_err(|e| self.store_error(e))?;
+                out.push(group_frame(conn, group, all));
+                Ok(())
+            }
+            ClientFrame::GroupRemove { group, members } => {
+                check_ids(std::iter::once(&group).chain(&members))?;
+                let (owner, current) = self.member_of(&user, &group)?;
+                if owner != user {
+                    return Err(refuse(
+                        "not_allowed",
+                        "Only the group's creator may remove members.",
+                    ));
+                }
+                self.store
+                    .remove_members(&group, &members)
+                    .map_err(|e| self.store_error(e))?;
+                let left = current
+                    .into_iter()
+                    .filter(|m| !members.contains(m))
+                    .collect();
+                out.push(group_frame(conn, group, left));
+                Ok(())
+            }
+            ClientFrame::GroupLeave { group } => {
+                check_ids([&group])?;
+                let (_, current) = self.member_of(&user, &group)?;
+                self.store
+                    .remove_members(&group, std::slice::from_ref(&user))
+                    .map_err(|e| self.store_error(e))?;
+                let left = current.into_iter().filter(|m| *m != user).collect();
+                out.push(group_frame(conn, group, left));
+                Ok(())
+            }
+            ClientFrame::RoomJoin { .. }
+            | ClientFrame::RoomLeave { .. }
+            | ClientFrame::MediaUpload { .. } => Err(unsupported()),
+            ClientFrame::Ping => {
+                out.push(Output::Frame {
+                    conn,
+                    frame: ServerFrame::Pong,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn within_member_limit(&self, members: usize) -> Result<(), Refusal> {
+        let limit = self.limits.group_member_limit;
+        if members > limit {
+            return Err(refuse(
+                "group_full",
+                format!("A group has at most {limit} members."),
+            ));
+        }
+        Ok(())
+    }
+
+    fn store_error(&self, e: StoreError) -> Refusal {
+        self.observer.store_failed(&e);
+        Refusal::from(e)
+    }
+
+    /// The group's owner and members, if `user` is one of them.
+    fn member_of(&mut self, user: &str, group: &str) -> Result<(String, Vec<String>), Refusal> {
+        match self.store.group(group).map_err(|e| self.store_error(e))? {
+            None => Err(refuse("no_such_group", "There is no such group.")),
+            Some((_, members)) if !members.iter().any(|m| m == user) => {
+                Err(refuse("not_member", "You are not a member of that group."))
+            }
+            Some(g) => Ok(g),
+        }
+    }
+
+    /// The store key of a conversation as `user` names it (`user:<id>`, `group:<id>`, of
+    /// which `user` must be a member).
+    fn conversation_key(&mut self, user: &str, conversation: &str) -> Result<String, Refusal> {
+        if let Some(other) = conversation.strip_prefix("user:")
+            && id_ok(other)
+        {
+            return Ok(dm_key(user, other));
+        }
+        if let Some(group) = conversation.strip_prefix("group:")
+            && id_ok(group)
+        {
+            self.member_of(user, group)?;
+            return Ok(conversation.to_owned());
+        }
+        if conversation.starts_with("room:") {
+            return Err(unsupported());
+        }
+        Err(refuse(
+            "bad_frame",
+            "conversation: user:<id> or group:<id>.",
+        ))
+    }
+
+    /// Who a message or typing to `to` reaches besides the sender, and the store key.
+    fn recipients(&mut self, user: &str, to: &Target) -> Result<(String, Vec<String>), Refusal> {
+        match to {
+            Target::User(other) if !id_ok(other) => {
+                Err(refuse("bad_frame", "to.user: not a valid user id."))
+            }
+            Target::User(other) if other == user => {
+                Err(refuse("bad_frame", "A message to oneself is not relayed."))
+            }
+            Target::User(other) => Ok((dm_key(user, other), vec![other.clone()])),
+            Target::Group(group) => {
+                check_ids([group])?;
+                let (_, members) = self.member_of(user, group)?;
+                Ok((
+                    format!("group:{group}"),
+                    members.into_iter().filter(|m| m != user).collect(),
+                ))
+            }
+            Target::Room(_) => Err(unsupported()),
+        }
+    }
+
+    fn frames_to_user(&self, user: &str, frame: &ServerFrame, out: &mut Vec<Output>) {
+        for conn in self.online.get(user).into_iter().flat_map(|d| d.values()) {
+            out.push(Output::Frame {
+                conn: *conn,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        user: &str,
+        device: &str,
+        id: String,
+        to: Target,
+        body: Option<String>,
+        media: Option<estuary_common::chat::Media>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        self.observer.message_in();
+        if id.is_empty() || id.len() > MAX_CLIENT_ID {
+            return Err(refuse("bad_frame", "id: 1 to 128 bytes."));
+        }
+        let content = match (body, media) {
+            (Some(b), None) => Content::Body(b),
+            (None, Some(m)) if m.url.len() <= 4096 && m.mime.len() <= 255 && !m.url.is_empty() => {
+                Content::Media(m)
+            }
+            _ => {
+                return Err(refuse(
+                    "bad_frame",
+                    "A message has either a body or a media object with url, mime and size.",
+                ));
+            }
+        };
+        let (conversation, recipients) = self.recipients(user, &to)?;
+        let mut inboxes = Vec::new();
+        for r in &recipients {
+            for d in self.store.devices(r).map_err(|e| self.store_error(e))? {
+                inboxes.push((r.clone(), d));
+            }
+        }
+        let message = NewMessage {
+            conversation,
+            sender: user.to_owned(),
+            sender_device: device.to_owned(),
+            client_id: id.clone(),
+            content,
+            ts: now,
+        };
+        let inserted = self
+            .store
+            .insert_message(&message, &inboxes)
+            .map_err(|e| self.store_error(e))?;
+        match inserted {
+            Inserted::Duplicate(m) => out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Sent {
+                    id,
+                    msg: m.id.to_string(),
+                    ts: m.ts,
+                },
+            }),
+            Inserted::New(m, entries) => {
+                self.observer.inbox(entries as i64);
+                out.push(Output::Frame {
+                    conn,
+                    frame: ServerFrame::Sent {
+                        id,
+                        msg: m.id.to_string(),
+                        ts: m.ts,
+                    },
+                });
+                for (r, d) in &inboxes {
+                    if let Some(c) = self.online.get(r).and_then(|devices| devices.get(d)) {
+                        self.observer.message_out();
+                        out.push(Output::Frame {
+                            conn: *c,
+                            frame: ServerFrame::Message(chat_message(&m, r)),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(
+        &mut self,
+        now: u64,
+        user: &str,
+        device: &str,
+        ids: &[String],
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        if ids.len() > MAX_ACK_IDS {
+            return Err(refuse("bad_frame", "ids: at most 1000 in one ack."));
+        }
+        let ids: Vec<i64> = ids.iter().filter_map(|s| parse_msg_id(s)).collect();
+        let acked = self
+            .store
+            .ack(user, device, &ids)
+            .map_err(|e| self.store_error(e))?;
+        self.observer.inbox(-(acked.len() as i64));
+        for m in acked {
+            if self.give_receipt(&m, user, ReceiptState::Delivered, now, out)? {
+                self.observer.delivered(now.saturating_sub(m.ts));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a receipt and hands it to the sender's connected devices; `false` if the user
+    /// gave it before.
+    fn give_receipt(
+        &mut self,
+        m: &Stored,
+        by: &str,
+        state: ReceiptState,
+        now: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<bool, Refusal> {
+        let receipt = Receipt {
+            msg: m.id,
+            user: by,
+            state,
+            ts: now,
+            sender: &m.sender,
+        };
+        let Some(seq) = self
+            .store
+            .record_receipt(receipt)
+            .map_err(|e| self.store_error(e))?
+        else {
+            return Ok(false);
+        };
+        self.observer.receipt(state);
+        let devices: Vec<(String, ConnId)> = self
+            .online
+            .get(&m.sender)
+            .into_iter()
+            .flatten()
+            .map(|(d, c)| (d.clone(), *c))
+            .collect();
+        for (device, conn) in devices {
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Receipt {
+                    msg: m.id.to_string(),
+                    by: by.to_owned(),
+                    state,
+                    ts: now,
+                },
+            });
+            self.store
+                .receipts_seen(&m.sender, &device, seq)
+                .map_err(|e| self.store_error(e))?;
+        }
+        Ok(true)
+    }
+
+    fn read(
+        &mut self,
+        now: u64,
+        user: &str,
+        conversation: &str,
+        upto: &str,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        let key = self.conversation_key(user, conversation)?;
+        let upto =
+            parse_msg_id(upto).ok_or_else(|| refuse("bad_frame", "upto: not a message id."))?;
+        let unread = self
+            .store
+            .unread_upto(&key, user, upto)
+            .map_err(|e| self.store_error(e))?;
+        for m in unread {
+            self.give_receipt(&m, user, ReceiptState::Read, now, out)?;
+        }
+        Ok(())
+    }
+
+    fn typing(&mut self, user: &str, to: Target, out: &mut Vec<Output>) -> Result<(), Refusal> {
+        let (key, recipients) = self.recipients(user, &to)?;
+        for r in recipients {
+            let frame = ServerFrame::Typing {
+                from: user.to_owned(),
+                conversation: conversation_for(&key, &r),
+            };
+            self.frames_to_user(&r, &frame, out);
+        }
+        Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        users: Vec<String>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        check_ids(&users)?;
+        let watching = self.conns.get(&conn).map_or(0, |c| c.watching.len());
+        if watching + users.len() > MAX_WATCHED {
+            return Err(refuse(
+                "bad_frame",
+                "A connection watches at most 1000 users.",
+            ));
+        }
+        for u in users {
+            let online = self.online.get(&u).is_some_and(|d| !d.is_empty());
+            let last_seen = if online {
+                Some(now)
+            } else {
+                self.store.last_seen(&u).map_err(|e| self.store_error(e))?
+            };
+            self.watchers.entry(u.clone()).or_default().insert(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.watching.insert(u.clone());
+            }
+            out.push(Output::Frame {
+                conn,
+                frame: ServerFrame::Presence {
+                    user: u,
+                    online,
+                    last_seen,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+fn group_frame(conn: ConnId, group: String, members: Vec<String>) -> Output {
+    Output::Frame {
+        conn,
+        frame: ServerFrame::Group { group, members },
+    }
+}
+
+fn unsupported() -> Refusal {
+    refuse(
+        "unsupported",
+        "Rooms and media uploads are not implemented by this relay yet.",
+    )
+}
+
+fn check_ids<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<(), Refusal> {
+    match ids.into_iter().find(|id| !id_ok(id)) {
+        Some(bad) => Err(refuse(
+            "bad_frame",
+            format!(
+                "{:?} is not a valid id (1-64 of A-Z a-z 0-9 - _ . @).",
+                bad.chars().take(70).collect::<String>()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn error(conn: ConnId, r: Refusal, id: Option<String>) -> Output {
+    Output::Frame {
+        conn,
+        frame: ServerFrame::Error {
+            code: r.code.to_owned(),
+            message: r.message,
+            id,
+        },
+    }
+}
+
+/// Parses a client frame, telling bad JSON, a missing or unknown `type` and bad fields apart.
+fn parse_frame(text: &str) -> Result<ClientFrame, Refusal> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| refuse("bad_json", format!("The frame is not JSON: {e}.")))?;
+    let kind = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| refuse("bad_frame", "A frame is a JSON object with a string type."))?;
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        return Err(refuse(
+            "unknown_type",
+            format!(
+                "Unknown frame type {:?}.",
+                kind.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| refuse("bad_frame", format!("The {kind} frame is not valid: {e}.")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,448 @@
+//! The core driven with a store in memory and a made-up clock.
+
+use super::*;
+use crate::store::SqliteStore;
+
+struct Harness {
+    relay: Relay<SqliteStore, ()>,
+    now: u64,
+}
+
+impl Harness {
+    fn new(limits: ChatLimits) -> Self {
+        Self {
+            relay: Relay::new(SqliteStore::in_memory().expect("store"), limits, ()),
+            now: 1_000_000,
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.now += 10;
+        self.relay.handle_input(self.now, input)
+    }
+
+    fn open(&mut self, conn: ConnId, user: &str, device: &str) -> Vec<Output> {
+        self.input(Input::Open {
+            conn,
+            user: user.into(),
+            device: device.into(),
+        })
+    }
+
+    /// Alice (on `conn`) says hi to bob: the outputs and the message id.
+    fn hi_to_bob(&mut self, conn: ConnId) -> (Vec<Output>, String) {
+        let out = self.text(
+            conn,
+            r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
+        );
+        let msg = sent_msg(&out, conn);
+        (out, msg)
+    }
+
+    fn ack(&mut self, conn: ConnId, msg: &str) -> Vec<Output> {
+        self.text(conn, &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#))
+    }
+
+    fn read_alice(&mut self, conn: ConnId, msg: &str) -> Vec<Output> {
+        self.text(
+            conn,
+            &format!(r#"{{"type":"read","conversation":"user:alice","upto":"{msg}"}}"#),
+        )
+    }
+
+    fn text(&mut self, conn: ConnId, json: &str) -> Vec<Output> {
+        self.input(Input::Text {
+            conn,
+            text: json.into(),
+        })
+    }
+}
+
+fn frames_for(out: &[Output], conn: ConnId) -> Vec<ServerFrame> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Frame { conn: c, frame } if *c == conn => Some(frame.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn msg_ids(frames: &[ServerFrame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message(m) => Some(m.msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_msg(out: &[Output], conn: ConnId) -> String {
+    match frames_for(out, conn).first() {
+        Some(ServerFrame::Sent { msg, .. }) => msg.clone(),
+        other => panic!("expected sent, got {other:?}"),
+    }
+}
+
+fn error_code(out: &[Output], conn: ConnId) -> String {
+    match frames_for(out, conn).first() {
+        Some(ServerFrame::Error { code, .. }) => code.clone(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_online_message_gets_all_three_ticks() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    let (out, msg) = h.hi_to_bob(1);
+    match frames_for(&out, 2).as_slice() {
+        [ServerFrame::Message(m)] => {
+            assert_eq!(
+                (m.from.as_str(), m.conversation.as_str()),
+                ("alice", "user:alice")
+            );
+            assert_eq!(m.body.as_deref(), Some("hi"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = h.ack(2, &msg);
+    assert!(matches!(frames_for(&out, 1).as_slice(),
+        [ServerFrame::Receipt { state: ReceiptState::Delivered, by, .. }] if by == "bob"));
+    let out = h.read_alice(2, &msg);
+    assert!(matches!(
+        frames_for(&out, 1).as_slice(),
+        [ServerFrame::Receipt {
+            state: ReceiptState::Read,
+            ..
+        }]
+    ));
+    // A second ack or read gives no second receipt.
+    assert!(h.ack(2, &msg).is_empty());
+    assert!(h.read_alice(2, &msg).is_empty());
+}
+
+#[test]
+fn an_offline_sender_gets_its_ticks_on_reconnect_once() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    let (_, msg) = h.hi_to_bob(1);
+    h.input(Input::Closed { conn: 1 });
+    h.ack(2, &msg);
+    h.read_alice(2, &msg);
+    let states = |out: &[Output], conn| -> Vec<ReceiptState> {
+        frames_for(out, conn)
+            .into_iter()
+            .filter_map(|f| match f {
+                ServerFrame::Receipt { state, .. } => Some(state),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = h.open(3, "alice", "phone");
+    assert_eq!(
+        states(&out, 3),
+        [ReceiptState::Delivered, ReceiptState::Read]
+    );
+    h.input(Input::Closed { conn: 3 });
+    assert!(
+        states(&h.open(4, "alice", "phone"), 4).is_empty(),
+        "handed once"
+    );
+    assert!(
+        states(&h.open(5, "alice", "tablet"), 5).is_empty(),
+        "a new device starts after the receipts given before it"
+    );
+}
+
+#[test]
+fn a_retried_send_creates_nothing_new() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    let send = r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#;
+    let first = h.text(1, send);
+    let again = h.text(1, send);
+    assert_eq!(sent_msg(&first, 1), sent_msg(&again, 1));
+    assert!(frames_for(&again, 2).is_empty(), "no second delivery");
+    // The same client id from another device is another message.
+    h.open(3, "alice", "laptop");
+    let other = h.text(3, send);
+    assert_ne!(sent_msg(&other, 3), sent_msg(&first, 1));
+}
+
+#[test]
+fn an_offline_device_gets_its_inbox_in_order_and_only_what_it_did_not_ack() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    h.input(Input::Closed { conn: 2 });
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let out = h.text(
+            1,
+            &format!(r#"{{"type":"send","id":"c{i}","to":{{"user":"bob"}},"body":"{i}"}}"#),
+        );
+        sent.push(sent_msg(&out, 1));
+    }
+    let out = h.open(3, "bob", "phone");
+    assert_eq!(msg_ids(&frames_for(&out, 3)), sent);
+    h.text(
+        3,
+        &format!(r#"{{"type":"ack","ids":["{}","{}"]}}"#, sent[0], sent[1]),
+    );
+    h.input(Input::Closed { conn: 3 });
+    let out = h.open(4, "bob", "phone");
+    assert_eq!(msg_ids(&frames_for(&out, 4)), sent[2..].to_vec());
+}
+
+#[test]
+fn each_device_has_its_own_inbox() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "bob", "phone");
+    h.open(2, "bob", "laptop");
+    h.input(Input::Closed { conn: 1 });
+    h.input(Input::Closed { conn: 2 });
+    h.open(3, "alice", "phone");
+    let msg = sent_msg(
+        &h.text(
+            3,
+            r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
+        ),
+        3,
+    );
+    let out = h.open(4, "bob", "phone");
+    assert_eq!(msg_ids(&frames_for(&out, 4)), vec![msg.clone()]);
+    h.text(4, &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#));
+    let out = h.open(5, "bob", "laptop");
+    assert_eq!(
+        msg_ids(&frames_for(&out, 5)),
+        vec![msg],
+        "the laptop did not ack it"
+    );
+    assert_eq!(h.relay.store_mut().inbox_depth().expect("depth"), 1);
+}
+
+#[test]
+fn groups_check_membership_and_the_member_limit() {
+    let limits = ChatLimits {
+        group_member_limit: 3,
+        ..ChatLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.open(1, "alice", "phone");
+    h.open(2, "bob", "phone");
+    h.open(3, "carol", "phone");
+    let out = h.text(
+        1,
+        r#"{"type":"group.create","group":"g1","members":["bob","carol","dave"]}"#,
+    );
+    assert_eq!(error_code(&out, 1), "group_full");
+    let out = h.text(
+        1,
+        r#"{"type":"group.create","group":"g1","members":["bob"]}"#,
+    );
+    assert!(
+        matches!(frames_for(&out, 1).as_slice(), [ServerFrame::Group { members, .. }] if members.len() == 2)
+    );
+    let out = h.text(
+        3,
+        r#"{"type":"send","id":"x","to":{"group":"g1"},"body":"hi"}"#,
+    );
+    assert_eq!(error_code(&out, 3), "not_member");
+    let out = h.text(
+        1,
+        r#"{"type":"send","id":"x","to":{"group":"g1"},"body":"hi"}"#,
+    );
+    assert!(
+        matches!(frames_for(&out, 2).as_slice(), [ServerFrame::Message(m)] if m.conversation == "group:g1")
+    );
+    assert!(frames_for(&out, 3).is_empty());
+    let out = h.text(
+        2,
+        r#"{"type":"group.remove","group":"g1","members":["alice"]}"#,
+    );
+    assert_eq!(error_code(&out, 2), "not_allowed");
+}
+
+#[test]
+fn bad_input_gets_an_error_frame_and_floods_are_closed() {
+    let limits = ChatLimits {
+        messages_per_second: 5,
+        max_frame_bytes: 1024,
+        ..ChatLimits::default()
+    };
+    let mut h = Harness::new(limits);
+    h.open(1, "alice", "phone");
+    assert_eq!(error_code(&h.text(1, "{not json"), 1), "bad_json");
+    assert_eq!(
+        error_code(&h.text(1, r#"{"type":"dance"}"#), 1),
+        "unknown_type"
+    );
+    assert_eq!(error_code(&h.text(1, r#"{"type":"send"}"#), 1), "bad_frame");
+    assert_eq!(error_code(&h.text(1, "[]"), 1), "bad_frame");
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(2000));
+    assert!(matches!(
+        h.text(1, &big).as_slice(),
+        [Output::Close { code: 1009, .. }]
+    ));
+    assert!(
+        h.text(1, r#"{"type":"ping"}"#).is_empty(),
+        "a closing connection is ignored"
+    );
+    h.input(Input::Closed { conn: 1 });
+    h.open(1, "alice", "phone");
+    // Burst of 10 at 5/s, refilled: then refusals, then the close and nothing after it.
+    h.now += 10_000;
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        h.now -= 10; // no time passes
+        for o in h.text(1, r#"{"type":"ping"}"#) {
+            codes.push(match o {
+                Output::Frame {
+                    frame: ServerFrame::Pong,
+                    ..
+                } => "pong".to_owned(),
+                Output::Frame {
+                    frame: ServerFrame::Error { code, .. },
+                    ..
+                } => code,
+                Output::Close { code, .. } => code.to_string(),
+                other => format!("{other:?}"),
+            });
+        }
+    }
+    assert_eq!(&codes[..10], &["pong"; 10]);
+    assert_eq!(&codes[10..14], &["rate_limited"; 4]);
+    assert_eq!(codes[14..], ["1008"], "nothing after the close");
+}
+
+#[test]
+fn presence_goes_to_subscribers_with_last_seen() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    let out = h.text(1, r#"{"type":"presence.subscribe","users":["bob"]}"#);
+    assert!(matches!(
+        frames_for(&out, 1).as_slice(),
+        [ServerFrame::Presence {
+            online: false,
+            last_seen: None,
+            ..
+        }]
+    ));
+    let out = h.open(2, "bob", "phone");
+    assert!(matches!(
+        frames_for(&out, 1).as_slice(),
+        [ServerFrame::Presence { online: true, .. }]
+    ));
+    let out = h.input(Input::Closed { conn: 2 });
+    let at = h.now;
+    assert!(
+        matches!(frames_for(&out, 1).as_slice(), [ServerFrame::Presence { online: false, last_seen: Some(t), .. }] if *t == at)
+    );
+    h.open(3, "carol", "phone");
+    let out = h.text(3, r#"{"type":"presence.subscribe","users":["bob"]}"#);
+    assert!(
+        matches!(frames_for(&out, 3).as_slice(), [ServerFrame::Presence { last_seen: Some(t), .. }] if *t == at)
+    );
+}
+
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Frames a client could send: arbitrary text, and well-formed types with fields of any
+    /// shape, so that both the parser and the handlers see nonsense.
+    fn frame() -> impl Strategy<Value = String> {
+        let types = prop::sample::select(CLIENT_TYPES.to_vec());
+        let value = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[a-z0-9:]{0,6}".prop_map(|s| format!("{s:?}")),
+            "[a-c]{1,2}".prop_map(|s| format!("{{\"user\":{s:?}}}")),
+            "[a-c]{1,2}".prop_map(|s| format!("{{\"group\":{s:?}}}")),
+            prop::collection::vec("[a-c0-9]{1,2}", 0..4).prop_map(|v| format!("{v:?}")),
+        ];
+        let field = prop::sample::select(vec![
+            "id",
+            "to",
+            "body",
+            "ids",
+            "conversation",
+            "upto",
+            "users",
+            "before",
+            "limit",
+            "group",
+            "members",
+            "room",
+            "media",
+        ]);
+        prop_oneof![
+            ".{0,40}",
+            (types, prop::collection::vec((field, value), 0..5)).prop_map(|(t, fields)| {
+                let mut text = format!("{{\"type\":{t:?}");
+                for (k, v) in fields {
+                    text.push_str(&format!(",{k:?}:{v}"));
+                }
+                text + "}"
+            }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Open(u64, u8, u8),
+        Text(u64, String),
+        Closed(u64),
+        Wait(u16),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            1 => (0..4u64, 0..3u8, 0..2u8).prop_map(|(c, u, d)| Step::Open(c, u, d)),
+            6 => (0..4u64, frame()).prop_map(|(c, t)| Step::Text(c, t)),
+            1 => (0..4u64).prop_map(Step::Closed),
+            1 => any::<u16>().prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever clients send, in whatever order, the relay never panics and only ever
+        /// writes to connections it has open (or closes one it just replaced).
+        #[test]
+        fn hostile_clients_never_break_the_relay(steps in prop::collection::vec(step(), 1..60)) {
+            let mut h = Harness::new(ChatLimits { messages_per_second: 5, ..ChatLimits::default() });
+            let mut open = std::collections::HashSet::new();
+            for s in steps {
+                let (outputs, conn) = match s {
+                    Step::Open(c, u, d) if !open.contains(&c) => {
+                        open.insert(c);
+                        (h.open(c, ["a", "b", "c"][u as usize], ["p", "q"][d as usize]), c)
+                    }
+                    Step::Open(..) => continue,
+                    Step::Text(c, t) => (h.text(c, &t), c),
+                    Step::Closed(c) => {
+                        open.remove(&c);
+                        (h.input(Input::Closed { conn: c }), c)
+                    }
+                    Step::Wait(ms) => {
+                        h.now += u64::from(ms);
+                        continue;
+                    }
+                };
+                for o in outputs {
+                    match o {
+                        Output::Frame { conn: to, .. } => prop_assert!(open.contains(&to) || to == conn),
+                        // The shell ends it; the core keeps it until its `Closed`.
+                        Output::Close { .. } => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The network shell around [`crate::relay::Relay`]: the `/ws` endpoint (token checked before
+//! the upgrade), one task per WebSocket, and one thread that owns the relay and its store and
+//! handles every connection's inputs in turn (SQLite calls block; the thread keeps them off
+//! the runtime and keeps the core single-owner).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use estuary_common::chat::{id_ok, user_of_acl};
+use estuary_common::listener::{HeldSlot, stopped};
+use estuary_common::token::{self, KeySet, Rejection};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::ChatLimits;
+use crate::metrics::Metrics;
+use crate::relay::{ConnId, Input, Output, Relay, close};
+use crate::store::SqliteStore;
+
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Inputs waiting for the relay thread; a full queue holds the readers back.
+const INPUT_QUEUE: usize = 4096;
+
+/// What one connection's task is told to write.
+struct Outbox {
+    frames: mpsc::Sender<String>,
+    /// Set before the sender is dropped: the close frame to write.
+    close: Arc<OnceLock<(u16, &'static str)>>,
+}
+
+enum ToRelay {
+    Open {
+        conn: ConnId,
+        user: String,
+        device: String,
+        outbox: Outbox,
+    },
+    Input(Input),
+}
+
+/// What the shell takes from the config besides `[chat]`.
+pub struct Shell {
+    pub keys: KeySet,
+    /// `[auth] max_ttl`.
+    pub max_ttl: Duration,
+    /// `[limits] idle_timeout`: a WebSocket that sends nothing (not even a pong to the
+    /// relay's pings, sent every half of it) for this long is closed with 4001.
+    pub idle_timeout: Duration,
+}
+
+/// What the handlers share.
+pub struct App {
+    keys: KeySet,
+    /// `[auth] max_ttl`, seconds.
+    max_ttl: u64,
+    idle_timeout: Duration,
+    limits: ChatLimits,
+    pub metrics: Arc<Metrics>,
+    to_relay: mpsc::Sender<ToRelay>,
+    next_conn: AtomicU64,
+    pub serving: AtomicBool,
+    stop: watch::Receiver<bool>,
+    pub tracker: TaskTracker,
+}
+
+impl estuary_common::service::admin::AdminEndpoints for App {
+    fn registry(&self) -> &prometheus::Registry {
+        &self.metrics.registry
+    }
+
+    fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl App {
+    /// Starts the relay thread over `store` and returns the shared state and the thread.
+    pub fn start(
+        shell: Shell,
+        limits: ChatLimits,
+        mut store: SqliteStore,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<(Arc<App>, std::thread::JoinHandle<()>)> {
+        use crate::store::Store;
+        match store.inbox_depth() {
+            Ok(n) => metrics.set_inbox_depth(n),
+            Err(e) => tracing::warn!(error = %e, "The inbox depth could not be read."),
+        }
+        let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
+        let relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
+        let thread_metrics = Arc::clone(&metrics);
+        let thread = std::thread::Builder::new()
+            .name("chat-relay-core".into())
+            .spawn(move || relay_thread(relay, rx, thread_metrics))?;
+        Ok((
+            Arc::new(App {
+                keys: shell.keys,
+                max_ttl: shell.max_ttl.as_secs(),
+                idle_timeout: shell.idle_timeout,
+                limits,
+                metrics,
+                to_relay,
+                next_conn: AtomicU64::new(1),
+                serving: AtomicBool::new(true),
+                stop,
+                tracker: TaskTracker::new(),
+            }),
+            thread,
+        ))
+    }
+}
+
+/// Owns the relay: handles inputs in arrival order and routes its outputs.
+fn relay_thread(
+    mut relay: Relay<SqliteStore, Arc<Metrics>>,
+    mut rx: mpsc::Receiver<ToRelay>,
+    metrics: Arc<Metrics>,
+) {
+    let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
+    while let Some(msg) = rx.blocking_recv() {
+        let input = match msg {
+            ToRelay::Open {
+                conn,
+                user,
+                device,
+                outbox,
+            } => {
+                outboxes.insert(conn, outbox);
+                Input::Open { conn, user, device }
+            }
+            ToRelay::Input(input) => input,
+        };
+        let closed = match &input {
+            Input::Closed { conn } => Some(*conn),
+            _ => None,
+        };
+        for output in relay.handle_input(unix_ms(), input) {
+            match output {
+                Output::Frame { conn, frame } => {
+                    let Some(outbox) = outboxes.get(&conn) else {
+                        continue;
+                    };
+                    let text = match serde_json::to_string(&frame) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(error = %e, "A frame could not be encoded.");
+                            continue;
+                        }
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = outbox.frames.try_send(text) {
+                        // Its messages stay in its inbox; the device gets them on its next
+                        // connection.
+                        metrics.slow_closed.inc();
+                        let _ = outbox
+                            .close
+                            .set((close::POLICY, "too slow: the send queue is full"));
+                        outboxes.remove(&conn);
+                    }
+                }
+                Output::Close { conn, code, reason } => {
+                    if let Some(outbox) = outboxes.remove(&conn) {
+                        let _ = outbox.close.set((code, reason));
+                    }
+                }
+            }
+        }
+        if let Some(conn) = closed {
+            outboxes.remove(&conn);
+        }
+    }
+}
+
+/// The relay's routes: `/ws`.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().route("/ws", get(ws)).with_state(app)
+}
+
+/// The admin routes, for `[listen] http` or `[listen] admin`.
+pub fn admin_router(app: Arc<App>) -> Router {
+    estuary_common::service::admin::router::<App>().with_state(app)
+}
+
+fn refuse(status: StatusCode, text: &'static str) -> Response {
+    (status, text).into_response()
+}
+
+async fn ws(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    slot: Option<axum::Extension<HeldSlot>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if !app.serving.load(Ordering::SeqCst) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let Ok(Query(query)) = query else {
+        return refuse(StatusCode::BAD_REQUEST, "bad query string\n");
+    };
+    let user = match check_token(&app, query.get("token").map(String::as_str), peer) {
+        Ok(user) => user,
+        Err(r) => {
+            app.metrics
+                .tokens_refused
+                .with_label_values(&[r.as_str()])
+                .inc();
+            tracing::debug!(client = %peer, reason = r.as_str(), "A chat token was refused.");
+            return match r {
+                Rejection::Missing | Rejection::Malformed => {
+                    refuse(StatusCode::UNAUTHORIZED, "a valid token is needed\n")
+                }
+                _ => refuse(StatusCode::FORBIDDEN, "the token is refused\n"),
+            };
+        }
+    };
+    let device = query
+        .get("device")
+        .cloned()
+        .unwrap_or_else(|| "default".to_owned());
+    if !id_ok(&device) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "device: 1-64 of A-Z a-z 0-9 - _ . @\n",
+        );
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let limit = app.limits.max_frame_bytes;
+    // Frames up to twice the limit are read whole, so that the core closes an oversized one
+    // with 1009; beyond that the WebSocket layer refuses them itself.
+    let upgrade = upgrade
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * limit)
+        .max_message_size(2 * limit)
+        .max_frame_size(2 * limit);
+    let slot = slot.map(|axum::Extension(s)| s);
+    let token = app.tracker.token();
+    upgrade.on_upgrade(move |socket| async move {
+        connection(app, socket, user, device, slot).await;
+        drop(token);
+    })
+}
+
+/// The user a token names, if it is valid for `/chat/user/<user>`.
+fn check_token(app: &App, text: Option<&str>, peer: SocketAddr) -> Result<String, Rejection> {
+    let text = text.ok_or(Rejection::Missing)?;
+    let parsed = token::parse(text)?;
+    let user = user_of_acl(parsed.acl).ok_or(Rejection::OutsideAcl)?;
+    token::verify(
+        text,
+        &app.keys,
+        token::Request {
+            path: parsed.acl,
+            client: peer.ip(),
+            now: estuary_common::unix_now(),
+            max_ttl: Some(app.max_ttl),
+        },
+    )?;
+    Ok(user.to_owned())
+}
+
+async fn connection(
+    app: Arc<App>,
+    mut socket: WebSocket,
+    user: String,
+    device: String,
+    slot: Option<HeldSlot>,
+) {
+    // The connection keeps its listener slot for as long as it is open.
+    let _slot = slot;
+    let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (frames, mut outgoing) = mpsc::channel(app.limits.send_queue);
+    let close_with = Arc::new(OnceLock::new());
+    let open = ToRelay::Open {
+        conn,
+        user,
+        device,
+        outbox: Outbox {
+            frames,
+            close: Arc::clone(&close_with),
+        },
+    };
+    if app.to_relay.send(open).await.is_err() {
+        return;
+    }
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+    let mut stop = app.stop.clone();
+    // A peer that vanished without a FIN would hold its slot and stay "online": ping it, and
+    // close it when it has been silent for the idle timeout.
+    let idle = app.idle_timeout;
+    let mut heard = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(heard + idle / 2, idle / 2);
+    let ending: Option<(u16, &'static str)> = loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break Some((close::GOING_AWAY, "the relay is shutting down")),
+            _ = ticks.tick() => {
+                if heard.elapsed() >= idle {
+                    break Some((close::IDLE, "nothing received within the idle timeout"));
+                }
+                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break None;
+                }
+            }
+            out = outgoing.recv() => match out {
+                Some(text) => {
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break None;
+                    }
+                }
+                None => break Some(close_with.get().copied().unwrap_or((close::INTERNAL, "the relay closed the connection"))),
+            },
+            received = socket.recv() => {
+                heard = tokio::time::Instant::now();
+                let input = match received {
+                    Some(Ok(Message::Text(text))) => Input::Text { conn, text: text.as_str().to_owned() },
+                    Some(Ok(Message::Binary(_))) => Input::Binary { conn },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "A WebSocket failed.");
+                        break Some((close::TOO_BIG, "the frame could not be read"));
+                    }
+                };
+                if app.to_relay.send(ToRelay::Input(input)).await.is_err() {
+                    break Some((close::GOING_AWAY, "the relay is shutting down"));
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = ending {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+            // The client answers with its own close frame; wait for it briefly.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+    app.metrics.connections.dec();
+    let _ = app
+        .to_relay
+        .send(ToRelay::Input(Input::Closed { conn }))
+        .await;
+}

@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Chat relay scenarios for the black-box tests (tests/chat_relay_*.rs), with independent
+WebSocket clients (the `websockets` package). Each scenario asserts what it sees and exits
+non-zero on the first surprise; it prints one JSON line of results on success.
+
+Usage: chat.py SCENARIO --url ws://127.0.0.1:PORT --key HEX [--kid k1] [scenario options]
+"""
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import sys
+import time
+import urllib.parse
+
+import websockets
+
+ARGS = None
+
+
+def token(user, exp=None, acl=None, key=None, kid=None):
+    exp = exp if exp is not None else int(time.time()) + 3600
+    acl = acl if acl is not None else f"/chat/user/{user}"
+    text = f"exp={exp}~acl={acl}~kid={kid or ARGS.kid}"
+    mac = hmac.new(bytes.fromhex(key or ARGS.key), text.encode(), hashlib.sha256).hexdigest()
+    return f"{text}~hmac={mac}"
+
+
+def ws_url(tok, device=None):
+    q = {"token": tok}
+    if device is not None:
+        q["device"] = device
+    return f"{ARGS.url}/ws?{urllib.parse.urlencode(q)}"
+
+
+def fail(msg):
+    raise AssertionError(msg)
+
+
+class Client:
+    def __init__(self, ws, user, device):
+        self.ws, self.user, self.device = ws, user, device
+
+    @classmethod
+    async def connect(cls, user, device="default"):
+        ws = await websockets.connect(
+            ws_url(token(user), device), max_size=None, ping_interval=None, open_timeout=10
+        )
+        return cls(ws, user, device)
+
+    async def send(self, obj):
+        await self.ws.send(json.dumps(obj))
+
+    async def next(self, kind=None, timeout=5.0):
+        """The next frame; with `kind`, it must be of that type."""
+        try:
+            text = await asyncio.wait_for(self.ws.recv(), timeout)
+        except asyncio.TimeoutError:
+            fail(f"{self.user}/{self.device}: no frame within {timeout}s (wanted {kind})")
+        frame = json.loads(text)
+        if kind is not None and frame.get("type") != kind:
+            fail(f"{self.user}/{self.device}: wanted {kind}, got {frame}")
+        return frame
+
+    async def quiet(self, seconds=0.5):
+        """Nothing arrives for `seconds`."""
+        try:
+            text = await asyncio.wait_for(self.ws.recv(), seconds)
+        except asyncio.TimeoutError:
+            return
+        fail(f"{self.user}/{self.device}: unexpected frame {text}")
+
+    async def send_message(self, to, cid, body):
+        await self.send({"type": "send", "id": cid, "to": to, "body": body})
+        sent = await self.next("sent")
+        if sent["id"] != cid:
+            fail(f"sent for {sent['id']}, wanted {cid}")
+        return sent["msg"]
+
+    async def messages(self, n):
+        out = []
+        for _ in range(n):
+            out.append(await self.next("message"))
+        return out
+
+    async def ack(self, msgs):
+        await self.send({"type": "ack", "ids": list(msgs)})
+
+    async def closed(self, timeout=5.0):
+        """Waits for the relay's close frame; returns (code, reason)."""
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), timeout)
+        except websockets.ConnectionClosed as e:
+            if e.rcvd is None:
+                fail(f"{self.user}: the connection ended without a close frame")
+            return e.rcvd.code, e.rcvd.reason
+        except asyncio.TimeoutError:
+            fail(f"{self.user}: not closed within {timeout}s")
+
+    async def close(self):
+        await self.ws.close()
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+async def online():
+    alice = await Client.connect("alice")
+    bob = await Client.connect("bob")
+    msg = await alice.send_message({"user": "bob"}, "c1", "hello bob")
+    m = await bob.next("message")
+    check(m["msg"] == msg and m["from"] == "alice" and m["conversation"] == "user:alice"
+          and m["body"] == "hello bob" and isinstance(m["ts"], int), f"message {m}")
+    await bob.ack([msg])
+    r = await alice.next("receipt")
+    check(r["msg"] == msg and r["by"] == "bob" and r["state"] == "delivered", f"receipt {r}")
+    await bob.send({"type": "read", "conversation": "user:alice", "upto": msg})
+    r = await alice.next("receipt")
+    check(r["msg"] == msg and r["state"] == "read", f"read receipt {r}")
+    # Typing is relayed, not stored; ping answers pong.
+    await bob.send({"type": "typing", "to": {"user": "alice"}})
+    t = await alice.next("typing")
+    check(t == {"type": "typing", "from": "bob", "conversation": "user:bob"}, f"typing {t}")
+    await alice.send({"type": "ping"})
+    await alice.next("pong")
+    # A reply, then the conversation's history from both sides, oldest first.
+    reply = await bob.send_message({"user": "alice"}, "b1", "hi alice")
+    await alice.next("message")
+    await alice.send({"type": "history", "conversation": "user:bob", "before": None, "limit": 50})
+    h = await alice.next("history")
+    check([x["msg"] for x in h["messages"]] == [msg, reply], f"history {h}")
+    await alice.send({"type": "history", "conversation": "user:bob", "before": reply, "limit": 50})
+    h = await alice.next("history")
+    check([x["body"] for x in h["messages"]] == ["hello bob"], f"history before {h}")
+    # Presence: only to subscribers, with last_seen.
+    await alice.send({"type": "presence.subscribe", "users": ["carol"]})
+    p = await alice.next("presence")
+    check(p["user"] == "carol" and p["online"] is False, f"presence {p}")
+    carol = await Client.connect("carol")
+    p = await alice.next("presence")
+    check(p["online"] is True, f"presence online {p}")
+    await carol.close()
+    p = await alice.next("presence")
+    check(p["online"] is False and p["last_seen"] > 0, f"presence offline {p}")
+    await bob.quiet(0.3)
+    print(json.dumps({"ok": True}))
+
+
+async def offline():
+    bob = await Client.connect("bob", "phone")
+    await bob.close()
+    alice = await Client.connect("alice")
+    sent = [await alice.send_message({"user": "bob"}, f"c{i}", f"m{i}") for i in range(5)]
+    bob = await Client.connect("bob", "phone")
+    got = await bob.messages(5)
+    check([m["msg"] for m in got] == sent, f"order {got} vs {sent}")
+    check([m["body"] for m in got] == [f"m{i}" for i in range(5)], "bodies")
+    await bob.quiet()
+    await bob.ack(sent)
+    receipts = [await alice.next("receipt") for _ in sent]
+    check(sorted(r["msg"] for r in receipts) == sorted(sent), f"receipts {receipts}")
+    await bob.close()
+    bob = await Client.connect("bob", "phone")
+    await bob.quiet()
+    await alice.quiet(0.2)
+    # The sender offline: its ticks wait for its device, and come once.
+    last = await alice.send_message({"user": "bob"}, "c9", "while you were away")
+    await alice.close()
+    m = await bob.next("message")
+    await bob.ack([m["msg"]])
+    await bob.send({"type": "read", "conversation": "user:alice", "upto": m["msg"]})
+    await bob.send({"type": "ping"})
+    await bob.next("pong")
+    alice = await Client.connect("alice")
+    # Reading up to the last message reads the five before it too.
+    ticks = [await alice.next("receipt") for _ in range(7)]
+    want = [(last, "delivered")] + [(m, "read") for m in sent + [last]]
+    check([(r["msg"], r["state"]) for r in ticks] == want, f"ticks after reconnect {ticks}")
+    await alice.quiet()
+    await alice.close()
+    alice = await Client.connect("alice")
+    await alice.quiet()
+    print(json.dumps({"ok": True}))
+
+
+async def multi_device():
+    for d in ("phone", "laptop"):
+        c = await Client.connect("bob", d)
+        await c.close()
+    alice = await Client.connect("alice")
+    sent = [await alice.send_message({"user": "bob"}, f"c{i}", f"m{i}") for i in range(3)]
+    phone = await Client.connect("bob", "phone")
+    check([m["msg"] for m in await phone.messages(3)] == sent, "phone inbox")
+    await phone.ack(sent)
+    delivered = [await alice.next("receipt") for _ in sent]
+    check(all(r["state"] == "delivered" for r in delivered), f"{delivered}")
+    await phone.close()
+    laptop = await Client.connect("bob", "laptop")
+    check([m["msg"] for m in await laptop.messages(3)] == sent, "the laptop has its own inbox")
+    await laptop.ack(sent)
+    # The user already gave the delivered tick: the second device gives none.
+    await alice.quiet(0.3)
+    # Both devices online: each gets a live message.
+    phone = await Client.connect("bob", "phone")
+    await phone.quiet(0.2)
+    live = await alice.send_message({"user": "bob"}, "live", "both")
+    for dev in (phone, laptop):
+        m = await dev.next("message")
+        check(m["msg"] == live, f"live on {dev.device}")
+    # A second connection of the same device replaces the first.
+    again = await Client.connect("bob", "phone")
+    code, _ = await phone.closed()
+    check(code == 4000, f"replaced close code {code}")
+    m = await again.next("message")
+    check(m["msg"] == live, "the unacked live message is in the new connection's inbox")
+    print(json.dumps({"ok": True}))
+
+
+async def group():
+    n = 100
+    users = [f"u{i:03}" for i in range(n)]
+    clients = await asyncio.gather(*(Client.connect(u) for u in users))
+    owner, members = clients[0], clients[1:]
+    await owner.send({"type": "group.create", "group": "big", "members": users + ["extra"]})
+    e = await owner.next("error")
+    check(e["code"] == "group_full", f"{e}")
+    await owner.send({"type": "group.create", "group": "big", "members": users[1:]})
+    g = await owner.next("group")
+    check(len(g["members"]) == n, f"{len(g['members'])} members")
+    await owner.send({"type": "group.add", "group": "big", "members": ["extra"]})
+    e = await owner.next("error")
+    check(e["code"] == "group_full", f"add over the limit: {e}")
+    sent = [await owner.send_message({"group": "big"}, f"g{i}", f"hello {i}") for i in range(3)]
+    t0 = time.monotonic()
+
+    async def member(c):
+        got = await c.messages(3)
+        check([m["msg"] for m in got] == sent, f"{c.user} order")
+        check(all(m["conversation"] == "group:big" and m["from"] == users[0] for m in got), "conv")
+        await c.ack(sent)
+
+    await asyncio.gather(*(member(c) for c in members))
+    fanout = time.monotonic() - t0
+    receipts = [await owner.next("receipt") for _ in range(3 * (n - 1))]
+    check(len({(r["msg"], r["by"]) for r in receipts}) == 3 * (n - 1), "one receipt per member")
+    # Outsiders cannot send to it; a member who left cannot either.
+    outsider = await Client.connect("outsider")
+    await outsider.send({"type": "send", "id": "x", "to": {"group": "big"}, "body": "hi"})
+    e = await outsider.next("error")
+    check(e["code"] == "not_member" and e["id"] == "x", f"{e}")
+    await members[0].send({"type": "group.leave", "group": "big"})
+    g = await members[0].next("group")
+    check(len(g["members"]) == n - 1, "left")
+    await members[0].send({"type": "send", "id": "y", "to": {"group": "big"}, "body": "hi"})
+    check((await members[0].next("error"))["code"] == "not_member", "left member")
+    print(json.dumps({"ok": True, "fanout_seconds": fanout}))
+
+
+async def reconnect():
+    alice = await Client.connect("alice")
+    sent = [await alice.send_message({"user": "bob"}, f"c{i}", f"m{i}") for i in range(10)]
+    bob = await Client.connect("bob")
+    got = await bob.messages(10)
+    check([m["msg"] for m in got] == sent, "first connection")
+    await bob.ack(sent[:4])
+    # The acks are handled before the close (one relay thread, in order); make sure with a ping.
+    await bob.send({"type": "ping"})
+    await bob.next("pong")
+    await bob.close()
+    bob = await Client.connect("bob")
+    got = await bob.messages(6)
+    check([m["msg"] for m in got] == sent[4:], f"only the unacked ones: {got}")
+    await bob.quiet()
+    receipts = [await alice.next("receipt") for _ in range(4)]
+    check(sorted(r["msg"] for r in receipts) == sorted(sent[:4]), f"receipts {receipts}")
+    await alice.quiet(0.2)
+    later = await alice.send_message({"user": "bob"}, "later", "after the inbox")
+    m = await bob.next("message")
+    check(m["msg"] == later, "live after the inbox")
+    print(json.dumps({"ok": True}))
+
+
+async def kill9_send():
+    alice = await Client.connect("alice")
+    sent = [await alice.send_message({"user": "bob"}, f"k{i}", f"durable {i}") for i in range(3)]
+    print(json.dumps({"sent": sent}))
+    sys.stdout.flush()
+    # The test kills the relay now; stay connected until it does.
+    try:
+        await alice.closed(timeout=30)
+    except Exception:
+        pass
+
+
+async def kill9_receive():
+    want = json.loads(ARGS.expect)
+    alice = await Client.connect("alice")
+    # A retry of a message sent before the crash is answered with the same id, and is not
+    # delivered twice.
+    again = await alice.send_message({"user": "bob"}, "k0", "durable 0")
+    check(again == want[0], f"retry after restart: {again} vs {want[0]}")
+    bob = await Client.connect("bob")
+    got = await bob.messages(len(want))
+    check([m["msg"] for m in got] == want, f"after restart {got} vs {want}")
+    check([m["body"] for m in got] == [f"durable {i}" for i in range(3)], "bodies")
+    await bob.quiet()
+    print(json.dumps({"ok": True}))
+
+
+async def status_of(url):
+    try:
+        ws = await websockets.connect(url, open_timeout=5)
+    except websockets.InvalidStatus as e:
+        return e.response.status_code
+    await ws.close()
+    return 101
+
+
+async def bad_input():
+    # Tokens are checked before the upgrade.
+    statuses = {
+        "missing": await status_of(f"{ARGS.url}/ws"),
+        "garbage": await status_of(ws_url("not-a-token")),
+        "expired": await status_of(ws_url(token("alice", exp=int(time.time()) - 10))),
+        "bad_hmac": await status_of(ws_url(token("alice", key="ff" * 32))),
+        "unknown_kid": await status_of(ws_url(token("alice", kid="k9"))),
+        "other_acl": await status_of(ws_url(token("alice", acl="/v/*"))),
+        "forever": await status_of(ws_url(token("alice", exp=2**64 - 1))),
+        "bad_device": await status_of(ws_url(token("alice"), device="no/slash")),
+        "good": await status_of(ws_url(token("alice"))),
+    }
+    want = {"missing": 401, "garbage": 401, "expired": 403, "bad_hmac": 403,
+            "unknown_kid": 403, "other_acl": 403, "forever": 403, "bad_device": 400, "good": 101}
+    check(statuses == want, f"statuses {statuses}")
+    c = await Client.connect("alice")
+    for frame, code in [
+        ("{not json", "bad_json"),
+        ('{"type":"dance"}', "unknown_type"),
+        ('["send"]', "bad_frame"),
+        ('{"type":"send","id":"a"}', "bad_frame"),
+        ('{"type":"send","id":"a","to":{"user":"bob"}}', "bad_frame"),
+        ('{"type":"send","id":"a","to":{"user":"b/ob"},"body":"x"}', "bad_frame"),
+        ('{"type":"ack","ids":"nope"}', "bad_frame"),
+        ('{"type":"history","conversation":"nowhere"}', "bad_frame"),
+        ('{"type":"room.join","room":"r1"}', "unsupported"),
+    ]:
+        await c.ws.send(frame)
+        e = await c.next("error")
+        check(e["code"] == code and e["message"], f"{frame}: {e}")
+    await c.ws.send(b"\x00\x01binary")
+    check((await c.next("error"))["code"] == "bad_frame", "binary")
+    # Sending to a group one is not in.
+    bob = await Client.connect("bob")
+    await bob.send({"type": "group.create", "group": "bobs", "members": ["carol"]})
+    await bob.next("group")
+    await c.send({"type": "send", "id": "g", "to": {"group": "bobs"}, "body": "let me in"})
+    e = await c.next("error")
+    check(e["code"] == "not_member" and e["id"] == "g", f"{e}")
+    await c.send({"type": "send", "id": "n", "to": {"group": "nogroup"}, "body": "x"})
+    check((await c.next("error"))["code"] == "no_such_group", "no such group")
+    await c.send({"type": "ping"})
+    await c.next("pong")
+    # An oversized frame closes with 1009.
+    await c.send({"type": "send", "id": "big", "to": {"user": "bob"}, "body": "x" * (70 * 1024)})
+    code, reason = await c.closed()
+    check(code == 1009, f"oversized: {code} {reason}")
+    # A flood: refused frames get error frames, then the connection is closed with 1008.
+    f = await Client.connect("flooder")
+    for _ in range(300):
+        try:
+            await f.send({"type": "ping"})
+        except websockets.ConnectionClosed:
+            break
+    kinds = {}
+    try:
+        while True:
+            frame = json.loads(await asyncio.wait_for(f.ws.recv(), 5))
+            key = frame.get("code", frame["type"])
+            kinds[key] = kinds.get(key, 0) + 1
+    except websockets.ConnectionClosed as e:
+        check(e.rcvd is not None and e.rcvd.code == 1008, f"flood close {e.rcvd}")
+    check(kinds.get("pong", 0) >= 30 and kinds.get("rate_limited", 0) >= 1, f"flood frames {kinds}")
+    # The relay is still there for everyone else.
+    await bob.send({"type": "ping"})
+    await bob.next("pong")
+    print(json.dumps({"ok": True, "flood": kinds}))
+
+
+async def idle():
+    # A live client answers the relay's pings (websockets does) and stays.
+    live = await Client.connect("alice")
+    # A dead one: a bare socket that completes the handshake, then never answers.
+    host, port = ARGS.url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = "/ws?" + urllib.parse.urlencode({"token": token("bob")})
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    check(head.startswith(b"HTTP/1.1 101"), f"handshake {head[:40]}")
+    t0 = time.monotonic()
+    opcodes = []
+    while True:
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        payload = await reader.readexactly(n)
+        opcodes.append(b0 & 0x0F)
+        if b0 & 0x0F == 0x8:
+            code = int.from_bytes(payload[:2], "big")
+            break
+    waited = time.monotonic() - t0
+    check(0x9 in opcodes and code == 4001, f"opcodes {opcodes}, close {code}")
+    check(0.9 < waited < 5, f"closed after {waited:.1f}s")
+    writer.close()
+    await live.send({"type": "ping"})
+    await live.next("pong")
+    print(json.dumps({"ok": True, "closed_after": waited}))
+
+
+async def drain():
+    c = await Client.connect("alice")
+    await c.send({"type": "ping"})
+    await c.next("pong")
+    os.kill(ARGS.pid, signal.SIGTERM)
+    code, reason = await c.closed()
+    check(code == 1001, f"drain close {code} {reason}")
+    print(json.dumps({"ok": True, "reason": reason}))
+
+
+SCENARIOS = {
+    "online": online,
+    "offline": offline,
+    "multi-device": multi_device,
+    "group": group,
+    "reconnect": reconnect,
+    "kill9-send": kill9_send,
+    "kill9-receive": kill9_receive,
+    "bad-input": bad_input,
+    "drain": drain,
+    "idle": idle,
+}
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=sorted(SCENARIOS))
+    p.add_argument("--url", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--kid", default="k1")
+    p.add_argument("--expect", default="[]")
+    p.add_argument("--pid", type=int, default=0)
+    ARGS = p.parse_args()
+    asyncio.run(asyncio.wait_for(SCENARIOS[ARGS.scenario](), 60))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+//! A chat relay on loopback and the Python scenario client (`tests/clients/chat.py`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::{EdgeProcess, KEY_HEX, TempDir, free_port, run, start_service};
+
+pub struct ChatRelay {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub process: Option<EdgeProcess>,
+}
+
+impl ChatRelay {
+    /// Writes a config (`extra` appended) and starts `estuary chat-relay`.
+    pub fn start(name: &str, extra: &str) -> Self {
+        let dir = TempDir::new(name);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            "[node]\nid = \"relay-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{addr}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[store]\npath = \"chat.db\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+        );
+        std::fs::write(dir.path().join("relay.toml"), config).expect("config");
+        let mut relay = Self {
+            dir,
+            addr,
+            process: None,
+        };
+        relay.restart();
+        relay
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("relay.toml")
+    }
+
+    /// Starts the relay (again) on the same config and store.
+    pub fn restart(&mut self) {
+        self.process = Some(start_service(
+            "chat-relay",
+            &self.config(),
+            self.addr,
+            self.dir.path(),
+        ));
+    }
+
+    pub fn process(&self) -> &EdgeProcess {
+        self.process.as_ref().expect("running")
+    }
+
+    /// The scenario client's command line.
+    pub fn scenario(&self, scenario: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/chat.py"
+        ))
+        .arg(scenario)
+        .arg("--url")
+        .arg(format!("ws://{}", self.addr))
+        .arg("--key")
+        .arg(KEY_HEX)
+        .args(extra);
+        cmd
+    }
+
+    /// Runs a scenario to its end; fails the test with its output and the relay's log if it
+    /// fails. Returns its last stdout line as JSON.
+    pub fn run_scenario(&self, scenario: &str, extra: &[&str]) -> serde_json::Value {
+        let out = run(&mut self.scenario(scenario, extra));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "scenario {scenario} failed:\n{stdout}\n{}\nrelay log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.process.as_ref().map(|p| p.log()).unwrap_or_default()
+        );
+        let last = stdout.lines().last().unwrap_or("{}");
+        serde_json::from_str(last).expect("scenario output is JSON")
+    }
+}
