@@ -257,6 +257,33 @@ fn sigterm_waits_for_a_store_file_read_slowly_with_connection_close() {
 }
 
 #[test]
+fn a_lame_duck_edge_answers_readyz_503_and_still_serves_before_it_stops_accepting() {
+    let mut site = Site::new("lame-duck");
+    site.extra = "[shutdown]\nlame_duck = \"2s\"\n".into();
+    let mut edge = site.start();
+    edge.signal("TERM");
+    let mut saw_503 = false;
+    for _ in 0..100 {
+        if let Ok((503, _)) = http_get_raw(site.admin, "/readyz") {
+            saw_503 = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(saw_503, "readyz never turned 503: {}", edge.log());
+    // Out of rotation, yet a request on a new connection is still served.
+    assert_eq!(
+        http_get_raw(site.http, "/pub/hello.txt")
+            .expect("served while lame duck")
+            .0,
+        200
+    );
+    // Then it stops accepting and exits.
+    assert!(edge.wait_exit(Duration::from_secs(20)), "{}", edge.log());
+    assert!(edge.log().contains("lame-duck period"), "{}", edge.log());
+}
+
+#[test]
 fn the_drain_deadline_cuts_very_slow_clients() {
     let mut site = Site::new("drain-deadline");
     site.extra = "[shutdown]\ndrain_timeout = \"1s\"\n".into();

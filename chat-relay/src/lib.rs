@@ -78,6 +78,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
     life.wait_for_stop().await;
     tracing::info!("Stopping: closing every WebSocket (1001) and draining requests.");
     app.serving.store(false, Ordering::SeqCst);
+    life.lame_duck().await;
     life.begin_drain();
     app.tracker.close();
     let tracker = app.tracker.clone();

@@ -37,12 +37,18 @@ pub struct ShutdownConfig {
     /// process exits (default 30s).
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long the service goes on serving after SIGTERM or SIGINT with `/readyz` answering
+    /// 503, before it stops accepting connections: time for load balancers, the control plane
+    /// and steering to take it out of rotation (default 0s: stop accepting at once).
+    #[serde(default, with = "humantime_serde")]
+    pub lame_duck: Duration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            lame_duck: Duration::ZERO,
         }
     }
 }
@@ -83,6 +89,7 @@ where
 pub struct Lifecycle {
     stop: watch::Sender<bool>,
     drain_timeout: Duration,
+    lame_duck: Duration,
 }
 
 impl Lifecycle {
@@ -95,6 +102,7 @@ impl Lifecycle {
         Self {
             stop,
             drain_timeout: shutdown.drain_timeout,
+            lame_duck: shutdown.lame_duck,
         }
     }
 
@@ -119,6 +127,15 @@ impl Lifecycle {
     /// Waits for SIGTERM or SIGINT, calling `reload` on every SIGHUP meanwhile.
     pub async fn wait_for_stop_or_reload(&self, reload: impl FnMut()) {
         wait_for_signals(reload).await;
+    }
+
+    /// Serves on for `[shutdown] lame_duck` (the service has turned `/readyz` to 503 first),
+    /// so that whoever routes to it moves away before it stops accepting.
+    pub async fn lame_duck(&self) {
+        if !self.lame_duck.is_zero() {
+            tracing::info!(lame_duck = ?self.lame_duck, "Out of rotation (/readyz 503); still serving until the lame-duck period ends.");
+            tokio::time::sleep(self.lame_duck).await;
+        }
     }
 
     /// Begins the drain: every receiver of [`Lifecycle::stop_signal`] sees `true`.

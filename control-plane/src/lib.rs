@@ -105,6 +105,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
     life.wait_for_stop().await;
     tracing::info!("Stopping.");
     app.ready.store(false, Ordering::SeqCst);
+    life.lame_duck().await;
     life.begin_drain();
     let _ = life.drain(server).await;
     let _ = monitor.await;

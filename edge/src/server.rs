@@ -1182,6 +1182,7 @@ pub async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     tracing::info!(timeout = ?life.drain_timeout(), "Draining: no new connections; in-flight requests may finish.");
     edge.set_ready(false);
     observer.metrics.draining.set(1);
+    life.lame_duck().await;
     life.begin_drain();
     if let Some(ep) = &endpoint {
         ep.set_server_config(None);

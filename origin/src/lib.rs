@@ -118,6 +118,7 @@ pub async fn run(config: OriginConfig) -> anyhow::Result<()> {
         "Stopping: draining requests; a job in progress will run again at the next start."
     );
     app.ready.store(false, Ordering::SeqCst);
+    life.lame_duck().await;
     life.begin_drain();
     if life.drain(main).await.is_none() {
         tracing::warn!("Requests still running at the drain deadline were cut.");

@@ -130,6 +130,7 @@ pub async fn run(config: SteeringConfig) -> anyhow::Result<()> {
     life.wait_for_stop().await;
     tracing::info!("Stopping: draining requests.");
     app.draining.store(true, Ordering::SeqCst);
+    life.lame_duck().await;
     life.begin_drain();
     let _ = life.drain(server).await;
     if let Some(f) = follower {
