@@ -147,6 +147,17 @@ async fn certificate_reload_under_load() {
     assert!(edge.log().contains("could not be reloaded"));
 }
 
+/// Waits (up to 2 s) until the edge's admin listener answers `/readyz` with 503.
+fn wait_for_readyz_503(site: &Site, edge: &EdgeProcess) {
+    for _ in 0..200 {
+        if let Ok((503, _)) = http_get_raw(site.admin, "/readyz") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("readyz never turned 503: {}", edge.log());
+}
+
 /// Waits until a download is in flight: the edge counts its connection open and the client
 /// has received part of the body in `out_file` (a fixed sleep may come before either).
 fn wait_until_downloading(edge: &EdgeProcess, out_file: &std::path::Path) {
@@ -187,15 +198,7 @@ fn sigterm_drains_in_flight_requests() {
     wait_until_downloading(&edge, &out_file);
     edge.signal("TERM");
     // readyz turns 503 on the admin listener while the download goes on.
-    let mut saw_503 = false;
-    for _ in 0..100 {
-        if let Ok((503, _)) = http_get_raw(site.admin, "/readyz") {
-            saw_503 = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(saw_503, "readyz never turned 503: {}", edge.log());
+    wait_for_readyz_503(&site, &edge);
     // New connections to the content listeners are refused (once the listener has closed,
     // which follows readyz's turn).
     let mut refused = false;
@@ -262,15 +265,7 @@ fn a_lame_duck_edge_answers_readyz_503_and_still_serves_before_it_stops_acceptin
     site.extra = "[shutdown]\nlame_duck = \"2s\"\n".into();
     let mut edge = site.start();
     edge.signal("TERM");
-    let mut saw_503 = false;
-    for _ in 0..100 {
-        if let Ok((503, _)) = http_get_raw(site.admin, "/readyz") {
-            saw_503 = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(saw_503, "readyz never turned 503: {}", edge.log());
+    wait_for_readyz_503(&site, &edge);
     // Out of rotation, yet a request on a new connection is still served.
     assert_eq!(
         http_get_raw(site.http, "/pub/hello.txt")

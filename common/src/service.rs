@@ -198,6 +198,7 @@ mod tests {
         let life = Lifecycle {
             stop: watch::channel(false).0,
             drain_timeout: Duration::from_millis(50),
+            lame_duck: Duration::ZERO,
         };
         let mut rx = life.stop_signal();
         let task = tokio::spawn(async move { crate::listener::stopped(&mut rx).await });
