@@ -177,25 +177,42 @@ fn wait_until_downloading(edge: &EdgeProcess, out_file: &std::path::Path) {
     }
 }
 
-#[test]
-fn sigterm_drains_in_flight_requests() {
-    let mut site = Site::new("drain");
+/// An edge (30 s drain) serving a 48 MB store file, large enough that loopback socket buffers
+/// (several MB) cannot hold the whole response, to a slow curl (12 MB/s, about 4 s; `extra`
+/// curl arguments) that has started receiving it: the site, the edge, curl, its output file
+/// and the file's bytes.
+fn slow_download_in_flight(
+    name: &str,
+    extra: &[&str],
+) -> (
+    Site,
+    EdgeProcess,
+    std::process::Child,
+    std::path::PathBuf,
+    Vec<u8>,
+) {
+    let mut site = Site::new(name);
     site.extra = "[shutdown]\ndrain_timeout = \"30s\"\n".into();
-    // Large enough that loopback socket buffers (several MB) cannot hold the whole response,
-    // so the server is still writing when SIGTERM arrives.
     let want = pattern(48_000_000);
     std::fs::write(site.content.join("pub/huge.mp4"), &want).expect("write");
-    let mut edge = site.start();
-    // A slow client: 48 MB at 12 MB/s takes about 4 s.
+    let edge = site.start();
     let out_file = site.dir.path().join("download.bin");
-    let mut download = Command::new("curl")
-        .args(["-s", "--limit-rate", "12M", "-o"])
+    let download = Command::new("curl")
+        .args(["-s", "--limit-rate", "12M"])
+        .args(extra)
+        .arg("-o")
         .arg(&out_file)
         .arg(site.url("/pub/huge.mp4"))
         .stdout(Stdio::null())
         .spawn()
         .expect("curl");
     wait_until_downloading(&edge, &out_file);
+    (site, edge, download, out_file, want)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let (site, mut edge, mut download, out_file, want) = slow_download_in_flight("drain", &[]);
     edge.signal("TERM");
     // readyz turns 503 on the admin listener while the download goes on.
     wait_for_readyz_503(&site, &edge);
@@ -232,20 +249,8 @@ fn sigterm_waits_for_a_store_file_read_slowly_with_connection_close() {
     // reads it. The drain must wait until its last byte is written, not until hyper has queued
     // it: the parked HTTP/1.1 path once dropped what was still queued when a `Connection:
     // close` request (as the lab's rolling client sends) was in flight at SIGTERM.
-    let mut site = Site::new("drain-store");
-    site.extra = "[shutdown]\ndrain_timeout = \"30s\"\n".into();
-    let want = pattern(48_000_000);
-    std::fs::write(site.content.join("pub/huge.mp4"), &want).expect("write");
-    let mut edge = site.start();
-    let out_file = site.dir.path().join("download.bin");
-    let mut download = Command::new("curl")
-        .args(["-s", "--limit-rate", "12M", "-H", "Connection: close", "-o"])
-        .arg(&out_file)
-        .arg(site.url("/pub/huge.mp4"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("curl");
-    wait_until_downloading(&edge, &out_file);
+    let (_site, mut edge, mut download, out_file, want) =
+        slow_download_in_flight("drain-store", &["-H", "Connection: close"]);
     edge.signal("TERM");
     let status = download.wait().expect("curl");
     assert!(status.success(), "curl: {status}");
