@@ -91,7 +91,8 @@ pub struct ChatLimits {
     #[serde(default = "default_group_member_limit")]
     pub group_member_limit: usize,
     /// Frames waiting to be written to one connection; a connection whose queue is full is
-    /// closed with 1008 (its messages stay in its inbox).
+    /// too slow for what it is sent and is closed with 4002 (its messages stay in its inbox;
+    /// room messages are ephemeral and are lost to it).
     #[serde(default = "default_send_queue")]
     pub send_queue: usize,
     /// Frames per second one user may send, all devices together (bursts of twice as many);
@@ -102,6 +103,33 @@ pub struct ChatLimits {
     /// Most messages one `history` request returns.
     #[serde(default = "default_history_max")]
     pub history_max: u32,
+    /// Most connections in one live room (default 50,000).
+    #[serde(default = "default_room_member_limit")]
+    pub room_member_limit: usize,
+    /// Most rooms one connection is in at once (default 16).
+    #[serde(default = "default_rooms_per_connection")]
+    pub rooms_per_connection: usize,
+    /// Slow mode of live rooms: a user may post once per this span in a room (default 0s:
+    /// off); an earlier post is refused with a `slow_mode` error frame.
+    #[serde(default, with = "humantime_serde")]
+    pub room_slow_mode: Duration,
+    /// The kernel send buffer of each connection, in bytes (default 64 KiB; 0: the kernel's
+    /// autotuning, up to `net.ipv4.tcp_wmem`, several MiB). Together with `send_queue` it
+    /// bounds how far a reader may fall behind before it is closed with 4002, and what a
+    /// slow reader holds in the kernel.
+    #[serde(default = "default_socket_send_buffer")]
+    pub socket_send_buffer: usize,
+}
+
+fn default_socket_send_buffer() -> usize {
+    64 * 1024
+}
+
+fn default_room_member_limit() -> usize {
+    50_000
+}
+fn default_rooms_per_connection() -> usize {
+    16
 }
 
 fn default_max_frame_bytes() -> usize {
@@ -128,6 +156,10 @@ impl Default for ChatLimits {
             send_queue: default_send_queue(),
             messages_per_second: default_messages_per_second(),
             history_max: default_history_max(),
+            room_member_limit: default_room_member_limit(),
+            rooms_per_connection: default_rooms_per_connection(),
+            room_slow_mode: Duration::ZERO,
+            socket_send_buffer: default_socket_send_buffer(),
         }
     }
 }
@@ -200,6 +232,30 @@ impl ChatRelayConfig {
             return Err(ConfigError::new(
                 "chat.history_max",
                 "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=10_000_000).contains(&c.room_member_limit) {
+            return Err(ConfigError::new(
+                "chat.room_member_limit",
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=1000).contains(&c.rooms_per_connection) {
+            return Err(ConfigError::new(
+                "chat.rooms_per_connection",
+                "must be between 1 and 1000",
+            ));
+        }
+        if c.socket_send_buffer != 0 && !(4096..=64 * 1024 * 1024).contains(&c.socket_send_buffer) {
+            return Err(ConfigError::new(
+                "chat.socket_send_buffer",
+                "must be 0 (the kernel's autotuning) or between 4096 and 67108864",
+            ));
+        }
+        if c.room_slow_mode > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "chat.room_slow_mode",
+                "must be at most 24h",
             ));
         }
         Ok(())

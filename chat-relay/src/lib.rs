@@ -45,8 +45,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         stop.clone(),
     )?;
     let listen = config.listen.http;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = bind(listen, config.chat.socket_send_buffer)
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
     let mut routes = server::router(Arc::clone(&app));
     let admin = match config.listen.admin {
@@ -108,6 +107,24 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         tracing::warn!("The relay thread did not end in time.");
     }
     Ok(())
+}
+
+/// Binds the WebSocket listener; accepted connections inherit its send buffer size.
+fn bind(
+    addr: std::net::SocketAddr,
+    send_buffer: usize,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// With `[control_plane]`: registers as a `chat-relay` node and beats.

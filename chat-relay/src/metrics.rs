@@ -10,7 +10,7 @@ use crate::relay::Observer;
 use crate::store::StoreError;
 
 /// The close and error codes the core reports, one series each.
-const REFUSALS: [&str; 12] = [
+const REFUSALS: [&str; 16] = [
     "bad_json",
     "bad_frame",
     "unknown_type",
@@ -23,6 +23,10 @@ const REFUSALS: [&str; 12] = [
     "group_full",
     "not_allowed",
     "unsupported",
+    "not_stored",
+    "slow_mode",
+    "room_full",
+    "too_many_rooms",
 ];
 
 pub struct Metrics {
@@ -38,6 +42,8 @@ pub struct Metrics {
     refused: IntCounterVec,
     pub store_errors: IntCounter,
     pub slow_closed: IntCounter,
+    rooms: IntGauge,
+    room_members: IntGauge,
     pub tokens_refused: IntCounterVec,
 }
 
@@ -93,7 +99,15 @@ impl Metrics {
             )),
             slow_closed: must(IntCounter::new(
                 "estuary_chat_relay_slow_readers_closed_total",
-                "Connections closed because their send queue was full.",
+                "Connections closed with 4002 because their send queue was full.",
+            )),
+            rooms: must(IntGauge::new(
+                "estuary_chat_relay_rooms",
+                "Live rooms with at least one connection.",
+            )),
+            room_members: must(IntGauge::new(
+                "estuary_chat_relay_room_members",
+                "Connections in live rooms, all rooms together.",
             )),
             tokens_refused: must(IntCounterVec::new(
                 Opts::new(
@@ -127,6 +141,8 @@ impl Metrics {
                 Box::new(m.store_errors.clone()),
                 Box::new(m.slow_closed.clone()),
                 Box::new(m.tokens_refused.clone()),
+                Box::new(m.rooms.clone()),
+                Box::new(m.room_members.clone()),
             ],
         );
         m
@@ -144,8 +160,13 @@ impl Observer for std::sync::Arc<Metrics> {
     fn message_in(&self) {
         self.messages_in.inc();
     }
-    fn message_out(&self) {
-        self.messages_out.inc();
+    fn message_out(&self, n: u64) {
+        self.messages_out.inc_by(n);
+    }
+    fn rooms(&self, rooms: usize, members: usize) {
+        self.rooms.set(i64::try_from(rooms).unwrap_or(i64::MAX));
+        self.room_members
+            .set(i64::try_from(members).unwrap_or(i64::MAX));
     }
     fn delivered(&self, latency_ms: u64) {
         self.delivery_latency.observe(latency_ms as f64 / 1000.0);

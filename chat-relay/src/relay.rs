@@ -53,13 +53,18 @@ pub enum Output {
         code: u16,
         reason: &'static str,
     },
+    /// The same frame to many connections (a live room): encode it once.
+    Fanout {
+        conns: Vec<ConnId>,
+        frame: ServerFrame,
+    },
 }
 
 /// WebSocket close codes the relay uses.
 pub mod close {
     /// The relay is shutting down (drain).
     pub const GOING_AWAY: u16 = 1001;
-    /// Policy: a flood, or a connection too slow to take its frames.
+    /// Policy: a flood.
     pub const POLICY: u16 = 1008;
     /// A frame over `[chat] max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
@@ -69,14 +74,22 @@ pub mod close {
     pub const REPLACED: u16 = 4000;
     /// Nothing came from the client (not even a pong) for `[limits] idle_timeout`.
     pub const IDLE: u16 = 4001;
+    /// The client reads too slowly: `[chat] send_queue` frames wait for it.
+    pub const SLOW: u16 = 4002;
 }
 
 /// What the core reports for metrics and logs.
 pub trait Observer {
     /// A `send` frame arrived.
     fn message_in(&self) {}
-    /// A `message` frame went to a device.
-    fn message_out(&self) {}
+    /// `n` `message` frames went to devices.
+    fn message_out(&self, n: u64) {
+        let _ = n;
+    }
+    /// Live rooms now, and connections in them all together.
+    fn rooms(&self, rooms: usize, members: usize) {
+        let _ = (rooms, members);
+    }
     /// A message was first acked by a recipient, `latency_ms` after it was stored.
     fn delivered(&self, latency_ms: u64) {
         let _ = latency_ms;
@@ -112,6 +125,8 @@ struct Conn {
     refused_in_row: u32,
     /// The relay closed it: frames still in flight from it are ignored.
     closing: bool,
+    /// Live rooms it joined.
+    rooms: HashSet<String>,
 }
 
 impl Conn {
@@ -135,6 +150,14 @@ const MAX_ACK_IDS: usize = 1000;
 /// Longest client id of a `send`.
 const MAX_CLIENT_ID: usize = 128;
 
+/// A live room: connections in it, ephemeral messages, no store.
+#[derive(Default)]
+struct Room {
+    members: HashSet<ConnId>,
+    /// With slow mode: each user's last post, unix ms.
+    last_post: HashMap<String, u64>,
+}
+
 /// The relay's state: who is connected, who watches whom, rate limits; the rest is in the
 /// store.
 pub struct Relay<S, O> {
@@ -147,6 +170,11 @@ pub struct Relay<S, O> {
     /// user -> connections subscribed to the user's presence.
     watchers: HashMap<String, HashSet<ConnId>>,
     buckets: HashMap<String, Bucket>,
+    rooms: HashMap<String, Room>,
+    /// Connections in rooms, all rooms together.
+    room_members: usize,
+    /// The last room message's number (room messages are `r<n>`).
+    room_seq: u64,
 }
 
 /// A refused frame: the `error` frame's code and sentence.
@@ -217,6 +245,9 @@ impl<S: Store, O: Observer> Relay<S, O> {
             online: HashMap::new(),
             watchers: HashMap::new(),
             buckets: HashMap::new(),
+            rooms: HashMap::new(),
+            room_members: 0,
+            room_seq: 0,
         }
     }
 
@@ -290,7 +321,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .or_default()
             .insert(device.clone(), conn);
         for m in &inbox {
-            self.observer.message_out();
+            self.observer.message_out(1);
             out.push(Output::Frame {
                 conn,
                 frame: ServerFrame::Message(chat_message(m, &user)),
@@ -323,6 +354,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 watching: HashSet::new(),
                 refused_in_row: 0,
                 closing: false,
+                rooms: HashSet::new(),
             },
         );
     }
@@ -330,6 +362,12 @@ impl<S: Store, O: Observer> Relay<S, O> {
     /// Drops a connection's state; returns its user if that user has no connection left.
     fn forget(&mut self, conn: ConnId) -> Option<String> {
         let c = self.conns.remove(&conn)?;
+        for room in &c.rooms {
+            self.leave_room(conn, room);
+        }
+        if !c.rooms.is_empty() {
+            self.observer.rooms(self.rooms.len(), self.room_members);
+        }
         for watched in &c.watching {
             if let Some(w) = self.watchers.get_mut(watched) {
                 w.remove(&conn);
@@ -554,9 +592,23 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 out.push(group_frame(conn, group, left));
                 Ok(())
             }
-            ClientFrame::RoomJoin { .. }
-            | ClientFrame::RoomLeave { .. }
-            | ClientFrame::MediaUpload { .. } => Err(unsupported()),
+            ClientFrame::RoomJoin { room } => self.join_room(conn, room, out),
+            ClientFrame::RoomLeave { room } => {
+                check_ids([&room])?;
+                let was_in = self
+                    .conns
+                    .get_mut(&conn)
+                    .is_some_and(|c| c.rooms.remove(&room));
+                if !was_in {
+                    return Err(refuse("not_member", "You are not in that room."));
+                }
+                self.leave_room(conn, &room);
+                self.observer.rooms(self.rooms.len(), self.room_members);
+                let members = self.rooms.get(&room).map_or(0, |r| r.members.len());
+                out.push(room_frame(conn, room, false, members));
+                Ok(())
+            }
+            ClientFrame::MediaUpload { .. } => Err(unsupported()),
             ClientFrame::Ping => {
                 out.push(Output::Frame {
                     conn,
@@ -609,7 +661,10 @@ impl<S: Store, O: Observer> Relay<S, O> {
             return Ok(conversation.to_owned());
         }
         if conversation.starts_with("room:") {
-            return Err(unsupported());
+            return Err(refuse(
+                "not_stored",
+                "Room messages are ephemeral: rooms have no history and no receipts.",
+            ));
         }
         Err(refuse(
             "bad_frame",
@@ -635,7 +690,10 @@ impl<S: Store, O: Observer> Relay<S, O> {
                     members.into_iter().filter(|m| m != user).collect(),
                 ))
             }
-            Target::Room(_) => Err(unsupported()),
+            Target::Room(_) => Err(refuse(
+                "unsupported",
+                "Typing is not relayed in live rooms.",
+            )),
         }
     }
 
@@ -677,6 +735,9 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 ));
             }
         };
+        if let Target::Room(room) = &to {
+            return self.post_to_room(now, conn, user, id, room, content, out);
+        }
         let (conversation, recipients) = self.recipients(user, &to)?;
         let mut inboxes = Vec::new();
         for r in &recipients {
@@ -717,7 +778,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 });
                 for (r, d) in &inboxes {
                     if let Some(c) = self.online.get(r).and_then(|devices| devices.get(d)) {
-                        self.observer.message_out();
+                        self.observer.message_out(1);
                         out.push(Output::Frame {
                             conn: *c,
                             frame: ServerFrame::Message(chat_message(&m, r)),
@@ -875,6 +936,147 @@ impl<S: Store, O: Observer> Relay<S, O> {
     }
 }
 
+impl<S: Store, O: Observer> Relay<S, O> {
+    fn join_room(
+        &mut self,
+        conn: ConnId,
+        room: String,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        check_ids([&room])?;
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        if c.rooms.contains(&room) {
+            let members = self.rooms.get(&room).map_or(0, |r| r.members.len());
+            out.push(room_frame(conn, room, true, members));
+            return Ok(());
+        }
+        if c.rooms.len() >= self.limits.rooms_per_connection {
+            return Err(refuse(
+                "too_many_rooms",
+                format!(
+                    "A connection is in at most {} rooms at once.",
+                    self.limits.rooms_per_connection
+                ),
+            ));
+        }
+        let members = self.rooms.get(&room).map_or(0, |r| r.members.len());
+        if members >= self.limits.room_member_limit {
+            return Err(refuse(
+                "room_full",
+                format!(
+                    "A room holds at most {} connections.",
+                    self.limits.room_member_limit
+                ),
+            ));
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.rooms.insert(room.clone());
+        }
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .members
+            .insert(conn);
+        self.room_members += 1;
+        self.observer.rooms(self.rooms.len(), self.room_members);
+        out.push(room_frame(conn, room, true, members + 1));
+        Ok(())
+    }
+
+    /// Takes `conn` out of `room` (its own set of rooms is the caller's); an empty room is
+    /// forgotten.
+    fn leave_room(&mut self, conn: ConnId, room: &str) {
+        if let Some(r) = self.rooms.get_mut(room)
+            && r.members.remove(&conn)
+        {
+            self.room_members -= 1;
+            if r.members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// An ephemeral message to a live room: `sent` to the poster, the message to every other
+    /// connection in the room, nothing stored.
+    #[allow(clippy::too_many_arguments)]
+    fn post_to_room(
+        &mut self,
+        now: u64,
+        conn: ConnId,
+        user: &str,
+        id: String,
+        room: &str,
+        content: Content,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refusal> {
+        check_ids([room])?;
+        let joined = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.rooms.contains(room));
+        let slow_mode = self.limits.room_slow_mode.as_millis() as u64;
+        let Some(r) = self.rooms.get_mut(room).filter(|_| joined) else {
+            return Err(refuse("not_member", "Join the room before posting to it."));
+        };
+        if slow_mode > 0 {
+            if let Some(last) = r.last_post.get(user)
+                && now < last.saturating_add(slow_mode)
+            {
+                let wait = (last.saturating_add(slow_mode) - now).div_ceil(1000);
+                return Err(refuse(
+                    "slow_mode",
+                    format!(
+                        "Slow mode: one message per {}s in this room; wait {wait}s.",
+                        slow_mode.div_ceil(1000)
+                    ),
+                ));
+            }
+            r.last_post.insert(user.to_owned(), now);
+        }
+        self.room_seq += 1;
+        let msg = format!("r{}", self.room_seq);
+        let conns: Vec<ConnId> = r.members.iter().copied().filter(|c| *c != conn).collect();
+        out.push(Output::Frame {
+            conn,
+            frame: ServerFrame::Sent {
+                id,
+                msg: msg.clone(),
+                ts: now,
+            },
+        });
+        let (body, media) = match content {
+            Content::Body(b) => (Some(b), None),
+            Content::Media(m) => (None, Some(m)),
+        };
+        self.observer.message_out(conns.len() as u64);
+        out.push(Output::Fanout {
+            conns,
+            frame: ServerFrame::Message(ChatMessage {
+                msg,
+                from: user.to_owned(),
+                conversation: format!("room:{room}"),
+                body,
+                media,
+                ts: now,
+            }),
+        });
+        Ok(())
+    }
+}
+
+fn room_frame(conn: ConnId, room: String, joined: bool, members: usize) -> Output {
+    Output::Frame {
+        conn,
+        frame: ServerFrame::Room {
+            room,
+            joined,
+            members,
+        },
+    }
+}
+
 fn group_frame(conn: ConnId, group: String, members: Vec<String>) -> Output {
     Output::Frame {
         conn,
@@ -885,17 +1087,20 @@ fn group_frame(conn: ConnId, group: String, members: Vec<String>) -> Output {
 fn unsupported() -> Refusal {
     refuse(
         "unsupported",
-        "Rooms and media uploads are not implemented by this relay yet.",
+        "Media uploads are not implemented by this relay yet.",
     )
 }
 
-fn check_ids<'a>(ids: impl IntoIterator<Item = &'a String>) -> Result<(), Refusal> {
-    match ids.into_iter().find(|id| !id_ok(id)) {
+fn check_ids<I: IntoIterator>(ids: I) -> Result<(), Refusal>
+where
+    I::Item: AsRef<str>,
+{
+    match ids.into_iter().find(|id| !id_ok(id.as_ref())) {
         Some(bad) => Err(refuse(
             "bad_frame",
             format!(
                 "{:?} is not a valid id (1-64 of A-Z a-z 0-9 - _ . @).",
-                bad.chars().take(70).collect::<String>()
+                bad.as_ref().chars().take(70).collect::<String>()
             ),
         )),
         None => Ok(()),

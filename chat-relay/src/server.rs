@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,14 +28,40 @@ use crate::store::SqliteStore;
 
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a close frame may take to be written (a slow reader's kernel buffers drain
+/// first); then the connection is cut.
+const CLOSE_WRITE_WAIT: Duration = Duration::from_secs(5);
 /// Inputs waiting for the relay thread; a full queue holds the readers back.
 const INPUT_QUEUE: usize = 4096;
 
 /// What one connection's task is told to write.
 struct Outbox {
-    frames: mpsc::Sender<String>,
-    /// Set before the sender is dropped: the close frame to write.
-    close: Arc<OnceLock<(u16, &'static str)>>,
+    frames: mpsc::Sender<Utf8Bytes>,
+    close: Arc<Closer>,
+}
+
+/// How the relay thread closes a connection: the close frame to write, and a wake-up for a
+/// task blocked writing to a slow reader (the frames still queued are dropped).
+#[derive(Default)]
+struct Closer {
+    with: OnceLock<(u16, &'static str)>,
+    now: tokio::sync::Notify,
+}
+
+impl Closer {
+    fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.with.set((code, reason));
+        self.now.notify_one();
+    }
+
+    fn frame(&self) -> Option<(u16, &'static str)> {
+        Some(
+            self.with
+                .get()
+                .copied()
+                .unwrap_or((close::INTERNAL, "the relay closed the connection")),
+        )
+    }
 }
 
 enum ToRelay {
@@ -154,29 +180,23 @@ fn relay_thread(
         for output in relay.handle_input(unix_ms(), input) {
             match output {
                 Output::Frame { conn, frame } => {
-                    let Some(outbox) = outboxes.get(&conn) else {
-                        continue;
-                    };
-                    let text = match serde_json::to_string(&frame) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!(error = %e, "A frame could not be encoded.");
-                            continue;
+                    if outboxes.contains_key(&conn)
+                        && let Some(text) = encode(&frame)
+                    {
+                        queue(&mut outboxes, conn, text, &metrics);
+                    }
+                }
+                Output::Fanout { conns, frame } => {
+                    // Encoded once; each queue holds a reference to the same bytes.
+                    if let Some(text) = encode(&frame) {
+                        for conn in conns {
+                            queue(&mut outboxes, conn, text.clone(), &metrics);
                         }
-                    };
-                    if let Err(mpsc::error::TrySendError::Full(_)) = outbox.frames.try_send(text) {
-                        // Its messages stay in its inbox; the device gets them on its next
-                        // connection.
-                        metrics.slow_closed.inc();
-                        let _ = outbox
-                            .close
-                            .set((close::POLICY, "too slow: the send queue is full"));
-                        outboxes.remove(&conn);
                     }
                 }
                 Output::Close { conn, code, reason } => {
                     if let Some(outbox) = outboxes.remove(&conn) {
-                        let _ = outbox.close.set((code, reason));
+                        outbox.close.close(code, reason);
                     }
                 }
             }
@@ -184,6 +204,32 @@ fn relay_thread(
         if let Some(conn) = closed {
             outboxes.remove(&conn);
         }
+    }
+}
+
+fn encode(frame: &estuary_common::chat::ServerFrame) -> Option<Utf8Bytes> {
+    match serde_json::to_string(frame) {
+        Ok(t) => Some(t.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "A frame could not be encoded.");
+            None
+        }
+    }
+}
+
+/// Queues a frame for a connection without ever waiting: a reader whose queue is full is
+/// closed with 4002 and its queue dropped, so that fan-out never stalls on it. Its stored
+/// messages stay in its inbox for its next connection.
+fn queue(outboxes: &mut HashMap<ConnId, Outbox>, conn: ConnId, text: Utf8Bytes, metrics: &Metrics) {
+    let Some(outbox) = outboxes.get(&conn) else {
+        return;
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = outbox.frames.try_send(text) {
+        metrics.slow_closed.inc();
+        outbox
+            .close
+            .close(close::SLOW, "too slow: the send queue is full");
+        outboxes.remove(&conn);
     }
 }
 
@@ -290,14 +336,14 @@ async fn connection(
     let _slot = slot;
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let (frames, mut outgoing) = mpsc::channel(app.limits.send_queue);
-    let close_with = Arc::new(OnceLock::new());
+    let closer = Arc::new(Closer::default());
     let open = ToRelay::Open {
         conn,
         user,
         device,
         outbox: Outbox {
             frames,
-            close: Arc::clone(&close_with),
+            close: Arc::clone(&closer),
         },
     };
     if app.to_relay.send(open).await.is_err() {
@@ -323,12 +369,16 @@ async fn connection(
                 }
             }
             out = outgoing.recv() => match out {
-                Some(text) => {
-                    if socket.send(Message::Text(text.into())).await.is_err() {
+                // A write blocked by a reader that does not read ends when the relay closes
+                // the connection, or after the idle timeout.
+                Some(text) => tokio::select! {
+                    sent = socket.send(Message::Text(text)) => if sent.is_err() {
                         break None;
-                    }
-                }
-                None => break Some(close_with.get().copied().unwrap_or((close::INTERNAL, "the relay closed the connection"))),
+                    },
+                    _ = closer.now.notified() => break closer.frame(),
+                    _ = tokio::time::sleep(idle) => break Some((close::SLOW, "too slow: nothing could be written within the idle timeout")),
+                },
+                None => break closer.frame(),
             },
             received = socket.recv() => {
                 heard = tokio::time::Instant::now();
@@ -353,7 +403,8 @@ async fn connection(
             code,
             reason: reason.into(),
         };
-        if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let sent = tokio::time::timeout(CLOSE_WRITE_WAIT, socket.send(Message::Close(Some(frame))));
+        if matches!(sent.await, Ok(Ok(()))) {
             // The client answers with its own close frame; wait for it briefly.
             let _ = tokio::time::timeout(CLOSE_WAIT, async {
                 while let Some(Ok(m)) = socket.recv().await {

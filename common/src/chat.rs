@@ -163,6 +163,14 @@ pub enum ServerFrame {
     /// A group's members after a `group.*` request of this client succeeded.
     #[serde(rename = "group")]
     Group { group: String, members: Vec<String> },
+    /// After a `room.join` or `room.leave` of this connection: whether it is in the room now,
+    /// and how many connections are.
+    #[serde(rename = "room")]
+    Room {
+        room: String,
+        joined: bool,
+        members: usize,
+    },
     #[serde(rename = "error")]
     Error {
         code: String,

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -349,7 +350,12 @@ async def bad_input():
         ('{"type":"send","id":"a","to":{"user":"b/ob"},"body":"x"}', "bad_frame"),
         ('{"type":"ack","ids":"nope"}', "bad_frame"),
         ('{"type":"history","conversation":"nowhere"}', "bad_frame"),
-        ('{"type":"room.join","room":"r1"}', "unsupported"),
+        ('{"type":"room.join","room":"r/1"}', "bad_frame"),
+        ('{"type":"send","id":"a","to":{"room":"r1"},"body":"x"}', "not_member"),
+        ('{"type":"room.leave","room":"r1"}', "not_member"),
+        ('{"type":"typing","to":{"room":"r1"}}', "unsupported"),
+        ('{"type":"history","conversation":"room:r1","before":null}', "not_stored"),
+        ('{"type":"media.upload","mime":"image/jpeg","size":1}', "unsupported"),
     ]:
         await c.ws.send(frame)
         e = await c.next("error")
@@ -393,28 +399,56 @@ async def bad_input():
     print(json.dumps({"ok": True, "flood": kinds}))
 
 
-async def idle():
-    # A live client answers the relay's pings (websockets does) and stays.
-    live = await Client.connect("alice")
-    # A dead one: a bare socket that completes the handshake, then never answers.
+async def raw_ws(user, rcvbuf=None):
+    """A WebSocket opened by hand on a bare socket (optionally with a small receive buffer),
+    so that the test decides when it is read: (reader, writer) after the 101."""
     host, port = ARGS.url.removeprefix("ws://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    path = "/ws?" + urllib.parse.urlencode({"token": token("bob")})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    path = "/ws?" + urllib.parse.urlencode({"token": token(user)})
     writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     check(head.startswith(b"HTTP/1.1 101"), f"handshake {head[:40]}")
-    t0 = time.monotonic()
-    opcodes = []
+    return reader, writer
+
+
+def raw_send(writer, obj):
+    """Writes a masked text frame (clients must mask)."""
+    data = json.dumps(obj).encode()
+    mask = os.urandom(4)
+    n = len(data)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big"))
+    writer.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+
+async def raw_frames(reader, timeout):
+    """Yields (opcode, payload) of the relay's frames (unmasked, unfragmented)."""
     while True:
-        b0, b1 = await asyncio.wait_for(reader.readexactly(2), 10)
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), timeout)
         n = b1 & 0x7F
         if n == 126:
             n = int.from_bytes(await reader.readexactly(2), "big")
-        payload = await reader.readexactly(n)
-        opcodes.append(b0 & 0x0F)
-        if b0 & 0x0F == 0x8:
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        yield b0 & 0x0F, await asyncio.wait_for(reader.readexactly(n), timeout)
+
+
+async def idle():
+    # A live client answers the relay's pings (websockets does) and stays.
+    live = await Client.connect("alice")
+    # A dead one: a bare socket that completes the handshake, then never answers.
+    reader, writer = await raw_ws("bob")
+    t0 = time.monotonic()
+    opcodes = []
+    async for opcode, payload in raw_frames(reader, 10):
+        opcodes.append(opcode)
+        if opcode == 0x8:
             code = int.from_bytes(payload[:2], "big")
             break
     waited = time.monotonic() - t0
@@ -436,6 +470,99 @@ async def drain():
     print(json.dumps({"ok": True, "reason": reason}))
 
 
+async def metric(name):
+    """A metric of the relay, read from its /metrics (summed over label sets)."""
+    host, port = ARGS.url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    text = (await reader.read()).decode()
+    writer.close()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    check(values, f"metric {name} missing")
+    return sum(values)
+
+
+async def room():
+    """A live room: ARGS.members connections join; one of them stops reading and is closed
+    with 4002 for it, while every other member keeps receiving every message in order."""
+    n = ARGS.members
+    host, port = ARGS.url.removeprefix("ws://").split(":")
+    sem = asyncio.Semaphore(64)
+
+    async def join(i):
+        async with sem:
+            c = await Client.connect(f"m{i}")
+            await c.send({"type": "room.join", "room": "live"})
+            f = await c.next("room", timeout=30)
+            check(f["room"] == "live" and f["joined"] is True, f"join {f}")
+            return c
+
+    members = await asyncio.gather(*(join(i) for i in range(n)))
+    print(f"{n} members joined", file=sys.stderr)
+    # The slow reader: a bare socket with a small receive buffer that stops reading.
+    slow_reader, slow_writer = await raw_ws("slow", rcvbuf=4096)
+    raw_send(slow_writer, {"type": "room.join", "room": "live"})
+    async for opcode, payload in raw_frames(slow_reader, 10):
+        f = json.loads(payload)
+        check(f["type"] == "room" and f["members"] == n + 1, f"slow join {f}")
+        break
+    poster, readers = members[0], members[1:]
+    received = [[] for _ in readers]
+
+    async def read(k, c):
+        while True:
+            f = await c.next("message", timeout=30)
+            check(f["conversation"] == "room:live" and f["from"] == "m0", f"room message {f}")
+            received[k].append(f["msg"])
+            if f["body"] == "end":
+                return
+
+    tasks = [asyncio.create_task(read(k, c)) for k, c in enumerate(readers)]
+    body = "x" * ARGS.body
+    sent, t0, dropped_after = [], time.monotonic(), None
+    dropped_before = await metric("estuary_chat_relay_slow_readers_closed_total")
+    while len(sent) < 5000:
+        last = dropped_after is not None and len(sent) >= dropped_after + 20
+        msg = await poster.send_message({"room": "live"}, f"p{len(sent)}", "end" if last else body)
+        sent.append(msg)
+        # Lockstep: every healthy member has it before the next one goes.
+        while min(len(r) for r in received) < len(sent):
+            await asyncio.sleep(0.002)
+        if last:
+            break
+        if dropped_after is None and len(sent) % 5 == 0 and await metric(
+                "estuary_chat_relay_slow_readers_closed_total") > dropped_before:
+            dropped_after = len(sent)
+        if len(sent) % 20 == 0:
+            print(f"{len(sent)} messages, slow reader dropped after {dropped_after}", file=sys.stderr)
+    check(dropped_after is not None, f"the slow reader was never dropped ({len(sent)} messages)")
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - t0
+    for k, r in enumerate(received):
+        check(r == sent, f"member m{k + 1} got {len(r)} of {len(sent)} messages or out of order")
+    # The slow reader reads again: what was written before its queue overflowed, then the
+    # close frame with the reason.
+    got, close = 0, None
+    async for opcode, payload in raw_frames(slow_reader, 10):
+        if opcode == 0x8:
+            close = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
+            break
+        got += json.loads(payload).get("type") == "message"
+    check(close is not None and close[0] == 4002 and "too slow" in close[1],
+          f"slow reader closed with {close}")
+    slow_writer.close()
+    check(got < dropped_after, f"the slow reader got {got} of {dropped_after} messages")
+    # The relay forgets the dropped member once its connection has ended.
+    deadline = time.monotonic() + 10
+    while (members_now := await metric("estuary_chat_relay_room_members")) != n:
+        check(time.monotonic() < deadline, f"room members after the drop: {members_now}")
+        await asyncio.sleep(0.05)
+    print(json.dumps({"ok": True, "members": n, "messages": len(sent),
+                      "dropped_after": dropped_after, "slow_got": got,
+                      "seconds": round(elapsed, 2)}))
+
+
 SCENARIOS = {
     "online": online,
     "offline": offline,
@@ -447,6 +574,7 @@ SCENARIOS = {
     "bad-input": bad_input,
     "drain": drain,
     "idle": idle,
+    "room": room,
 }
 
 
@@ -459,8 +587,11 @@ def main():
     p.add_argument("--kid", default="k1")
     p.add_argument("--expect", default="[]")
     p.add_argument("--pid", type=int, default=0)
+    p.add_argument("--members", type=int, default=2000)
+    p.add_argument("--body", type=int, default=2048)
+    p.add_argument("--timeout", type=float, default=60)
     ARGS = p.parse_args()
-    asyncio.run(asyncio.wait_for(SCENARIOS[ARGS.scenario](), 60))
+    asyncio.run(asyncio.wait_for(SCENARIOS[ARGS.scenario](), ARGS.timeout))
 
 
 if __name__ == "__main__":

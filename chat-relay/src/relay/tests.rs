@@ -62,6 +62,7 @@ fn frames_for(out: &[Output], conn: ConnId) -> Vec<ServerFrame> {
     out.iter()
         .filter_map(|o| match o {
             Output::Frame { conn: c, frame } if *c == conn => Some(frame.clone()),
+            Output::Fanout { conns, frame } if conns.contains(&conn) => Some(frame.clone()),
             _ => None,
         })
         .collect()
@@ -438,6 +439,7 @@ mod hostile_input {
                 for o in outputs {
                     match o {
                         Output::Frame { conn: to, .. } => prop_assert!(open.contains(&to) || to == conn),
+                        Output::Fanout { conns, .. } => prop_assert!(conns.iter().all(|to| open.contains(to))),
                         // The shell ends it; the core keeps it until its `Closed`.
                         Output::Close { .. } => {}
                     }
@@ -445,4 +447,116 @@ mod hostile_input {
             }
         }
     }
+}
+
+fn room_limits() -> ChatLimits {
+    ChatLimits {
+        room_member_limit: 3,
+        rooms_per_connection: 2,
+        room_slow_mode: std::time::Duration::from_secs(5),
+        messages_per_second: 1000,
+        ..ChatLimits::default()
+    }
+}
+
+const POST_R1: &str = r#"{"type":"send","id":"p1","to":{"room":"r1"},"body":"goal!"}"#;
+
+#[test]
+fn a_room_message_reaches_every_other_member_once_and_is_not_stored() {
+    let mut h = Harness::new(room_limits());
+    for (conn, user) in [(1, "alice"), (2, "bob"), (3, "carol"), (4, "dave")] {
+        h.open(conn, user, "d");
+    }
+    for conn in 1..=3 {
+        let out = h.text(conn, r#"{"type":"room.join","room":"r1"}"#);
+        assert!(matches!(
+            frames_for(&out, conn).as_slice(),
+            [ServerFrame::Room { joined: true, members, .. }] if *members == conn as usize
+        ));
+    }
+    // The room is full; dave is refused, and outsiders may not post.
+    let out = h.text(4, r#"{"type":"room.join","room":"r1"}"#);
+    assert_eq!(error_code(&out, 4), "room_full");
+    let out = h.text(4, POST_R1);
+    assert_eq!(error_code(&out, 4), "not_member");
+
+    let out = h.text(1, POST_R1);
+    let msg = sent_msg(&out, 1);
+    assert!(msg.starts_with('r'), "{msg}");
+    let fanouts: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Fanout { conns, .. } => Some(conns.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fanouts.len(), 1, "one encoded frame for the room");
+    let mut members = fanouts[0].clone();
+    members.sort();
+    assert_eq!(members, vec![2, 3], "everyone but the poster");
+    assert!(matches!(
+        frames_for(&out, 2).as_slice(),
+        [ServerFrame::Message(m)] if m.conversation == "room:r1" && m.from == "alice"
+    ));
+    // Ephemeral: no inbox, no history, no receipts.
+    h.input(Input::Closed { conn: 3 });
+    let out = h.open(5, "carol", "d");
+    assert!(msg_ids(&frames_for(&out, 5)).is_empty());
+    let out = h.text(
+        2,
+        r#"{"type":"history","conversation":"room:r1","before":null,"limit":10}"#,
+    );
+    assert_eq!(error_code(&out, 2), "not_stored");
+}
+
+#[test]
+fn slow_mode_lets_a_user_post_once_per_span() {
+    let mut h = Harness::new(room_limits());
+    h.open(1, "alice", "d");
+    h.open(2, "bob", "d");
+    h.text(1, r#"{"type":"room.join","room":"r1"}"#);
+    h.text(2, r#"{"type":"room.join","room":"r1"}"#);
+    sent_msg(&h.text(1, POST_R1), 1);
+    let out = h.text(1, POST_R1);
+    assert_eq!(error_code(&out, 1), "slow_mode");
+    assert!(frames_for(&out, 2).is_empty());
+    // Another user is not held back by alice's post.
+    sent_msg(
+        &h.text(
+            2,
+            r#"{"type":"send","id":"b1","to":{"room":"r1"},"body":"yes"}"#,
+        ),
+        2,
+    );
+    h.now += 5_000;
+    sent_msg(&h.text(1, POST_R1), 1);
+}
+
+#[test]
+fn leaving_and_closing_free_room_places() {
+    let mut h = Harness::new(room_limits());
+    h.open(1, "alice", "d");
+    h.open(2, "bob", "d");
+    h.text(1, r#"{"type":"room.join","room":"r1"}"#);
+    h.text(1, r#"{"type":"room.join","room":"r2"}"#);
+    let out = h.text(1, r#"{"type":"room.join","room":"r3"}"#);
+    assert_eq!(error_code(&out, 1), "too_many_rooms");
+    let out = h.text(1, r#"{"type":"room.leave","room":"r2"}"#);
+    assert!(matches!(
+        frames_for(&out, 1).as_slice(),
+        [ServerFrame::Room {
+            joined: false,
+            members: 0,
+            ..
+        }]
+    ));
+    let out = h.text(1, r#"{"type":"room.leave","room":"r2"}"#);
+    assert_eq!(error_code(&out, 1), "not_member");
+    h.text(2, r#"{"type":"room.join","room":"r1"}"#);
+    h.input(Input::Closed { conn: 1 });
+    assert_eq!(h.relay.rooms.get("r1").map(|r| r.members.len()), Some(1));
+    assert_eq!(h.relay.room_members, 1);
+    h.input(Input::Closed { conn: 2 });
+    assert!(h.relay.rooms.is_empty());
+    assert_eq!(h.relay.room_members, 0);
 }
