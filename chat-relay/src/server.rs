@@ -325,6 +325,25 @@ fn check_token(app: &App, text: Option<&str>, peer: SocketAddr) -> Result<String
     Ok(user.to_owned())
 }
 
+/// Writes one frame. A write blocked by a reader that does not read ends when the relay
+/// closes the connection (its queued frames are dropped), or after the idle timeout; the
+/// error is the close frame to try to write, if any.
+async fn write(
+    socket: &mut WebSocket,
+    message: Message,
+    closer: &Closer,
+    idle: Duration,
+) -> Result<(), Option<(u16, &'static str)>> {
+    tokio::select! {
+        sent = socket.send(message) => sent.map_err(|_| None),
+        _ = closer.now.notified() => Err(closer.frame()),
+        _ = tokio::time::sleep(idle) => Err(Some((
+            close::SLOW,
+            "too slow: nothing could be written within the idle timeout",
+        ))),
+    }
+}
+
 async fn connection(
     app: Arc<App>,
     mut socket: WebSocket,
@@ -364,19 +383,13 @@ async fn connection(
                 if heard.elapsed() >= idle {
                     break Some((close::IDLE, "nothing received within the idle timeout"));
                 }
-                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
-                    break None;
+                if let Err(ending) = write(&mut socket, Message::Ping(axum::body::Bytes::new()), &closer, idle).await {
+                    break ending;
                 }
             }
             out = outgoing.recv() => match out {
-                // A write blocked by a reader that does not read ends when the relay closes
-                // the connection, or after the idle timeout.
-                Some(text) => tokio::select! {
-                    sent = socket.send(Message::Text(text)) => if sent.is_err() {
-                        break None;
-                    },
-                    _ = closer.now.notified() => break closer.frame(),
-                    _ = tokio::time::sleep(idle) => break Some((close::SLOW, "too slow: nothing could be written within the idle timeout")),
+                Some(text) => if let Err(ending) = write(&mut socket, Message::Text(text), &closer, idle).await {
+                    break ending;
                 },
                 None => break closer.frame(),
             },
