@@ -44,7 +44,7 @@ fn main() {
             );
         }
     }
-    topo.zones = zones;
+    topo.zones = zones.into();
     let policy = Policy {
         load_threshold: 0.9,
         max_results: 3,

@@ -1,5 +1,6 @@
 //! The steering service's HTTP API (axum): playback answers, redirects to the best edge,
-//! steered manifests, the Content Steering server, and `/metrics`, `/healthz`, `/readyz`.
+//! steered manifests, the Content Steering server, the chat relays for a client, and
+//! `/metrics`, `/healthz`, `/readyz`.
 //!
 //! A request goes through the same phases everywhere: *client* (who is asking:
 //! [`crate::client::client_ip`]), *choose* (the pure [`crate::choose::choose`] over the
@@ -23,11 +24,11 @@ use estuary_common::token;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use serde::Deserialize;
 
-use crate::choose::{Choice, Policy, choose, prioritize};
+use crate::choose::{Choice, Policy, choose, choose_relays, prioritize};
 use crate::client::client_ip;
 use crate::config::{Scheme, SteeringConfig};
 use crate::manifest::{Pathway, steer_dash, steer_hls};
-use crate::state::{FeedObserver, StateHolder};
+use crate::state::{FeedObserver, StateHolder, View};
 
 /// Every steering metric, pre-registered.
 pub struct Metrics {
@@ -44,7 +45,14 @@ pub struct Metrics {
 }
 
 /// The routes, as metric labels.
-const ROUTES: [&str; 5] = ["playback", "redirect", "steered", "steering", "other"];
+const ROUTES: [&str; 6] = [
+    "playback",
+    "redirect",
+    "steered",
+    "steering",
+    "chat_relays",
+    "other",
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -293,6 +301,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/playback/{asset}", get(playback))
         .route("/v1/playback/{asset}/{file}", get(playback_file))
         .route("/v1/steering/{kind}/{asset}", get(steering))
+        .route("/v1/chat/relays", get(chat_relays))
         .merge(estuary_common::service::admin::router())
         .fallback(|| async { finish(error(StatusCode::NOT_FOUND, "no such endpoint")) })
         .with_state(app)
@@ -366,14 +375,19 @@ fn who(
     .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))
 }
 
-/// The choose phase.
-fn ranked(app: &App, asset: &str, client: IpAddr) -> Result<Vec<Choice>, Response> {
-    let Some(view) = app.state.view() else {
-        return Err(error(
+/// The current view, or the 503 answered before the first snapshot.
+fn view(app: &App) -> Result<Arc<View>, Response> {
+    app.state.view().ok_or_else(|| {
+        error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no state snapshot has been loaded yet",
-        ));
-    };
+        )
+    })
+}
+
+/// The choose phase.
+fn ranked(app: &App, asset: &str, client: IpAddr) -> Result<Vec<Choice>, Response> {
+    let view = view(app)?;
     let topo = &view.topology;
     let place = topo.locate(client);
     let got = choose(topo, place, asset, &app.policy());
@@ -632,11 +646,9 @@ async fn steered(app: &App, asset: &str, got: &[Choice], q: &ClientQuery, kind: 
         Kind::Hls => "master.m3u8",
         Kind::Dash => "manifest.mpd",
     };
-    let Some(view) = app.state.view() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no state snapshot has been loaded yet",
-        );
+    let view = match view(app) {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     let mut not_found = 0;
     let mut text = None;
@@ -806,6 +818,39 @@ async fn steering(
     })()
     .unwrap_or_else(|r| r);
     record(&app, "steering", started, r)
+}
+
+/// `GET /v1/chat/relays`: the chat relays that are up, ranked for the client as edges are
+/// (its zone's site first, then the nearest; load and capacity inside a site), each with its
+/// WebSocket URL.
+async fn chat_relays(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<ClientQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let r = (|| {
+        let client = who(&app, peer, &headers, &q)?;
+        let view = view(&app)?;
+        let got = choose_relays(&view.relays, client, &app.policy());
+        if got.is_empty() {
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no chat relay is available",
+            ));
+        }
+        let relays: Vec<serde_json::Value> = got
+            .iter()
+            .map(|c| serde_json::json!({"site": c.site, "node": c.node, "url": c.base_url}))
+            .collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "client": client.to_string(), "relays": relays }),
+        ))
+    })()
+    .unwrap_or_else(|r| r);
+    record(&app, "chat_relays", started, r)
 }
 
 impl estuary_common::service::admin::AdminEndpoints for App {

@@ -3,6 +3,10 @@
 //! policy. No IO, no clock, no randomness: the hash seed is an input, so every steering
 //! replica (and the geo-DNS front end to come) answers the same for the same state.
 //!
+//! A topology holds the nodes of one role ([`Members`]): edges for playback and the
+//! geo-DNS, chat relays for `/v1/chat/relays` ([`choose_relays`], the same ranking with the
+//! client's address as the key). "Edge" below means a member of either.
+//!
 //! The order of sites: the client's home site (its coverage zone names a site) first, then the
 //! others nearest first (haversine from the client's location, or from the home site's); with
 //! no location at all, sites ranked by weighted rendezvous hashing of the asset (weight: the
@@ -18,17 +22,19 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use estuary_common::cp::{Role, StateSnapshot};
+use std::sync::Arc;
+
+use estuary_common::cp::{Addresses, Role, StateSnapshot};
 
 use crate::geo::{CoverageZones, Zone, location_ok, parse_net};
 
-/// One edge as the choice sees it.
+/// One edge (or chat relay, in a relay topology) as the choice sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EdgeInfo {
     pub id: String,
     /// Index into [`Topology::sites`].
     pub site: usize,
-    /// The base URL players are sent to (no trailing slash).
+    /// The base URL players are sent to (no trailing slash); a chat relay's WebSocket URL.
     pub base_url: String,
     /// The base URL steering itself fetches manifests from: the plain HTTP address when there
     /// is one (no trailing slash).
@@ -57,9 +63,82 @@ pub struct SiteInfo {
 pub struct Topology {
     pub sites: Vec<SiteInfo>,
     pub edges: Vec<EdgeInfo>,
-    /// The configured coverage zones plus every site's own `coverage` CIDRs.
-    pub zones: CoverageZones,
+    /// The configured coverage zones plus every site's own `coverage` CIDRs (one copy per
+    /// snapshot, shared by the edge and relay topologies).
+    pub zones: Arc<CoverageZones>,
     site_index: HashMap<String, usize>,
+}
+
+/// Which nodes of a snapshot a topology holds, and the address clients are sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// `Role::Edge` nodes with an address; `prefer_https` picks which one players get when
+    /// both exist.
+    Edges { prefer_https: bool },
+    /// `Role::ChatRelay` nodes with an `http` address, which becomes their WebSocket URL
+    /// ([`websocket_url`]); the others are left out.
+    ChatRelays,
+}
+
+impl Members {
+    fn role(self) -> Role {
+        match self {
+            Members::Edges { .. } => Role::Edge,
+            Members::ChatRelays => Role::ChatRelay,
+        }
+    }
+
+    /// The base URL clients are sent to, if the node has a usable one.
+    fn base_url(self, addresses: &Addresses) -> Option<String> {
+        match self {
+            Members::Edges { prefer_https } => {
+                let (first, second) = if prefer_https {
+                    (&addresses.https, &addresses.http)
+                } else {
+                    (&addresses.http, &addresses.https)
+                };
+                first
+                    .as_ref()
+                    .or(second.as_ref())
+                    .map(|b| b.trim_end_matches('/').to_owned())
+            }
+            Members::ChatRelays => addresses.http.as_deref().and_then(websocket_url),
+        }
+    }
+}
+
+/// A chat relay's WebSocket URL from its advertised `http` base URL: `http://host:port` gives
+/// `ws://host:port/ws`, `https://` gives `wss://`; any other scheme, or no host, gives `None`.
+pub fn websocket_url(http: &str) -> Option<String> {
+    let (scheme, rest) = http.trim_end_matches('/').split_once("://")?;
+    let ws = if scheme.eq_ignore_ascii_case("http") {
+        "ws"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        "wss"
+    } else {
+        return None;
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return None;
+    }
+    Some(format!("{ws}://{rest}/ws"))
+}
+
+/// The coverage zones of a snapshot: the configured `zones`, then every site's own coverage
+/// CIDRs (so the file wins for an identical network).
+pub fn snapshot_zones(snap: &StateSnapshot, zones: &CoverageZones) -> Arc<CoverageZones> {
+    let mut all = zones.clone();
+    for (name, site) in &snap.sites {
+        let nets: Vec<_> = site.coverage.iter().filter_map(|c| parse_net(c)).collect();
+        all.add(
+            Zone {
+                name: name.clone(),
+                location: site.location.filter(|l| location_ok(*l)),
+            },
+            &nets,
+        );
+    }
+    Arc::new(all)
 }
 
 /// Where a client is, as far as it is known.
@@ -98,32 +177,28 @@ impl Topology {
     /// `zones` are the configured coverage zones; sites' own coverage CIDRs are added after
     /// them (so the file wins for an identical network).
     pub fn from_snapshot(snap: &StateSnapshot, prefer_https: bool, zones: &CoverageZones) -> Self {
+        Self::of_members(
+            snap,
+            Members::Edges { prefer_https },
+            snapshot_zones(snap, zones),
+        )
+    }
+
+    /// Builds the topology of `members` from a state snapshot, over `zones` as
+    /// [`snapshot_zones`] made them for the same snapshot.
+    pub fn of_members(snap: &StateSnapshot, members: Members, zones: Arc<CoverageZones>) -> Self {
         let mut topo = Topology {
-            zones: zones.clone(),
+            zones,
             ..Topology::default()
         };
         for (name, site) in &snap.sites {
-            let nets: Vec<_> = site.coverage.iter().filter_map(|c| parse_net(c)).collect();
-            let location = site.location.filter(|l| location_ok(*l));
-            topo.add_site(name, location);
-            topo.zones.add(
-                Zone {
-                    name: name.clone(),
-                    location,
-                },
-                &nets,
-            );
+            topo.add_site(name, site.location.filter(|l| location_ok(*l)));
         }
         for node in snap.nodes.values() {
-            if node.role != Role::Edge {
+            if node.role != members.role() {
                 continue;
             }
-            let (first, second) = if prefer_https {
-                (&node.addresses.https, &node.addresses.http)
-            } else {
-                (&node.addresses.http, &node.addresses.https)
-            };
-            let Some(base) = first.as_ref().or(second.as_ref()) else {
+            let Some(base_url) = members.base_url(&node.addresses) else {
                 continue;
             };
             let gbps = node.capacity.gbps;
@@ -149,14 +224,12 @@ impl Topology {
             topo.add_edge(EdgeInfo {
                 id: node.id.clone(),
                 site,
-                base_url: base.trim_end_matches('/').to_owned(),
                 fetch_url: node
                     .addresses
                     .http
-                    .as_ref()
-                    .unwrap_or(base)
-                    .trim_end_matches('/')
-                    .to_owned(),
+                    .as_deref()
+                    .map_or_else(|| base_url.clone(), |h| h.trim_end_matches('/').to_owned()),
+                base_url,
                 weight,
                 load: if load.is_finite() { load } else { 0.0 },
                 up: node.up,
@@ -395,6 +468,14 @@ fn rank_site(topo: &Topology, s: usize, asset: &str, policy: &Policy, out: &mut 
         }
         out.push(i);
     }
+}
+
+/// The ranked chat relays for a client at address `client`: [`choose`] over a
+/// [`Members::ChatRelays`] topology, the client's address standing in for the asset (so a
+/// client keeps its relay while the relays stay as they are, and a site's clients spread
+/// over its relays by weight). Each choice's `base_url` is the relay's WebSocket URL.
+pub fn choose_relays(relays: &Topology, client: IpAddr, policy: &Policy) -> Vec<Choice> {
+    choose(relays, relays.locate(client), &client.to_string(), policy)
 }
 
 /// The pathway order a player is told: the ranked choice, except that the player's current
@@ -639,6 +720,168 @@ mod tests {
     }
 
     #[test]
+    fn websocket_urls_follow_the_http_scheme() {
+        let ws = |s: &str| websocket_url(s);
+        assert_eq!(
+            ws("http://127.0.0.1:9000").as_deref(),
+            Some("ws://127.0.0.1:9000/ws")
+        );
+        assert_eq!(
+            ws("https://chat.example/").as_deref(),
+            Some("wss://chat.example/ws")
+        );
+        assert_eq!(
+            ws("HTTP://[::1]:80/relay/").as_deref(),
+            Some("ws://[::1]:80/relay/ws")
+        );
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http:///ws",
+            "chat.example:80",
+            "ws://x",
+        ] {
+            assert_eq!(ws(bad), None, "{bad}");
+        }
+    }
+
+    /// Sites paris and berlin with coverage; an edge, and chat relays: one per site, one down,
+    /// one with only an https address, one with an unusable address.
+    fn chat_snapshot() -> StateSnapshot {
+        use estuary_common::cp::*;
+        let mut snap = StateSnapshot::default();
+        for (name, location, net) in [
+            ("paris", [48.85, 2.35], "198.51.100.0/24"),
+            ("berlin", [52.52, 13.40], "203.0.113.0/24"),
+        ] {
+            snap.sites.insert(
+                name.into(),
+                Site {
+                    name: name.into(),
+                    location: Some(location),
+                    coverage: vec![net.into()],
+                },
+            );
+        }
+        // Only what the relays differ in; the rest as a node that never beat.
+        let node = |id: &str, site: &str, role: Role, http: Option<&str>, up: bool| {
+            let addresses = Addresses {
+                http: http.map(str::to_owned),
+                https: Some(format!("https://{id}:443")),
+                admin: None,
+            };
+            serde_json::from_value::<NodeState>(serde_json::json!({
+                "id": id, "site": site, "role": role, "addresses": addresses,
+                "capacity": {}, "up": up, "last_heartbeat": 0, "load": {}, "usage": {},
+                "version": "",
+            }))
+            .expect("node")
+        };
+        for n in [
+            node("e1", "paris", Role::Edge, Some("http://e1:80"), true),
+            node(
+                "r-paris",
+                "paris",
+                Role::ChatRelay,
+                Some("http://r-paris:9000/"),
+                true,
+            ),
+            node(
+                "r-berlin",
+                "berlin",
+                Role::ChatRelay,
+                Some("https://r-berlin"),
+                true,
+            ),
+            node(
+                "r-down",
+                "berlin",
+                Role::ChatRelay,
+                Some("http://r-down:9000"),
+                false,
+            ),
+            node("r-tls", "paris", Role::ChatRelay, None, true),
+            node(
+                "r-odd",
+                "paris",
+                Role::ChatRelay,
+                Some("gopher://r-odd"),
+                true,
+            ),
+        ] {
+            snap.nodes.insert(n.id.clone(), n);
+        }
+        snap
+    }
+
+    #[test]
+    fn chat_relays_are_ranked_like_edges_with_websocket_urls() {
+        let snap = chat_snapshot();
+        let zones = snapshot_zones(&snap, &CoverageZones::default());
+        let edges = Topology::of_members(
+            &snap,
+            Members::Edges {
+                prefer_https: false,
+            },
+            Arc::clone(&zones),
+        );
+        let relays = Topology::of_members(&snap, Members::ChatRelays, zones);
+        // Each topology holds its own role only; relays without an http(s) address are out.
+        assert_eq!(
+            edges
+                .edges
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            ["e1"]
+        );
+        let mut ids: Vec<&str> = relays.edges.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["r-berlin", "r-down", "r-paris"]);
+        assert_eq!(
+            relays.edge("r-paris").map(|e| e.base_url.as_str()),
+            Some("ws://r-paris:9000/ws")
+        );
+        assert_eq!(
+            relays.edge("r-berlin").map(|e| e.base_url.as_str()),
+            Some("wss://r-berlin/ws")
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // A client's own zone first, then the nearest site; the relay that is down never.
+        let paris = choose_relays(&relays, ip("198.51.100.7"), &policy(3));
+        assert_eq!(nodes(&paris), ["r-paris", "r-berlin"]);
+        assert_eq!(paris[0].site, "paris");
+        assert_eq!(paris[0].base_url, "ws://r-paris:9000/ws");
+        let berlin = choose_relays(&relays, ip("203.0.113.9"), &policy(3));
+        assert_eq!(nodes(&berlin), ["r-berlin", "r-paris"]);
+        // The same as edges are ranked, the client's address as the key; and `pathways` caps
+        // the list.
+        let place = relays.locate(ip("203.0.113.9"));
+        assert_eq!(berlin, choose(&relays, place, "203.0.113.9", &policy(3)));
+        assert_eq!(
+            nodes(&choose_relays(&relays, ip("203.0.113.9"), &policy(1))),
+            ["r-berlin"]
+        );
+        // An unplaced client still gets every relay that is up, the same way every time.
+        let nowhere = choose_relays(&relays, ip("192.0.2.1"), &policy(3));
+        assert_eq!(nowhere.len(), 2);
+        assert_eq!(nowhere, choose_relays(&relays, ip("192.0.2.1"), &policy(3)));
+        // The edge topology built the old way is the same as before relays existed.
+        let old = Topology::from_snapshot(&snap, false, &CoverageZones::default());
+        assert_eq!(old.edges, edges.edges);
+        assert_eq!(old.sites, edges.sites);
+        // No relay up: nothing to offer.
+        let mut down = snap.clone();
+        for n in down.nodes.values_mut() {
+            n.up = false;
+        }
+        let zones = snapshot_zones(&down, &CoverageZones::default());
+        let none = Topology::of_members(&down, Members::ChatRelays, zones);
+        assert!(choose_relays(&none, ip("198.51.100.7"), &policy(3)).is_empty());
+    }
+
+    #[test]
     fn the_current_pathway_is_kept_only_inside_the_best_site() {
         let c = |site: &str, node: &str| Choice {
             site: site.into(),
@@ -734,6 +977,14 @@ mod tests {
                 && max > 0
             {
                 prop_assert_eq!(&got[0].site, &t.sites[h].name);
+            }
+        }
+
+        #[test]
+        fn websocket_urls_are_ws_or_wss_ending_in_ws(s in ".{0,40}") {
+            if let Some(url) = websocket_url(&s) {
+                prop_assert!(url.starts_with("ws://") || url.starts_with("wss://"), "{}", url);
+                prop_assert!(url.ends_with("/ws"));
             }
         }
 

@@ -10,14 +10,17 @@ use arc_swap::ArcSwapOption;
 use estuary_common::cp::StateSnapshot;
 use tokio::sync::watch;
 
-use crate::choose::Topology;
+use crate::choose::{Members, Topology, snapshot_zones};
 use crate::geo::CoverageZones;
 
-/// A snapshot and its topology.
+/// A snapshot and its topologies.
 #[derive(Debug)]
 pub struct View {
     pub snapshot: StateSnapshot,
+    /// The edges.
     pub topology: Topology,
+    /// The chat relays.
+    pub relays: Topology,
 }
 
 /// The current view, swapped whole on every new snapshot.
@@ -44,9 +47,17 @@ impl StateHolder {
 
     /// Installs a new snapshot.
     pub fn install(&self, snapshot: StateSnapshot) {
-        let topology = Topology::from_snapshot(&snapshot, self.prefer_https, &self.zones);
-        self.current
-            .store(Some(Arc::new(View { snapshot, topology })));
+        let zones = snapshot_zones(&snapshot, &self.zones);
+        let edges = Members::Edges {
+            prefer_https: self.prefer_https,
+        };
+        let topology = Topology::of_members(&snapshot, edges, Arc::clone(&zones));
+        let relays = Topology::of_members(&snapshot, Members::ChatRelays, zones);
+        self.current.store(Some(Arc::new(View {
+            snapshot,
+            topology,
+            relays,
+        })));
     }
 }
 

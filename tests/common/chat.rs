@@ -13,12 +13,18 @@ pub struct ChatRelay {
 }
 
 impl ChatRelay {
-    /// Writes a config (`extra` appended) and starts `estuary chat-relay`.
+    /// Writes a config (`extra` appended) and starts `estuary chat-relay` as node
+    /// `relay-test` of site `lab`.
     pub fn start(name: &str, extra: &str) -> Self {
+        Self::start_node(name, "relay-test", "lab", extra)
+    }
+
+    /// [`ChatRelay::start`] as node `id` of `site`.
+    pub fn start_node(name: &str, id: &str, site: &str, extra: &str) -> Self {
         let dir = TempDir::new(name);
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
-            "[node]\nid = \"relay-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{addr}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[store]\npath = \"chat.db\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"{id}\"\nsite = \"{site}\"\n[listen]\nhttp = \"{addr}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[store]\npath = \"chat.db\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         std::fs::write(dir.path().join("relay.toml"), config).expect("config");
         let mut relay = Self {
@@ -50,18 +56,7 @@ impl ChatRelay {
 
     /// The scenario client's command line.
     pub fn scenario(&self, scenario: &str, extra: &[&str]) -> Command {
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/chat.py"
-        ))
-        .arg(scenario)
-        .arg("--url")
-        .arg(format!("ws://{}", self.addr))
-        .arg("--key")
-        .arg(KEY_HEX)
-        .args(extra);
-        cmd
+        scenario_at(&format!("ws://{}", self.addr), scenario, extra)
     }
 
     /// Runs a scenario to its end; fails the test with its output and the relay's log if it
@@ -78,4 +73,21 @@ impl ChatRelay {
         let last = stdout.lines().last().unwrap_or("{}");
         serde_json::from_str(last).expect("scenario output is JSON")
     }
+}
+
+/// The scenario client's command line against the relay at `url` (`ws://host:port`, the
+/// scenarios add `/ws`).
+pub fn scenario_at(url: &str, scenario: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/chat.py"
+    ))
+    .arg(scenario)
+    .arg("--url")
+    .arg(url)
+    .arg("--key")
+    .arg(KEY_HEX)
+    .args(extra);
+    cmd
 }

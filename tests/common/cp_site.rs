@@ -22,6 +22,9 @@ pub const NODES: &[(&str, &str, &str)] = &[
     ("edge-b1", "b", "edge"),
     ("edge-own", "lab", "edge"),
     ("relay-test", "lab", "chat-relay"),
+    ("relay-paris", "paris", "chat-relay"),
+    ("relay-berlin", "berlin", "chat-relay"),
+    ("relay-tokyo", "tokyo", "chat-relay"),
 ];
 
 /// The credential of node `id` (one of [`NODES`]).
@@ -146,6 +149,25 @@ impl ControlPlane {
         }
         args.extend_from_slice(extra);
         fetch(&format!("{}{path}", self.url()), &args)
+    }
+
+    /// `PUT /v1/sites/<name>` with this JSON body, as an operator; fails the test unless
+    /// it is accepted.
+    pub fn put_site(&self, name: &str, site: &serde_json::Value) {
+        let body = site.to_string();
+        let (status, _, answer) = self.get(
+            &format!("/v1/sites/{name}"),
+            OPS,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+            ],
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     }
 
     /// Runs the operator CLI (`estuary ARGS --control-plane URL`); its standard output.

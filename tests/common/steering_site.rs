@@ -64,9 +64,21 @@ impl SteeringSite {
     /// `GET /v1/playback/<asset>`: its status and the node ids of the edges offered, in
     /// their order.
     pub fn playback_edges(&self, asset: &str) -> (u16, Vec<String>, serde_json::Value) {
-        let (status, _, body) = super::fetch(&self.url(&format!("/v1/playback/{asset}")), &[]);
+        self.ranked_nodes(&format!("/v1/playback/{asset}"), "edges")
+    }
+
+    /// `GET /v1/chat/relays?client=<client>`: its status, the relays' node ids in their
+    /// order, and the whole answer.
+    pub fn chat_relays(&self, client: &str) -> (u16, Vec<String>, serde_json::Value) {
+        self.ranked_nodes(&format!("/v1/chat/relays?client={client}"), "relays")
+    }
+
+    /// GETs `path`: its status, the `node` of each entry of the answer's `list`, and the
+    /// whole answer.
+    fn ranked_nodes(&self, path: &str, list: &str) -> (u16, Vec<String>, serde_json::Value) {
+        let (status, _, body) = super::fetch(&self.url(path), &[]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let ids = v["edges"]
+        let ids = v[list]
             .as_array()
             .map(|a| {
                 a.iter()
