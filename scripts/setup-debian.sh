@@ -31,6 +31,8 @@ if [ "$what" = "test" ]; then
   # A real PostgreSQL server for the control plane's replica tests (started by the tests).
   [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || need_apt+=(postgresql)
   have npm || need_apt+=(npm)
+  # The chat relays' shared log in the cluster tests: NATS with JetStream (`nats-server -js`).
+  have nats-server || need_apt+=(nats-server)
   # promtool (tests/monitoring_metrics.rs checks every service's /metrics with it) ships in
   # Debian's prometheus package; on a host whose init is systemd the package also starts a
   # Prometheus on port 9090.

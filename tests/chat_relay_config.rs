@@ -1,5 +1,6 @@
 //! `estuary check-config` tells a chat relay config from an edge's and checks it; the relay
-//! refuses `[cluster]` (not implemented yet) and typos with the key's name.
+//! refuses typos with the key's name; a clustered relay refuses to start without its NATS or
+//! on a lone relay's store.
 mod common;
 
 use std::process::Command;
@@ -47,19 +48,29 @@ fn the_example_passes_check_config_once_its_folder_exists() {
 }
 
 #[test]
-fn cluster_is_refused_at_start_until_it_is_implemented() {
-    let relay = ChatRelay::start("chat-cluster", "");
-    let text = std::fs::read_to_string(relay.config()).expect("read")
-        + "[cluster]\nnats = \"nats://127.0.0.1:4222\"\n";
-    let path = relay.dir.path().join("cluster.toml");
-    std::fs::write(&path, text).expect("write");
-    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
-        .arg("chat-relay")
-        .arg("--config")
-        .arg(&path));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("not implemented"),
-        "{err}"
-    );
+fn a_clustered_relay_needs_its_nats_and_a_store_of_its_own() {
+    let mut relay = ChatRelay::start("chat-cluster-refused", "");
+    relay.run_scenario("online", &[]);
+    relay.process = None;
+    let base = std::fs::read_to_string(relay.config()).expect("read");
+    let start = |cluster: &str| {
+        let path = relay.dir.path().join("cluster.toml");
+        std::fs::write(&path, format!("{base}{cluster}")).expect("write");
+        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+            .arg("chat-relay")
+            .arg("--config")
+            .arg(&path));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Nobody listens there: a clear error naming the key, not a hang.
+    let port = common::free_port();
+    let err = start(&format!(
+        "[cluster]\nnats = \"nats://127.0.0.1:{port}\"\ntimeout = \"1s\"\n"
+    ));
+    assert!(err.contains("cluster.nats"), "{err}");
+    // A store that holds a lone relay's messages is not silently merged into a cluster.
+    let nats = common::chat::Nats::start("chat-cluster-refused-nats");
+    let err = start(&nats.cluster_toml());
+    assert!(err.contains("ran without [cluster]"), "{err}");
 }

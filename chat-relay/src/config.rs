@@ -75,8 +75,31 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The NATS server's URL (`nats://host:port`).
+    /// The NATS server's URL (`nats://host:port`), with JetStream enabled.
     pub nats: String,
+    /// The NATS auth token, if the server wants one.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The JetStream stream that holds the relays' shared log (created if missing); its
+    /// subjects are `chat.<stream>.log` and, for typing and presence, `chat.<stream>.signal`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Copies JetStream keeps of the log (1 on a single server; 3 on a NATS cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long a write waits for the log before the client gets an error `store`.
+    #[serde(default = "default_log_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_stream() -> String {
+    "CHAT".to_owned()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_log_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[chat]`: what one client may do.
@@ -198,6 +221,22 @@ impl ChatRelayConfig {
                 "cluster.nats",
                 "must be a nats:// or tls:// URL",
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if !name_ok(&cluster.stream) || cluster.stream.contains('.') {
+                return Err(ConfigError::new(
+                    "cluster.stream",
+                    "1-64 of A-Z a-z 0-9 - _",
+                ));
+            }
+            if !(1..=5).contains(&cluster.replicas) {
+                return Err(ConfigError::new("cluster.replicas", "must be 1 to 5"));
+            }
+            if cluster.timeout < Duration::from_millis(100)
+                || cluster.timeout > Duration::from_secs(60)
+            {
+                return Err(ConfigError::new("cluster.timeout", "must be 100ms to 60s"));
+            }
         }
         if let Some(cp) = &self.control_plane {
             cp.validate()?;

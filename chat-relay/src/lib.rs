@@ -3,6 +3,7 @@
 //! `relay.rs` is the messaging core (sans-IO), `store/` what it keeps, `server.rs` the
 //! WebSocket shell, `config.rs` the config file. The frames are in `estuary_common::chat`.
 
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod relay;
@@ -17,18 +18,12 @@ pub use config::ChatRelayConfig;
 /// Runs the chat relay until SIGTERM or SIGINT; on either, every WebSocket gets a close frame
 /// 1001 and the store is closed after the last connection.
 pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
-    if let Some(cluster) = &config.cluster {
-        anyhow::bail!(
-            "[cluster] nats = {:?}: relays sharing routing and inboxes over NATS JetStream are not implemented in this build yet; remove [cluster] to run this relay alone on its embedded store",
-            cluster.nats
-        );
-    }
     let life = estuary_common::service::Lifecycle::start(
         &config.shutdown,
         estuary_common::fds::UNCAPPED_SLOTS,
     );
     let keys = config.key_set()?;
-    let store = store::SqliteStore::open(&config.store.path)
+    let local = store::SqliteStore::open(&config.store.path)
         .map_err(|e| anyhow::anyhow!("store.path {}: {e}", config.store.path.display()))?;
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
     let stop = life.stop_signal();
@@ -37,13 +32,27 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         max_ttl: config.auth.max_ttl,
         idle_timeout: config.limits.idle_timeout,
     };
-    let (app, core) = server::App::start(
-        shell,
-        config.chat.clone(),
-        store,
-        Arc::clone(&metrics),
-        stop.clone(),
-    )?;
+    let (app, core) = match &config.cluster {
+        None => server::App::start(
+            shell,
+            config.chat.clone(),
+            local,
+            Arc::clone(&metrics),
+            stop.clone(),
+            None,
+        )?,
+        Some(cluster) => {
+            let store = replica(cluster, &config.node.id, local).await?;
+            server::App::start(
+                shell,
+                config.chat.clone(),
+                store.0,
+                Arc::clone(&metrics),
+                stop.clone(),
+                Some(store.1),
+            )?
+        }
+    };
     let listen = config.listen.http;
     let listener = bind(listen, config.chat.socket_send_buffer)
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
@@ -107,6 +116,39 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         tracing::warn!("The relay thread did not end in time.");
     }
     Ok(())
+}
+
+/// Joins the cluster's log and brings the local replica up to its end before serving.
+async fn replica(
+    cluster: &config::ClusterConfig,
+    node: &str,
+    local: store::SqliteStore,
+) -> anyhow::Result<(
+    store::ReplicatedStore<cluster::NatsLog>,
+    Arc<tokio::sync::Notify>,
+)> {
+    let applied = match local.cluster_position()? {
+        Some((_, applied)) => applied,
+        None => 0,
+    };
+    let advanced = Arc::new(tokio::sync::Notify::new());
+    let joined = cluster::join(cluster, node, applied, Arc::clone(&advanced)).await?;
+    let wait = cluster.timeout;
+    let stream = joined.stream.clone();
+    let last = joined.last;
+    let store = tokio::task::spawn_blocking(move || {
+        let mut store = store::ReplicatedStore::new(local, joined.log, &stream, wait)?;
+        store.catch_up_to(last, wait)?;
+        Ok::<_, store::StoreError>(store)
+    })
+    .await??;
+    tracing::info!(
+        nats = %cluster.nats,
+        stream = %cluster.stream,
+        applied = store.applied(),
+        "The relay joined its cluster's log and caught up."
+    );
+    Ok((store, advanced))
 }
 
 /// Binds the WebSocket listener; accepted connections inherit its send buffer size.

@@ -18,7 +18,9 @@ use estuary_common::chat::{
 };
 
 use crate::config::ChatLimits;
-use crate::store::{Content, Inserted, NewMessage, Receipt, Store, StoreError, Stored};
+use crate::store::{
+    Content, Inserted, NewMessage, Receipt, Remote, Store, StoreError, Stored, StoredReceipt,
+};
 
 /// A connection, numbered by the shell.
 pub type ConnId = u64;
@@ -38,6 +40,8 @@ pub enum Input {
     Binary { conn: ConnId },
     /// The connection is gone.
     Closed { conn: ConnId },
+    /// Other relays may have written to the shared log (a clustered relay).
+    LogAdvanced,
 }
 
 /// What the shell must do.
@@ -264,6 +268,12 @@ impl<S: Store, O: Observer> Relay<S, O> {
     /// Handles one input at `now_ms` (unix milliseconds) and returns what to do, in order.
     pub fn handle_input(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        // What other relays wrote first: their messages go out before this input's, and
+        // this input sees their groups and devices.
+        if let Err(e) = self.store.catch_up() {
+            self.observer.store_failed(&e);
+        }
+        self.deliver_remote(&mut out);
         match input {
             Input::Open { conn, user, device } => self.open(now_ms, conn, user, device, &mut out),
             Input::Text { conn, text } => self.text(now_ms, conn, &text, &mut out),
@@ -278,8 +288,41 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 }
             }
             Input::Closed { conn } => self.closed(now_ms, conn, &mut out),
+            Input::LogAdvanced => {}
         }
+        self.deliver_remote(&mut out);
         out
+    }
+
+    /// Hands what other relays wrote to the connections here: their messages to the
+    /// recipients' devices, receipts to the senders' devices.
+    fn deliver_remote(&mut self, out: &mut Vec<Output>) {
+        loop {
+            let remote = self.store.take_remote();
+            if remote.is_empty() {
+                return;
+            }
+            for r in remote {
+                match r {
+                    Remote::Message { message, inboxes } => {
+                        for (user, device) in &inboxes {
+                            if let Some(conn) = self.online.get(user).and_then(|d| d.get(device)) {
+                                self.observer.message_out(1);
+                                out.push(Output::Frame {
+                                    conn: *conn,
+                                    frame: ServerFrame::Message(chat_message(&message, user)),
+                                });
+                            }
+                        }
+                    }
+                    Remote::Receipt { sender, receipt } => {
+                        if let Err(e) = self.hand_receipt(&sender, &receipt, out) {
+                            self.observer.store_failed(&e);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn open(
@@ -757,6 +800,9 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .store
             .insert_message(&message, &inboxes)
             .map_err(|e| self.store_error(e))?;
+        // What other relays stored before it goes out first, so that a conversation's
+        // messages reach each device in log order.
+        self.deliver_remote(out);
         match inserted {
             Inserted::Duplicate(m) => out.push(Output::Frame {
                 conn,
@@ -840,9 +886,28 @@ impl<S: Store, O: Observer> Relay<S, O> {
             return Ok(false);
         };
         self.observer.receipt(state);
+        let receipt = StoredReceipt {
+            seq,
+            msg: m.id,
+            by: by.to_owned(),
+            state,
+            ts: now,
+        };
+        self.hand_receipt(&m.sender, &receipt, out)
+            .map_err(|e| self.store_error(e))?;
+        Ok(true)
+    }
+
+    /// Hands a receipt to the sender's devices connected here, and marks it handed to them.
+    fn hand_receipt(
+        &mut self,
+        sender: &str,
+        receipt: &StoredReceipt,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StoreError> {
         let devices: Vec<(String, ConnId)> = self
             .online
-            .get(&m.sender)
+            .get(sender)
             .into_iter()
             .flatten()
             .map(|(d, c)| (d.clone(), *c))
@@ -851,17 +916,15 @@ impl<S: Store, O: Observer> Relay<S, O> {
             out.push(Output::Frame {
                 conn,
                 frame: ServerFrame::Receipt {
-                    msg: m.id.to_string(),
-                    by: by.to_owned(),
-                    state,
-                    ts: now,
+                    msg: receipt.msg.to_string(),
+                    by: receipt.by.clone(),
+                    state: receipt.state,
+                    ts: receipt.ts,
                 },
             });
-            self.store
-                .receipts_seen(&m.sender, &device, seq)
-                .map_err(|e| self.store_error(e))?;
+            self.store.receipts_seen(sender, &device, receipt.seq)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     fn read(

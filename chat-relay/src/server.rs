@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ChatLimits;
 use crate::metrics::Metrics;
 use crate::relay::{ConnId, Input, Output, Relay, close};
-use crate::store::SqliteStore;
+use crate::store::Store;
 
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -40,8 +40,9 @@ struct Outbox {
     close: Arc<Closer>,
 }
 
-/// How the relay thread closes a connection: the close frame to write, and a wake-up for a
-/// task blocked writing to a slow reader (the frames still queued are dropped).
+/// How the relay thread closes a connection: the close frame to write (after the frames
+/// already queued, which explain it), or, for a slow reader, at once: a wake-up for a task
+/// blocked writing to it, and the frames still queued are dropped.
 #[derive(Default)]
 struct Closer {
     with: OnceLock<(u16, &'static str)>,
@@ -51,6 +52,10 @@ struct Closer {
 impl Closer {
     fn close(&self, code: u16, reason: &'static str) {
         let _ = self.with.set((code, reason));
+    }
+
+    fn cut(&self, code: u16, reason: &'static str) {
+        self.close(code, reason);
         self.now.notify_one();
     }
 
@@ -117,19 +122,32 @@ fn unix_ms() -> u64 {
 
 impl App {
     /// Starts the relay thread over `store` and returns the shared state and the thread.
-    pub fn start(
+    /// With a replicated store, `log_advanced` is woken when other relays wrote.
+    pub fn start<S: Store + Send + 'static>(
         shell: Shell,
         limits: ChatLimits,
-        mut store: SqliteStore,
+        mut store: S,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
+        log_advanced: Option<Arc<tokio::sync::Notify>>,
     ) -> std::io::Result<(Arc<App>, std::thread::JoinHandle<()>)> {
-        use crate::store::Store;
         match store.inbox_depth() {
             Ok(n) => metrics.set_inbox_depth(n),
             Err(e) => tracing::warn!(error = %e, "The inbox depth could not be read."),
         }
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
+        if let Some(advanced) = log_advanced {
+            // One wake-up at a time is enough: the relay applies everything that came.
+            let wake = to_relay.clone();
+            tokio::spawn(async move {
+                loop {
+                    advanced.notified().await;
+                    if wake.send(ToRelay::Input(Input::LogAdvanced)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         let relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
         let thread_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
@@ -154,8 +172,8 @@ impl App {
 }
 
 /// Owns the relay: handles inputs in arrival order and routes its outputs.
-fn relay_thread(
-    mut relay: Relay<SqliteStore, Arc<Metrics>>,
+fn relay_thread<S: Store>(
+    mut relay: Relay<S, Arc<Metrics>>,
     mut rx: mpsc::Receiver<ToRelay>,
     metrics: Arc<Metrics>,
 ) {
@@ -228,7 +246,7 @@ fn queue(outboxes: &mut HashMap<ConnId, Outbox>, conn: ConnId, text: Utf8Bytes, 
         metrics.slow_closed.inc();
         outbox
             .close
-            .close(close::SLOW, "too slow: the send queue is full");
+            .cut(close::SLOW, "too slow: the send queue is full");
         outboxes.remove(&conn);
     }
 }

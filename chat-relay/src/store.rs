@@ -2,8 +2,10 @@
 //! and last-seen times, behind the small [`Store`] trait the messaging core uses. The one
 //! implementation is SQLite ([`sqlite::SqliteStore`]); tests open it in memory.
 
+pub mod replicated;
 pub mod sqlite;
 
+pub use replicated::{Log, ReplicatedStore};
 pub use sqlite::SqliteStore;
 
 use estuary_common::chat::{Media, ReceiptState};
@@ -19,6 +21,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store's schema version {found} is newer than this build's {supported}")]
     TooNew { found: i64, supported: i64 },
+    /// The shared log (NATS JetStream) failed or did not answer in time.
+    #[error("the shared log failed: {0}")]
+    Log(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -86,8 +91,35 @@ pub enum Inserted {
     Duplicate(Stored),
 }
 
+/// What another relay wrote that this relay's connections may need now (a replicated
+/// store hands these to the core after applying them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// A message stored by another relay, with its inbox entries.
+    Message {
+        message: Stored,
+        inboxes: Vec<(String, String)>,
+    },
+    /// A receipt recorded by another relay for `sender`'s message.
+    Receipt {
+        sender: String,
+        receipt: StoredReceipt,
+    },
+}
+
 /// The relay's storage. Every call is one transaction; a call that returns `Ok` is durable.
 pub trait Store {
+    /// Applies what other relays wrote since the last call, without waiting (a replicated
+    /// store; the embedded one has nothing to do).
+    fn catch_up(&mut self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// What other relays wrote that was applied since the last call, in log order.
+    fn take_remote(&mut self) -> Vec<Remote> {
+        Vec::new()
+    }
+
     /// Records a device of a user. The first device of a user takes over the inbox entries
     /// kept for a user with no device yet; returns how many it took.
     fn register_device(&mut self, user: &str, device: &str) -> Result<u64, StoreError>;

@@ -182,6 +182,88 @@ pub enum ServerFrame {
     Pong,
 }
 
+/// One write to the chat relays' shared log (NATS JetStream with `[cluster]`): every relay
+/// applies every entry, in log order, to its own replica of the store, so that all replicas
+/// agree; a message's id and a receipt's sequence are the entry's log sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LogEntry {
+    RegisterDevice {
+        user: String,
+        device: String,
+    },
+    InsertMessage {
+        conversation: String,
+        sender: String,
+        sender_device: String,
+        client_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media: Option<Media>,
+        ts: u64,
+        /// Who gets it: an inbox entry for each of their devices known at this point of the
+        /// log (the placeholder device `""` for a user with none yet).
+        recipients: Vec<String>,
+    },
+    Ack {
+        user: String,
+        device: String,
+        ids: Vec<i64>,
+    },
+    RecordReceipt {
+        msg: i64,
+        user: String,
+        state: ReceiptState,
+        ts: u64,
+        sender: String,
+    },
+    ReceiptsSeen {
+        user: String,
+        device: String,
+        seq: i64,
+    },
+    CreateGroup {
+        group: String,
+        owner: String,
+        members: Vec<String>,
+    },
+    AddMembers {
+        group: String,
+        members: Vec<String>,
+    },
+    RemoveMembers {
+        group: String,
+        members: Vec<String>,
+    },
+    SetLastSeen {
+        user: String,
+        ts: u64,
+    },
+}
+
+/// What relays tell each other that is not kept (NATS core subjects with `[cluster]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Signal {
+    /// `from` is typing in `conversation` (a store key) to these users.
+    Typing {
+        from: String,
+        to: Vec<String>,
+        conversation: String,
+    },
+    /// Users came online (`online`) or went offline on `relay`.
+    Presence {
+        relay: String,
+        users: Vec<String>,
+        online: bool,
+        ts: u64,
+    },
+    /// `relay` is alive; sent every second. A relay that starts sends `hello: true`, and the
+    /// others answer with the users online on them.
+    Alive { relay: String, hello: bool },
+}
+
 /// The acl of a chat user's token: `/chat/user/<user-id>`.
 pub const USER_ACL_PREFIX: &str = "/chat/user/";
 

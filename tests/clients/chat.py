@@ -31,11 +31,11 @@ def token(user, exp=None, acl=None, key=None, kid=None):
     return f"{text}~hmac={mac}"
 
 
-def ws_url(tok, device=None):
+def ws_url(tok, device=None, base=None):
     q = {"token": tok}
     if device is not None:
         q["device"] = device
-    return f"{ARGS.url}/ws?{urllib.parse.urlencode(q)}"
+    return f"{base or ARGS.url}/ws?{urllib.parse.urlencode(q)}"
 
 
 def fail(msg):
@@ -47,9 +47,9 @@ class Client:
         self.ws, self.user, self.device = ws, user, device
 
     @classmethod
-    async def connect(cls, user, device="default"):
+    async def connect(cls, user, device="default", url=None):
         ws = await websockets.connect(
-            ws_url(token(user), device), max_size=None, ping_interval=None, open_timeout=10
+            ws_url(token(user), device, url), max_size=None, ping_interval=None, open_timeout=10
         )
         return cls(ws, user, device)
 
@@ -112,19 +112,25 @@ def check(cond, msg):
         fail(msg)
 
 
-async def online():
-    alice = await Client.connect("alice")
-    bob = await Client.connect("bob")
-    msg = await alice.send_message({"user": "bob"}, "c1", "hello bob")
+async def three_ticks(alice, bob, cid, body):
+    """Alice sends bob a message; he gets it, acks it and reads it; alice sees all three ticks."""
+    msg = await alice.send_message({"user": "bob"}, cid, body)
     m = await bob.next("message")
     check(m["msg"] == msg and m["from"] == "alice" and m["conversation"] == "user:alice"
-          and m["body"] == "hello bob" and isinstance(m["ts"], int), f"message {m}")
+          and m["body"] == body and isinstance(m["ts"], int), f"message {m}")
     await bob.ack([msg])
     r = await alice.next("receipt")
     check(r["msg"] == msg and r["by"] == "bob" and r["state"] == "delivered", f"receipt {r}")
     await bob.send({"type": "read", "conversation": "user:alice", "upto": msg})
     r = await alice.next("receipt")
     check(r["msg"] == msg and r["state"] == "read", f"read receipt {r}")
+    return msg
+
+
+async def online():
+    alice = await Client.connect("alice")
+    bob = await Client.connect("bob")
+    msg = await three_ticks(alice, bob, "c1", "hello bob")
     # Typing is relayed, not stored; ping answers pong.
     await bob.send({"type": "typing", "to": {"user": "alice"}})
     t = await alice.next("typing")
@@ -519,6 +525,17 @@ async def room():
                 return
 
     tasks = [asyncio.create_task(read(k, c)) for k, c in enumerate(readers)]
+    async def read_slow():
+        """The slow reader reads again: what was written before its queue overflowed, then
+        the close frame with the reason."""
+        got, close = 0, None
+        async for opcode, payload in raw_frames(slow_reader, 10):
+            if opcode == 0x8:
+                close = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
+                break
+            got += json.loads(payload).get("type") == "message"
+        return got, close
+
     body = "x" * ARGS.body
     sent, t0, dropped_after = [], time.monotonic(), None
     dropped_before = await metric("estuary_chat_relay_slow_readers_closed_total")
@@ -534,6 +551,7 @@ async def room():
         if dropped_after is None and len(sent) % 5 == 0 and await metric(
                 "estuary_chat_relay_slow_readers_closed_total") > dropped_before:
             dropped_after = len(sent)
+            slow_task = asyncio.create_task(read_slow())
         if len(sent) % 20 == 0:
             print(f"{len(sent)} messages, slow reader dropped after {dropped_after}", file=sys.stderr)
     check(dropped_after is not None, f"the slow reader was never dropped ({len(sent)} messages)")
@@ -541,14 +559,7 @@ async def room():
     elapsed = time.monotonic() - t0
     for k, r in enumerate(received):
         check(r == sent, f"member m{k + 1} got {len(r)} of {len(sent)} messages or out of order")
-    # The slow reader reads again: what was written before its queue overflowed, then the
-    # close frame with the reason.
-    got, close = 0, None
-    async for opcode, payload in raw_frames(slow_reader, 10):
-        if opcode == 0x8:
-            close = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
-            break
-        got += json.loads(payload).get("type") == "message"
+    got, close = await slow_task
     check(close is not None and close[0] == 4002 and "too slow" in close[1],
           f"slow reader closed with {close}")
     slow_writer.close()
@@ -563,6 +574,75 @@ async def room():
                       "seconds": round(elapsed, 2)}))
 
 
+async def cluster():
+    """Two relays on one NATS JetStream log: alice on the first, bob and carol on the
+    second; messages, receipts and a group cross relays; the second relay is killed with
+    kill -9 (ARGS.pid) mid-conversation, and bob, reconnecting to the first, gets exactly what
+    he had not acked, while nothing any relay acknowledged is lost."""
+    a, b = ARGS.url, ARGS.url2
+    alice = await Client.connect("alice", url=a)
+    bob = await Client.connect("bob", url=b)
+    carol = await Client.connect("carol", url=b)
+    m1 = await three_ticks(alice, bob, "a1", "one")
+    # A group made on one relay, used from the other.
+    await alice.send({"type": "group.create", "group": "g1", "members": ["bob", "carol"]})
+    await alice.next("group")
+    g = await carol.send_message({"group": "g1"}, "c1", "hello group")
+    for c in (alice, bob):
+        got = await c.next("message")
+        check(got["msg"] == g and got["conversation"] == "group:g1", f"group {c.user} {got}")
+    await bob.ack([g])
+    r = await carol.next("receipt")
+    check(r["msg"] == g and r["by"] == "bob" and r["state"] == "delivered", f"group receipt {r}")
+    m2 = await alice.send_message({"user": "bob"}, "a2", "two")
+    m3 = await alice.send_message({"user": "bob"}, "a3", "three")
+    got = [(await bob.next("message"))["msg"] for _ in range(2)]
+    check(got == [m2, m3], f"bob got {got}, wanted {[m2, m3]}")
+    await bob.ack([m2])
+    r = await alice.next("receipt")
+    check(r["msg"] == m2 and r["state"] == "delivered", f"receipt m2 {r}")
+    # Bob's own message is acknowledged by his relay just before it dies.
+    b1 = await bob.send_message({"user": "alice"}, "b1", "from bob")
+    os.kill(ARGS.pid, signal.SIGKILL)
+    got = await alice.next("message", timeout=10)
+    check(got["msg"] == b1 and got["body"] == "from bob", f"bob's last {got}")
+    m4 = await alice.send_message({"user": "bob"}, "a4", "four")
+    # Bob comes back through the surviving relay: m3 (never acked) and m4, nothing twice.
+    bob2 = await Client.connect("bob", url=a)
+    got = await bob2.messages(2)
+    check([m["msg"] for m in got] == [m3, m4], f"after the kill bob got {got}, wanted {[m3, m4]}")
+    await bob2.quiet()
+    await bob2.ack([m3, m4])
+    receipts = sorted([(await alice.next("receipt"))["msg"] for _ in range(2)])
+    check(receipts == sorted([m3, m4]), f"receipts after the kill {receipts}")
+    # A retry of bob's message through the other relay is the same message.
+    again = await bob2.send_message({"user": "alice"}, "b1", "from bob")
+    check(again == b1, f"retry {again} vs {b1}")
+    await alice.quiet()
+    await alice.send({"type": "history", "conversation": "user:bob", "before": None, "limit": 50})
+    h = await alice.next("history")
+    check([x["msg"] for x in h["messages"]] == [m1, m2, m3, b1, m4], f"history {h}")
+    print(json.dumps({"ok": True, "messages": [m1, g, m2, m3, b1, m4]}))
+
+
+async def cluster_rejoin():
+    """After `cluster`: the second relay, restarted on its store, has caught up (the group's
+    history) and follows the log (a message from the first relay reaches it live)."""
+    carol = await Client.connect("carol", url=ARGS.url2)
+    await carol.send({"type": "history", "conversation": "group:g1", "before": None, "limit": 50})
+    h = await carol.next("history")
+    check([m["body"] for m in h["messages"]] == ["hello group"], f"group history {h}")
+    # A new device of alice's: its inbox starts empty.
+    alice = await Client.connect("alice", device="second")
+    m = await alice.send_message({"user": "carol"}, "a5", "welcome back")
+    got = await carol.next("message")
+    check(got["msg"] == m and got["body"] == "welcome back", f"after the restart {got}")
+    await carol.ack([m])
+    r = await alice.next("receipt")
+    check(r["msg"] == m and r["by"] == "carol", f"receipt after the restart {r}")
+    print(json.dumps({"ok": True}))
+
+
 SCENARIOS = {
     "online": online,
     "offline": offline,
@@ -575,6 +655,8 @@ SCENARIOS = {
     "drain": drain,
     "idle": idle,
     "room": room,
+    "cluster": cluster,
+    "cluster-rejoin": cluster_rejoin,
 }
 
 
@@ -587,6 +669,7 @@ def main():
     p.add_argument("--kid", default="k1")
     p.add_argument("--expect", default="[]")
     p.add_argument("--pid", type=int, default=0)
+    p.add_argument("--url2")
     p.add_argument("--members", type=int, default=2000)
     p.add_argument("--body", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=60)

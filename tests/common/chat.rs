@@ -91,3 +91,55 @@ pub fn scenario_at(url: &str, scenario: &str, extra: &[&str]) -> Command {
     .args(extra);
     cmd
 }
+
+/// A NATS server with JetStream (Debian's `nats-server -js`) on loopback, killed on drop.
+pub struct Nats {
+    pub url: String,
+    pub dir: TempDir,
+    child: std::process::Child,
+}
+
+impl Nats {
+    pub fn start(name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let port = free_port();
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let log = std::fs::File::create(dir.path().join("nats.log")).expect("nats log");
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (scripts/setup-debian.sh test installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            url: format!("nats://{addr}"),
+            dir,
+            child,
+        }
+    }
+
+    /// The `[cluster]` table of a relay on this server.
+    pub fn cluster_toml(&self) -> String {
+        format!("[cluster]\nnats = \"{}\"\n", self.url)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

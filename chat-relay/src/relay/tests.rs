@@ -560,3 +560,105 @@ fn leaving_and_closing_free_room_places() {
     assert!(h.relay.rooms.is_empty());
     assert_eq!(h.relay.room_members, 0);
 }
+
+type Replica = Relay<crate::store::ReplicatedStore<crate::store::replicated::MemoryLog>, ()>;
+
+fn replica(log: &crate::store::replicated::MemoryLog) -> Replica {
+    let store = crate::store::ReplicatedStore::new(
+        SqliteStore::in_memory().expect("store"),
+        log.clone(),
+        "CHAT",
+        std::time::Duration::from_secs(1),
+    )
+    .expect("replica");
+    Relay::new(store, ChatLimits::default(), ())
+}
+
+fn open_on(r: &mut Replica, now: u64, conn: ConnId, user: &str) -> Vec<Output> {
+    r.handle_input(
+        now,
+        Input::Open {
+            conn,
+            user: user.into(),
+            device: "d".into(),
+        },
+    )
+}
+
+fn text_on(r: &mut Replica, now: u64, conn: ConnId, json: &str) -> Vec<Output> {
+    r.handle_input(
+        now,
+        Input::Text {
+            conn,
+            text: json.into(),
+        },
+    )
+}
+
+#[test]
+fn two_relays_on_one_log_deliver_ack_and_agree() {
+    let log = crate::store::replicated::MemoryLog::default();
+    let (mut a, mut b) = (replica(&log), replica(&log));
+    open_on(&mut a, 1, 1, "alice");
+    open_on(&mut b, 2, 2, "bob");
+    // Alice (on a) writes to bob (on b): b delivers it when its log advances.
+    let out = text_on(
+        &mut a,
+        3,
+        1,
+        r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
+    );
+    let msg = sent_msg(&out, 1);
+    assert!(frames_for(&out, 2).is_empty(), "bob is not on relay a");
+    let out = b.handle_input(4, Input::LogAdvanced);
+    assert_eq!(msg_ids(&frames_for(&out, 2)), vec![msg.clone()]);
+    // Bob acks on b: alice gets the delivered tick through a.
+    text_on(
+        &mut b,
+        5,
+        2,
+        &format!(r#"{{"type":"ack","ids":["{msg}"]}}"#),
+    );
+    let out = a.handle_input(6, Input::LogAdvanced);
+    assert!(matches!(
+        frames_for(&out, 1).as_slice(),
+        [ServerFrame::Receipt { msg: m, state: ReceiptState::Delivered, .. }] if *m == msg
+    ));
+    // Alice's retry through b (her relay died before `sent`) is the same message.
+    open_on(&mut b, 7, 3, "alice");
+    let out = text_on(
+        &mut b,
+        8,
+        3,
+        r#"{"type":"send","id":"c1","to":{"user":"bob"},"body":"hi"}"#,
+    );
+    assert_eq!(sent_msg(&out, 3), msg);
+    assert!(frames_for(&out, 2).is_empty(), "bob already acked it");
+    // A group made on a is known to b; a second create on b is refused everywhere.
+    text_on(
+        &mut a,
+        9,
+        1,
+        r#"{"type":"group.create","group":"g1","members":["bob"]}"#,
+    );
+    let out = text_on(
+        &mut b,
+        10,
+        2,
+        r#"{"type":"group.create","group":"g1","members":["carol"]}"#,
+    );
+    assert_eq!(error_code(&out, 2), "group_exists");
+    let out = text_on(
+        &mut b,
+        11,
+        2,
+        r#"{"type":"send","id":"b1","to":{"group":"g1"},"body":"yo"}"#,
+    );
+    let group_msg = sent_msg(&out, 2);
+    assert!(
+        msg_ids(&frames_for(&out, 3)).contains(&group_msg),
+        "alice's connection on b"
+    );
+    let out = a.handle_input(12, Input::LogAdvanced);
+    assert!(msg_ids(&frames_for(&out, 1)).contains(&group_msg));
+}

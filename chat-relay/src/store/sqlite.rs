@@ -13,9 +13,10 @@ use super::{
 };
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     CREATE TABLE messages (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         conversation TEXT NOT NULL,
@@ -63,11 +64,22 @@ const MIGRATIONS: [&str; 1] = ["
         user TEXT PRIMARY KEY,
         ts INTEGER NOT NULL
     ) WITHOUT ROWID;
-"];
+",
+    "
+    CREATE TABLE cluster (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        stream TEXT NOT NULL,
+        applied INTEGER NOT NULL
+    );
+",
+];
 
 /// [`Store`] on SQLite.
 pub struct SqliteStore {
     conn: Connection,
+    /// The id the next stored message or receipt takes (a replica applying its log gives
+    /// them the log's sequence numbers); otherwise SQLite numbers them.
+    next_id: Option<i64>,
 }
 
 impl SqliteStore {
@@ -85,7 +97,10 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            next_id: None,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -107,6 +122,42 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", found + 1)?;
             tx.commit()?;
         }
+    }
+
+    /// Gives the next stored message or receipt this id (once).
+    pub fn assign_next_id(&mut self, id: i64) {
+        self.next_id = Some(id);
+    }
+
+    /// The log this store replicates and the last sequence applied, if it is a replica.
+    pub fn cluster_position(&self) -> Result<Option<(String, u64)>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT stream, applied FROM cluster WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(s, a)| (s, u64::try_from(a).unwrap_or(0))))
+    }
+
+    /// Records the last sequence of `stream` applied.
+    pub fn set_cluster_position(&mut self, stream: &str, applied: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO cluster (id, stream, applied) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE SET stream = excluded.stream, applied = excluded.applied",
+            params![stream, i64::try_from(applied).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    /// Whether any message or group is stored.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT NOT EXISTS (SELECT 1 FROM messages) AND NOT EXISTS (SELECT 1 FROM groups) AND NOT EXISTS (SELECT 1 FROM devices)",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// The schema version of the open file.
@@ -199,6 +250,7 @@ impl Store for SqliteStore {
         m: &NewMessage,
         inboxes: &[(String, String)],
     ) -> Result<Inserted, StoreError> {
+        let forced_id = self.next_id.take();
         let tx = self.conn.transaction()?;
         let existing = tx
             .query_row(
@@ -220,8 +272,8 @@ impl Store for SqliteStore {
             ),
         };
         tx.execute(
-            "INSERT INTO messages (conversation, sender, sender_device, client_id, body, media, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![m.conversation, m.sender, m.sender_device, m.client_id, body, media, ts_sql(m.ts)],
+            "INSERT INTO messages (id, conversation, sender, sender_device, client_id, body, media, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![forced_id, m.conversation, m.sender, m.sender_device, m.client_id, body, media, ts_sql(m.ts)],
         )?;
         let id = tx.last_insert_rowid();
         let mut n = 0;
@@ -276,9 +328,10 @@ impl Store for SqliteStore {
     }
 
     fn record_receipt(&mut self, r: Receipt<'_>) -> StoreResult<Option<i64>> {
+        let forced_id = self.next_id.take();
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO receipts (msg, user, state, ts, sender) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![r.msg, r.user, r.state.as_str(), ts_sql(r.ts), r.sender],
+            "INSERT OR IGNORE INTO receipts (seq, msg, user, state, ts, sender) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![forced_id, r.msg, r.user, r.state.as_str(), ts_sql(r.ts), r.sender],
         )?;
         Ok((n == 1).then(|| self.conn.last_insert_rowid()))
     }
