@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use estuary_common::chat::LogEntry;
+use estuary_common::chat::{LogEntry, Signal};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 
@@ -31,6 +31,17 @@ pub struct Joined {
     pub log: NatsLog,
     pub last: u64,
     pub stream: String,
+    pub links: Links,
+}
+
+/// What the shell needs besides the log: the wake-up when the log advanced, and the NATS
+/// subject of the relays' signals (typing, presence, rooms).
+pub struct Links {
+    pub advanced: Arc<Notify>,
+    pub client: async_nats::Client,
+    pub subject: String,
+    /// This relay's node id.
+    pub me: String,
 }
 
 fn log_error(e: impl std::fmt::Display) -> StoreError {
@@ -64,7 +75,7 @@ pub async fn join(
         )
     })?
     .map_err(|e| anyhow::anyhow!("cluster.nats {}: {e}", config.nats))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let subject = format!("chat.{}.log", config.stream);
     let mut stream = js
         .get_or_create_stream(stream::Config {
@@ -84,7 +95,7 @@ pub async fn join(
         .state
         .last_sequence;
     let (tx, entries) = mpsc::channel(READ_AHEAD);
-    tokio::spawn(follow(stream, applied, tx, advanced));
+    tokio::spawn(follow(stream, applied, tx, Arc::clone(&advanced)));
     Ok(Joined {
         log: NatsLog {
             handle: tokio::runtime::Handle::current(),
@@ -95,7 +106,51 @@ pub async fn join(
         },
         last,
         stream: config.stream.clone(),
+        links: Links {
+            advanced,
+            client,
+            subject: format!("chat.{}.signal", config.stream),
+            me: node.to_owned(),
+        },
     })
+}
+
+/// Publishes the relay's signals until the relay thread drops its sender.
+pub async fn publish_signals(
+    client: async_nats::Client,
+    subject: String,
+    mut signals: mpsc::Receiver<Signal>,
+) {
+    while let Some(signal) = signals.recv().await {
+        match serde_json::to_vec(&signal) {
+            Ok(payload) => {
+                if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                    tracing::warn!(error = %e, "A chat signal could not be published.");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "A chat signal could not be encoded."),
+        }
+    }
+}
+
+/// The other relays' signals, parsed; a bad one is logged and skipped.
+pub async fn subscribe_signals(
+    client: &async_nats::Client,
+    subject: &str,
+) -> anyhow::Result<impl futures_util::Stream<Item = Signal> + use<>> {
+    let subscriber = client
+        .subscribe(subject.to_owned())
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to {subject}: {e}"))?;
+    Ok(subscriber.filter_map(|m| async move {
+        match serde_json::from_slice::<Signal>(&m.payload) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "A chat signal is not valid; it is skipped.");
+                None
+            }
+        }
+    }))
 }
 
 /// Reads the stream in order from `applied + 1`, for as long as the relay runs; after an

@@ -33,24 +33,28 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         idle_timeout: config.limits.idle_timeout,
     };
     let (app, core) = match &config.cluster {
-        None => server::App::start(
-            shell,
-            config.chat.clone(),
-            local,
-            Arc::clone(&metrics),
-            stop.clone(),
-            None,
-        )?,
-        Some(cluster) => {
-            let store = replica(cluster, &config.node.id, local).await?;
+        None => {
             server::App::start(
                 shell,
                 config.chat.clone(),
-                store.0,
+                local,
                 Arc::clone(&metrics),
                 stop.clone(),
-                Some(store.1),
-            )?
+                None,
+            )
+            .await?
+        }
+        Some(cluster) => {
+            let (store, links) = replica(cluster, &config.node.id, local).await?;
+            server::App::start(
+                shell,
+                config.chat.clone(),
+                store,
+                Arc::clone(&metrics),
+                stop.clone(),
+                Some(links),
+            )
+            .await?
         }
     };
     let listen = config.listen.http;
@@ -123,16 +127,14 @@ async fn replica(
     cluster: &config::ClusterConfig,
     node: &str,
     local: store::SqliteStore,
-) -> anyhow::Result<(
-    store::ReplicatedStore<cluster::NatsLog>,
-    Arc<tokio::sync::Notify>,
-)> {
+) -> anyhow::Result<(store::ReplicatedStore<cluster::NatsLog>, cluster::Links)> {
     let applied = match local.cluster_position()? {
         Some((_, applied)) => applied,
         None => 0,
     };
     let advanced = Arc::new(tokio::sync::Notify::new());
-    let joined = cluster::join(cluster, node, applied, Arc::clone(&advanced)).await?;
+    let joined = cluster::join(cluster, node, applied, advanced).await?;
+    let links = joined.links;
     let wait = cluster.timeout;
     let stream = joined.stream.clone();
     let last = joined.last;
@@ -148,7 +150,7 @@ async fn replica(
         applied = store.applied(),
         "The relay joined its cluster's log and caught up."
     );
-    Ok((store, advanced))
+    Ok((store, links))
 }
 
 /// Binds the WebSocket listener; accepted connections inherit its send buffer size.

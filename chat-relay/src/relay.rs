@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use estuary_common::chat::{
-    CLIENT_TYPES, ChatMessage, ClientFrame, ReceiptState, ServerFrame, Target, id_ok,
+    CLIENT_TYPES, ChatMessage, ClientFrame, ReceiptState, ServerFrame, Signal, Target, id_ok,
 };
 
 use crate::config::ChatLimits;
@@ -42,6 +42,10 @@ pub enum Input {
     Closed { conn: ConnId },
     /// Other relays may have written to the shared log (a clustered relay).
     LogAdvanced,
+    /// Another relay's signal (a clustered relay).
+    Signal(Signal),
+    /// A second went by (a clustered relay): say this relay is alive, forget silent ones.
+    Tick,
 }
 
 /// What the shell must do.
@@ -62,6 +66,22 @@ pub enum Output {
         conns: Vec<ConnId>,
         frame: ServerFrame,
     },
+    /// Tell the other relays (a clustered relay).
+    Signal(Signal),
+}
+
+/// A relay not heard from for this long is gone: its users are offline.
+pub const RELAY_SILENCE_MS: u64 = 5_000;
+
+/// What a clustered relay knows of the others.
+struct Peers {
+    /// This relay's node id.
+    me: String,
+    /// user -> relays it is online on.
+    online: HashMap<String, HashSet<String>>,
+    /// relay -> when it was last heard from (unix ms).
+    heard: HashMap<String, u64>,
+    said_hello: bool,
 }
 
 /// WebSocket close codes the relay uses.
@@ -179,6 +199,8 @@ pub struct Relay<S, O> {
     room_members: usize,
     /// The last room message's number (room messages are `r<n>`).
     room_seq: u64,
+    /// With `[cluster]`: the other relays.
+    peers: Option<Peers>,
 }
 
 /// A refused frame: the `error` frame's code and sentence.
@@ -252,6 +274,156 @@ impl<S: Store, O: Observer> Relay<S, O> {
             rooms: HashMap::new(),
             room_members: 0,
             room_seq: 0,
+            peers: None,
+        }
+    }
+
+    /// Makes this relay node `me` of a cluster: presence, typing and rooms span the relays
+    /// through [`Signal`]s.
+    pub fn in_cluster(mut self, me: &str) -> Self {
+        self.peers = Some(Peers {
+            me: me.to_owned(),
+            online: HashMap::new(),
+            heard: HashMap::new(),
+            said_hello: false,
+        });
+        self
+    }
+
+    /// Whether `user` is online here or on another relay.
+    fn online_anywhere(&self, user: &str) -> bool {
+        self.online.get(user).is_some_and(|d| !d.is_empty())
+            || self
+                .peers
+                .as_ref()
+                .is_some_and(|p| p.online.get(user).is_some_and(|r| !r.is_empty()))
+    }
+
+    /// Tells the other relays, if there are any.
+    fn signal(&self, out: &mut Vec<Output>, make: impl FnOnce(&str) -> Signal) {
+        if let Some(p) = &self.peers {
+            out.push(Output::Signal(make(&p.me)));
+        }
+    }
+
+    fn tick(&mut self, now: u64, out: &mut Vec<Output>) {
+        let Some(p) = self.peers.as_mut() else {
+            return;
+        };
+        let hello = !p.said_hello;
+        p.said_hello = true;
+        let me = p.me.clone();
+        let gone: Vec<(String, u64)> = p
+            .heard
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(**at) > RELAY_SILENCE_MS)
+            .map(|(r, at)| (r.clone(), *at))
+            .collect();
+        out.push(Output::Signal(Signal::Alive { relay: me, hello }));
+        for (relay, at) in gone {
+            let users: Vec<String> = self
+                .peers
+                .as_ref()
+                .map(|p| {
+                    p.online
+                        .iter()
+                        .filter(|(_, r)| r.contains(&relay))
+                        .map(|(u, _)| u.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(p) = self.peers.as_mut() {
+                p.heard.remove(&relay);
+            }
+            self.remote_presence(&relay, &users, false, at, out);
+        }
+    }
+
+    /// Users online (or not) on another relay; local subscribers hear of those whose state
+    /// changed for the whole cluster.
+    fn remote_presence(
+        &mut self,
+        relay: &str,
+        users: &[String],
+        online: bool,
+        ts: u64,
+        out: &mut Vec<Output>,
+    ) {
+        for user in users {
+            let before = self.online_anywhere(user);
+            if let Some(p) = self.peers.as_mut() {
+                let relays = p.online.entry(user.clone()).or_default();
+                if online {
+                    relays.insert(relay.to_owned());
+                } else {
+                    relays.remove(relay);
+                    if relays.is_empty() {
+                        p.online.remove(user);
+                    }
+                }
+            }
+            if before != self.online_anywhere(user) {
+                self.presence_changed(user, online, ts, out);
+            }
+        }
+    }
+
+    fn signal_in(&mut self, now: u64, signal: Signal, out: &mut Vec<Output>) {
+        let Some(p) = self.peers.as_mut() else {
+            return;
+        };
+        let (Signal::Alive { relay, .. }
+        | Signal::Presence { relay, .. }
+        | Signal::Typing { relay, .. }
+        | Signal::Room { relay, .. }) = &signal;
+        if *relay == p.me {
+            return;
+        }
+        p.heard.insert(relay.clone(), now);
+        match signal {
+            Signal::Alive { hello: true, .. } => {
+                // A relay that just started learns who is online here.
+                let users: Vec<String> = self.online.keys().cloned().collect();
+                if !users.is_empty() {
+                    self.signal(out, |me| Signal::Presence {
+                        relay: me.to_owned(),
+                        users,
+                        online: true,
+                        ts: now,
+                    });
+                }
+            }
+            Signal::Alive { .. } => {}
+            Signal::Presence {
+                relay,
+                users,
+                online,
+                ts,
+            } => self.remote_presence(&relay, &users, online, ts, out),
+            Signal::Typing {
+                from,
+                to,
+                conversation,
+                ..
+            } => {
+                for r in to {
+                    let frame = ServerFrame::Typing {
+                        from: from.clone(),
+                        conversation: conversation_for(&conversation, &r),
+                    };
+                    self.frames_to_user(&r, &frame, out);
+                }
+            }
+            Signal::Room { room, message, .. } => {
+                if let Some(r) = self.rooms.get(&room) {
+                    let conns: Vec<ConnId> = r.members.iter().copied().collect();
+                    self.observer.message_out(conns.len() as u64);
+                    out.push(Output::Fanout {
+                        conns,
+                        frame: ServerFrame::Message(message),
+                    });
+                }
+            }
         }
     }
 
@@ -289,6 +461,8 @@ impl<S: Store, O: Observer> Relay<S, O> {
             }
             Input::Closed { conn } => self.closed(now_ms, conn, &mut out),
             Input::LogAdvanced => {}
+            Input::Signal(signal) => self.signal_in(now_ms, signal, &mut out),
+            Input::Tick => self.tick(now_ms, &mut out),
         }
         self.deliver_remote(&mut out);
         out
@@ -358,7 +532,8 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 return;
             }
         };
-        let was_online = self.online.get(&user).is_some_and(|d| !d.is_empty());
+        let was_here = self.online.get(&user).is_some_and(|d| !d.is_empty());
+        let was_online = self.online_anywhere(&user);
         self.online
             .entry(user.clone())
             .or_default()
@@ -388,6 +563,15 @@ impl<S: Store, O: Observer> Relay<S, O> {
         }
         if !was_online {
             self.presence_changed(&user, true, now, out);
+        }
+        if !was_here {
+            let users = vec![user.clone()];
+            self.signal(out, |me| Signal::Presence {
+                relay: me.to_owned(),
+                users,
+                online: true,
+                ts: now,
+            });
         }
         self.conns.insert(
             conn,
@@ -436,7 +620,16 @@ impl<S: Store, O: Observer> Relay<S, O> {
             if let Err(e) = self.store.set_last_seen(&user, now) {
                 self.observer.store_failed(&e);
             }
-            self.presence_changed(&user, false, now, out);
+            if !self.online_anywhere(&user) {
+                self.presence_changed(&user, false, now, out);
+            }
+            let users = vec![user];
+            self.signal(out, |me| Signal::Presence {
+                relay: me.to_owned(),
+                users,
+                online: false,
+                ts: now,
+            });
         }
     }
 
@@ -950,13 +1143,19 @@ impl<S: Store, O: Observer> Relay<S, O> {
 
     fn typing(&mut self, user: &str, to: Target, out: &mut Vec<Output>) -> Result<(), Refusal> {
         let (key, recipients) = self.recipients(user, &to)?;
-        for r in recipients {
+        for r in &recipients {
             let frame = ServerFrame::Typing {
                 from: user.to_owned(),
-                conversation: conversation_for(&key, &r),
+                conversation: conversation_for(&key, r),
             };
-            self.frames_to_user(&r, &frame, out);
+            self.frames_to_user(r, &frame, out);
         }
+        self.signal(out, |me| Signal::Typing {
+            relay: me.to_owned(),
+            from: user.to_owned(),
+            to: recipients,
+            conversation: key,
+        });
         Ok(())
     }
 
@@ -976,7 +1175,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
             ));
         }
         for u in users {
-            let online = self.online.get(&u).is_some_and(|d| !d.is_empty());
+            let online = self.online_anywhere(&u);
             let last_seen = if online {
                 Some(now)
             } else {
@@ -1099,7 +1298,11 @@ impl<S: Store, O: Observer> Relay<S, O> {
             r.last_post.insert(user.to_owned(), now);
         }
         self.room_seq += 1;
-        let msg = format!("r{}", self.room_seq);
+        let msg = match &self.peers {
+            // Unique across the cluster's relays.
+            Some(p) => format!("r{}.{}", self.room_seq, p.me),
+            None => format!("r{}", self.room_seq),
+        };
         let conns: Vec<ConnId> = r.members.iter().copied().filter(|c| *c != conn).collect();
         out.push(Output::Frame {
             conn,
@@ -1114,16 +1317,22 @@ impl<S: Store, O: Observer> Relay<S, O> {
             Content::Media(m) => (None, Some(m)),
         };
         self.observer.message_out(conns.len() as u64);
+        let message = ChatMessage {
+            msg,
+            from: user.to_owned(),
+            conversation: format!("room:{room}"),
+            body,
+            media,
+            ts: now,
+        };
+        self.signal(out, |me| Signal::Room {
+            relay: me.to_owned(),
+            room: room.to_owned(),
+            message: message.clone(),
+        });
         out.push(Output::Fanout {
             conns,
-            frame: ServerFrame::Message(ChatMessage {
-                msg,
-                from: user.to_owned(),
-                conversation: format!("room:{room}"),
-                body,
-                media,
-                ts: now,
-            }),
+            frame: ServerFrame::Message(message),
         });
         Ok(())
     }

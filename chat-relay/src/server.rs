@@ -122,37 +122,44 @@ fn unix_ms() -> u64 {
 
 impl App {
     /// Starts the relay thread over `store` and returns the shared state and the thread.
-    /// With a replicated store, `log_advanced` is woken when other relays wrote.
-    pub fn start<S: Store + Send + 'static>(
+    /// In a cluster (`links`), the thread is also woken when other relays wrote to the log,
+    /// hears their signals, publishes its own and ticks every second.
+    pub async fn start<S: Store + Send + 'static>(
         shell: Shell,
         limits: ChatLimits,
         mut store: S,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
-        log_advanced: Option<Arc<tokio::sync::Notify>>,
-    ) -> std::io::Result<(Arc<App>, std::thread::JoinHandle<()>)> {
+        links: Option<crate::cluster::Links>,
+    ) -> anyhow::Result<(Arc<App>, std::thread::JoinHandle<()>)> {
         match store.inbox_depth() {
             Ok(n) => metrics.set_inbox_depth(n),
             Err(e) => tracing::warn!(error = %e, "The inbox depth could not be read."),
         }
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
-        if let Some(advanced) = log_advanced {
-            // One wake-up at a time is enough: the relay applies everything that came.
-            let wake = to_relay.clone();
-            tokio::spawn(async move {
-                loop {
-                    advanced.notified().await;
-                    if wake.send(ToRelay::Input(Input::LogAdvanced)).await.is_err() {
-                        return;
-                    }
-                }
-            });
+        let mut relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
+        let mut signals_out = None;
+        if let Some(links) = links {
+            relay = relay.in_cluster(&links.me);
+            let (tx, signals) = mpsc::channel(INPUT_QUEUE);
+            signals_out = Some(tx);
+            tokio::spawn(crate::cluster::publish_signals(
+                links.client.clone(),
+                links.subject.clone(),
+                signals,
+            ));
+            let heard = crate::cluster::subscribe_signals(&links.client, &links.subject).await?;
+            tokio::spawn(feed_cluster(
+                to_relay.clone(),
+                links.advanced,
+                Box::pin(heard),
+                stop.clone(),
+            ));
         }
-        let relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
         let thread_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name("chat-relay-core".into())
-            .spawn(move || relay_thread(relay, rx, thread_metrics))?;
+            .spawn(move || relay_thread(relay, rx, thread_metrics, signals_out))?;
         Ok((
             Arc::new(App {
                 keys: shell.keys,
@@ -176,6 +183,7 @@ fn relay_thread<S: Store>(
     mut relay: Relay<S, Arc<Metrics>>,
     mut rx: mpsc::Receiver<ToRelay>,
     metrics: Arc<Metrics>,
+    signals: Option<mpsc::Sender<estuary_common::chat::Signal>>,
 ) {
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
     while let Some(msg) = rx.blocking_recv() {
@@ -217,10 +225,46 @@ fn relay_thread<S: Store>(
                         outbox.close.close(code, reason);
                     }
                 }
+                Output::Signal(signal) => {
+                    if let Some(tx) = &signals
+                        && tx.try_send(signal).is_err()
+                    {
+                        tracing::warn!("A chat signal was dropped: the publisher is behind.");
+                    }
+                }
             }
         }
         if let Some(conn) = closed {
             outboxes.remove(&conn);
+        }
+    }
+}
+
+/// Feeds the relay thread what the cluster says: wake-ups when the log advanced, the other
+/// relays' signals, and a tick every second; until the relay stops.
+async fn feed_cluster(
+    to_relay: mpsc::Sender<ToRelay>,
+    advanced: Arc<tokio::sync::Notify>,
+    mut heard: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = estuary_common::chat::Signal> + Send>,
+    >,
+    mut stop: watch::Receiver<bool>,
+) {
+    use futures_util::StreamExt;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let input = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            // One wake-up at a time is enough: the relay applies everything that came.
+            _ = advanced.notified() => Input::LogAdvanced,
+            signal = heard.next() => match signal {
+                Some(s) => Input::Signal(s),
+                None => return,
+            },
+            _ = ticks.tick() => Input::Tick,
+        };
+        if to_relay.send(ToRelay::Input(input)).await.is_err() {
+            return;
         }
     }
 }

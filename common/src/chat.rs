@@ -248,6 +248,7 @@ pub enum LogEntry {
 pub enum Signal {
     /// `from` is typing in `conversation` (a store key) to these users.
     Typing {
+        relay: String,
         from: String,
         to: Vec<String>,
         conversation: String,
@@ -258,6 +259,12 @@ pub enum Signal {
         users: Vec<String>,
         online: bool,
         ts: u64,
+    },
+    /// A live room's message, for the room's members on the other relays.
+    Room {
+        relay: String,
+        room: String,
+        message: ChatMessage,
     },
     /// `relay` is alive; sent every second. A relay that starts sends `hello: true`, and the
     /// others answer with the users online on them.

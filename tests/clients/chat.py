@@ -584,6 +584,24 @@ async def cluster():
     bob = await Client.connect("bob", url=b)
     carol = await Client.connect("carol", url=b)
     m1 = await three_ticks(alice, bob, "a1", "one")
+    # Presence and typing cross relays.
+    await alice.send({"type": "presence.subscribe", "users": ["dave"]})
+    p = await alice.next("presence")
+    check(p["user"] == "dave" and p["online"] is False, f"presence before {p}")
+    dave = await Client.connect("dave", url=b)
+    p = await alice.next("presence")
+    check(p["user"] == "dave" and p["online"] is True, f"presence across {p}")
+    await dave.send({"type": "typing", "to": {"user": "alice"}})
+    t = await alice.next("typing")
+    check(t == {"type": "typing", "from": "dave", "conversation": "user:dave"}, f"typing {t}")
+    # A live room with members on both relays.
+    for c in (alice, carol):
+        await c.send({"type": "room.join", "room": "live"})
+        await c.next("room")
+    await carol.send({"type": "send", "id": "r1", "to": {"room": "live"}, "body": "goal"})
+    await carol.next("sent")
+    got = await alice.next("message")
+    check(got["conversation"] == "room:live" and got["from"] == "carol", f"room across {got}")
     # A group made on one relay, used from the other.
     await alice.send({"type": "group.create", "group": "g1", "members": ["bob", "carol"]})
     await alice.next("group")
@@ -606,6 +624,9 @@ async def cluster():
     os.kill(ARGS.pid, signal.SIGKILL)
     got = await alice.next("message", timeout=10)
     check(got["msg"] == b1 and got["body"] == "from bob", f"bob's last {got}")
+    # The dead relay falls silent: its users go offline for everyone.
+    p = await alice.next("presence", timeout=15)
+    check(p["user"] == "dave" and p["online"] is False, f"presence after the kill {p}")
     m4 = await alice.send_message({"user": "bob"}, "a4", "four")
     # Bob comes back through the surviving relay: m3 (never acked) and m4, nothing twice.
     bob2 = await Client.connect("bob", url=a)

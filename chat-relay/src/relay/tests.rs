@@ -440,6 +440,7 @@ mod hostile_input {
                     match o {
                         Output::Frame { conn: to, .. } => prop_assert!(open.contains(&to) || to == conn),
                         Output::Fanout { conns, .. } => prop_assert!(conns.iter().all(|to| open.contains(to))),
+                        Output::Signal(_) => prop_assert!(false, "a relay outside a cluster signals nothing"),
                         // The shell ends it; the core keeps it until its `Closed`.
                         Output::Close { .. } => {}
                     }
