@@ -27,6 +27,9 @@ pub struct ChatRelayConfig {
     /// Registration and heartbeats (role `chat-relay`); without it the relay runs standalone.
     #[serde(default)]
     pub control_plane: Option<estuary_common::cp::ClientConfig>,
+    /// Optional: the offline push hook.
+    #[serde(default)]
+    pub push: Option<PushConfig>,
     /// `[limits]`: how long a client may take and how many connections it may hold (see
     /// `estuary_common::listener`); an upgraded WebSocket keeps its connection's slot.
     #[serde(default)]
@@ -100,6 +103,33 @@ fn default_replicas() -> usize {
 }
 fn default_log_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// `[push]`: where an event goes when a message is stored for a user with no device connected
+/// to any relay (a push-notification service wakes the user's phone).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// `POST`ed the event as JSON (`http://` or `https://`); retried on connection errors and
+    /// 5xx, three tries in all.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` to the webhook.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A PEM bundle of CAs trusted for an `https` webhook besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Published the event on this NATS subject (needs `[cluster]`, whose connection it uses).
+    #[serde(default)]
+    pub nats_subject: Option<String>,
+    /// Events waiting to be sent; beyond, new ones are dropped and counted (default 10000).
+    #[serde(default = "default_push_queue")]
+    pub queue: usize,
+}
+
+fn default_push_queue() -> usize {
+    10_000
 }
 
 /// `[chat]`: what one client may do.
@@ -240,6 +270,45 @@ impl ChatRelayConfig {
         }
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
+        }
+        if let Some(push) = &self.push {
+            if push.webhook.is_none() && push.nats_subject.is_none() {
+                return Err(ConfigError::new(
+                    "push",
+                    "give a webhook, a nats_subject or both",
+                ));
+            }
+            if let Some(url) = &push.webhook
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(ConfigError::new(
+                    "push.webhook",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if let Some(subject) = &push.nats_subject {
+                if self.cluster.is_none() {
+                    return Err(ConfigError::new(
+                        "push.nats_subject",
+                        "needs [cluster], whose NATS connection it uses",
+                    ));
+                }
+                if subject.is_empty()
+                    || subject.contains(char::is_whitespace)
+                    || subject.contains(['*', '>'])
+                {
+                    return Err(ConfigError::new(
+                        "push.nats_subject",
+                        "a NATS subject without spaces or wildcards",
+                    ));
+                }
+            }
+            if !(1..=10_000_000).contains(&push.queue) {
+                return Err(ConfigError::new(
+                    "push.queue",
+                    "must be between 1 and 10000000",
+                ));
+            }
         }
         self.limits.validate()?;
         let c = &self.chat;
@@ -392,6 +461,15 @@ mod tests {
         )
         .expect_err("bad nats url");
         assert_eq!(e.key, "cluster.nats");
+        let e = ChatRelayConfig::parse(
+            &format!("{}[push]\nnats_subject = \"push.chat\"\n", minimal()),
+            Path::new("/"),
+        )
+        .expect_err("push over NATS without a cluster");
+        assert_eq!(e.key, "push.nats_subject");
+        let e = ChatRelayConfig::parse(&format!("{}[push]\n", minimal()), Path::new("/"))
+            .expect_err("push to nowhere");
+        assert_eq!(e.key, "push");
     }
 
     #[test]

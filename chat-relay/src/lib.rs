@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod config;
 pub mod metrics;
+pub mod push;
 pub mod relay;
 pub mod server;
 pub mod store;
@@ -28,6 +29,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
     let stop = life.stop_signal();
     let shell = server::Shell {
+        node: config.node.id.clone(),
         keys,
         max_ttl: config.auth.max_ttl,
         idle_timeout: config.limits.idle_timeout,
@@ -41,6 +43,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
                 Arc::clone(&metrics),
                 stop.clone(),
                 None,
+                config.push.as_ref(),
             )
             .await?
         }
@@ -53,6 +56,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
                 Arc::clone(&metrics),
                 stop.clone(),
                 Some(links),
+                config.push.as_ref(),
             )
             .await?
         }

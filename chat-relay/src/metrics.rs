@@ -29,6 +29,9 @@ const REFUSALS: [&str; 16] = [
     "too_many_rooms",
 ];
 
+/// What became of a push event.
+pub const PUSH_RESULTS: [&str; 3] = ["sent", "failed", "dropped"];
+
 pub struct Metrics {
     pub registry: prometheus::Registry,
     pub connections: IntGauge,
@@ -44,6 +47,7 @@ pub struct Metrics {
     pub slow_closed: IntCounter,
     rooms: IntGauge,
     room_members: IntGauge,
+    pushes: IntCounterVec,
     pub tokens_refused: IntCounterVec,
 }
 
@@ -109,6 +113,13 @@ impl Metrics {
                 "estuary_chat_relay_room_members",
                 "Connections in live rooms, all rooms together.",
             )),
+            pushes: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_chat_relay_push_events_total",
+                    "Offline push events, by result: sent, failed (after retries), dropped (queue full).",
+                ),
+                &["result"],
+            )),
             tokens_refused: must(IntCounterVec::new(
                 Opts::new(
                     "estuary_chat_relay_tokens_refused_total",
@@ -120,6 +131,9 @@ impl Metrics {
         };
         for s in [ReceiptState::Delivered, ReceiptState::Read] {
             m.receipts.with_label_values(&[s.as_str()]);
+        }
+        for result in PUSH_RESULTS {
+            m.pushes.with_label_values(&[result]);
         }
         for code in REFUSALS {
             m.refused.with_label_values(&[code]);
@@ -143,9 +157,17 @@ impl Metrics {
                 Box::new(m.tokens_refused.clone()),
                 Box::new(m.rooms.clone()),
                 Box::new(m.room_members.clone()),
+                Box::new(m.pushes.clone()),
             ],
         );
         m
+    }
+
+    /// Counts a push event by result (one of [`PUSH_RESULTS`]).
+    pub fn push(&self, result: &'static str) {
+        if PUSH_RESULTS.contains(&result) {
+            self.pushes.with_label_values(&[result]).inc();
+        }
     }
 
     /// Sets the inbox depth read from the store at start.

@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use estuary_common::chat::{
-    CLIENT_TYPES, ChatMessage, ClientFrame, ReceiptState, ServerFrame, Signal, Target, id_ok,
+    CLIENT_TYPES, ChatMessage, ClientFrame, PushEvent, ReceiptState, ServerFrame, Signal, Target,
+    id_ok,
 };
 
 use crate::config::ChatLimits;
@@ -68,6 +69,8 @@ pub enum Output {
     },
     /// Tell the other relays (a clustered relay).
     Signal(Signal),
+    /// Tell the push-notification service (`[push]`).
+    Push(PushEvent),
 }
 
 /// A relay not heard from for this long is gone: its users are offline.
@@ -201,6 +204,8 @@ pub struct Relay<S, O> {
     room_seq: u64,
     /// With `[cluster]`: the other relays.
     peers: Option<Peers>,
+    /// With `[push]`: this relay's node id, named in push events.
+    push_as: Option<String>,
 }
 
 /// A refused frame: the `error` frame's code and sentence.
@@ -275,7 +280,15 @@ impl<S: Store, O: Observer> Relay<S, O> {
             room_members: 0,
             room_seq: 0,
             peers: None,
+            push_as: None,
         }
+    }
+
+    /// Emits a [`PushEvent`] for each recipient of a stored message who has no device
+    /// connected to any relay.
+    pub fn with_push(mut self, me: &str) -> Self {
+        self.push_as = Some(me.to_owned());
+        self
     }
 
     /// Makes this relay node `me` of a cluster: presence, typing and rooms span the relays
@@ -1022,6 +1035,21 @@ impl<S: Store, O: Observer> Relay<S, O> {
                             conn: *c,
                             frame: ServerFrame::Message(chat_message(&m, r)),
                         });
+                    }
+                }
+                if let Some(relay) = &self.push_as {
+                    for r in &recipients {
+                        if !self.online_anywhere(r) {
+                            out.push(Output::Push(PushEvent {
+                                kind: "message".to_owned(),
+                                user: r.clone(),
+                                msg: m.id.to_string(),
+                                from: m.sender.clone(),
+                                conversation: conversation_for(&m.conversation, r),
+                                ts: m.ts,
+                                relay: relay.clone(),
+                            }));
+                        }
                     }
                 }
             }

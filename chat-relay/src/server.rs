@@ -81,6 +81,8 @@ enum ToRelay {
 
 /// What the shell takes from the config besides `[chat]`.
 pub struct Shell {
+    /// `[node] id`.
+    pub node: String,
     pub keys: KeySet,
     /// `[auth] max_ttl`.
     pub max_ttl: Duration,
@@ -131,6 +133,7 @@ impl App {
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
         links: Option<crate::cluster::Links>,
+        push: Option<&crate::config::PushConfig>,
     ) -> anyhow::Result<(Arc<App>, std::thread::JoinHandle<()>)> {
         match store.inbox_depth() {
             Ok(n) => metrics.set_inbox_depth(n),
@@ -139,7 +142,9 @@ impl App {
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
         let mut relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
         let mut signals_out = None;
+        let mut nats = None;
         if let Some(links) = links {
+            nats = Some(links.client.clone());
             relay = relay.in_cluster(&links.me);
             let (tx, signals) = mpsc::channel(INPUT_QUEUE);
             signals_out = Some(tx);
@@ -156,10 +161,27 @@ impl App {
                 stop.clone(),
             ));
         }
+        let pushes = match push {
+            Some(p) => {
+                relay = relay.with_push(&shell.node);
+                Some(crate::push::Pusher::start(p, nats, Arc::clone(&metrics))?)
+            }
+            None => None,
+        };
         let thread_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name("chat-relay-core".into())
-            .spawn(move || relay_thread(relay, rx, thread_metrics, signals_out))?;
+            .spawn(move || {
+                relay_thread(
+                    relay,
+                    rx,
+                    thread_metrics,
+                    Outlets {
+                        signals: signals_out,
+                        pushes,
+                    },
+                )
+            })?;
         Ok((
             Arc::new(App {
                 keys: shell.keys,
@@ -179,11 +201,17 @@ impl App {
 }
 
 /// Owns the relay: handles inputs in arrival order and routes its outputs.
+/// Where the relay thread sends what is not for a connection.
+struct Outlets {
+    signals: Option<mpsc::Sender<estuary_common::chat::Signal>>,
+    pushes: Option<mpsc::Sender<estuary_common::chat::PushEvent>>,
+}
+
 fn relay_thread<S: Store>(
     mut relay: Relay<S, Arc<Metrics>>,
     mut rx: mpsc::Receiver<ToRelay>,
     metrics: Arc<Metrics>,
-    signals: Option<mpsc::Sender<estuary_common::chat::Signal>>,
+    outlets: Outlets,
 ) {
     let mut outboxes: HashMap<ConnId, Outbox> = HashMap::new();
     while let Some(msg) = rx.blocking_recv() {
@@ -226,10 +254,17 @@ fn relay_thread<S: Store>(
                     }
                 }
                 Output::Signal(signal) => {
-                    if let Some(tx) = &signals
+                    if let Some(tx) = &outlets.signals
                         && tx.try_send(signal).is_err()
                     {
                         tracing::warn!("A chat signal was dropped: the publisher is behind.");
+                    }
+                }
+                Output::Push(event) => {
+                    if let Some(tx) = &outlets.pushes
+                        && tx.try_send(event).is_err()
+                    {
+                        metrics.push("dropped");
                     }
                 }
             }

@@ -271,6 +271,24 @@ pub enum Signal {
     Alive { relay: String, hello: bool },
 }
 
+/// What the relay tells a push-notification service (`[push]`) when a message is stored for
+/// a user with no device connected to any relay. It carries no body: bodies may be ciphertext,
+/// and the push service only needs to wake the user's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    /// Always `"message"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user: String,
+    pub msg: String,
+    pub from: String,
+    /// As the user names it: `user:<sender>` or `group:<id>`.
+    pub conversation: String,
+    pub ts: u64,
+    /// The relay that stored it.
+    pub relay: String,
+}
+
 /// The acl of a chat user's token: `/chat/user/<user-id>`.
 pub const USER_ACL_PREFIX: &str = "/chat/user/";
 

@@ -664,6 +664,55 @@ async def cluster_rejoin():
     print(json.dumps({"ok": True}))
 
 
+async def push():
+    """The offline push hook: a webhook (served here on ARGS.webhook_port) gets an event for
+    each recipient with no device connected, carrying no body, with the relay's bearer token;
+    its first answer is a 503, which the relay retries."""
+    events, answered = asyncio.Queue(), []
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        status = "503 Service Unavailable" if not answered else "204 No Content"
+        answered.append(status)
+        if status.startswith("204"):
+            await events.put((lines[0], headers, json.loads(body)))
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", ARGS.webhook_port)
+    alice = await Client.connect("alice")
+    m1 = await alice.send_message({"user": "bob"}, "p1", "secret body")
+    line, headers, event = await asyncio.wait_for(events.get(), 10)
+    check(line.startswith("POST /push "), f"request line {line}")
+    check(headers.get("authorization") == "Bearer push-secret", f"headers {headers}")
+    check(event == {"type": "message", "user": "bob", "msg": m1, "from": "alice",
+                    "conversation": "user:alice", "ts": event["ts"], "relay": "relay-test"},
+          f"event {event}")
+    check("secret body" not in json.dumps(event), "the body stays out of push events")
+    check(answered[0].startswith("503"), f"answers {answered}")
+    # Bob online: no push for him.
+    bob = await Client.connect("bob")
+    await bob.next("message")
+    await alice.send_message({"user": "bob"}, "p2", "hi")
+    await bob.next("message")
+    # A group: only the member with no device connected (carol) gets a push.
+    await alice.send({"type": "group.create", "group": "g", "members": ["bob", "carol"]})
+    await alice.next("group")
+    g = await alice.send_message({"group": "g"}, "p3", "all")
+    await bob.next("message")
+    _, _, event = await asyncio.wait_for(events.get(), 10)
+    check(event["user"] == "carol" and event["msg"] == g and event["conversation"] == "group:g",
+          f"group event {event}")
+    await asyncio.sleep(0.5)
+    check(events.empty(), "no push for a user who is online")
+    server.close()
+    print(json.dumps({"ok": True, "requests": len(answered)}))
+
+
 SCENARIOS = {
     "online": online,
     "offline": offline,
@@ -678,6 +727,7 @@ SCENARIOS = {
     "room": room,
     "cluster": cluster,
     "cluster-rejoin": cluster_rejoin,
+    "push": push,
 }
 
 
@@ -691,6 +741,7 @@ def main():
     p.add_argument("--expect", default="[]")
     p.add_argument("--pid", type=int, default=0)
     p.add_argument("--url2")
+    p.add_argument("--webhook-port", type=int, default=0)
     p.add_argument("--members", type=int, default=2000)
     p.add_argument("--body", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=60)

@@ -441,6 +441,7 @@ mod hostile_input {
                         Output::Frame { conn: to, .. } => prop_assert!(open.contains(&to) || to == conn),
                         Output::Fanout { conns, .. } => prop_assert!(conns.iter().all(|to| open.contains(to))),
                         Output::Signal(_) => prop_assert!(false, "a relay outside a cluster signals nothing"),
+                        Output::Push(_) => prop_assert!(false, "a relay without [push] pushes nothing"),
                         // The shell ends it; the core keeps it until its `Closed`.
                         Output::Close { .. } => {}
                     }
