@@ -391,7 +391,7 @@ async fn ws(
     // Frames up to twice the limit are read whole, so that the core closes an oversized one
     // with 1009; beyond that the WebSocket layer refuses them itself.
     let upgrade = upgrade
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * limit)
         .max_message_size(2 * limit)
