@@ -49,16 +49,6 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: edge\r\n\r\n")
 }
 
-/// Anonymous memory of a process, in KiB.
-fn rss_anon_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon")
-}
-
 /// Opens `n` connections that each make one request and stay open.
 fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n)

@@ -712,3 +712,13 @@ pub fn play_in_chromium(kind: &str, url: &str, seconds: u32) -> serde_json::Valu
     );
     report
 }
+
+/// Anonymous memory of a process, in KiB.
+pub fn rss_anon_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon")
+}
