@@ -334,22 +334,40 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .collect();
         out.push(Output::Signal(Signal::Alive { relay: me, hello }));
         for (relay, at) in gone {
-            let users: Vec<String> = self
-                .peers
-                .as_ref()
-                .map(|p| {
-                    p.online
-                        .iter()
-                        .filter(|(_, r)| r.contains(&relay))
-                        .map(|(u, _)| u.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
             if let Some(p) = self.peers.as_mut() {
                 p.heard.remove(&relay);
             }
-            self.remote_presence(&relay, &users, false, at, out);
+            self.forget_relay(&relay, at, out);
         }
+    }
+
+    /// Tells the other relays every user online here.
+    fn announce(&self, now: u64, out: &mut Vec<Output>) {
+        let users: Vec<String> = self.online.keys().cloned().collect();
+        if !users.is_empty() {
+            self.signal(out, |me| Signal::Presence {
+                relay: me.to_owned(),
+                users,
+                online: true,
+                ts: now,
+            });
+        }
+    }
+
+    /// Every user online on `relay` is not any more (as of `at`).
+    fn forget_relay(&mut self, relay: &str, at: u64, out: &mut Vec<Output>) {
+        let users: Vec<String> = self
+            .peers
+            .as_ref()
+            .map(|p| {
+                p.online
+                    .iter()
+                    .filter(|(_, r)| r.contains(relay))
+                    .map(|(u, _)| u.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.remote_presence(relay, &users, false, at, out);
     }
 
     /// Users online (or not) on another relay; local subscribers hear of those whose state
@@ -388,22 +406,33 @@ impl<S: Store, O: Observer> Relay<S, O> {
         let (Signal::Alive { relay, .. }
         | Signal::Presence { relay, .. }
         | Signal::Typing { relay, .. }
-        | Signal::Room { relay, .. }) = &signal;
+        | Signal::Room { relay, .. }
+        | Signal::Resync { relay, .. }) = &signal;
         if *relay == p.me {
             return;
         }
-        p.heard.insert(relay.clone(), now);
+        let relay = relay.clone();
+        let given_up = p.heard.insert(relay.clone(), now).is_none();
+        let hello = matches!(signal, Signal::Alive { hello: true, .. });
+        if given_up || hello {
+            // Never heard, silent for too long and forgotten, or just started (its previous
+            // run's users are forgotten below): it tells its users again.
+            self.signal(out, |me| Signal::Resync {
+                relay: me.to_owned(),
+                of: relay.clone(),
+            });
+        }
         match signal {
             Signal::Alive { hello: true, .. } => {
-                // A relay that just started learns who is online here.
-                let users: Vec<String> = self.online.keys().cloned().collect();
-                if !users.is_empty() {
-                    self.signal(out, |me| Signal::Presence {
-                        relay: me.to_owned(),
-                        users,
-                        online: true,
-                        ts: now,
-                    });
+                // A relay that just started has nobody online yet, whatever its previous run
+                // had (it may have been killed and restarted within the silence limit).
+                self.forget_relay(&relay, now, out);
+                // It learns who is online here.
+                self.announce(now, out);
+            }
+            Signal::Resync { of, .. } => {
+                if self.peers.as_ref().is_some_and(|p| p.me == of) {
+                    self.announce(now, out);
                 }
             }
             Signal::Alive { .. } => {}

@@ -266,6 +266,9 @@ pub enum Signal {
         room: String,
         message: ChatMessage,
     },
+    /// `relay` heard again from `of`, which it had given up (silent for too long): `of`
+    /// announces its online users again.
+    Resync { relay: String, of: String },
     /// `relay` is alive; sent every second. A relay that starts sends `hello: true`, and the
     /// others answer with the users online on them.
     Alive { relay: String, hello: bool },

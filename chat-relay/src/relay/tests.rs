@@ -664,3 +664,66 @@ fn two_relays_on_one_log_deliver_ack_and_agree() {
     let out = a.handle_input(12, Input::LogAdvanced);
     assert!(msg_ids(&frames_for(&out, 1)).contains(&group_msg));
 }
+
+fn signals(out: &[Output]) -> Vec<Signal> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Signal(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn presence_of(out: &[Output], conn: ConnId) -> Vec<(String, bool)> {
+    frames_for(out, conn)
+        .into_iter()
+        .filter_map(|f| match f {
+            ServerFrame::Presence { user, online, .. } => Some((user, online)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn presence_spans_relays_and_a_silent_or_restarted_relay_takes_its_users_offline() {
+    let log = crate::store::replicated::MemoryLog::default();
+    let mut a = replica(&log).in_cluster("a");
+    let mut b = replica(&log).in_cluster("b");
+    open_on(&mut a, 1_000, 1, "alice");
+    text_on(
+        &mut a,
+        1_001,
+        1,
+        r#"{"type":"presence.subscribe","users":["bob"]}"#,
+    );
+    let out = open_on(&mut b, 1_002, 2, "bob");
+    let mut seen = Vec::new();
+    for s in signals(&out) {
+        seen.extend(presence_of(&a.handle_input(1_003, Input::Signal(s)), 1));
+    }
+    assert_eq!(seen, vec![("bob".to_owned(), true)]);
+    // b falls silent: after the silence limit its users are offline.
+    let out = a.handle_input(1_003 + RELAY_SILENCE_MS + 1, Input::Tick);
+    assert_eq!(presence_of(&out, 1), vec![("bob".to_owned(), false)]);
+    // b is heard again (it was cut off, not dead): a asks it for its users, and bob is back.
+    let now = 10_000;
+    let mut seen = Vec::new();
+    for s in signals(&b.handle_input(now, Input::Tick)) {
+        for asked in signals(&a.handle_input(now, Input::Signal(s))) {
+            for told in signals(&b.handle_input(now + 1, Input::Signal(asked))) {
+                seen.extend(presence_of(
+                    &a.handle_input(now + 2, Input::Signal(told)),
+                    1,
+                ));
+            }
+        }
+    }
+    assert_eq!(seen, vec![("bob".to_owned(), true)]);
+    // b is killed and restarted within the limit: its hello takes bob offline at once.
+    let mut restarted = replica(&log).in_cluster("b");
+    let mut seen = Vec::new();
+    for s in signals(&restarted.handle_input(now + 3, Input::Tick)) {
+        seen.extend(presence_of(&a.handle_input(now + 4, Input::Signal(s)), 1));
+    }
+    assert_eq!(seen, vec![("bob".to_owned(), false)]);
+}
