@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -47,28 +47,31 @@ fn policy(html: &str) -> String {
 /// `GET /` and `GET /chat`.
 pub async fn page() -> Response {
     static CSP: OnceLock<Option<HeaderValue>> = OnceLock::new();
-    let csp = CSP.get_or_init(|| HeaderValue::from_str(&policy(PAGE)).ok());
-    let mut response = PAGE.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // Without a policy the page is not served: a page with a broken policy must not run.
-    match csp {
-        Some(csp) => headers.insert(header::CONTENT_SECURITY_POLICY, csp.clone()),
-        None => return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    // Without its policy the page is not served: a page whose policy is broken must not run.
+    let Some(csp) = CSP
+        .get_or_init(|| HeaderValue::from_str(&policy(PAGE)).ok())
+        .clone()
+    else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        ),
+        (header::CONTENT_SECURITY_POLICY, csp),
+        // The page's URL carries a token.
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
+    (headers, PAGE).into_response()
 }
 
 #[cfg(test)]
