@@ -2,7 +2,8 @@
 # The demo command: builds Estuary, makes a self-signed certificate and a 30-second sample
 # clip, starts an origin, uploads the clip to it over TUS and waits for its packaging (HLS +
 # DASH ladder), starts an edge that fills from the origin and the steering service in front of
-# it, and prints signed URLs that play, plus the metrics URLs. Stop it with Ctrl-C (both drain and exit).
+# it, and a chat relay with its demo page, and prints signed URLs that play, two chat URLs (alice
+# and bob, for two browser tabs), plus the metrics URLs. Stop it with Ctrl-C (all drain and exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-debian.sh demo
@@ -17,6 +18,7 @@ origin_admin_port="${ESTUARY_DEMO_ORIGIN_ADMIN_PORT:-9001}"
 cp_port="${ESTUARY_DEMO_CONTROL_PLANE_PORT:-7000}"
 steer_port="${ESTUARY_DEMO_STEERING_PORT:-7100}"
 dns_port="${ESTUARY_DEMO_DNS_PORT:-5353}"
+chat_port="${ESTUARY_DEMO_CHAT_PORT:-7200}"
 mkdir -p "$site/content" "$site/origin"
 
 echo "== building estuary (release)"
@@ -48,6 +50,7 @@ operator_token="$(secret operator.token 20)"
 origin_cred="$(secret origin.cred 20)"
 edge_cred="$(secret edge.cred 20)"
 steering_cred="$(secret steering.cred 20)"
+chat_cred="$(secret chat-relay.cred 20)"
 # The origin signs every asset.json it publishes; the edge and the control plane trust only
 # manifests signed with this key.
 [ -f "$site/manifest-keys.txt" ] || "$bin" manifest keygen --key-id demo-origin > "$site/manifest-keys.txt"
@@ -73,6 +76,10 @@ token = "$edge_cred"
 site = "demo"
 role = "steering"
 token = "$steering_cred"
+[auth.nodes.demo-chat-relay]
+site = "demo"
+role = "chat-relay"
+token = "$chat_cred"
 [auth.site_networks]
 demo = ["127.0.0.0/8"]
 $manifest_keys
@@ -226,11 +233,37 @@ zone = "cdn.demo."
 ns_addresses = ["127.0.0.1"]
 TOML
 "$bin" check-config "$site/steering.toml"
+# The chat relay checks user tokens (acl /chat/user/<user>) with a key of its own; the demo
+# signs one per user below. Neither the relay nor its page ever holds a way to make them.
+chat_key="$(secret chat.key 32)"
+cat > "$site/chat-relay.toml" <<TOML
+[node]
+id = "demo-chat-relay"
+site = "demo"
+[listen]
+http = "127.0.0.1:$chat_port"
+[auth.keys]
+demo-chat = "$chat_key"
+[store]
+path = "chat-relay.db"
+[control_plane]
+url = "http://127.0.0.1:$cp_port"
+token = "$chat_cred"
+interval = "2s"
+TOML
+"$bin" check-config "$site/chat-relay.toml"
 
 sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path "$2" --base "$1"; }
 plain=$(sign "http://127.0.0.1:$http_port" /v/demo/master.m3u8)
 tls=$(sign "https://localhost:$https_port" /v/demo/master.m3u8)
 dash=$(sign "http://127.0.0.1:$http_port" /v/demo/manifest.mpd)
+# The chat page's URL for USER talking to PEER, with USER's token (query form, valid 24 h).
+chat_url() {
+  echo "$("$bin" token sign --key-id demo-chat --key "$chat_key" --acl "/chat/user/$1" --ttl 86400 \
+    --path /chat --base "http://127.0.0.1:$chat_port" | sed -n 2p)&user=$1&peer=$2"
+}
+alice_url=$(chat_url alice bob)
+bob_url=$(chat_url bob alice)
 cat <<MSG
 
 Estuary demo site: $site
@@ -244,6 +277,7 @@ Estuary demo site: $site
   Steering: http://127.0.0.1:$steer_port/v1/playback/demo  (ranked edges with signed URLs; log: steering.log)
             Content Steering: http://127.0.0.1:$steer_port/v1/playback/demo/steered.m3u8 (and steered.mpd)
   Geo-DNS:  dig @127.0.0.1 -p $dns_port edge.cdn.demo A +subnet=10.1.2.0/24   (and demo.cdn.demo, SOA, NS)
+  Chat:     ws://127.0.0.1:$chat_port/ws (chat relay; store: chat-relay.db; log: chat-relay.log)
 
 Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)
@@ -258,14 +292,22 @@ Play it:
   in a browser (hls.js): http://127.0.0.1:$http_port/player/index.html#$(echo "$plain" | sed -n 3p)
   (The certificate is self-signed: browsers ask you to accept it at https://localhost:$https_port/ first.)
 
+Chat: open each in its own browser tab (or two browsers), and write from one to the other:
+  alice: $alice_url
+  bob:   $bob_url
+  (one tick: stored; two: delivered to the other's tab; blue: read. Another user:
+   $bin token sign --key-id demo-chat --key \$(cat $site/chat.key) --acl /chat/user/NAME --ttl 86400 --path /chat --base http://127.0.0.1:$chat_port)
+
 Operate it:
-  metrics:  http://127.0.0.1:$admin_port/metrics  (origin: http://127.0.0.1:$origin_admin_port/metrics)
+  metrics:  http://127.0.0.1:$admin_port/metrics  (origin: http://127.0.0.1:$origin_admin_port/metrics, chat: http://127.0.0.1:$chat_port/metrics)
   health:   http://127.0.0.1:$admin_port/healthz   ready: http://127.0.0.1:$admin_port/readyz
   reload the certificate: kill -HUP <pid>; drain and stop: Ctrl-C or kill -TERM <pid>
 
 MSG
 cd "$site"
 "$bin" steering --config steering.toml 2>>steering.log &
+pids+=($!)
+"$bin" chat-relay --config chat-relay.toml 2>>chat-relay.log &
 pids+=($!)
 "$bin" edge --config edge.toml &
 pids+=($!)

@@ -5,7 +5,7 @@
 #
 # Contents: /usr/bin/estuary (debug info stripped), the example configs under
 # /usr/share/doc/estuary/examples, the systemd units estuary-{edge,origin,control-plane,
-# steering}.service under /lib/systemd/system (none enabled or started), and a postinst that
+# steering,chat-relay}.service under /lib/systemd/system (none enabled or started), and a postinst that
 # makes the `estuary` system user. Depends are computed by dpkg-shlibdeps from the binary
 # (Debian's FFmpeg libraries for the packager).
 #
@@ -76,10 +76,11 @@ Depends: $shlibs, adduser, procps
 Section: net
 Priority: optional
 Homepage: https://github.com/estuary-cdn/estuary
-Description: open video CDN appliance (edge, origin, control plane, steering)
+Description: open video CDN appliance (edge, origin, control plane, steering, chat relay)
  One binary, estuary, runs each service as a subcommand: the edge (HLS/DASH over
  HTTP/1.1, HTTP/2 and HTTP/3 with a pull-through cache), the origin (TUS uploads and
- packaging into CMAF ladders), the control plane and steering (HTTP and geo-DNS).
+ packaging into CMAF ladders), the control plane, steering (HTTP and geo-DNS) and
+ the chat relay (WebSocket chat).
  The systemd units are installed but neither enabled nor started.
 CONTROL
 mkdir -p "$out"

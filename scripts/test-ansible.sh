@@ -8,15 +8,19 @@
 #    playbook, with both inventories. Then tests/render.yml (no containers): every file the
 #    roles would install from the example inventory rendered here, with test values for the
 #    vault's secrets, and each config checked: `estuary check-config` on the edge, origin,
-#    control-plane and steering configs (with their TLS files and coverage zones),
+#    control-plane, steering and chat-relay configs (with their TLS files and coverage zones),
 #    `promtool check config` on Prometheus's.
 # 2. The Debian package of the debug binary cargo test built (scripts/package-deb.sh).
 # 3. The lab (scripts/lab.sh): five containers from a cached debootstrap root (rebuilt when
-#    missing): control plane, origin, steering, and two edges of one site.
+#    missing): control plane, origin, steering, and two edges of one site (the first also
+#    runs a chat relay).
 # 4. site.yml, then from outside the containers: every unit enabled and active, every
 #    installed config passes `estuary check-config`, capabilities only where a port < 1024
 #    is configured; the control plane on PostgreSQL (role postgresql) with the nodes in it;
-#    Prometheus (role monitoring) sees every node's /metrics target up; a clip uploaded over TUS to the deployed origin, pushed through the
+#    Prometheus (role monitoring) sees every node's /metrics target up; the chat relay
+#    answers /readyz and its page, the control plane lists it as a chat-relay node, and two
+#    WebSocket clients chat through it (tests/clients/chat.py online: messages, receipts,
+#    presence, history); a clip uploaded over TUS to the deployed origin, pushed through the
 #    deployed control plane (push.yml) onto both edges, and played through an edge with a
 #    signed URL by hls.js in headless Chromium; steering and its geo-DNS name those edges.
 # 5. site.yml again: changed=0 on every host.
@@ -24,7 +28,8 @@
 #    and its service.
 # 7. upgrade.yml to a newer package while a client fetches segments from both edges, with
 #    failover (tests/clients/rolling_client.py): no request fails, each edge's /readyz goes
-#    200, 503 (draining), 200; every node runs the new package.
+#    200, 503 (draining), 200; every node runs the new package (the chat relay, beside an
+#    edge, runs the new binary too).
 # Every failure fails the script; nothing is skipped.
 set -euo pipefail
 # systemd-nspawn and nsenter need root.
@@ -42,11 +47,11 @@ ansible_lint_version=26.10.1
 step() { echo "== test-ansible ($(($(date +%s) - start_time)) s): $*"; }
 fail() { echo "test-ansible: FAILED: $*" >&2; exit 1; }
 
-step "Ansible $ansible_version, ansible-lint $ansible_lint_version and tuspy from PyPI; the browser clients from npm"
-if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ansible') == '$ansible_version' and m.version('ansible-lint') == '$ansible_lint_version'; import tusclient" 2>/dev/null; then
+step "Ansible $ansible_version, ansible-lint $ansible_lint_version, tuspy and websockets from PyPI; the browser clients from npm"
+if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ansible') == '$ansible_version' and m.version('ansible-lint') == '$ansible_lint_version'; import tusclient, websockets" 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "ansible==$ansible_version" "ansible-lint==$ansible_lint_version" tuspy
+  "$venv/bin/pip" install -q "ansible==$ansible_version" "ansible-lint==$ansible_lint_version" tuspy websockets
 fi
 if [ ! -d "$repo/tests/clients/node_modules/playwright-core" ] || [ ! -d "$repo/tests/clients/node_modules/hls.js" ]; then
   npm ci --prefix "$repo/tests/clients" --no-audit --no-fund --silent
@@ -120,6 +125,19 @@ for host in "${hosts[@]}"; do
 done
 rw="$(on lab-edge-a1 systemctl show -p ReadWritePaths --value estuary-edge.service)"
 [ "$rw" = "/var/cache/estuary/edge /srv/estuary/store" ] || fail "edge ReadWritePaths: '$rw'"
+# The chat relay beside the first edge: a unit of its own, writing only its store's folder.
+unit=estuary-chat-relay.service
+[ "$(on lab-edge-a1 systemctl is-enabled "$unit")" = enabled ] || fail "lab-edge-a1: $unit is not enabled"
+[ "$(on lab-edge-a1 systemctl is-active "$unit")" = active ] || fail "lab-edge-a1: $unit is not active"
+on lab-edge-a1 /usr/bin/estuary check-config /etc/estuary/chat-relay.toml >/dev/null \
+  || fail "lab-edge-a1: /etc/estuary/chat-relay.toml does not pass check-config"
+caps="$(on lab-edge-a1 systemctl show -p AmbientCapabilities --value "$unit")"
+[ -z "$caps" ] || fail "lab-edge-a1: $unit holds capabilities it does not need: $caps"
+rw="$(on lab-edge-a1 systemctl show -p ReadWritePaths --value "$unit")"
+[ "$rw" = /var/lib/estuary/chat-relay ] || fail "chat relay ReadWritePaths: '$rw'"
+exposure="$(on lab-edge-a1 systemd-analyze security "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+[ -n "$exposure" ] || fail "lab-edge-a1: no exposure level for $unit"
+echo "   lab-edge-a1: $unit enabled, active, config valid, no capabilities, writes $rw, exposure $exposure"
 
 step "the control plane runs on PostgreSQL (postgresql role, in lab-cp)"
 on lab-cp grep -q '^url = "postgres://estuary:.*@127.0.0.77:5432/estuary"' /etc/estuary/control-plane.toml \
@@ -129,10 +147,10 @@ curl -fsS http://127.0.0.77:7000/metrics | grep -qx 'estuary_cp_database_up 1' |
 nodes_in_db=""
 for _ in $(seq 1 20); do
   nodes_in_db="$(on lab-cp runuser -u postgres -- psql -d estuary -tAc 'SELECT count(*) FROM nodes')"
-  [ "$nodes_in_db" = "${#hosts[@]}" ] || [ "$nodes_in_db" -ge 4 ] 2>/dev/null && break
+  [ "$nodes_in_db" -ge 5 ] 2>/dev/null && break
   sleep 0.5
 done
-[ "$nodes_in_db" -ge 4 ] 2>/dev/null || fail "PostgreSQL holds $nodes_in_db nodes, not the lab's origin, steering and two edges"
+[ "$nodes_in_db" -ge 5 ] 2>/dev/null || fail "PostgreSQL holds $nodes_in_db nodes, not the lab's origin, steering, two edges and chat relay"
 echo "   control-plane.toml names postgres://estuary@127.0.0.77:5432/estuary; its nodes table holds $nodes_in_db nodes"
 
 step "Prometheus (monitoring role, in lab-cp) scrapes every Estuary node: every target up"
@@ -143,13 +161,15 @@ targets_ok=""
 for _ in $(seq 1 30); do
   if curl -fsS "$prometheus/api/v1/targets?state=active" >"$run/targets.json" \
     && curl -fsS "$prometheus/api/v1/query" --data-urlencode 'query=up{job=~"estuary-.*"}' >"$run/up.json" \
-    && "$venv/bin/python" - "$run/targets.json" "$run/up.json" "${hosts[@]}" 2>"$run/targets.err" <<'PY'
+    && "$venv/bin/python" - "$run/targets.json" "$run/up.json" "${hosts[@]}" lab-chat-a1 2>"$run/targets.err" <<'PY'
 import json, sys
 targets = json.load(open(sys.argv[1]))["data"]["activeTargets"]
 up = json.load(open(sys.argv[2]))["data"]["result"]
 hosts = sys.argv[3:]
-# One target per lab node, each in its service's job, each scraped and up.
-want = {"estuary-control-plane": 1, "estuary-origin": 1, "estuary-steering": 1, "estuary-edge": 2}
+# One target per lab node (the chat relay beside an edge is one of its own), each in its
+# service's job, each scraped and up.
+want = {"estuary-control-plane": 1, "estuary-origin": 1, "estuary-steering": 1, "estuary-edge": 2,
+        "estuary-chat-relay": 1}
 jobs = {}
 for t in targets:
     jobs[t["labels"]["job"]] = jobs.get(t["labels"]["job"], 0) + 1
@@ -166,6 +186,33 @@ PY
 done
 [ -n "$targets_ok" ] || fail "Prometheus does not see every Estuary target up: $(tail -1 "$run/targets.err" 2>/dev/null)"
 
+step "the chat relay (lab-edge-a1): ready, its page, a chat-relay node on the control plane, a real chat through it"
+relay=127.0.0.80:7200
+curl -fsS -o /dev/null "http://127.0.0.80:7201/readyz" || fail "the chat relay's /readyz is not 200"
+page="$(curl -fsS -D - "http://$relay/chat")" || fail "the chat relay's page"
+echo "$page" | grep -qi '^content-security-policy: default-src' || fail "the chat page has no Content-Security-Policy"
+echo "$page" | grep -q '<title>Estuary chat</title>' || fail "the chat page is not the chat page"
+operator_token=lab-test-operator-token-8a3964249b6a0edd02f0df1c
+relay_node=""
+for _ in $(seq 1 30); do
+  curl -fsS -H "Authorization: Bearer $operator_token" http://127.0.0.77:7000/v1/nodes >"$run/nodes.json" \
+    && relay_node="$("$venv/bin/python" - "$run/nodes.json" <<'PY'
+import json, sys
+nodes = [n for n in json.load(open(sys.argv[1])) if n["id"] == "lab-chat-a1"]
+n = nodes[0] if nodes else {}
+if n.get("role") == "chat-relay" and n.get("up") and n.get("site") == "lab-a":
+    print(f'{n["id"]} role {n["role"]} site {n["site"]} up, at {n["addresses"].get("http")}')
+PY
+)" && [ -n "$relay_node" ] && break
+  sleep 1
+done
+[ -n "$relay_node" ] || fail "the control plane does not list lab-chat-a1 as an up chat-relay node: $(cat "$run/nodes.json" 2>/dev/null)"
+echo "   control plane: $relay_node"
+chat_key=3f9a1c7e5d2b8046e1f3a5c7d9b0e2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4f6
+"$venv/bin/python" "$repo/tests/clients/chat.py" online --url "ws://$relay" --key "$chat_key" --kid lab-chat \
+  || fail "tests/clients/chat.py online through the deployed chat relay"
+echo "   chat.py online through ws://$relay: messages, delivered and read receipts, typing, history, presence"
+
 step "a clip uploaded over TUS to the deployed origin"
 clip="$cache/clip.mp4"
 if [ ! -f "$clip" ]; then
@@ -175,7 +222,6 @@ if [ ! -f "$clip" ]; then
   mv "$clip.tmp.mp4" "$clip"
 fi
 upload_token=lab-test-upload-token-e84811c70b10c81b4543d723
-operator_token=lab-test-operator-token-8a3964249b6a0edd02f0df1c
 origin=http://127.0.0.78:9000
 "$venv/bin/python" "$repo/tests/clients/tus_upload.py" start "$origin/uploads/" "$upload_token" "$clip" lab \
   "$(stat -c %s "$clip")" >/dev/null
@@ -276,5 +322,10 @@ for host in lab-edge-a1 lab-edge-a2 lab-cp lab-origin lab-steering; do
   installed="$(on "$host" dpkg-query -W -f='${Version}' estuary)"
   [ "$installed" = "$version+upgrade1" ] || fail "$host runs package $installed after the upgrade"
 done
+# The chat relay shares lab-edge-a1 with an edge: the edge's play replaced the binary under it.
+relay_pid="$(on lab-edge-a1 systemctl show -p MainPID --value estuary-chat-relay.service)"
+relay_exe="$(on lab-edge-a1 readlink "/proc/$relay_pid/exe")"
+[ "$relay_exe" = /usr/bin/estuary ] || fail "the chat relay runs '$relay_exe' after the upgrade, not the new binary"
+curl -fsS -o /dev/null "http://127.0.0.80:7201/readyz" || fail "the chat relay is not ready after the upgrade"
 
 step "passed"

@@ -87,8 +87,8 @@ enum Command {
     /// acl /chat/user/USER), 1:1 and groups, sent/delivered/read receipts, presence, typing,
     /// per-device offline inboxes on the embedded SQLite store ([store] path).
     ///
-    /// Frames: see the README's "Chat relay" section. Endpoints: /ws; /metrics, /healthz,
-    /// /readyz (on [listen] admin if set).
+    /// Frames: see the README's "Chat relay" section. Endpoints: /ws; / and /chat (the demo
+    /// page); /metrics, /healthz, /readyz (on [listen] admin if set).
     ///
     /// Signals: SIGTERM or SIGINT: every WebSocket gets a close frame 1001, /readyz turns 503.
     ChatRelay {

@@ -87,3 +87,15 @@ fn steering_unit_verifies() {
     assert!(!unit.contains("ReadWritePaths=") && !unit.contains("StateDirectory="));
     assert!(unit.contains("ExecStart=") && unit.contains(" steering --config "));
 }
+
+#[test]
+fn chat_relay_unit_verifies() {
+    let unit = verify(
+        "estuary-chat-relay.service",
+        include_str!("../scripts/deb/estuary-chat-relay.service"),
+    );
+    assert!(!unit.contains("ExecReload="));
+    // The store's folder, the one it writes.
+    assert!(unit.contains("StateDirectory=estuary/chat-relay"));
+    assert!(unit.contains("ExecStart=") && unit.contains(" chat-relay --config "));
+}

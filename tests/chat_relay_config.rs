@@ -29,14 +29,14 @@ fn the_example_passes_check_config_once_its_folder_exists() {
     let store = dir.path().join("chat.db");
     std::fs::write(
         &path,
-        text.replace("/var/lib/estuary/chat.db", &store.display().to_string()),
+        text.replace("/var/lib/estuary/chat-relay/chat.db", &store.display().to_string()),
     )
     .expect("write");
     let (ok, out) = check_config(&path);
     assert!(ok && out.contains("a valid chat-relay config"), "{out}");
     std::fs::write(
         &path,
-        text.replace("/var/lib/estuary/chat.db", "chat.db")
+        text.replace("/var/lib/estuary/chat-relay/chat.db", "chat.db")
             .replace("history_max =", "history_maxx ="),
     )
     .expect("write");

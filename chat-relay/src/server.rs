@@ -330,9 +330,15 @@ fn queue(outboxes: &mut HashMap<ConnId, Outbox>, conn: ConnId, text: Utf8Bytes, 
     }
 }
 
-/// The relay's routes: `/ws`.
+mod page;
+
+/// The relay's routes: `/ws`, and the demo chat page at `/` and `/chat`.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().route("/ws", get(ws)).with_state(app)
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/", get(page::page))
+        .route("/chat", get(page::page))
+        .with_state(app)
 }
 
 /// The admin routes, for `[listen] http` or `[listen] admin`.

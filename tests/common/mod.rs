@@ -257,22 +257,29 @@ k2 = "{KEY2_HEX}"
 
     /// A token for `acl` signed by the CLI (an independent path through the code).
     pub fn sign(&self, acl: &str, extra: &[&str]) -> String {
-        let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
-            .args([
-                "token", "sign", "--key-id", "k1", "--key", KEY_HEX, "--acl", acl,
-            ])
-            .args(extra));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned()
+        cli_sign(acl, extra).swap_remove(0)
     }
+}
+
+/// `estuary token sign` with key `k1` = [`KEY_HEX`] for `acl`: its output lines (the token;
+/// with `--path`, then the query-form and the path-form URLs).
+pub fn cli_sign(acl: &str, extra: &[&str]) -> Vec<String> {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_estuary"))
+        .args([
+            "token", "sign", "--key-id", "k1", "--key", KEY_HEX, "--acl", acl,
+        ])
+        .args(extra));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "estuary token sign printed nothing");
+    lines
 }
 
 /// A running service (edge, origin); killed on drop.
