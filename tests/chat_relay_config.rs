@@ -29,7 +29,10 @@ fn the_example_passes_check_config_once_its_folder_exists() {
     let store = dir.path().join("chat.db");
     std::fs::write(
         &path,
-        text.replace("/var/lib/estuary/chat-relay/chat.db", &store.display().to_string()),
+        text.replace(
+            "/var/lib/estuary/chat-relay/chat.db",
+            &store.display().to_string(),
+        ),
     )
     .expect("write");
     let (ok, out) = check_config(&path);
