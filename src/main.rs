@@ -9,6 +9,7 @@ use estuary_common::config::ServiceConfig;
 use estuary_control_plane::{ControlPlaneConfig, run as cp_run};
 use estuary_edge::EdgeConfig;
 use estuary_origin::{OriginConfig, run as origin_run};
+use estuary_sfu::{SfuConfig, run as sfu_run};
 use estuary_steering::{SteeringConfig, run as steer_run};
 
 /// Estuary: an open video CDN appliance.
@@ -93,6 +94,19 @@ enum Command {
     /// Signals: SIGTERM or SIGINT: every WebSocket gets a close frame 1001, /readyz turns 503.
     ChatRelay {
         /// The chat relay's TOML config (see docs/chat-relay.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the SFU: WebRTC selective forwarding. Publish with WHIP (POST /whip/ROOM, an
+    /// application/sdp offer, Authorization: Bearer TOKEN with the edge's token format and acl
+    /// /rooms/ROOM), watch with WHEP (POST /whep/ROOM); DELETE on the Location ends a session.
+    /// Media for every peer goes over the one [listen] udp port (ICE-lite).
+    ///
+    /// Endpoints: /whip/ROOM, /whep/ROOM; /metrics, /healthz, /readyz (on [listen] admin if set).
+    ///
+    /// Signals: SIGTERM or SIGINT: new sessions get 503, /readyz turns 503, then every peer is closed.
+    Sfu {
+        /// The SFU's TOML config (see docs/sfu.example.toml).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -348,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ControlPlane { config } => serve::<ControlPlaneConfig, _>(&config, cp_run),
         Command::Steering { config } => serve::<SteeringConfig, _>(&config, steer_run),
         Command::ChatRelay { config } => serve::<ChatRelayConfig, _>(&config, chat_relay_run),
+        Command::Sfu { config } => serve::<SfuConfig, _>(&config, sfu_run),
         Command::Nodes { operator, json } => operator_call(estuary_control_plane::cli::nodes(
             &operator.control_plane,
             &operator.token,
@@ -496,11 +511,12 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
         entry::<SteeringConfig>(),
         entry::<OriginConfig>(),
         entry::<ChatRelayConfig>(),
+        entry::<SfuConfig>(),
     ];
     let Some((service, _, check)) = services.into_iter().find(|(_, claims, _)| claims(&table))
     else {
         anyhow::bail!(
-            "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table, a chat relay config a [store] path)",
+            "{}: cannot tell which service this config is for (an edge config has a [store] table, an origin config a [storage] table, a control-plane config a [database] table, a steering config a [geo] table, a chat relay config a [store] path, an SFU config a [listen] udp)",
             file.display()
         )
     };

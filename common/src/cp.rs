@@ -69,6 +69,16 @@ pub struct Load {
     /// Share of all cores used by the process, 0..1.
     #[serde(default)]
     pub cpu: f64,
+    /// SFUs: rooms open now (absent from other nodes' beats and from older SFUs': 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rooms: u64,
+    /// SFUs: WebRTC peers (publishers and watchers) connected or connecting now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peers: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Cache and disk use.
@@ -135,6 +145,9 @@ impl Heartbeat {
             1e9,
         )?;
         figure("load.cpu", self.load.cpu, 1.0)?;
+        if self.load.rooms > 10_000_000 || self.load.peers > 10_000_000 {
+            return Err("load.rooms and load.peers must be at most 10000000".into());
+        }
         figure("usage.cache_hit_ratio", self.usage.cache_hit_ratio, 1.0)?;
         for (name, v) in [
             ("addresses.http", &self.addresses.http),
@@ -330,6 +343,36 @@ mod tests {
         assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
         let extra = text.replacen('{', "{\"x\":1,", 1);
         assert!(serde_json::from_str::<Heartbeat>(&extra).is_err());
+    }
+
+    #[test]
+    fn an_sfu_beat_carries_rooms_and_peers_and_older_beats_still_parse() {
+        let older = r#"{"node":"sfu-1","site":"lab","role":"sfu","ready":true,"load":{"connections":2,"cpu":0.5}}"#;
+        let hb: Heartbeat = serde_json::from_str(older).expect("older beat");
+        assert_eq!((hb.load.rooms, hb.load.peers), (0, 0));
+        let mut hb = hb;
+        hb.load.rooms = 3;
+        hb.load.peers = 7;
+        let text = serde_json::to_string(&hb).expect("json");
+        assert!(
+            text.contains("\"rooms\":3") && text.contains("\"peers\":7"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
+        assert!(hb.check().is_ok());
+        hb.load.peers = 10_000_001;
+        assert!(hb.check().is_err());
+        // Nodes without rooms leave the fields out, so an older control plane still reads them.
+        let edge = Heartbeat {
+            role: Role::Edge,
+            load: Load::default(),
+            ..hb
+        };
+        assert!(
+            !serde_json::to_string(&edge)
+                .expect("json")
+                .contains("rooms")
+        );
     }
 }
 

@@ -231,6 +231,7 @@ pub fn load_between(old: &Scrape, new: &Scrape, secs: f64) -> Load {
         requests_per_second: rate(old.requests, new.requests),
         connections: new.connections.max(0.0) as u64,
         cpu: 0.0,
+        ..Load::default()
     }
 }
 

@@ -1238,6 +1238,7 @@ fn heartbeat_report(
             requests_per_second: requests.saturating_sub(last.1) as f64 / secs,
             connections,
             cpu: 0.0,
+            ..Load::default()
         };
         last = (now, requests, bytes);
         let hits = observer.metrics.cache_hits_ram.get() + observer.metrics.cache_hits_disk.get();

@@ -1,0 +1,617 @@
+//! One room's forwarding policy: who is in it, which tracks are published, which track each
+//! watcher's outgoing stream carries, and when a publisher is asked for a keyframe. Pure:
+//! `(now, input)` in, outputs out; no str0m `Rtc`, no socket, no clock, no payload bytes.
+//!
+//! A watcher (a WHEP session) brings a fixed number of receiving slots per kind (its offer's
+//! `recvonly` m-lines). Every published track goes to every watcher that has a free slot of
+//! its kind, oldest track first; when a track ends, its slots take the next track nobody in
+//! them carries yet. Each slot has one [`Forwarder`], so its numbering stays continuous when
+//! the track in it changes, and the change waits for a keyframe (requested from the
+//! publisher, at most once per `keyframe_interval_min` per track).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict, Vp8Ids};
+
+pub type PeerId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// A published track: its publisher and its index among that publisher's tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId {
+    pub peer: PeerId,
+    pub idx: u32,
+}
+
+impl TrackId {
+    fn source_key(self) -> SourceKey {
+        (self.peer << 32) | u64::from(self.idx)
+    }
+}
+
+/// A watcher's outgoing stream: its `slot`-th receiving m-line of `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutId {
+    pub sub: PeerId,
+    pub kind: MediaKind,
+    pub slot: u8,
+}
+
+/// What a participant does in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends tracks (WHIP).
+    Publisher,
+    /// Receives, into `audio` and `video` slots (WHEP).
+    Watcher { audio: u8, video: u8 },
+}
+
+/// The room's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_participants: usize,
+    pub max_publishers: usize,
+    pub keyframe_interval_min: Duration,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the room is full")]
+    RoomFull,
+    #[error("the room has as many publishers as it may")]
+    TooManyPublishers,
+    #[error("this participant is already in the room")]
+    AlreadyIn,
+}
+
+/// One incoming RTP packet, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    pub track: TrackId,
+    pub seq: u64,
+    pub ts: u32,
+    pub keyframe_start: bool,
+    pub vp8: Option<Vp8Ids>,
+    pub recv_at: Instant,
+    pub clock_rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomInput {
+    /// A track of a participant who joined as a publisher.
+    TrackAdded {
+        track: TrackId,
+        kind: MediaKind,
+    },
+    Packet(PacketMeta),
+    /// A watcher asked for a keyframe (PLI/FIR) on one of its outgoing streams.
+    KeyframeRequest {
+        out: OutId,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomOutput {
+    /// Send the input packet on `out` with these numbers.
+    Forward { out: OutId, pkt: OutPacket },
+    /// Ask the publisher of `track` for a keyframe (PLI).
+    RequestKeyframe { track: TrackId },
+    /// A keyframe request for `track` was not sent: one went out less than
+    /// `keyframe_interval_min` ago.
+    KeyframeThrottled { track: TrackId },
+    /// The packet was for no outgoing stream, or a stream dropped it (waiting for a
+    /// keyframe, older than its segment).
+    Dropped,
+}
+
+struct Slot {
+    track: Option<TrackId>,
+    forwarder: Forwarder,
+}
+
+struct Participant {
+    role: Role,
+    /// Receiving slots by kind (watchers).
+    slots: BTreeMap<MediaKind, Vec<Slot>>,
+}
+
+/// One room.
+pub struct Room {
+    limits: Limits,
+    participants: BTreeMap<PeerId, Participant>,
+    /// Published tracks, oldest first (track ids grow).
+    tracks: BTreeMap<TrackId, MediaKind>,
+    last_keyframe_request: HashMap<TrackId, Instant>,
+    /// Where each new slot's numbering starts: from the shell (random), so a test can fix it.
+    first_seq: u16,
+}
+
+impl Room {
+    pub fn new(limits: Limits, first_seq: u16) -> Self {
+        Self {
+            limits,
+            participants: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            last_keyframe_request: HashMap::new(),
+            first_seq,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    pub fn participants(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn publishers(&self) -> usize {
+        self.participants
+            .values()
+            .filter(|p| p.role == Role::Publisher)
+            .count()
+    }
+
+    /// Tracks published now, of `kind`.
+    pub fn tracks(&self, kind: MediaKind) -> usize {
+        self.tracks.values().filter(|k| **k == kind).count()
+    }
+
+    /// The track an outgoing stream carries now, if any.
+    pub fn track_of(&self, out: OutId) -> Option<TrackId> {
+        self.participants
+            .get(&out.sub)?
+            .slots
+            .get(&out.kind)?
+            .get(usize::from(out.slot))?
+            .track
+    }
+
+    /// Admits a participant, within the room's limits. A watcher is given the tracks
+    /// published now (keyframes requested into `out`).
+    pub fn join(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        role: Role,
+        out: &mut Vec<RoomOutput>,
+    ) -> Result<(), JoinError> {
+        if self.participants.contains_key(&peer) {
+            return Err(JoinError::AlreadyIn);
+        }
+        if self.participants.len() >= self.limits.max_participants {
+            return Err(JoinError::RoomFull);
+        }
+        if role == Role::Publisher && self.publishers() >= self.limits.max_publishers {
+            return Err(JoinError::TooManyPublishers);
+        }
+        let mut slots = BTreeMap::new();
+        if let Role::Watcher { audio, video } = role {
+            for (kind, n) in [(MediaKind::Audio, audio), (MediaKind::Video, video)] {
+                // Numbering differs per slot, so two streams of one watcher never look alike.
+                let v = (0..n)
+                    .map(|i| Slot {
+                        track: None,
+                        forwarder: Forwarder::new(
+                            self.first_seq.wrapping_add(u16::from(i) * 1000) & 0x7fff,
+                        ),
+                    })
+                    .collect();
+                slots.insert(kind, v);
+            }
+        }
+        self.participants.insert(peer, Participant { role, slots });
+        self.assign(now, out);
+        Ok(())
+    }
+
+    /// A participant leaves; its tracks end and the slots that carried them take others.
+    pub fn leave(&mut self, now: Instant, peer: PeerId, out: &mut Vec<RoomOutput>) {
+        if self.participants.remove(&peer).is_none() {
+            return;
+        }
+        let gone: Vec<TrackId> = self
+            .tracks
+            .keys()
+            .filter(|t| t.peer == peer)
+            .copied()
+            .collect();
+        for t in gone {
+            self.tracks.remove(&t);
+            self.last_keyframe_request.remove(&t);
+        }
+        for p in self.participants.values_mut() {
+            for slots in p.slots.values_mut() {
+                for s in slots.iter_mut() {
+                    if s.track.is_some_and(|t| t.peer == peer) {
+                        s.track = None;
+                        s.forwarder.select(None);
+                    }
+                }
+            }
+        }
+        self.assign(now, out);
+    }
+
+    pub fn handle_input(&mut self, now: Instant, input: RoomInput, out: &mut Vec<RoomOutput>) {
+        match input {
+            RoomInput::TrackAdded { track, kind } => {
+                let is_publisher = self
+                    .participants
+                    .get(&track.peer)
+                    .is_some_and(|p| p.role == Role::Publisher);
+                if is_publisher {
+                    self.tracks.insert(track, kind);
+                    self.assign(now, out);
+                }
+            }
+            RoomInput::Packet(p) => self.packet(now, &p, out),
+            RoomInput::KeyframeRequest { out: o } => {
+                if let Some(track) = self.track_of(o) {
+                    self.request_keyframe(now, track, out);
+                }
+            }
+        }
+    }
+
+    fn packet(&mut self, now: Instant, p: &PacketMeta, out: &mut Vec<RoomOutput>) {
+        let Some(kind) = self.tracks.get(&p.track).copied() else {
+            out.push(RoomOutput::Dropped);
+            return;
+        };
+        let input = InPacket {
+            source: p.track.source_key(),
+            seq: p.seq,
+            ts: p.ts,
+            keyframe_start: p.keyframe_start,
+            vp8: p.vp8,
+            recv_at: p.recv_at,
+            clock_rate: p.clock_rate,
+        };
+        let before = out.len();
+        let mut waiting = false;
+        for (&sub, part) in &mut self.participants {
+            let Some(slots) = part.slots.get_mut(&kind) else {
+                continue;
+            };
+            for (i, s) in slots.iter_mut().enumerate() {
+                if s.track != Some(p.track) {
+                    continue;
+                }
+                match s.forwarder.handle(&input) {
+                    Verdict::Forward(pkt) => out.push(RoomOutput::Forward {
+                        out: OutId {
+                            sub,
+                            kind,
+                            slot: i as u8,
+                        },
+                        pkt,
+                    }),
+                    Verdict::WaitingForKeyframe => waiting = true,
+                    Verdict::NotSelected | Verdict::TooOld => {}
+                }
+            }
+        }
+        if out.len() == before {
+            out.push(RoomOutput::Dropped);
+        }
+        // A watcher still waiting (its first request was throttled or lost) asks again.
+        if waiting {
+            self.request_keyframe(now, p.track, out);
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, track: TrackId, out: &mut Vec<RoomOutput>) {
+        if self.tracks.get(&track) != Some(&MediaKind::Video) {
+            return;
+        }
+        let last = self.last_keyframe_request.get(&track).copied();
+        if last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.limits.keyframe_interval_min)
+        {
+            out.push(RoomOutput::KeyframeThrottled { track });
+            return;
+        }
+        self.last_keyframe_request.insert(track, now);
+        out.push(RoomOutput::RequestKeyframe { track });
+    }
+
+    /// Fills every free slot with the oldest track of its kind that its watcher does not
+    /// receive yet, and asks for keyframes for the video tracks newly placed.
+    fn assign(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
+        let mut wanted = Vec::new();
+        for part in self.participants.values_mut() {
+            for (kind, slots) in part.slots.iter_mut() {
+                for i in 0..slots.len() {
+                    if slots[i].track.is_some() {
+                        continue;
+                    }
+                    let next = self
+                        .tracks
+                        .iter()
+                        .find(|(t, k)| *k == kind && !slots.iter().any(|s| s.track == Some(**t)));
+                    let Some((&t, _)) = next else {
+                        break;
+                    };
+                    slots[i].track = Some(t);
+                    slots[i].forwarder.select(Some(t.source_key()));
+                    if *kind == MediaKind::Video {
+                        wanted.push(t);
+                    }
+                }
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        for t in wanted {
+            self.request_keyframe(now, t, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_participants: 4,
+            max_publishers: 2,
+            keyframe_interval_min: Duration::from_millis(500),
+        }
+    }
+
+    const WATCHER: Role = Role::Watcher { audio: 1, video: 1 };
+
+    fn packet(track: TrackId, seq: u64, key: bool, at: Instant) -> RoomInput {
+        RoomInput::Packet(PacketMeta {
+            track,
+            seq,
+            ts: seq as u32 * 3000,
+            keyframe_start: key,
+            vp8: None,
+            recv_at: at,
+            clock_rate: 90_000,
+        })
+    }
+
+    fn forwards(out: &[RoomOutput]) -> Vec<(OutId, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOutput::Forward { out, pkt } => Some((*out, pkt.seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_watcher_gets_audio_and_video_after_a_keyframe() {
+        let t0 = Instant::now();
+        let mut room = Room::new(limits(), 10);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Publisher, &mut out)
+            .expect("publisher");
+        room.join(t0, 2, WATCHER, &mut out).expect("watcher");
+        let audio = TrackId { peer: 1, idx: 0 };
+        let video = TrackId { peer: 1, idx: 1 };
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: audio,
+                kind: MediaKind::Audio,
+            },
+            &mut out,
+        );
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: video,
+                kind: MediaKind::Video,
+            },
+            &mut out,
+        );
+        assert_eq!(out, vec![RoomOutput::RequestKeyframe { track: video }]);
+        room.join(t0, 3, WATCHER, &mut out).expect("second watcher");
+        assert_eq!(
+            out.last(),
+            Some(&RoomOutput::KeyframeThrottled { track: video })
+        );
+        out.clear();
+        room.handle_input(t0, packet(audio, 5, true, t0), &mut out);
+        assert_eq!(forwards(&out).len(), 2, "audio needs no keyframe: {out:?}");
+        out.clear();
+        room.handle_input(t0, packet(video, 50, false, t0), &mut out);
+        assert!(forwards(&out).is_empty());
+        assert_eq!(
+            out.last(),
+            Some(&RoomOutput::KeyframeThrottled { track: video })
+        );
+        out.clear();
+        // Later, still waiting: the request goes out again.
+        let t1 = t0 + Duration::from_millis(600);
+        room.handle_input(t1, packet(video, 51, false, t1), &mut out);
+        assert_eq!(
+            out.last(),
+            Some(&RoomOutput::RequestKeyframe { track: video })
+        );
+        out.clear();
+        room.handle_input(t1, packet(video, 52, true, t1), &mut out);
+        let f = forwards(&out);
+        assert_eq!(f.len(), 2);
+        assert!(
+            f.iter()
+                .all(|(o, _)| o.kind == MediaKind::Video && o.slot == 0)
+        );
+        assert_eq!(
+            room.track_of(OutId {
+                sub: 2,
+                kind: MediaKind::Video,
+                slot: 0
+            }),
+            Some(video)
+        );
+        assert_eq!(
+            (room.tracks(MediaKind::Audio), room.tracks(MediaKind::Video)),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_slot_moves_to_the_next_publisher_and_keeps_numbering() {
+        let t0 = Instant::now();
+        let mut room = Room::new(limits(), 100);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Publisher, &mut out).expect("p1");
+        room.join(t0, 2, Role::Publisher, &mut out).expect("p2");
+        room.join(t0, 3, WATCHER, &mut out).expect("w");
+        let v1 = TrackId { peer: 1, idx: 0 };
+        let v2 = TrackId { peer: 2, idx: 0 };
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: v1,
+                kind: MediaKind::Video,
+            },
+            &mut out,
+        );
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: v2,
+                kind: MediaKind::Video,
+            },
+            &mut out,
+        );
+        out.clear();
+        room.handle_input(t0, packet(v1, 7, true, t0), &mut out);
+        room.handle_input(t0, packet(v2, 900, true, t0), &mut out);
+        assert_eq!(
+            forwards(&out).iter().map(|f| f.1).collect::<Vec<_>>(),
+            vec![100]
+        );
+        out.clear();
+        room.leave(t0, 1, &mut out);
+        assert_eq!(out, vec![RoomOutput::RequestKeyframe { track: v2 }]);
+        out.clear();
+        room.handle_input(t0, packet(v2, 901, true, t0), &mut out);
+        assert_eq!(
+            forwards(&out).iter().map(|f| f.1).collect::<Vec<_>>(),
+            vec![101]
+        );
+    }
+
+    #[test]
+    fn limits_refuse_joins() {
+        let t0 = Instant::now();
+        let mut room = Room::new(limits(), 0);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Publisher, &mut out).expect("p1");
+        assert_eq!(
+            room.join(t0, 1, WATCHER, &mut out),
+            Err(JoinError::AlreadyIn)
+        );
+        room.join(t0, 2, Role::Publisher, &mut out).expect("p2");
+        assert_eq!(
+            room.join(t0, 3, Role::Publisher, &mut out),
+            Err(JoinError::TooManyPublishers)
+        );
+        room.join(t0, 3, WATCHER, &mut out).expect("w1");
+        room.join(t0, 4, WATCHER, &mut out).expect("w2");
+        assert_eq!(
+            room.join(t0, 5, WATCHER, &mut out),
+            Err(JoinError::RoomFull)
+        );
+        room.leave(t0, 4, &mut out);
+        room.join(t0, 5, WATCHER, &mut out).expect("after a leave");
+    }
+
+    #[test]
+    fn watcher_keyframe_requests_are_throttled_per_track() {
+        let t0 = Instant::now();
+        let mut room = Room::new(limits(), 0);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Publisher, &mut out).expect("p");
+        room.join(t0, 2, WATCHER, &mut out).expect("w");
+        let v = TrackId { peer: 1, idx: 0 };
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: v,
+                kind: MediaKind::Video,
+            },
+            &mut out,
+        );
+        out.clear();
+        let o = OutId {
+            sub: 2,
+            kind: MediaKind::Video,
+            slot: 0,
+        };
+        let mut sent = 0;
+        for ms in (0..3000).step_by(50) {
+            room.handle_input(
+                t0 + Duration::from_millis(ms + 1),
+                RoomInput::KeyframeRequest { out: o },
+                &mut out,
+            );
+        }
+        for x in &out {
+            if matches!(x, RoomOutput::RequestKeyframe { .. }) {
+                sent += 1;
+            }
+        }
+        // The join's request at 0 ms, then at most one per 500 ms: 500, 1000, .. 2500.
+        assert_eq!(sent, 5, "{out:?}");
+    }
+
+    proptest! {
+        /// Whatever joins, leaves and tracks come and go, no watcher's slot carries a track
+        /// twice, every slot is filled while tracks of its kind are left over, and the
+        /// limits hold.
+        #[test]
+        fn slots_stay_consistent(ops in prop::collection::vec((0u8..4, 0u64..6, any::<bool>()), 1..200)) {
+            let t0 = Instant::now();
+            let mut room = Room::new(Limits { max_participants: 5, max_publishers: 3, keyframe_interval_min: Duration::from_millis(500) }, 0);
+            let mut out = Vec::new();
+            let mut next_idx = 0u32;
+            for (op, peer, flag) in ops {
+                match op {
+                    0 => { let _ = room.join(t0, peer, if flag { Role::Publisher } else { Role::Watcher { audio: 1, video: 2 } }, &mut out); }
+                    1 => room.leave(t0, peer, &mut out),
+                    2 => { next_idx += 1; room.handle_input(t0, RoomInput::TrackAdded { track: TrackId { peer, idx: next_idx }, kind: if flag { MediaKind::Video } else { MediaKind::Audio } }, &mut out); }
+                    _ => {}
+                }
+                prop_assert!(room.participants() <= 5 && room.publishers() <= 3);
+                for part in room.participants.values() {
+                    for (kind, slots) in &part.slots {
+                        let carried: Vec<_> = slots.iter().filter_map(|s| s.track).collect();
+                        let mut dedup = carried.clone();
+                        dedup.sort();
+                        dedup.dedup();
+                        prop_assert_eq!(carried.len(), dedup.len());
+                        prop_assert!(carried.iter().all(|t| room.tracks.get(t) == Some(kind)));
+                        let available = room.tracks(*kind);
+                        prop_assert_eq!(carried.len(), available.min(slots.len()));
+                    }
+                }
+            }
+        }
+    }
+}
