@@ -71,7 +71,7 @@ fi
 if [ "$what" = "test" ]; then
   # Python test clients: HTTP/2 frame scripts (h2), a TUS client (tuspy), an S3-compatible
   # server (moto), a DNS client (dnspython), raw QUIC Initials (aioquic), chat clients
-  # (websockets).
+  # (websockets), WebRTC peers (aiortc).
   py_need=()
   python3 -c 'import h2' 2>/dev/null || py_need+=(h2)
   python3 -c 'import tusclient' 2>/dev/null || py_need+=(tuspy)
@@ -79,6 +79,8 @@ if [ "$what" = "test" ]; then
   python3 -c 'import dns.message' 2>/dev/null || py_need+=(dnspython)
   python3 -c 'import aioquic' 2>/dev/null || py_need+=(aioquic)
   python3 -c 'import websockets' 2>/dev/null || py_need+=(websockets)
+  # WHIP/WHEP peers for the SFU tests: a WebRTC stack of its own (aiortc, with PyAV wheels).
+  python3 -c 'import aiortc' 2>/dev/null || py_need+=("aiortc==1.16.0")
   if [ "${#py_need[@]}" -gt 0 ]; then
     echo "setup: installing Python packages ${py_need[*]}" >&2
     python3 -m pip install -q "${py_need[@]}" 2>/dev/null \

@@ -1,14 +1,196 @@
-//! Estuary's SFU.
+//! Estuary's SFU: WebRTC selective forwarding. Publishers send over WHIP, watchers receive
+//! over WHEP; media is forwarded without decoding.
+//!
+//! Pure core (no `Rtc`, no socket, no clock; time comes in as an argument): `room.rs` (who
+//! receives which track, keyframe requests), `forward.rs` (each outgoing stream's sequence
+//! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for).
+//! Shell: `udp.rs` (the one media socket and its reader thread), `shard.rs` (threads that
+//! own rooms and drive str0m), `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP), `metrics.rs`,
+//! `config.rs`.
 
 pub mod config;
 pub mod demux;
 pub mod forward;
+pub mod http;
+pub mod metrics;
+pub mod peer;
 pub mod room;
+pub mod shard;
+pub mod udp;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use config::SfuConfig;
 
-/// Runs the SFU until SIGTERM or SIGINT.
+/// Runs the SFU until SIGTERM or SIGINT; then new sessions get 503, `/readyz` turns 503, and
+/// after the drain every peer is closed.
 pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
-    let _ = config;
+    let life = estuary_common::service::Lifecycle::start(
+        &config.shutdown,
+        estuary_common::fds::UNCAPPED_SLOTS,
+    );
+    let keys = config.key_set()?;
+    let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
+    let factory = peer::RtcFactory::new(config.media.codecs.clone(), config.public_udp())?;
+    if let Some(tcp) = config.listen.tcp {
+        tracing::warn!(%tcp, "listen.tcp is set, but ICE-TCP is not served by this build: no TCP candidate is offered.");
+    }
+    let udp_addr = config.listen.udp;
+    let socket = Arc::new(
+        udp::bind(udp_addr, config.media.socket_recv_buffer)
+            .map_err(|e| anyhow::anyhow!("listen.udp {udp_addr}: {e}"))?,
+    );
+
+    // Shards, then the UDP reader that feeds them.
+    let (route_tx, route_rx) = std::sync::mpsc::channel();
+    let mut shard_tx = Vec::new();
+    let mut shard_threads = Vec::new();
+    for i in 0..config.media.shards {
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.media.udp_queue);
+        let shard = shard::Shard::new(
+            shard::ShardConfig {
+                index: u16::try_from(i)?,
+                factory: factory.clone(),
+                limits: room::Limits {
+                    max_participants: config.rooms.max_participants,
+                    max_publishers: config.rooms.max_publishers,
+                    keyframe_interval_min: config.media.keyframe_interval_min,
+                },
+                max_rooms: config.rooms.max_rooms,
+                connect_timeout: config.media.connect_timeout,
+                ice_disconnect_grace: config.media.ice_disconnect_grace,
+            },
+            Arc::clone(&socket),
+            route_tx.clone(),
+            Arc::clone(&metrics),
+        );
+        shard_threads.push(
+            std::thread::Builder::new()
+                .name(format!("sfu-shard-{i}"))
+                .spawn(move || shard.run(rx))?,
+        );
+        shard_tx.push(tx);
+    }
+    drop(route_tx);
+    let stop_udp = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let socket = Arc::clone(&socket);
+        let shards = shard_tx.clone();
+        let metrics = Arc::clone(&metrics);
+        let stop = Arc::clone(&stop_udp);
+        std::thread::Builder::new()
+            .name("sfu-udp".into())
+            .spawn(move || udp::reader(socket, shards, route_rx, metrics, stop))?
+    };
+
+    let app = Arc::new(http::App {
+        keys,
+        max_ttl: config.auth.max_ttl.as_secs(),
+        metrics: Arc::clone(&metrics),
+        shards: shard_tx,
+        shard_keys: (rand::random(), rand::random()),
+        serving: AtomicBool::new(true),
+    });
+    let stop = life.stop_signal();
+    let listen = config.listen.http;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
+    let mut routes = http::router(Arc::clone(&app));
+    let admin = match config.listen.admin {
+        None => {
+            routes = routes.merge(http::admin_router(Arc::clone(&app)));
+            None
+        }
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?;
+            Some(tokio::spawn(estuary_common::listener::serve(
+                l,
+                config.limits.clone(),
+                http::admin_router(Arc::clone(&app)),
+                Some(stop.clone()),
+                None,
+            )))
+        }
+    };
+    let server = tokio::spawn(estuary_common::listener::serve(
+        listener,
+        config.limits.clone(),
+        routes,
+        Some(stop.clone()),
+        None,
+    ));
+    let heartbeats = heartbeat(&config, &app, stop);
+    tracing::info!(http = %listen, udp = %udp_addr, node = %config.node.id, "The SFU is serving.");
+    life.wait_for_stop().await;
+    tracing::info!("Stopping: new sessions are refused; then every peer is closed.");
+    app.serving.store(false, Ordering::SeqCst);
+    life.lame_duck().await;
+    life.begin_drain();
+    if life.drain(server).await.is_none() {
+        tracing::warn!("The drain timed out; the remaining requests are cut.");
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
+    // The reader stops first (it holds senders to the shards); the shards end when their
+    // last sender is gone (the app's), each closing its peers.
+    drop(app);
+    let joined = life
+        .drain(tokio::task::spawn_blocking(move || {
+            stop_udp.store(true, Ordering::SeqCst);
+            let _ = reader.join();
+            for t in shard_threads {
+                let _ = t.join();
+            }
+        }))
+        .await;
+    if joined.is_none() {
+        tracing::warn!("The media threads did not end in time.");
+    }
     Ok(())
+}
+
+/// With `[control_plane]`: registers as an `sfu` node and beats with its rooms and peers.
+fn heartbeat(
+    config: &SfuConfig,
+    app: &Arc<http::App>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let client = config.control_plane.clone()?;
+    let http = format!("http://{}", config.listen.http);
+    let identity = estuary_common::service::heartbeat::Identity {
+        id: config.node.id.clone(),
+        site: config.node.site.clone(),
+        role: estuary_common::cp::Role::Sfu,
+        listening: estuary_common::cp::Addresses {
+            http: Some(http.clone()),
+            https: None,
+            admin: Some(config.listen.admin.map_or(http, |a| format!("http://{a}"))),
+        },
+    };
+    let app = Arc::clone(app);
+    let beat = estuary_common::service::heartbeat::start(
+        identity,
+        client,
+        move || estuary_common::service::heartbeat::Report {
+            ready: app.serving.load(Ordering::SeqCst),
+            load: estuary_common::cp::Load {
+                rooms: u64::try_from(app.metrics.rooms.get()).unwrap_or(0),
+                peers: app.metrics.open_peers(),
+                connections: app.metrics.open_peers(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        |_| {},
+        stop,
+    );
+    Some(beat)
 }

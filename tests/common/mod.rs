@@ -18,6 +18,7 @@ pub mod media;
 pub mod origin;
 pub mod origin_site;
 pub mod postgres;
+pub mod sfu;
 pub mod steering_site;
 
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";

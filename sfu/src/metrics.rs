@@ -1,0 +1,385 @@
+//! The SFU's metrics, pre-registered with bounded labels: `estuary_sfu_<name>_<unit>`.
+//!
+//! The media threads do not touch these shared handles per packet: each keeps
+//! [`LocalCounters`] (plain numbers) and flushes them here about once a second.
+
+use estuary_common::metrics::{must, register_all};
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+use crate::room::MediaKind;
+
+/// Why a datagram or packet was dropped (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN, DTLS or RTP/RTCP, or a STUN message that does not parse.
+    Garbage,
+    /// DTLS or RTP from an address no peer's STUN came from.
+    UnknownSource,
+    /// STUN for an ICE ufrag that is none of ours.
+    UnknownUfrag,
+    /// The owning shard's queue was full.
+    ShardQueueFull,
+    /// The peer it was routed to refused it (failed STUN integrity, unexpected address).
+    PeerRefused,
+    /// A media packet no outgoing stream took (no watcher, waiting for a keyframe, unknown
+    /// SSRC or codec).
+    NotForwarded,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::Garbage,
+        DropReason::UnknownSource,
+        DropReason::UnknownUfrag,
+        DropReason::ShardQueueFull,
+        DropReason::PeerRefused,
+        DropReason::NotForwarded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Garbage => "garbage",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::ShardQueueFull => "shard_queue_full",
+            DropReason::PeerRefused => "peer_refused",
+            DropReason::NotForwarded => "not_forwarded",
+        }
+    }
+}
+
+impl From<crate::demux::Drop> for DropReason {
+    fn from(d: crate::demux::Drop) -> Self {
+        match d {
+            crate::demux::Drop::Garbage => DropReason::Garbage,
+            crate::demux::Drop::UnknownSource => DropReason::UnknownSource,
+            crate::demux::Drop::UnknownUfrag => DropReason::UnknownUfrag,
+        }
+    }
+}
+
+/// Why a WHIP/WHEP request was refused (the `reason` label).
+pub const REFUSALS: [&str; 10] = [
+    "bad_sdp",
+    "bad_room",
+    "no_token",
+    "bad_token",
+    "wrong_type",
+    "too_big",
+    "room_full",
+    "too_many_rooms",
+    "overloaded",
+    "draining",
+];
+
+/// WHIP (publishers) and WHEP (watchers): the `kind` label of peers.
+pub const PEER_KINDS: [&str; 2] = ["whip", "whep"];
+
+pub struct Metrics {
+    pub registry: prometheus::Registry,
+    pub rooms: IntGauge,
+    pub peers: IntGaugeVec,
+    pub peers_total: IntCounterVec,
+    pub tracks: IntGaugeVec,
+    received_packets: IntCounterVec,
+    forwarded_packets: IntCounterVec,
+    forwarded_bytes: IntCounterVec,
+    dropped: IntCounterVec,
+    keyframe_requests: IntCounterVec,
+    pub forward_latency: Histogram,
+    pub peer_panics: IntCounter,
+    pub refused: IntCounterVec,
+    pub tokens_refused: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(node: &str, site: &str) -> Self {
+        let registry = estuary_common::metrics::registry(&[("node", node), ("site", site)]);
+        let m = Self {
+            rooms: must(IntGauge::new(
+                "estuary_sfu_rooms",
+                "Rooms with at least one session.",
+            )),
+            peers: must(IntGaugeVec::new(
+                Opts::new(
+                    "estuary_sfu_peers",
+                    "WebRTC sessions open now, connected or connecting, by kind: whip (publishers), whep (watchers).",
+                ),
+                &["kind"],
+            )),
+            peers_total: must(IntCounterVec::new(
+                Opts::new("estuary_sfu_peers_total", "WebRTC sessions opened, by kind."),
+                &["kind"],
+            )),
+            tracks: must(IntGaugeVec::new(
+                Opts::new("estuary_sfu_tracks", "Published tracks now, by kind."),
+                &["kind"],
+            )),
+            received_packets: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_received_packets_total",
+                    "RTP packets received from publishers (after SRTP, de-duplicated), by kind.",
+                ),
+                &["kind"],
+            )),
+            forwarded_packets: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_forwarded_packets_total",
+                    "RTP packets written to watchers, by kind (one per watcher).",
+                ),
+                &["kind"],
+            )),
+            forwarded_bytes: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_forwarded_bytes_total",
+                    "RTP payload bytes written to watchers, by kind.",
+                ),
+                &["kind"],
+            )),
+            dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_dropped_packets_total",
+                    "Datagrams and packets dropped, by reason.",
+                ),
+                &["reason"],
+            )),
+            keyframe_requests: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_keyframe_requests_total",
+                    "Keyframe requests (PLI) for publishers, by result: sent, or throttled (one went out less than keyframe_interval_min ago).",
+                ),
+                &["result"],
+            )),
+            forward_latency: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "estuary_sfu_forward_latency_seconds",
+                    "Time from a media packet leaving the UDP socket's receive queue to its copy for one watcher being handed to the kernel.",
+                )
+                .buckets(vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.05,
+                ]),
+            )),
+            peer_panics: must(IntCounter::new(
+                "estuary_sfu_peer_panics_total",
+                "Peers closed because their WebRTC stack panicked (a bug; the shard went on).",
+            )),
+            refused: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_signaling_refused_total",
+                    "WHIP/WHEP requests refused, by reason.",
+                ),
+                &["reason"],
+            )),
+            tokens_refused: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_tokens_refused_total",
+                    "Room tokens refused, by reason.",
+                ),
+                &["reason"],
+            )),
+            registry,
+        };
+        for k in PEER_KINDS {
+            m.peers.with_label_values(&[k]);
+            m.peers_total.with_label_values(&[k]);
+        }
+        for k in [MediaKind::Audio, MediaKind::Video] {
+            for v in [
+                &m.tracks as &dyn LabelInit,
+                &m.received_packets,
+                &m.forwarded_packets,
+                &m.forwarded_bytes,
+            ] {
+                v.init(k.as_str());
+            }
+        }
+        for r in DropReason::ALL {
+            m.dropped.with_label_values(&[r.as_str()]);
+        }
+        for r in ["sent", "throttled"] {
+            m.keyframe_requests.with_label_values(&[r]);
+        }
+        for r in REFUSALS {
+            m.refused.with_label_values(&[r]);
+        }
+        for r in estuary_common::token::Rejection::ALL {
+            m.tokens_refused.with_label_values(&[r.as_str()]);
+        }
+        register_all(
+            &m.registry,
+            [
+                Box::new(m.rooms.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(m.peers.clone()),
+                Box::new(m.peers_total.clone()),
+                Box::new(m.tracks.clone()),
+                Box::new(m.received_packets.clone()),
+                Box::new(m.forwarded_packets.clone()),
+                Box::new(m.forwarded_bytes.clone()),
+                Box::new(m.dropped.clone()),
+                Box::new(m.keyframe_requests.clone()),
+                Box::new(m.forward_latency.clone()),
+                Box::new(m.peer_panics.clone()),
+                Box::new(m.refused.clone()),
+                Box::new(m.tokens_refused.clone()),
+            ],
+        );
+        m
+    }
+
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Peers open now, all kinds.
+    pub fn open_peers(&self) -> u64 {
+        PEER_KINDS
+            .iter()
+            .map(|k| u64::try_from(self.peers.with_label_values(&[k]).get()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Per-thread counters over these handles.
+    pub fn local(&self) -> LocalCounters {
+        let kinds = |v: &IntCounterVec| {
+            [MediaKind::Audio, MediaKind::Video].map(|k| v.with_label_values(&[k.as_str()]).local())
+        };
+        LocalCounters {
+            received: kinds(&self.received_packets),
+            forwarded: kinds(&self.forwarded_packets),
+            forwarded_bytes: kinds(&self.forwarded_bytes),
+            dropped: DropReason::ALL.map(|r| self.dropped.with_label_values(&[r.as_str()]).local()),
+            keyframes_sent: self.keyframe_requests.with_label_values(&["sent"]).local(),
+            keyframes_throttled: self
+                .keyframe_requests
+                .with_label_values(&["throttled"])
+                .local(),
+            latency: self.forward_latency.local(),
+        }
+    }
+}
+
+trait LabelInit {
+    fn init(&self, label: &str);
+}
+
+impl LabelInit for IntCounterVec {
+    fn init(&self, label: &str) {
+        self.with_label_values(&[label]);
+    }
+}
+
+impl LabelInit for IntGaugeVec {
+    fn init(&self, label: &str) {
+        self.with_label_values(&[label]);
+    }
+}
+
+fn kind_idx(k: MediaKind) -> usize {
+    match k {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}
+
+/// One media thread's counters, flushed into [`Metrics`] by [`LocalCounters::flush`].
+pub struct LocalCounters {
+    received: [LocalIntCounter; 2],
+    forwarded: [LocalIntCounter; 2],
+    forwarded_bytes: [LocalIntCounter; 2],
+    dropped: [LocalIntCounter; 6],
+    pub keyframes_sent: LocalIntCounter,
+    pub keyframes_throttled: LocalIntCounter,
+    pub latency: LocalHistogram,
+}
+
+impl LocalCounters {
+    pub fn received(&self, kind: MediaKind) {
+        self.received[kind_idx(kind)].inc();
+    }
+
+    pub fn forwarded(&self, kind: MediaKind, bytes: usize) {
+        self.forwarded[kind_idx(kind)].inc();
+        self.forwarded_bytes[kind_idx(kind)].inc_by(bytes as u64);
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[i].inc();
+    }
+
+    pub fn flush(&self) {
+        for c in self
+            .received
+            .iter()
+            .chain(&self.forwarded)
+            .chain(&self.forwarded_bytes)
+            .chain(&self.dropped)
+        {
+            c.flush();
+        }
+        self.keyframes_sent.flush();
+        self.keyframes_throttled.flush();
+        self.latency.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series of `name` whose labels include `label`.
+    fn value(text: &str, name: &str, label: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn every_series_is_there_before_any_event_and_locals_flush() {
+        let m = Metrics::new("sfu-1", "lab");
+        let local = m.local();
+        local.dropped(DropReason::Garbage);
+        local.forwarded(MediaKind::Video, 1000);
+        let before = estuary_common::metrics::encode(&m.registry);
+        let dropped = "estuary_sfu_dropped_packets_total";
+        assert_eq!(
+            value(&before, dropped, "reason=\"garbage\""),
+            Some(0.0),
+            "{before}"
+        );
+        local.flush();
+        let text = estuary_common::metrics::encode(&m.registry);
+        assert_eq!(
+            value(&text, dropped, "reason=\"garbage\""),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "estuary_sfu_forwarded_bytes_total", "kind=\"video\""),
+            Some(1000.0)
+        );
+        assert_eq!(
+            value(&text, "estuary_sfu_peers", "kind=\"whep\""),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "estuary_sfu_signaling_refused_total",
+                "reason=\"bad_sdp\""
+            ),
+            Some(0.0)
+        );
+        for r in DropReason::ALL {
+            assert!(value(&text, dropped, &format!("reason=\"{}\"", r.as_str())).is_some());
+        }
+    }
+}

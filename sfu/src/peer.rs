@@ -1,0 +1,248 @@
+//! One WebRTC peer: its str0m `Rtc` (ICE-lite, RTP mode), what its media lines are for,
+//! and the drain that follows every mutation.
+//!
+//! str0m's contract: after any mutation of an `Rtc` (input, write, keyframe request, SDP),
+//! `poll_output` is called until it returns a timeout, before the next mutation. [`drain`]
+//! does that, hands every datagram to the socket at once and keeps the events for the shard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::format::{Codec as StrCodec, PayloadParams};
+use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcError};
+
+use crate::config::Codec;
+use crate::room::{MediaKind, PeerId};
+
+/// WHIP publishes, WHEP watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    Whip,
+    Whep,
+}
+
+impl PeerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::Whip => "whip",
+            PeerKind::Whep => "whep",
+        }
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error("the offer is not valid SDP: {0}")]
+    BadSdp(String),
+    #[error("the offer cannot be answered: {0}")]
+    Refused(String),
+    #[error("the room is full")]
+    RoomFull,
+    #[error("too many rooms are open")]
+    TooManyRooms,
+    #[error("the SFU is overloaded")]
+    Overloaded,
+    #[error("the WebRTC stack failed on this offer")]
+    Internal,
+}
+
+/// What the shell knows of one published track.
+#[derive(Debug, Clone, Copy)]
+pub struct TrackInfo {
+    pub idx: u32,
+    pub kind: MediaKind,
+}
+
+pub struct Peer {
+    pub id: PeerId,
+    pub kind: PeerKind,
+    pub room: String,
+    pub session: String,
+    pub ufrag: String,
+    pub rtc: Rtc,
+    /// When str0m wants its next timeout.
+    pub timeout: Instant,
+    pub created: Instant,
+    pub connected: bool,
+    /// Since when ICE has been disconnected, if it is.
+    pub disconnected_at: Option<Instant>,
+    /// Publishers: the track behind each receiving mid.
+    pub tracks: HashMap<Mid, TrackInfo>,
+    /// Publishers: which mid each incoming SSRC belongs to (str0m's lookup, cached).
+    pub ssrc_mid: HashMap<Ssrc, Mid>,
+    /// Watchers: the sending mids per kind, in offer order (the room's slots).
+    pub out_mids: BTreeMap<MediaKind, Vec<Mid>>,
+    /// Watchers: the payload type to send for a publisher's payload type (`None`: this
+    /// watcher did not negotiate that codec).
+    pub out_pt: HashMap<(PeerId, Pt), Option<Pt>>,
+}
+
+/// Every peer's common WebRTC settings.
+#[derive(Clone)]
+pub struct RtcFactory {
+    pub crypto: Arc<CryptoProvider>,
+    pub cert: DtlsCert,
+    pub codecs: Vec<Codec>,
+    pub public_udp: SocketAddr,
+}
+
+pub fn kind_of(k: StrKind) -> MediaKind {
+    match k {
+        StrKind::Audio => MediaKind::Audio,
+        StrKind::Video => MediaKind::Video,
+    }
+}
+
+impl RtcFactory {
+    /// One crypto provider and one DTLS certificate for the whole process (the certificate's
+    /// fingerprint goes into every answer; ECDSA, generated at start).
+    pub fn new(codecs: Vec<Codec>, public_udp: SocketAddr) -> anyhow::Result<Self> {
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| anyhow::anyhow!("the DTLS certificate could not be generated"))?;
+        Ok(Self {
+            crypto,
+            cert,
+            codecs,
+            public_udp,
+        })
+    }
+
+    /// A new `Rtc` that answers `offer` as `kind`; returns it with its answer, its audio and
+    /// video m-lines in offer order, and when it wants its first timeout.
+    pub fn answer(
+        &self,
+        now: Instant,
+        kind: PeerKind,
+        ufrag: &str,
+        pass: &str,
+        offer: &str,
+    ) -> Result<Answered, SessionError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
+        let mut cfg = Rtc::builder()
+            .set_crypto_provider(Arc::clone(&self.crypto))
+            .set_dtls_cert(self.cert.clone())
+            .set_ice_lite(true)
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.to_owned(),
+                pass: pass.to_owned(),
+            })
+            .set_rtp_mode(true)
+            .clear_codecs();
+        for c in &self.codecs {
+            cfg = match c {
+                Codec::Opus => cfg.enable_opus(true, false),
+                Codec::Vp8 => cfg.enable_vp8(true),
+                Codec::H264 => cfg.enable_h264(true),
+                Codec::Vp9 => cfg.enable_vp9(true),
+                Codec::Av1 => cfg.enable_av1(true),
+            };
+        }
+        let mut rtc = cfg.build(now);
+        let candidate = Candidate::host(self.public_udp, "udp")
+            .map_err(|e| SessionError::Refused(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        let timeout = drain(&mut rtc, &mut |_, _| {}, &mut Vec::new())
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        // WHIP sends only, WHEP receives only: our side of every m-line says so. (str0m's
+        // MediaAdded events come only once DTLS is up, so the answer is read instead.)
+        let (want, offer_dir, protocol) = match kind {
+            PeerKind::Whip => (Direction::RecvOnly, "sendonly", "WHIP"),
+            PeerKind::Whep => (Direction::SendOnly, "recvonly", "WHEP"),
+        };
+        let mut media = Vec::new();
+        for line in answer.media_lines.iter().filter(|l| !l.disabled) {
+            let mid = line.mid();
+            let Some(m) = rtc.media(mid) else { continue };
+            if m.direction() != want {
+                return Err(SessionError::BadSdp(format!(
+                    "every audio and video m-line must be {offer_dir} for {protocol}"
+                )));
+            }
+            media.push((mid, kind_of(m.kind())));
+        }
+        if media.is_empty() {
+            return Err(SessionError::BadSdp("no audio or video m-line".into()));
+        }
+        Ok(Answered {
+            rtc,
+            answer: answer.to_sdp_string(),
+            media,
+            timeout,
+        })
+    }
+}
+
+/// A new peer's `Rtc` and what it answered.
+pub struct Answered {
+    pub rtc: Rtc,
+    pub answer: String,
+    /// Audio and video m-lines (mid and kind), in offer order.
+    pub media: Vec<(Mid, MediaKind)>,
+    pub timeout: Instant,
+}
+
+/// Polls `rtc` until it asks for a timeout: datagrams go to `send` as they come, events are
+/// kept in `events`. Returns when str0m wants the next timeout.
+pub fn drain(
+    rtc: &mut Rtc,
+    send: &mut dyn FnMut(SocketAddr, &[u8]),
+    events: &mut Vec<Event>,
+) -> Result<Instant, RtcError> {
+    loop {
+        match rtc.poll_output()? {
+            Output::Timeout(t) => return Ok(t),
+            Output::Transmit(t) => send(t.destination, &t.contents),
+            Output::Event(e) => events.push(e),
+        }
+    }
+}
+
+/// The codec's clock rate and whether `payload` starts a keyframe (always true for audio,
+/// which needs none).
+pub fn keyframe_start(params: &PayloadParams, payload: &[u8]) -> bool {
+    match params.spec().codec {
+        StrCodec::Vp8 => str0m::format::detect_vp8_keyframe(payload),
+        StrCodec::H264 => str0m::format::detect_h264_keyframe(payload),
+        StrCodec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
+        StrCodec::Av1 => str0m::format::detect_av1_keyframe(payload),
+        _ => true,
+    }
+}
+
+/// The VP8 picture id and TL0PICIDX of a payload, with the id's width.
+pub fn vp8_ids(payload: &[u8]) -> Option<crate::forward::Vp8Ids> {
+    let d = str0m::rtp::Vp8Descriptor::parse(payload).ok()?;
+    let pid = d.picture_id()?;
+    // X bit, then I bit; the picture id's first byte says 15 bits with its top bit.
+    let pid_15_bit = payload.get(2).is_some_and(|b| b & 0x80 != 0);
+    Some(crate::forward::Vp8Ids {
+        pid,
+        pid_15_bit,
+        tl0: d.tl0_pic_idx(),
+    })
+}
+
+/// A random token of `n` lowercase hex digits (ICE credentials, session ids).
+pub fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}

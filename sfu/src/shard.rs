@@ -1,0 +1,745 @@
+//! A shard: one thread that owns some rooms, their peers' `Rtc`s and their forwarding state.
+//! It takes datagrams (routed to it by the UDP reader) and signaling requests (from the HTTP
+//! handlers) from one bounded queue, drives str0m, feeds the room policy (`room.rs`) with
+//! what str0m reports, and writes the packets the policy forwards. No lock is shared with
+//! other shards; the only shared things are the socket (sends) and the metrics.
+//!
+//! Each peer's input handling and drain, and each write to a watcher, runs under
+//! `catch_unwind`: str0m panics only on its own bugs, and then that peer is closed, not the
+//! shard.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::{Event, IceConnectionState, Input};
+use tokio::sync::oneshot;
+
+use crate::demux::Route;
+use crate::metrics::{DropReason, LocalCounters, Metrics};
+use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
+use crate::room::{
+    self, MediaKind, OutId, PacketMeta, PeerId, Role, Room, RoomInput, RoomOutput, TrackId,
+};
+
+/// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// What a shard is sent.
+pub enum ShardIn {
+    Datagram {
+        peer: PeerId,
+        src: SocketAddr,
+        recv_at: Instant,
+        buf: Vec<u8>,
+    },
+    Open(Open),
+    Close {
+        room: String,
+        session: String,
+        kind: PeerKind,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A WHIP or WHEP offer to answer.
+pub struct Open {
+    pub room: String,
+    pub kind: PeerKind,
+    pub offer: String,
+    pub reply: oneshot::Sender<Result<Opened, SessionError>>,
+}
+
+/// An answered session.
+#[derive(Debug)]
+pub struct Opened {
+    pub session: String,
+    pub answer: String,
+}
+
+/// What the UDP reader is told about routes.
+pub enum RouteUpdate {
+    Add { ufrag: String, route: Route },
+    Remove { ufrag: String },
+}
+
+/// The settings a shard runs with.
+pub struct ShardConfig {
+    pub index: u16,
+    pub factory: RtcFactory,
+    pub limits: room::Limits,
+    pub max_rooms: usize,
+    pub connect_timeout: Duration,
+    pub ice_disconnect_grace: Duration,
+}
+
+struct RoomShell {
+    room: Room,
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    socket: Arc<UdpSocket>,
+    routes: Sender<RouteUpdate>,
+    metrics: Arc<Metrics>,
+    local: LocalCounters,
+    rooms: HashMap<String, RoomShell>,
+    peers: HashMap<PeerId, Peer>,
+    sessions: HashMap<String, PeerId>,
+    next_peer: PeerId,
+    next_track: u32,
+    out: Vec<RoomOutput>,
+    events: Vec<Event>,
+}
+
+/// Sends every datagram str0m produces at once (one `send_to` each).
+fn sender(socket: &UdpSocket) -> impl FnMut(SocketAddr, &[u8]) + '_ {
+    move |to, bytes| {
+        if let Err(e) = socket.send_to(bytes, to) {
+            tracing::debug!(error = %e, %to, "A datagram could not be sent.");
+        }
+    }
+}
+
+impl Shard {
+    pub fn new(
+        cfg: ShardConfig,
+        socket: Arc<UdpSocket>,
+        routes: Sender<RouteUpdate>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let local = metrics.local();
+        Self {
+            cfg,
+            socket,
+            routes,
+            metrics,
+            local,
+            rooms: HashMap::new(),
+            peers: HashMap::new(),
+            sessions: HashMap::new(),
+            next_peer: 1,
+            next_track: 1,
+            out: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Runs until every sender of `inbox` is gone, then closes its peers.
+    pub fn run(mut self, inbox: Receiver<ShardIn>) {
+        let mut flushed = Instant::now();
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .peers
+                .values()
+                .map(|p| p.timeout)
+                .min()
+                .unwrap_or(now + HOUSEKEEPING)
+                .min(now + HOUSEKEEPING);
+            match inbox.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    // Take what else is waiting before looking at timers.
+                    for msg in inbox.try_iter().take(256) {
+                        self.handle(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            self.timers(now);
+            if now.duration_since(flushed) >= Duration::from_secs(1) {
+                self.local.flush();
+                flushed = now;
+            }
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.rtc.disconnect();
+                let send = &mut sender(&self.socket);
+                let _ = peer::drain(&mut p.rtc, send, &mut Vec::new());
+            }
+            self.remove_peer(Instant::now(), id);
+        }
+        self.local.flush();
+    }
+
+    fn handle(&mut self, msg: ShardIn) {
+        match msg {
+            ShardIn::Datagram {
+                peer,
+                src,
+                recv_at,
+                buf,
+            } => self.datagram(peer, src, recv_at, &buf),
+            ShardIn::Open(open) => {
+                let now = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    self.open(now, &open.room, open.kind, &open.offer)
+                }))
+                .unwrap_or_else(|_| {
+                    self.metrics.peer_panics.inc();
+                    Err(SessionError::Internal)
+                });
+                let _ = open.reply.send(result);
+            }
+            ShardIn::Close {
+                room,
+                session,
+                kind,
+                reply,
+            } => {
+                let found = self.sessions.get(&session).copied().filter(|id| {
+                    self.peers
+                        .get(id)
+                        .is_some_and(|p| p.room == room && p.kind == kind)
+                });
+                if let Some(id) = found {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.rtc.disconnect();
+                        let send = &mut sender(&self.socket);
+                        let _ = peer::drain(&mut p.rtc, send, &mut Vec::new());
+                    }
+                    self.remove_peer(Instant::now(), id);
+                }
+                let _ = reply.send(found.is_some());
+            }
+        }
+    }
+
+    /// Answers an offer: a new peer in `room` (created if needed), routed before the answer
+    /// leaves (its first STUN request may come at once).
+    fn open(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        kind: PeerKind,
+        offer: &str,
+    ) -> Result<Opened, SessionError> {
+        if !self.rooms.contains_key(room_name)
+            && usize::try_from(self.metrics.rooms.get()).unwrap_or(0) >= self.cfg.max_rooms
+        {
+            return Err(SessionError::TooManyRooms);
+        }
+        let ufrag = peer::random_hex(16);
+        let pass = peer::random_hex(32);
+        let peer::Answered {
+            rtc,
+            answer,
+            media,
+            timeout,
+        } = self.cfg.factory.answer(now, kind, &ufrag, &pass, offer)?;
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let session = peer::random_hex(32);
+        let mut p = Peer {
+            id,
+            kind,
+            room: room_name.to_owned(),
+            session: session.clone(),
+            ufrag: ufrag.clone(),
+            rtc,
+            timeout,
+            created: now,
+            connected: false,
+            disconnected_at: None,
+            tracks: HashMap::new(),
+            ssrc_mid: HashMap::new(),
+            out_mids: Default::default(),
+            out_pt: HashMap::new(),
+        };
+        let mut added = Vec::new();
+        for (mid, k) in media {
+            match kind {
+                PeerKind::Whip => {
+                    let idx = self.next_track;
+                    self.next_track += 1;
+                    p.tracks.insert(mid, TrackInfo { idx, kind: k });
+                    added.push((TrackId { peer: id, idx }, k));
+                }
+                PeerKind::Whep => p.out_mids.entry(k).or_default().push(mid),
+            }
+        }
+        let role = match kind {
+            PeerKind::Whip => Role::Publisher,
+            PeerKind::Whep => {
+                let n = |k| {
+                    p.out_mids
+                        .get(&k)
+                        .map_or(0, |v: &Vec<Mid>| u8::try_from(v.len()).unwrap_or(u8::MAX))
+                };
+                Role::Watcher {
+                    audio: n(MediaKind::Audio),
+                    video: n(MediaKind::Video),
+                }
+            }
+        };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let new_room = !self.rooms.contains_key(room_name);
+        let shell = self
+            .rooms
+            .entry(room_name.to_owned())
+            .or_insert_with(|| RoomShell {
+                room: Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff),
+            });
+        if let Err(e) = shell.room.join(now, id, role, &mut out) {
+            if new_room {
+                self.rooms.remove(room_name);
+            }
+            self.out = out;
+            return Err(match e {
+                room::JoinError::RoomFull | room::JoinError::TooManyPublishers => {
+                    SessionError::RoomFull
+                }
+                room::JoinError::AlreadyIn => SessionError::Internal,
+            });
+        }
+        if new_room {
+            self.metrics.rooms.inc();
+        }
+        for (track, k) in added {
+            shell
+                .room
+                .handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
+            self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
+        }
+        let _ = self.routes.send(RouteUpdate::Add {
+            ufrag,
+            route: Route {
+                shard: self.cfg.index,
+                peer: id,
+            },
+        });
+        self.peers.insert(id, p);
+        self.sessions.insert(session.clone(), id);
+        self.metrics.peers.with_label_values(&[kind.as_str()]).inc();
+        self.metrics
+            .peers_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        self.apply(now, room_name, &out, None);
+        out.clear();
+        self.out = out;
+        tracing::info!(
+            room = room_name,
+            kind = kind.as_str(),
+            peer = id,
+            "A session was opened."
+        );
+        Ok(Opened { session, answer })
+    }
+
+    fn datagram(&mut self, id: PeerId, src: SocketAddr, recv_at: Instant, buf: &[u8]) {
+        let public = self.cfg.factory.public_udp;
+        let Some(p) = self.peers.get_mut(&id) else {
+            self.local.dropped(DropReason::UnknownSource);
+            return;
+        };
+        let Ok(recv) = Receive::new(Protocol::Udp, src, public, buf) else {
+            self.local.dropped(DropReason::Garbage);
+            return;
+        };
+        let input = Input::Receive(recv_at, recv);
+        if !p.rtc.accepts(&input) {
+            self.local.dropped(DropReason::PeerRefused);
+            return;
+        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        let socket = &self.socket;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            p.rtc.handle_input(input)?;
+            peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+        }));
+        self.after_drain(recv_at, id, result, &mut events);
+        self.events = events;
+    }
+
+    /// Records the outcome of a peer's drain, then acts on its events.
+    fn after_drain(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        result: std::thread::Result<Result<Instant, str0m::RtcError>>,
+        events: &mut Vec<Event>,
+    ) {
+        match result {
+            Ok(Ok(t)) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.timeout = t;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::info!(peer = id, error = %e, "A peer failed and is closed.");
+                self.remove_peer(now, id);
+                return;
+            }
+            Err(_) => {
+                self.metrics.peer_panics.inc();
+                tracing::error!(
+                    peer = id,
+                    "A peer's WebRTC stack panicked; the peer is closed."
+                );
+                self.remove_peer(now, id);
+                return;
+            }
+        }
+        for e in events.drain(..) {
+            self.event(id, e);
+        }
+    }
+
+    fn event(&mut self, id: PeerId, e: Event) {
+        let now = Instant::now();
+        match e {
+            Event::Connected => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.connected = true;
+                    tracing::info!(peer = id, "A peer is connected.");
+                }
+            }
+            Event::IceConnectionStateChange(s) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.disconnected_at = match s {
+                        IceConnectionState::Disconnected => Some(now),
+                        _ => None,
+                    };
+                }
+            }
+            Event::RtpPacket(pkt) => self.media(id, pkt),
+            Event::KeyframeRequest(r) => {
+                let Some(p) = self.peers.get(&id) else { return };
+                let slot = p
+                    .out_mids
+                    .iter()
+                    .find_map(|(k, mids)| mids.iter().position(|m| *m == r.mid).map(|i| (*k, i)));
+                if let Some((kind, i)) = slot {
+                    let room_name = p.room.clone();
+                    let input = RoomInput::KeyframeRequest {
+                        out: OutId {
+                            sub: id,
+                            kind,
+                            slot: u8::try_from(i).unwrap_or(u8::MAX),
+                        },
+                    };
+                    self.room_input(now, &room_name, input, None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One RTP packet from a publisher: through the room's policy, out to its watchers.
+    fn media(&mut self, id: PeerId, pkt: RtpPacket) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let mid = match p.ssrc_mid.get(&ssrc) {
+            Some(m) => Some(*m),
+            None => {
+                let m = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                if let Some(m) = m {
+                    p.ssrc_mid.insert(ssrc, m);
+                }
+                m
+            }
+        };
+        let Some(track) = mid.and_then(|m| p.tracks.get(&m).copied()) else {
+            self.local.dropped(DropReason::NotForwarded);
+            return;
+        };
+        let pt = pkt.header.payload_type;
+        let Some(params) = p
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|c| c.pt() == pt)
+            .cloned()
+        else {
+            self.local.dropped(DropReason::NotForwarded);
+            return;
+        };
+        self.local.received(track.kind);
+        let meta = PacketMeta {
+            track: TrackId {
+                peer: id,
+                idx: track.idx,
+            },
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            keyframe_start: peer::keyframe_start(&params, &pkt.payload),
+            vp8: if params.spec().codec == str0m::format::Codec::Vp8 {
+                peer::vp8_ids(&pkt.payload)
+            } else {
+                None
+            },
+            recv_at: pkt.timestamp,
+            clock_rate: params.spec().clock_rate.get(),
+        };
+        let room_name = p.room.clone();
+        self.room_input(
+            pkt.timestamp,
+            &room_name,
+            RoomInput::Packet(meta),
+            Some((&pkt, &params, id)),
+        );
+    }
+
+    fn room_input(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        input: RoomInput,
+        pkt: Option<(&RtpPacket, &str0m::format::PayloadParams, PeerId)>,
+    ) {
+        let Some(shell) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        shell.room.handle_input(now, input, &mut out);
+        self.apply(now, room_name, &out, pkt);
+        out.clear();
+        self.out = out;
+    }
+
+    /// Carries out the room's outputs: forwards to watchers, keyframe requests to publishers.
+    fn apply(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        out: &[RoomOutput],
+        pkt: Option<(&RtpPacket, &str0m::format::PayloadParams, PeerId)>,
+    ) {
+        for o in out {
+            match *o {
+                RoomOutput::Forward {
+                    out: to,
+                    pkt: numbers,
+                } => {
+                    if let Some((rtp, params, from)) = pkt {
+                        self.forward(to, numbers, rtp, params, from);
+                    }
+                }
+                RoomOutput::RequestKeyframe { track } => {
+                    self.local.keyframes_sent.inc();
+                    self.request_keyframe(now, track);
+                }
+                RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
+                RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
+            }
+        }
+        let _ = room_name;
+    }
+
+    fn forward(
+        &mut self,
+        to: OutId,
+        numbers: crate::forward::OutPacket,
+        rtp: &RtpPacket,
+        params: &str0m::format::PayloadParams,
+        from: PeerId,
+    ) {
+        let Some(sub) = self.peers.get_mut(&to.sub) else {
+            return;
+        };
+        let Some(mid) = sub
+            .out_mids
+            .get(&to.kind)
+            .and_then(|m| m.get(usize::from(to.slot)))
+            .copied()
+        else {
+            return;
+        };
+        let in_pt = rtp.header.payload_type;
+        let out_pt = *sub
+            .out_pt
+            .entry((from, in_pt))
+            .or_insert_with(|| sub.rtc.codec_config().match_params(*params).map(|p| p.pt()));
+        let Some(out_pt) = out_pt else {
+            self.local.dropped(DropReason::NotForwarded);
+            return;
+        };
+        let vp8_patch = match (numbers.vp8, rtp.header.payload_type) {
+            (Some(ids), _) => str0m::rtp::Vp8Descriptor::parse(&rtp.payload)
+                .ok()
+                .and_then(|d| {
+                    let b = d.patch().picture_id(ids.pid);
+                    let b = match ids.tl0 {
+                        Some(t) if d.tl0_pic_idx().is_some() => b.tl0_pic_idx(t),
+                        _ => b,
+                    };
+                    b.build().ok()
+                }),
+            _ => None,
+        };
+        let ext = &rtp.header.ext_vals;
+        let ext_vals = ExtensionValues {
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            ..Default::default()
+        };
+        let bytes = rtp.payload.len();
+        let mut w = RtpWrite::new(
+            out_pt,
+            SeqNo::from(numbers.seq),
+            numbers.ts,
+            rtp.timestamp,
+            Arc::clone(&rtp.payload),
+        )
+        .marker(rtp.header.marker)
+        .nackable(to.kind == MediaKind::Video)
+        .ext_vals(ext_vals);
+        if let Some(patch) = vp8_patch {
+            w = w.vp8_patch(patch);
+        }
+        let mut events = Vec::new();
+        let socket = &self.socket;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            match sub.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                Some(tx) => tx.write_rtp(w),
+                None => return Ok(None),
+            }
+            peer::drain(&mut sub.rtc, &mut sender(socket), &mut events).map(Some)
+        }));
+        match result {
+            Ok(Ok(None)) => self.local.dropped(DropReason::NotForwarded),
+            Ok(Ok(Some(t))) => {
+                sub.timeout = t;
+                self.local.forwarded(to.kind, bytes);
+                self.local
+                    .latency
+                    .observe(rtp.timestamp.elapsed().as_secs_f64());
+                for e in events {
+                    self.event(to.sub, e);
+                }
+            }
+            Ok(Err(e)) => {
+                let now = Instant::now();
+                tracing::info!(peer = to.sub, error = %e, "A watcher failed and is closed.");
+                self.remove_peer(now, to.sub);
+            }
+            Err(_) => {
+                self.metrics.peer_panics.inc();
+                tracing::error!(
+                    peer = to.sub,
+                    "A watcher's WebRTC stack panicked; it is closed."
+                );
+                self.remove_peer(Instant::now(), to.sub);
+            }
+        }
+    }
+
+    fn request_keyframe(&mut self, now: Instant, track: TrackId) {
+        let Some(p) = self.peers.get_mut(&track.peer) else {
+            return;
+        };
+        let Some(mid) = p
+            .tracks
+            .iter()
+            .find(|(_, t)| t.idx == track.idx)
+            .map(|(m, _)| *m)
+        else {
+            return;
+        };
+        let mut events = Vec::new();
+        let socket = &self.socket;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+            peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+        }));
+        self.after_drain(now, track.peer, result, &mut events);
+    }
+
+    /// Timeouts str0m asked for, and peers that never connected or lost ICE for too long.
+    fn timers(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.timeout <= now)
+            .map(|p| p.id)
+            .collect();
+        for id in due {
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            let socket = &self.socket;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                p.rtc.handle_input(Input::Timeout(now))?;
+                peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+            }));
+            self.after_drain(now, id, result, &mut events);
+            self.events = events;
+        }
+        let gone: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                !p.rtc.is_alive()
+                    || (!p.connected
+                        && now.saturating_duration_since(p.created) > self.cfg.connect_timeout)
+                    || p.disconnected_at.is_some_and(|t| {
+                        now.saturating_duration_since(t) > self.cfg.ice_disconnect_grace
+                    })
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in gone {
+            tracing::info!(
+                peer = id,
+                "A peer is closed: disconnected, or never connected."
+            );
+            self.remove_peer(now, id);
+        }
+    }
+
+    fn remove_peer(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.remove(&id) else {
+            return;
+        };
+        self.sessions.remove(&p.session);
+        let _ = self.routes.send(RouteUpdate::Remove { ufrag: p.ufrag });
+        self.metrics
+            .peers
+            .with_label_values(&[p.kind.as_str()])
+            .dec();
+        for t in p.tracks.values() {
+            self.metrics
+                .tracks
+                .with_label_values(&[t.kind.as_str()])
+                .dec();
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let mut empty = false;
+        if let Some(shell) = self.rooms.get_mut(&p.room) {
+            shell.room.leave(now, id, &mut out);
+            empty = shell.room.is_empty();
+        }
+        if empty {
+            self.rooms.remove(&p.room);
+            self.metrics.rooms.dec();
+        } else {
+            self.apply(now, &p.room, &out, None);
+        }
+        out.clear();
+        self.out = out;
+    }
+}

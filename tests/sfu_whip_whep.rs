@@ -1,0 +1,203 @@
+//! The SFU end to end with an independent WebRTC stack: aiortc publishes over WHIP and
+//! another aiortc watches over WHEP, on loopback; the watcher decodes what it receives.
+//! Then DELETE ends both sessions, and the signaling refusals answer with their codes.
+
+mod common;
+
+use common::sfu::{Sfu, room_token, sign, synthetic_offer};
+
+/// A watcher decodes the publisher's video and audio (counts, not timings: ~30 video frames
+/// and ~50 audio frames a second are sent; at least a third must arrive decoded).
+fn publish_and_watch(codec: &str, codec_name: &str) {
+    let sfu = Sfu::start(&format!("sfu-pair-{codec}"), "");
+    let out = sfu.client(
+        "pair",
+        "r1",
+        &["--seconds", "5", "--codec", codec, "--delete"],
+    );
+    let w = &out["watcher"];
+    assert_eq!(w["status"], 201, "{out}");
+    assert_eq!(w["codec"], codec_name, "{out}");
+    let video = w["video_frames"].as_u64().expect("video frames");
+    let audio = w["audio_frames"].as_u64().expect("audio frames");
+    assert!(video >= 50, "only {video} video frames decoded: {out}");
+    assert!(audio >= 80, "only {audio} audio frames decoded: {out}");
+    assert_eq!(
+        (w["width"].as_u64(), w["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    // DELETE on each Location ended the sessions.
+    assert_eq!(w["delete"], 200, "{out}");
+    assert_eq!(out["publisher"]["delete"], 200, "{out}");
+    assert!(
+        w["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("/whep/r1/")),
+        "{out}"
+    );
+    assert_eq!(sfu.wait_metric("estuary_sfu_peers", &[], |v| v == 0.0), 0.0);
+    assert_eq!(sfu.metric("estuary_sfu_rooms", &[]), 0.0);
+    let forwarded = sfu.wait_metric(
+        "estuary_sfu_forwarded_packets_total",
+        &["kind=\"video\""],
+        |v| v >= video as f64,
+    );
+    assert!(
+        forwarded >= video as f64,
+        "{forwarded} video packets forwarded"
+    );
+    assert!(sfu.metric("estuary_sfu_forward_latency_seconds_count", &[]) > 0.0);
+    assert_eq!(
+        sfu.metric("estuary_sfu_peers_total", &["kind=\"whip\""]),
+        1.0
+    );
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+}
+
+#[test]
+fn vp8_and_opus_published_over_whip_are_decoded_by_a_whep_watcher() {
+    publish_and_watch("vp8", "VP8");
+}
+
+#[test]
+fn h264_and_opus_published_over_whip_are_decoded_by_a_whep_watcher() {
+    publish_and_watch("h264", "H264");
+}
+
+/// The frame counts above mean something: a watcher that did not negotiate the publisher's
+/// video codec decodes no video at all (and still hears the audio).
+#[test]
+fn a_watcher_without_the_publishers_codec_decodes_no_video() {
+    let sfu = Sfu::start("sfu-codec-mismatch", "");
+    let out = sfu.client(
+        "pair",
+        "r1",
+        &["--seconds", "4", "--codec", "h264", "--watch-codec", "vp8"],
+    );
+    let w = &out["watcher"];
+    assert_eq!(w["codec"], "VP8", "{out}");
+    assert_eq!(w["video_frames"], 0, "{out}");
+    assert!(w["audio_frames"].as_u64().unwrap_or(0) >= 60, "{out}");
+    assert!(
+        sfu.wait_metric(
+            "estuary_sfu_dropped_packets_total",
+            &["reason=\"not_forwarded\""],
+            |v| v > 0.0
+        ) > 0.0
+    );
+}
+
+#[test]
+fn signaling_refusals_answer_with_their_codes() {
+    let sfu = Sfu::start(
+        "sfu-refusals",
+        "[rooms]\nmax_participants = 2\nmax_publishers = 1\n",
+    );
+    let whip = synthetic_offer("sendonly");
+    let whep = synthetic_offer("recvonly");
+    let sdp = Some("application/sdp");
+    // No token, a token that is not one, another room's token, another key's token.
+    let (s, _, _) = sfu.request("POST", "/whip/r1", None, sdp, &whip);
+    assert_eq!(s, 401);
+    let (s, _, _) = sfu.request("POST", "/whip/r1", Some("nonsense"), sdp, &whip);
+    assert_eq!(s, 401);
+    let (s, _, _) = sfu.request("POST", "/whip/r1", Some(&room_token("r2")), sdp, &whip);
+    assert_eq!(s, 403);
+    let other_key = sign("/rooms/r1", "k1", common::KEY2_HEX);
+    let (s, _, _) = sfu.request("POST", "/whep/r1", Some(&other_key), sdp, &whep);
+    assert_eq!(s, 403);
+    // Wrong content type, bad SDP, an offer in the wrong direction.
+    let t = room_token("r1");
+    let (s, _, _) = sfu.request("POST", "/whip/r1", Some(&t), Some("text/plain"), &whip);
+    assert_eq!(s, 415);
+    let (s, _, body) = sfu.offer("whip", "r1", "v=0\r\nthis is not sdp\r\n");
+    assert_eq!(s, 400, "{body}");
+    let (s, _, body) = sfu.offer("whip", "r1", &whep);
+    assert_eq!(s, 400, "a recvonly offer over WHIP: {body}");
+    assert!(body.contains("sendonly"), "{body}");
+    let (s, _, _) = sfu.offer("whep", "r1", &whip);
+    assert_eq!(s, 400);
+    // Accepted: 201 with an SDP answer and a Location; the SFU is ICE-lite.
+    let (s, head, answer) = sfu.offer("whip", "r1", &whip);
+    assert_eq!(s, 201, "{answer}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/sdp"), "{head}");
+    assert!(head.contains("location: /whip/r1/"), "{head}");
+    assert!(
+        answer.contains("a=ice-lite") && answer.contains(&format!(" {} typ host", sfu.udp.port())),
+        "{answer}"
+    );
+    // Limits: one publisher, two participants.
+    let (s, _, _) = sfu.offer("whip", "r1", &whip);
+    assert_eq!(s, 409, "a second publisher");
+    let (s, _, _) = sfu.offer("whep", "r1", &whep);
+    assert_eq!(s, 201);
+    let (s, _, _) = sfu.offer("whep", "r1", &whep);
+    assert_eq!(s, 409, "a third participant");
+    // CORS preflight.
+    let (s, head, _) = sfu.request("OPTIONS", "/whep/r1", None, None, "");
+    assert_eq!(s, 204);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-methods: post, delete, options"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: authorization, content-type"),
+        "{head}"
+    );
+    // DELETE: an unknown session is 404; a known one needs the room's token.
+    let (s, _, _) = sfu.request("DELETE", "/whip/r1/0123", Some(&t), None, "");
+    assert_eq!(s, 404);
+    for (reason, at_least) in [
+        ("no_token", 2.0),
+        ("bad_token", 2.0),
+        ("wrong_type", 1.0),
+        ("bad_sdp", 3.0),
+        ("room_full", 2.0),
+    ] {
+        let v = sfu.metric(
+            "estuary_sfu_signaling_refused_total",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert!(v >= at_least, "{reason}: {v}");
+    }
+    assert_eq!(sfu.metric("estuary_sfu_rooms", &[]), 1.0);
+    assert_eq!(sfu.metric("estuary_sfu_peers", &[]), 2.0);
+}
+
+#[test]
+fn delete_ends_a_session_and_a_draining_sfu_refuses_new_ones() {
+    // The config ends in [shutdown]: this goes there.
+    let mut sfu = Sfu::start("sfu-delete", "lame_duck = \"3s\"\n");
+    let whip = synthetic_offer("sendonly");
+    let t = room_token("r1");
+    let (s, head, _) = sfu.offer("whip", "r1", &whip);
+    assert_eq!(s, 201);
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("location: ")
+                .map(str::to_owned)
+        })
+        .expect("Location");
+    assert_eq!(sfu.metric("estuary_sfu_peers", &["kind=\"whip\""]), 1.0);
+    // Another room's token may not end it.
+    let (s, _, _) = sfu.request("DELETE", &location, Some(&room_token("r2")), None, "");
+    assert_eq!(s, 403);
+    let (s, _, _) = sfu.request("DELETE", &location, Some(&t), None, "");
+    assert_eq!(s, 200);
+    assert_eq!(sfu.metric("estuary_sfu_peers", &[]), 0.0);
+    assert_eq!(sfu.metric("estuary_sfu_rooms", &[]), 0.0);
+    let (s, _, _) = sfu.request("DELETE", &location, Some(&t), None, "");
+    assert_eq!(s, 404, "a session ends once");
+    // SIGTERM: during the lame-duck period new sessions get 503 and /readyz too.
+    sfu.process.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (s, _, _) = sfu.offer("whip", "r1", &whip);
+    assert_eq!(s, 503);
+    let (s, _) = common::http_get_raw(sfu.http, "/readyz").expect("readyz");
+    assert_eq!(s, 503);
+    assert!(sfu.process.wait_exit(std::time::Duration::from_secs(20)));
+}
