@@ -327,9 +327,9 @@ async fn offer(
         }
         Err(e) => {
             let (status, reason) = match &e {
-                SessionError::BadSdp(_) | SessionError::Refused(_) => {
-                    (StatusCode::BAD_REQUEST, "bad_sdp")
-                }
+                SessionError::BadSdp(_)
+                | SessionError::Refused(_)
+                | SessionError::WrongMedia(_) => (StatusCode::BAD_REQUEST, "bad_sdp"),
                 SessionError::RoomFull => (StatusCode::CONFLICT, "room_full"),
                 SessionError::TooManyRooms => (StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms"),
                 SessionError::Overloaded | SessionError::Internal => {
@@ -337,7 +337,7 @@ async fn offer(
                 }
             };
             tracing::debug!(room, error = %e, "An offer was refused.");
-            refuse(&app, status, reason, &e.to_string())
+            refuse(&app, status, reason, &e.client_text())
         }
     }
 }

@@ -27,6 +27,17 @@ pub enum PeerKind {
     Whep,
 }
 
+impl SessionError {
+    /// What the client is told (no parser internals).
+    pub fn client_text(&self) -> String {
+        match self {
+            SessionError::BadSdp(_) => "the offer is not valid SDP".into(),
+            SessionError::Refused(_) => "the offer cannot be answered".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl PeerKind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,10 +51,15 @@ impl PeerKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
+    /// The parser's detail is logged, never sent back (it can hold memory addresses).
     #[error("the offer is not valid SDP: {0}")]
     BadSdp(String),
+    /// str0m's detail is logged, never sent back.
     #[error("the offer cannot be answered: {0}")]
     Refused(String),
+    /// Our own check of the offer's m-lines; the text is for the client.
+    #[error("{0}")]
+    WrongMedia(String),
     #[error("the room is full")]
     RoomFull,
     #[error("too many rooms are open")]
@@ -170,14 +186,14 @@ impl RtcFactory {
             let mid = line.mid();
             let Some(m) = rtc.media(mid) else { continue };
             if m.direction() != want {
-                return Err(SessionError::BadSdp(format!(
+                return Err(SessionError::WrongMedia(format!(
                     "every audio and video m-line must be {offer_dir} for {protocol}"
                 )));
             }
             media.push((mid, kind_of(m.kind())));
         }
         if media.is_empty() {
-            return Err(SessionError::BadSdp("no audio or video m-line".into()));
+            return Err(SessionError::WrongMedia("no audio or video m-line".into()));
         }
         Ok(Answered {
             rtc,
