@@ -99,3 +99,15 @@ fn chat_relay_unit_verifies() {
     assert!(unit.contains("StateDirectory=estuary/chat-relay"));
     assert!(unit.contains("ExecStart=") && unit.contains(" chat-relay --config "));
 }
+
+#[test]
+fn sfu_unit_verifies() {
+    let unit = verify(
+        "estuary-sfu.service",
+        include_str!("../scripts/deb/estuary-sfu.service"),
+    );
+    assert!(!unit.contains("ExecReload="));
+    // The SFU keeps no state: it writes nowhere.
+    assert!(!unit.contains("ReadWritePaths=") && !unit.contains("StateDirectory="));
+    assert!(unit.contains("ExecStart=") && unit.contains(" sfu --config /etc/estuary/sfu.toml"));
+}

@@ -25,6 +25,7 @@ pub const NODES: &[(&str, &str, &str)] = &[
     ("relay-paris", "paris", "chat-relay"),
     ("relay-berlin", "berlin", "chat-relay"),
     ("relay-tokyo", "tokyo", "chat-relay"),
+    ("sfu-test", "lab", "sfu"),
 ];
 
 /// The credential of node `id` (one of [`NODES`]).
