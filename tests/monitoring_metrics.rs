@@ -3,10 +3,10 @@
 //! `ansible/roles/monitoring/files/dashboards/` queries only metrics (and labels) that some
 //! service really exports.
 //!
-//! One control plane, an edge and steering joined to it (steering with its geo-DNS), and an
-//! origin are started once; each is asked for one request so that its per-request series
-//! exist, then each `/metrics` is scraped. promtool comes from Debian's `prometheus` package
-//! (`scripts/setup-debian.sh test` installs it); the test fails when it is missing.
+//! One control plane, an edge and steering joined to it (steering with its geo-DNS), an
+//! origin and an SFU are started once; each is asked for one request so that its per-request
+//! series exist, then each `/metrics` is scraped. promtool comes from Debian's `prometheus`
+//! package (`scripts/setup-debian.sh test` installs it); the test fails when it is missing.
 
 mod common;
 
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::cp_site::{ControlPlane, LAB, cred, edge_with_control_plane};
 use common::origin_site::OriginSite;
+use common::sfu::{Sfu, synthetic_offer};
 use common::steering_site::SteeringSite;
 use common::{fetch, http_get_raw};
 
@@ -76,14 +77,24 @@ fn scrape_every_service() -> Vec<Scrape> {
     assert!(dig.status.success(), "dig: {dig:?}");
     let (status, _, _) = fetch(&origin_site.url("/v/none/master.m3u8"), &[]);
     assert_eq!(status, 404);
+    let mut sfu = Sfu::start("mon-sfu", "");
+    let (status, _, _) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
+    assert_eq!(status, 201);
 
     let scrapes = vec![
         scrape("edge", edge_site.admin),
         scrape("origin", origin_site.admin),
         scrape("control-plane", cp.http),
         scrape("steering", steering_site.http),
+        scrape("sfu", sfu.http),
     ];
-    for p in [&mut steering, &mut edge, &mut origin, &mut cp_process] {
+    for p in [
+        &mut steering,
+        &mut edge,
+        &mut origin,
+        &mut cp_process,
+        &mut sfu.process,
+    ] {
         p.signal("TERM");
         p.wait_exit(Duration::from_secs(15));
     }
