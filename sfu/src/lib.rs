@@ -3,7 +3,8 @@
 //!
 //! Pure core (no `Rtc`, no socket, no clock; time comes in as an argument): `room.rs` (who
 //! receives which track, keyframe requests), `forward.rs` (each outgoing stream's sequence
-//! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for).
+//! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for),
+//! `tcp_framing.rs` (RFC 4571, for ICE-TCP; not wired yet).
 //! Shell: `udp.rs` (the one media socket and its reader thread), `shard.rs` (threads that
 //! own rooms and drive str0m), `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP), `metrics.rs`,
 //! `config.rs`.
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod peer;
 pub mod room;
 pub mod shard;
+pub mod tcp_framing;
 pub mod udp;
 
 use std::sync::Arc;
