@@ -146,6 +146,15 @@ fn signaling_refusals_answer_with_their_codes() {
         head.contains("access-control-allow-headers: authorization, content-type"),
         "{head}"
     );
+    // Trickle ICE and ICE restarts (PATCH) are not served: the answer holds our candidate.
+    let (s, _, _) = sfu.request(
+        "PATCH",
+        "/whip/r1/0123",
+        Some(&t),
+        Some("application/trickle-ice-sdpfrag"),
+        "a=end-of-candidates\r\n",
+    );
+    assert_eq!(s, 405);
     // DELETE: an unknown session is 404; a known one needs the room's token.
     let (s, _, _) = sfu.request("DELETE", "/whip/r1/0123", Some(&t), None, "");
     assert_eq!(s, 404);
@@ -200,4 +209,60 @@ fn delete_ends_a_session_and_a_draining_sfu_refuses_new_ones() {
     let (s, _) = common::http_get_raw(sfu.http, "/readyz").expect("readyz");
     assert_eq!(s, 503);
     assert!(sfu.process.wait_exit(std::time::Duration::from_secs(20)));
+}
+
+/// Watchers joining a running stream one second apart each start at a keyframe the SFU asks
+/// the publisher for, and each decodes the stream.
+#[test]
+fn watchers_joining_a_running_stream_each_decode_it() {
+    let sfu = Sfu::start("sfu-late-watchers", "");
+    let out = sfu.client("pair", "r1", &["--seconds", "4", "--watchers", "3"]);
+    let watchers = out["watchers"].as_array().expect("watchers");
+    assert_eq!(watchers.len(), 3, "{out}");
+    for w in watchers {
+        assert!(w["video_frames"].as_u64().unwrap_or(0) >= 40, "{out}");
+        assert!(w["audio_frames"].as_u64().unwrap_or(0) >= 60, "{out}");
+    }
+    // One keyframe request per watcher that joined, at least (none are throttled a second
+    // apart with keyframe_interval_min = 500ms).
+    let sent = sfu.wait_metric(
+        "estuary_sfu_keyframe_requests_total",
+        &["result=\"sent\""],
+        |v| v >= 3.0,
+    );
+    assert!(sent >= 3.0, "{sent} keyframe requests sent");
+}
+
+/// Watchers already in the room when the publisher arrives receive its tracks.
+#[test]
+fn watchers_who_come_before_the_publisher_receive_it() {
+    let sfu = Sfu::start("sfu-early-watchers", "");
+    let out = sfu.client(
+        "pair",
+        "r1",
+        &["--seconds", "4", "--watchers", "2", "--watch-first"],
+    );
+    for w in out["watchers"].as_array().expect("watchers") {
+        assert!(w["video_frames"].as_u64().unwrap_or(0) >= 50, "{out}");
+        assert!(w["audio_frames"].as_u64().unwrap_or(0) >= 80, "{out}");
+    }
+}
+
+/// With `[listen] admin`, `/metrics`, `/healthz` and `/readyz` answer there and not beside
+/// WHIP/WHEP.
+#[test]
+fn admin_endpoints_move_to_their_own_address() {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .expect("addr");
+    let sfu = Sfu::start_with("sfu-admin", Some(admin), "");
+    let (s, text) = common::http_get_raw(admin, "/metrics").expect("admin metrics");
+    assert_eq!(s, 200);
+    assert!(text.contains("estuary_sfu_peers"), "{text}");
+    let (s, _) = common::http_get_raw(admin, "/readyz").expect("readyz");
+    assert_eq!(s, 200);
+    let (s, _) = common::http_get_raw(sfu.http, "/metrics").expect("signaling port");
+    assert_eq!(s, 404);
+    let (s, _, _) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
+    assert_eq!(s, 201);
 }

@@ -231,12 +231,7 @@ impl ChatRelayConfig {
     /// Checks every value before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use estuary_common::config::name_ok;
-        if !name_ok(&self.node.id) {
-            return Err(ConfigError::new("node.id", "1-64 of A-Z a-z 0-9 - _ ."));
-        }
-        if !name_ok(&self.node.site) {
-            return Err(ConfigError::new("node.site", "1-64 of A-Z a-z 0-9 - _ ."));
-        }
+        self.node.validate()?;
         if self.auth.keys.is_empty() {
             return Err(ConfigError::new("auth.keys", "at least one key is needed"));
         }

@@ -64,25 +64,14 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
     let listen = config.listen.http;
     let listener = bind(listen, config.chat.socket_send_buffer)
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
-    let mut routes = server::router(Arc::clone(&app));
-    let admin = match config.listen.admin {
-        None => {
-            routes = routes.merge(server::admin_router(Arc::clone(&app)));
-            None
-        }
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?;
-            Some(tokio::spawn(estuary_common::listener::serve(
-                l,
-                config.limits.clone(),
-                server::admin_router(Arc::clone(&app)),
-                Some(stop.clone()),
-                None,
-            )))
-        }
-    };
+    let (routes, admin) = estuary_common::listener::with_admin(
+        server::router(Arc::clone(&app)),
+        server::admin_router(Arc::clone(&app)),
+        config.listen.admin,
+        &config.limits,
+        &stop,
+    )
+    .await?;
     let server = tokio::spawn(estuary_common::listener::serve_upgradable(
         listener,
         config.limits.clone(),

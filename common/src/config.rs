@@ -89,7 +89,7 @@ pub fn read(path: &std::path::Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::new("(file)", format!("cannot read {}: {e}", path.display())))
 }
 
-/// `[node]` of the nodes whose id and site are both required (edge, chat relay).
+/// `[node]` of the nodes whose id and site are both required (edge, chat relay, SFU).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -97,6 +97,19 @@ pub struct NodeConfig {
     pub id: String,
     /// The site (point of presence) the node belongs to, for example `lab`.
     pub site: String,
+}
+
+impl NodeConfig {
+    /// Checks `id` and `site` (each 1-64 of `A-Z a-z 0-9 - _ .`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !name_ok(&self.id) {
+            return Err(ConfigError::new("node.id", "1-64 of A-Z a-z 0-9 - _ ."));
+        }
+        if !name_ok(&self.site) {
+            return Err(ConfigError::new("node.site", "1-64 of A-Z a-z 0-9 - _ ."));
+        }
+        Ok(())
+    }
 }
 
 /// The table `name` of a config file's top-level tables, if it is one.

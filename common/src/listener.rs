@@ -466,6 +466,33 @@ pub async fn serve(
     serve_with(listener, limits, router, stop, tls, false).await;
 }
 
+/// A service's admin routes (`/metrics`, `/healthz`, `/readyz`): merged into `routes` when
+/// `admin` is `None`; else served over HTTP/1.1 on a listener of their own at `admin` until
+/// `stop` (that task is returned, to be awaited once the service has drained). A bind error
+/// names `listen.admin`.
+pub async fn with_admin(
+    routes: axum::Router,
+    admin_routes: axum::Router,
+    admin: Option<std::net::SocketAddr>,
+    limits: &ListenerLimits,
+    stop: &watch::Receiver<bool>,
+) -> std::io::Result<(axum::Router, Option<tokio::task::JoinHandle<()>>)> {
+    let Some(addr) = admin else {
+        return Ok((routes.merge(admin_routes), None));
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen.admin {addr}: {e}")))?;
+    let task = tokio::spawn(serve(
+        l,
+        limits.clone(),
+        admin_routes,
+        Some(stop.clone()),
+        None,
+    ));
+    Ok((routes, Some(task)))
+}
+
 /// The connection slot of the connection a request came on, in the request's extensions. A
 /// handler that takes the connection over (a WebSocket upgrade) keeps it for as long as it
 /// uses the connection, so that the connection still counts against `[limits]`.

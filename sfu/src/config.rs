@@ -200,13 +200,7 @@ impl SfuConfig {
 
     /// Checks every value before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use estuary_common::config::name_ok;
-        if !name_ok(&self.node.id) {
-            return Err(ConfigError::new("node.id", "1-64 of A-Z a-z 0-9 - _ ."));
-        }
-        if !name_ok(&self.node.site) {
-            return Err(ConfigError::new("node.site", "1-64 of A-Z a-z 0-9 - _ ."));
-        }
+        self.node.validate()?;
         let l = &self.listen;
         if l.public_ip.is_unspecified() || l.public_ip.is_multicast() {
             return Err(ConfigError::new(

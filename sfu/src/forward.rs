@@ -34,10 +34,9 @@ pub struct Vp8Ids {
     pub tl0: Option<u8>,
 }
 
-/// What the forwarder needs of one incoming packet (no payload).
+/// What the forwarder needs of one incoming packet (no payload, no source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InPacket {
-    pub source: SourceKey,
     /// The extended (64-bit, unwrapped) sequence number.
     pub seq: u64,
     pub ts: u32,
@@ -142,13 +141,14 @@ impl Forwarder {
         self.selected.is_some() && self.segment.map(|s| s.source) != self.selected
     }
 
-    /// Decides one packet's fate, and its outgoing numbers if it is forwarded.
-    pub fn handle(&mut self, p: &InPacket) -> Verdict {
-        if self.selected != Some(p.source) {
+    /// Decides the fate of a packet from `source`, and its outgoing numbers if it is
+    /// forwarded.
+    pub fn handle(&mut self, source: SourceKey, p: &InPacket) -> Verdict {
+        if self.selected != Some(source) {
             return Verdict::NotSelected;
         }
         match self.segment {
-            Some(seg) if seg.source == p.source => {
+            Some(seg) if seg.source == source => {
                 if p.seq < seg.first_in_seq {
                     return Verdict::TooOld;
                 }
@@ -156,19 +156,19 @@ impl Forwarder {
             }
             _ if !p.keyframe_start => Verdict::WaitingForKeyframe,
             _ => {
-                let seg = self.start_segment(p);
+                let seg = self.start_segment(source, p);
                 self.segment = Some(seg);
                 Verdict::Forward(self.emit(&seg, p))
             }
         }
     }
 
-    fn start_segment(&self, p: &InPacket) -> Segment {
+    fn start_segment(&self, source: SourceKey, p: &InPacket) -> Segment {
         let Some(max) = self.max_out_seq else {
             // The stream's very first packet: timestamps and picture ids go through as
             // they are.
             return Segment {
-                source: p.source,
+                source,
                 first_in_seq: p.seq,
                 first_out_seq: self.first_seq,
                 ts_offset: 0,
@@ -199,7 +199,7 @@ impl Forwarder {
             None => (0, 0),
         };
         Segment {
-            source: p.source,
+            source,
             first_in_seq: p.seq,
             first_out_seq: max,
             ts_offset: out_ts.wrapping_sub(p.ts),
@@ -332,19 +332,21 @@ mod tests {
                 Step::Select(s) => f.select(Some(*s)),
                 Step::Packet(i) => {
                     let s = &sent[*i];
-                    let v = f.handle(&InPacket {
-                        source: s.source,
-                        seq: s.seq,
-                        ts: s.ts,
-                        keyframe_start: s.keyframe_start,
-                        vp8: Some(Vp8Ids {
-                            pid: s.pid,
-                            pid_15_bit: true,
-                            tl0: Some(s.tl0),
-                        }),
-                        recv_at: base + Duration::from_millis(s.at_ms),
-                        clock_rate: 90_000,
-                    });
+                    let v = f.handle(
+                        s.source,
+                        &InPacket {
+                            seq: s.seq,
+                            ts: s.ts,
+                            keyframe_start: s.keyframe_start,
+                            vp8: Some(Vp8Ids {
+                                pid: s.pid,
+                                pid_15_bit: true,
+                                tl0: Some(s.tl0),
+                            }),
+                            recv_at: base + Duration::from_millis(s.at_ms),
+                            clock_rate: 90_000,
+                        },
+                    );
                     if let Verdict::Forward(out) = v {
                         outs.push(Out { in_idx: *i, out });
                     }
@@ -433,7 +435,7 @@ mod tests {
             f.select(Some(1));
             let mut last: Option<OutPacket> = None;
             for i in 0..n as u64 {
-                let v = f.handle(&InPacket { source: 1, seq: seq0 + i, ts: (i * 960) as u32,
+                let v = f.handle(1, &InPacket { seq: seq0 + i, ts: (i * 960) as u32,
                     keyframe_start: true, vp8: None, recv_at: base + Duration::from_millis(i * 20),
                     clock_rate: 48_000 });
                 let Verdict::Forward(out) = v else { return Err(TestCaseError::fail("dropped")) };
@@ -473,8 +475,7 @@ mod tests {
     #[test]
     fn a_switch_waits_for_a_keyframe_and_old_packets_are_dropped() {
         let base = Instant::now();
-        let p = |source, seq, key| InPacket {
-            source,
+        let p = |seq, key| InPacket {
             seq,
             ts: seq as u32 * 3000,
             keyframe_start: key,
@@ -483,20 +484,20 @@ mod tests {
             clock_rate: 90_000,
         };
         let mut f = Forwarder::new(100);
-        assert_eq!(f.handle(&p(1, 10, true)), Verdict::NotSelected);
+        assert_eq!(f.handle(1, &p(10, true)), Verdict::NotSelected);
         f.select(Some(1));
         assert!(f.waiting_for_keyframe());
-        assert_eq!(f.handle(&p(1, 10, false)), Verdict::WaitingForKeyframe);
-        let Verdict::Forward(a) = f.handle(&p(1, 11, true)) else {
+        assert_eq!(f.handle(1, &p(10, false)), Verdict::WaitingForKeyframe);
+        let Verdict::Forward(a) = f.handle(1, &p(11, true)) else {
             panic!("keyframe forwarded")
         };
         assert_eq!(a.seq, 100);
         assert!(!f.waiting_for_keyframe());
-        assert_eq!(f.handle(&p(1, 10, false)), Verdict::TooOld);
+        assert_eq!(f.handle(1, &p(10, false)), Verdict::TooOld);
         f.select(Some(2));
-        assert_eq!(f.handle(&p(1, 12, false)), Verdict::NotSelected);
-        assert_eq!(f.handle(&p(2, 500, false)), Verdict::WaitingForKeyframe);
-        let Verdict::Forward(b) = f.handle(&p(2, 501, true)) else {
+        assert_eq!(f.handle(1, &p(12, false)), Verdict::NotSelected);
+        assert_eq!(f.handle(2, &p(500, false)), Verdict::WaitingForKeyframe);
+        let Verdict::Forward(b) = f.handle(2, &p(501, true)) else {
             panic!("switch")
         };
         assert_eq!(b.seq, 101);

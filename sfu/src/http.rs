@@ -100,12 +100,8 @@ fn cors(mut r: Response) -> Response {
 }
 
 async fn preflight() -> Response {
-    let mut r = StatusCode::NO_CONTENT.into_response();
+    let mut r = cors(StatusCode::NO_CONTENT.into_response());
     let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("POST, DELETE, OPTIONS"),
@@ -113,10 +109,6 @@ async fn preflight() -> Response {
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -99,25 +99,14 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("listen.http {listen}: {e}"))?;
-    let mut routes = http::router(Arc::clone(&app));
-    let admin = match config.listen.admin {
-        None => {
-            routes = routes.merge(http::admin_router(Arc::clone(&app)));
-            None
-        }
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("listen.admin {addr}: {e}"))?;
-            Some(tokio::spawn(estuary_common::listener::serve(
-                l,
-                config.limits.clone(),
-                http::admin_router(Arc::clone(&app)),
-                Some(stop.clone()),
-                None,
-            )))
-        }
-    };
+    let (routes, admin) = estuary_common::listener::with_admin(
+        http::router(Arc::clone(&app)),
+        http::admin_router(Arc::clone(&app)),
+        config.listen.admin,
+        &config.limits,
+        &stop,
+    )
+    .await?;
     let server = tokio::spawn(estuary_common::listener::serve(
         listener,
         config.limits.clone(),

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict, Vp8Ids};
+use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict};
 
 pub type PeerId = u64;
 
@@ -80,30 +80,14 @@ pub enum JoinError {
     AlreadyIn,
 }
 
-/// One incoming RTP packet, as the policy sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PacketMeta {
-    pub track: TrackId,
-    pub seq: u64,
-    pub ts: u32,
-    pub keyframe_start: bool,
-    pub vp8: Option<Vp8Ids>,
-    pub recv_at: Instant,
-    pub clock_rate: u32,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomInput {
     /// A track of a participant who joined as a publisher.
-    TrackAdded {
-        track: TrackId,
-        kind: MediaKind,
-    },
-    Packet(PacketMeta),
+    TrackAdded { track: TrackId, kind: MediaKind },
+    /// One incoming RTP packet of `track`, as the policy sees it (no payload).
+    Packet { track: TrackId, packet: InPacket },
     /// A watcher asked for a keyframe (PLI/FIR) on one of its outgoing streams.
-    KeyframeRequest {
-        out: OutId,
-    },
+    KeyframeRequest { out: OutId },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +245,7 @@ impl Room {
                     self.assign(now, out);
                 }
             }
-            RoomInput::Packet(p) => self.packet(now, &p, out),
+            RoomInput::Packet { track, packet } => self.packet(now, track, &packet, out),
             RoomInput::KeyframeRequest { out: o } => {
                 if let Some(track) = self.track_of(o) {
                     self.request_keyframe(now, track, out);
@@ -270,20 +254,12 @@ impl Room {
         }
     }
 
-    fn packet(&mut self, now: Instant, p: &PacketMeta, out: &mut Vec<RoomOutput>) {
-        let Some(kind) = self.tracks.get(&p.track).copied() else {
+    fn packet(&mut self, now: Instant, track: TrackId, p: &InPacket, out: &mut Vec<RoomOutput>) {
+        let Some(kind) = self.tracks.get(&track).copied() else {
             out.push(RoomOutput::Dropped);
             return;
         };
-        let input = InPacket {
-            source: p.track.source_key(),
-            seq: p.seq,
-            ts: p.ts,
-            keyframe_start: p.keyframe_start,
-            vp8: p.vp8,
-            recv_at: p.recv_at,
-            clock_rate: p.clock_rate,
-        };
+        let source = track.source_key();
         let before = out.len();
         let mut waiting = false;
         for (&sub, part) in &mut self.participants {
@@ -291,10 +267,10 @@ impl Room {
                 continue;
             };
             for (i, s) in slots.iter_mut().enumerate() {
-                if s.track != Some(p.track) {
+                if s.track != Some(track) {
                     continue;
                 }
-                match s.forwarder.handle(&input) {
+                match s.forwarder.handle(source, p) {
                     Verdict::Forward(pkt) => out.push(RoomOutput::Forward {
                         out: OutId {
                             sub,
@@ -313,7 +289,7 @@ impl Room {
         }
         // A watcher still waiting (its first request was throttled or lost) asks again.
         if waiting {
-            self.request_keyframe(now, p.track, out);
+            self.request_keyframe(now, track, out);
         }
     }
 
@@ -381,15 +357,17 @@ mod tests {
     const WATCHER: Role = Role::Watcher { audio: 1, video: 1 };
 
     fn packet(track: TrackId, seq: u64, key: bool, at: Instant) -> RoomInput {
-        RoomInput::Packet(PacketMeta {
+        RoomInput::Packet {
             track,
-            seq,
-            ts: seq as u32 * 3000,
-            keyframe_start: key,
-            vp8: None,
-            recv_at: at,
-            clock_rate: 90_000,
-        })
+            packet: InPacket {
+                seq,
+                ts: seq as u32 * 3000,
+                keyframe_start: key,
+                vp8: None,
+                recv_at: at,
+                clock_rate: 90_000,
+            },
+        }
     }
 
     fn forwards(out: &[RoomOutput]) -> Vec<(OutId, u64)> {

@@ -22,11 +22,10 @@ use str0m::{Event, IceConnectionState, Input};
 use tokio::sync::oneshot;
 
 use crate::demux::Route;
+use crate::forward::InPacket;
 use crate::metrics::{DropReason, LocalCounters, Metrics};
 use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
-use crate::room::{
-    self, MediaKind, OutId, PacketMeta, PeerId, Role, Room, RoomInput, RoomOutput, TrackId,
-};
+use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -472,29 +471,26 @@ impl Shard {
             return;
         };
         self.local.received(track.kind);
-        let meta = PacketMeta {
+        let input = RoomInput::Packet {
             track: TrackId {
                 peer: id,
                 idx: track.idx,
             },
-            seq: *pkt.seq_no,
-            ts: pkt.header.timestamp,
-            keyframe_start: peer::keyframe_start(&params, &pkt.payload),
-            vp8: if params.spec().codec == str0m::format::Codec::Vp8 {
-                peer::vp8_ids(&pkt.payload)
-            } else {
-                None
+            packet: InPacket {
+                seq: *pkt.seq_no,
+                ts: pkt.header.timestamp,
+                keyframe_start: peer::keyframe_start(&params, &pkt.payload),
+                vp8: if params.spec().codec == str0m::format::Codec::Vp8 {
+                    peer::vp8_ids(&pkt.payload)
+                } else {
+                    None
+                },
+                recv_at: pkt.timestamp,
+                clock_rate: params.spec().clock_rate.get(),
             },
-            recv_at: pkt.timestamp,
-            clock_rate: params.spec().clock_rate.get(),
         };
         let room_name = p.room.clone();
-        self.room_input(
-            pkt.timestamp,
-            &room_name,
-            RoomInput::Packet(meta),
-            Some((&pkt, &params, id)),
-        );
+        self.room_input(pkt.timestamp, &room_name, input, Some((&pkt, &params, id)));
     }
 
     fn room_input(
@@ -715,6 +711,12 @@ impl Shard {
             return;
         };
         self.sessions.remove(&p.session);
+        if p.kind == PeerKind::Whip {
+            // Watchers forget the payload types they mapped for this publisher.
+            for w in self.peers.values_mut().filter(|w| w.room == p.room) {
+                w.out_pt.retain(|(from, _), _| *from != id);
+            }
+        }
         let _ = self.routes.send(RouteUpdate::Remove { ufrag: p.ufrag });
         self.metrics
             .peers

@@ -4,8 +4,10 @@
   whip_whep.py publish --url http://127.0.0.1:PORT --room R --token T --seconds S [--codec vp8|h264]
   whip_whep.py watch   --url ... --room R --token T --seconds S
   whip_whep.py pair    --url ... --room R --token T --seconds S [--codec ...] [--watch-codec ...]
-      (a publisher and a watcher at once; the watcher joins after the publisher and offers
-      only --watch-codec, by default the publisher's)
+                       [--watchers N] [--watch-first]
+      (a publisher and N watchers at once; the watchers join after the publisher, one second
+      apart, or before it with --watch-first, and offer only --watch-codec, by default the
+      publisher's)
 
 Each prints one JSON line: the HTTP status, the Location, and for a watcher the number of
 decoded video frames and audio frames it received (decoded by aiortc: counts prove media
@@ -150,14 +152,35 @@ async def watch(base, room, token, seconds, codec=None, delete=False):
     return out
 
 
-async def pair(base, room, token, seconds, codec, watch_codec, delete):
+async def pair(base, room, token, seconds, codec, watch_codec, delete, watchers, watch_first):
+    """A publisher and `watchers` watchers in one room. By default the publisher comes first
+    and the watchers join one second apart (later ones need a keyframe the SFU asks for);
+    with watch_first the watchers are there two seconds before the publisher."""
     started = asyncio.Event()
+    views = []
+    if watch_first:
+        views = [
+            asyncio.ensure_future(
+                watch(base, room, token, seconds + 2, codec=watch_codec, delete=delete)
+            )
+            for _ in range(watchers)
+        ]
+        await asyncio.sleep(2)
     pub = asyncio.ensure_future(
-        publish(base, room, token, seconds + 1, codec, delete=delete, started=started)
+        publish(base, room, token, seconds + watchers, codec, delete=delete, started=started)
     )
     await started.wait()
-    sub = await watch(base, room, token, seconds, codec=watch_codec, delete=delete)
-    return {"publisher": await pub, "watcher": sub}
+    if not watch_first:
+        for i in range(watchers):
+            views.append(
+                asyncio.ensure_future(
+                    watch(base, room, token, seconds, codec=watch_codec, delete=delete)
+                )
+            )
+            if i + 1 < watchers:
+                await asyncio.sleep(1)
+    subs = [await v for v in views]
+    return {"publisher": await pub, "watcher": subs[0], "watchers": subs}
 
 
 def main():
@@ -171,13 +194,17 @@ def main():
     ap.add_argument("--watch-codec", choices=["vp8", "h264"], default=None,
                     help="pair: the only video codec the watcher offers (default: --codec)")
     ap.add_argument("--delete", action="store_true")
+    ap.add_argument("--watchers", type=int, default=1, help="pair: how many watchers")
+    ap.add_argument("--watch-first", action="store_true",
+                    help="pair: the watchers join before the publisher")
     a = ap.parse_args()
     if a.mode == "publish":
         out = publish(a.url, a.room, a.token, a.seconds, a.codec, a.delete)
     elif a.mode == "watch":
         out = watch(a.url, a.room, a.token, a.seconds, a.codec, a.delete)
     else:
-        out = pair(a.url, a.room, a.token, a.seconds, a.codec, a.watch_codec or a.codec, a.delete)
+        out = pair(a.url, a.room, a.token, a.seconds, a.codec, a.watch_codec or a.codec,
+                   a.delete, a.watchers, a.watch_first)
     print(json.dumps(asyncio.run(out)))
     sys.stdout.flush()
 
