@@ -266,3 +266,36 @@ fn admin_endpoints_move_to_their_own_address() {
     let (s, _, _) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
     assert_eq!(s, 201);
 }
+
+/// A publisher that vanishes without a DELETE (its process killed) is closed once ICE has
+/// seen nothing from it and `[media] ice_disconnect_grace` has passed; its room goes with it.
+#[test]
+fn a_publisher_that_vanishes_is_closed() {
+    let sfu = Sfu::start("sfu-vanish", "[media]\nice_disconnect_grace = \"1s\"\n");
+    let mut publisher = sfu
+        .client_command("publish", "r1", &["--seconds", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let received = sfu.wait_metric("estuary_sfu_received_packets_total", &[], |v| v > 50.0);
+    assert!(
+        received > 50.0,
+        "the publisher never sent: {}",
+        sfu.process.log()
+    );
+    assert_eq!(sfu.metric("estuary_sfu_peers", &["kind=\"whip\""]), 1.0);
+    publisher.kill().expect("kill");
+    let _ = publisher.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sfu.metric("estuary_sfu_peers", &[]) > 0.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        sfu.metric("estuary_sfu_peers", &[]),
+        0.0,
+        "{}",
+        sfu.process.log()
+    );
+    assert_eq!(sfu.metric("estuary_sfu_rooms", &[]), 0.0);
+}

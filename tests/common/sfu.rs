@@ -139,22 +139,28 @@ impl Sfu {
         }
     }
 
+    /// The aiortc client's command line (`publish`, `watch` or `pair`) against this SFU.
+    pub fn client_command(&self, mode: &str, room: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/whip_whep.py"
+        ))
+        .arg(mode)
+        .arg("--url")
+        .arg(self.url())
+        .arg("--room")
+        .arg(room)
+        .arg("--token")
+        .arg(room_token(room))
+        .args(extra);
+        cmd
+    }
+
     /// Runs the aiortc client (`publish`, `watch` or `pair`) against this SFU and returns its
     /// JSON line; fails the test with its output and the SFU's log if it fails.
     pub fn client(&self, mode: &str, room: &str, extra: &[&str]) -> serde_json::Value {
-        let out = run(Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/clients/whip_whep.py"
-            ))
-            .arg(mode)
-            .arg("--url")
-            .arg(self.url())
-            .arg("--room")
-            .arg(room)
-            .arg("--token")
-            .arg(room_token(room))
-            .args(extra));
+        let out = run(&mut self.client_command(mode, room, extra));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
