@@ -78,17 +78,13 @@ pub struct ShardConfig {
     pub ice_disconnect_grace: Duration,
 }
 
-struct RoomShell {
-    room: Room,
-}
-
 pub struct Shard {
     cfg: ShardConfig,
     socket: Arc<UdpSocket>,
     routes: Sender<RouteUpdate>,
     metrics: Arc<Metrics>,
     local: LocalCounters,
-    rooms: HashMap<String, RoomShell>,
+    rooms: HashMap<String, Room>,
     peers: HashMap<PeerId, Peer>,
     sessions: HashMap<String, PeerId>,
     next_peer: PeerId,
@@ -162,14 +158,24 @@ impl Shard {
         }
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.rtc.disconnect();
-                let send = &mut sender(&self.socket);
-                let _ = peer::drain(&mut p.rtc, send, &mut Vec::new());
-            }
-            self.remove_peer(Instant::now(), id);
+            self.close_peer(id);
         }
         self.local.flush();
+    }
+
+    /// Ends a peer's session on our side (DTLS close), then removes it.
+    fn close_peer(&mut self, id: PeerId) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            let socket = &self.socket;
+            let closed = catch_unwind(AssertUnwindSafe(|| {
+                p.rtc.disconnect();
+                peer::drain(&mut p.rtc, &mut sender(socket), &mut Vec::new())
+            }));
+            if closed.is_err() {
+                self.metrics.peer_panics.inc();
+            }
+        }
+        self.remove_peer(Instant::now(), id);
     }
 
     fn handle(&mut self, msg: ShardIn) {
@@ -203,12 +209,7 @@ impl Shard {
                         .is_some_and(|p| p.room == room && p.kind == kind)
                 });
                 if let Some(id) = found {
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.rtc.disconnect();
-                        let send = &mut sender(&self.socket);
-                        let _ = peer::drain(&mut p.rtc, send, &mut Vec::new());
-                    }
-                    self.remove_peer(Instant::now(), id);
+                    self.close_peer(id);
                 }
                 let _ = reply.send(found.is_some());
             }
@@ -285,13 +286,11 @@ impl Shard {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let new_room = !self.rooms.contains_key(room_name);
-        let shell = self
+        let room = self
             .rooms
             .entry(room_name.to_owned())
-            .or_insert_with(|| RoomShell {
-                room: Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff),
-            });
-        if let Err(e) = shell.room.join(now, id, role, &mut out) {
+            .or_insert_with(|| Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff));
+        if let Err(e) = room.join(now, id, role, &mut out) {
             if new_room {
                 self.rooms.remove(room_name);
             }
@@ -307,9 +306,7 @@ impl Shard {
             self.metrics.rooms.inc();
         }
         for (track, k) in added {
-            shell
-                .room
-                .handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
+            room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
             self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
         }
         let _ = self.routes.send(RouteUpdate::Add {
@@ -326,7 +323,7 @@ impl Shard {
             .peers_total
             .with_label_values(&[kind.as_str()])
             .inc();
-        self.apply(now, room_name, &out, None);
+        self.apply(now, &out, None);
         out.clear();
         self.out = out;
         tracing::info!(
@@ -500,13 +497,13 @@ impl Shard {
         input: RoomInput,
         pkt: Option<(&RtpPacket, &str0m::format::PayloadParams, PeerId)>,
     ) {
-        let Some(shell) = self.rooms.get_mut(room_name) else {
+        let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        shell.room.handle_input(now, input, &mut out);
-        self.apply(now, room_name, &out, pkt);
+        room.handle_input(now, input, &mut out);
+        self.apply(now, &out, pkt);
         out.clear();
         self.out = out;
     }
@@ -515,7 +512,6 @@ impl Shard {
     fn apply(
         &mut self,
         now: Instant,
-        room_name: &str,
         out: &[RoomOutput],
         pkt: Option<(&RtpPacket, &str0m::format::PayloadParams, PeerId)>,
     ) {
@@ -537,7 +533,6 @@ impl Shard {
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
             }
         }
-        let _ = room_name;
     }
 
     fn forward(
@@ -731,15 +726,15 @@ impl Shard {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let mut empty = false;
-        if let Some(shell) = self.rooms.get_mut(&p.room) {
-            shell.room.leave(now, id, &mut out);
-            empty = shell.room.is_empty();
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.leave(now, id, &mut out);
+            empty = room.is_empty();
         }
         if empty {
             self.rooms.remove(&p.room);
             self.metrics.rooms.dec();
         } else {
-            self.apply(now, &p.room, &out, None);
+            self.apply(now, &out, None);
         }
         out.clear();
         self.out = out;
