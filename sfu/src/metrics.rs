@@ -27,16 +27,19 @@ pub enum DropReason {
     /// A media packet no outgoing stream took (no watcher, waiting for a keyframe, unknown
     /// SSRC or codec).
     NotForwarded,
+    /// The kernel refused to send it (sendmmsg failed for its destination).
+    SendFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Garbage,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::ShardQueueFull,
         DropReason::PeerRefused,
         DropReason::NotForwarded,
+        DropReason::SendFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl DropReason {
             DropReason::ShardQueueFull => "shard_queue_full",
             DropReason::PeerRefused => "peer_refused",
             DropReason::NotForwarded => "not_forwarded",
+            DropReason::SendFailed => "send_failed",
         }
     }
 }
@@ -290,7 +294,7 @@ pub struct LocalCounters {
     received: [LocalIntCounter; 2],
     forwarded: [LocalIntCounter; 2],
     forwarded_bytes: [LocalIntCounter; 2],
-    dropped: [LocalIntCounter; 6],
+    dropped: [LocalIntCounter; 7],
     pub keyframes_sent: LocalIntCounter,
     pub keyframes_throttled: LocalIntCounter,
     pub latency: LocalHistogram,
@@ -307,11 +311,15 @@ impl LocalCounters {
     }
 
     pub fn dropped(&self, reason: DropReason) {
+        self.dropped_n(reason, 1);
+    }
+
+    pub fn dropped_n(&self, reason: DropReason, n: u64) {
         let i = DropReason::ALL
             .iter()
             .position(|r| *r == reason)
             .unwrap_or(0);
-        self.dropped[i].inc();
+        self.dropped[i].inc_by(n);
     }
 
     pub fn flush(&self) {

@@ -173,7 +173,8 @@ impl RtcFactory {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| SessionError::Refused(e.to_string()))?;
-        let timeout = drain(&mut rtc, &mut |_, _| {}, &mut Vec::new())
+        // Nothing to send yet: no remote address is known before the first STUN request.
+        let timeout = drain(&mut rtc, &mut Vec::new(), &mut Vec::new())
             .map_err(|e| SessionError::Refused(e.to_string()))?;
         // WHIP sends only, WHEP receives only: our side of every m-line says so. (str0m's
         // MediaAdded events come only once DTLS is up, so the answer is read instead.)
@@ -213,17 +214,17 @@ pub struct Answered {
     pub timeout: Instant,
 }
 
-/// Polls `rtc` until it asks for a timeout: datagrams go to `send` as they come, events are
-/// kept in `events`. Returns when str0m wants the next timeout.
+/// Polls `rtc` until it asks for a timeout: datagrams are queued in `outbox` (without a
+/// copy), events kept in `events`. Returns when str0m wants the next timeout.
 pub fn drain(
     rtc: &mut Rtc,
-    send: &mut dyn FnMut(SocketAddr, &[u8]),
+    outbox: &mut Vec<(SocketAddr, Vec<u8>)>,
     events: &mut Vec<Event>,
 ) -> Result<Instant, RtcError> {
     loop {
         match rtc.poll_output()? {
             Output::Timeout(t) => return Ok(t),
-            Output::Transmit(t) => send(t.destination, &t.contents),
+            Output::Transmit(t) => outbox.push((t.destination, t.contents.into())),
             Output::Event(e) => events.push(e),
         }
     }

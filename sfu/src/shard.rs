@@ -26,6 +26,7 @@ use crate::forward::InPacket;
 use crate::metrics::{DropReason, LocalCounters, Metrics};
 use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
 use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
+use crate::udp;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -91,16 +92,18 @@ pub struct Shard {
     next_track: u32,
     out: Vec<RoomOutput>,
     events: Vec<Event>,
+    outbox: Outbox,
 }
 
-/// Sends every datagram str0m produces at once (one `send_to` each).
-fn sender(socket: &UdpSocket) -> impl FnMut(SocketAddr, &[u8]) + '_ {
-    move |to, bytes| {
-        if let Err(e) = socket.send_to(bytes, to) {
-            tracing::debug!(error = %e, %to, "A datagram could not be sent.");
-        }
-    }
+/// Datagrams waiting for the next sendmmsg, and the receive times of the forwarded packets
+/// among them (observed in the latency histogram once handed to the kernel).
+struct Outbox {
+    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    forwarded_at: Vec<Instant>,
 }
+
+/// sendmmsg's headers (not `Send`: made on the shard's own thread).
+type SendHeaders = nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>;
 
 impl Shard {
     pub fn new(
@@ -123,11 +126,16 @@ impl Shard {
             next_track: 1,
             out: Vec::new(),
             events: Vec::new(),
+            outbox: Outbox {
+                datagrams: Vec::new(),
+                forwarded_at: Vec::new(),
+            },
         }
     }
 
     /// Runs until every sender of `inbox` is gone, then closes its peers.
     pub fn run(mut self, inbox: Receiver<ShardIn>) {
+        let mut headers = SendHeaders::preallocate(udp::SEND_BATCH, None);
         let mut flushed = Instant::now();
         loop {
             let now = Instant::now();
@@ -141,9 +149,13 @@ impl Shard {
             match inbox.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(msg) => {
                     self.handle(msg);
-                    // Take what else is waiting before looking at timers.
+                    // Take what else is waiting before looking at timers; send as a batch
+                    // fills.
                     for msg in inbox.try_iter().take(256) {
                         self.handle(msg);
+                        if self.outbox.datagrams.len() >= udp::SEND_BATCH {
+                            self.flush(&mut headers);
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -151,6 +163,7 @@ impl Shard {
             }
             let now = Instant::now();
             self.timers(now);
+            self.flush(&mut headers);
             if now.duration_since(flushed) >= Duration::from_secs(1) {
                 self.local.flush();
                 flushed = now;
@@ -160,16 +173,34 @@ impl Shard {
         for id in ids {
             self.close_peer(id);
         }
+        self.flush(&mut headers);
         self.local.flush();
+    }
+
+    /// Hands the queued datagrams to the kernel, then records how long each forwarded packet
+    /// took from the socket in to the socket out.
+    fn flush(&mut self, headers: &mut SendHeaders) {
+        if self.outbox.datagrams.is_empty() {
+            return;
+        }
+        let failed = udp::send_batch(&self.socket, headers, &self.outbox.datagrams);
+        self.local.dropped_n(DropReason::SendFailed, failed as u64);
+        self.outbox.datagrams.clear();
+        let now = Instant::now();
+        for t in self.outbox.forwarded_at.drain(..) {
+            self.local
+                .latency
+                .observe(now.saturating_duration_since(t).as_secs_f64());
+        }
     }
 
     /// Ends a peer's session on our side (DTLS close), then removes it.
     fn close_peer(&mut self, id: PeerId) {
         if let Some(p) = self.peers.get_mut(&id) {
-            let socket = &self.socket;
+            let outbox = &mut self.outbox.datagrams;
             let closed = catch_unwind(AssertUnwindSafe(|| {
                 p.rtc.disconnect();
-                peer::drain(&mut p.rtc, &mut sender(socket), &mut Vec::new())
+                peer::drain(&mut p.rtc, outbox, &mut Vec::new())
             }));
             if closed.is_err() {
                 self.metrics.peer_panics.inc();
@@ -352,10 +383,10 @@ impl Shard {
         }
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        let socket = &self.socket;
+        let outbox = &mut self.outbox.datagrams;
         let result = catch_unwind(AssertUnwindSafe(|| {
             p.rtc.handle_input(input)?;
-            peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+            peer::drain(&mut p.rtc, outbox, &mut events)
         }));
         self.after_drain(recv_at, id, result, &mut events);
         self.events = events;
@@ -598,22 +629,20 @@ impl Shard {
             w = w.vp8_patch(patch);
         }
         let mut events = Vec::new();
-        let socket = &self.socket;
+        let outbox = &mut self.outbox.datagrams;
         let result = catch_unwind(AssertUnwindSafe(|| {
             match sub.rtc.direct_api().stream_tx_by_mid(mid, None) {
                 Some(tx) => tx.write_rtp(w),
                 None => return Ok(None),
             }
-            peer::drain(&mut sub.rtc, &mut sender(socket), &mut events).map(Some)
+            peer::drain(&mut sub.rtc, outbox, &mut events).map(Some)
         }));
         match result {
             Ok(Ok(None)) => self.local.dropped(DropReason::NotForwarded),
             Ok(Ok(Some(t))) => {
                 sub.timeout = t;
                 self.local.forwarded(to.kind, bytes);
-                self.local
-                    .latency
-                    .observe(rtp.timestamp.elapsed().as_secs_f64());
+                self.outbox.forwarded_at.push(rtp.timestamp);
                 for e in events {
                     self.event(to.sub, e);
                 }
@@ -647,12 +676,12 @@ impl Shard {
             return;
         };
         let mut events = Vec::new();
-        let socket = &self.socket;
+        let outbox = &mut self.outbox.datagrams;
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
             }
-            peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+            peer::drain(&mut p.rtc, outbox, &mut events)
         }));
         self.after_drain(now, track.peer, result, &mut events);
     }
@@ -671,10 +700,10 @@ impl Shard {
             };
             let mut events = std::mem::take(&mut self.events);
             events.clear();
-            let socket = &self.socket;
+            let outbox = &mut self.outbox.datagrams;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 p.rtc.handle_input(Input::Timeout(now))?;
-                peer::drain(&mut p.rtc, &mut sender(socket), &mut events)
+                peer::drain(&mut p.rtc, outbox, &mut events)
             }));
             self.after_drain(now, id, result, &mut events);
             self.events = events;

@@ -1,5 +1,5 @@
-//! The one UDP socket every peer's media uses, and the reader thread that takes datagrams
-//! off it a batch at a time (recvmmsg), stamps their receive time, routes each to its peer's
+//! The one UDP socket every peer's media uses (shards send on it with sendmmsg), and the
+//! reader thread that takes datagrams off it a batch at a time (recvmmsg), stamps their receive time, routes each to its peer's
 //! shard (`demux.rs`) and drops the rest, counted by reason. A full shard queue drops too:
 //! media must never hold the socket back.
 
@@ -111,6 +111,59 @@ pub fn reader(
         }
     }
     local.flush();
+}
+
+/// Datagrams handed to the kernel per sendmmsg.
+pub const SEND_BATCH: usize = 64;
+
+/// Sends `datagrams` (destination, bytes) with as few sendmmsg calls as it takes; a datagram
+/// the kernel refuses (a bad destination) is skipped. Returns how many were skipped.
+#[must_use]
+pub fn send_batch(
+    socket: &UdpSocket,
+    headers: &mut nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+    datagrams: &[(SocketAddr, Vec<u8>)],
+) -> usize {
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmmsg};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_raw_fd();
+    let mut failed = 0;
+    for chunk in datagrams.chunks(SEND_BATCH) {
+        let dests: Vec<Option<SockaddrStorage>> = chunk
+            .iter()
+            .map(|(to, _)| Some(SockaddrStorage::from(*to)))
+            .collect();
+        let slices: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, b)| [IoSlice::new(b)]).collect();
+        let mut sent = 0;
+        while sent < chunk.len() {
+            match sendmmsg(
+                fd,
+                headers,
+                slices[sent..].iter(),
+                &dests[sent..],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(results) => {
+                    let n = results.count();
+                    if n == 0 {
+                        failed += chunk.len() - sent;
+                        break;
+                    }
+                    sent += n;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, to = %chunk[sent].0, "A datagram could not be sent.");
+                    failed += 1;
+                    sent += 1;
+                }
+            }
+        }
+    }
+    failed
 }
 
 /// A socket address from the kernel's form.
