@@ -171,17 +171,12 @@ fn heartbeat(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let client = config.control_plane.clone()?;
-    let http = format!("http://{}", config.listen.http);
-    let identity = estuary_common::service::heartbeat::Identity {
-        id: config.node.id.clone(),
-        site: config.node.site.clone(),
-        role: estuary_common::cp::Role::ChatRelay,
-        listening: estuary_common::cp::Addresses {
-            http: Some(http.clone()),
-            https: None,
-            admin: Some(config.listen.admin.map_or(http, |a| format!("http://{a}"))),
-        },
-    };
+    let identity = estuary_common::service::heartbeat::Identity::plain_http(
+        &config.node,
+        estuary_common::cp::Role::ChatRelay,
+        config.listen.http,
+        config.listen.admin,
+    );
     // The relay reports its readiness and open WebSockets; it has no use for the replies.
     let app = Arc::clone(app);
     let beat = estuary_common::service::heartbeat::start(

@@ -63,16 +63,8 @@ impl App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/whip/{room}", post(whip).options(preflight))
-        .route("/whep/{room}", post(whep).options(preflight))
-        .route(
-            "/whip/{room}/{session}",
-            delete(end_whip).options(preflight),
-        )
-        .route(
-            "/whep/{room}/{session}",
-            delete(end_whep).options(preflight),
-        )
+        .route("/{kind}/{room}", post(offer).options(preflight))
+        .route("/{kind}/{room}/{session}", delete(end).options(preflight))
         .with_state(app)
 }
 
@@ -213,34 +205,26 @@ fn admit(
     check_token(app, headers, room, client).map_err(Refusal::Token)
 }
 
-async fn whip(
-    State(app): State<Arc<App>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(room): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    offer(app, client, room, headers, body, PeerKind::Whip).await
+/// `whip` or `whep`, the first path segment.
+fn kind_of(segment: &str) -> Option<PeerKind> {
+    match segment {
+        "whip" => Some(PeerKind::Whip),
+        "whep" => Some(PeerKind::Whep),
+        _ => None,
+    }
 }
 
-async fn whep(
-    State(app): State<Arc<App>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path(room): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    offer(app, client, room, headers, body, PeerKind::Whep).await
-}
-
+/// `POST /whip/<room>` (publish) and `POST /whep/<room>` (watch).
 async fn offer(
-    app: Arc<App>,
-    client: SocketAddr,
-    room: String,
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((kind, room)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-    kind: PeerKind,
 ) -> Response {
+    let Some(kind) = kind_of(&kind) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     if let Err(r) = admit(&app, &headers, &room, client, false) {
         return r.answer(&app, client);
     }
@@ -334,32 +318,16 @@ async fn offer(
     }
 }
 
-async fn end_whip(
-    State(app): State<Arc<App>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((room, session)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    end(app, client, room, session, headers, PeerKind::Whip).await
-}
-
-async fn end_whep(
-    State(app): State<Arc<App>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    Path((room, session)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    end(app, client, room, session, headers, PeerKind::Whep).await
-}
-
+/// `DELETE` on a session's `Location`.
 async fn end(
-    app: Arc<App>,
-    client: SocketAddr,
-    room: String,
-    session: String,
+    State(app): State<Arc<App>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((kind, room, session)): Path<(String, String, String)>,
     headers: HeaderMap,
-    kind: PeerKind,
 ) -> Response {
+    let Some(kind) = kind_of(&kind) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     if let Err(r) = admit(&app, &headers, &room, client, true) {
         return r.answer(&app, client);
     }

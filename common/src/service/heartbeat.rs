@@ -25,6 +25,29 @@ pub struct Identity {
     pub listening: Addresses,
 }
 
+impl Identity {
+    /// A node serving plain HTTP on `http`, with `/metrics`, `/healthz` and `/readyz` there
+    /// or on `admin` (the chat relay, the SFU).
+    pub fn plain_http(
+        node: &crate::config::NodeConfig,
+        role: Role,
+        http: std::net::SocketAddr,
+        admin: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let http = format!("http://{http}");
+        Self {
+            id: node.id.clone(),
+            site: node.site.clone(),
+            role,
+            listening: Addresses {
+                http: Some(http.clone()),
+                https: None,
+                admin: Some(admin.map_or(http, |a| format!("http://{a}"))),
+            },
+        }
+    }
+}
+
 /// What one heartbeat reports beyond the node's identity. `load.cpu` is measured here.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
