@@ -98,10 +98,24 @@ async def end(peer, base, location, token, delete):
     return result
 
 
-async def publish(base, room, token, seconds, codec, delete=False, started=None):
+def tracks(source):
+    """The publisher's audio and video: aiortc's own (a flat frame, one small packet each,
+    and silence), or FFmpeg's moving test pattern and a sine tone through PyAV (frames of
+    many packets, keyframes of tens of kilobytes)."""
+    if source == "testsrc":
+        from aiortc.contrib.media import MediaPlayer
+
+        video = MediaPlayer("testsrc=size=640x480:rate=30", format="lavfi").video
+        audio = MediaPlayer("sine=frequency=440:sample_rate=48000", format="lavfi").audio
+        return audio, video
+    return AudioStreamTrack(), VideoStreamTrack()
+
+
+async def publish(base, room, token, seconds, codec, delete=False, started=None, source="flat"):
     peer = pc()
-    peer.addTransceiver(AudioStreamTrack(), direction="sendonly")
-    video = peer.addTransceiver(VideoStreamTrack(), direction="sendonly")
+    audio_track, video_track = tracks(source)
+    peer.addTransceiver(audio_track, direction="sendonly")
+    video = peer.addTransceiver(video_track, direction="sendonly")
     prefer(video, codec)
     status, location = await connect(peer, base, f"/whip/{room}", token)
     if started is not None:
@@ -152,7 +166,8 @@ async def watch(base, room, token, seconds, codec=None, delete=False):
     return out
 
 
-async def pair(base, room, token, seconds, codec, watch_codec, delete, watchers, watch_first):
+async def pair(base, room, token, seconds, codec, watch_codec, delete, watchers, watch_first,
+               source="flat"):
     """A publisher and `watchers` watchers in one room. By default the publisher comes first
     and the watchers join one second apart (later ones need a keyframe the SFU asks for);
     with watch_first the watchers are there two seconds before the publisher."""
@@ -167,7 +182,8 @@ async def pair(base, room, token, seconds, codec, watch_codec, delete, watchers,
         ]
         await asyncio.sleep(2)
     pub = asyncio.ensure_future(
-        publish(base, room, token, seconds + watchers, codec, delete=delete, started=started)
+        publish(base, room, token, seconds + watchers, codec, delete=delete, started=started,
+                source=source)
     )
     await started.wait()
     if not watch_first:
@@ -195,16 +211,18 @@ def main():
                     help="pair: the only video codec the watcher offers (default: --codec)")
     ap.add_argument("--delete", action="store_true")
     ap.add_argument("--watchers", type=int, default=1, help="pair: how many watchers")
+    ap.add_argument("--source", choices=["flat", "testsrc"], default="flat",
+                    help="what the publisher sends: aiortc's flat frame, or FFmpeg's testsrc")
     ap.add_argument("--watch-first", action="store_true",
                     help="pair: the watchers join before the publisher")
     a = ap.parse_args()
     if a.mode == "publish":
-        out = publish(a.url, a.room, a.token, a.seconds, a.codec, a.delete)
+        out = publish(a.url, a.room, a.token, a.seconds, a.codec, a.delete, source=a.source)
     elif a.mode == "watch":
         out = watch(a.url, a.room, a.token, a.seconds, a.codec, a.delete)
     else:
         out = pair(a.url, a.room, a.token, a.seconds, a.codec, a.watch_codec or a.codec,
-                   a.delete, a.watchers, a.watch_first)
+                   a.delete, a.watchers, a.watch_first, a.source)
     print(json.dumps(asyncio.run(out)))
     sys.stdout.flush()
 
