@@ -255,7 +255,7 @@ fn admin_endpoints_move_to_their_own_address() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
         .parse()
         .expect("addr");
-    let sfu = Sfu::start_with("sfu-admin", Some(admin), "");
+    let sfu = Sfu::start_with("sfu-admin", Some(admin), "127.0.0.1", "");
     let (s, text) = common::http_get_raw(admin, "/metrics").expect("admin metrics");
     assert_eq!(s, 200);
     assert!(text.contains("estuary_sfu_peers"), "{text}");
@@ -343,4 +343,31 @@ fn a_moving_vp8_pattern_in_frames_of_many_packets_is_decoded() {
 #[test]
 fn a_moving_h264_pattern_in_frames_of_many_packets_is_decoded() {
     moving_pattern("h264");
+}
+
+/// A watcher behind a lossy link (a userspace proxy dropping 5% of the media towards the
+/// clients) reports the holes with NACKs, which the SFU answers from its send buffer, and
+/// keeps decoding.
+#[test]
+fn a_watcher_behind_a_lossy_link_sends_nacks_and_keeps_decoding() {
+    // The candidates say 127.0.0.2, where the proxy listens; the SFU is on 127.0.0.1.
+    let sfu = Sfu::start_with("sfu-nack", None, "127.0.0.2", "");
+    let front = std::net::SocketAddr::from(([127, 0, 0, 2], sfu.udp.port()));
+    let proxy = common::udp_proxy::LossProxy::start(front, sfu.udp, 5, 42);
+    let out = sfu.client("pair", "r1", &["--seconds", "6", "--source", "testsrc"]);
+    let w = &out["watcher"];
+    assert!(w["video_frames"].as_u64().unwrap_or(0) >= 60, "{out}");
+    assert!(w["audio_frames"].as_u64().unwrap_or(0) >= 100, "{out}");
+    let dropped = proxy.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 20, "the proxy dropped only {dropped} datagrams");
+    let nacks = sfu.wait_metric(
+        "estuary_sfu_nacks_total",
+        &["direction=\"received\""],
+        |v| v > 0.0,
+    );
+    assert!(nacks > 0.0, "no NACK from the watcher reached the SFU");
+    eprintln!(
+        "{dropped} datagrams dropped, {nacks} NACKs, {} video frames decoded",
+        w["video_frames"]
+    );
 }

@@ -93,6 +93,7 @@ pub struct Metrics {
     forwarded_bytes: IntCounterVec,
     dropped: IntCounterVec,
     keyframe_requests: IntCounterVec,
+    nacks: IntCounterVec,
     pub forward_latency: Histogram,
     pub peer_panics: IntCounter,
     pub refused: IntCounterVec,
@@ -157,6 +158,13 @@ impl Metrics {
                 ),
                 &["result"],
             )),
+            nacks: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_nacks_total",
+                    "NACKs (packets reported lost), by direction: received from watchers (answered with retransmissions from the send buffer), sent to publishers.",
+                ),
+                &["direction"],
+            )),
             forward_latency: must(Histogram::with_opts(
                 HistogramOpts::new(
                     "estuary_sfu_forward_latency_seconds",
@@ -207,6 +215,9 @@ impl Metrics {
         for r in ["sent", "throttled"] {
             m.keyframe_requests.with_label_values(&[r]);
         }
+        for d in ["received", "sent"] {
+            m.nacks.with_label_values(&[d]);
+        }
         for r in REFUSALS {
             m.refused.with_label_values(&[r]);
         }
@@ -225,6 +236,7 @@ impl Metrics {
                 Box::new(m.forwarded_bytes.clone()),
                 Box::new(m.dropped.clone()),
                 Box::new(m.keyframe_requests.clone()),
+                Box::new(m.nacks.clone()),
                 Box::new(m.forward_latency.clone()),
                 Box::new(m.peer_panics.clone()),
                 Box::new(m.refused.clone()),
@@ -261,6 +273,8 @@ impl Metrics {
                 .keyframe_requests
                 .with_label_values(&["throttled"])
                 .local(),
+            nacks_received: self.nacks.with_label_values(&["received"]).local(),
+            nacks_sent: self.nacks.with_label_values(&["sent"]).local(),
             latency: self.forward_latency.local(),
         }
     }
@@ -297,6 +311,8 @@ pub struct LocalCounters {
     dropped: [LocalIntCounter; 7],
     pub keyframes_sent: LocalIntCounter,
     pub keyframes_throttled: LocalIntCounter,
+    pub nacks_received: LocalIntCounter,
+    pub nacks_sent: LocalIntCounter,
     pub latency: LocalHistogram,
 }
 
@@ -334,6 +350,8 @@ impl LocalCounters {
         }
         self.keyframes_sent.flush();
         self.keyframes_throttled.flush();
+        self.nacks_received.flush();
+        self.nacks_sent.flush();
         self.latency.flush();
     }
 }

@@ -99,6 +99,9 @@ pub struct Peer {
     /// Watchers: the payload type to send for a publisher's payload type (`None`: this
     /// watcher did not negotiate that codec).
     pub out_pt: HashMap<(PeerId, Pt), Option<Pt>>,
+    /// The last NACK counts str0m reported per mid (its stats are totals): received from
+    /// this peer as a watcher, sent to it as a publisher.
+    pub nacks: HashMap<Mid, u64>,
 }
 
 /// Every peer's common WebRTC settings.
@@ -155,6 +158,8 @@ impl RtcFactory {
                 pass: pass.to_owned(),
             })
             .set_rtp_mode(true)
+            // Per-stream counters (NACKs) once a second.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .clear_codecs();
         for c in &self.codecs {
             cfg = match c {

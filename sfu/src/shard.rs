@@ -287,6 +287,7 @@ impl Shard {
             ssrc_mid: HashMap::new(),
             out_mids: Default::default(),
             out_pt: HashMap::new(),
+            nacks: HashMap::new(),
         };
         let mut added = Vec::new();
         for (mid, k) in media {
@@ -444,6 +445,10 @@ impl Shard {
                 }
             }
             Event::RtpPacket(pkt) => self.media(id, pkt),
+            // NACKs a watcher sent us (answered by str0m with retransmissions) and NACKs str0m
+            // sent a publisher: totals per stream, counted by their increase.
+            Event::MediaEgressStats(st) => self.count_nacks(id, st.mid, st.nacks, true),
+            Event::MediaIngressStats(st) => self.count_nacks(id, st.mid, st.nacks, false),
             Event::KeyframeRequest(r) => {
                 let Some(p) = self.peers.get(&id) else { return };
                 let slot = p
@@ -463,6 +468,19 @@ impl Shard {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn count_nacks(&mut self, id: PeerId, mid: Mid, total: u64, from_watcher: bool) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let last = p.nacks.insert(mid, total).unwrap_or(0);
+        let new = total.saturating_sub(last);
+        if from_watcher {
+            self.local.nacks_received.inc_by(new);
+        } else {
+            self.local.nacks_sent.inc_by(new);
         }
     }
 

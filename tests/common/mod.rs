@@ -20,6 +20,7 @@ pub mod origin_site;
 pub mod postgres;
 pub mod sfu;
 pub mod steering_site;
+pub mod udp_proxy;
 
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 /// The test origin's manifest-signing key (`[signing]`): every test asset is signed with

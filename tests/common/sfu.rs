@@ -50,11 +50,12 @@ pub fn sign(acl: &str, kid: &str, key_hex: &str) -> String {
 impl Sfu {
     /// Writes a config (`extra` appended) and starts `estuary sfu` as node `sfu-test`.
     pub fn start(name: &str, extra: &str) -> Self {
-        Self::start_with(name, None, extra)
+        Self::start_with(name, None, "127.0.0.1", extra)
     }
 
-    /// [`Sfu::start`], with `/metrics`, `/healthz` and `/readyz` on `admin` when given.
-    pub fn start_with(name: &str, admin: Option<SocketAddr>, extra: &str) -> Self {
+    /// [`Sfu::start`], with `/metrics`, `/healthz` and `/readyz` on `admin` when given, and
+    /// `public_ip` in the candidates (media still listened for on 127.0.0.1).
+    pub fn start_with(name: &str, admin: Option<SocketAddr>, public_ip: &str, extra: &str) -> Self {
         let dir = TempDir::new(name);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -62,7 +63,7 @@ impl Sfu {
             .map(|a| format!("admin = \"{a}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "[node]\nid = \"sfu-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"127.0.0.1\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"sfu-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"{public_ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         let path = dir.path().join("sfu.toml");
         std::fs::write(&path, config).expect("config");
