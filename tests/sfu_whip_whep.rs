@@ -272,6 +272,7 @@ fn admin_endpoints_move_to_their_own_address() {
 #[test]
 fn a_publisher_that_vanishes_is_closed() {
     let sfu = Sfu::start("sfu-vanish", "[media]\nice_disconnect_grace = \"1s\"\n");
+    let _slot = common::sfu::ClientSlot::take();
     let mut publisher = sfu
         .client_command("publish", "r1", &["--seconds", "120"])
         .stdout(std::process::Stdio::null())

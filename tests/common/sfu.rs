@@ -7,6 +7,35 @@ use std::time::{Duration, Instant};
 
 use super::{EdgeProcess, KEY_HEX, TempDir, free_port, raw_request, run, start_service};
 
+/// aiortc encodes and decodes in Python, a core's worth per client: at most two clients run
+/// at once in a test binary, so that tests running in parallel do not starve one another's
+/// frame counts on a small machine.
+const CLIENTS_AT_ONCE: usize = 2;
+static CLIENTS_BUSY: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static CLIENT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A running client's slot, given back on drop.
+pub struct ClientSlot;
+
+impl ClientSlot {
+    pub fn take() -> Self {
+        let mut busy = CLIENTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= CLIENTS_AT_ONCE {
+            busy = CLIENT_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+        ClientSlot
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut busy = CLIENTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        *busy = busy.saturating_sub(1);
+        CLIENT_FREED.notify_one();
+    }
+}
+
 pub struct Sfu {
     pub dir: TempDir,
     pub http: SocketAddr,
@@ -161,7 +190,9 @@ impl Sfu {
     /// Runs the aiortc client (`publish`, `watch` or `pair`) against this SFU and returns its
     /// JSON line; fails the test with its output and the SFU's log if it fails.
     pub fn client(&self, mode: &str, room: &str, extra: &[&str]) -> serde_json::Value {
+        let slot = ClientSlot::take();
         let out = run(&mut self.client_command(mode, room, extra));
+        drop(slot);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
