@@ -79,6 +79,10 @@ pub struct ChatVsMosquittoArgs {
     /// Run only these parts (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
+    /// Before each server's run of a part, wait at most this long for the machine to be idle
+    /// (other builds and tests share the two CPUs).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    quiet_wait: Duration,
 }
 
 /// The bench's parts, in the order they run.
@@ -144,6 +148,9 @@ struct FanoutRun {
     /// Receivers whose connection ended during the run, with the first reason.
     ended: (usize, Option<String>),
     server_cpu_seconds: f64,
+    /// The share of the machine's CPU that went to neither the server nor the bench while
+    /// the sender sent.
+    unattributed_cpu: f64,
 }
 
 /// Each part's result per server, in [`ChatServer::ALL`] order.
@@ -201,7 +208,7 @@ pub fn run(mut args: ChatVsMosquittoArgs) -> anyhow::Result<()> {
         room_member_limit: args.room_members.max(10_000),
     };
     for s in ChatServer::ALL {
-        crate::child::check_port_free(s.port(), s.label())?;
+        s.check_ports_free()?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -260,10 +267,14 @@ fn fd_limits(needed: u64) -> anyhow::Result<FdLimits> {
 
 impl ChatBench {
     /// `f` against each server in turn; a failure is kept as the server's result.
+    /// Waits for a quiet machine before each.
     fn per_server<T>(&self, f: impl Fn(ChatServer) -> anyhow::Result<T>) -> PerServer<T> {
         ChatServer::ALL
             .into_iter()
-            .map(|s| (s, f(s).map_err(|e| format!("{e:#}"))))
+            .map(|s| {
+                crate::wait_for_quiet_machine_within(self.args.quiet_wait);
+                (s, f(s).map_err(|e| format!("{e:#}")))
+            })
             .collect()
     }
 
@@ -391,13 +402,22 @@ impl ChatBench {
             let receivers = fleet.len();
             tokio::time::sleep(Duration::from_secs(1)).await;
             let cpu_before = running.cpu_ticks();
+            let own_before = procfs::own_and_reaped_children_ticks()?;
+            let (busy_before, total_before) = procfs::machine_jiffies()?;
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
             let (sender, sent) =
                 clients::send_paced(sender, &target, messages, interval, self.epoch).await?;
             // Time for the last message to reach everyone.
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let cpu_seconds =
-                running.cpu_ticks().saturating_sub(cpu_before) as f64 / procfs::clock_ticks_per_second();
+            let server_ticks = running.cpu_ticks().saturating_sub(cpu_before);
+            let own_ticks = procfs::own_and_reaped_children_ticks()?.saturating_sub(own_before);
+            let (busy_after, total_after) = procfs::machine_jiffies()?;
+            let elsewhere = busy_after
+                .saturating_sub(busy_before)
+                .saturating_sub(server_ticks + own_ticks);
+            let unattributed_cpu =
+                elsewhere as f64 / total_after.saturating_sub(total_before).max(1) as f64;
+            let cpu_seconds = server_ticks as f64 / procfs::clock_ticks_per_second();
             let seen = fleet.finish().await;
             drop(sender);
             let mut refused = sent.refused;
@@ -431,6 +451,7 @@ impl ChatBench {
                 refused,
                 ended,
                 server_cpu_seconds: cpu_seconds,
+                unattributed_cpu,
             };
             if let Some(l) = run.latency {
                 eprintln!(
@@ -617,6 +638,15 @@ impl ChatBench {
                         f.refused[0]
                     );
                 }
+                if f.unattributed_cpu > crate::DISTURBED_SHARE {
+                    let _ = writeln!(
+                        s,
+                        "- {part} ({}): {:.0}% of the machine's CPU went to neither the server nor \
+                         the bench while the sender sent (other programs): treat it with care",
+                        who.label(),
+                        f.unattributed_cpu * 100.0
+                    );
+                }
                 if f.ended.0 > 0 {
                     let _ = writeln!(
                         s,
@@ -650,7 +680,8 @@ impl ChatBench {
         self.notes.add(format!(
             "Each part started each server afresh (relay: release binary, SQLite store, `[chat] \
              messages_per_second = {}`, `room_member_limit = {}`, `[limits] max_connections` and \
-             `max_connections_per_ip` = {}; mosquitto: one `protocol websockets` listener, \
+             `max_connections_per_ip` = {}; mosquitto: one `protocol websockets` listener \
+             (and a plain MQTT one no client uses, without which 2.0.11 does not start), \
              `allow_anonymous true`, `persistence false`, `max_connections -1`, \
              `set_tcp_nodelay true`), the relay first. All clients run in the bench process \
              (tokio, 2 worker threads, on the same 2 CPUs as the server), {} connection set-ups \

@@ -16,6 +16,10 @@ use crate::procfs::{self, Rss};
 /// The relay's port; none clash with the other subcommands (18xxx, 19xxx, 28xxx).
 pub const RELAY_PORT: u16 = 17200;
 pub const MOSQUITTO_PORT: u16 = 17201;
+/// mosquitto's plain MQTT listener, which no client uses: 2.0.11 refuses to start with only
+/// a WebSockets listener ("Unable to start any listening sockets", eclipse-mosquitto/mosquitto
+/// issues 2284 and 2578).
+pub const MOSQUITTO_PLAIN_PORT: u16 = 17202;
 
 /// The key id and secret of the relay's `[auth.keys]`, with which the bench signs user
 /// tokens.
@@ -56,6 +60,22 @@ impl ChatServer {
     pub fn addr(self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port()))
     }
+
+    /// Every port the server listens on.
+    pub fn ports(self) -> Vec<u16> {
+        match self {
+            ChatServer::Relay => vec![RELAY_PORT],
+            ChatServer::Mosquitto => vec![MOSQUITTO_PORT, MOSQUITTO_PLAIN_PORT],
+        }
+    }
+
+    /// Fails early when something already listens on one of the server's ports.
+    pub fn check_ports_free(self) -> anyhow::Result<()> {
+        for port in self.ports() {
+            child::check_port_free(port, self.label())?;
+        }
+        Ok(())
+    }
 }
 
 /// What the servers need to start.
@@ -81,14 +101,14 @@ impl Running {
     /// Writes the server's config into a fresh folder, starts it and waits until its port
     /// accepts connections (and, for the relay, `/readyz` answers 200).
     pub fn start(server: ChatServer, setup: &ChatSetup) -> anyhow::Result<Self> {
-        child::check_port_free(server.port(), server.label())?;
+        server.check_ports_free()?;
         let dir = setup.work.join("servers").join(server.slug());
         child::fresh_dir(&dir)?;
         let cmd = match server {
             ChatServer::Relay => relay_command(setup, &dir)?,
             ChatServer::Mosquitto => mosquitto_command(setup, &dir)?,
         };
-        let mut process = ServerProcess::spawn(server.label(), vec![server.port()], cmd, &dir)?;
+        let mut process = ServerProcess::spawn(server.label(), server.ports(), cmd, &dir)?;
         let addr = server.addr();
         process.wait_until(Duration::from_secs(30), || match server {
             ChatServer::Relay => crate::httpget::Http1Conn::connect(addr)
@@ -170,8 +190,9 @@ fn relay_command(setup: &ChatSetup, dir: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-/// mosquitto's config: one WebSockets listener on loopback, anonymous clients, no persistence,
-/// no connection cap, Nagle off (as the relay has it), errors and warnings only.
+/// mosquitto's config: one WebSockets listener on loopback (and the plain listener it needs to
+/// start at all), anonymous clients, no persistence, no connection cap, Nagle off (as the
+/// relay has it), errors and warnings only.
 fn mosquitto_config(as_root: bool) -> String {
     // As root, mosquitto would switch to the `mosquitto` user; stay root to read this folder.
     let user = if as_root { "user root\n" } else { "" };
@@ -185,6 +206,7 @@ fn mosquitto_config(as_root: bool) -> String {
          set_tcp_nodelay true\n\
          max_connections -1\n\
          allow_anonymous true\n\
+         listener {MOSQUITTO_PLAIN_PORT} 127.0.0.1\n\
          listener {MOSQUITTO_PORT} 127.0.0.1\n\
          protocol websockets\n"
     )
