@@ -5,6 +5,8 @@
 //! receives against the send time written into the message's body.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -287,8 +289,14 @@ impl Conn {
             .map_err(|_| anyhow::anyhow!("no {kind} frame within {CONNECT_TIMEOUT:?}"))?
     }
 
-    /// Reads until `stop` turns true, timing every stamped message against `epoch`.
-    async fn drive(mut self, mut stop: watch::Receiver<bool>, epoch: Instant) -> Received {
+    /// Reads until `stop` turns true, timing every stamped message against `epoch` and
+    /// counting it in `timed`.
+    async fn drive(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        epoch: Instant,
+        timed: Arc<AtomicUsize>,
+    ) -> Received {
         let mut got = Received::default();
         loop {
             let payload = tokio::select! {
@@ -300,6 +308,7 @@ impl Conn {
                 Ok(Some(Payload::Body(body))) => {
                     if let Some((_, sent_us)) = parse_stamp(&body) {
                         got.latencies_us.push(now_us.saturating_sub(sent_us));
+                        timed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(Some(Payload::Frame(f))) if f["type"] == "error" => {
@@ -333,17 +342,33 @@ pub enum Target {
 pub struct Fleet {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Received>>,
+    /// Timed messages received so far, all connections together.
+    timed: Arc<AtomicUsize>,
 }
 
 impl Fleet {
     /// Hands each connection to a task that reads and times what it receives.
     pub fn drive(conns: Vec<Conn>, epoch: Instant) -> Fleet {
         let (stop, watching) = watch::channel(false);
+        let timed = Arc::new(AtomicUsize::new(0));
         let tasks = conns
             .into_iter()
-            .map(|c| tokio::spawn(c.drive(watching.clone(), epoch)))
+            .map(|c| tokio::spawn(c.drive(watching.clone(), epoch, Arc::clone(&timed))))
             .collect();
-        Fleet { stop, tasks }
+        Fleet { stop, tasks, timed }
+    }
+
+    /// Waits until the connections together have received `expected` timed messages, or
+    /// `longest` has passed; returns how many they received.
+    pub async fn wait_for(&self, expected: usize, longest: Duration) -> usize {
+        let deadline = Instant::now() + longest;
+        loop {
+            let n = self.timed.load(Ordering::Relaxed);
+            if n >= expected || Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn len(&self) -> usize {

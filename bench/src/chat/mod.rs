@@ -37,6 +37,10 @@ const END: &str = "<!-- chat-vs-mosquitto: end -->";
 const TARGET_CONNECTIONS: u64 = 100_000;
 const TARGET_KIB_PER_CONNECTION: f64 = 8.0;
 
+/// How long after the last send the receivers may take to get every message; later ones
+/// count as lost.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(clap::Args, Debug)]
 pub struct ChatVsMosquittoArgs {
     /// A smaller run for a quick look: 2,000 idle connections, a 1,000-member room, fewer
@@ -407,8 +411,12 @@ impl ChatBench {
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
             let (sender, sent) =
                 clients::send_paced(sender, &target, messages, interval, self.epoch).await?;
-            // Time for the last message to reach everyone.
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Time for the last message to reach everyone; what has not come within
+            // DELIVERY_WAIT of the last send counts as lost.
+            let expected = receivers * sent.messages as usize;
+            fleet.wait_for(expected, DELIVERY_WAIT).await;
+            // A moment more, so that a duplicate or stray frame would be seen too.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let server_ticks = running.cpu_ticks().saturating_sub(cpu_before);
             let own_ticks = procfs::own_and_reaped_children_ticks()?.saturating_sub(own_before);
             let (busy_after, total_after) = procfs::machine_jiffies()?;
