@@ -410,7 +410,7 @@ where
     let started = Instant::now();
     while let Some(r) = pending.next().await {
         opened.push(r?);
-        if opened.len() % 5000 == 0 {
+        if opened.len().is_multiple_of(5000) {
             eprintln!(
                 "    {} connections open ({:.1} s)",
                 opened.len(),

@@ -74,12 +74,8 @@ pub struct ChatVsMosquittoArgs {
     /// Work folder for the servers' configs, stores and logs.
     #[arg(long, default_value = "bench-out-chat")]
     out: PathBuf,
-    /// Put the report into this markdown file (between the `chat-vs-mosquitto` markers).
-    #[arg(long)]
-    write_md: Option<PathBuf>,
-    /// The estuary binary (default: `estuary` next to this program).
-    #[arg(long)]
-    estuary: Option<PathBuf>,
+    #[command(flatten)]
+    report: harness::ReportArgs,
     /// Run only these parts (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Part>,
@@ -191,7 +187,7 @@ pub fn run(mut args: ChatVsMosquittoArgs) -> anyhow::Result<()> {
         anyhow::bail!("--group-rate and --room-rate must be at least 1");
     }
     let mosquitto_bin = crate::require("mosquitto", "mosquitto")?;
-    let estuary_bin = harness::existing_estuary_binary(args.estuary.as_deref())?;
+    let estuary_bin = harness::existing_estuary_binary(args.report.estuary.as_deref())?;
     let work = harness::work_folder(&args.out)?;
 
     let largest = args.idle_connections.max(args.room_members);
@@ -245,7 +241,7 @@ pub fn run(mut args: ChatVsMosquittoArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let markdown = bench.markdown(&command, &limits, &idle, &group, &room);
-    harness::publish_report(bench.args.write_md.as_deref(), BEGIN, END, &markdown)
+    harness::publish_report(bench.args.report.write_md.as_deref(), BEGIN, END, &markdown)
 }
 
 /// Tries to raise the open-file limit to the 100,000 connections (plus room), records
