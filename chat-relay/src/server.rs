@@ -89,6 +89,8 @@ pub struct Shell {
     /// `[limits] idle_timeout`: a WebSocket that sends nothing (not even a pong to the
     /// relay's pings, sent every half of it) for this long is closed with 4001.
     pub idle_timeout: Duration,
+    /// `[media]`: uploads through the CDN.
+    pub media: Option<crate::config::MediaConfig>,
 }
 
 /// What the handlers share.
@@ -141,6 +143,10 @@ impl App {
         }
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
         let mut relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
+        if let Some(media) = &shell.media {
+            let issuer = crate::media::MediaIssuer::from_config(media)?;
+            relay = relay.with_media(issuer, rand::SeedableRng::from_os_rng());
+        }
         let mut signals_out = None;
         let mut nats = None;
         if let Some(links) = links {
