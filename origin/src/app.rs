@@ -492,6 +492,17 @@ async fn serve_asset_inner(
     let Some((asset, file)) = split_asset_path(rest) else {
         return not_found();
     };
+    // A chat media file is fetched as soon as its message arrives, which may be while it
+    // is still being published: its absence is not worth remembering (only holders of a
+    // token for that one path reach the origin through an edge).
+    let not_found = || {
+        let mut r = not_found();
+        if estuary_common::media::chat_asset_id(asset) {
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        r
+    };
     let published = match app.manifest(asset).await {
         Ok(Some(m)) => m,
         Ok(None) => return not_found(),
