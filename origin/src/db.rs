@@ -693,6 +693,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raw_upload_takes_only_a_free_id_and_its_job_knows_it_is_raw() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-raw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Db::open(&dir.join("origin.db")).expect("open");
+        let raw = || {
+            Some(Raw {
+                mime: "image/png".into(),
+                size: 10,
+            })
+        };
+        db.create_upload(upload("u1", "chat-a"), true, raw())
+            .await
+            .expect("create");
+        db.complete_upload("u1", "/x/u1").await.expect("complete");
+        let job = db.claim_job().await.expect("claim").expect("a job");
+        assert_eq!(job.raw, raw());
+        db.finish_job("chat-a", Err("not a png".into()), false)
+            .await
+            .expect("finish");
+        let a = db.asset("chat-a").await.expect("asset").expect("kept");
+        assert_eq!(
+            (a.state.as_str(), a.raw_mime.as_deref()),
+            ("failed", Some("image/png"))
+        );
+        // A packaged upload may replace a failed asset; a raw one never replaces anything.
+        assert!(matches!(
+            db.create_upload(upload("u2", "chat-a"), true, raw()).await,
+            Err(DbError::AssetExists(..))
+        ));
+        db.create_upload(upload("u3", "chat-a"), true, None)
+            .await
+            .expect("an operator's upload replaces a failed asset");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn the_state_is_bound_to_the_storage_it_was_first_opened_with() {
         let dir = std::env::temp_dir().join(format!("estuary-origin-bind-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
