@@ -160,8 +160,8 @@ pub struct MediaConfig {
     /// The largest upload (default 16 MiB); the origin's `[uploads] max_size` must allow it.
     #[serde(default = "default_media_max_size")]
     pub max_size: bytesize::ByteSize,
-    /// How long an upload credential is valid (default 15 minutes): the upload must be
-    /// created within it.
+    /// How long an upload credential is valid (default 15 minutes): every request of the
+    /// upload carries it, so the upload must be finished (and its status read) within it.
     #[serde(default = "default_upload_ttl", with = "humantime_serde")]
     pub upload_ttl: Duration,
     /// How long a CDN URL handed to a client is valid (default 1 hour); every delivery of a
