@@ -803,6 +803,15 @@ async def media():
     # The credential creates one upload: a second creation is a conflict.
     status, _, body = tus_create(ticket)
     check(status == 409, f"reused credential: {status} {body!r}")
+    # A browser page may upload too: the origin answers CORS preflights of every step.
+    for url, method in [(ticket["url"], "POST"), (upload_url, "PATCH")]:
+        status, h, _ = http("OPTIONS", url, {"Origin": "http://chat.example",
+                                             "Access-Control-Request-Method": method,
+                                             "Access-Control-Request-Headers": "authorization,upload-offset"})
+        check(status in (200, 204) and h.get("access-control-allow-origin") == "*"
+              and method in h.get("access-control-allow-methods", "")
+              and "upload-offset" in h.get("access-control-allow-headers", "").lower(),
+              f"preflight of {method}: {status} {h}")
     check(tus_patch(ticket, upload_url, data) == 204, "patch")
     a = await asset_state(ticket, asset, ("ready", "failed"))
     check(a["state"] == "ready" and a.get("mime") == "image/jpeg", f"asset {a}")
@@ -840,7 +849,8 @@ async def media():
     check(status == 200 and hashlib.sha256(body).hexdigest() == digest, "history url")
 
     # A URL the relay did not issue: refused, whatever its host.
-    for url in ["http://cdn.invalid/v/premium/master.m3u8", bare.replace(asset, asset[:-1] + "0"),
+    forged = asset[:-1] + ("1" if asset[-1] == "0" else "0")
+    for url in ["http://cdn.invalid/v/premium/master.m3u8", bare.replace(asset, forged),
                 bare.replace("media.jpg", "media.png")]:
         await alice.send({"type": "send", "id": "c2", "to": {"user": "bob"},
                           "media": {"url": url, "mime": "image/jpeg", "size": len(data)}})
