@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use estuary_common::chat::{id_ok, user_of_acl};
@@ -105,6 +105,8 @@ pub struct App {
     next_conn: AtomicU64,
     pub serving: AtomicBool,
     stop: watch::Receiver<bool>,
+    /// The demo page's Content-Security-Policy (it names `[media]`'s origin and CDN).
+    page_csp: Option<HeaderValue>,
     pub tracker: TaskTracker,
 }
 
@@ -199,6 +201,7 @@ impl App {
                 next_conn: AtomicU64::new(1),
                 serving: AtomicBool::new(true),
                 stop,
+                page_csp: page::csp(shell.media.as_ref()),
                 tracker: TaskTracker::new(),
             }),
             thread,
