@@ -6,40 +6,14 @@
 //! type, a media URL the relay did not issue, a type or size the relay does not allow.
 mod common;
 
-use common::chat::ChatRelay;
-use common::origin_site::OriginSite;
-use common::{KEY2_HEX, cached_site};
-
-/// The secret relays and the origin share for upload credentials.
-const UPLOAD_KEY_HEX: &str = "5a5b5c5d5e5f606162636465666768696a6b6c6d6e6f70717273747576777879";
+use common::chat::{ChatRelay, MediaSites, UPLOAD_KEY_HEX, test_jpeg};
 
 #[test]
 fn chat_relay_media() {
-    let mut origin = OriginSite::new("chat-media-origin");
-    origin.extra = format!("[auth.upload_keys]\nrelay-media = \"{UPLOAD_KEY_HEX}\"\n");
-    let _origin = origin.start();
-    let mut edge = cached_site("chat-media-edge", &[origin.url("")], "");
-    // Everything under /v/ needs a token, as in production.
-    edge.protected = vec!["/v/".into()];
-    let _edge = edge.start();
-    let relay = ChatRelay::start(
-        "chat-media",
-        &format!(
-            "[media]\norigin = \"{}\"\ncdn = \"{}\"\nupload_key = {{ kid = \"relay-media\", secret = \"{UPLOAD_KEY_HEX}\" }}\ncdn_key = {{ kid = \"k2\", secret = \"{KEY2_HEX}\" }}\nmax_size = \"1MiB\"\n",
-            origin.url(""),
-            edge.url(""),
-        ),
-    );
+    let sites = MediaSites::start("chat-media");
+    let relay = ChatRelay::start("chat-media", &sites.relay_toml("max_size = \"1MiB\"\n"));
     let jpeg = relay.dir.path().join("photo.jpg");
-    common::media::ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240",
-        "-frames:v",
-        "1",
-        jpeg.to_str().expect("path"),
-    ]);
+    test_jpeg(&jpeg, "320x240");
     let result = relay.run_scenario(
         "media",
         &[
