@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use estuary_common::chat::{id_ok, user_of_acl};
@@ -90,6 +90,8 @@ pub struct Shell {
     /// `[limits] idle_timeout`: a WebSocket that sends nothing (not even a pong to the
     /// relay's pings, sent every half of it) for this long is closed with 4001.
     pub idle_timeout: Duration,
+    /// `[media]`: uploads through the CDN.
+    pub media: Option<crate::config::MediaConfig>,
 }
 
 /// What the handlers share.
@@ -104,6 +106,8 @@ pub struct App {
     next_conn: AtomicU64,
     pub serving: AtomicBool,
     stop: watch::Receiver<bool>,
+    /// The demo page's Content-Security-Policy (it names `[media]`'s origin and CDN).
+    page_csp: Option<HeaderValue>,
     pub tracker: TaskTracker,
 }
 
@@ -142,6 +146,10 @@ impl App {
         }
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
         let mut relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
+        if let Some(media) = &shell.media {
+            let issuer = crate::media::MediaIssuer::from_config(media)?;
+            relay = relay.with_media(issuer, rand::SeedableRng::from_os_rng());
+        }
         let mut signals_out = None;
         let mut nats = None;
         if let Some(links) = links {
@@ -194,6 +202,7 @@ impl App {
                 next_conn: AtomicU64::new(1),
                 serving: AtomicBool::new(true),
                 stop,
+                page_csp: page::csp(shell.media.as_ref()),
                 tracker: TaskTracker::new(),
             }),
             thread,
