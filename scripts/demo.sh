@@ -51,6 +51,8 @@ origin_cred="$(secret origin.cred 20)"
 edge_cred="$(secret edge.cred 20)"
 steering_cred="$(secret steering.cred 20)"
 chat_cred="$(secret chat-relay.cred 20)"
+# Chat media: the relay signs upload credentials the origin accepts with this shared key.
+media_upload_key="$(secret chat-media-upload.key 32)"
 # The origin signs every asset.json it publishes; the edge and the control plane trust only
 # manifests signed with this key.
 [ -f "$site/manifest-keys.txt" ] || "$bin" manifest keygen --key-id demo-origin > "$site/manifest-keys.txt"
@@ -103,6 +105,8 @@ root = "origin/storage"
 dir = "origin/state"
 [auth.upload_tokens]
 demo = "$upload_token"
+[auth.upload_keys]
+demo-chat-media = "$media_upload_key"
 [packaging]
 ladder = ["720p", "480p", "360p"]
 segment_seconds = 4
@@ -246,6 +250,11 @@ http = "127.0.0.1:$chat_port"
 demo-chat = "$chat_key"
 [store]
 path = "chat-relay.db"
+[media]
+origin = "http://127.0.0.1:$origin_port"
+cdn = "http://127.0.0.1:$http_port"
+upload_key = { kid = "demo-chat-media", secret = "$media_upload_key" }
+cdn_key = { kid = "demo", secret = "$key" }
 [control_plane]
 url = "http://127.0.0.1:$cp_port"
 token = "$chat_cred"
@@ -278,6 +287,7 @@ Estuary demo site: $site
             Content Steering: http://127.0.0.1:$steer_port/v1/playback/demo/steered.m3u8 (and steered.mpd)
   Geo-DNS:  dig @127.0.0.1 -p $dns_port edge.cdn.demo A +subnet=10.1.2.0/24   (and demo.cdn.demo, SOA, NS)
   Chat:     ws://127.0.0.1:$chat_port/ws (chat relay; store: chat-relay.db; log: chat-relay.log)
+            media.upload: TUS to the origin, files served by the edge with signed URLs ([media])
 
 Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)

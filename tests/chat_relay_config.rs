@@ -77,3 +77,42 @@ fn a_clustered_relay_needs_its_nats_and_a_store_of_its_own() {
     let err = start(&nats.cluster_toml());
     assert!(err.contains("ran without [cluster]"), "{err}");
 }
+
+#[test]
+fn check_config_names_a_bad_media_key_of_the_relay_and_the_origin() {
+    let dir = TempDir::new("chat-media-config");
+    let store = dir.path().join("chat.db");
+    let relay = include_str!("../docs/chat-relay.example.toml").replace(
+        "/var/lib/estuary/chat-relay/chat.db",
+        &store.display().to_string(),
+    );
+    let media = "[media]\norigin = \"http://127.0.0.1:8080\"\ncdn = \"http://127.0.0.1:8081\"\nupload_key = { kid = \"relay\", secret = \"00112233445566778899aabbccddeeff\" }\ncdn_key = { kid = \"k1\", secret = \"ffeeddccbbaa99887766554433221100\" }\n";
+    let path = dir.path().join("relay.toml");
+    for (extra, ok, needle) in [
+        (media.to_owned(), true, "a valid chat-relay config"),
+        (
+            media.replace("ffeeddccbbaa99887766554433221100", "ffee"),
+            false,
+            "media.cdn_key.secret",
+        ),
+        (
+            format!("{media}mime_types = [\"application/x-msdownload\"]\n"),
+            false,
+            "media.mime_types",
+        ),
+        (format!("{media}upload_tll = \"1m\"\n"), false, "upload_tll"),
+    ] {
+        std::fs::write(&path, format!("{relay}\n{extra}")).expect("write");
+        let (passed, out) = check_config(&path);
+        assert!(passed == ok && out.contains(needle), "{extra}\n{out}");
+    }
+    // The origin's side of the shared secret.
+    let origin = include_str!("../docs/origin.example.toml").replace(
+        "# [auth.upload_keys]",
+        "[auth.upload_keys]\nrelay = \"0011\"\n# [auth.upload_keys]",
+    );
+    let path = dir.path().join("origin.toml");
+    std::fs::write(&path, origin).expect("write");
+    let (passed, out) = check_config(&path);
+    assert!(!passed && out.contains("auth.upload_keys.relay"), "{out}");
+}

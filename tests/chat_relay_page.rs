@@ -37,23 +37,18 @@ fn chat_relay_page() {
     let (status, _, _) = fetch(&format!("http://{}/chat/other", relay.addr), &[]);
     assert_eq!(status, 404);
 
-    let url = |user: &str, peer: &str| {
-        let lines = cli_sign(
-            &format!("/chat/user/{user}"),
-            &[
-                "--ttl",
-                "600",
-                "--path",
-                "/chat",
-                "--base",
-                &format!("http://{}", relay.addr),
-            ],
-        );
-        let query_form = lines.get(1).expect("the query-form URL");
-        format!("{query_form}&user={user}&peer={peer}")
-    };
+    let report = two_tabs(&relay, &[]);
+    eprintln!("{report}");
+}
+
+/// Runs tests/clients/chat_page.mjs: alice's and bob's tabs on `relay`'s page (`extra`: its
+/// further arguments); fails the test unless it reports `ok`, and returns its report.
+fn two_tabs(relay: &ChatRelay, extra: &[&str]) -> serde_json::Value {
+    let url = |user: &str, peer: &str| common::chat::page_url(relay.addr, user, peer);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/chat_page.mjs");
-    let out = run(Command::new("node").args([script, &url("alice", "bob"), &url("bob", "alice")]));
+    let out = run(Command::new("node")
+        .args([script, &url("alice", "bob"), &url("bob", "alice")])
+        .args(extra));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_default();
@@ -63,5 +58,30 @@ fn chat_relay_page() {
         String::from_utf8_lossy(&out.stderr),
         relay.process().log()
     );
-    eprintln!("{report}");
+    report
+}
+
+/// The page with `[media]`: alice attaches a real JPEG in her tab; it goes up to a real origin
+/// over TUS from the browser (CORS), and bob's tab shows it loaded from a real edge.
+#[test]
+fn chat_relay_page_media() {
+    let sites = common::chat::MediaSites::start("chat-page-media");
+    let (origin, edge) = (&sites.origin, &sites.edge);
+    let relay = ChatRelay::start("chat-page-media", &sites.relay_toml(""));
+    let (_, headers, _) = fetch(&format!("http://{}/chat", relay.addr), &[]);
+    let csp = header(&headers, "content-security-policy").expect("a CSP");
+    assert!(
+        csp.contains(&format!("connect-src 'self' {};", origin.url("")))
+            && csp.contains(&format!("img-src {};", edge.url(""))),
+        "{csp}"
+    );
+    let jpeg = relay.dir.path().join("photo.jpg");
+    common::chat::test_jpeg(&jpeg, "160x120");
+    let report = two_tabs(&relay, &[jpeg.to_str().expect("path")]);
+    assert!(
+        report["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s == "alice: her image shown and read")),
+        "{report}"
+    );
 }

@@ -2,12 +2,14 @@
 //! start-up, and stopping it (SIGTERM, then SIGKILL) until its ports are free again.
 
 use std::fs::{self, File};
-use std::net::TcpListener;
-use std::path::Path;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::procfs;
 
 /// Empties `dir` (removing what an earlier run left there) and creates it.
 pub fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
@@ -109,4 +111,105 @@ pub fn wait_ports_free(ports_free: impl Fn() -> anyhow::Result<()>) -> anyhow::R
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Fails early when something holds a port a server needs (UDP or TCP).
+pub fn check_port_free(port: u16, who: &str) -> anyhow::Result<()> {
+    if TcpListener::bind(("127.0.0.1", port)).is_err()
+        || UdpSocket::bind(("127.0.0.1", port)).is_err()
+    {
+        bail!(
+            "127.0.0.1:{port} is in use; the bench needs it for {who} (a server left over from an earlier run?)"
+        );
+    }
+    Ok(())
+}
+
+/// A running server; stopped when dropped.
+pub struct ServerProcess {
+    pub label: String,
+    ports: Vec<u16>,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` in `dir` (see [`spawn_in`]) as the server `label` that listens on `ports`.
+    pub fn spawn(label: &str, ports: Vec<u16>, cmd: Command, dir: &Path) -> anyhow::Result<Self> {
+        let child = spawn_in(cmd, dir, label)?;
+        Ok(Self {
+            label: label.to_owned(),
+            ports,
+            child,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Waits until `ready` holds, failing with the last line of its stderr if it exits first.
+    pub fn wait_until(&mut self, within: Duration, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+        match wait_ready(&mut self.child, within, Duration::from_millis(100), ready)? {
+            Startup::Ready => Ok(()),
+            Startup::Exited(status) => {
+                let stderr = fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default();
+                let last = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                bail!(
+                    "{} exited during start-up ({status}): {last} (logs in {})",
+                    self.label,
+                    self.dir.display()
+                );
+            }
+            Startup::TimedOut => bail!(
+                "{} did not become ready within {within:?}; see the logs in {}",
+                self.label,
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// The server's processes: the one started (taskset execs the server) and its
+    /// descendants.
+    pub fn pids(&self) -> Vec<u32> {
+        procfs::with_descendants(self.child.id())
+    }
+
+    /// CPU time of all server processes so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        procfs::total_cpu_ticks(&self.pids())
+    }
+
+    /// Threads of the main process.
+    pub fn threads(&self) -> usize {
+        procfs::threads(self.child.id())
+    }
+
+    /// SIGTERM, then SIGKILL after ten seconds; then waits for the ports to be free.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        terminate(&mut self.child, &self.label)?;
+        wait_ports_free(|| {
+            match self
+                .ports
+                .iter()
+                .find(|p| check_port_free(**p, &self.label).is_err())
+            {
+                Some(p) => bail!("{}: port {p} still in use after it stopped", self.label),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
 }

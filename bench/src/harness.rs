@@ -13,6 +13,18 @@ use anyhow::{Context, bail};
 
 use crate::procfs;
 
+/// The options every peer bench shares: where its report goes and which estuary binary it
+/// runs.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Put the report into this markdown file (between the subcommand's markers).
+    #[arg(long)]
+    pub write_md: Option<PathBuf>,
+    /// The estuary binary (default: `estuary` next to this program).
+    #[arg(long)]
+    pub estuary: Option<PathBuf>,
+}
+
 /// The command line as the report shows it: the release binary with this run's arguments.
 pub fn command_line() -> String {
     std::iter::once("target/release/estuary-bench".to_owned())

@@ -11,8 +11,12 @@
 //!
 //! `estuary-bench dns-vs-peers` puts Estuary's geo-DNS next to gdnsd and Knot DNS under
 //! dnsperf, and measures the steering HTTP API under wrk.
+//!
+//! `estuary-bench chat-vs-mosquitto` puts the chat relay next to mosquitto (MQTT over
+//! WebSockets) under the same client load: memory per idle connection and fan-out latency.
 
 mod cache_peers;
+mod chat;
 mod child;
 mod collapse;
 mod content;
@@ -86,6 +90,10 @@ enum BenchCommand {
     /// server CPU per query, lost queries, answers checked with dig; and the steering HTTP API
     /// under wrk.
     DnsVsPeers(dns::DnsVsPeersArgs),
+    /// `estuary chat-relay` against mosquitto (MQTT over WebSockets) under the same client
+    /// load: memory per idle connection, and fan-out latency (p50/p99) in a 100-member group
+    /// and a 10,000-member live room.
+    ChatVsMosquitto(chat::ChatVsMosquittoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -156,6 +164,7 @@ fn main() -> std::process::ExitCode {
         BenchCommand::CacheVsPeers(args) => cache_peers::run(args),
         BenchCommand::PackageVsFfmpeg(args) => package::run(args),
         BenchCommand::DnsVsPeers(args) => dns::run(args),
+        BenchCommand::ChatVsMosquitto(args) => chat::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -30,6 +30,10 @@ pub struct ChatRelayConfig {
     /// Optional: the offline push hook.
     #[serde(default)]
     pub push: Option<PushConfig>,
+    /// Optional: media through the CDN (`media.upload`); without it `media.upload` is
+    /// answered with an error `unsupported`.
+    #[serde(default)]
+    pub media: Option<MediaConfig>,
     /// `[limits]`: how long a client may take and how many connections it may hold (see
     /// `estuary_common::listener`); an upgraded WebSocket keeps its connection's slot.
     #[serde(default)]
@@ -130,6 +134,145 @@ pub struct PushConfig {
 
 fn default_push_queue() -> usize {
     10_000
+}
+
+/// `[media]`: chat media uploaded to the origin over TUS and fetched from the edges.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The origin's base URL (`http://` or `https://`, no path): clients create their upload
+    /// with `POST <origin>/uploads/`.
+    pub origin: String,
+    /// The CDN's base URL (an edge, or a name steering answers for): messages carry
+    /// `<cdn>/v/<asset>/media.<ext>?token=...`.
+    pub cdn: String,
+    /// The key upload credentials are signed with: one of the origin's `[auth.upload_keys]`.
+    /// Its secret also authenticates the asset ids this relay hands out, so every relay of a
+    /// cluster needs the same one.
+    pub upload_key: KeyConfig,
+    /// The key CDN URLs are signed with: one of the edges' `[auth.keys]`.
+    pub cdn_key: KeyConfig,
+    /// The types clients may upload (default: every type the origin checks: image/jpeg,
+    /// image/png, image/webp, image/gif, video/mp4, video/webm, audio/ogg, audio/mpeg,
+    /// audio/mp4).
+    #[serde(default = "default_mime_types")]
+    pub mime_types: Vec<String>,
+    /// The largest upload (default 16 MiB); the origin's `[uploads] max_size` must allow it.
+    #[serde(default = "default_media_max_size")]
+    pub max_size: bytesize::ByteSize,
+    /// How long an upload credential is valid (default 15 minutes): every request of the
+    /// upload carries it, so the upload must be finished (and its status read) within it.
+    #[serde(default = "default_upload_ttl", with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// How long a CDN URL handed to a client is valid (default 1 hour); every delivery of a
+    /// message (live, from the inbox, in `history`) signs a fresh one.
+    #[serde(default = "default_url_ttl", with = "humantime_serde")]
+    pub url_ttl: Duration,
+}
+
+/// A key id and its hex secret (at least 32 hex digits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub kid: String,
+    pub secret: String,
+}
+
+fn default_mime_types() -> Vec<String> {
+    estuary_common::media::MEDIA_TYPES
+        .iter()
+        .map(|t| t.mime.to_owned())
+        .collect()
+}
+fn default_media_max_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(16)
+}
+fn default_upload_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_url_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl KeyConfig {
+    /// The decoded secret; the error names `<table>.secret` or `<table>.kid`.
+    pub fn secret(&self, table: &str) -> Result<Vec<u8>, ConfigError> {
+        if !estuary_common::key_id::valid(&self.kid) {
+            return Err(ConfigError::new(
+                format!("{table}.kid"),
+                estuary_common::key_id::RULE,
+            ));
+        }
+        estuary_common::token::decode_secret(&self.secret)
+            .map_err(|e| ConfigError::new(format!("{table}.secret"), e.to_string()))
+    }
+}
+
+impl MediaConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, url) in [("media.origin", &self.origin), ("media.cdn", &self.cdn)] {
+            base_url_ok(url).map_err(|why| ConfigError::new(key, why))?;
+        }
+        self.upload_key.secret("media.upload_key")?;
+        self.cdn_key.secret("media.cdn_key")?;
+        if self.mime_types.is_empty() {
+            return Err(ConfigError::new(
+                "media.mime_types",
+                "list at least one type",
+            ));
+        }
+        if let Some(bad) = self
+            .mime_types
+            .iter()
+            .find(|m| estuary_common::media::MediaType::from_mime(m).is_none())
+        {
+            return Err(ConfigError::new(
+                "media.mime_types",
+                format!(
+                    "{bad:?} is not a type the origin checks; choose among {}",
+                    default_mime_types().join(", ")
+                ),
+            ));
+        }
+        if !(1..=(64u64 << 30)).contains(&self.max_size.as_u64()) {
+            return Err(ConfigError::new(
+                "media.max_size",
+                "must be between 1 B and 64 GiB",
+            ));
+        }
+        if self.upload_ttl < Duration::from_secs(10)
+            || self.upload_ttl.as_secs() > estuary_common::media::RAW_UPLOAD_MAX_TTL
+        {
+            return Err(ConfigError::new(
+                "media.upload_ttl",
+                "must be between 10s and 24h (the origin refuses longer credentials)",
+            ));
+        }
+        if self.url_ttl < Duration::from_secs(10) || self.url_ttl > Duration::from_secs(7 * 86400) {
+            return Err(ConfigError::new(
+                "media.url_ttl",
+                "must be between 10s and 7days (edges refuse tokens living longer than their [auth] max_ttl)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An `http://` or `https://` URL with a host and no path, query or fragment.
+fn base_url_ok(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', ' ', '~', '!'])
+        || !rest.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err("must be scheme://host[:port] without a path, query or credentials");
+    }
+    Ok(())
 }
 
 /// `[chat]`: what one client may do.
@@ -305,6 +448,9 @@ impl ChatRelayConfig {
                 ));
             }
         }
+        if let Some(media) = &self.media {
+            media.validate()?;
+        }
         self.limits.validate()?;
         let c = &self.chat;
         if !(1024..=16 * 1024 * 1024).contains(&c.max_frame_bytes) {
@@ -465,6 +611,52 @@ mod tests {
         let e = ChatRelayConfig::parse(&format!("{}[push]\n", minimal()), Path::new("/"))
             .expect_err("push to nowhere");
         assert_eq!(e.key, "push");
+    }
+
+    #[test]
+    fn media_keys_are_checked_and_named() {
+        const GOOD: &str = "[media]\norigin = \"http://127.0.0.1:8080\"\ncdn = \"https://cdn.example\"\nupload_key = { kid = \"relay\", secret = \"00112233445566778899aabbccddeeff\" }\ncdn_key = { kid = \"k1\", secret = \"ffeeddccbbaa99887766554433221100\" }\n";
+        let parse =
+            |media: &str| ChatRelayConfig::parse(&format!("{}{media}", minimal()), Path::new("/"));
+        let c = parse(GOOD).expect("media");
+        let m = c.media.expect("media");
+        assert_eq!(m.max_size.as_u64(), 16 << 20);
+        assert_eq!(m.upload_ttl, Duration::from_secs(900));
+        assert!(m.mime_types.iter().any(|t| t == "image/jpeg"));
+        for (bad, key) in [
+            (
+                GOOD.replace("http://127.0.0.1:8080", "ftp://x"),
+                "media.origin",
+            ),
+            (
+                GOOD.replace("https://cdn.example", "https://cdn.example/v/"),
+                "media.cdn",
+            ),
+            (
+                GOOD.replace("00112233445566778899aabbccddeeff", "00ff"),
+                "media.upload_key.secret",
+            ),
+            (
+                GOOD.replace("kid = \"k1\"", "kid = \"k 1\""),
+                "media.cdn_key.kid",
+            ),
+            (
+                format!("{GOOD}mime_types = [\"text/html\"]\n"),
+                "media.mime_types",
+            ),
+            (format!("{GOOD}mime_types = []\n"), "media.mime_types"),
+            (format!("{GOOD}max_size = 0\n"), "media.max_size"),
+            (
+                format!("{GOOD}upload_ttl = \"2days\"\n"),
+                "media.upload_ttl",
+            ),
+            (format!("{GOOD}url_ttl = \"1s\"\n"), "media.url_ttl"),
+        ] {
+            let e = parse(&bad).expect_err(&bad);
+            assert_eq!(e.key, key, "{e}");
+        }
+        let e = parse(&format!("{GOOD}max_bytes = 1\n")).expect_err("typo");
+        assert!(e.key.contains("max_bytes"), "{e}");
     }
 
     #[test]

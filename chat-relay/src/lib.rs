@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod media;
 pub mod metrics;
 pub mod push;
 pub mod relay;
@@ -33,6 +34,7 @@ pub async fn run(config: ChatRelayConfig) -> anyhow::Result<()> {
         keys,
         max_ttl: config.auth.max_ttl,
         idle_timeout: config.limits.idle_timeout,
+        media: config.media.clone(),
     };
     let (app, core) = match &config.cluster {
         None => {

@@ -10,7 +10,7 @@ use crate::relay::Observer;
 use crate::store::StoreError;
 
 /// The close and error codes the core reports, one series each.
-const REFUSALS: [&str; 16] = [
+const REFUSALS: [&str; 17] = [
     "bad_json",
     "bad_frame",
     "unknown_type",
@@ -27,6 +27,7 @@ const REFUSALS: [&str; 16] = [
     "slow_mode",
     "room_full",
     "too_many_rooms",
+    "bad_media",
 ];
 
 /// What became of a push event.
@@ -49,6 +50,7 @@ pub struct Metrics {
     room_members: IntGauge,
     pushes: IntCounterVec,
     pub tokens_refused: IntCounterVec,
+    media_uploads: IntCounter,
 }
 
 impl Metrics {
@@ -96,6 +98,10 @@ impl Metrics {
                     "Client frames answered with an error frame or a close, by code.",
                 ),
                 &["code"],
+            )),
+            media_uploads: must(IntCounter::new(
+                "estuary_chat_relay_media_uploads_total",
+                "media.upload requests answered with an upload credential.",
             )),
             store_errors: must(IntCounter::new(
                 "estuary_chat_relay_store_errors_total",
@@ -158,6 +164,7 @@ impl Metrics {
                 Box::new(m.rooms.clone()),
                 Box::new(m.room_members.clone()),
                 Box::new(m.pushes.clone()),
+                Box::new(m.media_uploads.clone()),
             ],
         );
         m
@@ -179,6 +186,9 @@ impl Metrics {
 }
 
 impl Observer for std::sync::Arc<Metrics> {
+    fn media_upload(&self) {
+        self.media_uploads.inc();
+    }
     fn message_in(&self) {
         self.messages_in.inc();
     }

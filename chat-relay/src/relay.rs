@@ -19,6 +19,7 @@ use estuary_common::chat::{
 };
 
 use crate::config::ChatLimits;
+use crate::media::MediaIssuer;
 use crate::store::{
     Content, Inserted, NewMessage, Receipt, Remote, Store, StoreError, Stored, StoredReceipt,
 };
@@ -138,6 +139,8 @@ pub trait Observer {
     fn store_failed(&self, error: &StoreError) {
         let _ = error;
     }
+    /// A `media.upload` was answered with an upload.
+    fn media_upload(&self) {}
 }
 
 /// The observer of tests: sees nothing.
@@ -206,6 +209,10 @@ pub struct Relay<S, O> {
     peers: Option<Peers>,
     /// With `[push]`: this relay's node id, named in push events.
     push_as: Option<String>,
+    /// With `[media]`: uploads handed out and media URLs checked and signed.
+    media: Option<MediaIssuer>,
+    /// The random source of media asset ids (seeded by the shell; tests pass a seed).
+    rng: rand::rngs::StdRng,
 }
 
 /// A refused frame: the `error` frame's code and sentence.
@@ -281,7 +288,30 @@ impl<S: Store, O: Observer> Relay<S, O> {
             room_seq: 0,
             peers: None,
             push_as: None,
+            media: None,
+            rng: rand::SeedableRng::seed_from_u64(0),
         }
+    }
+
+    /// Answers `media.upload` with `media`, taking asset ids' randomness from `rng`; checks
+    /// the media of every `send` and signs it for every delivery.
+    pub fn with_media(mut self, media: MediaIssuer, rng: rand::rngs::StdRng) -> Self {
+        self.media = Some(media);
+        self.rng = rng;
+        self
+    }
+
+    /// A stored message as `reader` gets it at `now`: its media URL freshly signed.
+    fn message_for(&self, m: &Stored, reader: &str, now: u64) -> ChatMessage {
+        self.presented(chat_message(m, reader), now)
+    }
+
+    /// A message with its media URL signed at `now` (with `[media]`).
+    fn presented(&self, mut message: ChatMessage, now: u64) -> ChatMessage {
+        if let (Some(issuer), Some(media)) = (&self.media, &message.media) {
+            message.media = Some(issuer.present(media, now));
+        }
+        message
     }
 
     /// Emits a [`PushEvent`] for each recipient of a stored message who has no device
@@ -462,7 +492,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
                     self.observer.message_out(conns.len() as u64);
                     out.push(Output::Fanout {
                         conns,
-                        frame: ServerFrame::Message(message),
+                        frame: ServerFrame::Message(self.presented(message, now)),
                     });
                 }
             }
@@ -487,7 +517,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
         if let Err(e) = self.store.catch_up() {
             self.observer.store_failed(&e);
         }
-        self.deliver_remote(&mut out);
+        self.deliver_remote(now_ms, &mut out);
         match input {
             Input::Open { conn, user, device } => self.open(now_ms, conn, user, device, &mut out),
             Input::Text { conn, text } => self.text(now_ms, conn, &text, &mut out),
@@ -506,13 +536,13 @@ impl<S: Store, O: Observer> Relay<S, O> {
             Input::Signal(signal) => self.signal_in(now_ms, signal, &mut out),
             Input::Tick => self.tick(now_ms, &mut out),
         }
-        self.deliver_remote(&mut out);
+        self.deliver_remote(now_ms, &mut out);
         out
     }
 
     /// Hands what other relays wrote to the connections here: their messages to the
     /// recipients' devices, receipts to the senders' devices.
-    fn deliver_remote(&mut self, out: &mut Vec<Output>) {
+    fn deliver_remote(&mut self, now: u64, out: &mut Vec<Output>) {
         loop {
             let remote = self.store.take_remote();
             if remote.is_empty() {
@@ -526,7 +556,9 @@ impl<S: Store, O: Observer> Relay<S, O> {
                                 self.observer.message_out(1);
                                 out.push(Output::Frame {
                                     conn: *conn,
-                                    frame: ServerFrame::Message(chat_message(&message, user)),
+                                    frame: ServerFrame::Message(
+                                        self.message_for(&message, user, now),
+                                    ),
                                 });
                             }
                         }
@@ -584,7 +616,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
             self.observer.message_out(1);
             out.push(Output::Frame {
                 conn,
-                frame: ServerFrame::Message(chat_message(m, &user)),
+                frame: ServerFrame::Message(self.message_for(m, &user, now)),
             });
         }
         for r in &receipts {
@@ -748,6 +780,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
         };
         let client_id = match &frame {
             ClientFrame::Send { id, .. } => Some(id.clone()),
+            ClientFrame::MediaUpload { id, .. } => id.clone(),
             _ => None,
         };
         if let Err(r) = self.frame(now, conn, frame, out) {
@@ -799,7 +832,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
                     .history(&key, before, limit)
                     .map_err(|e| self.store_error(e))?
                     .iter()
-                    .map(|m| chat_message(m, &user))
+                    .map(|m| self.message_for(m, &user, now))
                     .collect();
                 out.push(Output::Frame {
                     conn,
@@ -886,7 +919,22 @@ impl<S: Store, O: Observer> Relay<S, O> {
                 out.push(room_frame(conn, room, false, members));
                 Ok(())
             }
-            ClientFrame::MediaUpload { .. } => Err(unsupported()),
+            ClientFrame::MediaUpload { id, mime, size } => {
+                let Some(issuer) = &self.media else {
+                    return Err(unsupported());
+                };
+                if id.as_ref().is_some_and(|i| i.len() > MAX_CLIENT_ID) {
+                    return Err(refuse("bad_frame", "id: at most 128 bytes."));
+                }
+                let nonce = crate::media::nonce(&mut self.rng);
+                let (upload, media) = issuer.issue(now, &nonce, &mime, size).map_err(bad_media)?;
+                self.observer.media_upload();
+                out.push(Output::Frame {
+                    conn,
+                    frame: ServerFrame::MediaUpload { id, upload, media },
+                });
+                Ok(())
+            }
             ClientFrame::Ping => {
                 out.push(Output::Frame {
                     conn,
@@ -1003,6 +1051,11 @@ impl<S: Store, O: Observer> Relay<S, O> {
         }
         let content = match (body, media) {
             (Some(b), None) => Content::Body(b),
+            // With `[media]`, only media this service issued, kept as its bare path.
+            (None, Some(m)) if self.media.is_some() => match &self.media {
+                Some(issuer) => Content::Media(issuer.accept(&m).map_err(bad_media)?),
+                None => Content::Media(m),
+            },
             (None, Some(m)) if m.url.len() <= 4096 && m.mime.len() <= 255 && !m.url.is_empty() => {
                 Content::Media(m)
             }
@@ -1037,7 +1090,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
             .map_err(|e| self.store_error(e))?;
         // What other relays stored before it goes out first, so that a conversation's
         // messages reach each device in log order.
-        self.deliver_remote(out);
+        self.deliver_remote(now, out);
         match inserted {
             Inserted::Duplicate(m) => out.push(Output::Frame {
                 conn,
@@ -1062,7 +1115,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
                         self.observer.message_out(1);
                         out.push(Output::Frame {
                             conn: *c,
-                            frame: ServerFrame::Message(chat_message(&m, r)),
+                            frame: ServerFrame::Message(self.message_for(&m, r, now)),
                         });
                     }
                 }
@@ -1389,7 +1442,7 @@ impl<S: Store, O: Observer> Relay<S, O> {
         });
         out.push(Output::Fanout {
             conns,
-            frame: ServerFrame::Message(message),
+            frame: ServerFrame::Message(self.presented(message, now)),
         });
         Ok(())
     }
@@ -1411,6 +1464,14 @@ fn group_frame(conn: ConnId, group: String, members: Vec<String>) -> Output {
         conn,
         frame: ServerFrame::Group { group, members },
     }
+}
+
+fn bad_media(e: crate::media::MediaError) -> Refusal {
+    let mut sentence = e.to_string();
+    if let Some(first) = sentence.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    refuse("bad_media", format!("{sentence}."))
 }
 
 fn unsupported() -> Refusal {

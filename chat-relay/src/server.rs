@@ -12,12 +12,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use estuary_common::chat::{id_ok, user_of_acl};
 use estuary_common::listener::{HeldSlot, stopped};
 use estuary_common::token::{self, KeySet, Rejection};
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 
@@ -89,6 +90,8 @@ pub struct Shell {
     /// `[limits] idle_timeout`: a WebSocket that sends nothing (not even a pong to the
     /// relay's pings, sent every half of it) for this long is closed with 4001.
     pub idle_timeout: Duration,
+    /// `[media]`: uploads through the CDN.
+    pub media: Option<crate::config::MediaConfig>,
 }
 
 /// What the handlers share.
@@ -103,6 +106,8 @@ pub struct App {
     next_conn: AtomicU64,
     pub serving: AtomicBool,
     stop: watch::Receiver<bool>,
+    /// The demo page's Content-Security-Policy (it names `[media]`'s origin and CDN).
+    page_csp: Option<HeaderValue>,
     pub tracker: TaskTracker,
 }
 
@@ -141,6 +146,10 @@ impl App {
         }
         let (to_relay, rx) = mpsc::channel(INPUT_QUEUE);
         let mut relay = Relay::new(store, limits.clone(), Arc::clone(&metrics));
+        if let Some(media) = &shell.media {
+            let issuer = crate::media::MediaIssuer::from_config(media)?;
+            relay = relay.with_media(issuer, rand::SeedableRng::from_os_rng());
+        }
         let mut signals_out = None;
         let mut nats = None;
         if let Some(links) = links {
@@ -193,6 +202,7 @@ impl App {
                 next_conn: AtomicU64::new(1),
                 serving: AtomicBool::new(true),
                 stop,
+                page_csp: page::csp(shell.media.as_ref()),
                 tracker: TaskTracker::new(),
             }),
             thread,
@@ -447,6 +457,31 @@ async fn write(
     }
 }
 
+/// What one read from a WebSocket means for the relay.
+enum Received {
+    Input(Input),
+    /// A ping or a pong (answered by the WebSocket layer).
+    Nothing,
+    /// The connection is over: with the close frame to send, if any.
+    End(Option<(u16, &'static str)>),
+}
+
+fn received_input(conn: ConnId, received: Option<Result<Message, axum::Error>>) -> Received {
+    match received {
+        Some(Ok(Message::Text(text))) => Received::Input(Input::Text {
+            conn,
+            text: text.as_str().to_owned(),
+        }),
+        Some(Ok(Message::Binary(_))) => Received::Input(Input::Binary { conn }),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Received::Nothing,
+        Some(Ok(Message::Close(_))) | None => Received::End(None),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "A WebSocket failed.");
+            Received::End(Some((close::TOO_BIG, "the frame could not be read")))
+        }
+    }
+}
+
 async fn connection(
     app: Arc<App>,
     mut socket: WebSocket,
@@ -459,6 +494,12 @@ async fn connection(
     let conn = app.next_conn.fetch_add(1, Ordering::Relaxed);
     let (frames, mut outgoing) = mpsc::channel(app.limits.send_queue);
     let closer = Arc::new(Closer::default());
+    // hyper hands the upgraded socket over with its 8 KiB request buffer, freed by the first
+    // read. Read once now: while the core is busy (a burst of connections, each registering
+    // its device) a connection can wait a long time below for its turn, and 15,000 of them
+    // held 8 KiB each that the allocator could not give back afterwards (11-13 KiB per idle
+    // connection instead of 6-7). A frame that is already there is handled after `Open`.
+    let mut early = socket.recv().now_or_never();
     let open = ToRelay::Open {
         conn,
         user,
@@ -480,6 +521,19 @@ async fn connection(
     let mut heard = tokio::time::Instant::now();
     let mut ticks = tokio::time::interval_at(heard + idle / 2, idle / 2);
     let ending: Option<(u16, &'static str)> = loop {
+        if let Some(received) = early.take() {
+            heard = tokio::time::Instant::now();
+            match received_input(conn, received) {
+                Received::Input(input) => {
+                    if app.to_relay.send(ToRelay::Input(input)).await.is_err() {
+                        break Some((close::GOING_AWAY, "the relay is shutting down"));
+                    }
+                }
+                Received::Nothing => {}
+                Received::End(ending) => break ending,
+            }
+            continue;
+        }
         tokio::select! {
             _ = stopped(&mut stop) => break Some((close::GOING_AWAY, "the relay is shutting down")),
             _ = ticks.tick() => {
@@ -496,22 +550,7 @@ async fn connection(
                 },
                 None => break closer.frame(),
             },
-            received = socket.recv() => {
-                heard = tokio::time::Instant::now();
-                let input = match received {
-                    Some(Ok(Message::Text(text))) => Input::Text { conn, text: text.as_str().to_owned() },
-                    Some(Ok(Message::Binary(_))) => Input::Binary { conn },
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "A WebSocket failed.");
-                        break Some((close::TOO_BIG, "the frame could not be read"));
-                    }
-                };
-                if app.to_relay.send(ToRelay::Input(input)).await.is_err() {
-                    break Some((close::GOING_AWAY, "the relay is shutting down"));
-                }
-            }
+            received = socket.recv() => early = Some(received),
         }
     };
     if let Some((code, reason)) = ending {

@@ -22,6 +22,16 @@ pub struct Media {
     pub size: u64,
 }
 
+/// Where and how to upload a chat media file: a TUS creation request (`POST url` with
+/// `headers`, then `PATCH`es of the bytes with the same `Authorization` and `Tus-Resumable`)
+/// allowed until `expires` (unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadTicket {
+    pub url: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub expires: u64,
+}
+
 /// A frame from a client. Unknown fields are ignored (clients may be newer than the relay);
 /// an unknown `type` is refused with an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -66,8 +76,15 @@ pub enum ClientFrame {
     RoomJoin { room: String },
     #[serde(rename = "room.leave")]
     RoomLeave { room: String },
+    /// Asks where to upload `size` bytes of `mime` (answered with `media.upload`).
     #[serde(rename = "media.upload")]
-    MediaUpload { mime: String, size: u64 },
+    MediaUpload {
+        /// The client's id of the request, echoed in the answer or the error.
+        #[serde(default)]
+        id: Option<String>,
+        mime: String,
+        size: u64,
+    },
     #[serde(rename = "ping")]
     Ping,
 }
@@ -170,6 +187,15 @@ pub enum ServerFrame {
         room: String,
         joined: bool,
         members: usize,
+    },
+    /// The answer to `media.upload`: the upload to make, and the media object to `send` once
+    /// the origin has published it (its URL signed for the sender).
+    #[serde(rename = "media.upload")]
+    MediaUpload {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        upload: UploadTicket,
+        media: Media,
     },
     #[serde(rename = "error")]
     Error {

@@ -17,6 +17,7 @@ pub mod http_semantics;
 pub mod key_id;
 pub mod listener;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod packaging;
 pub mod parked;

@@ -67,7 +67,8 @@ pub fn default_ttl(kind: Kind) -> Duration {
 }
 
 /// How long a response may be served from the cache, or `None` if it must not be stored.
-/// Only 200 and 404 are stored (404 for the negative lifetime); errors never are.
+/// Only 200 and 404 are stored (404 for the negative lifetime, unless upstream says
+/// `no-store`: a chat media file not uploaded yet, which will be soon); errors never are.
 pub fn lifetime(
     status: StatusCode,
     headers: &HeaderMap,
@@ -76,7 +77,8 @@ pub fn lifetime(
     now: SystemTime,
 ) -> Option<Duration> {
     if status == StatusCode::NOT_FOUND {
-        return (!overrides.negative.is_zero()).then_some(overrides.negative);
+        let stored = !overrides.negative.is_zero() && !directives(headers).no_store;
+        return stored.then_some(overrides.negative);
     }
     if status != StatusCode::OK {
         return None;
@@ -161,6 +163,10 @@ mod tests {
                 now
             ),
             Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            lifetime(StatusCode::NOT_FOUND, &h("no-store"), Kind::Other, &o, now),
+            None
         );
         assert_eq!(
             lifetime(

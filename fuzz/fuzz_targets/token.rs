@@ -1,5 +1,6 @@
-//! Signed-URL tokens (query, cookie or path form) and fill credentials: arbitrary text never
-//! panics, and whatever `verify` accepts `parse` accepts and the token's acl allows the path.
+//! Signed-URL tokens (query, cookie or path form), fill credentials and raw-upload credentials:
+//! arbitrary text never panics, and whatever `verify` accepts `parse` accepts and the token's
+//! acl allows the path.
 #![no_main]
 
 use estuary_common::token::{self, KeySet, Request};
@@ -28,4 +29,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = token::verify_fill(text, &keys, path, 1_700_000_000);
     let _ = token::decode_path_segment(text);
     let _ = token::acl_allows(text, path);
+    // The origin reads a bearer value as a raw-upload credential (chat media), and the relay
+    // a media URL's path.
+    if let Some(raw) = estuary_common::media::RawUpload::parse_acl(text) {
+        assert_eq!(raw.acl(), text);
+    }
+    if let Ok(grant) = estuary_origin::app::raw_upload_grant(&keys, text, 1_700_000_000) {
+        let raw = grant.raw.expect("a raw-upload grant");
+        assert!(estuary_common::media::chat_asset_id(&raw.asset));
+    }
+    let _ = estuary_common::media::parse_media_path(path);
 });

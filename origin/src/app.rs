@@ -37,6 +37,8 @@ pub struct App {
     pub ready: AtomicBool,
     /// Uploads with a `PATCH` in progress.
     patching: Mutex<HashSet<String>>,
+    /// `[auth.upload_keys]`: the keys of raw-upload credentials.
+    upload_keys: estuary_common::token::KeySet,
 }
 
 impl std::fmt::Debug for App {
@@ -63,6 +65,9 @@ impl Drop for UploadLock<'_> {
 
 impl App {
     pub fn new(config: OriginConfig, db: Db, storage: Storage, metrics: Metrics) -> Self {
+        // `validate` checked the keys before start: an error here cannot happen, and no key
+        // (accepting no credential) is the safe reading of one.
+        let upload_keys = config.auth.upload_key_set().unwrap_or_default();
         let uploads_dir = config.state.dir.join("uploads");
         let work_dir = config.state.dir.join("work");
         Self {
@@ -79,6 +84,7 @@ impl App {
             jobs_wake: tokio::sync::Notify::new(),
             ready: AtomicBool::new(false),
             patching: Mutex::new(HashSet::new()),
+            upload_keys,
         }
     }
 
@@ -107,20 +113,31 @@ impl App {
                 found = Some(Grant {
                     name: name.clone(),
                     scope: t.scope(),
+                    raw: None,
                 });
             }
         }
-        found.ok_or_else(|| (StatusCode::FORBIDDEN, "forbidden\n").into_response())
+        if let Some(grant) = found {
+            return Ok(grant);
+        }
+        match raw_upload_grant(&self.upload_keys, presented, estuary_common::unix_now()) {
+            Ok(grant) => Ok(grant),
+            Err(why) => {
+                self.metrics.count_credential_refusal(why);
+                Err((StatusCode::FORBIDDEN, "forbidden\n").into_response())
+            }
+        }
     }
 
     /// Checks that the request's token manages asset `id` (a valid id): the gate of every
     /// `/v1/assets/<id>` call.
-    pub fn admit_asset(&self, headers: &HeaderMap, id: &str) -> Result<(), Response> {
+    pub fn admit_asset(&self, headers: &HeaderMap, id: &str) -> Result<Grant, Response> {
         let grant = self.authorize(headers)?;
         if !estuary_common::asset::valid_asset_id(id) {
             return Err((StatusCode::NOT_FOUND, "no such asset\n").into_response());
         }
-        grant.may(id)
+        grant.may(id)?;
+        Ok(grant)
     }
 
     /// Whether an asset id is free for a new upload: this origin's database does not know it
@@ -280,7 +297,21 @@ pub(crate) async fn asset_status(
                     app.config.packaging.max_attempts.into(),
                 );
             }
-            if a.state == "ready"
+            let raw_file = a
+                .raw_mime
+                .as_deref()
+                .and_then(estuary_common::media::MediaType::from_mime);
+            if let (true, Some(media), Some(obj)) =
+                (a.state == "ready", raw_file, v.as_object_mut())
+            {
+                obj.insert(
+                    "files".into(),
+                    serde_json::json!({
+                        "media": format!("/v/{id}/{}", media.file_name()),
+                        "asset_json": format!("/v/{id}/{MANIFEST_FILE}"),
+                    }),
+                );
+            } else if a.state == "ready"
                 && let Some(obj) = v.as_object_mut()
             {
                 obj.insert(
@@ -305,8 +336,10 @@ pub(crate) async fn asset_delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.admit_asset(&headers, &id) {
-        return r;
+    match app.admit_asset(&headers, &id) {
+        Ok(grant) if grant.raw.is_some() => return upload_only(),
+        Ok(_) => {}
+        Err(r) => return r,
     }
     let source = match app.db.asset(&id).await {
         Ok(Some(a)) if ["ready", "failed", "missing"].contains(&a.state.as_str()) => a.source,
@@ -345,8 +378,10 @@ pub(crate) async fn asset_retry(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.admit_asset(&headers, &id) {
-        return r;
+    match app.admit_asset(&headers, &id) {
+        Ok(grant) if grant.raw.is_some() => return upload_only(),
+        Ok(_) => {}
+        Err(r) => return r,
     }
     let kept = match app.db.asset(&id).await {
         Ok(Some(a)) => a
@@ -388,7 +423,9 @@ fn content_type(file: &str) -> &'static str {
         "m4a" => "audio/mp4",
         "json" => "application/json",
         "vtt" => "text/vtt",
-        _ => "application/octet-stream",
+        // Chat media (`media.<ext>`): the types uploads are checked against.
+        ext => estuary_common::media::MediaType::from_ext(ext)
+            .map_or("application/octet-stream", |t| t.mime),
     }
 }
 
@@ -455,6 +492,17 @@ async fn serve_asset_inner(
     let Some((asset, file)) = split_asset_path(rest) else {
         return not_found();
     };
+    // A chat media file is fetched as soon as its message arrives, which may be while it
+    // is still being published: its absence is not worth remembering (only holders of a
+    // token for that one path reach the origin through an edge).
+    let not_found = || {
+        let mut r = not_found();
+        if estuary_common::media::chat_asset_id(asset) {
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        r
+    };
     let published = match app.manifest(asset).await {
         Ok(Some(m)) => m,
         Ok(None) => return not_found(),
@@ -483,11 +531,17 @@ async fn serve_asset_inner(
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static(if file.ends_with(".m4s") || file.ends_with(".mp4") {
-            "public, max-age=31536000, immutable"
-        } else {
-            "public, max-age=60"
-        }),
+        // A chat media file never changes under its name either (its asset id is used once).
+        HeaderValue::from_static(
+            if file.ends_with(".m4s")
+                || file.ends_with(".mp4")
+                || estuary_common::media::MediaType::of_file_name(file).is_some()
+            {
+                "public, max-age=31536000, immutable"
+            } else {
+                "public, max-age=60"
+            },
+        ),
     );
     let repr = digest_field(&sha256_hex);
     if let Some(v) = &repr {
@@ -595,6 +649,80 @@ pub struct Grant {
     /// The token's name (logged, never the token).
     pub name: String,
     pub scope: crate::config::AssetScope,
+    /// A raw-upload credential (`[auth.upload_keys]`): the one upload it allows. Such a
+    /// grant uploads and reads its asset's status; it never deletes or retries.
+    pub raw: Option<estuary_common::media::RawUpload>,
+}
+
+pub use estuary_common::media::RAW_UPLOAD_MAX_TTL;
+
+/// Why a bearer value is not a raw-upload credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialRefusal {
+    #[error("no upload key is configured")]
+    NoKeys,
+    #[error("the credential is not a signed raw-upload token: {0}")]
+    Token(estuary_common::token::Rejection),
+    #[error("the credential's acl is not a raw upload")]
+    NotRawUpload,
+    #[error("the credential is bound to a client address")]
+    AddressBound,
+}
+
+impl CredentialRefusal {
+    /// The label of `estuary_origin_upload_credentials_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoKeys => "no_keys",
+            Self::Token(r) => r.as_str(),
+            Self::NotRawUpload => "not_raw_upload",
+            Self::AddressBound => "address_bound",
+        }
+    }
+}
+
+/// Checks a bearer value as a raw-upload credential signed with one of `keys`, at `now`
+/// (unix seconds): MAC, lifetime (at most [`RAW_UPLOAD_MAX_TTL`]) and an acl that is a
+/// [`RawUpload`](estuary_common::media::RawUpload). Pure.
+pub fn raw_upload_grant(
+    keys: &estuary_common::token::KeySet,
+    presented: &str,
+    now: u64,
+) -> Result<Grant, CredentialRefusal> {
+    use estuary_common::token;
+    if keys.is_empty() {
+        return Err(CredentialRefusal::NoKeys);
+    }
+    let parsed = token::parse(presented).map_err(CredentialRefusal::Token)?;
+    let raw = estuary_common::media::RawUpload::parse_acl(parsed.acl)
+        .ok_or(CredentialRefusal::NotRawUpload)?;
+    if parsed.ip.is_some() {
+        // The origin's handlers do not see the client's address; a credential bound to one
+        // is refused rather than accepted from anywhere.
+        return Err(CredentialRefusal::AddressBound);
+    }
+    let request = token::Request {
+        path: parsed.acl,
+        client: std::net::IpAddr::from([0, 0, 0, 0]),
+        now,
+        max_ttl: Some(RAW_UPLOAD_MAX_TTL),
+    };
+    token::verify(presented, keys, request).map_err(CredentialRefusal::Token)?;
+    Ok(Grant {
+        name: format!("upload-key:{}", parsed.kid),
+        scope: crate::config::AssetScope::One(raw.asset.clone()),
+        raw: Some(raw),
+    })
+}
+
+/// The answer to a raw-upload credential used for anything but its upload.
+fn upload_only() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "an upload credential only uploads its asset and reads its status\n",
+    )
+        .into_response()
 }
 
 impl Grant {
@@ -645,6 +773,70 @@ async fn serve_signature(app: &App, asset: &str, method: &Method) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raw_upload_credential_grants_its_one_asset_until_it_expires() {
+        use estuary_common::token::{Claims, KeySet, sign};
+        const SECRET: &str = "00112233445566778899aabbccddeeff";
+        let keys = KeySet::from_hex([("relay", SECRET)]).expect("keys");
+        let secret = hex::decode(SECRET).expect("hex");
+        let mint = |acl: &str, exp: u64| {
+            sign(
+                &Claims {
+                    kid: "relay".into(),
+                    acl: acl.into(),
+                    exp,
+                    st: None,
+                    ip: None,
+                },
+                &secret,
+            )
+        };
+        let acl = "/uploads/raw/chat-abc/10/image/png";
+        let grant = raw_upload_grant(&keys, &mint(acl, 1000), 500).expect("grant");
+        assert_eq!(
+            grant.scope,
+            crate::config::AssetScope::One("chat-abc".into())
+        );
+        let raw = grant.raw.expect("raw");
+        assert_eq!((raw.size, raw.media.mime), (10, "image/png"));
+        let refused = |text: &str, now| raw_upload_grant(&keys, text, now).err();
+        assert_eq!(
+            refused(&mint(acl, 1000), 1000),
+            Some(CredentialRefusal::Token(
+                estuary_common::token::Rejection::Expired
+            ))
+        );
+        assert_eq!(
+            refused(&mint(acl, 500 + RAW_UPLOAD_MAX_TTL + 1), 500),
+            Some(CredentialRefusal::Token(
+                estuary_common::token::Rejection::LifetimeTooLong
+            ))
+        );
+        // A playback token, or one for a packaged or non-chat asset, is no credential.
+        for other in [
+            "/v/*",
+            "/uploads/raw/movie/10/image/png",
+            "/uploads/raw/chat-abc/10/image/png!/v/*",
+        ] {
+            assert_eq!(
+                refused(&mint(other, 1000), 500),
+                Some(CredentialRefusal::NotRawUpload),
+                "{other}"
+            );
+        }
+        let forged = mint(acl, 1000).replace("chat-abc", "chat-abd");
+        assert_eq!(
+            refused(&forged, 500),
+            Some(CredentialRefusal::Token(
+                estuary_common::token::Rejection::BadHmac
+            ))
+        );
+        assert_eq!(
+            raw_upload_grant(&KeySet::default(), &mint(acl, 1000), 500).err(),
+            Some(CredentialRefusal::NoKeys)
+        );
+    }
 
     #[test]
     fn asset_paths() {

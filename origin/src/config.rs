@@ -194,6 +194,20 @@ pub struct AuthConfig {
     /// table `[auth.upload_tokens.<name>] token = "...", assets = "<prefix>*"`: that token
     /// uploads, reads the status of and deletes only the assets whose id matches.
     pub upload_tokens: BTreeMap<String, UploadToken>,
+    /// `[auth.upload_keys]`: key id to hex secret (at least 32 hex digits), shared with chat
+    /// relays (their `[media] upload_key`). A bearer token in the edge token format signed
+    /// with one of them, whose acl is `/uploads/raw/<asset>/<size>/<type>/<subtype>`, creates
+    /// exactly one upload: of that asset (ids starting with `chat-`), of exactly that size,
+    /// published as is (never packaged) once its bytes are checked to be of that type.
+    #[serde(default)]
+    pub upload_keys: BTreeMap<String, String>,
+}
+
+impl AuthConfig {
+    /// The keys of raw-upload credentials.
+    pub fn upload_key_set(&self) -> Result<estuary_common::token::KeySet, ConfigError> {
+        estuary_common::token::KeySet::from_config(&self.upload_keys, "auth.upload_keys")
+    }
 }
 
 /// One upload token.
@@ -509,6 +523,7 @@ impl OriginConfig {
                 ));
             }
         }
+        self.auth.upload_key_set()?;
         if self.uploads.max_size.as_u64() == 0 {
             return Err(ConfigError::new("uploads.max_size", "must be above 0"));
         }
@@ -610,6 +625,22 @@ root = "/srv/estuary/origin"
 [auth.upload_tokens]
 ops = "0123456789abcdef0123"
 "#;
+
+    #[test]
+    fn upload_keys_are_checked_and_named() {
+        let with = |keys: &str| {
+            OriginConfig::parse(
+                &format!("{GOOD}[auth.upload_keys]\n{keys}\n"),
+                Path::new("/etc"),
+            )
+        };
+        let c = with("relay = \"00112233445566778899aabbccddeeff\"").expect("good key");
+        assert!(!c.auth.upload_key_set().expect("keys").is_empty());
+        let e = with("relay = \"00ff\"").expect_err("short");
+        assert_eq!(e.key, "auth.upload_keys.relay");
+        let e = with("relay = \"xyz\"").expect_err("not hex");
+        assert_eq!(e.key, "auth.upload_keys.relay");
+    }
 
     #[test]
     fn the_default_state_dir_is_the_storages_own() {

@@ -72,6 +72,9 @@ pub struct Asset {
     pub updated_at: u64,
     #[serde(skip)]
     pub source: Option<String>,
+    /// A raw upload's declared type: the asset is that one file, not a packaged ladder.
+    #[serde(rename = "mime", skip_serializing_if = "Option::is_none")]
+    pub raw_mime: Option<String>,
 }
 
 /// A packaging job taken from the queue.
@@ -81,6 +84,15 @@ pub struct Job {
     /// The uploaded file.
     pub source: String,
     pub attempt: u32,
+    /// A raw upload (chat media), published as is: its declared type and size.
+    pub raw: Option<Raw>,
+}
+
+/// What a raw upload declared: its MIME type and exact size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raw {
+    pub mime: String,
+    pub size: u64,
 }
 
 /// The database handle; cheap to clone. Every call runs on the blocking pool.
@@ -114,6 +126,13 @@ const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[
     },
     // Facts about the state itself: the storage it belongs to (`Db::bind_storage`).
     |c| c.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"),
+    // Chat media published as is (a raw-upload credential): the declared type and size.
+    |c| {
+        c.execute_batch(
+            "ALTER TABLE assets ADD COLUMN raw_mime TEXT;
+             ALTER TABLE assets ADD COLUMN raw_size INTEGER;",
+        )
+    },
 ];
 
 /// The version the code reads and writes.
@@ -250,12 +269,14 @@ impl Db {
 
     /// Records a new upload and its asset (state `uploading`). An asset id that is taken is
     /// refused unless its asset failed, is missing, or is `ready` while the storage holds no
-    /// `asset.json` for it (`published`: its objects vanished). Returns the replaced asset's
-    /// kept upload file, for the caller to remove.
+    /// `asset.json` for it (`published`: its objects vanished). A raw upload (`raw`) is
+    /// refused for any id that is taken: its credential creates one upload, never replaces.
+    /// Returns the replaced asset's kept upload file, for the caller to remove.
     pub async fn create_upload(
         &self,
         upload: Upload,
         published: bool,
+        raw: Option<Raw>,
     ) -> Result<Option<String>, DbError> {
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -268,17 +289,22 @@ impl Db {
                 .optional()?;
             let mut old_source = None;
             if let Some((state, source)) = existing {
-                let replaceable =
-                    state == "failed" || state == "missing" || (state == "ready" && !published);
+                let replaceable = raw.is_none()
+                    && (state == "failed" || state == "missing" || (state == "ready" && !published));
                 if !replaceable {
                     return Err(DbError::AssetExists(upload.asset, state));
                 }
                 old_source = source;
             }
             tx.execute(
-                "INSERT OR REPLACE INTO assets (id, state, progress, error, attempts, duration, source, updated_at)
-                 VALUES (?1, 'uploading', 0, NULL, 0, NULL, NULL, ?2)",
-                params![upload.asset, now()],
+                "INSERT OR REPLACE INTO assets (id, state, progress, error, attempts, duration, source, updated_at, raw_mime, raw_size)
+                 VALUES (?1, 'uploading', 0, NULL, 0, NULL, NULL, ?2, ?3, ?4)",
+                params![
+                    upload.asset,
+                    now(),
+                    raw.as_ref().map(|r| r.mime.clone()),
+                    raw.as_ref().map(|r| r.size)
+                ],
             )?;
             tx.execute(
                 "INSERT INTO uploads (id, asset, filename, length, offset, metadata, created_at, complete)
@@ -392,7 +418,7 @@ impl Db {
         self.with(move |c| {
             Ok(c.query_row(
                 "SELECT id, state, progress, error, attempts, duration, updated_at, source,
-                 next_attempt_at FROM assets WHERE id = ?1",
+                 next_attempt_at, raw_mime FROM assets WHERE id = ?1",
                 [id],
                 |r| {
                     let state: String = r.get(1)?;
@@ -407,6 +433,7 @@ impl Db {
                         duration_seconds: r.get(5)?,
                         updated_at: r.get(6)?,
                         source: r.get(7)?,
+                        raw_mime: r.get(9)?,
                     })
                 },
             )
@@ -443,15 +470,18 @@ impl Db {
             let tx = c.transaction()?;
             let job = tx
                 .query_row(
-                    "SELECT id, source, attempts FROM assets
+                    "SELECT id, source, attempts, raw_mime, raw_size FROM assets
                      WHERE state = 'queued' AND next_attempt_at <= ?1
                      ORDER BY updated_at, id LIMIT 1",
                     [now()],
                     |r| {
+                        let mime: Option<String> = r.get(3)?;
+                        let size: Option<u64> = r.get(4)?;
                         Ok(Job {
                             asset: r.get(0)?,
                             source: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                             attempt: r.get::<_, u32>(2)? + 1,
+                            raw: mime.zip(size).map(|(mime, size)| Raw { mime, size }),
                         })
                     },
                 )
@@ -663,6 +693,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raw_upload_takes_only_a_free_id_and_its_job_knows_it_is_raw() {
+        let dir = std::env::temp_dir().join(format!("estuary-origin-raw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Db::open(&dir.join("origin.db")).expect("open");
+        let raw = || {
+            Some(Raw {
+                mime: "image/png".into(),
+                size: 10,
+            })
+        };
+        db.create_upload(upload("u1", "chat-a"), true, raw())
+            .await
+            .expect("create");
+        db.complete_upload("u1", "/x/u1").await.expect("complete");
+        let job = db.claim_job().await.expect("claim").expect("a job");
+        assert_eq!(job.raw, raw());
+        db.finish_job("chat-a", Err("not a png".into()), false)
+            .await
+            .expect("finish");
+        let a = db.asset("chat-a").await.expect("asset").expect("kept");
+        assert_eq!(
+            (a.state.as_str(), a.raw_mime.as_deref()),
+            ("failed", Some("image/png"))
+        );
+        // A packaged upload may replace a failed asset; a raw one never replaces anything.
+        assert!(matches!(
+            db.create_upload(upload("u2", "chat-a"), true, raw()).await,
+            Err(DbError::AssetExists(..))
+        ));
+        db.create_upload(upload("u3", "chat-a"), true, None)
+            .await
+            .expect("an operator's upload replaces a failed asset");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn the_state_is_bound_to_the_storage_it_was_first_opened_with() {
         let dir = std::env::temp_dir().join(format!("estuary-origin-bind-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -690,11 +757,11 @@ mod tests {
         let file = dir.join("origin.db");
         {
             let db = Db::open(&file).expect("open");
-            db.create_upload(upload("u1", "a1"), true)
+            db.create_upload(upload("u1", "a1"), true, None)
                 .await
                 .expect("create");
             assert!(matches!(
-                db.create_upload(upload("u2", "a1"), true).await,
+                db.create_upload(upload("u2", "a1"), true, None).await,
                 Err(DbError::AssetExists(..))
             ));
             db.set_offset("u1", 4).await.expect("offset");
@@ -716,7 +783,7 @@ mod tests {
         let a = db.asset("a1").await.expect("asset").expect("exists");
         assert_eq!((a.state.as_str(), a.duration_seconds), ("ready", Some(8.0)));
         // Out of attempts: failed, not queued forever.
-        db.create_upload(upload("u3", "a3"), true)
+        db.create_upload(upload("u3", "a3"), true, None)
             .await
             .expect("create");
         db.complete_upload("u3", "/x/u3").await.expect("complete");
@@ -727,7 +794,7 @@ mod tests {
         let a = db.asset("a3").await.expect("asset").expect("exists");
         assert_eq!(a.state, "failed", "{a:?}");
         // A failed attempt waits for its time; a kept upload can be queued again.
-        db.create_upload(upload("u5", "a5"), true)
+        db.create_upload(upload("u5", "a5"), true, None)
             .await
             .expect("create");
         db.complete_upload("u5", "/x/u5").await.expect("complete");
@@ -750,13 +817,13 @@ mod tests {
         // A ready asset whose objects vanished is missing, and its id can be uploaded again;
         // a ready one that is still published cannot.
         assert!(matches!(
-            db.create_upload(upload("u6", "a1"), true).await,
+            db.create_upload(upload("u6", "a1"), true, None).await,
             Err(DbError::AssetExists(..))
         ));
         db.mark_missing("a1").await.expect("missing");
         let a = db.asset("a1").await.expect("asset").expect("exists");
         assert_eq!(a.state, "missing");
-        db.create_upload(upload("u6", "a1"), true)
+        db.create_upload(upload("u6", "a1"), true, None)
             .await
             .expect("replace");
         let _ = std::fs::remove_dir_all(&dir);

@@ -90,7 +90,7 @@ pub async fn worker(app: Arc<App>, mut stop: watch::Receiver<bool>) {
             }
             Err(failure) => {
                 app.metrics.jobs_failed.inc();
-                tracing::warn!(asset = %job.asset, reason = %failure.reason, "Packaging failed.");
+                tracing::warn!(asset = %job.asset, reason = %failure.reason, raw = job.raw.is_some(), "Packaging failed.");
                 // A half-published asset's objects go; what cannot be removed now (the store
                 // being down) the sweep at the next start removes.
                 if let Err(e) = app.storage.remove_asset(&job.asset).await {
@@ -176,6 +176,25 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, Failure> {
     }
     let work = work_dir(app, job);
     let out = work.join(&job.asset);
+    if let Some(raw) = &job.raw {
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&out)
+            .map_err(|e| Failure::transient(format!("work folder: {e}")))?;
+        let (source, asset, raw, dir) = (
+            PathBuf::from(&job.source),
+            job.asset.clone(),
+            raw.clone(),
+            out.clone(),
+        );
+        tokio::task::spawn_blocking(move || raw_output(&source, &asset, &raw, &dir))
+            .await
+            .map_err(|e| Failure::transient(format!("the raw publishing task: {e}")))??;
+        check_output(&out, &job.asset)
+            .await
+            .map_err(Failure::permanent)?;
+        publish(app, job, &out).await?;
+        return Ok(0.0);
+    }
     let kept = match tokio::fs::try_exists(out.join(MANIFEST_FILE)).await {
         Ok(true) => check_output(&out, &job.asset).await.ok(),
         _ => None,
@@ -196,8 +215,14 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, Failure> {
             (manifest, duration)
         }
     };
-    sign_output(app, &out).await.map_err(Failure::permanent)?;
-    if let Err(e) = app.storage.publish(&job.asset, &out).await {
+    publish(app, job, &out).await?;
+    Ok(duration.unwrap_or(manifest.duration_seconds))
+}
+
+/// Signs the checked output in `out` and publishes it (`asset.json` last).
+async fn publish(app: &Arc<App>, job: &Job, out: &Path) -> Result<(), Failure> {
+    sign_output(app, out).await.map_err(Failure::permanent)?;
+    if let Err(e) = app.storage.publish(&job.asset, out).await {
         if e.is_store() {
             app.metrics.storage_errors.inc();
         }
@@ -208,7 +233,91 @@ async fn run(app: &Arc<App>, job: &Job) -> Result<f64, Failure> {
         });
     }
     app.forget_manifest(&job.asset);
-    Ok(duration.unwrap_or(manifest.duration_seconds))
+    Ok(())
+}
+
+/// How much of a raw upload's start the type check reads (every signature `infer` knows
+/// lies within it).
+const SNIFF_BYTES: usize = 8192;
+
+/// A raw upload (chat media) as an asset in `dir`: the file as uploaded, named
+/// `media.<ext>`, and an `asset.json` listing it with its size and sha-256, as packaged assets
+/// list theirs. The bytes must be of the declared type (by their signature) and exactly the
+/// declared size; anything else fails the asset for good, and nothing is published.
+fn raw_output(source: &Path, asset: &str, raw: &crate::db::Raw, dir: &Path) -> Result<(), Failure> {
+    use sha2::Digest as _;
+    use std::io::{Read as _, Write as _};
+    let Some(media) = estuary_common::media::MediaType::from_mime(&raw.mime) else {
+        return Err(Failure::permanent(format!(
+            "{} is not a chat media type",
+            raw.mime
+        )));
+    };
+    let mut input = std::fs::File::open(source)
+        .map_err(|e| Failure::permanent(format!("the uploaded file: {e}")))?;
+    let file_name = media.file_name();
+    let mut output = std::fs::File::create(dir.join(&file_name))
+        .map_err(|e| Failure::transient(format!("{file_name}: {e}")))?;
+    let mut hash = sha2::Sha256::new();
+    let mut head: Vec<u8> = Vec::with_capacity(SNIFF_BYTES);
+    let mut size: u64 = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| Failure::transient(format!("the uploaded file: {e}")))?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        if head.len() < SNIFF_BYTES {
+            let take = (SNIFF_BYTES - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+        hash.update(chunk);
+        output
+            .write_all(chunk)
+            .map_err(|e| Failure::transient(format!("{file_name}: {e}")))?;
+        size += n as u64;
+        if size > raw.size {
+            break;
+        }
+    }
+    if size != raw.size {
+        return Err(Failure::permanent(format!(
+            "the upload holds {size} bytes, its credential declared {}",
+            raw.size
+        )));
+    }
+    if !infer::is_mime(&head, media.mime) {
+        let seen = infer::get(&head).map_or("of no known type", |t| t.mime_type());
+        return Err(Failure::permanent(format!(
+            "the file is not {}: its bytes are {seen}",
+            media.mime
+        )));
+    }
+    output
+        .sync_all()
+        .map_err(|e| Failure::transient(format!("{file_name}: {e}")))?;
+    let files = vec![estuary_common::asset::FileDigest {
+        path: file_name,
+        size,
+        sha256: hex::encode(hash.finalize()),
+    }];
+    let mut manifest = AssetManifest {
+        version: estuary_common::asset::MANIFEST_VERSION,
+        asset: asset.to_owned(),
+        duration_seconds: 0.0,
+        segment_seconds: 0.0,
+        video: Vec::new(),
+        audio: Vec::new(),
+        files,
+        merkle_root: String::new(),
+    };
+    manifest.merkle_root = manifest.computed_merkle_root().unwrap_or_default();
+    let text = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Failure::permanent(format!("{MANIFEST_FILE}: {e}")))?;
+    std::fs::write(dir.join(MANIFEST_FILE), text)
+        .map_err(|e| Failure::transient(format!("{MANIFEST_FILE}: {e}")))
 }
 
 /// Runs `estuary package` on the job's upload into `out`; the duration it reports.

@@ -16,6 +16,22 @@ const STATES: [&str; 6] = [
     "missing",
 ];
 
+/// The reasons of `estuary_origin_upload_credentials_refused_total`.
+const CREDENTIAL_REFUSALS: [&str; 12] = [
+    "no_keys",
+    "not_raw_upload",
+    "address_bound",
+    "missing",
+    "malformed",
+    "unknown_kid",
+    "bad_hmac",
+    "expired",
+    "not_yet_valid",
+    "outside_acl",
+    "ip_mismatch",
+    "lifetime_too_long",
+];
+
 /// Handles to every origin metric.
 pub struct Metrics {
     pub registry: Registry,
@@ -35,6 +51,8 @@ pub struct Metrics {
     pub storage_errors: IntCounter,
     /// Objects of half-published assets removed.
     pub orphans_removed: IntCounter,
+    /// Bearer values refused as raw-upload credentials, by reason.
+    credentials_refused: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +121,16 @@ impl Metrics {
             "estuary_origin_orphan_objects_removed_total",
             "Objects of half-published assets (no asset.json, no job) removed by the sweep.",
         ));
+        let credentials_refused = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_origin_upload_credentials_refused_total",
+                "Bearer values that matched no upload token and were refused as raw-upload credentials ([auth.upload_keys]), by reason.",
+            ),
+            &["reason"],
+        ));
+        for r in CREDENTIAL_REFUSALS {
+            credentials_refused.with_label_values(&[r]);
+        }
         metrics::register_all(
             &registry,
             [
@@ -116,6 +144,7 @@ impl Metrics {
                 Box::new(storage_up.clone()),
                 Box::new(storage_errors.clone()),
                 Box::new(orphans_removed.clone()),
+                Box::new(credentials_refused.clone()),
             ],
         );
         Self {
@@ -132,6 +161,15 @@ impl Metrics {
             storage_up,
             storage_errors,
             orphans_removed,
+            credentials_refused,
+        }
+    }
+
+    /// Counts a bearer value refused as a raw-upload credential.
+    pub fn count_credential_refusal(&self, why: crate::app::CredentialRefusal) {
+        let label = why.as_str();
+        if CREDENTIAL_REFUSALS.contains(&label) {
+            self.credentials_refused.with_label_values(&[label]).inc();
         }
     }
 

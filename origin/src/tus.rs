@@ -143,6 +143,22 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     if length > app.config.uploads.max_size.as_u64() {
         return plain(StatusCode::PAYLOAD_TOO_LARGE, "larger than Tus-Max-Size");
     }
+    // A raw-upload credential declares the exact size (the relay hands that size to the
+    // message's recipients).
+    if let Some(raw) = &grant.raw {
+        if length > raw.size {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "larger than the upload credential allows",
+            );
+        }
+        if length < raw.size {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "Upload-Length must be the size the upload credential declares",
+            );
+        }
+    }
     let raw_metadata = headers
         .get("upload-metadata")
         .and_then(|v| v.to_str().ok())
@@ -152,7 +168,11 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
         return plain(StatusCode::BAD_REQUEST, "malformed Upload-Metadata");
     };
     let find = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v);
-    let Some(filename) = find("filename").filter(|f| !f.is_empty() && f.len() <= 255) else {
+    let raw_name = grant.raw.as_ref().map(|r| r.media.file_name());
+    let Some(filename) = find("filename")
+        .or(raw_name.as_ref())
+        .filter(|f| !f.is_empty() && f.len() <= 255)
+    else {
         return plain(
             StatusCode::BAD_REQUEST,
             "Upload-Metadata must carry a filename",
@@ -204,7 +224,11 @@ pub async fn create(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     };
     // The storage holds no asset.json under this id (checked above): an asset this origin
     // thinks ready lost its objects, and a new upload may replace it.
-    match app.db.create_upload(upload, false).await {
+    let raw = grant.raw.as_ref().map(|r| crate::db::Raw {
+        mime: r.media.mime.to_owned(),
+        size: r.size,
+    });
+    match app.db.create_upload(upload, false, raw).await {
         Ok(old_source) => {
             if let Some(old) = old_source {
                 let _ = std::fs::remove_file(old);

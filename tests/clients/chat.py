@@ -713,6 +713,203 @@ async def push():
     print(json.dumps({"ok": True, "requests": len(answered)}))
 
 
+def http(method, url, headers=None, body=None, timeout=10):
+    """A plain HTTP request (urllib): (status, lower-case headers, body); never raises for a
+    status."""
+    import urllib.request
+    import urllib.error
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def tus_create(ticket, length=None, asset=None):
+    """POST the creation request a media.upload ticket describes (optionally lying about the
+    length or the asset); (status, absolute upload URL or None, body)."""
+    import base64
+    headers = dict(ticket["headers"])
+    if length is not None:
+        headers["Upload-Length"] = str(length)
+    if asset is not None:
+        headers["Upload-Metadata"] = (
+            "filename " + base64.b64encode(b"x.jpg").decode()
+            + ",asset " + base64.b64encode(asset.encode()).decode())
+    status, h, body = http("POST", ticket["url"], headers, b"")
+    location = h.get("location")
+    return status, (urllib.parse.urljoin(ticket["url"], location) if location else None), body
+
+
+def tus_patch(ticket, upload_url, data, offset=0):
+    headers = {
+        "Authorization": ticket["headers"]["Authorization"],
+        "Tus-Resumable": "1.0.0",
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
+    status, _, _ = http("PATCH", upload_url, headers, data)
+    return status
+
+
+async def asset_state(ticket, asset, want, timeout=30):
+    """Polls the origin's status of `asset` with the ticket's credential until it is in a
+    state of `want`."""
+    status_url = urllib.parse.urljoin(ticket["url"], f"/v1/assets/{asset}")
+    headers = {"Authorization": ticket["headers"]["Authorization"]}
+    deadline = time.time() + timeout
+    while True:
+        status, _, body = http("GET", status_url, headers)
+        check(status == 200, f"asset status {status} {body!r}")
+        a = json.loads(body)
+        if a["state"] in want:
+            return a
+        if time.time() > deadline:
+            fail(f"asset {asset} still {a}")
+        await asyncio.sleep(0.2)
+
+
+def asset_of(media_url):
+    return urllib.parse.urlsplit(media_url).path.split("/")[2]
+
+
+async def ask_upload(client, cid, mime, size):
+    await client.send({"type": "media.upload", "id": cid, "mime": mime, "size": size})
+    f = await client.next()
+    check(f["type"] == "media.upload" and f.get("id") == cid, f"media.upload answer {f}")
+    return f["upload"], f["media"]
+
+
+async def media():
+    """Alice uploads a real JPEG through the TUS URL the relay hands out, waits until the
+    origin published it and sends it to bob; bob fetches it from the edge with the signed
+    URL his message carries. Then every way of misusing the credentials and URLs."""
+    data = open(ARGS.file, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    check(data[:3] == b"\xff\xd8\xff", "the test file is a JPEG")
+    alice = await Client.connect("alice", "phone")
+    bob = await Client.connect("bob", "phone")
+    ticket, m = await ask_upload(alice, "u1", "image/jpeg", len(data))
+    check(m["mime"] == "image/jpeg" and m["size"] == len(data), f"media {m}")
+    check(ticket["expires"] > time.time() * 1000, f"expires {ticket}")
+    asset = asset_of(m["url"])
+    check(asset.startswith("chat-"), f"asset id {asset}")
+    # Before the upload the CDN has nothing there.
+    status, _, _ = http("GET", m["url"])
+    check(status == 404, f"before the upload the edge answers {status}")
+    status, upload_url, body = tus_create(ticket)
+    check(status == 201 and upload_url, f"creation {status} {body!r}")
+    # The credential creates one upload: a second creation is a conflict.
+    status, _, body = tus_create(ticket)
+    check(status == 409, f"reused credential: {status} {body!r}")
+    # A browser page may upload too: the origin answers CORS preflights of every step.
+    for url, method in [(ticket["url"], "POST"), (upload_url, "PATCH")]:
+        status, h, _ = http("OPTIONS", url, {"Origin": "http://chat.example",
+                                             "Access-Control-Request-Method": method,
+                                             "Access-Control-Request-Headers": "authorization,upload-offset"})
+        check(status in (200, 204) and h.get("access-control-allow-origin") == "*"
+              and method in h.get("access-control-allow-methods", "")
+              and "upload-offset" in h.get("access-control-allow-headers", "").lower(),
+              f"preflight of {method}: {status} {h}")
+    check(tus_patch(ticket, upload_url, data) == 204, "patch")
+    a = await asset_state(ticket, asset, ("ready", "failed"))
+    check(a["state"] == "ready" and a.get("mime") == "image/jpeg", f"asset {a}")
+    # The credential reads its status but unpublishes nothing.
+    status, _, _ = http("DELETE", urllib.parse.urljoin(ticket["url"], f"/v1/assets/{asset}"),
+                        {"Authorization": ticket["headers"]["Authorization"]})
+    check(status == 403, f"delete with an upload credential: {status}")
+
+    await alice.send({"type": "send", "id": "c1", "to": {"user": "bob"}, "media": m})
+    sent = await alice.next("sent")
+    got = await bob.next("message")
+    check(got["msg"] == sent["msg"] and "body" not in got, f"message {got}")
+    gm = got["media"]
+    check(gm["mime"] == "image/jpeg" and gm["size"] == len(data), f"media {gm}")
+    check(urllib.parse.urlsplit(gm["url"]).path == f"/v/{asset}/media.jpg", f"url {gm}")
+    status, h, body = http("GET", gm["url"])
+    check(status == 200, f"edge {status} {body[:200]!r}")
+    check(hashlib.sha256(body).hexdigest() == digest, "the edge served other bytes")
+    check(h.get("content-type") == "image/jpeg", f"content-type {h.get('content-type')}")
+    # A second fetch is a cache hit of the same verified bytes.
+    status, h, body = http("GET", gm["url"])
+    check(status == 200 and hashlib.sha256(body).hexdigest() == digest, "second fetch")
+    # Without its token, or for another path, the URL is refused.
+    bare = gm["url"].split("?")[0]
+    status, _, _ = http("GET", bare)
+    check(status == 403, f"without the token: {status}")
+    other = gm["url"].replace(f"/v/{asset}/", "/v/premium/")
+    status, _, _ = http("GET", other)
+    check(status == 403, f"the token on another asset: {status}")
+    # History signs the same file again.
+    await bob.send({"type": "history", "conversation": "user:alice", "before": None, "limit": 10})
+    hist = await bob.next("history")
+    hm = hist["messages"][-1]["media"]
+    status, _, body = http("GET", hm["url"])
+    check(status == 200 and hashlib.sha256(body).hexdigest() == digest, "history url")
+
+    # A URL the relay did not issue: refused, whatever its host.
+    forged = asset[:-1] + ("1" if asset[-1] == "0" else "0")
+    for url in ["http://cdn.invalid/v/premium/master.m3u8", bare.replace(asset, forged),
+                bare.replace("media.jpg", "media.png")]:
+        await alice.send({"type": "send", "id": "c2", "to": {"user": "bob"},
+                          "media": {"url": url, "mime": "image/jpeg", "size": len(data)}})
+        e = await alice.next("error")
+        check(e["code"] == "bad_media" and e.get("id") == "c2", f"{url}: {e}")
+    # The size or type a message claims must be the ones uploaded.
+    await alice.send({"type": "send", "id": "c3", "to": {"user": "bob"},
+                      "media": dict(m, size=len(data) + 1)})
+    e = await alice.next("error")
+    check(e["code"] == "bad_media" and e.get("id") == "c3", f"size lie: {e}")
+    # media.upload of a type not allowed, or of no or too many bytes.
+    for mime, size in [("text/html", 10), ("image/jpeg", 0), ("image/jpeg", ARGS.max_size + 1)]:
+        await alice.send({"type": "media.upload", "id": "u9", "mime": mime, "size": size})
+        e = await alice.next("error")
+        check(e["code"] == "bad_media" and e.get("id") == "u9", f"{mime} {size}: {e}")
+
+    # An upload larger than declared: refused at creation and past the length.
+    ticket2, m2 = await ask_upload(alice, "u2", "image/jpeg", len(data))
+    status, _, body = tus_create(ticket2, length=len(data) + 1)
+    check(status == 413, f"creation larger than declared: {status} {body!r}")
+    # A credential for asset A names asset B: refused.
+    ticket3, m3 = await ask_upload(alice, "u3", "image/jpeg", len(data))
+    status, _, body = tus_create(ticket3, asset=asset_of(m2["url"]))
+    check(status == 403, f"credential of another asset: {status} {body!r}")
+    status, _, body = tus_create(ticket3, asset=asset)
+    check(status == 403, f"credential used on a published asset: {status} {body!r}")
+    status, up2, _ = tus_create(ticket2)
+    check(status == 201, "creation of the declared size")
+    status = tus_patch(ticket2, up2, data + b"extra")
+    check(status == 413, f"a body past the declared length: {status}")
+    # Bytes that are not the declared type: the asset fails, nothing is served.
+    ticket4, m4 = await ask_upload(alice, "u4", "image/png", len(data))
+    status, up4, _ = tus_create(ticket4)
+    check(status == 201, "png creation")
+    check(tus_patch(ticket4, up4, data) == 204, "png patch")
+    a4 = await asset_state(ticket4, asset_of(m4["url"]), ("ready", "failed"))
+    check(a4["state"] == "failed" and "image/png" in a4.get("error", ""), f"not a png: {a4}")
+    status, _, _ = http("GET", m4["url"])
+    check(status == 404, f"a failed asset is served by the edge: {status}")
+    status, _, _ = http("GET", urllib.parse.urljoin(ticket4["url"], f"/v/{asset_of(m4['url'])}/media.png"))
+    check(status == 404, f"a failed asset is served by the origin: {status}")
+    # An expired credential (minted here with the shared upload key, as a relay would).
+    if ARGS.upload_key:
+        raw = urllib.parse.unquote(ticket3["headers"]["Authorization"].split(" ", 1)[1])
+        fields = dict(f.split("=", 1) for f in raw.split("~"))
+        text = f"exp={int(time.time()) - 5}~acl={fields['acl']}~kid={fields['kid']}"
+        mac = hmac.new(bytes.fromhex(ARGS.upload_key), text.encode(), hashlib.sha256).hexdigest()
+        expired = dict(ticket3, headers=dict(ticket3["headers"], Authorization=f"Bearer {text}~hmac={mac}"))
+        status, _, body = tus_create(expired)
+        check(status in (401, 403), f"expired credential: {status} {body!r}")
+        # The same credential with a fresh exp works: the refusal was the expiry.
+        text = f"exp={int(time.time()) + 60}~acl={fields['acl']}~kid={fields['kid']}"
+        mac = hmac.new(bytes.fromhex(ARGS.upload_key), text.encode(), hashlib.sha256).hexdigest()
+        fresh = dict(ticket3, headers=dict(ticket3["headers"], Authorization=f"Bearer {text}~hmac={mac}"))
+        status, _, body = tus_create(fresh)
+        check(status == 201, f"fresh credential: {status} {body!r}")
+    print(json.dumps({"ok": True, "asset": asset, "bytes": len(data)}))
+
+
 SCENARIOS = {
     "online": online,
     "offline": offline,
@@ -728,6 +925,7 @@ SCENARIOS = {
     "cluster": cluster,
     "cluster-rejoin": cluster_rejoin,
     "push": push,
+    "media": media,
 }
 
 
@@ -745,6 +943,9 @@ def main():
     p.add_argument("--members", type=int, default=2000)
     p.add_argument("--body", type=int, default=2048)
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--file")
+    p.add_argument("--upload-key")
+    p.add_argument("--max-size", type=int, default=16 << 20)
     ARGS = p.parse_args()
     asyncio.run(asyncio.wait_for(SCENARIOS[ARGS.scenario](), ARGS.timeout))
 

@@ -1,18 +1,21 @@
 // The chat relay's demo page in headless Debian Chromium (playwright-core): two tabs, alice
 // and bob, each opened at the URL the demo prints (?token=..&user=..&peer=..).
 //
-//   node chat_page.mjs ALICE_URL BOB_URL
+//   node chat_page.mjs ALICE_URL BOB_URL [IMAGE]
 //
 // alice writes to bob before bob's tab is open: her message shows one tick (sent) and stays
 // so. Then bob's tab opens: it shows the message as text (no markup), acks and reads it, and
 // alice's tick goes to delivered, then read; she sees bob online. bob answers; his tick goes
-// to read. bob's tab reloaded shows the conversation from history. Any page error or
+// to read. bob's tab reloaded shows the conversation from history. With IMAGE (a relay with
+// [media]), alice attaches it: her tab uploads it to the origin with the relay's credential
+// and sends it, bob's tab shows the image loaded from the CDN, and alice's tick goes to read.
+// Any page error or
 // Content-Security-Policy violation fails the run.
 //
 // Prints one JSON line {"ok", "steps": [...], "problems": [...]}; exits 0 only when ok.
 import { chromium } from "playwright-core";
 
-const [aliceUrl, bobUrl] = process.argv.slice(2);
+const [aliceUrl, bobUrl, image] = process.argv.slice(2);
 if (!aliceUrl || !bobUrl) {
   console.error("usage: node chat_page.mjs ALICE_URL BOB_URL");
   process.exit(2);
@@ -116,6 +119,23 @@ try {
   await waitTheirs(bob, first);
   await waitTicks(bob, "hi alice", "sent");
   step("bob: reloaded, the conversation from history");
+
+  if (image) {
+    await alice.setInputFiles("#file", image);
+    // Loaded: the browser fetched and decoded it from the signed CDN URL (under the policy).
+    const loaded = (page, who) => until(page, (who) => {
+      const img = document.querySelector(`#log li.${who} img.media`);
+      return Boolean(img && img.complete && img.naturalWidth > 0 && new URL(img.src).searchParams.has("token"));
+    }, who, `an image shown (${who})`);
+    await loaded(bob, "theirs");
+    step("bob: alice's image shown, loaded from the CDN");
+    await loaded(alice, "mine");
+    await until(alice, () => {
+      const li = [...document.querySelectorAll("#log li.mine")].find((li) => li.querySelector("img.media"));
+      return Boolean(li && li.querySelector(".ticks").dataset.state === "read");
+    }, null, "the image read by bob");
+    step("alice: her image shown and read");
+  }
 
   if (result.problems.length === 0) result.ok = true;
 } catch (e) {

@@ -143,3 +143,72 @@ impl Drop for Nats {
         let _ = self.child.wait();
     }
 }
+
+/// The secret the media tests' relays and origin share for upload credentials.
+pub const UPLOAD_KEY_HEX: &str = "5a5b5c5d5e5f606162636465666768696a6b6c6d6e6f70717273747576777879";
+
+/// What a relay with `[media]` talks to: a real origin that takes the relay's upload
+/// credentials and a real edge that fills `/v/` from it, tokens required (the relay signs
+/// CDN URLs with the edge's key `k2`).
+pub struct MediaSites {
+    pub origin: super::origin_site::OriginSite,
+    pub edge: super::Site,
+    _processes: [EdgeProcess; 2],
+}
+
+impl MediaSites {
+    pub fn start(name: &str) -> Self {
+        let mut origin = super::origin_site::OriginSite::new(&format!("{name}-origin"));
+        origin.extra = format!("[auth.upload_keys]\nrelay-media = \"{UPLOAD_KEY_HEX}\"\n");
+        let origin_process = origin.start();
+        let mut edge = super::cached_site(&format!("{name}-edge"), &[origin.url("")], "");
+        edge.protected = vec!["/v/".into()];
+        let edge_process = edge.start();
+        Self {
+            origin,
+            edge,
+            _processes: [origin_process, edge_process],
+        }
+    }
+
+    /// The relay's `[media]` table for these sites; `extra` adds keys.
+    pub fn relay_toml(&self, extra: &str) -> String {
+        format!(
+            "[media]\norigin = \"{}\"\ncdn = \"{}\"\nupload_key = {{ kid = \"relay-media\", secret = \"{UPLOAD_KEY_HEX}\" }}\ncdn_key = {{ kid = \"k2\", secret = \"{}\" }}\n{extra}",
+            self.origin.url(""),
+            self.edge.url(""),
+            super::KEY2_HEX,
+        )
+    }
+}
+
+/// A real JPEG of one `size` frame of ffmpeg's test pattern, at `path`.
+pub fn test_jpeg(path: &std::path::Path, size: &str) {
+    super::media::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size={size}"),
+        "-frames:v",
+        "1",
+        path.to_str().expect("path"),
+    ]);
+}
+
+/// The chat page's URL on the relay at `relay` for `user` talking to `peer`, with a token
+/// signed by the CLI (query form, valid 10 minutes), as scripts/demo.sh prints it.
+pub fn page_url(relay: SocketAddr, user: &str, peer: &str) -> String {
+    let lines = super::cli_sign(
+        &format!("/chat/user/{user}"),
+        &[
+            "--ttl",
+            "600",
+            "--path",
+            "/chat",
+            "--base",
+            &format!("http://{relay}"),
+        ],
+    );
+    let query_form = lines.get(1).expect("the query-form URL");
+    format!("{query_form}&user={user}&peer={peer}")
+}

@@ -43,12 +43,8 @@ pub struct DnsVsPeersArgs {
     /// Work folder for the zone data, configs, query file and logs.
     #[arg(long, default_value = "bench-out-dns")]
     out: PathBuf,
-    /// Put the report into this markdown file (between the `dns-vs-peers` markers).
-    #[arg(long)]
-    write_md: Option<PathBuf>,
-    /// The estuary binary (default: `estuary` next to this program).
-    #[arg(long)]
-    estuary: Option<PathBuf>,
+    #[command(flatten)]
+    report: harness::ReportArgs,
     /// The DNS servers to measure (default: all).
     #[arg(long, value_delimiter = ',')]
     servers: Vec<DnsServer>,
@@ -156,7 +152,7 @@ pub fn run(args: DnsVsPeersArgs) -> anyhow::Result<()> {
         crate::require("wrk", "wrk")?;
     }
     crate::require("taskset", "util-linux")?;
-    let estuary_bin = harness::estuary_binary(args.estuary.as_deref())?;
+    let estuary_bin = harness::estuary_binary(args.report.estuary.as_deref())?;
     let work = harness::work_folder(&args.out)?;
     std::fs::create_dir_all(work.join("logs"))?;
     let setup = DnsSetup {
@@ -209,7 +205,7 @@ pub fn run(args: DnsVsPeersArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let markdown = bench.markdown(&command, &dns, &checks, &api);
-    harness::publish_report(bench.args.write_md.as_deref(), BEGIN, END, &markdown)?;
+    harness::publish_report(bench.args.report.write_md.as_deref(), BEGIN, END, &markdown)?;
     Ok(())
 }
 

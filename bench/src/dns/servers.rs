@@ -4,17 +4,17 @@
 //! and Knot with a plain static zone (the ceiling).
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
 use super::data::{self, Topology};
-use crate::child::{self, Startup};
-use crate::procfs;
+use crate::child;
+pub use crate::child::{ServerProcess, check_port_free};
 
 /// A DNS server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,18 +150,6 @@ fn knot_geoip_module_installed() -> bool {
     })
 }
 
-/// Fails early when something holds a port a server needs (UDP or TCP).
-pub fn check_port_free(port: u16, who: &str) -> anyhow::Result<()> {
-    if TcpListener::bind(("127.0.0.1", port)).is_err()
-        || UdpSocket::bind(("127.0.0.1", port)).is_err()
-    {
-        bail!(
-            "127.0.0.1:{port} is in use; the bench needs it for {who} (a server left over from an earlier run?)"
-        );
-    }
-    Ok(())
-}
-
 fn ports(server: DnsServer) -> Vec<u16> {
     match server {
         DnsServer::Estuary | DnsServer::EstuaryQuietLog => {
@@ -243,14 +231,6 @@ drain_timeout = "2s"
     let path = dir.join("steering.toml");
     fs::write(&path, config)?;
     Ok(path)
-}
-
-/// A running server; stopped when dropped.
-pub struct ServerProcess {
-    pub label: String,
-    ports: Vec<u16>,
-    child: Child,
-    dir: PathBuf,
 }
 
 impl ServerProcess {
@@ -370,83 +350,6 @@ impl ServerProcess {
                 .is_ok_and(|(status, _)| status == 200)
         })?;
         Ok(process)
-    }
-
-    fn spawn(label: &str, ports: Vec<u16>, cmd: Command, dir: &Path) -> anyhow::Result<Self> {
-        let child = child::spawn_in(cmd, dir, label)?;
-        Ok(Self {
-            label: label.to_owned(),
-            ports,
-            child,
-            dir: dir.to_owned(),
-        })
-    }
-
-    fn wait_until(&mut self, within: Duration, ready: impl Fn() -> bool) -> anyhow::Result<()> {
-        match child::wait_ready(&mut self.child, within, Duration::from_millis(100), ready)? {
-            Startup::Ready => Ok(()),
-            Startup::Exited(status) => {
-                let stderr = fs::read_to_string(self.dir.join("stderr.txt")).unwrap_or_default();
-                let last = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                bail!(
-                    "{} exited during start-up ({status}): {last} (logs in {})",
-                    self.label,
-                    self.dir.display()
-                );
-            }
-            Startup::TimedOut => bail!(
-                "{} did not become ready within {within:?}; see the logs in {}",
-                self.label,
-                self.dir.display()
-            ),
-        }
-    }
-
-    /// The server's processes: the one started (taskset execs the server) and its
-    /// descendants.
-    pub fn pids(&self) -> Vec<u32> {
-        procfs::with_descendants(self.child.id())
-    }
-
-    /// CPU time of all server processes so far, in clock ticks.
-    pub fn cpu_ticks(&self) -> u64 {
-        procfs::total_cpu_ticks(&self.pids())
-    }
-
-    /// Threads of the main process.
-    pub fn threads(&self) -> usize {
-        procfs::threads(self.child.id())
-    }
-
-    /// SIGTERM, then SIGKILL after ten seconds; then waits for the ports to be free.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.terminate()
-    }
-
-    fn terminate(&mut self) -> anyhow::Result<()> {
-        child::terminate(&mut self.child, &self.label)?;
-        child::wait_ports_free(|| {
-            match self
-                .ports
-                .iter()
-                .find(|p| check_port_free(**p, &self.label).is_err())
-            {
-                Some(p) => bail!("{}: port {p} still in use after it stopped", self.label),
-                None => Ok(()),
-            }
-        })
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.terminate();
     }
 }
 

@@ -727,3 +727,109 @@ fn presence_spans_relays_and_a_silent_or_restarted_relay_takes_its_users_offline
     }
     assert_eq!(seen, vec![("bob".to_owned(), false)]);
 }
+
+fn media_harness() -> Harness {
+    let text = "origin = \"http://127.0.0.1:1\"\ncdn = \"http://edge.test\"\nupload_key = { kid = \"relay\", secret = \"00112233445566778899aabbccddeeff\" }\ncdn_key = { kid = \"k1\", secret = \"ffeeddccbbaa99887766554433221100\" }\n";
+    let config: crate::config::MediaConfig =
+        estuary_common::config::from_toml(text).expect("media config");
+    let issuer = MediaIssuer::from_config(&config).expect("issuer");
+    let mut h = Harness::new(ChatLimits::default());
+    h.relay = Relay::new(
+        SqliteStore::in_memory().expect("store"),
+        ChatLimits::default(),
+        (),
+    )
+    .with_media(issuer, rand::SeedableRng::seed_from_u64(1));
+    h
+}
+
+#[test]
+fn without_media_config_an_upload_is_unsupported() {
+    let mut h = Harness::new(ChatLimits::default());
+    h.open(1, "alice", "phone");
+    let out = h.text(
+        1,
+        r#"{"type":"media.upload","id":"u1","mime":"image/jpeg","size":5}"#,
+    );
+    assert_eq!(error_code(&out, 1), "unsupported");
+}
+
+#[test]
+fn issued_media_is_kept_bare_and_signed_afresh_for_every_delivery() {
+    let mut h = media_harness();
+    h.open(1, "alice", "phone");
+    let out = h.text(
+        1,
+        r#"{"type":"media.upload","id":"u1","mime":"image/jpeg","size":5}"#,
+    );
+    let media = match frames_for(&out, 1).as_slice() {
+        [ServerFrame::MediaUpload { id, upload, media }] => {
+            assert_eq!(id.as_deref(), Some("u1"));
+            assert_eq!(upload.url, "http://127.0.0.1:1/uploads/");
+            assert!(upload.headers["Authorization"].starts_with("Bearer exp="));
+            assert!(
+                media.url.starts_with("http://edge.test/v/chat-"),
+                "{media:?}"
+            );
+            media.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    // Two asks, two assets.
+    let again = h.text(1, r#"{"type":"media.upload","mime":"image/jpeg","size":5}"#);
+    assert!(matches!(frames_for(&again, 1).as_slice(),
+        [ServerFrame::MediaUpload { media: m, .. }] if m.url != media.url));
+    let send = serde_json::json!({"type":"send","id":"c1","to":{"user":"bob"},"media":media});
+    let out = h.text(1, &send.to_string());
+    let msg = sent_msg(&out, 1);
+    // Bob connects later: his inbox copy is signed at his connection time.
+    h.now += 5_000_000;
+    let out = h.open(2, "bob", "phone");
+    let delivered = match frames_for(&out, 2).as_slice() {
+        [ServerFrame::Message(m)] => m.media.clone().expect("media"),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((delivered.mime.as_str(), delivered.size), ("image/jpeg", 5));
+    let path = media.url.split('?').next().expect("path");
+    assert!(delivered.url.starts_with(&format!("{path}?token=exp%3D")));
+    assert_ne!(delivered.url, media.url, "a fresh token");
+    // History hands the same file out, signed again; the store kept the bare path.
+    let out = h.text(
+        2,
+        r#"{"type":"history","conversation":"user:alice","before":null,"limit":10}"#,
+    );
+    match frames_for(&out, 2).as_slice() {
+        [ServerFrame::History { messages, .. }] => {
+            assert_eq!(messages.len(), 1);
+            assert_eq!(messages[0].msg, msg);
+            let url = &messages[0].media.as_ref().expect("media").url;
+            assert!(url.starts_with(&format!("{path}?token=")), "{url}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn media_not_issued_by_the_service_and_bad_uploads_are_refused() {
+    let mut h = media_harness();
+    h.open(1, "alice", "phone");
+    for frame in [
+        r#"{"type":"send","id":"c2","to":{"user":"bob"},"media":{"url":"http://edge.test/v/premium/master.m3u8","mime":"image/jpeg","size":5}}"#,
+        r#"{"type":"send","id":"c2","to":{"user":"bob"},"media":{"url":"http://edge.test/v/chat-aaaaaaaaaaaaaaaaaaaa-000000000000000000000000/media.jpg","mime":"image/jpeg","size":5}}"#,
+        r#"{"type":"media.upload","id":"c2","mime":"text/html","size":5}"#,
+        r#"{"type":"media.upload","id":"c2","mime":"image/jpeg","size":0}"#,
+        r#"{"type":"media.upload","id":"c2","mime":"image/jpeg","size":16777217}"#,
+    ] {
+        let out = h.text(1, frame);
+        match frames_for(&out, 1).as_slice() {
+            [ServerFrame::Error { code, id, .. }] => {
+                assert_eq!(
+                    (code.as_str(), id.as_deref()),
+                    ("bad_media", Some("c2")),
+                    "{frame}"
+                );
+            }
+            other => panic!("{frame}: {other:?}"),
+        }
+    }
+}

@@ -3,11 +3,13 @@
 //! with the token and user name in its own URL (`?token=..&user=..&peer=..`).
 //!
 //! The Content-Security-Policy allows the page's own inline script and style by their SHA-256
-//! hashes only (no `'unsafe-inline'`), WebSockets to this host, and nothing else; the page
-//! never sends its URL (which carries the token) as a referrer.
+//! hashes only (no `'unsafe-inline'`), WebSockets to this host and, with `[media]`, uploads
+//! to the origin and images, video and audio from the CDN, and nothing else; the page never
+//! sends its URL (which carries the token) as a referrer.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -33,25 +35,40 @@ fn hash_source(text: &str) -> String {
 }
 
 /// The page's Content-Security-Policy: its inline script and style by hash, WebSockets and
-/// fetches to its own origin, no other source of anything.
-fn policy(html: &str) -> String {
+/// fetches to its own origin; with `media` (the origin and the CDN of `[media]`), fetches to
+/// the origin (the upload) and images, video and audio from the CDN; no other source of
+/// anything.
+fn policy(html: &str, media: Option<(&str, &str)>) -> String {
     let hashes = |tag| element(html, tag).map(hash_source).unwrap_or_default();
+    let (connect, files) = match media {
+        Some((origin, cdn)) => (
+            format!(" {}", origin.trim_end_matches('/')),
+            format!(
+                " img-src {cdn}; media-src {cdn};",
+                cdn = cdn.trim_end_matches('/')
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
-        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+        "default-src 'none'; script-src {}; style-src {}; connect-src 'self'{connect};{files} \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         hashes("script"),
         hashes("style"),
     )
 }
 
+/// The page's policy header for this relay (`None`: it cannot be written, and the page is
+/// not served).
+pub fn csp(media: Option<&crate::config::MediaConfig>) -> Option<HeaderValue> {
+    let media = media.map(|m| (m.origin.as_str(), m.cdn.as_str()));
+    HeaderValue::from_str(&policy(PAGE, media)).ok()
+}
+
 /// `GET /` and `GET /chat`.
-pub async fn page() -> Response {
-    static CSP: OnceLock<Option<HeaderValue>> = OnceLock::new();
+pub async fn page(State(app): State<Arc<super::App>>) -> Response {
     // Without its policy the page is not served: a page whose policy is broken must not run.
-    let Some(csp) = CSP
-        .get_or_init(|| HeaderValue::from_str(&policy(PAGE)).ok())
-        .clone()
-    else {
+    let Some(csp) = app.page_csp.clone() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let headers = [
@@ -80,7 +97,15 @@ mod tests {
 
     #[test]
     fn the_policy_names_the_pages_own_script_and_style_and_nothing_inline_else() {
-        let csp = policy(PAGE);
+        let csp = policy(PAGE, None);
+        assert!(csp.contains("connect-src 'self';") && !csp.contains("img-src"));
+        let with_media = policy(PAGE, Some(("http://origin:8080/", "https://cdn.example")));
+        assert!(
+            with_media.contains("connect-src 'self' http://origin:8080;")
+                && with_media
+                    .contains(" img-src https://cdn.example; media-src https://cdn.example;"),
+            "{with_media}"
+        );
         let script = element(PAGE, "script").expect("the page has an inline script");
         let style = element(PAGE, "style").expect("the page has an inline style");
         assert!(csp.contains(&format!("script-src {};", hash_source(script))));
