@@ -304,7 +304,7 @@ impl Shard {
             });
         }
         if new_room {
-            self.metrics.rooms.inc();
+            self.metrics.room_opened(room_name);
         }
         for (track, k) in added {
             shell
@@ -737,7 +737,7 @@ impl Shard {
         }
         if empty {
             self.rooms.remove(&p.room);
-            self.metrics.rooms.dec();
+            self.metrics.room_closed(&p.room);
         } else {
             self.apply(now, &p.room, &out, None);
         }

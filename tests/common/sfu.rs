@@ -55,6 +55,17 @@ impl Sfu {
 
     /// [`Sfu::start`], with `/metrics`, `/healthz` and `/readyz` on `admin` when given.
     pub fn start_with(name: &str, admin: Option<SocketAddr>, extra: &str) -> Self {
+        Self::start_node(name, "sfu-test", "lab", admin, extra)
+    }
+
+    /// [`Sfu::start_with`] as node `id` of `site`.
+    pub fn start_node(
+        name: &str,
+        id: &str,
+        site: &str,
+        admin: Option<SocketAddr>,
+        extra: &str,
+    ) -> Self {
         let dir = TempDir::new(name);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -62,7 +73,7 @@ impl Sfu {
             .map(|a| format!("admin = \"{a}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "[node]\nid = \"sfu-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"127.0.0.1\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"{id}\"\nsite = \"{site}\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"127.0.0.1\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         let path = dir.path().join("sfu.toml");
         std::fs::write(&path, config).expect("config");
@@ -141,6 +152,17 @@ impl Sfu {
 
     /// The aiortc client's command line (`publish`, `watch` or `pair`) against this SFU.
     pub fn client_command(&self, mode: &str, room: &str, extra: &[&str]) -> Command {
+        self.client_command_with(mode, room, &room_token(room), extra)
+    }
+
+    /// [`Sfu::client_command`] with a given room token.
+    pub fn client_command_with(
+        &self,
+        mode: &str,
+        room: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Command {
         let mut cmd = Command::new("python3");
         cmd.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -152,7 +174,7 @@ impl Sfu {
         .arg("--room")
         .arg(room)
         .arg("--token")
-        .arg(room_token(room))
+        .arg(token)
         .args(extra);
         cmd
     }
@@ -160,7 +182,18 @@ impl Sfu {
     /// Runs the aiortc client (`publish`, `watch` or `pair`) against this SFU and returns its
     /// JSON line; fails the test with its output and the SFU's log if it fails.
     pub fn client(&self, mode: &str, room: &str, extra: &[&str]) -> serde_json::Value {
-        let out = run(&mut self.client_command(mode, room, extra));
+        self.client_with(mode, room, &room_token(room), extra)
+    }
+
+    /// [`Sfu::client`] with a given room token.
+    pub fn client_with(
+        &self,
+        mode: &str,
+        room: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
+        let out = run(&mut self.client_command_with(mode, room, token, extra));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

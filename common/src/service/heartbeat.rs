@@ -33,6 +33,8 @@ pub struct Report {
     pub load: Load,
     pub usage: Usage,
     pub inventory: Vec<InventoryItem>,
+    /// SFUs: the rooms open now.
+    pub rooms: Vec<String>,
 }
 
 /// The addresses a node advertises: each one `advertise` sets, else the listening one.
@@ -63,6 +65,7 @@ pub fn maker(
             mut load,
             usage,
             inventory,
+            rooms,
         } = report();
         load.cpu = cpu.share();
         Heartbeat {
@@ -76,6 +79,7 @@ pub fn maker(
             usage,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             inventory,
+            rooms,
             instance: String::new(),
             leaving: false,
         }
