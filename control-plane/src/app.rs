@@ -1490,15 +1490,9 @@ impl estuary_common::service::admin::AdminEndpoints for App {
 /// `POST /v1/meetings` (operators): places a new meeting on an SFU near its first participant
 /// and answers its room, SFU URLs and a room token (201).
 async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = app.operator(&headers) {
-        return r;
-    }
-    let Some(config) = &app.config.meetings else {
-        return (
-            StatusCode::NOT_FOUND,
-            "meetings are not configured ([meetings])\n",
-        )
-            .into_response();
+    let config = match meetings_config(&app, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let request: estuary_common::api::MeetingRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -1532,16 +1526,9 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
         Ok(h) => h,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let rooms = app.registry.rooms();
     let room = format!("m-{:016x}", rand::random::<u64>());
-    let policy = meeting_policy(config);
-    let fleet = crate::meetings::Fleet {
-        snap: &snap,
-        rooms: &rooms,
-        policy: &policy,
-        now,
-        grace: config.grace.as_secs(),
-    };
+    let view = FleetView::now(&app, config, snap, now);
+    let fleet = view.fleet();
     let placed = match app.meetings.lock() {
         Ok(mut meetings) => {
             meetings.create(&fleet, room, near, home.as_deref(), config.max_meetings)
@@ -1555,7 +1542,7 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
                 .with_label_values(&["created"])
                 .inc();
             tracing::info!(room = %m.room, node = %m.node, "A meeting was placed on an SFU.");
-            meeting_answer(&app, config, &snap, &m, StatusCode::CREATED, now)
+            meeting_answer(&app, config, &view.snap, &m, StatusCode::CREATED, now)
         }
         Err(e) => {
             let outcome = match e {
@@ -1578,34 +1565,20 @@ async fn get_meeting(
     Path(room): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = app.operator(&headers) {
-        return r;
-    }
-    let Some(config) = &app.config.meetings else {
-        return (
-            StatusCode::NOT_FOUND,
-            "meetings are not configured ([meetings])\n",
-        )
-            .into_response();
+    let config = match meetings_config(&app, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     if !valid_name(&room) {
         return (StatusCode::BAD_REQUEST, "room: 1-64 of A-Z a-z 0-9 - _ .\n").into_response();
     }
     let now = estuary_common::unix_now();
-    let snap = app.registry.snapshot(now);
-    let rooms = app.registry.rooms();
+    let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
+    let (fleet, snap) = (view.fleet(), &view.snap);
     let networks = &app.config.auth.site_networks;
-    let policy = meeting_policy(config);
-    let fleet = crate::meetings::Fleet {
-        snap: &snap,
-        rooms: &rooms,
-        policy: &policy,
-        now,
-        grace: config.grace.as_secs(),
-    };
     let found = match app.meetings.lock() {
         Ok(mut meetings) => meetings.lookup(&fleet, &room, |near| {
-            crate::meetings::home_site(&snap, networks, near)
+            crate::meetings::home_site(snap, networks, near)
                 .ok()
                 .flatten()
         }),
@@ -1620,12 +1593,12 @@ async fn get_meeting(
     match found {
         crate::meetings::Lookup::Kept(m) => {
             count("kept");
-            meeting_answer(&app, config, &snap, &m, StatusCode::OK, now)
+            meeting_answer(&app, config, snap, &m, StatusCode::OK, now)
         }
         crate::meetings::Lookup::Moved { meeting, from } => {
             count("moved");
             tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
-            meeting_answer(&app, config, &snap, &meeting, StatusCode::OK, now)
+            meeting_answer(&app, config, snap, &meeting, StatusCode::OK, now)
         }
         crate::meetings::Lookup::Unknown => {
             count("unknown");
@@ -1638,10 +1611,57 @@ async fn get_meeting(
     }
 }
 
-fn meeting_policy(config: &crate::config::MeetingsConfig) -> crate::meetings::Policy {
-    crate::meetings::Policy {
-        peers_per_sfu: config.peers_per_sfu,
-        load_threshold: config.load_threshold,
+/// `[meetings]`, for an operator: 401/403 for anyone else, 404 when it is not configured.
+fn meetings_config<'a>(
+    app: &'a App,
+    headers: &HeaderMap,
+) -> Result<&'a crate::config::MeetingsConfig, Response> {
+    app.operator(headers)?;
+    app.config.meetings.as_ref().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "meetings are not configured ([meetings])\n",
+        )
+            .into_response()
+    })
+}
+
+/// What a meeting decision reads, taken once per request.
+struct FleetView {
+    snap: estuary_common::cp::StateSnapshot,
+    rooms: std::collections::HashMap<String, Vec<String>>,
+    policy: crate::meetings::Policy,
+    now: u64,
+    grace: u64,
+}
+
+impl FleetView {
+    fn now(
+        app: &App,
+        config: &crate::config::MeetingsConfig,
+        snap: estuary_common::cp::StateSnapshot,
+        now: u64,
+    ) -> Self {
+        Self {
+            snap,
+            rooms: app.registry.rooms(),
+            policy: crate::meetings::Policy {
+                peers_per_sfu: config.peers_per_sfu,
+                load_threshold: config.load_threshold,
+            },
+            now,
+            grace: config.grace.as_secs(),
+        }
+    }
+
+    fn fleet(&self) -> crate::meetings::Fleet<'_> {
+        crate::meetings::Fleet {
+            snap: &self.snap,
+            rooms: &self.rooms,
+            policy: &self.policy,
+            now: self.now,
+            grace: self.grace,
+        }
     }
 }
 
