@@ -388,6 +388,18 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
         assert!(hb.check().is_ok());
+        // Room names travel too (the control plane keeps meetings by them), bounded and
+        // checked like every name.
+        hb.rooms = vec!["m-1".into(), "lobby".into()];
+        let text = serde_json::to_string(&hb).expect("json");
+        assert!(text.contains("\"rooms\":[\"m-1\",\"lobby\"]"), "{text}");
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
+        assert!(hb.check().is_ok());
+        hb.rooms = vec!["a room".into()];
+        assert!(hb.check().is_err());
+        hb.rooms = vec!["r".into(); MAX_BEAT_ROOMS + 1];
+        assert!(hb.check().is_err());
+        hb.rooms.clear();
         hb.load.peers = 10_000_001;
         assert!(hb.check().is_err());
         // Nodes without rooms leave the fields out, so an older control plane still reads them.

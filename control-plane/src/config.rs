@@ -557,6 +557,15 @@ mod tests {
             assert!(e.key.starts_with(key), "{e} (wanted {key})");
         };
         bad(&text.replace("[health]", "[helth]"), "helth");
+        bad(
+            &text.replace("max_meetings = 100000", "max_meeting = 100000"),
+            "meetings",
+        );
+        // The example turns meetings on; without the table they are off.
+        assert!(c.meetings.is_some());
+        let off = text.split("\n[meetings]").next().unwrap_or_default();
+        let c = ControlPlaneConfig::parse(off, Path::new("/etc")).expect("without [meetings]");
+        assert!(c.meetings.is_none());
         let db = |url: &str| text.replace("sqlite:///var/lib/estuary/control-plane.db", url);
         let c = ControlPlaneConfig::parse(&db("postgres://estuary@db.example/cp"), Path::new("/"))
             .expect("postgres url");
