@@ -2,10 +2,14 @@
 # The demo command: builds Estuary, makes a self-signed certificate and a 30-second sample
 # clip, starts an origin, uploads the clip to it over TUS and waits for its packaging (HLS +
 # DASH ladder), starts an edge that fills from the origin and the steering service in front of
-# it, and a chat relay with its demo page, and prints signed URLs that play, two chat URLs (alice
-# and bob, for two browser tabs), plus the metrics URLs. Stop it with Ctrl-C (all drain and exit).
+# it, a chat relay with its demo page, and an SFU registered with the control plane, and prints
+# signed URLs that play, two chat URLs (alice and bob, for two browser tabs), a meeting the
+# control plane placed on the SFU (WHIP and WHEP URLs with its room token), plus the metrics
+# URLs. Stop it with Ctrl-C (all drain and exit). ESTUARY_DEMO_BIN=<path> runs a binary
+# already built instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 scripts/setup-debian.sh demo
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -19,11 +23,18 @@ cp_port="${ESTUARY_DEMO_CONTROL_PLANE_PORT:-7000}"
 steer_port="${ESTUARY_DEMO_STEERING_PORT:-7100}"
 dns_port="${ESTUARY_DEMO_DNS_PORT:-5353}"
 chat_port="${ESTUARY_DEMO_CHAT_PORT:-7200}"
+sfu_port="${ESTUARY_DEMO_SFU_PORT:-7300}"
+sfu_udp_port="${ESTUARY_DEMO_SFU_UDP_PORT:-7301}"
 mkdir -p "$site/content" "$site/origin"
 
-echo "== building estuary (release)"
-cargo build --release --locked --bin estuary
-bin="${CARGO_TARGET_DIR:-$PWD/target}/release/estuary"
+if [ -n "${ESTUARY_DEMO_BIN:-}" ]; then
+  bin="$(realpath "$ESTUARY_DEMO_BIN")"
+  echo "== using $bin"
+else
+  echo "== building estuary (release)"
+  cargo build --release --locked --bin estuary
+  bin="${CARGO_TARGET_DIR:-$PWD/target}/release/estuary"
+fi
 
 if [ ! -f "$site/cert.pem" ]; then
   echo "== making a self-signed certificate for localhost and 127.0.0.1"
@@ -53,6 +64,10 @@ steering_cred="$(secret steering.cred 20)"
 chat_cred="$(secret chat-relay.cred 20)"
 # Chat media: the relay signs upload credentials the origin accepts with this shared key.
 media_upload_key="$(secret chat-media-upload.key 32)"
+sfu_cred="$(secret sfu.cred 20)"
+# Room tokens (acl /rooms/<room>): the SFU accepts this key, the control plane signs the
+# tokens of the meetings it places with it.
+rooms_key="$(secret rooms.key 32)"
 # The origin signs every asset.json it publishes; the edge and the control plane trust only
 # manifests signed with this key.
 [ -f "$site/manifest-keys.txt" ] || "$bin" manifest keygen --key-id demo-origin > "$site/manifest-keys.txt"
@@ -82,8 +97,16 @@ token = "$steering_cred"
 site = "demo"
 role = "chat-relay"
 token = "$chat_cred"
+[auth.nodes.demo-sfu]
+site = "demo"
+role = "sfu"
+token = "$sfu_cred"
 [auth.site_networks]
 demo = ["127.0.0.0/8"]
+[meetings]
+key_id = "demo-rooms"
+key = "$rooms_key"
+token_ttl = "1day"
 $manifest_keys
 TOML
 "$bin" check-config "$site/control-plane.toml"
@@ -262,6 +285,23 @@ interval = "2s"
 TOML
 "$bin" check-config "$site/chat-relay.toml"
 
+cat > "$site/sfu.toml" <<TOML
+[node]
+id = "demo-sfu"
+site = "demo"
+[listen]
+http = "127.0.0.1:$sfu_port"
+udp = "127.0.0.1:$sfu_udp_port"
+public_ip = "127.0.0.1"
+[auth.keys]
+demo-rooms = "$rooms_key"
+[control_plane]
+url = "http://127.0.0.1:$cp_port"
+token = "$sfu_cred"
+interval = "2s"
+TOML
+"$bin" check-config "$site/sfu.toml"
+
 sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path "$2" --base "$1"; }
 plain=$(sign "http://127.0.0.1:$http_port" /v/demo/master.m3u8)
 tls=$(sign "https://localhost:$https_port" /v/demo/master.m3u8)
@@ -288,6 +328,8 @@ Estuary demo site: $site
   Geo-DNS:  dig @127.0.0.1 -p $dns_port edge.cdn.demo A +subnet=10.1.2.0/24   (and demo.cdn.demo, SOA, NS)
   Chat:     ws://127.0.0.1:$chat_port/ws (chat relay; store: chat-relay.db; log: chat-relay.log)
             media.upload: TUS to the origin, files served by the edge with signed URLs ([media])
+  SFU:      http://127.0.0.1:$sfu_port (WHIP /whip/<room>, WHEP /whep/<room>; media on UDP $sfu_udp_port; log: sfu.log)
+            a meeting: curl -H 'Authorization: Bearer $operator_token' -d '{"region":"demo"}' http://127.0.0.1:$cp_port/v1/meetings
 
 Signed URLs for the sample stream through the edge (valid 24 h):
   path form, plain HTTP:  $(echo "$plain" | sed -n 3p)
@@ -309,7 +351,7 @@ Chat: open each in its own browser tab (or two browsers), and write from one to 
    $bin token sign --key-id demo-chat --key \$(cat $site/chat.key) --acl /chat/user/NAME --ttl 86400 --path /chat --base http://127.0.0.1:$chat_port)
 
 Operate it:
-  metrics:  http://127.0.0.1:$admin_port/metrics  (origin: http://127.0.0.1:$origin_admin_port/metrics, chat: http://127.0.0.1:$chat_port/metrics)
+  metrics:  http://127.0.0.1:$admin_port/metrics  (origin: http://127.0.0.1:$origin_admin_port/metrics, chat: http://127.0.0.1:$chat_port/metrics, SFU: http://127.0.0.1:$sfu_port/metrics)
   health:   http://127.0.0.1:$admin_port/healthz   ready: http://127.0.0.1:$admin_port/readyz
   reload the certificate: kill -HUP <pid>; drain and stop: Ctrl-C or kill -TERM <pid>
 
@@ -319,6 +361,42 @@ cd "$site"
 pids+=($!)
 "$bin" chat-relay --config chat-relay.toml 2>>chat-relay.log &
 pids+=($!)
+"$bin" sfu --config sfu.toml 2>>sfu.log &
+pids+=($!)
+# A meeting, placed by the control plane on the SFU once it counts the SFU up: how to publish
+# into it and watch it.
+(
+  for _ in $(seq 1 60); do
+    meeting="$(curl -fsS -H "Authorization: Bearer $operator_token" -d '{"region":"demo"}' \
+      "http://127.0.0.1:$cp_port/v1/meetings" 2>/dev/null)" && break
+    meeting=""
+    sleep 1
+  done
+  if [ -z "$meeting" ]; then
+    echo "demo: the control plane placed no meeting (is the SFU up? see sfu.log)" >&2
+    exit 0
+  fi
+  # field KEY...: the meeting's value at that path.
+  field() { echo "$meeting" | python3 -c 'import json, sys
+m = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    m = m[k]
+print(m)' "$@"; }
+  room="$(field room)"
+  token="$(field token)"
+  cat >&2 <<MEETING
+
+Meeting $room, placed by the control plane on $(field sfu node) (token valid 24 h; late
+joiners: GET http://127.0.0.1:$cp_port/v1/meetings/$room with the operator token):
+  publish (WHIP): POST $(field sfu whip)   Authorization: Bearer $token
+  watch (WHEP):   POST $(field sfu whep)
+  with the test client (aiortc from PyPI), a test pattern and a tone:
+    python3 $repo/tests/clients/whip_whep.py publish --url http://127.0.0.1:$sfu_port --room $room --token '$token' --seconds 600
+    python3 $repo/tests/clients/whip_whep.py watch --url http://127.0.0.1:$sfu_port --room $room --token '$token' --seconds 10
+  or OBS (Service WHIP, Server the WHIP URL, Bearer Token the token).
+
+MEETING
+) &
 "$bin" edge --config edge.toml &
 pids+=($!)
 edge_pid=$!

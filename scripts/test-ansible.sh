@@ -8,19 +8,22 @@
 #    playbook, with both inventories. Then tests/render.yml (no containers): every file the
 #    roles would install from the example inventory rendered here, with test values for the
 #    vault's secrets, and each config checked: `estuary check-config` on the edge, origin,
-#    control-plane, steering and chat-relay configs (with their TLS files and coverage zones),
+#    control-plane, steering, chat-relay and sfu configs (with their TLS files and coverage zones),
 #    `promtool check config` on Prometheus's.
 # 2. The Debian package of the debug binary cargo test built (scripts/package-deb.sh).
 # 3. The lab (scripts/lab.sh): five containers from a cached debootstrap root (rebuilt when
 #    missing): control plane, origin, steering, and two edges of one site (the first also
-#    runs a chat relay).
+#    runs a chat relay, the second an SFU on an address of its own, 127.0.0.82).
 # 4. site.yml, then from outside the containers: every unit enabled and active, every
 #    installed config passes `estuary check-config`, capabilities only where a port < 1024
 #    is configured; the control plane on PostgreSQL (role postgresql) with the nodes in it;
 #    Prometheus (role monitoring) sees every node's /metrics target up; the chat relay
 #    answers /readyz and its page, the control plane lists it as a chat-relay node, and two
 #    WebSocket clients chat through it (tests/clients/chat.py online: messages, receipts,
-#    presence, history); a clip uploaded over TUS to the deployed origin, pushed through the
+#    presence, history); the SFU answers /readyz, the control plane lists it as an sfu node,
+#    a meeting made through the deployed control plane (POST /v1/meetings) lands on it, and
+#    aiortc publishes over WHIP and watches over WHEP through it with the meeting's token,
+#    decoding frames (the lab shares the host's network, so UDP reaches it); a clip uploaded over TUS to the deployed origin, pushed through the
 #    deployed control plane (push.yml) onto both edges, and played through an edge with a
 #    signed URL by hls.js in headless Chromium; steering and its geo-DNS name those edges.
 # 5. site.yml again: changed=0 on every host.
@@ -28,8 +31,8 @@
 #    and its service.
 # 7. upgrade.yml to a newer package while a client fetches segments from both edges, with
 #    failover (tests/clients/rolling_client.py): no request fails, each edge's /readyz goes
-#    200, 503 (draining), 200; every node runs the new package (the chat relay, beside an
-#    edge, runs the new binary too).
+#    200, 503 (draining), 200; every node runs the new package (the chat relay and the SFU,
+#    each beside an edge, run the new binary too, and the SFU forwards media again).
 # Every failure fails the script; nothing is skipped.
 set -euo pipefail
 # systemd-nspawn and nsenter need root.
@@ -47,12 +50,14 @@ ansible_lint_version=26.10.1
 step() { echo "== test-ansible ($(($(date +%s) - start_time)) s): $*"; }
 fail() { echo "test-ansible: FAILED: $*" >&2; exit 1; }
 
-step "Ansible $ansible_version, ansible-lint $ansible_lint_version, tuspy and websockets from PyPI; the browser clients from npm"
+step "Ansible $ansible_version, ansible-lint $ansible_lint_version, tuspy, websockets and aiortc from PyPI; the browser clients from npm"
 if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ansible') == '$ansible_version' and m.version('ansible-lint') == '$ansible_lint_version'; import tusclient, websockets" 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "ansible==$ansible_version" "ansible-lint==$ansible_lint_version" tuspy websockets
 fi
+# The WHIP/WHEP peer for the SFU (tests/clients/whip_whep.py).
+"$venv/bin/python" -c "import aiortc" 2>/dev/null || "$venv/bin/pip" install -q "aiortc==1.16.0"
 if [ ! -d "$repo/tests/clients/node_modules/playwright-core" ] || [ ! -d "$repo/tests/clients/node_modules/hls.js" ]; then
   npm ci --prefix "$repo/tests/clients" --no-audit --no-fund --silent
 fi
@@ -138,6 +143,17 @@ rw="$(on lab-edge-a1 systemctl show -p ReadWritePaths --value "$unit")"
 exposure="$(on lab-edge-a1 systemd-analyze security "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
 [ -n "$exposure" ] || fail "lab-edge-a1: no exposure level for $unit"
 echo "   lab-edge-a1: $unit enabled, active, config valid, no capabilities, writes $rw, exposure $exposure"
+# The SFU beside the second edge: a unit of its own, writing nowhere.
+unit=estuary-sfu.service
+[ "$(on lab-edge-a2 systemctl is-enabled "$unit")" = enabled ] || fail "lab-edge-a2: $unit is not enabled"
+[ "$(on lab-edge-a2 systemctl is-active "$unit")" = active ] || fail "lab-edge-a2: $unit is not active"
+on lab-edge-a2 /usr/bin/estuary check-config /etc/estuary/sfu.toml >/dev/null \
+  || fail "lab-edge-a2: /etc/estuary/sfu.toml does not pass check-config"
+caps="$(on lab-edge-a2 systemctl show -p AmbientCapabilities --value "$unit")"
+[ -z "$caps" ] || fail "lab-edge-a2: $unit holds capabilities it does not need: $caps"
+exposure="$(on lab-edge-a2 systemd-analyze security "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+[ -n "$exposure" ] || fail "lab-edge-a2: no exposure level for $unit"
+echo "   lab-edge-a2: $unit enabled, active, config valid, no capabilities, exposure $exposure"
 
 step "the control plane runs on PostgreSQL (postgresql role, in lab-cp)"
 on lab-cp grep -q '^url = "postgres://estuary:.*@127.0.0.77:5432/estuary"' /etc/estuary/control-plane.toml \
@@ -147,10 +163,10 @@ curl -fsS http://127.0.0.77:7000/metrics | grep -qx 'estuary_cp_database_up 1' |
 nodes_in_db=""
 for _ in $(seq 1 20); do
   nodes_in_db="$(on lab-cp runuser -u postgres -- psql -d estuary -tAc 'SELECT count(*) FROM nodes')"
-  [ "$nodes_in_db" -ge 5 ] 2>/dev/null && break
+  [ "$nodes_in_db" -ge 6 ] 2>/dev/null && break
   sleep 0.5
 done
-[ "$nodes_in_db" -ge 5 ] 2>/dev/null || fail "PostgreSQL holds $nodes_in_db nodes, not the lab's origin, steering, two edges and chat relay"
+[ "$nodes_in_db" -ge 6 ] 2>/dev/null || fail "PostgreSQL holds $nodes_in_db nodes, not the lab's origin, steering, two edges, chat relay and SFU"
 echo "   control-plane.toml names postgres://estuary@127.0.0.77:5432/estuary; its nodes table holds $nodes_in_db nodes"
 
 step "Prometheus (monitoring role, in lab-cp) scrapes every Estuary node: every target up"
@@ -161,7 +177,7 @@ targets_ok=""
 for _ in $(seq 1 30); do
   if curl -fsS "$prometheus/api/v1/targets?state=active" >"$run/targets.json" \
     && curl -fsS "$prometheus/api/v1/query" --data-urlencode 'query=up{job=~"estuary-.*"}' >"$run/up.json" \
-    && "$venv/bin/python" - "$run/targets.json" "$run/up.json" "${hosts[@]}" lab-chat-a1 2>"$run/targets.err" <<'PY'
+    && "$venv/bin/python" - "$run/targets.json" "$run/up.json" "${hosts[@]}" lab-chat-a1 lab-sfu-a2 2>"$run/targets.err" <<'PY'
 import json, sys
 targets = json.load(open(sys.argv[1]))["data"]["activeTargets"]
 up = json.load(open(sys.argv[2]))["data"]["result"]
@@ -169,7 +185,7 @@ hosts = sys.argv[3:]
 # One target per lab node (the chat relay beside an edge is one of its own), each in its
 # service's job, each scraped and up.
 want = {"estuary-control-plane": 1, "estuary-origin": 1, "estuary-steering": 1, "estuary-edge": 2,
-        "estuary-chat-relay": 1}
+        "estuary-chat-relay": 1, "estuary-sfu": 1}
 jobs = {}
 for t in targets:
     jobs[t["labels"]["job"]] = jobs.get(t["labels"]["job"], 0) + 1
@@ -193,25 +209,55 @@ page="$(curl -fsS -D - "http://$relay/chat")" || fail "the chat relay's page"
 echo "$page" | grep -qi '^content-security-policy: default-src' || fail "the chat page has no Content-Security-Policy"
 echo "$page" | grep -q '<title>Estuary chat</title>' || fail "the chat page is not the chat page"
 operator_token=lab-test-operator-token-8a3964249b6a0edd02f0df1c
-relay_node=""
-for _ in $(seq 1 30); do
-  curl -fsS -H "Authorization: Bearer $operator_token" http://127.0.0.77:7000/v1/nodes >"$run/nodes.json" \
-    && relay_node="$("$venv/bin/python" - "$run/nodes.json" <<'PY'
+# Waits (30 s) until the deployed control plane lists node ID of ROLE up in site lab-a; prints it.
+listed_up() {
+  local id="$1" role="$2" node=""
+  for _ in $(seq 1 30); do
+    curl -fsS -H "Authorization: Bearer $operator_token" http://127.0.0.77:7000/v1/nodes >"$run/nodes.json" \
+      && node="$("$venv/bin/python" - "$run/nodes.json" "$id" "$role" <<'PY'
 import json, sys
-nodes = [n for n in json.load(open(sys.argv[1])) if n["id"] == "lab-chat-a1"]
+nodes = [n for n in json.load(open(sys.argv[1])) if n["id"] == sys.argv[2]]
 n = nodes[0] if nodes else {}
-if n.get("role") == "chat-relay" and n.get("up") and n.get("site") == "lab-a":
+if n.get("role") == sys.argv[3] and n.get("up") and n.get("site") == "lab-a":
     print(f'{n["id"]} role {n["role"]} site {n["site"]} up, at {n["addresses"].get("http")}')
 PY
-)" && [ -n "$relay_node" ] && break
-  sleep 1
-done
-[ -n "$relay_node" ] || fail "the control plane does not list lab-chat-a1 as an up chat-relay node: $(cat "$run/nodes.json" 2>/dev/null)"
-echo "   control plane: $relay_node"
+)" && [ -n "$node" ] && break
+    sleep 1
+  done
+  [ -n "$node" ] || fail "the control plane does not list $id as an up $role node: $(cat "$run/nodes.json" 2>/dev/null)"
+  echo "   control plane: $node"
+}
+listed_up lab-chat-a1 chat-relay
 chat_key=3f9a1c7e5d2b8046e1f3a5c7d9b0e2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4f6
 "$venv/bin/python" "$repo/tests/clients/chat.py" online --url "ws://$relay" --key "$chat_key" --kid lab-chat \
   || fail "tests/clients/chat.py online through the deployed chat relay"
 echo "   chat.py online through ws://$relay: messages, delivered and read receipts, typing, history, presence"
+
+step "the SFU (lab-edge-a2, 127.0.0.82): ready, an sfu node on the control plane, a meeting placed on it, media through it"
+curl -fsS -o /dev/null "http://127.0.0.82:7302/readyz" || fail "the SFU's /readyz is not 200"
+listed_up lab-sfu-a2 sfu
+# Publishes and watches a new meeting placed by the deployed control plane; prints what the
+# watcher decoded.
+sfu_meeting() {
+  local meeting room token whip
+  meeting="$(curl -fsS -H "Authorization: Bearer $operator_token" -H 'Content-Type: application/json' \
+    -d '{"region":"lab-a"}' http://127.0.0.77:7000/v1/meetings)" || fail "POST /v1/meetings on the deployed control plane"
+  room="$(echo "$meeting" | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["room"])')"
+  token="$(echo "$meeting" | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+  whip="$(echo "$meeting" | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["sfu"]["whip"])')"
+  [ "$whip" = "http://127.0.0.82:7300/whip/$room" ] || fail "the meeting is not on the lab's SFU: $meeting"
+  "$venv/bin/python" "$repo/tests/clients/whip_whep.py" pair --url http://127.0.0.82:7300 --room "$room" \
+    --token "$token" --seconds 3 >"$run/whip_whep.json" || fail "whip_whep.py pair through the deployed SFU"
+  "$venv/bin/python" - "$run/whip_whep.json" "$room" <<'PY' || fail "the watcher decoded too little through the deployed SFU: $(tail -1 "$run/whip_whep.json")"
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+w = r["watchers"]
+assert w and all(x["video_frames"] >= 20 and x["audio_frames"] >= 20 for x in w), r
+print(f"   meeting {sys.argv[2]} on lab-sfu-a2: aiortc published over WHIP and watched over WHEP, "
+      f"{w[0]['video_frames']} video and {w[0]['audio_frames']} audio frames decoded")
+PY
+}
+sfu_meeting
 
 step "a clip uploaded over TUS to the deployed origin"
 clip="$cache/clip.mp4"
@@ -327,5 +373,12 @@ relay_pid="$(on lab-edge-a1 systemctl show -p MainPID --value estuary-chat-relay
 relay_exe="$(on lab-edge-a1 readlink "/proc/$relay_pid/exe")"
 [ "$relay_exe" = /usr/bin/estuary ] || fail "the chat relay runs '$relay_exe' after the upgrade, not the new binary"
 curl -fsS -o /dev/null "http://127.0.0.80:7201/readyz" || fail "the chat relay is not ready after the upgrade"
+# The SFU shares lab-edge-a2 with an edge: the same, and it forwards media again.
+sfu_pid="$(on lab-edge-a2 systemctl show -p MainPID --value estuary-sfu.service)"
+sfu_exe="$(on lab-edge-a2 readlink "/proc/$sfu_pid/exe")"
+[ "$sfu_exe" = /usr/bin/estuary ] || fail "the SFU runs '$sfu_exe' after the upgrade, not the new binary"
+curl -fsS -o /dev/null "http://127.0.0.82:7302/readyz" || fail "the SFU is not ready after the upgrade"
+listed_up lab-sfu-a2 sfu
+sfu_meeting
 
 step "passed"

@@ -282,3 +282,40 @@ mod tests {
         assert!(serde_json::from_str::<PlanRequest>(r#"{"demand": [], "aply": true}"#).is_err());
     }
 }
+
+/// `POST /v1/meetings`: where the first participant is, exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingRequest {
+    /// A site name: the meeting goes to an SFU there (or the nearest site with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The participant's IP address: its site is the one whose coverage (or node networks)
+    /// holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// The SFU a meeting is on, and its URLs for the meeting's room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingSfu {
+    pub node: String,
+    pub site: String,
+    /// `POST` an SDP offer here to publish (WHIP).
+    pub whip: String,
+    /// `POST` an SDP offer here to watch (WHEP).
+    pub whep: String,
+    /// The room's WebSocket (add `?token=`).
+    pub ws: String,
+}
+
+/// The answer to `POST /v1/meetings` (201) and `GET /v1/meetings/<room>` (200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingReply {
+    pub room: String,
+    pub sfu: MeetingSfu,
+    /// A room token for this room (acl `/rooms/<room>`), fresh with every answer.
+    pub token: String,
+    /// Unix seconds when the token expires.
+    pub expires: u64,
+}

@@ -114,6 +114,10 @@ pub struct Heartbeat {
     /// Pre-positioned assets this node holds or is filling (edges).
     #[serde(default)]
     pub inventory: Vec<InventoryItem>,
+    /// SFUs: the names of the rooms open now (at most [`MAX_BEAT_ROOMS`]); the control plane
+    /// keeps a meeting on its SFU while the SFU lists its room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
     /// Which process sent it: made at random when the heartbeat loop starts
     /// ([`heartbeat_loop`] fills it in). The control plane refuses a second live process
     /// claiming the same node id.
@@ -173,6 +177,12 @@ impl Heartbeat {
         };
         short("version", &self.version)?;
         short("instance", &self.instance)?;
+        if self.rooms.len() > MAX_BEAT_ROOMS {
+            return Err(format!("rooms: at most {MAX_BEAT_ROOMS} names"));
+        }
+        if !self.rooms.iter().all(|r| crate::config::name_ok(r)) {
+            return Err("rooms: a room name is 1-64 of A-Z a-z 0-9 - _ .".into());
+        }
         if self.inventory.len() > 100_000 {
             return Err("inventory: at most 100000 assets".into());
         }
@@ -189,6 +199,23 @@ impl Heartbeat {
         }
         Ok(())
     }
+}
+
+/// The most room names one SFU heartbeat lists.
+pub const MAX_BEAT_ROOMS: usize = 10_000;
+
+/// Great-circle distance in km between two (latitude, longitude) points: the one "nearest
+/// site" measure, used by steering and by the control plane's meeting placement.
+pub fn haversine_km(a: [f64; 2], b: [f64; 2]) -> f64 {
+    let (la1, lo1, la2, lo2) = (
+        a[0].to_radians(),
+        a[1].to_radians(),
+        b[0].to_radians(),
+        b[1].to_radians(),
+    );
+    let h = ((la2 - la1) / 2.0).sin().powi(2)
+        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
+    2.0 * 6371.0 * h.sqrt().clamp(0.0, 1.0).asin()
 }
 
 /// One pre-positioned asset on a node.
@@ -335,6 +362,7 @@ mod tests {
             usage: Usage::default(),
             version: "0.1.0".into(),
             inventory: vec![],
+            rooms: vec![],
             instance: "4f1c".into(),
             leaving: false,
         };
@@ -360,6 +388,18 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
         assert!(hb.check().is_ok());
+        // Room names travel too (the control plane keeps meetings by them), bounded and
+        // checked like every name.
+        hb.rooms = vec!["m-1".into(), "lobby".into()];
+        let text = serde_json::to_string(&hb).expect("json");
+        assert!(text.contains("\"rooms\":[\"m-1\",\"lobby\"]"), "{text}");
+        assert_eq!(serde_json::from_str::<Heartbeat>(&text).expect("parse"), hb);
+        assert!(hb.check().is_ok());
+        hb.rooms = vec!["a room".into()];
+        assert!(hb.check().is_err());
+        hb.rooms = vec!["r".into(); MAX_BEAT_ROOMS + 1];
+        assert!(hb.check().is_err());
+        hb.rooms.clear();
         hb.load.peers = 10_000_001;
         assert!(hb.check().is_err());
         // Nodes without rooms leave the fields out, so an older control plane still reads them.

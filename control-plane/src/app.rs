@@ -59,7 +59,12 @@ pub struct Metrics {
     held_up: IntGaugeVec,
     placements: IntGaugeVec,
     placement_bytes: IntGaugeVec,
+    /// Meeting requests by outcome ([`MEETING_OUTCOMES`]).
+    pub meeting_requests: IntCounterVec,
 }
+
+/// The `result` label values of `estuary_cp_meeting_requests_total`.
+pub const MEETING_OUTCOMES: [&str; 6] = ["created", "kept", "moved", "unknown", "no_sfu", "full"];
 
 /// The states of a placement as `fill status` shows them (the edge's own report when it has
 /// one), the label values of `estuary_cp_placements`.
@@ -125,6 +130,16 @@ impl Metrics {
             ),
             &["state"],
         ));
+        let meeting_requests = must(IntCounterVec::new(
+            Opts::new(
+                "estuary_cp_meeting_requests_total",
+                "Meeting requests (POST and GET /v1/meetings), by result: created, kept (same SFU), moved (its SFU was gone), unknown (no such meeting or it ended), no_sfu, full.",
+            ),
+            &["result"],
+        ));
+        for r in MEETING_OUTCOMES {
+            meeting_requests.with_label_values(&[r]);
+        }
         for state in PLACEMENT_STATES {
             placements.with_label_values(&[state]);
             placement_bytes.with_label_values(&[state]);
@@ -147,6 +162,7 @@ impl Metrics {
                 Box::new(held_up.clone()),
                 Box::new(placements.clone()),
                 Box::new(placement_bytes.clone()),
+                Box::new(meeting_requests.clone()),
             ],
         );
         Self {
@@ -163,6 +179,7 @@ impl Metrics {
             held_up,
             placements,
             placement_bytes,
+            meeting_requests,
         }
     }
 }
@@ -200,6 +217,8 @@ pub struct App {
     /// Turns true when the drain begins: long-polls of the state feed answer at once, so they
     /// do not hold the drain for their whole wait.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Meetings placed on SFUs (`POST /v1/meetings`), kept in memory by this replica.
+    pub meetings: std::sync::Mutex<crate::meetings::Meetings>,
 }
 
 impl std::fmt::Debug for App {
@@ -440,6 +459,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/fill", get(fill_status))
         .route("/v1/fill/plan", post(fill_plan))
         .route("/v1/purges/{id}", get(get_purge))
+        .route("/v1/meetings", post(create_meeting))
+        .route("/v1/meetings/{room}", get(get_meeting))
         .route("/", get(dashboard))
         .merge(estuary_common::service::admin::router())
         .with_state(app)
@@ -1464,4 +1485,242 @@ impl estuary_common::service::admin::AdminEndpoints for App {
         };
         estuary_common::service::admin::Answer::json(StatusCode::OK, &body)
     }
+}
+
+/// `POST /v1/meetings` (operators): places a new meeting on an SFU near its first participant
+/// and answers its room, SFU URLs and a room token (201).
+async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let config = match meetings_config(&app, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let request: estuary_common::api::MeetingRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a meeting request: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let near = match (request.region, request.client) {
+        (Some(region), None) if valid_name(&region) => crate::meetings::Near::Region(region),
+        (None, Some(client)) => match client.parse::<std::net::IpAddr>() {
+            Ok(ip) => crate::meetings::Near::Client(ip),
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "client: not an IP address\n").into_response();
+            }
+        },
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give exactly one of region (a site name) and client (an IP address)\n",
+            )
+                .into_response();
+        }
+    };
+    let now = estuary_common::unix_now();
+    let snap = app.registry.snapshot(now);
+    let home = match crate::meetings::home_site(&snap, &app.config.auth.site_networks, &near) {
+        Ok(h) => h,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let room = format!("m-{:016x}", rand::random::<u64>());
+    let view = FleetView::now(&app, config, snap, now);
+    let fleet = view.fleet();
+    let placed = match app.meetings.lock() {
+        Ok(mut meetings) => {
+            meetings.create(&fleet, room, near, home.as_deref(), config.max_meetings)
+        }
+        Err(_) => return app.internal("the meeting table's lock is poisoned"),
+    };
+    match placed {
+        Ok(m) => {
+            app.metrics
+                .meeting_requests
+                .with_label_values(&["created"])
+                .inc();
+            tracing::info!(room = %m.room, node = %m.node, "A meeting was placed on an SFU.");
+            meeting_answer(&app, config, &view.snap, &m, StatusCode::CREATED, now)
+        }
+        Err(e) => {
+            let outcome = match e {
+                crate::meetings::CreateError::Full(_) => "full",
+                _ => "no_sfu",
+            };
+            app.metrics
+                .meeting_requests
+                .with_label_values(&[outcome])
+                .inc();
+            no_sfu(&e.to_string())
+        }
+    }
+}
+
+/// `GET /v1/meetings/<room>` (operators): the meeting's SFU (the same one while the meeting
+/// lasts; another when its SFU is gone) and a fresh room token; 404 once it ended.
+async fn get_meeting(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let config = match meetings_config(&app, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !valid_name(&room) {
+        return (StatusCode::BAD_REQUEST, "room: 1-64 of A-Z a-z 0-9 - _ .\n").into_response();
+    }
+    let now = estuary_common::unix_now();
+    let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
+    let (fleet, snap) = (view.fleet(), &view.snap);
+    let networks = &app.config.auth.site_networks;
+    let found = match app.meetings.lock() {
+        Ok(mut meetings) => meetings.lookup(&fleet, &room, |near| {
+            crate::meetings::home_site(snap, networks, near)
+                .ok()
+                .flatten()
+        }),
+        Err(_) => return app.internal("the meeting table's lock is poisoned"),
+    };
+    let count = |outcome: &str| {
+        app.metrics
+            .meeting_requests
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    match found {
+        crate::meetings::Lookup::Kept(m) => {
+            count("kept");
+            meeting_answer(&app, config, snap, &m, StatusCode::OK, now)
+        }
+        crate::meetings::Lookup::Moved { meeting, from } => {
+            count("moved");
+            tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
+            meeting_answer(&app, config, snap, &meeting, StatusCode::OK, now)
+        }
+        crate::meetings::Lookup::Unknown => {
+            count("unknown");
+            (StatusCode::NOT_FOUND, "no such meeting (or it ended)\n").into_response()
+        }
+        crate::meetings::Lookup::NoSfu => {
+            count("no_sfu");
+            no_sfu("its SFU is gone and no other SFU is up")
+        }
+    }
+}
+
+/// `[meetings]`, for an operator: 401/403 for anyone else, 404 when it is not configured.
+fn meetings_config<'a>(
+    app: &'a App,
+    headers: &HeaderMap,
+) -> Result<&'a crate::config::MeetingsConfig, Response> {
+    app.operator(headers)?;
+    app.config.meetings.as_ref().ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            "meetings are not configured ([meetings])\n",
+        )
+            .into_response()
+    })
+}
+
+/// What a meeting decision reads, taken once per request.
+struct FleetView {
+    snap: estuary_common::cp::StateSnapshot,
+    rooms: std::collections::HashMap<String, Vec<String>>,
+    policy: crate::meetings::Policy,
+    now: u64,
+    grace: u64,
+}
+
+impl FleetView {
+    fn now(
+        app: &App,
+        config: &crate::config::MeetingsConfig,
+        snap: estuary_common::cp::StateSnapshot,
+        now: u64,
+    ) -> Self {
+        Self {
+            snap,
+            rooms: app.registry.rooms(),
+            policy: crate::meetings::Policy {
+                peers_per_sfu: config.peers_per_sfu,
+                load_threshold: config.load_threshold,
+            },
+            now,
+            grace: config.grace.as_secs(),
+        }
+    }
+
+    fn fleet(&self) -> crate::meetings::Fleet<'_> {
+        crate::meetings::Fleet {
+            snap: &self.snap,
+            rooms: &self.rooms,
+            policy: &self.policy,
+            now: self.now,
+            grace: self.grace,
+        }
+    }
+}
+
+fn no_sfu(why: &str) -> Response {
+    let mut r = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no SFU can take the meeting: {why}\n"),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+/// The answer for meeting `m`: its SFU's URLs and a room token signed with `[meetings] key`.
+fn meeting_answer(
+    app: &App,
+    config: &crate::config::MeetingsConfig,
+    snap: &estuary_common::cp::StateSnapshot,
+    m: &crate::meetings::Meeting,
+    status: StatusCode,
+    now: u64,
+) -> Response {
+    let Some((node, http)) = snap
+        .nodes
+        .get(&m.node)
+        .and_then(|n| n.addresses.http.as_ref().map(|h| (n, h)))
+    else {
+        return app.internal("a chosen SFU has no http address");
+    };
+    let secret = match config.secret() {
+        Ok(s) => s,
+        Err(e) => return app.internal(e),
+    };
+    let expires = now.saturating_add(config.token_ttl.as_secs());
+    let token = estuary_common::token::sign(
+        &estuary_common::token::Claims {
+            kid: config.key_id.clone(),
+            acl: format!("/rooms/{}", m.room),
+            exp: expires,
+            st: None,
+            ip: None,
+        },
+        &secret,
+    );
+    let (whip, whep, ws) = crate::meetings::sfu_urls(http, &m.room);
+    json(
+        status,
+        &estuary_common::api::MeetingReply {
+            room: m.room.clone(),
+            sfu: estuary_common::api::MeetingSfu {
+                node: node.id.clone(),
+                site: node.site.clone(),
+                whip,
+                whep,
+                ws,
+            },
+            token,
+            expires,
+        },
+    )
 }

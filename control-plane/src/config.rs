@@ -39,6 +39,101 @@ pub struct ControlPlaneConfig {
     /// `asset.json.sig` verifies with one of them. Without keys, pushes are refused.
     #[serde(default)]
     pub manifest_keys: BTreeMap<String, String>,
+    /// `[meetings]`: `POST /v1/meetings` places meetings on SFUs and signs their room tokens.
+    /// Without it, the meeting endpoints answer 404.
+    #[serde(default)]
+    pub meetings: Option<MeetingsConfig>,
+}
+
+/// `[meetings]`: how meetings are placed on SFUs and how their room tokens are signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeetingsConfig {
+    /// The key id put in room tokens: one of the SFUs' `[auth.keys]`.
+    pub key_id: String,
+    /// That key's secret, in hex (the same as the SFUs' `[auth.keys] <key_id>`; at least 16
+    /// bytes).
+    pub key: String,
+    /// How long a room token is good for from when it is handed out; at most the SFUs'
+    /// `[auth] max_ttl` (1 minute to 1 day).
+    #[serde(default = "default_token_ttl", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// A new (or moved) meeting keeps its SFU this long even before the SFU lists its room in
+    /// a heartbeat; after that, only while the SFU lists it (10 s to 1 day).
+    #[serde(default = "default_meeting_grace", with = "humantime_serde")]
+    pub grace: Duration,
+    /// Peers one SFU carries at full load: an SFU's load is the larger of its CPU share and
+    /// its peers over this.
+    #[serde(default = "default_peers_per_sfu")]
+    pub peers_per_sfu: u64,
+    /// SFUs at or above this load take no new meeting while another SFU is below it.
+    #[serde(default = "default_meeting_load_threshold")]
+    pub load_threshold: f64,
+    /// The most meetings kept at once; beyond it (after ended ones are forgotten), 503.
+    #[serde(default = "default_max_meetings")]
+    pub max_meetings: usize,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_meeting_grace() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_peers_per_sfu() -> u64 {
+    500
+}
+fn default_meeting_load_threshold() -> f64 {
+    0.9
+}
+fn default_max_meetings() -> usize {
+    100_000
+}
+
+impl MeetingsConfig {
+    /// The signing secret (checked by `validate`).
+    pub fn secret(&self) -> Result<Vec<u8>, ConfigError> {
+        if !estuary_common::key_id::valid(&self.key_id) {
+            return Err(ConfigError::new(
+                "meetings.key_id",
+                estuary_common::key_id::RULE,
+            ));
+        }
+        estuary_common::token::decode_secret(&self.key)
+            .map_err(|e| ConfigError::new("meetings.key", e.to_string()))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.secret()?;
+        if !(Duration::from_secs(60)..=Duration::from_secs(86_400)).contains(&self.token_ttl) {
+            return Err(ConfigError::new(
+                "meetings.token_ttl",
+                "must be 1min to 1day",
+            ));
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(86_400)).contains(&self.grace) {
+            return Err(ConfigError::new("meetings.grace", "must be 10s to 1day"));
+        }
+        if !(1..=10_000_000).contains(&self.peers_per_sfu) {
+            return Err(ConfigError::new(
+                "meetings.peers_per_sfu",
+                "must be 1 to 10000000",
+            ));
+        }
+        if !(self.load_threshold > 0.0 && self.load_threshold <= 1.0) {
+            return Err(ConfigError::new(
+                "meetings.load_threshold",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.max_meetings) {
+            return Err(ConfigError::new(
+                "meetings.max_meetings",
+                "must be 1 to 10000000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[dashboard]`.
@@ -273,6 +368,9 @@ impl ControlPlaneConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
+        if let Some(m) = &self.meetings {
+            m.validate()?;
+        }
         if let Err((id, why)) = estuary_common::signing::ManifestKeys::from_hex(&self.manifest_keys)
         {
             return Err(ConfigError::new(format!("manifest_keys.{id}"), why));
@@ -459,6 +557,15 @@ mod tests {
             assert!(e.key.starts_with(key), "{e} (wanted {key})");
         };
         bad(&text.replace("[health]", "[helth]"), "helth");
+        bad(
+            &text.replace("max_meetings = 100000", "max_meeting = 100000"),
+            "meetings",
+        );
+        // The example turns meetings on; without the table they are off.
+        assert!(c.meetings.is_some());
+        let off = text.split("\n[meetings]").next().unwrap_or_default();
+        let c = ControlPlaneConfig::parse(off, Path::new("/etc")).expect("without [meetings]");
+        assert!(c.meetings.is_none());
         let db = |url: &str| text.replace("sqlite:///var/lib/estuary/control-plane.db", url);
         let c = ControlPlaneConfig::parse(&db("postgres://estuary@db.example/cp"), Path::new("/"))
             .expect("postgres url");
@@ -497,6 +604,18 @@ mod tests {
                 "auth.nodes.origin-1.token",
             ),
             ("\"10.1.0.0/16\"", "\"10.1.0.0/99\"", "auth.site_networks"),
+            (
+                "peers_per_sfu = 500",
+                "peers_per_sfu = 0",
+                "meetings.peers_per_sfu",
+            ),
+            ("key_id = \"k1\"", "key_id = \"k 1\"", "meetings.key_id"),
+            (
+                "token_ttl = \"4h\"",
+                "token_ttl = \"2days\"",
+                "meetings.token_ttl",
+            ),
+            ("grace = \"5m\"", "grace = \"1s\"", "meetings.grace"),
             (
                 "origin-1 = \"d75a",
                 "origin-1 = \"x75a",

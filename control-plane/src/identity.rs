@@ -220,6 +220,7 @@ mod tests {
             usage: Default::default(),
             version: String::new(),
             inventory: vec![],
+            rooms: vec![],
             instance: String::new(),
             leaving: false,
         }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod health;
 pub mod history;
 pub mod identity;
+pub mod meetings;
 pub mod monitor;
 pub mod placement;
 pub mod plan;
@@ -72,6 +73,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         placements_seen: Default::default(),
         site_tokens_used: Default::default(),
         stop: life.stop_signal(),
+        meetings: Default::default(),
     });
     let tls = match &app.config.tls {
         Some(files) => Some(

@@ -341,6 +341,19 @@ impl Registry {
         .unwrap_or_default()
     }
 
+    /// The rooms every node listed in its last heartbeat (SFUs; others list none).
+    pub fn rooms(&self) -> std::collections::HashMap<String, Vec<String>> {
+        self.with(|inner| {
+            inner
+                .nodes
+                .iter()
+                .filter(|(_, e)| !e.heartbeat.rooms.is_empty())
+                .map(|(id, e)| (id.clone(), e.heartbeat.rooms.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// The nodes to check now.
     pub fn targets(&self) -> Vec<Target> {
         self.with(|inner| {
@@ -539,6 +552,7 @@ mod tests {
             usage: Default::default(),
             version: "1".into(),
             inventory: vec![],
+            rooms: vec![],
             instance: String::new(),
             leaving: false,
         }

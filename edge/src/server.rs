@@ -1255,6 +1255,7 @@ fn heartbeat_report(
                 },
             },
             inventory: prepos.inventory(),
+            rooms: Vec::new(),
         }
     }
 }

@@ -173,6 +173,9 @@ fn heartbeat(
                 connections: app.metrics.open_peers(),
                 ..Default::default()
             },
+            rooms: app
+                .metrics
+                .open_room_names(estuary_common::cp::MAX_BEAT_ROOMS),
             ..Default::default()
         },
         |_| {},

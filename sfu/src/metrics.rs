@@ -85,6 +85,9 @@ pub const PEER_KINDS: [&str; 2] = ["whip", "whep"];
 pub struct Metrics {
     pub registry: prometheus::Registry,
     pub rooms: IntGauge,
+    /// The names of the rooms open now, for the heartbeat (the control plane keeps a meeting
+    /// on this SFU while it is listed). Touched only when a room opens or closes.
+    open_rooms: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pub peers: IntGaugeVec,
     pub peers_total: IntCounterVec,
     pub tracks: IntGaugeVec,
@@ -104,6 +107,7 @@ impl Metrics {
     pub fn new(node: &str, site: &str) -> Self {
         let registry = estuary_common::metrics::registry(&[("node", node), ("site", site)]);
         let m = Self {
+            open_rooms: Default::default(),
             rooms: must(IntGauge::new(
                 "estuary_sfu_rooms",
                 "Rooms with at least one session.",
@@ -248,6 +252,30 @@ impl Metrics {
 
     pub fn refuse(&self, reason: &'static str) {
         self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// A room opened: counted and listed.
+    pub fn room_opened(&self, room: &str) {
+        self.rooms.inc();
+        if let Ok(mut open) = self.open_rooms.lock() {
+            open.insert(room.to_owned());
+        }
+    }
+
+    /// A room closed: counted and no longer listed.
+    pub fn room_closed(&self, room: &str) {
+        self.rooms.dec();
+        if let Ok(mut open) = self.open_rooms.lock() {
+            open.remove(room);
+        }
+    }
+
+    /// The names of the rooms open now, at most `limit` of them.
+    pub fn open_room_names(&self, limit: usize) -> Vec<String> {
+        self.open_rooms
+            .lock()
+            .map(|open| open.iter().take(limit).cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Peers open now, all kinds.

@@ -335,7 +335,7 @@ impl Shard {
             });
         }
         if new_room {
-            self.metrics.rooms.inc();
+            self.metrics.room_opened(room_name);
         }
         for (track, k) in added {
             room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
@@ -779,7 +779,7 @@ impl Shard {
         }
         if empty {
             self.rooms.remove(&p.room);
-            self.metrics.rooms.dec();
+            self.metrics.room_closed(&p.room);
         } else {
             self.apply(now, &out, None);
         }

@@ -327,18 +327,7 @@ pub fn hrw_score(seed: u64, asset: &str, node: &str, weight: f64) -> f64 {
     -weight / unit.ln()
 }
 
-/// Great-circle distance in km between two (latitude, longitude) points.
-pub fn haversine_km(a: [f64; 2], b: [f64; 2]) -> f64 {
-    let (la1, lo1, la2, lo2) = (
-        a[0].to_radians(),
-        a[1].to_radians(),
-        b[0].to_radians(),
-        b[1].to_radians(),
-    );
-    let h = ((la2 - la1) / 2.0).sin().powi(2)
-        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
-    2.0 * 6371.0 * h.sqrt().clamp(0.0, 1.0).asin()
-}
+pub use estuary_common::cp::haversine_km;
 
 /// The order in which sites are tried for this client and asset.
 pub fn site_order(topo: &Topology, place: ClientPlace, asset: &str, seed: u64) -> Vec<usize> {

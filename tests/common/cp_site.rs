@@ -26,6 +26,9 @@ pub const NODES: &[(&str, &str, &str)] = &[
     ("relay-berlin", "berlin", "chat-relay"),
     ("relay-tokyo", "tokyo", "chat-relay"),
     ("sfu-test", "lab", "sfu"),
+    ("sfu-paris-1", "paris", "sfu"),
+    ("sfu-paris-2", "paris", "sfu"),
+    ("sfu-tokyo", "tokyo", "sfu"),
 ];
 
 /// The credential of node `id` (one of [`NODES`]).
@@ -44,6 +47,8 @@ pub struct ControlPlane {
     pub poll_timeout: &'static str,
     /// `[tls]` (certificate, key): the API speaks HTTPS only.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Tables appended to the config (e.g. `[meetings]`).
+    pub extra: String,
 }
 
 /// Where a test's control plane keeps its state: the same scenarios run on both.
@@ -62,6 +67,7 @@ impl ControlPlane {
             health: String::new(),
             poll_timeout: "200ms",
             tls: None,
+            extra: String::new(),
         }
     }
 
@@ -116,7 +122,8 @@ impl ControlPlane {
                 .tls
                 .as_ref()
                 .map(|(c, k)| format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", c.display(), k.display()))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                + &self.extra,
         )
         .expect("write config");
         match &self.tls {

@@ -85,6 +85,18 @@ impl Sfu {
     /// [`Sfu::start`], with `/metrics`, `/healthz` and `/readyz` on `admin` when given, and
     /// `public_ip` in the candidates (media still listened for on 127.0.0.1).
     pub fn start_with(name: &str, admin: Option<SocketAddr>, public_ip: &str, extra: &str) -> Self {
+        Self::start_node(name, "sfu-test", "lab", admin, public_ip, extra)
+    }
+
+    /// [`Sfu::start_with`] as node `id` of `site`.
+    pub fn start_node(
+        name: &str,
+        id: &str,
+        site: &str,
+        admin: Option<SocketAddr>,
+        public_ip: &str,
+        extra: &str,
+    ) -> Self {
         let dir = TempDir::new(name);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -92,7 +104,7 @@ impl Sfu {
             .map(|a| format!("admin = \"{a}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "[node]\nid = \"sfu-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"{public_ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"{id}\"\nsite = \"{site}\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"{public_ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         let path = dir.path().join("sfu.toml");
         std::fs::write(&path, config).expect("config");
@@ -171,6 +183,17 @@ impl Sfu {
 
     /// The aiortc client's command line (`publish`, `watch` or `pair`) against this SFU.
     pub fn client_command(&self, mode: &str, room: &str, extra: &[&str]) -> Command {
+        self.client_command_with(mode, room, &room_token(room), extra)
+    }
+
+    /// [`Sfu::client_command`] with a given room token.
+    pub fn client_command_with(
+        &self,
+        mode: &str,
+        room: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Command {
         let mut cmd = Command::new("python3");
         cmd.arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -182,7 +205,7 @@ impl Sfu {
         .arg("--room")
         .arg(room)
         .arg("--token")
-        .arg(room_token(room))
+        .arg(token)
         .args(extra);
         cmd
     }
@@ -190,8 +213,19 @@ impl Sfu {
     /// Runs the aiortc client (`publish`, `watch` or `pair`) against this SFU and returns its
     /// JSON line; fails the test with its output and the SFU's log if it fails.
     pub fn client(&self, mode: &str, room: &str, extra: &[&str]) -> serde_json::Value {
+        self.client_with(mode, room, &room_token(room), extra)
+    }
+
+    /// [`Sfu::client`] with a given room token. At most two aiortc clients run at once.
+    pub fn client_with(
+        &self,
+        mode: &str,
+        room: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
         let slot = ClientSlot::take();
-        let out = run(&mut self.client_command(mode, room, extra));
+        let out = run(&mut self.client_command_with(mode, room, token, extra));
         drop(slot);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(

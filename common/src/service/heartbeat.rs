@@ -56,6 +56,8 @@ pub struct Report {
     pub load: Load,
     pub usage: Usage,
     pub inventory: Vec<InventoryItem>,
+    /// SFUs: the rooms open now.
+    pub rooms: Vec<String>,
 }
 
 /// The addresses a node advertises: each one `advertise` sets, else the listening one.
@@ -86,6 +88,7 @@ pub fn maker(
             mut load,
             usage,
             inventory,
+            rooms,
         } = report();
         load.cpu = cpu.share();
         Heartbeat {
@@ -99,6 +102,7 @@ pub fn maker(
             usage,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             inventory,
+            rooms,
             instance: String::new(),
             leaving: false,
         }

@@ -1,0 +1,273 @@
+//! `POST /v1/meetings` end to end: a real control plane and three real `estuary sfu`
+//! processes in two sites (Paris and Tokyo), registered by their own heartbeats with their
+//! node credentials. Meetings go to the least-loaded SFU of the site nearest the first
+//! participant (by region or by client address), the room token handed out works for WHIP
+//! and WHEP on the chosen SFU (aiortc publishes and watches, frames decoded), a room keeps
+//! its SFU, and moves when that SFU is killed.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::KEY_HEX;
+use common::cp_site::{ControlPlane, OPS, cred, joined};
+use common::sfu::{Sfu, synthetic_offer};
+use serde_json::{Value, json};
+
+fn meetings_config() -> String {
+    format!(
+        "[meetings]\nkey_id = \"k1\"\nkey = \"{KEY_HEX}\"\ntoken_ttl = \"1h\"\ngrace = \"10min\"\npeers_per_sfu = 4\n"
+    )
+}
+
+/// `METHOD /v1/meetings[/<room>]` with `token` (none: no header) and a body: (status, JSON
+/// or text).
+fn call(cp: &ControlPlane, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(b) = body {
+        args.extend_from_slice(&["-X", "POST", "-H", "Content-Type: application/json"]);
+        args.extend_from_slice(&["--data", b]);
+    }
+    let (status, _, out) = match token {
+        Some(t) => cp.get(path, t, &args),
+        None => common::fetch(&format!("{}{path}", cp.url()), &args),
+    };
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn create(cp: &ControlPlane, body: &Value) -> (u16, Value) {
+    call(cp, "/v1/meetings", Some(OPS), Some(&body.to_string()))
+}
+
+fn sfu_node(cp: &ControlPlane, id: &str, site: &str) -> Sfu {
+    Sfu::start_node(
+        &format!("meetings-{id}"),
+        id,
+        site,
+        None,
+        "127.0.0.1",
+        &(joined(cp, &cred(id)) + "[media]\nconnect_timeout = \"120s\"\n"),
+    )
+}
+
+/// Waits until `ok` holds for node `id` as the control plane lists it.
+fn wait_for(cp: &ControlPlane, id: &str, what: &str, ok: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = cp
+            .nodes()
+            .into_iter()
+            .find(|n| n["id"] == id)
+            .unwrap_or_default();
+        if ok(&node) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never {what}: {node}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn meetings_go_to_the_least_loaded_sfu_nearest_the_first_participant_and_stay_there() {
+    let mut cp = ControlPlane::new("meetings-cp");
+    cp.extra = meetings_config();
+    let _cp_process = cp.start();
+    cp.put_site(
+        "paris",
+        &json!({"location": [48.86, 2.35], "coverage": ["192.0.2.0/24"]}),
+    );
+    cp.put_site(
+        "tokyo",
+        &json!({"location": [35.68, 139.69], "coverage": ["198.51.100.0/24"]}),
+    );
+
+    // The API's refusals: no operator token, bad bodies, and no SFU up yet.
+    let (s, _) = call(&cp, "/v1/meetings", None, Some(r#"{"region":"paris"}"#));
+    assert_eq!(s, 401);
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"region":"paris","client":"192.0.2.1"}"#,
+        r#"{"client":"not-an-ip"}"#,
+        r#"{"region":"mars"}"#,
+        r#"{"region":"paris","colour":"blue"}"#,
+    ] {
+        let (s, answer) = call(&cp, "/v1/meetings", Some(OPS), Some(bad));
+        assert_eq!(s, 400, "{bad}: {answer}");
+    }
+    let (s, answer) = create(&cp, &json!({"region": "paris"}));
+    assert_eq!(s, 503, "no SFU is up yet: {answer}");
+
+    let paris_1 = sfu_node(&cp, "sfu-paris-1", "paris");
+    let paris_2 = sfu_node(&cp, "sfu-paris-2", "paris");
+    let tokyo = sfu_node(&cp, "sfu-tokyo", "tokyo");
+    for id in ["sfu-paris-1", "sfu-paris-2", "sfu-tokyo"] {
+        cp.wait_node(id, true, Duration::from_secs(30));
+    }
+    // sfu-paris-1 carries three sessions, a load of 3/4 (it would win the tie by node id
+    // otherwise); the control plane learns it from its heartbeats. The others have settled
+    // after their start (CPU counts too).
+    for room in ["busy-1", "busy-2", "busy-3"] {
+        let (s, _, body) = paris_1.offer("whep", room, &synthetic_offer("recvonly"));
+        assert_eq!(s, 201, "{body}");
+    }
+    wait_for(&cp, "sfu-paris-1", "reported 3 peers", |n| {
+        n["load"]["peers"] == 3
+    });
+    for id in ["sfu-paris-2", "sfu-tokyo"] {
+        wait_for(&cp, id, "settled", |n| {
+            n["load"]["cpu"].as_f64().is_some_and(|c| c < 0.5)
+        });
+    }
+
+    // By region and by client address: the least-loaded SFU of the nearest site.
+    let (s, by_region) = create(&cp, &json!({"region": "paris"}));
+    assert_eq!(s, 201, "{by_region}");
+    assert_eq!(
+        by_region["sfu"]["node"],
+        "sfu-paris-2",
+        "{by_region}\n{:?}",
+        cp.nodes()
+    );
+    let (s, by_client) = create(&cp, &json!({"client": "198.51.100.7"}));
+    assert_eq!(s, 201, "{by_client}");
+    assert_eq!(by_client["sfu"]["node"], "sfu-tokyo", "{by_client}");
+    let (s, paris_client) = create(&cp, &json!({"client": "192.0.2.9"}));
+    assert_eq!(s, 201, "{paris_client}");
+    assert_eq!(paris_client["sfu"]["node"], "sfu-paris-2", "{paris_client}");
+    assert_ne!(
+        paris_client["room"], by_region["room"],
+        "each meeting its own room"
+    );
+    assert_eq!(
+        by_client["sfu"]["whip"],
+        format!(
+            "{}/whip/{}",
+            tokyo.url(),
+            by_client["room"].as_str().unwrap_or("")
+        ),
+    );
+
+    // The token really opens the room on the chosen SFU: aiortc publishes over WHIP and
+    // watches over WHEP with it, and decodes frames.
+    let room = by_region["room"].as_str().expect("room").to_owned();
+    let token = by_region["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        by_region["sfu"]["whep"],
+        format!("{}/whep/{room}", paris_2.url())
+    );
+    assert_eq!(
+        by_region["sfu"]["ws"],
+        format!("ws://{}/rooms/{room}/ws", paris_2.http)
+    );
+    let out = paris_2.client_with("pair", &room, &token, &["--seconds", "3"]);
+    let watchers = out["watchers"].as_array().expect("watchers");
+    assert!(
+        watchers
+            .iter()
+            .all(|w| w["video_frames"].as_u64().unwrap_or(0) >= 20),
+        "{out}"
+    );
+    // The token is for that room only.
+    let (s, _, _) = paris_2.request(
+        "POST",
+        "/whip/another-room",
+        Some(&token),
+        Some("application/sdp"),
+        &synthetic_offer("sendonly"),
+    );
+    assert_eq!(s, 403);
+
+    // Late joiners: the same room keeps its SFU (though sfu-paris-2 is now the busier
+    // Paris SFU), with a fresh token.
+    let path = format!("/v1/meetings/{room}");
+    let (s, again) = call(&cp, &path, Some(OPS), None);
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["sfu"]["node"], "sfu-paris-2", "{again}");
+    assert_eq!(again["room"], room.as_str());
+    let (s, _) = call(&cp, "/v1/meetings/m-nonesuch", Some(OPS), None);
+    assert_eq!(s, 404);
+    let (s, _) = call(&cp, &path, None, None);
+    assert_eq!(s, 401);
+
+    // The meeting's SFU dies: the next request for the room moves it to the other Paris SFU,
+    // whose token works there.
+    paris_2.process.signal("KILL");
+    wait_for(&cp, "sfu-paris-2", "went down", |n| n["up"] == false);
+    let (s, moved) = call(&cp, &path, Some(OPS), None);
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["sfu"]["node"], "sfu-paris-1", "{moved}");
+    assert_eq!(moved["room"], room.as_str());
+    let (s, _, body) = paris_1.request(
+        "POST",
+        &format!("/whip/{room}"),
+        moved["token"].as_str(),
+        Some("application/sdp"),
+        &synthetic_offer("sendonly"),
+    );
+    assert_eq!(s, 201, "{body}");
+
+    // Every SFU gone: new meetings get 503.
+    paris_1.process.signal("KILL");
+    tokyo.process.signal("KILL");
+    wait_for(&cp, "sfu-paris-1", "went down", |n| n["up"] == false);
+    wait_for(&cp, "sfu-tokyo", "went down", |n| n["up"] == false);
+    let (s, answer) = create(&cp, &json!({"region": "tokyo"}));
+    assert_eq!(s, 503, "{answer}");
+}
+
+/// Past its grace a meeting lasts while its SFU lists the room in its heartbeats, and ends
+/// once the room closes (the next `GET` answers 404).
+#[test]
+fn a_meeting_lasts_while_its_sfu_lists_the_room_and_ends_with_it() {
+    let mut cp = ControlPlane::new("meetings-grace-cp");
+    cp.extra = meetings_config().replace("grace = \"10min\"", "grace = \"10s\"");
+    let _cp_process = cp.start();
+    cp.put_site("paris", &json!({"location": [48.86, 2.35]}));
+    let sfu = sfu_node(&cp, "sfu-paris-1", "paris");
+    cp.wait_node("sfu-paris-1", true, Duration::from_secs(30));
+    let (s, meeting) = create(&cp, &json!({"region": "paris"}));
+    assert_eq!(s, 201, "{meeting}");
+    let room = meeting["room"].as_str().expect("room").to_owned();
+    let token = meeting["token"].as_str().expect("token").to_owned();
+    // A publisher joins with the meeting's token (its session stays open, not connected).
+    let (s, head, body) = sfu.request(
+        "POST",
+        &format!("/whip/{room}"),
+        Some(&token),
+        Some("application/sdp"),
+        &synthetic_offer("sendonly"),
+    );
+    assert_eq!(s, 201, "{body}");
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .expect("location")
+        .trim()
+        .to_owned();
+    // Well past the 10 s grace the meeting is still there: the SFU lists its room.
+    std::thread::sleep(Duration::from_secs(12));
+    let path = format!("/v1/meetings/{room}");
+    let (s, again) = call(&cp, &path, Some(OPS), None);
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["sfu"]["node"], "sfu-paris-1");
+    // The publisher leaves, the room closes, the next beats no longer list it: it ended.
+    let (s, _, _) = sfu.request("DELETE", &location, Some(&token), None, "");
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, answer) = call(&cp, &path, Some(OPS), None);
+        if s == 404 {
+            break;
+        }
+        assert_eq!(s, 200, "{answer}");
+        assert!(
+            Instant::now() < deadline,
+            "the meeting never ended: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
