@@ -26,7 +26,11 @@ use crate::forward::InPacket;
 use crate::metrics::{DropReason, LocalCounters, Metrics};
 use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
 use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
+use crate::signal;
+use crate::signal::{ClientMsg, ServerMsg};
 use crate::udp;
+
+mod meeting;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -45,6 +49,23 @@ pub enum ShardIn {
         session: String,
         kind: PeerKind,
         reply: oneshot::Sender<bool>,
+    },
+    /// A meeting participant joins (its WebSocket's first message): the shard answers with
+    /// its id and sends `joined` on `events`.
+    Join {
+        room: String,
+        name: String,
+        events: tokio::sync::mpsc::Sender<ServerMsg>,
+        reply: oneshot::Sender<Result<PeerId, SessionError>>,
+    },
+    /// A later message of a meeting participant.
+    Signal {
+        peer: PeerId,
+        msg: ClientMsg,
+    },
+    /// A meeting participant's WebSocket closed.
+    Leave {
+        peer: PeerId,
     },
 }
 
@@ -244,6 +265,38 @@ impl Shard {
                 }
                 let _ = reply.send(found.is_some());
             }
+            ShardIn::Join {
+                room,
+                name,
+                events,
+                reply,
+            } => {
+                let now = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    self.join_meeting(now, &room, name, events)
+                }))
+                .unwrap_or_else(|_| {
+                    self.metrics.peer_panics.inc();
+                    Err(SessionError::Internal)
+                });
+                let _ = reply.send(result);
+            }
+            ShardIn::Signal { peer, msg } => {
+                let result = catch_unwind(AssertUnwindSafe(|| self.signal(peer, msg)));
+                if result.is_err() {
+                    self.metrics.peer_panics.inc();
+                    self.remove_peer(Instant::now(), peer);
+                }
+            }
+            ShardIn::Leave { peer } => {
+                if self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.kind == PeerKind::Meeting)
+                {
+                    self.close_peer(peer);
+                }
+            }
         }
     }
 
@@ -288,26 +341,31 @@ impl Shard {
             out_mids: Default::default(),
             out_pt: HashMap::new(),
             nacks: HashMap::new(),
+            meeting: None,
+            closing: false,
         };
         let mut added = Vec::new();
         for (mid, k) in media {
             match kind {
-                PeerKind::Whip => {
+                PeerKind::Whip | PeerKind::Meeting => {
                     let idx = self.next_track;
                     self.next_track += 1;
                     p.tracks.insert(mid, TrackInfo { idx, kind: k });
                     added.push((TrackId { peer: id, idx }, k));
                 }
-                PeerKind::Whep => p.out_mids.entry(k).or_default().push(mid),
+                PeerKind::Whep => {
+                    let slot = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
+                    p.out_mids
+                        .insert((k, u8::try_from(slot).unwrap_or(u8::MAX)), mid);
+                }
             }
         }
         let role = match kind {
-            PeerKind::Whip => Role::Publisher,
+            PeerKind::Whip | PeerKind::Meeting => Role::Publisher,
             PeerKind::Whep => {
                 let n = |k| {
-                    p.out_mids
-                        .get(&k)
-                        .map_or(0, |v: &Vec<Mid>| u8::try_from(v.len()).unwrap_or(u8::MAX))
+                    let count = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
+                    u8::try_from(count).unwrap_or(u8::MAX)
                 };
                 Role::Watcher {
                     audio: n(MediaKind::Audio),
@@ -337,7 +395,7 @@ impl Shard {
         if new_room {
             self.metrics.rooms.inc();
         }
-        for (track, k) in added {
+        for &(track, k) in &added {
             room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
             self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
         }
@@ -358,6 +416,7 @@ impl Shard {
         self.apply(now, &out, None);
         out.clear();
         self.out = out;
+        self.announce_tracks(id, &added);
         tracing::info!(
             room = room_name,
             kind = kind.as_str(),
@@ -454,14 +513,14 @@ impl Shard {
                 let slot = p
                     .out_mids
                     .iter()
-                    .find_map(|(k, mids)| mids.iter().position(|m| *m == r.mid).map(|i| (*k, i)));
-                if let Some((kind, i)) = slot {
+                    .find_map(|(slot, m)| (*m == r.mid).then_some(*slot));
+                if let Some((kind, slot)) = slot {
                     let room_name = p.room.clone();
                     let input = RoomInput::KeyframeRequest {
                         out: OutId {
                             sub: id,
                             kind,
-                            slot: u8::try_from(i).unwrap_or(u8::MAX),
+                            slot,
                         },
                     };
                     self.room_input(now, &room_name, input, None);
@@ -580,6 +639,25 @@ impl Shard {
                 }
                 RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
+                RoomOutput::OpenSlot { out: slot, track } => {
+                    self.queue_slot(
+                        slot.sub,
+                        peer::SlotChange::Open {
+                            slot: (slot.kind, slot.slot),
+                            stream: signal::participant_id(track.peer),
+                            track: signal::track_id(track.peer, track.idx),
+                            mid: None,
+                        },
+                    );
+                }
+                RoomOutput::CloseSlot { out: slot } => {
+                    self.queue_slot(
+                        slot.sub,
+                        peer::SlotChange::Close {
+                            slot: (slot.kind, slot.slot),
+                        },
+                    );
+                }
             }
         }
     }
@@ -595,12 +673,7 @@ impl Shard {
         let Some(sub) = self.peers.get_mut(&to.sub) else {
             return;
         };
-        let Some(mid) = sub
-            .out_mids
-            .get(&to.kind)
-            .and_then(|m| m.get(usize::from(to.slot)))
-            .copied()
-        else {
+        let Some(mid) = sub.out_mids.get(&(to.kind, to.slot)).copied() else {
             return;
         };
         let in_pt = rtp.header.payload_type;
@@ -731,6 +804,7 @@ impl Shard {
             .values()
             .filter(|p| {
                 !p.rtc.is_alive()
+                    || p.closing
                     || (!p.connected
                         && now.saturating_duration_since(p.created) > self.cfg.connect_timeout)
                     || p.disconnected_at.is_some_and(|t| {
@@ -753,7 +827,10 @@ impl Shard {
             return;
         };
         self.sessions.remove(&p.session);
-        if p.kind == PeerKind::Whip {
+        if p.meeting.is_some() || !p.tracks.is_empty() {
+            self.announce_gone(&p);
+        }
+        if !p.tracks.is_empty() {
             // Watchers forget the payload types they mapped for this publisher.
             for w in self.peers.values_mut().filter(|w| w.room == p.room) {
                 w.out_pt.retain(|(from, _), _| *from != id);
