@@ -5,7 +5,8 @@
 //! receives which track, keyframe requests), `forward.rs` (each outgoing stream's sequence
 //! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for),
 //! `tcp_framing.rs` (RFC 4571, for ICE-TCP; not wired yet).
-//! `signal.rs` (the meeting's WebSocket messages; parsing never panics).
+//! `signal.rs` (the meeting's WebSocket messages; parsing never panics), `speaker.rs` (the
+//! active speaker from audio levels).
 //! Shell: `udp.rs` (the one media socket and its reader thread), `shard.rs` (threads that
 //! own rooms and drive str0m; `shard/meeting.rs` negotiates with meeting participants),
 //! `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP, the meeting WebSocket), `page.rs` (the
@@ -23,6 +24,7 @@ pub mod peer;
 pub mod room;
 pub mod shard;
 pub mod signal;
+pub mod speaker;
 pub mod tcp_framing;
 pub mod udp;
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict};
+use crate::speaker::SpeakerDetector;
 
 pub type PeerId = u64;
 
@@ -100,6 +101,8 @@ pub enum RoomInput {
     Packet { track: TrackId, packet: InPacket },
     /// A watcher asked for a keyframe (PLI/FIR) on one of its outgoing streams.
     KeyframeRequest { out: OutId },
+    /// The audio level (RFC 6464, dBov) of a packet from `peer`.
+    AudioLevel { peer: PeerId, level: i8 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,8 @@ pub enum RoomOutput {
     OpenSlot { out: OutId, track: TrackId },
     /// A member's slot carries nothing any more (its track ended): the m-line goes inactive.
     CloseSlot { out: OutId },
+    /// The active speaker changed.
+    ActiveSpeaker { peer: PeerId },
 }
 
 struct Slot {
@@ -140,6 +145,7 @@ pub struct Room {
     last_keyframe_request: HashMap<TrackId, Instant>,
     /// Where each new slot's numbering starts: from the shell (random), so a test can fix it.
     first_seq: u16,
+    speaker: SpeakerDetector,
 }
 
 impl Room {
@@ -150,6 +156,7 @@ impl Room {
             tracks: BTreeMap::new(),
             last_keyframe_request: HashMap::new(),
             first_seq,
+            speaker: SpeakerDetector::default(),
         }
     }
 
@@ -237,6 +244,7 @@ impl Room {
         if self.participants.remove(&peer).is_none() {
             return;
         }
+        self.speaker.remove(peer);
         let gone: Vec<TrackId> = self
             .tracks
             .keys()
@@ -294,6 +302,13 @@ impl Room {
             RoomInput::KeyframeRequest { out: o } => {
                 if let Some(track) = self.track_of(o) {
                     self.request_keyframe(now, track, out);
+                }
+            }
+            RoomInput::AudioLevel { peer, level } => {
+                if self.participants.contains_key(&peer)
+                    && let Some(p) = self.speaker.level(now, peer, level)
+                {
+                    out.push(RoomOutput::ActiveSpeaker { peer: p });
                 }
             }
         }

@@ -596,6 +596,12 @@ impl Shard {
         };
         let room_name = p.room.clone();
         self.room_input(pkt.timestamp, &room_name, input, Some((&pkt, &params, id)));
+        if track.kind == MediaKind::Audio
+            && let Some(level) = pkt.header.ext_vals.audio_level
+        {
+            let input = RoomInput::AudioLevel { peer: id, level };
+            self.room_input(pkt.timestamp, &room_name, input, None);
+        }
     }
 
     fn room_input(
@@ -639,6 +645,7 @@ impl Shard {
                 }
                 RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
+                RoomOutput::ActiveSpeaker { peer } => self.announce_speaker(peer),
                 RoomOutput::OpenSlot { out: slot, track } => {
                     self.queue_slot(
                         slot.sub,

@@ -139,6 +139,10 @@ pub enum ServerMsg {
         code: ErrorCode,
         message: String,
     },
+    /// The active speaker changed.
+    Speaker {
+        participant: String,
+    },
     Pong,
 }
 

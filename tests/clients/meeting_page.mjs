@@ -5,9 +5,9 @@
 //
 // Each tab must see and hear the other two: in its RTCPeerConnection's stats, two inbound
 // video streams whose framesDecoded grows and two inbound audio streams with
-// totalAudioEnergy > 0. Then the third tab leaves (its Leave button): the other two get
-// `participant left` for it and `track removed` for both its tracks. Any page error or
-// Content-Security-Policy violation fails the run.
+// totalAudioEnergy > 0; and it is told the active speaker. Then the third tab leaves (its
+// Leave button): the other two get `participant left` for it and `track removed` for both
+// its tracks. Any page error or Content-Security-Policy violation fails the run.
 //
 // Prints one JSON line {"ok", "steps": [...], "problems": [...], "stats": {...}}; exits 0
 // only when ok.
@@ -94,6 +94,14 @@ try {
   const pages = [];
   for (const [i, url] of urls.entries()) pages.push([`tab${i + 1}`, await tab(`tab${i + 1}`, url)]);
   for (const [name, page] of pages) await seesAndHearsTwo(name, page);
+  // Every tab has been told who speaks (the fake microphones all beep: someone does).
+  const ids = [];
+  for (const [, page] of pages) ids.push(await page.evaluate(() => window.meeting.me));
+  for (const [name, page] of pages) {
+    await until(page, (ids) => window.meeting.events.some((e) => e.type === "speaker" && ids.includes(e.participant)),
+      ids, `${name}: a speaker event`);
+    step(`${name}: told the active speaker`);
+  }
   const [, third] = pages[2];
   const leaving = await third.evaluate(() => window.meeting.me);
   const theirTracks = await pages[0][1].evaluate((p) => Object.values(window.meeting.tracks)

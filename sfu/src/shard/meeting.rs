@@ -567,6 +567,19 @@ impl Shard {
         }
     }
 
+    /// `speaker` to every participant of the speaker's room.
+    pub(super) fn announce_speaker(&mut self, speaker: PeerId) {
+        let Some(room) = self.peers.get(&speaker).map(|p| p.room.clone()) else {
+            return;
+        };
+        let msg = ServerMsg::Speaker {
+            participant: signal::participant_id(speaker),
+        };
+        for m in self.members_of(&room) {
+            self.send(m, msg.clone());
+        }
+    }
+
     /// `track removed` for each of a removed peer's tracks, then `participant left`.
     pub(super) fn announce_gone(&mut self, gone: &Peer) {
         let members: Vec<PeerId> = self
