@@ -164,3 +164,36 @@ fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
     let (s, _) = upgrade(&sfu, &format!("/rooms/r1/ws?token={}", room_token("r1")));
     assert_eq!(s, 101);
 }
+
+/// The glare rule with an independent WebRTC stack (aiortc, tests/clients/meeting_glare.py):
+/// ann offers again while the SFU's offer to her (bob's tracks) is pending; the SFU answers
+/// her first, then offers bob's tracks again, and she decodes them.
+#[test]
+fn a_client_offer_during_a_pending_server_offer_is_answered_first() {
+    let sfu = Sfu::start("sfu-meeting-glare", "");
+    let out = run(Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/meeting_glare.py"
+        ))
+        .args(["--url", &format!("ws://{}", sfu.http), "--room", "r1"])
+        .args(["--token", &room_token("r1"), "--seconds", "5"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "meeting_glare.py failed: {stdout}\n{}\nSFU log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sfu.process.log()
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(r["bob_in_offer"], true, "{r}");
+    for who in ["ann", "bob"] {
+        let video = r[who]["frames"]["video"].as_u64().unwrap_or(0);
+        let audio = r[who]["frames"]["audio"].as_u64().unwrap_or(0);
+        assert!(
+            video >= 30 && audio >= 50,
+            "{who}: {video} video, {audio} audio frames: {r}"
+        );
+    }
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+}

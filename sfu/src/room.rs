@@ -180,6 +180,11 @@ impl Room {
         self.tracks.values().filter(|k| **k == kind).count()
     }
 
+    /// The active speaker now, if anyone speaks.
+    pub fn active_speaker(&self) -> Option<PeerId> {
+        self.speaker.active()
+    }
+
     /// The track an outgoing stream carries now, if any.
     pub fn track_of(&self, out: OutId) -> Option<TrackId> {
         self.participants

@@ -114,6 +114,9 @@ pub struct Shard {
     out: Vec<RoomOutput>,
     events: Vec<Event>,
     outbox: Outbox,
+    /// Meeting participants whose m-lines changed while applying the room's outputs: they
+    /// get one offer for all of the changes, once the outputs are applied.
+    to_negotiate: Vec<PeerId>,
 }
 
 /// Datagrams waiting for the next sendmmsg, and the receive times of the forwarded packets
@@ -151,6 +154,7 @@ impl Shard {
                 datagrams: Vec::new(),
                 forwarded_at: Vec::new(),
             },
+            to_negotiate: Vec::new(),
         }
     }
 
@@ -666,6 +670,10 @@ impl Shard {
                     );
                 }
             }
+        }
+        let subs = std::mem::take(&mut self.to_negotiate);
+        for sub in subs {
+            self.negotiate(now, sub);
         }
     }
 

@@ -123,6 +123,15 @@ impl Shard {
                 tracks,
             },
         );
+        // A newcomer is told who speaks now (the next change may be long in coming).
+        if let Some(speaker) = self.rooms.get(room_name).and_then(Room::active_speaker) {
+            self.send(
+                id,
+                ServerMsg::Speaker {
+                    participant: signal::participant_id(speaker),
+                },
+            );
+        }
         for m in self.members_of(room_name) {
             if m != id {
                 self.send(
@@ -311,13 +320,21 @@ impl Shard {
             Some(p) => p.room.clone(),
             None => return,
         };
-        for &(track, kind) in &added {
-            self.metrics
-                .tracks
-                .with_label_values(&[kind.as_str()])
-                .inc();
-            self.room_input(now, &room_name, RoomInput::TrackAdded { track, kind }, None);
+        // All of the offer's tracks at once: each other participant gets one offer for them.
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            for &(track, kind) in &added {
+                self.metrics
+                    .tracks
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
+                room.handle_input(now, RoomInput::TrackAdded { track, kind }, &mut out);
+            }
         }
+        self.apply(now, &out, None);
+        out.clear();
+        self.out = out;
         self.announce_tracks(id, &added);
         self.negotiate(now, id);
     }
@@ -374,7 +391,8 @@ impl Shard {
         self.negotiate(now, id);
     }
 
-    /// Queues a change of `sub`'s sending m-lines and offers it when it can.
+    /// Queues a change of `sub`'s sending m-lines, offered once the outputs being applied are
+    /// (one offer for all the changes of one input).
     pub(super) fn queue_slot(&mut self, sub: PeerId, change: SlotChange) {
         let Some(p) = self.peers.get_mut(&sub) else {
             return;
@@ -392,12 +410,14 @@ impl Shard {
             }
         }
         m.queued.push(change);
-        self.negotiate(Instant::now(), sub);
+        if !self.to_negotiate.contains(&sub) {
+            self.to_negotiate.push(sub);
+        }
     }
 
     /// Makes our next offer, if the client's first offer is answered, none of ours is
     /// pending, and changes are queued.
-    fn negotiate(&mut self, now: Instant, id: PeerId) {
+    pub(super) fn negotiate(&mut self, now: Instant, id: PeerId) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
