@@ -379,44 +379,17 @@ impl Shard {
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let new_room = !self.rooms.contains_key(room_name);
-        let room = self
-            .rooms
-            .entry(room_name.to_owned())
-            .or_insert_with(|| Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff));
-        if let Err(e) = room.join(now, id, role, &mut out) {
-            if new_room {
-                self.rooms.remove(room_name);
-            }
+        if let Err(e) = self.enter_room(now, room_name, id, role, &mut out) {
             self.out = out;
-            return Err(match e {
-                room::JoinError::RoomFull | room::JoinError::TooManyPublishers => {
-                    SessionError::RoomFull
-                }
-                room::JoinError::AlreadyIn => SessionError::Internal,
-            });
+            return Err(e);
         }
-        if new_room {
-            self.metrics.rooms.inc();
+        if let Some(room) = self.rooms.get_mut(room_name) {
+            for &(track, k) in &added {
+                room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
+                self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
+            }
         }
-        for &(track, k) in &added {
-            room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
-            self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
-        }
-        let _ = self.routes.send(RouteUpdate::Add {
-            ufrag,
-            route: Route {
-                shard: self.cfg.index,
-                peer: id,
-            },
-        });
-        self.peers.insert(id, p);
-        self.sessions.insert(session.clone(), id);
-        self.metrics.peers.with_label_values(&[kind.as_str()]).inc();
-        self.metrics
-            .peers_total
-            .with_label_values(&[kind.as_str()])
-            .inc();
+        self.register(p);
         self.apply(now, &out, None);
         out.clear();
         self.out = out;
@@ -428,6 +401,55 @@ impl Shard {
             "A session was opened."
         );
         Ok(Opened { session, answer })
+    }
+
+    /// Admits peer `id` into `room_name` (made if needed) as `role`, within its limits; the
+    /// room's outputs go to `out`.
+    fn enter_room(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        id: PeerId,
+        role: Role,
+        out: &mut Vec<RoomOutput>,
+    ) -> Result<(), SessionError> {
+        let new_room = !self.rooms.contains_key(room_name);
+        let room = self
+            .rooms
+            .entry(room_name.to_owned())
+            .or_insert_with(|| Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff));
+        if let Err(e) = room.join(now, id, role, out) {
+            if new_room {
+                self.rooms.remove(room_name);
+            }
+            return Err(match e {
+                room::JoinError::RoomFull | room::JoinError::TooManyPublishers => {
+                    SessionError::RoomFull
+                }
+                room::JoinError::AlreadyIn => SessionError::Internal,
+            });
+        }
+        if new_room {
+            self.metrics.rooms.inc();
+        }
+        Ok(())
+    }
+
+    /// Keeps a new peer: routed (before its answer leaves: its first STUN request may come at
+    /// once), found by its session, counted.
+    fn register(&mut self, p: Peer) {
+        let _ = self.routes.send(RouteUpdate::Add {
+            ufrag: p.ufrag.clone(),
+            route: Route {
+                shard: self.cfg.index,
+                peer: p.id,
+            },
+        });
+        let kind = p.kind.as_str();
+        self.sessions.insert(p.session.clone(), p.id);
+        self.peers.insert(p.id, p);
+        self.metrics.peers.with_label_values(&[kind]).inc();
+        self.metrics.peers_total.with_label_values(&[kind]).inc();
     }
 
     fn datagram(&mut self, id: PeerId, src: SocketAddr, recv_at: Instant, buf: &[u8]) {

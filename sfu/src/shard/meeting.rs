@@ -10,10 +10,9 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind as StrKind};
 
-use super::{RouteUpdate, Shard};
-use crate::demux::Route;
+use super::Shard;
 use crate::peer::{self, Meeting, Peer, PeerKind, SessionError, SlotChange, TrackInfo};
-use crate::room::{self, MediaKind, PeerId, Role, Room, RoomInput, TrackId};
+use crate::room::{MediaKind, PeerId, Role, Room, RoomInput, TrackId};
 use crate::signal::{self, Change, ClientMsg, ErrorCode, ParticipantView, ServerMsg, TrackView};
 
 impl Shard {
@@ -42,7 +41,7 @@ impl Shard {
             kind: PeerKind::Meeting,
             room: room_name.to_owned(),
             session: peer::random_hex(32),
-            ufrag: ufrag.clone(),
+            ufrag,
             rtc,
             timeout: now,
             created: now,
@@ -66,41 +65,11 @@ impl Shard {
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let new_room = !self.rooms.contains_key(room_name);
-        let room = self
-            .rooms
-            .entry(room_name.to_owned())
-            .or_insert_with(|| Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff));
-        if let Err(e) = room.join(now, id, Role::Member, &mut out) {
-            if new_room {
-                self.rooms.remove(room_name);
-            }
+        if let Err(e) = self.enter_room(now, room_name, id, Role::Member, &mut out) {
             self.out = out;
-            return Err(match e {
-                room::JoinError::RoomFull | room::JoinError::TooManyPublishers => {
-                    SessionError::RoomFull
-                }
-                room::JoinError::AlreadyIn => SessionError::Internal,
-            });
+            return Err(e);
         }
-        if new_room {
-            self.metrics.rooms.inc();
-        }
-        let _ = self.routes.send(RouteUpdate::Add {
-            ufrag,
-            route: Route {
-                shard: self.cfg.index,
-                peer: id,
-            },
-        });
-        let session = p.session.clone();
-        self.peers.insert(id, p);
-        self.sessions.insert(session, id);
-        self.metrics.peers.with_label_values(&["meeting"]).inc();
-        self.metrics
-            .peers_total
-            .with_label_values(&["meeting"])
-            .inc();
+        self.register(p);
         // `joined` first, so that the slots queued below are offered after it.
         let participants = self
             .members_of(room_name)
