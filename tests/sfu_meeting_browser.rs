@@ -98,7 +98,10 @@ fn three_chromium_participants_see_and_hear_each_other() {
 
 #[test]
 fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
-    let sfu = Sfu::start("sfu-meeting-bad-input", "");
+    let sfu = Sfu::start(
+        "sfu-meeting-bad-input",
+        "[media]\nconnect_timeout = \"1s\"\n",
+    );
     let out = run(Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -158,6 +161,8 @@ fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
     assert_eq!(r["binary"]["close"], 1003, "{r}");
     assert_eq!(r["flood_of_garbage"]["close"], 1008, "{r}");
     assert_eq!(codes("flood_of_garbage"), ["bad_message"; 4], "{r}");
+    // connect_timeout counts from a participant's first offer, not from its join.
+    assert!(ponged("slow_to_offer"), "{r}");
     // Still up, and every participant is gone again.
     assert_eq!(sfu.wait_metric("estuary_sfu_peers", &[], |v| v == 0.0), 0.0);
     assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);

@@ -842,7 +842,10 @@ impl Shard {
             .filter(|p| {
                 !p.rtc.is_alive()
                     || p.closing
+                    // A meeting participant's clock starts at its first offer (a person may
+                    // take a while to allow the camera).
                     || (!p.connected
+                        && p.meeting.as_ref().is_none_or(|m| m.offered)
                         && now.saturating_duration_since(p.created) > self.cfg.connect_timeout)
                     || p.disconnected_at.is_some_and(|t| {
                         now.saturating_duration_since(t) > self.cfg.ice_disconnect_grace

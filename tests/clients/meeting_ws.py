@@ -13,7 +13,7 @@ import json
 import websockets
 
 
-async def case(url, frames, read=1, join=True):
+async def case(url, frames, read=1, join=True, pause=0.0):
     """Sends `join` (if asked), then `frames`; reads up to `read` frames after each; returns
     {"got": [messages], "close": code or None}."""
     got = []
@@ -29,6 +29,7 @@ async def case(url, frames, read=1, join=True):
                     got.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
             if not join:
                 return {"got": got, "close": close}
+            await asyncio.sleep(pause)
             # Then a ping: everything up to its pong (or the close) is recorded.
             try:
                 await ws.send(json.dumps({"type": "ping"}))
@@ -65,6 +66,8 @@ async def main():
     out["oversized"] = await case(url, [json.dumps({"type": "offer", "sdp": "a" * (100 * 1024)})], read=0)
     out["binary"] = await case(url, [b"\x01\x02"], read=0)
     out["flood_of_garbage"] = await case(url, ["nope"] * 6, read=0)
+    # Joined, no offer yet, for longer than the SFU's connect_timeout (the test sets 1 s).
+    out["slow_to_offer"] = await case(url, [], pause=2.5)
     print(json.dumps(out))
 
 

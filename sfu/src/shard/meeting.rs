@@ -275,8 +275,11 @@ impl Shard {
             p.tracks.insert(mid, TrackInfo { idx, kind });
             added.push((TrackId { peer: id, idx }, kind));
         }
-        if let Some(m) = p.meeting.as_deref_mut() {
+        if let Some(m) = p.meeting.as_deref_mut()
+            && !m.offered
+        {
             m.offered = true;
+            p.created = now;
         }
         self.send(
             id,
