@@ -20,6 +20,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod packaging;
+pub mod page;
 pub mod parked;
 pub mod service;
 pub mod signing;

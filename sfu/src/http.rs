@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use estuary_common::token::{self, KeySet, Rejection};
 use tokio::sync::oneshot;
 
@@ -39,6 +39,11 @@ pub struct App {
     /// Keys of the room → shard hash (random per process).
     pub shard_keys: (u64, u64),
     pub serving: AtomicBool,
+    /// The meeting page's Content-Security-Policy (`None`: it could not be written, and the
+    /// page is not served).
+    pub page_csp: Option<HeaderValue>,
+    /// Turns true when the SFU stops (WebSockets close with 1001).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl estuary_common::service::admin::AdminEndpoints for App {
@@ -52,7 +57,7 @@ impl estuary_common::service::admin::AdminEndpoints for App {
 }
 
 impl App {
-    fn shard_of(&self, room: &str) -> Option<&SyncSender<ShardIn>> {
+    pub fn shard_of(&self, room: &str) -> Option<&SyncSender<ShardIn>> {
         let mut h =
             siphasher::sip::SipHasher13::new_with_keys(self.shard_keys.0, self.shard_keys.1);
         h.write(room.as_bytes());
@@ -63,6 +68,8 @@ impl App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/rooms/{room}", get(crate::page::page))
+        .route("/rooms/{room}/ws", get(crate::meeting_ws::ws))
         .route("/{kind}/{room}", post(offer).options(preflight))
         .route("/{kind}/{room}/{session}", delete(end).options(preflight))
         .with_state(app)
@@ -73,7 +80,7 @@ pub fn admin_router(app: Arc<App>) -> Router {
 }
 
 /// A refusal: its status, a one-line body, counted by reason.
-fn refuse(app: &App, status: StatusCode, reason: &'static str, text: &str) -> Response {
+pub fn refuse(app: &App, status: StatusCode, reason: &'static str, text: &str) -> Response {
     app.metrics.refuse(reason);
     cors((status, format!("{text}\n")).into_response())
 }
@@ -127,6 +134,16 @@ fn check_token(
         .to_str()
         .map_err(|_| Rejection::Malformed)?;
     let token = text.strip_prefix("Bearer ").ok_or(Rejection::Malformed)?;
+    check_room_token(app, token, room, client)
+}
+
+/// Checks a token for `/rooms/<room>`.
+pub fn check_room_token(
+    app: &App,
+    token: &str,
+    room: &str,
+    client: SocketAddr,
+) -> Result<(), Rejection> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -144,14 +161,14 @@ fn check_token(
 
 /// Why a request was refused before its body was read.
 #[derive(Debug, Clone, Copy)]
-enum Refusal {
+pub enum Refusal {
     Draining,
     BadRoom,
     Token(Rejection),
 }
 
 impl Refusal {
-    fn answer(self, app: &App, client: SocketAddr) -> Response {
+    pub fn answer(self, app: &App, client: SocketAddr) -> Response {
         match self {
             Refusal::Draining => {
                 refuse(app, StatusCode::SERVICE_UNAVAILABLE, "draining", "draining")

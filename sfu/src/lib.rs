@@ -5,18 +5,26 @@
 //! receives which track, keyframe requests), `forward.rs` (each outgoing stream's sequence
 //! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for),
 //! `tcp_framing.rs` (RFC 4571, for ICE-TCP; not wired yet).
+//! `signal.rs` (the meeting's WebSocket messages; parsing never panics), `speaker.rs` (the
+//! active speaker from audio levels).
 //! Shell: `udp.rs` (the one media socket and its reader thread), `shard.rs` (threads that
-//! own rooms and drive str0m), `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP), `metrics.rs`,
+//! own rooms and drive str0m; `shard/meeting.rs` negotiates with meeting participants),
+//! `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP, the meeting WebSocket), `page.rs` (the
+//! meeting page), `metrics.rs`,
 //! `config.rs`.
 
 pub mod config;
 pub mod demux;
 pub mod forward;
 pub mod http;
+pub mod meeting_ws;
 pub mod metrics;
+pub mod page;
 pub mod peer;
 pub mod room;
 pub mod shard;
+pub mod signal;
+pub mod speaker;
 pub mod tcp_framing;
 pub mod udp;
 
@@ -86,6 +94,7 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
             .spawn(move || udp::reader(socket, shards, route_rx, metrics, stop))?
     };
 
+    let stop = life.stop_signal();
     let app = Arc::new(http::App {
         keys,
         max_ttl: config.auth.max_ttl.as_secs(),
@@ -93,8 +102,9 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         shards: shard_tx,
         shard_keys: (rand::random(), rand::random()),
         serving: AtomicBool::new(true),
+        page_csp: page::csp(),
+        stop: stop.clone(),
     });
-    let stop = life.stop_signal();
     let listen = config.listen.http;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -107,12 +117,12 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         &stop,
     )
     .await?;
-    let server = tokio::spawn(estuary_common::listener::serve(
+    // Upgradable: the meeting's WebSockets take their connections over.
+    let server = tokio::spawn(estuary_common::listener::serve_upgradable(
         listener,
         config.limits.clone(),
         routes,
         Some(stop.clone()),
-        None,
     ));
     let heartbeats = heartbeat(&config, &app, stop);
     tracing::info!(http = %listen, udp = %udp_addr, node = %config.node.id, "The SFU is serving.");

@@ -80,7 +80,7 @@ pub const REFUSALS: [&str; 10] = [
 ];
 
 /// WHIP (publishers) and WHEP (watchers): the `kind` label of peers.
-pub const PEER_KINDS: [&str; 2] = ["whip", "whep"];
+pub const PEER_KINDS: [&str; 3] = ["whip", "whep", "meeting"];
 
 pub struct Metrics {
     pub registry: prometheus::Registry,
@@ -115,7 +115,7 @@ impl Metrics {
             peers: must(IntGaugeVec::new(
                 Opts::new(
                     "estuary_sfu_peers",
-                    "WebRTC sessions open now, connected or connecting, by kind: whip (publishers), whep (watchers).",
+                    "WebRTC sessions open now, connected or connecting, by kind: whip (publishers), whep (watchers), meeting (participants of the meeting WebSocket).",
                 ),
                 &["kind"],
             )),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
+use str0m::change::{SdpOffer, SdpPendingOffer};
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt};
@@ -20,11 +20,12 @@ use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcError};
 use crate::config::Codec;
 use crate::room::{MediaKind, PeerId};
 
-/// WHIP publishes, WHEP watches.
+/// WHIP publishes, WHEP watches, a meeting participant (WebSocket) does both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     Whip,
     Whep,
+    Meeting,
 }
 
 impl SessionError {
@@ -43,6 +44,7 @@ impl PeerKind {
         match self {
             PeerKind::Whip => "whip",
             PeerKind::Whep => "whep",
+            PeerKind::Meeting => "meeting",
         }
     }
 }
@@ -94,14 +96,50 @@ pub struct Peer {
     pub tracks: HashMap<Mid, TrackInfo>,
     /// Publishers: which mid each incoming SSRC belongs to (str0m's lookup, cached).
     pub ssrc_mid: HashMap<Ssrc, Mid>,
-    /// Watchers: the sending mids per kind, in offer order (the room's slots).
-    pub out_mids: BTreeMap<MediaKind, Vec<Mid>>,
+    /// Watchers and meeting participants: the sending mid of each of the room's slots.
+    pub out_mids: BTreeMap<(MediaKind, u8), Mid>,
     /// Watchers: the payload type to send for a publisher's payload type (`None`: this
     /// watcher did not negotiate that codec).
     pub out_pt: HashMap<(PeerId, Pt), Option<Pt>>,
     /// The last NACK counts str0m reported per mid (its stats are totals): received from
     /// this peer as a watcher, sent to it as a publisher.
     pub nacks: HashMap<Mid, u64>,
+    /// Meeting participants: their signaling state.
+    pub meeting: Option<Box<Meeting>>,
+    /// Set when the peer is to be closed at the next look at timers (its WebSocket could not
+    /// take an event).
+    pub closing: bool,
+}
+
+/// A meeting participant's signaling: the WebSocket's queue and the SDP negotiation. The
+/// SFU offers only once the client's own first offer is answered, and keeps one offer of its
+/// own pending at a time; the slots opened meanwhile wait in `queued`.
+pub struct Meeting {
+    pub name: String,
+    pub events: tokio::sync::mpsc::Sender<crate::signal::ServerMsg>,
+    /// The client's first offer was answered.
+    pub offered: bool,
+    /// Our offer awaiting its answer, and the slots it opens (with their new mids).
+    pub pending: Option<(SdpPendingOffer, Vec<SlotChange>)>,
+    pub queued: Vec<SlotChange>,
+    /// Requested largest heights per track id (kept for layer selection).
+    pub max_height: HashMap<String, u32>,
+    /// This participant's muted tracks (indexes).
+    pub muted: std::collections::HashSet<u32>,
+}
+
+/// One change to a participant's sending m-lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotChange {
+    /// A new m-line for a slot; `mid` is set once added to an offer.
+    Open {
+        slot: (MediaKind, u8),
+        stream: String,
+        track: String,
+        mid: Option<Mid>,
+    },
+    /// The slot's m-line goes inactive.
+    Close { slot: (MediaKind, u8) },
 }
 
 /// Every peer's common WebRTC settings.
@@ -149,6 +187,44 @@ impl RtcFactory {
     ) -> Result<Answered, SessionError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
+        let mut rtc = self.build(now, ufrag, pass)?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        // Nothing to send yet: no remote address is known before the first STUN request.
+        let timeout = drain(&mut rtc, &mut Vec::new(), &mut Vec::new())
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        // WHIP sends only, WHEP receives only: our side of every m-line says so. (str0m's
+        // MediaAdded events come only once DTLS is up, so the answer is read instead.)
+        let (want, offer_dir, protocol) = match kind {
+            PeerKind::Whip => (Direction::RecvOnly, "sendonly", "WHIP"),
+            PeerKind::Whep | PeerKind::Meeting => (Direction::SendOnly, "recvonly", "WHEP"),
+        };
+        let mut media = Vec::new();
+        for line in answer.media_lines.iter().filter(|l| !l.disabled) {
+            let mid = line.mid();
+            let Some(m) = rtc.media(mid) else { continue };
+            if m.direction() != want {
+                return Err(SessionError::WrongMedia(format!(
+                    "every audio and video m-line must be {offer_dir} for {protocol}"
+                )));
+            }
+            media.push((mid, kind_of(m.kind())));
+        }
+        if media.is_empty() {
+            return Err(SessionError::WrongMedia("no audio or video m-line".into()));
+        }
+        Ok(Answered {
+            rtc,
+            answer: answer.to_sdp_string(),
+            media,
+            timeout,
+        })
+    }
+
+    /// A new `Rtc` with our settings, its ICE credentials and our one candidate.
+    pub fn build(&self, now: Instant, ufrag: &str, pass: &str) -> Result<Rtc, SessionError> {
         let mut cfg = Rtc::builder()
             .set_crypto_provider(Arc::clone(&self.crypto))
             .set_dtls_cert(self.cert.clone())
@@ -174,39 +250,7 @@ impl RtcFactory {
         let candidate = Candidate::host(self.public_udp, "udp")
             .map_err(|e| SessionError::Refused(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SessionError::Refused(e.to_string()))?;
-        // Nothing to send yet: no remote address is known before the first STUN request.
-        let timeout = drain(&mut rtc, &mut Vec::new(), &mut Vec::new())
-            .map_err(|e| SessionError::Refused(e.to_string()))?;
-        // WHIP sends only, WHEP receives only: our side of every m-line says so. (str0m's
-        // MediaAdded events come only once DTLS is up, so the answer is read instead.)
-        let (want, offer_dir, protocol) = match kind {
-            PeerKind::Whip => (Direction::RecvOnly, "sendonly", "WHIP"),
-            PeerKind::Whep => (Direction::SendOnly, "recvonly", "WHEP"),
-        };
-        let mut media = Vec::new();
-        for line in answer.media_lines.iter().filter(|l| !l.disabled) {
-            let mid = line.mid();
-            let Some(m) = rtc.media(mid) else { continue };
-            if m.direction() != want {
-                return Err(SessionError::WrongMedia(format!(
-                    "every audio and video m-line must be {offer_dir} for {protocol}"
-                )));
-            }
-            media.push((mid, kind_of(m.kind())));
-        }
-        if media.is_empty() {
-            return Err(SessionError::WrongMedia("no audio or video m-line".into()));
-        }
-        Ok(Answered {
-            rtc,
-            answer: answer.to_sdp_string(),
-            media,
-            timeout,
-        })
+        Ok(rtc)
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict};
+use crate::speaker::SpeakerDetector;
 
 pub type PeerId = u64;
 
@@ -59,7 +60,19 @@ pub enum Role {
     Publisher,
     /// Receives, into `audio` and `video` slots (WHEP).
     Watcher { audio: u8, video: u8 },
+    /// A meeting participant: publishes, and receives every other participant's tracks,
+    /// each in a slot of its own opened for it (the shell adds an m-line per slot).
+    Member,
 }
+
+impl Role {
+    fn publishes(self) -> bool {
+        matches!(self, Role::Publisher | Role::Member)
+    }
+}
+
+/// The most slots of one kind a member has over its life (slots are not reused).
+pub const MAX_MEMBER_SLOTS: usize = 255;
 
 /// The room's limits.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +101,8 @@ pub enum RoomInput {
     Packet { track: TrackId, packet: InPacket },
     /// A watcher asked for a keyframe (PLI/FIR) on one of its outgoing streams.
     KeyframeRequest { out: OutId },
+    /// The audio level (RFC 6464, dBov) of a packet from `peer`.
+    AudioLevel { peer: PeerId, level: i8 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +117,12 @@ pub enum RoomOutput {
     /// The packet was for no outgoing stream, or a stream dropped it (waiting for a
     /// keyframe, older than its segment).
     Dropped,
+    /// A member has a new slot, carrying `track`: the shell offers it a new m-line.
+    OpenSlot { out: OutId, track: TrackId },
+    /// A member's slot carries nothing any more (its track ended): the m-line goes inactive.
+    CloseSlot { out: OutId },
+    /// The active speaker changed.
+    ActiveSpeaker { peer: PeerId },
 }
 
 struct Slot {
@@ -124,6 +145,7 @@ pub struct Room {
     last_keyframe_request: HashMap<TrackId, Instant>,
     /// Where each new slot's numbering starts: from the shell (random), so a test can fix it.
     first_seq: u16,
+    speaker: SpeakerDetector,
 }
 
 impl Room {
@@ -134,6 +156,7 @@ impl Room {
             tracks: BTreeMap::new(),
             last_keyframe_request: HashMap::new(),
             first_seq,
+            speaker: SpeakerDetector::default(),
         }
     }
 
@@ -148,13 +171,18 @@ impl Room {
     pub fn publishers(&self) -> usize {
         self.participants
             .values()
-            .filter(|p| p.role == Role::Publisher)
+            .filter(|p| p.role.publishes())
             .count()
     }
 
     /// Tracks published now, of `kind`.
     pub fn tracks(&self, kind: MediaKind) -> usize {
         self.tracks.values().filter(|k| **k == kind).count()
+    }
+
+    /// The active speaker now, if anyone speaks.
+    pub fn active_speaker(&self) -> Option<PeerId> {
+        self.speaker.active()
     }
 
     /// The track an outgoing stream carries now, if any.
@@ -182,7 +210,7 @@ impl Room {
         if self.participants.len() >= self.limits.max_participants {
             return Err(JoinError::RoomFull);
         }
-        if role == Role::Publisher && self.publishers() >= self.limits.max_publishers {
+        if role.publishes() && self.publishers() >= self.limits.max_publishers {
             return Err(JoinError::TooManyPublishers);
         }
         let mut slots = BTreeMap::new();
@@ -201,6 +229,17 @@ impl Room {
             }
         }
         self.participants.insert(peer, Participant { role, slots });
+        if role == Role::Member {
+            let tracks: Vec<(TrackId, MediaKind)> = self
+                .tracks
+                .iter()
+                .filter(|(t, _)| t.peer != peer)
+                .map(|(t, k)| (*t, *k))
+                .collect();
+            for (t, k) in tracks {
+                self.open_slot(now, peer, t, k, out);
+            }
+        }
         self.assign(now, out);
         Ok(())
     }
@@ -210,6 +249,7 @@ impl Room {
         if self.participants.remove(&peer).is_none() {
             return;
         }
+        self.speaker.remove(peer);
         let gone: Vec<TrackId> = self
             .tracks
             .keys()
@@ -220,12 +260,21 @@ impl Room {
             self.tracks.remove(&t);
             self.last_keyframe_request.remove(&t);
         }
-        for p in self.participants.values_mut() {
-            for slots in p.slots.values_mut() {
-                for s in slots.iter_mut() {
+        for (&sub, p) in self.participants.iter_mut() {
+            for (&kind, slots) in p.slots.iter_mut() {
+                for (i, s) in slots.iter_mut().enumerate() {
                     if s.track.is_some_and(|t| t.peer == peer) {
                         s.track = None;
                         s.forwarder.select(None);
+                        if p.role == Role::Member {
+                            out.push(RoomOutput::CloseSlot {
+                                out: OutId {
+                                    sub,
+                                    kind,
+                                    slot: i as u8,
+                                },
+                            });
+                        }
                     }
                 }
             }
@@ -239,9 +288,18 @@ impl Room {
                 let is_publisher = self
                     .participants
                     .get(&track.peer)
-                    .is_some_and(|p| p.role == Role::Publisher);
-                if is_publisher {
+                    .is_some_and(|p| p.role.publishes());
+                if is_publisher && !self.tracks.contains_key(&track) {
                     self.tracks.insert(track, kind);
+                    let members: Vec<PeerId> = self
+                        .participants
+                        .iter()
+                        .filter(|(id, p)| p.role == Role::Member && **id != track.peer)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for m in members {
+                        self.open_slot(now, m, track, kind, out);
+                    }
                     self.assign(now, out);
                 }
             }
@@ -249,6 +307,13 @@ impl Room {
             RoomInput::KeyframeRequest { out: o } => {
                 if let Some(track) = self.track_of(o) {
                     self.request_keyframe(now, track, out);
+                }
+            }
+            RoomInput::AudioLevel { peer, level } => {
+                if self.participants.contains_key(&peer)
+                    && let Some(p) = self.speaker.level(now, peer, level)
+                {
+                    out.push(RoomOutput::ActiveSpeaker { peer: p });
                 }
             }
         }
@@ -308,11 +373,54 @@ impl Room {
         out.push(RoomOutput::RequestKeyframe { track });
     }
 
-    /// Fills every free slot with the oldest track of its kind that its watcher does not
-    /// receive yet, and asks for keyframes for the video tracks newly placed.
+    /// Gives member `sub` a new slot carrying `track` (up to [`MAX_MEMBER_SLOTS`] per kind).
+    fn open_slot(
+        &mut self,
+        now: Instant,
+        sub: PeerId,
+        track: TrackId,
+        kind: MediaKind,
+        out: &mut Vec<RoomOutput>,
+    ) {
+        let first_seq = self.first_seq;
+        let Some(slots) = self
+            .participants
+            .get_mut(&sub)
+            .map(|p| p.slots.entry(kind).or_default())
+        else {
+            return;
+        };
+        if slots.len() >= MAX_MEMBER_SLOTS {
+            return;
+        }
+        let i = slots.len();
+        let mut forwarder = Forwarder::new(first_seq.wrapping_add(i as u16 * 1000) & 0x7fff);
+        forwarder.select(Some(track.source_key()));
+        slots.push(Slot {
+            track: Some(track),
+            forwarder,
+        });
+        out.push(RoomOutput::OpenSlot {
+            out: OutId {
+                sub,
+                kind,
+                slot: i as u8,
+            },
+            track,
+        });
+        self.request_keyframe(now, track, out);
+    }
+
+    /// Fills every free slot of a watcher with the oldest track of its kind that it does not
+    /// receive yet, and asks for keyframes for the video tracks newly placed. (A member's
+    /// slots are opened for one track each and never refilled.)
     fn assign(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
         let mut wanted = Vec::new();
-        for part in self.participants.values_mut() {
+        for part in self
+            .participants
+            .values_mut()
+            .filter(|p| p.role != Role::Member)
+        {
             for (kind, slots) in part.slots.iter_mut() {
                 for i in 0..slots.len() {
                     if slots[i].track.is_some() {
@@ -377,6 +485,114 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn opened(out: &[RoomOutput]) -> Vec<(OutId, TrackId)> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOutput::OpenSlot { out, track } => Some((*out, *track)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn members_receive_every_other_members_tracks_in_slots_of_their_own() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_publishers: 4,
+            ..limits()
+        };
+        let mut room = Room::new(limits, 10);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Member, &mut out).expect("member 1");
+        room.join(t0, 2, Role::Member, &mut out).expect("member 2");
+        assert!(out.is_empty(), "{out:?}");
+        let a1 = TrackId { peer: 1, idx: 1 };
+        let v1 = TrackId { peer: 1, idx: 2 };
+        for (t, kind) in [(a1, MediaKind::Audio), (v1, MediaKind::Video)] {
+            room.handle_input(t0, RoomInput::TrackAdded { track: t, kind }, &mut out);
+        }
+        let slot = |sub, kind, slot| OutId { sub, kind, slot };
+        // Member 2 gets both, member 1 none of its own.
+        assert_eq!(
+            opened(&out),
+            vec![
+                (slot(2, MediaKind::Audio, 0), a1),
+                (slot(2, MediaKind::Video, 0), v1)
+            ]
+        );
+        out.clear();
+        // A third member gets member 1's tracks at once.
+        room.join(t0, 3, Role::Member, &mut out).expect("member 3");
+        assert_eq!(
+            opened(&out),
+            vec![
+                (slot(3, MediaKind::Audio, 0), a1),
+                (slot(3, MediaKind::Video, 0), v1)
+            ]
+        );
+        out.clear();
+        let a3 = TrackId { peer: 3, idx: 3 };
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: a3,
+                kind: MediaKind::Audio,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            opened(&out),
+            vec![
+                (slot(1, MediaKind::Audio, 0), a3),
+                (slot(2, MediaKind::Audio, 1), a3)
+            ]
+        );
+        out.clear();
+        room.handle_input(t0, packet(a1, 7, true, t0), &mut out);
+        let mut f: Vec<OutId> = forwards(&out).into_iter().map(|(o, _)| o).collect();
+        f.sort_by_key(|o| o.sub);
+        assert_eq!(
+            f,
+            vec![slot(2, MediaKind::Audio, 0), slot(3, MediaKind::Audio, 0)]
+        );
+        out.clear();
+        // Member 1 leaves: its slots at 2 and 3 close; nothing is reassigned into them.
+        room.leave(t0, 1, &mut out);
+        let mut closed: Vec<OutId> = out
+            .iter()
+            .filter_map(|o| match o {
+                RoomOutput::CloseSlot { out } => Some(*out),
+                _ => None,
+            })
+            .collect();
+        closed.sort_by_key(|o| (o.sub, o.kind));
+        assert_eq!(
+            closed,
+            vec![
+                slot(2, MediaKind::Audio, 0),
+                slot(2, MediaKind::Video, 0),
+                slot(3, MediaKind::Audio, 0),
+                slot(3, MediaKind::Video, 0)
+            ]
+        );
+        assert!(opened(&out).is_empty());
+        assert_eq!(room.track_of(slot(2, MediaKind::Audio, 1)), Some(a3));
+    }
+
+    #[test]
+    fn members_count_as_publishers() {
+        let t0 = Instant::now();
+        let mut room = Room::new(limits(), 10);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Member, &mut out).expect("member 1");
+        room.join(t0, 2, Role::Publisher, &mut out)
+            .expect("publisher");
+        assert_eq!(
+            room.join(t0, 3, Role::Member, &mut out),
+            Err(JoinError::TooManyPublishers)
+        );
     }
 
     #[test]

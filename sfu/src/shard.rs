@@ -26,7 +26,11 @@ use crate::forward::InPacket;
 use crate::metrics::{DropReason, LocalCounters, Metrics};
 use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
 use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
+use crate::signal;
+use crate::signal::{ClientMsg, ServerMsg};
 use crate::udp;
+
+mod meeting;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -45,6 +49,23 @@ pub enum ShardIn {
         session: String,
         kind: PeerKind,
         reply: oneshot::Sender<bool>,
+    },
+    /// A meeting participant joins (its WebSocket's first message): the shard answers with
+    /// its id and sends `joined` on `events`.
+    Join {
+        room: String,
+        name: String,
+        events: tokio::sync::mpsc::Sender<ServerMsg>,
+        reply: oneshot::Sender<Result<PeerId, SessionError>>,
+    },
+    /// A later message of a meeting participant.
+    Signal {
+        peer: PeerId,
+        msg: ClientMsg,
+    },
+    /// A meeting participant's WebSocket closed.
+    Leave {
+        peer: PeerId,
     },
 }
 
@@ -93,6 +114,9 @@ pub struct Shard {
     out: Vec<RoomOutput>,
     events: Vec<Event>,
     outbox: Outbox,
+    /// Meeting participants whose m-lines changed while applying the room's outputs: they
+    /// get one offer for all of the changes, once the outputs are applied.
+    to_negotiate: Vec<PeerId>,
 }
 
 /// Datagrams waiting for the next sendmmsg, and the receive times of the forwarded packets
@@ -130,6 +154,7 @@ impl Shard {
                 datagrams: Vec::new(),
                 forwarded_at: Vec::new(),
             },
+            to_negotiate: Vec::new(),
         }
     }
 
@@ -244,6 +269,38 @@ impl Shard {
                 }
                 let _ = reply.send(found.is_some());
             }
+            ShardIn::Join {
+                room,
+                name,
+                events,
+                reply,
+            } => {
+                let now = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    self.join_meeting(now, &room, name, events)
+                }))
+                .unwrap_or_else(|_| {
+                    self.metrics.peer_panics.inc();
+                    Err(SessionError::Internal)
+                });
+                let _ = reply.send(result);
+            }
+            ShardIn::Signal { peer, msg } => {
+                let result = catch_unwind(AssertUnwindSafe(|| self.signal(peer, msg)));
+                if result.is_err() {
+                    self.metrics.peer_panics.inc();
+                    self.remove_peer(Instant::now(), peer);
+                }
+            }
+            ShardIn::Leave { peer } => {
+                if self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.kind == PeerKind::Meeting)
+                {
+                    self.close_peer(peer);
+                }
+            }
         }
     }
 
@@ -288,26 +345,31 @@ impl Shard {
             out_mids: Default::default(),
             out_pt: HashMap::new(),
             nacks: HashMap::new(),
+            meeting: None,
+            closing: false,
         };
         let mut added = Vec::new();
         for (mid, k) in media {
             match kind {
-                PeerKind::Whip => {
+                PeerKind::Whip | PeerKind::Meeting => {
                     let idx = self.next_track;
                     self.next_track += 1;
                     p.tracks.insert(mid, TrackInfo { idx, kind: k });
                     added.push((TrackId { peer: id, idx }, k));
                 }
-                PeerKind::Whep => p.out_mids.entry(k).or_default().push(mid),
+                PeerKind::Whep => {
+                    let slot = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
+                    p.out_mids
+                        .insert((k, u8::try_from(slot).unwrap_or(u8::MAX)), mid);
+                }
             }
         }
         let role = match kind {
-            PeerKind::Whip => Role::Publisher,
+            PeerKind::Whip | PeerKind::Meeting => Role::Publisher,
             PeerKind::Whep => {
                 let n = |k| {
-                    p.out_mids
-                        .get(&k)
-                        .map_or(0, |v: &Vec<Mid>| u8::try_from(v.len()).unwrap_or(u8::MAX))
+                    let count = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
+                    u8::try_from(count).unwrap_or(u8::MAX)
                 };
                 Role::Watcher {
                     audio: n(MediaKind::Audio),
@@ -317,16 +379,49 @@ impl Shard {
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        if let Err(e) = self.enter_room(now, room_name, id, role, &mut out) {
+            self.out = out;
+            return Err(e);
+        }
+        if let Some(room) = self.rooms.get_mut(room_name) {
+            for &(track, k) in &added {
+                room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
+                self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
+            }
+        }
+        self.register(p);
+        self.apply(now, &out, None);
+        out.clear();
+        self.out = out;
+        self.announce_tracks(id, &added);
+        tracing::info!(
+            room = room_name,
+            kind = kind.as_str(),
+            peer = id,
+            "A session was opened."
+        );
+        Ok(Opened { session, answer })
+    }
+
+    /// Admits peer `id` into `room_name` (made if needed) as `role`, within its limits; the
+    /// room's outputs go to `out`.
+    fn enter_room(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        id: PeerId,
+        role: Role,
+        out: &mut Vec<RoomOutput>,
+    ) -> Result<(), SessionError> {
         let new_room = !self.rooms.contains_key(room_name);
         let room = self
             .rooms
             .entry(room_name.to_owned())
             .or_insert_with(|| Room::new(self.cfg.limits, rand::random::<u16>() & 0x7fff));
-        if let Err(e) = room.join(now, id, role, &mut out) {
+        if let Err(e) = room.join(now, id, role, out) {
             if new_room {
                 self.rooms.remove(room_name);
             }
-            self.out = out;
             return Err(match e {
                 room::JoinError::RoomFull | room::JoinError::TooManyPublishers => {
                     SessionError::RoomFull
@@ -337,34 +432,24 @@ impl Shard {
         if new_room {
             self.metrics.room_opened(room_name);
         }
-        for (track, k) in added {
-            room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
-            self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
-        }
+        Ok(())
+    }
+
+    /// Keeps a new peer: routed (before its answer leaves: its first STUN request may come at
+    /// once), found by its session, counted.
+    fn register(&mut self, p: Peer) {
         let _ = self.routes.send(RouteUpdate::Add {
-            ufrag,
+            ufrag: p.ufrag.clone(),
             route: Route {
                 shard: self.cfg.index,
-                peer: id,
+                peer: p.id,
             },
         });
-        self.peers.insert(id, p);
-        self.sessions.insert(session.clone(), id);
-        self.metrics.peers.with_label_values(&[kind.as_str()]).inc();
-        self.metrics
-            .peers_total
-            .with_label_values(&[kind.as_str()])
-            .inc();
-        self.apply(now, &out, None);
-        out.clear();
-        self.out = out;
-        tracing::info!(
-            room = room_name,
-            kind = kind.as_str(),
-            peer = id,
-            "A session was opened."
-        );
-        Ok(Opened { session, answer })
+        let kind = p.kind.as_str();
+        self.sessions.insert(p.session.clone(), p.id);
+        self.peers.insert(p.id, p);
+        self.metrics.peers.with_label_values(&[kind]).inc();
+        self.metrics.peers_total.with_label_values(&[kind]).inc();
     }
 
     fn datagram(&mut self, id: PeerId, src: SocketAddr, recv_at: Instant, buf: &[u8]) {
@@ -454,14 +539,14 @@ impl Shard {
                 let slot = p
                     .out_mids
                     .iter()
-                    .find_map(|(k, mids)| mids.iter().position(|m| *m == r.mid).map(|i| (*k, i)));
-                if let Some((kind, i)) = slot {
+                    .find_map(|(slot, m)| (*m == r.mid).then_some(*slot));
+                if let Some((kind, slot)) = slot {
                     let room_name = p.room.clone();
                     let input = RoomInput::KeyframeRequest {
                         out: OutId {
                             sub: id,
                             kind,
-                            slot: u8::try_from(i).unwrap_or(u8::MAX),
+                            slot,
                         },
                     };
                     self.room_input(now, &room_name, input, None);
@@ -537,6 +622,12 @@ impl Shard {
         };
         let room_name = p.room.clone();
         self.room_input(pkt.timestamp, &room_name, input, Some((&pkt, &params, id)));
+        if track.kind == MediaKind::Audio
+            && let Some(level) = pkt.header.ext_vals.audio_level
+        {
+            let input = RoomInput::AudioLevel { peer: id, level };
+            self.room_input(pkt.timestamp, &room_name, input, None);
+        }
     }
 
     fn room_input(
@@ -580,7 +671,31 @@ impl Shard {
                 }
                 RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
+                RoomOutput::ActiveSpeaker { peer } => self.announce_speaker(peer),
+                RoomOutput::OpenSlot { out: slot, track } => {
+                    self.queue_slot(
+                        slot.sub,
+                        peer::SlotChange::Open {
+                            slot: (slot.kind, slot.slot),
+                            stream: signal::participant_id(track.peer),
+                            track: signal::track_id(track.peer, track.idx),
+                            mid: None,
+                        },
+                    );
+                }
+                RoomOutput::CloseSlot { out: slot } => {
+                    self.queue_slot(
+                        slot.sub,
+                        peer::SlotChange::Close {
+                            slot: (slot.kind, slot.slot),
+                        },
+                    );
+                }
             }
+        }
+        let subs = std::mem::take(&mut self.to_negotiate);
+        for sub in subs {
+            self.negotiate(now, sub);
         }
     }
 
@@ -595,12 +710,7 @@ impl Shard {
         let Some(sub) = self.peers.get_mut(&to.sub) else {
             return;
         };
-        let Some(mid) = sub
-            .out_mids
-            .get(&to.kind)
-            .and_then(|m| m.get(usize::from(to.slot)))
-            .copied()
-        else {
+        let Some(mid) = sub.out_mids.get(&(to.kind, to.slot)).copied() else {
             return;
         };
         let in_pt = rtp.header.payload_type;
@@ -731,7 +841,11 @@ impl Shard {
             .values()
             .filter(|p| {
                 !p.rtc.is_alive()
+                    || p.closing
+                    // A meeting participant's clock starts at its first offer (a person may
+                    // take a while to allow the camera).
                     || (!p.connected
+                        && p.meeting.as_ref().is_none_or(|m| m.offered)
                         && now.saturating_duration_since(p.created) > self.cfg.connect_timeout)
                     || p.disconnected_at.is_some_and(|t| {
                         now.saturating_duration_since(t) > self.cfg.ice_disconnect_grace
@@ -753,7 +867,10 @@ impl Shard {
             return;
         };
         self.sessions.remove(&p.session);
-        if p.kind == PeerKind::Whip {
+        if p.meeting.is_some() || !p.tracks.is_empty() {
+            self.announce_gone(&p);
+        }
+        if !p.tracks.is_empty() {
             // Watchers forget the payload types they mapped for this publisher.
             for w in self.peers.values_mut().filter(|w| w.room == p.room) {
                 w.out_pt.retain(|(from, _), _| *from != id);

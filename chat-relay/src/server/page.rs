@@ -10,36 +10,18 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use sha2::{Digest, Sha256};
+use estuary_common::page::inline_hashes;
 
 const PAGE: &str = include_str!("page.html");
-
-/// The body of the first `<tag>...</tag>` element of `html`.
-fn element<'a>(html: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let start = html.find(&open)? + open.len();
-    let len = html[start..].find(&format!("</{tag}>"))?;
-    Some(&html[start..start + len])
-}
-
-/// `'sha256-<base64>'`, the CSP source of an inline element with this text.
-fn hash_source(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    format!(
-        "'sha256-{}'",
-        base64::engine::general_purpose::STANDARD.encode(digest)
-    )
-}
 
 /// The page's Content-Security-Policy: its inline script and style by hash, WebSockets and
 /// fetches to its own origin; with `media` (the origin and the CDN of `[media]`), fetches to
 /// the origin (the upload) and images, video and audio from the CDN; no other source of
 /// anything.
 fn policy(html: &str, media: Option<(&str, &str)>) -> String {
-    let hashes = |tag| element(html, tag).map(hash_source).unwrap_or_default();
+    let (script, style) = inline_hashes(html);
     let (connect, files) = match media {
         Some((origin, cdn)) => (
             format!(" {}", origin.trim_end_matches('/')),
@@ -53,8 +35,7 @@ fn policy(html: &str, media: Option<(&str, &str)>) -> String {
     format!(
         "default-src 'none'; script-src {}; style-src {}; connect-src 'self'{connect};{files} \
          base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        hashes("script"),
-        hashes("style"),
+        script, style,
     )
 }
 
@@ -71,29 +52,13 @@ pub async fn page(State(app): State<Arc<super::App>>) -> Response {
     let Some(csp) = app.page_csp.clone() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let headers = [
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        ),
-        (header::CONTENT_SECURITY_POLICY, csp),
-        // The page's URL carries a token.
-        (
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-    ];
-    (headers, PAGE).into_response()
+    estuary_common::page::response(PAGE, csp)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use estuary_common::page::{element, hash_source};
 
     #[test]
     fn the_policy_names_the_pages_own_script_and_style_and_nothing_inline_else() {
@@ -123,14 +88,5 @@ mod tests {
             "an inline event handler"
         );
         assert!(HeaderValue::from_str(&csp).is_ok());
-    }
-
-    #[test]
-    fn known_hash() {
-        // echo -n 'alert(1)' | openssl dgst -sha256 -binary | base64
-        assert_eq!(
-            hash_source("alert(1)"),
-            "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
-        );
     }
 }

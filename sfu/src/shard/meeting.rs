@@ -1,0 +1,609 @@
+//! The shard's side of the meeting protocol (`signal.rs`): a participant's `Rtc` is made at
+//! `join`, the client's offers are answered, and the slots the room opens for it become
+//! m-lines of the SFU's own offers, one pending at a time (glare: a client offer that
+//! arrives while ours is pending is answered first, and ours is made again afterwards).
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::media::{Direction, MediaKind as StrKind};
+
+use super::Shard;
+use crate::peer::{self, Meeting, Peer, PeerKind, SessionError, SlotChange, TrackInfo};
+use crate::room::{MediaKind, PeerId, Role, Room, RoomInput, TrackId};
+use crate::signal::{self, Change, ClientMsg, ErrorCode, ParticipantView, ServerMsg, TrackView};
+
+impl Shard {
+    /// A participant joins `room_name`: a new `Rtc` (no offer yet), a member of the room,
+    /// `joined` to it and `participant joined` to the others.
+    pub(super) fn join_meeting(
+        &mut self,
+        now: Instant,
+        room_name: &str,
+        name: String,
+        events: tokio::sync::mpsc::Sender<ServerMsg>,
+    ) -> Result<PeerId, SessionError> {
+        if !self.rooms.contains_key(room_name)
+            && usize::try_from(self.metrics.rooms.get()).unwrap_or(0) >= self.cfg.max_rooms
+        {
+            return Err(SessionError::TooManyRooms);
+        }
+        let ufrag = peer::random_hex(16);
+        let pass = peer::random_hex(32);
+        let rtc = self.cfg.factory.build(now, &ufrag, &pass)?;
+        let id = self.next_peer;
+        self.next_peer += 1;
+        let name: String = name.chars().take(signal::MAX_NAME_CHARS).collect();
+        let p = Peer {
+            id,
+            kind: PeerKind::Meeting,
+            room: room_name.to_owned(),
+            session: peer::random_hex(32),
+            ufrag,
+            rtc,
+            timeout: now,
+            created: now,
+            connected: false,
+            disconnected_at: None,
+            tracks: HashMap::new(),
+            ssrc_mid: HashMap::new(),
+            out_mids: Default::default(),
+            out_pt: HashMap::new(),
+            nacks: HashMap::new(),
+            meeting: Some(Box::new(Meeting {
+                name: name.clone(),
+                events,
+                offered: false,
+                pending: None,
+                queued: Vec::new(),
+                max_height: HashMap::new(),
+                muted: HashSet::new(),
+            })),
+            closing: false,
+        };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        if let Err(e) = self.enter_room(now, room_name, id, Role::Member, &mut out) {
+            self.out = out;
+            return Err(e);
+        }
+        self.register(p);
+        // `joined` first, so that the slots queued below are offered after it.
+        let participants = self
+            .members_of(room_name)
+            .into_iter()
+            .filter(|m| *m != id)
+            .filter_map(|m| {
+                let name = self.peers.get(&m)?.meeting.as_ref()?.name.clone();
+                Some(ParticipantView {
+                    participant: signal::participant_id(m),
+                    name,
+                })
+            })
+            .collect();
+        let tracks = self.track_views(room_name);
+        self.send(
+            id,
+            ServerMsg::Joined {
+                participant: signal::participant_id(id),
+                participants,
+                tracks,
+            },
+        );
+        // A newcomer is told who speaks now (the next change may be long in coming).
+        if let Some(speaker) = self.rooms.get(room_name).and_then(Room::active_speaker) {
+            self.send(
+                id,
+                ServerMsg::Speaker {
+                    participant: signal::participant_id(speaker),
+                },
+            );
+        }
+        for m in self.members_of(room_name) {
+            if m != id {
+                self.send(
+                    m,
+                    ServerMsg::Participant {
+                        event: Change::Joined,
+                        participant: signal::participant_id(id),
+                        name: name.clone(),
+                    },
+                );
+            }
+        }
+        self.apply(now, &out, None);
+        out.clear();
+        self.out = out;
+        tracing::info!(room = room_name, peer = id, "A meeting participant joined.");
+        Ok(id)
+    }
+
+    /// One message of a joined participant.
+    pub(super) fn signal(&mut self, id: PeerId, msg: ClientMsg) {
+        let now = Instant::now();
+        if self.peers.get(&id).is_none_or(|p| p.meeting.is_none()) {
+            return;
+        }
+        match msg {
+            ClientMsg::Join { .. } => self.send(
+                id,
+                ServerMsg::error(ErrorCode::AlreadyJoined, "already joined"),
+            ),
+            ClientMsg::Offer { sdp } => self.client_offer(now, id, &sdp),
+            ClientMsg::Answer { sdp } => self.client_answer(now, id, &sdp),
+            ClientMsg::Subscribe { track, max_height } => {
+                let known = signal::parse_track_id(&track).is_some_and(|(peer, idx)| {
+                    self.peers
+                        .get(&peer)
+                        .is_some_and(|p| p.tracks.values().any(|t| t.idx == idx))
+                });
+                if !known {
+                    self.send(id, ServerMsg::error(ErrorCode::UnknownTrack, track));
+                    return;
+                }
+                if let Some(m) = self.meeting_mut(id) {
+                    match max_height {
+                        Some(h) => m.max_height.insert(track, h),
+                        None => m.max_height.remove(&track),
+                    };
+                }
+            }
+            ClientMsg::Mute { track, muted } => self.mute(id, &track, muted),
+            ClientMsg::Leave {} => self.close_peer(id),
+            ClientMsg::Ping {} => self.send(id, ServerMsg::Pong),
+        }
+    }
+
+    fn meeting_mut(&mut self, id: PeerId) -> Option<&mut Meeting> {
+        self.peers.get_mut(&id)?.meeting.as_deref_mut()
+    }
+
+    fn mute(&mut self, id: PeerId, track: &str, muted: bool) {
+        let own = signal::parse_track_id(track)
+            .filter(|(peer, _)| *peer == id)
+            .and_then(|(_, idx)| {
+                let p = self.peers.get(&id)?;
+                p.tracks.values().find(|t| t.idx == idx).copied()
+            });
+        let Some(info) = own else {
+            self.send(
+                id,
+                ServerMsg::error(ErrorCode::UnknownTrack, "not one of your tracks"),
+            );
+            return;
+        };
+        let Some(m) = self.meeting_mut(id) else {
+            return;
+        };
+        let changed = if muted {
+            m.muted.insert(info.idx)
+        } else {
+            m.muted.remove(&info.idx)
+        };
+        if !changed {
+            return;
+        }
+        let view = TrackView {
+            track: track.to_owned(),
+            participant: signal::participant_id(id),
+            kind: info.kind.as_str(),
+            muted,
+        };
+        let event = if muted {
+            Change::Muted
+        } else {
+            Change::Unmuted
+        };
+        self.broadcast_except(id, &ServerMsg::Track { event, track: view });
+    }
+
+    /// The client's offer (to publish): answered; the m-lines it sends on become tracks. A
+    /// pending offer of ours is dropped and made again after.
+    fn client_offer(&mut self, now: Instant, id: PeerId, sdp: &str) {
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::debug!(peer = id, error = %e, "A meeting offer is not valid SDP.");
+                self.send(
+                    id,
+                    ServerMsg::error(ErrorCode::BadSdp, "the offer is not valid SDP"),
+                );
+                return;
+            }
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(m) = p.meeting.as_deref_mut()
+            && let Some((_, changes)) = m.pending.take()
+        {
+            // Glare: ours is invalidated by accepting theirs; its changes go back first.
+            let mut again: Vec<SlotChange> = changes
+                .into_iter()
+                .map(|c| match c {
+                    SlotChange::Open {
+                        slot,
+                        stream,
+                        track,
+                        ..
+                    } => SlotChange::Open {
+                        slot,
+                        stream,
+                        track,
+                        mid: None,
+                    },
+                    close => close,
+                })
+                .collect();
+            again.append(&mut m.queued);
+            m.queued = again;
+        }
+        let answer = match p.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(peer = id, error = %e, "A meeting offer was refused.");
+                self.send(
+                    id,
+                    ServerMsg::error(ErrorCode::BadSdp, "the offer cannot be answered"),
+                );
+                self.drained(now, id);
+                return;
+            }
+        };
+        // The m-lines the client sends on (our side receives) that are new are its tracks.
+        let ours: HashSet<_> = p.out_mids.values().copied().collect();
+        let mut added = Vec::new();
+        for line in answer.media_lines.iter().filter(|l| !l.disabled) {
+            let mid = line.mid();
+            if ours.contains(&mid) || p.tracks.contains_key(&mid) {
+                continue;
+            }
+            let Some(media) = p.rtc.media(mid) else {
+                continue;
+            };
+            if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
+                continue;
+            }
+            let kind = match media.kind() {
+                StrKind::Audio => MediaKind::Audio,
+                StrKind::Video => MediaKind::Video,
+            };
+            let idx = self.next_track;
+            self.next_track += 1;
+            p.tracks.insert(mid, TrackInfo { idx, kind });
+            added.push((TrackId { peer: id, idx }, kind));
+        }
+        if let Some(m) = p.meeting.as_deref_mut()
+            && !m.offered
+        {
+            m.offered = true;
+            p.created = now;
+        }
+        self.send(
+            id,
+            ServerMsg::Answer {
+                sdp: answer.to_sdp_string(),
+            },
+        );
+        self.drained(now, id);
+        let room_name = match self.peers.get(&id) {
+            Some(p) => p.room.clone(),
+            None => return,
+        };
+        // All of the offer's tracks at once: each other participant gets one offer for them.
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        if let Some(room) = self.rooms.get_mut(&room_name) {
+            for &(track, kind) in &added {
+                self.metrics
+                    .tracks
+                    .with_label_values(&[kind.as_str()])
+                    .inc();
+                room.handle_input(now, RoomInput::TrackAdded { track, kind }, &mut out);
+            }
+        }
+        self.apply(now, &out, None);
+        out.clear();
+        self.out = out;
+        self.announce_tracks(id, &added);
+        self.negotiate(now, id);
+    }
+
+    /// The answer to our pending offer: its new m-lines get their slots.
+    fn client_answer(&mut self, now: Instant, id: PeerId, sdp: &str) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some((pending, changes)) = p.meeting.as_deref_mut().and_then(|m| m.pending.take())
+        else {
+            self.send(
+                id,
+                ServerMsg::error(ErrorCode::NoPendingOffer, "no offer of ours is pending"),
+            );
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(peer = id, error = %e, "A meeting answer is not valid SDP.");
+                self.send(
+                    id,
+                    ServerMsg::error(ErrorCode::BadSdp, "the answer is not valid SDP"),
+                );
+                return;
+            }
+        };
+        if let Err(e) = p.rtc.sdp_api().accept_answer(pending, answer) {
+            tracing::debug!(peer = id, error = %e, "A meeting answer was refused.");
+            self.send(
+                id,
+                ServerMsg::error(ErrorCode::BadSdp, "the answer cannot be accepted"),
+            );
+            self.drained(now, id);
+            return;
+        }
+        for c in changes {
+            match c {
+                SlotChange::Open {
+                    slot,
+                    mid: Some(mid),
+                    ..
+                } => {
+                    p.out_mids.insert(slot, mid);
+                }
+                SlotChange::Open { .. } => {}
+                SlotChange::Close { slot } => {
+                    p.out_mids.remove(&slot);
+                }
+            }
+        }
+        self.drained(now, id);
+        self.negotiate(now, id);
+    }
+
+    /// Queues a change of `sub`'s sending m-lines, offered once the outputs being applied are
+    /// (one offer for all the changes of one input).
+    pub(super) fn queue_slot(&mut self, sub: PeerId, change: SlotChange) {
+        let Some(p) = self.peers.get_mut(&sub) else {
+            return;
+        };
+        let Some(m) = p.meeting.as_deref_mut() else {
+            return;
+        };
+        if let SlotChange::Close { slot } = &change {
+            // A slot that was never offered needs no m-line at all.
+            let before = m.queued.len();
+            m.queued
+                .retain(|c| !matches!(c, SlotChange::Open { slot: s, .. } if s == slot));
+            if m.queued.len() != before {
+                return;
+            }
+        }
+        m.queued.push(change);
+        if !self.to_negotiate.contains(&sub) {
+            self.to_negotiate.push(sub);
+        }
+    }
+
+    /// Makes our next offer, if the client's first offer is answered, none of ours is
+    /// pending, and changes are queued.
+    pub(super) fn negotiate(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(m) = p.meeting.as_deref_mut() else {
+            return;
+        };
+        if !m.offered || m.pending.is_some() || m.queued.is_empty() {
+            return;
+        }
+        let mut changes = Vec::new();
+        let mut keep = Vec::new();
+        let mut api = p.rtc.sdp_api();
+        for c in m.queued.drain(..) {
+            match c {
+                SlotChange::Open {
+                    slot,
+                    stream,
+                    track,
+                    ..
+                } => {
+                    let kind = match slot.0 {
+                        MediaKind::Audio => StrKind::Audio,
+                        MediaKind::Video => StrKind::Video,
+                    };
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(stream.clone()),
+                        Some(track.clone()),
+                        None,
+                    );
+                    changes.push(SlotChange::Open {
+                        slot,
+                        stream,
+                        track,
+                        mid: Some(mid),
+                    });
+                }
+                SlotChange::Close { slot } => match p.out_mids.get(&slot) {
+                    Some(mid) => {
+                        api.set_direction(*mid, Direction::Inactive);
+                        changes.push(SlotChange::Close { slot });
+                    }
+                    // Its m-line is in no answered offer yet: closed after the next one.
+                    None => keep.push(SlotChange::Close { slot }),
+                },
+            }
+        }
+        m.queued = keep;
+        match api.apply() {
+            Some((offer, pending)) => {
+                m.pending = Some((pending, changes));
+                self.send(
+                    id,
+                    ServerMsg::Offer {
+                        sdp: offer.to_sdp_string(),
+                    },
+                );
+            }
+            None => {
+                // Direct changes only (nothing to negotiate): the slots are gone already.
+                for c in changes {
+                    if let SlotChange::Close { slot } = c {
+                        p.out_mids.remove(&slot);
+                    }
+                }
+            }
+        }
+        self.drained(now, id);
+    }
+
+    /// Polls a peer after a change of its SDP.
+    fn drained(&mut self, now: Instant, id: PeerId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut events = Vec::new();
+        let outbox = &mut self.outbox.datagrams;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            peer::drain(&mut p.rtc, outbox, &mut events)
+        }));
+        self.after_drain(now, id, result, &mut events);
+    }
+
+    /// Sends one event to a participant; one that cannot take it is closed.
+    fn send(&mut self, id: PeerId, msg: ServerMsg) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(m) = p.meeting.as_deref() else {
+            return;
+        };
+        if m.events.try_send(msg).is_err() {
+            tracing::info!(
+                peer = id,
+                "A meeting participant does not read its events; it is closed."
+            );
+            p.closing = true;
+        }
+    }
+
+    fn broadcast_except(&mut self, id: PeerId, msg: &ServerMsg) {
+        let Some(room) = self.peers.get(&id).map(|p| p.room.clone()) else {
+            return;
+        };
+        for m in self.members_of(&room) {
+            if m != id {
+                self.send(m, msg.clone());
+            }
+        }
+    }
+
+    fn members_of(&self, room: &str) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.room == room && p.meeting.is_some())
+            .map(|p| p.id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn track_views(&self, room: &str) -> Vec<TrackView> {
+        let mut v: Vec<(TrackId, TrackView)> = Vec::new();
+        for p in self.peers.values().filter(|p| p.room == room) {
+            for t in p.tracks.values() {
+                let muted = p.meeting.as_ref().is_some_and(|m| m.muted.contains(&t.idx));
+                v.push((
+                    TrackId {
+                        peer: p.id,
+                        idx: t.idx,
+                    },
+                    TrackView {
+                        track: signal::track_id(p.id, t.idx),
+                        participant: signal::participant_id(p.id),
+                        kind: t.kind.as_str(),
+                        muted,
+                    },
+                ));
+            }
+        }
+        v.sort_by_key(|(t, _)| *t);
+        v.into_iter().map(|(_, view)| view).collect()
+    }
+
+    /// `track added` for `publisher`'s new tracks, to every participant (the publisher too:
+    /// so it learns its own track ids, which `mute` names).
+    pub(super) fn announce_tracks(&mut self, publisher: PeerId, added: &[(TrackId, MediaKind)]) {
+        let Some(room) = self.peers.get(&publisher).map(|p| p.room.clone()) else {
+            return;
+        };
+        let members = self.members_of(&room);
+        for &(t, kind) in added {
+            let msg = ServerMsg::Track {
+                event: Change::Added,
+                track: TrackView {
+                    track: signal::track_id(t.peer, t.idx),
+                    participant: signal::participant_id(t.peer),
+                    kind: kind.as_str(),
+                    muted: false,
+                },
+            };
+            for &m in &members {
+                self.send(m, msg.clone());
+            }
+        }
+    }
+
+    /// `speaker` to every participant of the speaker's room.
+    pub(super) fn announce_speaker(&mut self, speaker: PeerId) {
+        let Some(room) = self.peers.get(&speaker).map(|p| p.room.clone()) else {
+            return;
+        };
+        let msg = ServerMsg::Speaker {
+            participant: signal::participant_id(speaker),
+        };
+        for m in self.members_of(&room) {
+            self.send(m, msg.clone());
+        }
+    }
+
+    /// `track removed` for each of a removed peer's tracks, then `participant left`.
+    pub(super) fn announce_gone(&mut self, gone: &Peer) {
+        let members: Vec<PeerId> = self
+            .members_of(&gone.room)
+            .into_iter()
+            .filter(|m| *m != gone.id)
+            .collect();
+        let mut tracks: Vec<&TrackInfo> = gone.tracks.values().collect();
+        tracks.sort_by_key(|t| t.idx);
+        for t in tracks {
+            let msg = ServerMsg::Track {
+                event: Change::Removed,
+                track: TrackView {
+                    track: signal::track_id(gone.id, t.idx),
+                    participant: signal::participant_id(gone.id),
+                    kind: t.kind.as_str(),
+                    muted: false,
+                },
+            };
+            for &m in &members {
+                self.send(m, msg.clone());
+            }
+        }
+        if let Some(meeting) = gone.meeting.as_deref() {
+            let msg = ServerMsg::Participant {
+                event: Change::Left,
+                participant: signal::participant_id(gone.id),
+                name: meeting.name.clone(),
+            };
+            for &m in &members {
+                self.send(m, msg.clone());
+            }
+        }
+    }
+}

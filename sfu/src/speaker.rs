@@ -1,0 +1,216 @@
+//! The active speaker: audio levels in (RFC 6464, `-127..=0` dBov per packet), the loudest
+//! participant out, with hysteresis. Pure: time comes in as an argument.
+//!
+//! Each participant's loudness (`127 + level`) is smoothed over time (an exponential average
+//! with time constant [`TAU`], by elapsed time, not packets; a pause longer than [`GAP`]
+//! between packets counts as silence, so a speaker whose encoder sends nothing (DTX) fades). The active speaker changes only when a challenger has been louder
+//! by [`MARGIN`] for [`HOLD`], and at most once per [`MIN_INTERVAL`]; nobody becomes the
+//! speaker below [`FLOOR`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::room::PeerId;
+
+pub const TAU: Duration = Duration::from_millis(500);
+pub const MARGIN: f32 = 6.0;
+pub const HOLD: Duration = Duration::from_millis(300);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// About -97 dBov: quieter than this is silence.
+pub const FLOOR: f32 = 30.0;
+
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    smoothed: f32,
+    at: Instant,
+}
+
+/// Packets further apart than this mean silence in between (DTX sends none).
+pub const GAP: Duration = Duration::from_millis(100);
+
+impl Level {
+    /// The smoothed loudness at `now`, silence assumed after a gap since the last sample.
+    fn at(self, now: Instant) -> f32 {
+        let gap = now.saturating_duration_since(self.at).saturating_sub(GAP);
+        self.smoothed * (-gap.as_secs_f32() / TAU.as_secs_f32()).exp()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SpeakerDetector {
+    levels: BTreeMap<PeerId, Level>,
+    active: Option<PeerId>,
+    /// Who is louder than the active speaker, and since when.
+    challenger: Option<(PeerId, Instant)>,
+    changed_at: Option<Instant>,
+}
+
+impl SpeakerDetector {
+    pub fn active(&self) -> Option<PeerId> {
+        self.active
+    }
+
+    /// One packet's audio level from `peer` (`level` in dBov, `-127..=0`; out of range is
+    /// clamped). Returns the new active speaker when it changes.
+    pub fn level(&mut self, now: Instant, peer: PeerId, level: i8) -> Option<PeerId> {
+        let loudness = 127.0 + f32::from(level.clamp(-127, 0));
+        let e = self.levels.entry(peer).or_insert(Level {
+            smoothed: 0.0,
+            at: now,
+        });
+        let before = e.at(now);
+        // The time since the last sample at this sample's loudness (at most GAP; at least
+        // 20 ms, so two packets at the same instant still count).
+        let dt = now
+            .saturating_duration_since(e.at)
+            .clamp(Duration::from_millis(20), GAP)
+            .as_secs_f32();
+        let alpha = 1.0 - (-dt / TAU.as_secs_f32()).exp();
+        e.smoothed = before + alpha * (loudness - before);
+        e.at = now;
+        self.decide(now)
+    }
+
+    /// A participant left; if it was the speaker, nobody is until someone speaks.
+    pub fn remove(&mut self, peer: PeerId) {
+        self.levels.remove(&peer);
+        if self.active == Some(peer) {
+            self.active = None;
+        }
+        if self.challenger.is_some_and(|(p, _)| p == peer) {
+            self.challenger = None;
+        }
+    }
+
+    fn decide(&mut self, now: Instant) -> Option<PeerId> {
+        let (loudest, level) = self
+            .levels
+            .iter()
+            .map(|(p, l)| (*p, l.at(now)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        if level < FLOOR || Some(loudest) == self.active {
+            self.challenger = None;
+            return None;
+        }
+        if self
+            .changed_at
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_INTERVAL)
+        {
+            return None;
+        }
+        let current = self
+            .active
+            .and_then(|p| self.levels.get(&p))
+            .map_or(0.0, |l| l.at(now));
+        if self.active.is_some() {
+            if level < current + MARGIN {
+                self.challenger = None;
+                return None;
+            }
+            match self.challenger {
+                Some((p, since)) if p == loudest => {
+                    if now.saturating_duration_since(since) < HOLD {
+                        return None;
+                    }
+                }
+                _ => {
+                    self.challenger = Some((loudest, now));
+                    return None;
+                }
+            }
+        }
+        self.active = Some(loudest);
+        self.challenger = None;
+        self.changed_at = Some(now);
+        Some(loudest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds 20 ms packets from each (peer, level) for `ms`; returns every change.
+    fn talk(
+        d: &mut SpeakerDetector,
+        t: &mut Instant,
+        ms: u64,
+        who: &[(PeerId, i8)],
+    ) -> Vec<PeerId> {
+        let mut changes = Vec::new();
+        for _ in 0..ms / 20 {
+            *t += 20 * MS;
+            for &(p, l) in who {
+                changes.extend(d.level(*t, p, l));
+            }
+        }
+        changes
+    }
+
+    #[test]
+    fn the_first_voice_above_the_floor_becomes_the_speaker() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        assert!(talk(&mut d, &mut t, 500, &[(1, -127), (2, -120)]).is_empty());
+        assert_eq!(talk(&mut d, &mut t, 500, &[(1, -127), (2, -30)]), vec![2]);
+        assert_eq!(d.active(), Some(2));
+    }
+
+    #[test]
+    fn a_challenger_must_be_louder_for_a_while() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        assert_eq!(talk(&mut d, &mut t, 1000, &[(1, -30), (2, -127)]), vec![1]);
+        // A cough (100 ms) does not take over.
+        assert!(talk(&mut d, &mut t, 100, &[(1, -30), (2, -10)]).is_empty());
+        // About as loud (within the margin): no change either.
+        assert!(talk(&mut d, &mut t, 2000, &[(1, -30), (2, -28)]).is_empty());
+        // 1 falls silent, 2 keeps talking: 2 takes over, once.
+        assert_eq!(talk(&mut d, &mut t, 2000, &[(1, -127), (2, -28)]), vec![2]);
+        assert_eq!(d.active(), Some(2));
+    }
+
+    #[test]
+    fn silence_without_packets_fades() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        assert_eq!(talk(&mut d, &mut t, 1000, &[(1, -20)]), vec![1]);
+        // 1 stops sending at all (DTX); 2 speaks quietly, yet above the floor.
+        assert_eq!(talk(&mut d, &mut t, 3000, &[(2, -80)]), vec![2]);
+    }
+
+    #[test]
+    fn a_speaker_who_leaves_is_forgotten() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        talk(&mut d, &mut t, 1000, &[(1, -20)]);
+        d.remove(1);
+        assert_eq!(d.active(), None);
+        assert_eq!(talk(&mut d, &mut t, 600, &[(2, -40)]), vec![2]);
+    }
+
+    proptest! {
+        /// Changes are at least MIN_INTERVAL apart, and the speaker is always someone heard.
+        #[test]
+        fn changes_are_spaced_and_name_someone_heard(
+            steps in prop::collection::vec((1u64..4, -127i8..=0, 0u64..40), 1..400)
+        ) {
+            let mut d = SpeakerDetector::default();
+            let mut t = Instant::now();
+            let mut last: Option<Instant> = None;
+            for (peer, level, gap) in steps {
+                t += Duration::from_millis(gap);
+                if let Some(p) = d.level(t, peer, level) {
+                    prop_assert!((1..4).contains(&p));
+                    if let Some(l) = last {
+                        prop_assert!(t.duration_since(l) >= MIN_INTERVAL);
+                    }
+                    last = Some(t);
+                }
+            }
+        }
+    }
+}
