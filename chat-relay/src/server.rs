@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -403,15 +403,7 @@ async fn ws(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let limit = app.limits.max_frame_bytes;
-    // Frames up to twice the limit are read whole, so that the core closes an oversized one
-    // with 1009; beyond that the WebSocket layer refuses them itself.
-    let upgrade = upgrade
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * limit)
-        .max_message_size(2 * limit)
-        .max_frame_size(2 * limit);
+    let upgrade = estuary_common::ws::sized(upgrade, app.limits.max_frame_bytes);
     let slot = slot.map(|axum::Extension(s)| s);
     let token = app.tracker.token();
     upgrade.on_upgrade(move |socket| async move {
@@ -554,22 +546,7 @@ async fn connection(
         }
     };
     if let Some((code, reason)) = ending {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let sent = tokio::time::timeout(CLOSE_WRITE_WAIT, socket.send(Message::Close(Some(frame))));
-        if matches!(sent.await, Ok(Ok(()))) {
-            // The client answers with its own close frame; wait for it briefly.
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                while let Some(Ok(m)) = socket.recv().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        estuary_common::ws::close(&mut socket, code, reason, CLOSE_WRITE_WAIT, CLOSE_WAIT).await;
     }
     app.metrics.connections.dec();
     let _ = app

@@ -26,6 +26,7 @@ pub mod service;
 pub mod signing;
 pub mod tls;
 pub mod token;
+pub mod ws;
 
 /// The current time in unix seconds (0 if the clock is before 1970).
 pub fn unix_now() -> u64 {

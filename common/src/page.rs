@@ -50,6 +50,39 @@ pub fn response(page: &'static str, csp: HeaderValue) -> Response {
     (headers, page).into_response()
 }
 
+/// Why `csp` would not let `html` work as written, if it would not: the policy must name the
+/// hashes of the page's one inline script and one inline style and allow nothing `unsafe`,
+/// and the page must have no second script or style element, no inline style attribute and
+/// no inline event handler (the policy would refuse them), and the policy must be a valid
+/// header value.
+pub fn policy_fits(html: &str, csp: &str) -> Result<(), String> {
+    let script = element(html, "script").ok_or("the page has no inline script")?;
+    let style = element(html, "style").ok_or("the page has no inline style")?;
+    if !csp.contains(&format!("script-src {};", hash_source(script))) {
+        return Err(format!("the policy does not name the script's hash: {csp}"));
+    }
+    if !csp.contains(&format!("style-src {};", hash_source(style))) {
+        return Err(format!("the policy does not name the style's hash: {csp}"));
+    }
+    if csp.contains("unsafe") {
+        return Err(format!("the policy allows something unsafe: {csp}"));
+    }
+    if html.matches("<script").count() != 1 || html.matches("<style").count() != 1 {
+        return Err("the page has more than one script or style element".into());
+    }
+    if html.contains(" style=") {
+        return Err("the page has an inline style attribute".into());
+    }
+    if html
+        .split_whitespace()
+        .any(|w| w.starts_with("on") && w.contains("=\""))
+    {
+        return Err("the page has an inline event handler".into());
+    }
+    HeaderValue::from_str(csp).map_err(|_| "the policy is not a valid header value".to_owned())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,15 +77,7 @@ pub async fn ws(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    // Frames up to twice the limit are read whole, so that an oversized one is closed with
-    // 1009 here; beyond that the WebSocket layer refuses it itself.
-    let limit = signal::MAX_FRAME_BYTES;
-    let upgrade = upgrade
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(4 * limit)
-        .max_message_size(2 * limit)
-        .max_frame_size(2 * limit);
+    let upgrade = estuary_common::ws::sized(upgrade, signal::MAX_FRAME_BYTES);
     // The connection keeps its listener slot (`[limits]`) for as long as it is open.
     let slot = slot.map(|axum::Extension(s)| s);
     upgrade.on_upgrade(move |socket| async move {
@@ -219,21 +211,7 @@ async fn connection(app: Arc<App>, mut socket: WebSocket, room: String) {
         let _ = shard_send(&app, &room, ShardIn::Leave { peer: id });
     }
     if let Some((code, reason)) = ending {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let sent = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame))));
-        if matches!(sent.await, Ok(Ok(()))) {
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                while let Some(Ok(m)) = socket.recv().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
+        estuary_common::ws::close(&mut socket, code, reason, CLOSE_WAIT, CLOSE_WAIT).await;
     }
 }
 

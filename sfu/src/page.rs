@@ -43,25 +43,13 @@ pub async fn page(State(app): State<Arc<crate::http::App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use estuary_common::page::{element, hash_source};
+    use estuary_common::page::policy_fits;
 
     #[test]
     fn the_policy_names_the_pages_own_script_and_style_and_nothing_inline_else() {
         let csp = policy(PAGE);
-        let script = element(PAGE, "script").expect("the page has an inline script");
-        let style = element(PAGE, "style").expect("the page has an inline style");
-        assert!(csp.contains(&format!("script-src {};", hash_source(script))));
-        assert!(csp.contains(&format!("style-src {};", hash_source(style))));
-        assert!(!csp.contains("unsafe"), "{csp}");
-        assert_eq!(PAGE.matches("<script").count(), 1);
-        assert_eq!(PAGE.matches("<style").count(), 1);
-        assert!(!PAGE.contains(" style="));
-        assert!(
-            !PAGE
-                .split_whitespace()
-                .any(|w| w.starts_with("on") && w.contains("=\"")),
-            "an inline event handler"
-        );
-        assert!(HeaderValue::from_str(&csp).is_ok());
+        if let Err(why) = policy_fits(PAGE, &csp) {
+            panic!("{why}");
+        }
     }
 }

@@ -312,3 +312,9 @@ pub fn random_hex(n: usize) -> String {
         .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
         .collect()
 }
+
+/// Fresh ICE credentials for a peer: a ufrag of 16 hex digits (the demultiplexer's key) and
+/// a password of 32.
+pub fn ice_credentials() -> (String, String) {
+    (random_hex(16), random_hex(32))
+}

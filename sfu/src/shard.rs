@@ -304,6 +304,16 @@ impl Shard {
         }
     }
 
+    /// Whether a peer may enter `room_name`: an open room, or room for one more room.
+    fn room_admits(&self, room_name: &str) -> Result<(), SessionError> {
+        if !self.rooms.contains_key(room_name)
+            && usize::try_from(self.metrics.rooms.get()).unwrap_or(0) >= self.cfg.max_rooms
+        {
+            return Err(SessionError::TooManyRooms);
+        }
+        Ok(())
+    }
+
     /// Answers an offer: a new peer in `room` (created if needed), routed before the answer
     /// leaves (its first STUN request may come at once).
     fn open(
@@ -313,13 +323,8 @@ impl Shard {
         kind: PeerKind,
         offer: &str,
     ) -> Result<Opened, SessionError> {
-        if !self.rooms.contains_key(room_name)
-            && usize::try_from(self.metrics.rooms.get()).unwrap_or(0) >= self.cfg.max_rooms
-        {
-            return Err(SessionError::TooManyRooms);
-        }
-        let ufrag = peer::random_hex(16);
-        let pass = peer::random_hex(32);
+        self.room_admits(room_name)?;
+        let (ufrag, pass) = peer::ice_credentials();
         let peer::Answered {
             rtc,
             answer,

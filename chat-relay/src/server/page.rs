@@ -58,7 +58,7 @@ pub async fn page(State(app): State<Arc<super::App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use estuary_common::page::{element, hash_source};
+    use estuary_common::page::policy_fits;
 
     #[test]
     fn the_policy_names_the_pages_own_script_and_style_and_nothing_inline_else() {
@@ -71,22 +71,10 @@ mod tests {
                     .contains(" img-src https://cdn.example; media-src https://cdn.example;"),
             "{with_media}"
         );
-        let script = element(PAGE, "script").expect("the page has an inline script");
-        let style = element(PAGE, "style").expect("the page has an inline style");
-        assert!(csp.contains(&format!("script-src {};", hash_source(script))));
-        assert!(csp.contains(&format!("style-src {};", hash_source(style))));
-        assert!(!csp.contains("unsafe"), "{csp}");
-        // One script and one style element: a second would be refused by the policy.
-        assert_eq!(PAGE.matches("<script").count(), 1);
-        assert_eq!(PAGE.matches("<style").count(), 1);
-        // No inline style or event-handler attributes: the policy would refuse them.
-        assert!(!PAGE.contains(" style="));
-        assert!(
-            !PAGE
-                .split_whitespace()
-                .any(|w| w.starts_with("on") && w.contains("=\"")),
-            "an inline event handler"
-        );
-        assert!(HeaderValue::from_str(&csp).is_ok());
+        for policy in [&csp, &with_media] {
+            if let Err(why) = policy_fits(PAGE, policy) {
+                panic!("{why}");
+            }
+        }
     }
 }

@@ -25,13 +25,8 @@ impl Shard {
         name: String,
         events: tokio::sync::mpsc::Sender<ServerMsg>,
     ) -> Result<PeerId, SessionError> {
-        if !self.rooms.contains_key(room_name)
-            && usize::try_from(self.metrics.rooms.get()).unwrap_or(0) >= self.cfg.max_rooms
-        {
-            return Err(SessionError::TooManyRooms);
-        }
-        let ufrag = peer::random_hex(16);
-        let pass = peer::random_hex(32);
+        self.room_admits(room_name)?;
+        let (ufrag, pass) = peer::ice_credentials();
         let rtc = self.cfg.factory.build(now, &ufrag, &pass)?;
         let id = self.next_peer;
         self.next_peer += 1;
