@@ -60,10 +60,15 @@ pub fn parse(text: &str) -> Result<ClientMsg, ParseError> {
         return Err(ParseError::TooBig);
     }
     serde_json::from_str(text).map_err(|e| {
-        // serde's message names the field or the type, never the input bytes at length.
-        let mut m = e.to_string();
-        m.truncate(200);
-        ParseError::Bad(m)
+        // serde's message names the field or the type, never the input bytes at length; it
+        // may quote a few of them, so it is cut at a character boundary (the fuzzer found a
+        // frame whose message had a multi-byte character across byte 200).
+        let m = e.to_string();
+        let mut end = m.len().min(200);
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        ParseError::Bad(m[..end].to_owned())
     })
 }
 
@@ -181,6 +186,22 @@ pub fn parse_track_id(text: &str) -> Option<(u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_with_multi_byte_characters_is_cut_at_a_character_boundary() {
+        // The fuzzer's crash (now the seed fuzz/seeds/sfu_signal/crash-char-boundary): serde's message quotes the bad
+        // input, and byte 200 fell inside a three-byte character.
+        let frame = format!("\"{}", "\\b\u{4e2d}r".repeat(80));
+        for skew in 0..4 {
+            let text = format!("{}{frame}", " ".repeat(skew));
+            assert!(matches!(parse(&text), Err(ParseError::Bad(_))));
+        }
+        let crash = String::from_utf8_lossy(include_bytes!(
+            "../../fuzz/seeds/sfu_signal/crash-char-boundary"
+        ))
+        .into_owned();
+        assert!(parse(&crash).is_err());
+    }
     use proptest::prelude::*;
 
     #[test]
