@@ -37,6 +37,111 @@ pub struct SfuConfig {
     /// `[shutdown]`: the drain after SIGTERM or SIGINT (the table every service shares).
     #[serde(default)]
     pub shutdown: estuary_common::service::ShutdownConfig,
+    /// `[recording]`: rooms recorded on request (`POST /recordings/<room>`) and uploaded to
+    /// an origin, which packages them into assets. Without it, recording is refused.
+    #[serde(default)]
+    pub recording: Option<RecordingConfig>,
+}
+
+/// `[recording]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Where recordings are written (Matroska, the media as received) and kept until the
+    /// origin has them; files left by a crash are uploaded at the next start.
+    pub dir: std::path::PathBuf,
+    /// The origin's base URL (`http://origin:8080`); recordings are TUS uploads to
+    /// `<origin>/uploads/`.
+    pub origin: String,
+    /// A bearer token of the origin's `[auth.upload_tokens]`, best one scoped to
+    /// `<asset_prefix>*`.
+    pub upload_token: String,
+    /// Recordings become assets `<asset_prefix><room>-<unix seconds>`.
+    #[serde(default = "default_asset_prefix")]
+    pub asset_prefix: String,
+    /// The ffmpeg that writes the file (`-c copy`, no transcoding).
+    #[serde(default = "default_ffmpeg")]
+    pub ffmpeg: std::path::PathBuf,
+    /// A recording longer than this is stopped and uploaded.
+    #[serde(default = "default_max_recording", with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// Most recordings running at once; beyond, 503.
+    #[serde(default = "default_max_active")]
+    pub max_active: usize,
+    /// A PEM bundle of CAs trusted for an `https` origin, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+fn default_asset_prefix() -> String {
+    "rec-".into()
+}
+fn default_ffmpeg() -> std::path::PathBuf {
+    "ffmpeg".into()
+}
+fn default_max_recording() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_max_active() -> usize {
+    4
+}
+
+impl RecordingConfig {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.dir.is_absolute() {
+            return Err(ConfigError::new(
+                "recording.dir",
+                "must be an absolute path",
+            ));
+        }
+        let uri: Result<axum::http::Uri, _> = self.origin.parse();
+        let ok = uri.is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && u.query().is_none()
+        });
+        if !ok {
+            return Err(ConfigError::new(
+                "recording.origin",
+                "must be an http:// or https:// URL of the origin, without a query",
+            ));
+        }
+        if self.upload_token.len() < 16 || self.upload_token.chars().any(|c| !c.is_ascii_graphic())
+        {
+            return Err(ConfigError::new(
+                "recording.upload_token",
+                "must be at least 16 printable characters without spaces",
+            ));
+        }
+        let prefix_ok = !self.asset_prefix.is_empty()
+            && self.asset_prefix.len() <= 20
+            && self.asset_prefix.as_bytes()[0].is_ascii_alphanumeric()
+            && self
+                .asset_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !prefix_ok {
+            return Err(ConfigError::new(
+                "recording.asset_prefix",
+                "1-20 of a-z A-Z 0-9 - _, starting with a letter or digit",
+            ));
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600)).contains(&self.max_duration)
+        {
+            return Err(ConfigError::new(
+                "recording.max_duration",
+                "must be 10s to 24h",
+            ));
+        }
+        if !(1..=64).contains(&self.max_active) {
+            return Err(ConfigError::new(
+                "recording.max_active",
+                "must be between 1 and 64",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[node]`: `id` and `site`, as in every node's config.
@@ -286,6 +391,9 @@ impl SfuConfig {
         if let Some(cp) = &self.control_plane {
             cp.validate()?;
         }
+        if let Some(rec) = &self.recording {
+            rec.validate()?;
+        }
         self.limits.validate()?;
         Ok(())
     }
@@ -374,6 +482,41 @@ mod tests {
         ))
         .expect_err("more publishers than participants");
         assert_eq!(e.key, "rooms.max_publishers");
+    }
+
+    #[test]
+    fn recording_values_name_their_key() {
+        let good = "[recording]\ndir = \"/var/lib/estuary/recordings\"\norigin = \"http://127.0.0.1:8080\"\nupload_token = \"0123456789abcdef\"\n";
+        let c = SfuConfig::parse(&format!("{}{good}", minimal())).expect("recording");
+        let rec = c.recording.expect("recording table");
+        assert_eq!(rec.asset_prefix, "rec-");
+        assert_eq!(rec.max_active, 4);
+        for (bad, key) in [
+            (good.replace("/var/lib", "var/lib"), "recording.dir"),
+            (good.replace("http://", "ftp://"), "recording.origin"),
+            (
+                good.replace("http://127.0.0.1:8080", "not a url"),
+                "recording.origin",
+            ),
+            (
+                good.replace("0123456789abcdef", "short"),
+                "recording.upload_token",
+            ),
+            (
+                format!("{good}asset_prefix = \"rec.\"\n"),
+                "recording.asset_prefix",
+            ),
+            (
+                format!("{good}max_duration = \"1s\"\n"),
+                "recording.max_duration",
+            ),
+            (format!("{good}max_active = 0\n"), "recording.max_active"),
+        ] {
+            let e = SfuConfig::parse(&format!("{}{bad}", minimal())).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+        }
+        let e = SfuConfig::parse(&format!("{}{good}maxactive = 2\n", minimal())).expect_err("typo");
+        assert!(e.key.contains("maxactive"), "{e}");
     }
 
     #[test]

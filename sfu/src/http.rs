@@ -44,6 +44,8 @@ pub struct App {
     pub page_csp: Option<HeaderValue>,
     /// Turns true when the SFU stops (WebSockets close with 1001).
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// `[recording]`, when configured.
+    pub recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 impl estuary_common::service::admin::AdminEndpoints for App {
@@ -70,6 +72,12 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/rooms/{room}", get(crate::page::page))
         .route("/rooms/{room}/ws", get(crate::meeting_ws::ws))
+        .route(
+            "/recordings/{room}",
+            post(crate::record::start)
+                .get(crate::record::status)
+                .delete(crate::record::stop),
+        )
         .route("/{kind}/{room}", post(offer).options(preflight))
         .route("/{kind}/{room}/{session}", delete(end).options(preflight))
         .with_state(app)
@@ -128,13 +136,24 @@ fn check_token(
     room: &str,
     client: SocketAddr,
 ) -> Result<(), Rejection> {
+    check_bearer(app, headers, &format!("/rooms/{room}"), client)
+}
+
+/// Checks the `Authorization: Bearer` token for `path` (`/rooms/<room>`,
+/// `/recordings/<room>`).
+pub fn check_bearer(
+    app: &App,
+    headers: &HeaderMap,
+    path: &str,
+    client: SocketAddr,
+) -> Result<(), Rejection> {
     let text = headers
         .get(header::AUTHORIZATION)
         .ok_or(Rejection::Missing)?
         .to_str()
         .map_err(|_| Rejection::Malformed)?;
     let token = text.strip_prefix("Bearer ").ok_or(Rejection::Malformed)?;
-    check_room_token(app, token, room, client)
+    check_path_token(app, token, path, client)
 }
 
 /// Checks a token for `/rooms/<room>`.
@@ -144,6 +163,15 @@ pub fn check_room_token(
     room: &str,
     client: SocketAddr,
 ) -> Result<(), Rejection> {
+    check_path_token(app, token, &format!("/rooms/{room}"), client)
+}
+
+fn check_path_token(
+    app: &App,
+    token: &str,
+    path: &str,
+    client: SocketAddr,
+) -> Result<(), Rejection> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -151,7 +179,7 @@ pub fn check_room_token(
         token.trim(),
         &app.keys,
         token::Request {
-            path: &format!("/rooms/{room}"),
+            path,
             client: client.ip(),
             now,
             max_ttl: Some(app.max_ttl),

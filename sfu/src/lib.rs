@@ -21,6 +21,7 @@ pub mod meeting_ws;
 pub mod metrics;
 pub mod page;
 pub mod peer;
+pub mod record;
 pub mod room;
 pub mod shard;
 pub mod signal;
@@ -94,6 +95,21 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
             .spawn(move || udp::reader(socket, shards, route_rx, metrics, stop))?
     };
 
+    let recorder = match config.recording.clone() {
+        Some(rec) => {
+            let r = Arc::new(record::Recorder::new(
+                rec,
+                factory.clone(),
+                config.listen.udp,
+                &metrics.registry,
+                &config.node.id,
+                &config.node.site,
+            )?);
+            r.upload_leftovers();
+            Some(r)
+        }
+        None => None,
+    };
     let stop = life.stop_signal();
     let app = Arc::new(http::App {
         keys,
@@ -104,6 +120,7 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         serving: AtomicBool::new(true),
         page_csp: page::csp(),
         stop: stop.clone(),
+        recorder: recorder.clone(),
     });
     let listen = config.listen.http;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -139,6 +156,17 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
     }
     if let Some(h) = heartbeats {
         let _ = h.await;
+    }
+    // Recordings are finished and handed to the origin while the shards still run.
+    if let Some(r) = recorder {
+        let done = life
+            .drain(tokio::task::spawn_blocking(move || r.stop_all_and_wait()))
+            .await;
+        if done.is_none() {
+            tracing::warn!(
+                "Recordings were still being written or uploaded; the next start uploads them."
+            );
+        }
     }
     // The reader stops first (it holds senders to the shards); the shards end when their
     // last sender is gone (the app's), each closing its peers.

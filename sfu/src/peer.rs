@@ -15,7 +15,7 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt};
 use str0m::rtp::Ssrc;
-use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcError};
+use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig, RtcError};
 
 use crate::config::Codec;
 use crate::room::{MediaKind, PeerId};
@@ -235,8 +235,20 @@ impl RtcFactory {
             })
             .set_rtp_mode(true)
             // Per-stream counters (NACKs) once a second.
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
-            .clear_codecs();
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+        cfg = self.codecs_of(cfg);
+        let mut rtc = cfg.build(now);
+        let candidate = Candidate::host(self.public_udp, "udp")
+            .map_err(|e| SessionError::Refused(format!("local candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        Ok(rtc)
+    }
+}
+
+impl RtcFactory {
+    /// The configured codecs, and only those.
+    fn codecs_of(&self, cfg: RtcConfig) -> RtcConfig {
+        let mut cfg = cfg.clear_codecs();
         for c in &self.codecs {
             cfg = match c {
                 Codec::Opus => cfg.enable_opus(true, false),
@@ -246,11 +258,17 @@ impl RtcFactory {
                 Codec::Av1 => cfg.enable_av1(true),
             };
         }
-        let mut rtc = cfg.build(now);
-        let candidate = Candidate::host(self.public_udp, "udp")
-            .map_err(|e| SessionError::Refused(format!("local candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        Ok(rtc)
+        cfg
+    }
+
+    /// An `Rtc` of the SFU's own that watches a room like a WHEP client (full ICE, it
+    /// offers; RTP mode): the recorder.
+    pub fn client(&self, now: Instant) -> Rtc {
+        let cfg = Rtc::builder()
+            .set_crypto_provider(Arc::clone(&self.crypto))
+            .set_dtls_cert(self.cert.clone())
+            .set_rtp_mode(true);
+        self.codecs_of(cfg).build(now)
     }
 }
 
