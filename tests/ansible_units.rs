@@ -107,7 +107,7 @@ fn sfu_unit_verifies() {
         include_str!("../scripts/deb/estuary-sfu.service"),
     );
     assert!(!unit.contains("ExecReload="));
-    // The SFU keeps no state: it writes nowhere.
-    assert!(!unit.contains("ReadWritePaths=") && !unit.contains("StateDirectory="));
+    // The SFU writes only its recordings, in its state folder.
+    assert!(unit.contains("StateDirectory=estuary/sfu") && !unit.contains("ReadWritePaths="));
     assert!(unit.contains("ExecStart=") && unit.contains(" sfu --config /etc/estuary/sfu.toml"));
 }

@@ -32,6 +32,7 @@ mod peers;
 mod procfs;
 mod report;
 mod servers;
+mod sfu;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,6 +95,10 @@ enum BenchCommand {
     /// load: memory per idle connection, and fan-out latency (p50/p99) in a 100-member group
     /// and a 10,000-member live room.
     ChatVsMosquitto(chat::ChatVsMosquittoArgs),
+    /// `estuary sfu` against Janus's VideoRoom under the same WebRTC load (str0m peers on
+    /// loopback): packets forwarded per second and per CPU-second, and per-packet latency
+    /// p50/p99, for rooms of 2, 10 and 50 participants.
+    SfuVsJanus(sfu::SfuVsJanusArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +170,7 @@ fn main() -> std::process::ExitCode {
         BenchCommand::PackageVsFfmpeg(args) => package::run(args),
         BenchCommand::DnsVsPeers(args) => dns::run(args),
         BenchCommand::ChatVsMosquitto(args) => chat::run(args),
+        BenchCommand::SfuVsJanus(args) => sfu::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,6 +1,5 @@
 //! The pure parts of a recording: the plain RTP and RTCP sender reports handed to ffmpeg on
-//! loopback, the SDP that tells ffmpeg what arrives where, the asset id, and whether a UDP
-//! port is bound (read from `/proc/net/udp`).
+//! loopback, the SDP that tells ffmpeg what arrives where, and the asset id.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,17 +122,6 @@ pub fn asset_id(prefix: &str, room: &str, unix: u64) -> String {
     format!("{prefix}{room}{tail}")
 }
 
-/// Whether `table` (the text of `/proc/net/udp` or `/proc/net/udp6`) lists a socket bound
-/// to local port `port`.
-pub fn udp_port_bound(table: &str, port: u16) -> bool {
-    let want = format!(":{port:04X}");
-    table.lines().skip(1).any(|line| {
-        line.split_whitespace()
-            .nth(1)
-            .is_some_and(|local| local.ends_with(&want))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,16 +181,5 @@ mod tests {
         assert_eq!(id.len(), 64);
         assert!(id.ends_with("-1800000000"));
         assert!(estuary_common::asset::valid_asset_id(&id));
-    }
-
-    #[test]
-    fn bound_ports_are_found() {
-        let table = "  sl  local_address rem_address   st\n  \
-            12: 00000000:9C40 00000000:0000 07 00000000:00000000\n  \
-            13: 0100007F:9C42 00000000:0000 07 00000000:00000000\n";
-        assert!(udp_port_bound(table, 40000));
-        assert!(udp_port_bound(table, 40002));
-        assert!(!udp_port_bound(table, 40001));
-        assert!(!udp_port_bound("", 40000));
     }
 }

@@ -199,6 +199,8 @@ struct Sink {
     dropped: u64,
     phase: Phase,
     child: Option<Child>,
+    /// Connected sockets towards ffmpeg's RTCP ports, and when each last probed.
+    probe: Option<Vec<(UdpSocket, Option<Instant>)>>,
     /// Wall clock and monotonic clock read together (sender reports' NTP times).
     epoch: (SystemTime, Instant),
     last_report: Instant,
@@ -220,6 +222,7 @@ impl Sink {
             dropped: 0,
             phase: Phase::Learning { since: None },
             child: None,
+            probe: None,
             epoch: (SystemTime::now(), now),
             last_report: now,
         })
@@ -311,7 +314,7 @@ impl Sink {
             }
             Phase::Learning { since: None } => {}
             Phase::Starting { since } => {
-                if self.ports_bound() {
+                if self.ports_bound(now) {
                     self.report(now);
                     for (audio, bytes) in std::mem::take(&mut self.held) {
                         let s = if audio { &self.audio } else { &self.video };
@@ -354,12 +357,34 @@ impl Sink {
         }
     }
 
-    fn ports_bound(&self) -> bool {
-        let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-        [&self.audio, &self.video]
-            .into_iter()
-            .flatten()
-            .all(|s| rtp::udp_port_bound(&table, s.port))
+    /// Whether ffmpeg listens: a sender report goes to each stream's RTCP port over a
+    /// connected socket, and the kernel answers a port nobody has bound with an ICMP error
+    /// (`ECONNREFUSED` on the socket), at once on loopback. (`/proc/net/udp` would say it
+    /// too, but the unit's `ProcSubset=pid` hides it.)
+    fn ports_bound(&mut self, now: Instant) -> bool {
+        let Some(probe) = self.probe.as_ref() else {
+            return false;
+        };
+        let mut all = true;
+        for (sock, sent_at) in probe {
+            let refused = sock.take_error().ok().flatten().is_some();
+            let settled =
+                sent_at.is_some_and(|t| now.duration_since(t) >= Duration::from_millis(20));
+            if refused || !settled {
+                all = false;
+            }
+        }
+        if !all {
+            // Probe again (an empty RTCP receiver report: 8 bytes ffmpeg ignores).
+            if let Some(p) = self.probe.as_mut() {
+                for (sock, sent_at) in p.iter_mut() {
+                    let rr = [0x80u8, 201, 0, 1, 0x5e, 0xc0, 0, 0];
+                    let _ = sock.send(&rr);
+                    *sent_at = Some(now);
+                }
+            }
+        }
+        all
     }
 
     fn start_ffmpeg(&mut self) -> Result<(), String> {
@@ -391,6 +416,17 @@ impl Sink {
             .spawn()
             .map_err(|e| format!("{}: {e}", self.ffmpeg_bin.display()))?;
         self.child = Some(child);
+        let mut probe = Vec::new();
+        for s in [&self.video, &self.audio].into_iter().flatten() {
+            let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|u| {
+                    u.connect((Ipv4Addr::LOCALHOST, s.port.saturating_add(1)))
+                        .map(|()| u)
+                })
+                .map_err(|e| format!("the probe towards ffmpeg: {e}"))?;
+            probe.push((sock, None));
+        }
+        self.probe = Some(probe);
         Ok(())
     }
 
