@@ -243,6 +243,11 @@ fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    publisher.wait(
+        "the publisher's page sends only the top layer",
+        Duration::from_secs(30),
+        |v| v["activeLayers"] == serde_json::json!(["f"]),
+    );
     std::thread::sleep(Duration::from_secs(2));
     let layer = |l: &str| {
         sfu.metric(

@@ -44,13 +44,13 @@ page.on("console", (m) => {
 });
 await page.goto(url);
 const started = Date.now();
-let pinned = false;
 for (;;) {
   const s = await page.evaluate(async () => {
     const m = window.meeting;
     const out = { joined: Boolean(m && m.me), outbound: [], inbound: [], activeLayers: m ? m.activeLayers || null : null,
       pageErrors: m ? m.events.filter((e) => e.type === "page_error" || e.type === "error") : [] };
     if (!m || !m.pc) return out;
+    if (m.videoSender) out.encodings = m.videoSender.getParameters().encodings.map((e) => ({ rid: e.rid, active: e.active }));
     const stats = await m.pc.getStats();
     for (const r of stats.values()) {
       if (r.kind !== "video") continue;
@@ -59,18 +59,6 @@ for (;;) {
     }
     return out;
   }).catch((e) => ({ error: String(e) }));
-  // A small test machine makes Chromium scale its encodings down for CPU; the layers'
-  // sizes are what the test tells them apart by, so they keep their resolution.
-  if (mode === "publish" && !pinned) {
-    pinned = await page.evaluate(async () => {
-      const sender = window.meeting && window.meeting.videoSender;
-      if (!sender) return false;
-      const p = sender.getParameters();
-      p.degradationPreference = "maintain-resolution";
-      await sender.setParameters(p);
-      return true;
-    }).catch(() => false);
-  }
   console.log(JSON.stringify({ t: Date.now() - started, ...s, problems }));
   await new Promise((r) => setTimeout(r, 1000));
 }
