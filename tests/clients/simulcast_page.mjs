@@ -6,7 +6,8 @@
 //
 // Prints one JSON line per second: {"t", "joined", "outbound": [{rid, frameHeight,
 // framesEncoded, bytesSent}], "inbound": [{frameHeight, framesDecoded, bytesReceived}],
-// "activeLayers", "problems"}. Exits when stdin closes, or after 10 minutes.
+// "activeLayers", "problems"}. Exits when stdin closes, or after 10 minutes. Reads commands
+// from stdin (see below).
 import { chromium } from "playwright-core";
 
 const [mode, url] = process.argv.slice(2);
@@ -34,10 +35,30 @@ const finish = async (code) => {
 };
 process.stdin.on("end", () => finish(0));
 process.stdin.on("close", () => finish(0));
-process.stdin.resume();
+// Commands, one a line: "max_height N" asks for at most N lines of every other
+// participant's video (the protocol's `subscribe`).
+let pending = "";
+let page = null;
+process.stdin.on("data", (chunk) => {
+  pending += chunk.toString();
+  let nl;
+  while ((nl = pending.indexOf("\n")) >= 0) {
+    const line = pending.slice(0, nl).trim();
+    pending = pending.slice(nl + 1);
+    const m = /^max_height (\d+)$/.exec(line);
+    if (m && page) {
+      page.evaluate((h) => {
+        const me = window.meeting;
+        for (const [id, t] of Object.entries(me.tracks)) {
+          if (t.participant !== me.me && t.kind === "video") me.ws.send(JSON.stringify({ type: "subscribe", track: id, max_height: h }));
+        }
+      }, Number(m[1])).catch((e) => problems.push(`max_height: ${e}`));
+    }
+  }
+});
 setTimeout(() => finish(0), 600000);
 
-const page = await (await browser.newContext()).newPage();
+page = await (await browser.newContext()).newPage();
 page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
 page.on("console", (m) => {
   if (/Content.Security.Policy|Refused to/i.test(m.text())) problems.push(m.text());
