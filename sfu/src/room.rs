@@ -1352,6 +1352,49 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the estimates, heights asked for and shedding, a watcher of a simulcast
+        /// track gets one continuous stream: no outgoing number twice, and the layer it
+        /// carries changes only at a keyframe of the new layer.
+        #[test]
+        fn simulcast_switches_only_at_keyframes_and_never_reuse_numbers(
+            steps in prop::collection::vec((0u8..6, 0u64..3_000_000, 0u8..3, any::<bool>()), 1..400)
+        ) {
+            let t0 = Instant::now();
+            let (mut room, v, mut out) = simulcast_room(t0);
+            room.join(t0, 2, WATCHER, &mut out).expect("w");
+            let slot = OutId { sub: 2, kind: MediaKind::Video, slot: 0 };
+            let mut seqs = [0u64, 10_000, 20_000];
+            let mut used = std::collections::HashSet::new();
+            let mut carried: Option<u8> = None;
+            let mut now = t0;
+            for (op, x, layer, key) in steps {
+                now += Duration::from_millis(20);
+                out.clear();
+                match op {
+                    0 => room.handle_input(now, RoomInput::Estimate { sub: 2, bps: x }, &mut out),
+                    1 => room.handle_input(now, RoomInput::Shed { layers: layer }, &mut out),
+                    2 => room.handle_input(now, RoomInput::MaxHeight { sub: 2, track: v, max_height: key.then_some(180 << layer) }, &mut out),
+                    3 => room.handle_input(now, RoomInput::Tick, &mut out),
+                    _ => {
+                        let i = usize::from(layer);
+                        seqs[i] += 1;
+                        room.handle_input(now, sc_packet(v, layer, seqs[i], key, now), &mut out);
+                        for (o, seq) in forwards(&out) {
+                            prop_assert_eq!(o, slot);
+                            prop_assert!(used.insert(seq), "seq {} twice", seq);
+                            if carried != Some(layer) {
+                                prop_assert!(key, "layer {} started without a keyframe", layer);
+                                carried = Some(layer);
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(room.sending_layer(slot), carried);
+            }
+        }
+    }
+
+    proptest! {
         /// Whatever joins, leaves and tracks come and go, no watcher's slot carries a track
         /// twice, every slot is filled while tracks of its kind are left over, and the
         /// limits hold.

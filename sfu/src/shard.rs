@@ -152,6 +152,10 @@ impl Shard {
         metrics: Arc<Metrics>,
     ) -> Self {
         let local = metrics.local();
+        metrics
+            .shed_layers
+            .with_label_values(&[&cfg.index.to_string()])
+            .set(0);
         Self {
             cfg,
             socket,
