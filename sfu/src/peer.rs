@@ -171,7 +171,11 @@ pub fn kind_of(k: StrKind) -> MediaKind {
 impl RtcFactory {
     /// One crypto provider and one DTLS certificate for the whole process (the certificate's
     /// fingerprint goes into every answer; ECDSA, generated at start).
-    pub fn new(codecs: Vec<Codec>, public_udp: SocketAddr) -> anyhow::Result<Self> {
+    pub fn new(
+        codecs: Vec<Codec>,
+        public_udp: SocketAddr,
+        bwe_initial_bps: u64,
+    ) -> anyhow::Result<Self> {
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         let cert = crypto
             .dtls_provider
@@ -182,7 +186,7 @@ impl RtcFactory {
             cert,
             codecs,
             public_udp,
-            bwe_initial: Some(600_000),
+            bwe_initial: (bwe_initial_bps > 0).then_some(bwe_initial_bps),
         })
     }
 
