@@ -222,6 +222,11 @@ pub struct MediaConfig {
     /// A session that has not connected this long after its answer was given is closed.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// The bandwidth estimator's first estimate (bits/s) for every peer the SFU sends media
+    /// to (TWCC/GCC; simulcast layers are chosen from its estimates). 0 turns the estimator,
+    /// and with it pacing and layer choice by bandwidth, off.
+    #[serde(default = "default_bwe_initial_bps")]
+    pub bwe_initial_bps: u64,
 }
 
 fn default_shards() -> usize {
@@ -242,6 +247,9 @@ fn default_keyframe_interval_min() -> Duration {
 fn default_ice_disconnect_grace() -> Duration {
     Duration::from_secs(5)
 }
+fn default_bwe_initial_bps() -> u64 {
+    600_000
+}
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(15)
 }
@@ -256,6 +264,7 @@ impl Default for MediaConfig {
             keyframe_interval_min: default_keyframe_interval_min(),
             ice_disconnect_grace: default_ice_disconnect_grace(),
             connect_timeout: default_connect_timeout(),
+            bwe_initial_bps: default_bwe_initial_bps(),
         }
     }
 }
@@ -367,6 +376,12 @@ impl SfuConfig {
             return Err(ConfigError::new(
                 "media.connect_timeout",
                 "must be 1s to 5min",
+            ));
+        }
+        if m.bwe_initial_bps != 0 && !(30_000..=100_000_000).contains(&m.bwe_initial_bps) {
+            return Err(ConfigError::new(
+                "media.bwe_initial_bps",
+                "must be 0 (off) or 30000 to 100000000",
             ));
         }
         let r = &self.rooms;
@@ -482,6 +497,12 @@ mod tests {
         ))
         .expect_err("more publishers than participants");
         assert_eq!(e.key, "rooms.max_publishers");
+        let e = SfuConfig::parse(&format!("{}[media]\nbwe_initial_bps = 5\n", minimal()))
+            .expect_err("a tiny estimate");
+        assert_eq!(e.key, "media.bwe_initial_bps");
+        let off = SfuConfig::parse(&format!("{}[media]\nbwe_initial_bps = 0\n", minimal()))
+            .expect("0 turns the estimator off");
+        assert_eq!(off.media.bwe_initial_bps, 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 /// Which source a packet comes from: opaque to the forwarder (the room packs a track and a
 /// layer into it).
-pub type SourceKey = u64;
+pub type SourceKey = u128;
 
 /// The VP8 ids of a packet, when its payload descriptor has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,9 @@ pub struct Forwarder {
     segment: Option<Segment>,
     /// The source to send; a switch to it happens on its next keyframe.
     selected: Option<SourceKey>,
+    /// Whether the current segment's source goes on being sent until the selected one's
+    /// keyframe (a simulcast layer switch), rather than stopping at once.
+    seamless: bool,
     /// The outgoing number of the first segment's first packet.
     first_seq: u64,
     /// Highest outgoing sequence number so far.
@@ -111,6 +114,7 @@ impl Forwarder {
         Self {
             segment: None,
             selected: None,
+            seamless: false,
             first_seq: u64::from(first_seq),
             max_out_seq: None,
             last_ts: 0,
@@ -126,9 +130,22 @@ impl Forwarder {
     /// next keyframe.
     pub fn select(&mut self, source: Option<SourceKey>) {
         self.selected = source;
+        self.seamless = false;
         if source.is_none() {
             self.segment = None;
         }
+    }
+
+    /// Chooses another source of the same picture (another simulcast layer): the current
+    /// one goes on being sent until the new one's keyframe starts a segment.
+    pub fn switch(&mut self, source: SourceKey) {
+        self.selected = Some(source);
+        self.seamless = true;
+    }
+
+    /// The source being sent now, if any.
+    pub fn sending(&self) -> Option<SourceKey> {
+        self.segment.map(|s| s.source)
     }
 
     /// The source selected (sent now, or waiting for its keyframe).
@@ -145,6 +162,16 @@ impl Forwarder {
     /// forwarded.
     pub fn handle(&mut self, source: SourceKey, p: &InPacket) -> Verdict {
         if self.selected != Some(source) {
+            // During a seamless switch the old source continues its segment.
+            if self.seamless
+                && let Some(seg) = self.segment
+                && seg.source == source
+            {
+                if p.seq < seg.first_in_seq {
+                    return Verdict::TooOld;
+                }
+                return Verdict::Forward(self.emit(&seg, p));
+            }
             return Verdict::NotSelected;
         }
         match self.segment {
@@ -256,13 +283,15 @@ mod tests {
     enum Step {
         Packet(usize),
         Select(SourceKey),
+        /// A seamless switch (simulcast): the old source goes on until the new keyframe.
+        Switch(SourceKey),
     }
 
     /// Two sources sending interleaved, each with its own numbering; keyframes now and then;
     /// losses; reordering; late retransmissions; switches between the sources.
     fn scenario() -> impl Strategy<Value = (Vec<Sent>, Vec<Step>, u16)> {
         (
-            prop::collection::vec((0u64..2, any::<bool>(), 0u8..10, 0u8..8), 1..300),
+            prop::collection::vec((0u128..2, any::<bool>(), 0u8..10, 0u8..8), 1..300),
             any::<[u64; 2]>(),
             any::<[u32; 2]>(),
             any::<u16>(),
@@ -304,6 +333,9 @@ mod tests {
                     if other == 7 {
                         steps.push(Step::Select(src ^ 1));
                     }
+                    if other == 5 {
+                        steps.push(Step::Switch(src ^ 1));
+                    }
                     if other == 6
                         && let Some(l) = late.pop()
                     {
@@ -330,6 +362,7 @@ mod tests {
         for step in steps {
             match step {
                 Step::Select(s) => f.select(Some(*s)),
+                Step::Switch(s) => f.switch(*s),
                 Step::Packet(i) => {
                     let s = &sent[*i];
                     let v = f.handle(
@@ -502,5 +535,31 @@ mod tests {
         };
         assert_eq!(b.seq, 101);
         assert!(b.ts > a.ts);
+    }
+
+    #[test]
+    fn a_seamless_switch_keeps_sending_the_old_source_until_the_keyframe() {
+        let base = Instant::now();
+        let p = |seq, key| InPacket {
+            seq,
+            ts: seq as u32 * 3000,
+            keyframe_start: key,
+            vp8: None,
+            recv_at: base + Duration::from_millis(seq),
+            clock_rate: 90_000,
+        };
+        let mut f = Forwarder::new(100);
+        f.select(Some(1));
+        assert!(matches!(f.handle(1, &p(10, true)), Verdict::Forward(_)));
+        f.switch(2);
+        assert_eq!(f.sending(), Some(1));
+        assert!(matches!(f.handle(1, &p(11, false)), Verdict::Forward(_)));
+        assert_eq!(f.handle(2, &p(500, false)), Verdict::WaitingForKeyframe);
+        let Verdict::Forward(b) = f.handle(2, &p(501, true)) else {
+            panic!("switch")
+        };
+        assert_eq!(b.seq, 102);
+        assert_eq!(f.sending(), Some(2));
+        assert_eq!(f.handle(1, &p(12, false)), Verdict::NotSelected);
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod demux;
 pub mod forward;
 pub mod http;
+pub mod layers;
 pub mod meeting_ws;
 pub mod metrics;
 pub mod page;
@@ -43,7 +44,11 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
     );
     let keys = config.key_set()?;
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
-    let factory = peer::RtcFactory::new(config.media.codecs.clone(), config.public_udp())?;
+    let factory = peer::RtcFactory::new(
+        config.media.codecs.clone(),
+        config.public_udp(),
+        config.media.bwe_initial_bps,
+    )?;
     if let Some(tcp) = config.listen.tcp {
         tracing::warn!(%tcp, "listen.tcp is set, but ICE-TCP is not served by this build: no TCP candidate is offered.");
     }

@@ -101,7 +101,17 @@ pub struct Metrics {
     pub peer_panics: IntCounter,
     pub refused: IntCounterVec,
     pub tokens_refused: IntCounterVec,
+    layer_switches: IntCounterVec,
+    layer_received: IntCounterVec,
+    subscriber_bandwidth: Histogram,
+    /// Simulcast layers paused at their publisher now (nobody receives them).
+    pub layers_paused: IntGauge,
+    /// Top simulcast layers shed for overload, per shard.
+    pub shed_layers: IntGaugeVec,
 }
+
+/// The `layer` label of received simulcast packets: the layer index from the lowest (0).
+pub const LAYER_LABELS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
 
 impl Metrics {
     pub fn new(node: &str, site: &str) -> Self {
@@ -197,6 +207,40 @@ impl Metrics {
                 ),
                 &["reason"],
             )),
+            layer_switches: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_layer_switches_total",
+                    "Simulcast layer switches of subscribers' streams, by direction (up or down); counted when decided, carried out at the layer's next keyframe.",
+                ),
+                &["direction"],
+            )),
+            layer_received: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_layer_received_packets_total",
+                    "Video RTP packets received from publishers, by simulcast layer (0 is the lowest; a track without simulcast counts as 0).",
+                ),
+                &["layer"],
+            )),
+            subscriber_bandwidth: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "estuary_sfu_subscriber_bandwidth_bps",
+                    "Bandwidth estimates of subscribers (bits/s, TWCC or REMB), one observation per estimate str0m reports.",
+                )
+                .buckets(vec![
+                    100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 5e6, 10e6,
+                ]),
+            )),
+            layers_paused: must(IntGauge::new(
+                "estuary_sfu_layers_paused",
+                "Simulcast layers nobody receives, paused at their publisher (dynacast).",
+            )),
+            shed_layers: must(IntGaugeVec::new(
+                Opts::new(
+                    "estuary_sfu_shed_layers",
+                    "Top simulcast layers not sent because the shard is overloaded, by shard.",
+                ),
+                &["shard"],
+            )),
             registry,
         };
         for k in PEER_KINDS {
@@ -222,6 +266,12 @@ impl Metrics {
         for d in ["received", "sent"] {
             m.nacks.with_label_values(&[d]);
         }
+        for d in ["up", "down"] {
+            m.layer_switches.with_label_values(&[d]);
+        }
+        for l in LAYER_LABELS {
+            m.layer_received.with_label_values(&[l]);
+        }
         for r in REFUSALS {
             m.refused.with_label_values(&[r]);
         }
@@ -245,6 +295,11 @@ impl Metrics {
                 Box::new(m.peer_panics.clone()),
                 Box::new(m.refused.clone()),
                 Box::new(m.tokens_refused.clone()),
+                Box::new(m.layer_switches.clone()),
+                Box::new(m.layer_received.clone()),
+                Box::new(m.subscriber_bandwidth.clone()),
+                Box::new(m.layers_paused.clone()),
+                Box::new(m.shed_layers.clone()),
             ],
         );
         m
@@ -304,6 +359,11 @@ impl Metrics {
             nacks_received: self.nacks.with_label_values(&["received"]).local(),
             nacks_sent: self.nacks.with_label_values(&["sent"]).local(),
             latency: self.forward_latency.local(),
+            switches_up: self.layer_switches.with_label_values(&["up"]).local(),
+            switches_down: self.layer_switches.with_label_values(&["down"]).local(),
+            layer_received: LAYER_LABELS
+                .map(|l| self.layer_received.with_label_values(&[l]).local()),
+            bandwidth: self.subscriber_bandwidth.local(),
         }
     }
 }
@@ -342,6 +402,10 @@ pub struct LocalCounters {
     pub nacks_received: LocalIntCounter,
     pub nacks_sent: LocalIntCounter,
     pub latency: LocalHistogram,
+    switches_up: LocalIntCounter,
+    switches_down: LocalIntCounter,
+    layer_received: [LocalIntCounter; 8],
+    pub bandwidth: LocalHistogram,
 }
 
 impl LocalCounters {
@@ -352,6 +416,20 @@ impl LocalCounters {
     pub fn forwarded(&self, kind: MediaKind, bytes: usize) {
         self.forwarded[kind_idx(kind)].inc();
         self.forwarded_bytes[kind_idx(kind)].inc_by(bytes as u64);
+    }
+
+    pub fn layer_switch(&self, up: bool) {
+        if up {
+            self.switches_up.inc();
+        } else {
+            self.switches_down.inc();
+        }
+    }
+
+    pub fn layer_received(&self, layer: u8) {
+        if let Some(c) = self.layer_received.get(usize::from(layer)) {
+            c.inc();
+        }
     }
 
     pub fn dropped(&self, reason: DropReason) {
@@ -373,6 +451,8 @@ impl LocalCounters {
             .chain(&self.forwarded)
             .chain(&self.forwarded_bytes)
             .chain(&self.dropped)
+            .chain(&self.layer_received)
+            .chain([&self.switches_up, &self.switches_down])
         {
             c.flush();
         }
@@ -381,6 +461,7 @@ impl LocalCounters {
         self.nacks_received.flush();
         self.nacks_sent.flush();
         self.latency.flush();
+        self.bandwidth.flush();
     }
 }
 

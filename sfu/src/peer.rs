@@ -13,7 +13,8 @@ use std::time::Instant;
 use str0m::change::{SdpOffer, SdpPendingOffer};
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec as StrCodec, PayloadParams};
-use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt};
+use str0m::media::Rid;
+use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt, Rids};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig, RtcError};
 
@@ -94,8 +95,12 @@ pub struct Peer {
     pub disconnected_at: Option<Instant>,
     /// Publishers: the track behind each receiving mid.
     pub tracks: HashMap<Mid, TrackInfo>,
-    /// Publishers: which mid each incoming SSRC belongs to (str0m's lookup, cached).
-    pub ssrc_mid: HashMap<Ssrc, Mid>,
+    /// Publishers: which mid and simulcast layer each incoming SSRC belongs to (str0m's
+    /// lookup, cached).
+    pub ssrc_mid: HashMap<Ssrc, (Mid, u8)>,
+    /// Publishers: the simulcast rids of each receiving mid, lowest layer first (empty
+    /// without simulcast).
+    pub rids: HashMap<Mid, Vec<Rid>>,
     /// Watchers and meeting participants: the sending mid of each of the room's slots.
     pub out_mids: BTreeMap<(MediaKind, u8), Mid>,
     /// Watchers: the payload type to send for a publisher's payload type (`None`: this
@@ -104,6 +109,8 @@ pub struct Peer {
     /// The last NACK counts str0m reported per mid (its stats are totals): received from
     /// this peer as a watcher, sent to it as a publisher.
     pub nacks: HashMap<Mid, u64>,
+    /// Publishers: how many layers of each simulcast track (by index) are paused now.
+    pub paused_layers: HashMap<u32, i64>,
     /// Meeting participants: their signaling state.
     pub meeting: Option<Box<Meeting>>,
     /// Set when the peer is to be closed at the next look at timers (its WebSocket could not
@@ -149,6 +156,9 @@ pub struct RtcFactory {
     pub cert: DtlsCert,
     pub codecs: Vec<Codec>,
     pub public_udp: SocketAddr,
+    /// The bandwidth estimator's first estimate for peers the SFU sends to (`None`: no
+    /// estimator, no pacing).
+    pub bwe_initial: Option<u64>,
 }
 
 pub fn kind_of(k: StrKind) -> MediaKind {
@@ -161,7 +171,11 @@ pub fn kind_of(k: StrKind) -> MediaKind {
 impl RtcFactory {
     /// One crypto provider and one DTLS certificate for the whole process (the certificate's
     /// fingerprint goes into every answer; ECDSA, generated at start).
-    pub fn new(codecs: Vec<Codec>, public_udp: SocketAddr) -> anyhow::Result<Self> {
+    pub fn new(
+        codecs: Vec<Codec>,
+        public_udp: SocketAddr,
+        bwe_initial_bps: u64,
+    ) -> anyhow::Result<Self> {
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         let cert = crypto
             .dtls_provider
@@ -172,6 +186,7 @@ impl RtcFactory {
             cert,
             codecs,
             public_udp,
+            bwe_initial: (bwe_initial_bps > 0).then_some(bwe_initial_bps),
         })
     }
 
@@ -187,7 +202,7 @@ impl RtcFactory {
     ) -> Result<Answered, SessionError> {
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| SessionError::BadSdp(e.to_string()))?;
-        let mut rtc = self.build(now, ufrag, pass)?;
+        let mut rtc = self.build(now, ufrag, pass, kind != PeerKind::Whip)?;
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -210,7 +225,7 @@ impl RtcFactory {
                     "every audio and video m-line must be {offer_dir} for {protocol}"
                 )));
             }
-            media.push((mid, kind_of(m.kind())));
+            media.push((mid, kind_of(m.kind()), rids_of(m.rids_rx())));
         }
         if media.is_empty() {
             return Err(SessionError::WrongMedia("no audio or video m-line".into()));
@@ -224,7 +239,13 @@ impl RtcFactory {
     }
 
     /// A new `Rtc` with our settings, its ICE credentials and our one candidate.
-    pub fn build(&self, now: Instant, ufrag: &str, pass: &str) -> Result<Rtc, SessionError> {
+    pub fn build(
+        &self,
+        now: Instant,
+        ufrag: &str,
+        pass: &str,
+        sends: bool,
+    ) -> Result<Rtc, SessionError> {
         let mut cfg = Rtc::builder()
             .set_crypto_provider(Arc::clone(&self.crypto))
             .set_dtls_cert(self.cert.clone())
@@ -236,6 +257,10 @@ impl RtcFactory {
             .set_rtp_mode(true)
             // Per-stream counters (NACKs) once a second.
             .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+        // Peers we send to get a bandwidth estimator (TWCC), which the layer choice reads.
+        if sends && let Some(b) = self.bwe_initial {
+            cfg = cfg.enable_bwe(Some(str0m::bwe::Bitrate::bps(b)));
+        }
         cfg = self.codecs_of(cfg);
         let mut rtc = cfg.build(now);
         let candidate = Candidate::host(self.public_udp, "udp")
@@ -276,8 +301,8 @@ impl RtcFactory {
 pub struct Answered {
     pub rtc: Rtc,
     pub answer: String,
-    /// Audio and video m-lines (mid and kind), in offer order.
-    pub media: Vec<(Mid, MediaKind)>,
+    /// Audio and video m-lines (mid, kind, simulcast rids), in offer order.
+    pub media: Vec<(Mid, MediaKind, Vec<Rid>)>,
     pub timeout: Instant,
 }
 
@@ -322,6 +347,42 @@ pub fn vp8_ids(payload: &[u8]) -> Option<crate::forward::Vp8Ids> {
     })
 }
 
+/// The simulcast rids a receiving m-line was negotiated with, in the order the offer listed
+/// them (browsers list `sendEncodings` in order; the meeting page goes from the lowest up).
+pub fn rids_of(r: &Rids) -> Vec<Rid> {
+    match r {
+        Rids::Specific(v) if v.len() > 1 => v.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// The frame height in a VP8 keyframe's first packet: the payload descriptor (RFC 7741 4.2),
+/// then the frame tag (3 bytes), the start code 9d 01 2a, width and height (14 bits each).
+pub fn vp8_keyframe_height(payload: &[u8]) -> Option<u32> {
+    let b0 = *payload.first()?;
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        let x = *payload.get(1)?;
+        i = 2;
+        if x & 0x80 != 0 {
+            let m = *payload.get(i)?;
+            i += if m & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1;
+        }
+        if x & 0x30 != 0 {
+            i += 1;
+        }
+    }
+    let frame = payload.get(i..i + 10)?;
+    // A keyframe has bit 0 of the tag clear, and the start code.
+    if frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff))
+}
+
 /// A random token of `n` lowercase hex digits (ICE credentials, session ids).
 pub fn random_hex(n: usize) -> String {
     use rand::Rng;
@@ -335,4 +396,24 @@ pub fn random_hex(n: usize) -> String {
 /// a password of 32.
 pub fn ice_credentials() -> (String, String) {
     (random_hex(16), random_hex(32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_heights_are_read_and_garbage_is_not() {
+        // Descriptor X|S, I with a 15-bit picture id, then a 1280x720 keyframe header.
+        let mut p = vec![0x90, 0x80, 0x81, 0x23];
+        p.extend_from_slice(&[0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x05, 0xd0, 0x02]);
+        assert_eq!(vp8_keyframe_height(&p), Some(720));
+        // An interframe (tag bit 0 set) has no size.
+        p[4] |= 1;
+        assert_eq!(vp8_keyframe_height(&p), None);
+        for n in 0..p.len() {
+            let _ = vp8_keyframe_height(&p[..n]);
+        }
+        assert_eq!(vp8_keyframe_height(&[]), None);
+    }
 }

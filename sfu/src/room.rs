@@ -7,12 +7,20 @@
 //! its kind, oldest track first; when a track ends, its slots take the next track nobody in
 //! them carries yet. Each slot has one [`Forwarder`], so its numbering stays continuous when
 //! the track in it changes, and the change waits for a keyframe (requested from the
-//! publisher, at most once per `keyframe_interval_min` per track).
+//! publisher, at most once per `keyframe_interval_min` per track and layer).
+//!
+//! A simulcast track has several layers (rids, lowest first). Each video slot carrying one
+//! has a [`Selector`] that picks its layer from the subscriber's bandwidth estimate, the
+//! layers' measured bitrates and heights, the height the subscriber asked for and the
+//! overload shedding level ([`crate::layers`]), re-evaluated at every `Tick`; a switch keeps
+//! sending the old layer until the new one's keyframe. Layers no slot sends or waits for are
+//! reported unwanted (`LayersWanted`, dynacast), so the shell can pause them at the publisher.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict};
+use crate::layers::{self, LayerView, RateMeter, Selector};
 use crate::speaker::SpeakerDetector;
 
 pub type PeerId = u64;
@@ -40,10 +48,18 @@ pub struct TrackId {
 }
 
 impl TrackId {
-    fn source_key(self) -> SourceKey {
-        (self.peer << 32) | u64::from(self.idx)
+    fn source_key(self, layer: u8) -> SourceKey {
+        (u128::from(self.peer) << 64) | (u128::from(self.idx) << 8) | u128::from(layer)
     }
 }
+
+/// The layer packed in a source key.
+fn layer_of(key: SourceKey) -> u8 {
+    (key & 0xff) as u8
+}
+
+/// The most simulcast layers a track may have (a bitmask of them fits in a `u8`).
+pub const MAX_LAYERS: u8 = 8;
 
 /// A watcher's outgoing stream: its `slot`-th receiving m-line of `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,10 +111,34 @@ pub enum JoinError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomInput {
-    /// A track of a participant who joined as a publisher.
-    TrackAdded { track: TrackId, kind: MediaKind },
-    /// One incoming RTP packet of `track`, as the policy sees it (no payload).
-    Packet { track: TrackId, packet: InPacket },
+    /// A track of a participant who joined as a publisher, with its number of simulcast
+    /// layers (1: no simulcast; at most [`MAX_LAYERS`]).
+    TrackAdded {
+        track: TrackId,
+        kind: MediaKind,
+        layers: u8,
+    },
+    /// One incoming RTP packet of `track`'s `layer` (0 without simulcast), as the policy
+    /// sees it (no payload): its size, and the frame height when it starts a keyframe.
+    Packet {
+        track: TrackId,
+        layer: u8,
+        bytes: u32,
+        height: Option<u32>,
+        packet: InPacket,
+    },
+    /// A subscriber's bandwidth estimate (bits/s) for what the SFU sends it.
+    Estimate { sub: PeerId, bps: u64 },
+    /// The largest video height `sub` wants of `track` (`None`: any).
+    MaxHeight {
+        sub: PeerId,
+        track: TrackId,
+        max_height: Option<u32>,
+    },
+    /// Overload: this many top layers of every simulcast track are not sent (0: none).
+    Shed { layers: u8 },
+    /// Time passes: layer choices are re-evaluated.
+    Tick,
     /// A watcher asked for a keyframe (PLI/FIR) on one of its outgoing streams.
     KeyframeRequest { out: OutId },
     /// The audio level (RFC 6464, dBov) of a packet from `peer`.
@@ -109,8 +149,8 @@ pub enum RoomInput {
 pub enum RoomOutput {
     /// Send the input packet on `out` with these numbers.
     Forward { out: OutId, pkt: OutPacket },
-    /// Ask the publisher of `track` for a keyframe (PLI).
-    RequestKeyframe { track: TrackId },
+    /// Ask the publisher of `track` for a keyframe (PLI) of `layer` (0 without simulcast).
+    RequestKeyframe { track: TrackId, layer: u8 },
     /// A keyframe request for `track` was not sent: one went out less than
     /// `keyframe_interval_min` ago.
     KeyframeThrottled { track: TrackId },
@@ -123,17 +163,69 @@ pub enum RoomOutput {
     CloseSlot { out: OutId },
     /// The active speaker changed.
     ActiveSpeaker { peer: PeerId },
+    /// A subscriber's stream was switched to a higher (`up`) or lower simulcast layer (it
+    /// takes effect at that layer's keyframe).
+    LayerSwitch { sub: PeerId, up: bool },
+    /// The layers of simulcast `track` someone receives or waits for changed: bit `i` of
+    /// `active` is layer `i` (dynacast: the others may be paused at the publisher).
+    LayersWanted { track: TrackId, active: u8 },
+    /// What `sub`'s bandwidth estimator should aim at: `min`, what its streams need now
+    /// plus the next layer up (probing), and `desired`, what its requested sizes would need.
+    Bitrate { sub: PeerId, min: u64, desired: u64 },
 }
 
 struct Slot {
     track: Option<TrackId>,
     forwarder: Forwarder,
+    /// The layer choice, for simulcast tracks.
+    selector: Selector,
+}
+
+impl Slot {
+    fn new(first_seq: u16) -> Self {
+        Self {
+            track: None,
+            forwarder: Forwarder::new(first_seq),
+            selector: Selector::default(),
+        }
+    }
 }
 
 struct Participant {
     role: Role,
     /// Receiving slots by kind (watchers).
     slots: BTreeMap<MediaKind, Vec<Slot>>,
+    /// Its bandwidth estimate, if its stack sends feedback.
+    estimate: Option<u64>,
+    /// The largest heights it asked for, per track.
+    max_height: HashMap<TrackId, u32>,
+    /// The last bitrate aims reported (`Bitrate`).
+    aims: Option<(u64, u64)>,
+}
+
+/// What the room knows of one simulcast layer.
+#[derive(Default)]
+struct LayerState {
+    meter: RateMeter,
+    height: Option<u32>,
+}
+
+/// A simulcast track's layers, and which were last reported wanted.
+struct Simulcast {
+    layers: Vec<LayerState>,
+    wanted: Option<u8>,
+}
+
+impl Simulcast {
+    fn views(&self) -> Vec<LayerView> {
+        self.layers
+            .iter()
+            .map(|l| LayerView {
+                bps: l.meter.bps(),
+                height: l.height,
+            })
+            .collect()
+    }
 }
 
 /// One room.
@@ -142,7 +234,11 @@ pub struct Room {
     participants: BTreeMap<PeerId, Participant>,
     /// Published tracks, oldest first (track ids grow).
     tracks: BTreeMap<TrackId, MediaKind>,
-    last_keyframe_request: HashMap<TrackId, Instant>,
+    last_keyframe_request: HashMap<(TrackId, u8), Instant>,
+    /// Simulcast tracks (more than one layer).
+    simulcast: HashMap<TrackId, Simulcast>,
+    /// Top layers shed for overload.
+    shed: u8,
     /// Where each new slot's numbering starts: from the shell (random), so a test can fix it.
     first_seq: u16,
     speaker: SpeakerDetector,
@@ -155,6 +251,8 @@ impl Room {
             participants: BTreeMap::new(),
             tracks: BTreeMap::new(),
             last_keyframe_request: HashMap::new(),
+            simulcast: HashMap::new(),
+            shed: 0,
             first_seq,
             speaker: SpeakerDetector::default(),
         }
@@ -195,6 +293,17 @@ impl Room {
             .track
     }
 
+    /// The simulcast layer an outgoing stream is sending now (0 without simulcast).
+    pub fn sending_layer(&self, out: OutId) -> Option<u8> {
+        let s = self
+            .participants
+            .get(&out.sub)?
+            .slots
+            .get(&out.kind)?
+            .get(usize::from(out.slot))?;
+        s.forwarder.sending().map(layer_of)
+    }
+
     /// Admits a participant, within the room's limits. A watcher is given the tracks
     /// published now (keyframes requested into `out`).
     pub fn join(
@@ -218,17 +327,21 @@ impl Room {
             for (kind, n) in [(MediaKind::Audio, audio), (MediaKind::Video, video)] {
                 // Numbering differs per slot, so two streams of one watcher never look alike.
                 let v = (0..n)
-                    .map(|i| Slot {
-                        track: None,
-                        forwarder: Forwarder::new(
-                            self.first_seq.wrapping_add(u16::from(i) * 1000) & 0x7fff,
-                        ),
-                    })
+                    .map(|i| Slot::new(self.first_seq.wrapping_add(u16::from(i) * 1000) & 0x7fff))
                     .collect();
                 slots.insert(kind, v);
             }
         }
-        self.participants.insert(peer, Participant { role, slots });
+        self.participants.insert(
+            peer,
+            Participant {
+                role,
+                slots,
+                estimate: None,
+                max_height: HashMap::new(),
+                aims: None,
+            },
+        );
         if role == Role::Member {
             let tracks: Vec<(TrackId, MediaKind)> = self
                 .tracks
@@ -258,8 +371,10 @@ impl Room {
             .collect();
         for t in gone {
             self.tracks.remove(&t);
-            self.last_keyframe_request.remove(&t);
+            self.simulcast.remove(&t);
         }
+        self.last_keyframe_request
+            .retain(|(t, _), _| t.peer != peer);
         for (&sub, p) in self.participants.iter_mut() {
             for (&kind, slots) in p.slots.iter_mut() {
                 for (i, s) in slots.iter_mut().enumerate() {
@@ -284,13 +399,27 @@ impl Room {
 
     pub fn handle_input(&mut self, now: Instant, input: RoomInput, out: &mut Vec<RoomOutput>) {
         match input {
-            RoomInput::TrackAdded { track, kind } => {
+            RoomInput::TrackAdded {
+                track,
+                kind,
+                layers,
+            } => {
                 let is_publisher = self
                     .participants
                     .get(&track.peer)
                     .is_some_and(|p| p.role.publishes());
                 if is_publisher && !self.tracks.contains_key(&track) {
                     self.tracks.insert(track, kind);
+                    let layers = layers.min(MAX_LAYERS);
+                    if kind == MediaKind::Video && layers > 1 {
+                        self.simulcast.insert(
+                            track,
+                            Simulcast {
+                                layers: (0..layers).map(|_| LayerState::default()).collect(),
+                                wanted: None,
+                            },
+                        );
+                    }
                     let members: Vec<PeerId> = self
                         .participants
                         .iter()
@@ -303,12 +432,61 @@ impl Room {
                     self.assign(now, out);
                 }
             }
-            RoomInput::Packet { track, packet } => self.packet(now, track, &packet, out),
+            RoomInput::Packet {
+                track,
+                layer,
+                bytes,
+                height,
+                packet,
+            } => {
+                if let Some(sc) = self.simulcast.get_mut(&track)
+                    && let Some(l) = sc.layers.get_mut(usize::from(layer))
+                {
+                    l.meter.add(packet.recv_at, u64::from(bytes));
+                    if height.is_some() {
+                        l.height = height;
+                    }
+                }
+                self.packet(now, track, layer, &packet, out)
+            }
             RoomInput::KeyframeRequest { out: o } => {
-                if let Some(track) = self.track_of(o) {
-                    self.request_keyframe(now, track, out);
+                let slot = self
+                    .participants
+                    .get(&o.sub)
+                    .and_then(|p| p.slots.get(&o.kind))
+                    .and_then(|s| s.get(usize::from(o.slot)));
+                if let Some(s) = slot
+                    && let Some(track) = s.track
+                {
+                    let key = s.forwarder.sending().or(s.forwarder.selected());
+                    let layer = key.map_or(0, layer_of);
+                    self.request_keyframe(now, track, layer, out);
                 }
             }
+            RoomInput::Estimate { sub, bps } => {
+                if let Some(p) = self.participants.get_mut(&sub) {
+                    p.estimate = Some(bps);
+                }
+            }
+            RoomInput::MaxHeight {
+                sub,
+                track,
+                max_height,
+            } => {
+                if let Some(p) = self.participants.get_mut(&sub) {
+                    match max_height {
+                        Some(h) => p.max_height.insert(track, h),
+                        None => p.max_height.remove(&track),
+                    };
+                }
+            }
+            RoomInput::Shed { layers } => {
+                if layers != self.shed {
+                    self.shed = layers;
+                    self.evaluate(now, out);
+                }
+            }
+            RoomInput::Tick => self.evaluate(now, out),
             RoomInput::AudioLevel { peer, level } => {
                 if self.participants.contains_key(&peer)
                     && let Some(p) = self.speaker.level(now, peer, level)
@@ -319,12 +497,19 @@ impl Room {
         }
     }
 
-    fn packet(&mut self, now: Instant, track: TrackId, p: &InPacket, out: &mut Vec<RoomOutput>) {
+    fn packet(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        layer: u8,
+        p: &InPacket,
+        out: &mut Vec<RoomOutput>,
+    ) {
         let Some(kind) = self.tracks.get(&track).copied() else {
             out.push(RoomOutput::Dropped);
             return;
         };
-        let source = track.source_key();
+        let source = track.source_key(layer);
         let before = out.len();
         let mut waiting = false;
         for (&sub, part) in &mut self.participants {
@@ -354,23 +539,140 @@ impl Room {
         }
         // A watcher still waiting (its first request was throttled or lost) asks again.
         if waiting {
-            self.request_keyframe(now, track, out);
+            self.request_keyframe(now, track, layer, out);
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, track: TrackId, out: &mut Vec<RoomOutput>) {
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+        layer: u8,
+        out: &mut Vec<RoomOutput>,
+    ) {
         if self.tracks.get(&track) != Some(&MediaKind::Video) {
             return;
         }
-        let last = self.last_keyframe_request.get(&track).copied();
+        let last = self.last_keyframe_request.get(&(track, layer)).copied();
         if last
             .is_some_and(|t| now.saturating_duration_since(t) < self.limits.keyframe_interval_min)
         {
             out.push(RoomOutput::KeyframeThrottled { track });
             return;
         }
-        self.last_keyframe_request.insert(track, now);
-        out.push(RoomOutput::RequestKeyframe { track });
+        self.last_keyframe_request.insert((track, layer), now);
+        out.push(RoomOutput::RequestKeyframe { track, layer });
+    }
+
+    /// The layer a slot of `sub` carrying `track` should start on (0 without simulcast).
+    fn first_layer(&self, now: Instant, sub: PeerId, track: TrackId, slot: &mut Slot) -> u8 {
+        let Some(sc) = self.simulcast.get(&track) else {
+            return 0;
+        };
+        let p = self.participants.get(&sub);
+        let ideal = layers::ideal(
+            &sc.views(),
+            p.and_then(|p| p.estimate),
+            p.and_then(|p| p.max_height.get(&track).copied()),
+            self.shed,
+        );
+        slot.selector = Selector::default();
+        let l = slot.selector.update(now, ideal).unwrap_or(ideal);
+        u8::try_from(l).unwrap_or(0)
+    }
+
+    /// Re-chooses every simulcast slot's layer, then reports the bitrate aims and the
+    /// layers wanted that changed.
+    fn evaluate(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
+        let views: HashMap<TrackId, Vec<LayerView>> = self
+            .simulcast
+            .iter()
+            .map(|(t, sc)| (*t, sc.views()))
+            .collect();
+        let shed = self.shed;
+        let mut keyframes = Vec::new();
+        for (&sub, part) in self.participants.iter_mut() {
+            let (mut min, mut desired) = (0u64, 0u64);
+            let Some(slots) = part.slots.get_mut(&MediaKind::Video) else {
+                continue;
+            };
+            for s in slots.iter_mut() {
+                let Some(track) = s.track else { continue };
+                let Some(v) = views.get(&track) else { continue };
+                let max_h = part.max_height.get(&track).copied();
+                let ideal = layers::ideal(v, part.estimate, max_h, shed);
+                let cap = layers::ideal(v, None, None, shed);
+                let before = s.selector.target();
+                let new = if before.is_some_and(|b| b > cap) {
+                    s.selector.force(ideal);
+                    Some(ideal)
+                } else {
+                    s.selector.update(now, ideal)
+                };
+                let target = s.selector.target().unwrap_or(ideal);
+                if let Some(new) = new
+                    && Some(new) != before
+                {
+                    let layer = u8::try_from(new).unwrap_or(0);
+                    s.forwarder.switch(track.source_key(layer));
+                    keyframes.push((track, layer));
+                    if let Some(b) = before {
+                        out.push(RoomOutput::LayerSwitch { sub, up: new > b });
+                    }
+                }
+                let unbudgeted = layers::ideal(v, None, max_h, shed);
+                let next = (target + 1).min(unbudgeted);
+                min += layers::planned_bps(v, next.max(target));
+                desired += layers::planned_bps(v, unbudgeted);
+            }
+            if desired > 0 {
+                let changed = part.aims.is_none_or(|(m, d)| {
+                    m.abs_diff(min) * 10 > m.max(1) || d.abs_diff(desired) * 10 > d.max(1)
+                });
+                if changed {
+                    part.aims = Some((min, desired));
+                    out.push(RoomOutput::Bitrate { sub, min, desired });
+                }
+            }
+        }
+        for (track, layer) in keyframes {
+            self.request_keyframe(now, track, layer, out);
+        }
+        self.report_wanted(out);
+    }
+
+    /// Dynacast: which layers of each simulcast track some slot sends or waits for.
+    fn report_wanted(&mut self, out: &mut Vec<RoomOutput>) {
+        let mut wanted: HashMap<TrackId, u8> = self.simulcast.keys().map(|t| (*t, 0)).collect();
+        for part in self.participants.values() {
+            let Some(slots) = part.slots.get(&MediaKind::Video) else {
+                continue;
+            };
+            for s in slots {
+                let Some(track) = s.track else { continue };
+                let Some(mask) = wanted.get_mut(&track) else {
+                    continue;
+                };
+                for key in [s.forwarder.sending(), s.forwarder.selected()]
+                    .into_iter()
+                    .flatten()
+                {
+                    *mask |= 1u8.checked_shl(u32::from(layer_of(key))).unwrap_or(0);
+                }
+            }
+        }
+        let mut changed: Vec<(TrackId, u8)> = Vec::new();
+        for (track, sc) in self.simulcast.iter_mut() {
+            let mask = wanted.get(track).copied().unwrap_or(0);
+            if sc.wanted != Some(mask) {
+                sc.wanted = Some(mask);
+                changed.push((*track, mask));
+            }
+        }
+        changed.sort();
+        for (track, active) in changed {
+            out.push(RoomOutput::LayersWanted { track, active });
+        }
     }
 
     /// Gives member `sub` a new slot carrying `track` (up to [`MAX_MEMBER_SLOTS`] per kind).
@@ -394,12 +696,17 @@ impl Room {
             return;
         }
         let i = slots.len();
-        let mut forwarder = Forwarder::new(first_seq.wrapping_add(i as u16 * 1000) & 0x7fff);
-        forwarder.select(Some(track.source_key()));
-        slots.push(Slot {
-            track: Some(track),
-            forwarder,
-        });
+        let mut slot = Slot::new(first_seq.wrapping_add(i as u16 * 1000) & 0x7fff);
+        let layer = self.first_layer(now, sub, track, &mut slot);
+        slot.track = Some(track);
+        slot.forwarder.select(Some(track.source_key(layer)));
+        if let Some(slots) = self
+            .participants
+            .get_mut(&sub)
+            .and_then(|p| p.slots.get_mut(&kind))
+        {
+            slots.push(slot);
+        }
         out.push(RoomOutput::OpenSlot {
             out: OutId {
                 sub,
@@ -408,18 +715,19 @@ impl Room {
             },
             track,
         });
-        self.request_keyframe(now, track, out);
+        self.request_keyframe(now, track, layer, out);
+        self.report_wanted(out);
     }
 
     /// Fills every free slot of a watcher with the oldest track of its kind that it does not
     /// receive yet, and asks for keyframes for the video tracks newly placed. (A member's
     /// slots are opened for one track each and never refilled.)
     fn assign(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
-        let mut wanted = Vec::new();
-        for part in self
+        let mut placed = Vec::new();
+        for (&sub, part) in self
             .participants
-            .values_mut()
-            .filter(|p| p.role != Role::Member)
+            .iter_mut()
+            .filter(|(_, p)| p.role != Role::Member)
         {
             for (kind, slots) in part.slots.iter_mut() {
                 for i in 0..slots.len() {
@@ -434,18 +742,34 @@ impl Room {
                         break;
                     };
                     slots[i].track = Some(t);
-                    slots[i].forwarder.select(Some(t.source_key()));
-                    if *kind == MediaKind::Video {
-                        wanted.push(t);
-                    }
+                    placed.push((sub, *kind, i, t));
                 }
+            }
+        }
+        let mut wanted = Vec::new();
+        for (sub, kind, i, t) in placed {
+            let mut slot = Slot::new(0);
+            let layer = self.first_layer(now, sub, t, &mut slot);
+            let Some(s) = self
+                .participants
+                .get_mut(&sub)
+                .and_then(|p| p.slots.get_mut(&kind))
+                .and_then(|v| v.get_mut(i))
+            else {
+                continue;
+            };
+            s.selector = slot.selector;
+            s.forwarder.select(Some(t.source_key(layer)));
+            if kind == MediaKind::Video {
+                wanted.push((t, layer));
             }
         }
         wanted.sort();
         wanted.dedup();
-        for t in wanted {
-            self.request_keyframe(now, t, out);
+        for (t, layer) in wanted {
+            self.request_keyframe(now, t, layer, out);
         }
+        self.report_wanted(out);
     }
 }
 
@@ -467,6 +791,9 @@ mod tests {
     fn packet(track: TrackId, seq: u64, key: bool, at: Instant) -> RoomInput {
         RoomInput::Packet {
             track,
+            layer: 0,
+            bytes: 1000,
+            height: None,
             packet: InPacket {
                 seq,
                 ts: seq as u32 * 3000,
@@ -511,7 +838,15 @@ mod tests {
         let a1 = TrackId { peer: 1, idx: 1 };
         let v1 = TrackId { peer: 1, idx: 2 };
         for (t, kind) in [(a1, MediaKind::Audio), (v1, MediaKind::Video)] {
-            room.handle_input(t0, RoomInput::TrackAdded { track: t, kind }, &mut out);
+            room.handle_input(
+                t0,
+                RoomInput::TrackAdded {
+                    track: t,
+                    kind,
+                    layers: 1,
+                },
+                &mut out,
+            );
         }
         let slot = |sub, kind, slot| OutId { sub, kind, slot };
         // Member 2 gets both, member 1 none of its own.
@@ -539,6 +874,7 @@ mod tests {
             RoomInput::TrackAdded {
                 track: a3,
                 kind: MediaKind::Audio,
+                layers: 1,
             },
             &mut out,
         );
@@ -610,6 +946,7 @@ mod tests {
             RoomInput::TrackAdded {
                 track: audio,
                 kind: MediaKind::Audio,
+                layers: 1,
             },
             &mut out,
         );
@@ -618,10 +955,17 @@ mod tests {
             RoomInput::TrackAdded {
                 track: video,
                 kind: MediaKind::Video,
+                layers: 1,
             },
             &mut out,
         );
-        assert_eq!(out, vec![RoomOutput::RequestKeyframe { track: video }]);
+        assert_eq!(
+            out,
+            vec![RoomOutput::RequestKeyframe {
+                track: video,
+                layer: 0
+            }]
+        );
         room.join(t0, 3, WATCHER, &mut out).expect("second watcher");
         assert_eq!(
             out.last(),
@@ -643,7 +987,10 @@ mod tests {
         room.handle_input(t1, packet(video, 51, false, t1), &mut out);
         assert_eq!(
             out.last(),
-            Some(&RoomOutput::RequestKeyframe { track: video })
+            Some(&RoomOutput::RequestKeyframe {
+                track: video,
+                layer: 0
+            })
         );
         out.clear();
         room.handle_input(t1, packet(video, 52, true, t1), &mut out);
@@ -682,6 +1029,7 @@ mod tests {
             RoomInput::TrackAdded {
                 track: v1,
                 kind: MediaKind::Video,
+                layers: 1,
             },
             &mut out,
         );
@@ -690,6 +1038,7 @@ mod tests {
             RoomInput::TrackAdded {
                 track: v2,
                 kind: MediaKind::Video,
+                layers: 1,
             },
             &mut out,
         );
@@ -702,7 +1051,13 @@ mod tests {
         );
         out.clear();
         room.leave(t0, 1, &mut out);
-        assert_eq!(out, vec![RoomOutput::RequestKeyframe { track: v2 }]);
+        assert_eq!(
+            out,
+            vec![RoomOutput::RequestKeyframe {
+                track: v2,
+                layer: 0
+            }]
+        );
         out.clear();
         room.handle_input(t0, packet(v2, 901, true, t0), &mut out);
         assert_eq!(
@@ -749,6 +1104,7 @@ mod tests {
             RoomInput::TrackAdded {
                 track: v,
                 kind: MediaKind::Video,
+                layers: 1,
             },
             &mut out,
         );
@@ -775,6 +1131,269 @@ mod tests {
         assert_eq!(sent, 5, "{out:?}");
     }
 
+    /// A simulcast packet of `layer` (keyframes carry the layer's height).
+    fn sc_packet(track: TrackId, layer: u8, seq: u64, key: bool, at: Instant) -> RoomInput {
+        RoomInput::Packet {
+            track,
+            layer,
+            bytes: 1000,
+            height: key.then_some(180 << layer),
+            packet: InPacket {
+                seq,
+                ts: seq as u32 * 3000,
+                keyframe_start: key,
+                vp8: None,
+                recv_at: at,
+                clock_rate: 90_000,
+            },
+        }
+    }
+
+    fn switches(out: &[RoomOutput]) -> Vec<bool> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOutput::LayerSwitch { up, .. } => Some(*up),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn wanted(out: &[RoomOutput]) -> Vec<u8> {
+        out.iter()
+            .filter_map(|o| match o {
+                RoomOutput::LayersWanted { active, .. } => Some(*active),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A publisher with one three-layer video track, a watcher, each layer sending 1000-byte
+    /// packets: q 20/s (160 kbit/s), h 60/s (480 kbit/s), f 180/s (1.44 Mbit/s).
+    fn simulcast_room(t0: Instant) -> (Room, TrackId, Vec<RoomOutput>) {
+        let mut room = Room::new(limits(), 0);
+        let mut out = Vec::new();
+        room.join(t0, 1, Role::Publisher, &mut out).expect("p");
+        let v = TrackId { peer: 1, idx: 0 };
+        room.handle_input(
+            t0,
+            RoomInput::TrackAdded {
+                track: v,
+                kind: MediaKind::Video,
+                layers: 3,
+            },
+            &mut out,
+        );
+        (room, v, out)
+    }
+
+    /// Feeds one second of all three layers from `t`, a keyframe on each at its start.
+    fn second_of_media(
+        room: &mut Room,
+        v: TrackId,
+        t: Instant,
+        seqs: &mut [u64; 3],
+    ) -> Vec<RoomOutput> {
+        let mut out = Vec::new();
+        for ms in 0..1000u64 {
+            for (layer, per_s) in [(0u8, 20u64), (1, 60), (2, 180)] {
+                if ms % (1000 / per_s) == 0 {
+                    let at = t + Duration::from_millis(ms);
+                    let i = usize::from(layer);
+                    seqs[i] += 1;
+                    room.handle_input(at, sc_packet(v, layer, seqs[i], ms == 0, at), &mut out);
+                }
+            }
+            if ms % 200 == 0 {
+                room.handle_input(t + Duration::from_millis(ms), RoomInput::Tick, &mut out);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn nobody_watching_pauses_every_layer_and_a_watcher_wakes_one() {
+        let t0 = Instant::now();
+        let (mut room, v, mut out) = simulcast_room(t0);
+        room.handle_input(t0, RoomInput::Tick, &mut out);
+        assert_eq!(wanted(&out), vec![0], "{out:?}");
+        out.clear();
+        room.join(t0, 2, WATCHER, &mut out).expect("w");
+        // No estimate yet: the top layer; it is wanted and its keyframe requested.
+        assert_eq!(wanted(&out), vec![0b100], "{out:?}");
+        assert!(out.contains(&RoomOutput::RequestKeyframe { track: v, layer: 2 }));
+        room.leave(t0, 2, &mut out);
+        room.handle_input(t0, RoomInput::Tick, &mut out);
+        assert_eq!(wanted(&out).last(), Some(&0));
+    }
+
+    #[test]
+    fn the_estimate_moves_a_watcher_down_fast_and_up_slowly_at_keyframes() {
+        let t0 = Instant::now();
+        let (mut room, v, mut out) = simulcast_room(t0);
+        let mut seqs = [0, 10_000, 20_000];
+        second_of_media(&mut room, v, t0, &mut seqs);
+        room.join(t0, 2, WATCHER, &mut out).expect("w");
+        room.handle_input(
+            t0,
+            RoomInput::Estimate {
+                sub: 2,
+                bps: 5_000_000,
+            },
+            &mut out,
+        );
+        let mut t = t0 + Duration::from_secs(1);
+        let o = second_of_media(&mut room, v, t, &mut seqs);
+        let slot = OutId {
+            sub: 2,
+            kind: MediaKind::Video,
+            slot: 0,
+        };
+        assert_eq!(room.sending_layer(slot), Some(2), "{o:?}");
+        // The link shrinks to 300 kbit/s: down to q (160k fits 0.9 × 300k; h does not).
+        room.handle_input(
+            t,
+            RoomInput::Estimate {
+                sub: 2,
+                bps: 300_000,
+            },
+            &mut out,
+        );
+        t += Duration::from_secs(1);
+        let o = second_of_media(&mut room, v, t, &mut seqs);
+        assert_eq!(switches(&o), vec![false], "{o:?}");
+        assert!(o.contains(&RoomOutput::RequestKeyframe { track: v, layer: 0 }));
+        // The old layer goes on until the new one's keyframe (the next second's first).
+        assert_eq!(room.sending_layer(slot), Some(2));
+        t += Duration::from_secs(1);
+        let o = second_of_media(&mut room, v, t, &mut seqs);
+        assert_eq!(room.sending_layer(slot), Some(0));
+        // Only q and whatever is still sent are wanted: f is paused once the switch is done.
+        assert_eq!(wanted(&o).last(), Some(&0b001), "{o:?}");
+        // The estimate comes back: up only after UP_AFTER, to the top again.
+        room.handle_input(
+            t,
+            RoomInput::Estimate {
+                sub: 2,
+                bps: 5_000_000,
+            },
+            &mut out,
+        );
+        t += Duration::from_secs(1);
+        let o = second_of_media(&mut room, v, t, &mut seqs);
+        assert!(switches(&o).is_empty(), "not within a second: {o:?}");
+        let mut ups = Vec::new();
+        for _ in 0..4 {
+            t += Duration::from_secs(1);
+            ups.extend(switches(&second_of_media(&mut room, v, t, &mut seqs)));
+        }
+        assert_eq!(ups, vec![true]);
+        assert_eq!(room.sending_layer(slot), Some(2));
+    }
+
+    #[test]
+    fn the_requested_height_caps_the_layer_and_overload_sheds_the_top() {
+        let t0 = Instant::now();
+        let (mut room, v, mut out) = simulcast_room(t0);
+        let mut seqs = [0, 10_000, 20_000];
+        second_of_media(&mut room, v, t0, &mut seqs);
+        room.join(t0, 2, WATCHER, &mut out).expect("w");
+        let slot = OutId {
+            sub: 2,
+            kind: MediaKind::Video,
+            slot: 0,
+        };
+        let mut t = t0 + Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        assert_eq!(room.sending_layer(slot), Some(2));
+        room.handle_input(
+            t,
+            RoomInput::MaxHeight {
+                sub: 2,
+                track: v,
+                max_height: Some(360),
+            },
+            &mut out,
+        );
+        t += Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        t += Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        assert_eq!(room.sending_layer(slot), Some(1), "360 is the h layer");
+        room.handle_input(
+            t,
+            RoomInput::MaxHeight {
+                sub: 2,
+                track: v,
+                max_height: None,
+            },
+            &mut out,
+        );
+        for _ in 0..5 {
+            t += Duration::from_secs(1);
+            second_of_media(&mut room, v, t, &mut seqs);
+        }
+        assert_eq!(room.sending_layer(slot), Some(2));
+        // Overload: shed one layer, at once (no hysteresis), the watcher stays.
+        out.clear();
+        room.handle_input(t, RoomInput::Shed { layers: 1 }, &mut out);
+        assert_eq!(switches(&out), vec![false]);
+        t += Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        t += Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        assert_eq!(room.sending_layer(slot), Some(1));
+        assert_eq!(room.participants(), 2);
+        room.handle_input(t, RoomInput::Shed { layers: 0 }, &mut out);
+        for _ in 0..5 {
+            t += Duration::from_secs(1);
+            second_of_media(&mut room, v, t, &mut seqs);
+        }
+        assert_eq!(room.sending_layer(slot), Some(2));
+    }
+
+    proptest! {
+        /// Whatever the estimates, heights asked for and shedding, a watcher of a simulcast
+        /// track gets one continuous stream: no outgoing number twice, and the layer it
+        /// carries changes only at a keyframe of the new layer.
+        #[test]
+        fn simulcast_switches_only_at_keyframes_and_never_reuse_numbers(
+            steps in prop::collection::vec((0u8..6, 0u64..3_000_000, 0u8..3, any::<bool>()), 1..400)
+        ) {
+            let t0 = Instant::now();
+            let (mut room, v, mut out) = simulcast_room(t0);
+            room.join(t0, 2, WATCHER, &mut out).expect("w");
+            let slot = OutId { sub: 2, kind: MediaKind::Video, slot: 0 };
+            let mut seqs = [0u64, 10_000, 20_000];
+            let mut used = std::collections::HashSet::new();
+            let mut carried: Option<u8> = None;
+            let mut now = t0;
+            for (op, x, layer, key) in steps {
+                now += Duration::from_millis(20);
+                out.clear();
+                match op {
+                    0 => room.handle_input(now, RoomInput::Estimate { sub: 2, bps: x }, &mut out),
+                    1 => room.handle_input(now, RoomInput::Shed { layers: layer }, &mut out),
+                    2 => room.handle_input(now, RoomInput::MaxHeight { sub: 2, track: v, max_height: key.then_some(180 << layer) }, &mut out),
+                    3 => room.handle_input(now, RoomInput::Tick, &mut out),
+                    _ => {
+                        let i = usize::from(layer);
+                        seqs[i] += 1;
+                        room.handle_input(now, sc_packet(v, layer, seqs[i], key, now), &mut out);
+                        for (o, seq) in forwards(&out) {
+                            prop_assert_eq!(o, slot);
+                            prop_assert!(used.insert(seq), "seq {} twice", seq);
+                            if carried != Some(layer) {
+                                prop_assert!(key, "layer {} started without a keyframe", layer);
+                                carried = Some(layer);
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(room.sending_layer(slot), carried);
+            }
+        }
+    }
+
     proptest! {
         /// Whatever joins, leaves and tracks come and go, no watcher's slot carries a track
         /// twice, every slot is filled while tracks of its kind are left over, and the
@@ -789,7 +1408,7 @@ mod tests {
                 match op {
                     0 => { let _ = room.join(t0, peer, if flag { Role::Publisher } else { Role::Watcher { audio: 1, video: 2 } }, &mut out); }
                     1 => room.leave(t0, peer, &mut out),
-                    2 => { next_idx += 1; room.handle_input(t0, RoomInput::TrackAdded { track: TrackId { peer, idx: next_idx }, kind: if flag { MediaKind::Video } else { MediaKind::Audio } }, &mut out); }
+                    2 => { next_idx += 1; room.handle_input(t0, RoomInput::TrackAdded { track: TrackId { peer, idx: next_idx }, kind: if flag { MediaKind::Video } else { MediaKind::Audio }, layers: 1 }, &mut out); }
                     _ => {}
                 }
                 prop_assert!(room.participants() <= 5 && room.publishers() <= 3);

@@ -30,10 +30,23 @@ use crate::signal;
 use crate::signal::{ClientMsg, ServerMsg};
 use crate::udp;
 
+/// The number of layers of a track with these simulcast rids (1 without simulcast).
+fn layer_count(rids: &[str0m::media::Rid]) -> u8 {
+    u8::try_from(rids.len().max(1))
+        .unwrap_or(room::MAX_LAYERS)
+        .min(room::MAX_LAYERS)
+}
+
 mod meeting;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// How often rooms re-evaluate their simulcast layer choices.
+const LAYER_TICK: Duration = Duration::from_millis(200);
+/// Above this share of a second spent working, the shard sheds a simulcast layer.
+const OVERLOAD_BUSY: f64 = 0.85;
+/// Below this share, it gives one back.
+const RELIEVED_BUSY: f64 = 0.5;
 
 /// What a shard is sent.
 pub enum ShardIn {
@@ -117,6 +130,8 @@ pub struct Shard {
     /// Meeting participants whose m-lines changed while applying the room's outputs: they
     /// get one offer for all of the changes, once the outputs are applied.
     to_negotiate: Vec<PeerId>,
+    /// Top simulcast layers shed for overload now.
+    shed: u8,
 }
 
 /// Datagrams waiting for the next sendmmsg, and the receive times of the forwarded packets
@@ -137,6 +152,10 @@ impl Shard {
         metrics: Arc<Metrics>,
     ) -> Self {
         let local = metrics.local();
+        metrics
+            .shed_layers
+            .with_label_values(&[&cfg.index.to_string()])
+            .set(0);
         Self {
             cfg,
             socket,
@@ -155,6 +174,7 @@ impl Shard {
                 forwarded_at: Vec::new(),
             },
             to_negotiate: Vec::new(),
+            shed: 0,
         }
     }
 
@@ -162,6 +182,8 @@ impl Shard {
     pub fn run(mut self, inbox: Receiver<ShardIn>) {
         let mut headers = SendHeaders::preallocate(udp::SEND_BATCH, None);
         let mut flushed = Instant::now();
+        let mut ticked = flushed;
+        let mut busy = Duration::ZERO;
         loop {
             let now = Instant::now();
             let wake = self
@@ -171,7 +193,9 @@ impl Shard {
                 .min()
                 .unwrap_or(now + HOUSEKEEPING)
                 .min(now + HOUSEKEEPING);
-            match inbox.recv_timeout(wake.saturating_duration_since(now)) {
+            let received = inbox.recv_timeout(wake.saturating_duration_since(now));
+            let work_started = Instant::now();
+            match received {
                 Ok(msg) => {
                     self.handle(msg);
                     // Take what else is waiting before looking at timers; send as a batch
@@ -188,9 +212,17 @@ impl Shard {
             }
             let now = Instant::now();
             self.timers(now);
+            if now.duration_since(ticked) >= LAYER_TICK {
+                self.tick(now);
+                ticked = now;
+            }
             self.flush(&mut headers);
-            if now.duration_since(flushed) >= Duration::from_secs(1) {
+            busy += work_started.elapsed();
+            let window = now.duration_since(flushed);
+            if window >= Duration::from_secs(1) {
                 self.local.flush();
+                self.overload(now, busy.as_secs_f64() / window.as_secs_f64());
+                busy = Duration::ZERO;
                 flushed = now;
             }
         }
@@ -347,20 +379,25 @@ impl Shard {
             disconnected_at: None,
             tracks: HashMap::new(),
             ssrc_mid: HashMap::new(),
+            rids: HashMap::new(),
             out_mids: Default::default(),
             out_pt: HashMap::new(),
             nacks: HashMap::new(),
+            paused_layers: HashMap::new(),
             meeting: None,
             closing: false,
         };
         let mut added = Vec::new();
-        for (mid, k) in media {
+        for (mid, k, rids) in media {
             match kind {
                 PeerKind::Whip | PeerKind::Meeting => {
                     let idx = self.next_track;
                     self.next_track += 1;
                     p.tracks.insert(mid, TrackInfo { idx, kind: k });
-                    added.push((TrackId { peer: id, idx }, k));
+                    added.push((TrackId { peer: id, idx }, k, layer_count(&rids)));
+                    if !rids.is_empty() {
+                        p.rids.insert(mid, rids);
+                    }
                 }
                 PeerKind::Whep => {
                     let slot = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
@@ -389,8 +426,13 @@ impl Shard {
             return Err(e);
         }
         if let Some(room) = self.rooms.get_mut(room_name) {
-            for &(track, k) in &added {
-                room.handle_input(now, RoomInput::TrackAdded { track, kind: k }, &mut out);
+            for &(track, k, layers) in &added {
+                let input = RoomInput::TrackAdded {
+                    track,
+                    kind: k,
+                    layers,
+                };
+                room.handle_input(now, input, &mut out);
                 self.metrics.tracks.with_label_values(&[k.as_str()]).inc();
             }
         }
@@ -398,6 +440,7 @@ impl Shard {
         self.apply(now, &out, None);
         out.clear();
         self.out = out;
+        let added: Vec<(TrackId, MediaKind)> = added.iter().map(|a| (a.0, a.1)).collect();
         self.announce_tracks(id, &added);
         tracing::info!(
             room = room_name,
@@ -535,6 +578,16 @@ impl Shard {
                 }
             }
             Event::RtpPacket(pkt) => self.media(id, pkt),
+            Event::EgressBitrateEstimate(
+                str0m::bwe::BweKind::Twcc { estimate, .. }
+                | str0m::bwe::BweKind::Remb { estimate, .. },
+            ) => {
+                let bps = estimate.as_u64();
+                self.local.bandwidth.observe(bps as f64);
+                let Some(p) = self.peers.get(&id) else { return };
+                let room_name = p.room.clone();
+                self.room_input(now, &room_name, RoomInput::Estimate { sub: id, bps }, None);
+            }
             // NACKs a watcher sent us (answered by str0m with retransmissions) and NACKs str0m
             // sent a publisher: totals per stream, counted by their increase.
             Event::MediaEgressStats(st) => self.count_nacks(id, st.mid, st.nacks, true),
@@ -580,16 +633,29 @@ impl Shard {
             return;
         };
         let ssrc = pkt.header.ssrc;
-        let mid = match p.ssrc_mid.get(&ssrc) {
+        let found = match p.ssrc_mid.get(&ssrc) {
             Some(m) => Some(*m),
             None => {
-                let m = p.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                let m = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()));
+                let m = m.map(|(mid, rid)| {
+                    let layer = rid
+                        .and_then(|r| p.rids.get(&mid)?.iter().position(|x| *x == r))
+                        .and_then(|i| u8::try_from(i).ok())
+                        .unwrap_or(0);
+                    (mid, layer)
+                });
                 if let Some(m) = m {
                     p.ssrc_mid.insert(ssrc, m);
                 }
                 m
             }
         };
+        let layer = found.map_or(0, |f| f.1);
+        let mid = found.map(|f| f.0);
         let Some(track) = mid.and_then(|m| p.tracks.get(&m).copied()) else {
             self.local.dropped(DropReason::NotForwarded);
             return;
@@ -607,16 +673,28 @@ impl Shard {
             return;
         };
         self.local.received(track.kind);
+        if track.kind == MediaKind::Video {
+            self.local.layer_received(layer);
+        }
+        let keyframe_start = peer::keyframe_start(&params, &pkt.payload);
+        let is_vp8 = params.spec().codec == str0m::format::Codec::Vp8;
         let input = RoomInput::Packet {
             track: TrackId {
                 peer: id,
                 idx: track.idx,
             },
+            layer,
+            bytes: u32::try_from(pkt.payload.len()).unwrap_or(u32::MAX),
+            height: if keyframe_start && is_vp8 {
+                peer::vp8_keyframe_height(&pkt.payload)
+            } else {
+                None
+            },
             packet: InPacket {
                 seq: *pkt.seq_no,
                 ts: pkt.header.timestamp,
-                keyframe_start: peer::keyframe_start(&params, &pkt.payload),
-                vp8: if params.spec().codec == str0m::format::Codec::Vp8 {
+                keyframe_start,
+                vp8: if is_vp8 {
                     peer::vp8_ids(&pkt.payload)
                 } else {
                     None
@@ -670,9 +748,14 @@ impl Shard {
                         self.forward(to, numbers, rtp, params, from);
                     }
                 }
-                RoomOutput::RequestKeyframe { track } => {
+                RoomOutput::RequestKeyframe { track, layer } => {
                     self.local.keyframes_sent.inc();
-                    self.request_keyframe(now, track);
+                    self.request_keyframe(now, track, layer);
+                }
+                RoomOutput::LayerSwitch { up, .. } => self.local.layer_switch(up),
+                RoomOutput::LayersWanted { track, active } => self.layers_wanted(track, active),
+                RoomOutput::Bitrate { sub, min, desired } => {
+                    self.set_bitrate(now, sub, min, desired)
                 }
                 RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
@@ -796,7 +879,7 @@ impl Shard {
         }
     }
 
-    fn request_keyframe(&mut self, now: Instant, track: TrackId) {
+    fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: u8) {
         let Some(p) = self.peers.get_mut(&track.peer) else {
             return;
         };
@@ -808,15 +891,106 @@ impl Shard {
         else {
             return;
         };
+        let rid = p
+            .rids
+            .get(&mid)
+            .and_then(|r| r.get(usize::from(layer)))
+            .copied();
         let mut events = Vec::new();
         let outbox = &mut self.outbox.datagrams;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
             }
             peer::drain(&mut p.rtc, outbox, &mut events)
         }));
         self.after_drain(now, track.peer, result, &mut events);
+    }
+
+    /// Dynacast: tells a meeting publisher which rids of its track are received (the page
+    /// pauses the others); counts the paused layers.
+    fn layers_wanted(&mut self, track: TrackId, active: u8) {
+        let Some(p) = self.peers.get_mut(&track.peer) else {
+            return;
+        };
+        let Some(mid) = p
+            .tracks
+            .iter()
+            .find(|(_, t)| t.idx == track.idx)
+            .map(|(m, _)| *m)
+        else {
+            return;
+        };
+        let Some(rids) = p.rids.get(&mid) else { return };
+        let n = rids.len().min(usize::from(room::MAX_LAYERS));
+        let active_rids: Vec<String> = rids
+            .iter()
+            .take(n)
+            .enumerate()
+            .filter(|(i, _)| active & (1 << i) != 0)
+            .map(|(_, r)| r.to_string())
+            .collect();
+        let paused = (n - active_rids.len()) as i64;
+        let before = p.paused_layers.insert(track.idx, paused).unwrap_or(0);
+        self.metrics.layers_paused.add(paused - before);
+        if p.meeting.is_some() {
+            let msg = ServerMsg::Layers {
+                track: signal::track_id(track.peer, track.idx),
+                active: active_rids,
+            };
+            self.send(track.peer, msg);
+        }
+    }
+
+    /// Tells a subscriber's bandwidth estimator what to aim at (str0m probes up to `min`).
+    fn set_bitrate(&mut self, now: Instant, sub: PeerId, min: u64, desired: u64) {
+        let Some(p) = self.peers.get_mut(&sub) else {
+            return;
+        };
+        let mut events = Vec::new();
+        let outbox = &mut self.outbox.datagrams;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            p.rtc.bwe().set_bitrate(
+                str0m::bwe::Bitrate::bps(min),
+                str0m::bwe::Bitrate::bps(desired),
+            );
+            peer::drain(&mut p.rtc, outbox, &mut events)
+        }));
+        self.after_drain(now, sub, result, &mut events);
+    }
+
+    /// Every room re-evaluates its layer choices.
+    fn tick(&mut self, now: Instant) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.room_input(now, &name, RoomInput::Tick, None);
+        }
+    }
+
+    /// Overload: the share of the last second this thread was busy sets how many top
+    /// simulcast layers every room sheds (one more above [`OVERLOAD_BUSY`], one fewer below
+    /// [`RELIEVED_BUSY`]), before any call is refused or dropped.
+    fn overload(&mut self, now: Instant, busy: f64) {
+        let shed = if busy > OVERLOAD_BUSY {
+            self.shed.saturating_add(1).min(2)
+        } else if busy < RELIEVED_BUSY {
+            self.shed.saturating_sub(1)
+        } else {
+            self.shed
+        };
+        if shed == self.shed {
+            return;
+        }
+        tracing::warn!(busy, shed, "Simulcast layers shed for load changed.");
+        self.shed = shed;
+        self.metrics
+            .shed_layers
+            .with_label_values(&[&self.cfg.index.to_string()])
+            .set(i64::from(shed));
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for name in names {
+            self.room_input(now, &name, RoomInput::Shed { layers: shed }, None);
+        }
     }
 
     /// Timeouts str0m asked for, and peers that never connected or lost ICE for too long.
@@ -875,6 +1049,8 @@ impl Shard {
         if p.meeting.is_some() || !p.tracks.is_empty() {
             self.announce_gone(&p);
         }
+        let paused: i64 = p.paused_layers.values().sum();
+        self.metrics.layers_paused.sub(paused);
         if !p.tracks.is_empty() {
             // Watchers forget the payload types they mapped for this publisher.
             for w in self.peers.values_mut().filter(|w| w.room == p.room) {

@@ -148,6 +148,12 @@ pub enum ServerMsg {
     Speaker {
         participant: String,
     },
+    /// Dynacast, to a publisher: the simulcast rids of its `track` that someone receives;
+    /// the others may be paused (the page sets `encodings[i].active`).
+    Layers {
+        track: String,
+        active: Vec<String>,
+    },
     Pong,
 }
 

@@ -117,6 +117,26 @@ impl Sfu {
         }
     }
 
+    /// An SFU whose HTTP, admin and UDP listeners are all on `ip` (an address of a test's
+    /// veth pair), as node `sfu-test`.
+    pub fn start_on(name: &str, ip: &str, extra: &str) -> Self {
+        let dir = TempDir::new(name);
+        let http: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
+        let udp: SocketAddr = format!("{ip}:{}", free_port()).parse().expect("addr");
+        let config = format!(
+            "[node]\nid = \"sfu-test\"\nsite = \"lab\"\n[listen]\nhttp = \"{http}\"\nudp = \"{udp}\"\npublic_ip = \"{ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+        );
+        let path = dir.path().join("sfu.toml");
+        std::fs::write(&path, config).expect("config");
+        let process = start_service("sfu", &path, http, dir.path());
+        Self {
+            dir,
+            http,
+            udp,
+            process,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.http)
     }

@@ -27,7 +27,7 @@ impl Shard {
     ) -> Result<PeerId, SessionError> {
         self.room_admits(room_name)?;
         let (ufrag, pass) = peer::ice_credentials();
-        let rtc = self.cfg.factory.build(now, &ufrag, &pass)?;
+        let rtc = self.cfg.factory.build(now, &ufrag, &pass, true)?;
         let id = self.next_peer;
         self.next_peer += 1;
         let name: String = name.chars().take(signal::MAX_NAME_CHARS).collect();
@@ -44,9 +44,11 @@ impl Shard {
             disconnected_at: None,
             tracks: HashMap::new(),
             ssrc_mid: HashMap::new(),
+            rids: HashMap::new(),
             out_mids: Default::default(),
             out_pt: HashMap::new(),
             nacks: HashMap::new(),
+            paused_layers: HashMap::new(),
             meeting: Some(Box::new(Meeting {
                 name: name.clone(),
                 events,
@@ -138,12 +140,24 @@ impl Shard {
                     self.send(id, ServerMsg::error(ErrorCode::UnknownTrack, track));
                     return;
                 }
+                let Some((peer, idx)) = signal::parse_track_id(&track) else {
+                    return;
+                };
                 if let Some(m) = self.meeting_mut(id) {
                     match max_height {
                         Some(h) => m.max_height.insert(track, h),
                         None => m.max_height.remove(&track),
                     };
                 }
+                let Some(room_name) = self.peers.get(&id).map(|p| p.room.clone()) else {
+                    return;
+                };
+                let input = RoomInput::MaxHeight {
+                    sub: id,
+                    track: TrackId { peer, idx },
+                    max_height,
+                };
+                self.room_input(now, &room_name, input, None);
             }
             ClientMsg::Mute { track, muted } => self.mute(id, &track, muted),
             ClientMsg::Leave {} => self.close_peer(id),
@@ -265,10 +279,14 @@ impl Shard {
                 StrKind::Audio => MediaKind::Audio,
                 StrKind::Video => MediaKind::Video,
             };
+            let rids = peer::rids_of(media.rids_rx());
             let idx = self.next_track;
             self.next_track += 1;
             p.tracks.insert(mid, TrackInfo { idx, kind });
-            added.push((TrackId { peer: id, idx }, kind));
+            added.push((TrackId { peer: id, idx }, kind, super::layer_count(&rids)));
+            if !rids.is_empty() {
+                p.rids.insert(mid, rids);
+            }
         }
         if let Some(m) = p.meeting.as_deref_mut()
             && !m.offered
@@ -291,17 +309,23 @@ impl Shard {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         if let Some(room) = self.rooms.get_mut(&room_name) {
-            for &(track, kind) in &added {
+            for &(track, kind, layers) in &added {
                 self.metrics
                     .tracks
                     .with_label_values(&[kind.as_str()])
                     .inc();
-                room.handle_input(now, RoomInput::TrackAdded { track, kind }, &mut out);
+                let input = RoomInput::TrackAdded {
+                    track,
+                    kind,
+                    layers,
+                };
+                room.handle_input(now, input, &mut out);
             }
         }
         self.apply(now, &out, None);
         out.clear();
         self.out = out;
+        let added: Vec<(TrackId, MediaKind)> = added.iter().map(|a| (a.0, a.1)).collect();
         self.announce_tracks(id, &added);
         self.negotiate(now, id);
     }
@@ -470,7 +494,7 @@ impl Shard {
     }
 
     /// Sends one event to a participant; one that cannot take it is closed.
-    fn send(&mut self, id: PeerId, msg: ServerMsg) {
+    pub(super) fn send(&mut self, id: PeerId, msg: ServerMsg) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
