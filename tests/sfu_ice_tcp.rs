@@ -8,7 +8,9 @@
 //! candidate to the SFU's passive one), video decoded and audio heard, and the SFU must count
 //! TCP frames. The control: the same block with the TCP listener off, and every connection
 //! fails: the block is real. Hostile TCP input (garbage, a huge length, silence, an unknown
-//! ufrag, too many connections) is counted and closed, and a real session works after.
+//! ufrag, too many connections) is counted and closed, and a real session works after. A
+//! client that sends valid binding requests and never reads the answers is closed when its
+//! write queue fills, while a session on the same shard goes on.
 //!
 //! aiortc (aioice 0.13) has no ICE-TCP (TCP only towards TURN servers), so Chromium is the
 //! one client here that speaks it.
@@ -301,4 +303,139 @@ fn hostile_tcp_input_is_counted_and_closed() {
         out["watcher"]["video_frames"].as_u64().unwrap_or(0) >= 30,
         "{out}"
     );
+}
+
+/// HMAC-SHA1 (RFC 2104), for STUN's MESSAGE-INTEGRITY.
+fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..20].copy_from_slice(&Sha1::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha1::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let inner = inner.finalize();
+    let mut outer = Sha1::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner);
+    let mut out = [0u8; 20];
+    out.copy_from_slice(&outer.finalize());
+    out
+}
+
+/// A valid ICE binding request (RFC 8445): USERNAME `user`, PRIORITY, ICE-CONTROLLING and a
+/// MESSAGE-INTEGRITY made with the SFU's ICE password `pwd`.
+fn binding_request(user: &str, pwd: &str, txid: u64) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    let mut attr = |kind: u16, value: &[u8]| {
+        attrs.extend_from_slice(&kind.to_be_bytes());
+        attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(value);
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+    };
+    attr(0x0006, user.as_bytes());
+    attr(0x0024, &1_853_824_767u32.to_be_bytes());
+    attr(0x802a, &txid.to_be_bytes());
+    let mut m = vec![0x00, 0x01];
+    m.extend_from_slice(&((attrs.len() + 24) as u16).to_be_bytes());
+    m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    m.extend_from_slice(&[7; 4]);
+    m.extend_from_slice(&txid.to_be_bytes());
+    m.extend_from_slice(&attrs);
+    let mac = hmac_sha1(pwd.as_bytes(), &m);
+    m.extend_from_slice(&0x0008u16.to_be_bytes());
+    m.extend_from_slice(&20u16.to_be_bytes());
+    m.extend_from_slice(&mac);
+    m
+}
+
+/// A client that sends valid binding requests over ICE-TCP and never reads the answers: the
+/// kernel's buffers fill, then the connection's write queue; the SFU closes the connection and
+/// counts it, and a session on the same shard (aiortc over UDP, meanwhile) goes on decoding.
+#[test]
+fn a_tcp_client_that_does_not_read_is_closed_and_stalls_nothing() {
+    let sfu = Sfu::start_tcp("sfu-ice-tcp-slow", "[media]\ntcp_write_queue = 16\n");
+    let tcp = sfu.tcp.expect("a TCP listener");
+    let (s, _, answer) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
+    assert_eq!(s, 201);
+    let line = |key: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .expect("in the answer")
+            .trim()
+            .to_owned()
+    };
+    let (ufrag, pwd) = (line("a=ice-ufrag:"), line("a=ice-pwd:"));
+    // The synthetic offer's ufrag is "abcd".
+    let user = format!("{ufrag}:abcd");
+    let mut c = TcpStream::connect(tcp).expect("connect");
+    // First one request, answered: the requests are valid.
+    c.write_all(&frame(&binding_request(&user, &pwd, 1)))
+        .expect("write");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).expect("a framed answer");
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    c.read_exact(&mut answer).expect("the answer");
+    assert_eq!(&answer[..2], &[0x01, 0x01], "a binding success response");
+
+    // A real session on the same (only) shard while the flood goes on.
+    let pair = {
+        let cmd = sfu.client_command("pair", "r2", &["--seconds", "4"]);
+        std::thread::spawn(move || {
+            let _slot = common::sfu::ClientSlot::take();
+            let mut cmd = cmd;
+            run(&mut cmd)
+        })
+    };
+    // Then thousands, never reading.
+    let mut batch = Vec::new();
+    let mut written = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    c.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    'flood: for txid in 2..400_000u64 {
+        batch.extend_from_slice(&frame(&binding_request(&user, &pwd, txid)));
+        if batch.len() >= 64 * 1024 {
+            if c.write_all(&batch).is_err() || Instant::now() > deadline {
+                break 'flood;
+            }
+            written += 1;
+            batch.clear();
+            if closed(&sfu, "write_queue_full") >= 1.0 {
+                break 'flood;
+            }
+        }
+    }
+    let queue_full = sfu.wait_metric(
+        "estuary_sfu_tcp_closed_total",
+        &["reason=\"write_queue_full\""],
+        |v| v >= 1.0,
+    );
+    assert_eq!(queue_full, 1.0, "after {written} batches of requests");
+    // The shard's counters are flushed once a second.
+    let dropped = sfu.wait_metric(
+        "estuary_sfu_dropped_packets_total",
+        &["reason=\"tcp_queue_full\""],
+        |v| v >= 1.0,
+    );
+    assert!(dropped >= 1.0, "the datagram that found the queue full");
+    assert!(closed_by_the_sfu(&mut c), "the slow reader is closed");
+    let out = pair.join().expect("the pair's thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert!(
+        out.status.success() && report["watcher"]["video_frames"].as_u64().unwrap_or(0) >= 30,
+        "the session beside it: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
 }

@@ -12,8 +12,9 @@
 //! and counted); frames of at most [`MAX_FRAME`] bytes (a longer length field closes the
 //! connection: the stream cannot be trusted after it); a connection silent for [`IDLE`]
 //! (ICE consent checks come every few seconds) is closed; each connection's write queue holds
-//! `[media] tcp_write_queue` datagrams, and a reader that far behind is closed by the shard
-//! (which only ever `try_send`s: a slow TCP reader never holds a shard back). Frames for a
+//! `[media] tcp_write_queue` datagrams (behind a kernel send buffer of [`SEND_BUFFER`]), and
+//! a reader that far behind is closed by the shard (which only ever `try_send`s: a slow TCP
+//! reader never holds a shard back). Frames for a
 //! shard whose queue is full are dropped and counted, as on UDP.
 //!
 //! The one lock here is the ufrag table ([`Ufrags`]): written when a peer comes or goes,
@@ -43,6 +44,9 @@ pub const MAX_FRAME: usize = 4096;
 pub const IDLE: Duration = Duration::from_secs(30);
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
+/// The kernel's send buffer per connection (fixed, not autotuned: what a slow reader can make
+/// the kernel hold is bounded too). Media at several Mbit/s over a long round trip fits.
+const SEND_BUFFER: usize = 256 * 1024;
 /// Datagrams written with one `write_all`.
 const WRITE_BATCH: usize = 64;
 
@@ -295,6 +299,7 @@ async fn connection(
     mut stop: watch::Receiver<bool>,
 ) -> TcpClose {
     let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
     let (conn, rx, mut shut) = TcpConn::new(id, ctx.write_queue);
     let (rd, wr) = stream.into_split();
     let reason = tokio::select! {
