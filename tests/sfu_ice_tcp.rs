@@ -439,3 +439,54 @@ fn a_tcp_client_that_does_not_read_is_closed_and_stalls_nothing() {
     );
     assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
 }
+
+/// A TCP connection lives no longer than its peer: ending the session (WHIP `DELETE`) closes
+/// it, counted as `peer_gone`.
+#[test]
+fn ending_a_session_closes_its_tcp_connection() {
+    let sfu = Sfu::start_tcp("sfu-ice-tcp-end", "");
+    let tcp = sfu.tcp.expect("a TCP listener");
+    let (s, head, answer) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
+    assert_eq!(s, 201);
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .expect("a Location")
+        .trim()
+        .to_owned();
+    let line = |key: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .expect("in the answer")
+            .trim()
+            .to_owned()
+    };
+    let user = format!("{}:abcd", line("a=ice-ufrag:"));
+    let mut c = TcpStream::connect(tcp).expect("connect");
+    c.write_all(&frame(&binding_request(&user, &line("a=ice-pwd:"), 1)))
+        .expect("write");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).expect("a framed answer");
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    c.read_exact(&mut answer).expect("the answer");
+    assert_eq!(closed(&sfu, "peer_gone"), 0.0);
+    let (s, _, _) = sfu.request("DELETE", &location, Some(&room_token("r1")), None, "");
+    assert_eq!(s, 200);
+    assert!(closed_by_the_sfu(&mut c), "closed with its peer");
+    let gone = sfu.wait_metric(
+        "estuary_sfu_tcp_closed_total",
+        &["reason=\"peer_gone\""],
+        |v| v >= 1.0,
+    );
+    assert_eq!(gone, 1.0);
+    assert_eq!(
+        sfu.wait_metric("estuary_sfu_tcp_connections", &[], |v| v == 0.0),
+        0.0
+    );
+}

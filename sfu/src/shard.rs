@@ -305,6 +305,8 @@ impl Shard {
             if closed.is_err() {
                 self.metrics.peer_panics.inc();
             }
+            // Its DTLS close goes to its TCP connections before they are closed with it.
+            self.send_tcp();
         }
         self.remove_peer(Instant::now(), id);
     }

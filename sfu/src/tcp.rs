@@ -300,16 +300,22 @@ async fn connection(
 ) -> TcpClose {
     let _ = stream.set_nodelay(true);
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-    let (conn, rx, mut shut) = TcpConn::new(id, ctx.write_queue);
-    let (rd, wr) = stream.into_split();
+    let (conn, mut rx, mut shut) = TcpConn::new(id, ctx.write_queue);
+    let (rd, mut wr) = stream.into_split();
     let reason = tokio::select! {
         r = read_loop(rd, remote, &conn, ctx) => r,
-        r = write_loop(wr, rx, &ctx.metrics) => r,
+        r = write_loop(&mut wr, &mut rx, &ctx.metrics) => r,
         r = shut.wait_for(Option::is_some) => r.ok().and_then(|v| *v).unwrap_or(TcpClose::Shutdown),
         _ = stop.wait_for(|s| *s) => TcpClose::Shutdown,
     };
     // The shard may still hold the handle: it finds the queue closed when it next writes.
     conn.close(reason);
+    if reason == TcpClose::PeerGone {
+        // What the peer said last (its DTLS close) goes out, if the client takes it quickly.
+        rx.close();
+        let rest = write_loop(&mut wr, &mut rx, &ctx.metrics);
+        let _ = tokio::time::timeout(Duration::from_millis(500), rest).await;
+    }
     reason
 }
 
@@ -404,8 +410,8 @@ async fn read_loop(
 
 /// Writes what the shard queued, framed, a batch at a time.
 async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
     metrics: &Metrics,
 ) -> TcpClose {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -413,8 +419,8 @@ async fn write_loop(
     loop {
         batch.clear();
         if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
-            // Every handle is gone: the connection task itself holds one, so this does not
-            // happen before it ends.
+            // Closed and empty (at the end, after the peer is gone): every handle still
+            // alive is the connection task's own, so this does not happen before.
             return TcpClose::Shutdown;
         }
         out.clear();
