@@ -292,6 +292,7 @@ site = "demo"
 [listen]
 http = "127.0.0.1:$sfu_port"
 udp = "127.0.0.1:$sfu_udp_port"
+tcp = "127.0.0.1:$sfu_udp_port"
 public_ip = "127.0.0.1"
 [auth.keys]
 demo-rooms = "$rooms_key"
@@ -328,7 +329,7 @@ Estuary demo site: $site
   Geo-DNS:  dig @127.0.0.1 -p $dns_port edge.cdn.demo A +subnet=10.1.2.0/24   (and demo.cdn.demo, SOA, NS)
   Chat:     ws://127.0.0.1:$chat_port/ws (chat relay; store: chat-relay.db; log: chat-relay.log)
             media.upload: TUS to the origin, files served by the edge with signed URLs ([media])
-  SFU:      http://127.0.0.1:$sfu_port (WHIP /whip/<room>, WHEP /whep/<room>; media on UDP $sfu_udp_port; log: sfu.log)
+  SFU:      http://127.0.0.1:$sfu_port (WHIP /whip/<room>, WHEP /whep/<room>; media on UDP $sfu_udp_port, or TCP $sfu_udp_port (ICE-TCP); log: sfu.log)
             a meeting: curl -H 'Authorization: Bearer $operator_token' -d '{"region":"demo"}' http://127.0.0.1:$cp_port/v1/meetings
 
 Signed URLs for the sample stream through the edge (valid 24 h):

@@ -45,8 +45,10 @@ if [ "$what" = "test" ]; then
   have debootstrap || need_apt+=(debootstrap)
   have systemd-nspawn || need_apt+=(systemd-container)
   have nsenter || need_apt+=(util-linux)
-  # nft -c checks the firewall the common role renders (in a network namespace of its own).
+  # nft -c checks the firewall the common role renders (in a network namespace of its own);
+  # the SFU's ICE-TCP test drops UDP with it in a namespace of its own (ip, iproute2).
   have nft || need_apt+=(nftables)
+  have ip || need_apt+=(iproute2)
   have yamllint || need_apt+=(yamllint)
   python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 fi

@@ -55,4 +55,34 @@ fn the_example_passes_check_config_and_typos_name_their_key() {
     std::fs::write(&path, text.replace("\"h264\"]", "\"h265\"]")).expect("write");
     let (ok, out) = estuary(&["check-config"], &path);
     assert!(!ok && out.contains("media.codecs"), "{out}");
+
+    for bad in ["0", "65", "\"three\""] {
+        std::fs::write(
+            &path,
+            text.replace(
+                "max_audio_forwarded = 3",
+                &format!("max_audio_forwarded = {bad}"),
+            ),
+        )
+        .expect("write");
+        let (ok, out) = estuary(&["check-config"], &path);
+        assert!(
+            !ok && out.contains("rooms.max_audio_forwarded"),
+            "{bad}: {out}"
+        );
+        let (ok, out) = estuary(&["sfu", "--config"], &path);
+        assert!(
+            !ok && out.contains("rooms.max_audio_forwarded"),
+            "{bad}: {out}"
+        );
+    }
+
+    // ICE-TCP on the signaling port is refused before anything binds.
+    std::fs::write(
+        &path,
+        text.replace("tcp = \"127.0.0.1:7301\"", "tcp = \"127.0.0.1:7300\""),
+    )
+    .expect("write");
+    let (ok, out) = estuary(&["check-config"], &path);
+    assert!(!ok && out.contains("listen.tcp"), "{out}");
 }

@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
     let mut frames = Vec::new();
     while !rest.is_empty() {
         let n = step.min(rest.len());
-        d.push(&rest[..n], &mut |f| frames.push(f.to_vec()));
+        d.push(&rest[..n], &mut |f| frames.push(f.to_vec()))
+            .expect("no limit below 65535");
         assert!(d.pending() <= MAX_FRAME + 2);
         rest = &rest[n..];
     }
@@ -24,6 +25,13 @@ fuzz_target!(|data: &[u8]| {
         encode(f, &mut wire).expect("a decoded frame fits");
     }
     let mut again = Vec::new();
-    Decoder::new().push(&wire, &mut |f| again.push(f.to_vec()));
+    Decoder::new()
+        .push(&wire, &mut |f| again.push(f.to_vec()))
+        .expect("no limit below 65535");
+    // With a limit: never more than it, never a panic.
+    let limit = usize::from(cut) * 8;
+    let mut limited = Decoder::with_max_frame(limit);
+    let _ = limited.push(data, &mut |f| assert!(f.len() <= limit));
+    assert!(limited.pending() <= limit + 2);
     assert_eq!(frames, again);
 });

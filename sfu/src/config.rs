@@ -159,8 +159,9 @@ pub struct ListenConfig {
     pub admin: Option<SocketAddr>,
     /// The one UDP port every peer's media uses (ICE-lite).
     pub udp: SocketAddr,
-    /// ICE-TCP passive fallback. Parsed and checked, but not served by this build: no TCP
-    /// candidate is offered and a warning is logged at start.
+    /// ICE-TCP passive fallback (RFC 6544): every peer also gets a passive TCP host candidate
+    /// at `public_ip` and this port, for clients whose UDP is blocked. Absent: no TCP
+    /// candidate and no listener.
     #[serde(default)]
     pub tcp: Option<SocketAddr>,
     /// The address put in the ICE candidates (what peers send media to). Datagrams are
@@ -227,6 +228,18 @@ pub struct MediaConfig {
     /// and with it pacing and layer choice by bandwidth, off.
     #[serde(default = "default_bwe_initial_bps")]
     pub bwe_initial_bps: u64,
+    /// ICE-TCP: most TCP connections open at once; beyond, new ones are closed at once and
+    /// counted.
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: usize,
+    /// ICE-TCP: a connection whose first frame is not a STUN request naming one of our ICE
+    /// ufrags within this long is closed.
+    #[serde(default = "default_tcp_first_frame_timeout", with = "humantime_serde")]
+    pub tcp_first_frame_timeout: Duration,
+    /// ICE-TCP: datagrams waiting to be written to one connection; a connection whose reader
+    /// is this far behind is closed (and counted): a slow reader never holds a shard back.
+    #[serde(default = "default_tcp_write_queue")]
+    pub tcp_write_queue: usize,
 }
 
 fn default_shards() -> usize {
@@ -253,6 +266,15 @@ fn default_bwe_initial_bps() -> u64 {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(15)
 }
+fn default_tcp_max_connections() -> usize {
+    1000
+}
+fn default_tcp_first_frame_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_tcp_write_queue() -> usize {
+    256
+}
 
 impl Default for MediaConfig {
     fn default() -> Self {
@@ -265,6 +287,9 @@ impl Default for MediaConfig {
             ice_disconnect_grace: default_ice_disconnect_grace(),
             connect_timeout: default_connect_timeout(),
             bwe_initial_bps: default_bwe_initial_bps(),
+            tcp_max_connections: default_tcp_max_connections(),
+            tcp_first_frame_timeout: default_tcp_first_frame_timeout(),
+            tcp_write_queue: default_tcp_write_queue(),
         }
     }
 }
@@ -282,6 +307,10 @@ pub struct RoomsConfig {
     /// Most publishers (WHIP sessions) in one room; beyond, 409.
     #[serde(default = "default_max_publishers")]
     pub max_publishers: usize,
+    /// Audio streams forwarded to each participant: the loudest this many, plus the active
+    /// speaker; the others' audio is not sent (1 to 64).
+    #[serde(default = "default_max_audio_forwarded")]
+    pub max_audio_forwarded: usize,
 }
 
 fn default_max_rooms() -> usize {
@@ -293,6 +322,9 @@ fn default_max_participants() -> usize {
 fn default_max_publishers() -> usize {
     25
 }
+fn default_max_audio_forwarded() -> usize {
+    3
+}
 
 impl Default for RoomsConfig {
     fn default() -> Self {
@@ -300,6 +332,7 @@ impl Default for RoomsConfig {
             max_rooms: default_max_rooms(),
             max_participants: default_max_participants(),
             max_publishers: default_max_publishers(),
+            max_audio_forwarded: default_max_audio_forwarded(),
         }
     }
 }
@@ -332,6 +365,12 @@ impl SfuConfig {
             return Err(ConfigError::new(
                 "listen.tcp",
                 "needs a fixed port: it goes into the candidates",
+            ));
+        }
+        if l.tcp.is_some_and(|t| t == l.http || Some(t) == l.admin) {
+            return Err(ConfigError::new(
+                "listen.tcp",
+                "must differ from listen.http and listen.admin",
             ));
         }
         if self.auth.keys.is_empty() {
@@ -384,6 +423,26 @@ impl SfuConfig {
                 "must be 0 (off) or 30000 to 100000000",
             ));
         }
+        if !(1..=1_000_000).contains(&m.tcp_max_connections) {
+            return Err(ConfigError::new(
+                "media.tcp_max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60))
+            .contains(&m.tcp_first_frame_timeout)
+        {
+            return Err(ConfigError::new(
+                "media.tcp_first_frame_timeout",
+                "must be 100ms to 60s",
+            ));
+        }
+        if !(16..=65_536).contains(&m.tcp_write_queue) {
+            return Err(ConfigError::new(
+                "media.tcp_write_queue",
+                "must be between 16 and 65536",
+            ));
+        }
         let r = &self.rooms;
         if !(1..=1_000_000).contains(&r.max_rooms) {
             return Err(ConfigError::new(
@@ -401,6 +460,12 @@ impl SfuConfig {
             return Err(ConfigError::new(
                 "rooms.max_publishers",
                 "must be between 1 and rooms.max_participants",
+            ));
+        }
+        if !(1..=64).contains(&r.max_audio_forwarded) {
+            return Err(ConfigError::new(
+                "rooms.max_audio_forwarded",
+                "must be between 1 and 64",
             ));
         }
         if let Some(cp) = &self.control_plane {
@@ -421,6 +486,13 @@ impl SfuConfig {
     /// Where candidates say UDP media goes: `public_ip` and the UDP port.
     pub fn public_udp(&self) -> SocketAddr {
         SocketAddr::new(self.listen.public_ip, self.listen.udp.port())
+    }
+
+    /// Where the passive ICE-TCP candidate says to connect: `public_ip` and the TCP port.
+    pub fn public_tcp(&self) -> Option<SocketAddr> {
+        self.listen
+            .tcp
+            .map(|t| SocketAddr::new(self.listen.public_ip, t.port()))
     }
 }
 
@@ -457,6 +529,10 @@ mod tests {
         assert_eq!(c.media, MediaConfig::default());
         assert_eq!(c.rooms, RoomsConfig::default());
         assert_eq!(c.public_udp(), "127.0.0.1:7301".parse().expect("addr"));
+        assert_eq!(
+            c.public_tcp(),
+            Some("127.0.0.1:7301".parse().expect("addr"))
+        );
         let table: estuary_common::config::Table = text.parse().expect("toml");
         assert!(SfuConfig::claims(&table));
     }
@@ -467,7 +543,9 @@ mod tests {
         assert_eq!(c.media.shards, 1);
         assert_eq!(c.media.codecs, vec![Codec::Opus, Codec::Vp8, Codec::H264]);
         assert_eq!(c.rooms.max_participants, 100);
+        assert_eq!(c.rooms.max_audio_forwarded, 3);
         assert!(c.listen.tcp.is_none());
+        assert_eq!(c.public_tcp(), None);
     }
 
     #[test]
@@ -538,6 +616,32 @@ mod tests {
         }
         let e = SfuConfig::parse(&format!("{}{good}maxactive = 2\n", minimal())).expect_err("typo");
         assert!(e.key.contains("maxactive"), "{e}");
+        for bad in ["0", "65", "-1"] {
+            let e = SfuConfig::parse(&format!(
+                "{}[rooms]\nmax_audio_forwarded = {bad}\n",
+                minimal()
+            ))
+            .expect_err("max_audio_forwarded out of range");
+            assert!(e.key.contains("rooms.max_audio_forwarded"), "{bad}: {e}");
+        }
+        let e = SfuConfig::parse(&format!("{}[media]\ntcp_write_queue = 1\n", minimal()))
+            .expect_err("tiny write queue");
+        assert_eq!(e.key, "media.tcp_write_queue");
+        let e = SfuConfig::parse(&format!(
+            "{}[media]\ntcp_first_frame_timeout = \"1h\"\n",
+            minimal()
+        ))
+        .expect_err("long first-frame timeout");
+        assert_eq!(e.key, "media.tcp_first_frame_timeout");
+        let e = SfuConfig::parse(&format!("{}[media]\ntcp_max_connections = 0\n", minimal()))
+            .expect_err("no TCP connections");
+        assert_eq!(e.key, "media.tcp_max_connections");
+        let e = SfuConfig::parse(&minimal().replace(
+            "udp = \"127.0.0.1:7301\"",
+            "udp = \"127.0.0.1:7301\"\ntcp = \"127.0.0.1:0\"",
+        ))
+        .expect_err("tcp port 0");
+        assert_eq!(e.key, "listen.tcp");
     }
 
     #[test]

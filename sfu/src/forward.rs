@@ -18,6 +18,11 @@
 //!   timestamp sent, by at least 1 and by about the receive time between them;
 //! - a segment starts only on a keyframe (video) of the selected source;
 //! - VP8 picture ids and TL0PICIDX continue by one across a switch.
+//!
+//! A pause ([`Forwarder::interrupt`]: the room drops the source's packets for a while, as
+//! for a muted track or audio that is not among the loudest) ends the segment: the packets
+//! dropped meanwhile leave no gap, and sending resumes with a new segment (for video, at a
+//! keyframe) right after the highest number sent.
 
 use std::time::Instant;
 
@@ -146,6 +151,19 @@ impl Forwarder {
     /// The source being sent now, if any.
     pub fn sending(&self) -> Option<SourceKey> {
         self.segment.map(|s| s.source)
+    }
+
+    /// Ends the current segment without changing the source: the packets the caller drops
+    /// from now on leave no gap in the outgoing numbers, and the next packet forwarded (for
+    /// video, the next keyframe) starts a new segment after the highest number sent.
+    pub fn interrupt(&mut self) {
+        self.segment = None;
+    }
+
+    /// Whether a segment is running (something was forwarded since the last switch or
+    /// interruption).
+    pub fn in_segment(&self) -> bool {
+        self.segment.is_some()
     }
 
     /// The source selected (sent now, or waiting for its keyframe).
@@ -285,6 +303,8 @@ mod tests {
         Select(SourceKey),
         /// A seamless switch (simulcast): the old source goes on until the new keyframe.
         Switch(SourceKey),
+        /// The caller drops the selected source's packets for a while (mute, not loudest).
+        Interrupt,
     }
 
     /// Two sources sending interleaved, each with its own numbering; keyframes now and then;
@@ -336,6 +356,9 @@ mod tests {
                     if other == 5 {
                         steps.push(Step::Switch(src ^ 1));
                     }
+                    if other == 5 && fate == 9 {
+                        steps.push(Step::Interrupt);
+                    }
                     if other == 6
                         && let Some(l) = late.pop()
                     {
@@ -351,6 +374,8 @@ mod tests {
     struct Out {
         in_idx: usize,
         out: OutPacket,
+        /// The first packet forwarded after an interruption.
+        after_interrupt: bool,
     }
 
     fn run(sent: &[Sent], steps: &[Step], first: u16, broken: bool) -> (Vec<Out>, Vec<Verdict>) {
@@ -359,10 +384,15 @@ mod tests {
         f.broken = broken;
         let mut outs = Vec::new();
         let mut verdicts = Vec::new();
+        let mut interrupted = false;
         for step in steps {
             match step {
                 Step::Select(s) => f.select(Some(*s)),
                 Step::Switch(s) => f.switch(*s),
+                Step::Interrupt => {
+                    f.interrupt();
+                    interrupted = true;
+                }
                 Step::Packet(i) => {
                     let s = &sent[*i];
                     let v = f.handle(
@@ -381,7 +411,12 @@ mod tests {
                         },
                     );
                     if let Verdict::Forward(out) = v {
-                        outs.push(Out { in_idx: *i, out });
+                        outs.push(Out {
+                            in_idx: *i,
+                            out,
+                            after_interrupt: interrupted,
+                        });
+                        interrupted = false;
                     }
                     verdicts.push(v);
                 }
@@ -408,7 +443,7 @@ mod tests {
                 return Err("the first packet does not leave with the first seq".into());
             }
             let offset = i128::from(o.out.seq) - i128::from(s.seq);
-            let new_segment = seg_source != Some(s.source);
+            let new_segment = seg_source != Some(s.source) || o.after_interrupt;
             if new_segment {
                 if !s.keyframe_start {
                     return Err(format!("a segment starts without a keyframe at {n}"));
@@ -503,6 +538,51 @@ mod tests {
             caught > 20,
             "the check caught the broken munger only {caught} times"
         );
+    }
+
+    /// Audio dropped for a while (not among the loudest, or muted) leaves no gap: the next
+    /// packet sent follows the last one sent, and its timestamp moves by the time between.
+    #[test]
+    fn an_interruption_leaves_no_gap() {
+        let base = Instant::now();
+        let p = |seq: u64, key| InPacket {
+            seq,
+            ts: seq as u32 * 960,
+            keyframe_start: key,
+            vp8: None,
+            recv_at: base + Duration::from_millis(seq * 20),
+            clock_rate: 48_000,
+        };
+        let mut f = Forwarder::new(1000);
+        f.select(Some(1));
+        let mut last = None;
+        for seq in 0..10 {
+            let Verdict::Forward(o) = f.handle(1, &p(seq, true)) else {
+                panic!("forwarded")
+            };
+            last = Some(o);
+        }
+        let last = last.expect("sent");
+        assert_eq!(last.seq, 1009);
+        f.interrupt();
+        assert!(!f.in_segment());
+        // Packets 10..50 are dropped by the caller; 50 is the next one sent.
+        let Verdict::Forward(next) = f.handle(1, &p(50, true)) else {
+            panic!("resumed")
+        };
+        assert_eq!(next.seq, 1010);
+        assert_eq!(next.ts.wrapping_sub(last.ts), 41 * 960);
+        // Video waits for a keyframe after an interruption.
+        let mut v = Forwarder::new(0);
+        v.select(Some(2));
+        assert!(matches!(v.handle(2, &p(1, true)), Verdict::Forward(_)));
+        v.interrupt();
+        assert_eq!(v.handle(2, &p(5, false)), Verdict::WaitingForKeyframe);
+        assert!(v.waiting_for_keyframe());
+        let Verdict::Forward(k) = v.handle(2, &p(6, true)) else {
+            panic!("keyframe")
+        };
+        assert_eq!(k.seq, 1);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! Pure core (no `Rtc`, no socket, no clock; time comes in as an argument): `room.rs` (who
 //! receives which track, keyframe requests), `forward.rs` (each outgoing stream's sequence
 //! numbers, timestamps and VP8 picture ids), `demux.rs` (which peer a datagram is for),
-//! `tcp_framing.rs` (RFC 4571, for ICE-TCP; not wired yet).
+//! `tcp_framing.rs` (RFC 4571, for ICE-TCP).
 //! `signal.rs` (the meeting's WebSocket messages; parsing never panics), `speaker.rs` (the
 //! active speaker from audio levels).
-//! Shell: `udp.rs` (the one media socket and its reader thread), `shard.rs` (threads that
+//! Shell: `udp.rs` (the one media socket and its reader thread), `tcp.rs` (the ICE-TCP
+//! listener: a tokio task per connection), `shard.rs` (threads that
 //! own rooms and drive str0m; `shard/meeting.rs` negotiates with meeting participants),
 //! `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP, the meeting WebSocket), `page.rs` (the
 //! meeting page), `metrics.rs`,
@@ -27,6 +28,7 @@ pub mod room;
 pub mod shard;
 pub mod signal;
 pub mod speaker;
+pub mod tcp;
 pub mod tcp_framing;
 pub mod udp;
 
@@ -48,10 +50,19 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         config.media.codecs.clone(),
         config.public_udp(),
         config.media.bwe_initial_bps,
+        config.public_tcp(),
     )?;
-    if let Some(tcp) = config.listen.tcp {
-        tracing::warn!(%tcp, "listen.tcp is set, but ICE-TCP is not served by this build: no TCP candidate is offered.");
-    }
+    let tcp_listener = match config.listen.tcp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listen.tcp {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let tcp_ufrags = tcp_listener
+        .as_ref()
+        .map(|_| Arc::new(tcp::Ufrags::default()));
     let udp_addr = config.listen.udp;
     let socket = Arc::new(
         udp::bind(udp_addr, config.media.socket_recv_buffer)
@@ -72,6 +83,7 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
                     max_participants: config.rooms.max_participants,
                     max_publishers: config.rooms.max_publishers,
                     keyframe_interval_min: config.media.keyframe_interval_min,
+                    max_audio_forwarded: config.rooms.max_audio_forwarded,
                 },
                 max_rooms: config.rooms.max_rooms,
                 connect_timeout: config.media.connect_timeout,
@@ -79,6 +91,7 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
             },
             Arc::clone(&socket),
             route_tx.clone(),
+            tcp_ufrags.clone(),
             Arc::clone(&metrics),
         );
         shard_threads.push(
@@ -115,6 +128,25 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // ICE-TCP runs until the peers are closed at the end (as UDP media does), not only until
+    // the stop signal.
+    let (tcp_stop_tx, tcp_stop) = tokio::sync::watch::channel(false);
+    let tcp_server = match (tcp_listener, tcp_ufrags) {
+        (Some(listener), Some(ufrags)) => Some(tokio::spawn(tcp::serve(
+            listener,
+            Arc::new(tcp::TcpContext {
+                ufrags,
+                shards: shard_tx.clone(),
+                metrics: Arc::clone(&metrics),
+                max_connections: config.media.tcp_max_connections,
+                first_frame_timeout: config.media.tcp_first_frame_timeout,
+                write_queue: config.media.tcp_write_queue,
+            }),
+            tcp_stop,
+        ))),
+        _ => None,
+    };
+
     let stop = life.stop_signal();
     let app = Arc::new(http::App {
         keys,
@@ -147,7 +179,7 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         Some(stop.clone()),
     ));
     let heartbeats = heartbeat(&config, &app, stop);
-    tracing::info!(http = %listen, udp = %udp_addr, node = %config.node.id, "The SFU is serving.");
+    tracing::info!(http = %listen, udp = %udp_addr, tcp = ?config.listen.tcp, node = %config.node.id, "The SFU is serving.");
     life.wait_for_stop().await;
     tracing::info!("Stopping: new sessions are refused; then every peer is closed.");
     app.serving.store(false, Ordering::SeqCst);
@@ -173,8 +205,15 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
             );
         }
     }
-    // The reader stops first (it holds senders to the shards); the shards end when their
-    // last sender is gone (the app's), each closing its peers.
+    // The ICE-TCP connections and the UDP reader stop first (they hold senders to the
+    // shards); the shards end when their last sender is gone (the app's), each closing its
+    // peers.
+    let _ = tcp_stop_tx.send(true);
+    if let Some(t) = tcp_server
+        && life.drain(t).await.is_none()
+    {
+        tracing::warn!("The ICE-TCP connections did not end in time.");
+    }
     drop(app);
     let joined = life
         .drain(tokio::task::spawn_blocking(move || {

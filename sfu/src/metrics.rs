@@ -29,10 +29,19 @@ pub enum DropReason {
     NotForwarded,
     /// The kernel refused to send it (sendmmsg failed for its destination).
     SendFailed,
+    /// For an ICE-TCP connection whose write queue was full (the connection is closed).
+    TcpQueueFull,
+    /// For an ICE-TCP address with no open connection (it closed meanwhile).
+    TcpNoConnection,
+    /// An audio packet not sent to one participant: its publisher is neither among the
+    /// loudest `[rooms] max_audio_forwarded` nor the active speaker (one per receiver).
+    AudioNotLoudest,
+    /// A packet of a muted track (once per packet, whoever would have received it).
+    Muted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Garbage,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
@@ -40,6 +49,10 @@ impl DropReason {
         DropReason::PeerRefused,
         DropReason::NotForwarded,
         DropReason::SendFailed,
+        DropReason::TcpQueueFull,
+        DropReason::TcpNoConnection,
+        DropReason::AudioNotLoudest,
+        DropReason::Muted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +64,10 @@ impl DropReason {
             DropReason::PeerRefused => "peer_refused",
             DropReason::NotForwarded => "not_forwarded",
             DropReason::SendFailed => "send_failed",
+            DropReason::TcpQueueFull => "tcp_queue_full",
+            DropReason::TcpNoConnection => "tcp_no_connection",
+            DropReason::AudioNotLoudest => "audio_not_loudest",
+            DropReason::Muted => "muted",
         }
     }
 }
@@ -108,6 +125,10 @@ pub struct Metrics {
     pub layers_paused: IntGauge,
     /// Top simulcast layers shed for overload, per shard.
     pub shed_layers: IntGaugeVec,
+    pub tcp_connections: IntGauge,
+    pub tcp_connections_total: IntCounterVec,
+    pub tcp_frames: IntCounterVec,
+    pub tcp_closed: IntCounterVec,
 }
 
 /// The `layer` label of received simulcast packets: the layer index from the lowest (0).
@@ -241,6 +262,31 @@ impl Metrics {
                 ),
                 &["shard"],
             )),
+            tcp_connections: must(IntGauge::new(
+                "estuary_sfu_tcp_connections",
+                "ICE-TCP connections open now.",
+            )),
+            tcp_connections_total: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_tcp_connections_total",
+                    "ICE-TCP connections, by result: accepted, or refused (media.tcp_max_connections were open).",
+                ),
+                &["result"],
+            )),
+            tcp_frames: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_tcp_frames_total",
+                    "RFC 4571 frames (STUN, DTLS, SRTP) on ICE-TCP connections, by direction: in (read and handed to a shard), out (written).",
+                ),
+                &["direction"],
+            )),
+            tcp_closed: must(IntCounterVec::new(
+                Opts::new(
+                    "estuary_sfu_tcp_closed_total",
+                    "ICE-TCP connections closed, by reason.",
+                ),
+                &["reason"],
+            )),
             registry,
         };
         for k in PEER_KINDS {
@@ -275,6 +321,15 @@ impl Metrics {
         for r in REFUSALS {
             m.refused.with_label_values(&[r]);
         }
+        for r in ["accepted", "refused"] {
+            m.tcp_connections_total.with_label_values(&[r]);
+        }
+        for d in ["in", "out"] {
+            m.tcp_frames.with_label_values(&[d]);
+        }
+        for r in crate::tcp::TcpClose::ALL {
+            m.tcp_closed.with_label_values(&[r.as_str()]);
+        }
         for r in estuary_common::token::Rejection::ALL {
             m.tokens_refused.with_label_values(&[r.as_str()]);
         }
@@ -300,9 +355,18 @@ impl Metrics {
                 Box::new(m.subscriber_bandwidth.clone()),
                 Box::new(m.layers_paused.clone()),
                 Box::new(m.shed_layers.clone()),
+                Box::new(m.tcp_connections.clone()),
+                Box::new(m.tcp_connections_total.clone()),
+                Box::new(m.tcp_frames.clone()),
+                Box::new(m.tcp_closed.clone()),
             ],
         );
         m
+    }
+
+    /// Counts a dropped datagram now (for the ICE-TCP tasks, which keep no local counters).
+    pub fn count_drop(&self, reason: DropReason) {
+        self.dropped.with_label_values(&[reason.as_str()]).inc();
     }
 
     pub fn refuse(&self, reason: &'static str) {
@@ -396,7 +460,7 @@ pub struct LocalCounters {
     received: [LocalIntCounter; 2],
     forwarded: [LocalIntCounter; 2],
     forwarded_bytes: [LocalIntCounter; 2],
-    dropped: [LocalIntCounter; 7],
+    dropped: [LocalIntCounter; DropReason::ALL.len()],
     pub keyframes_sent: LocalIntCounter,
     pub keyframes_throttled: LocalIntCounter,
     pub nacks_received: LocalIntCounter,

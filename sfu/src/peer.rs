@@ -15,6 +15,7 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec as StrCodec, PayloadParams};
 use str0m::media::Rid;
 use str0m::media::{Direction, MediaKind as StrKind, Mid, Pt, Rids};
+use str0m::net::{Protocol, TcpType};
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig, RtcError};
 
@@ -159,6 +160,8 @@ pub struct RtcFactory {
     /// The bandwidth estimator's first estimate for peers the SFU sends to (`None`: no
     /// estimator, no pacing).
     pub bwe_initial: Option<u64>,
+    /// The passive ICE-TCP candidate's address, when `[listen] tcp` is set.
+    pub public_tcp: Option<SocketAddr>,
 }
 
 pub fn kind_of(k: StrKind) -> MediaKind {
@@ -175,6 +178,7 @@ impl RtcFactory {
         codecs: Vec<Codec>,
         public_udp: SocketAddr,
         bwe_initial_bps: u64,
+        public_tcp: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         let cert = crypto
@@ -187,6 +191,7 @@ impl RtcFactory {
             codecs,
             public_udp,
             bwe_initial: (bwe_initial_bps > 0).then_some(bwe_initial_bps),
+            public_tcp,
         })
     }
 
@@ -208,7 +213,7 @@ impl RtcFactory {
             .accept_offer(offer)
             .map_err(|e| SessionError::Refused(e.to_string()))?;
         // Nothing to send yet: no remote address is known before the first STUN request.
-        let timeout = drain(&mut rtc, &mut Vec::new(), &mut Vec::new())
+        let timeout = drain(&mut rtc, &mut Sends::default(), &mut Vec::new())
             .map_err(|e| SessionError::Refused(e.to_string()))?;
         // WHIP sends only, WHEP receives only: our side of every m-line says so. (str0m's
         // MediaAdded events come only once DTLS is up, so the answer is read instead.)
@@ -238,7 +243,8 @@ impl RtcFactory {
         })
     }
 
-    /// A new `Rtc` with our settings, its ICE credentials and our one candidate.
+    /// A new `Rtc` with our settings, its ICE credentials and our candidates: UDP, and the
+    /// passive TCP one when ICE-TCP is on.
     pub fn build(
         &self,
         now: Instant,
@@ -266,6 +272,15 @@ impl RtcFactory {
         let candidate = Candidate::host(self.public_udp, "udp")
             .map_err(|e| SessionError::Refused(format!("local candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
+        if let Some(tcp) = self.public_tcp {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(tcp)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| SessionError::Refused(format!("local TCP candidate: {e}")))?;
+            rtc.add_local_candidate(candidate);
+        }
         Ok(rtc)
     }
 }
@@ -306,17 +321,36 @@ pub struct Answered {
     pub timeout: Instant,
 }
 
+/// Datagrams to send, by transport: UDP ones go out in sendmmsg batches, TCP ones to the
+/// connection whose remote address they name.
+#[derive(Debug, Default)]
+pub struct Sends {
+    pub udp: Vec<(SocketAddr, Vec<u8>)>,
+    pub tcp: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Sends {
+    pub fn is_empty(&self) -> bool {
+        self.udp.is_empty() && self.tcp.is_empty()
+    }
+}
+
 /// Polls `rtc` until it asks for a timeout: datagrams are queued in `outbox` (without a
 /// copy), events kept in `events`. Returns when str0m wants the next timeout.
 pub fn drain(
     rtc: &mut Rtc,
-    outbox: &mut Vec<(SocketAddr, Vec<u8>)>,
+    outbox: &mut Sends,
     events: &mut Vec<Event>,
 ) -> Result<Instant, RtcError> {
     loop {
         match rtc.poll_output()? {
             Output::Timeout(t) => return Ok(t),
-            Output::Transmit(t) => outbox.push((t.destination, t.contents.into())),
+            Output::Transmit(t) => match t.proto {
+                Protocol::Udp => outbox.udp.push((t.destination, t.contents.into())),
+                // Our only TCP candidate is the passive one: TCP transmits go back on a
+                // connection the client opened. (SSL-TCP and TLS are never negotiated.)
+                _ => outbox.tcp.push((t.destination, t.contents.into())),
+            },
             Output::Event(e) => events.push(e),
         }
     }

@@ -15,6 +15,12 @@
 //! overload shedding level ([`crate::layers`]), re-evaluated at every `Tick`; a switch keeps
 //! sending the old layer until the new one's keyframe. Layers no slot sends or waits for are
 //! reported unwanted (`LayersWanted`, dynacast), so the shell can pause them at the publisher.
+//!
+//! Audio: each receiver gets the audio of the `max_audio_forwarded` loudest other publishers
+//! (ranked by `speaker.rs` every [`RANK_INTERVAL`]) and of the active speaker; the rest is
+//! not sent to it. A muted track is sent to nobody. Either way the slot's forwarder is
+//! interrupted, so the receiver sees no gap in its sequence numbers when sending resumes
+//! (video resumes at a keyframe, requested at unmute).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -22,6 +28,9 @@ use std::time::{Duration, Instant};
 use crate::forward::{Forwarder, InPacket, OutPacket, SourceKey, Verdict};
 use crate::layers::{self, LayerView, RateMeter, Selector};
 use crate::speaker::SpeakerDetector;
+
+/// How often the loudest audio publishers are ranked again.
+pub const RANK_INTERVAL: Duration = Duration::from_millis(250);
 
 pub type PeerId = u64;
 
@@ -96,6 +105,8 @@ pub struct Limits {
     pub max_participants: usize,
     pub max_publishers: usize,
     pub keyframe_interval_min: Duration,
+    /// Audio streams sent to each receiver: the loudest this many, plus the active speaker.
+    pub max_audio_forwarded: usize,
 }
 
 /// Why a join was refused.
@@ -143,6 +154,8 @@ pub enum RoomInput {
     KeyframeRequest { out: OutId },
     /// The audio level (RFC 6464, dBov) of a packet from `peer`.
     AudioLevel { peer: PeerId, level: i8 },
+    /// A publisher muted or unmuted one of its tracks.
+    Mute { track: TrackId, muted: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +185,11 @@ pub enum RoomOutput {
     /// What `sub`'s bandwidth estimator should aim at: `min`, what its streams need now
     /// plus the next layer up (probing), and `desired`, what its requested sizes would need.
     Bitrate { sub: PeerId, min: u64, desired: u64 },
+    /// An audio packet was not sent on `out`: its publisher is neither among the loudest
+    /// `max_audio_forwarded` others nor the active speaker.
+    NotLoudest { out: OutId },
+    /// A packet of a muted track was sent to nobody.
+    Muted { track: TrackId },
 }
 
 struct Slot {
@@ -242,6 +260,11 @@ pub struct Room {
     /// Where each new slot's numbering starts: from the shell (random), so a test can fix it.
     first_seq: u16,
     speaker: SpeakerDetector,
+    muted: std::collections::BTreeSet<TrackId>,
+    /// The loudest audio publishers, loudest first (`max_audio_forwarded` + 1 of them: a
+    /// receiver's own voice is skipped), and when they were ranked.
+    loudest: Vec<PeerId>,
+    ranked_at: Option<Instant>,
 }
 
 impl Room {
@@ -255,7 +278,20 @@ impl Room {
             shed: 0,
             first_seq,
             speaker: SpeakerDetector::default(),
+            muted: Default::default(),
+            loudest: Vec::new(),
+            ranked_at: None,
         }
+    }
+
+    /// Whether `track` is muted now.
+    pub fn is_muted(&self, track: TrackId) -> bool {
+        self.muted.contains(&track)
+    }
+
+    /// The audio publishers ranked loudest at the last ranking, loudest first.
+    pub fn loudest(&self) -> &[PeerId] {
+        &self.loudest
     }
 
     pub fn is_empty(&self) -> bool {
@@ -372,9 +408,12 @@ impl Room {
         for t in gone {
             self.tracks.remove(&t);
             self.simulcast.remove(&t);
+            self.muted.remove(&t);
         }
         self.last_keyframe_request
             .retain(|(t, _), _| t.peer != peer);
+        self.loudest.retain(|p| *p != peer);
+        self.ranked_at = None;
         for (&sub, p) in self.participants.iter_mut() {
             for (&kind, slots) in p.slots.iter_mut() {
                 for (i, s) in slots.iter_mut().enumerate() {
@@ -420,6 +459,8 @@ impl Room {
                             },
                         );
                     }
+                    // A new voice is ranked at its first packet.
+                    self.ranked_at = None;
                     let members: Vec<PeerId> = self
                         .participants
                         .iter()
@@ -488,13 +529,80 @@ impl Room {
             }
             RoomInput::Tick => self.evaluate(now, out),
             RoomInput::AudioLevel { peer, level } => {
+                // A participant whose audio is all muted does not speak (its packets may
+                // still carry levels).
+                let mut audio = self
+                    .tracks
+                    .iter()
+                    .filter(|(t, k)| t.peer == peer && **k == MediaKind::Audio);
+                let all_muted = audio.all(|(t, _)| self.muted.contains(t));
+                let has_audio = self
+                    .tracks
+                    .iter()
+                    .any(|(t, k)| t.peer == peer && *k == MediaKind::Audio);
                 if self.participants.contains_key(&peer)
+                    && !(has_audio && all_muted)
                     && let Some(p) = self.speaker.level(now, peer, level)
                 {
                     out.push(RoomOutput::ActiveSpeaker { peer: p });
                 }
             }
+            RoomInput::Mute { track, muted } => self.mute(now, track, muted, out),
         }
+    }
+
+    fn mute(&mut self, now: Instant, track: TrackId, muted: bool, out: &mut Vec<RoomOutput>) {
+        let Some(kind) = self.tracks.get(&track).copied() else {
+            return;
+        };
+        let changed = if muted {
+            self.muted.insert(track)
+        } else {
+            self.muted.remove(&track)
+        };
+        if !changed {
+            return;
+        }
+        self.ranked_at = None;
+        // Sending stops here; when it resumes, a new segment follows the last packet sent.
+        for part in self.participants.values_mut() {
+            if let Some(slots) = part.slots.get_mut(&kind) {
+                for s in slots.iter_mut().filter(|s| s.track == Some(track)) {
+                    s.forwarder.interrupt();
+                }
+            }
+        }
+        if !muted && kind == MediaKind::Video {
+            let layers = self.simulcast.get(&track).map_or(1, |s| s.layers.len());
+            for l in 0..layers {
+                self.request_keyframe(now, track, u8::try_from(l).unwrap_or(0), out);
+            }
+        }
+    }
+
+    /// Ranks the audio publishers by loudness again, if the last ranking is older than
+    /// [`RANK_INTERVAL`].
+    fn rank_audio(&mut self, now: Instant) {
+        if self
+            .ranked_at
+            .is_some_and(|t| now.saturating_duration_since(t) < RANK_INTERVAL)
+        {
+            return;
+        }
+        let mut publishers: Vec<PeerId> = self
+            .tracks
+            .iter()
+            .filter(|(t, k)| **k == MediaKind::Audio && !self.muted.contains(t))
+            .map(|(t, _)| t.peer)
+            .collect();
+        publishers.dedup();
+        self.loudest = self.speaker.loudest(
+            now,
+            &publishers,
+            &self.loudest,
+            self.limits.max_audio_forwarded.saturating_add(1),
+        );
+        self.ranked_at = Some(now);
     }
 
     fn packet(
@@ -509,6 +617,16 @@ impl Room {
             out.push(RoomOutput::Dropped);
             return;
         };
+        if self.muted.contains(&track) {
+            out.push(RoomOutput::Muted { track });
+            return;
+        }
+        if kind == MediaKind::Audio {
+            self.rank_audio(now);
+        }
+        let n_audio = self.limits.max_audio_forwarded;
+        let active = self.speaker.active();
+        let loudest = &self.loudest;
         let source = track.source_key(layer);
         let before = out.len();
         let mut waiting = false;
@@ -516,8 +634,21 @@ impl Room {
             let Some(slots) = part.slots.get_mut(&kind) else {
                 continue;
             };
+            let audible = kind != MediaKind::Audio
+                || audio_allowed(loudest, active, n_audio, sub, track.peer);
             for (i, s) in slots.iter_mut().enumerate() {
                 if s.track != Some(track) {
+                    continue;
+                }
+                if !audible {
+                    s.forwarder.interrupt();
+                    out.push(RoomOutput::NotLoudest {
+                        out: OutId {
+                            sub,
+                            kind,
+                            slot: i as u8,
+                        },
+                    });
                     continue;
                 }
                 match s.forwarder.handle(source, p) {
@@ -550,6 +681,10 @@ impl Room {
         layer: u8,
         out: &mut Vec<RoomOutput>,
     ) {
+        if self.muted.contains(&track) {
+            // Nothing of it is sent: a keyframe is asked for at unmute.
+            return;
+        }
         if self.tracks.get(&track) != Some(&MediaKind::Video) {
             return;
         }
@@ -773,6 +908,23 @@ impl Room {
     }
 }
 
+/// Whether receiver `sub` gets `publisher`'s audio: the active speaker always; otherwise when
+/// the publisher is among the `n` loudest in `loudest` that are not `sub` itself.
+pub fn audio_allowed(
+    loudest: &[PeerId],
+    active: Option<PeerId>,
+    n: usize,
+    sub: PeerId,
+    publisher: PeerId,
+) -> bool {
+    active == Some(publisher)
+        || loudest
+            .iter()
+            .filter(|p| **p != sub)
+            .take(n)
+            .any(|p| *p == publisher)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,6 +935,7 @@ mod tests {
             max_participants: 4,
             max_publishers: 2,
             keyframe_interval_min: Duration::from_millis(500),
+            max_audio_forwarded: 3,
         }
     }
 
@@ -1401,7 +1554,7 @@ mod tests {
         #[test]
         fn slots_stay_consistent(ops in prop::collection::vec((0u8..4, 0u64..6, any::<bool>()), 1..200)) {
             let t0 = Instant::now();
-            let mut room = Room::new(Limits { max_participants: 5, max_publishers: 3, keyframe_interval_min: Duration::from_millis(500) }, 0);
+            let mut room = Room::new(Limits { max_participants: 5, max_publishers: 3, keyframe_interval_min: Duration::from_millis(500), max_audio_forwarded: 3 }, 0);
             let mut out = Vec::new();
             let mut next_idx = 0u32;
             for (op, peer, flag) in ops {
@@ -1422,6 +1575,250 @@ mod tests {
                         prop_assert!(carried.iter().all(|t| room.tracks.get(t) == Some(kind)));
                         let available = room.tracks(*kind);
                         prop_assert_eq!(carried.len(), available.min(slots.len()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A room of members 1..=n, each publishing one audio track (idx = peer) and, with
+    /// `video`, one video track (idx = 100 + peer).
+    fn meeting(n: u64, max_audio: usize, video: bool) -> (Room, Instant) {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_participants: 10,
+            max_publishers: 10,
+            keyframe_interval_min: Duration::from_millis(500),
+            max_audio_forwarded: max_audio,
+        };
+        let mut room = Room::new(limits, 10);
+        let mut out = Vec::new();
+        for p in 1..=n {
+            room.join(t0, p, Role::Member, &mut out).expect("member");
+        }
+        for p in 1..=n {
+            let a = TrackId {
+                peer: p,
+                idx: p as u32,
+            };
+            room.handle_input(
+                t0,
+                RoomInput::TrackAdded {
+                    track: a,
+                    kind: MediaKind::Audio,
+                    layers: 1,
+                },
+                &mut out,
+            );
+            if video {
+                let v = TrackId {
+                    peer: p,
+                    idx: 100 + p as u32,
+                };
+                room.handle_input(
+                    t0,
+                    RoomInput::TrackAdded {
+                        track: v,
+                        kind: MediaKind::Video,
+                        layers: 1,
+                    },
+                    &mut out,
+                );
+            }
+        }
+        (room, t0)
+    }
+
+    /// 20 ms of audio from each (peer, level) at `t`: a level and a packet each, seq `seq`.
+    fn speak(room: &mut Room, t: Instant, seq: u64, who: &[(PeerId, i8)]) -> Vec<RoomOutput> {
+        let mut out = Vec::new();
+        for &(p, level) in who {
+            room.handle_input(t, RoomInput::AudioLevel { peer: p, level }, &mut out);
+            let track = TrackId {
+                peer: p,
+                idx: p as u32,
+            };
+            let mut pkt = packet(track, seq, true, t);
+            if let RoomInput::Packet { packet, .. } = &mut pkt {
+                packet.clock_rate = 48_000;
+            }
+            room.handle_input(t, pkt, &mut out);
+        }
+        out
+    }
+
+    /// Which publishers' audio each receiver got: (receiver, publisher) for every forward.
+    fn heard(room: &Room, out: &[RoomOutput]) -> Vec<(PeerId, PeerId)> {
+        let mut v: Vec<(PeerId, PeerId)> = forwards(out)
+            .into_iter()
+            .filter(|(o, _)| o.kind == MediaKind::Audio)
+            .filter_map(|(o, _)| Some((o.sub, room.track_of(o)?.peer)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn only_the_loudest_others_and_the_speaker_are_heard() {
+        let (mut room, t0) = meeting(3, 1, false);
+        let levels = [(1, -20), (2, -40), (3, -127)];
+        let mut t = t0;
+        let mut last = Vec::new();
+        for seq in 0..50 {
+            t += Duration::from_millis(20);
+            last = speak(&mut room, t, seq, &levels);
+        }
+        assert_eq!(room.active_speaker(), Some(1));
+        // 1 hears 2 (the loudest other); 2 and 3 hear 1 (loudest, and the speaker). 3's
+        // silence reaches nobody; 2 is not sent to 3.
+        assert_eq!(heard(&room, &last), vec![(1, 2), (2, 1), (3, 1)]);
+        let not_loudest: Vec<OutId> = last
+            .iter()
+            .filter_map(|o| match o {
+                RoomOutput::NotLoudest { out } => Some(*out),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(not_loudest.len(), 3, "{last:?}");
+        assert!(not_loudest.iter().all(|o| o.kind == MediaKind::Audio));
+        assert_eq!(room.loudest(), &[1, 2]);
+    }
+
+    #[test]
+    fn audio_that_comes_back_continues_its_numbering() {
+        let (mut room, t0) = meeting(3, 1, false);
+        let mut t = t0;
+        let mut seqs: HashMap<OutId, Vec<u64>> = HashMap::new();
+        let mut record = |room: &Room, out: &[RoomOutput]| {
+            for (o, seq) in forwards(out) {
+                if room.track_of(o).is_some_and(|tr| tr.peer == 1) && o.sub == 3 {
+                    seqs.entry(o).or_default().push(seq);
+                }
+            }
+        };
+        let mut seq = 0;
+        // 1 speaks, then falls silent while 2 speaks, then speaks again.
+        for (ms, levels) in [
+            (1000, [(1, -20), (2, -127), (3, -127)]),
+            (2000, [(1, -127), (2, -20), (3, -127)]),
+            (2000, [(1, -10), (2, -127), (3, -127)]),
+        ] {
+            for _ in 0..ms / 20 {
+                t += Duration::from_millis(20);
+                seq += 1;
+                let out = speak(&mut room, t, seq, &levels);
+                record(&room, &out);
+            }
+        }
+        let v: Vec<u64> = seqs.into_values().next().expect("3 heard 1");
+        // Forwarded in two runs with a pause between, yet without a gap.
+        assert!(v.len() > 60 && v.len() < 240, "{}", v.len());
+        assert!(v.windows(2).all(|w| w[1] == w[0] + 1), "{v:?}");
+    }
+
+    #[test]
+    fn a_muted_track_reaches_nobody_and_video_resumes_at_a_keyframe() {
+        let (mut room, t0) = meeting(2, 3, true);
+        let v1 = TrackId { peer: 1, idx: 101 };
+        let a1 = TrackId { peer: 1, idx: 1 };
+        let mut out = Vec::new();
+        let t1 = t0 + Duration::from_secs(1);
+        room.handle_input(t1, packet(v1, 10, true, t1), &mut out);
+        room.handle_input(t1, packet(v1, 11, false, t1), &mut out);
+        room.handle_input(t1, packet(a1, 5, true, t1), &mut out);
+        assert_eq!(forwards(&out).len(), 3, "{out:?}");
+        let last_video = forwards(&out)[1].1;
+        out.clear();
+        for track in [v1, a1] {
+            room.handle_input(t1, RoomInput::Mute { track, muted: true }, &mut out);
+        }
+        assert!(room.is_muted(v1) && room.is_muted(a1));
+        assert!(out.is_empty(), "{out:?}");
+        for seq in 12..40 {
+            room.handle_input(t1, packet(v1, seq, seq == 20, t1), &mut out);
+            room.handle_input(t1, packet(a1, seq, true, t1), &mut out);
+            // A muted voice does not become the speaker.
+            room.handle_input(t1, RoomInput::AudioLevel { peer: 1, level: -5 }, &mut out);
+        }
+        assert!(forwards(&out).is_empty(), "{out:?}");
+        assert_eq!(
+            out.iter()
+                .filter(|o| matches!(o, RoomOutput::Muted { .. }))
+                .count(),
+            56
+        );
+        assert_eq!(room.active_speaker(), None);
+        out.clear();
+        // Unmuted: a keyframe is asked for at once; video waits for it, audio goes on.
+        let t2 = t1 + Duration::from_secs(1);
+        room.handle_input(
+            t2,
+            RoomInput::Mute {
+                track: v1,
+                muted: false,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![RoomOutput::RequestKeyframe {
+                track: v1,
+                layer: 0
+            }]
+        );
+        out.clear();
+        room.handle_input(t2, packet(v1, 41, false, t2), &mut out);
+        assert!(forwards(&out).is_empty(), "{out:?}");
+        out.clear();
+        room.handle_input(t2, packet(v1, 42, true, t2), &mut out);
+        let f = forwards(&out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].1, last_video + 1, "no gap for the muted span");
+        // Muting what is not a track, or twice, changes nothing.
+        out.clear();
+        room.handle_input(
+            t2,
+            RoomInput::Mute {
+                track: TrackId { peer: 9, idx: 9 },
+                muted: true,
+            },
+            &mut out,
+        );
+        room.handle_input(
+            t2,
+            RoomInput::Mute {
+                track: a1,
+                muted: true,
+            },
+            &mut out,
+        );
+        assert!(out.is_empty());
+    }
+
+    proptest! {
+        /// Whatever the levels, no receiver gets more than max_audio_forwarded + 1 voices at
+        /// once, never its own, and every outgoing audio stream stays contiguous.
+        #[test]
+        fn loudest_n_is_bounded_and_contiguous(
+            n in 1usize..4,
+            steps in prop::collection::vec(prop::collection::vec(-127i8..=0, 5), 1..150),
+        ) {
+            let (mut room, t0) = meeting(5, n, false);
+            let mut t = t0;
+            let mut last_seq: HashMap<OutId, u64> = HashMap::new();
+            for (i, levels) in steps.iter().enumerate() {
+                t += Duration::from_millis(20);
+                let who: Vec<(PeerId, i8)> = levels.iter().enumerate().map(|(p, l)| (p as u64 + 1, *l)).collect();
+                let out = speak(&mut room, t, i as u64, &who);
+                let heard = heard(&room, &out);
+                for sub in 1..=5u64 {
+                    let voices = heard.iter().filter(|(s, _)| *s == sub).count();
+                    prop_assert!(voices <= n + 1, "{sub} hears {voices}");
+                    prop_assert!(!heard.contains(&(sub, sub)));
+                }
+                for (o, seq) in forwards(&out) {
+                    if let Some(prev) = last_seq.insert(o, seq) {
+                        prop_assert_eq!(seq, prev + 1);
                     }
                 }
             }

@@ -28,6 +28,7 @@ use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
 use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
 use crate::signal;
 use crate::signal::{ClientMsg, ServerMsg};
+use crate::tcp::{TcpClose, TcpConn, TcpSendError, Ufrags};
 use crate::udp;
 
 /// The number of layers of a track with these simulcast rids (1 without simulcast).
@@ -50,11 +51,14 @@ const RELIEVED_BUSY: f64 = 0.5;
 
 /// What a shard is sent.
 pub enum ShardIn {
+    /// A datagram for `peer`: from the UDP reader, or a frame from an ICE-TCP connection
+    /// (`tcp`: its handle, by which the peer's TCP transmits to `src` go back).
     Datagram {
         peer: PeerId,
         src: SocketAddr,
         recv_at: Instant,
         buf: Vec<u8>,
+        tcp: Option<TcpConn>,
     },
     Open(Open),
     Close {
@@ -117,6 +121,10 @@ pub struct Shard {
     cfg: ShardConfig,
     socket: Arc<UdpSocket>,
     routes: Sender<RouteUpdate>,
+    /// The ICE-TCP listener's ufrag table, when ICE-TCP is on.
+    tcp_ufrags: Option<Arc<Ufrags>>,
+    /// Open ICE-TCP connections by remote address, with the peer each belongs to.
+    tcp_conns: HashMap<SocketAddr, (PeerId, TcpConn)>,
     metrics: Arc<Metrics>,
     local: LocalCounters,
     rooms: HashMap<String, Room>,
@@ -134,10 +142,11 @@ pub struct Shard {
     shed: u8,
 }
 
-/// Datagrams waiting for the next sendmmsg, and the receive times of the forwarded packets
-/// among them (observed in the latency histogram once handed to the kernel).
+/// Datagrams waiting for the next sendmmsg (and for ICE-TCP connections), and the receive
+/// times of the forwarded packets among them (observed in the latency histogram once handed
+/// to the kernel).
 struct Outbox {
-    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    sends: peer::Sends,
     forwarded_at: Vec<Instant>,
 }
 
@@ -149,6 +158,7 @@ impl Shard {
         cfg: ShardConfig,
         socket: Arc<UdpSocket>,
         routes: Sender<RouteUpdate>,
+        tcp_ufrags: Option<Arc<Ufrags>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let local = metrics.local();
@@ -160,6 +170,8 @@ impl Shard {
             cfg,
             socket,
             routes,
+            tcp_ufrags,
+            tcp_conns: HashMap::new(),
             metrics,
             local,
             rooms: HashMap::new(),
@@ -170,7 +182,7 @@ impl Shard {
             out: Vec::new(),
             events: Vec::new(),
             outbox: Outbox {
-                datagrams: Vec::new(),
+                sends: peer::Sends::default(),
                 forwarded_at: Vec::new(),
             },
             to_negotiate: Vec::new(),
@@ -202,7 +214,7 @@ impl Shard {
                     // fills.
                     for msg in inbox.try_iter().take(256) {
                         self.handle(msg);
-                        if self.outbox.datagrams.len() >= udp::SEND_BATCH {
+                        if self.outbox.sends.udp.len() >= udp::SEND_BATCH {
                             self.flush(&mut headers);
                         }
                     }
@@ -231,18 +243,24 @@ impl Shard {
             self.close_peer(id);
         }
         self.flush(&mut headers);
+        for (_, (_, conn)) in self.tcp_conns.drain() {
+            conn.close(TcpClose::Shutdown);
+        }
         self.local.flush();
     }
 
     /// Hands the queued datagrams to the kernel, then records how long each forwarded packet
     /// took from the socket in to the socket out.
     fn flush(&mut self, headers: &mut SendHeaders) {
-        if self.outbox.datagrams.is_empty() {
+        if self.outbox.sends.is_empty() {
             return;
         }
-        let failed = udp::send_batch(&self.socket, headers, &self.outbox.datagrams);
-        self.local.dropped_n(DropReason::SendFailed, failed as u64);
-        self.outbox.datagrams.clear();
+        if !self.outbox.sends.udp.is_empty() {
+            let failed = udp::send_batch(&self.socket, headers, &self.outbox.sends.udp);
+            self.local.dropped_n(DropReason::SendFailed, failed as u64);
+            self.outbox.sends.udp.clear();
+        }
+        self.send_tcp();
         let now = Instant::now();
         for t in self.outbox.forwarded_at.drain(..) {
             self.local
@@ -251,10 +269,67 @@ impl Shard {
         }
     }
 
+    /// Hands the queued ICE-TCP datagrams to their connections' write queues. A connection
+    /// whose queue is full is closed (its reader is too slow; the shard never waits).
+    fn send_tcp(&mut self) {
+        let mut sends = std::mem::take(&mut self.outbox.sends.tcp);
+        for (to, datagram) in sends.drain(..) {
+            let Some((_, conn)) = self.tcp_conns.get(&to) else {
+                self.local.dropped(DropReason::TcpNoConnection);
+                continue;
+            };
+            match conn.send(datagram) {
+                Ok(()) => {}
+                Err(e) => {
+                    if let Some((peer, conn)) = self.tcp_conns.remove(&to) {
+                        let reason = match e {
+                            TcpSendError::Full => {
+                                tracing::info!(
+                                    peer,
+                                    remote = %to,
+                                    "An ICE-TCP connection reads too slowly; it is closed."
+                                );
+                                self.local.dropped(DropReason::TcpQueueFull);
+                                TcpClose::WriteQueueFull
+                            }
+                            TcpSendError::Closed => {
+                                self.local.dropped(DropReason::TcpNoConnection);
+                                TcpClose::RemoteClosed
+                            }
+                        };
+                        conn.close(reason);
+                    }
+                }
+            }
+        }
+        // The buffer is kept for the next drain.
+        self.outbox.sends.tcp = sends;
+    }
+
+    /// Remembers the ICE-TCP connection a datagram accepted by peer `id` came on, so that the
+    /// peer's transmits to `src` go back on it. A peer keeps at most
+    /// [`crate::demux::MAX_ADDRS_PER_PEER`] connections.
+    fn learn_tcp(&mut self, id: PeerId, src: SocketAddr, conn: TcpConn) {
+        if let Some((_, known)) = self.tcp_conns.get(&src)
+            && known.id() == conn.id()
+        {
+            return;
+        }
+        let held = self.tcp_conns.values().filter(|(p, _)| *p == id).count();
+        if held >= crate::demux::MAX_ADDRS_PER_PEER {
+            conn.close(TcpClose::TooManyForPeer);
+            return;
+        }
+        // An address reused by a new connection: the old one is gone.
+        if let Some((_, old)) = self.tcp_conns.insert(src, (id, conn)) {
+            old.close(TcpClose::RemoteClosed);
+        }
+    }
+
     /// Ends a peer's session on our side (DTLS close), then removes it.
     fn close_peer(&mut self, id: PeerId) {
         if let Some(p) = self.peers.get_mut(&id) {
-            let outbox = &mut self.outbox.datagrams;
+            let outbox = &mut self.outbox.sends;
             let closed = catch_unwind(AssertUnwindSafe(|| {
                 p.rtc.disconnect();
                 peer::drain(&mut p.rtc, outbox, &mut Vec::new())
@@ -262,6 +337,8 @@ impl Shard {
             if closed.is_err() {
                 self.metrics.peer_panics.inc();
             }
+            // Its DTLS close goes to its TCP connections before they are closed with it.
+            self.send_tcp();
         }
         self.remove_peer(Instant::now(), id);
     }
@@ -273,7 +350,8 @@ impl Shard {
                 src,
                 recv_at,
                 buf,
-            } => self.datagram(peer, src, recv_at, &buf),
+                tcp,
+            } => self.datagram(peer, src, recv_at, &buf, tcp),
             ShardIn::Open(open) => {
                 let now = Instant::now();
                 let result = catch_unwind(AssertUnwindSafe(|| {
@@ -486,12 +564,16 @@ impl Shard {
     /// Keeps a new peer: routed (before its answer leaves: its first STUN request may come at
     /// once), found by its session, counted.
     fn register(&mut self, p: Peer) {
+        let route = Route {
+            shard: self.cfg.index,
+            peer: p.id,
+        };
+        if let Some(u) = &self.tcp_ufrags {
+            u.add(p.ufrag.clone(), route);
+        }
         let _ = self.routes.send(RouteUpdate::Add {
             ufrag: p.ufrag.clone(),
-            route: Route {
-                shard: self.cfg.index,
-                peer: p.id,
-            },
+            route,
         });
         let kind = p.kind.as_str();
         self.sessions.insert(p.session.clone(), p.id);
@@ -500,13 +582,32 @@ impl Shard {
         self.metrics.peers_total.with_label_values(&[kind]).inc();
     }
 
-    fn datagram(&mut self, id: PeerId, src: SocketAddr, recv_at: Instant, buf: &[u8]) {
-        let public = self.cfg.factory.public_udp;
+    fn datagram(
+        &mut self,
+        id: PeerId,
+        src: SocketAddr,
+        recv_at: Instant,
+        buf: &[u8],
+        tcp: Option<TcpConn>,
+    ) {
+        // What str0m is told the datagram arrived on: one of the peer's local candidates.
+        let (proto, local) = match (&tcp, self.cfg.factory.public_tcp) {
+            (None, _) => (Protocol::Udp, self.cfg.factory.public_udp),
+            (Some(_), Some(public_tcp)) => (Protocol::Tcp, public_tcp),
+            (Some(conn), None) => {
+                conn.close(TcpClose::Shutdown);
+                return;
+            }
+        };
         let Some(p) = self.peers.get_mut(&id) else {
             self.local.dropped(DropReason::UnknownSource);
+            if let Some(conn) = tcp {
+                // Its peer is gone: so is the connection's purpose.
+                conn.close(TcpClose::PeerGone);
+            }
             return;
         };
-        let Ok(recv) = Receive::new(Protocol::Udp, src, public, buf) else {
+        let Ok(recv) = Receive::new(proto, src, local, buf) else {
             self.local.dropped(DropReason::Garbage);
             return;
         };
@@ -515,9 +616,15 @@ impl Shard {
             self.local.dropped(DropReason::PeerRefused);
             return;
         }
+        if let Some(conn) = tcp {
+            self.learn_tcp(id, src, conn);
+        }
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         let mut events = std::mem::take(&mut self.events);
         events.clear();
-        let outbox = &mut self.outbox.datagrams;
+        let outbox = &mut self.outbox.sends;
         let result = catch_unwind(AssertUnwindSafe(|| {
             p.rtc.handle_input(input)?;
             peer::drain(&mut p.rtc, outbox, &mut events)
@@ -759,6 +866,8 @@ impl Shard {
                 }
                 RoomOutput::KeyframeThrottled { .. } => self.local.keyframes_throttled.inc(),
                 RoomOutput::Dropped => self.local.dropped(DropReason::NotForwarded),
+                RoomOutput::NotLoudest { .. } => self.local.dropped(DropReason::AudioNotLoudest),
+                RoomOutput::Muted { .. } => self.local.dropped(DropReason::Muted),
                 RoomOutput::ActiveSpeaker { peer } => self.announce_speaker(peer),
                 RoomOutput::OpenSlot { out: slot, track } => {
                     self.queue_slot(
@@ -845,7 +954,7 @@ impl Shard {
             w = w.vp8_patch(patch);
         }
         let mut events = Vec::new();
-        let outbox = &mut self.outbox.datagrams;
+        let outbox = &mut self.outbox.sends;
         let result = catch_unwind(AssertUnwindSafe(|| {
             match sub.rtc.direct_api().stream_tx_by_mid(mid, None) {
                 Some(tx) => tx.write_rtp(w),
@@ -897,7 +1006,7 @@ impl Shard {
             .and_then(|r| r.get(usize::from(layer)))
             .copied();
         let mut events = Vec::new();
-        let outbox = &mut self.outbox.datagrams;
+        let outbox = &mut self.outbox.sends;
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, rid) {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
@@ -948,7 +1057,7 @@ impl Shard {
             return;
         };
         let mut events = Vec::new();
-        let outbox = &mut self.outbox.datagrams;
+        let outbox = &mut self.outbox.sends;
         let result = catch_unwind(AssertUnwindSafe(|| {
             p.rtc.bwe().set_bitrate(
                 str0m::bwe::Bitrate::bps(min),
@@ -1007,7 +1116,7 @@ impl Shard {
             };
             let mut events = std::mem::take(&mut self.events);
             events.clear();
-            let outbox = &mut self.outbox.datagrams;
+            let outbox = &mut self.outbox.sends;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 p.rtc.handle_input(Input::Timeout(now))?;
                 peer::drain(&mut p.rtc, outbox, &mut events)
@@ -1057,6 +1166,15 @@ impl Shard {
                 w.out_pt.retain(|(from, _), _| *from != id);
             }
         }
+        if let Some(u) = &self.tcp_ufrags {
+            u.remove(&p.ufrag);
+        }
+        self.tcp_conns.retain(|_, (owner, conn)| {
+            if *owner == id {
+                conn.close(TcpClose::PeerGone);
+            }
+            *owner != id
+        });
         let _ = self.routes.send(RouteUpdate::Remove { ufrag: p.ufrag });
         self.metrics
             .peers

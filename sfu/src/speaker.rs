@@ -6,6 +6,11 @@
 //! between packets counts as silence, so a speaker whose encoder sends nothing (DTX) fades). The active speaker changes only when a challenger has been louder
 //! by [`MARGIN`] for [`HOLD`], and at most once per [`MIN_INTERVAL`]; nobody becomes the
 //! speaker below [`FLOOR`].
+//!
+//! [`SpeakerDetector::loudest`] ranks publishers for loudest-N audio forwarding: by the same
+//! smoothed loudness, those ranked last time with a bonus of [`KEEP_BONUS`] (so two voices
+//! about as loud do not swap places at every ranking), ties by peer id; a publisher never
+//! heard counts as silent.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -18,6 +23,10 @@ pub const HOLD: Duration = Duration::from_millis(300);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
 /// About -97 dBov: quieter than this is silence.
 pub const FLOOR: f32 = 30.0;
+
+/// What a publisher ranked among the loudest last time is given over the others, so that
+/// voices of about the same loudness keep their places.
+pub const KEEP_BONUS: f32 = MARGIN / 2.0;
 
 #[derive(Debug, Clone, Copy)]
 struct Level {
@@ -69,6 +78,45 @@ impl SpeakerDetector {
         e.smoothed = before + alpha * (loudness - before);
         e.at = now;
         self.decide(now)
+    }
+
+    /// `peer`'s smoothed loudness at `now` (`0` silence .. `127` loudest), if it was heard.
+    pub fn loudness(&self, now: Instant, peer: PeerId) -> Option<f32> {
+        self.levels.get(&peer).map(|l| l.at(now))
+    }
+
+    /// The `n` loudest of `candidates` at `now`, loudest first. Those in `current` (the last
+    /// ranking) count [`KEEP_BONUS`] louder; ties go to the lower peer id; one never heard is
+    /// silent.
+    pub fn loudest(
+        &self,
+        now: Instant,
+        candidates: &[PeerId],
+        current: &[PeerId],
+        n: usize,
+    ) -> Vec<PeerId> {
+        let mut scored: Vec<(f32, PeerId)> = candidates
+            .iter()
+            .map(|&p| {
+                let bonus = if current.contains(&p) {
+                    KEEP_BONUS
+                } else {
+                    0.0
+                };
+                (self.loudness(now, p).unwrap_or(0.0) + bonus, p)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<PeerId> = Vec::with_capacity(n.min(scored.len()));
+        for (_, p) in scored {
+            if out.len() >= n {
+                break;
+            }
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// A participant left; if it was the speaker, nobody is until someone speaks.
@@ -192,7 +240,64 @@ mod tests {
         assert_eq!(talk(&mut d, &mut t, 600, &[(2, -40)]), vec![2]);
     }
 
+    #[test]
+    fn the_loudest_are_ranked_and_keep_their_places_against_equals() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        talk(
+            &mut d,
+            &mut t,
+            1000,
+            &[(1, -60), (2, -20), (3, -40), (4, -127)],
+        );
+        // 5 was never heard: silent, after everyone heard.
+        assert_eq!(d.loudest(t, &[1, 2, 3, 4, 5], &[], 3), vec![2, 3, 1]);
+        assert_eq!(d.loudest(t, &[1, 2, 3, 4, 5], &[], 10), vec![2, 3, 1, 4, 5]);
+        assert_eq!(d.loudest(t, &[5, 4], &[], 1), vec![4]);
+        assert_eq!(d.loudest(t, &[], &[], 3), Vec::<PeerId>::new());
+        // About as loud: the one ranked before keeps its place.
+        let mut d = SpeakerDetector::default();
+        talk(&mut d, &mut t, 1000, &[(1, -30), (2, -29)]);
+        assert_eq!(d.loudest(t, &[1, 2], &[], 1), vec![2]);
+        assert_eq!(d.loudest(t, &[1, 2], &[1], 1), vec![1]);
+        // Clearly louder wins anyway.
+        talk(&mut d, &mut t, 1000, &[(1, -60), (2, -20)]);
+        assert_eq!(d.loudest(t, &[1, 2], &[1], 1), vec![2]);
+    }
+
     proptest! {
+        /// The ranking holds `n` of the candidates (fewer if there are fewer), each once, and
+        /// nobody left out is louder than anyone in it by more than the bonus.
+        #[test]
+        fn the_ranking_is_a_top_n(
+            steps in prop::collection::vec((1u64..8, -127i8..=0, 0u64..40), 0..200),
+            candidates in prop::collection::vec(1u64..10, 0..10),
+            current in prop::collection::vec(1u64..10, 0..4),
+            n in 0usize..6,
+        ) {
+            let mut d = SpeakerDetector::default();
+            let mut t = Instant::now();
+            for (peer, level, gap) in steps {
+                t += Duration::from_millis(gap);
+                d.level(t, peer, level);
+            }
+            let ranked = d.loudest(t, &candidates, &current, n);
+            let mut distinct = candidates.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            prop_assert_eq!(ranked.len(), n.min(distinct.len()));
+            for p in &ranked {
+                prop_assert!(candidates.contains(p));
+                prop_assert_eq!(ranked.iter().filter(|q| *q == p).count(), 1);
+            }
+            let level = |p: PeerId| d.loudness(t, p).unwrap_or(0.0);
+            for out in distinct.iter().filter(|p| !ranked.contains(p)) {
+                for r in &ranked {
+                    prop_assert!(level(*out) <= level(*r) + KEEP_BONUS + 1e-3);
+                }
+            }
+        }
+
         /// Changes are at least MIN_INTERVAL apart, and the speaker is always someone heard.
         #[test]
         fn changes_are_spaced_and_name_someone_heard(

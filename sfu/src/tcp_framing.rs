@@ -1,10 +1,12 @@
 //! RFC 4571 framing, for ICE-TCP: on a TCP connection every datagram (STUN, DTLS, SRTP) is
 //! sent as a 2-byte big-endian length and that many bytes. str0m only says "see RFC 4571";
-//! the framing is ours. Pure: bytes in, frames out; no socket. Not wired to a listener yet
-//! (ICE-TCP is a later step).
+//! the framing is ours (`tcp.rs` reads and writes the connections). Pure: bytes in, frames
+//! out; no socket.
 //!
-//! The decoder never holds more than one frame's worth of bytes (at most 65 537) and never
-//! panics on any input; a zero-length frame is skipped (RFC 4571 allows it; nothing uses it).
+//! The decoder never holds more than one frame's worth of bytes (at most its limit + 2, the
+//! limit at most 65 535) and never panics on any input; a zero-length frame is skipped
+//! (RFC 4571 allows it; nothing uses it). A length over the limit is an error: the stream
+//! cannot be trusted after it, and the connection is closed.
 
 /// The largest frame: the length field is 16 bits.
 pub const MAX_FRAME: usize = u16::MAX as usize;
@@ -14,6 +16,8 @@ pub const MAX_FRAME: usize = u16::MAX as usize;
 pub enum FrameError {
     #[error("a datagram of {0} bytes does not fit a 16-bit length")]
     TooLong(usize),
+    #[error("a frame of {len} bytes is over the limit of {max}")]
+    OverLimit { len: usize, max: usize },
 }
 
 /// Appends `datagram`, framed, to `out`.
@@ -25,23 +29,47 @@ pub fn encode(datagram: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
 }
 
 /// Reassembles frames from a TCP byte stream read in chunks of any size.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder {
     buf: Vec<u8>,
+    max: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Decoder {
+    /// A decoder that takes any frame RFC 4571 allows (up to 65 535 bytes).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_max_frame(MAX_FRAME)
+    }
+
+    /// A decoder that refuses frames longer than `max` bytes (at most [`MAX_FRAME`]).
+    pub fn with_max_frame(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max: max.min(MAX_FRAME),
+        }
     }
 
     /// Takes the next chunk read from the connection; calls `frame` with each complete
-    /// datagram, in order.
-    pub fn push(&mut self, mut chunk: &[u8], frame: &mut dyn FnMut(&[u8])) {
+    /// datagram, in order. A length over the limit stops decoding with an error (the frames
+    /// before it were handed out); the decoder is not to be used after it.
+    pub fn push(
+        &mut self,
+        mut chunk: &[u8],
+        frame: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), FrameError> {
         while !chunk.is_empty() {
             // Fast path: nothing buffered and whole frames in the chunk are handed out
             // without a copy.
             if self.buf.is_empty() {
+                if chunk.len() >= 2 {
+                    self.check(chunk)?;
+                }
                 match Self::whole(chunk) {
                     Some(n) => {
                         if n > 2 {
@@ -52,7 +80,7 @@ impl Decoder {
                     }
                     None => {
                         self.buf.extend_from_slice(chunk);
-                        return;
+                        return Ok(());
                     }
                 }
             }
@@ -65,6 +93,9 @@ impl Decoder {
             let take = need.min(chunk.len());
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
+            if self.buf.len() == 2 {
+                self.check(&self.buf)?;
+            }
             if self.buf.len() >= 2 && self.buf.len() == Self::frame_len(&self.buf) + 2 {
                 if self.buf.len() > 2 {
                     frame(&self.buf[2..]);
@@ -72,6 +103,16 @@ impl Decoder {
                 self.buf.clear();
             }
         }
+        Ok(())
+    }
+
+    /// Refuses a frame whose length field (the first two bytes of `b`) is over the limit.
+    fn check(&self, b: &[u8]) -> Result<(), FrameError> {
+        let len = Self::frame_len(b);
+        if len > self.max {
+            return Err(FrameError::OverLimit { len, max: self.max });
+        }
+        Ok(())
     }
 
     /// Bytes held for an incomplete frame.
@@ -102,7 +143,8 @@ mod tests {
         let mut d = Decoder::new();
         let mut frames = Vec::new();
         for c in chunks {
-            d.push(c, &mut |f| frames.push(f.to_vec()));
+            d.push(c, &mut |f| frames.push(f.to_vec()))
+                .expect("no frame is over 65535");
         }
         (frames, d.pending())
     }
@@ -142,6 +184,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_length_over_the_limit_is_an_error_wherever_the_cut_falls() {
+        let mut wire = Vec::new();
+        encode(b"ok", &mut wire).expect("fits");
+        encode(&[3u8; 101], &mut wire).expect("fits");
+        for cut in 0..wire.len() {
+            let mut d = Decoder::with_max_frame(100);
+            let mut frames = Vec::new();
+            let first = d.push(&wire[..cut], &mut |f| frames.push(f.to_vec()));
+            let result =
+                first.and_then(|()| d.push(&wire[cut..], &mut |f| frames.push(f.to_vec())));
+            assert_eq!(
+                result,
+                Err(FrameError::OverLimit { len: 101, max: 100 }),
+                "cut at {cut}"
+            );
+            assert_eq!(frames, vec![b"ok".to_vec()], "cut at {cut}");
+            assert!(d.pending() <= 102);
+        }
+        // At the limit: fine.
+        let mut d = Decoder::with_max_frame(101);
+        let mut n = 0;
+        d.push(&wire, &mut |_| n += 1).expect("at the limit");
+        assert_eq!(n, 2);
+    }
+
     proptest! {
         /// Whatever the datagrams and however the stream is cut, decoding gives back exactly
         /// the datagrams sent (empty ones are skipped), and nothing is left over.
@@ -167,11 +235,15 @@ mod tests {
 
         /// Garbage never panics and never makes the decoder hold more than one frame.
         #[test]
-        fn garbage_is_bounded(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..40)) {
-            let mut d = Decoder::new();
+        fn garbage_is_bounded(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..40), max in 0usize..70_000) {
+            let mut d = Decoder::with_max_frame(max);
+            let limit = max.min(MAX_FRAME);
             for c in &chunks {
-                d.push(c, &mut |f| assert!(f.len() <= MAX_FRAME));
-                prop_assert!(d.pending() <= MAX_FRAME + 2);
+                let r = d.push(c, &mut |f| assert!(f.len() <= limit));
+                prop_assert!(d.pending() <= limit + 2);
+                if r.is_err() {
+                    break;
+                }
             }
         }
     }

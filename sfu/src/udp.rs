@@ -96,6 +96,7 @@ pub fn reader(
                         src,
                         recv_at,
                         buf: buf.to_vec(),
+                        tcp: None,
                     };
                     match shard.try_send(msg) {
                         Ok(()) => {}

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 pub mod chat;
 pub mod cp_site;
 pub mod media;
+pub mod netns;
 pub mod origin;
 pub mod origin_site;
 pub mod postgres;

@@ -40,6 +40,8 @@ pub struct Sfu {
     pub dir: TempDir,
     pub http: SocketAddr,
     pub udp: SocketAddr,
+    /// The ICE-TCP listener (the UDP port's number), when started with one.
+    pub tcp: Option<SocketAddr>,
     pub process: EdgeProcess,
 }
 
@@ -88,6 +90,11 @@ impl Sfu {
         Self::start_node(name, "sfu-test", "lab", admin, public_ip, extra)
     }
 
+    /// [`Sfu::start`] with ICE-TCP on (`[listen] tcp` on the UDP port's number).
+    pub fn start_tcp(name: &str, extra: &str) -> Self {
+        Self::start_full(name, "sfu-test", "lab", None, "127.0.0.1", true, extra)
+    }
+
     /// [`Sfu::start_with`] as node `id` of `site`.
     pub fn start_node(
         name: &str,
@@ -97,14 +104,28 @@ impl Sfu {
         public_ip: &str,
         extra: &str,
     ) -> Self {
+        Self::start_full(name, id, site, admin, public_ip, false, extra)
+    }
+
+    fn start_full(
+        name: &str,
+        id: &str,
+        site: &str,
+        admin: Option<SocketAddr>,
+        public_ip: &str,
+        with_tcp: bool,
+        extra: &str,
+    ) -> Self {
         let dir = TempDir::new(name);
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let udp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let tcp = with_tcp.then_some(udp);
         let admin_line = admin
             .map(|a| format!("admin = \"{a}\"\n"))
             .unwrap_or_default();
+        let tcp_line = tcp.map(|t| format!("tcp = \"{t}\"\n")).unwrap_or_default();
         let config = format!(
-            "[node]\nid = \"{id}\"\nsite = \"{site}\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\npublic_ip = \"{public_ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
+            "[node]\nid = \"{id}\"\nsite = \"{site}\"\n[listen]\nhttp = \"{http}\"\n{admin_line}udp = \"{udp}\"\n{tcp_line}public_ip = \"{public_ip}\"\n[auth.keys]\nk1 = \"{KEY_HEX}\"\n[shutdown]\ndrain_timeout = \"5s\"\n{extra}"
         );
         let path = dir.path().join("sfu.toml");
         std::fs::write(&path, config).expect("config");
@@ -113,6 +134,7 @@ impl Sfu {
             dir,
             http,
             udp,
+            tcp,
             process,
         }
     }
@@ -133,6 +155,7 @@ impl Sfu {
             dir,
             http,
             udp,
+            tcp: None,
             process,
         }
     }

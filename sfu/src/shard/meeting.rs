@@ -159,7 +159,7 @@ impl Shard {
                 };
                 self.room_input(now, &room_name, input, None);
             }
-            ClientMsg::Mute { track, muted } => self.mute(id, &track, muted),
+            ClientMsg::Mute { track, muted } => self.mute(now, id, &track, muted),
             ClientMsg::Leave {} => self.close_peer(id),
             ClientMsg::Ping {} => self.send(id, ServerMsg::Pong),
         }
@@ -169,7 +169,7 @@ impl Shard {
         self.peers.get_mut(&id)?.meeting.as_deref_mut()
     }
 
-    fn mute(&mut self, id: PeerId, track: &str, muted: bool) {
+    fn mute(&mut self, now: Instant, id: PeerId, track: &str, muted: bool) {
         let own = signal::parse_track_id(track)
             .filter(|(peer, _)| *peer == id)
             .and_then(|(_, idx)| {
@@ -193,6 +193,17 @@ impl Shard {
         };
         if !changed {
             return;
+        }
+        // The room stops (or resumes) forwarding it; a video track resumes at a keyframe.
+        if let Some(room_name) = self.peers.get(&id).map(|p| p.room.clone()) {
+            let input = RoomInput::Mute {
+                track: TrackId {
+                    peer: id,
+                    idx: info.idx,
+                },
+                muted,
+            };
+            self.room_input(now, &room_name, input, None);
         }
         let view = TrackView {
             track: track.to_owned(),
@@ -486,7 +497,7 @@ impl Shard {
             return;
         };
         let mut events = Vec::new();
-        let outbox = &mut self.outbox.datagrams;
+        let outbox = &mut self.outbox.sends;
         let result = catch_unwind(AssertUnwindSafe(|| {
             peer::drain(&mut p.rtc, outbox, &mut events)
         }));
