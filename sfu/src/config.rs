@@ -223,8 +223,8 @@ pub struct MediaConfig {
     /// A session that has not connected this long after its answer was given is closed.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// The bandwidth estimator's first estimate (bits/s) for every peer the SFU sends media
-    /// to (TWCC/GCC; simulcast layers are chosen from its estimates). 0 turns the estimator,
+    /// The bandwidth estimator's first estimate (bits/s) for every meeting participant
+    /// (TWCC/GCC; simulcast layers are chosen from its estimates; WHEP watchers have none). 0 turns the estimator,
     /// and with it pacing and layer choice by bandwidth, off.
     #[serde(default = "default_bwe_initial_bps")]
     pub bwe_initial_bps: u64,

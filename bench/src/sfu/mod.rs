@@ -47,6 +47,9 @@ pub struct SfuVsJanusArgs {
     /// The SFU's `[media] shards`.
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// The SFU's `[media] bwe_initial_bps` (default: the SFU's own default).
+    #[arg(long)]
+    bwe_initial_bps: Option<u64>,
     /// The address the servers' media and the peers use (default: this machine's first
     /// global IPv4 address; Janus's ICE (libnice) never offers a loopback address, so both
     /// servers and the load use this one; the traffic stays inside the machine).
@@ -131,7 +134,7 @@ pub fn run(args: SfuVsJanusArgs) -> anyhow::Result<()> {
                 &estuary,
                 &args.janus,
                 rooms,
-                args.shards,
+                (args.shards, args.bwe_initial_bps),
                 address,
             )?;
             let f = rt
@@ -143,11 +146,12 @@ pub fn run(args: SfuVsJanusArgs) -> anyhow::Result<()> {
         }
         rows.push((n, p, rooms, figs));
     }
-    let mut md = String::new();
+    let mut md = String::from("### Estuary SFU vs Janus VideoRoom\n\n");
+    let _ = writeln!(md, "- Date: {}", crate::report::utc_now());
     let _ = writeln!(
         md,
         "Command: `{command}` (estuary commit {}; {} cores, {}; SFU on CPU 0, load on CPU 1{}; media on {address}; \
-         {}s measured per row after {}s of warm-up; Estuary `[media] shards = {}`).\n",
+         {}s measured per row after {}s of warm-up; Estuary `[media] shards = {}`{}).\n",
         harness::git_describe(),
         machine.cpus,
         machine.cpu_model,
@@ -155,6 +159,9 @@ pub fn run(args: SfuVsJanusArgs) -> anyhow::Result<()> {
         duration.as_secs(),
         WARMUP.as_secs(),
         args.shards,
+        args.bwe_initial_bps
+            .map(|b| format!(", `bwe_initial_bps = {b}`"))
+            .unwrap_or_default(),
     );
     md.push_str("| rooms × (publishers + subscribers) | server | packets/s forwarded | server CPU (cores) | packets per CPU-second | delivered | latency p50 | latency p99 | SFU's own p50 / p99 |\n");
     md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");

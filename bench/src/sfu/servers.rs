@@ -73,7 +73,7 @@ impl Running {
         estuary: &Path,
         janus: &Path,
         rooms: usize,
-        shards: usize,
+        (shards, bwe): (usize, Option<u64>),
         address: std::net::IpAddr,
     ) -> anyhow::Result<Self> {
         for p in server.ports() {
@@ -92,7 +92,7 @@ impl Running {
                     );
                 }
                 let path = dir.join("sfu.toml");
-                fs::write(&path, estuary_config(shards, address))?;
+                fs::write(&path, estuary_config(shards, bwe, address))?;
                 cmd.arg(estuary)
                     .arg("sfu")
                     .arg("--config")
@@ -121,7 +121,10 @@ impl Running {
     }
 }
 
-fn estuary_config(shards: usize, address: std::net::IpAddr) -> String {
+fn estuary_config(shards: usize, bwe: Option<u64>, address: std::net::IpAddr) -> String {
+    let bwe = bwe
+        .map(|b| format!("bwe_initial_bps = {b}\n"))
+        .unwrap_or_default();
     format!(
         r#"# Written by estuary-bench sfu-vs-janus.
 [node]
@@ -139,10 +142,14 @@ public_ip = "{address}"
 [media]
 shards = {shards}
 codecs = ["opus", "vp8"]
+{bwe}
 
 [rooms]
 max_participants = 1000
 max_publishers = 100
+# Every publisher's audio to every subscriber, as Janus does (the default forwards the three
+# loudest; the load's audio carries no levels).
+max_audio_forwarded = 64
 
 [limits]
 max_connections = 4000
