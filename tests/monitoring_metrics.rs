@@ -22,7 +22,7 @@ use common::cp_site::{ControlPlane, LAB, cred, edge_with_control_plane};
 use common::origin_site::OriginSite;
 use common::sfu::{Sfu, synthetic_offer};
 use common::steering_site::SteeringSite;
-use common::{fetch, http_get_raw};
+use common::{TempDir, fetch, http_get_raw};
 
 /// One service's `/metrics` text.
 struct Scrape {
@@ -77,7 +77,16 @@ fn scrape_every_service() -> Vec<Scrape> {
     assert!(dig.status.success(), "dig: {dig:?}");
     let (status, _, _) = fetch(&origin_site.url("/v/none/master.m3u8"), &[]);
     assert_eq!(status, 404);
-    let mut sfu = Sfu::start("mon-sfu", "");
+    // With [recording], so that its metrics are checked too (no origin listens there: nothing
+    // is recorded).
+    let rec_dir = TempDir::new("mon-sfu-rec");
+    let mut sfu = Sfu::start(
+        "mon-sfu",
+        &format!(
+            "[recording]\ndir = \"{}\"\norigin = \"http://127.0.0.1:9\"\nupload_token = \"mon-recording-token-0123\"\n",
+            rec_dir.path().display()
+        ),
+    );
     let (status, _, _) = sfu.offer("whip", "r1", &synthetic_offer("sendonly"));
     assert_eq!(status, 201);
 

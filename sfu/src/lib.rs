@@ -120,8 +120,6 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
                 factory.clone(),
                 config.listen.udp,
                 &metrics.registry,
-                &config.node.id,
-                &config.node.site,
             )?);
             r.upload_leftovers();
             Some(r)

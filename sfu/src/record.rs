@@ -133,8 +133,6 @@ impl Recorder {
         factory: RtcFactory,
         listen_udp: SocketAddr,
         registry: &prometheus::Registry,
-        node: &str,
-        site: &str,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| anyhow::anyhow!("recording.dir {}: {e}", cfg.dir.display()))?;
@@ -145,21 +143,21 @@ impl Recorder {
             ..ClientOptions::default()
         })
         .map_err(|e| anyhow::anyhow!("recording: {e}"))?;
-        let labels = |o: Opts| {
-            o.const_label("node", node.to_owned())
-                .const_label("site", site.to_owned())
-        };
-        let active = IntGauge::with_opts(labels(Opts::new(
+        // The registry adds `node` and `site` to every series.
+        let active = IntGauge::with_opts(Opts::new(
             "estuary_sfu_recordings_active",
             "Recordings being written or uploaded.",
-        )))?;
+        ))?;
         let ended = IntCounterVec::new(
-            labels(Opts::new(
+            Opts::new(
                 "estuary_sfu_recordings_total",
                 "Recordings ended, by outcome (uploaded, failed).",
-            )),
+            ),
             &["outcome"],
         )?;
+        for o in ["uploaded", "failed"] {
+            ended.with_label_values(&[o]);
+        }
         registry.register(Box::new(active.clone()))?;
         registry.register(Box::new(ended.clone()))?;
         let sfu_udp = match listen_udp.ip() {
