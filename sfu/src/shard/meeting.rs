@@ -512,12 +512,26 @@ impl Shard {
         let Some(m) = p.meeting.as_deref() else {
             return;
         };
-        if m.events.try_send(msg).is_err() {
-            tracing::info!(
-                peer = id,
-                "A meeting participant does not read its events; it is closed."
-            );
-            p.closing = true;
+        match m.events.try_send(msg) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                if !p.closing {
+                    tracing::info!(
+                        peer = id,
+                        "A meeting participant does not read its events; it is closed."
+                    );
+                }
+                p.closing = true;
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                if !p.closing {
+                    tracing::info!(
+                        peer = id,
+                        "A meeting participant's WebSocket is gone; it is closed."
+                    );
+                }
+                p.closing = true;
+            }
         }
     }
 
