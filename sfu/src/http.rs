@@ -46,6 +46,12 @@ pub struct App {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// `[recording]`, when configured.
     pub recorder: Option<Arc<crate::record::Recorder>>,
+    /// Cascade orders taken (`PUT /cascade/<room>`).
+    pub cascades: crate::cascade::Orders,
+    /// Cascade links' sockets bind to this address (`[listen] udp`'s) ...
+    pub link_bind_ip: std::net::IpAddr,
+    /// ... and their candidates name this one (`public_ip`).
+    pub link_public_ip: std::net::IpAddr,
 }
 
 impl estuary_common::service::admin::AdminEndpoints for App {
@@ -72,6 +78,11 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/rooms/{room}", get(crate::page::page))
         .route("/rooms/{room}/ws", get(crate::meeting_ws::ws))
+        .route(
+            "/cascade/{room}",
+            axum::routing::put(crate::cascade::put_order).get(crate::cascade::get_order),
+        )
+        .route("/cascade/{room}/ws", get(crate::cascade::ws))
         .route(
             "/recordings/{room}",
             post(crate::record::start)

@@ -14,6 +14,7 @@
 //! meeting page), `metrics.rs`,
 //! `config.rs`.
 
+pub mod cascade;
 pub mod config;
 pub mod demux;
 pub mod forward;
@@ -156,6 +157,9 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         page_csp: page::csp(),
         stop: stop.clone(),
         recorder: recorder.clone(),
+        cascades: cascade::Orders::default(),
+        link_bind_ip: config.listen.udp.ip(),
+        link_public_ip: config.public_udp().ip(),
     });
     let listen = config.listen.http;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -81,7 +81,7 @@ pub async fn ws(
     // The connection keeps its listener slot (`[limits]`) for as long as it is open.
     let slot = slot.map(|axum::Extension(s)| s);
     upgrade.on_upgrade(move |socket| async move {
-        connection(app, socket, room).await;
+        connection(app, socket, room, false).await;
         drop(slot);
     })
 }
@@ -125,7 +125,9 @@ async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> bool {
     )
 }
 
-async fn connection(app: Arc<App>, mut socket: WebSocket, room: String) {
+/// One participant's WebSocket; with `link`, a cascade link's upstream end (`cascade.rs`),
+/// which is joined at once (it sends no `join`).
+pub async fn connection(app: Arc<App>, mut socket: WebSocket, room: String, link: bool) {
     // hyper hands the upgraded socket over with its 8 KiB request buffer, freed by the first
     // read: read once now rather than hold it while the participant waits for its shard
     // (the chat relay measured 11-13 KiB per idle connection instead of 6-7 without this).
@@ -138,6 +140,28 @@ async fn connection(app: Arc<App>, mut socket: WebSocket, room: String) {
     let started = tokio::time::Instant::now();
     let mut heard = started;
     let mut ticks = tokio::time::interval_at(started + IDLE / 2, IDLE / 2);
+    if link {
+        let joined = match events_tx.take() {
+            Some(tx) => join(&app, &room, "cascade".into(), tx, true).await,
+            None => Err((ErrorCode::Overloaded, String::new())),
+        };
+        match joined {
+            Ok(id) => peer = Some(id),
+            Err((code, text)) => {
+                let _ = send(&mut socket, &ServerMsg::error(code, text)).await;
+                let reason = "the link was refused";
+                estuary_common::ws::close(
+                    &mut socket,
+                    close::POLICY,
+                    reason,
+                    CLOSE_WAIT,
+                    CLOSE_WAIT,
+                )
+                .await;
+                return;
+            }
+        }
+    }
     let ending: Option<(u16, &'static str)> = loop {
         if let Some(received) = early.take() {
             heard = tokio::time::Instant::now();
@@ -157,8 +181,13 @@ async fn connection(app: Arc<App>, mut socket: WebSocket, room: String) {
                     let Some(tx) = events_tx.take() else {
                         break None;
                     };
-                    match join(&app, &room, name, tx).await {
-                        Ok(id) => peer = Some(id),
+                    match join(&app, &room, name, tx, false).await {
+                        Ok(id) => {
+                            peer = Some(id);
+                            // The first participant here opens the room's cascade link, if
+                            // the control plane ordered one.
+                            crate::cascade::maybe_start(&app, &room);
+                        }
                         Err((code, text)) => {
                             let _ = send(&mut socket, &ServerMsg::error(code, text)).await;
                             break Some((close::POLICY, "the join was refused"));
@@ -230,12 +259,14 @@ async fn join(
     room: &str,
     name: String,
     events: mpsc::Sender<ServerMsg>,
+    link: bool,
 ) -> Result<PeerId, (ErrorCode, String)> {
     let (reply, answer) = oneshot::channel();
     let msg = ShardIn::Join {
         room: room.to_owned(),
         name,
         events,
+        link,
         reply,
     };
     shard_send(app, room, msg).map_err(|e| (ErrorCode::Overloaded, e.to_owned()))?;

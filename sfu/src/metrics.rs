@@ -97,7 +97,8 @@ pub const REFUSALS: [&str; 10] = [
 ];
 
 /// WHIP (publishers) and WHEP (watchers): the `kind` label of peers.
-pub const PEER_KINDS: [&str; 3] = ["whip", "whep", "meeting"];
+/// Meeting participants and cascade links to other SFUs, too.
+pub const PEER_KINDS: [&str; 4] = ["whip", "whep", "meeting", "cascade"];
 
 pub struct Metrics {
     pub registry: prometheus::Registry,
@@ -123,6 +124,10 @@ pub struct Metrics {
     subscriber_bandwidth: Histogram,
     /// Simulcast layers paused at their publisher now (nobody receives them).
     pub layers_paused: IntGauge,
+    /// Cascade links open now (either end).
+    pub cascade_links: IntGauge,
+    /// Other sites' participants relayed here now.
+    pub cascade_participants: IntGauge,
     /// Top simulcast layers shed for overload, per shard.
     pub shed_layers: IntGaugeVec,
     pub tcp_connections: IntGauge,
@@ -255,6 +260,14 @@ impl Metrics {
                 "estuary_sfu_layers_paused",
                 "Simulcast layers nobody receives, paused at their publisher (dynacast).",
             )),
+            cascade_links: must(IntGauge::new(
+                "estuary_sfu_cascade_links",
+                "Cascade links to other SFUs open now (relaying or upstream end); what each link carries is in the peers, packets and bytes of kind cascade.",
+            )),
+            cascade_participants: must(IntGauge::new(
+                "estuary_sfu_cascade_participants",
+                "Participants of other sites whose tracks arrive here over a cascade link.",
+            )),
             shed_layers: must(IntGaugeVec::new(
                 Opts::new(
                     "estuary_sfu_shed_layers",
@@ -354,6 +367,8 @@ impl Metrics {
                 Box::new(m.layer_received.clone()),
                 Box::new(m.subscriber_bandwidth.clone()),
                 Box::new(m.layers_paused.clone()),
+                Box::new(m.cascade_links.clone()),
+                Box::new(m.cascade_participants.clone()),
                 Box::new(m.shed_layers.clone()),
                 Box::new(m.tcp_connections.clone()),
                 Box::new(m.tcp_connections_total.clone()),

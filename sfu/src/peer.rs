@@ -22,12 +22,14 @@ use str0m::{Candidate, Event, IceCreds, Output, Rtc, RtcConfig, RtcError};
 use crate::config::Codec;
 use crate::room::{MediaKind, PeerId};
 
-/// WHIP publishes, WHEP watches, a meeting participant (WebSocket) does both.
+/// WHIP publishes, WHEP watches, a meeting participant (WebSocket) does both, and so does a
+/// cascade link to another SFU (`cascade.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerKind {
     Whip,
     Whep,
     Meeting,
+    Cascade,
 }
 
 impl SessionError {
@@ -47,6 +49,7 @@ impl PeerKind {
             PeerKind::Whip => "whip",
             PeerKind::Whep => "whep",
             PeerKind::Meeting => "meeting",
+            PeerKind::Cascade => "cascade",
         }
     }
 }
@@ -79,6 +82,9 @@ pub enum SessionError {
 pub struct TrackInfo {
     pub idx: u32,
     pub kind: MediaKind,
+    /// Whose track it is: the peer itself, or (on a cascade link) the other site's
+    /// participant it was relayed for.
+    pub owner: PeerId,
 }
 
 pub struct Peer {
@@ -112,8 +118,10 @@ pub struct Peer {
     pub nacks: HashMap<Mid, u64>,
     /// Publishers: how many layers of each simulcast track (by index) are paused now.
     pub paused_layers: HashMap<u32, i64>,
-    /// Meeting participants: their signaling state.
+    /// Meeting participants (and cascade links): their signaling state.
     pub meeting: Option<Box<Meeting>>,
+    /// Cascade links: the other site's participants relayed over it.
+    pub link: Option<Box<Link>>,
     /// Set when the peer is to be closed at the next look at timers (its WebSocket could not
     /// take an event).
     pub closing: bool,
@@ -134,6 +142,23 @@ pub struct Meeting {
     pub max_height: HashMap<String, u32>,
     /// This participant's muted tracks (indexes).
     pub muted: std::collections::HashSet<u32>,
+}
+
+/// A cascade link's own state (`cascade.rs`).
+#[derive(Default)]
+pub struct Link {
+    /// The other side's participant ids, and the local participant each stands for here.
+    pub ghosts: HashMap<String, PeerId>,
+    /// Set on the SFU that connected (the relaying one): its own socket, full ICE, and the
+    /// reader thread's stop flag. The other side is an ICE-lite peer like any participant.
+    pub client: Option<LinkClient>,
+}
+
+/// The connecting side of a cascade link: a full-ICE `Rtc` on a socket of its own.
+pub struct LinkClient {
+    pub socket: Arc<std::net::UdpSocket>,
+    pub local: SocketAddr,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One change to a participant's sending m-lines.
@@ -223,7 +248,9 @@ impl RtcFactory {
         // MediaAdded events come only once DTLS is up, so the answer is read instead.)
         let (want, offer_dir, protocol) = match kind {
             PeerKind::Whip => (Direction::RecvOnly, "sendonly", "WHIP"),
-            PeerKind::Whep | PeerKind::Meeting => (Direction::SendOnly, "recvonly", "WHEP"),
+            PeerKind::Whep | PeerKind::Meeting | PeerKind::Cascade => {
+                (Direction::SendOnly, "recvonly", "WHEP")
+            }
         };
         let mut media = Vec::new();
         for line in answer.media_lines.iter().filter(|l| !l.disabled) {
@@ -305,13 +332,14 @@ impl RtcFactory {
         cfg
     }
 
-    /// An `Rtc` of the SFU's own that watches a room like a WHEP client (full ICE, it
-    /// offers; RTP mode): the recorder.
+    /// An `Rtc` of the SFU's own that connects like a client (full ICE, it offers; RTP
+    /// mode): the recorder, and the relaying end of a cascade link.
     pub fn client(&self, now: Instant) -> Rtc {
         let cfg = Rtc::builder()
             .set_crypto_provider(Arc::clone(&self.crypto))
             .set_dtls_cert(self.cert.clone())
-            .set_rtp_mode(true);
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
         self.codecs_of(cfg).build(now)
     }
 }
@@ -331,11 +359,16 @@ pub struct Answered {
 pub struct Sends {
     pub udp: Vec<(SocketAddr, Vec<u8>)>,
     pub tcp: Vec<(SocketAddr, Vec<u8>)>,
+    /// The local addresses of cascade links' own sockets: a transmit from one of them goes
+    /// out on that socket (`link`), not on the shared one.
+    pub link_src: Vec<SocketAddr>,
+    /// (source, destination, datagram) of cascade links' transmits.
+    pub link: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
 impl Sends {
     pub fn is_empty(&self) -> bool {
-        self.udp.is_empty() && self.tcp.is_empty()
+        self.udp.is_empty() && self.tcp.is_empty() && self.link.is_empty()
     }
 }
 
@@ -350,6 +383,11 @@ pub fn drain(
         match rtc.poll_output()? {
             Output::Timeout(t) => return Ok(t),
             Output::Transmit(t) => match t.proto {
+                Protocol::Udp if outbox.link_src.contains(&t.source) => {
+                    outbox
+                        .link
+                        .push((t.source, t.destination, t.contents.into()));
+                }
                 Protocol::Udp => outbox.udp.push((t.destination, t.contents.into())),
                 // Our only TCP candidate is the passive one: TCP transmits go back on a
                 // connection the client opened. (SSL-TCP and TLS are never negotiated.)

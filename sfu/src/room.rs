@@ -86,13 +86,18 @@ pub enum Role {
     /// Receives, into `audio` and `video` slots (WHEP).
     Watcher { audio: u8, video: u8 },
     /// A meeting participant: publishes, and receives every other participant's tracks,
-    /// each in a slot of its own opened for it (the shell adds an m-line per slot).
+    /// each in a slot of its own opened for it (the shell adds an m-line per slot). A cascade
+    /// link to another SFU is a member too: it receives what this site's participants
+    /// publish, once per track, and never the tracks that came in over it.
     Member,
+    /// A participant of another site (cascading): publishes what arrives over the link
+    /// member `via`, receives nothing here, and its tracks are never sent back over `via`.
+    Relayed { via: PeerId },
 }
 
 impl Role {
     fn publishes(self) -> bool {
-        matches!(self, Role::Publisher | Role::Member)
+        matches!(self, Role::Publisher | Role::Member | Role::Relayed { .. })
     }
 }
 
@@ -340,6 +345,16 @@ impl Room {
         s.forwarder.sending().map(layer_of)
     }
 
+    /// Whether `publisher`'s tracks come from `member` itself: its own, or those of another
+    /// site's participant relayed over it (sending them back would make a loop).
+    fn comes_from(&self, publisher: PeerId, member: PeerId) -> bool {
+        publisher == member
+            || self
+                .participants
+                .get(&publisher)
+                .is_some_and(|p| p.role == Role::Relayed { via: member })
+    }
+
     /// Admits a participant, within the room's limits. A watcher is given the tracks
     /// published now (keyframes requested into `out`).
     pub fn join(
@@ -382,7 +397,7 @@ impl Room {
             let tracks: Vec<(TrackId, MediaKind)> = self
                 .tracks
                 .iter()
-                .filter(|(t, _)| t.peer != peer)
+                .filter(|(t, _)| !self.comes_from(t.peer, peer))
                 .map(|(t, k)| (*t, *k))
                 .collect();
             for (t, k) in tracks {
@@ -464,8 +479,9 @@ impl Room {
                     let members: Vec<PeerId> = self
                         .participants
                         .iter()
-                        .filter(|(id, p)| p.role == Role::Member && **id != track.peer)
+                        .filter(|(_, p)| p.role == Role::Member)
                         .map(|(id, _)| *id)
+                        .filter(|id| !self.comes_from(track.peer, *id))
                         .collect();
                     for m in members {
                         self.open_slot(now, m, track, kind, out);
@@ -974,6 +990,73 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_cascade_link_never_gets_back_the_tracks_that_came_over_it() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_publishers: 8,
+            ..limits()
+        };
+        let mut room = Room::new(limits, 10);
+        let mut out = Vec::new();
+        // 1: a local member; 2 and 3: links to two other sites (this SFU is their hub);
+        // 4 is a participant of link 2's site, 5 one of link 3's.
+        room.join(t0, 1, Role::Member, &mut out).expect("member");
+        room.join(t0, 2, Role::Member, &mut out).expect("link 2");
+        room.join(t0, 3, Role::Member, &mut out).expect("link 3");
+        room.join(t0, 4, Role::Relayed { via: 2 }, &mut out)
+            .expect("relayed 4");
+        room.join(t0, 5, Role::Relayed { via: 3 }, &mut out)
+            .expect("relayed 5");
+        assert!(out.is_empty(), "{out:?}");
+        let add = |room: &mut Room, out: &mut Vec<RoomOutput>, track| {
+            let input = RoomInput::TrackAdded {
+                track,
+                kind: MediaKind::Video,
+                layers: 1,
+            };
+            room.handle_input(t0, input, out);
+        };
+        let subs = |out: &[RoomOutput]| {
+            let mut v: Vec<PeerId> = opened(out).into_iter().map(|(o, _)| o.sub).collect();
+            v.sort_unstable();
+            v
+        };
+        let local = TrackId { peer: 1, idx: 1 };
+        add(&mut room, &mut out, local);
+        assert_eq!(
+            subs(&out),
+            vec![2, 3],
+            "a local track goes once to each link"
+        );
+        out.clear();
+        let from_2 = TrackId { peer: 4, idx: 2 };
+        add(&mut room, &mut out, from_2);
+        assert_eq!(subs(&out), vec![1, 3], "never back over link 2");
+        out.clear();
+        let from_3 = TrackId { peer: 5, idx: 3 };
+        add(&mut room, &mut out, from_3);
+        assert_eq!(subs(&out), vec![1, 2], "never back over link 3");
+        out.clear();
+        // A link that joins later gets what is published, except what it relays itself.
+        room.join(t0, 6, Role::Member, &mut out).expect("link 6");
+        room.join(t0, 7, Role::Relayed { via: 6 }, &mut out)
+            .expect("relayed 7");
+        out.clear();
+        add(&mut room, &mut out, TrackId { peer: 7, idx: 4 });
+        assert_eq!(subs(&out), vec![1, 2, 3]);
+        // A relayed participant receives nothing itself.
+        assert!(opened(&out).iter().all(|(o, _)| o.sub != 4 && o.sub != 5));
+        out.clear();
+        // Its link's leaving takes nothing of the others' with it.
+        room.leave(t0, 7, &mut out);
+        let closed = out
+            .iter()
+            .filter(|o| matches!(o, RoomOutput::CloseSlot { .. }))
+            .count();
+        assert_eq!(closed, 3, "{out:?}");
     }
 
     #[test]

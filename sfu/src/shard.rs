@@ -38,6 +38,7 @@ fn layer_count(rids: &[str0m::media::Rid]) -> u8 {
         .min(room::MAX_LAYERS)
 }
 
+mod cascade;
 mod meeting;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
@@ -73,7 +74,21 @@ pub enum ShardIn {
         room: String,
         name: String,
         events: tokio::sync::mpsc::Sender<ServerMsg>,
+        /// The upstream end of a cascade link (`cascade.rs`), not a participant.
+        link: bool,
         reply: oneshot::Sender<Result<PeerId, SessionError>>,
+    },
+    /// The relaying end of a cascade link opens (a full-ICE peer on its own socket).
+    LinkOpen {
+        room: String,
+        events: tokio::sync::mpsc::Sender<ServerMsg>,
+        client: peer::LinkClient,
+        reply: oneshot::Sender<Result<PeerId, SessionError>>,
+    },
+    /// A message of the upstream SFU to the relaying end of a link.
+    Upstream {
+        peer: PeerId,
+        msg: crate::cascade::UpstreamMsg,
     },
     /// A later message of a meeting participant.
     Signal {
@@ -140,6 +155,10 @@ pub struct Shard {
     to_negotiate: Vec<PeerId>,
     /// Top simulcast layers shed for overload now.
     shed: u8,
+    /// Other sites' participants, standing in here for what arrives over a cascade link.
+    ghosts: HashMap<PeerId, cascade::Ghost>,
+    /// The relaying cascade links' own sockets, by the address their candidate names.
+    link_sockets: HashMap<SocketAddr, Arc<UdpSocket>>,
 }
 
 /// Datagrams waiting for the next sendmmsg (and for ICE-TCP connections), and the receive
@@ -187,6 +206,8 @@ impl Shard {
             },
             to_negotiate: Vec::new(),
             shed: 0,
+            ghosts: HashMap::new(),
+            link_sockets: HashMap::new(),
         }
     }
 
@@ -261,6 +282,15 @@ impl Shard {
             self.outbox.sends.udp.clear();
         }
         self.send_tcp();
+        for (src, dst, datagram) in self.outbox.sends.link.drain(..) {
+            let sent = self
+                .link_sockets
+                .get(&src)
+                .is_some_and(|s| s.send_to(&datagram, dst).is_ok());
+            if !sent {
+                self.local.dropped(DropReason::SendFailed);
+            }
+        }
         let now = Instant::now();
         for t in self.outbox.forwarded_at.drain(..) {
             self.local
@@ -383,11 +413,12 @@ impl Shard {
                 room,
                 name,
                 events,
+                link,
                 reply,
             } => {
                 let now = Instant::now();
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    self.join_meeting(now, &room, name, events)
+                    self.join_meeting(now, &room, name, events, link)
                 }))
                 .unwrap_or_else(|_| {
                     self.metrics.peer_panics.inc();
@@ -406,9 +437,32 @@ impl Shard {
                 if self
                     .peers
                     .get(&peer)
-                    .is_some_and(|p| p.kind == PeerKind::Meeting)
+                    .is_some_and(|p| matches!(p.kind, PeerKind::Meeting | PeerKind::Cascade))
                 {
                     self.close_peer(peer);
+                }
+            }
+            ShardIn::LinkOpen {
+                room,
+                events,
+                client,
+                reply,
+            } => {
+                let now = Instant::now();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    self.link_open(now, &room, events, client)
+                }))
+                .unwrap_or_else(|_| {
+                    self.metrics.peer_panics.inc();
+                    Err(SessionError::Internal)
+                });
+                let _ = reply.send(result);
+            }
+            ShardIn::Upstream { peer, msg } => {
+                let result = catch_unwind(AssertUnwindSafe(|| self.upstream(peer, msg)));
+                if result.is_err() {
+                    self.metrics.peer_panics.inc();
+                    self.remove_peer(Instant::now(), peer);
                 }
             }
         }
@@ -463,15 +517,23 @@ impl Shard {
             nacks: HashMap::new(),
             paused_layers: HashMap::new(),
             meeting: None,
+            link: None,
             closing: false,
         };
         let mut added = Vec::new();
         for (mid, k, rids) in media {
             match kind {
-                PeerKind::Whip | PeerKind::Meeting => {
+                PeerKind::Whip | PeerKind::Meeting | PeerKind::Cascade => {
                     let idx = self.next_track;
                     self.next_track += 1;
-                    p.tracks.insert(mid, TrackInfo { idx, kind: k });
+                    p.tracks.insert(
+                        mid,
+                        TrackInfo {
+                            idx,
+                            kind: k,
+                            owner: id,
+                        },
+                    );
                     added.push((TrackId { peer: id, idx }, k, layer_count(&rids)));
                     if !rids.is_empty() {
                         p.rids.insert(mid, rids);
@@ -485,7 +547,7 @@ impl Shard {
             }
         }
         let role = match kind {
-            PeerKind::Whip | PeerKind::Meeting => Role::Publisher,
+            PeerKind::Whip | PeerKind::Meeting | PeerKind::Cascade => Role::Publisher,
             PeerKind::Whep => {
                 let n = |k| {
                     let count = p.out_mids.keys().filter(|(kk, _)| *kk == k).count();
@@ -591,8 +653,16 @@ impl Shard {
         tcp: Option<TcpConn>,
     ) {
         // What str0m is told the datagram arrived on: one of the peer's local candidates.
+        let link_local = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.link.as_ref()?.client.as_ref())
+            .map(|c| c.local);
         let (proto, local) = match (&tcp, self.cfg.factory.public_tcp) {
-            (None, _) => (Protocol::Udp, self.cfg.factory.public_udp),
+            (None, _) => (
+                Protocol::Udp,
+                link_local.unwrap_or(self.cfg.factory.public_udp),
+            ),
             (Some(_), Some(public_tcp)) => (Protocol::Tcp, public_tcp),
             (Some(conn), None) => {
                 conn.close(TcpClose::Shutdown);
@@ -787,7 +857,7 @@ impl Shard {
         let is_vp8 = params.spec().codec == str0m::format::Codec::Vp8;
         let input = RoomInput::Packet {
             track: TrackId {
-                peer: id,
+                peer: track.owner,
                 idx: track.idx,
             },
             layer,
@@ -815,7 +885,10 @@ impl Shard {
         if track.kind == MediaKind::Audio
             && let Some(level) = pkt.header.ext_vals.audio_level
         {
-            let input = RoomInput::AudioLevel { peer: id, level };
+            let input = RoomInput::AudioLevel {
+                peer: track.owner,
+                level,
+            };
             self.room_input(pkt.timestamp, &room_name, input, None);
         }
     }
@@ -989,13 +1062,18 @@ impl Shard {
     }
 
     fn request_keyframe(&mut self, now: Instant, track: TrackId, layer: u8) {
-        let Some(p) = self.peers.get_mut(&track.peer) else {
+        // Another site's participant's track: asked of the link it comes over.
+        let holder = match self.ghosts.get(&track.peer) {
+            Some(g) => g.link,
+            None => track.peer,
+        };
+        let Some(p) = self.peers.get_mut(&holder) else {
             return;
         };
         let Some(mid) = p
             .tracks
             .iter()
-            .find(|(_, t)| t.idx == track.idx)
+            .find(|(_, t)| t.idx == track.idx && t.owner == track.peer)
             .map(|(m, _)| *m)
         else {
             return;
@@ -1013,7 +1091,7 @@ impl Shard {
             }
             peer::drain(&mut p.rtc, outbox, &mut events)
         }));
-        self.after_drain(now, track.peer, result, &mut events);
+        self.after_drain(now, holder, result, &mut events);
     }
 
     /// Dynacast: tells a meeting publisher which rids of its track are received (the page
@@ -1151,11 +1229,13 @@ impl Shard {
     }
 
     fn remove_peer(&mut self, now: Instant, id: PeerId) {
+        // A link's stand-ins leave with it (their tracks are its m-lines).
+        self.link_closing(now, id);
         let Some(p) = self.peers.remove(&id) else {
             return;
         };
         self.sessions.remove(&p.session);
-        if p.meeting.is_some() || !p.tracks.is_empty() {
+        if p.link.is_none() && (p.meeting.is_some() || !p.tracks.is_empty()) {
             self.announce_gone(&p);
         }
         let paused: i64 = p.paused_layers.values().sum();
@@ -1201,5 +1281,8 @@ impl Shard {
         }
         out.clear();
         self.out = out;
+        if p.link.is_none() {
+            self.close_idle_links(&p.room);
+        }
     }
 }

@@ -10,8 +10,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// The longest participant name kept (longer names are cut, not refused).
 pub const MAX_NAME_CHARS: usize = 64;
 
-/// A message from a participant.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A message from a participant (or from the relaying SFU of a cascade link, which sends
+/// these too: `cascade.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMsg {
     /// The first message: who joins.
@@ -38,10 +39,26 @@ pub enum ClientMsg {
         track: String,
         muted: bool,
     },
+    /// Cascade links only: a participant of the relaying SFU's site joined or left (its
+    /// tracks come as m-lines whose stream id is `participant`).
+    Relay {
+        event: RelayEvent,
+        participant: String,
+        #[serde(default)]
+        name: String,
+    },
     // Empty struct variants, not unit ones: serde ignores unknown fields next to the tag of a
     // unit variant even with `deny_unknown_fields`.
     Leave {},
     Ping {},
+}
+
+/// What became of a relayed participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayEvent {
+    Joined,
+    Left,
 }
 
 /// Why a client frame was not understood.

@@ -11,7 +11,7 @@ use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind as StrKind};
 
 use super::Shard;
-use crate::peer::{self, Meeting, Peer, PeerKind, SessionError, SlotChange, TrackInfo};
+use crate::peer::{self, Link, Meeting, Peer, PeerKind, SessionError, SlotChange, TrackInfo};
 use crate::room::{MediaKind, PeerId, Role, Room, RoomInput, TrackId};
 use crate::signal::{self, Change, ClientMsg, ErrorCode, ParticipantView, ServerMsg, TrackView};
 
@@ -24,16 +24,23 @@ impl Shard {
         room_name: &str,
         name: String,
         events: tokio::sync::mpsc::Sender<ServerMsg>,
+        link: bool,
     ) -> Result<PeerId, SessionError> {
         self.room_admits(room_name)?;
         let (ufrag, pass) = peer::ice_credentials();
-        let rtc = self.cfg.factory.build(now, &ufrag, &pass, true)?;
+        // A cascade link gets no bandwidth estimator: its pacer would hold the relayed
+        // streams to an estimate that starts low (see `RtcFactory::answer`).
+        let rtc = self.cfg.factory.build(now, &ufrag, &pass, !link)?;
         let id = self.next_peer;
         self.next_peer += 1;
         let name: String = name.chars().take(signal::MAX_NAME_CHARS).collect();
         let p = Peer {
             id,
-            kind: PeerKind::Meeting,
+            kind: if link {
+                PeerKind::Cascade
+            } else {
+                PeerKind::Meeting
+            },
             room: room_name.to_owned(),
             session: peer::random_hex(32),
             ufrag,
@@ -58,6 +65,7 @@ impl Shard {
                 max_height: HashMap::new(),
                 muted: HashSet::new(),
             })),
+            link: link.then(|| Box::new(Link::default())),
             closing: false,
         };
         let mut out = std::mem::take(&mut self.out);
@@ -68,18 +76,7 @@ impl Shard {
         }
         self.register(p);
         // `joined` first, so that the slots queued below are offered after it.
-        let participants = self
-            .members_of(room_name)
-            .into_iter()
-            .filter(|m| *m != id)
-            .filter_map(|m| {
-                let name = self.peers.get(&m)?.meeting.as_ref()?.name.clone();
-                Some(ParticipantView {
-                    participant: signal::participant_id(m),
-                    name,
-                })
-            })
-            .collect();
+        let participants = self.participant_views(room_name, id);
         let tracks = self.track_views(room_name);
         self.send(
             id,
@@ -99,7 +96,7 @@ impl Shard {
             );
         }
         for m in self.members_of(room_name) {
-            if m != id {
+            if m != id && !link {
                 self.send(
                     m,
                     ServerMsg::Participant {
@@ -109,6 +106,9 @@ impl Shard {
                     },
                 );
             }
+        }
+        if link {
+            self.metrics.cascade_links.inc();
         }
         self.apply(now, &out, None);
         out.clear();
@@ -131,11 +131,8 @@ impl Shard {
             ClientMsg::Offer { sdp } => self.client_offer(now, id, &sdp),
             ClientMsg::Answer { sdp } => self.client_answer(now, id, &sdp),
             ClientMsg::Subscribe { track, max_height } => {
-                let known = signal::parse_track_id(&track).is_some_and(|(peer, idx)| {
-                    self.peers
-                        .get(&peer)
-                        .is_some_and(|p| p.tracks.values().any(|t| t.idx == idx))
-                });
+                let known = signal::parse_track_id(&track)
+                    .is_some_and(|(peer, idx)| self.track_known(TrackId { peer, idx }));
                 if !known {
                     self.send(id, ServerMsg::error(ErrorCode::UnknownTrack, track));
                     return;
@@ -159,13 +156,35 @@ impl Shard {
                 };
                 self.room_input(now, &room_name, input, None);
             }
+            ClientMsg::Mute { track, muted } if self.is_link(id) => {
+                self.ghost_mute(now, id, &track, muted);
+            }
             ClientMsg::Mute { track, muted } => self.mute(now, id, &track, muted),
+            ClientMsg::Relay {
+                event,
+                participant,
+                name,
+            } => {
+                if !self.is_link(id) {
+                    self.send(
+                        id,
+                        ServerMsg::error(ErrorCode::BadMessage, "relay is for cascade links"),
+                    );
+                    return;
+                }
+                match event {
+                    signal::RelayEvent::Joined => {
+                        self.ghost_for(now, id, &participant, Some(name));
+                    }
+                    signal::RelayEvent::Left => self.ghost_remove(now, id, &participant),
+                }
+            }
             ClientMsg::Leave {} => self.close_peer(id),
             ClientMsg::Ping {} => self.send(id, ServerMsg::Pong),
         }
     }
 
-    fn meeting_mut(&mut self, id: PeerId) -> Option<&mut Meeting> {
+    pub(super) fn meeting_mut(&mut self, id: PeerId) -> Option<&mut Meeting> {
         self.peers.get_mut(&id)?.meeting.as_deref_mut()
     }
 
@@ -221,7 +240,7 @@ impl Shard {
 
     /// The client's offer (to publish): answered; the m-lines it sends on become tracks. A
     /// pending offer of ours is dropped and made again after.
-    fn client_offer(&mut self, now: Instant, id: PeerId, sdp: &str) {
+    pub(super) fn client_offer(&mut self, now: Instant, id: PeerId, sdp: &str) {
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -236,6 +255,14 @@ impl Shard {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
+        // The relaying end of a link is the impolite side: the upstream drops its own offer
+        // when ours arrives, so theirs is ignored while ours is pending.
+        if p.link.as_ref().is_some_and(|l| l.client.is_some())
+            && p.meeting.as_ref().is_some_and(|m| m.pending.is_some())
+        {
+            tracing::debug!(peer = id, "A crossing offer on a cascade link is ignored.");
+            return;
+        }
         if let Some(m) = p.meeting.as_deref_mut()
             && let Some((_, changes)) = m.pending.take()
         {
@@ -275,6 +302,7 @@ impl Shard {
         // The m-lines the client sends on (our side receives) that are new are its tracks.
         let ours: HashSet<_> = p.out_mids.values().copied().collect();
         let mut added = Vec::new();
+        let mut relayed = Vec::new();
         for line in answer.media_lines.iter().filter(|l| !l.disabled) {
             let mid = line.mid();
             if ours.contains(&mid) || p.tracks.contains_key(&mid) {
@@ -293,7 +321,25 @@ impl Shard {
             let rids = peer::rids_of(media.rids_rx());
             let idx = self.next_track;
             self.next_track += 1;
-            p.tracks.insert(mid, TrackInfo { idx, kind });
+            if p.link.is_some() {
+                // Another site's track: its stream id names its participant there.
+                relayed.push((
+                    mid,
+                    idx,
+                    kind,
+                    media.stream_id().to_owned(),
+                    media.track_id().to_owned(),
+                ));
+                continue;
+            }
+            p.tracks.insert(
+                mid,
+                TrackInfo {
+                    idx,
+                    kind,
+                    owner: id,
+                },
+            );
             added.push((TrackId { peer: id, idx }, kind, super::layer_count(&rids)));
             if !rids.is_empty() {
                 p.rids.insert(mid, rids);
@@ -312,6 +358,12 @@ impl Shard {
             },
         );
         self.drained(now, id);
+        for (mid, idx, kind, stream, remote_track) in relayed {
+            if let Some(track) = self.relayed_track(now, id, mid, idx, kind, &stream, &remote_track)
+            {
+                added.push((track, kind, 1));
+            }
+        }
         let room_name = match self.peers.get(&id) {
             Some(p) => p.room.clone(),
             None => return,
@@ -342,7 +394,7 @@ impl Shard {
     }
 
     /// The answer to our pending offer: its new m-lines get their slots.
-    fn client_answer(&mut self, now: Instant, id: PeerId, sdp: &str) {
+    pub(super) fn client_answer(&mut self, now: Instant, id: PeerId, sdp: &str) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -492,7 +544,7 @@ impl Shard {
     }
 
     /// Polls a peer after a change of its SDP.
-    fn drained(&mut self, now: Instant, id: PeerId) {
+    pub(super) fn drained(&mut self, now: Instant, id: PeerId) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -506,6 +558,10 @@ impl Shard {
 
     /// Sends one event to a participant; one that cannot take it is closed.
     pub(super) fn send(&mut self, id: PeerId, msg: ServerMsg) {
+        // A link is never told about the participants it relays itself.
+        if self.relayed_over(id, &msg) {
+            return;
+        }
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -546,7 +602,7 @@ impl Shard {
         }
     }
 
-    fn members_of(&self, room: &str) -> Vec<PeerId> {
+    pub(super) fn members_of(&self, room: &str) -> Vec<PeerId> {
         let mut v: Vec<PeerId> = self
             .peers
             .values()
@@ -557,19 +613,46 @@ impl Shard {
         v
     }
 
+    /// The room's participants as `joined` shows them to `to`: its members and other sites'
+    /// participants, not cascade links, not `to` itself, not those relayed over `to`.
+    pub(super) fn participant_views(&self, room: &str, to: PeerId) -> Vec<ParticipantView> {
+        let mut v: Vec<(PeerId, String)> = self
+            .peers
+            .values()
+            .filter(|p| p.room == room && p.id != to && p.link.is_none())
+            .filter_map(|p| Some((p.id, p.meeting.as_ref()?.name.clone())))
+            .collect();
+        v.extend(
+            self.ghosts
+                .iter()
+                .filter(|(_, g)| g.room == room && g.link != to)
+                .map(|(id, g)| (*id, g.name.clone())),
+        );
+        v.sort_unstable();
+        v.into_iter()
+            .map(|(id, name)| ParticipantView {
+                participant: signal::participant_id(id),
+                name,
+            })
+            .collect()
+    }
+
     fn track_views(&self, room: &str) -> Vec<TrackView> {
         let mut v: Vec<(TrackId, TrackView)> = Vec::new();
         for p in self.peers.values().filter(|p| p.room == room) {
             for t in p.tracks.values() {
-                let muted = p.meeting.as_ref().is_some_and(|m| m.muted.contains(&t.idx));
+                let muted = match self.ghosts.get(&t.owner) {
+                    Some(g) => g.muted.contains(&t.idx),
+                    None => p.meeting.as_ref().is_some_and(|m| m.muted.contains(&t.idx)),
+                };
                 v.push((
                     TrackId {
-                        peer: p.id,
+                        peer: t.owner,
                         idx: t.idx,
                     },
                     TrackView {
-                        track: signal::track_id(p.id, t.idx),
-                        participant: signal::participant_id(p.id),
+                        track: signal::track_id(t.owner, t.idx),
+                        participant: signal::participant_id(t.owner),
                         kind: t.kind.as_str(),
                         muted,
                     },
@@ -605,7 +688,7 @@ impl Shard {
 
     /// `speaker` to every participant of the speaker's room.
     pub(super) fn announce_speaker(&mut self, speaker: PeerId) {
-        let Some(room) = self.peers.get(&speaker).map(|p| p.room.clone()) else {
+        let Some(room) = self.room_of(speaker) else {
             return;
         };
         let msg = ServerMsg::Speaker {
@@ -618,19 +701,33 @@ impl Shard {
 
     /// `track removed` for each of a removed peer's tracks, then `participant left`.
     pub(super) fn announce_gone(&mut self, gone: &Peer) {
+        let tracks: Vec<TrackInfo> = gone.tracks.values().copied().collect();
+        let name = gone.meeting.as_deref().map(|m| m.name.clone());
+        self.announce_left(&gone.room, gone.id, &tracks, name);
+    }
+
+    /// `track removed` for each of `tracks`, then `participant left` when `name` is given, to
+    /// every member of `room` but `gone`.
+    pub(super) fn announce_left(
+        &mut self,
+        room: &str,
+        gone: PeerId,
+        tracks: &[TrackInfo],
+        name: Option<String>,
+    ) {
         let members: Vec<PeerId> = self
-            .members_of(&gone.room)
+            .members_of(room)
             .into_iter()
-            .filter(|m| *m != gone.id)
+            .filter(|m| *m != gone)
             .collect();
-        let mut tracks: Vec<&TrackInfo> = gone.tracks.values().collect();
+        let mut tracks = tracks.to_vec();
         tracks.sort_by_key(|t| t.idx);
         for t in tracks {
             let msg = ServerMsg::Track {
                 event: Change::Removed,
                 track: TrackView {
-                    track: signal::track_id(gone.id, t.idx),
-                    participant: signal::participant_id(gone.id),
+                    track: signal::track_id(gone, t.idx),
+                    participant: signal::participant_id(gone),
                     kind: t.kind.as_str(),
                     muted: false,
                 },
@@ -639,11 +736,11 @@ impl Shard {
                 self.send(m, msg.clone());
             }
         }
-        if let Some(meeting) = gone.meeting.as_deref() {
+        if let Some(name) = name {
             let msg = ServerMsg::Participant {
                 event: Change::Left,
-                participant: signal::participant_id(gone.id),
-                name: meeting.name.clone(),
+                participant: signal::participant_id(gone),
+                name,
             };
             for &m in &members {
                 self.send(m, msg.clone());

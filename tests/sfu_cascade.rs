@@ -1,0 +1,172 @@
+//! Cascading: one meeting on two real `estuary sfu` processes (two sites), with aiortc
+//! participants (tests/clients/meeting_cascade.py) on each. The SFU a participant was steered
+//! to relays the room from the meeting's SFU over one link: every participant decodes every
+//! other, names and mutes cross the link, leaving is told across it, and no SFU makes more
+//! than one link for the room, however many of its participants watch.
+mod common;
+
+use std::process::Command;
+
+use common::KEY_HEX;
+use common::sfu::{ClientSlot, Sfu, room_token, sign};
+use serde_json::{Value, json};
+
+fn cascade_token(room: &str) -> String {
+    sign(&format!("/cascade/{room}"), "k1", KEY_HEX)
+}
+
+fn ws_url(sfu: &Sfu, room: &str, token: &str) -> String {
+    format!("ws://{}/rooms/{room}/ws?token={token}", sfu.http)
+}
+
+/// Runs the three participants (ann on `a`, bob and cid on `b`) and returns their report.
+fn meeting(a_url: &str, b_url: &str, a: &Sfu, b: &Sfu) -> Value {
+    let slot = ClientSlot::take();
+    let out = common::run(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/meeting_cascade.py"
+            ))
+            .args(["--a", a_url, "--b", b_url, "--seconds", "3"]),
+    );
+    drop(slot);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "meeting_cascade.py failed: {stdout}\n{}\nSFU A log:\n{}\nSFU B log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.process.log(),
+        b.process.log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line")
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// What the participants saw: everyone decodes everyone, by the names they joined with.
+fn check_meeting(r: &Value) {
+    for (pair, kinds) in [
+        ("bob_from_ann", &["audio", "video"][..]),
+        ("cid_from_ann", &["audio", "video"][..]),
+        ("ann_from_bob", &["audio", "video"][..]),
+        ("ann_from_cid", &["audio", "video"][..]),
+        ("bob_from_cid", &["audio", "video"][..]),
+    ] {
+        for k in kinds {
+            // 3 s after everyone decodes everyone: 150 audio frames of 20 ms and 45 video
+            // frames at 15 fps are sent; half of them is plenty on a loaded machine.
+            let floor = if *k == "audio" { 75 } else { 20 };
+            assert!(n(&r["counts"][pair][k]) >= floor, "{pair} {k}: {r}");
+        }
+    }
+    // Everyone sees the two others by name, once: nobody sees the link, nor themselves
+    // relayed back.
+    let names = |who: &str| r["participants"][who]["names"].clone();
+    assert_eq!(names("ann"), json!(["bob", "cid"]), "{r}");
+    assert_eq!(names("bob"), json!(["ann", "cid"]), "{r}");
+    assert_eq!(names("cid"), json!(["ann", "bob"]), "{r}");
+    assert_eq!(r["ann_muted"], json!(["video"]), "{r}");
+    assert_eq!(r["left"], json!(["bob", "cid"]), "{r}");
+}
+
+#[test]
+fn two_sfus_relay_one_meeting_over_one_link() {
+    let a = Sfu::start_node("cascade-a", "sfu-a", "a", None, "127.0.0.1", "");
+    let b = Sfu::start_node("cascade-b", "sfu-b", "b", None, "127.0.0.1", "");
+    let room = "m-cascade";
+    let order = json!({"upstream": a.url(), "upstream_node": "sfu-a"}).to_string();
+    let (s, _, body) = b.request(
+        "PUT",
+        &format!("/cascade/{room}"),
+        Some(&cascade_token(room)),
+        Some("application/json"),
+        &order,
+    );
+    assert_eq!(s, 201, "{body}");
+    let (s, _, body) = b.request(
+        "GET",
+        &format!("/cascade/{room}"),
+        Some(&cascade_token(room)),
+        None,
+        "",
+    );
+    assert_eq!(s, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(view["link"], "idle", "{view}");
+
+    let token = room_token(room);
+    let r = meeting(&ws_url(&a, room, &token), &ws_url(&b, room, &token), &a, &b);
+    eprintln!("{r}");
+    check_meeting(&r);
+    // One link for the room, on each side, though two of B's participants watched A's.
+    for sfu in [&a, &b] {
+        assert_eq!(
+            sfu.metric("estuary_sfu_peers_total", &["kind=\"cascade\""]),
+            1.0
+        );
+        assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+    }
+    // Once B's participants are gone, B closes the link and A forgets them.
+    for sfu in [&a, &b] {
+        let links = sfu.wait_metric("estuary_sfu_cascade_links", &[], |v| v == 0.0);
+        assert_eq!(links, 0.0);
+        let relayed = sfu.wait_metric("estuary_sfu_cascade_participants", &[], |v| v == 0.0);
+        assert_eq!(relayed, 0.0);
+    }
+    assert!(b.process.log().contains("A cascade link opened."));
+}
+
+#[test]
+fn cascade_orders_and_links_refuse_what_they_should() {
+    let b = Sfu::start_node("cascade-refusals", "sfu-b", "b", None, "127.0.0.1", "");
+    let room = "m1";
+    let path = format!("/cascade/{room}");
+    let good = r#"{"upstream":"http://127.0.0.1:9","upstream_node":"sfu-a"}"#;
+    let put = |token: Option<&str>, body: &str| {
+        let (s, _, text) = b.request("PUT", &path, token, Some("application/json"), body);
+        (s, text)
+    };
+    assert_eq!(put(None, good).0, 401, "no token");
+    // A participant's room token cannot order a cascade, nor one for another room.
+    assert_eq!(put(Some(&room_token(room)), good).0, 403);
+    assert_eq!(put(Some(&cascade_token("other")), good).0, 403);
+    let token = cascade_token(room);
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"upstream":"ftp://127.0.0.1:9"}"#,
+        r#"{"upstream":"http://127.0.0.1:9/path"}"#,
+        r#"{"upstream":"http://user:pw@127.0.0.1:9"}"#,
+        r#"{"upstream":"http://127.0.0.1:9","upstream_node":"a b"}"#,
+        r#"{"upstream":"http://127.0.0.1:9","colour":"blue"}"#,
+    ] {
+        let (s, text) = put(Some(&token), bad);
+        assert_eq!(s, 400, "{bad}: {text}");
+    }
+    let (s, text) = put(Some(&token), &"x".repeat(5000));
+    assert_eq!(s, 413, "{text}");
+    let (s, _, _) = b.request(
+        "GET",
+        "/cascade/nothing",
+        Some(&cascade_token("nothing")),
+        None,
+        "",
+    );
+    assert_eq!(s, 404);
+    // The upstream end of a link wants the cascade token too.
+    for (token, want) in [(None, 401), (Some(room_token(room)), 403)] {
+        let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+        let (s, _, _) = b.request("GET", &format!("/cascade/{room}/ws{query}"), None, None, "");
+        assert_eq!(s, want, "{query}");
+    }
+    assert_eq!(put(Some(&token), good).0, 201);
+    assert_eq!(
+        put(Some(&token), good).0,
+        204,
+        "a second order replaces the first"
+    );
+    assert_eq!(b.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+}
