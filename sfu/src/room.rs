@@ -997,6 +997,7 @@ mod tests {
         let t0 = Instant::now();
         let limits = Limits {
             max_publishers: 8,
+            max_participants: 8,
             ..limits()
         };
         let mut room = Room::new(limits, 10);
