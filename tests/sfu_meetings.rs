@@ -3,7 +3,8 @@
 //! node credentials. Meetings go to the least-loaded SFU of the site nearest the first
 //! participant (by region or by client address), the room token handed out works for WHIP
 //! and WHEP on the chosen SFU (aiortc publishes and watches, frames decoded), a room keeps
-//! its SFU, and moves when that SFU is killed.
+//! its SFU, and moves when that SFU is killed. Later participants from another site are sent
+//! to a cascade SFU there only once it takes the order to relay the room.
 mod common;
 
 use std::time::{Duration, Instant};
@@ -270,4 +271,142 @@ fn a_meeting_lasts_while_its_sfu_lists_the_room_and_ends_with_it() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// `POST /v1/meetings/<room>/participants`: a later participant at the meeting's own site (or
+/// at no known site) joins the meeting's SFU, with no `cascade`; one at another site with an
+/// SFU up is sent there only once that SFU takes the order to relay the room. Here the order
+/// is refused for real: the control plane signs with a key (`k2`) no SFU holds, so a real SFU
+/// turns `PUT /cascade/<room>` down whether or not it serves that route (404 without it,
+/// 401/403 with it), and the participant joins the meeting's SFU, counted `cascade_failed`.
+#[test]
+fn later_participants_join_the_meetings_sfu_unless_a_cascade_sfu_at_home_takes_the_room() {
+    // Without `[meetings]` the route is not there.
+    let plain = ControlPlane::new("meetings-participants-off-cp");
+    let _plain_process = plain.start();
+    let body = r#"{"region":"paris"}"#;
+    let (s, answer) = call(
+        &plain,
+        "/v1/meetings/m-1/participants",
+        Some(OPS),
+        Some(body),
+    );
+    assert_eq!(s, 404, "{answer}");
+
+    let mut cp = ControlPlane::new("meetings-participants-cp");
+    let other_key = "f0e0d0c0b0a090807060504030201000f0e0d0c0b0a090807060504030201000";
+    cp.extra = meetings_config()
+        .replace("key_id = \"k1\"", "key_id = \"k2\"")
+        .replace(KEY_HEX, other_key);
+    let cp_process = cp.start();
+    cp.put_site(
+        "paris",
+        &json!({"location": [48.86, 2.35], "coverage": ["192.0.2.0/24"]}),
+    );
+    cp.put_site(
+        "tokyo",
+        &json!({"location": [35.68, 139.69], "coverage": ["198.51.100.0/24"]}),
+    );
+    let _paris = sfu_node(&cp, "sfu-paris-1", "paris");
+    let _tokyo = sfu_node(&cp, "sfu-tokyo", "tokyo");
+    // Both up, and settled after their start (a CPU share above the threshold would send
+    // the meeting to Tokyo).
+    for id in ["sfu-paris-1", "sfu-tokyo"] {
+        cp.wait_node(id, true, Duration::from_secs(30));
+        wait_for(&cp, id, "settled", |n| {
+            n["load"]["cpu"].as_f64().is_some_and(|c| c < 0.5)
+        });
+    }
+    let (s, meeting) = create(&cp, &json!({"region": "paris"}));
+    assert_eq!(s, 201, "{meeting}");
+    assert_eq!(meeting["sfu"]["node"], "sfu-paris-1", "{meeting}");
+    let room = meeting["room"].as_str().expect("room").to_owned();
+    let path = format!("/v1/meetings/{room}/participants");
+    let join = |body: &Value| call(&cp, &path, Some(OPS), Some(&body.to_string()));
+    let results = |result: &str| {
+        cp_process.metric(
+            "estuary_cp_meeting_requests_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+
+    // The refusals: no operator token, a bad room name, bad bodies (as for a new meeting), an
+    // unknown region, an unknown meeting.
+    let (s, _) = call(&cp, &path, None, Some(body));
+    assert_eq!(s, 401);
+    let (s, _) = call(&cp, &path, Some("not-a-token-0123456789"), Some(body));
+    assert_eq!(s, 403);
+    let (s, answer) = call(
+        &cp,
+        "/v1/meetings/bad!room/participants",
+        Some(OPS),
+        Some(body),
+    );
+    assert_eq!(s, 400, "{answer}");
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"region":"paris","client":"192.0.2.1"}"#,
+        r#"{"client":"not-an-ip"}"#,
+        r#"{"region":"mars"}"#,
+        r#"{"region":"paris","colour":"blue"}"#,
+    ] {
+        let (s, answer) = call(&cp, &path, Some(OPS), Some(bad));
+        assert_eq!(s, 400, "{bad}: {answer}");
+    }
+    let (s, answer) = call(
+        &cp,
+        "/v1/meetings/m-nonesuch/participants",
+        Some(OPS),
+        Some(body),
+    );
+    assert_eq!(s, 404, "{answer}");
+
+    // The meeting's own site, by region or address, or no known site: its SFU, no cascade.
+    let kept_before = results("kept");
+    for near in [
+        json!({"region": "paris"}),
+        json!({"client": "192.0.2.9"}),
+        json!({"client": "10.9.8.7"}),
+    ] {
+        let (s, answer) = join(&near);
+        assert_eq!(s, 200, "{near}: {answer}");
+        assert_eq!(answer["room"], room.as_str(), "{answer}");
+        assert_eq!(answer["sfu"]["node"], "sfu-paris-1", "{near}: {answer}");
+        assert_eq!(answer["sfu"]["whip"], meeting["sfu"]["whip"], "{answer}");
+        assert!(answer["token"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(answer.get("cascade").is_none(), "{near}: {answer}");
+    }
+    assert_eq!(results("kept"), kept_before + 3.0);
+
+    // Tokyo, by region or address: sfu-tokyo is up, but refuses the order, so the participant
+    // joins the meeting's SFU uncascaded, and the control plane says why.
+    for (i, near) in [
+        json!({"region": "tokyo"}),
+        json!({"client": "198.51.100.7"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (s, answer) = join(near);
+        assert_eq!(s, 200, "{near}: {answer}");
+        assert_eq!(answer["sfu"]["node"], "sfu-paris-1", "{near}: {answer}");
+        assert!(answer.get("cascade").is_none(), "{near}: {answer}");
+        assert_eq!(results("cascade_failed"), (i + 1) as f64);
+    }
+    assert_eq!(results("cascaded"), 0.0);
+    assert_eq!(results("kept"), kept_before + 3.0);
+    let log = cp_process.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("did not take the order"))
+        .unwrap_or_else(|| panic!("no warning in the log:\n{log}"));
+    assert!(
+        warned.contains("WARN") && warned.contains(&room) && warned.contains("sfu-tokyo"),
+        "{warned}"
+    );
+    // The meeting is still there, on its SFU.
+    let (s, again) = call(&cp, &format!("/v1/meetings/{room}"), Some(OPS), None);
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["sfu"]["node"], "sfu-paris-1", "{again}");
 }

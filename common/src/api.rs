@@ -283,7 +283,8 @@ mod tests {
     }
 }
 
-/// `POST /v1/meetings`: where the first participant is, exactly one of the two.
+/// `POST /v1/meetings` and `POST /v1/meetings/<room>/participants`: where the (first)
+/// participant is, exactly one of the two.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeetingRequest {
@@ -309,7 +310,8 @@ pub struct MeetingSfu {
     pub ws: String,
 }
 
-/// The answer to `POST /v1/meetings` (201) and `GET /v1/meetings/<room>` (200).
+/// The answer to `POST /v1/meetings` (201), `GET /v1/meetings/<room>` and
+/// `POST /v1/meetings/<room>/participants` (200).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeetingReply {
     pub room: String,
@@ -318,4 +320,30 @@ pub struct MeetingReply {
     pub token: String,
     /// Unix seconds when the token expires.
     pub expires: u64,
+    /// Set when `sfu` is a cascade SFU at the participant's own site, which relays the room
+    /// from the meeting's SFU; absent when `sfu` is the meeting's SFU itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<MeetingCascade>,
+}
+
+/// Where a cascade SFU relays a meeting's room from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingCascade {
+    /// The meeting's SFU (node id).
+    pub upstream_node: String,
+    /// Its site.
+    pub upstream_site: String,
+}
+
+/// The body of the control plane's order to a cascade SFU, `PUT <sfu>/cascade/<room>` (with
+/// a token of acl `/cascade/<room>` signed with `[meetings]`'s key): relay the room from the
+/// meeting's SFU. Sent again with every participant placed there, so it must be idempotent.
+/// Unknown keys are not refused, so a newer control plane can add one without older SFUs
+/// turning the order down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CascadeOrder {
+    /// The meeting's SFU's advertised HTTP base URL (`addresses.http`, no trailing `/`).
+    pub upstream: String,
+    /// The meeting's SFU's node id.
+    pub upstream_node: String,
 }

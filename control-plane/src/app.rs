@@ -64,7 +64,16 @@ pub struct Metrics {
 }
 
 /// The `result` label values of `estuary_cp_meeting_requests_total`.
-pub const MEETING_OUTCOMES: [&str; 6] = ["created", "kept", "moved", "unknown", "no_sfu", "full"];
+pub const MEETING_OUTCOMES: [&str; 8] = [
+    "created",
+    "kept",
+    "moved",
+    "unknown",
+    "no_sfu",
+    "full",
+    "cascaded",
+    "cascade_failed",
+];
 
 /// The states of a placement as `fill status` shows them (the edge's own report when it has
 /// one), the label values of `estuary_cp_placements`.
@@ -133,7 +142,7 @@ impl Metrics {
         let meeting_requests = must(IntCounterVec::new(
             Opts::new(
                 "estuary_cp_meeting_requests_total",
-                "Meeting requests (POST and GET /v1/meetings), by result: created, kept (same SFU), moved (its SFU was gone), unknown (no such meeting or it ended), no_sfu, full.",
+                "Meeting requests (POST and GET /v1/meetings, POST /v1/meetings/<room>/participants), one result each: created, kept (same SFU), moved (its SFU was gone), unknown (no such meeting or it ended), no_sfu, full, cascaded (a participant sent to a cascade SFU at its own site, which took the order to relay the room), cascade_failed (that SFU did not take the order: the participant was sent to the meeting's SFU).",
             ),
             &["result"],
         ));
@@ -461,6 +470,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/purges/{id}", get(get_purge))
         .route("/v1/meetings", post(create_meeting))
         .route("/v1/meetings/{room}", get(get_meeting))
+        .route("/v1/meetings/{room}/participants", post(add_participant))
         .route("/", get(dashboard))
         .merge(estuary_common::service::admin::router())
         .with_state(app)
@@ -1494,31 +1504,9 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
         Ok(c) => c,
         Err(r) => return r,
     };
-    let request: estuary_common::api::MeetingRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not a meeting request: {e}\n"),
-            )
-                .into_response();
-        }
-    };
-    let near = match (request.region, request.client) {
-        (Some(region), None) if valid_name(&region) => crate::meetings::Near::Region(region),
-        (None, Some(client)) => match client.parse::<std::net::IpAddr>() {
-            Ok(ip) => crate::meetings::Near::Client(ip),
-            Err(_) => {
-                return (StatusCode::BAD_REQUEST, "client: not an IP address\n").into_response();
-            }
-        },
-        _ => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "give exactly one of region (a site name) and client (an IP address)\n",
-            )
-                .into_response();
-        }
+    let near = match meeting_near(&body) {
+        Ok(n) => n,
+        Err(r) => return r,
     };
     let now = estuary_common::unix_now();
     let snap = app.registry.snapshot(now);
@@ -1542,7 +1530,7 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
                 .with_label_values(&["created"])
                 .inc();
             tracing::info!(room = %m.room, node = %m.node, "A meeting was placed on an SFU.");
-            meeting_answer(&app, config, &view.snap, &m, StatusCode::CREATED, now)
+            meeting_answer(&app, config, &view, &m, StatusCode::CREATED)
         }
         Err(e) => {
             let outcome = match e {
@@ -1593,12 +1581,12 @@ async fn get_meeting(
     match found {
         crate::meetings::Lookup::Kept(m) => {
             count("kept");
-            meeting_answer(&app, config, snap, &m, StatusCode::OK, now)
+            meeting_answer(&app, config, &view, &m, StatusCode::OK)
         }
         crate::meetings::Lookup::Moved { meeting, from } => {
             count("moved");
             tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
-            meeting_answer(&app, config, snap, &meeting, StatusCode::OK, now)
+            meeting_answer(&app, config, &view, &meeting, StatusCode::OK)
         }
         crate::meetings::Lookup::Unknown => {
             count("unknown");
@@ -1608,6 +1596,193 @@ async fn get_meeting(
             count("no_sfu");
             no_sfu("its SFU is gone and no other SFU is up")
         }
+    }
+}
+
+/// `POST /v1/meetings/<room>/participants` (operators): where a later participant of the
+/// meeting joins. The meeting is looked up as `GET /v1/meetings/<room>` does; a participant
+/// whose home site has usable SFUs but not the meeting's goes to a cascade SFU there
+/// (`meetings::choose_cascade`), once that SFU has taken the order to relay the room from the
+/// meeting's SFU; otherwise, or when the order fails, to the meeting's SFU.
+async fn add_participant(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let config = match meetings_config(&app, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !valid_name(&room) {
+        return (StatusCode::BAD_REQUEST, "room: 1-64 of A-Z a-z 0-9 - _ .\n").into_response();
+    }
+    let near = match meeting_near(&body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let now = estuary_common::unix_now();
+    let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
+    let (fleet, snap) = (view.fleet(), &view.snap);
+    let networks = &app.config.auth.site_networks;
+    // A bad request is refused before the meeting table is touched (and a meeting moved).
+    let home = match crate::meetings::home_site(snap, networks, &near) {
+        Ok(h) => h,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let (found, cascade) = match app.meetings.lock() {
+        Ok(mut meetings) => {
+            let found = meetings.lookup(&fleet, &room, |near| {
+                crate::meetings::home_site(snap, networks, near)
+                    .ok()
+                    .flatten()
+            });
+            let cascade = match found {
+                crate::meetings::Lookup::Kept(_) | crate::meetings::Lookup::Moved { .. } => {
+                    meetings.cascade(&fleet, &room, home.as_deref())
+                }
+                _ => None,
+            };
+            (found, cascade)
+        }
+        Err(_) => return app.internal("the meeting table's lock is poisoned"),
+    };
+    let count = |outcome: &str| {
+        app.metrics
+            .meeting_requests
+            .with_label_values(&[outcome])
+            .inc();
+    };
+    let (meeting, plain_outcome) = match found {
+        crate::meetings::Lookup::Kept(m) => (m, "kept"),
+        crate::meetings::Lookup::Moved { meeting, from } => {
+            tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
+            (meeting, "moved")
+        }
+        crate::meetings::Lookup::Unknown => {
+            count("unknown");
+            return (StatusCode::NOT_FOUND, "no such meeting (or it ended)\n").into_response();
+        }
+        crate::meetings::Lookup::NoSfu => {
+            count("no_sfu");
+            return no_sfu("its SFU is gone and no other SFU is up");
+        }
+    };
+    let Some(node) = cascade else {
+        count(plain_outcome);
+        return meeting_answer(&app, config, &view, &meeting, StatusCode::OK);
+    };
+    // The meetings lock is released: the order waits on another node.
+    match order_cascade(&app, config, snap, &meeting, &node, now).await {
+        Ok(upstream) => {
+            count("cascaded");
+            tracing::info!(room = %meeting.room, node = %node, upstream = %meeting.node, "A participant was sent to a cascade SFU at its own site.");
+            sfu_answer(
+                &app,
+                config,
+                &view,
+                &meeting.room,
+                &node,
+                Some(upstream),
+                StatusCode::OK,
+            )
+        }
+        Err(why) => {
+            count("cascade_failed");
+            tracing::warn!(room = %meeting.room, node = %node, upstream = %meeting.node, reason = %why, "A cascade SFU did not take the order to relay a meeting's room; the participant joins the meeting's SFU instead.");
+            meeting_answer(&app, config, &view, &meeting, StatusCode::OK)
+        }
+    }
+}
+
+/// How long a cascade SFU has to take an order: the participant's answer waits for it.
+const CASCADE_ORDER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Orders SFU `node` to relay meeting `m`'s room from the meeting's SFU (`PUT
+/// <node>/cascade/<room>`, with a token of acl `/cascade/<room>` signed with `[meetings]`'s
+/// key); where it relays from, or why the order was not taken.
+async fn order_cascade(
+    app: &App,
+    config: &crate::config::MeetingsConfig,
+    snap: &estuary_common::cp::StateSnapshot,
+    m: &crate::meetings::Meeting,
+    node: &str,
+    now: u64,
+) -> Result<estuary_common::api::MeetingCascade, String> {
+    let http_of = |id: &str| {
+        snap.nodes
+            .get(id)
+            .and_then(|n| n.addresses.http.as_deref().map(|h| (n, h)))
+    };
+    let (Some((upstream, upstream_http)), Some((_, cascade_http))) =
+        (http_of(&m.node), http_of(node))
+    else {
+        return Err("an SFU has no http address".into());
+    };
+    let secret = config.secret().map_err(|e| e.to_string())?;
+    let token = estuary_common::token::sign(
+        &estuary_common::token::Claims {
+            kid: config.key_id.clone(),
+            acl: format!("/cascade/{}", m.room),
+            exp: now.saturating_add(config.token_ttl.as_secs()),
+            st: None,
+            ip: None,
+        },
+        &secret,
+    );
+    let order = estuary_common::api::CascadeOrder {
+        upstream: upstream_http.trim_end_matches('/').to_owned(),
+        upstream_node: upstream.id.clone(),
+    };
+    let body = serde_json::to_vec(&order).map_err(|e| e.to_string())?;
+    let url = format!("{}/cascade/{}", cascade_http.trim_end_matches('/'), m.room);
+    let auth = format!("Bearer {token}");
+    let request = estuary_common::http::request(
+        http::Method::PUT,
+        &url,
+        &[
+            (header::AUTHORIZATION, auth.as_str()),
+            (header::CONTENT_TYPE, "application/json"),
+        ],
+        Bytes::from(body),
+    )
+    .map_err(|e| e.to_string())?;
+    // The shared client's own timeout is longer; a participant should not wait that long.
+    let answer = tokio::time::timeout(CASCADE_ORDER_TIMEOUT, app.http.send(request))
+        .await
+        .map_err(|_| format!("no answer within {CASCADE_ORDER_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    if !answer.status().is_success() {
+        return Err(format!("PUT {url} answered {}", answer.status()));
+    }
+    Ok(estuary_common::api::MeetingCascade {
+        upstream_node: upstream.id.clone(),
+        upstream_site: upstream.site.clone(),
+    })
+}
+
+/// The (first) participant's whereabouts from a `MeetingRequest` body; 400 when it is not one
+/// or gives not exactly one of `region` and `client`.
+fn meeting_near(body: &[u8]) -> Result<crate::meetings::Near, Response> {
+    let request: estuary_common::api::MeetingRequest =
+        serde_json::from_slice(body).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("not a meeting request: {e}\n"),
+            )
+                .into_response()
+        })?;
+    match (request.region, request.client) {
+        (Some(region), None) if valid_name(&region) => Ok(crate::meetings::Near::Region(region)),
+        (None, Some(client)) => match client.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(crate::meetings::Near::Client(ip)),
+            Err(_) => Err((StatusCode::BAD_REQUEST, "client: not an IP address\n").into_response()),
+        },
+        _ => Err((
+            StatusCode::BAD_REQUEST,
+            "give exactly one of region (a site name) and client (an IP address)\n",
+        )
+            .into_response()),
     }
 }
 
@@ -1680,14 +1855,29 @@ fn no_sfu(why: &str) -> Response {
 fn meeting_answer(
     app: &App,
     config: &crate::config::MeetingsConfig,
-    snap: &estuary_common::cp::StateSnapshot,
+    view: &FleetView,
     m: &crate::meetings::Meeting,
     status: StatusCode,
-    now: u64,
 ) -> Response {
-    let Some((node, http)) = snap
+    sfu_answer(app, config, view, &m.room, &m.node, None, status)
+}
+
+/// The answer sending a participant of `room` to SFU `node` (the meeting's, or a cascade SFU
+/// relaying from `cascade`'s): its URLs and a room token signed with `[meetings] key`.
+fn sfu_answer(
+    app: &App,
+    config: &crate::config::MeetingsConfig,
+    view: &FleetView,
+    room: &str,
+    node: &str,
+    cascade: Option<estuary_common::api::MeetingCascade>,
+    status: StatusCode,
+) -> Response {
+    let now = view.now;
+    let Some((node, http)) = view
+        .snap
         .nodes
-        .get(&m.node)
+        .get(node)
         .and_then(|n| n.addresses.http.as_ref().map(|h| (n, h)))
     else {
         return app.internal("a chosen SFU has no http address");
@@ -1700,18 +1890,18 @@ fn meeting_answer(
     let token = estuary_common::token::sign(
         &estuary_common::token::Claims {
             kid: config.key_id.clone(),
-            acl: format!("/rooms/{}", m.room),
+            acl: format!("/rooms/{room}"),
             exp: expires,
             st: None,
             ip: None,
         },
         &secret,
     );
-    let (whip, whep, ws) = crate::meetings::sfu_urls(http, &m.room);
+    let (whip, whep, ws) = crate::meetings::sfu_urls(http, room);
     json(
         status,
         &estuary_common::api::MeetingReply {
-            room: m.room.clone(),
+            room: room.to_owned(),
             sfu: estuary_common::api::MeetingSfu {
                 node: node.id.clone(),
                 site: node.site.clone(),
@@ -1721,6 +1911,7 @@ fn meeting_answer(
             },
             token,
             expires,
+            cascade,
         },
     )
 }

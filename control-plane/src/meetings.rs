@@ -11,12 +11,22 @@
 //! first (load: the larger of CPU share and peers over `peers_per_sfu`), ties by node id. When
 //! every SFU is at or above the threshold the least loaded one anywhere is taken.
 //!
-//! An assignment lasts while its SFU lists the room in its heartbeats, or until `grace` after
-//! it was made (the first participant has that long to join). A meeting whose SFU is no
-//! longer up, while the meeting still lasts, is placed again as it was first placed (same
-//! room name, same `region` or `client`), and its grace starts over.
+//! An assignment lasts while its SFU (or one of its cascade SFUs) lists the room in its
+//! heartbeats, or until `grace` after it was made (the first participant has that long to
+//! join). A meeting whose SFU is no longer up, while the meeting still lasts, is placed again
+//! as it was first placed (same room name, same `region` or `client`), and its grace starts
+//! over.
+//!
+//! Cascades (`POST /v1/meetings/<room>/participants`): a later participant whose home site is
+//! not the meeting's SFU's goes to a cascade SFU at its own site, which relays the room from
+//! the meeting's SFU; one per site and meeting, kept while it is usable (even when loaded, as
+//! the meeting's own SFU is), else the least loaded usable SFU there (below the threshold
+//! first). Never another site's: with no usable SFU at home, the participant joins the
+//! meeting's SFU directly, which is what it was placed for. A cascade SFU that lists the room
+//! keeps the meeting lasting: its participants are still in the meeting even once nobody is
+//! left on the meeting's own SFU, and the room name must stay theirs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use estuary_common::cp::{NodeState, Role, StateSnapshot, haversine_km};
@@ -142,31 +152,75 @@ fn usable(node: &NodeState) -> bool {
     node.role == Role::Sfu && node.up && node.addresses.http.is_some()
 }
 
+/// The least loaded of `nodes`, ties by node id.
+fn least_loaded<'a>(
+    nodes: impl Iterator<Item = &'a NodeState>,
+    policy: &Policy,
+) -> Option<&'a NodeState> {
+    nodes.min_by(|a, b| {
+        sfu_load(a, policy)
+            .total_cmp(&sfu_load(b, policy))
+            .then_with(|| a.id.cmp(&b.id))
+    })
+}
+
+/// The least loaded usable SFU of `site` below the load threshold.
+fn below_threshold_at<'a>(
+    snap: &'a StateSnapshot,
+    site: &str,
+    policy: &Policy,
+) -> Option<&'a NodeState> {
+    let here = snap
+        .nodes
+        .values()
+        .filter(|n| usable(n) && n.site == site && sfu_load(n, policy) < policy.load_threshold);
+    least_loaded(here, policy)
+}
+
 /// The SFU for a new meeting whose first participant's home site is `home`.
 pub fn choose_sfu<'a>(
     snap: &'a StateSnapshot,
     home: Option<&str>,
     policy: &Policy,
 ) -> Option<&'a NodeState> {
-    let least = |nodes: &mut dyn Iterator<Item = &'a NodeState>| {
-        nodes.min_by(|a, b| {
-            sfu_load(a, policy)
-                .total_cmp(&sfu_load(b, policy))
-                .then_with(|| a.id.cmp(&b.id))
-        })
-    };
     if home.is_some() {
         for site in site_order(snap, home) {
-            let mut here = snap.nodes.values().filter(|n| {
-                usable(n) && n.site == site && sfu_load(n, policy) < policy.load_threshold
-            });
-            if let Some(n) = least(&mut here) {
+            if let Some(n) = below_threshold_at(snap, &site, policy) {
                 return Some(n);
             }
         }
     }
-    let mut anywhere = snap.nodes.values().filter(|n| usable(n));
-    least(&mut anywhere)
+    least_loaded(snap.nodes.values().filter(|n| usable(n)), policy)
+}
+
+/// The cascade SFU for a later participant of meeting `m` whose home site is `home`: `None`
+/// when it should join the meeting's SFU itself (no home site, the meeting's SFU's own site,
+/// or no usable SFU at home). The one `m` recorded for that site while it is usable, else the
+/// least loaded usable SFU there, below the threshold first; like `choose_sfu`'s fallback,
+/// one at or above it still beats crossing to another site, the meeting's SFU's included.
+pub fn choose_cascade<'a>(
+    snap: &'a StateSnapshot,
+    m: &Meeting,
+    home: Option<&str>,
+    policy: &Policy,
+) -> Option<&'a NodeState> {
+    let home = home?;
+    let meeting_site = snap.nodes.get(&m.node).map(|n| n.site.as_str());
+    if meeting_site == Some(home) {
+        return None;
+    }
+    let usable_here = |n: &&NodeState| usable(n) && n.site == home && n.id != m.node;
+    if let Some(kept) = m
+        .cascades
+        .get(home)
+        .and_then(|id| snap.nodes.get(id))
+        .filter(usable_here)
+    {
+        return Some(kept);
+    }
+    below_threshold_at(snap, home, policy)
+        .filter(usable_here)
+        .or_else(|| least_loaded(snap.nodes.values().filter(usable_here), policy))
 }
 
 /// What the meeting table decides with: the fleet as the control plane sees it now.
@@ -191,6 +245,8 @@ pub struct Meeting {
     pub near: Near,
     /// Unix seconds when it was (last) placed.
     pub placed_at: u64,
+    /// Its cascade SFUs: node id by site (never the meeting's SFU's own site).
+    pub cascades: BTreeMap<String, String>,
 }
 
 /// What became of a meeting asked for by room.
@@ -221,11 +277,11 @@ impl Meetings {
         self.rooms.is_empty()
     }
 
-    /// Whether `m` still lasts: its SFU listed the room in its last heartbeat, or the grace
-    /// after its placement has not run out.
+    /// Whether `m` still lasts: its SFU or one of its cascade SFUs listed the room in its last
+    /// heartbeat, or the grace after its placement has not run out.
     fn lasts(m: &Meeting, now: u64, grace: u64, rooms: &HashMap<String, Vec<String>>) -> bool {
-        now < m.placed_at.saturating_add(grace)
-            || rooms.get(&m.node).is_some_and(|r| r.contains(&m.room))
+        let lists = |node: &String| rooms.get(node).is_some_and(|r| r.contains(&m.room));
+        now < m.placed_at.saturating_add(grace) || lists(&m.node) || m.cascades.values().any(lists)
     }
 
     /// Forgets the meetings that ended.
@@ -256,6 +312,7 @@ impl Meetings {
             node: node.id.clone(),
             near,
             placed_at: fleet.now,
+            cascades: BTreeMap::new(),
         };
         self.rooms.insert(room, m.clone());
         Ok(m)
@@ -291,17 +348,33 @@ impl Meetings {
         let Some(node) = choose_sfu(snap, home_site.as_deref(), policy) else {
             return Lookup::NoSfu;
         };
+        // Its cascades stay (their participants are still there, and the next participant
+        // request points them at the new SFU), but not one at the new SFU's own site: that
+        // site's participants join the meeting's SFU itself now.
+        let mut cascades = m.cascades.clone();
+        cascades.retain(|site, id| *site != node.site && *id != node.id);
         let moved = Meeting {
             room: room.to_owned(),
             node: node.id.clone(),
             near: m.near.clone(),
             placed_at: now,
+            cascades,
         };
         self.rooms.insert(room.to_owned(), moved.clone());
         Lookup::Moved {
             meeting: moved,
             from,
         }
+    }
+
+    /// The cascade SFU for a later participant of `room` (a meeting `lookup` just kept or
+    /// moved) whose home site is `home`, recorded in the meeting; `None`: the participant
+    /// joins the meeting's SFU (see [`choose_cascade`]).
+    pub fn cascade(&mut self, fleet: &Fleet<'_>, room: &str, home: Option<&str>) -> Option<String> {
+        let m = self.rooms.get_mut(room)?;
+        let node = choose_cascade(fleet.snap, m, home, fleet.policy)?;
+        m.cascades.insert(node.site.clone(), node.id.clone());
+        Some(node.id.clone())
     }
 }
 
@@ -562,6 +635,121 @@ mod tests {
         );
     }
 
+    /// A meeting on `node`, placed at 0 for Paris, without cascades.
+    fn meeting_on(node: &str) -> Meeting {
+        Meeting {
+            room: "m-1".into(),
+            node: node.into(),
+            near: Near::Region("paris".into()),
+            placed_at: 0,
+            cascades: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_later_participant_from_another_site_cascades_to_the_least_loaded_sfu_there() {
+        let mut s = snap(vec![
+            sfu("p1", "paris", 0, 0.0, true),
+            sfu("p2", "paris", 0, 0.0, true),
+            sfu("t1", "tokyo", 50, 0.1, true),
+            sfu("t2", "tokyo", 10, 0.2, true),
+            sfu("t3", "tokyo", 0, 0.0, false),
+        ]);
+        let m = meeting_on("p1");
+        let pick = |s: &StateSnapshot, m: &Meeting, home: Option<&str>| {
+            choose_cascade(s, m, home, &POLICY).map(|n| n.id.clone())
+        };
+        // t2: max(0.2, 0.1) beats t1: max(0.1, 0.5); t3 is down.
+        assert_eq!(pick(&s, &m, Some("tokyo")).as_deref(), Some("t2"));
+        // The meeting's own site (though p2 idles there), or no home: the meeting's SFU.
+        assert_eq!(pick(&s, &m, Some("paris")), None);
+        assert_eq!(pick(&s, &m, None), None);
+        // No usable SFU at home: the meeting's SFU, never a third site's.
+        assert_eq!(pick(&s, &m, Some("berlin")), None);
+        let mut no_http = s.clone();
+        for n in no_http.nodes.values_mut() {
+            if n.site == "tokyo" {
+                n.addresses.http = None;
+            }
+        }
+        assert_eq!(pick(&no_http, &m, Some("tokyo")), None);
+        // Every Tokyo SFU at or above the threshold: still the least loaded one there.
+        let mut full = s.clone();
+        for n in full.nodes.values_mut() {
+            if n.site == "tokyo" {
+                n.load.cpu = 0.95;
+            }
+        }
+        assert_eq!(pick(&full, &m, Some("tokyo")).as_deref(), Some("t1"));
+        // A recorded cascade SFU is kept while usable, even when another is less loaded now.
+        let mut recorded = meeting_on("p1");
+        recorded.cascades.insert("tokyo".into(), "t1".into());
+        assert_eq!(pick(&s, &recorded, Some("tokyo")).as_deref(), Some("t1"));
+        // It is replaced once it is down, or no longer an SFU of that site.
+        if let Some(n) = s.nodes.get_mut("t1") {
+            n.up = false;
+        }
+        assert_eq!(pick(&s, &recorded, Some("tokyo")).as_deref(), Some("t2"));
+        recorded.cascades.insert("tokyo".into(), "p2".into());
+        assert_eq!(pick(&s, &recorded, Some("tokyo")).as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn cascades_are_recorded_keep_the_meeting_lasting_and_follow_a_move() {
+        let mut s = snap(vec![
+            sfu("p1", "paris", 0, 0.0, true),
+            sfu("t1", "tokyo", 0, 0.0, true),
+            sfu("t2", "tokyo", 5, 0.0, true),
+        ]);
+        let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
+        let grace = 300;
+        let mut m = Meetings::default();
+        m.create(
+            &fleet(&s, &rooms, 0, grace),
+            "m-1".into(),
+            Near::Region("paris".into()),
+            Some("paris"),
+            10,
+        )
+        .expect("placed");
+        let home = |_: &Near| Some("paris".to_owned());
+        let f = fleet(&s, &rooms, 10, grace);
+        assert_eq!(m.cascade(&f, "m-1", Some("paris")), None);
+        assert_eq!(m.cascade(&f, "m-1", Some("tokyo")).as_deref(), Some("t1"));
+        assert_eq!(m.cascade(&f, "nope", Some("tokyo")), None);
+        // t1 fills up: later Tokyo participants still go where the first ones went.
+        if let Some(n) = s.nodes.get_mut("t1") {
+            n.load.peers = 95;
+        }
+        let f = fleet(&s, &rooms, 20, grace);
+        assert_eq!(m.cascade(&f, "m-1", Some("tokyo")).as_deref(), Some("t1"));
+        // Past the grace, only t1 lists the room: the meeting lasts.
+        rooms.insert("t1".into(), vec!["m-1".into()]);
+        let Lookup::Kept(kept) = m.lookup(&fleet(&s, &rooms, 1000, grace), "m-1", home) else {
+            panic!("the cascade SFU's listing did not keep the meeting");
+        };
+        assert_eq!(kept.cascades.get("tokyo").map(String::as_str), Some("t1"));
+        // p1 dies: the meeting moves (to Tokyo, the only site left), and the Tokyo cascade,
+        // now the meeting's own site, is dropped.
+        if let Some(n) = s.nodes.get_mut("p1") {
+            n.up = false;
+        }
+        let Lookup::Moved { meeting, .. } = m.lookup(&fleet(&s, &rooms, 1100, grace), "m-1", home)
+        else {
+            panic!("not moved");
+        };
+        assert_eq!(meeting.node, "t2");
+        assert!(meeting.cascades.is_empty(), "{meeting:?}");
+        let f = fleet(&s, &rooms, 1100, grace);
+        assert_eq!(m.cascade(&f, "m-1", Some("tokyo")), None);
+        // Nobody lists it any more: it ends.
+        rooms.clear();
+        assert_eq!(
+            m.lookup(&fleet(&s, &rooms, 1100 + grace, grace), "m-1", home),
+            Lookup::Unknown
+        );
+    }
+
     #[test]
     fn urls_follow_the_sfu_address() {
         let (whip, whep, ws) = sfu_urls("https://sfu.example:8443/", "m-1");
@@ -601,6 +789,56 @@ mod tests {
                     prop_assert!(up.iter().filter(|n| n.site == site).filter(below).all(|n| load(c) <= load(n)));
                 }
                 None => prop_assert!(up.iter().all(|n| load(c) <= load(n))),
+            }
+        }
+
+        /// Whatever the loads, verdicts and record: a cascade SFU is usable, at the
+        /// participant's home site, which is not the meeting's; it is the recorded one when
+        /// that is usable, else no SFU of the site below the threshold is less loaded (none
+        /// below: none there is); and there is one whenever the site has a usable SFU.
+        #[test]
+        fn the_cascade_is_at_home_usable_and_least_loaded_or_the_recorded_one(
+            nodes in proptest::collection::vec((0usize..3, 0u64..200, 0.0f64..1.0, any::<bool>()), 1..12),
+            meeting_node in 0usize..12,
+            recorded in proptest::option::of(0usize..12),
+            home in 0usize..4,
+        ) {
+            let sites = ["paris", "berlin", "tokyo"];
+            let s = snap(nodes.iter().enumerate().map(|(i, (site, peers, cpu, up))| {
+                sfu(&format!("n{i:02}"), sites[*site], *peers, *cpu, *up)
+            }).collect());
+            let id = |i: usize| format!("n{:02}", i % nodes.len());
+            let mut m = meeting_on(&id(meeting_node));
+            let home = sites.get(home).copied();
+            if let (Some(r), Some(h)) = (recorded, home) {
+                m.cascades.insert(h.to_owned(), id(r));
+            }
+            let meeting_site = s.nodes.get(&m.node).map(|n| n.site.clone());
+            let chosen = choose_cascade(&s, &m, home, &POLICY);
+            let at_home: Vec<&NodeState> = s.nodes.values()
+                .filter(|n| n.up && Some(n.site.as_str()) == home)
+                .collect();
+            let wanted = home.is_some() && meeting_site.as_deref() != home && !at_home.is_empty();
+            prop_assert_eq!(chosen.is_some(), wanted);
+            let Some(c) = chosen else { return Ok(()); };
+            prop_assert!(c.up);
+            prop_assert_eq!(Some(c.site.as_str()), home);
+            let recorded_usable = home
+                .and_then(|h| m.cascades.get(h))
+                .and_then(|r| s.nodes.get(r))
+                .filter(|n| n.up && Some(n.site.as_str()) == home);
+            match recorded_usable {
+                Some(r) => prop_assert_eq!(&c.id, &r.id),
+                None => {
+                    let load = |n: &NodeState| sfu_load(n, &POLICY);
+                    let below: Vec<&&NodeState> = at_home.iter().filter(|n| load(n) < POLICY.load_threshold).collect();
+                    if below.is_empty() {
+                        prop_assert!(at_home.iter().all(|n| load(c) <= load(n)));
+                    } else {
+                        prop_assert!(load(c) < POLICY.load_threshold);
+                        prop_assert!(below.iter().all(|n| load(c) <= load(n)));
+                    }
+                }
             }
         }
     }
