@@ -1,22 +1,22 @@
-//! Cascading: one meeting on two real `estuary sfu` processes (two sites), with aiortc
-//! participants (tests/clients/meeting_cascade.py) on each. The SFU a participant was steered
-//! to relays the room from the meeting's SFU over one link: every participant decodes every
+//! Cascading: one meeting on two real `estuary sfu` processes at two sites, placed by a real
+//! control plane (`POST /v1/meetings`, then `POST /v1/meetings/<room>/participants` for a
+//! participant at the other site), with aiortc participants (tests/clients/meeting_cascade.py)
+//! on each. The SFU a participant was steered to relays the room from the meeting's SFU over
+//! one link: every participant decodes every
 //! other, names and mutes cross the link, leaving is told across it, and no SFU makes more
 //! than one link for the room, however many of its participants watch.
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::KEY_HEX;
+use common::cp_site::{ControlPlane, OPS, cred, joined};
 use common::sfu::{ClientSlot, Sfu, room_token, sign};
 use serde_json::{Value, json};
 
 fn cascade_token(room: &str) -> String {
     sign(&format!("/cascade/{room}"), "k1", KEY_HEX)
-}
-
-fn ws_url(sfu: &Sfu, room: &str, token: &str) -> String {
-    format!("ws://{}/rooms/{room}/ws?token={token}", sfu.http)
 }
 
 /// Runs the three participants (ann on `a`, bob and cid on `b`) and returns their report.
@@ -72,36 +72,94 @@ fn check_meeting(r: &Value) {
     assert_eq!(r["left"], json!(["bob", "cid"]), "{r}");
 }
 
+/// `POST` `body` to the control plane's `path` with the operator token: (status, JSON).
+fn post(cp: &ControlPlane, path: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let args = [
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        body.as_str(),
+    ];
+    let (status, _, out) = cp.get(path, OPS, &args);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 #[test]
-fn two_sfus_relay_one_meeting_over_one_link() {
-    let a = Sfu::start_node("cascade-a", "sfu-a", "a", None, "127.0.0.1", "");
-    let b = Sfu::start_node("cascade-b", "sfu-b", "b", None, "127.0.0.1", "");
-    let room = "m-cascade";
-    let order = json!({"upstream": a.url(), "upstream_node": "sfu-a"}).to_string();
-    let (s, _, body) = b.request(
-        "PUT",
-        &format!("/cascade/{room}"),
-        Some(&cascade_token(room)),
-        Some("application/json"),
-        &order,
+fn a_meeting_steered_to_two_sites_is_relayed_between_their_sfus_over_one_link() {
+    let mut cp = ControlPlane::new("cascade-cp");
+    cp.extra = format!(
+        "[meetings]\nkey_id = \"k1\"\nkey = \"{KEY_HEX}\"\ntoken_ttl = \"1h\"\ngrace = \"10min\"\n"
     );
-    assert_eq!(s, 201, "{body}");
+    let _cp_process = cp.start();
+    cp.put_site("paris", &json!({"location": [48.86, 2.35]}));
+    cp.put_site("tokyo", &json!({"location": [35.68, 139.69]}));
+    let node = |id: &str, site: &str| {
+        let extra = joined(&cp, &cred(id)) + "[media]\nconnect_timeout = \"60s\"\n";
+        Sfu::start_node(
+            &format!("cascade-{id}"),
+            id,
+            site,
+            None,
+            "127.0.0.1",
+            &extra,
+        )
+    };
+    let a = node("sfu-paris-1", "paris");
+    let b = node("sfu-tokyo", "tokyo");
+    for id in ["sfu-paris-1", "sfu-tokyo"] {
+        cp.wait_node(id, true, Duration::from_secs(30));
+    }
+    // The meeting is placed at site a; a participant at site b is sent to b's SFU, which the
+    // control plane ordered to relay the room from a's.
+    let (s, placed) = post(&cp, "/v1/meetings", &json!({"region": "paris"}));
+    assert_eq!(s, 201, "{placed}");
+    assert_eq!(placed["sfu"]["node"], "sfu-paris-1", "{placed}");
+    let room = placed["room"].as_str().expect("room").to_owned();
+    let path = format!("/v1/meetings/{room}/participants");
+    let (s, at_b) = post(&cp, &path, &json!({"region": "tokyo"}));
+    assert_eq!(s, 200, "{at_b}");
+    assert_eq!(at_b["sfu"]["node"], "sfu-tokyo", "{at_b}");
+    assert_eq!(at_b["cascade"]["upstream_node"], "sfu-paris-1", "{at_b}");
+    let (s, at_a) = post(&cp, &path, &json!({"region": "paris"}));
+    assert_eq!(
+        (s, &at_a["sfu"]["node"]),
+        (200, &json!("sfu-paris-1")),
+        "{at_a}"
+    );
+    assert!(at_a.get("cascade").is_none(), "{at_a}");
     let (s, _, body) = b.request(
         "GET",
         &format!("/cascade/{room}"),
-        Some(&cascade_token(room)),
+        Some(&cascade_token(&room)),
         None,
         "",
     );
     assert_eq!(s, 200, "{body}");
-    let view: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(view["link"], "idle", "{view}");
+    let order: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(order["upstream"], a.url(), "{order}");
+    assert_eq!(
+        order["link"], "idle",
+        "no link before anyone joins: {order}"
+    );
 
-    let token = room_token(room);
-    let r = meeting(&ws_url(&a, room, &token), &ws_url(&b, room, &token), &a, &b);
+    let url = |answer: &Value| {
+        format!(
+            "{}?token={}",
+            answer["sfu"]["ws"].as_str().expect("ws"),
+            answer["token"].as_str().expect("token")
+        )
+    };
+    let r = meeting(&url(&placed), &url(&at_b), &a, &b);
     eprintln!("{r}");
     check_meeting(&r);
-    // One link for the room, on each side, though two of B's participants watched A's.
+    // One link for the room on each side, though two of b's participants watched a's.
     for sfu in [&a, &b] {
         assert_eq!(
             sfu.metric("estuary_sfu_peers_total", &["kind=\"cascade\""]),
@@ -109,7 +167,7 @@ fn two_sfus_relay_one_meeting_over_one_link() {
         );
         assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
     }
-    // Once B's participants are gone, B closes the link and A forgets them.
+    // Once b's participants are gone, b closes the link and a forgets them.
     for sfu in [&a, &b] {
         let links = sfu.wait_metric("estuary_sfu_cascade_links", &[], |v| v == 0.0);
         assert_eq!(links, 0.0);
@@ -141,7 +199,7 @@ fn cascade_orders_and_links_refuse_what_they_should() {
         r#"{"upstream":"http://127.0.0.1:9/path"}"#,
         r#"{"upstream":"http://user:pw@127.0.0.1:9"}"#,
         r#"{"upstream":"http://127.0.0.1:9","upstream_node":"a b"}"#,
-        r#"{"upstream":"http://127.0.0.1:9","colour":"blue"}"#,
+        r#"{"upstream":"http://127.0.0.1:9"}"#,
     ] {
         let (s, text) = put(Some(&token), bad);
         assert_eq!(s, 400, "{bad}: {text}");

@@ -56,16 +56,6 @@ const RETRY_RESET: Duration = Duration::from_secs(30);
 /// Events queued for the link before it counts as not reading.
 const EVENT_QUEUE: usize = 1024;
 
-/// `PUT /cascade/<room>`'s body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderBody {
-    /// The meeting's SFU: `http://host:port` or `https://host:port`.
-    pub upstream: String,
-    #[serde(default)]
-    pub upstream_node: String,
-}
-
 /// Where the link connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -246,7 +236,7 @@ pub async fn put_order(
             "the order is too big",
         );
     }
-    let order: OrderBody = match serde_json::from_slice(&body) {
+    let order: estuary_common::api::CascadeOrder = match serde_json::from_slice(&body) {
         Ok(o) => o,
         Err(e) => {
             let text = format!("not a cascade order: {e}");
@@ -257,7 +247,7 @@ pub async fn put_order(
         Ok(u) => u,
         Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad_order", &e),
     };
-    if !order.upstream_node.is_empty() && !estuary_common::config::name_ok(&order.upstream_node) {
+    if !estuary_common::config::name_ok(&order.upstream_node) {
         return refuse(
             &app,
             StatusCode::BAD_REQUEST,
