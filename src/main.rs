@@ -102,7 +102,13 @@ enum Command {
     /// /rooms/ROOM), watch with WHEP (POST /whep/ROOM); DELETE on the Location ends a session.
     /// Media for every peer goes over the one [listen] udp port (ICE-lite).
     ///
-    /// Endpoints: /whip/ROOM, /whep/ROOM; /metrics, /healthz, /readyz (on [listen] admin if set).
+    /// Meetings: a page at /rooms/ROOM and its WebSocket /rooms/ROOM/ws?token=; recordings:
+    /// POST/GET/DELETE /recordings/ROOM (token acl /recordings/ROOM, with [recording]); cascading
+    /// between sites: PUT/GET /cascade/ROOM (token acl /cascade/ROOM, sent by the control plane)
+    /// and the upstream end of a link, /cascade/ROOM/ws.
+    ///
+    /// Endpoints: /whip/ROOM, /whep/ROOM, /rooms/ROOM, /rooms/ROOM/ws, /recordings/ROOM,
+    /// /cascade/ROOM, /cascade/ROOM/ws; /metrics, /healthz, /readyz (on [listen] admin if set).
     ///
     /// Signals: SIGTERM or SIGINT: new sessions get 503, /readyz turns 503, then every peer is closed.
     Sfu {

@@ -1,6 +1,7 @@
 //! A meeting participant's WebSocket text frames (`sfu/src/signal.rs`), as any holder of a
-//! room token could send them. Never a panic; an accepted frame is within the size limit,
-//! and a frame over it is refused before it is parsed.
+//! room token could send them, and the upstream SFU's frames to a cascade link and the
+//! cascade order's upstream URL (`sfu/src/cascade.rs`). Never a panic; an accepted frame is
+//! within the size limit, and a frame over it is refused before it is parsed.
 #![no_main]
 
 use estuary_sfu::signal::{MAX_FRAME_BYTES, ParseError, parse, parse_track_id};
@@ -16,4 +17,8 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => {}
     }
     let _ = parse_track_id(text);
+    if estuary_sfu::cascade::parse_upstream_msg(text).is_some() {
+        assert!(text.len() <= MAX_FRAME_BYTES);
+    }
+    let _ = estuary_sfu::cascade::parse_upstream(text);
 });
