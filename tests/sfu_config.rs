@@ -77,6 +77,22 @@ fn the_example_passes_check_config_and_typos_name_their_key() {
         );
     }
 
+    for bad in ["0", "31", "\"fast\""] {
+        std::fs::write(
+            &path,
+            text.replace(
+                "max_publisher_kbps = 8000",
+                &format!("max_publisher_kbps = {bad}"),
+            ),
+        )
+        .expect("write");
+        let (ok, out) = estuary(&["check-config"], &path);
+        assert!(
+            !ok && out.contains("rooms.max_publisher_kbps"),
+            "{bad}: {out}"
+        );
+    }
+
     // ICE-TCP on the signaling port is refused before anything binds.
     std::fs::write(
         &path,

@@ -367,8 +367,56 @@ fn a_watcher_behind_a_lossy_link_sends_nacks_and_keeps_decoding() {
         |v| v > 0.0,
     );
     assert!(nacks > 0.0, "no NACK from the watcher reached the SFU");
+    // The default publisher limit (8 Mbit/s) does not bite on aiortc's few hundred kbit/s.
+    assert_eq!(
+        sfu.metric(
+            "estuary_sfu_dropped_packets_total",
+            &["reason=\"over_bitrate\""]
+        ),
+        0.0
+    );
     eprintln!(
         "{dropped} datagrams dropped, {nacks} NACKs, {} video frames decoded",
         w["video_frames"]
     );
+}
+
+/// `[rooms] max_publisher_kbps`: the WHIP answer tells the publisher (`b=AS`, `b=TIAS` in each
+/// video section), and the video a publisher sends over it is dropped and counted (aiortc
+/// ignores the answer's limit, as a hostile publisher would); its audio, within its own
+/// limit, all goes through.
+#[test]
+fn a_publisher_over_its_bitrate_limit_is_told_and_cut_to_it() {
+    let sfu = Sfu::start("sfu-bitrate", "[rooms]\nmax_publisher_kbps = 100\n");
+    let video_offer = synthetic_offer("sendonly")
+        .replace(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        )
+        .replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:96 VP8/90000");
+    let (s, _, answer) = sfu.offer("whip", "told", &video_offer);
+    assert_eq!(s, 201, "{answer}");
+    assert!(answer.contains("b=AS:100\r\nb=TIAS:100000\r\n"), "{answer}");
+    let seconds = 6;
+    let out = sfu.client(
+        "pair",
+        "r1",
+        &["--seconds", &seconds.to_string(), "--source", "testsrc"],
+    );
+    eprintln!("{out}");
+    let over = sfu.metric(
+        "estuary_sfu_dropped_packets_total",
+        &["reason=\"over_bitrate\""],
+    );
+    assert!(over >= 100.0, "only {over} packets dropped over the limit");
+    // What reached the watcher: at most the limit over the session (12,500 bytes a second,
+    // a second's worth at once), generously bounded by 12 s of it; aiortc sends about four
+    // times the limit.
+    let sent = sfu.metric("estuary_sfu_forwarded_bytes_total", &["kind=\"video\""]);
+    assert!(sent <= 12_500.0 * 12.0, "{sent} bytes of video forwarded");
+    assert!(sent > 0.0);
+    // Audio: 50 frames a second for the watcher's seconds, all of it (half is plenty).
+    let audio = out["watcher"]["audio_frames"].as_u64().unwrap_or(0);
+    assert!(audio >= 25 * seconds, "{out}");
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
 }

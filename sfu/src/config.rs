@@ -311,6 +311,10 @@ pub struct RoomsConfig {
     /// speaker; the others' audio is not sent (1 to 64).
     #[serde(default = "default_max_audio_forwarded")]
     pub max_audio_forwarded: usize,
+    /// The most a publisher may send, in kbit/s (all its tracks and layers): offered to it in
+    /// the SDP answer (`b=AS`, `b=TIAS`) and enforced (packets over it are dropped).
+    #[serde(default = "default_max_publisher_kbps")]
+    pub max_publisher_kbps: u64,
 }
 
 fn default_max_rooms() -> usize {
@@ -325,6 +329,9 @@ fn default_max_publishers() -> usize {
 fn default_max_audio_forwarded() -> usize {
     3
 }
+fn default_max_publisher_kbps() -> u64 {
+    8000
+}
 
 impl Default for RoomsConfig {
     fn default() -> Self {
@@ -333,6 +340,7 @@ impl Default for RoomsConfig {
             max_participants: default_max_participants(),
             max_publishers: default_max_publishers(),
             max_audio_forwarded: default_max_audio_forwarded(),
+            max_publisher_kbps: default_max_publisher_kbps(),
         }
     }
 }
@@ -466,6 +474,12 @@ impl SfuConfig {
             return Err(ConfigError::new(
                 "rooms.max_audio_forwarded",
                 "must be between 1 and 64",
+            ));
+        }
+        if !(32..=1_000_000).contains(&r.max_publisher_kbps) {
+            return Err(ConfigError::new(
+                "rooms.max_publisher_kbps",
+                "must be between 32 and 1000000 (kbit/s)",
             ));
         }
         if let Some(cp) = &self.control_plane {

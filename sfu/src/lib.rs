@@ -47,12 +47,13 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
     );
     let keys = config.key_set()?;
     let metrics = Arc::new(metrics::Metrics::new(&config.node.id, &config.node.site));
-    let factory = peer::RtcFactory::new(
+    let mut factory = peer::RtcFactory::new(
         config.media.codecs.clone(),
         config.public_udp(),
         config.media.bwe_initial_bps,
         config.public_tcp(),
     )?;
+    factory.publisher_kbps = config.rooms.max_publisher_kbps;
     let tcp_listener = match config.listen.tcp {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)

@@ -38,10 +38,12 @@ pub enum DropReason {
     AudioNotLoudest,
     /// A packet of a muted track (once per packet, whoever would have received it).
     Muted,
+    /// A publisher's packet over `[rooms] max_publisher_kbps`.
+    OverBitrate,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Garbage,
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
@@ -53,6 +55,7 @@ impl DropReason {
         DropReason::TcpNoConnection,
         DropReason::AudioNotLoudest,
         DropReason::Muted,
+        DropReason::OverBitrate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl DropReason {
             DropReason::TcpNoConnection => "tcp_no_connection",
             DropReason::AudioNotLoudest => "audio_not_loudest",
             DropReason::Muted => "muted",
+            DropReason::OverBitrate => "over_bitrate",
         }
     }
 }

@@ -125,6 +125,80 @@ pub struct Peer {
     /// Set when the peer is to be closed at the next look at timers (its WebSocket could not
     /// take an event).
     pub closing: bool,
+    /// Publishers: `[rooms] max_publisher_kbps` enforced on what they send.
+    pub policer: Option<Box<Policer>>,
+}
+
+/// A publisher's bitrate limits: byte buckets refilled at the limit, one second deep. Video
+/// (every layer of every video track) gets `[rooms] max_publisher_kbps`; audio its own
+/// [`AUDIO_KBPS`], so that video over the limit never takes the voice with it.
+pub struct Policer {
+    video: governor::DefaultDirectRateLimiter,
+    audio: governor::DefaultDirectRateLimiter,
+}
+
+/// The most a publisher's audio may send (Opus at its highest stereo rate is 510 kbit/s;
+/// speech takes 20 to 64).
+pub const AUDIO_KBPS: u64 = 256;
+
+fn bucket(kbps: u64) -> governor::DefaultDirectRateLimiter {
+    let bytes = u32::try_from(kbps.saturating_mul(1000) / 8)
+        .unwrap_or(u32::MAX)
+        .max(2048);
+    let rate = std::num::NonZeroU32::new(bytes).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(rate))
+}
+
+impl Policer {
+    /// Video at most `kbps` kbit/s over time, a second's worth at once (a keyframe's burst).
+    pub fn new(kbps: u64) -> Self {
+        Self {
+            video: bucket(kbps),
+            audio: bucket(AUDIO_KBPS),
+        }
+    }
+
+    /// Whether a packet of `bytes` of `kind` fits now (it is counted if it does).
+    pub fn allow(&self, kind: MediaKind, bytes: usize) -> bool {
+        let bucket = match kind {
+            MediaKind::Audio => &self.audio,
+            MediaKind::Video => &self.video,
+        };
+        let n = u32::try_from(bytes.max(1)).unwrap_or(u32::MAX);
+        match std::num::NonZeroU32::new(n) {
+            Some(n) => matches!(bucket.check_n(n), Ok(Ok(()))),
+            None => true,
+        }
+    }
+}
+
+/// Adds the publisher's bitrate limit to every video section of an SDP answer
+/// (`b=AS` in kbit/s and `b=TIAS` in bit/s, after the section's `c=` line as RFC 8866 orders
+/// them), so that a browser sends within it.
+pub fn cap_bandwidth(sdp: &str, kbps: u64) -> String {
+    let mut out = String::with_capacity(sdp.len() + 128);
+    let mut in_media = false;
+    let mut capped = false;
+    let lines: Vec<&str> = sdp.split("\r\n").collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("m=") {
+            in_media = line.starts_with("m=video");
+            capped = false;
+        }
+        // A section's own bandwidth lines are replaced by ours.
+        if in_media && line.starts_with("b=") {
+            continue;
+        }
+        out.push_str(line);
+        if i + 1 < lines.len() {
+            out.push_str("\r\n");
+        }
+        if in_media && !capped && line.starts_with("c=") {
+            out.push_str(&format!("b=AS:{kbps}\r\nb=TIAS:{}\r\n", kbps * 1000));
+            capped = true;
+        }
+    }
+    out
 }
 
 /// A meeting participant's signaling: the WebSocket's queue and the SDP negotiation. The
@@ -187,6 +261,8 @@ pub struct RtcFactory {
     pub bwe_initial: Option<u64>,
     /// The passive ICE-TCP candidate's address, when `[listen] tcp` is set.
     pub public_tcp: Option<SocketAddr>,
+    /// `[rooms] max_publisher_kbps`: offered to publishers in answers, enforced per peer.
+    pub publisher_kbps: u64,
 }
 
 pub fn kind_of(k: StrKind) -> MediaKind {
@@ -217,6 +293,7 @@ impl RtcFactory {
             public_udp,
             bwe_initial: (bwe_initial_bps > 0).then_some(bwe_initial_bps),
             public_tcp,
+            publisher_kbps: 8000,
         })
     }
 
@@ -266,9 +343,14 @@ impl RtcFactory {
         if media.is_empty() {
             return Err(SessionError::WrongMedia("no audio or video m-line".into()));
         }
+        // A publisher is told its bitrate limit.
+        let answer = match kind {
+            PeerKind::Whip => cap_bandwidth(&answer.to_sdp_string(), self.publisher_kbps),
+            _ => answer.to_sdp_string(),
+        };
         Ok(Answered {
             rtc,
-            answer: answer.to_sdp_string(),
+            answer,
             media,
             timeout,
         })
@@ -491,5 +573,52 @@ mod tests {
             let _ = vp8_keyframe_height(&p[..n]);
         }
         assert_eq!(vp8_keyframe_height(&[]), None);
+    }
+
+    #[test]
+    fn answers_carry_the_publishers_limit_in_each_media_section_only() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\nb=AS:30\r\na=mid:0\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\n";
+        let capped = cap_bandwidth(sdp, 500);
+        assert_eq!(
+            capped.matches("b=AS:500\r\nb=TIAS:500000\r\n").count(),
+            1,
+            "{capped}"
+        );
+        let video = &capped[capped.find("m=video").expect("video")..];
+        assert!(
+            video.starts_with("m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\nb=AS:500\r\n")
+        );
+        assert!(capped.contains("b=AS:30"), "audio keeps its own");
+        let data = &capped[capped.find("m=application").expect("data")..];
+        assert!(!data.contains("b="), "no limit on data channels");
+        let session = &capped[..capped.find("m=").expect("m")];
+        assert!(!session.contains("b="), "none at session level");
+        assert!(capped.ends_with("a=mid:2\r\n"));
+        // Every line of the input is kept, in order.
+        let kept: Vec<&str> = capped
+            .lines()
+            .filter(|l| !matches!(*l, "b=AS:500" | "b=TIAS:500000"))
+            .collect();
+        let before: Vec<&str> = sdp.lines().collect();
+        assert_eq!(kept, before);
+    }
+
+    #[test]
+    fn a_publisher_over_its_limit_is_cut_to_it() {
+        // 80 kbit/s: 10,000 bytes a second, as a burst at once; then nothing until refilled.
+        let p = Policer::new(80);
+        let sent = (0..20).filter(|_| p.allow(MediaKind::Video, 1000)).count();
+        assert_eq!(sent, 10);
+        assert!(!p.allow(MediaKind::Video, 1000));
+        // Audio has its own bucket: video over the limit does not silence the voice.
+        assert!(p.allow(MediaKind::Audio, 100));
+        let audio = (0..100).filter(|_| p.allow(MediaKind::Audio, 1000)).count();
+        assert_eq!(
+            audio, 31,
+            "256 kbit/s: 32,000 bytes at once, 100 of them taken"
+        );
     }
 }

@@ -519,6 +519,8 @@ impl Shard {
             meeting: None,
             link: None,
             closing: false,
+            policer: matches!(kind, PeerKind::Whip)
+                .then(|| Box::new(peer::Policer::new(self.cfg.factory.publisher_kbps))),
         };
         let mut added = Vec::new();
         for (mid, k, rids) in media {
@@ -849,6 +851,14 @@ impl Shard {
             self.local.dropped(DropReason::NotForwarded);
             return;
         };
+        // A publisher over its bitrate limit loses what is over (a cascade link has none: it
+        // carries many publishers, each limited at its own SFU).
+        if let Some(policer) = &p.policer
+            && !policer.allow(track.kind, pkt.payload.len())
+        {
+            self.local.dropped(DropReason::OverBitrate);
+            return;
+        }
         self.local.received(track.kind);
         if track.kind == MediaKind::Video {
             self.local.layer_received(layer);

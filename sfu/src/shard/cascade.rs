@@ -141,6 +141,7 @@ impl Shard {
                 client: Some(client),
             })),
             closing: false,
+            policer: None,
         };
         let mut api = p.rtc.sdp_api();
         api.add_channel("estuary-cascade".into());

@@ -67,6 +67,7 @@ impl Shard {
             })),
             link: link.then(|| Box::new(Link::default())),
             closing: false,
+            policer: (!link).then(|| Box::new(peer::Policer::new(self.cfg.factory.publisher_kbps))),
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
@@ -351,12 +352,12 @@ impl Shard {
             m.offered = true;
             p.created = now;
         }
-        self.send(
-            id,
-            ServerMsg::Answer {
-                sdp: answer.to_sdp_string(),
-            },
-        );
+        // A participant is told its bitrate limit; a link is not limited.
+        let sdp = match p.link {
+            Some(_) => answer.to_sdp_string(),
+            None => peer::cap_bandwidth(&answer.to_sdp_string(), self.cfg.factory.publisher_kbps),
+        };
+        self.send(id, ServerMsg::Answer { sdp });
         self.drained(now, id);
         for (mid, idx, kind, stream, remote_track) in relayed {
             if let Some(track) = self.relayed_track(now, id, mid, idx, kind, &stream, &remote_track)
