@@ -56,41 +56,27 @@ fn the_example_passes_check_config_and_typos_name_their_key() {
     let (ok, out) = estuary(&["check-config"], &path);
     assert!(!ok && out.contains("media.codecs"), "{out}");
 
-    for bad in ["0", "65", "\"three\""] {
-        std::fs::write(
-            &path,
-            text.replace(
-                "max_audio_forwarded = 3",
-                &format!("max_audio_forwarded = {bad}"),
-            ),
-        )
-        .expect("write");
-        let (ok, out) = estuary(&["check-config"], &path);
-        assert!(
-            !ok && out.contains("rooms.max_audio_forwarded"),
-            "{bad}: {out}"
-        );
-        let (ok, out) = estuary(&["sfu", "--config"], &path);
-        assert!(
-            !ok && out.contains("rooms.max_audio_forwarded"),
-            "{bad}: {out}"
-        );
-    }
-
-    for bad in ["0", "31", "\"fast\""] {
-        std::fs::write(
-            &path,
-            text.replace(
-                "max_publisher_kbps = 8000",
-                &format!("max_publisher_kbps = {bad}"),
-            ),
-        )
-        .expect("write");
-        let (ok, out) = estuary(&["check-config"], &path);
-        assert!(
-            !ok && out.contains("rooms.max_publisher_kbps"),
-            "{bad}: {out}"
-        );
+    // Out-of-range or mistyped values name their key, in check-config and at start.
+    for (line, key, bads) in [
+        (
+            "max_audio_forwarded = 3",
+            "rooms.max_audio_forwarded",
+            &["0", "65", "\"three\""][..],
+        ),
+        (
+            "max_publisher_kbps = 8000",
+            "rooms.max_publisher_kbps",
+            &["0", "31", "\"fast\""][..],
+        ),
+    ] {
+        let name = line.split(" = ").next().unwrap_or_default();
+        for bad in bads {
+            std::fs::write(&path, text.replace(line, &format!("{name} = {bad}"))).expect("write");
+            let (ok, out) = estuary(&["check-config"], &path);
+            assert!(!ok && out.contains(key), "{bad}: {out}");
+            let (ok, out) = estuary(&["sfu", "--config"], &path);
+            assert!(!ok && out.contains(key), "{bad}: {out}");
+        }
     }
 
     // ICE-TCP on the signaling port is refused before anything binds.
