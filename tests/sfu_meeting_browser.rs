@@ -150,6 +150,7 @@ fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
     assert_eq!(codes("answer_unasked"), ["no_pending_offer"], "{r}");
     assert_eq!(codes("mute_other"), ["unknown_track"], "{r}");
     assert_eq!(codes("join_twice"), ["already_joined"], "{r}");
+    assert_eq!(codes("relay_from_participant"), ["bad_message"], "{r}");
     for case in [
         "garbage",
         "unknown_type",
@@ -158,6 +159,7 @@ fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
         "answer_unasked",
         "mute_other",
         "join_twice",
+        "relay_from_participant",
     ] {
         assert!(ponged(case), "{case}: the connection stays usable: {r}");
         assert_eq!(

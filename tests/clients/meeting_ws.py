@@ -63,6 +63,10 @@ async def main():
     out["answer_unasked"] = await case(url, [json.dumps({"type": "answer", "sdp": "v=0\r\n"})])
     out["mute_other"] = await case(url, [json.dumps({"type": "mute", "track": "p999999-1", "muted": True})])
     out["join_twice"] = await case(url, [json.dumps({"type": "join", "name": "again"})])
+    # Only a cascade link may announce another site's participants.
+    out["relay_from_participant"] = await case(
+        url, [json.dumps({"type": "relay", "event": "joined", "participant": "p1", "name": "ghost"})]
+    )
     out["oversized"] = await case(url, [json.dumps({"type": "offer", "sdp": "a" * (100 * 1024)})], read=0)
     out["binary"] = await case(url, [b"\x01\x02"], read=0)
     out["flood_of_garbage"] = await case(url, ["nope"] * 6, read=0)
