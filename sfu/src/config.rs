@@ -312,7 +312,7 @@ pub struct RoomsConfig {
     #[serde(default = "default_max_audio_forwarded")]
     pub max_audio_forwarded: usize,
     /// The most a publisher may send, in kbit/s (all its tracks and layers): offered to it in
-    /// the SDP answer (`b=AS`, `b=TIAS`) and enforced (packets over it are dropped).
+    /// the SDP answer (`b=AS`) and enforced (packets over it are dropped).
     #[serde(default = "default_max_publisher_kbps")]
     pub max_publisher_kbps: u64,
 }
