@@ -215,8 +215,8 @@ impl Metrics {
                     "Time from a media packet leaving the UDP socket's receive queue to its copy for one watcher being handed to the kernel.",
                 )
                 .buckets(vec![
-                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-                    0.01, 0.05,
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015,
+                    0.002, 0.0025, 0.005, 0.01, 0.05,
                 ]),
             )),
             peer_panics: must(IntCounter::new(

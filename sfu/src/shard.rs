@@ -43,6 +43,11 @@ mod meeting;
 
 /// Longest sleep between two looks at timers (peers' timeouts, connect deadlines, metrics).
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Queued datagrams that make a batch worth sending at once (sendmmsg takes up to
+/// [`udp::SEND_BATCH`]).
+const FLUSH_BATCH: usize = 32;
+/// The longest a forwarded copy waits in the batch for more.
+const FLUSH_AGE: Duration = Duration::from_micros(200);
 /// How often rooms re-evaluate their simulcast layer choices.
 const LAYER_TICK: Duration = Duration::from_millis(200);
 /// Above this share of a second spent working, the shard sheds a simulcast layer.
@@ -167,6 +172,8 @@ pub struct Shard {
 struct Outbox {
     sends: peer::Sends,
     forwarded_at: Vec<Instant>,
+    /// When the shard first saw the current batch (for [`FLUSH_AGE`]).
+    since: Option<Instant>,
 }
 
 /// sendmmsg's headers (not `Send`: made on the shard's own thread).
@@ -203,6 +210,7 @@ impl Shard {
             outbox: Outbox {
                 sends: peer::Sends::default(),
                 forwarded_at: Vec::new(),
+                since: None,
             },
             to_negotiate: Vec::new(),
             shed: 0,
@@ -231,11 +239,13 @@ impl Shard {
             match received {
                 Ok(msg) => {
                     self.handle(msg);
-                    // Take what else is waiting before looking at timers; send as a batch
-                    // fills.
+                    // Take what else is waiting before looking at timers; send once a batch
+                    // is worth a syscall, or once its oldest copy has waited long enough
+                    // (a packet for 45 watchers is its own batch: its copies do not wait
+                    // for the next packet's).
                     for msg in inbox.try_iter().take(256) {
                         self.handle(msg);
-                        if self.outbox.sends.udp.len() >= udp::SEND_BATCH {
+                        if self.flush_due() {
                             self.flush(&mut headers);
                         }
                     }
@@ -270,9 +280,23 @@ impl Shard {
         self.local.flush();
     }
 
+    /// Whether the queued datagrams should go now rather than wait for more: a batch of
+    /// [`FLUSH_BATCH`], or a batch begun [`FLUSH_AGE`] ago (so a busy shard still batches,
+    /// and a batch never holds its first copy long).
+    fn flush_due(&mut self) -> bool {
+        let queued = self.outbox.sends.udp.len() + self.outbox.sends.link.len();
+        if queued == 0 {
+            self.outbox.since = None;
+            return false;
+        }
+        let since = *self.outbox.since.get_or_insert_with(Instant::now);
+        queued >= FLUSH_BATCH || since.elapsed() >= FLUSH_AGE
+    }
+
     /// Hands the queued datagrams to the kernel, then records how long each forwarded packet
     /// took from the socket in to the socket out.
     fn flush(&mut self, headers: &mut SendHeaders) {
+        self.outbox.since = None;
         if self.outbox.sends.is_empty() {
             return;
         }
