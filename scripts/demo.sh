@@ -2,10 +2,11 @@
 # The demo command: builds Estuary, makes a self-signed certificate and a 30-second sample
 # clip, starts an origin, uploads the clip to it over TUS and waits for its packaging (HLS +
 # DASH ladder), starts an edge that fills from the origin and the steering service in front of
-# it, a chat relay with its demo page, and an SFU registered with the control plane, and prints
-# signed URLs that play, two chat URLs (alice and bob, for two browser tabs), a meeting the
-# control plane placed on the SFU (WHIP and WHEP URLs with its room token), plus the metrics
-# URLs. Stop it with Ctrl-C (all drain and exit). ESTUARY_DEMO_BIN=<path> runs a binary
+# it, a chat relay with its demo page, and two SFUs at two sites registered with the control
+# plane, and prints signed URLs that play, two chat URLs (alice and bob, for two browser tabs),
+# a meeting the control plane placed on the first SFU (WHIP and WHEP URLs with its room token,
+# and two meeting pages: one on each SFU, the second relaying the room from the first), plus
+# the metrics URLs. Stop it with Ctrl-C (all drain and exit). ESTUARY_DEMO_BIN=<path> runs a binary
 # already built instead of building the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ dns_port="${ESTUARY_DEMO_DNS_PORT:-5353}"
 chat_port="${ESTUARY_DEMO_CHAT_PORT:-7200}"
 sfu_port="${ESTUARY_DEMO_SFU_PORT:-7300}"
 sfu_udp_port="${ESTUARY_DEMO_SFU_UDP_PORT:-7301}"
+# A second SFU at another site ("far"): participants placed there are relayed (cascading).
+far_port="${ESTUARY_DEMO_FAR_SFU_PORT:-7310}"
+far_udp_port="${ESTUARY_DEMO_FAR_SFU_UDP_PORT:-7311}"
 mkdir -p "$site/content" "$site/origin"
 
 if [ -n "${ESTUARY_DEMO_BIN:-}" ]; then
@@ -65,6 +69,7 @@ chat_cred="$(secret chat-relay.cred 20)"
 # Chat media: the relay signs upload credentials the origin accepts with this shared key.
 media_upload_key="$(secret chat-media-upload.key 32)"
 sfu_cred="$(secret sfu.cred 20)"
+far_cred="$(secret sfu-far.cred 20)"
 # Room tokens (acl /rooms/<room>): the SFU accepts this key, the control plane signs the
 # tokens of the meetings it places with it.
 rooms_key="$(secret rooms.key 32)"
@@ -101,6 +106,10 @@ token = "$chat_cred"
 site = "demo"
 role = "sfu"
 token = "$sfu_cred"
+[auth.nodes.demo-sfu-far]
+site = "far"
+role = "sfu"
+token = "$far_cred"
 [auth.site_networks]
 demo = ["127.0.0.0/8"]
 [meetings]
@@ -302,6 +311,22 @@ token = "$sfu_cred"
 interval = "2s"
 TOML
 "$bin" check-config "$site/sfu.toml"
+cat > "$site/sfu-far.toml" <<TOML
+[node]
+id = "demo-sfu-far"
+site = "far"
+[listen]
+http = "127.0.0.1:$far_port"
+udp = "127.0.0.1:$far_udp_port"
+public_ip = "127.0.0.1"
+[auth.keys]
+demo-rooms = "$rooms_key"
+[control_plane]
+url = "http://127.0.0.1:$cp_port"
+token = "$far_cred"
+interval = "2s"
+TOML
+"$bin" check-config "$site/sfu-far.toml"
 
 sign() { "$bin" token sign --key-id demo --key "$key" --acl '/v/demo/*' --ttl 86400 --path "$2" --base "$1"; }
 plain=$(sign "http://127.0.0.1:$http_port" /v/demo/master.m3u8)
@@ -364,6 +389,8 @@ pids+=($!)
 pids+=($!)
 "$bin" sfu --config sfu.toml 2>>sfu.log &
 pids+=($!)
+"$bin" sfu --config sfu-far.toml 2>>sfu-far.log &
+pids+=($!)
 # A meeting, placed by the control plane on the SFU once it counts the SFU up: how to publish
 # into it and watch it.
 (
@@ -385,6 +412,25 @@ for k in sys.argv[1:]:
 print(m)' "$@"; }
   room="$(field room)"
   token="$(field token)"
+  # A second participant, at site "far": the control plane sends it to the far SFU and
+  # orders that SFU to relay the room from the first (once it counts the far SFU up).
+  far=""
+  for _ in $(seq 1 30); do
+    far="$(curl -fsS -H "Authorization: Bearer $operator_token" -d '{"region":"far"}' \
+      "http://127.0.0.1:$cp_port/v1/meetings/$room/participants" 2>/dev/null)" || far=""
+    case "$far" in *'"cascade"'*) break ;; esac
+    far=""
+    sleep 1
+  done
+  if [ -n "$far" ]; then
+    far_token="$(echo "$far" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
+    pages="  meeting pages (open both; the browser asks for the camera; the far SFU relays the room):
+    at site demo: http://127.0.0.1:$sfu_port/rooms/$room#token=$token&name=ann
+    at site far:  http://127.0.0.1:$far_port/rooms/$room#token=$far_token&name=bob"
+  else
+    pages="  (the far SFU did not come up: no cascaded page; see sfu-far.log)
+  meeting page: http://127.0.0.1:$sfu_port/rooms/$room#token=$token&name=ann"
+  fi
   cat >&2 <<MEETING
 
 Meeting $room, placed by the control plane on $(field sfu node) (token valid 24 h; late
@@ -395,6 +441,7 @@ joiners: GET http://127.0.0.1:$cp_port/v1/meetings/$room with the operator token
     python3 $repo/tests/clients/whip_whep.py publish --url http://127.0.0.1:$sfu_port --room $room --token '$token' --seconds 600
     python3 $repo/tests/clients/whip_whep.py watch --url http://127.0.0.1:$sfu_port --room $room --token '$token' --seconds 10
   or OBS (Service WHIP, Server the WHIP URL, Bearer Token the token).
+$pages
 
 MEETING
 ) &

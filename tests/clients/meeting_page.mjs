@@ -94,28 +94,37 @@ try {
   const pages = [];
   for (const [i, url] of urls.entries()) pages.push([`tab${i + 1}`, await tab(`tab${i + 1}`, url)]);
   for (const [name, page] of pages) await seesAndHearsTwo(name, page);
-  // Every tab has been told who speaks (the fake microphones all beep: someone does).
-  const ids = [];
-  for (const [, page] of pages) ids.push(await page.evaluate(() => window.meeting.me));
+  // Every tab has been told who speaks (the fake microphones all beep: someone does), by an
+  // id it knows (ids differ per SFU when the tabs are on two cascaded SFUs).
   for (const [name, page] of pages) {
-    await until(page, (ids) => window.meeting.events.some((e) => e.type === "speaker" && ids.includes(e.participant)),
-      ids, `${name}: a speaker event`);
+    await until(page, () => window.meeting.events.some((e) => e.type === "speaker"
+      && (e.participant === window.meeting.me || e.participant in window.meeting.participants)),
+      null, `${name}: a speaker event`);
     step(`${name}: told the active speaker`);
   }
-  const [, third] = pages[2];
-  const leaving = await third.evaluate(() => window.meeting.me);
-  const theirTracks = await pages[0][1].evaluate((p) => Object.values(window.meeting.tracks)
-    .filter((t) => t.participant === p).map((t) => t.track), leaving);
-  if (theirTracks.length !== 2) throw new Error(`tab1 knows ${theirTracks.length} tracks of ${leaving}, not 2`);
-  await third.click("#leave");
+  // The third tab leaves; the others know it by its name (`name=` in its URL).
+  const third = pages[2][1];
+  const u = new URL(urls[2]);
+  const leavingName = u.searchParams.get("name") || new URLSearchParams(u.hash.slice(1)).get("name");
+  const idIn = (page) => page.evaluate((n) => Object.keys(window.meeting.participants)
+    .find((p) => window.meeting.participants[p] === n), leavingName);
+  const views = [];
   for (const [name, page] of pages.slice(0, 2)) {
+    const p = await idIn(page);
+    const tracks = await page.evaluate((p) => Object.values(window.meeting.tracks)
+      .filter((t) => t.participant === p).map((t) => t.track), p);
+    if (!p || tracks.length !== 2) throw new Error(`${name} knows ${tracks.length} tracks of ${leavingName} (${p}), not 2`);
+    views.push([name, page, p, tracks]);
+  }
+  await third.click("#leave");
+  for (const [name, page, p, tracks] of views) {
     await until(page, ({ p, tracks }) => {
       const ev = window.meeting.events;
       const left = ev.some((e) => e.type === "participant" && e.event === "left" && e.participant === p);
       const removed = tracks.every((t) => ev.some((e) => e.type === "track" && e.event === "removed" && e.track === t));
       return left && removed && !document.getElementById("tile-" + p);
-    }, { p: leaving, tracks: theirTracks }, `${name}: ${leaving} left`);
-    step(`${name}: saw ${leaving} leave and its tracks removed`);
+    }, { p, tracks }, `${name}: ${leavingName} left`);
+    step(`${name}: saw ${leavingName} (${p}) leave and its tracks removed`);
   }
   result.ok = result.problems.length === 0;
 } catch (e) {
