@@ -202,6 +202,58 @@ pub fn cap_bandwidth(sdp: &str, kbps: u64) -> String {
     out
 }
 
+impl Peer {
+    /// A peer with nothing negotiated on our side yet: no tracks, no slots, no signaling
+    /// state, a new session id; its timeout is due at once.
+    pub fn new(
+        id: PeerId,
+        kind: PeerKind,
+        room: &str,
+        ufrag: String,
+        rtc: Rtc,
+        now: Instant,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            room: room.to_owned(),
+            session: random_hex(32),
+            ufrag,
+            rtc,
+            timeout: now,
+            created: now,
+            connected: false,
+            disconnected_at: None,
+            tracks: HashMap::new(),
+            ssrc_mid: HashMap::new(),
+            rids: HashMap::new(),
+            out_mids: BTreeMap::new(),
+            out_pt: HashMap::new(),
+            nacks: HashMap::new(),
+            paused_layers: HashMap::new(),
+            meeting: None,
+            link: None,
+            closing: false,
+            policer: None,
+        }
+    }
+}
+
+impl Meeting {
+    /// A participant's signaling before its first offer.
+    pub fn new(name: String, events: tokio::sync::mpsc::Sender<crate::signal::ServerMsg>) -> Self {
+        Self {
+            name,
+            events,
+            offered: false,
+            pending: None,
+            queued: Vec::new(),
+            max_height: HashMap::new(),
+            muted: std::collections::HashSet::new(),
+        }
+    }
+}
+
 /// A meeting participant's signaling: the WebSocket's queue and the SDP negotiation. The
 /// SFU offers only once the client's own first offer is answered, and keeps one offer of its
 /// own pending at a time; the slots opened meanwhile wait in `queued`.

@@ -521,31 +521,13 @@ impl Shard {
         } = self.cfg.factory.answer(now, kind, &ufrag, &pass, offer)?;
         let id = self.next_peer;
         self.next_peer += 1;
-        let session = peer::random_hex(32);
         let mut p = Peer {
-            id,
-            kind,
-            room: room_name.to_owned(),
-            session: session.clone(),
-            ufrag: ufrag.clone(),
-            rtc,
             timeout,
-            created: now,
-            connected: false,
-            disconnected_at: None,
-            tracks: HashMap::new(),
-            ssrc_mid: HashMap::new(),
-            rids: HashMap::new(),
-            out_mids: Default::default(),
-            out_pt: HashMap::new(),
-            nacks: HashMap::new(),
-            paused_layers: HashMap::new(),
-            meeting: None,
-            link: None,
-            closing: false,
             policer: matches!(kind, PeerKind::Whip)
                 .then(|| Box::new(peer::Policer::new(self.cfg.factory.publisher_kbps))),
+            ..Peer::new(id, kind, room_name, ufrag.clone(), rtc, now)
         };
+        let session = p.session.clone();
         let mut added = Vec::new();
         for (mid, k, rids) in media {
             match kind {

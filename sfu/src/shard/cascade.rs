@@ -110,38 +110,15 @@ impl Shard {
         let local = client.local;
         let socket = std::sync::Arc::clone(&client.socket);
         let mut p = Peer {
-            id,
-            kind: PeerKind::Cascade,
-            room: room_name.to_owned(),
-            session: peer::random_hex(32),
-            ufrag,
-            rtc,
-            timeout: now,
-            created: now,
-            connected: false,
-            disconnected_at: None,
-            tracks: HashMap::new(),
-            ssrc_mid: HashMap::new(),
-            rids: HashMap::new(),
-            out_mids: Default::default(),
-            out_pt: HashMap::new(),
-            nacks: HashMap::new(),
-            paused_layers: HashMap::new(),
             meeting: Some(Box::new(Meeting {
-                name: "cascade".into(),
-                events,
                 offered: true,
-                pending: None,
-                queued: Vec::new(),
-                max_height: HashMap::new(),
-                muted: HashSet::new(),
+                ..Meeting::new("cascade".into(), events)
             })),
             link: Some(Box::new(Link {
                 ghosts: HashMap::new(),
                 client: Some(client),
             })),
-            closing: false,
-            policer: None,
+            ..Peer::new(id, PeerKind::Cascade, room_name, ufrag, rtc, now)
         };
         let mut api = p.rtc.sdp_api();
         api.add_channel("estuary-cascade".into());

@@ -3,7 +3,7 @@
 //! m-lines of the SFU's own offers, one pending at a time (glare: a client offer that
 //! arrives while ours is pending is answered first, and ours is made again afterwards).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
@@ -34,40 +34,16 @@ impl Shard {
         let id = self.next_peer;
         self.next_peer += 1;
         let name: String = name.chars().take(signal::MAX_NAME_CHARS).collect();
+        let kind = if link {
+            PeerKind::Cascade
+        } else {
+            PeerKind::Meeting
+        };
         let p = Peer {
-            id,
-            kind: if link {
-                PeerKind::Cascade
-            } else {
-                PeerKind::Meeting
-            },
-            room: room_name.to_owned(),
-            session: peer::random_hex(32),
-            ufrag,
-            rtc,
-            timeout: now,
-            created: now,
-            connected: false,
-            disconnected_at: None,
-            tracks: HashMap::new(),
-            ssrc_mid: HashMap::new(),
-            rids: HashMap::new(),
-            out_mids: Default::default(),
-            out_pt: HashMap::new(),
-            nacks: HashMap::new(),
-            paused_layers: HashMap::new(),
-            meeting: Some(Box::new(Meeting {
-                name: name.clone(),
-                events,
-                offered: false,
-                pending: None,
-                queued: Vec::new(),
-                max_height: HashMap::new(),
-                muted: HashSet::new(),
-            })),
+            meeting: Some(Box::new(Meeting::new(name.clone(), events))),
             link: link.then(|| Box::new(Link::default())),
-            closing: false,
             policer: (!link).then(|| Box::new(peer::Policer::new(self.cfg.factory.publisher_kbps))),
+            ..Peer::new(id, kind, room_name, ufrag, rtc, now)
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
