@@ -35,7 +35,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::http::{App, Refusal, check_bearer, refuse, room_ok};
+use crate::http::{App, refuse};
 use crate::peer::LinkClient;
 use crate::room::PeerId;
 use crate::shard::ShardIn;
@@ -207,14 +207,8 @@ fn authorize(
     room: &str,
     client: SocketAddr,
 ) -> Result<(), Box<Response>> {
-    if !app.serving.load(Ordering::SeqCst) {
-        return Err(Box::new(Refusal::Draining.answer(app, client)));
-    }
-    if !room_ok(room) {
-        return Err(Box::new(Refusal::BadRoom.answer(app, client)));
-    }
-    check_bearer(app, headers, &format!("/cascade/{room}"), client)
-        .map_err(|r| Box::new(Refusal::Token(r).answer(app, client)))
+    crate::http::admit(app, headers, "cascade", room, client, false)
+        .map_err(|r| Box::new(r.answer(app, client)))
 }
 
 /// `PUT /cascade/<room>`: relay `room` from `upstream` (201 new, 204 replaced).
@@ -314,7 +308,8 @@ pub async fn get_order(
     }
 }
 
-/// `GET /cascade/<room>/ws?token=`: the upstream end of a link.
+/// `GET /cascade/<room>/ws?token=`: the upstream end of a link (the cascade token, checked
+/// as a participant's room token is, before the upgrade).
 pub async fn ws(
     State(app): State<Arc<App>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -323,30 +318,7 @@ pub async fn ws(
     slot: Option<axum::Extension<estuary_common::listener::HeldSlot>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let token = match &query {
-        Ok(Query(q)) => q.get("token").cloned(),
-        Err(_) => None,
-    };
-    let mut headers = HeaderMap::new();
-    if let Some(t) = token
-        && let Ok(v) = format!("Bearer {t}").parse()
-    {
-        headers.insert(axum::http::header::AUTHORIZATION, v);
-    }
-    if let Err(r) = authorize(&app, &headers, &room, client) {
-        return *r;
-    }
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let upgrade = estuary_common::ws::sized(upgrade, signal::MAX_FRAME_BYTES);
-    let slot = slot.map(|axum::Extension(s)| s);
-    tracing::info!(room = %room, from = %client, "A cascade link connected.");
-    upgrade.on_upgrade(move |socket| async move {
-        crate::meeting_ws::connection(app, socket, room, true).await;
-        drop(slot);
-    })
+    crate::meeting_ws::upgrade_checked(app, client, room, query, slot, upgrade, "cascade")
 }
 
 /// After a participant joined `room` here: opens the link if an order asks for one and none

@@ -140,19 +140,9 @@ pub fn room_ok(room: &str) -> bool {
     estuary_common::config::name_ok(room) && room != "." && room != ".."
 }
 
-/// Checks the bearer token for `room`.
-fn check_token(
-    app: &App,
-    headers: &HeaderMap,
-    room: &str,
-    client: SocketAddr,
-) -> Result<(), Rejection> {
-    check_bearer(app, headers, &format!("/rooms/{room}"), client)
-}
-
 /// Checks the `Authorization: Bearer` token for `path` (`/rooms/<room>`,
-/// `/recordings/<room>`).
-pub fn check_bearer(
+/// `/recordings/<room>`, `/cascade/<room>`).
+fn check_bearer(
     app: &App,
     headers: &HeaderMap,
     path: &str,
@@ -167,17 +157,8 @@ pub fn check_bearer(
     check_path_token(app, token, path, client)
 }
 
-/// Checks a token for `/rooms/<room>`.
-pub fn check_room_token(
-    app: &App,
-    token: &str,
-    room: &str,
-    client: SocketAddr,
-) -> Result<(), Rejection> {
-    check_path_token(app, token, &format!("/rooms/{room}"), client)
-}
-
-fn check_path_token(
+/// Checks a token (a bearer header's, or a WebSocket's `?token=`) for `path`.
+pub fn check_path_token(
     app: &App,
     token: &str,
     path: &str,
@@ -243,11 +224,13 @@ impl Refusal {
     }
 }
 
-/// The checks every request makes before its body: serving (unless it ends a session, which
-/// is allowed while draining), room name, token.
-fn admit(
+/// The checks every room-scoped request makes before its body: serving (unless it ends work,
+/// which is allowed while draining), room name, and a bearer token for `/<scope>/<room>`
+/// (`rooms` for WHIP and WHEP, `recordings`, `cascade`).
+pub fn admit(
     app: &App,
     headers: &HeaderMap,
+    scope: &str,
     room: &str,
     client: SocketAddr,
     ending: bool,
@@ -258,7 +241,7 @@ fn admit(
     if !room_ok(room) {
         return Err(Refusal::BadRoom);
     }
-    check_token(app, headers, room, client).map_err(Refusal::Token)
+    check_bearer(app, headers, &format!("/{scope}/{room}"), client).map_err(Refusal::Token)
 }
 
 /// `whip` or `whep`, the first path segment.
@@ -281,7 +264,7 @@ async fn offer(
     let Some(kind) = kind_of(&kind) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if let Err(r) = admit(&app, &headers, &room, client, false) {
+    if let Err(r) = admit(&app, &headers, "rooms", &room, client, false) {
         return r.answer(&app, client);
     }
     let sdp_type = headers
@@ -384,7 +367,7 @@ async fn end(
     let Some(kind) = kind_of(&kind) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if let Err(r) = admit(&app, &headers, &room, client, true) {
+    if let Err(r) = admit(&app, &headers, "rooms", &room, client, true) {
         return r.answer(&app, client);
     }
     let Some(shard) = app.shard_of(&room) else {

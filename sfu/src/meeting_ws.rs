@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::http::{App, Refusal, check_room_token, refuse, room_ok};
+use crate::http::{App, Refusal, check_path_token, refuse, room_ok};
 use crate::peer::SessionError;
 use crate::room::PeerId;
 use crate::shard::ShardIn;
@@ -51,6 +51,21 @@ pub async fn ws(
     slot: Option<axum::Extension<estuary_common::listener::HeldSlot>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    upgrade_checked(app, client, room, query, slot, upgrade, "rooms")
+}
+
+/// Checks a WebSocket request for `/<scope>/<room>` (serving, room name, `?token=` for
+/// `/<scope>/<room>`), then upgrades it: a participant's connection for `rooms`, the upstream
+/// end of a cascade link for `cascade` (`cascade.rs`).
+pub fn upgrade_checked(
+    app: Arc<App>,
+    client: SocketAddr,
+    room: String,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+    slot: Option<axum::Extension<estuary_common::listener::HeldSlot>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    scope: &'static str,
+) -> Response {
     if !app.serving.load(Ordering::SeqCst) {
         return Refusal::Draining.answer(&app, client);
     }
@@ -67,7 +82,7 @@ pub async fn ws(
     };
     let token = query.get("token").map(String::as_str);
     let checked = match token {
-        Some(t) => check_room_token(&app, t, &room, client),
+        Some(t) => check_path_token(&app, t, &format!("/{scope}/{room}"), client),
         None => Err(estuary_common::token::Rejection::Missing),
     };
     if let Err(r) = checked {
@@ -80,8 +95,12 @@ pub async fn ws(
     let upgrade = estuary_common::ws::sized(upgrade, signal::MAX_FRAME_BYTES);
     // The connection keeps its listener slot (`[limits]`) for as long as it is open.
     let slot = slot.map(|axum::Extension(s)| s);
+    let link = scope == "cascade";
+    if link {
+        tracing::info!(room = %room, from = %client, "A cascade link connected.");
+    }
     upgrade.on_upgrade(move |socket| async move {
-        connection(app, socket, room, false).await;
+        connection(app, socket, room, link).await;
         drop(slot);
     })
 }

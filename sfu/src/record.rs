@@ -25,7 +25,7 @@ use estuary_common::http::{ClientOptions, HttpClient};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 
 use crate::config::RecordingConfig;
-use crate::http::{App, Refusal};
+use crate::http::App;
 use crate::peer::RtcFactory;
 use crate::shard::ShardIn;
 
@@ -351,14 +351,8 @@ fn admit(
     client: SocketAddr,
     starting: bool,
 ) -> Result<Arc<Recorder>, Box<Response>> {
-    if starting && !app.serving.load(Ordering::SeqCst) {
-        return Err(Box::new(Refusal::Draining.answer(app, client)));
-    }
-    if !crate::http::room_ok(room) {
-        return Err(Box::new(Refusal::BadRoom.answer(app, client)));
-    }
-    crate::http::check_bearer(app, headers, &format!("/recordings/{room}"), client)
-        .map_err(|r| Box::new(Refusal::Token(r).answer(app, client)))?;
+    crate::http::admit(app, headers, "recordings", room, client, !starting)
+        .map_err(|r| Box::new(r.answer(app, client)))?;
     app.recorder.clone().ok_or_else(|| {
         Box::new(crate::http::refuse(
             app,

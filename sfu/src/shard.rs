@@ -660,18 +660,11 @@ impl Shard {
         buf: &[u8],
         tcp: Option<TcpConn>,
     ) {
-        // What str0m is told the datagram arrived on: one of the peer's local candidates.
-        let link_local = self
-            .peers
-            .get(&id)
-            .and_then(|p| p.link.as_ref()?.client.as_ref())
-            .map(|c| c.local);
-        let (proto, local) = match (&tcp, self.cfg.factory.public_tcp) {
-            (None, _) => (
-                Protocol::Udp,
-                link_local.unwrap_or(self.cfg.factory.public_udp),
-            ),
-            (Some(_), Some(public_tcp)) => (Protocol::Tcp, public_tcp),
+        // What str0m is told the datagram arrived on: one of the peer's local candidates (a
+        // relaying cascade link's is its own socket's).
+        let tcp_local = match (&tcp, self.cfg.factory.public_tcp) {
+            (None, _) => None,
+            (Some(_), Some(public_tcp)) => Some(public_tcp),
             (Some(conn), None) => {
                 conn.close(TcpClose::Shutdown);
                 return;
@@ -684,6 +677,16 @@ impl Shard {
                 conn.close(TcpClose::PeerGone);
             }
             return;
+        };
+        let (proto, local) = match tcp_local {
+            Some(public_tcp) => (Protocol::Tcp, public_tcp),
+            None => (
+                Protocol::Udp,
+                p.link
+                    .as_ref()
+                    .and_then(|l| l.client.as_ref())
+                    .map_or(self.cfg.factory.public_udp, |c| c.local),
+            ),
         };
         let Ok(recv) = Receive::new(proto, src, local, buf) else {
             self.local.dropped(DropReason::Garbage);

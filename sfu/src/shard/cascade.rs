@@ -398,21 +398,20 @@ impl Shard {
     /// Before link `id` is removed: its ghosts leave, its socket is forgotten, its reader
     /// stops.
     pub(super) fn link_closing(&mut self, now: Instant, id: PeerId) {
-        let Some(link) = self.peers.get_mut(&id).and_then(|p| p.link.take()) else {
+        // The link stays a link (emptied) for what follows in `remove_peer`.
+        let Some(link) = self.peers.get_mut(&id).and_then(|p| p.link.as_deref_mut()) else {
             return;
         };
+        let ghosts: Vec<PeerId> = link.ghosts.drain().map(|(_, g)| g).collect();
+        let client = link.client.take();
         self.metrics.cascade_links.dec();
-        for (_, gid) in link.ghosts {
+        for gid in ghosts {
             self.drop_ghost(now, gid);
         }
-        if let Some(c) = link.client {
+        if let Some(c) = client {
             c.stop.store(true, std::sync::atomic::Ordering::SeqCst);
             self.link_sockets.remove(&c.local);
             self.outbox.sends.link_src.retain(|a| *a != c.local);
-        }
-        // Still a link for what follows in `remove_peer` (no `participant left` for it).
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.link = Some(Box::default());
         }
     }
 
