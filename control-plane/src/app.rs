@@ -1525,10 +1525,7 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     };
     match placed {
         Ok(m) => {
-            app.metrics
-                .meeting_requests
-                .with_label_values(&["created"])
-                .inc();
+            count_meeting_request(&app, "created");
             tracing::info!(room = %m.room, node = %m.node, "A meeting was placed on an SFU.");
             meeting_answer(&app, config, &view, &m, StatusCode::CREATED)
         }
@@ -1537,10 +1534,7 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
                 crate::meetings::CreateError::Full(_) => "full",
                 _ => "no_sfu",
             };
-            app.metrics
-                .meeting_requests
-                .with_label_values(&[outcome])
-                .inc();
+            count_meeting_request(&app, outcome);
             no_sfu(&e.to_string())
         }
     }
@@ -1562,39 +1556,61 @@ async fn get_meeting(
     }
     let now = estuary_common::unix_now();
     let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
-    let (fleet, snap) = (view.fleet(), &view.snap);
-    let networks = &app.config.auth.site_networks;
     let found = match app.meetings.lock() {
-        Ok(mut meetings) => meetings.lookup(&fleet, &room, |near| {
-            crate::meetings::home_site(snap, networks, near)
-                .ok()
-                .flatten()
-        }),
+        Ok(mut meetings) => lookup_meeting(&app, &mut meetings, &view, &room),
         Err(_) => return app.internal("the meeting table's lock is poisoned"),
     };
-    let count = |outcome: &str| {
-        app.metrics
-            .meeting_requests
-            .with_label_values(&[outcome])
-            .inc();
-    };
-    match found {
-        crate::meetings::Lookup::Kept(m) => {
-            count("kept");
+    match lasting(&app, found) {
+        Ok((m, outcome)) => {
+            count_meeting_request(&app, outcome);
             meeting_answer(&app, config, &view, &m, StatusCode::OK)
         }
+        Err(r) => r,
+    }
+}
+
+/// The meeting of `room` now (`Meetings::lookup`, a moved meeting placed again for its first
+/// participant's home site).
+fn lookup_meeting(
+    app: &App,
+    meetings: &mut crate::meetings::Meetings,
+    view: &FleetView,
+    room: &str,
+) -> crate::meetings::Lookup {
+    let networks = &app.config.auth.site_networks;
+    meetings.lookup(&view.fleet(), room, |near| {
+        crate::meetings::home_site(&view.snap, networks, near)
+            .ok()
+            .flatten()
+    })
+}
+
+fn count_meeting_request(app: &App, outcome: &str) {
+    app.metrics
+        .meeting_requests
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+/// A looked-up meeting that lasts, with the outcome to count (`kept` or `moved`, a move
+/// logged); the answer for one that ended or has no SFU (404, 503), already counted.
+fn lasting(
+    app: &App,
+    found: crate::meetings::Lookup,
+) -> Result<(crate::meetings::Meeting, &'static str), Response> {
+    match found {
+        crate::meetings::Lookup::Kept(m) => Ok((m, "kept")),
         crate::meetings::Lookup::Moved { meeting, from } => {
-            count("moved");
             tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
-            meeting_answer(&app, config, &view, &meeting, StatusCode::OK)
+            Ok((meeting, "moved"))
         }
         crate::meetings::Lookup::Unknown => {
-            count("unknown");
-            (StatusCode::NOT_FOUND, "no such meeting (or it ended)\n").into_response()
+            count_meeting_request(app, "unknown");
+            Err((StatusCode::NOT_FOUND, "no such meeting (or it ended)\n").into_response())
         }
         crate::meetings::Lookup::NoSfu => {
-            count("no_sfu");
-            no_sfu("its SFU is gone and no other SFU is up")
+            count_meeting_request(app, "no_sfu");
+            Err(no_sfu("its SFU is gone and no other SFU is up"))
         }
     }
 }
@@ -1623,23 +1639,18 @@ async fn add_participant(
     };
     let now = estuary_common::unix_now();
     let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
-    let (fleet, snap) = (view.fleet(), &view.snap);
-    let networks = &app.config.auth.site_networks;
+    let snap = &view.snap;
     // A bad request is refused before the meeting table is touched (and a meeting moved).
-    let home = match crate::meetings::home_site(snap, networks, &near) {
+    let home = match crate::meetings::home_site(snap, &app.config.auth.site_networks, &near) {
         Ok(h) => h,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     let (found, cascade) = match app.meetings.lock() {
         Ok(mut meetings) => {
-            let found = meetings.lookup(&fleet, &room, |near| {
-                crate::meetings::home_site(snap, networks, near)
-                    .ok()
-                    .flatten()
-            });
+            let found = lookup_meeting(&app, &mut meetings, &view, &room);
             let cascade = match found {
                 crate::meetings::Lookup::Kept(_) | crate::meetings::Lookup::Moved { .. } => {
-                    meetings.cascade(&fleet, &room, home.as_deref())
+                    meetings.cascade(&view.fleet(), &room, home.as_deref())
                 }
                 _ => None,
             };
@@ -1647,26 +1658,10 @@ async fn add_participant(
         }
         Err(_) => return app.internal("the meeting table's lock is poisoned"),
     };
-    let count = |outcome: &str| {
-        app.metrics
-            .meeting_requests
-            .with_label_values(&[outcome])
-            .inc();
-    };
-    let (meeting, plain_outcome) = match found {
-        crate::meetings::Lookup::Kept(m) => (m, "kept"),
-        crate::meetings::Lookup::Moved { meeting, from } => {
-            tracing::warn!(room = %meeting.room, from = %from, to = %meeting.node, "A meeting's SFU is gone; the meeting moved to another.");
-            (meeting, "moved")
-        }
-        crate::meetings::Lookup::Unknown => {
-            count("unknown");
-            return (StatusCode::NOT_FOUND, "no such meeting (or it ended)\n").into_response();
-        }
-        crate::meetings::Lookup::NoSfu => {
-            count("no_sfu");
-            return no_sfu("its SFU is gone and no other SFU is up");
-        }
+    let count = |outcome: &str| count_meeting_request(&app, outcome);
+    let (meeting, plain_outcome) = match lasting(&app, found) {
+        Ok(found) => found,
+        Err(r) => return r,
     };
     let Some(node) = cascade else {
         count(plain_outcome);
