@@ -5,6 +5,7 @@
 //! `[rooms] max_audio_forwarded = 1` the listener hears loud and nothing of quiet, and the SFU
 //! counts what it did not send; the control, with the default of 3, proves the test can tell:
 //! there the listener hears quiet too.
+//! Late joiner: bob, audio only, joins ann and cid (both with video) and decodes both videos.
 //! Mute: ann mutes her audio and video; bob's frame counts from her stand still while muted
 //! and grow again after she unmutes (video after a keyframe).
 mod common;
@@ -97,5 +98,20 @@ fn a_muted_track_is_not_forwarded_and_unmuting_resumes_it() {
         sfu.metric("estuary_sfu_dropped_packets_total", &["reason=\"muted\""]) >= 50.0,
         "muted packets not counted"
     );
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+}
+
+/// A participant who publishes audio only and joins two video publishers gets both videos in
+/// one renegotiation (two video m-lines at once) and decodes both.
+#[test]
+fn an_audio_only_participant_joining_two_video_publishers_decodes_both() {
+    let sfu = Sfu::start("sfu-late", "");
+    let r = meeting_audio(&sfu, "late", "r1");
+    eprintln!("{r}");
+    // 3 s at 15 frames a second: about 45 frames from each.
+    for from in ["bob_from_ann", "bob_from_cid"] {
+        assert!(n(&r[from]) >= 15, "{from}: {r}");
+    }
+    assert!(n(&r["bob_audio"]) >= 75, "{r}");
     assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
 }

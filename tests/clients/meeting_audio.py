@@ -1,6 +1,7 @@
 """aiortc participants on the SFU's meeting WebSocket, for loudest-N audio and mute.
 
     python3 meeting_audio.py loudest --url ws://127.0.0.1:PORT --room r1 --token TOKEN --seconds 4
+    python3 meeting_audio.py late    --url ws://127.0.0.1:PORT --room r1 --token TOKEN --seconds 3
     python3 meeting_audio.py mute    --url ws://127.0.0.1:PORT --room r1 --token TOKEN --seconds 3
 
 loudest: three participants publish audio only: "loud" a 440 Hz tone (FFmpeg's sine through
@@ -8,22 +9,23 @@ PyAV), "quiet" and "listener" silence (aiortc's own). Each counts the audio fram
 from every other participant. With [rooms] max_audio_forwarded = 1 the listener should hear
 loud only.
 
+late: "ann" and "cid" publish a tone and video and decode each other; then "bob" joins with
+audio only and should decode both videos (his connection gains two video m-lines at once).
+
 mute: "ann" publishes a tone and video (FFmpeg's test pattern), "bob" silence. After bob
 decodes both of ann's tracks, ann mutes both (the protocol's `mute`); later she unmutes them.
 Bob's frame counts from ann's tracks are taken at each step: while muted they should stand
 still, after the unmute grow again (video after a keyframe the SFU asks ann for).
 
-aioice leaves loopback out of host candidates; the tests run on loopback, so its host
-address lookup is replaced by one that returns 127.0.0.1. Prints one JSON line.
+aiortc_loopback.py makes aiortc gather 127.0.0.1 and mends a renegotiation bug of aiortc.
+Prints one JSON line.
 """
 import argparse
 import asyncio
 import json
 import os
 
-import aioice.ice
-
-aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.1"]
+import aiortc_loopback  # noqa: F401 (patches aioice and aiortc for these tests)
 
 import websockets  # noqa: E402
 from aiortc import (  # noqa: E402
@@ -195,16 +197,50 @@ async def mute(url, seconds):
     return out
 
 
+async def late(url, seconds):
+    ann = Participant(url, "ann", tone=True, video=True)
+    cid = Participant(url, "cid", tone=True, video=True)
+    await ann.join_and_publish()
+    await cid.join_and_publish()
+    await wait_for(
+        lambda: ann.of(cid, "video") > 5 and cid.of(ann, "video") > 5,
+        20,
+        "ann and cid decode each other",
+        ann,
+        cid,
+    )
+    bob = Participant(url, "bob")
+    await bob.join_and_publish()
+    await wait_for(
+        lambda: bob.of(ann, "video") > 5 and bob.of(cid, "video") > 5,
+        20,
+        "bob decodes ann's and cid's video",
+        ann,
+        cid,
+        bob,
+    )
+    start = {"ann": bob.of(ann, "video"), "cid": bob.of(cid, "video")}
+    await asyncio.sleep(seconds)
+    out = {
+        "bob_from_ann": bob.of(ann, "video") - start["ann"],
+        "bob_from_cid": bob.of(cid, "video") - start["cid"],
+        "bob_audio": bob.of(ann, "audio") + bob.of(cid, "audio"),
+    }
+    for p in (ann, cid, bob):
+        await p.close()
+    return out
+
+
 async def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["loudest", "mute"])
+    ap.add_argument("mode", choices=["loudest", "mute", "late"])
     ap.add_argument("--url", required=True)
     ap.add_argument("--room", required=True)
     ap.add_argument("--token", required=True)
     ap.add_argument("--seconds", type=float, default=4)
     a = ap.parse_args()
     url = f"{a.url}/rooms/{a.room}/ws?token={a.token}"
-    out = await (loudest(url, a.seconds) if a.mode == "loudest" else mute(url, a.seconds))
+    out = await {"loudest": loudest, "mute": mute, "late": late}[a.mode](url, a.seconds)
     print(json.dumps(out), flush=True)
     # aiortc's media threads would keep a normal exit waiting.
     os._exit(0)

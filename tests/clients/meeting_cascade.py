@@ -11,17 +11,14 @@ decodes the others; every count is by the name the participant was announced wit
 differ per SFU). Then bob mutes his video (ann should be told), and bob and cid leave (ann
 should be told both left). Prints one JSON line.
 
-aioice leaves loopback out of host candidates; the tests run on loopback, so its host address
-lookup is replaced by one that returns 127.0.0.1.
+aiortc_loopback.py makes aiortc gather 127.0.0.1 and mends a renegotiation bug of aiortc.
 """
 import argparse
 import asyncio
 import json
 import os
 
-import aioice.ice
-
-aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.1"]
+import aiortc_loopback  # noqa: F401 (patches aioice and aiortc for these tests)
 
 import websockets  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402

@@ -12,9 +12,7 @@ import argparse
 import asyncio
 import json
 
-import aioice.ice
-
-aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.1"]
+import aiortc_loopback  # noqa: F401 (patches aioice and aiortc for these tests)
 
 import websockets  # noqa: E402
 from aiortc import (  # noqa: E402

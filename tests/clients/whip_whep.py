@@ -15,8 +15,7 @@ arrived intact), the decoded frame size and the video codec negotiated. With --d
 session is ended with DELETE on its Location before the peer connection is closed, and the
 DELETE status is reported too.
 
-aioice leaves loopback out of host candidates; the tests run on loopback, so its host
-address lookup is replaced by one that returns 127.0.0.1, and no STUN server is given.
+aiortc_loopback.py makes aiortc gather 127.0.0.1; no STUN server is given.
 """
 
 import argparse
@@ -26,9 +25,7 @@ import sys
 import urllib.error
 import urllib.request
 
-import aioice.ice
-
-aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: ["127.0.0.1"]
+import aiortc_loopback  # noqa: F401 (patches aioice and aiortc for these tests)
 
 from aiortc import (  # noqa: E402
     RTCConfiguration,
