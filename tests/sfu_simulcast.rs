@@ -192,6 +192,10 @@ impl Drop for Page {
     }
 }
 
+/// The two Chromium tests run one after the other: four browsers at once on a 2-core machine
+/// would starve the capped subscriber's estimate.
+static ONE_CHROMIUM_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/clients/simulcast_page.mjs"
@@ -213,6 +217,9 @@ fn inbound(v: &serde_json::Value) -> (u64, u64) {
 
 #[test]
 fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
+    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let net = Netns::new();
     let sfu = Sfu::start_on("sfu-simulcast", &net.host_ip, "");
     let url = |name: &str, extra: &str| {
@@ -366,6 +373,72 @@ fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
     assert!(sfu.metric("estuary_sfu_subscriber_bandwidth_bps_count", &[]) > 0.0);
     assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
     eprintln!("publisher: {p}\nsubscriber: {}", subscriber.last());
+}
+
+/// Overload sheds simulcast layers before it drops calls: with `[media] shed_layers_above`
+/// set so low that the shard counts as overloaded from its first media, every room sheds its
+/// two upper layers (`estuary_sfu_shed_layers` 2): a subscriber that would take the top layer
+/// (720 lines, as the test above shows on an open link) decodes the lowest (180 lines), and
+/// both calls go on. Publisher and subscriber are Chromium on loopback.
+#[test]
+fn an_overloaded_sfu_sheds_upper_layers_and_keeps_its_calls() {
+    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let sfu = Sfu::start(
+        "sfu-shed",
+        "[media]\nshed_layers_above = 0.000001\nrestore_layers_below = 0.0000005\n",
+    );
+    let url = |name: &str, extra: &str| {
+        format!(
+            "{}/rooms/shed?name={name}&token={}{extra}",
+            sfu.url(),
+            room_token("shed")
+        )
+    };
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "publish", &url("pub", "")]);
+    let publisher = Page::start(cmd);
+    publisher.wait("the publisher joins", Duration::from_secs(60), |v| {
+        v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
+    let subscriber = Page::start(cmd);
+    subscriber.wait(
+        "the subscriber decodes the publisher",
+        Duration::from_secs(120),
+        |v| inbound(v).1 > 0,
+    );
+    let shed = sfu.wait_metric("estuary_sfu_shed_layers", &["shard=\"0\""], |v| v == 2.0);
+    assert_eq!(shed, 2.0, "the shard shed two layers");
+    // The lowest layer (a quarter of 720 lines), and frames keep coming.
+    subscriber.wait(
+        "the subscriber is on the lowest layer",
+        Duration::from_secs(60),
+        |v| {
+            let (h, n) = inbound(v);
+            h > 0 && h <= 180 && n > 0
+        },
+    );
+    let (_, decoded) = inbound(&subscriber.last());
+    subscriber.wait(
+        "the subscriber keeps decoding the lowest layer",
+        Duration::from_secs(30),
+        |v| {
+            let (h, n) = inbound(v);
+            h <= 180 && n > decoded + 20
+        },
+    );
+    // Both calls stand.
+    assert_eq!(
+        sfu.metric("estuary_sfu_peers", &["kind=\"meeting\""]),
+        2.0,
+        "both participants are still in the call"
+    );
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+    drop(publisher);
+    drop(subscriber);
 }
 
 /// A WHIP offer with three rids (as OBS or a browser's WHIP client sends) is answered with

@@ -240,6 +240,14 @@ pub struct MediaConfig {
     /// is this far behind is closed (and counted): a slow reader never holds a shard back.
     #[serde(default = "default_tcp_write_queue")]
     pub tcp_write_queue: usize,
+    /// Overload: a shard busy more than this share of a second sheds one more simulcast layer
+    /// in every room it holds (at most two: the lowest layer always stays), before any call
+    /// is refused or dropped. 1.0 never sheds.
+    #[serde(default = "default_shed_layers_above")]
+    pub shed_layers_above: f64,
+    /// A shard busy less than this share of a second gives one shed layer back.
+    #[serde(default = "default_restore_layers_below")]
+    pub restore_layers_below: f64,
 }
 
 fn default_shards() -> usize {
@@ -272,6 +280,12 @@ fn default_tcp_max_connections() -> usize {
 fn default_tcp_first_frame_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_shed_layers_above() -> f64 {
+    0.85
+}
+fn default_restore_layers_below() -> f64 {
+    0.5
+}
 fn default_tcp_write_queue() -> usize {
     256
 }
@@ -290,6 +304,8 @@ impl Default for MediaConfig {
             tcp_max_connections: default_tcp_max_connections(),
             tcp_first_frame_timeout: default_tcp_first_frame_timeout(),
             tcp_write_queue: default_tcp_write_queue(),
+            shed_layers_above: default_shed_layers_above(),
+            restore_layers_below: default_restore_layers_below(),
         }
     }
 }
@@ -449,6 +465,18 @@ impl SfuConfig {
             return Err(ConfigError::new(
                 "media.tcp_write_queue",
                 "must be between 16 and 65536",
+            ));
+        }
+        if !(m.shed_layers_above > 0.0 && m.shed_layers_above <= 1.0) {
+            return Err(ConfigError::new(
+                "media.shed_layers_above",
+                "must be a share of time above 0 and at most 1",
+            ));
+        }
+        if !(m.restore_layers_below > 0.0 && m.restore_layers_below < m.shed_layers_above) {
+            return Err(ConfigError::new(
+                "media.restore_layers_below",
+                "must be above 0 and below media.shed_layers_above",
             ));
         }
         let r = &self.rooms;
@@ -638,6 +666,15 @@ mod tests {
             .expect_err("max_audio_forwarded out of range");
             assert!(e.key.contains("rooms.max_audio_forwarded"), "{bad}: {e}");
         }
+        let e = SfuConfig::parse(&format!(
+            "{}[media]\nshed_layers_above = 0.4\nrestore_layers_below = 0.5\n",
+            minimal()
+        ))
+        .expect_err("restore above shed");
+        assert_eq!(e.key, "media.restore_layers_below");
+        let e = SfuConfig::parse(&format!("{}[media]\nshed_layers_above = 0\n", minimal()))
+            .expect_err("never busy enough");
+        assert_eq!(e.key, "media.shed_layers_above");
         let e = SfuConfig::parse(&format!("{}[media]\ntcp_write_queue = 1\n", minimal()))
             .expect_err("tiny write queue");
         assert_eq!(e.key, "media.tcp_write_queue");

@@ -90,6 +90,8 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
                 max_rooms: config.rooms.max_rooms,
                 connect_timeout: config.media.connect_timeout,
                 ice_disconnect_grace: config.media.ice_disconnect_grace,
+                shed_layers_above: config.media.shed_layers_above,
+                restore_layers_below: config.media.restore_layers_below,
             },
             Arc::clone(&socket),
             route_tx.clone(),

@@ -50,10 +50,6 @@ const FLUSH_BATCH: usize = 32;
 const FLUSH_AGE: Duration = Duration::from_micros(200);
 /// How often rooms re-evaluate their simulcast layer choices.
 const LAYER_TICK: Duration = Duration::from_millis(200);
-/// Above this share of a second spent working, the shard sheds a simulcast layer.
-const OVERLOAD_BUSY: f64 = 0.85;
-/// Below this share, it gives one back.
-const RELIEVED_BUSY: f64 = 0.5;
 
 /// What a shard is sent.
 pub enum ShardIn {
@@ -135,6 +131,10 @@ pub struct ShardConfig {
     pub max_rooms: usize,
     pub connect_timeout: Duration,
     pub ice_disconnect_grace: Duration,
+    /// Above this share of a second spent working, the shard sheds a simulcast layer.
+    pub shed_layers_above: f64,
+    /// Below this share, it gives one back.
+    pub restore_layers_below: f64,
 }
 
 pub struct Shard {
@@ -1174,12 +1174,12 @@ impl Shard {
     }
 
     /// Overload: the share of the last second this thread was busy sets how many top
-    /// simulcast layers every room sheds (one more above [`OVERLOAD_BUSY`], one fewer below
-    /// [`RELIEVED_BUSY`]), before any call is refused or dropped.
+    /// simulcast layers every room sheds (one more above `[media] shed_layers_above`, one fewer
+    /// below `restore_layers_below`), before any call is refused or dropped.
     fn overload(&mut self, now: Instant, busy: f64) {
-        let shed = if busy > OVERLOAD_BUSY {
+        let shed = if busy > self.cfg.shed_layers_above {
             self.shed.saturating_add(1).min(2)
-        } else if busy < RELIEVED_BUSY {
+        } else if busy < self.cfg.restore_layers_below {
             self.shed.saturating_sub(1)
         } else {
             self.shed
