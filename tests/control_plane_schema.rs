@@ -33,10 +33,14 @@ fn an_unversioned_postgres_database_is_migrated_and_a_newer_one_refused() {
     pg.psql("estuary_cp", UNVERSIONED).expect("old schema");
     let cp = ControlPlane::with_database("cp-schema", &database);
     let mut process = cp.start();
-    // Version 1 (the tables it had) and then version 2 (pending pushes).
+    // Version 1 (the tables it had), then version 2 (pending pushes) and 3 (meetings).
     assert_eq!(
         pg.psql("estuary_cp", "SELECT version FROM schema_version"),
-        Ok("2".to_owned())
+        Ok("3".to_owned())
+    );
+    assert_eq!(
+        pg.psql("estuary_cp", "SELECT count(*) FROM meetings"),
+        Ok("0".to_owned())
     );
     assert_eq!(
         pg.psql("estuary_cp", "SELECT count(*) FROM pending_pushes"),
@@ -64,7 +68,7 @@ fn an_unversioned_postgres_database_is_migrated_and_a_newer_one_refused() {
     assert!(!refused.wait_exit(Duration::from_secs(60)));
     let log = refused.log();
     assert!(
-        log.contains("schema version 99 is newer than this build knows (2)"),
+        log.contains("schema version 99 is newer than this build knows (3)"),
         "{log}"
     );
 }

@@ -10,15 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::KEY_HEX;
-use common::cp_site::{ControlPlane, OPS, cred, joined};
+use common::cp_site::{ControlPlane, OPS, cred, joined, meetings_config, paris_and_tokyo};
 use common::sfu::{Sfu, synthetic_offer};
 use serde_json::{Value, json};
-
-fn meetings_config() -> String {
-    format!(
-        "[meetings]\nkey_id = \"k1\"\nkey = \"{KEY_HEX}\"\ntoken_ttl = \"1h\"\ngrace = \"10min\"\npeers_per_sfu = 4\n"
-    )
-}
 
 /// `METHOD /v1/meetings[/<room>]` with `token` (none: no header) and a body: (status, JSON
 /// or text).
@@ -76,14 +70,7 @@ fn meetings_go_to_the_least_loaded_sfu_nearest_the_first_participant_and_stay_th
     let mut cp = ControlPlane::new("meetings-cp");
     cp.extra = meetings_config();
     let _cp_process = cp.start();
-    cp.put_site(
-        "paris",
-        &json!({"location": [48.86, 2.35], "coverage": ["192.0.2.0/24"]}),
-    );
-    cp.put_site(
-        "tokyo",
-        &json!({"location": [35.68, 139.69], "coverage": ["198.51.100.0/24"]}),
-    );
+    paris_and_tokyo(&cp);
 
     // The API's refusals: no operator token, bad bodies, and no SFU up yet.
     let (s, _) = call(&cp, "/v1/meetings", None, Some(r#"{"region":"paris"}"#));
@@ -299,14 +286,7 @@ fn later_participants_join_the_meetings_sfu_unless_a_cascade_sfu_at_home_takes_t
         .replace("key_id = \"k1\"", "key_id = \"k2\"")
         .replace(KEY_HEX, other_key);
     let cp_process = cp.start();
-    cp.put_site(
-        "paris",
-        &json!({"location": [48.86, 2.35], "coverage": ["192.0.2.0/24"]}),
-    );
-    cp.put_site(
-        "tokyo",
-        &json!({"location": [35.68, 139.69], "coverage": ["198.51.100.0/24"]}),
-    );
+    paris_and_tokyo(&cp);
     let _paris = sfu_node(&cp, "sfu-paris-1", "paris");
     let _tokyo = sfu_node(&cp, "sfu-tokyo", "tokyo");
     // Both up, and settled after their start (a CPU share above the threshold would send

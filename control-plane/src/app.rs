@@ -1525,6 +1525,7 @@ async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: B
     };
     match placed {
         Ok(m) => {
+            crate::meetings_shared::store_new(&app, &m).await;
             count_meeting_request(&app, "created");
             tracing::info!(room = %m.room, node = %m.node, "A meeting was placed on an SFU.");
             meeting_answer(&app, config, &view, &m, StatusCode::CREATED)
@@ -1556,9 +1557,13 @@ async fn get_meeting(
     }
     let now = estuary_common::unix_now();
     let view = FleetView::now(&app, config, app.registry.snapshot(now), now);
-    let found = match app.meetings.lock() {
-        Ok(mut meetings) => lookup_meeting(&app, &mut meetings, &view, &room),
-        Err(_) => return app.internal("the meeting table's lock is poisoned"),
+    let found = match crate::meetings_shared::decide(&app, &room, |meetings| {
+        lookup_meeting(&app, meetings, &view, &room)
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => return app.internal(e),
     };
     match lasting(&app, found) {
         Ok((m, outcome)) => {
@@ -1645,18 +1650,20 @@ async fn add_participant(
         Ok(h) => h,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let (found, cascade) = match app.meetings.lock() {
-        Ok(mut meetings) => {
-            let found = lookup_meeting(&app, &mut meetings, &view, &room);
-            let cascade = match found {
-                crate::meetings::Lookup::Kept(_) | crate::meetings::Lookup::Moved { .. } => {
-                    meetings.cascade(&view.fleet(), &room, home.as_deref())
-                }
-                _ => None,
-            };
-            (found, cascade)
-        }
-        Err(_) => return app.internal("the meeting table's lock is poisoned"),
+    let (found, cascade) = match crate::meetings_shared::decide(&app, &room, |meetings| {
+        let found = lookup_meeting(&app, meetings, &view, &room);
+        let cascade = match found {
+            crate::meetings::Lookup::Kept(_) | crate::meetings::Lookup::Moved { .. } => {
+                meetings.cascade(&view.fleet(), &room, home.as_deref())
+            }
+            _ => None,
+        };
+        (found, cascade)
+    })
+    .await
+    {
+        Ok(decided) => decided,
+        Err(e) => return app.internal(e),
     };
     let count = |outcome: &str| count_meeting_request(&app, outcome);
     let (meeting, plain_outcome) = match lasting(&app, found) {

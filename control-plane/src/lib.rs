@@ -13,6 +13,7 @@ pub mod health;
 pub mod history;
 pub mod identity;
 pub mod meetings;
+pub mod meetings_shared;
 pub mod monitor;
 pub mod placement;
 pub mod plan;

@@ -32,7 +32,8 @@ use std::net::IpAddr;
 use estuary_common::cp::{NodeState, Role, StateSnapshot, haversine_km};
 
 /// Where the first participant is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Near {
     /// A site named by the caller.
     Region(String),
@@ -236,8 +237,8 @@ pub struct Fleet<'a> {
     pub grace: u64,
 }
 
-/// One meeting's assignment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One meeting's assignment (stored in the control plane's database as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meeting {
     pub room: String,
     pub node: String,
@@ -247,6 +248,17 @@ pub struct Meeting {
     pub placed_at: u64,
     /// Its cascade SFUs: node id by site (never the meeting's SFU's own site).
     pub cascades: BTreeMap<String, String>,
+}
+
+impl Meeting {
+    /// Whether it still lasts: its SFU or one of its cascade SFUs listed the room in its last
+    /// heartbeat, or the grace after its placement has not run out.
+    pub fn lasts(&self, now: u64, grace: u64, rooms: &HashMap<String, Vec<String>>) -> bool {
+        let lists = |node: &String| rooms.get(node).is_some_and(|r| r.contains(&self.room));
+        now < self.placed_at.saturating_add(grace)
+            || lists(&self.node)
+            || self.cascades.values().any(lists)
+    }
 }
 
 /// What became of a meeting asked for by room.
@@ -277,16 +289,20 @@ impl Meetings {
         self.rooms.is_empty()
     }
 
-    /// Whether `m` still lasts: its SFU or one of its cascade SFUs listed the room in its last
-    /// heartbeat, or the grace after its placement has not run out.
-    fn lasts(m: &Meeting, now: u64, grace: u64, rooms: &HashMap<String, Vec<String>>) -> bool {
-        let lists = |node: &String| rooms.get(node).is_some_and(|r| r.contains(&m.room));
-        now < m.placed_at.saturating_add(grace) || lists(&m.node) || m.cascades.values().any(lists)
-    }
-
     /// Forgets the meetings that ended.
     pub fn prune(&mut self, now: u64, grace: u64, rooms: &HashMap<String, Vec<String>>) {
-        self.rooms.retain(|_, m| Self::lasts(m, now, grace, rooms));
+        self.rooms.retain(|_, m| m.lasts(now, grace, rooms));
+    }
+
+    /// The meeting of `room` as this table holds it.
+    pub fn get(&self, room: &str) -> Option<&Meeting> {
+        self.rooms.get(room)
+    }
+
+    /// Takes `m` as the meeting of its room (read from the database: another replica's, or
+    /// one placed before a restart), in place of what this table held.
+    pub fn learn(&mut self, m: Meeting) {
+        self.rooms.insert(m.room.clone(), m);
     }
 
     /// Places a new meeting `room` (a name not in use) for `near`, unless `max` meetings last
@@ -336,7 +352,7 @@ impl Meetings {
         let Some(m) = self.rooms.get(room) else {
             return Lookup::Unknown;
         };
-        if !Self::lasts(m, now, grace, rooms) {
+        if !m.lasts(now, grace, rooms) {
             self.rooms.remove(room);
             return Lookup::Unknown;
         }

@@ -1,7 +1,7 @@
 //! The database's side of the registry, every poll interval: first the writes this replica
 //! queued while its database was out of reach (see `crate::writeback`), then, with a shared
 //! PostgreSQL database, what the other replicas wrote (new nodes, newer heartbeats, sites,
-//! removals), folded into the registry. Placements, purges and the audit log are read from
+//! removals), folded into the registry; every 30 s, ended meetings are forgotten. Placements, purges and the audit log are read from
 //! the database when needed, so they are shared already. Health is judged by each replica's
 //! own monitor, as Traffic Monitor instances each poll every cache.
 
@@ -11,14 +11,24 @@ use tokio::sync::watch;
 
 use crate::app::App;
 
+/// How often ended meetings are forgotten (in memory and in the database).
+const MEETING_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Runs until `stop` turns true.
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(app.config.health.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        if let Some(meetings) = &app.config.meetings
+            && pruned.elapsed() >= MEETING_PRUNE_EVERY
+        {
+            crate::meetings_shared::prune(&app, meetings.grace.as_secs()).await;
+            pruned = std::time::Instant::now();
         }
         if !app.pending.is_empty() {
             match app.pending.flush(&app.store).await {

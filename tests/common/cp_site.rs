@@ -274,3 +274,25 @@ pub fn edge_with_control_plane(name: &str, cp_url: &str, token: &str) -> Site {
         format!("[control_plane]\nurl = \"{cp_url}\"\ntoken = \"{token}\"\ninterval = \"1s\"\n");
     site
 }
+
+/// `[meetings]` as the meeting tests use it: room tokens signed with the test key `k1`, an
+/// hour long; a meeting lasts 10 minutes unlisted; an SFU is full at 4 peers.
+pub fn meetings_config() -> String {
+    format!(
+        "[meetings]\nkey_id = \"k1\"\nkey = \"{}\"\ntoken_ttl = \"1h\"\ngrace = \"10min\"\npeers_per_sfu = 4\n",
+        super::KEY_HEX
+    )
+}
+
+/// Sites `paris` (covering 192.0.2.0/24) and `tokyo` (covering 198.51.100.0/24), with their
+/// locations.
+pub fn paris_and_tokyo(cp: &ControlPlane) {
+    cp.put_site(
+        "paris",
+        &serde_json::json!({"location": [48.86, 2.35], "coverage": ["192.0.2.0/24"]}),
+    );
+    cp.put_site(
+        "tokyo",
+        &serde_json::json!({"location": [35.68, 139.69], "coverage": ["198.51.100.0/24"]}),
+    );
+}

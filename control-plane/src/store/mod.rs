@@ -170,6 +170,8 @@ impl DbHealth {
 
 pub use estuary_common::api::{AuditEntry, Delivery, PurgeStatus};
 
+use crate::meetings::Meeting;
+
 /// An operator's push that could not be placed when it was made (the asset not yet on the
 /// origin, or no edge up with room): kept, and placed by the control plane when it can be.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -393,5 +395,129 @@ impl Store {
     /// The latest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         on_backend!(self, s => s.audit_log(limit).await)
+    }
+
+    /// The stored meeting of `room`.
+    pub async fn meeting(&self, room: &str) -> Result<Option<Stored<Meeting>>, StoreError> {
+        let body: Option<String> = on_backend!(self, s => s.meeting(room).await)?;
+        body.map(Stored::read).transpose()
+    }
+
+    /// Every stored meeting (one that cannot be read is skipped, logged).
+    pub async fn meetings(&self) -> Result<Vec<Stored<Meeting>>, StoreError> {
+        let bodies: Vec<String> = on_backend!(self, s => s.meetings().await)?;
+        Ok(bodies
+            .into_iter()
+            .filter_map(|b| match Stored::read(b) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "A stored meeting could not be read; it is skipped.");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Stores a new meeting; false when its room is stored already.
+    pub async fn insert_meeting(&self, m: &Meeting) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(m)?;
+        on_backend!(self, s => s.insert_meeting(&m.room, body.clone()).await)
+    }
+
+    /// Replaces the stored meeting `old` (as it was read) with `new`; false when it is no
+    /// longer stored as read (another replica changed or removed it).
+    pub async fn replace_meeting(
+        &self,
+        old: &Stored<Meeting>,
+        new: &Meeting,
+    ) -> Result<bool, StoreError> {
+        let body = serde_json::to_string(new)?;
+        on_backend!(self, s => s.replace_meeting(&new.room, old.body.clone(), body.clone()).await)
+    }
+
+    /// Removes the stored meeting `old` (as it was read); false when it is no longer stored
+    /// as read.
+    pub async fn remove_meeting(&self, old: &Stored<Meeting>) -> Result<bool, StoreError> {
+        on_backend!(self, s => s.remove_meeting(&old.value.room, old.body.clone()).await)
+    }
+}
+
+/// A value as read from the database, with the stored text it was read from: a change is
+/// written only over that same text (compare and set), so that of two replicas changing one
+/// row at once, the second learns it lost and reads again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored<T> {
+    pub value: T,
+    body: String,
+}
+
+impl<T: serde::de::DeserializeOwned> Stored<T> {
+    fn read(body: String) -> Result<Self, StoreError> {
+        Ok(Self {
+            value: serde_json::from_str(&body)?,
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod meeting_tests {
+    use super::*;
+    use crate::meetings::Near;
+
+    fn meeting(node: &str, placed_at: u64) -> Meeting {
+        Meeting {
+            room: "m-1".into(),
+            node: node.into(),
+            near: Near::Region("paris".into()),
+            placed_at,
+            cascades: Default::default(),
+        }
+    }
+
+    /// Of two replicas changing one stored meeting, the second finds out it lost.
+    #[tokio::test]
+    async fn stored_meetings_change_only_as_they_were_read() {
+        let dir = std::env::temp_dir().join(format!("estuary-cp-meet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open_sqlite(&dir.join("cp.db"), std::time::Duration::from_secs(5))
+            .expect("open");
+        assert_eq!(store.meeting("m-1").await.expect("read"), None);
+        assert!(
+            store
+                .insert_meeting(&meeting("sfu-1", 10))
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !store
+                .insert_meeting(&meeting("sfu-2", 11))
+                .await
+                .expect("insert"),
+            "the room is taken"
+        );
+        let read_by_a = store.meeting("m-1").await.expect("read").expect("stored");
+        let read_by_b = read_by_a.clone();
+        assert_eq!(read_by_a.value, meeting("sfu-1", 10));
+        // A moves it first; B's move, made on what it read before, is refused.
+        assert!(
+            store
+                .replace_meeting(&read_by_a, &meeting("sfu-2", 20))
+                .await
+                .expect("cas")
+        );
+        assert!(
+            !store
+                .replace_meeting(&read_by_b, &meeting("sfu-3", 20))
+                .await
+                .expect("cas")
+        );
+        assert!(!store.remove_meeting(&read_by_b).await.expect("cas"));
+        let now = store.meeting("m-1").await.expect("read").expect("stored");
+        assert_eq!(now.value.node, "sfu-2");
+        assert_eq!(store.meetings().await.expect("all").len(), 1);
+        assert!(store.remove_meeting(&now).await.expect("cas"));
+        assert_eq!(store.meeting("m-1").await.expect("read"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

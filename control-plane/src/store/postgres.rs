@@ -30,13 +30,18 @@ const SCHEMA_LOCK: i64 = 0x0065_7374_7561_7279;
 /// at version `i` (the row of `schema_version`, 0 without one) to `i + 1`. Databases made
 /// before the schema had a version hold the tables of version 1, which its `IF NOT EXISTS`
 /// keeps. Append a step for every change; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Version 2: pushes recorded before they could be placed (`body`: [`super::PendingPush`]).
 const SCHEMA_V2: &str = "
 CREATE TABLE IF NOT EXISTS pending_pushes (asset TEXT PRIMARY KEY, body TEXT NOT NULL);
+";
+
+/// Version 3: meetings and the SFUs they are on (`body`: `crate::meetings::Meeting`).
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS meetings (room TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 const SCHEMA_V1: &str = "
@@ -513,6 +518,69 @@ impl PostgresStore {
             .client()
             .await?
             .execute("DELETE FROM pending_pushes WHERE asset = $1", &[&asset])
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn meeting(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT body FROM meetings WHERE room = $1", &[&room])
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<_, String>(0)?),
+            None => None,
+        })
+    }
+
+    pub async fn meetings(&self) -> Result<Vec<String>, StoreError> {
+        self.client()
+            .await?
+            .query("SELECT body FROM meetings ORDER BY room", &[])
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get::<_, String>(0)?))
+            .collect()
+    }
+
+    pub async fn insert_meeting(&self, room: &str, body: String) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO meetings (room, body) VALUES ($1, $2) ON CONFLICT (room) DO NOTHING",
+                &[&room, &body],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn replace_meeting(
+        &self,
+        room: &str,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE meetings SET body = $3 WHERE room = $1 AND body = $2",
+                &[&room, &old, &new],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn remove_meeting(&self, room: &str, old: String) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM meetings WHERE room = $1 AND body = $2",
+                &[&room, &old],
+            )
             .await?;
         Ok(n == 1)
     }

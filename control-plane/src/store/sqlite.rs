@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use estuary_common::cp::{Heartbeat, Site};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{AuditEntry, Delivery, PendingPush, Placement, PurgeStatus, StoreError};
 
@@ -24,7 +24,7 @@ impl std::fmt::Debug for SqliteStore {
 /// `PRAGMA user_version = i` to `i + 1`, in one transaction with the version's update.
 /// Databases made before the schema had a version are at 0 with the tables of version 1, which
 /// its `IF NOT EXISTS` keeps. Append a step for every change; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// The version the code reads and writes.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS audit (
 /// Version 2: pushes recorded before they could be placed (`body`: [`super::PendingPush`]).
 const SCHEMA_V2: &str = "
 CREATE TABLE IF NOT EXISTS pending_pushes (asset TEXT PRIMARY KEY, body TEXT NOT NULL);
+";
+
+/// Version 3: meetings and the SFUs they are on (`body`: `crate::meetings::Meeting`).
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS meetings (room TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -432,6 +437,68 @@ impl SqliteStore {
             Ok(c.execute(
                 "DELETE FROM pending_pushes WHERE asset = ?1",
                 params![asset],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub async fn meeting(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let room = room.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT body FROM meetings WHERE room = ?1",
+                params![room],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn meetings(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT body FROM meetings ORDER BY room")?;
+            let bodies = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(bodies)
+        })
+        .await
+    }
+
+    pub async fn insert_meeting(&self, room: &str, body: String) -> Result<bool, StoreError> {
+        let room = room.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "INSERT INTO meetings (room, body) VALUES (?1, ?2) ON CONFLICT(room) DO NOTHING",
+                params![room, body],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub async fn replace_meeting(
+        &self,
+        room: &str,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let room = room.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "UPDATE meetings SET body = ?3 WHERE room = ?1 AND body = ?2",
+                params![room, old, new],
+            )? == 1)
+        })
+        .await
+    }
+
+    pub async fn remove_meeting(&self, room: &str, old: String) -> Result<bool, StoreError> {
+        let room = room.to_owned();
+        self.with(move |c| {
+            Ok(c.execute(
+                "DELETE FROM meetings WHERE room = ?1 AND body = ?2",
+                params![room, old],
             )? == 1)
         })
         .await
