@@ -7,7 +7,8 @@
 //!    recorded for both (the stored meeting names it), and with the first replica killed the
 //!    second keeps answering the meeting.
 //! 2. One control plane on SQLite, killed (-9) and started again: the meeting is still there,
-//!    on the same SFU.
+//!    on the same SFU while the control plane has not checked it yet, and moves off it once
+//!    it has and found it gone.
 mod common;
 
 use std::time::Duration;
@@ -133,29 +134,54 @@ fn replicas_on_one_postgres_give_a_meeting_the_same_sfu_and_cascades() {
     assert_eq!(s, 404);
 }
 
+/// Restarted, the control plane has not checked any node yet: the meeting keeps its SFU
+/// until it has had time to (here `poll_timeout` is long, so that time is about 7 s), and only
+/// then moves off an SFU that is really gone.
 #[test]
 fn a_meeting_outlives_a_control_plane_restart_on_sqlite() {
     let mut cp = ControlPlane::new("cp-meetings-restart");
     cp.extra = meetings_config();
+    cp.poll_timeout = "2s";
     let mut process = cp.start();
     paris_and_tokyo(&cp);
-    let _paris_1 = sfu("sfu-paris-1", "paris", &joined(&cp, &cred("sfu-paris-1")));
-    let _paris_2 = sfu("sfu-paris-2", "paris", &joined(&cp, &cred("sfu-paris-2")));
+    let paris_1 = sfu("sfu-paris-1", "paris", &joined(&cp, &cred("sfu-paris-1")));
+    let paris_2 = sfu("sfu-paris-2", "paris", &joined(&cp, &cred("sfu-paris-2")));
     for id in ["sfu-paris-1", "sfu-paris-2"] {
         cp.wait_node(id, true, Duration::from_secs(30));
     }
     let (s, placed) = call(&cp, "/v1/meetings", Some(&json!({"region": "paris"})));
     assert_eq!(s, 201, "{placed}");
     let room = placed["room"].as_str().expect("room").to_owned();
-    let node = placed["sfu"]["node"].clone();
+    let node = placed["sfu"]["node"].as_str().expect("node").to_owned();
 
+    // The control plane dies, and so does the meeting's SFU while it is away.
     process.signal("KILL");
     process.wait_exit(Duration::from_secs(10));
+    let mut sfus = vec![("sfu-paris-1", paris_1), ("sfu-paris-2", paris_2)];
+    let victim = sfus
+        .iter()
+        .position(|(id, _)| *id == node)
+        .expect("placed on a Paris SFU");
+    drop(sfus.remove(victim));
+    let other = sfus[0].0;
+    let started = std::time::Instant::now();
     let _process = cp.start();
-    for id in ["sfu-paris-1", "sfu-paris-2"] {
-        cp.wait_node(id, true, Duration::from_secs(30));
-    }
     let (s, found) = call(&cp, &format!("/v1/meetings/{room}"), None);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the test was too slow to ask before the control plane settled"
+    );
     assert_eq!(s, 200, "the meeting outlived the restart: {found}");
-    assert_eq!(found["sfu"]["node"], node, "{found}");
+    assert_eq!(
+        found["sfu"]["node"],
+        node.as_str(),
+        "kept while unchecked: {found}"
+    );
+
+    // Settled: its SFU is gone, so it moves to the other one.
+    cp.wait_node(other, true, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(started.elapsed()));
+    let (s, moved) = call(&cp, &format!("/v1/meetings/{room}"), None);
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["sfu"]["node"], other, "{moved}");
 }

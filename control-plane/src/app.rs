@@ -226,8 +226,11 @@ pub struct App {
     /// Turns true when the drain begins: long-polls of the state feed answer at once, so they
     /// do not hold the drain for their whole wait.
     pub stop: tokio::sync::watch::Receiver<bool>,
-    /// Meetings placed on SFUs (`POST /v1/meetings`), kept in memory by this replica.
+    /// Meetings placed on SFUs (`POST /v1/meetings`) as this replica last read or decided
+    /// them (the database holds them; see `crate::meetings_shared`).
     pub meetings: std::sync::Mutex<crate::meetings::Meetings>,
+    /// When this control plane started (its monitor has judged every node some polls later).
+    pub started: std::time::Instant,
 }
 
 impl std::fmt::Debug for App {
@@ -313,6 +316,13 @@ impl App {
                 .await;
         }
         (status, format!("refused: {why}\n")).into_response()
+    }
+
+    /// How long after its start this control plane has judged every node: `up_after` polls
+    /// (each up to its timeout) and one more.
+    fn settle_time(&self) -> Duration {
+        let h = &self.config.health;
+        (h.poll_interval + h.poll_timeout).saturating_mul(h.up_after.saturating_add(1))
     }
 
     fn internal(&self, e: impl std::fmt::Display) -> Response {
@@ -1810,6 +1820,7 @@ struct FleetView {
     policy: crate::meetings::Policy,
     now: u64,
     grace: u64,
+    settled: bool,
 }
 
 impl FleetView {
@@ -1828,6 +1839,7 @@ impl FleetView {
             },
             now,
             grace: config.grace.as_secs(),
+            settled: app.started.elapsed() >= app.settle_time(),
         }
     }
 
@@ -1838,6 +1850,7 @@ impl FleetView {
             policy: &self.policy,
             now: self.now,
             grace: self.grace,
+            settled: self.settled,
         }
     }
 }

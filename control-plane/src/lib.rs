@@ -75,6 +75,7 @@ pub async fn run(config: ControlPlaneConfig) -> anyhow::Result<()> {
         site_tokens_used: Default::default(),
         stop: life.stop_signal(),
         meetings: Default::default(),
+        started: std::time::Instant::now(),
     });
     let tls = match &app.config.tls {
         Some(files) => Some(

@@ -235,6 +235,10 @@ pub struct Fleet<'a> {
     pub now: u64,
     /// Seconds a meeting lasts after its placement without its SFU listing it.
     pub grace: u64,
+    /// Whether this control plane has had time to judge every node since it started. Before,
+    /// a meeting whose SFU is not up yet keeps it (the SFU is most likely up and merely not
+    /// checked yet), rather than being moved off it.
+    pub settled: bool,
 }
 
 /// One meeting's assignment (stored in the control plane's database as JSON).
@@ -348,6 +352,7 @@ impl Meetings {
             policy,
             now,
             grace,
+            settled,
         } = *fleet;
         let Some(m) = self.rooms.get(room) else {
             return Lookup::Unknown;
@@ -356,7 +361,13 @@ impl Meetings {
             self.rooms.remove(room);
             return Lookup::Unknown;
         }
-        if snap.nodes.get(&m.node).is_some_and(usable) {
+        let unjudged =
+            |n: &NodeState| !settled && n.role == Role::Sfu && n.addresses.http.is_some();
+        if snap
+            .nodes
+            .get(&m.node)
+            .is_some_and(|n| usable(n) || unjudged(n))
+        {
             return Lookup::Kept(m.clone());
         }
         let from = m.node.clone();
@@ -494,6 +505,7 @@ mod tests {
             policy: &POLICY,
             now,
             grace,
+            settled: true,
         }
     }
 
@@ -565,6 +577,41 @@ mod tests {
         edge.role = Role::Edge;
         let only_edge = snap(vec![edge]);
         assert_eq!(pick(&only_edge, Some("paris")), None);
+    }
+
+    /// Just after a start (a restart, a new replica), nodes read from the database are not
+    /// checked yet: a meeting keeps its SFU rather than move off it; once settled, it moves.
+    #[test]
+    fn a_meeting_is_not_moved_before_the_control_plane_has_judged_its_sfu() {
+        let mut s = snap(vec![
+            sfu("p1", "paris", 0, 0.0, true),
+            sfu("p2", "paris", 5, 0.0, true),
+        ]);
+        let rooms: HashMap<String, Vec<String>> = HashMap::new();
+        let mut m = Meetings::default();
+        let made = m
+            .create(
+                &fleet(&s, &rooms, 1000, 300),
+                "m-1".into(),
+                Near::Region("paris".into()),
+                Some("paris"),
+                10,
+            )
+            .expect("placed");
+        assert_eq!(made.node, "p1");
+        // Restarted: p1 not checked yet (down for now), p2 already up.
+        if let Some(n) = s.nodes.get_mut("p1") {
+            n.up = false;
+        }
+        let home = |_: &Near| Some("paris".to_owned());
+        let mut unsettled = fleet(&s, &rooms, 1010, 300);
+        unsettled.settled = false;
+        assert_eq!(m.lookup(&unsettled, "m-1", home), Lookup::Kept(made));
+        let Lookup::Moved { meeting, .. } = m.lookup(&fleet(&s, &rooms, 1020, 300), "m-1", home)
+        else {
+            panic!("not moved once settled");
+        };
+        assert_eq!(meeting.node, "p2");
     }
 
     #[test]
