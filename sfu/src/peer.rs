@@ -279,6 +279,9 @@ pub struct Link {
     /// Set on the SFU that connected (the relaying one): its own socket, full ICE, and the
     /// reader thread's stop flag. The other side is an ICE-lite peer like any participant.
     pub client: Option<LinkClient>,
+    /// Other-site participants this link named that the room could not take (full): only the
+    /// first is logged, so that a hostile other side cannot flood the log.
+    pub refused: u64,
 }
 
 /// The connecting side of a cascade link: a full-ICE `Rtc` on a socket of its own.

@@ -115,8 +115,8 @@ impl Shard {
                 ..Meeting::new("cascade".into(), events)
             })),
             link: Some(Box::new(Link {
-                ghosts: HashMap::new(),
                 client: Some(client),
+                ..Link::default()
             })),
             ..Peer::new(id, PeerKind::Cascade, room_name, ufrag, rtc, now)
         };
@@ -192,7 +192,7 @@ impl Shard {
                 _ => {}
             },
             UpstreamMsg::Error { code, message } => {
-                tracing::info!(
+                tracing::debug!(
                     peer = id,
                     code,
                     message,
@@ -238,7 +238,17 @@ impl Shard {
         };
         if let Err(e) = joined {
             self.out = out;
-            tracing::info!(room = %room_name, peer = link, error = %e, "Another site's participant could not be relayed here.");
+            let refused = self
+                .peers
+                .get_mut(&link)
+                .and_then(|p| p.link.as_deref_mut())
+                .map(|l| {
+                    l.refused += 1;
+                    l.refused
+                });
+            if refused == Some(1) {
+                tracing::info!(room = %room_name, peer = link, error = %e, "Another site's participant could not be relayed here (further ones on this link are not logged).");
+            }
             return None;
         }
         let name = name.unwrap_or_default();
@@ -309,12 +319,16 @@ impl Shard {
     }
 
     fn drop_ghost(&mut self, now: Instant, gid: PeerId) {
-        let Some(ghost) = self.ghosts.remove(&gid) else {
+        let Some((link, room_name, name)) = self
+            .ghosts
+            .get(&gid)
+            .map(|g| (g.link, g.room.clone(), g.name.clone()))
+        else {
             return;
         };
         self.metrics.cascade_participants.dec();
         let mut tracks = Vec::new();
-        if let Some(p) = self.peers.get_mut(&ghost.link) {
+        if let Some(p) = self.peers.get_mut(&link) {
             let mids: Vec<Mid> = p
                 .tracks
                 .iter()
@@ -334,10 +348,13 @@ impl Shard {
                 .with_label_values(&[t.kind.as_str()])
                 .dec();
         }
-        self.announce_left(&ghost.room, gid, &tracks, Some(ghost.name.clone()));
+        // Announced while it is still a stand-in, so that the link it came over is not told
+        // (`relayed_over`): that side knows, it said so.
+        self.announce_left(&room_name, gid, &tracks, Some(name));
+        self.ghosts.remove(&gid);
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        if let Some(room) = self.rooms.get_mut(&ghost.room) {
+        if let Some(room) = self.rooms.get_mut(&room_name) {
             room.leave(now, gid, &mut out);
         }
         self.apply(now, &out, None);
