@@ -129,7 +129,7 @@ pub struct Peer {
     pub policer: Option<Box<Policer>>,
 }
 
-/// A publisher's bitrate limits: byte buckets refilled at the limit, one second deep. Video
+/// A publisher's bitrate limits: byte buckets refilled at the limit, [`BURST_SECONDS`] deep. Video
 /// (every layer of every video track) gets `[rooms] max_publisher_kbps`; audio its own
 /// [`AUDIO_KBPS`], so that video over the limit never takes the voice with it.
 pub struct Policer {
@@ -141,16 +141,24 @@ pub struct Policer {
 /// speech takes 20 to 64).
 pub const AUDIO_KBPS: u64 = 256;
 
+/// How many seconds of its limit a publisher may send at once: a keyframe after a quiet spell
+/// (a compliant sender's keyframe of a 720p layer at 300 kbit/s is itself most of a second's
+/// worth, and a dropped packet of it costs the whole frame and brings a new keyframe request).
+const BURST_SECONDS: u32 = 3;
+
 fn bucket(kbps: u64) -> governor::DefaultDirectRateLimiter {
     let bytes = u32::try_from(kbps.saturating_mul(1000) / 8)
         .unwrap_or(u32::MAX)
         .max(2048);
     let rate = std::num::NonZeroU32::new(bytes).unwrap_or(std::num::NonZeroU32::MIN);
-    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(rate))
+    let burst = rate.saturating_mul(
+        std::num::NonZeroU32::new(BURST_SECONDS).unwrap_or(std::num::NonZeroU32::MIN),
+    );
+    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
 }
 
 impl Policer {
-    /// Video at most `kbps` kbit/s over time, a second's worth at once (a keyframe's burst).
+    /// Video at most `kbps` kbit/s over time, [`BURST_SECONDS`]' worth at once.
     pub fn new(kbps: u64) -> Self {
         Self {
             video: bucket(kbps),
@@ -692,17 +700,18 @@ mod tests {
 
     #[test]
     fn a_publisher_over_its_limit_is_cut_to_it() {
-        // 80 kbit/s: 10,000 bytes a second, as a burst at once; then nothing until refilled.
+        // 80 kbit/s: 10,000 bytes a second, three seconds' worth as a burst at once; then
+        // nothing until refilled.
         let p = Policer::new(80);
-        let sent = (0..20).filter(|_| p.allow(MediaKind::Video, 1000)).count();
-        assert_eq!(sent, 10);
+        let sent = (0..60).filter(|_| p.allow(MediaKind::Video, 1000)).count();
+        assert_eq!(sent, 30);
         assert!(!p.allow(MediaKind::Video, 1000));
         // Audio has its own bucket: video over the limit does not silence the voice.
         assert!(p.allow(MediaKind::Audio, 100));
-        let audio = (0..100).filter(|_| p.allow(MediaKind::Audio, 1000)).count();
+        let audio = (0..200).filter(|_| p.allow(MediaKind::Audio, 1000)).count();
         assert_eq!(
-            audio, 31,
-            "256 kbit/s: 32,000 bytes at once, 100 of them taken"
+            audio, 95,
+            "256 kbit/s: 96,000 bytes at once, 100 of them taken"
         );
     }
 }
