@@ -16,7 +16,7 @@ else
   export RUSTC_BOOTSTRAP=1
   fuzz=(cargo fuzz)
 fi
-all=(token path dns_query manifest wire headers steering_manifest coverage_zones chat_frame sfu_demux sfu_tcp_framing sfu_sdp_offer sfu_signal)
+all=(token path dns_query manifest wire headers steering_manifest coverage_zones chat_frame sfu_demux sfu_payload sfu_tcp_framing sfu_sdp_offer sfu_signal)
 if [ "${1:-all}" = all ]; then targets=("${all[@]}"); else targets=("$1"); fi
 seconds=${2:-60}
 for t in "${targets[@]}"; do

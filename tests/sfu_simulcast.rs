@@ -542,6 +542,58 @@ fn a_chromium_publisher_keeps_to_the_bitrate_limit_of_the_answer() {
     assert_eq!(dropped, 0.0);
 }
 
+/// H.264 simulcast (an SFU answering H.264 only, so Chromium encodes its three layers with
+/// OpenH264, as Safari would with its own encoder): the SFU reads each layer's height from
+/// the sequence parameter sets of its keyframes, so a subscriber asking for at most 360
+/// lines gets the half-size layer; without heights it would keep the top one. (No bandwidth
+/// estimator here: the layer follows the requested height alone.)
+#[test]
+fn an_h264_simulcast_subscriber_gets_the_layer_of_its_requested_height() {
+    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let sfu = Sfu::start(
+        "sfu-h264-simulcast",
+        "[media]\ncodecs = [\"opus\", \"h264\"]\nbwe_initial_bps = 0\n",
+    );
+    let url = |who: &str, more: &str| {
+        format!(
+            "{}/rooms/h264?name={who}&token={}{more}",
+            sfu.url(),
+            room_token("h264")
+        )
+    };
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "publish", &url("pub", "")]);
+    let publisher = Page::start(cmd);
+    publisher.wait("the publisher joins", Duration::from_secs(60), |v| {
+        v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
+    let mut subscriber = Page::start(cmd);
+    subscriber.wait(
+        "the subscriber decodes the top H.264 layer",
+        Duration::from_secs(120),
+        |v| {
+            let (h, n) = inbound(v);
+            h == 720 && n > 0 && v["inbound"][0]["codec"] == "video/H264"
+        },
+    );
+    subscriber.command("max_height 360");
+    subscriber.wait(
+        "the subscriber gets the layer of its requested height",
+        Duration::from_secs(60),
+        |v| inbound(v).0 == 360 && v["inbound"][0]["codec"] == "video/H264",
+    );
+    let (_, decoded) = inbound(&subscriber.last());
+    subscriber.wait("and keeps decoding it", Duration::from_secs(30), |v| {
+        let (h, n) = inbound(v);
+        h == 360 && n > decoded + 20
+    });
+    assert_eq!(sfu.metric("estuary_sfu_peer_panics_total", &[]), 0.0);
+}
+
 /// A WHIP offer with three rids (as OBS or a browser's WHIP client sends) is answered with
 /// the SFU receiving them as simulcast. Signaling only: no WHIP client here sends simulcast
 /// media (aiortc cannot).

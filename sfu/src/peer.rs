@@ -544,12 +544,22 @@ pub fn drain(
     }
 }
 
+/// The NAL unit type of an H.264 sequence parameter set.
+const H264_SPS: u8 = 7;
+
 /// The codec's clock rate and whether `payload` starts a keyframe (always true for audio,
 /// which needs none).
 pub fn keyframe_start(params: &PayloadParams, payload: &[u8]) -> bool {
     match params.spec().codec {
         StrCodec::Vp8 => str0m::format::detect_vp8_keyframe(payload),
-        StrCodec::H264 => str0m::format::detect_h264_keyframe(payload),
+        // The sequence parameter set that browsers send in a packet of its own (with the
+        // PPS) just before an IDR picture starts the keyframe: a switch to this layer that
+        // waited for the IDR itself would leave the decoder with the old layer's SPS (a
+        // 360-line picture decoded as 720 lines). Janus counts an SPS as a keyframe too.
+        StrCodec::H264 => {
+            str0m::format::detect_h264_keyframe(payload)
+                || str0m::format::detect_h264_nalu(payload, H264_SPS)
+        }
         StrCodec::Vp9 => str0m::format::detect_vp9_keyframe(payload),
         StrCodec::Av1 => str0m::format::detect_av1_keyframe(payload),
         _ => true,
@@ -602,7 +612,48 @@ pub fn vp8_keyframe_height(payload: &[u8]) -> Option<u32> {
     if frame[0] & 1 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
         return None;
     }
-    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff))
+    Some(u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff)).filter(|h| *h > 0)
+}
+
+/// The tallest frame a height read from a publisher's bitstream is believed for (16K video):
+/// a cropped-away or absurd size is no size at all.
+pub const MAX_FRAME_HEIGHT: u32 = 16_384;
+
+/// The frame height (after cropping) in an H.264 keyframe's sequence parameter set, when the
+/// packet carries one: as a single NAL unit or inside a STAP-A aggregate (RFC 6184 5.7.1),
+/// as browsers send SPS and PPS before an IDR picture. An SPS split across FU-A fragments is
+/// not read (encoders keep it whole). h264-reader parses the SPS.
+pub fn h264_keyframe_height(payload: &[u8]) -> Option<u32> {
+    const SPS: u8 = H264_SPS;
+    const STAP_A: u8 = 24;
+    let sps_height = |nal: &[u8]| -> Option<u32> {
+        let rbsp = h264_reader::rbsp::decode_nal(nal).ok()?;
+        let sps = h264_reader::nal::sps::SeqParameterSet::from_bits(
+            h264_reader::rbsp::BitReader::new(&*rbsp),
+        )
+        .ok()?;
+        sps.pixel_dimensions()
+            .ok()
+            .map(|(_, h)| h)
+            .filter(|h| (1..=MAX_FRAME_HEIGHT).contains(h))
+    };
+    let nal_type = payload.first()? & 0x1f;
+    match nal_type {
+        SPS => sps_height(payload),
+        STAP_A => {
+            let mut rest = payload.get(1..)?;
+            while rest.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let nal = rest.get(2..2 + len)?;
+                if nal.first().is_some_and(|b| b & 0x1f == SPS) {
+                    return sps_height(nal);
+                }
+                rest = &rest[2 + len..];
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// A random token of `n` lowercase hex digits (ICE credentials, session ids).
@@ -696,6 +747,38 @@ mod tests {
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("and accepts it");
+    }
+
+    /// SPSs from FFmpeg's libx264 (with emulation-prevention bytes): 1280x720 High, and
+    /// 640x360 Baseline (368 lines coded, 8 cropped).
+    #[test]
+    fn h264_keyframe_heights_are_read_from_the_sps_alone_or_aggregated() {
+        let hex = |s: &str| hex::decode(s).expect("hex");
+        let high_720 = hex("6764001facd9405005bb0110000003001000000301e0f1831960");
+        let base_360 = hex("6742c016d900a02ff970110000030001000003001e0f162e48");
+        let pps = hex("68cb83cb20");
+        assert_eq!(h264_keyframe_height(&high_720), Some(720));
+        assert_eq!(h264_keyframe_height(&base_360), Some(360));
+        // STAP-A: header 0x78 (F=0, NRI=3, type 24), then [length][NAL] each.
+        let mut stap = vec![0x78];
+        for nal in [&pps, &base_360] {
+            stap.extend_from_slice(&u16::try_from(nal.len()).expect("short").to_be_bytes());
+            stap.extend_from_slice(nal);
+        }
+        assert_eq!(h264_keyframe_height(&stap), Some(360));
+        // A crafted SPS whose cropping leaves no lines (found by fuzzing): no height.
+        let no_lines = hex("e73a080e3a4eff262626264eff080e3a4eff2626262626");
+        assert_eq!(h264_keyframe_height(&no_lines), None);
+        // Not an SPS, or not whole: nothing, and never a panic.
+        assert_eq!(h264_keyframe_height(&pps), None);
+        assert_eq!(h264_keyframe_height(&[]), None);
+        assert_eq!(h264_keyframe_height(&[0x78, 0x00]), None);
+        for n in 0..stap.len() {
+            let _ = h264_keyframe_height(&stap[..n]);
+        }
+        for n in 0..high_720.len() {
+            let _ = h264_keyframe_height(&high_720[..n]);
+        }
     }
 
     #[test]

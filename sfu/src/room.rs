@@ -135,7 +135,8 @@ pub enum RoomInput {
         layers: u8,
     },
     /// One incoming RTP packet of `track`'s `layer` (0 without simulcast), as the policy
-    /// sees it (no payload): its size, and the frame height when it starts a keyframe.
+    /// sees it (no payload): its size, and the frame height when it carries one (a VP8
+    /// keyframe's start, an H.264 sequence parameter set).
     Packet {
         track: TrackId,
         layer: u8,

@@ -873,7 +873,8 @@ impl Shard {
             self.local.layer_received(layer);
         }
         let keyframe_start = peer::keyframe_start(&params, &pkt.payload);
-        let is_vp8 = params.spec().codec == str0m::format::Codec::Vp8;
+        let codec = params.spec().codec;
+        let is_vp8 = codec == str0m::format::Codec::Vp8;
         let input = RoomInput::Packet {
             track: TrackId {
                 peer: track.owner,
@@ -881,10 +882,12 @@ impl Shard {
             },
             layer,
             bytes: u32::try_from(pkt.payload.len()).unwrap_or(u32::MAX),
-            height: if keyframe_start && is_vp8 {
-                peer::vp8_keyframe_height(&pkt.payload)
-            } else {
-                None
+            // VP8 carries the size in the keyframe itself; H.264 in the sequence parameter
+            // set that starts its keyframes.
+            height: match (keyframe_start, codec) {
+                (true, str0m::format::Codec::Vp8) => peer::vp8_keyframe_height(&pkt.payload),
+                (true, str0m::format::Codec::H264) => peer::h264_keyframe_height(&pkt.payload),
+                _ => None,
             },
             packet: InPacket {
                 seq: *pkt.seq_no,

@@ -5,7 +5,7 @@
 //   node simulcast_page.mjs subscribe URL   (URL with camera=off): receives the others
 //
 // Prints one JSON line per second: {"t", "joined", "outbound": [{rid, frameHeight,
-// framesEncoded, bytesSent, headerBytesSent, targetBitrate, qualityLimitationReason}], "inbound": [{frameHeight, framesDecoded, bytesReceived}],
+// framesEncoded, bytesSent, headerBytesSent, targetBitrate, qualityLimitationReason}], "inbound": [{frameHeight, framesDecoded, bytesReceived, codec}],
 // "activeLayers", "problems"}. Exits when stdin closes, or after 10 minutes. Reads commands
 // from stdin (see below).
 import { chromium } from "playwright-core";
@@ -76,7 +76,7 @@ for (;;) {
     for (const r of stats.values()) {
       if (r.kind !== "video") continue;
       if (r.type === "outbound-rtp") out.outbound.push({ rid: r.rid || null, frameHeight: r.frameHeight || 0, framesEncoded: r.framesEncoded || 0, bytesSent: r.bytesSent || 0, headerBytesSent: r.headerBytesSent || 0, targetBitrate: r.targetBitrate || 0, qualityLimitationReason: r.qualityLimitationReason || null });
-      if (r.type === "inbound-rtp") out.inbound.push({ frameHeight: r.frameHeight || 0, framesDecoded: r.framesDecoded || 0, bytesReceived: r.bytesReceived || 0 });
+      if (r.type === "inbound-rtp") out.inbound.push({ frameHeight: r.frameHeight || 0, framesDecoded: r.framesDecoded || 0, bytesReceived: r.bytesReceived || 0, codec: (stats.get(r.codecId) || {}).mimeType || null });
     }
     return out;
   }).catch((e) => ({ error: String(e) }));
