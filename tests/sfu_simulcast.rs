@@ -375,6 +375,27 @@ fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
     eprintln!("publisher: {p}\nsubscriber: {}", subscriber.last());
 }
 
+/// A Chromium publisher of three simulcast layers (joined, its layers reported) and a
+/// Chromium subscriber with its camera off, both on loopback in `room` of `sfu`.
+fn pages_on_loopback(sfu: &Sfu, room: &str) -> (Page, Page) {
+    let url = |name: &str, extra: &str| {
+        format!(
+            "{}/rooms/{room}?name={name}&token={}{extra}",
+            sfu.url(),
+            room_token(room)
+        )
+    };
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "publish", &url("pub", "")]);
+    let publisher = Page::start(cmd);
+    publisher.wait("the publisher joins", Duration::from_secs(60), |v| {
+        v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let mut cmd = Command::new("node");
+    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
+    (publisher, Page::start(cmd))
+}
+
 /// Overload sheds simulcast layers before it drops calls: with `[media] shed_layers_above`
 /// set so low that the shard counts as overloaded from its first media, every room sheds its
 /// two upper layers (`estuary_sfu_shed_layers` 2): a subscriber that would take the top layer
@@ -389,22 +410,7 @@ fn an_overloaded_sfu_sheds_upper_layers_and_keeps_its_calls() {
         "sfu-shed",
         "[media]\nshed_layers_above = 0.000001\nrestore_layers_below = 0.0000005\n",
     );
-    let url = |name: &str, extra: &str| {
-        format!(
-            "{}/rooms/shed?name={name}&token={}{extra}",
-            sfu.url(),
-            room_token("shed")
-        )
-    };
-    let mut cmd = Command::new("node");
-    cmd.args([SCRIPT, "publish", &url("pub", "")]);
-    let publisher = Page::start(cmd);
-    publisher.wait("the publisher joins", Duration::from_secs(60), |v| {
-        v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
-    });
-    let mut cmd = Command::new("node");
-    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
-    let subscriber = Page::start(cmd);
+    let (publisher, subscriber) = pages_on_loopback(&sfu, "shed");
     subscriber.wait(
         "the subscriber decodes the publisher",
         Duration::from_secs(120),
@@ -455,21 +461,9 @@ fn a_chromium_publisher_keeps_to_the_bitrate_limit_of_the_answer() {
         .unwrap_or_else(|e| e.into_inner());
     let sent = |extra: &str, name: &str| -> (f64, f64, f64, serde_json::Value) {
         let sfu = Sfu::start(name, extra);
-        let url = |who: &str, more: &str| {
-            format!(
-                "{}/rooms/bw?name={who}&token={}{more}",
-                sfu.url(),
-                room_token("bw")
-            )
-        };
-        let mut cmd = Command::new("node");
-        cmd.args([SCRIPT, "publish", &url("pub", "")]);
-        let publisher = Page::start(cmd);
         // The subscriber takes the top layer whatever its bandwidth (the SFU runs without
         // a bandwidth estimator here), so that layer is the one the page sends throughout.
-        let mut cmd = Command::new("node");
-        cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
-        let subscriber = Page::start(cmd);
+        let (publisher, subscriber) = pages_on_loopback(&sfu, "bw");
         publisher.wait(
             "the page sends its top layer",
             Duration::from_secs(120),
@@ -556,22 +550,7 @@ fn an_h264_simulcast_subscriber_gets_the_layer_of_its_requested_height() {
         "sfu-h264-simulcast",
         "[media]\ncodecs = [\"opus\", \"h264\"]\nbwe_initial_bps = 0\n",
     );
-    let url = |who: &str, more: &str| {
-        format!(
-            "{}/rooms/h264?name={who}&token={}{more}",
-            sfu.url(),
-            room_token("h264")
-        )
-    };
-    let mut cmd = Command::new("node");
-    cmd.args([SCRIPT, "publish", &url("pub", "")]);
-    let publisher = Page::start(cmd);
-    publisher.wait("the publisher joins", Duration::from_secs(60), |v| {
-        v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
-    });
-    let mut cmd = Command::new("node");
-    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
-    let mut subscriber = Page::start(cmd);
+    let (_publisher, mut subscriber) = pages_on_loopback(&sfu, "h264");
     subscriber.wait(
         "the subscriber decodes the top H.264 layer",
         Duration::from_secs(120),
