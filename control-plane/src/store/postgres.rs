@@ -262,6 +262,22 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Every `body` of `table`, in `key_column` order.
+    async fn bodies(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!("SELECT body FROM {table} ORDER BY {key_column}");
+        self.client()
+            .await?
+            .query(&sql, &[])
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get::<_, String>(0)?))
+            .collect()
+    }
+
     /// Stores a heartbeat unless a newer one (from another replica) is already there.
     pub async fn put_node(&self, hb: &Heartbeat, at: u64) -> Result<(), StoreError> {
         let body = serde_json::to_string(hb)?;
@@ -504,12 +520,10 @@ impl PostgresStore {
     }
 
     pub async fn pending_pushes(&self) -> Result<Vec<PendingPush>, StoreError> {
-        self.client()
-            .await?
-            .query("SELECT body FROM pending_pushes ORDER BY asset", &[])
+        self.bodies("pending_pushes", "asset")
             .await?
             .iter()
-            .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+            .map(|b| Ok(serde_json::from_str(b)?))
             .collect()
     }
 
@@ -535,13 +549,7 @@ impl PostgresStore {
     }
 
     pub async fn meetings(&self) -> Result<Vec<String>, StoreError> {
-        self.client()
-            .await?
-            .query("SELECT body FROM meetings ORDER BY room", &[])
-            .await?
-            .iter()
-            .map(|r| Ok(r.try_get::<_, String>(0)?))
-            .collect()
+        self.bodies("meetings", "room").await
     }
 
     pub async fn insert_meeting(&self, room: &str, body: String) -> Result<bool, StoreError> {

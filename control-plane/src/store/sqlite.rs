@@ -168,6 +168,23 @@ impl SqliteStore {
         .await
     }
 
+    /// Every `body` of `table`, in `key_column` order.
+    async fn bodies(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!("SELECT body FROM {table} ORDER BY {key_column}");
+        self.with(move |c| {
+            let mut st = c.prepare(&sql)?;
+            let bodies = st
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(bodies)
+        })
+        .await
+    }
+
     pub async fn put_node(&self, hb: &Heartbeat, at: u64) -> Result<(), StoreError> {
         let body = serde_json::to_string(hb)?;
         let id = hb.node.clone();
@@ -418,17 +435,11 @@ impl SqliteStore {
     }
 
     pub async fn pending_pushes(&self) -> Result<Vec<PendingPush>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT body FROM pending_pushes ORDER BY asset")?;
-            let bodies = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(bodies)
-        })
-        .await?
-        .iter()
-        .map(|b| Ok(serde_json::from_str(b)?))
-        .collect()
+        self.bodies("pending_pushes", "asset")
+            .await?
+            .iter()
+            .map(|b| Ok(serde_json::from_str(b)?))
+            .collect()
     }
 
     pub async fn take_pending_push(&self, asset: &str) -> Result<bool, StoreError> {
@@ -456,14 +467,7 @@ impl SqliteStore {
     }
 
     pub async fn meetings(&self) -> Result<Vec<String>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare("SELECT body FROM meetings ORDER BY room")?;
-            let bodies = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(bodies)
-        })
-        .await
+        self.bodies("meetings", "room").await
     }
 
     pub async fn insert_meeting(&self, room: &str, body: String) -> Result<bool, StoreError> {
