@@ -150,7 +150,12 @@ pub fn site_order(snap: &StateSnapshot, home: Option<&str>) -> Vec<String> {
 
 /// SFUs that can take a meeting: up, with an `http` address.
 fn usable(node: &NodeState) -> bool {
-    node.role == Role::Sfu && node.up && node.addresses.http.is_some()
+    is_meeting_sfu(node) && node.up
+}
+
+/// An SFU with an `http` address, up or not.
+fn is_meeting_sfu(node: &NodeState) -> bool {
+    node.role == Role::Sfu && node.addresses.http.is_some()
 }
 
 /// The least loaded of `nodes`, ties by node id.
@@ -361,12 +366,11 @@ impl Meetings {
             self.rooms.remove(room);
             return Lookup::Unknown;
         }
-        let unjudged =
-            |n: &NodeState| !settled && n.role == Role::Sfu && n.addresses.http.is_some();
+        // Before the control plane has settled, a "down" SFU may merely be unchecked.
         if snap
             .nodes
             .get(&m.node)
-            .is_some_and(|n| usable(n) || unjudged(n))
+            .is_some_and(|n| usable(n) || (!settled && is_meeting_sfu(n)))
         {
             return Lookup::Kept(m.clone());
         }
