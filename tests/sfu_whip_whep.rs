@@ -233,10 +233,17 @@ fn watchers_joining_a_running_stream_each_decode_it() {
     assert!(sent >= 3.0, "{sent} keyframe requests sent");
 }
 
-/// Watchers already in the room when the publisher arrives receive its tracks.
+/// Watchers already in the room when the publisher arrives receive its tracks. Run with two
+/// shards: then a reader thread takes the datagrams off the socket and hands them to the
+/// room's shard (the only shard, every other test's, reads the socket itself).
 #[test]
 fn watchers_who_come_before_the_publisher_receive_it() {
-    let sfu = Sfu::start("sfu-early-watchers", "");
+    let sfu = Sfu::start("sfu-early-watchers", "[media]\nshards = 2\n");
+    let (_, text) = common::http_get_raw(sfu.http, "/metrics").expect("metrics");
+    assert!(
+        text.contains("estuary_sfu_shed_layers{shard=\"1\","),
+        "two shards: {text}"
+    );
     let out = sfu.client(
         "pair",
         "r1",

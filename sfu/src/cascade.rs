@@ -550,12 +550,7 @@ async fn run(
 }
 
 /// The link's datagrams, to its shard, until `stop`.
-fn read_link(
-    socket: &UdpSocket,
-    peer: PeerId,
-    shard: &std::sync::mpsc::SyncSender<ShardIn>,
-    stop: &AtomicBool,
-) {
+fn read_link(socket: &UdpSocket, peer: PeerId, shard: &crate::inbox::ShardTx, stop: &AtomicBool) {
     let mut buf = vec![0u8; 2048];
     while !stop.load(Ordering::SeqCst) {
         match socket.recv_from(&mut buf) {
@@ -590,7 +585,7 @@ async fn pump(
     app: &App,
     ws: &mut Ws,
     events: &mut mpsc::Receiver<ServerMsg>,
-    shard: &std::sync::mpsc::SyncSender<ShardIn>,
+    shard: &crate::inbox::ShardTx,
     peer: PeerId,
 ) -> Result<&'static str, String> {
     let mut stop = app.stop.clone();

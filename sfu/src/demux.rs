@@ -94,7 +94,7 @@ pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
     None
 }
 
-/// The routing table the UDP reader owns.
+/// The routing table of whoever reads the media socket (the only shard, or the reader thread).
 #[derive(Debug, Default)]
 pub struct Routes {
     by_ufrag: HashMap<String, Route>,

@@ -8,7 +8,9 @@ use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
+
+use crate::inbox::ShardTx;
 use std::time::Duration;
 
 use axum::Router;
@@ -35,7 +37,7 @@ pub struct App {
     /// `[auth] max_ttl`, seconds.
     pub max_ttl: u64,
     pub metrics: Arc<Metrics>,
-    pub shards: Vec<SyncSender<ShardIn>>,
+    pub shards: Vec<ShardTx>,
     /// Keys of the room → shard hash (random per process).
     pub shard_keys: (u64, u64),
     pub serving: AtomicBool,
@@ -65,7 +67,7 @@ impl estuary_common::service::admin::AdminEndpoints for App {
 }
 
 impl App {
-    pub fn shard_of(&self, room: &str) -> Option<&SyncSender<ShardIn>> {
+    pub fn shard_of(&self, room: &str) -> Option<&ShardTx> {
         let mut h =
             siphasher::sip::SipHasher13::new_with_keys(self.shard_keys.0, self.shard_keys.1);
         h.write(room.as_bytes());

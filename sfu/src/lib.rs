@@ -7,7 +7,8 @@
 //! `tcp_framing.rs` (RFC 4571, for ICE-TCP).
 //! `signal.rs` (the meeting's WebSocket messages; parsing never panics), `speaker.rs` (the
 //! active speaker from audio levels).
-//! Shell: `udp.rs` (the one media socket and its reader thread), `tcp.rs` (the ICE-TCP
+//! Shell: `udp.rs` (the one media socket, read by the only shard or a reader thread),
+//! `inbox.rs` (a shard's channel, and the eventfd that wakes a shard reading the socket), `tcp.rs` (the ICE-TCP
 //! listener: a tokio task per connection), `shard.rs` (threads that
 //! own rooms and drive str0m; `shard/meeting.rs` negotiates with meeting participants),
 //! `peer.rs` (one `Rtc`), `http.rs` (WHIP/WHEP, the meeting WebSocket), `page.rs` (the
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demux;
 pub mod forward;
 pub mod http;
+pub mod inbox;
 pub mod layers;
 pub mod meeting_ws;
 pub mod metrics;
@@ -71,12 +73,16 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("listen.udp {udp_addr}: {e}"))?,
     );
 
-    // Shards, then the UDP reader that feeds them.
+    // Shards, then (with more than one) the UDP reader that feeds them; the only shard reads
+    // the socket itself (one thread woken per datagram, not two).
     let (route_tx, route_rx) = std::sync::mpsc::channel();
+    let mut route_rx = Some(route_rx);
+    let one_shard = config.media.shards == 1;
     let mut shard_tx = Vec::new();
     let mut shard_threads = Vec::new();
     for i in 0..config.media.shards {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.media.udp_queue);
+        let own_socket = if one_shard { route_rx.take() } else { None };
+        let (tx, inbox) = inbox::channel(config.media.udp_queue, own_socket)?;
         let shard = shard::Shard::new(
             shard::ShardConfig {
                 index: u16::try_from(i)?,
@@ -101,20 +107,25 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
         shard_threads.push(
             std::thread::Builder::new()
                 .name(format!("sfu-shard-{i}"))
-                .spawn(move || shard.run(rx))?,
+                .spawn(move || shard.run(inbox))?,
         );
         shard_tx.push(tx);
     }
     drop(route_tx);
     let stop_udp = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let socket = Arc::clone(&socket);
-        let shards = shard_tx.clone();
-        let metrics = Arc::clone(&metrics);
-        let stop = Arc::clone(&stop_udp);
-        std::thread::Builder::new()
-            .name("sfu-udp".into())
-            .spawn(move || udp::reader(socket, shards, route_rx, metrics, stop))?
+    let reader = match route_rx {
+        None => None,
+        Some(route_rx) => {
+            let socket = Arc::clone(&socket);
+            let shards = shard_tx.clone();
+            let metrics = Arc::clone(&metrics);
+            let stop = Arc::clone(&stop_udp);
+            Some(
+                std::thread::Builder::new()
+                    .name("sfu-udp".into())
+                    .spawn(move || udp::reader(socket, shards, route_rx, metrics, stop))?,
+            )
+        }
     };
 
     let recorder = match config.recording.clone() {
@@ -223,7 +234,9 @@ pub async fn run(config: SfuConfig) -> anyhow::Result<()> {
     let joined = life
         .drain(tokio::task::spawn_blocking(move || {
             stop_udp.store(true, Ordering::SeqCst);
-            let _ = reader.join();
+            if let Some(r) = reader {
+                let _ = r.join();
+            }
             for t in shard_threads {
                 let _ = t.join();
             }

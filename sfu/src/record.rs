@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,8 +25,8 @@ use prometheus::{IntCounterVec, IntGauge, Opts};
 
 use crate::config::RecordingConfig;
 use crate::http::App;
+use crate::inbox::ShardTx;
 use crate::peer::RtcFactory;
-use crate::shard::ShardIn;
 
 pub use rtp::asset_id;
 
@@ -104,7 +103,7 @@ pub struct Ctx {
     pub factory: RtcFactory,
     /// Where the SFU's media socket listens (a loopback address when it listens on all).
     pub sfu_udp: SocketAddr,
-    pub shard: SyncSender<ShardIn>,
+    pub shard: ShardTx,
 }
 
 #[derive(Clone)]
@@ -254,11 +253,7 @@ impl Recorder {
     }
 
     /// Starts recording `room`.
-    fn start(
-        self: &Arc<Self>,
-        room: &str,
-        shard: SyncSender<ShardIn>,
-    ) -> Result<Arc<Recording>, StartError> {
+    fn start(self: &Arc<Self>, room: &str, shard: ShardTx) -> Result<Arc<Recording>, StartError> {
         let mut all = self.recordings.lock().map_err(|_| StartError::Busy)?;
         if all.get(room).is_some_and(|r| r.state().active()) {
             return Err(StartError::Already);

@@ -1,6 +1,7 @@
 //! A shard: one thread that owns some rooms, their peers' `Rtc`s and their forwarding state.
-//! It takes datagrams (routed to it by the UDP reader) and signaling requests (from the HTTP
-//! handlers) from one bounded queue, drives str0m, feeds the room policy (`room.rs`) with
+//! It takes datagrams (off the media socket itself when it is the only shard, else routed to
+//! it by the UDP reader thread) and signaling requests (from the HTTP handlers) from one
+//! bounded queue (`inbox.rs`), drives str0m, feeds the room policy (`room.rs`) with
 //! what str0m reports, and writes the packets the policy forwards. No lock is shared with
 //! other shards; the only shared things are the socket (sends) and the metrics.
 //!
@@ -10,9 +11,10 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -23,6 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::demux::Route;
 use crate::forward::InPacket;
+use crate::inbox::Inbox;
 use crate::metrics::{DropReason, LocalCounters, Metrics};
 use crate::peer::{self, Peer, PeerKind, RtcFactory, SessionError, TrackInfo};
 use crate::room::{self, MediaKind, OutId, PeerId, Role, Room, RoomInput, RoomOutput, TrackId};
@@ -50,10 +53,13 @@ const FLUSH_BATCH: usize = 32;
 const FLUSH_AGE: Duration = Duration::from_micros(200);
 /// How often rooms re-evaluate their simulcast layer choices.
 const LAYER_TICK: Duration = Duration::from_millis(200);
+/// Messages taken from the inbox before the shard looks at its socket and timers again.
+const INBOX_TAKE: usize = 256;
 
 /// What a shard is sent.
 pub enum ShardIn {
-    /// A datagram for `peer`: from the UDP reader, or a frame from an ICE-TCP connection
+    /// A datagram for `peer`: from the UDP reader thread, a cascade link's socket, or a frame
+    /// from an ICE-TCP connection
     /// (`tcp`: its handle, by which the peer's TCP transmits to `src` go back).
     Datagram {
         peer: PeerId,
@@ -117,7 +123,8 @@ pub struct Opened {
     pub answer: String,
 }
 
-/// What the UDP reader is told about routes.
+/// What the media socket's reader (the only shard, or the reader thread) is told about
+/// routes.
 pub enum RouteUpdate {
     Add { ufrag: String, route: Route },
     Remove { ufrag: String },
@@ -219,12 +226,19 @@ impl Shard {
         }
     }
 
-    /// Runs until every sender of `inbox` is gone, then closes its peers.
-    pub fn run(mut self, inbox: Receiver<ShardIn>) {
+    /// Runs until every sender of `inbox` is gone, then closes its peers. With
+    /// `inbox.media`, the shard reads the media socket itself between its messages.
+    pub fn run(mut self, inbox: Inbox) {
         let mut headers = SendHeaders::preallocate(udp::SEND_BATCH, None);
+        let mut own = inbox
+            .media
+            .map(|(waiter, routes)| (waiter, udp::RecvBatch::new(routes)));
+        let rx = inbox.rx;
         let mut flushed = Instant::now();
         let mut ticked = flushed;
         let mut busy = Duration::ZERO;
+        // Work was left waiting last round (a full batch, a full take): look again at once.
+        let mut more = false;
         loop {
             let now = Instant::now();
             let wake = self
@@ -234,24 +248,70 @@ impl Shard {
                 .min()
                 .unwrap_or(now + HOUSEKEEPING)
                 .min(now + HOUSEKEEPING);
-            let received = inbox.recv_timeout(wake.saturating_duration_since(now));
-            let work_started = Instant::now();
-            match received {
-                Ok(msg) => {
-                    self.handle(msg);
-                    // Take what else is waiting before looking at timers; send once a batch
-                    // is worth a syscall, or once its oldest copy has waited long enough
-                    // (a packet for 45 watchers is its own batch: its copies do not wait
-                    // for the next packet's).
-                    for msg in inbox.try_iter().take(256) {
-                        self.handle(msg);
-                        if self.flush_due() {
-                            self.flush(&mut headers);
+            let timeout = wake.saturating_duration_since(now);
+            let work_started;
+            let mut closed = false;
+            match own.as_mut() {
+                None => {
+                    let received = rx.recv_timeout(timeout);
+                    work_started = Instant::now();
+                    match received {
+                        Ok(msg) => {
+                            self.handle(msg);
+                            // Take what else is waiting before looking at timers; send once a
+                            // batch is worth a syscall, or once its oldest copy has waited
+                            // long enough (a packet for 45 watchers is its own batch: its
+                            // copies do not wait for the next packet's).
+                            for msg in rx.try_iter().take(INBOX_TAKE) {
+                                self.handle(msg);
+                                if self.flush_due() {
+                                    self.flush(&mut headers);
+                                }
+                            }
                         }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Some((waker, batch)) => {
+                    if !more {
+                        waker.wait(self.socket.as_fd(), timeout);
+                    }
+                    work_started = Instant::now();
+                    let mut taken = 0;
+                    while taken < INBOX_TAKE {
+                        match rx.try_recv() {
+                            Ok(msg) => {
+                                taken += 1;
+                                self.handle(msg);
+                                if self.flush_due() {
+                                    self.flush(&mut headers);
+                                }
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    let got = batch.recv(&self.socket, false);
+                    let recv_at = Instant::now();
+                    batch.route_each(|r| match r {
+                        Err(reason) => self.local.dropped(reason),
+                        Ok((route, src, buf)) => {
+                            if route.shard == self.cfg.index {
+                                self.datagram(route.peer, src, recv_at, buf, None);
+                                if self.flush_due() {
+                                    self.flush(&mut headers);
+                                }
+                            } else {
+                                self.local.dropped(DropReason::UnknownSource);
+                            }
+                        }
+                    });
+                    more = got == udp::BATCH || taken == INBOX_TAKE;
+                }
             }
             let now = Instant::now();
             self.timers(now);
@@ -267,6 +327,9 @@ impl Shard {
                 self.overload(now, busy.as_secs_f64() / window.as_secs_f64());
                 busy = Duration::ZERO;
                 flushed = now;
+            }
+            if closed {
+                break;
             }
         }
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();

@@ -24,7 +24,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
+
+use crate::inbox::ShardTx;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -211,7 +213,7 @@ impl TcpConn {
 /// What every connection task shares.
 pub struct TcpContext {
     pub ufrags: Arc<Ufrags>,
-    pub shards: Vec<SyncSender<ShardIn>>,
+    pub shards: Vec<ShardTx>,
     pub metrics: Arc<Metrics>,
     pub max_connections: usize,
     pub first_frame_timeout: Duration,
