@@ -11,6 +11,8 @@ pub mod push;
 pub mod relay;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod strategies;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

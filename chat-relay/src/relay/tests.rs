@@ -833,3 +833,102 @@ fn media_not_issued_by_the_service_and_bad_uploads_are_refused() {
         }
     }
 }
+
+mod hostile_signals {
+    use super::*;
+    use crate::strategies::{self, ts};
+    use estuary_common::chat::ChatMessage;
+    use proptest::prelude::*;
+
+    const POOL: &[&str] = &["a", "b", "x", "alice", "bob", "lobby", ""];
+
+    fn name() -> impl Strategy<Value = String> + Clone {
+        strategies::name(POOL)
+    }
+
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        strategies::names(POOL)
+    }
+
+    fn message() -> impl Strategy<Value = ChatMessage> {
+        (
+            name(),
+            name(),
+            name(),
+            prop::option::of(name()),
+            strategies::media(POOL),
+            ts(),
+        )
+            .prop_map(|(msg, from, conversation, body, media, ts)| ChatMessage {
+                msg,
+                from,
+                conversation,
+                body,
+                media,
+                ts,
+            })
+    }
+
+    fn signal() -> impl Strategy<Value = Signal> {
+        prop_oneof![
+            (name(), name(), names(), name()).prop_map(|(relay, from, to, conversation)| {
+                Signal::Typing {
+                    relay,
+                    from,
+                    to,
+                    conversation,
+                }
+            }),
+            (name(), names(), any::<bool>(), ts()).prop_map(|(relay, users, online, ts)| {
+                Signal::Presence {
+                    relay,
+                    users,
+                    online,
+                    ts,
+                }
+            }),
+            (name(), name(), message()).prop_map(|(relay, room, message)| Signal::Room {
+                relay,
+                room,
+                message
+            }),
+            (name(), name()).prop_map(|(relay, of)| Signal::Resync { relay, of }),
+            (name(), any::<bool>()).prop_map(|(relay, hello)| Signal::Alive { relay, hello }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever another relay (or anyone holding the cluster's credential) says, the relay
+        /// neither panics nor stops serving its own clients.
+        #[test]
+        fn any_signals_from_other_relays_are_handled(
+            signals in prop::collection::vec((signal(), 0u64..20_000), 1..30)
+        ) {
+            let log = crate::store::replicated::MemoryLog::default();
+            let mut a = replica(&log).in_cluster("a");
+            open_on(&mut a, 1_000, 1, "alice");
+            open_on(&mut a, 1_001, 2, "bob");
+            text_on(
+                &mut a,
+                1_002,
+                1,
+                r#"{"type":"presence.subscribe","users":["bob","x","alice"]}"#,
+            );
+            text_on(&mut a, 1_003, 2, r#"{"type":"room.join","room":"lobby"}"#);
+            let mut now = 1_004;
+            for (s, gap) in signals {
+                now += gap;
+                a.handle_input(now, Input::Signal(s));
+            }
+            let out = text_on(
+                &mut a,
+                now + 1,
+                1,
+                r#"{"type":"send","id":"after","to":{"user":"bob"},"body":"still here"}"#,
+            );
+            prop_assert!(!msg_ids(&frames_for(&out, 2)).is_empty(), "{out:?}");
+        }
+    }
+}

@@ -441,3 +441,118 @@ impl Log for MemoryLog {
         Ok(next.map(|e| (self.read as u64, e)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategies::{self, ts};
+    use estuary_common::chat::ReceiptState;
+    use proptest::prelude::*;
+
+    const POOL: &[&str] = &["a", "b", "c", ""];
+
+    fn name() -> impl Strategy<Value = String> + Clone {
+        strategies::name(POOL)
+    }
+
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        strategies::names(POOL)
+    }
+
+    fn int() -> impl Strategy<Value = i64> {
+        prop_oneof![0i64..8, any::<i64>()]
+    }
+
+    fn entry() -> impl Strategy<Value = LogEntry> {
+        let state = prop_oneof![Just(ReceiptState::Delivered), Just(ReceiptState::Read)];
+        let media = strategies::media(POOL);
+        prop_oneof![
+            (name(), name()).prop_map(|(user, device)| LogEntry::RegisterDevice { user, device }),
+            (
+                name(),
+                name(),
+                name(),
+                name(),
+                prop::option::of(name()),
+                media,
+                ts(),
+                names()
+            )
+                .prop_map(
+                    |(
+                        conversation,
+                        sender,
+                        sender_device,
+                        client_id,
+                        body,
+                        media,
+                        ts,
+                        recipients,
+                    )| {
+                        LogEntry::InsertMessage {
+                            conversation,
+                            sender,
+                            sender_device,
+                            client_id,
+                            body,
+                            media,
+                            ts,
+                            recipients,
+                        }
+                    }
+                ),
+            (name(), name(), prop::collection::vec(int(), 0..4))
+                .prop_map(|(user, device, ids)| LogEntry::Ack { user, device, ids }),
+            (int(), name(), state, ts(), name()).prop_map(|(msg, user, state, ts, sender)| {
+                LogEntry::RecordReceipt {
+                    msg,
+                    user,
+                    state,
+                    ts,
+                    sender,
+                }
+            }),
+            (name(), name(), int()).prop_map(|(user, device, seq)| LogEntry::ReceiptsSeen {
+                user,
+                device,
+                seq
+            }),
+            (name(), name(), names()).prop_map(|(group, owner, members)| {
+                LogEntry::CreateGroup {
+                    group,
+                    owner,
+                    members,
+                }
+            }),
+            (name(), names()).prop_map(|(group, members)| LogEntry::AddMembers { group, members }),
+            (name(), names())
+                .prop_map(|(group, members)| LogEntry::RemoveMembers { group, members }),
+            (name(), ts()).prop_map(|(user, ts)| LogEntry::SetLastSeen { user, ts }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a relay (or anyone holding the cluster's credential) appends, every
+        /// replica applies the log to its end and agrees: no entry stops the log.
+        #[test]
+        fn any_log_is_applied_to_its_end(entries in prop::collection::vec(entry(), 1..24)) {
+            let log = MemoryLog::default();
+            let mut writer = log.clone();
+            for e in &entries {
+                writer.append(e).expect("appended");
+            }
+            let mut replica = ReplicatedStore::new(
+                SqliteStore::in_memory().expect("store"),
+                log.clone(),
+                "CHAT",
+                Duration::from_secs(1),
+            )
+            .expect("replica");
+            let caught_up = replica.catch_up();
+            prop_assert!(caught_up.is_ok(), "{caught_up:?} at {} of {entries:?}", replica.applied());
+            prop_assert_eq!(replica.applied(), entries.len() as u64);
+        }
+    }
+}
