@@ -145,6 +145,10 @@ fn connection_specific_fields_make_an_http3_request_malformed() {
         "transfer-encoding",
         "upgrade",
         "te-gzip",
+        // Section 4.3: a pseudo-header field repeated, or after a regular field.
+        "duplicate-path",
+        "duplicate-method",
+        "late-pseudo",
     ] {
         assert_eq!(answer(case), format!("reset {}", 0x10e), "{case}");
     }

@@ -128,6 +128,10 @@ def heads(host):
         "transfer-encoding": base + [(b"transfer-encoding", b"chunked")],
         "upgrade": base + [(b"upgrade", b"websocket")],
         "te-gzip": base + [(b"te", b"gzip")],
+        # RFC 9114 section 4.3: a pseudo-header field repeated, or after a regular field.
+        "duplicate-path": base + [(b":path", b"/pub/other.txt")],
+        "duplicate-method": base[:1] + [(b":method", b"POST")] + base[1:],
+        "late-pseudo": base[:3] + [(b"user-agent", b"h3_abuse")] + base[3:],
     }
 
 
