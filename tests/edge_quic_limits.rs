@@ -1,7 +1,8 @@
 //! QUIC under attack: a flood of Initial packets from addresses that never answer (as if
 //! spoofed) gets Retry packets and takes no connection slot, so HTTP/3 and TCP clients are
 //! still served; half-open connections from validated addresses are counted and dropped at
-//! the handshake timeout; pre-standard QUIC drafts get a Version Negotiation offering v1;
+//! the handshake timeout; pre-standard QUIC drafts get a Version Negotiation offering v1 and
+//! v2, and HTTP/3 is served over both;
 //! HTTP/3 streams with half a head are dropped at the header timeout; and the header-count
 //! limit holds on HTTP/2 and HTTP/3 as on HTTP/1.1.
 
@@ -115,7 +116,7 @@ async fn validated_half_open_connections_are_counted_and_dropped_at_the_handshak
 }
 
 #[test]
-fn pre_standard_drafts_get_version_negotiation_for_v1() {
+fn pre_standard_drafts_get_version_negotiation_for_v1_and_v2() {
     let site = Site::new("quic-versions");
     let _edge = site.start();
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -145,7 +146,33 @@ fn pre_standard_drafts_get_version_negotiation_for_v1() {
             .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
             .filter(|v| v & 0x0f0f_0f0f != 0x0a0a_0a0a) // grease
             .collect();
-        assert_eq!(versions, vec![1]);
+        assert_eq!(versions, vec![1, 0x6b33_43cf]);
+    }
+}
+
+/// An independent QUIC stack (aioquic) speaking only version 1, or only version 2 (RFC 9369:
+/// other packet type bits, salts, labels and Retry key), gets its answer in that version.
+#[test]
+fn http3_is_served_over_quic_v1_and_v2() {
+    let site = Site::new("quic-v2");
+    let _edge = site.start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/h3_abuse.py");
+    for version in ["1", "6b3343cf"] {
+        let out = run(Command::new("python3")
+            .arg(script)
+            .arg("version")
+            .arg("127.0.0.1")
+            .arg(site.https.port().to_string())
+            .arg(version));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!(
+                "status 200 version {:#x}",
+                u32::from_str_radix(version, 16).expect("hex")
+            ),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

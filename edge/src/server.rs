@@ -888,6 +888,11 @@ impl quinn::ConnectionIdGenerator for RandomCids {
     }
 }
 
+/// QUIC version 1 (RFC 9000).
+pub const QUIC_V1: u32 = 0x0000_0001;
+/// QUIC version 2 (RFC 9369).
+pub const QUIC_V2: u32 = 0x6b33_43cf;
+
 fn quic_endpoint(
     addr: SocketAddr,
     resolver: Arc<estuary_common::tls::ReloadableCert>,
@@ -915,10 +920,10 @@ fn quic_endpoint(
         // a video player draws. Requests stuck behind a full window end after `idle_timeout`.
         .send_window(2 * 1024 * 1024);
     server.transport_config(Arc::new(transport));
-    // QUIC v1 only: quinn also speaks the pre-standard drafts 29 to 34 by default, and does
-    // not implement v2.
+    // QUIC v1 and v2 (RFC 9369; quinn-proto is carried patched for v2: vendor/README.md)
+    // only: quinn also speaks the pre-standard drafts 29 to 34 by default.
     let mut endpoint = quinn::EndpointConfig::default();
-    endpoint.supported_versions(vec![1]);
+    endpoint.supported_versions(vec![QUIC_V1, QUIC_V2]);
     endpoint.cid_generator(|| Box::new(RandomCids));
     let socket = std::net::UdpSocket::bind(addr)?;
     Ok(quinn::Endpoint::new(

@@ -14,8 +14,12 @@ connection open for a second and prints "received <body bytes>".
 
 Usage: h3_abuse.py head HOST PORT CASE
 Sends one request whose head is CASE (see HEADS: some malformed by RFC 9114 section 4.2) as
-raw field lines and prints "status <code>" for a response or "reset <code>" when the server
+raw field lines (some malformed by section 4.3) and prints "status <code>" for a response or "reset <code>" when the server
 reset the stream.
+
+Usage: h3_abuse.py version HOST PORT VERSION_HEX
+Asks for /pub/hello.txt over QUIC version VERSION_HEX only (1 or 6b3343cf, RFC 9369) and
+prints "status <code> version <the connection's version>" once body bytes arrived.
 
 Usage: h3_abuse.py noack HOST PORT PATH WAIT_SECONDS
 Asks for PATH and from then on acknowledges nothing (but sends a PING every 0.3 s, which
@@ -145,6 +149,18 @@ async def send_head(host, port, case):
         print(await asyncio.wait_for(client.answer, 10), flush=True)
 
 
+async def version(host, port, v):
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, supported_versions=[v])
+    config.verify_mode = ssl.CERT_NONE
+    async with connect(host, port, configuration=config, create_protocol=Client) as client:
+        sid = client._quic.get_next_available_stream_id()
+        client.h3.send_headers(sid, head(host, "/pub/hello.txt"), end_stream=True)
+        client.transmit()
+        answer = await asyncio.wait_for(client.answer, 10)
+        await asyncio.wait_for(client.first_data.wait(), 10)
+        print(f"{answer} version {client._quic._version:#x}", flush=True)
+
+
 async def noack(host, port, path, wait):
     from aioquic.quic.connection import QuicConnection
 
@@ -192,6 +208,8 @@ def main():
         asyncio.run(noack(host, port, path, wait))
     elif mode == "head":
         asyncio.run(send_head(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    elif mode == "version":
+        asyncio.run(version(sys.argv[2], int(sys.argv[3]), int(sys.argv[4], 16)))
     else:
         sys.exit(f"unknown mode {mode}")
 
