@@ -61,6 +61,11 @@ pub struct CoverageZones {
     zones: Vec<Zone>,
     v4: PrefixMap<Ipv4Net, usize>,
     v6: PrefixMap<Ipv6Net, usize>,
+    /// The longest prefix of any network, per family: no network lies strictly inside one
+    /// as long (the geo-DNS asks that of every query's client network, and maps rarely go
+    /// narrower than the /24 resolvers send).
+    longest_v4: u8,
+    longest_v6: u8,
 }
 
 impl std::fmt::Debug for CoverageZones {
@@ -110,11 +115,13 @@ impl CoverageZones {
                 IpNet::V4(n) => {
                     if self.v4.get(&n).is_none() {
                         self.v4.insert(n, idx);
+                        self.longest_v4 = self.longest_v4.max(n.prefix_len());
                     }
                 }
                 IpNet::V6(n) => {
                     if self.v6.get(&n).is_none() {
                         self.v6.insert(n, idx);
+                        self.longest_v6 = self.longest_v6.max(n.prefix_len());
                     }
                 }
             }
@@ -152,6 +159,8 @@ impl CoverageZones {
     pub fn deepest_within(&self, net: IpNet) -> Option<u8> {
         let len = net.prefix_len();
         match net.trunc() {
+            IpNet::V4(_) if len >= self.longest_v4 => None,
+            IpNet::V6(_) if len >= self.longest_v6 => None,
             IpNet::V4(n) => self
                 .v4
                 .children(&n)
@@ -274,6 +283,18 @@ mod tests {
                     .max_by_key(|(n, _)| n.prefix_len())
                     .map(|(_, i)| format!("z{i}"));
                 prop_assert_eq!(z.lookup(IpAddr::V4(a)).map(|z| z.name.clone()), want);
+                // And for the deepest network strictly inside each client network of it.
+                for len in [8u8, 16, 20, 24, 28, 32] {
+                    let net = Ipv4Net::new(a, len)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?
+                        .trunc();
+                    let deepest = list
+                        .iter()
+                        .filter(|(n, _)| n.prefix_len() > len && net.contains(n))
+                        .map(|(n, _)| n.prefix_len())
+                        .max();
+                    prop_assert_eq!(z.deepest_within(IpNet::V4(net)), deepest);
+                }
             }
         }
     }
