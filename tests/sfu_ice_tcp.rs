@@ -88,7 +88,14 @@ fn chromium_gets_its_media_over_tcp_when_udp_is_blocked() {
         assert_eq!(pair["remote"]["protocol"], "tcp", "{tab}: {report}");
         assert_eq!(pair["remote"]["tcpType"], "passive", "{tab}: {report}");
         assert_eq!(pair["local"]["tcpType"], "active", "{tab}: {report}");
-        assert_eq!(pair["state"], "succeeded", "{tab}: {report}");
+        // libwebrtc marks a pair "in-progress" each time it sends a check on it, until the
+        // answer: a read of the stats in between sees that on a working pair. Nominated, it
+        // had succeeded (a nomination is a check that succeeded).
+        assert!(
+            pair["state"] == "succeeded"
+                || (pair["state"] == "in-progress" && pair["nominated"] == true),
+            "{tab}: {report}"
+        );
         assert_eq!(port(&pair["remote"]["port"]), tcp_port, "{tab}: {report}");
     }
     for tab in ["whep", "meeting"] {
