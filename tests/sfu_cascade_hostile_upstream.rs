@@ -81,7 +81,8 @@ fn a_hostile_upstream_sfu_cannot_crash_flood_or_overfill_a_room() {
         let relayed = c["relayed"].as_array().cloned().unwrap_or_default();
         assert!(
             !relayed.is_empty(),
-            "the honest participant was relayed: {r}"
+            "the honest participant was relayed: {r}\nSFU log:\n{}",
+            sfu.process.log()
         );
         for p in relayed {
             assert!(

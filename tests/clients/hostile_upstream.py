@@ -9,7 +9,7 @@ server abuses it, one behaviour per connection:
   1. garbage frames, a binary frame, a bogus SDP answer and offer, 300 distinct participants
      joining (1,000-character names), a `joined` naming 100 more, then all of them leaving,
      then a normal close;
-  2. one frame larger than the SFU's 64 KiB limit;
+  2. once the SFU has sent something, one frame larger than the SFU's 64 KiB limit;
   3. and later: silence.
 The participant (the `websockets` library, no media) records what the SFU tells it and, at
 the end, checks the SFU still answers a ping. Prints one JSON line.
@@ -53,6 +53,12 @@ async def abuse(ws):
             await asyncio.sleep(0.5)
             await ws.close()
         elif n == 2:
+            # After the SFU has said what it relays (so that what the link carried can be
+            # checked on every connection; sent at once, its close could come first).
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
             await ws.send("x" * (100 * 1024))
             await asyncio.wait_for(ws.wait_closed(), 5)
         else:
