@@ -25,8 +25,9 @@ try {
   while (Date.now() < deadline) {
     const rows = await page.$$eval("#nodes tr", (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
     const row = rows.find((cells) => cells[0] === node && cells[3].startsWith("up"));
+    // The chart is the polyline's <svg> (`closest`: CI once read a null `ownerSVGElement`).
     const lines = await page.$$eval("svg polyline", (ps) =>
-      ps.map((p) => ({ chart: p.ownerSVGElement.id, site: p.dataset.site, points: p.getAttribute("points").trim().split(/\s+/).filter(Boolean).length })));
+      ps.map((p) => ({ chart: p.closest("svg")?.id, site: p.dataset.site, points: p.getAttribute("points").trim().split(/\s+/).filter(Boolean).length })));
     const labels = Object.fromEntries(await page.$$eval("svg", (svgs) =>
       svgs.map((s) => [s.id, [...s.querySelectorAll("text")].map((t) => t.textContent)])));
     last = { rows, lines, labels };
