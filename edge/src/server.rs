@@ -889,9 +889,9 @@ impl quinn::ConnectionIdGenerator for RandomCids {
 }
 
 /// QUIC version 1 (RFC 9000).
-pub const QUIC_V1: u32 = 0x0000_0001;
+const QUIC_V1: u32 = 0x0000_0001;
 /// QUIC version 2 (RFC 9369).
-pub const QUIC_V2: u32 = 0x6b33_43cf;
+const QUIC_V2: u32 = 0x6b33_43cf;
 
 fn quic_endpoint(
     addr: SocketAddr,

@@ -9,8 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::TrySendError;
-
-use crate::inbox::ShardTx;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +20,7 @@ use axum::routing::{delete, get, post};
 use estuary_common::token::{self, KeySet, Rejection};
 use tokio::sync::oneshot;
 
+use crate::inbox::ShardTx;
 use crate::metrics::Metrics;
 use crate::peer::{PeerKind, SessionError};
 use crate::shard::{Open, ShardIn};

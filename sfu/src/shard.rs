@@ -14,7 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use str0m::media::{KeyframeRequestKind, Mid};
@@ -258,16 +258,7 @@ impl Shard {
                     match received {
                         Ok(msg) => {
                             self.handle(msg);
-                            // Take what else is waiting before looking at timers; send once a
-                            // batch is worth a syscall, or once its oldest copy has waited
-                            // long enough (a packet for 45 watchers is its own batch: its
-                            // copies do not wait for the next packet's).
-                            for msg in rx.try_iter().take(INBOX_TAKE) {
-                                self.handle(msg);
-                                if self.flush_due() {
-                                    self.flush(&mut headers);
-                                }
-                            }
+                            closed = self.take_inbox(&rx, &mut headers).1;
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -278,23 +269,8 @@ impl Shard {
                         waker.wait(self.socket.as_fd(), timeout);
                     }
                     work_started = Instant::now();
-                    let mut taken = 0;
-                    while taken < INBOX_TAKE {
-                        match rx.try_recv() {
-                            Ok(msg) => {
-                                taken += 1;
-                                self.handle(msg);
-                                if self.flush_due() {
-                                    self.flush(&mut headers);
-                                }
-                            }
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => {
-                                closed = true;
-                                break;
-                            }
-                        }
-                    }
+                    let taken;
+                    (taken, closed) = self.take_inbox(&rx, &mut headers);
                     let got = batch.recv(&self.socket, false);
                     let recv_at = Instant::now();
                     batch.route_each(|r| match r {
@@ -341,6 +317,27 @@ impl Shard {
             conn.close(TcpClose::Shutdown);
         }
         self.local.flush();
+    }
+
+    /// Handles what is waiting in the inbox, up to [`INBOX_TAKE`] messages, before the shard
+    /// looks at its socket and timers again; sends once a batch is worth a syscall, or once
+    /// its oldest copy has waited long enough (a packet for 45 watchers is its own batch: its
+    /// copies do not wait for the next packet's). Returns how many it took, and whether every
+    /// sender is gone.
+    fn take_inbox(&mut self, rx: &Receiver<ShardIn>, headers: &mut SendHeaders) -> (usize, bool) {
+        for taken in 0..INBOX_TAKE {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    self.handle(msg);
+                    if self.flush_due() {
+                        self.flush(headers);
+                    }
+                }
+                Err(TryRecvError::Empty) => return (taken, false),
+                Err(TryRecvError::Disconnected) => return (taken, true),
+            }
+        }
+        (INBOX_TAKE, false)
     }
 
     /// Whether the queued datagrams should go now rather than wait for more: a batch of

@@ -25,8 +25,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::TrySendError;
-
-use crate::inbox::ShardTx;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::demux::{self, Class, Route};
+use crate::inbox::ShardTx;
 use crate::metrics::{DropReason, Metrics};
 use crate::shard::ShardIn;
 use crate::tcp_framing::{self, Decoder};
