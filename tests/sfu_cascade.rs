@@ -97,9 +97,7 @@ fn post(cp: &ControlPlane, path: &str, body: &Value) -> (u16, Value) {
 
 #[test]
 fn a_meeting_steered_to_two_sites_is_relayed_between_their_sfus_over_one_link() {
-    let _one = ONE_MEDIA_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_MEDIA_TEST_AT_A_TIME);
     let mut cp = ControlPlane::new("cascade-cp");
     cp.extra = format!(
         "[meetings]\nkey_id = \"k1\"\nkey = \"{KEY_HEX}\"\ntoken_ttl = \"1h\"\ngrace = \"10min\"\n"
@@ -190,9 +188,7 @@ fn a_meeting_steered_to_two_sites_is_relayed_between_their_sfus_over_one_link() 
 /// speaker, and sees cat leave (by name: ids differ per SFU).
 #[test]
 fn three_chromium_tabs_meet_across_two_sfus() {
-    let _one = ONE_MEDIA_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_MEDIA_TEST_AT_A_TIME);
     let a = Sfu::start_node("cascade-chromium-a", "sfu-a", "a", None, "127.0.0.1", "");
     let b = Sfu::start_node("cascade-chromium-b", "sfu-b", "b", None, "127.0.0.1", "");
     let room = "m-chromium";

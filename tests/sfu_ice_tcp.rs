@@ -31,7 +31,7 @@ static BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs tests/clients/ice_tcp_page.mjs against `sfu` (in the calling thread's namespace) and
 /// returns its report; fails with its output and the SFU's log when it does not succeed.
 fn chromium(sfu: &Sfu, expect: &str, room: &str) -> serde_json::Value {
-    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&BROWSER);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/ice_tcp_page.mjs"

@@ -58,9 +58,7 @@ static ONE_MEDIA_TEST_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(()
 
 #[test]
 fn three_chromium_participants_see_and_hear_each_other() {
-    let _one = ONE_MEDIA_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_MEDIA_TEST_AT_A_TIME);
     let sfu = Sfu::start("sfu-meeting-browser", "");
     let (status, headers, body) = fetch(&format!("{}/rooms/r1", sfu.url()), &[]);
     assert_eq!(status, 200);
@@ -185,9 +183,7 @@ fn bad_websocket_input_gets_errors_or_a_close_and_never_a_crash() {
 /// her first, then offers bob's tracks again, and she decodes them.
 #[test]
 fn a_client_offer_during_a_pending_server_offer_is_answered_first() {
-    let _one = ONE_MEDIA_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_MEDIA_TEST_AT_A_TIME);
     let sfu = Sfu::start("sfu-meeting-glare", "");
     let out = run(Command::new("python3")
         .arg(concat!(

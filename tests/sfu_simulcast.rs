@@ -131,7 +131,7 @@ impl Page {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    keep.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                    common::lock(&keep).push(v);
                 }
             }
         });
@@ -147,9 +147,7 @@ impl Page {
     }
 
     fn last(&self) -> serde_json::Value {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        common::lock(&self.lines)
             .last()
             .cloned()
             .unwrap_or_default()
@@ -217,9 +215,7 @@ fn inbound(v: &serde_json::Value) -> (u64, u64) {
 
 #[test]
 fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
-    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_CHROMIUM_TEST_AT_A_TIME);
     let net = Netns::new();
     let sfu = Sfu::start_on("sfu-simulcast", &net.host_ip, "");
     let url = |name: &str, extra: &str| {
@@ -403,9 +399,7 @@ fn pages_on_loopback(sfu: &Sfu, room: &str) -> (Page, Page) {
 /// both calls go on. Publisher and subscriber are Chromium on loopback.
 #[test]
 fn an_overloaded_sfu_sheds_upper_layers_and_keeps_its_calls() {
-    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_CHROMIUM_TEST_AT_A_TIME);
     let sfu = Sfu::start(
         "sfu-shed",
         "[media]\nshed_layers_above = 0.000001\nrestore_layers_below = 0.0000005\n",
@@ -456,9 +450,7 @@ fn an_overloaded_sfu_sheds_upper_layers_and_keeps_its_calls() {
 /// and 298 of 395 packets dropped.)
 #[test]
 fn a_chromium_publisher_keeps_to_the_bitrate_limit_of_the_answer() {
-    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_CHROMIUM_TEST_AT_A_TIME);
     let sent = |extra: &str, name: &str| -> (f64, f64, f64, serde_json::Value) {
         let sfu = Sfu::start(name, extra);
         // The subscriber takes the top layer whatever its bandwidth (the SFU runs without
@@ -543,9 +535,7 @@ fn a_chromium_publisher_keeps_to_the_bitrate_limit_of_the_answer() {
 /// estimator here: the layer follows the requested height alone.)
 #[test]
 fn an_h264_simulcast_subscriber_gets_the_layer_of_its_requested_height() {
-    let _one = ONE_CHROMIUM_TEST_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _one = common::lock(&ONE_CHROMIUM_TEST_AT_A_TIME);
     let sfu = Sfu::start(
         "sfu-h264-simulcast",
         "[media]\ncodecs = [\"opus\", \"h264\"]\nbwe_initial_bps = 0\n",

@@ -115,6 +115,13 @@ pub fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Takes `m` even when a test that held it panicked (its lock is then poisoned, but what it
+/// guards is still good): the locks that keep browser and media tests from overlapping, and
+/// shared lists.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A loopback port free for both TCP and UDP right now.
 pub fn free_port() -> u16 {
     // A port is free once it is released, so the kernel may hand the same one out twice in a
@@ -124,7 +131,7 @@ pub fn free_port() -> u16 {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
         let port = tcp.local_addr().expect("addr").port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+            let mut given = lock(&GIVEN);
             if !given.contains(&port) {
                 given.push(port);
                 return port;

@@ -19,7 +19,7 @@ pub struct ClientSlot;
 
 impl ClientSlot {
     pub fn take() -> Self {
-        let mut busy = CLIENTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = super::lock(&CLIENTS_BUSY);
         while *busy >= CLIENTS_AT_ONCE {
             busy = CLIENT_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
         }
@@ -30,7 +30,7 @@ impl ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut busy = CLIENTS_BUSY.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busy = super::lock(&CLIENTS_BUSY);
         *busy = busy.saturating_sub(1);
         CLIENT_FREED.notify_one();
     }
