@@ -1,5 +1,6 @@
 //! Steering's coverage-zone file (JSON: zones with networks and coordinates): arbitrary
-//! bytes never panic the parser, and a file it accepts answers lookups of any address.
+//! bytes never panic the parser, and a file it accepts answers lookups of any address and
+//! of the networks inside any client network.
 #![no_main]
 
 use estuary_steering::geo::CoverageZones;
@@ -17,6 +18,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = zones.lookup(ip);
         if let Some((_, prefix)) = zones.lookup_prefix(ip) {
             assert!(prefix <= 128);
+        }
+        // The networks strictly inside the client's network (the geo-DNS asks for each
+        // query's ECS network), with the shortcut for networks as long as the longest.
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        for len in [0u8, 8, 16, 20, 24, 32, 48, 56, 64, 128].into_iter().filter(|l| *l <= max) {
+            let Ok(net) = ipnet::IpNet::new(ip, len) else {
+                continue;
+            };
+            if let Some(deeper) = zones.deepest_within(net) {
+                assert!(deeper > len && deeper <= max, "{deeper} inside /{len}");
+            }
         }
     }
 });
