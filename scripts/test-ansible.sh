@@ -48,7 +48,8 @@ venv="$cache/venv"
 ansible_version=12.3.0
 ansible_lint_version=26.10.1
 step() { echo "== test-ansible ($(($(date +%s) - start_time)) s): $*"; }
-fail() { echo "test-ansible: FAILED: $*" >&2; exit 1; }
+# Once the lab is up, a failure also prints what each container can tell (diagnose, below).
+fail() { echo "test-ansible: FAILED: $*" >&2; [ -z "${lab_up:-}" ] || diagnose; exit 1; }
 
 step "Ansible $ansible_version, ansible-lint $ansible_lint_version, tuspy, websockets and aiortc from PyPI; the browser clients from npm"
 if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('ansible') == '$ansible_version' and m.version('ansible-lint') == '$ansible_lint_version'; import tusclient, websockets" 2>/dev/null; then
@@ -93,8 +94,25 @@ hosts=(lab-cp lab-origin lab-steering lab-edge-a1 lab-edge-a2)
 cleanup() { "$repo/scripts/lab.sh" down || true; }
 trap cleanup EXIT
 "$repo/scripts/lab.sh" up "${hosts[@]}"
+lab_up=1
 inventory=(-i inventories/lab -i "$run/connection.yml")
 on() { local host="$1"; shift; "$run/nsenter-$host" root "$@"; }
+
+# What a failed play leaves to read: on every host, the units that failed, the end of each
+# Estuary unit's journal (the reason a service would not start: a check-config refusal, a
+# port in use), and the space the container's writes have (its tmpfs).
+diagnose() {
+  local host unit
+  for host in "${hosts[@]}"; do
+    echo "-- $host: failed units, the Estuary units' journals, free space" >&2
+    on "$host" systemctl --failed --no-legend --no-pager >&2 || true
+    for unit in $(on "$host" systemctl list-units --all --plain --no-legend 'estuary-*' 2>/dev/null | awk '{print $1}'); do
+      on "$host" journalctl -u "$unit" -n 25 --no-pager -o short-monotonic >&2 || true
+    done
+    on "$host" df -h / /var/cache >&2 || true
+  done
+  free -m >&2 || true
+}
 
 # Runs a playbook; its output goes to $run/<name>.log, and the recap is printed.
 play() {
