@@ -84,15 +84,17 @@ fn three_chromium_participants_see_and_hear_each_other() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/meeting_page.mjs"
     );
-    let out = run(Command::new("node").args([script, &url("ann"), &url("bob"), &url("cat")]));
+    let out =
+        run(Command::new("node").args([script, "--fit", &url("ann"), &url("bob"), &url("cat")]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_default();
     assert!(
         out.status.success() && report["ok"] == true,
-        "the meeting failed in Chromium: {stdout}\n{}\nSFU log:\n{}",
+        "the meeting failed in Chromium: {stdout}\n{}\nSFU log:\n{}\nSFU metrics:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        sfu.process.log()
+        sfu.process.log(),
+        sfu.metrics_summary()
     );
     eprintln!("{report}");
     assert_eq!(

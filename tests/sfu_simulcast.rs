@@ -234,7 +234,7 @@ fn a_capped_subscriber_moves_down_a_layer_and_back_up() {
 
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net.ns, "node", SCRIPT, "subscribe"])
-        .arg(url("sub", "&camera=off"));
+        .arg(url("sub", "&camera=off&fit=off"));
     let mut subscriber = Page::start(cmd);
 
     // 1. The top layer, decoded; the other two paused at the publisher.
@@ -388,7 +388,7 @@ fn pages_on_loopback(sfu: &Sfu, room: &str) -> (Page, Page) {
         v["joined"] == true && v["outbound"].as_array().is_some_and(|a| a.len() == 3)
     });
     let mut cmd = Command::new("node");
-    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off")]);
+    cmd.args([SCRIPT, "subscribe", &url("sub", "&camera=off&fit=off")]);
     (publisher, Page::start(cmd))
 }
 

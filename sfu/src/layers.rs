@@ -7,6 +7,11 @@
 //! - the ideal layer is the highest one whose bitrate fits in 0.9 × the estimate, whose
 //!   height is at most the requested one, and which overload has not shed; the lowest layer
 //!   when none fits (a subscriber always gets video);
+//! - a layer the publisher stopped sending while it was asked for ([`LayerView::stalled`]: a
+//!   browser drops its top layers when its uplink or its CPU cannot carry them) is never
+//!   chosen, nor one whose frame rate is under half the rate of the layer it would replace
+//!   (an encoder short of CPU sends its top layer at a few frames a second: 360 lines at 30
+//!   frames a second beat 720 at 3);
 //! - without an estimate (a subscriber without TWCC or REMB) only the height and shedding
 //!   count;
 //! - down at once when the ideal layer has been lower for [`DOWN_AFTER`], up only after
@@ -20,6 +25,10 @@ use std::time::{Duration, Instant};
 pub const DOWN_AFTER: Duration = Duration::from_millis(300);
 /// How long the ideal layer must stay above the target before switching up.
 pub const UP_AFTER: Duration = Duration::from_secs(3);
+/// How long a layer asked of its publisher may send nothing before it counts as stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+/// How long a stalled layer is left alone before it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The share of the estimate video may use.
 pub const HEADROOM: f64 = 0.9;
 
@@ -30,6 +39,10 @@ pub struct LayerView {
     pub bps: Option<u64>,
     /// Frame height from its last keyframe.
     pub height: Option<u32>,
+    /// Measured frames per second, with the bitrate.
+    pub fps: Option<u32>,
+    /// Asked of the publisher, yet silent for a while: not to be chosen.
+    pub stalled: bool,
 }
 
 /// A guess for a layer not measured yet (paused or just started): 150 kbit/s for the lowest,
@@ -58,16 +71,21 @@ pub fn ideal(
         return 0;
     };
     let cap = top.saturating_sub(usize::from(shed));
-    let mut best = 0;
-    for i in 1..=cap {
+    // The lowest layer still sent (the lowest when none is).
+    let mut best = (0..=cap).find(|&i| !layers[i].stalled).unwrap_or(0);
+    for i in best + 1..=cap {
         let l = layers[i];
+        if l.stalled || !frame_rate_holds(l.fps, layers[best].fps) {
+            // Not chosen; a higher layer may still be.
+            continue;
+        }
         if let (Some(max), Some(h)) = (max_height, l.height)
             && h > max
         {
             break;
         }
         // A layer of unknown height above one already at the requested size is no better.
-        if let (Some(max), None, Some(below)) = (max_height, l.height, layers[i - 1].height)
+        if let (Some(max), None, Some(below)) = (max_height, l.height, layers[best].height)
             && below >= max
         {
             break;
@@ -80,6 +98,15 @@ pub fn ideal(
         best = i;
     }
     best
+}
+
+/// Whether a layer sending `fps` frames a second may replace one sending `below` (unknown
+/// rates do not count against it).
+fn frame_rate_holds(fps: Option<u32>, below: Option<u32>) -> bool {
+    match (fps, below) {
+        (Some(f), Some(b)) => f.saturating_mul(2) >= b,
+        _ => true,
+    }
 }
 
 /// One stream's target layer, with hysteresis.
@@ -135,34 +162,63 @@ impl Selector {
     }
 }
 
-/// A bitrate meter over windows of about a second (bytes in, bits/s out).
+/// A bitrate and frame-rate meter over windows of about a second (packets in, bits/s and
+/// frames/s out).
 #[derive(Debug, Clone, Default)]
 pub struct RateMeter {
     window_start: Option<Instant>,
     bytes: u64,
+    frames: u64,
     last_bps: Option<u64>,
+    last_fps: Option<u32>,
+    /// The RTP timestamp of the last packet (a new one starts a frame).
+    last_ts: Option<u32>,
+    /// When the last packet came.
+    last_at: Option<Instant>,
 }
 
 /// The window of a [`RateMeter`].
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl RateMeter {
-    pub fn add(&mut self, now: Instant, bytes: u64) {
+    /// One packet of `bytes` with RTP timestamp `ts`, received `now`.
+    pub fn add(&mut self, now: Instant, bytes: u64, ts: u32) {
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= RATE_WINDOW {
-            let bps = self.bytes.saturating_mul(8).saturating_mul(1_000_000)
-                / (elapsed.as_micros().max(1) as u64);
-            self.last_bps = Some(bps);
+            let micros = elapsed.as_micros().max(1) as u64;
+            self.last_bps = Some(self.bytes.saturating_mul(8).saturating_mul(1_000_000) / micros);
+            let fps = self
+                .frames
+                .saturating_mul(1_000_000)
+                .saturating_add(micros / 2)
+                / micros;
+            self.last_fps = Some(u32::try_from(fps).unwrap_or(u32::MAX));
             self.window_start = Some(now);
             self.bytes = 0;
+            self.frames = 0;
         }
         self.bytes = self.bytes.saturating_add(bytes);
+        if self.last_ts != Some(ts) {
+            self.frames = self.frames.saturating_add(1);
+            self.last_ts = Some(ts);
+        }
+        self.last_at = Some(self.last_at.map_or(now, |t| t.max(now)));
     }
 
     /// The last full window's bitrate (kept while the layer is paused).
     pub fn bps(&self) -> Option<u64> {
         self.last_bps
+    }
+
+    /// The last full window's frame rate (kept while the layer is paused).
+    pub fn fps(&self) -> Option<u32> {
+        self.last_fps
+    }
+
+    /// When the last packet came.
+    pub fn last_at(&self) -> Option<Instant> {
+        self.last_at
     }
 }
 
@@ -176,14 +232,17 @@ mod tests {
             LayerView {
                 bps: Some(150_000),
                 height: Some(180),
+                ..LayerView::default()
             },
             LayerView {
                 bps: Some(500_000),
                 height: Some(360),
+                ..LayerView::default()
             },
             LayerView {
                 bps: Some(1_500_000),
                 height: Some(720),
+                ..LayerView::default()
             },
         ]
     }
@@ -235,10 +294,65 @@ mod tests {
         let t0 = Instant::now();
         let mut m = RateMeter::default();
         for i in 0..=100u64 {
-            m.add(t0 + Duration::from_millis(i * 10), 1250);
+            // Four packets a frame.
+            m.add(
+                t0 + Duration::from_millis(i * 10),
+                1250,
+                (i / 4) as u32 * 3000,
+            );
         }
-        // 100 packets of 1250 bytes in one second: 1 Mbit/s.
+        // 100 packets of 1250 bytes in one second: 1 Mbit/s, in 25 frames.
         assert_eq!(m.bps(), Some(1_000_000));
+        assert_eq!(m.fps(), Some(25));
+        assert_eq!(m.last_at(), Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_stalled_layer_is_never_chosen() {
+        let mut l = three();
+        l[2].stalled = true;
+        assert_eq!(ideal(&l, None, None, 0), 1);
+        assert_eq!(ideal(&l, Some(5_000_000), None, 0), 1);
+        l[1].stalled = true;
+        assert_eq!(ideal(&l, None, None, 0), 0);
+        // The lowest one stalled: the lowest one sent, whatever the budget.
+        let mut l = three();
+        l[0].stalled = true;
+        assert_eq!(ideal(&l, Some(10_000), None, 0), 1);
+        assert_eq!(ideal(&l, None, None, 0), 2);
+        // Nothing sent at all: still the lowest (a subscriber always has a layer).
+        l[1].stalled = true;
+        l[2].stalled = true;
+        assert_eq!(ideal(&l, None, None, 0), 0);
+        // A stalled middle layer does not hide the top one.
+        let mut l = three();
+        l[1].stalled = true;
+        assert_eq!(ideal(&l, None, None, 0), 2);
+    }
+
+    #[test]
+    fn a_layer_at_under_half_the_frame_rate_is_not_chosen() {
+        let mut l = three();
+        l[0].fps = Some(30);
+        l[1].fps = Some(30);
+        l[2].fps = Some(4);
+        assert_eq!(
+            ideal(&l, None, None, 0),
+            1,
+            "720 lines at 4 fps lose to 360 at 30"
+        );
+        l[2].fps = Some(15);
+        assert_eq!(ideal(&l, None, None, 0), 2, "half the rate is still enough");
+        l[2].fps = None;
+        assert_eq!(
+            ideal(&l, None, None, 0),
+            2,
+            "an unmeasured rate does not count"
+        );
+        // Compared with the layer it would replace, not with the one below it.
+        l[1].fps = Some(5);
+        l[2].fps = Some(10);
+        assert_eq!(ideal(&l, None, None, 0), 0, "both under half of 30");
     }
 
     proptest! {

@@ -232,6 +232,34 @@ struct Participant {
 struct LayerState {
     meter: RateMeter,
     height: Option<u32>,
+    /// Since when some slot has sent or waited for it (dynacast asks the publisher for it).
+    wanted_since: Option<Instant>,
+    /// When it was found silent though wanted (see [`LayerState::check_stall`]).
+    stalled_at: Option<Instant>,
+}
+
+impl LayerState {
+    /// A layer wanted for [`layers::STALL_AFTER`] that has sent nothing for as long is
+    /// stalled: the publisher stopped it (a browser drops its top layers when its uplink or
+    /// its CPU cannot carry them), and slots move off it. It is tried again
+    /// [`layers::RETRY_AFTER`] later, or at once when a packet of it comes.
+    fn check_stall(&mut self, now: Instant) {
+        if self
+            .stalled_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= layers::RETRY_AFTER)
+        {
+            self.stalled_at = None;
+            // Wanted again from now on: a fresh grace before it counts as stalled.
+            self.wanted_since = None;
+        }
+        let silent = |t: Instant| now.saturating_duration_since(t) >= layers::STALL_AFTER;
+        if self.stalled_at.is_none()
+            && self.wanted_since.is_some_and(silent)
+            && self.meter.last_at().is_none_or(silent)
+        {
+            self.stalled_at = Some(now);
+        }
+    }
 }
 
 /// A simulcast track's layers, and which were last reported wanted.
@@ -247,6 +275,8 @@ impl Simulcast {
             .map(|l| LayerView {
                 bps: l.meter.bps(),
                 height: l.height,
+                fps: l.meter.fps(),
+                stalled: l.stalled_at.is_some(),
             })
             .collect()
     }
@@ -500,7 +530,8 @@ impl Room {
                 if let Some(sc) = self.simulcast.get_mut(&track)
                     && let Some(l) = sc.layers.get_mut(usize::from(layer))
                 {
-                    l.meter.add(packet.recv_at, u64::from(bytes));
+                    l.meter.add(packet.recv_at, u64::from(bytes), packet.ts);
+                    l.stalled_at = None;
                     if height.is_some() {
                         l.height = height;
                     }
@@ -736,6 +767,11 @@ impl Room {
     /// Re-chooses every simulcast slot's layer, then reports the bitrate aims and the
     /// layers wanted that changed.
     fn evaluate(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
+        for sc in self.simulcast.values_mut() {
+            for l in &mut sc.layers {
+                l.check_stall(now);
+            }
+        }
         let views: HashMap<TrackId, Vec<LayerView>> = self
             .simulcast
             .iter()
@@ -790,11 +826,11 @@ impl Room {
         for (track, layer) in keyframes {
             self.request_keyframe(now, track, layer, out);
         }
-        self.report_wanted(out);
+        self.report_wanted(now, out);
     }
 
     /// Dynacast: which layers of each simulcast track some slot sends or waits for.
-    fn report_wanted(&mut self, out: &mut Vec<RoomOutput>) {
+    fn report_wanted(&mut self, now: Instant, out: &mut Vec<RoomOutput>) {
         let mut wanted: HashMap<TrackId, u8> = self.simulcast.keys().map(|t| (*t, 0)).collect();
         for part in self.participants.values() {
             let Some(slots) = part.slots.get(&MediaKind::Video) else {
@@ -816,6 +852,13 @@ impl Room {
         let mut changed: Vec<(TrackId, u8)> = Vec::new();
         for (track, sc) in self.simulcast.iter_mut() {
             let mask = wanted.get(track).copied().unwrap_or(0);
+            for (i, l) in sc.layers.iter_mut().enumerate() {
+                if mask & 1u8.checked_shl(i as u32).unwrap_or(0) == 0 {
+                    l.wanted_since = None;
+                } else {
+                    l.wanted_since.get_or_insert(now);
+                }
+            }
             if sc.wanted != Some(mask) {
                 sc.wanted = Some(mask);
                 changed.push((*track, mask));
@@ -868,7 +911,7 @@ impl Room {
             track,
         });
         self.request_keyframe(now, track, layer, out);
-        self.report_wanted(out);
+        self.report_wanted(now, out);
     }
 
     /// Fills every free slot of a watcher with the oldest track of its kind that it does not
@@ -921,7 +964,7 @@ impl Room {
         for (t, layer) in wanted {
             self.request_keyframe(now, t, layer, out);
         }
-        self.report_wanted(out);
+        self.report_wanted(now, out);
     }
 }
 
@@ -1431,9 +1474,23 @@ mod tests {
         t: Instant,
         seqs: &mut [u64; 3],
     ) -> Vec<RoomOutput> {
+        second_of_layers(room, v, t, seqs, &[0, 1, 2])
+    }
+
+    /// [`second_of_media`] with only `sent` of the layers.
+    fn second_of_layers(
+        room: &mut Room,
+        v: TrackId,
+        t: Instant,
+        seqs: &mut [u64; 3],
+        sent: &[u8],
+    ) -> Vec<RoomOutput> {
         let mut out = Vec::new();
         for ms in 0..1000u64 {
             for (layer, per_s) in [(0u8, 20u64), (1, 60), (2, 180)] {
+                if !sent.contains(&layer) {
+                    continue;
+                }
                 if ms % (1000 / per_s) == 0 {
                     let at = t + Duration::from_millis(ms);
                     let i = usize::from(layer);
@@ -1525,6 +1582,67 @@ mod tests {
             ups.extend(switches(&second_of_media(&mut room, v, t, &mut seqs)));
         }
         assert_eq!(ups, vec![true]);
+        assert_eq!(room.sending_layer(slot), Some(2));
+    }
+
+    #[test]
+    fn a_layer_its_publisher_stops_sending_is_left_for_one_still_sent() {
+        let t0 = Instant::now();
+        let (mut room, v, mut out) = simulcast_room(t0);
+        let mut seqs = [0, 10_000, 20_000];
+        second_of_media(&mut room, v, t0, &mut seqs);
+        room.join(t0, 2, WATCHER, &mut out).expect("w");
+        let mut t = t0 + Duration::from_secs(1);
+        second_of_media(&mut room, v, t, &mut seqs);
+        let slot = OutId {
+            sub: 2,
+            kind: MediaKind::Video,
+            slot: 0,
+        };
+        assert_eq!(room.sending_layer(slot), Some(2));
+        // The publisher stops f (as a browser does when its uplink cannot carry it). After
+        // STALL_AFTER of silence the watcher is moved down at once (no DOWN_AFTER wait) and
+        // h's keyframe is asked for; h takes over at its next keyframe.
+        let mut o = Vec::new();
+        for _ in 0..2 {
+            t += Duration::from_secs(1);
+            o.extend(second_of_layers(&mut room, v, t, &mut seqs, &[0, 1]));
+        }
+        assert_eq!(switches(&o), vec![false], "{o:?}");
+        assert!(o.contains(&RoomOutput::RequestKeyframe { track: v, layer: 1 }));
+        t += Duration::from_secs(1);
+        let o = second_of_layers(&mut room, v, t, &mut seqs, &[0, 1]);
+        assert_eq!(room.sending_layer(slot), Some(1));
+        assert_eq!(
+            wanted(&o).last(),
+            Some(&0b010),
+            "f is no longer asked for: {o:?}"
+        );
+        // For the next 20 s f stays silent: it is tried again every RETRY_AFTER (the watcher
+        // selects it after UP_AFTER, f is asked for), found stalled again, and the watcher
+        // never stops receiving h meanwhile.
+        let mut retried = 0;
+        for _ in 0..20 {
+            t += Duration::from_secs(1);
+            let o = second_of_layers(&mut room, v, t, &mut seqs, &[0, 1]);
+            assert!(
+                forwards(&o).iter().filter(|(o, _)| *o == slot).count() >= 50,
+                "h keeps flowing: {o:?}"
+            );
+            assert_eq!(room.sending_layer(slot), Some(1));
+            retried += wanted(&o).iter().filter(|m| **m & 0b100 != 0).count();
+        }
+        assert!(
+            (1..=2).contains(&retried),
+            "f asked for again {retried} times"
+        );
+        // f comes back: the watcher goes up to it again (after UP_AFTER, at its keyframe).
+        let mut up = Vec::new();
+        for _ in 0..6 {
+            t += Duration::from_secs(1);
+            up.extend(switches(&second_of_media(&mut room, v, t, &mut seqs)));
+        }
+        assert_eq!(up, vec![true]);
         assert_eq!(room.sending_layer(slot), Some(2));
     }
 

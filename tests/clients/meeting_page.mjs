@@ -1,11 +1,12 @@
 // The SFU's meeting page in headless Debian Chromium (playwright-core): three tabs, each
 // with Chromium's fake camera and microphone, join one room at the URLs given.
 //
-//   node meeting_page.mjs URL1 URL2 URL3
+//   node meeting_page.mjs [--fit] URL1 URL2 URL3
 //
 // Each tab must see and hear the other two: in its RTCPeerConnection's stats, two inbound
 // video streams whose framesDecoded grows and two inbound audio streams with
-// totalAudioEnergy > 0; and it is told the active speaker. Then the third tab leaves (its
+// totalAudioEnergy > 0; with `--fit`, its videos come at its tiles' size (the page asks for at
+// most 360 lines for its 240-pixel tiles); and it is told the active speaker. Then the third tab leaves (its
 // Leave button): the other two get `participant left` for it and `track removed` for both
 // its tracks. Any page error or Content-Security-Policy violation fails the run.
 //
@@ -13,9 +14,13 @@
 // only when ok.
 import { chromium } from "playwright-core";
 
-const urls = process.argv.slice(2);
+const args = process.argv.slice(2);
+// `--fit`: also check that the videos come at the tiles' size (the page's `subscribe`),
+// which a cascade link (one layer relayed) cannot honour.
+const fit = args[0] === "--fit";
+const urls = fit ? args.slice(1) : args;
 if (urls.length !== 3) {
-  console.error("usage: node meeting_page.mjs URL1 URL2 URL3");
+  console.error("usage: node meeting_page.mjs [--fit] URL1 URL2 URL3");
   process.exit(2);
 }
 const WAIT_MS = 40000;
@@ -48,7 +53,12 @@ const inbound = (page) => page.evaluate(async () => {
   const stats = await window.meeting.pc.getStats();
   for (const r of stats.values()) {
     if (r.type !== "inbound-rtp") continue;
-    if (r.kind === "video") out.video.push({ mid: r.mid, framesDecoded: r.framesDecoded || 0 });
+    // Besides framesDecoded, what tells a stalled stream's story when the run fails.
+    if (r.kind === "video") out.video.push({ mid: r.mid, framesDecoded: r.framesDecoded || 0,
+      framesReceived: r.framesReceived, keyFramesDecoded: r.keyFramesDecoded,
+      framesDropped: r.framesDropped, packetsReceived: r.packetsReceived,
+      packetsLost: r.packetsLost, nackCount: r.nackCount, pliCount: r.pliCount,
+      firCount: r.firCount, frameHeight: r.frameHeight, ssrc: r.ssrc });
     if (r.kind === "audio") out.audio.push({ mid: r.mid, totalAudioEnergy: r.totalAudioEnergy || 0, audioLevel: r.audioLevel || 0 });
   }
   return out;
@@ -94,6 +104,21 @@ try {
   const pages = [];
   for (const [i, url] of urls.entries()) pages.push([`tab${i + 1}`, await tab(`tab${i + 1}`, url)]);
   for (const [name, page] of pages) await seesAndHearsTwo(name, page);
+  // Each tab asks for the others at its tiles' size (240 CSS pixels high: 360 lines), so the
+  // SFU sends the half layer, not the full 720 lines the loopback link would carry.
+  for (const [name, page] of fit ? pages : []) {
+    const deadline = Date.now() + WAIT_MS;
+    for (;;) {
+      const s = await inbound(page);
+      const heights = s.video.map((x) => x.frameHeight || 0);
+      if (heights.length === 2 && heights.every((h) => h > 0 && h <= 360)) {
+        step(`${name}: videos at the tiles' size (${heights.join(", ")} lines)`);
+        break;
+      }
+      if (Date.now() > deadline) throw new Error(`${name}: videos not at the tiles' size: ${JSON.stringify(s.video)}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
   // Every tab has been told who speaks (the fake microphones all beep: someone does), by an
   // id it knows (ids differ per SFU when the tabs are on two cascaded SFUs).
   for (const [name, page] of pages) {
@@ -125,6 +150,14 @@ try {
       return left && removed && !document.getElementById("tile-" + p);
     }, { p, tracks }, `${name}: ${leavingName} left`);
     step(`${name}: saw ${leavingName} (${p}) leave and its tracks removed`);
+  }
+  // Seconds later (time for the SFU to have moved up to 720 lines, were they asked for), the
+  // first tab still receives the second at its tile's size.
+  if (fit) {
+    const last = await inbound(pages[0][1]);
+    const sizes = last.video.map((x) => x.frameHeight || 0).filter((h) => h > 0);
+    if (sizes.length === 0 || sizes.some((h) => h > 360)) throw new Error(`tab1: videos no longer at the tiles' size: ${JSON.stringify(last.video)}`);
+    step(`tab1: still at the tiles' size (${sizes.join(", ")} lines)`);
   }
   result.ok = result.problems.length === 0;
 } catch (e) {

@@ -212,6 +212,19 @@ impl Sfu {
             .sum()
     }
 
+    /// The SFU's own counters and gauges (`estuary_sfu_*`, histograms left out), for a failed
+    /// assertion to show what the SFU did.
+    pub fn metrics_summary(&self) -> String {
+        let Ok((_, text)) = super::http_get_raw(self.http, "/metrics") else {
+            return "(no /metrics)".to_owned();
+        };
+        text.lines()
+            .filter(|l| l.starts_with("estuary_sfu_") && !l.contains("_bucket{"))
+            .filter(|l| !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits (up to 10 s) until `name` with `labels` satisfies `ok`; returns its last value.
     pub fn wait_metric(&self, name: &str, labels: &[&str], ok: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + Duration::from_secs(10);
