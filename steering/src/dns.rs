@@ -24,6 +24,7 @@
 //! The answer itself is the pure [`Zone::answer`]: it takes the query, the client, the view
 //! and the RRL verdict, and returns the sections; the async handler only counts and sends.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -301,6 +302,22 @@ impl Zone {
         topo: &Topology,
         edge_ips: &[Option<IpAddr>],
     ) -> (Vec<IpAddr>, Option<u8>) {
+        let (edges, scope) = self.edge_ranking(client, subnet, topo, edge_ips);
+        let addrs = edges
+            .into_iter()
+            .filter_map(|i| edge_ips.get(i).copied().flatten())
+            .collect();
+        (addrs, scope)
+    }
+
+    /// [`Zone::edge_addresses`] as the edges' indices in `topo` (only edges with an address).
+    fn edge_ranking(
+        &self,
+        client: IpAddr,
+        subnet: Option<&ClientSubnet>,
+        topo: &Topology,
+        edge_ips: &[Option<IpAddr>],
+    ) -> (Vec<usize>, Option<u8>) {
         let (ip, source, scope, zone) = client_network(client, subnet, topo);
         let place = topo.place_in(zone);
         let (key, scope) = match (self.ecs_scope, source) {
@@ -315,11 +332,9 @@ impl Zone {
             }
             _ => (NetworkKey::new(ip, source), scope),
         };
-        let addrs = ranked_edges(topo, place, key.as_str(), &self.policy)
-            .into_iter()
-            .filter_map(|i| edge_ips.get(i).copied().flatten())
-            .collect();
-        (addrs, scope)
+        let mut edges = ranked_edges(topo, place, key.as_str(), &self.policy);
+        edges.retain(|i| edge_ips.get(*i).is_some_and(Option::is_some));
+        (edges, scope)
     }
 
     fn glue(&self) -> Vec<Record> {
@@ -513,16 +528,22 @@ fn rrl_key(client: IpAddr) -> IpNet {
     client_net(client)
 }
 
+/// Keyed by client network with foldhash (seeded per process), not SipHash: the check runs
+/// for every UDP answer.
 type KeyedLimiter = governor::RateLimiter<
     IpNet,
-    governor::state::keyed::DefaultKeyedStateStore<IpNet>,
+    governor::state::keyed::DashMapStateStore<IpNet, foldhash::fast::RandomState>,
     governor::clock::DefaultClock,
 >;
 
 fn limiter(per_second: u32) -> Option<KeyedLimiter> {
     NonZeroU32::new(per_second).map(|rate| {
         // A burst of one second's worth.
-        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
+        governor::RateLimiter::dashmap_with_clock_and_hasher(
+            governor::Quota::per_second(rate).allow_burst(rate),
+            governor::clock::DefaultClock::default(),
+            foldhash::fast::RandomState::default(),
+        )
     })
 }
 
@@ -760,8 +781,128 @@ pub struct Handler {
     pub resolved: arc_swap::ArcSwapOption<Resolved>,
 }
 
-/// A view and the address of each of its edges (see [`edge_ip`]).
-pub type Resolved = (Arc<View>, Vec<Option<IpAddr>>);
+/// A view and the address of each of its edges (see [`edge_ip`]), worked out once per view.
+pub struct Resolved {
+    pub view: Arc<View>,
+    pub edge_ips: Vec<Option<IpAddr>>,
+}
+
+/// The client networks a UDP worker remembers `edge.<zone>`'s addresses for.
+pub const MEMO_NETWORKS: usize = 65_536;
+
+/// One UDP worker's memory of what `edge.<zone>` answers each client network in the current
+/// view: the ranking ([`Zone::edge_addresses`]: coverage-zone lookups, rendezvous scores, a
+/// sort) is a pure function of the client network and the view, and resolvers ask for the
+/// same networks again and again, so it is worked out once per network and view. Forgotten
+/// whole when the view changes (the state's version), or when [`MEMO_NETWORKS`] networks are
+/// remembered (the next queries fill it again with the networks that ask). Everything else
+/// (the query's id, name and ECS option, the rate limit, the amplification cap) is per
+/// query, as before. One memo serves one [`Handler`] (versions are its state's). Entries are
+/// small (edge indices into the view the memo holds, not addresses) so that tens of
+/// thousands of networks stay in a core's cache.
+#[derive(Default)]
+pub struct AnswerMemo {
+    version: u64,
+    resolved: Option<Arc<Resolved>>,
+    answers: HashMap<(IpAddr, Option<u8>), Remembered, foldhash::fast::RandomState>,
+}
+
+/// The most edges an [`AnswerMemo`] entry holds (the geo-DNS answers two); a ranking with
+/// more is not remembered.
+const MEMO_ADDRS: usize = 4;
+
+/// One client network's ranked edges (indices into the view's edges, those with an IPv4
+/// address first) and the ECS scope.
+struct Remembered {
+    edges: [u16; MEMO_ADDRS],
+    len: u8,
+    v4: u8,
+    scope: Option<u8>,
+}
+
+/// Addresses of one family for an answer, and the ECS scope.
+type Remembered4 = ([IpAddr; MEMO_ADDRS], usize, Option<u8>);
+
+impl AnswerMemo {
+    /// The addresses of family `v4` and the scope `edge.<zone>` answers `client` (with its ECS
+    /// option) in state `version` of `handler`, from memory or worked out and remembered;
+    /// `None` when there is no view, or the ranking is not one to remember (more than
+    /// [`MEMO_ADDRS`] edges): the caller works it out itself.
+    fn answer(
+        &mut self,
+        handler: &Handler,
+        version: u64,
+        client: IpAddr,
+        subnet: Option<(IpAddr, u8)>,
+        v4: bool,
+    ) -> Option<Remembered4> {
+        if self.version != version || self.resolved.is_none() {
+            // One reference per view, not per query.
+            self.resolved = handler.view().as_ref().map(Arc::clone);
+            self.version = version;
+            self.answers.clear();
+        } else if self.answers.len() >= MEMO_NETWORKS {
+            self.answers.clear();
+        }
+        let resolved = self.resolved.as_ref()?;
+        // The ranking reads the resolver's address only without an ECS source: the key is
+        // the client network it does read.
+        let key = match subnet {
+            Some((addr, source)) if source > 0 => (
+                IpNet::new(addr, source).map_or(addr, |n| n.trunc().addr()),
+                Some(source),
+            ),
+            Some(_) => (client, Some(0)),
+            None => (client, None),
+        };
+        let ip_of = |i: u16| resolved.edge_ips.get(usize::from(i)).copied().flatten();
+        let r = match self.answers.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let ecs = subnet.map(|(addr, source)| ClientSubnet::new(addr, source, 0));
+                let (edges, scope) = handler.zone.edge_ranking(
+                    client,
+                    ecs.as_ref(),
+                    &resolved.view.topology,
+                    &resolved.edge_ips,
+                );
+                if edges.len() > MEMO_ADDRS {
+                    return None;
+                }
+                let mut r = Remembered {
+                    edges: [0; MEMO_ADDRS],
+                    len: 0,
+                    v4: 0,
+                    scope,
+                };
+                // IPv4 first, each family in its ranking's order.
+                for family_v4 in [true, false] {
+                    for &i in &edges {
+                        let i = u16::try_from(i).ok()?;
+                        if ip_of(i).is_some_and(|a| a.is_ipv4() == family_v4) {
+                            r.edges[usize::from(r.len)] = i;
+                            r.len += 1;
+                            r.v4 += u8::from(family_v4);
+                        }
+                    }
+                }
+                e.insert(r)
+            }
+        };
+        let held = &r.edges[..usize::from(r.len).min(MEMO_ADDRS)];
+        let (four, six) = held.split_at(usize::from(r.v4).min(held.len()));
+        let mut out = [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); MEMO_ADDRS];
+        let mut n = 0;
+        for ip in (if v4 { four } else { six })
+            .iter()
+            .filter_map(|i| ip_of(*i))
+        {
+            out[n] = ip;
+            n += 1;
+        }
+        Some((out, n, r.scope))
+    }
+}
 
 impl Handler {
     pub fn new(
@@ -781,18 +922,27 @@ impl Handler {
         }
     }
 
-    /// The current view and its edges' addresses.
-    fn view(&self) -> Option<Arc<Resolved>> {
-        let view = self.state.view()?;
-        if let Some(r) = self.resolved.load_full()
-            && Arc::ptr_eq(&r.0, &view)
+    /// The current view and its edges' addresses, borrowed (`None` inside before the first
+    /// snapshot). Guards, not reference counts: every query of every worker reads these, and
+    /// a shared count written by two cores per query costs more than the answer.
+    fn view(&self) -> arc_swap::Guard<Option<Arc<Resolved>>> {
+        let current = self.state.view_guard();
+        let Some(view) = current.as_ref() else {
+            return arc_swap::Guard::from_inner(None);
+        };
+        let resolved = self.resolved.load();
+        if resolved
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.view, view))
         {
-            return Some(r);
+            return resolved;
         }
-        let ips = view.topology.edges.iter().map(edge_ip).collect();
-        let r = Arc::new((view, ips));
-        self.resolved.store(Some(Arc::clone(&r)));
-        Some(r)
+        drop(resolved);
+        self.resolved.store(Some(Arc::new(Resolved {
+            view: Arc::clone(view),
+            edge_ips: view.topology.edges.iter().map(edge_ip).collect(),
+        })));
+        self.resolved.load()
     }
 }
 
@@ -850,7 +1000,8 @@ impl Handler {
             let view = self.view();
             self.zone.answer(
                 &question,
-                view.as_ref().map(|v| (&v.0.topology, v.1.as_slice())),
+                view.as_ref()
+                    .map(|v| (&v.view.topology, v.edge_ips.as_slice())),
                 Limited::No,
             )?
         };
@@ -903,9 +1054,15 @@ impl Handler {
     /// Answers one UDP datagram into `out` (cleared first); whether there is anything to send.
     /// Short or garbled packets get FORMERR when their header can be read, nothing otherwise;
     /// responses are never answered.
-    pub fn answer_datagram(&self, packet: &[u8], src: SocketAddr, out: &mut Vec<u8>) -> bool {
+    pub fn answer_datagram(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        out: &mut Vec<u8>,
+        memo: &mut AnswerMemo,
+    ) -> bool {
         if let Some(query) = crate::dns_wire::parse_query(packet)
-            && let Some(sent) = self.answer_fast(&query, packet.len(), src.ip(), out)
+            && let Some(sent) = self.answer_fast(&query, packet.len(), src.ip(), out, memo)
         {
             return sent;
         }
@@ -989,19 +1146,46 @@ impl Handler {
         query_len: usize,
         client: IpAddr,
         out: &mut Vec<u8>,
+        memo: &mut AnswerMemo,
     ) -> Option<bool> {
         use crate::dns_wire::{Response, response_len, write_response};
         if self.zone.edge_wire.as_deref() != Some(query.name) {
             return None;
         }
-        let view = self.view()?;
-        let subnet = query
-            .subnet
-            .map(|(addr, source)| ClientSubnet::new(addr, source, 0));
-        let (mut addrs, scope) =
-            self.zone
-                .edge_addresses(client, subnet.as_ref(), &view.0.topology, &view.1);
-        addrs.retain(|a| a.is_ipv4() == (query.qtype == 1));
+        // The view is read only for a network the memo does not hold (a hit reads the state's
+        // version alone). The version is read first: a view installed meanwhile is newer
+        // than it, and the memo is forgotten at the next query.
+        let version = self.state.version();
+        if version == 0 {
+            // No snapshot yet: the general path answers.
+            return None;
+        }
+        let v4 = query.qtype == 1;
+        let mut worked_out = Vec::new();
+        let (held, n, scope) = match memo.answer(self, version, client, query.subnet, v4) {
+            Some(found) => found,
+            None => {
+                let view = self.view();
+                let view = view.as_ref()?;
+                let subnet = query
+                    .subnet
+                    .map(|(addr, source)| ClientSubnet::new(addr, source, 0));
+                let (addrs, scope) = self.zone.edge_addresses(
+                    client,
+                    subnet.as_ref(),
+                    &view.view.topology,
+                    &view.edge_ips,
+                );
+                worked_out = addrs;
+                worked_out.retain(|a| a.is_ipv4() == v4);
+                (
+                    [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); MEMO_ADDRS],
+                    0,
+                    scope,
+                )
+            }
+        };
+        let addrs: &[IpAddr] = if n > 0 { &held[..n] } else { &worked_out };
         if addrs.is_empty() {
             // NODATA carries the SOA: the general path.
             return None;
@@ -1012,7 +1196,7 @@ impl Handler {
         let response = Response {
             authoritative: true,
             truncated: false,
-            addresses: &addrs,
+            addresses: addrs,
             ttl: self.zone.ttl,
             subnet: echo,
         };
@@ -1156,6 +1340,7 @@ fn udp_worker(
     let mut send = MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
     let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(UDP_BATCH);
     let mut dests: Vec<Option<SockaddrStorage>> = Vec::with_capacity(UDP_BATCH);
+    let mut memo = AnswerMemo::default();
     while !stop.load(Ordering::Relaxed) {
         got.clear();
         {
@@ -1189,7 +1374,7 @@ fn udp_worker(
                 continue;
             }
             let len = (*len).min(UDP_QUERY_MAX);
-            if handler.answer_datagram(&packets[i][..len], src, &mut answers[n]) {
+            if handler.answer_datagram(&packets[i][..len], src, &mut answers[n], &mut memo) {
                 dests.push(Some(SockaddrStorage::from(src)));
                 n += 1;
             }
@@ -1356,6 +1541,19 @@ mod tests {
         snap
     }
 
+    /// [`snapshot`] changed: l2 up, and an IPv6 edge in lab.
+    fn other_snapshot() -> StateSnapshot {
+        let mut snap = snapshot();
+        if let Some(l2) = snap.nodes.get_mut("l2") {
+            l2.up = true;
+        }
+        let mut l3 = snap.nodes["l1"].clone();
+        l3.id = "l3".into();
+        l3.addresses.https = Some("https://[2001:db8::3]:8443".into());
+        snap.nodes.insert(l3.id.clone(), l3);
+        snap
+    }
+
     fn handler() -> Handler {
         let holder = Arc::new(StateHolder::new(Default::default(), true));
         holder.install(snapshot());
@@ -1415,7 +1613,10 @@ mod tests {
         let p = edge_query(7, 0x0100, 1, Some((1232, Some(([10, 1, 2, 0], 24)))));
         let q = crate::dns_wire::parse_query(&p).expect("fast shape");
         let (mut fast, mut general) = (Vec::new(), Vec::new());
-        assert_eq!(h.answer_fast(&q, p.len(), src.ip(), &mut fast), Some(true));
+        assert_eq!(
+            h.answer_fast(&q, p.len(), src.ip(), &mut fast, &mut AnswerMemo::default()),
+            Some(true)
+        );
         assert!(h.answer_general(&p, src, &mut general));
         same_message(&fast, &general);
     }
@@ -1684,10 +1885,52 @@ mod tests {
             prop_assert!(q.is_some(), "not read as the fast shape");
             let (mut fast, mut general) = (Vec::new(), Vec::new());
             if let Some(q) = q
-                && h.answer_fast(&q, p.len(), src.ip(), &mut fast) == Some(true)
+                && h.answer_fast(&q, p.len(), src.ip(), &mut fast, &mut AnswerMemo::default()) == Some(true)
             {
                 prop_assert!(h.answer_general(&p, src, &mut general));
                 same_message(&fast, &general);
+            }
+        }
+
+        /// One worker's memo answers as working the answer out again would: over queries
+        /// from a few resolvers and client networks (so networks repeat, with and without
+        /// ECS, IPv4 and IPv6 answers), across a change of view, the fast path with the memo
+        /// writes what it writes without one, and the general path's message.
+        #[test]
+        fn the_memo_answers_as_the_ranking_would(
+            steps in proptest::collection::vec((0usize..4, 0usize..6, any::<bool>(), any::<u16>()), 1..60),
+            change_at in 0usize..60,
+        ) {
+            let h = handler();
+            let mut memo = AnswerMemo::default();
+            let resolvers = [[10, 1, 2, 3], [10, 2, 9, 9], [192, 168, 1, 1], [10, 1, 200, 7]];
+            let subnets: [Option<([u8; 4], u8)>; 6] = [
+                None,
+                Some(([10, 1, 2, 0], 24)),
+                Some(([10, 1, 2, 77], 24)),
+                Some(([10, 2, 0, 0], 16)),
+                Some(([10, 9, 9, 0], 24)),
+                Some(([0, 0, 0, 0], 0)),
+            ];
+            for (i, (r, n, aaaa, id)) in steps.into_iter().enumerate() {
+                if i == change_at {
+                    h.state.install(other_snapshot());
+                }
+                let p = edge_query(id, 0x0100, if aaaa { 28 } else { 1 }, Some((1232, subnets[n])));
+                let src = SocketAddr::from((resolvers[r], 5353));
+                let Some(q) = crate::dns_wire::parse_query(&p) else {
+                    return Err(TestCaseError::fail("not read as the fast shape"));
+                };
+                let (mut remembered, mut fresh) = (Vec::new(), Vec::new());
+                let a = h.answer_fast(&q, p.len(), src.ip(), &mut remembered, &mut memo);
+                let b = h.answer_fast(&q, p.len(), src.ip(), &mut fresh, &mut AnswerMemo::default());
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(&remembered, &fresh);
+                if a == Some(true) {
+                    let mut general = Vec::new();
+                    prop_assert!(h.answer_general(&p, src, &mut general));
+                    same_message(&remembered, &general);
+                }
             }
         }
 

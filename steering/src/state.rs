@@ -27,6 +27,8 @@ pub struct View {
 #[derive(Debug)]
 pub struct StateHolder {
     current: ArcSwapOption<View>,
+    /// Snapshots installed so far (see [`StateHolder::version`]).
+    version: std::sync::atomic::AtomicU64,
     zones: CoverageZones,
     prefer_https: bool,
 }
@@ -35,6 +37,7 @@ impl StateHolder {
     pub fn new(zones: CoverageZones, prefer_https: bool) -> Self {
         Self {
             current: ArcSwapOption::empty(),
+            version: std::sync::atomic::AtomicU64::new(0),
             zones,
             prefer_https,
         }
@@ -43,6 +46,19 @@ impl StateHolder {
     /// The current view, if a snapshot was ever loaded.
     pub fn view(&self) -> Option<Arc<View>> {
         self.current.load_full()
+    }
+
+    /// How many snapshots were installed (0: none yet); it grows after each new view is in
+    /// place, so a reader that saw a version and then reads the view gets that view or a
+    /// newer one.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The current view borrowed for a moment (no reference count taken: the geo-DNS's
+    /// workers read it once per query, and a shared count would bounce between their cores).
+    pub fn view_guard(&self) -> arc_swap::Guard<Option<Arc<View>>> {
+        self.current.load()
     }
 
     /// Installs a new snapshot.
@@ -58,6 +74,8 @@ impl StateHolder {
             topology,
             relays,
         })));
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }
 
