@@ -26,7 +26,7 @@ pub const DOWN_AFTER: Duration = Duration::from_millis(300);
 /// How long the ideal layer must stay above the target before switching up.
 pub const UP_AFTER: Duration = Duration::from_secs(3);
 /// How long a layer asked of its publisher may send nothing before it counts as stalled.
-pub const STALL_AFTER: Duration = Duration::from_secs(1);
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
 /// How long a stalled layer is left alone before it is tried again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// The share of the estimate video may use.
@@ -183,6 +183,17 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 impl RateMeter {
     /// One packet of `bytes` with RTP timestamp `ts`, received `now`.
     pub fn add(&mut self, now: Instant, bytes: u64, ts: u32) {
+        if self
+            .last_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= RATE_WINDOW)
+        {
+            // The first packet after a pause (dynacast, or the publisher stopped): a window
+            // over the pause would measure next to nothing. The last figures stand until a
+            // window of sending is measured.
+            self.window_start = Some(now);
+            self.bytes = 0;
+            self.frames = 0;
+        }
         let start = *self.window_start.get_or_insert(now);
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= RATE_WINDOW {
@@ -305,6 +316,22 @@ mod tests {
         assert_eq!(m.bps(), Some(1_000_000));
         assert_eq!(m.fps(), Some(25));
         assert_eq!(m.last_at(), Some(t0 + Duration::from_secs(1)));
+        // Paused for 20 s, then sending again at half the rate: the window over the pause
+        // measures nothing (it would read nearly 0 frames/s); the next full one does.
+        let t1 = t0 + Duration::from_secs(21);
+        for i in 0..=50u64 {
+            m.add(
+                t1 + Duration::from_millis(i * 20),
+                1250,
+                1_000_000 + (i / 4) as u32 * 3000,
+            );
+            if i < 50 {
+                assert_eq!(m.fps(), Some(25), "at {i}");
+                assert_eq!(m.bps(), Some(1_000_000));
+            }
+        }
+        assert_eq!(m.fps(), Some(13));
+        assert_eq!(m.bps(), Some(500_000));
     }
 
     #[test]

@@ -1604,7 +1604,7 @@ mod tests {
         // STALL_AFTER of silence the watcher is moved down at once (no DOWN_AFTER wait) and
         // h's keyframe is asked for; h takes over at its next keyframe.
         let mut o = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             t += Duration::from_secs(1);
             o.extend(second_of_layers(&mut room, v, t, &mut seqs, &[0, 1]));
         }
