@@ -1865,6 +1865,43 @@ mod tests {
         assert!(CookieSecret::from_hex("abcd").is_none());
     }
 
+    /// A client varying its ECS network (to grow the worker's memory, as an attacker would)
+    /// finds it bounded: never more than MEMO_NETWORKS networks, and answers after it was
+    /// forgotten are those worked out afresh.
+    #[test]
+    fn the_memo_stays_bounded_whatever_networks_are_asked() {
+        let h = handler();
+        let mut memo = AnswerMemo::default();
+        let src = SocketAddr::from(([192, 168, 1, 1], 5353));
+        for i in 0..(MEMO_NETWORKS as u32 + 5_000) {
+            let [_, a, b, c] = (0x0a00_0000u32 | (i << 8)).to_be_bytes();
+            let p = edge_query(1, 0x0100, 1, Some((1232, Some(([10, a, b, c], 24)))));
+            let q = crate::dns_wire::parse_query(&p).expect("fast shape");
+            let mut out = Vec::new();
+            h.answer_fast(&q, p.len(), src.ip(), &mut out, &mut memo);
+            assert!(
+                memo.answers.len() <= MEMO_NETWORKS,
+                "{}",
+                memo.answers.len()
+            );
+            if i % 10_007 == 0 || i > MEMO_NETWORKS as u32 {
+                let mut fresh = Vec::new();
+                h.answer_fast(
+                    &q,
+                    p.len(),
+                    src.ip(),
+                    &mut fresh,
+                    &mut AnswerMemo::default(),
+                );
+                assert_eq!(out, fresh, "network {i}");
+            }
+        }
+        assert!(
+            memo.answers.len() < MEMO_NETWORKS,
+            "it was forgotten once full"
+        );
+    }
+
     proptest! {
         /// Whatever the resolver asks in the fast shape, the fast path writes the bytes the
         /// general path writes, or leaves the query to it.
